@@ -1,0 +1,14 @@
+"""bigperf: compiled kernels for PyTorch as drop-in layers.
+
+    report = bigperf.swap(model, bigperf.FusedMixedPrecision())
+"""
+
+from bigperf import nn, ops
+from bigperf._ext import use_cpu_isa
+from bigperf.ops.registry import NoBackendError, use_backend
+from bigperf.swap import FusedMixedPrecision, SwapReport, swap
+
+__version__ = "0.1.0"
+
+__all__ = ["FusedMixedPrecision", "NoBackendError", "SwapReport", "nn", "ops", "swap",
+           "use_backend", "use_cpu_isa"]

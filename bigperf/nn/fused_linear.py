@@ -1,0 +1,73 @@
+"""FusedLinear: nn.Linear with a fused epilogue and, optionally, lower-precision weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bigperf.ops.activations import ACTIVATIONS, activation_of_module
+from bigperf.ops.fused_linear import fused_linear
+from bigperf.ops.validation import FLOAT_DTYPES
+
+
+def _activation_name(activation, where: str) -> str:
+    if activation is None:
+        return "none"
+    if isinstance(activation, nn.Module):
+        name = activation_of_module(activation)
+        if name is None:
+            raise ValueError(f"{where}: argument 'activation' module {activation!r} is not one we fuse "
+                             f"(ReLU, GELU, GELU(approximate='tanh'), SiLU)")
+        return name
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{where}: argument 'activation' must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+class FusedLinear(nn.Module):
+    """y = act(x @ W^T + b) (+ residual), W stored in `weight_dtype`, output in x's dtype.
+
+    The bias is kept in fp32 (it is N numbers, and the kernels add it in fp32).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 activation="none", weight_dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        if weight_dtype not in FLOAT_DTYPES:
+            raise TypeError(f"bigperf.nn.FusedLinear: argument 'weight_dtype' must be one of "
+                            f"{FLOAT_DTYPES}, got {weight_dtype}")
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(f"bigperf.nn.FusedLinear: in_features and out_features must be positive, "
+                             f"got {in_features} and {out_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.activation = _activation_name(activation, "bigperf.nn.FusedLinear")
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=weight_dtype, device=device))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.float32, device=device))
+        else:
+            self.register_parameter("bias", None)
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, activation="none", weight_dtype: torch.dtype | None = None):
+        """A FusedLinear computing act(linear(x)), with the weight cast to `weight_dtype`."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"bigperf.nn.FusedLinear.from_linear: argument 'linear' must be nn.Linear, "
+                            f"got {type(linear).__name__}")
+        weight_dtype = weight_dtype or linear.weight.dtype
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    activation=activation, weight_dtype=weight_dtype, device=linear.weight.device)
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return fused_linear(x, self.weight, self.bias, residual, self.activation)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, activation={self.activation}, "
+                f"weight_dtype={str(self.weight.dtype).replace('torch.', '')}")

@@ -1,0 +1,56 @@
+"""The activations the fused epilogues support, with their PyTorch definitions.
+
+The order of ACTIVATIONS gives the integer codes the C++/CUDA kernels use.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
+
+
+def activation_code(name: str, function: str) -> int:
+    try:
+        return ACTIVATIONS.index(name)
+    except ValueError:
+        raise ValueError(
+            f"{function}: argument 'activation' must be one of {ACTIVATIONS}, got {name!r}") from None
+
+
+def apply_activation(t: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "none":
+        return t
+    if name == "relu":
+        return F.relu(t)
+    if name == "gelu":
+        return F.gelu(t)
+    if name == "gelu_tanh":
+        return F.gelu(t, approximate="tanh")
+    if name == "silu":
+        return F.silu(t)
+    raise ValueError(f"bigperf: unknown activation {name!r}")
+
+
+def activation_derivative(z: torch.Tensor, name: str) -> torch.Tensor:
+    """d act(z) / dz, for the backward of the fused ops."""
+    if name == "none":
+        return torch.ones_like(z)
+    if name == "relu":
+        return (z > 0).to(z.dtype)
+    with torch.enable_grad():
+        z_ = z.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(apply_activation(z_, name).sum(), z_)
+    return grad
+
+
+def activation_of_module(module: torch.nn.Module) -> str | None:
+    """The fusable activation name of a module, or None if it is not one we fuse."""
+    if type(module) is torch.nn.ReLU:
+        return "relu"
+    if type(module) is torch.nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(module.approximate)
+    if type(module) is torch.nn.SiLU:
+        return "silu"
+    return None

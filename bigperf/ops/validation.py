@@ -1,0 +1,30 @@
+"""Argument checks shared by the op wrappers: every tensor is checked here before a
+pointer is handed to C++ or CUDA, and errors name the op and the argument."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Codes shared with csrc/cpu/fused_linear.h (DType) and csrc/cuda.
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def check_tensor(op: str, name: str, t, *, dtypes=None, dims: int | None = None, min_dim: int | None = None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: argument '{name}' must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{op}: argument '{name}' must have dtype {allowed}, got {str(t.dtype).replace('torch.', '')}")
+    if dims is not None and t.dim() != dims:
+        raise ValueError(f"{op}: argument '{name}' must be {dims}-D, got shape {tuple(t.shape)}")
+    if min_dim is not None and t.dim() < min_dim:
+        raise ValueError(f"{op}: argument '{name}' must have at least {min_dim} dimension(s), got shape {tuple(t.shape)}")
+
+
+def check_float_tensor(op: str, name: str, t, **kwargs):
+    check_tensor(op, name, t, dtypes=FLOAT_DTYPES, **kwargs)
+
+
+def last_dim_contiguous(t: torch.Tensor) -> bool:
+    return t.dim() == 0 or t.stride(-1) == 1 or t.shape[-1] == 1
