@@ -144,29 +144,31 @@ class _Planned:
 def _plan(model: nn.Module, config, filter: Callable | None) -> tuple[list[_Planned], list[tuple[str, str]]]:
     planned: list[_Planned] = []
     kept: list[tuple[str, str]] = []
-    for parent_name, parent in model.named_modules():
-        children = list(parent.named_children())
-        for index, (attr, child) in enumerate(children):
-            if type(child) is not nn.Linear:
-                continue
-            name = f"{parent_name}.{attr}" if parent_name else attr
-            chosen = _config_for(name, config)
-            if chosen is None:
-                kept.append((name, "no config matched (or the recipe says None)"))
-                continue
-            if filter is not None and not filter(child, name):
-                kept.append((name, "excluded by filter"))
-                continue
-            activation, absorbed = "none", None
-            # Linear → activation inside nn.Sequential: the activation runs in the epilogue.
-            if isinstance(parent, nn.Sequential) and index + 1 < len(children) and getattr(chosen, "fuse_activations", False):
+    for name, child in model.named_modules():  # model order, so the report reads top-down
+        if type(child) is not nn.Linear:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        chosen = _config_for(name, config)
+        if chosen is None:
+            kept.append((name, "no config matched (or the recipe says None)"))
+            continue
+        if filter is not None and not filter(child, name):
+            kept.append((name, "excluded by filter"))
+            continue
+        activation, absorbed = "none", None
+        # Linear → activation inside nn.Sequential: the activation runs in the epilogue.
+        if isinstance(parent, nn.Sequential) and getattr(chosen, "fuse_activations", False):
+            children = list(parent.named_children())
+            index = [a for a, _ in children].index(attr)
+            if index + 1 < len(children):
                 next_attr, next_child = children[index + 1]
                 fused = activation_of_module(next_child)
                 if fused is not None:
                     activation, absorbed = fused, (next_attr, next_child)
-            new = chosen.make_layer(child, activation)
-            planned.append(_Planned(parent, attr, name, child, new, activation,
-                                    absorbed[0] if absorbed else None, absorbed[1] if absorbed else None))
+        new = chosen.make_layer(child, activation)
+        planned.append(_Planned(parent, attr, name, child, new, activation,
+                                absorbed[0] if absorbed else None, absorbed[1] if absorbed else None))
     return planned, kept
 
 

@@ -75,6 +75,8 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """y = act(x @ weight^T + bias) + residual, on the best backend for x's device."""
     if eager_fast_path_ok(x, weight, bias, residual):
         return _run(x, weight, bias, residual, activation)
+    if not torch.compiler.is_compiling():
+        validate(x, weight, bias, residual, activation)  # our messages, not the schema parser's
     return torch.ops.bigperf.fused_linear(x, weight, bias, residual, activation)
 
 

@@ -1,0 +1,70 @@
+"""`bigperf doctor`: what this machine can run, and why not the rest."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bigperf import _ext
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+        return triton.__version__
+    except ImportError as error:
+        return f"not importable ({error})"
+
+
+def _backend_table(device: torch.device) -> Table:
+    from bigperf.ops.fused_linear import BACKENDS
+
+    table = Table(title=f"backends for torch.ops.bigperf.fused_linear on {device}")
+    table.add_column("backend")
+    table.add_column("usable")
+    table.add_column("why not")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    x = torch.empty(1, 64, dtype=dtype, device=device)
+    w = torch.empty(64, 64, dtype=dtype, device=device)
+    for name, why in BACKENDS.why_not_each(device, x, w, None, None, "none").items():
+        table.add_row(name, "yes" if why is None else "no", why or "")
+    return table
+
+
+def run_doctor(console: Console | None = None) -> int:
+    console = console or Console()
+    info = _ext.build_info()
+    table = Table(title="bigperf doctor", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("bigperf build", ", ".join(f"{k}={v}" for k, v in info.items()) or "no build metadata found")
+    table.add_row("python / platform", f"{platform.python_version()} / {platform.machine()}")
+    table.add_row("torch", f"{torch.__version__} (threads: {torch.get_num_threads()})")
+    table.add_row("triton", _triton_version())
+    cpu = _ext.cpu_module()
+    if cpu is None:
+        table.add_row("CPU kernels", f"unavailable: {_ext.cpu_unavailable_reason()}")
+    else:
+        features = [name for name, on in cpu.cpu_features().items() if on]
+        table.add_row("CPU features", ", ".join(features) or "none of the vector ISAs")
+        table.add_row("CPU ISA paths", f"compiled {list(cpu.compiled_isas())}, runnable {list(cpu.runnable_isas())}")
+        try:
+            table.add_row("CPU ISA in use", _ext.cpu_isa())
+        except (ValueError, RuntimeError) as error:
+            table.add_row("CPU ISA in use", f"error: {error}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            table.add_row(f"GPU {i}", f"{torch.cuda.get_device_name(i)} (sm_{major}{minor})")
+    else:
+        table.add_row("GPU", "none visible to torch (torch.cuda.is_available() is False)")
+    cuda_reason = _ext.cuda_unavailable_reason()
+    table.add_row("bigperf._C_cuda", "ready" if cuda_reason is None else cuda_reason)
+    console.print(table)
+    console.print(_backend_table(torch.device("cpu")))
+    if torch.cuda.is_available():
+        console.print(_backend_table(torch.device("cuda")))
+    return 0

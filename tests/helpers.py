@@ -1,0 +1,31 @@
+"""Shared test helpers: float64 references and error measures."""
+
+from __future__ import annotations
+
+import torch
+
+from bigperf.ops.activations import apply_activation
+
+# Relative Frobenius error tolerated for an output of this dtype.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def fused_linear_fp64(x, weight, bias=None, residual=None, activation="none") -> torch.Tensor:
+    """The float64 oracle: the same (low-precision) inputs, exact math."""
+    y = x.double() @ weight.double().t()
+    if bias is not None:
+        y = y + bias.double()
+    y = apply_activation(y, activation)
+    if residual is not None:
+        y = y + residual.double()
+    return y
+
+
+def random_tensor(*shape, dtype=torch.float32, seed=0, scale=1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale).to(dtype)

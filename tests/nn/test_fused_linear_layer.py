@@ -1,0 +1,68 @@
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from bigperf.nn import FusedLinear
+from tests.helpers import rel_error
+
+
+@pytest.mark.parametrize("weight_dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+@pytest.mark.parametrize("activation,module", [("none", nn.Identity()), ("relu", nn.ReLU()),
+                                               ("gelu", nn.GELU()), ("gelu_tanh", nn.GELU("tanh")),
+                                               ("silu", nn.SiLU())])
+def test_from_linear_matches_linear_then_activation(weight_dtype, tol, activation, module):
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 40)
+    layer = FusedLinear.from_linear(linear, activation=activation, weight_dtype=weight_dtype)
+    x = torch.randn(3, 5, 48)
+    with torch.no_grad():
+        expected = module(linear(x))
+        got = layer(x)
+    assert got.shape == expected.shape and got.dtype == x.dtype
+    assert rel_error(got, expected) < tol
+
+
+def test_activation_given_as_module_and_residual():
+    torch.manual_seed(1)
+    linear = nn.Linear(16, 16, bias=False)
+    layer = FusedLinear.from_linear(linear, activation=nn.SiLU())
+    assert layer.activation == "silu"
+    x, r = torch.randn(2, 16), torch.randn(2, 16)
+    with torch.no_grad():
+        assert rel_error(layer(x, residual=r), nn.functional.silu(linear(x)) + r) < 1e-5
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(2)
+    layer = FusedLinear.from_linear(nn.Linear(24, 8), activation="gelu", weight_dtype=torch.bfloat16)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = FusedLinear(24, 8, activation="gelu", weight_dtype=torch.bfloat16)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    x = torch.randn(4, 24)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), layer(x))
+    assert fresh.weight.dtype == torch.bfloat16 and fresh.bias.dtype == torch.float32
+
+
+def test_trains_through_the_fused_op():
+    torch.manual_seed(3)
+    layer = FusedLinear(8, 4, activation="relu")
+    loss = layer(torch.randn(5, 8)).pow(2).sum()
+    loss.backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: FusedLinear.from_linear(nn.Conv1d(2, 2, 1)), TypeError, "'linear'"),
+    (lambda: FusedLinear(4, 4, weight_dtype=torch.int8), TypeError, "'weight_dtype'"),
+    (lambda: FusedLinear(4, 4, activation="tanh"), ValueError, "'activation'"),
+    (lambda: FusedLinear(4, 4, activation=nn.Tanh()), ValueError, "'activation'"),
+    (lambda: FusedLinear(0, 4), ValueError, "positive"),
+])
+def test_bad_construction_is_refused(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

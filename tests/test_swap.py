@@ -1,0 +1,110 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import bigperf
+from bigperf.nn import FusedLinear
+from tests.helpers import rel_error
+
+
+def small_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(32, 64), nn.GELU(),
+        nn.Sequential(nn.Linear(64, 64), nn.ReLU()),
+        nn.Linear(64, 16), nn.Tanh(),
+    ).eval()
+
+
+def test_swap_replaces_every_linear_and_fuses_sequential_activations():
+    model = small_model()
+    reference = copy.deepcopy(model)
+    report = bigperf.swap(model, bigperf.FusedMixedPrecision())
+    assert [c.name for c in report.changes] == ["0", "2.0", "3"]
+    assert [c.activation for c in report.changes] == ["gelu", "relu", "none"]  # Tanh is not fused
+    assert isinstance(model[0], FusedLinear) and isinstance(model[1], nn.Identity)
+    assert isinstance(model[4], nn.Tanh)
+    assert report.bytes_after < 0.6 * report.bytes_before
+    x = torch.randn(7, 32)
+    with torch.no_grad():
+        assert rel_error(model(x), reference(x)) < 1e-2
+    assert "FusedLinear" in str(report) and report.to_dict()["changes"][0]["backend"] == "cpu"
+
+
+def test_dry_run_changes_nothing():
+    model = small_model()
+    before = copy.deepcopy(model.state_dict())
+    report = bigperf.swap(model, bigperf.FusedMixedPrecision(), dry_run=True)
+    assert len(report.changes) == 3 and report.dry_run
+    assert all(type(m) is not FusedLinear for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_recipe_dict_and_filter():
+    model = small_model()
+    report = bigperf.swap(model, {r"2\..*": None, r".*": bigperf.FusedMixedPrecision(torch.float16)},
+                          filter=lambda module, name: module.out_features != 16)
+    assert [c.name for c in report.changes] == ["0"]
+    assert {name for name, _ in report.kept} == {"2.0", "3"}
+    assert model[0].weight.dtype == torch.float16
+
+
+def test_failed_swap_leaves_model_untouched():
+    model = small_model()
+    original_children = list(model.children())
+
+    class Exploding(bigperf.FusedMixedPrecision):
+        def make_layer(self, linear, activation):
+            if linear.out_features == 16:
+                raise RuntimeError("boom")
+            return super().make_layer(linear, activation)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        bigperf.swap(model, Exploding())
+    assert list(model.children()) == original_children
+    assert type(model[2][0]) is nn.Linear
+
+
+def test_failure_while_applying_rolls_back():
+    model = small_model()
+    inner = model[2]
+    original = list(model.children())
+
+    class Frozen(nn.Sequential):
+        def __setattr__(self, name, value):
+            if isinstance(value, FusedLinear):
+                raise RuntimeError("cannot replace")
+            super().__setattr__(name, value)
+
+    frozen = Frozen(*inner)
+    model[2] = frozen
+    with pytest.raises(RuntimeError, match="cannot replace"):
+        bigperf.swap(model, bigperf.FusedMixedPrecision())
+    assert type(model[0]) is nn.Linear and type(model[1]) is nn.GELU
+    assert [type(m) for m in model.children()] == [type(m) for m in [*original[:2], frozen, *original[3:]]]
+
+
+def test_accuracy_gate_keeps_layers_below_min_sqnr():
+    model = small_model()
+    batches = [torch.randn(4, 32) for _ in range(3)]
+    report = bigperf.swap(model, bigperf.FusedMixedPrecision(torch.bfloat16), calibration=batches, min_sqnr=200)
+    assert report.changes == [] and len(report.kept) == 3
+    assert all("SQNR" in reason for _, reason in report.kept)
+    assert type(model[0]) is nn.Linear
+    report = bigperf.swap(model, bigperf.FusedMixedPrecision(torch.bfloat16), calibration=batches, min_sqnr=30)
+    assert len(report.changes) == 3 and all(30 < c.sqnr_db < 200 for c in report.changes)
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda m: bigperf.swap("model", bigperf.FusedMixedPrecision()), TypeError, "'model'"),
+    (lambda m: bigperf.swap(m, "int8"), TypeError, "'config'"),
+    (lambda m: bigperf.swap(m, bigperf.FusedMixedPrecision(), min_sqnr=30), ValueError, "'min_sqnr'"),
+    (lambda m: bigperf.swap(m, bigperf.FusedMixedPrecision(), calibration=[]), ValueError, "'calibration'"),
+])
+def test_bad_swap_arguments(call, error, word):
+    model = small_model()
+    with pytest.raises(error, match=word):
+        call(model)
+    assert type(model[0]) is nn.Linear
