@@ -66,3 +66,30 @@ def test_trains_through_the_fused_op():
 def test_bad_construction_is_refused(call, error, word):
     with pytest.raises(error, match=word):
         call()
+
+
+def _swapped_mlp():
+    import bigperf
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 16)).eval()
+    bigperf.swap(model, bigperf.FusedMixedPrecision())
+    return model
+
+
+def test_swapped_model_under_torch_compile_fullgraph_inductor():
+    model = _swapped_mlp()
+    x = torch.randn(4, 32)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+def test_swapped_model_exports_with_the_bigperf_op_in_the_graph():
+    model = _swapped_mlp()
+    x = torch.randn(4, 32)
+    exported = torch.export.export(model, (x,))
+    targets = [n.target for n in exported.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.bigperf.fused_linear.default) == 2
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(x), model(x), rtol=1e-6, atol=1e-6)
