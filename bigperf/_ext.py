@@ -74,7 +74,7 @@ def cpu_isa() -> str:
     """The ISA path the CPU kernels use: use_cpu_isa() > $BIGPERF_CPU_ISA > best runnable."""
     forced = getattr(_local, "cpu_isa", None) or _ENV_CPU_ISA
     if forced is None and _best_isa:
-        return _best_isa[0]
+        return _best_isa[0]  # the common case, kept cheap: it runs on every kernel call
     runnable = runnable_cpu_isas()
     if not runnable:
         raise RuntimeError(f"bigperf: CPU kernels unavailable: {cpu_unavailable_reason()}")
