@@ -55,7 +55,8 @@ def cpu_sources() -> list[str]:
         if isa and isa not in ISAS:
             continue  # e.g. AVX files on aarch64
         sources.append(str(path.relative_to(ROOT)))
-    sources.append("csrc/bindings/cpu_module.cpp")
+    # The module file plus one binding file per op family.
+    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "bindings").glob("cpu_*.cpp"))
     return sources
 
 

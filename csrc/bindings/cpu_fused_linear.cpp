@@ -1,0 +1,76 @@
+// Binding of the CPU fused linear (see csrc/cpu/fused_linear.h).
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "bindings/cpu_checks.h"
+#include "cpu/cpu_features.h"
+#include "cpu/fused_linear.h"
+
+namespace py = pybind11;
+using namespace bigperf::cpu;
+using bigperf::bindings::require;
+using bigperf::bindings::to_dtype;
+
+namespace {
+
+using KernelFn = void (*)(const FusedLinearArgs&);
+
+KernelFn fused_linear_kernel(const std::string& isa) {
+  require(isa_runnable(isa), "bigperf._C.fused_linear",
+          "ISA path '" + isa + "' is not compiled in or not supported by this CPU");
+#if defined(BIGPERF_X86)
+  if (isa == "avx512") return fused_linear_avx512;
+  if (isa == "avx2") return fused_linear_avx2;
+#endif
+  return fused_linear_scalar;
+}
+
+void fused_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype,
+                  uintptr_t w, int64_t w_row_stride, int w_dtype, uintptr_t bias,
+                  uintptr_t residual, int64_t residual_row_stride, uintptr_t out,
+                  int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act,
+                  int num_threads) {
+  const char* fn = "bigperf._C.fused_linear";
+  require(M >= 0 && N >= 0 && K >= 0, fn, "M, N and K must be non-negative");
+  require(act >= 0 && act <= 4, fn, "unknown activation code " + std::to_string(act));
+  require(num_threads >= 1, fn, "num_threads must be >= 1");
+  FusedLinearArgs args{};
+  args.x_dtype = to_dtype(x_dtype, fn, "x");
+  args.w_dtype = to_dtype(w_dtype, fn, "weight");
+  KernelFn kernel = fused_linear_kernel(isa);
+  if (M == 0 || N == 0) return;
+  require(out != 0, fn, "out pointer is null");
+  require(out_row_stride >= N || M == 1, fn, "out row stride is smaller than N");
+  require(K == 0 || (x != 0 && w != 0), fn, "x or weight pointer is null");
+  require(x_row_stride >= K || M == 1, fn, "x row stride is smaller than K");
+  require(w_row_stride >= K || N == 1, fn, "weight row stride is smaller than K");
+  require(residual == 0 || residual_row_stride >= N || M == 1, fn, "residual row stride is smaller than N");
+  args.x = reinterpret_cast<const void*>(x);
+  args.x_row_stride = x_row_stride;
+  args.w = reinterpret_cast<const void*>(w);
+  args.w_row_stride = w_row_stride;
+  args.bias = reinterpret_cast<const float*>(bias);
+  args.residual = reinterpret_cast<const void*>(residual);
+  args.residual_row_stride = residual_row_stride;
+  args.out = reinterpret_cast<void*>(out);
+  args.out_row_stride = out_row_stride;
+  args.M = M;
+  args.N = N;
+  args.K = K;
+  args.act = static_cast<Activation>(act);
+  args.num_threads = num_threads;
+  py::gil_scoped_release release;
+  kernel(args);
+}
+
+}  // namespace
+
+void register_fused_linear(py::module_& m) {
+  m.def("fused_linear", &fused_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
+        py::arg("x_dtype"), py::arg("w"), py::arg("w_row_stride"), py::arg("w_dtype"),
+        py::arg("bias"), py::arg("residual"), py::arg("residual_row_stride"), py::arg("out"),
+        py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
+        py::arg("num_threads"),
+        "out = act(x @ w^T + bias) + residual on raw pointers; releases the GIL");
+}
