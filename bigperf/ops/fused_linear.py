@@ -8,15 +8,14 @@ triton → bigperf.kernels.fused_matmul, reference → PyTorch).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
 from bigperf import _ext
 from bigperf.ops.activations import ACTIVATIONS, activation_code, activation_derivative, apply_activation
+from bigperf.ops.common import as_rows, cpu_why_not, epilogue_, fp32_bias, triton_why_not
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
-from bigperf.ops.validation import DTYPE_CODES, FLOAT_DTYPES, check_float_tensor, last_dim_contiguous
+from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, last_dim_contiguous
 
 OP = "bigperf.fused_linear"
 # Above this many rows the CPU backend hands the GEMM to PyTorch (oneDNN/MKL) and applies
@@ -125,37 +124,20 @@ fused_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ----------------------------------------------------------------------------- backends
 
-def _as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
-    """[..., width] → [rows, width] with unit stride along width (copies only if needed)."""
-    if t.dim() != 2:
-        t = t.reshape(-1, width)
-    return t if last_dim_contiguous(t) else t.contiguous()
-
-
-def _fp32_bias(bias):
-    if bias is None:
-        return None
-    return bias if (bias.dtype == torch.float32 and bias.is_contiguous()) else bias.float().contiguous()
-
-
 def _cpu_why_not(x, weight, bias, residual, activation):
-    if not x.is_cpu:  # (is_cpu is several times cheaper than device.type on this hot path)
-        return f"tensors are on {x.device}, not the CPU"
-    if _ext.cpu_module() is None:
-        return _ext.cpu_unavailable_reason()
-    return None
+    return cpu_why_not(x, "fused_linear")
 
 
 def _cpu_run(x, weight, bias, residual, activation):
     n, k = weight.shape
-    x2 = _as_rows(x, k)
+    x2 = as_rows(x, k)
     m = x2.shape[0]
     if m > CPU_SKINNY_MAX_M:
         out = _gemm_then_epilogue(x2, weight, bias, residual, activation)
     else:
         w = weight if last_dim_contiguous(weight) else weight.contiguous()
-        b = _fp32_bias(bias)
-        r = _as_rows(residual, n) if residual is not None else None
+        b = fp32_bias(bias)
+        r = as_rows(residual, n) if residual is not None else None
         out = torch.empty((m, n), dtype=x.dtype)
         _ext.cpu_module().fused_linear(
             _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
@@ -167,20 +149,14 @@ def _cpu_run(x, weight, bias, residual, activation):
 
 
 def _gemm_then_epilogue(x2, weight, bias, residual, activation):
-    """Large M on the CPU: PyTorch's GEMM in x's dtype, then bias/act/residual in place."""
+    """Large M on the CPU: PyTorch's GEMM in x's dtype, then act/residual in place."""
     w = weight if weight.dtype == x2.dtype else weight.to(x2.dtype)
     y = F.linear(x2, w, bias.to(x2.dtype) if bias is not None else None)
-    if activation == "relu":
-        y.relu_()
-    elif activation != "none":
-        y = apply_activation(y, activation)
-    if residual is not None:
-        y.add_(residual.reshape(y.shape))
-    return y
+    return epilogue_(y, activation, residual)
 
 
 def _cuda_why_not(x, weight, bias, residual, activation):
-    if x.device.type != "cuda":
+    if not x.is_cuda:
         return f"tensors are on {x.device}, not a CUDA device"
     reason = _ext.cuda_unavailable_reason()
     if reason:
@@ -194,25 +170,18 @@ def _cuda_why_not(x, weight, bias, residual, activation):
 
 def _cuda_run(x, weight, bias, residual, activation):
     from bigperf.ops.cuda_launch import launch_fused_linear  # only imported on GPU machines
-    return launch_fused_linear(x, weight, _fp32_bias(bias), residual, activation_code(activation, OP))
+    return launch_fused_linear(x, weight, fp32_bias(bias), residual, activation_code(activation, OP))
 
 
 def _triton_why_not(x, weight, bias, residual, activation):
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if x.device.type != "cuda" and not (interpreted and x.device.type == "cpu"):
-        return f"tensors are on {x.device}; Triton needs a CUDA device (or TRITON_INTERPRET=1 for CPU tensors)"
-    try:
-        import bigperf.kernels.fused_matmul  # noqa: F401
-    except ImportError as error:
-        return f"triton is not importable ({error})"
-    return None
+    return triton_why_not(x, "fused_matmul")
 
 
 def _triton_run(x, weight, bias, residual, activation):
     from bigperf.kernels.fused_matmul import fused_linear as triton_fused_linear
     k, n = weight.shape[1], weight.shape[0]
     r = residual.reshape(-1, n) if residual is not None else None
-    out = triton_fused_linear(x.reshape(-1, k), weight, _fp32_bias(bias), r, activation)
+    out = triton_fused_linear(x.reshape(-1, k), weight, fp32_bias(bias), r, activation)
     return out.reshape(*x.shape[:-1], n)
 
 

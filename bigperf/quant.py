@@ -1,0 +1,91 @@
+"""int8 quantisation math in plain PyTorch: the oracle for the int8 kernels and layers.
+
+Weights: int8 per output channel (group_size=None) or per group of `group_size`
+consecutive K elements, symmetric ([-127, 127], scale = absmax / 127) or asymmetric
+(zero point, full [-128, 127]), round to nearest even. Activations (W8A8): symmetric
+per-token (per-row absmax) int8, computed at run time.
+
+Layout: qweight [N, K] int8 (nn.Linear order), scale [N, G] fp32 with G = K / group_size
+(G = 1 per channel), zero_point [N, G] int8 or None. Dequantised: (q - zero) * scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+GROUP_SIZES = (32, 64, 128, 256)
+QMIN, QMAX = -128, 127
+SYMMETRIC_QMAX = 127  # symmetric weights and activations stay in [-127, 127]
+
+
+@dataclass
+class QuantizedWeight:
+    qweight: torch.Tensor  # [N, K] int8
+    scale: torch.Tensor  # [N, G] float32
+    zero_point: torch.Tensor | None  # [N, G] int8, None when symmetric
+
+    @property
+    def group_size(self) -> int | None:
+        groups = self.scale.shape[1]
+        return None if groups == 1 else self.qweight.shape[1] // groups
+
+
+def _check_group_size(k: int, group_size: int | None, function: str) -> int:
+    if group_size is None:
+        return k
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"{function}: argument 'group_size' must be None (per channel) or one of "
+                         f"{GROUP_SIZES}, got {group_size!r}")
+    if k % group_size:
+        raise ValueError(f"{function}: argument 'group_size' {group_size} does not divide K = {k}; "
+                         f"use a group size that divides K, or group_size=None (per channel)")
+    return group_size
+
+
+def quantize_weight(weight: torch.Tensor, group_size: int | None = None, symmetric: bool = True) -> QuantizedWeight:
+    """int8-quantise a [N, K] float weight per channel or per group along K."""
+    function = "bigperf.quant.quantize_weight"
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.dim() != 2:
+        raise TypeError(f"{function}: argument 'weight' must be a 2-D floating-point tensor, got "
+                        f"{getattr(weight, 'dtype', type(weight).__name__)} {tuple(getattr(weight, 'shape', ()))}")
+    if not torch.isfinite(weight).all():
+        raise ValueError(f"{function}: argument 'weight' holds NaN or Inf values; they cannot be quantised")
+    n, k = weight.shape
+    group = _check_group_size(k, group_size, function)
+    w = weight.detach().float().reshape(n, k // group, group)
+    if symmetric:
+        absmax = w.abs().amax(dim=2)
+        # An all-zero group gets scale 1: finite, and its codes are 0 either way.
+        scale = torch.where(absmax > 0, absmax / SYMMETRIC_QMAX, torch.ones_like(absmax))
+        q = torch.clamp(torch.round(w / scale[..., None]), -SYMMETRIC_QMAX, SYMMETRIC_QMAX)
+        return QuantizedWeight(q.to(torch.int8).reshape(n, k), scale.contiguous(), None)
+    # The range always includes 0 so that zero weights stay exact and the zero point fits int8.
+    low = w.amin(dim=2).clamp(max=0)
+    high = w.amax(dim=2).clamp(min=0)
+    span = high - low
+    scale = torch.where(span > 0, span / (QMAX - QMIN), torch.ones_like(span))
+    zero = torch.clamp(QMIN - torch.round(low / scale), QMIN, QMAX)
+    q = torch.clamp(torch.round(w / scale[..., None]) + zero[..., None], QMIN, QMAX)
+    return QuantizedWeight(q.to(torch.int8).reshape(n, k), scale.contiguous(), zero.to(torch.int8).contiguous())
+
+
+def dequantize_weight(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(q - zero) * scale as a [N, K] tensor of `dtype` (computed in fp32)."""
+    n, k = qweight.shape
+    groups = scale.shape[1]
+    q = qweight.float().reshape(n, groups, k // groups)
+    if zero_point is not None:
+        q = q - zero_point.float()[..., None]
+    return (q * scale.float()[..., None]).reshape(n, k).to(dtype)
+
+
+def quantize_activation_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 of a [M, K] tensor: (q [M, K] int8, scale [M] fp32)."""
+    x32 = x.float()
+    absmax = x32.abs().amax(dim=-1)
+    scale = torch.where(absmax > 0, absmax / SYMMETRIC_QMAX, torch.ones_like(absmax))
+    q = torch.clamp(torch.round(x32 / scale[..., None]), -SYMMETRIC_QMAX, SYMMETRIC_QMAX).to(torch.int8)
+    return q, scale
