@@ -6,9 +6,9 @@
 from bigperf import nn, ops
 from bigperf._ext import use_cpu_isa
 from bigperf.ops.registry import NoBackendError, use_backend
-from bigperf.swap import FusedMixedPrecision, SwapReport, swap
+from bigperf.swap import FusedMixedPrecision, Int8Dynamic, Int8WeightOnly, SwapReport, swap
 
 __version__ = "0.1.0"
 
-__all__ = ["FusedMixedPrecision", "NoBackendError", "SwapReport", "nn", "ops", "swap",
+__all__ = ["FusedMixedPrecision", "Int8Dynamic", "Int8WeightOnly", "NoBackendError", "SwapReport", "nn", "ops", "swap",
            "use_backend", "use_cpu_isa"]

@@ -16,6 +16,7 @@ from torch import nn
 
 from bigperf.accuracy import measure_sqnr
 from bigperf.nn.fused_linear import FusedLinear
+from bigperf.nn.int8_linear import Int8Linear
 from bigperf.ops.activations import activation_of_module
 
 
@@ -33,7 +34,34 @@ class FusedMixedPrecision:
         return f"FusedMixedPrecision({str(self.weight_dtype).replace('torch.', '')})"
 
 
-SwapConfig = FusedMixedPrecision  # the union grows as the int8 and sparse configs land
+@dataclass(frozen=True)
+class Int8WeightOnly:
+    """W8A16: int8 weights per channel (group_size=None) or per group along K; float activations."""
+
+    group_size: int | None = None
+    symmetric: bool = True
+    fuse_activations: bool = True
+
+    def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
+        return Int8Linear.from_linear(linear, weight_only=True, group_size=self.group_size,
+                                      activation=activation, symmetric=self.symmetric)
+
+    def describe(self) -> str:
+        grouping = "per-channel" if self.group_size is None else f"group {self.group_size}"
+        return f"Int8WeightOnly({grouping}{'' if self.symmetric else ', asymmetric'})"
+
+
+@dataclass(frozen=True)
+class Int8Dynamic:
+    """W8A8: int8 per-channel weights, activations quantised per token at run time."""
+
+    fuse_activations: bool = True
+
+    def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
+        return Int8Linear.from_linear(linear, weight_only=False, activation=activation)
+
+    def describe(self) -> str:
+        return "Int8Dynamic()"
 
 
 @dataclass
@@ -119,13 +147,21 @@ def _backend_for(layer: nn.Module) -> str:
     from bigperf.ops.fused_linear import BACKENDS
     from bigperf.ops.registry import NoBackendError
 
-    if not isinstance(layer, FusedLinear):
-        return "-"
-    x = torch.empty(1, layer.in_features, dtype=torch.float32, device=layer.weight.device)
+    from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, WEIGHT_ONLY_BACKENDS
+
     try:
-        return BACKENDS.select(x.device, x, layer.weight, layer.bias, None, layer.activation).name
+        if isinstance(layer, FusedLinear):
+            x = torch.empty(1, layer.in_features, device=layer.weight.device)
+            return BACKENDS.select(x.device, x, layer.weight, layer.bias, None, layer.activation).name
+        if isinstance(layer, Int8Linear):
+            x = torch.empty(1, layer.in_features, device=layer.qweight.device)
+            if layer.weight_only:
+                return WEIGHT_ONLY_BACKENDS.select(x.device, x, layer.qweight, layer.scale, layer.zero_point,
+                                                   layer.bias, layer.activation).name
+            return DYNAMIC_BACKENDS.select(x.device, x, layer.qweight, layer.scale, layer.bias, layer.activation).name
     except NoBackendError as error:
         return f"none ({error})"
+    return "-"
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Drop-in layers backed by bigperf ops."""
 
 from bigperf.nn.fused_linear import FusedLinear
+from bigperf.nn.int8_linear import Int8Linear
 
-__all__ = ["FusedLinear"]
+__all__ = ["FusedLinear", "Int8Linear"]

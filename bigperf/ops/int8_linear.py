@@ -1,0 +1,230 @@
+"""The int8 linear ops.
+
+torch.ops.bigperf.int8_weight_linear(x, qweight, scale, zero_point, bias, activation)
+    W8A16: y = act(x @ dequant(qweight)^T + bias), the dequantisation inside the GEMM's
+    inner loop; x fp32/fp16/bf16, output in x's dtype.
+torch.ops.bigperf.int8_dynamic_linear(x, qweight, scale, bias, activation)
+    W8A8: x quantised per token (row absmax) at run time, int8×int8 → int32, rescaled by
+    the row and column scales, then bias + act.
+
+Layouts (bigperf/quant.py): qweight [N, K] int8, scale [N, G] fp32 (G = 1 per channel,
+else K / group_size), zero_point [N, G] int8 or None. W8A8 takes symmetric per-channel
+weights only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bigperf import _ext
+from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
+from bigperf.ops.common import as_rows, cpu_why_not, epilogue_, fp32_bias, triton_why_not
+from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, check_tensor
+from bigperf.quant import GROUP_SIZES, dequantize_weight, quantize_activation_per_token
+
+WEIGHT_OP = "bigperf.int8_weight_linear"
+DYNAMIC_OP = "bigperf.int8_dynamic_linear"
+# Above these row counts the CPU backend leaves the skinny kernels (see benchmarks/NOTES.md).
+CPU_WEIGHT_ONLY_MAX_M = 16
+
+
+def _validate_common(op, x, qweight, scale, bias, activation):
+    check_float_tensor(op, "x", x, min_dim=1)
+    check_tensor(op, "qweight", qweight, dtypes=(torch.int8,), dims=2)
+    check_tensor(op, "scale", scale, dtypes=(torch.float32,), dims=2)
+    activation_code(activation, op)
+    n, k = qweight.shape
+    for name, t in (("qweight", qweight), ("scale", scale), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: argument 'x' has {x.shape[-1]} features in its last dimension but "
+                         f"'qweight' has shape {tuple(qweight.shape)} (expected [N, {x.shape[-1]}])")
+    groups = scale.shape[1]
+    if scale.shape[0] != n or groups < 1 or k % groups or (groups > 1 and k // groups not in GROUP_SIZES):
+        raise ValueError(f"{op}: argument 'scale' must have shape [{n}, 1] (per channel) or [{n}, K / group_size] "
+                         f"with group_size in {GROUP_SIZES}, got {tuple(scale.shape)} for K = {k}")
+    if bias is not None:
+        check_float_tensor(op, "bias", bias, dims=1)
+        if bias.shape[0] != n:
+            raise ValueError(f"{op}: argument 'bias' must have shape [{n}], got {tuple(bias.shape)}")
+
+
+def validate_weight_only(x, qweight, scale, zero_point, bias, activation):
+    _validate_common(WEIGHT_OP, x, qweight, scale, bias, activation)
+    if zero_point is not None:
+        check_tensor(WEIGHT_OP, "zero_point", zero_point, dtypes=(torch.int8,), dims=2)
+        if zero_point.shape != scale.shape or zero_point.device != x.device:
+            raise ValueError(f"{WEIGHT_OP}: argument 'zero_point' must have the shape of 'scale' "
+                             f"{tuple(scale.shape)} on {x.device}, got {tuple(zero_point.shape)} on {zero_point.device}")
+
+
+def validate_dynamic(x, qweight, scale, bias, activation):
+    _validate_common(DYNAMIC_OP, x, qweight, scale, bias, activation)
+    if scale.shape[1] != 1:
+        raise ValueError(f"{DYNAMIC_OP}: argument 'scale' must be per channel, shape [{qweight.shape[0]}, 1]; "
+                         f"got {tuple(scale.shape)} (per-group weights need int8_weight_linear)")
+
+
+def _out_shape(x, n):
+    return (*x.shape[:-1], n)
+
+
+# ----------------------------------------------------------------------------- weight-only
+
+def _run_weight_only(x, qweight, scale, zero_point, bias, activation):
+    validate_weight_only(x, qweight, scale, zero_point, bias, activation)
+    return WEIGHT_ONLY_BACKENDS.select(x.device, x, qweight, scale, zero_point, bias, activation).run(
+        x, qweight, scale, zero_point, bias, activation)
+
+
+@torch.library.custom_op("bigperf::int8_weight_linear", mutates_args=())
+def int8_weight_linear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                          zero_point: torch.Tensor | None, bias: torch.Tensor | None,
+                          activation: str) -> torch.Tensor:
+    return _run_weight_only(x, qweight, scale, zero_point, bias, activation)
+
+
+@int8_weight_linear_op.register_fake
+def _weight_only_fake(x, qweight, scale, zero_point, bias, activation):
+    validate_weight_only(x, qweight, scale, zero_point, bias, activation)
+    return x.new_empty(_out_shape(x, qweight.shape[0]))
+
+
+def int8_weight_linear(x, qweight, scale, zero_point=None, bias=None, activation="none"):
+    """act(x @ dequant(qweight)^T + bias) on the best backend for x's device."""
+    if eager_fast_path_ok(x, qweight, scale, zero_point, bias):
+        return _run_weight_only(x, qweight, scale, zero_point, bias, activation)
+    if not torch.compiler.is_compiling():
+        validate_weight_only(x, qweight, scale, zero_point, bias, activation)
+    return torch.ops.bigperf.int8_weight_linear(x, qweight, scale, zero_point, bias, activation)
+
+
+def weight_only_reference(x, qweight, scale, zero_point, bias, activation):
+    w = dequantize_weight(qweight, scale, zero_point)
+    y = x.float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return apply_activation(y, activation).to(x.dtype)
+
+
+def _weight_only_cpu_why_not(x, qweight, scale, zero_point, bias, activation):
+    return cpu_why_not(x, "int8_weight_linear")
+
+
+def _weight_only_cpu_run(x, qweight, scale, zero_point, bias, activation):
+    n, k = qweight.shape
+    x2 = as_rows(x, k)
+    m = x2.shape[0]
+    if m > CPU_WEIGHT_ONLY_MAX_M:
+        # Compute-bound: dequantise once per call and use PyTorch's GEMM.
+        w = dequantize_weight(qweight, scale, zero_point, x.dtype)
+        y = epilogue_(F.linear(x2, w, bias.to(x.dtype) if bias is not None else None), activation)
+        return y.reshape(_out_shape(x, n))
+    qw = qweight.contiguous()
+    s = scale.contiguous()
+    z = zero_point.contiguous() if zero_point is not None else None
+    b = fp32_bias(bias)
+    out = torch.empty((m, n), dtype=x.dtype)
+    _ext.cpu_module().int8_weight_linear(
+        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
+        qw.data_ptr(), qw.stride(0), s.data_ptr(), z.data_ptr() if z is not None else 0, s.shape[1],
+        b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k,
+        ACTIVATIONS.index(activation), torch.get_num_threads())
+    return out if x.dim() == 2 else out.reshape(_out_shape(x, n))
+
+
+def _weight_only_triton_why_not(x, qweight, scale, zero_point, bias, activation):
+    return triton_why_not(x, "int8_matmul")
+
+
+def _weight_only_triton_run(x, qweight, scale, zero_point, bias, activation):
+    from bigperf.kernels.int8_matmul import int8_weight_linear as triton_int8_weight_linear
+    n, k = qweight.shape
+    out = triton_int8_weight_linear(x.reshape(-1, k), qweight, scale, zero_point, fp32_bias(bias), activation)
+    return out.reshape(_out_shape(x, n))
+
+
+WEIGHT_ONLY_BACKENDS = OpBackends(WEIGHT_OP)
+WEIGHT_ONLY_BACKENDS.register("cpu", _weight_only_cpu_why_not, _weight_only_cpu_run)
+WEIGHT_ONLY_BACKENDS.register("triton", _weight_only_triton_why_not, _weight_only_triton_run)
+WEIGHT_ONLY_BACKENDS.register("reference", lambda *args: None, weight_only_reference)
+
+
+# ----------------------------------------------------------------------------- dynamic (W8A8)
+
+def _run_dynamic(x, qweight, scale, bias, activation):
+    validate_dynamic(x, qweight, scale, bias, activation)
+    return DYNAMIC_BACKENDS.select(x.device, x, qweight, scale, bias, activation).run(
+        x, qweight, scale, bias, activation)
+
+
+@torch.library.custom_op("bigperf::int8_dynamic_linear", mutates_args=())
+def int8_dynamic_linear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                           bias: torch.Tensor | None, activation: str) -> torch.Tensor:
+    return _run_dynamic(x, qweight, scale, bias, activation)
+
+
+@int8_dynamic_linear_op.register_fake
+def _dynamic_fake(x, qweight, scale, bias, activation):
+    validate_dynamic(x, qweight, scale, bias, activation)
+    return x.new_empty(_out_shape(x, qweight.shape[0]))
+
+
+def int8_dynamic_linear(x, qweight, scale, bias=None, activation="none"):
+    """act((quant(x) @ qweight^T) * row_scale * col_scale + bias) on the best backend."""
+    if eager_fast_path_ok(x, qweight, scale, bias):
+        return _run_dynamic(x, qweight, scale, bias, activation)
+    if not torch.compiler.is_compiling():
+        validate_dynamic(x, qweight, scale, bias, activation)
+    return torch.ops.bigperf.int8_dynamic_linear(x, qweight, scale, bias, activation)
+
+
+def dynamic_reference(x, qweight, scale, bias, activation):
+    """Exact integer products (fp64 holds int8·int8 sums exactly), then the rescale."""
+    k = qweight.shape[1]
+    xq, x_scale = quantize_activation_per_token(x.reshape(-1, k))
+    acc = xq.double() @ qweight.double().t()
+    y = acc * x_scale.double()[:, None] * scale.double().reshape(1, -1)
+    if bias is not None:
+        y = y + bias.double()
+    y = apply_activation(y.float(), activation)
+    return y.to(x.dtype).reshape(_out_shape(x, qweight.shape[0]))
+
+
+def _dynamic_cpu_why_not(x, qweight, scale, bias, activation):
+    return cpu_why_not(x, "int8_dynamic_linear")
+
+
+def _dynamic_cpu_run(x, qweight, scale, bias, activation):
+    n, k = qweight.shape
+    x2 = as_rows(x, k)
+    m = x2.shape[0]
+    qw = qweight.contiguous()
+    s = scale.contiguous()
+    b = fp32_bias(bias)
+    out = torch.empty((m, n), dtype=x.dtype)
+    _ext.cpu_module().int8_dynamic_linear(
+        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
+        qw.data_ptr(), qw.stride(0), s.data_ptr(), b.data_ptr() if b is not None else 0,
+        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
+    return out if x.dim() == 2 else out.reshape(_out_shape(x, n))
+
+
+def _dynamic_triton_why_not(x, qweight, scale, bias, activation):
+    return triton_why_not(x, "int8_matmul")
+
+
+def _dynamic_triton_run(x, qweight, scale, bias, activation):
+    from bigperf.kernels.int8_matmul import int8_dynamic_linear as triton_int8_dynamic_linear
+    n, k = qweight.shape
+    out = triton_int8_dynamic_linear(x.reshape(-1, k), qweight, scale, fp32_bias(bias), activation)
+    return out.reshape(_out_shape(x, n))
+
+
+DYNAMIC_BACKENDS = OpBackends(DYNAMIC_OP)
+DYNAMIC_BACKENDS.register("cpu", _dynamic_cpu_why_not, _dynamic_cpu_run)
+DYNAMIC_BACKENDS.register("triton", _dynamic_triton_why_not, _dynamic_triton_run)
+DYNAMIC_BACKENDS.register("reference", lambda *args: None, dynamic_reference)

@@ -1,0 +1,93 @@
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import bigperf
+from bigperf.accuracy import sqnr_db
+from bigperf.nn import Int8Linear
+
+
+def gaussian_linear(k=1024, n=256, seed=0):
+    torch.manual_seed(seed)
+    linear = nn.Linear(k, n)
+    with torch.no_grad():
+        linear.weight.normal_(0, k ** -0.5)
+    return linear
+
+
+def layer_sqnr(linear, layer, m=16):
+    x = torch.randn(m, linear.in_features, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        return sqnr_db(linear(x), layer(x))
+
+
+def test_sqnr_floors_on_gaussian_weights():
+    linear = gaussian_linear()
+    per_channel = layer_sqnr(linear, Int8Linear.from_linear(linear))
+    per_group = layer_sqnr(linear, Int8Linear.from_linear(linear, group_size=128))
+    dynamic = layer_sqnr(linear, Int8Linear.from_linear(linear, weight_only=False))
+    assert per_channel >= 38
+    assert per_group > per_channel
+    assert dynamic >= 30
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"group_size": 64}, {"group_size": 32, "symmetric": False},
+                                    {"weight_only": False}])
+def test_state_dict_round_trip(kwargs):
+    linear = gaussian_linear(256, 64)
+    layer = Int8Linear.from_linear(linear, activation="gelu", **kwargs)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = Int8Linear(256, 64, activation="gelu", **kwargs)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), layer(x))
+
+
+def test_state_dict_from_another_format_or_config_is_refused():
+    layer = Int8Linear.from_linear(gaussian_linear(256, 64))
+    state = layer.state_dict()
+    state["_extra_state"] = dict(state["_extra_state"], version=99)
+    with pytest.raises(ValueError, match="packed format"):
+        Int8Linear(256, 64).load_state_dict(state)
+    with pytest.raises(ValueError, match="group_size"):
+        Int8Linear(256, 64, group_size=128).load_state_dict(layer.state_dict())
+
+
+def test_memory_is_about_a_quarter():
+    model = nn.Sequential(*(gaussian_linear(512, 512, seed=i) for i in range(4)))
+    fp32_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bigperf.swap(model, bigperf.Int8WeightOnly())
+    int8_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    assert int8_bytes <= 0.27 * fp32_bytes
+
+
+def test_swap_configs_and_activation_fusion():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 256), nn.SiLU(), nn.Linear(256, 64))
+    x = torch.randn(4, 128)
+    with torch.no_grad():
+        expected = model(x)
+    for config in (bigperf.Int8WeightOnly(group_size=128), bigperf.Int8Dynamic()):
+        swapped = copy.deepcopy(model)
+        report = bigperf.swap(swapped, config)
+        assert [c.new for c in report.changes] == ["Int8Linear", "Int8Linear"]
+        assert swapped[0].activation == "silu" and isinstance(swapped[1], nn.Identity)
+        with torch.no_grad():
+            assert sqnr_db(expected, swapped(x)) > 30
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: Int8Linear.from_linear(nn.Conv1d(2, 2, 1)), TypeError, "'linear'"),
+    (lambda: Int8Linear(100, 4, group_size=64), ValueError, "group_size"),
+    (lambda: Int8Linear(128, 4, weight_only=False, group_size=64), ValueError, "W8A8"),
+    (lambda: Int8Linear.from_linear(nn.Linear(100, 4), group_size=128), ValueError, "does not divide"),
+])
+def test_bad_construction_is_refused(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

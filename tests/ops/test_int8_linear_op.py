@@ -1,0 +1,85 @@
+"""The int8 ops' contract: references against float64 math, validation, opcheck.
+
+Kernel backends are compared with these references in tests/csrc and tests/kernels."""
+
+import pytest
+import torch
+
+from bigperf.ops.int8_linear import (dynamic_reference, int8_dynamic_linear, int8_weight_linear,
+                                     weight_only_reference)
+from bigperf.quant import dequantize_weight, quantize_activation_per_token, quantize_weight
+from tests.helpers import fused_linear_fp64, random_tensor, rel_error
+
+
+def packed(n=24, k=128, group_size=None, symmetric=True, seed=0):
+    return quantize_weight(random_tensor(n, k, seed=seed), group_size=group_size, symmetric=symmetric)
+
+
+@pytest.mark.parametrize("group_size,symmetric", [(None, True), (32, True), (64, False)])
+def test_weight_only_reference_is_dequantised_linear(group_size, symmetric):
+    q = packed(group_size=group_size, symmetric=symmetric)
+    x, b = random_tensor(5, 128, seed=1), random_tensor(24, seed=2)
+    expected = fused_linear_fp64(x, dequantize_weight(q.qweight, q.scale, q.zero_point).double(), b, None, "silu")
+    with torch.no_grad():
+        assert rel_error(int8_weight_linear(x, q.qweight, q.scale, q.zero_point, b, "silu"), expected) < 1e-5
+        assert rel_error(weight_only_reference(x, q.qweight, q.scale, q.zero_point, b, "silu"), expected) < 1e-5
+
+
+def test_dynamic_reference_is_exact_integer_math():
+    q = packed()
+    x, b = random_tensor(2, 3, 128, seed=3), random_tensor(24, seed=4)
+    xq, xs = quantize_activation_per_token(x.reshape(-1, 128))
+    exact = (xq.long() @ q.qweight.long().t()).double() * xs.double()[:, None] * q.scale.double().t() + b.double()
+    out = int8_dynamic_linear(x, q.qweight, q.scale, b, "relu")
+    assert out.shape == (2, 3, 24)
+    assert rel_error(out.reshape(-1, 24), exact.relu()) < 1e-6
+    assert torch.equal(dynamic_reference(x, q.qweight, q.scale, b, "relu"), out) or rel_error(
+        dynamic_reference(x, q.qweight, q.scale, b, "relu"), out) < 1e-6
+
+
+def test_opcheck_both_ops():
+    q = packed(group_size=32, symmetric=False)
+    x, b = random_tensor(3, 128), random_tensor(24)
+    torch.library.opcheck(torch.ops.bigperf.int8_weight_linear.default, (x, q.qweight, q.scale, q.zero_point, b, "gelu"))
+    q = packed()
+    torch.library.opcheck(torch.ops.bigperf.int8_dynamic_linear.default, (x, q.qweight, q.scale, b, "none"))
+
+
+def test_compile_fullgraph():
+    q = packed()
+    x = random_tensor(4, 128)
+    f = lambda x: int8_weight_linear(x, q.qweight, q.scale) + int8_dynamic_linear(x, q.qweight, q.scale)  # noqa: E731
+    assert torch.allclose(torch.compile(f, fullgraph=True, backend="eager")(x), f(x))
+
+
+def test_negative_control_changed_code_changes_one_column():
+    q = packed()
+    x = random_tensor(2, 128)
+    before = int8_weight_linear(x, q.qweight, q.scale)
+    qw = q.qweight.clone()
+    qw[7, 3] = qw[7, 3] // 2 + 5
+    after = int8_weight_linear(x, qw, q.scale)
+    assert (after != before).any(dim=0).nonzero().flatten().tolist() == [7]
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda x, q: int8_weight_linear(x, q.qweight.float(), q.scale), TypeError, ["'qweight'", "int8"]),
+    (lambda x, q: int8_weight_linear(x, q.qweight, q.scale.double()), TypeError, ["'scale'", "float32"]),
+    (lambda x, q: int8_weight_linear(x, q.qweight, q.scale[:5]), ValueError, ["'scale'", "shape"]),
+    (lambda x, q: int8_weight_linear(x, q.qweight, torch.ones(24, 3)), ValueError, ["'scale'"]),  # 128/3
+    (lambda x, q: int8_weight_linear(x, q.qweight, torch.ones(24, 8)), ValueError, ["'scale'", "group_size"]),  # 16
+    (lambda x, q: int8_weight_linear(x, q.qweight, q.scale, torch.zeros(24, 2, dtype=torch.int8)), ValueError,
+     ["'zero_point'"]),
+    (lambda x, q: int8_weight_linear(x, q.qweight, q.scale, q.scale), TypeError, ["'zero_point'", "int8"]),
+    (lambda x, q: int8_weight_linear(x[:, :64], q.qweight, q.scale), ValueError, ["'x'", "features"]),
+    (lambda x, q: int8_weight_linear(x.int(), q.qweight, q.scale), TypeError, ["'x'"]),
+    (lambda x, q: int8_weight_linear(x, q.qweight, q.scale, None, torch.ones(3)), ValueError, ["'bias'"]),
+    (lambda x, q: int8_dynamic_linear(x, q.qweight, torch.ones(24, 4)), ValueError, ["'scale'", "per channel"]),
+    (lambda x, q: int8_dynamic_linear(x, q.qweight, q.scale, None, "swish"), ValueError, ["'activation'"]),
+])
+def test_bad_input_is_refused_clearly(call, error, words):
+    x, q = random_tensor(2, 128), packed()
+    with pytest.raises(error) as info:
+        call(x, q)
+    for word in words:
+        assert word in str(info.value)
