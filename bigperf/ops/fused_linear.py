@@ -174,6 +174,8 @@ def _cuda_run(x, weight, bias, residual, activation):
 
 
 def _triton_why_not(x, weight, bias, residual, activation):
+    if weight.dtype != x.dtype and x.dtype != torch.float32:
+        return f"needs weight in x's dtype, or fp32 x with a lower-precision weight; got {x.dtype} x, {weight.dtype} weight"
     return triton_why_not(x, "fused_matmul")
 
 
