@@ -143,6 +143,12 @@ class BuildExt(build_ext):
         gencode = []
         for arch in archs:
             gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+        # PTX of the lowest portable arch as well, so that GPUs newer than every listed
+        # arch (whose SASS we do not ship) can JIT the kernels instead of failing.
+        portable = sorted((a for a in archs if a.isdigit()), key=int)
+        if portable:
+            gencode += ["-gencode", f"arch=compute_{portable[0]},code=compute_{portable[0]}"]
+        archs_define = '-DBIGPERF_CUDA_ARCHS_STR="' + ";".join(archs) + '"'
         obj_dir = Path(self.build_temp) / "cuda"
         obj_dir.mkdir(parents=True, exist_ok=True)
         objects = []
@@ -150,7 +156,7 @@ class BuildExt(build_ext):
             obj = obj_dir / (source.stem + ".o")
             cmd = [nvcc, "-c", str(source), "-o", str(obj), "-O3", "-std=c++17",
                    "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", "-lineinfo",
-                   "-I", str(ROOT / "csrc"),
+                   "-I", str(ROOT / "csrc"), archs_define,
                    *gencode]
             print(" ".join(cmd), file=sys.stderr)
             subprocess.run(cmd, check=True)
