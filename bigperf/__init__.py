@@ -6,7 +6,9 @@
 from bigperf import nn, ops
 from bigperf._ext import use_cpu_isa
 from bigperf.ops.registry import NoBackendError, use_backend
-from bigperf.swap import FusedMixedPrecision, Int8Dynamic, Int8WeightOnly, SwapReport, swap
+from bigperf.configs import FusedMixedPrecision, Int8Dynamic, Int8WeightOnly
+from bigperf.report import SwapReport
+from bigperf.swap import swap
 
 __version__ = "0.1.0"
 

@@ -18,9 +18,11 @@ from rich.table import Table
 
 from bigperf.accuracy import sqnr_db
 from bigperf.demo_model import build_demo_model
-from bigperf.swap import FusedMixedPrecision, swap
+from bigperf.configs import FusedMixedPrecision, Int8Dynamic, Int8WeightOnly
+from bigperf.swap import swap
 
-DEMO_CONFIGS = [FusedMixedPrecision(torch.bfloat16), FusedMixedPrecision(torch.float16)]
+DEMO_CONFIGS = [FusedMixedPrecision(torch.bfloat16), FusedMixedPrecision(torch.float16), Int8WeightOnly(),
+                Int8WeightOnly(group_size=128), Int8Dynamic()]
 BATCHES = (1, 16)
 
 

@@ -99,7 +99,10 @@ def test_accuracy_gate_keeps_layers_below_min_sqnr():
 
 @pytest.mark.parametrize("call,error,word", [
     (lambda m: bigperf.swap("model", bigperf.FusedMixedPrecision()), TypeError, "'model'"),
-    (lambda m: bigperf.swap(m, "int8"), TypeError, "'config'"),
+    (lambda m: bigperf.swap(m, object()), TypeError, "'config'"),
+    (lambda m: bigperf.swap(m, "int9"), ValueError, "unknown config name 'int9'"),
+    (lambda m: bigperf.swap(m, {"(": bigperf.Int8WeightOnly()}), ValueError, "bad regex"),
+    (lambda m: bigperf.swap(m, {".*": "nope"}), ValueError, "unknown config name"),
     (lambda m: bigperf.swap(m, bigperf.FusedMixedPrecision(), min_sqnr=30), ValueError, "'min_sqnr'"),
     (lambda m: bigperf.swap(m, bigperf.FusedMixedPrecision(), calibration=[]), ValueError, "'calibration'"),
 ])
@@ -107,4 +110,24 @@ def test_bad_swap_arguments(call, error, word):
     model = small_model()
     with pytest.raises(error, match=word):
         call(model)
+    assert type(model[0]) is nn.Linear
+
+
+def test_config_a_device_cannot_serve_is_refused_and_model_unchanged():
+    model = small_model()
+    with bigperf.use_backend("cuda"), pytest.raises(ValueError, match="cannot serve layer '0'"):
+        bigperf.swap(model, "bf16")
+    assert type(model[0]) is nn.Linear and type(model[1]) is nn.GELU
+
+
+def test_config_names_are_accepted():
+    model = small_model()
+    report = bigperf.swap(model, "int8", dry_run=True)
+    assert report.config == "Int8WeightOnly(per-channel)" and len(report.changes) == 3
+
+
+def test_layers_a_config_cannot_take_are_kept_with_the_reason():
+    model = small_model()  # in_features 32 and 64: group 128 divides neither
+    report = bigperf.swap(model, "int8-g128")
+    assert report.changes == [] and all("does not divide" in reason for _, reason in report.kept)
     assert type(model[0]) is nn.Linear

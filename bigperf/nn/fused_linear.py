@@ -71,3 +71,10 @@ class FusedLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, activation={self.activation}, "
                 f"weight_dtype={str(self.weight.dtype).replace('torch.', '')}")
+
+    def backend(self) -> str:
+        """The backend a 1-row call on this layer's device would use (NoBackendError if none)."""
+        from bigperf.ops.fused_linear import BACKENDS
+
+        x = torch.empty(1, self.in_features, device=self.weight.device)
+        return BACKENDS.select(x.device, x, self.weight, self.bias, None, self.activation).name

@@ -68,6 +68,16 @@ class Int8Linear(nn.Module):
             return int8_weight_linear(x, self.qweight, self.scale, self.zero_point, self.bias, self.activation)
         return int8_dynamic_linear(x, self.qweight, self.scale, self.bias, self.activation)
 
+    def backend(self) -> str:
+        """The backend a 1-row call on this layer's device would use (NoBackendError if none)."""
+        from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, WEIGHT_ONLY_BACKENDS
+
+        x = torch.empty(1, self.in_features, device=self.qweight.device)
+        if self.weight_only:
+            return WEIGHT_ONLY_BACKENDS.select(x.device, x, self.qweight, self.scale, self.zero_point,
+                                               self.bias, self.activation).name
+        return DYNAMIC_BACKENDS.select(x.device, x, self.qweight, self.scale, self.bias, self.activation).name
+
     def get_extra_state(self) -> dict:
         return {"format": PACKED_FORMAT, "version": PACKED_VERSION, "weight_only": self.weight_only,
                 "group_size": self.group_size, "symmetric": self.symmetric, "activation": self.activation}

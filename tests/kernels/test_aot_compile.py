@@ -83,8 +83,9 @@ def test_tensor_core_instructions_in_sass(artifacts, spec, target):
     if art.sass is None:
         pytest.skip("no cuobjdump in triton's wheel (triton/backends/nvidia/bin) or on PATH")
     want = spec.tensor_core[target]
-    present = {k for k, marker in aot.SASS_MARKERS.items() if marker in art.sass}
+    markers = aot.sass_markers(spec)
+    present = {k for k, marker in markers.items() if marker in art.sass}
     if want is None:
         assert not present, f"an fp32 IEEE GEMM must not use tensor cores, found {present}"
     else:
-        assert present == {want}, f"expected {aot.SASS_MARKERS[want]} in SASS, found {present}"
+        assert present == {want}, f"expected {markers[want]} in SASS, found {present}"

@@ -1,0 +1,192 @@
+"""Op families register the variants they contribute to a benchmark point; here only.
+
+A family is a function `build(ctx) -> iterable of Variant | Skip`, registered with
+`@family("name")` in one of FAMILY_MODULES. Adding an op family (sparse, ...) means one new
+module and one line in FAMILY_MODULES; the harness, store, compare, plot and CLI are generic.
+
+Roles: "baseline" (torch.nn.functional.linear in x's dtype — the reference every speedup
+is relative to — and in fp32), "ours" (a bigperf op on one backend: these gate CI),
+"peer" (another library doing the same job, where installed: for context, never gating).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from bigperf.bench.harness import copies_for_cold, last_level_cache_bytes, rotating
+from bigperf.bench.suites import DTYPES, Point
+
+ROLES = ("baseline", "ours", "peer")
+BASELINE = "torch.linear"            # F.linear (+ the layer's epilogue) in x's dtype
+FLOAT_BASELINE = "torch.linear fp32"  # the same in fp32: what the user had before lowering precision
+FAMILY_MODULES = ("bigperf.bench.cases_linear", "bigperf.bench.cases_int8", "bigperf.bench.cases_sparse")
+
+_FAMILIES: dict[str, Callable[["CaseContext"], Iterable["Variant | Skip"]]] = {}
+
+
+@dataclass
+class Variant:
+    name: str                        # "fused_linear[cpu]", "torch.linear", "fbgemm.dynamic_int8"
+    role: str
+    family: str
+    step: Callable[[], torch.Tensor]  # one call, on the next cold weight copy
+    weight_bytes: int                # bytes of weight (and scales) one call reads
+    label: str = ""                  # a configuration detail: "w=bf16", "g128"
+    backend: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.name} {self.label}" if self.label else self.name
+
+
+@dataclass(frozen=True)
+class Skip:
+    id: str
+    reason: str
+
+
+def family(name: str):
+    def register(build):
+        _FAMILIES[name] = build
+        return build
+    return register
+
+
+def families() -> dict[str, Callable]:
+    for module in FAMILY_MODULES:
+        importlib.import_module(module)
+    return dict(_FAMILIES)
+
+
+@dataclass
+class CaseContext:
+    """One benchmark point's inputs, shared by all families; weight copies made once."""
+
+    point: Point
+    device: torch.device
+    backends: tuple[str, ...] | None = None  # None: every backend except reference
+    thorough: bool = False  # also the secondary configurations (group sizes, ...): the full suite
+    seed: int = 0
+    _cache: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        layer, m = self.point.layer, self.point.m
+        g = torch.Generator(device="cpu").manual_seed(self.seed + 1000003 * m + layer.n * 31 + layer.k)
+        self.dtype = DTYPES[self.point.dtype]
+        self.x = torch.randn(m, layer.k, generator=g).to(self.device, self.dtype)
+        # Scaled like an initialised layer so outputs stay O(1) in fp16/bf16.
+        self.weight_fp32 = (torch.randn(layer.n, layer.k, generator=g) * layer.k ** -0.5).to(self.device)
+        self.bias_fp32 = (torch.randn(layer.n, generator=g) * 0.1).to(self.device) if layer.bias else None
+        self.llc_bytes = last_level_cache_bytes(self.device)
+
+    @property
+    def layer(self):
+        return self.point.layer
+
+    @property
+    def activation(self) -> str:
+        return self.point.layer.activation
+
+    def bias(self, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        if self.bias_fp32 is None:
+            return None
+        return self.bias_fp32.to(dtype or self.dtype)
+
+    def cached(self, key, make: Callable):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def copies(self, make_one: Callable[[], object], bytes_per_copy: int, fresh: bool = False) -> list:
+        """Enough independent copies of a weight (in any packed form) to rotate them cold.
+
+        Copies are clones of one packed weight, or (fresh=True, for objects that cannot be
+        cloned) each made anew.
+        """
+        first = make_one()
+        count = copies_for_cold(bytes_per_copy, self.llc_bytes)
+        rest = [make_one() if fresh else _clone(first) for _ in range(count - 1)]
+        return [first, *rest]
+
+    def weights(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Cold copies of the float weight in `dtype` (shared by every variant that uses them)."""
+        nbytes = self.weight_fp32.numel() * torch.tensor([], dtype=dtype).element_size()
+        return self.cached(("weights", dtype), lambda: self.copies(lambda: self.weight_fp32.to(dtype).contiguous(), nbytes))
+
+    def wants_backend(self, name: str) -> bool:
+        return name in self.backends if self.backends is not None else name != "reference"
+
+    def backend_variants(self, table, fam: str, op: Callable, args: tuple, states: list[tuple],
+                         weight_bytes: int, label: str = "") -> list["Variant | Skip"]:
+        """A variant per backend of a bigperf op's table that can serve this call.
+
+        `args` is one concrete call (for why_not), `states` the per-copy argument tuples.
+        """
+        import bigperf
+
+        out: list[Variant | Skip] = []
+        for name, backend in table.backends.items():
+            if not self.wants_backend(name):
+                continue
+            vid = f"{fam}[{name}]" + (f" {label}" if label else "")
+            if name == "triton" and self.device.type != "cuda":
+                out.append(Skip(vid, "Triton on CPU runs in the interpreter: its timings mean nothing"))
+                continue
+            why = backend.why_not(*args)
+            if why is not None:
+                out.append(Skip(vid, why))
+                continue
+
+            def call(*state, _backend=name):
+                with bigperf.use_backend(_backend):
+                    return op(*state)
+
+            out.append(Variant(f"{fam}[{name}]", "ours", fam, rotating(call, states), weight_bytes,
+                               label=label, backend=name))
+        return out
+
+
+def _clone(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, tuple):
+        return tuple(_clone(o) for o in obj)
+    if isinstance(obj, torch.nn.Module):
+        import copy
+        return copy.deepcopy(obj)
+    raise TypeError(f"cannot copy a {type(obj).__name__} for weight rotation")
+
+
+@contextlib.contextmanager
+def quiet_deprecations():
+    """torch.ao.quantization warns on every use; the peers that need it are still the reference."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def build_case(point: Point, device: torch.device, ops: Iterable[str] | None = None,
+               backends: Iterable[str] | None = None, thorough: bool = False,
+               ) -> tuple[CaseContext, list[Variant], list[Skip]]:
+    """The point's inputs and every variant the selected families contribute (baselines always)."""
+    ctx = CaseContext(point, device, tuple(backends) if backends else None, thorough)
+    selected = set(ops) if ops else None
+    variants: list[Variant] = []
+    skips: list[Skip] = []
+    for name, build in families().items():
+        if name != "torch" and selected is not None and name not in selected:
+            continue
+        for item in build(ctx):
+            (variants if isinstance(item, Variant) else skips).append(item)
+    return ctx, variants, skips
+
+
+def family_names() -> list[str]:
+    return [name for name in families() if name != "torch"]

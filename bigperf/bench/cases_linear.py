@@ -1,0 +1,55 @@
+"""The torch baselines and the fused_linear family."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bigperf.bench.cases import BASELINE, FLOAT_BASELINE, CaseContext, Variant, family
+from bigperf.bench.harness import rotating
+from bigperf.ops.activations import apply_activation
+
+
+def _torch_linear(activation: str):
+    def call(x, w, b):
+        return apply_activation(F.linear(x, w, b), activation)
+    return call
+
+
+@family("torch")
+def torch_baselines(ctx: CaseContext):
+    """F.linear + the layer's activation, unfused: what the layer runs without bigperf."""
+    call = _torch_linear(ctx.activation)
+    w = ctx.weights(ctx.dtype)
+    b = ctx.bias()
+    yield Variant(BASELINE, "baseline", "torch", rotating(call, [(ctx.x, wi, b) for wi in w]),
+                  w[0].numel() * w[0].element_size())
+    if ctx.dtype != torch.float32:
+        w32 = ctx.weights(torch.float32)
+        x32 = ctx.x.float()
+        yield Variant(FLOAT_BASELINE, "baseline", "torch", rotating(call, [(x32, wi, ctx.bias_fp32) for wi in w32]),
+                      w32[0].numel() * 4)
+
+
+@family("fused_linear")
+def fused_linear_variants(ctx: CaseContext):
+    from bigperf.ops.fused_linear import BACKENDS, fused_linear
+
+    def op(x, w, b):
+        return fused_linear(x, w, b, None, ctx.activation)
+
+    b = ctx.bias(torch.float32)  # fp32 bias: the kernels' native form, no per-call conversion
+    weight_dtypes = [ctx.dtype]
+    if ctx.dtype == torch.float32:
+        # Mixed precision: the user keeps fp32 activations and halves the weight bytes.
+        weight_dtypes.append(torch.bfloat16)
+    for wdt in weight_dtypes:
+        w = ctx.weights(wdt)
+        label = "" if wdt == ctx.dtype else f"w={_short(wdt)}"
+        yield from ctx.backend_variants(
+            BACKENDS, "fused_linear", op, (ctx.x, w[0], b, None, ctx.activation),
+            [(ctx.x, wi, b) for wi in w], w[0].numel() * w[0].element_size(), label)
+
+
+def _short(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

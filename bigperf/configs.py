@@ -1,0 +1,124 @@
+"""Swap configs: what each linear map becomes. Plain frozen dataclasses that build
+layers, describe themselves, and round-trip through JSON (for bigperf.save/load)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bigperf.nn.fused_linear import FusedLinear
+from bigperf.nn.int8_linear import Int8Linear
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@dataclass(frozen=True)
+class FusedMixedPrecision:
+    """Fused linear with weights stored in `weight_dtype` (bf16 by default), fp32 accumulate."""
+
+    weight_dtype: torch.dtype = torch.bfloat16
+    fuse_activations: bool = True
+
+    def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
+        return FusedLinear.from_linear(linear, activation=activation, weight_dtype=self.weight_dtype)
+
+    def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
+        return FusedLinear(in_features, out_features, bias, activation=activation, weight_dtype=self.weight_dtype,
+                           device=device)
+
+    def describe(self) -> str:
+        return f"FusedMixedPrecision({_dtype_name(self.weight_dtype)})"
+
+
+@dataclass(frozen=True)
+class Int8WeightOnly:
+    """W8A16: int8 weights per channel (group_size=None) or per group along K; float activations."""
+
+    group_size: int | None = None
+    symmetric: bool = True
+    fuse_activations: bool = True
+
+    def why_not_layer(self, in_features: int, out_features: int) -> str | None:
+        if self.group_size is not None and in_features % self.group_size:
+            return f"group_size {self.group_size} does not divide in_features {in_features}"
+        return None
+
+    def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
+        return Int8Linear.from_linear(linear, weight_only=True, group_size=self.group_size,
+                                      activation=activation, symmetric=self.symmetric)
+
+    def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
+        return Int8Linear(in_features, out_features, bias, weight_only=True, group_size=self.group_size,
+                          symmetric=self.symmetric, activation=activation, device=device)
+
+    def describe(self) -> str:
+        grouping = "per-channel" if self.group_size is None else f"group {self.group_size}"
+        return f"Int8WeightOnly({grouping}{'' if self.symmetric else ', asymmetric'})"
+
+
+@dataclass(frozen=True)
+class Int8Dynamic:
+    """W8A8: int8 per-channel weights, activations quantised per token at run time."""
+
+    fuse_activations: bool = True
+
+    def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
+        return Int8Linear.from_linear(linear, weight_only=False, activation=activation)
+
+    def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
+        return Int8Linear(in_features, out_features, bias, weight_only=False, activation=activation, device=device)
+
+    def describe(self) -> str:
+        return "Int8Dynamic()"
+
+
+CONFIG_TYPES = {cls.__name__: cls for cls in (FusedMixedPrecision, Int8WeightOnly, Int8Dynamic)}
+
+# Short names for the command line and for swap(model, "int8").
+NAMED_CONFIGS = {
+    "bf16": FusedMixedPrecision(torch.bfloat16),
+    "fp16": FusedMixedPrecision(torch.float16),
+    "fused": FusedMixedPrecision(torch.float32),
+    "int8": Int8WeightOnly(),
+    "int8-g128": Int8WeightOnly(group_size=128),
+    "int8-dynamic": Int8Dynamic(),
+}
+
+
+def config_by_name(name: str):
+    try:
+        return NAMED_CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"bigperf: unknown config name {name!r}; known: {', '.join(NAMED_CONFIGS)}") from None
+
+
+def is_config(value) -> bool:
+    return type(value) in CONFIG_TYPES.values() or (
+        hasattr(value, "make_layer") and hasattr(value, "describe") and dataclasses.is_dataclass(value))
+
+
+def config_to_dict(config) -> dict:
+    fields = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        fields[field.name] = _dtype_name(value) if isinstance(value, torch.dtype) else value
+    return {"type": type(config).__name__, "fields": fields}
+
+
+def config_from_dict(data: dict):
+    try:
+        cls = CONFIG_TYPES[data["type"]]
+        fields = dict(data["fields"])
+    except (KeyError, TypeError):
+        raise ValueError(f"bigperf: not a known config record: {data!r} (known types: {', '.join(CONFIG_TYPES)})") from None
+    for field in dataclasses.fields(cls):
+        if field.name in fields and field.type in ("torch.dtype", torch.dtype):
+            fields[field.name] = _DTYPES[fields[field.name]]
+    return cls(**fields)

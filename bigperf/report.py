@@ -1,0 +1,73 @@
+"""SwapReport: what bigperf.swap did (or would do), as a rich table and as JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerChange:
+    name: str
+    old: str
+    new: str
+    activation: str
+    bytes_before: int
+    bytes_after: int
+    backend: str
+    sqnr_db: float | None = None  # on the calibration data, when given
+    config: str = ""
+
+    @property
+    def saved_fraction(self) -> float:
+        return 1 - self.bytes_after / self.bytes_before if self.bytes_before else 0.0
+
+
+@dataclass
+class SwapReport:
+    config: str
+    dry_run: bool
+    changes: list[LayerChange] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)  # (name, why it was kept)
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(c.bytes_before for c in self.changes)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(c.bytes_after for c in self.changes)
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "dry_run": self.dry_run,
+                "changes": [asdict(c) for c in self.changes],
+                "kept": [{"name": n, "reason": r} for n, r in self.kept],
+                "bytes_before": self.bytes_before, "bytes_after": self.bytes_after}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def __rich__(self):
+        from rich.table import Table
+
+        title = f"bigperf.swap {self.config}" + (" (dry run: nothing changed)" if self.dry_run else "")
+        table = Table(title=title)
+        for column in ("layer", "old → new", "activation", "weight bytes", "SQNR dB", "backend / reason"):
+            table.add_column(column)
+        for c in self.changes:
+            sqnr = "-" if c.sqnr_db is None else f"{c.sqnr_db:.1f}"
+            table.add_row(c.name, f"{c.old} → {c.new}", c.activation,
+                          f"{c.bytes_before:,} → {c.bytes_after:,}", sqnr, c.backend)
+        for name, reason in self.kept:
+            table.add_row(name, "kept", "", "", "", reason)
+        table.caption = (f"{len(self.changes)} layer(s) swapped; weight bytes "
+                         f"{self.bytes_before:,} → {self.bytes_after:,}")
+        return table
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        buffer = io.StringIO()
+        Console(width=120, file=buffer).print(self)
+        return buffer.getvalue()
