@@ -107,8 +107,11 @@ def plan_swaps(model: nn.Module, config, filter: Callable | None) -> tuple[list[
     return planned, kept
 
 
-def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> None:
-    """Put the planned layers in place; on any failure, put every original back."""
+def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> list[tuple[str, nn.Module]]:
+    """Put the planned layers in place; on any failure, put every original back.
+
+    Returns the undo list for restore_modules() (for callers with later steps that may fail).
+    """
     undo: list[tuple[str, nn.Module]] = []
     try:
         for p in planned:
@@ -121,9 +124,14 @@ def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> None:
                 undo.append((p.absorbed, model.get_submodule(p.absorbed)))
                 set_submodule(model, p.absorbed, nn.Identity())
     except BaseException:
-        for name, original in reversed(undo):
-            set_submodule(model, name, original)
+        restore_modules(model, undo)
         raise
+    return undo
+
+
+def restore_modules(model: nn.Module, undo: list[tuple[str, nn.Module]]) -> None:
+    for name, original in reversed(undo):
+        set_submodule(model, name, original)
 
 
 def swap(model: nn.Module, config, *, filter: Callable | None = None, calibration=None,

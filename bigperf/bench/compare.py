@@ -1,0 +1,112 @@
+"""Did anything get slower? Two records compared by their in-run speedups.
+
+Absolute times drift between runs and machines; the speedup over the torch baseline timed
+in the same rounds does not (much). A kernel regressed when its speedup fell by more than
+`threshold` percent AND by more than the noise, the quadrature sum of both runs' speedup
+IQRs (so a point that was measured noisily must fall further to count). Only our own ops
+gate; peers and baselines are shown for context.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from bigperf.bench.store import load_record
+
+GATING_ROLE = "ours"
+
+
+@dataclass
+class Row:
+    key: str
+    role: str
+    status: str                    # "slower", "faster", "same", "missing", "new"
+    old: float | None = None       # speedups
+    new: float | None = None
+    change: float | None = None    # new/old - 1
+    noise: float | None = None     # in speedup units
+    reason: str | None = None      # why a missing entry is missing, when the new run says
+
+    @property
+    def gates(self) -> bool:
+        return self.role == GATING_ROLE
+
+
+@dataclass
+class Comparison:
+    rows: list[Row]
+    threshold_pct: float
+    warnings: list[str] = field(default_factory=list)
+
+    def of(self, status: str, gating_only: bool = False) -> list[Row]:
+        return [r for r in self.rows if r.status == status and (r.gates or not gating_only)]
+
+    @property
+    def regressions(self) -> list[Row]:
+        return self.of("slower", gating_only=True)
+
+    @property
+    def missing(self) -> list[Row]:
+        return self.of("missing", gating_only=True)
+
+    def failed(self, fail_on_missing: bool = False) -> bool:
+        return bool(self.regressions or (fail_on_missing and self.missing))
+
+
+def _iqr(result: dict) -> float:
+    return max(0.0, result["speedup_q3"] - result["speedup_q1"])
+
+
+def judge(old: dict, new: dict, threshold_pct: float) -> tuple[str, float, float]:
+    """(status, change, noise) for one entry present in both records."""
+    change = new["speedup"] / old["speedup"] - 1.0
+    noise = math.hypot(_iqr(old), _iqr(new))
+    delta = new["speedup"] - old["speedup"]
+    if change < -threshold_pct / 100 and -delta > noise:
+        return "slower", change, noise
+    if change > threshold_pct / 100 and delta > noise:
+        return "faster", change, noise
+    return "same", change, noise
+
+
+def compare_records(old: dict, new: dict, threshold_pct: float = 30.0) -> Comparison:
+    if threshold_pct < 0:
+        raise ValueError(f"bench compare: threshold must be >= 0 percent, got {threshold_pct}")
+    comparison = Comparison([], threshold_pct, _warnings(old, new))
+    old_by_key = {r["key"]: r for r in old["results"] if r["role"] != "baseline"}
+    new_by_key = {r["key"]: r for r in new["results"] if r["role"] != "baseline"}
+    skip_reasons = {s.get("key"): s.get("reason") for s in new.get("skipped", []) if isinstance(s, dict)}
+    for key, o in old_by_key.items():
+        n = new_by_key.get(key)
+        if n is None:
+            point = key.rsplit("/", 1)[0]
+            reason = skip_reasons.get(key) or skip_reasons.get(point) or "not in the new run"
+            comparison.rows.append(Row(key, o["role"], "missing", old=o["speedup"], reason=reason))
+            continue
+        status, change, noise = judge(o, n, threshold_pct)
+        comparison.rows.append(Row(key, n["role"], status, o["speedup"], n["speedup"], change, noise))
+    for key, n in new_by_key.items():
+        if key not in old_by_key:
+            comparison.rows.append(Row(key, n["role"], "new", new=n["speedup"]))
+    return comparison
+
+
+def _warnings(old: dict, new: dict) -> list[str]:
+    out = []
+    kinds = [r["fingerprint"].get("machine_kind") for r in (old, new)]
+    if kinds[0] != kinds[1]:
+        out.append(f"different machine kinds ({kinds[0]} vs {kinds[1]}): speedups may differ for that reason alone")
+    if old["suite"] != new["suite"]:
+        out.append(f"different suites ({old['suite']} vs {new['suite']}): only shared points are compared")
+    if old["device"] != new["device"]:
+        out.append(f"different devices ({old['device']} vs {new['device']})")
+    torch_versions = [r["fingerprint"].get("versions", {}).get("torch") for r in (old, new)]
+    if torch_versions[0] != torch_versions[1]:
+        out.append(f"different torch versions ({torch_versions[0]} vs {torch_versions[1]}): the baseline itself changed")
+    return out
+
+
+def compare_files(old_path, new_path, threshold_pct: float = 30.0) -> Comparison:
+    """For a history file (.jsonl), its newest record is compared."""
+    return compare_records(load_record(old_path), load_record(new_path), threshold_pct)

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import bigperf
+
+
+def build(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64), nn.Linear(64, 32, bias=False))
+    return model.eval()
+
+
+@pytest.mark.parametrize("config", ["bf16", "int8", "int8-dynamic", bigperf.Int8WeightOnly(32, symmetric=False),
+                                    {r"0": "int8-g128", r".*": "fp16"}])
+def test_round_trip_into_a_fresh_model(tmp_path, config):
+    model = build()
+    bigperf.swap(model, config)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        expected = model(x)
+    bigperf.save(model, tmp_path / "ckpt")
+    fresh = build(seed=1)  # different random weights: everything must come from the file
+    bigperf.load(fresh, tmp_path / "ckpt")
+    assert [type(m) for m in fresh] == [type(m) for m in model]
+    with torch.no_grad():
+        assert torch.equal(fresh(x), expected)
+
+
+def test_files_are_safetensors_and_json_without_pickle(tmp_path):
+    model = build()
+    bigperf.swap(model, "int8")
+    directory = bigperf.save(model, tmp_path / "ckpt")
+    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "model.safetensors"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    first = manifest["layers"][0]
+    assert first["config"]["type"] == "Int8WeightOnly" and first["activation"] == "gelu" and first["absorbed"] == "1"
+    assert manifest["tensors"]["0.qweight"] == {"shape": [128, 64], "dtype": "int8"}
+    assert manifest["extra_states"]["0._extra_state"]["format"] == "int8-rowmajor"
+    assert b"pickle" not in (directory / "model.safetensors").read_bytes()[:200]
+
+
+def test_tied_weights_are_stored_once(tmp_path):
+    tied = nn.ModuleDict({"a": nn.Linear(8, 8), "b": nn.Linear(8, 8)})
+    tied.b.weight = tied.a.weight
+    bigperf.save(tied, tmp_path / "tied")
+    manifest = json.loads((tmp_path / "tied" / "manifest.json").read_text())
+    assert manifest["aliases"] == {"b.weight": "a.weight"}
+    fresh = nn.ModuleDict({"a": nn.Linear(8, 8), "b": nn.Linear(8, 8)})
+    bigperf.load(fresh, tmp_path / "tied")
+    assert torch.equal(fresh.b.weight, tied.a.weight)
+
+
+def test_mismatches_are_refused_and_the_model_is_left_as_it_was(tmp_path):
+    model = build()
+    bigperf.swap(model, "int8")
+    bigperf.save(model, tmp_path / "ckpt")
+
+    wrong_shape = nn.Sequential(nn.Linear(64, 100), nn.GELU(), nn.Linear(100, 64), nn.Linear(64, 32, bias=False))
+    before = [type(m) for m in wrong_shape]
+    with pytest.raises(ValueError, match="64→128"):
+        bigperf.load(wrong_shape, tmp_path / "ckpt")
+    assert [type(m) for m in wrong_shape] == before
+
+    manifest_path = tmp_path / "ckpt" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["tensors"]["2.bias"]["dtype"] = "float16"
+    manifest_path.write_text(json.dumps(manifest))
+    fresh = build(seed=3)
+    original_weight = fresh[0].weight.clone()
+    with pytest.raises(ValueError, match="'2.bias'"):
+        bigperf.load(fresh, tmp_path / "ckpt")
+    assert type(fresh[0]) is nn.Linear and type(fresh[1]) is nn.GELU and torch.equal(fresh[0].weight, original_weight)
+
+    manifest["version"] = 7
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="v7"):
+        bigperf.load(build(), tmp_path / "ckpt")
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        bigperf.load(build(), tmp_path / "nowhere")
