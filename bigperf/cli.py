@@ -1,9 +1,11 @@
-"""The `bigperf` command: doctor | demo (bench, swap, export and trt land with their issues)."""
+"""The `bigperf` command: doctor | demo | swap (bench, export and trt land with their issues)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from bigperf.configs import NAMED_CONFIGS
 
 
 def _wide_console():
@@ -14,6 +16,26 @@ def _wide_console():
     return console if console.is_terminal else Console(width=160)
 
 
+def _swap_command(args) -> int:
+    import bigperf
+    from bigperf.targets import load_target
+
+    console = _wide_console()
+    try:
+        model = load_target(args.target)
+        report = bigperf.swap(model, args.config, dry_run=args.dry_run)
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    if args.json:
+        print(report.to_json())
+    else:
+        console.print(report)
+    if args.save and not args.dry_run:
+        console.print(f"saved to {bigperf.save(model, args.save)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bigperf", description="Compiled-kernel performance toolkit for PyTorch")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -21,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="swap a transformer-shaped model and compare speed and accuracy")
     demo.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median is shown)")
     demo.add_argument("--small", action="store_true", help="a small model (for smoke tests)")
+    swap_cmd = commands.add_parser("swap", help="swap a model's linear layers and print the report")
+    swap_cmd.add_argument("target", help="package.module:factory, or a local transformers model directory")
+    swap_cmd.add_argument("--config", default="int8", help=f"one of: {', '.join(NAMED_CONFIGS)} (default int8)")
+    swap_cmd.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
+    swap_cmd.add_argument("--save", metavar="DIR", help="write the swapped model with bigperf.save")
+    swap_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
 
     if args.command == "doctor":
@@ -31,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {"d_model": 128, "d_ff": 256, "n_layers": 2, "vocab": 256} if args.small else None
         run_demo(console=_wide_console(), repeats=args.repeats, sizes=sizes)
         return 0
+    if args.command == "swap":
+        return _swap_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

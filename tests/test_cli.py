@@ -21,3 +21,30 @@ def test_demo_small_runs_and_prints_table():
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "bigperf.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "doctor" in out.stdout
+
+
+def test_swap_command_with_a_factory_target(capsys):
+    assert main(["swap", "bigperf.demo_model:build_demo_model", "--config", "int8", "--dry-run", "--json"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["dry_run"] and len(report["changes"]) == 25
+    assert report["bytes_after"] < 0.27 * report["bytes_before"]
+
+
+def test_swap_command_on_a_local_transformers_directory(tmp_path, capsys):
+    import pytest
+
+    transformers = pytest.importorskip("transformers", reason="transformers is a test extra")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, bos_token_id=0, eos_token_id=1)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    assert main(["swap", str(tmp_path / "tiny"), "--config", "bf16", "--save", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "gate_proj" in out and "silu" in out and (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_swap_command_reports_bad_targets_and_configs(capsys):
+    assert main(["swap", "no_such_module:factory"]) == 2
+    assert main(["swap", "bigperf.demo_model:build_demo_model", "--config", "int9"]) == 2
+    assert "unknown config name" in capsys.readouterr().out

@@ -22,7 +22,6 @@ import torch
 from bigperf.bench.harness import copies_for_cold, last_level_cache_bytes, rotating
 from bigperf.bench.suites import DTYPES, Point
 
-ROLES = ("baseline", "ours", "peer")
 BASELINE = "torch.linear"            # F.linear (+ the layer's epilogue) in x's dtype
 FLOAT_BASELINE = "torch.linear fp32"  # the same in fp32: what the user had before lowering precision
 FAMILY_MODULES = ("bigperf.bench.cases_linear", "bigperf.bench.cases_int8", "bigperf.bench.cases_sparse")

@@ -91,3 +91,17 @@ def test_swap_configs_and_activation_fusion():
 def test_bad_construction_is_refused(call, error, word):
     with pytest.raises(error, match=word):
         call()
+
+
+@pytest.mark.parametrize("config", [bigperf.Int8WeightOnly(group_size=64), bigperf.Int8Dynamic()])
+def test_swapped_int8_model_compiles_and_exports(config):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).eval()
+    bigperf.swap(model, config)
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        eager = model(x)
+        assert torch.allclose(torch.compile(model, fullgraph=True)(x), eager, rtol=1e-5, atol=1e-5)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(x), eager, rtol=1e-5, atol=1e-5)

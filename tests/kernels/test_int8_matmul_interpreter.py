@@ -1,0 +1,316 @@
+"""bigperf.kernels.int8_matmul under the Triton CPU interpreter.
+
+Run in its own process, e.g. ``TRITON_INTERPRET=1 pytest tests/kernels -m interpreter``:
+triton decides at @triton.jit decoration time whether kernels are interpreted, so the
+variable must be set before triton is first imported.
+
+Under the interpreter the split-K path sizes itself for _config.INT8_INTERPRETER_SM_COUNT
+SMs, so M <= 16 with a few N tiles and K >= 128 takes it with several splits.
+"""
+import os
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip(
+        "needs TRITON_INTERPRET=1 set before triton is imported; run via `make test` "
+        "(separate pytest process)",
+        allow_module_level=True,
+    )
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import bigperf  # noqa: E402
+from bigperf import quant  # noqa: E402
+from bigperf.kernels import _config  # noqa: E402
+from bigperf.kernels import int8_matmul as im  # noqa: E402
+from bigperf.kernels.int8_matmul import ACTIVATIONS, int8_dynamic_linear, int8_weight_linear  # noqa: E402
+from bigperf.ops import int8_linear as ops  # noqa: E402
+
+if not _config.INTERPRETER:
+    pytest.skip("bigperf.kernels was imported before TRITON_INTERPRET=1 was set",
+                allow_module_level=True)
+
+pytestmark = [
+    pytest.mark.interpreter,
+    # exp(-t) overflowing to inf inside sigmoid-style activations is the intended
+    # saturation (x / inf -> 0), as on the GPU.
+    pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning"),
+]
+
+WEIGHT_NAME = "bigperf.kernels.int8_matmul.int8_weight_linear"
+DYNAMIC_NAME = "bigperf.kernels.int8_matmul.int8_dynamic_linear"
+
+# (dtype, max relative Frobenius error against the float64 reference). The weight codes
+# are exact in every dtype and scales multiply fp32 partial sums, so the bounds are the
+# accumulation (fp32) and the final rounding of the output (fp16, bf16).
+DTYPES = [
+    pytest.param(torch.float32, 1e-5, id="fp32"),
+    pytest.param(torch.float16, 2e-3, id="fp16"),
+    # bf16 goes through the interpreter workarounds (UPCAST_DOT, ROUND_BF16_OUT).
+    pytest.param(torch.bfloat16, 1e-2, id="bf16"),
+]
+# (group_size, symmetric)
+QUANT = [
+    pytest.param(None, True, id="channel"),
+    pytest.param(None, False, id="channel-zp"),
+    pytest.param(32, True, id="g32"),
+    pytest.param(64, False, id="g64-zp"),
+    pytest.param(128, True, id="g128"),
+    pytest.param(256, False, id="g256-zp"),
+]
+# M <= 16 with K >= 256 takes the split-K path (asserted in test_path_taken); M = 17 and
+# 40 the regular one (40: three row blocks, a partial GROUP_M group). N is never a
+# multiple of 16; K is a multiple of every group size.
+SPLIT_SHAPES = [(1, 40, 512), (3, 33, 256), (16, 24, 256)]
+REGULAR_SHAPES = [(17, 40, 256), (40, 70, 256)]
+# Per channel, K need not be a multiple of anything.
+ODD_K_SHAPES = [(1, 33, 100), (3, 24, 50), (17, 40, 72)]
+
+_ACT = {
+    "none": lambda v: v,
+    "relu": torch.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda v: F.gelu(v, approximate="tanh"),
+    "silu": F.silu,
+}
+
+
+def _id(shape):
+    return "x".join(map(str, shape))
+
+
+def make(m, n, k, dtype, group=None, symmetric=True, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    qw = quant.quantize_weight(torch.randn(n, k, generator=g), group, symmetric)
+    b = torch.randn(n, generator=g) if bias else None
+    return x, qw, b
+
+
+def weight_reference(x, qw, bias, activation):
+    """float64: (q - z) * s and the GEMM without any rounding."""
+    n, k = qw.qweight.shape
+    groups = qw.scale.shape[1]
+    q = qw.qweight.double().reshape(n, groups, k // groups)
+    if qw.zero_point is not None:
+        q = q - qw.zero_point.double()[..., None]
+    w = (q * qw.scale.double()[..., None]).reshape(n, k)
+    y = x.double() @ w.t()
+    if bias is not None:
+        y = y + bias.double()
+    return _ACT[activation](y)
+
+
+def rel_err(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def splits(m, n, k, group=None):
+    return _config.int8_split_k(m, n, k, group or 0, _config.INT8_INTERPRETER_SM_COUNT)[0]
+
+
+@pytest.fixture
+def poison_empty(monkeypatch):
+    """NaN-fill every float allocation (outputs and the split-K workspace) so that an
+    element no kernel wrote shows."""
+    real_empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+@pytest.fixture
+def no_split_k(monkeypatch):
+    monkeypatch.setattr(_config, "INT8_SPLIT_K_MAX_M", 0)
+
+
+def test_interpreter_uses_exactly_one_config():
+    # Autotuning more than one config needs a GPU driver to benchmark.
+    for tuned in (im._int8_weight_tuned, im._int8_weight_split_tuned, im._int8_gemm_tuned):
+        assert len(tuned.configs) == 1
+
+
+def test_group_sizes_match_the_quantizer():
+    assert _config.INT8_GROUP_SIZES == quant.GROUP_SIZES
+
+
+@pytest.mark.parametrize("shape", SPLIT_SHAPES + REGULAR_SHAPES, ids=_id)
+def test_path_taken(shape):
+    m, n, k = shape
+    want_split = m <= _config.INT8_SPLIT_K_MAX_M
+    assert (splits(m, n, k) > 1) == want_split
+    assert (splits(m, n, k, 256) > 1) == want_split
+
+
+# ----------------------------------------------------------------------------- W8A16
+
+@pytest.mark.parametrize("group,symmetric", QUANT)
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("shape", SPLIT_SHAPES + REGULAR_SHAPES, ids=_id)
+def test_weight_only_matches_float64(shape, dtype, tol, group, symmetric, poison_empty):
+    x, qw, b = make(*shape, dtype, group, symmetric)
+    y = int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, b, "gelu_tanh")
+    assert y.dtype == dtype and y.shape == shape[:2]
+    assert not torch.isnan(y).any(), "unwritten (NaN-poisoned) or NaN output elements"
+    assert rel_err(y, weight_reference(x, qw, b, "gelu_tanh")) <= tol
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "zp"])
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("shape", ODD_K_SHAPES, ids=_id)
+def test_weight_only_odd_k_per_channel(shape, dtype, tol, symmetric, poison_empty):
+    x, qw, b = make(*shape, dtype, None, symmetric, seed=1)
+    y = int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, b, "silu")
+    assert not torch.isnan(y).any()
+    assert rel_err(y, weight_reference(x, qw, b, "silu")) <= tol
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype,tol", DTYPES[:2])
+@pytest.mark.parametrize("shape,group", [((3, 33, 256), 64), ((17, 40, 128), None)],
+                         ids=["split-g64", "regular-channel"])
+def test_weight_only_activations(shape, group, dtype, tol, activation):
+    x, qw, b = make(*shape, dtype, group, symmetric=False, seed=2)
+    y = int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, b, activation)
+    assert rel_err(y, weight_reference(x, qw, b, activation)) <= tol
+    y = int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, None, activation)
+    assert rel_err(y, weight_reference(x, qw, None, activation)) <= tol
+
+
+@pytest.mark.parametrize("group", [None, 64])
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_split_k_matches_regular_path_and_is_deterministic(m, group, monkeypatch):
+    x, qw, b = make(m, 40, 512, torch.float32, group, symmetric=False, seed=3)
+    assert splits(m, 40, 512, group) > 1
+    y_split = int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, b, "relu")
+    again = int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, b, "relu")
+    assert torch.equal(y_split, again), "split-K must sum its partials in a fixed order"
+    monkeypatch.setattr(_config, "INT8_SPLIT_K_MAX_M", 0)
+    y_regular = int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, b, "relu")
+    torch.testing.assert_close(y_split, y_regular, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m,n,k,group,sms", [
+    (1, 4096, 4096, 0, 132), (16, 14336, 4096, 128, 132), (1, 40, 512, 32, 4),
+    (3, 33, 96, 0, 4), (1, 4096, 14336, 256, 108), (8, 1024, 1000, 0, 132), (1, 8, 64, 0, 132),
+])
+def test_split_k_plan(m, n, k, group, sms):
+    count, per_split = _config.int8_split_k(m, n, k, group, sms)
+    align = _config.int8_split_k_align(group)
+    assert 1 <= count <= _config.INT8_SPLIT_K_MAX
+    assert per_split % align == 0 and (not group or per_split % group == 0)
+    # Every split has work and together they cover K.
+    assert (count - 1) * per_split < max(k, 1) <= count * per_split
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("m", [3, 17], ids=["split", "regular"])
+def test_weight_only_non_contiguous_inputs(m, dtype, tol, poison_empty):
+    n, k, group = 33, 256, 64
+    x0, qw, b = make(m, n, k, dtype, group, symmetric=False, seed=4)
+    x = torch.zeros(m + 3, 2 * k + 1, dtype=dtype)[1:1 + m, 1::2]
+    x.copy_(x0)
+    qweight = qw.qweight.t().contiguous().t()  # [N, K] view with unit stride along N
+    scale = torch.zeros(n, 2 * qw.scale.shape[1])[:, ::2]
+    scale.copy_(qw.scale)
+    zero = qw.zero_point.t().contiguous().t()
+    bias = torch.zeros(2 * n)[::2]
+    bias.copy_(b)
+    assert not any(t.is_contiguous() for t in (x, qweight, scale, zero, bias))
+    y = int8_weight_linear(x, qweight, scale, zero, bias, "gelu")
+    assert not torch.isnan(y).any()
+    assert rel_err(y, weight_reference(x0, qw, b, "gelu")) <= tol
+
+
+def test_transposed_x_view():
+    x = torch.randn(72, 3).t()  # stride along K is the row count
+    _, qw, b = make(3, 24, 72, torch.float32, seed=5)
+    y = int8_weight_linear(x, qw.qweight, qw.scale, None, b, "none")
+    assert rel_err(y, weight_reference(x, qw, b, "none")) <= 1e-5
+
+
+@pytest.mark.parametrize("m", [1, 17], ids=["split", "regular"])
+def test_every_element_written_and_correct(m, poison_empty):
+    x, qw, b = make(m, 70, 256, torch.float32, 32, symmetric=False, seed=6)
+    y = int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, b, "silu")
+    assert not torch.isnan(y).any()
+    torch.testing.assert_close(y.double(), weight_reference(x, qw, b, "silu"),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m", [2, 17], ids=["split", "regular"])
+def test_changed_code_or_scale_changes_only_its_column(m):
+    x, qw, b = make(m, 33, 256, torch.float32, 64, seed=7)
+    y0 = int8_weight_linear(x, qw.qweight, qw.scale, None, b, "none")
+    q2 = qw.qweight.clone()
+    q2[5, 70] = q2[5, 70] + (1 if q2[5, 70] < 127 else -1)
+    y1 = int8_weight_linear(x, q2, qw.scale, None, b, "none")
+    changed = (y1 != y0).any(dim=0)
+    assert changed[5] and changed.sum() == 1, "a changed code must change exactly its column"
+    s2 = qw.scale.clone()
+    s2[9, 3] *= 2  # group 3 of row 9: K 192..255
+    y2 = int8_weight_linear(x, qw.qweight, s2, None, b, "none")
+    changed = (y2 != y0).any(dim=0)
+    assert changed[9] and changed.sum() == 1, "a changed group scale must change exactly its column"
+    part = x[:, 192:] @ (qw.qweight[9, 192:].float() * qw.scale[9, 3])
+    torch.testing.assert_close(y2[:, 9] - y0[:, 9], part, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("m", [3, 17], ids=["split", "regular"])
+def test_bf16_output_is_rounded_to_nearest(m):
+    # Guards ROUND_BF16_OUT in both epilogues (GEMM and split-K reduce): a truncating
+    # fp32 -> bf16 cast leaves about half of the elements more than half an ulp off.
+    x, qw, b = make(m, 33, 256, torch.bfloat16, 128, seed=8)
+    y = int8_weight_linear(x, qw.qweight, qw.scale, None, b, "none").double()
+    ref = weight_reference(x, qw, b, "none")
+    ulp = torch.exp2(torch.floor(torch.log2(ref.abs())) - 7)
+    excess = (y - ref).abs() - (0.5 * ulp + 1e-5 * ref.abs())
+    assert (excess <= 0).all(), f"{int((excess > 0).sum())} elements not rounded to nearest"
+
+
+def test_empty_k_gives_activation_of_bias():
+    b = torch.randn(5)
+    y = int8_weight_linear(torch.randn(3, 0), torch.zeros(5, 0, dtype=torch.int8),
+                           torch.ones(5, 1), None, b, "relu")
+    torch.testing.assert_close(y, torch.relu(b).expand(3, 5))
+
+
+@pytest.mark.parametrize("m,n", [(0, 5), (4, 0)])
+def test_empty_output(m, n):
+    q = torch.zeros(n, 32, dtype=torch.int8)
+    s = torch.ones(n, 1)
+    assert int8_weight_linear(torch.randn(m, 32), q, s).shape == (m, n)
+    assert int8_dynamic_linear(torch.randn(m, 32), q, s).shape == (m, n)
+
+
+# ----------------------------------------------------------------------------- W8A8
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+def test_quantize_rows_is_bit_exact(dtype):
+    g = torch.Generator().manual_seed(9)
+    k = 150  # > INT8_QUANT_BLOCK_K under the interpreter: the row loop takes 3 steps
+    x = torch.randn(6, k, generator=g) * torch.tensor([1.0, 1e-3, 50.0, 1.0, 1.0, 1.0])[:, None]
+    x[3] = 0.0  # all-zero row: scale 1, codes 0
+    # Row 4: absmax 127 gives scale 1, so x / scale sits exactly on .5 ties: half to even.
+    x[4] = torch.arange(k) % 7 - 3.5
+    x[4, 0] = 127.0
+    x[5, ::2] = x[5, 1::2] = -2.5  # negative ties
+    x[5, 7] = -127.0
+    x = x.to(dtype)
+    xv = torch.zeros(6, 2 * k, dtype=dtype)[:, ::2]  # non-contiguous rows
+    xv.copy_(x)
+    q = torch.full((6, 160), 99, dtype=torch.int8)
+    scale = torch.empty(6)
+    im._quantize_rows_kernel[(6,)](xv, q, scale, k, xv.stride(0), xv.stride(1), q.stride(0),
+                                   BLOCK_K=_config.INT8_QUANT_BLOCK_K)
+    q_ref, s_ref = quant.quantize_activation_per_token(x)
+    assert torch.equal(scale, s_ref)
+    assert torch.equal(q[:, :k], q_ref), (q[:, :k] != q_ref).nonzero()[:5]
+    assert (q[:, k:] == 99).all(), "the row padding must not be written"
+    assert q[4, 1:8].tolist() == [-2, -2, 0, 0, 0, 2, 2]  # -2.5 -1.5 -0.5 0.5 1.5 2.5 -3.5?
