@@ -3,15 +3,24 @@
     report = bigperf.swap(model, bigperf.FusedMixedPrecision())
 """
 
-from bigperf import nn, ops
+from bigperf import nn, ops, sparsity
 from bigperf._ext import use_cpu_isa
+from bigperf.configs import (
+           BlockSparse,
+           FusedMixedPrecision,
+           Int8Dynamic,
+           Int8WeightOnly,
+           Sparse24,
+           Sparse24Int8,
+)
 from bigperf.ops.registry import NoBackendError, use_backend
-from bigperf.configs import FusedMixedPrecision, Int8Dynamic, Int8WeightOnly
+from bigperf.prune import prune
 from bigperf.report import SwapReport
 from bigperf.serialize import load, save
 from bigperf.swap import swap
 
 __version__ = "0.1.0"
 
-__all__ = ["FusedMixedPrecision", "Int8Dynamic", "Int8WeightOnly", "NoBackendError", "SwapReport", "load", "nn", "ops", "save", "swap",
-           "use_backend", "use_cpu_isa"]
+__all__ = ["BlockSparse", "FusedMixedPrecision", "Int8Dynamic", "Int8WeightOnly", "NoBackendError", "Sparse24",
+           "Sparse24Int8", "SwapReport", "load", "nn", "ops", "prune", "save", "sparsity", "swap", "use_backend",
+           "use_cpu_isa"]

@@ -11,6 +11,7 @@ from torch import nn
 
 from bigperf.nn.fused_linear import FusedLinear
 from bigperf.nn.int8_linear import Int8Linear
+from bigperf.nn.sparse_linear import SparseLinear
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -79,7 +80,71 @@ class Int8Dynamic:
         return "Int8Dynamic()"
 
 
-CONFIG_TYPES = {cls.__name__: cls for cls in (FusedMixedPrecision, Int8WeightOnly, Int8Dynamic)}
+@dataclass(frozen=True)
+class Sparse24:
+    """2:4 semi-structured weights, compressed (values + 2-bit positions). Layers whose
+    weight is not 2:4 are kept (and reported) unless prune=True prunes them by magnitude."""
+
+    values_dtype: torch.dtype = torch.bfloat16
+    prune: bool = False
+    fuse_activations: bool = True
+
+    def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
+        return SparseLinear.from_linear(linear, "2:4", values_dtype=self.values_dtype, prune=self.prune,
+                                        activation=activation)
+
+    def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
+        return SparseLinear(in_features, out_features, bias, pattern="2:4", values_dtype=self.values_dtype,
+                            activation=activation, device=device)
+
+    def describe(self) -> str:
+        return f"Sparse24({_dtype_name(self.values_dtype)}{', prune' if self.prune else ''})"
+
+
+@dataclass(frozen=True)
+class Sparse24Int8:
+    """2:4 compressed weights with int8 values (per-row scales)."""
+
+    prune: bool = False
+    fuse_activations: bool = True
+
+    def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
+        return SparseLinear.from_linear(linear, "2:4", int8=True, prune=self.prune, activation=activation)
+
+    def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
+        return SparseLinear(in_features, out_features, bias, pattern="2:4", int8=True, activation=activation,
+                            device=device)
+
+    def describe(self) -> str:
+        return f"Sparse24Int8({'prune' if self.prune else ''})"
+
+
+@dataclass(frozen=True)
+class BlockSparse:
+    """Block-sparse (BSR) weights with (bn, bk) blocks. With `density`, layers denser than
+    that are kept, or pruned by block norm when prune=True."""
+
+    block: tuple[int, int] = (16, 16)
+    density: float | None = None
+    values_dtype: torch.dtype = torch.bfloat16
+    prune: bool = False
+    fuse_activations: bool = True
+
+    def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
+        return SparseLinear.from_linear(linear, "block", block=self.block, density=self.density,
+                                        values_dtype=self.values_dtype, prune=self.prune, activation=activation)
+
+    def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
+        return SparseLinear(in_features, out_features, bias, pattern="block", block=self.block,
+                            values_dtype=self.values_dtype, activation=activation, device=device)
+
+    def describe(self) -> str:
+        density = "" if self.density is None else f", density {self.density}"
+        return f"BlockSparse({self.block[0]}x{self.block[1]}{density}{', prune' if self.prune else ''})"
+
+
+CONFIG_TYPES = {cls.__name__: cls for cls in (FusedMixedPrecision, Int8WeightOnly, Int8Dynamic, Sparse24,
+                                                Sparse24Int8, BlockSparse)}
 
 # Short names for the command line and for swap(model, "int8").
 NAMED_CONFIGS = {
@@ -89,6 +154,9 @@ NAMED_CONFIGS = {
     "int8": Int8WeightOnly(),
     "int8-g128": Int8WeightOnly(group_size=128),
     "int8-dynamic": Int8Dynamic(),
+    "sparse24": Sparse24(),
+    "sparse24-int8": Sparse24Int8(),
+    "block": BlockSparse(),
 }
 
 
@@ -121,4 +189,6 @@ def config_from_dict(data: dict):
     for field in dataclasses.fields(cls):
         if field.name in fields and field.type in ("torch.dtype", torch.dtype):
             fields[field.name] = _DTYPES[fields[field.name]]
+        elif field.name in fields and isinstance(fields[field.name], list):
+            fields[field.name] = tuple(fields[field.name])  # JSON has no tuples (e.g. block shapes)
     return cls(**fields)

@@ -17,8 +17,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bigperf.accuracy import sqnr_db
-from bigperf.demo_model import build_demo_model
 from bigperf.configs import FusedMixedPrecision, Int8Dynamic, Int8WeightOnly
+from bigperf.demo_model import build_demo_model
 from bigperf.swap import swap
 
 DEMO_CONFIGS = [FusedMixedPrecision(torch.bfloat16), FusedMixedPrecision(torch.float16), Int8WeightOnly(),

@@ -127,9 +127,18 @@ def _check_tensors(model: nn.Module, manifest: dict, loaded: dict) -> None:
                          f"unexpected {unexpected[:5]}")
     if set(loaded) != set(manifest["tensors"]):
         raise ValueError(f"bigperf.load: {TENSORS} does not hold the tensors its manifest lists")
+    # Tensors whose shape is data (e.g. a block-sparse layer's block count) are checked
+    # against the manifest only; the layer takes their size when it loads them.
+    data_shaped = {f"{prefix}.{buffer}" if prefix else buffer for prefix, module in model.named_modules()
+                   for buffer in getattr(module, "data_shaped_buffers", ())}
     for name, meta in manifest["tensors"].items():
         tensor, target = loaded[name], expected[name]
         for what, value in (("checkpoint file", tensor), ("model", target)):
+            if what == "model" and name in data_shaped:
+                if _dtype_name(value.dtype) != meta["dtype"]:
+                    raise ValueError(f"bigperf.load: tensor {name!r} is {_dtype_name(value.dtype)} in the model, "
+                                     f"but the manifest says {meta['dtype']}")
+                continue
             if list(value.shape) != meta["shape"] or _dtype_name(value.dtype) != meta["dtype"]:
                 raise ValueError(f"bigperf.load: tensor {name!r} is {_dtype_name(value.dtype)} {list(value.shape)} in "
                                  f"the {what}, but the manifest says {meta['dtype']} {meta['shape']}")

@@ -16,6 +16,7 @@ from torch import nn
 from bigperf.accuracy import measure_sqnr
 from bigperf.configs import config_by_name, config_to_dict, is_config
 from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_maps
+from bigperf.nn.sparse_linear import LayerRefused
 from bigperf.ops.registry import NoBackendError
 from bigperf.report import LayerChange, SwapReport
 
@@ -99,6 +100,10 @@ def plan_swaps(model: nn.Module, config, filter: Callable | None) -> tuple[list[
             absorbed, activation = None, "none"
         try:
             new = chosen.make_layer(lm.as_linear(), activation)
+        except LayerRefused as refusal:  # e.g. a dense weight offered to a sparse format
+            kept.append((lm.name, str(refusal)))
+            continue
+        try:
             new.backend()  # refuse a layer that nothing can run on this device, before any change
         except NoBackendError as error:
             raise ValueError(f"bigperf.swap: {chosen.describe()} cannot serve layer {lm.name!r} on "

@@ -12,8 +12,19 @@ import torch
 import torch.nn.functional as F
 
 from bigperf import _ext
-from bigperf.ops.activations import ACTIVATIONS, activation_code, activation_derivative, apply_activation
-from bigperf.ops.common import as_rows, cpu_why_not, epilogue_, fp32_bias, triton_why_not
+from bigperf.ops.activations import (
+    ACTIVATIONS,
+    activation_code,
+    activation_derivative,
+    apply_activation,
+)
+from bigperf.ops.common import (
+    as_rows,
+    cpu_why_not,
+    epilogue_,
+    fp32_bias,
+    triton_why_not,
+)
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, last_dim_contiguous
 
@@ -169,7 +180,9 @@ def _cuda_why_not(x, weight, bias, residual, activation):
 
 
 def _cuda_run(x, weight, bias, residual, activation):
-    from bigperf.ops.cuda_launch import launch_fused_linear  # only imported on GPU machines
+    from bigperf.ops.cuda_launch import (
+        launch_fused_linear,  # only imported on GPU machines
+    )
     return launch_fused_linear(x, weight, fp32_bias(bias), residual, activation_code(activation, OP))
 
 

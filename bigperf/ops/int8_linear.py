@@ -19,7 +19,13 @@ import torch.nn.functional as F
 
 from bigperf import _ext
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
-from bigperf.ops.common import as_rows, cpu_why_not, epilogue_, fp32_bias, triton_why_not
+from bigperf.ops.common import (
+    as_rows,
+    cpu_why_not,
+    epilogue_,
+    fp32_bias,
+    triton_why_not,
+)
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, check_tensor
 from bigperf.quant import GROUP_SIZES, dequantize_weight, quantize_activation_per_token
@@ -141,7 +147,9 @@ def _weight_only_triton_why_not(x, qweight, scale, zero_point, bias, activation)
 
 
 def _weight_only_triton_run(x, qweight, scale, zero_point, bias, activation):
-    from bigperf.kernels.int8_matmul import int8_weight_linear as triton_int8_weight_linear
+    from bigperf.kernels.int8_matmul import (
+        int8_weight_linear as triton_int8_weight_linear,
+    )
     n, k = qweight.shape
     out = triton_int8_weight_linear(x.reshape(-1, k), qweight, scale, zero_point, fp32_bias(bias), activation)
     return out.reshape(_out_shape(x, n))
@@ -218,7 +226,9 @@ def _dynamic_triton_why_not(x, qweight, scale, bias, activation):
 
 
 def _dynamic_triton_run(x, qweight, scale, bias, activation):
-    from bigperf.kernels.int8_matmul import int8_dynamic_linear as triton_int8_dynamic_linear
+    from bigperf.kernels.int8_matmul import (
+        int8_dynamic_linear as triton_int8_dynamic_linear,
+    )
     n, k = qweight.shape
     out = triton_int8_dynamic_linear(x.reshape(-1, k), qweight, scale, fp32_bias(bias), activation)
     return out.reshape(_out_shape(x, n))

@@ -1,0 +1,147 @@
+"""SparseLinear: a pruned linear layer stored compressed (2:4, 2:4 + int8, or BSR)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bigperf.nn.fused_linear import _activation_name
+from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
+from bigperf.ops.validation import FLOAT_DTYPES
+from bigperf.sparsity import (
+    block_mask,
+    nm_mask,
+    pack_24,
+    pack_24_int8,
+    pack_bsr,
+    satisfies_nm,
+)
+
+PACKED_VERSION = 1
+PATTERNS = ("2:4", "block")
+
+
+class LayerRefused(ValueError):
+    """This layer cannot take the requested format (swap keeps it and reports why)."""
+
+
+class SparseLinear(nn.Module):
+    """y = act(x @ W^T + b) with W compressed: pattern "2:4" (float or int8 values) or
+    "block" (BSR with `block` = (bn, bk)). Output in x's dtype."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, pattern: str = "2:4",
+                 block=(16, 16), int8: bool = False, values_dtype: torch.dtype = torch.bfloat16,
+                 activation="none", device=None):
+        super().__init__()
+        where = "bigperf.nn.SparseLinear"
+        if pattern not in PATTERNS:
+            raise ValueError(f"{where}: argument 'pattern' must be one of {PATTERNS}, got {pattern!r}")
+        if values_dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{where}: argument 'values_dtype' must be one of {FLOAT_DTYPES}, got {values_dtype}")
+        if int8 and pattern != "2:4":
+            raise ValueError(f"{where}: int8 values are available for pattern '2:4' only")
+        self.in_features, self.out_features = in_features, out_features
+        self.pattern, self.int8 = pattern, int8
+        self.block = tuple(block) if pattern == "block" else None
+        self.activation = _activation_name(activation, where)
+        n, k = out_features, in_features
+        # Buffers whose size is data, not configuration (bigperf.load checks them by dtype).
+        self.data_shaped_buffers = ("values", "col_indices") if pattern == "block" else ()
+        if pattern == "2:4":
+            if k % 8:
+                raise LayerRefused(f"{where}: in_features {k} must be a multiple of 8 for the 2:4 format")
+            self.register_buffer("values", torch.zeros(n, k // 2, dtype=torch.int8 if int8 else values_dtype,
+                                                       device=device))
+            # Positions (0, 1) in every group: a valid, all-zero-valued weight until loaded.
+            self.register_buffer("meta", torch.full((n, k // 8), 0x44, dtype=torch.uint8, device=device))
+            self.register_buffer("scale", torch.ones(n, 1, device=device) if int8 else None)
+        else:
+            bn, bk = self.block
+            if n % bn or k % bk:
+                raise LayerRefused(f"{where}: a {n}x{k} weight is not divisible into {bn}x{bk} blocks")
+            self.register_buffer("values", torch.zeros(0, bn, bk, dtype=values_dtype, device=device))
+            self.register_buffer("col_indices", torch.zeros(0, dtype=torch.int32, device=device))
+            self.register_buffer("row_ptr", torch.zeros(n // bn + 1, dtype=torch.int32, device=device))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(n, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, pattern: str = "2:4", *, block=(16, 16), density: float | None = None,
+                    int8: bool = False, values_dtype: torch.dtype = torch.bfloat16, prune: bool = False,
+                    activation=None) -> "SparseLinear":
+        """Compress a pruned linear layer. A weight that does not satisfy the pattern is
+        refused unless prune=True (magnitude pruning: 2:4, or blocks up to `density`)."""
+        where = "bigperf.nn.SparseLinear.from_linear"
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"{where}: argument 'linear' must be nn.Linear, got {type(linear).__name__}")
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, pattern=pattern, block=block,
+                    int8=int8, values_dtype=values_dtype, activation=activation, device=linear.weight.device)
+        weight = linear.weight.detach().float()
+        if pattern == "2:4":
+            if not satisfies_nm(weight):
+                if not prune:
+                    raise LayerRefused(f"{where}: weight is not 2:4 sparse along K; prune it first "
+                                       f"(bigperf.prune(model, '2:4')) or pass prune=True")
+                weight = weight * nm_mask(weight)
+            packed = pack_24_int8(weight) if int8 else pack_24(weight.to(values_dtype))
+            layer.values, layer.meta = packed.values, packed.meta
+            if int8:
+                layer.scale = packed.scale
+        else:
+            if density is not None and prune:
+                weight = weight * block_mask(weight, layer.block, density)
+            elif density is not None:
+                kept = (weight.reshape(linear.out_features // layer.block[0], layer.block[0], -1, layer.block[1])
+                        != 0).any(dim=(1, 3)).float().mean().item()
+                if kept > density + 1e-6:
+                    raise LayerRefused(f"{where}: {kept:.0%} of the {layer.block} blocks are non-zero, above "
+                                       f"density {density}; prune first or pass prune=True")
+            packed = pack_bsr(weight.to(values_dtype), layer.block)
+            layer.values, layer.col_indices, layer.row_ptr = packed.values, packed.col_indices, packed.row_ptr
+        if linear.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pattern == "2:4":
+            return sparse24_linear(x, self.values, self.meta, self.scale, self.bias, self.activation)
+        return block_sparse_linear(x, self.values, self.col_indices, self.row_ptr, self.bias, self.activation)
+
+    def backend(self) -> str:
+        from bigperf.ops.sparse_linear import BSR_BACKENDS, S24_BACKENDS
+
+        x = torch.empty(1, self.in_features, device=self.values.device)
+        if self.pattern == "2:4":
+            return S24_BACKENDS.select(x.device, x, self.values, self.meta, self.scale, self.bias,
+                                       self.activation).name
+        return BSR_BACKENDS.select(x.device, x, self.values, self.col_indices, self.row_ptr, self.bias,
+                                   self.activation).name
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A BSR layer's block count is data: take the incoming buffers' sizes (dtypes are checked by copy).
+        if self.pattern == "block":
+            for name in ("values", "col_indices"):
+                incoming = state_dict.get(prefix + name)
+                if isinstance(incoming, torch.Tensor) and incoming.shape != getattr(self, name).shape:
+                    if incoming.dtype != getattr(self, name).dtype:
+                        raise ValueError(f"bigperf.nn.SparseLinear: state_dict {prefix + name} is {incoming.dtype}, "
+                                         f"this layer stores {getattr(self, name).dtype}")
+                    setattr(self, name, torch.empty_like(incoming, device=self.row_ptr.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def get_extra_state(self) -> dict:
+        return {"format": f"sparse-{self.pattern}{'-int8' if self.int8 else ''}", "version": PACKED_VERSION,
+                "block": list(self.block) if self.block else None, "activation": self.activation}
+
+    def set_extra_state(self, state: dict) -> None:
+        mine = self.get_extra_state()
+        if state != mine:
+            raise ValueError(f"bigperf.nn.SparseLinear: state_dict was saved as {state}, this layer is {mine}")
+
+    def extra_repr(self) -> str:
+        fmt = f"block {self.block}" if self.pattern == "block" else ("2:4 int8" if self.int8 else "2:4")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {fmt}, "
+                f"values={str(self.values.dtype).replace('torch.', '')}, activation={self.activation}")

@@ -1,0 +1,250 @@
+"""The sparse linear ops (formats in bigperf/sparsity.py).
+
+torch.ops.bigperf.sparse24_linear(x, values, meta, scale, bias, activation)
+    2:4 compressed weight: values [N, K/2] (float, or int8 with scale [N, 1]), meta
+    [N, K/8] uint8. y = act(x @ W^T + bias), output in x's dtype.
+torch.ops.bigperf.block_sparse_linear(x, values, col_indices, row_ptr, bias, activation)
+    BSR weight: values [nnz, bn, bk], col_indices [nnz] int32, row_ptr [N/bn + 1] int32.
+
+Index data is checked before any kernel runs (corrupt 2:4 metadata, block indices out of
+range); the content checks are cached per tensor version, so a layer pays them once.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from bigperf import _ext
+from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
+from bigperf.ops.common import as_rows, cpu_why_not, fp32_bias, triton_why_not
+from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.validation import (
+    DTYPE_CODES,
+    FLOAT_DTYPES,
+    check_float_tensor,
+    check_tensor,
+)
+from bigperf.sparsity import bsr_is_valid, meta_is_valid, unpack_24, unpack_bsr
+
+S24_OP = "bigperf.sparse24_linear"
+BSR_OP = "bigperf.block_sparse_linear"
+INT8_CODE = 3  # values dtype code for int8 2:4 values in bigperf._C
+
+# Content checks already passed: {ids of the tensors: (weak references, their versions, extra)}.
+# Weak references make a hit certain to be the same live tensor (an id or address can be
+# reused after a tensor dies); _version changes on every in-place write.
+_checked: dict[tuple, tuple] = {}
+_CHECK_CACHE_LIMIT = 4096
+
+
+def _check_once(tensors: tuple, check, extra=None) -> None:
+    key = tuple(id(t) for t in tensors)
+    entry = _checked.get(key)
+    if entry is not None:
+        refs, versions, seen_extra = entry
+        if all(r() is t for r, t in zip(refs, tensors)) and versions == tuple(t._version for t in tensors) \
+                and seen_extra == extra:
+            return
+    check()
+    if len(_checked) >= _CHECK_CACHE_LIMIT:
+        _checked.clear()
+    _checked[key] = (tuple(weakref.ref(t) for t in tensors), tuple(t._version for t in tensors), extra)
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    return isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta"
+
+
+def _check_x_bias(op, x, k, n, bias, activation):
+    check_float_tensor(op, "x", x, min_dim=1)
+    activation_code(activation, op)
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: argument 'x' has {x.shape[-1]} features in its last dimension, the weight has K = {k}")
+    if bias is not None:
+        check_float_tensor(op, "bias", bias, dims=1)
+        if bias.shape[0] != n or bias.device != x.device:
+            raise ValueError(f"{op}: argument 'bias' must have shape [{n}] on {x.device}, got {tuple(bias.shape)}")
+
+
+def validate_24(x, values, meta, scale, bias, activation):
+    check_tensor(S24_OP, "values", values, dtypes=FLOAT_DTYPES + (torch.int8,), dims=2)
+    check_tensor(S24_OP, "meta", meta, dtypes=(torch.uint8,), dims=2)
+    n, half = values.shape
+    k = 2 * half
+    _check_x_bias(S24_OP, x, k, n, bias, activation)
+    if k % 8 or meta.shape != (n, k // 8):
+        raise ValueError(f"{S24_OP}: argument 'meta' must have shape [N, K/8] = [{n}, {k // 8}] with K % 8 == 0, "
+                         f"got {tuple(meta.shape)} for values {tuple(values.shape)}")
+    if (values.dtype == torch.int8) != (scale is not None):
+        raise ValueError(f"{S24_OP}: argument 'scale' is required exactly when 'values' is int8")
+    if scale is not None:
+        check_tensor(S24_OP, "scale", scale, dtypes=(torch.float32,), dims=2)
+        if tuple(scale.shape) != (n, 1):
+            raise ValueError(f"{S24_OP}: argument 'scale' must have shape [{n}, 1], got {tuple(scale.shape)}")
+    for name, t in (("values", values), ("meta", meta), ("scale", scale)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{S24_OP}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
+    if not _is_fake(meta):
+        def check():
+            if not meta_is_valid(meta):
+                raise ValueError(f"{S24_OP}: argument 'meta' is corrupt: a group's kept positions are not two "
+                                 f"distinct ascending indices (was it written by bigperf.sparsity.pack_24?)")
+        _check_once((meta,), check)
+
+
+def validate_bsr(x, values, col_indices, row_ptr, bias, activation):
+    check_tensor(BSR_OP, "values", values, dtypes=FLOAT_DTYPES, dims=3)
+    check_tensor(BSR_OP, "col_indices", col_indices, dtypes=(torch.int32,), dims=1)
+    check_tensor(BSR_OP, "row_ptr", row_ptr, dtypes=(torch.int32,), dims=1)
+    nnz, bn, bk = values.shape
+    n = (row_ptr.shape[0] - 1) * bn
+    k = x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else 0
+    _check_x_bias(BSR_OP, x, k, n, bias, activation)
+    if row_ptr.shape[0] < 2 or k % bk:
+        raise ValueError(f"{BSR_OP}: argument 'row_ptr' needs N/bn + 1 >= 2 entries and K = {k} must be a "
+                         f"multiple of the block width {bk}")
+    for name, t in (("values", values), ("col_indices", col_indices), ("row_ptr", row_ptr)):
+        if t.device != x.device:
+            raise ValueError(f"{BSR_OP}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
+    if col_indices.shape[0] != nnz:
+        raise ValueError(f"{BSR_OP}: argument 'col_indices' has {col_indices.shape[0]} entries for {nnz} blocks")
+    if not _is_fake(row_ptr):
+        def check():
+            problem = bsr_is_valid(col_indices, row_ptr, nnz, k // bk)
+            if problem:
+                raise ValueError(f"{BSR_OP}: arguments 'col_indices'/'row_ptr' are corrupt: {problem}")
+        _check_once((col_indices, row_ptr), check, extra=(nnz, k // bk))
+
+
+def _finish(y, x, bias, activation, n):
+    if bias is not None:
+        y = y + bias.float()
+    return apply_activation(y, activation).to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+# ----------------------------------------------------------------------------- 2:4
+
+def _run_24(x, values, meta, scale, bias, activation):
+    validate_24(x, values, meta, scale, bias, activation)
+    return S24_BACKENDS.select(x.device, x, values, meta, scale, bias, activation).run(
+        x, values, meta, scale, bias, activation)
+
+
+@torch.library.custom_op("bigperf::sparse24_linear", mutates_args=())
+def sparse24_linear_op(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor | None,
+                       bias: torch.Tensor | None, activation: str) -> torch.Tensor:
+    return _run_24(x, values, meta, scale, bias, activation)
+
+
+@sparse24_linear_op.register_fake
+def _fake_24(x, values, meta, scale, bias, activation):
+    validate_24(x, values, meta, scale, bias, activation)
+    return x.new_empty((*x.shape[:-1], values.shape[0]))
+
+
+def sparse24_linear(x, values, meta, scale=None, bias=None, activation="none"):
+    """act(x @ W^T + bias) with W in the 2:4 compressed format."""
+    if eager_fast_path_ok(x, values, meta, scale, bias):
+        return _run_24(x, values, meta, scale, bias, activation)
+    if not torch.compiler.is_compiling():
+        validate_24(x, values, meta, scale, bias, activation)
+    return torch.ops.bigperf.sparse24_linear(x, values, meta, scale, bias, activation)
+
+
+def sparse24_reference(x, values, meta, scale, bias, activation):
+    w = unpack_24(values, meta, scale, torch.float32)
+    return _finish(x.reshape(-1, w.shape[1]).float() @ w.t(), x, bias, activation, w.shape[0])
+
+
+def _cpu_24_run(x, values, meta, scale, bias, activation):
+    n, k = values.shape[0], values.shape[1] * 2
+    x2 = as_rows(x, k)
+    v, mt = values.contiguous(), meta.contiguous()
+    b = fp32_bias(bias)
+    out = torch.empty((x2.shape[0], n), dtype=x.dtype)
+    _ext.cpu_module().sparse24_linear(
+        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
+        v.data_ptr(), v.stride(0), INT8_CODE if v.dtype == torch.int8 else DTYPE_CODES[v.dtype],
+        mt.data_ptr(), mt.stride(0), scale.contiguous().data_ptr() if scale is not None else 0,
+        b.data_ptr() if b is not None else 0, out.data_ptr(), n, x2.shape[0], n, k,
+        ACTIVATIONS.index(activation), torch.get_num_threads())
+    return out.reshape(*x.shape[:-1], n)
+
+
+def _triton_24_run(x, values, meta, scale, bias, activation):
+    from bigperf.kernels.sparse_matmul import sparse24_linear as triton_sparse24_linear
+    n, k = values.shape[0], values.shape[1] * 2
+    return triton_sparse24_linear(x.reshape(-1, k), values, meta, scale, fp32_bias(bias), activation).reshape(
+        *x.shape[:-1], n)
+
+
+S24_BACKENDS = OpBackends(S24_OP)
+S24_BACKENDS.register("cpu", lambda x, *rest: cpu_why_not(x, "sparse24_linear"), _cpu_24_run)
+S24_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_24_run)
+S24_BACKENDS.register("reference", lambda *args: None, sparse24_reference)
+
+
+# ----------------------------------------------------------------------------- block sparse
+
+def _run_bsr(x, values, col_indices, row_ptr, bias, activation):
+    validate_bsr(x, values, col_indices, row_ptr, bias, activation)
+    return BSR_BACKENDS.select(x.device, x, values, col_indices, row_ptr, bias, activation).run(
+        x, values, col_indices, row_ptr, bias, activation)
+
+
+@torch.library.custom_op("bigperf::block_sparse_linear", mutates_args=())
+def block_sparse_linear_op(x: torch.Tensor, values: torch.Tensor, col_indices: torch.Tensor, row_ptr: torch.Tensor,
+                           bias: torch.Tensor | None, activation: str) -> torch.Tensor:
+    return _run_bsr(x, values, col_indices, row_ptr, bias, activation)
+
+
+@block_sparse_linear_op.register_fake
+def _fake_bsr(x, values, col_indices, row_ptr, bias, activation):
+    validate_bsr(x, values, col_indices, row_ptr, bias, activation)
+    return x.new_empty((*x.shape[:-1], (row_ptr.shape[0] - 1) * values.shape[1]))
+
+
+def block_sparse_linear(x, values, col_indices, row_ptr, bias=None, activation="none"):
+    """act(x @ W^T + bias) with W in BSR form; only the stored blocks are read."""
+    if eager_fast_path_ok(x, values, col_indices, row_ptr, bias):
+        return _run_bsr(x, values, col_indices, row_ptr, bias, activation)
+    if not torch.compiler.is_compiling():
+        validate_bsr(x, values, col_indices, row_ptr, bias, activation)
+    return torch.ops.bigperf.block_sparse_linear(x, values, col_indices, row_ptr, bias, activation)
+
+
+def block_sparse_reference(x, values, col_indices, row_ptr, bias, activation):
+    k = x.shape[-1]
+    w = unpack_bsr(values.float(), col_indices, row_ptr, k)
+    return _finish(x.reshape(-1, k).float() @ w.t(), x, bias, activation, w.shape[0])
+
+
+def _cpu_bsr_run(x, values, col_indices, row_ptr, bias, activation):
+    nnz, bn, bk = values.shape
+    k, n = x.shape[-1], (row_ptr.shape[0] - 1) * bn
+    x2 = as_rows(x, k)
+    v, ci, rp = values.contiguous(), col_indices.contiguous(), row_ptr.contiguous()
+    b = fp32_bias(bias)
+    out = torch.empty((x2.shape[0], n), dtype=x.dtype)
+    _ext.cpu_module().block_sparse_linear(
+        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], v.data_ptr(), DTYPE_CODES[v.dtype],
+        bn, bk, ci.data_ptr(), rp.data_ptr(), nnz, b.data_ptr() if b is not None else 0,
+        out.data_ptr(), n, x2.shape[0], n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
+    return out.reshape(*x.shape[:-1], n)
+
+
+def _triton_bsr_run(x, values, col_indices, row_ptr, bias, activation):
+    from bigperf.kernels.sparse_matmul import (
+        block_sparse_linear as triton_block_sparse_linear,
+    )
+    k, n = x.shape[-1], (row_ptr.shape[0] - 1) * values.shape[1]
+    return triton_block_sparse_linear(x.reshape(-1, k), values, col_indices, row_ptr, fp32_bias(bias),
+                                      activation).reshape(*x.shape[:-1], n)
+
+
+BSR_BACKENDS = OpBackends(BSR_OP)
+BSR_BACKENDS.register("cpu", lambda x, *rest: cpu_why_not(x, "block_sparse_linear"), _cpu_bsr_run)
+BSR_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_bsr_run)
+BSR_BACKENDS.register("reference", lambda *args: None, block_sparse_reference)
