@@ -17,12 +17,30 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bigperf.accuracy import sqnr_db
-from bigperf.configs import FusedMixedPrecision, Int8Dynamic, Int8WeightOnly
+from bigperf.configs import (
+    BlockSparse,
+    FusedMixedPrecision,
+    Int8Dynamic,
+    Int8WeightOnly,
+    Sparse24,
+    Sparse24Int8,
+)
 from bigperf.demo_model import build_demo_model
+from bigperf.prune import prune
 from bigperf.swap import swap
 
-DEMO_CONFIGS = [FusedMixedPrecision(torch.bfloat16), FusedMixedPrecision(torch.float16), Int8WeightOnly(),
-                Int8WeightOnly(group_size=128), Int8Dynamic()]
+# (config, pruning applied to a copy of the model first). Sparse rows are compared with the
+# pruned dense model: pruning itself changes the outputs, the swap must not change them more.
+DEMO_CONFIGS = [
+    (FusedMixedPrecision(torch.bfloat16), None),
+    (FusedMixedPrecision(torch.float16), None),
+    (Int8WeightOnly(), None),
+    (Int8WeightOnly(group_size=128), None),
+    (Int8Dynamic(), None),
+    (Sparse24(), {"pattern": "2:4"}),
+    (Sparse24Int8(), {"pattern": "2:4"}),
+    (BlockSparse((16, 16)), {"pattern": "block", "density": 0.25, "block": (16, 16)}),
+]
 BATCHES = (1, 16)
 
 
@@ -57,19 +75,23 @@ def run_demo(console: Console | None = None, repeats: int = 20, sizes: dict | No
         for b, x in inputs.items():
             base_latency[b] = median_latency_ms(original, x, repeats)
             progress.advance(task)
-        for config in DEMO_CONFIGS:
+        for config, pruning in DEMO_CONFIGS:
             progress.update(task, description=f"swapping with {config.describe()}")
             model = copy.deepcopy(original)
+            compare_to = reference
+            if pruning is not None:
+                prune(model, **pruning)
+                with torch.inference_mode():
+                    compare_to = {b: model(x) for b, x in inputs.items()}
             report = swap(model, config)
-            row = {"config": config.describe(), "layers": len(report.changes),
-                   "mb_before": weight_mb(original), "mb_after": weight_mb(model)}
+            row = {"config": config.describe() + (f" (vs {pruning['pattern']}-pruned)" if pruning else ""),
+                   "layers": len(report.changes), "mb_before": weight_mb(original), "mb_after": weight_mb(model)}
             with torch.inference_mode():
                 out = model(inputs[BATCHES[-1]])
-            row["sqnr_db"] = sqnr_db(reference[BATCHES[-1]], out)
-            row["max_abs_err"] = (out.double() - reference[BATCHES[-1]].double()).abs().max().item()
+            row["sqnr_db"] = sqnr_db(compare_to[BATCHES[-1]], out)
+            row["max_abs_err"] = (out.double() - compare_to[BATCHES[-1]].double()).abs().max().item()
             for b, x in inputs.items():
-                latency = median_latency_ms(model, x, repeats)
-                row[f"ms_b{b}"] = latency
+                row[f"ms_b{b}"] = median_latency_ms(model, x, repeats)
                 row[f"orig_ms_b{b}"] = base_latency[b]
                 progress.advance(task)
             rows.append(row)
@@ -83,7 +105,7 @@ def _table(rows: list[dict]) -> Table:
                    *(f"batch {b} ms (orig → new)" for b in BATCHES), *(f"speedup b{b}" for b in BATCHES)):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(r["config"], str(r["layers"]), f"{r['mb_before']:.0f} → {r['mb_after']:.0f}",
+        table.add_row(r["config"], str(r["layers"]), f"{r['mb_before']:.3g} → {r['mb_after']:.3g}",
                       f"{r['sqnr_db']:.1f}", f"{r['max_abs_err']:.2e}",
                       *(f"{r[f'orig_ms_b{b}']:.2f} → {r[f'ms_b{b}']:.2f}" for b in BATCHES),
                       *(f"{r[f'orig_ms_b{b}'] / r[f'ms_b{b}']:.2f}×" for b in BATCHES))
