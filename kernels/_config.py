@@ -157,6 +157,7 @@ def prune_fused_matmul_configs(configs, named_args, **kwargs):
         return fits
     return [min(wanted, key=lambda c: _smem_estimate(c, x.element_size(), w.element_size()))]
 
+
 # ---------------------------------------------------------------------------------------
 # int8 linear (kernels/int8_matmul.py)
 # ---------------------------------------------------------------------------------------
@@ -173,8 +174,9 @@ INT8_GEMM_KEY = ["M_BUCKET", "N", "K"]
 # At or below this many rows the weight-only GEMM is a weight stream; its N tiles alone
 # cannot fill an H200's 132 SMs for the common N of 4096, so K is split too.
 INT8_SPLIT_K_MAX_M = 16
-# Beyond 16 splits the fp32 partials (splits x M x N x 4 bytes) start to rival the
-# int8 weight traffic they were meant to hide (16 x 16 x N x 4 = 1 KiB per column vs K).
+# Beyond 16 splits the fp32 partials (splits x M x N x 4 bytes, written and read back)
+# start to rival the weight stream they were meant to spread: at M = 16 that is 1 KiB per
+# output column against K bytes of int8 weights.
 INT8_SPLIT_K_MAX = 16
 # Waves of programs the split aims for: one wave leaves the SMs idle behind the slowest
 # program, two let the scheduler even it out.
@@ -272,7 +274,8 @@ def sm_count(tensor) -> int:
         try:
             import torch
 
-            _SM_COUNTS[index] = torch.cuda.get_device_properties(tensor.device).multi_processor_count
+            props = torch.cuda.get_device_properties(tensor.device)
+            _SM_COUNTS[index] = props.multi_processor_count
         except Exception:  # no CUDA runtime to ask: size for an A100
             _SM_COUNTS[index] = _A100_SM_COUNT
     return _SM_COUNTS[index]
@@ -282,17 +285,21 @@ def int8_split_k(m: int, n: int, k: int, group_size: int, sms: int) -> tuple[int
     """(splits, K per split) for the weight-only split-K path; splits == 1 means do not split."""
     align = int8_split_k_align(group_size)
     chunks = max(1, -(-k // align))
-    tiles = -(-m // 16) * -(-n // int8_split_k_block_n())
+    block_m = int8_split_k_configs()[0].kwargs["BLOCK_M"]
+    tiles = -(-m // block_m) * -(-n // int8_split_k_block_n())
     want = -(-INT8_SPLIT_K_WAVES * sms // max(tiles, 1))
     splits = max(1, min(INT8_SPLIT_K_MAX, chunks, want))
     per_split = -(-chunks // splits)
-    # Even out the chunks: 16 chunks over 5 splits would leave the last one idle-short.
+    # Re-derive the count from the chunks per split: 16 chunks in 5 splits of 4 would
+    # leave the fifth split empty.
     return -(-chunks // per_split), per_split * align
 
 
 def prune_int8_weight_configs(configs, named_args, **kwargs):
-    """Cap BLOCK_K at the scale group (the kernel applies one scale per K tile group),
-    then prune by M bucket and shared memory as for the fused matmul."""
+    """Cap BLOCK_K at the scale group (a K tile must not straddle two groups), then prune
+    by M bucket and shared memory as for the fused matmul. The smem estimate counts the
+    int8 tile only; on Hopper the widened copy of it also lives in shared memory, and a
+    config that then does not fit is skipped by the autotuner (OutOfResources)."""
     group = kwargs.get("GROUP_SIZE", named_args.get("GROUP_SIZE", 0))
     if group:
         seen, capped = set(), []
@@ -304,3 +311,145 @@ def prune_int8_weight_configs(configs, named_args, **kwargs):
                 capped.append(triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages))
         configs = capped
     return prune_fused_matmul_configs(configs, named_args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Sparse linear (kernels/sparse_matmul.py)
+# ---------------------------------------------------------------------------------------
+
+SPARSE24_KEY = ["M_BUCKET", "N", "K"]
+
+# The 2:4 kernel feeds tl.dot 8 phase slices of BLOCK_K / 8 dense columns each; mma and
+# wgmma need 16 along K, so every GPU config has BLOCK_K >= 128.
+# Decode (M <= 16) is the case the kernel exists for: a compressed-weight stream. Wide K
+# steps keep many word loads in flight per program.
+SPARSE24_SMALL_M = [
+    _cfg(16, 64, 256, 1, 4, 3),
+    _cfg(16, 64, 128, 1, 4, 4),
+    _cfg(16, 128, 128, 1, 4, 4),
+    _cfg(16, 32, 256, 1, 2, 4),
+]
+SPARSE24_MEDIUM_M = [
+    _cfg(32, 64, 128, 8, 4, 4),
+    _cfg(32, 128, 128, 8, 4, 3),
+]
+# Prefill: correct and tensor-core backed, but a dense GEMM (or mma.sp) is the better
+# tool there; these tiles only keep the kernel reasonable when it is chosen anyway.
+SPARSE24_LARGE_M = [
+    _cfg(64, 128, 128, 8, 4, 3),
+    _cfg(128, 128, 128, 8, 8, 3),
+    _cfg(128, 64, 128, 8, 4, 3),
+]
+# Split-K as for the int8 weight-only GEMM: a fixed BLOCK_N because the launcher sizes
+# the split from the number of N tiles before the autotuner picks a config.
+SPARSE24_SPLIT_K_MAX_M = 16
+SPARSE24_SPLIT_K_MAX = 16
+SPARSE24_SPLIT_K_WAVES = 2
+SPARSE24_SPLIT_K_BLOCK_N = 64
+SPARSE24_SPLIT_K = [
+    _cfg(16, SPARSE24_SPLIT_K_BLOCK_N, 128, 1, 4, 4),
+    _cfg(16, SPARSE24_SPLIT_K_BLOCK_N, 256, 1, 4, 3),
+]
+# One config under the interpreter (see FUSED_MATMUL_INTERPRETER). BLOCK_K = 32 is four
+# octets per step, so the tests' K of 40..200 take several steps and a partial last one.
+SPARSE24_INTERPRETER = [_cfg(16, 32, 32, 2, 4, 1)]
+
+
+def sparse24_configs() -> list:
+    if INTERPRETER:
+        return list(SPARSE24_INTERPRETER)
+    return SPARSE24_SMALL_M + SPARSE24_MEDIUM_M + SPARSE24_LARGE_M
+
+
+def sparse24_split_k_configs() -> list:
+    if INTERPRETER:
+        return list(SPARSE24_INTERPRETER)
+    return list(SPARSE24_SPLIT_K)
+
+
+def sparse24_split_k(m: int, n: int, k: int, sms: int) -> tuple[int, int]:
+    """(splits, K per split) for the 2:4 kernel; (1, k) means do not split.
+
+    K per split is a multiple of every split config's BLOCK_K (all powers of two), so no
+    K tile straddles two splits."""
+    if m > SPARSE24_SPLIT_K_MAX_M:
+        return 1, k
+    configs = sparse24_split_k_configs()
+    align = max(c.kwargs["BLOCK_K"] for c in configs)
+    chunks = max(1, -(-k // align))
+    tiles = -(-m // 16) * -(-n // configs[0].kwargs["BLOCK_N"])
+    want = -(-SPARSE24_SPLIT_K_WAVES * sms // max(tiles, 1))
+    splits = max(1, min(SPARSE24_SPLIT_K_MAX, chunks, want))
+    per_split = -(-chunks // splits)
+    splits = -(-chunks // per_split)
+    return (splits, per_split * align) if splits > 1 else (1, k)
+
+
+def _configs_for_m_bucket(configs, bucket: int) -> list:
+    if bucket <= 16:
+        wanted = [c for c in configs if c.kwargs["BLOCK_M"] == 16]
+    elif bucket <= 64:
+        wanted = [c for c in configs if 16 < c.kwargs["BLOCK_M"] <= bucket]
+    else:
+        wanted = [c for c in configs if c.kwargs["BLOCK_M"] >= 64]
+    return wanted or list(configs)
+
+
+def prune_sparse24_configs(configs, named_args, **kwargs):
+    """Only the configs of the M bucket (tests/kernels/test_aot_compile.py checks that
+    every config fits shared memory on sm_80 and sm_90a)."""
+    return _configs_for_m_bucket(configs, named_args["M_BUCKET"])
+
+
+# Block-sparse: the N and K tiles follow from the block shape (block_sparse_tiles), so
+# only the row tile and the launch shape are tuned.
+BLOCK_SPARSE_KEY = ["M_BUCKET", "N", "K", "BN", "BK"]
+
+
+def _bsr_cfg(bm, warps, stages):
+    return triton.Config({"BLOCK_M": bm}, num_warps=warps, num_stages=stages)
+
+
+BLOCK_SPARSE_CONFIGS = [
+    _bsr_cfg(16, 4, 3),
+    _bsr_cfg(16, 2, 4),
+    _bsr_cfg(32, 4, 3),
+    _bsr_cfg(64, 4, 3),
+    _bsr_cfg(128, 8, 3),
+]
+BLOCK_SPARSE_INTERPRETER = [_bsr_cfg(16, 4, 1)]
+# Below this along either block dimension tl.dot cannot take the block (mma/wgmma need 16).
+BLOCK_SPARSE_MIN_DOT = 16
+# Tile caps: a 128x64 fp16 block tile plus its x tile stay well inside shared memory at
+# 3 stages; the CUDA-core path keeps its [BLOCK_M, TILE_K, TILE_N] fp32 product near 8k
+# elements (BLOCK_M <= 32, see prune_block_sparse_configs) so it stays in registers.
+BLOCK_SPARSE_MAX_TILE_N = 128
+BLOCK_SPARSE_MAX_TILE_K = 64
+BLOCK_SPARSE_SMALL_MAX_TILE_N = 32
+BLOCK_SPARSE_SMALL_TILE_NK = 256
+
+
+def block_sparse_configs() -> list:
+    if INTERPRETER:
+        return list(BLOCK_SPARSE_INTERPRETER)
+    return list(BLOCK_SPARSE_CONFIGS)
+
+
+def block_sparse_tiles(bn: int, bk: int) -> tuple[int, int, bool]:
+    """(TILE_N, TILE_K, USE_DOT) for a (bn, bk) block: power-of-two tiles covering the
+    block (masked where it is not a power of two), capped as above."""
+    use_dot = bn >= BLOCK_SPARSE_MIN_DOT and bk >= BLOCK_SPARSE_MIN_DOT
+    if use_dot:
+        return (min(triton.next_power_of_2(bn), BLOCK_SPARSE_MAX_TILE_N),
+                min(triton.next_power_of_2(bk), BLOCK_SPARSE_MAX_TILE_K), True)
+    tile_n = min(triton.next_power_of_2(bn), BLOCK_SPARSE_SMALL_MAX_TILE_N)
+    tile_k = min(triton.next_power_of_2(bk), max(1, BLOCK_SPARSE_SMALL_TILE_NK // tile_n))
+    return tile_n, tile_k, False
+
+
+def prune_block_sparse_configs(configs, named_args, **kwargs):
+    wanted = _configs_for_m_bucket(configs, named_args["M_BUCKET"])
+    if not kwargs.get("USE_DOT", named_args.get("USE_DOT", True)):
+        wanted = [c for c in wanted if c.kwargs["BLOCK_M"] <= 32] or [
+            min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
+    return wanted

@@ -42,6 +42,14 @@ SMEM_LIMIT_BYTES = {"sm_80": 163 * 1024, "sm_90a": 227 * 1024}
 # Tensor-core instruction families, as they appear in PTX and in SASS.
 PTX_MARKERS = {"wgmma": "wgmma.mma_async", "mma": "mma.sync"}
 SASS_MARKERS = {"wgmma": "HGMMA", "mma": "HMMA"}
+# int8 tensor-core instructions carry an I where the float ones carry an H (IMMA.16832.S8,
+# IGMMA.64x128x32.S8); their PTX names are the same as the float ones'.
+SASS_MARKERS_INT8 = {"wgmma": "IGMMA", "mma": "IMMA"}
+
+
+def sass_markers(spec: "KernelSpec") -> dict:
+    """The SASS names of the tensor-core instruction families for ``spec``'s operands."""
+    return SASS_MARKERS_INT8 if spec.mma_operand == "s8" else SASS_MARKERS
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,11 @@ import bigperf  # noqa: E402
 from bigperf import quant  # noqa: E402
 from bigperf.kernels import _config  # noqa: E402
 from bigperf.kernels import int8_matmul as im  # noqa: E402
-from bigperf.kernels.int8_matmul import ACTIVATIONS, int8_dynamic_linear, int8_weight_linear  # noqa: E402
+from bigperf.kernels.int8_matmul import (  # noqa: E402
+    ACTIVATIONS,
+    int8_dynamic_linear,
+    int8_weight_linear,
+)
 from bigperf.ops import int8_linear as ops  # noqa: E402
 
 if not _config.INTERPRETER:
@@ -360,8 +364,8 @@ DYNAMIC_SHAPES = [(1, 40, 72), (3, 33, 100), (17, 24, 50), (40, 70, 37)]
 @pytest.mark.parametrize("dtype,tol", [
     # int32 accumulation is exact; only the fp32 rescale (3 roundings) remains.
     pytest.param(torch.float32, 1e-6, id="fp32"),
-    # Same fp32 value as the reference, then both round once to the output dtype: an
-    # element differs by one ulp at most where the two fp32 values straddle a tie.
+    # Kernel and reference round nearly the same fp32 value once to the output dtype: an
+    # element differs, by one ulp, only where the two straddle a rounding boundary.
     pytest.param(torch.float16, 1e-3, id="fp16"),
     pytest.param(torch.bfloat16, 4e-3, id="bf16"),
 ])
@@ -395,10 +399,10 @@ def test_dynamic_int32_accumulation_is_exact():
     s = torch.ones(5, 1)
     b = torch.arange(5.0)
     y = int8_dynamic_linear(x, q, s, b, "none")
-    # x quantises to +-127 with scale 3/127; the products are exact.
-    expect = torch.tensor([127 * 127 * k * 3 / 127.0]).double()
-    assert y[0, 0].item() == pytest.approx(expect.item() + 0, rel=1e-7)
-    assert y[1, 1].item() == pytest.approx(expect.item() + 1, rel=1e-7)
+    # x quantises to +-127 with scale 3/127: y = 127 * 127 * K * (3 / 127) + bias.
+    expect = 127 * k * 3.0
+    assert y[0, 0].item() == pytest.approx(expect, rel=1e-7)
+    assert y[1, 1].item() == pytest.approx(expect + 1, rel=1e-7)
     assert torch.equal(y[2], b)
 
 
@@ -492,15 +496,16 @@ def _bad_inputs():
     weight_only = {
         **common,
         # 64 / 3 groups: a group size that does not divide K; 64 / 4 = 16 is not offered.
-        "scale-group-not-dividing": (dict(scale=torch.ones(6, 3), zero_point=None), ValueError, "scale"),
+        "scale-group-not-dividing": (dict(scale=torch.ones(6, 3), zero_point=None), ValueError,
+                                     "scale"),
         "scale-group-16": (dict(scale=torch.ones(6, 4), zero_point=None), ValueError, "scale"),
         "zero_point-dtype": (dict(zero_point=z.to(torch.uint8)), TypeError, "zero_point"),
         "zero_point-shape": (dict(zero_point=z[:, :1]), ValueError, "zero_point"),
         "zero_point-not-tensor": (dict(zero_point=3), TypeError, "zero_point"),
     }
-    cases = [pytest.param(int8_weight_linear, WEIGHT_NAME, dict(x=x, qweight=q, scale=s, zero_point=z,
-                                                                  bias=b, activation="relu"),
-                          over, exc, arg, id=f"weight-{name}")
+    base = dict(x=x, qweight=q, scale=s, zero_point=z, bias=b, activation="relu")
+    cases = [pytest.param(int8_weight_linear, WEIGHT_NAME, base, over, exc, arg,
+                          id=f"weight-{name}")
              for name, (over, exc, arg) in weight_only.items()]
     sc = s[:, :1].contiguous()
     dynamic = {name: case for name, case in common.items() if "zero_point" not in case[0]}
@@ -509,11 +514,11 @@ def _bad_inputs():
     dynamic["scale-per-group"] = (dict(scale=s), ValueError, "scale")
     # int32 sums of 127 * 127 products overflow past K = 133144 (stride-0 views: no memory).
     big_k = 133_145
-    dynamic["x-k-overflows-int32"] = (dict(x=x[:, :1].expand(4, big_k), qweight=q[:, :1].expand(6, big_k)),
-                                      ValueError, "x")
-    cases += [pytest.param(int8_dynamic_linear, DYNAMIC_NAME, dict(x=x, qweight=q, scale=sc, bias=b,
-                                                                   activation="relu"),
-                           over, exc, arg, id=f"dynamic-{name}")
+    dynamic["x-k-overflows-int32"] = (dict(x=x[:, :1].expand(4, big_k),
+                                           qweight=q[:, :1].expand(6, big_k)), ValueError, "x")
+    base = dict(x=x, qweight=q, scale=sc, bias=b, activation="relu")
+    cases += [pytest.param(int8_dynamic_linear, DYNAMIC_NAME, base, over, exc, arg,
+                           id=f"dynamic-{name}")
               for name, (over, exc, arg) in dynamic.items()]
     return cases
 
