@@ -3,16 +3,9 @@
     report = bigperf.swap(model, bigperf.FusedMixedPrecision())
 """
 
-from bigperf import nn, ops, sparsity
+from bigperf import deploy, nn, ops, sparsity
 from bigperf._ext import use_cpu_isa
-from bigperf.configs import (
-           BlockSparse,
-           FusedMixedPrecision,
-           Int8Dynamic,
-           Int8WeightOnly,
-           Sparse24,
-           Sparse24Int8,
-)
+from bigperf.configs import BlockSparse, FusedMixedPrecision, Int8Dynamic, Int8WeightOnly, Sparse24, Sparse24Int8
 from bigperf.ops.registry import NoBackendError, use_backend
 from bigperf.prune import prune
 from bigperf.report import SwapReport
@@ -22,5 +15,5 @@ from bigperf.swap import swap
 __version__ = "0.1.0"
 
 __all__ = ["BlockSparse", "FusedMixedPrecision", "Int8Dynamic", "Int8WeightOnly", "NoBackendError", "Sparse24",
-           "Sparse24Int8", "SwapReport", "load", "nn", "ops", "prune", "save", "sparsity", "swap", "use_backend",
+           "Sparse24Int8", "SwapReport", "deploy", "load", "nn", "ops", "prune", "save", "sparsity", "swap", "use_backend",
            "use_cpu_isa"]

@@ -1,10 +1,12 @@
-"""The `bigperf` command: doctor | demo | swap (bench, export and trt land with their issues)."""
+"""The `bigperf` command: doctor | demo | swap | bench | export | trt."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from bigperf.bench.cli import add_bench_parser, run_bench_command
+from bigperf.deploy.cli import add_deploy_parsers, run_deploy_command
 from bigperf.configs import NAMED_CONFIGS
 
 
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     swap_cmd.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     swap_cmd.add_argument("--save", metavar="DIR", help="write the swapped model with bigperf.save")
     swap_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_bench_parser(commands)
+    add_deploy_parsers(commands)
     args = parser.parse_args(argv)
 
     if args.command == "doctor":
@@ -61,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "swap":
         return _swap_command(args)
+    if args.command == "bench":
+        return run_bench_command(args)
+    if args.command in ("export", "trt"):
+        return run_deploy_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,5 +1,5 @@
 """Pieces every op's backends share: row views, bias in fp32, the epilogue after a
-PyTorch GEMM, and the availability checks of the cpu and triton backends."""
+PyTorch GEMM, and the availability checks of the cpu, cuda and triton backends."""
 
 from __future__ import annotations
 
@@ -47,6 +47,18 @@ def cpu_why_not(x: torch.Tensor, kernel: str) -> str | None:
         return _ext.cpu_unavailable_reason()
     if not hasattr(module, kernel):
         return f"bigperf._C was built without {kernel} (rebuild the package)"
+    return None
+
+
+def cuda_why_not(x: torch.Tensor, kernel: str) -> str | None:
+    """Why bigperf._C_cuda cannot run `kernel` on x, or None (dtypes and shapes are the op's to check)."""
+    if not x.is_cuda:
+        return f"tensors are on {x.device}, not a CUDA device"
+    reason = _ext.cuda_unavailable_reason()
+    if reason:
+        return reason
+    if not hasattr(_ext.cuda_module(), kernel):
+        return f"bigperf._C_cuda was built without {kernel} (rebuild the package)"
     return None
 
 

@@ -25,6 +25,7 @@ from bigperf.ops.common import (
     fp32_bias,
     triton_why_not,
 )
+from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, last_dim_contiguous
 
@@ -87,6 +88,8 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return _run(x, weight, bias, residual, activation)
     if not torch.compiler.is_compiling():
         validate(x, weight, bias, residual, activation)  # our messages, not the schema parser's
+    if exporting_to_onnx():  # standard ONNX in place of the custom op (ops/onnx_lowering.py)
+        return lower_to_onnx(OP, x, weight, bias, residual, activation)
     return torch.ops.bigperf.fused_linear(x, weight, bias, residual, activation)
 
 

@@ -14,6 +14,8 @@ weights only.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -22,10 +24,12 @@ from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activati
 from bigperf.ops.common import (
     as_rows,
     cpu_why_not,
+    cuda_why_not,
     epilogue_,
     fp32_bias,
     triton_why_not,
 )
+from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, check_tensor
 from bigperf.quant import GROUP_SIZES, dequantize_weight, quantize_activation_per_token
@@ -105,6 +109,8 @@ def int8_weight_linear(x, qweight, scale, zero_point=None, bias=None, activation
         return _run_weight_only(x, qweight, scale, zero_point, bias, activation)
     if not torch.compiler.is_compiling():
         validate_weight_only(x, qweight, scale, zero_point, bias, activation)
+    if exporting_to_onnx():
+        return lower_to_onnx(WEIGHT_OP, x, qweight, scale, zero_point, bias, activation)
     return torch.ops.bigperf.int8_weight_linear(x, qweight, scale, zero_point, bias, activation)
 
 
@@ -155,8 +161,36 @@ def _weight_only_triton_run(x, qweight, scale, zero_point, bias, activation):
     return out.reshape(_out_shape(x, n))
 
 
+# CUDA W8A16 (csrc/cuda/w8a16_linear.cu): tensor cores, weight re-laid out once per tensor
+# version (bigperf/cuda_layouts.py). Its tiles are built for decode-sized M: beyond this
+# many rows it would re-read the weight once per 32-row block, where the Triton kernel's
+# large tiles serve better.
+CUDA_WEIGHT_ONLY_MAX_M = 64
+
+
+def _weight_only_cuda_why_not(x, qweight, scale, zero_point, bias, activation):
+    reason = cuda_why_not(x, "w8a16_linear")
+    if reason:
+        return reason
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return f"needs fp16 or bf16 x, got {x.dtype}"
+    k = qweight.shape[1]
+    if k % 8:
+        return f"needs K % 8 == 0 for 16-byte loads of x, got K = {k}"
+    m = math.prod(x.shape[:-1])
+    if m > CUDA_WEIGHT_ONLY_MAX_M:
+        return f"built for M <= {CUDA_WEIGHT_ONLY_MAX_M} rows (decode), got M = {m}"
+    return None
+
+
+def _weight_only_cuda_run(x, qweight, scale, zero_point, bias, activation):
+    from bigperf.ops.cuda_launch import launch_w8a16
+    return launch_w8a16(x, qweight, scale, zero_point, fp32_bias(bias), ACTIVATIONS.index(activation))
+
+
 WEIGHT_ONLY_BACKENDS = OpBackends(WEIGHT_OP)
 WEIGHT_ONLY_BACKENDS.register("cpu", _weight_only_cpu_why_not, _weight_only_cpu_run)
+WEIGHT_ONLY_BACKENDS.register("cuda", _weight_only_cuda_why_not, _weight_only_cuda_run)
 WEIGHT_ONLY_BACKENDS.register("triton", _weight_only_triton_why_not, _weight_only_triton_run)
 WEIGHT_ONLY_BACKENDS.register("reference", lambda *args: None, weight_only_reference)
 
@@ -187,6 +221,8 @@ def int8_dynamic_linear(x, qweight, scale, bias=None, activation="none"):
         return _run_dynamic(x, qweight, scale, bias, activation)
     if not torch.compiler.is_compiling():
         validate_dynamic(x, qweight, scale, bias, activation)
+    if exporting_to_onnx():
+        return lower_to_onnx(DYNAMIC_OP, x, qweight, scale, bias, activation)
     return torch.ops.bigperf.int8_dynamic_linear(x, qweight, scale, bias, activation)
 
 

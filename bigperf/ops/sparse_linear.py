@@ -18,7 +18,14 @@ import torch
 
 from bigperf import _ext
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
-from bigperf.ops.common import as_rows, cpu_why_not, fp32_bias, triton_why_not
+from bigperf.ops.common import (
+    as_rows,
+    cpu_why_not,
+    cuda_why_not,
+    fp32_bias,
+    triton_why_not,
+)
+from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
 from bigperf.ops.validation import (
     DTYPE_CODES,
@@ -150,6 +157,8 @@ def sparse24_linear(x, values, meta, scale=None, bias=None, activation="none"):
         return _run_24(x, values, meta, scale, bias, activation)
     if not torch.compiler.is_compiling():
         validate_24(x, values, meta, scale, bias, activation)
+    if exporting_to_onnx():
+        return lower_to_onnx(S24_OP, x, values, meta, scale, bias, activation)
     return torch.ops.bigperf.sparse24_linear(x, values, meta, scale, bias, activation)
 
 
@@ -180,8 +189,26 @@ def _triton_24_run(x, values, meta, scale, bias, activation):
         *x.shape[:-1], n)
 
 
+# CUDA 2:4 (csrc/cuda/sparse24_linear.cu): mma.sp on the sparse tensor cores, weight
+# re-laid out once per tensor version (bigperf/cuda_layouts.py). Float values only.
+def _cuda_24_why_not(x, values, meta, scale, bias, activation):
+    reason = cuda_why_not(x, "sparse24_linear")
+    if reason:
+        return reason
+    if x.dtype not in (torch.float16, torch.bfloat16) or values.dtype != x.dtype:
+        return (f"needs fp16 or bf16 x and values of x's dtype (int8 2:4 values are not served), "
+                f"got {x.dtype} x, {values.dtype} values")
+    return None
+
+
+def _cuda_24_run(x, values, meta, scale, bias, activation):
+    from bigperf.ops.cuda_launch import launch_sparse24
+    return launch_sparse24(x, values, meta, fp32_bias(bias), ACTIVATIONS.index(activation))
+
+
 S24_BACKENDS = OpBackends(S24_OP)
 S24_BACKENDS.register("cpu", lambda x, *rest: cpu_why_not(x, "sparse24_linear"), _cpu_24_run)
+S24_BACKENDS.register("cuda", _cuda_24_why_not, _cuda_24_run)
 S24_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_24_run)
 S24_BACKENDS.register("reference", lambda *args: None, sparse24_reference)
 
@@ -212,6 +239,8 @@ def block_sparse_linear(x, values, col_indices, row_ptr, bias=None, activation="
         return _run_bsr(x, values, col_indices, row_ptr, bias, activation)
     if not torch.compiler.is_compiling():
         validate_bsr(x, values, col_indices, row_ptr, bias, activation)
+    if exporting_to_onnx():
+        return lower_to_onnx(BSR_OP, x, values, col_indices, row_ptr, bias, activation)
     return torch.ops.bigperf.block_sparse_linear(x, values, col_indices, row_ptr, bias, activation)
 
 

@@ -1,0 +1,166 @@
+"""export_onnx and plain torch.onnx.export of swapped models, checked in onnxruntime (CPU)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason="onnx is in the onnx extra: pip install -e '.[onnx]'")
+pytest.importorskip("onnxscript", reason="onnxscript is in the onnx extra: pip install -e '.[onnx]'")
+pytest.importorskip("onnxruntime", reason="onnxruntime is in the onnx extra: pip install -e '.[onnx]'")
+
+import bigperf  # noqa: E402
+from bigperf.deploy import export_onnx, verify_onnx
+from bigperf.deploy.verify import ort_session, run_onnx
+from tests.deploy import models
+from tests.helpers import rel_error
+
+# Relative Frobenius error of onnxruntime against the swapped PyTorch model, per branch
+# (bigperf/deploy/verify.py says why int8-dynamic gets more room).
+BRANCH_TOLERANCE = {name: 1e-5 for name in models.ZOO_CONFIGS} | {"int8_dynamic": 1e-4}
+
+
+def _ops(model_proto) -> Counter:
+    return Counter(n.op_type for n in model_proto.graph.node)
+
+
+def test_every_config_matches_pytorch_in_onnxruntime_at_new_shapes(zoo_export):
+    model, result = zoo_export
+    x = torch.randn(4, 9, models.D_IN, generator=torch.Generator().manual_seed(7))  # not the traced shape
+    got = run_onnx(ort_session(result.path), (x,))
+    with torch.no_grad():
+        expected = model(x)
+    errors = {name: rel_error(g, e) for name, g, e in zip(model.names, got, expected)}
+    print("onnxruntime vs PyTorch, relative error per config:", {k: f"{v:.1e}" for k, v in errors.items()})
+    for name, error in errors.items():
+        assert error <= BRANCH_TOLERANCE[name], (name, error)
+    # Negative control: a changed int8 weight must change the ONNX file's output.
+    model.branches["int8"][0].qweight[0, 0] += 1
+    with torch.no_grad():
+        moved = model(x)[model.names.index("int8")]
+    model.branches["int8"][0].qweight[0, 0] -= 1
+    assert rel_error(got[model.names.index("int8")], moved) > 0
+
+
+def test_the_graph_is_standard_onnx_with_int8_weights(zoo_export):
+    _, result = zoo_export
+    proto = onnx.load(str(result.path))
+    onnx.checker.check_model(proto)
+    ops = _ops(proto)
+    assert all((n.domain or "ai.onnx") == "ai.onnx" for n in proto.graph.node)
+    assert result.opset == 21  # per-group weights need blocked DequantizeLinear
+    # int8 (3 layers), g64, asymmetric, dynamic, 2:4 int8: one weight DequantizeLinear per layer,
+    # plus the dynamic branch's three activation Q/DQ pairs.
+    assert ops["DequantizeLinear"] == 5 * 3 + 3 and ops["QuantizeLinear"] == 3
+    assert not {"ScatterElements", "ScatterND"} & set(ops)  # sparse weights exported dense
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    blocked = [n for n in dq if any(a.name == "block_size" and a.i == 64 for a in n.attribute)]
+    assert len(blocked) == 3
+    initializers = {t.name: t for t in proto.graph.initializer}
+    int8_weights = [t for t in initializers.values() if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert len(int8_weights) == 5 * 3
+    for node in dq:  # scales and zero points are initializers, as TensorRT requires
+        assert all(name in initializers for name in node.input[1:]) or node.input[0] not in initializers
+
+
+def test_sparse_weights_keep_their_zeros_in_the_file(zoo_export):
+    model, result = zoo_export
+    proto = onnx.load(str(result.path))
+    layer = model.branches["sparse24_int8"][0]
+    codes = [onnx.numpy_helper.to_array(t) for t in proto.graph.initializer
+             if t.data_type == onnx.TensorProto.INT8 and tuple(t.dims) == (layer.out_features, layer.in_features)]
+    two_four = [c for c in codes if ((c.reshape(c.shape[0], -1, 4) != 0).sum(-1) <= 2).all()]
+    assert two_four, "the 2:4 int8 layer's dense int8 weight (half zeros) is not in the file"
+
+
+def test_dynamic_dims_are_recorded_for_trt_profiles(zoo_export):
+    _, result = zoo_export
+    assert result.inputs == {"x": ["batch", "seq", models.D_IN]}
+    assert result.dims == {"batch": {"min": 1, "opt": 3, "max": 32}, "seq": {"min": 1, "opt": 5, "max": None}}
+    metadata = {p.key: p.value for p in onnx.load(str(result.path), load_external_data=False).metadata_props}
+    assert json.loads(metadata["bigperf.dims"]) == result.dims and metadata["bigperf.version"] == bigperf.__version__
+
+
+def test_int8_file_is_about_a_quarter_of_the_float_file(mlp_exports):
+    (fp32_model, fp32, x), (int8_model, int8, _) = mlp_exports["fp32"], mlp_exports["int8"]
+    ratio = int8.total_bytes / fp32.total_bytes
+    print(f"file sizes: fp32 {fp32.total_bytes} B, int8 {int8.total_bytes} B, ratio {ratio:.3f}")
+    assert 0.2 < ratio < 0.3
+    for model, export in ((fp32_model, fp32), (int8_model, int8)):
+        check = verify_onnx(export.path, model, x)
+        assert check.passed and check.tolerance == 1e-5, str(check)
+
+
+def test_plain_torch_onnx_export_of_a_swapped_model(tmp_path):
+    """No bigperf wrapper: the ops lower themselves; per-group weights use the opset-20 form."""
+    configs = {name: models.ZOO_CONFIGS[name] for name in ("int8_g64", "sparse24_int8", "block_sparse")}
+    model = models.zoo(configs)
+    x = torch.randn(2, 3, models.D_IN)
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(model, (x,), path, verbose=False)
+    proto = onnx.load(str(path))
+    assert not [n for n in proto.graph.node if n.domain not in ("", "ai.onnx")]
+    assert "DequantizeLinear" in _ops(proto)
+    got = run_onnx(ort_session(path), (x,))
+    with torch.no_grad():
+        expected = model(x)
+    for name, g, e in zip(model.names, got, expected):
+        assert rel_error(g, e) <= BRANCH_TOLERANCE[name], name
+
+
+def test_tiny_llama_exports_and_matches(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is a test extra")
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1,
+                                      use_cache=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    report = bigperf.swap(model, "int8")
+    assert len(report.changes) == 8  # q, k, v, o, gate, up, down, lm_head
+    ids = torch.randint(0, 96, (2, 11))
+    result = export_onnx(model, (ids,), tmp_path / "llama.onnx")
+    check = verify_onnx(result.path, model, (ids,))
+    print("tiny Llama int8:", check)
+    assert check.passed, str(check)
+    assert _ops(onnx.load(str(result.path), load_external_data=False))["DequantizeLinear"] == 8
+
+
+def test_wide_layers_and_external_data(tmp_path, monkeypatch):
+    import bigperf.deploy.onnx as deploy_onnx
+
+    monkeypatch.setattr(deploy_onnx, "EXTERNAL_DATA_THRESHOLD", 1024)  # stands in for 2 GB
+    wide = 8200  # above torch's 8192-element folding limit: the scale's reshape is ours to fold
+    model = torch.nn.Sequential(torch.nn.Linear(64, wide)).eval()
+    bigperf.swap(model, "int8")
+    x = torch.randn(2, 64)
+    result = export_onnx(model, (x,), tmp_path / "big.onnx")
+    assert result.data_path is not None and result.data_path.stat().st_size > 64 * wide
+    assert result.path.stat().st_size < 64 * 1024
+    proto = onnx.load(str(result.path), load_external_data=False)
+    initializers = {t.name for t in proto.graph.initializer}
+    (dq,) = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert set(dq.input) <= initializers and "Reshape" not in _ops(proto)
+    assert verify_onnx(result.path, model, (x,)).passed
+
+
+def test_bad_arguments_are_named():
+    model = models.mlp()
+    with pytest.raises(TypeError, match="export_onnx: argument 'example_inputs'"):
+        export_onnx(model, "x", "m.onnx")
+    with pytest.raises(ValueError, match="argument 'opset'"):
+        export_onnx(model, (torch.randn(2, models.D_IN),), "m.onnx", opset=12)
+    with pytest.raises(TypeError, match="argument 'model'"):
+        export_onnx(lambda x: x, (torch.randn(2, 3),), "m.onnx")
+
+
+def test_ops_do_not_lower_outside_an_onnx_export():
+    from bigperf.ops.onnx_lowering import ONNX_LOWERINGS, exporting_to_onnx
+
+    assert not exporting_to_onnx()
+    registered = {name for name in dir(torch.ops.bigperf)
+                  if isinstance(getattr(torch.ops.bigperf, name, None), torch._ops.OpOverloadPacket)}
+    lowered = {name.removeprefix("bigperf.") for name in ONNX_LOWERINGS}
+    assert registered <= lowered, f"bigperf ops without an ONNX lowering: {registered - lowered}"
