@@ -134,6 +134,20 @@ def all_specs() -> list:
     return specs
 
 
+def representative_specs(specs: list) -> list:
+    """A subset that still covers every kernel and every instruction family it is built
+    for: per kernel function, the first variant plus the first one for each distinct
+    tensor-core expectation (e.g. a wgmma tile and an IEEE fp32 one). What CI compiles by
+    default: the full set takes minutes on 2 cores (BIGPERF_AOT_ALL=1 runs it)."""
+    chosen, seen = [], set()
+    for spec in specs:
+        key = (id(spec.fn), tuple(sorted((t, str(v)) for t, v in spec.tensor_core.items())))
+        if key not in seen:
+            seen.add(key)
+            chosen.append(spec)
+    return chosen
+
+
 def compile_spec(spec: KernelSpec, target: str) -> Compiled:
     """Compile ``spec`` for ``target`` ("sm_80" or "sm_90a") to PTX and cubin."""
     fn = spec.fn
