@@ -11,8 +11,10 @@ Neither includes torch headers nor links libtorch (see DESIGN.md). Environment k
   BIGPERF_CUDA=auto|0|1       build _C_cuda when nvcc is found (auto), never, or always
   BIGPERF_CUDA_ARCHS="80;90a" -gencode targets
   BIGPERF_NVCC=/path/to/nvcc  which nvcc to use (default: $CUDA_HOME/bin/nvcc, then PATH)
+  BIGPERF_BUILD_JOBS=N        parallel nvcc processes (default: one per CPU)
 """
 
+import concurrent.futures
 import json
 import os
 import platform
@@ -151,16 +153,24 @@ class BuildExt(build_ext):
         archs_define = '-DBIGPERF_CUDA_ARCHS_STR="' + ";".join(archs) + '"'
         obj_dir = Path(self.build_temp) / "cuda"
         obj_dir.mkdir(parents=True, exist_ok=True)
-        objects = []
+        commands, objects = [], []
         for source in sorted((ROOT / "csrc" / "cuda").glob("*.cu")):
             obj = obj_dir / (source.stem + ".o")
-            cmd = [nvcc, "-c", str(source), "-o", str(obj), "-O3", "-std=c++17",
-                   "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", "-lineinfo",
-                   "-I", str(ROOT / "csrc"), archs_define,
-                   *gencode]
-            print(" ".join(cmd), file=sys.stderr)
-            subprocess.run(cmd, check=True)
+            commands.append([nvcc, "-c", str(source), "-o", str(obj), "-O3", "-std=c++17",
+                             "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", "-lineinfo",
+                             "-I", str(ROOT / "csrc"), archs_define,
+                             *gencode])
             objects.append(str(obj))
+        # One nvcc per translation unit, in parallel: ptxas runs single-threaded per file
+        # and arch, so a serial build leaves all but one core idle for minutes.
+        jobs = int(os.environ.get("BIGPERF_BUILD_JOBS", "0")) or os.cpu_count() or 1
+        for cmd in commands:
+            print(" ".join(cmd), file=sys.stderr)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            for result in pool.map(lambda c: subprocess.run(c, capture_output=True, text=True), commands):
+                sys.stderr.write(result.stdout + result.stderr)
+                if result.returncode:
+                    raise subprocess.CalledProcessError(result.returncode, result.args)
         ext.extra_objects = objects
         ext.include_dirs.append(str(cuda_home / "include"))
         ext.library_dirs.append(str(cuda_home / "lib64"))

@@ -1,5 +1,6 @@
 """bigperf._C_cuda without a GPU: import, argument checks, the no-device error, the SASS
-the build embedded, and the fused linear kernel's layouts run by the host emulator.
+the build embedded (fused linear, W8A16, 2:4 sparse), and the fused linear kernel's layouts
+run by the host emulator (the W8A16 and 2:4 emulators: tests/test_cuda_emulated_kernels.py).
 
 The emulator (`_emulate_fused_linear`) executes the kernel's own index maps (tile raster,
 cp.async chunks, smem swizzle, ldmatrix lane addresses, accumulator coordinates, staged
@@ -299,3 +300,148 @@ def test_emulated_weight_change_moves_only_its_column():
     _emulate(x, w2, None, None, out2, 0, 0)
     changed = (out1 != out2).any(dim=0)
     assert changed[13] and changed.sum() == 1
+
+
+# ----------------------------------------------------------------------------- W8A16 and 2:4 sparse
+
+W8_FN = "bigperf._C_cuda.w8a16_linear"
+S24_FN = "bigperf._C_cuda.sparse24_linear"
+# Fake but well-aligned addresses: validation happens before anything is dereferenced.
+W8_VALID = {"x_ptr": 0x10000, "x_row_stride": 64, "w_ptr": 0x20000, "scale_ptr": 0x30000, "zero_ptr": 0,
+            "group_size": 32, "bias_ptr": 0, "out_ptr": 0x40000, "out_row_stride": 32, "workspace_ptr": 0,
+            "workspace_bytes": 0, "counters_ptr": 0, "counters_count": 0, "M": 4, "N": 32, "K": 64,
+            "dtype_code": 2, "act_code": 0, "stream": 0, "config": -1, "splits": 1}
+S24_VALID = {"x_ptr": 0x10000, "x_row_stride": 64, "values_ptr": 0x20000, "values_row_stride": 32,
+             "meta_ptr": 0x30000, "bias_ptr": 0, "out_ptr": 0x40000, "out_row_stride": 32, "M": 4, "N": 32, "K": 64,
+             "dtype_code": 1, "act_code": 0, "stream": 0}
+
+W8_BAD_ARGS = [
+    ({"M": -1}, "M must be"),
+    ({"N": 2**31}, "N must be"),
+    ({"K": 12}, "K must be a multiple of 8"),
+    ({"dtype_code": 0}, "dtype_code"),
+    ({"act_code": 7}, "act_code"),
+    ({"config": 2}, "config must be"),
+    ({"splits": 0}, "splits must be"),
+    ({"splits": 17}, "splits must be"),
+    ({"group_size": 16}, "group_size must be"),
+    ({"group_size": 128, "K": 192}, "group_size 128 must divide K"),
+    ({"x_ptr": 0}, "x_ptr is null"),
+    ({"x_ptr": 0x10008}, "x_ptr must be 16-byte aligned"),
+    ({"x_row_stride": 60}, "x_row_stride (60) must be >= K"),
+    ({"x_row_stride": 68}, "x_row_stride must be a multiple of 8"),
+    ({"w_ptr": 0}, "w_ptr (packed weight) must be non-null"),
+    ({"w_ptr": 0x20004}, "w_ptr (packed weight) must be non-null and 16-byte aligned"),
+    ({"scale_ptr": 0}, "scale_ptr (packed scales) must be non-null"),
+    ({"zero_ptr": 0x50008}, "zero_ptr (packed zero points) must be 16-byte aligned"),
+    ({"out_ptr": 0x40002}, "out_ptr must be 16-byte aligned"),
+    ({"out_row_stride": 24}, "out_row_stride (24) must be >= N"),
+    ({"bias_ptr": 0x60002}, "bias_ptr must be 4-byte aligned"),
+    ({"workspace_ptr": 0x70004}, "workspace_ptr must be 16-byte aligned"),
+    ({"counters_ptr": 0x80002}, "counters_ptr must be 4-byte aligned"),
+]
+
+S24_BAD_ARGS = [
+    ({"M": -2}, "M must be"),
+    ({"K": 2**31 - 8}, "K must be"),
+    ({"K": 60}, "K must be a multiple of 8"),
+    ({"dtype_code": 3}, "dtype_code"),
+    ({"act_code": -1}, "act_code"),
+    ({"config": 3}, "config must be"),
+    ({"x_ptr": 0x10002}, "x_ptr must be 16-byte aligned"),
+    ({"values_ptr": 0}, "values_ptr is null"),
+    ({"values_row_stride": 24}, "values_row_stride (24) must be >= Kp/2"),
+    ({"values_row_stride": 36}, "values_row_stride must be a multiple of 8"),
+    ({"K": 72, "x_row_stride": 72, "values_row_stride": 40}, "values_row_stride (40) must be >= Kp/2"),  # K=72 pads to 96
+    ({"meta_ptr": 0}, "meta_ptr (packed metadata) must be non-null"),
+    ({"meta_ptr": 0x30004}, "meta_ptr (packed metadata) must be non-null and 16-byte aligned"),
+    ({"out_ptr": 0}, "out_ptr is null"),
+    ({"out_row_stride": 33}, "out_row_stride must be a multiple of 8"),
+    ({"bias_ptr": 0x50001}, "bias_ptr must be 4-byte aligned"),
+]
+
+
+@pytest.mark.parametrize("override,message", W8_BAD_ARGS, ids=[m for _, m in W8_BAD_ARGS])
+def test_w8a16_bad_arguments_raise_value_error(override, message):
+    with pytest.raises(ValueError, match=re.escape(f"{W8_FN}: ") + ".*" + re.escape(message)):
+        cuda_ext.w8a16_linear(**{**W8_VALID, **override})
+
+
+@pytest.mark.parametrize("override,message", S24_BAD_ARGS, ids=[m for _, m in S24_BAD_ARGS])
+def test_sparse24_bad_arguments_raise_value_error(override, message):
+    with pytest.raises(ValueError, match=re.escape(f"{S24_FN}: ") + ".*" + re.escape(message)):
+        cuda_ext.sparse24_linear(**{**S24_VALID, **override})
+
+
+def test_emulators_validate_like_the_launchers():
+    args = {**W8_VALID, "x_ptr": 0x10008}
+    del args["stream"]
+    with pytest.raises(ValueError, match=r"_emulate_w8a16_linear: x_ptr must be 16-byte aligned"):
+        cuda_ext._emulate_w8a16_linear(**{**args, "config": 0})
+    args = {**S24_VALID, "meta_ptr": 0}
+    del args["stream"]
+    with pytest.raises(ValueError, match=r"_emulate_sparse24_linear: meta_ptr"):
+        cuda_ext._emulate_sparse24_linear(**{**args, "config": 0})
+
+
+def test_w8a16_and_sparse24_requirements_are_published():
+    from bigperf.cuda_layouts import S24_LAYOUT_VERSION, W8A16_LAYOUT_VERSION
+
+    w8 = cuda_ext.w8a16_requirements()
+    assert w8["layout_version"] == W8A16_LAYOUT_VERSION
+    assert w8["pack_n"] == 32 and w8["pack_k"] == 16 and tuple(w8["group_sizes"]) == (0, 32, 64, 128, 256)
+    assert len(w8["configs"]) == 2 and w8["dtype_codes"] == {"float16": 1, "bfloat16": 2}
+    s24 = cuda_ext.sparse24_requirements()
+    assert s24["layout_version"] == S24_LAYOUT_VERSION
+    assert s24["pack_k"] == 32 and s24["pack_rows"] == 16 and len(s24["configs"]) == 3
+
+
+def test_w8a16_split_workspace_is_checked_once_the_plan_is_known():
+    # splits = 4 needs a workspace; the check comes after validation but before any launch.
+    args = {**W8_VALID, "splits": 4}
+    with pytest.raises((ValueError, RuntimeError)) as info:
+        cuda_ext.w8a16_linear(**args)
+    if cuda_ext.device_count() == 0:
+        assert isinstance(info.value, RuntimeError) and "no CUDA device" in str(info.value)
+    else:
+        assert "workspace_ptr must hold" in str(info.value)
+
+
+def test_w8a16_and_sparse24_empty_problems_are_no_ops():
+    assert cuda_ext.w8a16_linear(**{**W8_VALID, "M": 0, "x_ptr": 0, "out_ptr": 0}) is None
+    assert cuda_ext.sparse24_linear(**{**S24_VALID, "N": 0, "values_ptr": 0, "out_ptr": 0}) is None
+
+
+@needs_no_device
+def test_w8a16_and_sparse24_without_device_raise_runtime_error():
+    with pytest.raises(RuntimeError, match=re.escape(f"{W8_FN}: no CUDA device/driver available (")):
+        cuda_ext.w8a16_linear(**W8_VALID)
+    with pytest.raises(RuntimeError, match=re.escape(f"{S24_FN}: no CUDA device/driver available (")):
+        cuda_ext.sparse24_linear(**S24_VALID)
+
+
+def test_w8a16_kernels_use_tensor_cores(sass):
+    for arch in _expected_archs():
+        kernels = {n: s for n, s in sass.get(arch, {}).items() if "w8a16_kernel" in n}
+        assert len(kernels) == 4, f"{arch}: W8A16 kernels found: {list(kernels)}"  # 2 configs x {fp16, bf16}
+        for name, code in kernels.items():
+            assert "HMMA.16816.F32" in code, f"{arch} {name}: no HMMA.16816 (mma.sync m16n8k16)"
+            assert "LDGSTS" in code, f"{arch} {name}: no LDGSTS (cp.async)"
+            assert "LDSM.16.M88.4" in code, f"{arch} {name}: no LDSM (ldmatrix.x4 of x)"
+            assert "LDS.128" in code, f"{arch} {name}: no 16-byte shared loads of the packed weight"
+            assert "STL" not in code and "LDL" not in code, f"{arch} {name}: register spills"
+            if "bfloat16" in name:
+                assert "HMMA.16816.F32.BF16" in code
+
+
+def test_sparse24_kernels_use_sparse_tensor_cores(sass):
+    for arch in _expected_archs():
+        kernels = {n: s for n, s in sass.get(arch, {}).items() if "s24_kernel" in n}
+        assert len(kernels) == 6, f"{arch}: 2:4 kernels found: {list(kernels)}"  # 3 configs x {fp16, bf16}
+        for name, code in kernels.items():
+            assert "HMMA.SP.16832.F32" in code, f"{arch} {name}: no HMMA.SP.16832 (mma.sp m16n8k32)"
+            assert "HMMA.16816" not in code, f"{arch} {name}: dense HMMA in the sparse kernel"
+            assert "LDGSTS" in code and "LDSM.16.M88.4" in code, f"{arch} {name}: no cp.async / ldmatrix"
+            assert "STL" not in code and "LDL" not in code, f"{arch} {name}: register spills"
+            if "bfloat16" in name:
+                assert "HMMA.SP.16832.F32.BF16" in code

@@ -49,4 +49,66 @@ int fused_linear_num_configs();
 // that layout bugs show up without a GPU. `args.config` must name a configuration.
 void fused_linear_emulate(const FusedLinearArgs& args);
 
+// ----------------------------------------------------------------------------- W8A16
+// out[M,N] = act(x[M,K] @ dequant(W)^T + bias[N]) with W int8 in the packed layout of
+// bigperf/cuda_layouts.py (pack_w8a16, version kW8A16LayoutVersion; see w8a16_tile.h):
+// w [Np/32][Kp/16][512] int8, scale [G, Np] fp32, zero [G, Np] fp32 or absent, where
+// Np = N rounded up to 32, Kp = K rounded up to 16 and G = K / group_size (1 per channel).
+// With splits > 1 the K range is split over CTAs whose fp32 partials meet in `workspace`
+// (splits * M * Np floats) and `counters` (one int32 per output tile, zero on entry,
+// left zero on exit).
+constexpr int kW8A16LayoutVersion = 1;
+
+struct W8A16Args {
+  uintptr_t x = 0, w = 0, scale = 0, zero = 0, bias = 0, out = 0, workspace = 0, counters = 0;
+  int64_t x_row_stride = 0, out_row_stride = 0;
+  int64_t M = 0, N = 0, K = 0;
+  int64_t group_size = 0;  // 0 = per channel, else 32, 64, 128 or 256 dividing K
+  int64_t workspace_bytes = 0, counters_count = 0;
+  int dtype = 0;    // 1 = float16, 2 = bfloat16 (x, out)
+  int act = 0;      // as FusedLinearArgs
+  int config = -1;  // -1 = chosen from M
+  int splits = -1;  // -1 = chosen from the shape and the SM count
+};
+
+struct W8A16Plan {
+  int config = 0, splits = 1;
+  int64_t workspace_bytes = 0, counters = 0;
+};
+
+void w8a16_validate(const W8A16Args& args, const char* fn);
+W8A16Plan w8a16_plan(int64_t M, int64_t N, int64_t K, int sm_count, int config = -1, int splits = -1);
+// The split-K buffers the caller passed must fit `plan` (checked once the plan is known).
+void w8a16_check_workspace(const W8A16Args& args, const W8A16Plan& plan, const char* fn);
+std::string w8a16_config_name(int config);
+int w8a16_num_configs();
+void w8a16_linear(const W8A16Args& args, uintptr_t stream);
+// Host emulation with host pointers (config and splits must be given; the split-K
+// partials go through `workspace` / `counters` exactly as on the device).
+void w8a16_emulate(const W8A16Args& args);
+
+// ----------------------------------------------------------------------------- 2:4 sparse
+// out[M,N] = act(x[M,K] @ W^T + bias[N]) with W 2:4-sparse along K, computed as
+// out^T = W x^T on the sparse tensor cores (mma.sp m16n8k32: W is the sparse A operand).
+// Packed layout (bigperf/cuda_layouts.py, pack_s24, version kS24LayoutVersion; see
+// sparse24_tile.h): values [N, Kp/2] fp16/bf16 (Kp = K rounded up to 32, zero padded),
+// meta [Np16][Kp/32][16] uint32 (Np16 = ceil(N / 16)).
+constexpr int kS24LayoutVersion = 1;
+
+struct S24Args {
+  uintptr_t x = 0, values = 0, meta = 0, bias = 0, out = 0;
+  int64_t x_row_stride = 0, values_row_stride = 0, out_row_stride = 0;
+  int64_t M = 0, N = 0, K = 0;
+  int dtype = 0;    // 1 = float16, 2 = bfloat16 (x, values, out)
+  int act = 0;
+  int config = -1;
+};
+
+void s24_validate(const S24Args& args, const char* fn);
+int s24_choose_config(int64_t M, int64_t N, int sm_count);
+std::string s24_config_name(int config);
+int s24_num_configs();
+void s24_linear(const S24Args& args, uintptr_t stream);
+void s24_emulate(const S24Args& args);  // host pointers, config required
+
 }  // namespace bigperf::cuda

@@ -65,16 +65,19 @@ step import 60 "$PY" -c "
 import bigperf._C_cuda as c
 print('device_count', c.device_count(), '|', c.runtime_info(), '| archs', c.compiled_archs())
 print('requirements', c.fused_linear_requirements())
+for name in ('w8a16_requirements', 'sparse24_requirements'):
+    print(name, getattr(c, name)() if hasattr(c, name) else 'missing')
 " || exit 1
 
-# 2. The GPU tests (the raw binding; the op under the cuda and triton backends).
+# 2. The GPU tests (the raw bindings: fused linear, W8A16, 2:4 sparse; the ops under the
+#    cuda and triton backends).
 FAILED=0
 if "$PY" -c "import pytest" 2>/dev/null; then
-  step gpu_tests 150 env -u TRITON_INTERPRET "$PY" -m pytest tests/gpu -q --maxfail=20 \
+  step gpu_tests 210 env -u TRITON_INTERPRET "$PY" -m pytest tests/gpu -q --maxfail=20 \
       --junitxml="$RESULTS/pytest_gpu.xml" -p no:cacheprovider || FAILED=1
 else
   echo "pytest is not installed: using tests/gpu/run_without_pytest.py"
-  step gpu_tests 150 env -u TRITON_INTERPRET "$PY" tests/gpu/run_without_pytest.py || FAILED=1
+  step gpu_tests 210 env -u TRITON_INTERPRET "$PY" tests/gpu/run_without_pytest.py || FAILED=1
 fi
 
 # 3. Triton kernels and ops compiled for the real GPU (interpreter off), if time allows.
@@ -90,7 +93,8 @@ else
   echo "skipping the triton kernel/op tests (elapsed $(elapsed)s or no pytest)"
 fi
 
-# 4. Benchmark: bf16 Llama-3-8B shapes, our kernel vs torch. Partial JSON survives a timeout.
+# 4. Benchmark: bf16 Llama-3-8B shapes, our kernels (fused linear, W8A16 at M = 1..16, 2:4
+#    mma.sp at M >= 4096) vs torch. Partial JSON survives a timeout.
 LEFT=$(( 460 - $(elapsed) ))
 if [ "$LEFT" -gt 30 ]; then
   step bench "$LEFT" "$PY" tests/gpu/bench_gpu.py --out "$RESULTS/bench_gpu.json" || true

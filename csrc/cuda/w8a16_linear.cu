@@ -1,0 +1,432 @@
+// W8A16 on tensor cores for small M, in the manner of Marlin: out = act(x @ dequant(W)^T + b).
+//
+// The int8 weight arrives re-laid out (w8a16_tile.h) so that each lane's 16-byte shared
+// load is exactly its B fragments for four mma.m16n8k16. Weights, x rows and the group
+// scales stream global -> shared through a STAGES-deep cp.async ring; the int8 codes
+// become fp16/bf16 integers q - z in registers (bit tricks, no conversion instructions),
+// each warp multiplies its 32-wide K slice and scales the slice's partial sum in fp32
+// with its group scale. Warps meet in shared memory, CTAs of a split K range meet in a
+// global fp32 workspace (the last CTA to arrive finishes the tile), and bias, activation
+// and rounding happen once, in the epilogue.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <climits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "cuda/cuda_api.h"
+#include "cuda/launch_util.h"
+#include "cuda/mma_device.cuh"
+#include "cuda/w8a16_tile.h"
+
+namespace bigperf::cuda {
+namespace w8 {
+namespace {
+
+using namespace dev;
+
+template <class T>
+struct Params {
+  const T* x;
+  const unsigned char* w;
+  const float* scale;
+  const float* zero;
+  const float* bias;
+  T* out;
+  float* ws;
+  int* counters;
+  int64_t ldx, ldo, w_row_bytes;
+  int M, N, K, Kp, Np, group, act, splits, tiles_n, m_blocks, ktiles;
+};
+
+template <class C, class T>
+__device__ __forceinline__ void load_stage(const Params<T>& p, unsigned char* st, int n0, int m0, int k0, int tid) {
+#pragma unroll
+  for (int i = 0; i < C::W_CHUNKS / C::THREADS; ++i) {
+    const WCopy c = w_copy<C>(tid + i * C::THREADS);
+    const int nb = n0 / kPackN + c.nh, kb = k0 / kPackK + c.kb;
+    const bool pred = nb < p.Np / kPackN && kb < p.Kp / kPackK;
+    // The clamped address is never read (src-size 0) but stays a valid global address.
+    const unsigned char* src = pred ? p.w + nb * p.w_row_bytes + int64_t(kb) * kPackBlockBytes + c.lane_chunk * 16 : p.w;
+    cp_async_16(smem_addr(st + C::W_OFF + w_smem_offset<C>(c)), src, pred);
+  }
+  T* sx = reinterpret_cast<T*>(st + C::X_OFF);
+#pragma unroll
+  for (int i = 0; i < C::X_LOADS / C::THREADS; ++i) {
+    const fl::LoadCoord c = x_copy<C>(tid + i * C::THREADS);
+    const int gr = m0 + c.row, gk = k0 + c.chunk * 8;
+    const bool pred = gr < p.M && gk < p.K;
+    const T* src = pred ? p.x + gr * p.ldx + gk : p.x;
+    cp_async_16(smem_addr(sx + swizzle_chunk<C::X_CHUNKS>(c.row, c.chunk) * 8), src, pred);
+  }
+  if (tid < C::S_CHUNKS) {
+    const SCopy c = s_copy<C>(tid);
+    const int kk = k0 + c.slice * kSliceK, n = n0 + c.col;
+    const bool pred = kk < p.Kp && n < p.Np;
+    const int64_t off = pred ? int64_t(kk / p.group) * p.Np + n : 0;
+    const int dst = c.slice * C::BN + c.col;
+    cp_async_16(smem_addr(reinterpret_cast<float*>(st + C::S_OFF) + dst), p.scale + off, pred);
+    if (p.zero != nullptr) cp_async_16(smem_addr(reinterpret_cast<float*>(st + C::Z_OFF) + dst), p.zero + off, pred);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ uint32_t zero_const(const float* zs, bool has_zero, int off) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return zero_const_f16(has_zero ? zs[off] : 0.f);
+  } else {
+    return has_zero ? zero_const_bf16(zs[off]) : 0u;
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void dequant(uint32_t q, uint32_t zc, bool has_zero, uint32_t& b0, uint32_t& b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    dequant_f16(q, zc, b0, b1);
+  } else {
+    dequant_bf16(q, zc, has_zero, b0, b1);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void finish(const Params<T>& p, float (&v)[8], int row, int col) {
+  const int valid = p.N - col < 8 ? p.N - col : 8;
+  if (p.bias != nullptr) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (j < valid) v[j] += p.bias[col + j];
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = apply_activation(v[j], p.act);
+  T* dst = p.out + row * p.ldo + col;
+  if (valid == 8) {
+    store8<T>(dst, v);  // row starts are 16-byte aligned (base and stride rules), col % 8 == 0
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (j < valid) dst[j] = Pair<T>::one(v[j]);
+  }
+}
+
+template <class C, class T>
+__global__ void __launch_bounds__(C::THREADS) w8a16_kernel(const Params<T> p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int last_arrival;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const WarpPos wp = warp_pos<C>(tid >> 5);
+  const Tile tile = tile_of<C>(blockIdx.x, p.tiles_n, p.m_blocks);
+  const int n0 = tile.tn * C::BN, m0 = tile.tm * C::BM;
+  const int kt0 = split_begin(tile.split, p.splits, p.ktiles);
+  const int nkt = split_begin(tile.split + 1, p.splits, p.ktiles) - kt0;
+  const bool has_zero = p.zero != nullptr;
+
+  float acc[C::MI][C::NI][4];
+#pragma unroll
+  for (int mi = 0; mi < C::MI; ++mi)
+#pragma unroll
+    for (int j = 0; j < C::NI; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][j][e] = 0.f;
+
+  // Empty groups are committed too, so that wait_group counts stay uniform at the tail.
+#pragma unroll
+  for (int s = 0; s < C::STAGES - 1; ++s) {
+    if (s < nkt) load_stage<C>(p, smem + s * C::STAGE_BYTES, n0, m0, (kt0 + s) * C::BK, tid);
+    cp_async_commit();
+  }
+
+  for (int i = 0; i < nkt; ++i) {
+    // Stage i has landed for this thread once STAGES-2 groups remain pending; the barrier
+    // publishes every thread's copies and proves that stage i-1, refilled next, is free.
+    cp_async_wait<C::STAGES - 2>();
+    __syncthreads();
+    const int next = i + C::STAGES - 1;
+    if (next < nkt) load_stage<C>(p, smem + (next % C::STAGES) * C::STAGE_BYTES, n0, m0, (kt0 + next) * C::BK, tid);
+    cp_async_commit();
+
+    const unsigned char* st = smem + (i % C::STAGES) * C::STAGE_BYTES;
+    const T* sx = reinterpret_cast<const T*>(st + C::X_OFF);
+    const float* ss = reinterpret_cast<const float*>(st + C::S_OFF);
+    const float* zs = reinterpret_cast<const float*>(st + C::Z_OFF);
+    uint32_t zc[C::NI];
+#pragma unroll
+    for (int j = 0; j < C::NI; ++j) zc[j] = zero_const<T>(zs, has_zero, zero_offset<C>(wp, j, lane));
+
+    float part[C::MI][C::NI][4];
+#pragma unroll
+    for (int mi = 0; mi < C::MI; ++mi)
+#pragma unroll
+      for (int j = 0; j < C::NI; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[mi][j][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < C::KSTEPS; ++ks) {
+      const uint4 wq = lds128(smem_addr(st + C::W_OFF + w_frag_offset<C>(wp, ks, lane)));
+      const uint32_t q[4] = {wq.x, wq.y, wq.z, wq.w};
+      uint32_t a[C::MI][4];
+#pragma unroll
+      for (int mi = 0; mi < C::MI; ++mi) ldmatrix_x4(a[mi], smem_addr(sx + a_frag_offset<C>(wp, mi, ks, lane)));
+#pragma unroll
+      for (int j = 0; j < C::NI; ++j) {
+        uint32_t b0, b1;
+        dequant<T>(q[j], zc[j], has_zero, b0, b1);
+#pragma unroll
+        for (int mi = 0; mi < C::MI; ++mi) mma_16816<T>(part[mi][j], a[mi], b0, b1);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < C::NI; ++j) {
+      const float2 s = *reinterpret_cast<const float2*>(ss + scale_offset<C>(wp, j, lane));
+#pragma unroll
+      for (int mi = 0; mi < C::MI; ++mi) {
+        acc[mi][j][0] = fmaf(part[mi][j][0], s.x, acc[mi][j][0]);
+        acc[mi][j][1] = fmaf(part[mi][j][1], s.y, acc[mi][j][1]);
+        acc[mi][j][2] = fmaf(part[mi][j][2], s.x, acc[mi][j][2]);
+        acc[mi][j][3] = fmaf(part[mi][j][3], s.y, acc[mi][j][3]);
+      }
+    }
+  }
+
+  // The pipeline buffers are dead once every warp passed this barrier: stage the K slices.
+  cp_async_wait<0>();
+  __syncthreads();
+  float* ct = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int mi = 0; mi < C::MI; ++mi)
+#pragma unroll
+    for (int j = 0; j < C::NI; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const AccCoord ac = acc_coord<C>(wp, mi, j, h, lane);
+        *reinterpret_cast<float2*>(ct + ctile_offset<C>(wp.k, ac.row, ac.col)) =
+            make_float2(acc[mi][j][2 * h], acc[mi][j][2 * h + 1]);
+      }
+  __syncthreads();
+
+  auto slice_sum = [&](const AccCoord& oc, float (&v)[8]) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = 0.f;
+#pragma unroll
+    for (int s = 0; s < C::WARPS_K; ++s) {
+      const float4* src = reinterpret_cast<const float4*>(ct + ctile_offset<C>(s, oc.row, oc.col));
+      const float4 lo = src[0], hi = src[1];
+      v[0] += lo.x; v[1] += lo.y; v[2] += lo.z; v[3] += lo.w;
+      v[4] += hi.x; v[5] += hi.y; v[6] += hi.z; v[7] += hi.w;
+    }
+  };
+
+  if (p.splits == 1) {
+#pragma unroll 1
+    for (int idx = tid; idx < C::OUT_CHUNKS; idx += C::THREADS) {
+      const AccCoord oc = out_chunk_coord<C>(idx);
+      const int row = m0 + oc.row, col = n0 + oc.col;
+      if (row >= p.M || col >= p.N) continue;
+      float v[8];
+      slice_sum(oc, v);
+      finish(p, v, row, col);
+    }
+    return;
+  }
+
+  // Split K: publish this CTA's partial tile, then the last of the tile's CTAs to arrive
+  // (counted with an atomic after a fence) sums all partials in split order, so the
+  // result does not depend on arrival order, and resets the counter for the next launch.
+  const int64_t ws_split = int64_t(p.M) * p.Np;
+#pragma unroll 1
+  for (int idx = tid; idx < C::OUT_CHUNKS; idx += C::THREADS) {
+    const AccCoord oc = out_chunk_coord<C>(idx);
+    const int row = m0 + oc.row, col = n0 + oc.col;
+    if (row >= p.M || col >= p.Np) continue;
+    float v[8];
+    slice_sum(oc, v);
+    float4* dst = reinterpret_cast<float4*>(p.ws + tile.split * ws_split + int64_t(row) * p.Np + col);
+    dst[0] = make_float4(v[0], v[1], v[2], v[3]);
+    dst[1] = make_float4(v[4], v[5], v[6], v[7]);
+  }
+  __threadfence();
+  __syncthreads();
+  const int counter = tile.tm * p.tiles_n + tile.tn;
+  if (tid == 0) last_arrival = atomicAdd(p.counters + counter, 1) == p.splits - 1;
+  __syncthreads();
+  if (!last_arrival) return;
+  __threadfence();
+#pragma unroll 1
+  for (int idx = tid; idx < C::OUT_CHUNKS; idx += C::THREADS) {
+    const AccCoord oc = out_chunk_coord<C>(idx);
+    const int row = m0 + oc.row, col = n0 + oc.col;
+    if (row >= p.M || col >= p.N) continue;
+    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll 1
+    for (int s = 0; s < p.splits; ++s) {
+      // L2 loads: other SMs wrote these, and this SM's L1 is not coherent with them.
+      const float4* src = reinterpret_cast<const float4*>(p.ws + s * ws_split + int64_t(row) * p.Np + col);
+      const float4 lo = __ldcg(src), hi = __ldcg(src + 1);
+      v[0] += lo.x; v[1] += lo.y; v[2] += lo.z; v[3] += lo.w;
+      v[4] += hi.x; v[5] += hi.y; v[6] += hi.z; v[7] += hi.w;
+    }
+    finish(p, v, row, col);
+  }
+  if (tid == 0) p.counters[counter] = 0;
+}
+
+template <class C, class T>
+void launch(const W8A16Args& a, const W8A16Plan& plan, cudaStream_t stream, int device, const char* fn) {
+  auto kernel = w8a16_kernel<C, T>;
+  static std::atomic<uint64_t> opted_in{0};
+  util::ensure_smem(kernel, C::SMEM_BYTES, device, opted_in, fn);
+  Params<T> p;
+  p.x = reinterpret_cast<const T*>(a.x);
+  p.w = reinterpret_cast<const unsigned char*>(a.w);
+  p.scale = reinterpret_cast<const float*>(a.scale);
+  p.zero = reinterpret_cast<const float*>(a.zero);
+  p.bias = reinterpret_cast<const float*>(a.bias);
+  p.out = reinterpret_cast<T*>(a.out);
+  p.ws = reinterpret_cast<float*>(a.workspace);
+  p.counters = reinterpret_cast<int*>(a.counters);
+  p.ldx = a.x_row_stride;
+  p.ldo = a.out_row_stride;
+  p.M = int(a.M);
+  p.N = int(a.N);
+  p.K = int(a.K);
+  p.Kp = int((a.K + kPackK - 1) / kPackK * kPackK);
+  p.Np = int((a.N + kPackN - 1) / kPackN * kPackN);
+  p.w_row_bytes = int64_t(p.Kp) * kPackN;
+  p.group = a.group_size > 0 ? int(a.group_size) : p.Kp;
+  p.act = a.act;
+  p.splits = plan.splits;
+  p.tiles_n = int((a.N + C::BN - 1) / C::BN);
+  p.m_blocks = int((a.M + C::BM - 1) / C::BM);
+  p.ktiles = (p.Kp + C::BK - 1) / C::BK;
+  const int64_t blocks = int64_t(p.tiles_n) * p.m_blocks * plan.splits;
+  if (blocks > INT_MAX) throw std::invalid_argument(std::string(fn) + ": M and N give more than 2^31-1 CTAs");
+  kernel<<<dim3(unsigned(blocks)), dim3(C::THREADS), C::SMEM_BYTES, stream>>>(p);
+  util::check_launch(fn);
+}
+
+template <class C>
+int64_t tiles_of(int64_t M, int64_t N) {
+  return ((N + C::BN - 1) / C::BN) * ((M + C::BM - 1) / C::BM);
+}
+
+}  // namespace
+}  // namespace w8
+
+int w8a16_num_configs() { return w8::kNumConfigs; }
+
+std::string w8a16_config_name(int config) {
+  switch (config) {
+    case 0: return "m16_16x64x128_w2x4_s4";
+    case 1: return "m32_32x64x128_w2x4_s4";
+    default: return "";
+  }
+}
+
+W8A16Plan w8a16_plan(int64_t M, int64_t N, int64_t K, int sm_count, int config, int splits) {
+  W8A16Plan plan;
+  plan.config = config >= 0 ? config : (M <= 16 ? 0 : 1);
+  const int64_t tiles =
+      plan.config == 0 ? w8::tiles_of<w8::ConfigM16>(M, N) : w8::tiles_of<w8::ConfigM32>(M, N);
+  const int64_t kp = (K + w8::kPackK - 1) / w8::kPackK * w8::kPackK;
+  const int64_t ktiles = (kp + w8::ConfigM16::BK - 1) / w8::ConfigM16::BK;
+  if (splits > 0) {
+    plan.splits = splits;
+  } else {
+    // Two CTAs per SM keep every SM streaming weights (the kernel is bound by weight
+    // bandwidth); at least 4 k tiles per split keep the pipeline full; and a split that
+    // pushes the grid past one resident wave (3 CTAs of the m16 configuration fit an SM by
+    // registers, 2 of m32) would leave a ragged second wave that costs more than it gains.
+    const int64_t sms = sm_count > 0 ? sm_count : 132;
+    const int64_t resident = (plan.config == 0 ? 3 : 2) * sms;
+    int64_t s = tiles > 0 ? (2 * sms + tiles - 1) / tiles : 1;
+    s = s < ktiles / 4 ? s : ktiles / 4;
+    s = s < w8::kMaxSplits ? s : w8::kMaxSplits;
+    while (s > 1 && tiles * s > resident) --s;
+    plan.splits = int(s > 1 ? s : 1);
+  }
+  if (plan.splits > 1) {
+    const int64_t np = (N + w8::kPackN - 1) / w8::kPackN * w8::kPackN;
+    plan.workspace_bytes = int64_t(plan.splits) * M * np * 4;
+    plan.counters = tiles;
+  }
+  return plan;
+}
+
+void w8a16_validate(const W8A16Args& a, const char* fn) {
+  using util::require;
+  const int64_t imax = INT_MAX;
+  require(a.M >= 0 && a.M <= imax, fn, "M must be in [0, 2^31-1], got " + std::to_string(a.M));
+  require(a.N >= 0 && a.N <= imax - w8::kPackN, fn, "N must be in [0, 2^31-33], got " + std::to_string(a.N));
+  require(a.K >= 0 && a.K <= imax - w8::kPackK, fn, "K must be in [0, 2^31-17], got " + std::to_string(a.K));
+  require(a.dtype == 1 || a.dtype == 2, fn,
+          "dtype_code must be 1 (float16) or 2 (bfloat16), got " + std::to_string(a.dtype));
+  require(a.act >= 0 && a.act <= 4, fn,
+          "act_code must be 0..4 (none, relu, gelu_erf, gelu_tanh, silu), got " + std::to_string(a.act));
+  require(a.config >= -1 && a.config < w8::kNumConfigs, fn,
+          "config must be -1 (auto) or 0.." + std::to_string(w8::kNumConfigs - 1) + ", got " +
+              std::to_string(a.config));
+  require(a.splits == -1 || (a.splits >= 1 && a.splits <= w8::kMaxSplits), fn,
+          "splits must be -1 (auto) or 1.." + std::to_string(w8::kMaxSplits) + ", got " + std::to_string(a.splits));
+  require(a.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte cp.async chunks of x), got " + std::to_string(a.K));
+  require(a.group_size == 0 || a.group_size == 32 || a.group_size == 64 || a.group_size == 128 ||
+              a.group_size == 256,
+          fn, "group_size must be 0 (per channel), 32, 64, 128 or 256, got " + std::to_string(a.group_size));
+  require(a.group_size == 0 || a.K % a.group_size == 0, fn,
+          "group_size " + std::to_string(a.group_size) + " must divide K = " + std::to_string(a.K));
+  if (a.M == 0 || a.N == 0) return;
+  util::check_matrix(fn, a.out, "out_ptr", a.out_row_stride, "out_row_stride", a.M, a.N, "N");
+  require(a.bias % 4 == 0, fn, "bias_ptr must be 4-byte aligned (float32)");
+  if (a.K == 0) return;
+  util::check_matrix(fn, a.x, "x_ptr", a.x_row_stride, "x_row_stride", a.M, a.K, "K");
+  require(a.w != 0 && a.w % 16 == 0, fn, "w_ptr (packed weight) must be non-null and 16-byte aligned");
+  require(a.scale != 0 && a.scale % 16 == 0, fn, "scale_ptr (packed scales) must be non-null and 16-byte aligned");
+  require(a.zero % 16 == 0, fn, "zero_ptr (packed zero points) must be 16-byte aligned");
+  require(a.workspace % 16 == 0, fn, "workspace_ptr must be 16-byte aligned");
+  require(a.counters % 4 == 0, fn, "counters_ptr must be 4-byte aligned (int32)");
+}
+
+void w8a16_check_workspace(const W8A16Args& a, const W8A16Plan& plan, const char* fn) {
+  if (plan.splits <= 1) return;
+  util::require(a.workspace != 0 && a.workspace_bytes >= plan.workspace_bytes, fn,
+                "workspace_ptr must hold " + std::to_string(plan.workspace_bytes) + " bytes for splits = " +
+                    std::to_string(plan.splits) + ", got " + std::to_string(a.workspace_bytes) +
+                    (a.workspace == 0 ? " (null)" : ""));
+  util::require(a.counters != 0 && a.counters_count >= plan.counters, fn,
+                "counters_ptr must hold " + std::to_string(plan.counters) + " zeroed int32 for splits = " +
+                    std::to_string(plan.splits) + ", got " + std::to_string(a.counters_count) +
+                    (a.counters == 0 ? " (null)" : ""));
+}
+
+void w8a16_linear(const W8A16Args& a, uintptr_t stream_handle) {
+  const char* fn = "bigperf._C_cuda.w8a16_linear";
+  w8a16_validate(a, fn);
+  if (a.M == 0 || a.N == 0) return;
+  const int device = util::current_device(fn);
+  const W8A16Plan plan = w8a16_plan(a.M, a.N, a.K, util::sm_count(device), a.config, a.splits);
+  w8a16_check_workspace(a, plan, fn);
+  if (a.K > 0) {
+    util::check_device_pointer(a.x, device, fn, "x_ptr");
+    util::check_device_pointer(a.w, device, fn, "w_ptr");
+    util::check_device_pointer(a.scale, device, fn, "scale_ptr");
+    util::check_device_pointer(a.zero, device, fn, "zero_ptr");
+  }
+  util::check_device_pointer(a.bias, device, fn, "bias_ptr");
+  util::check_device_pointer(a.out, device, fn, "out_ptr");
+  if (plan.splits > 1) {
+    util::check_device_pointer(a.workspace, device, fn, "workspace_ptr");
+    util::check_device_pointer(a.counters, device, fn, "counters_ptr");
+  }
+  const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  if (a.dtype == 1) {
+    if (plan.config == 0) w8::launch<w8::ConfigM16, __half>(a, plan, stream, device, fn);
+    else w8::launch<w8::ConfigM32, __half>(a, plan, stream, device, fn);
+  } else {
+    if (plan.config == 0) w8::launch<w8::ConfigM16, __nv_bfloat16>(a, plan, stream, device, fn);
+    else w8::launch<w8::ConfigM32, __nv_bfloat16>(a, plan, stream, device, fn);
+  }
+}
+
+}  // namespace bigperf::cuda
