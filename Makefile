@@ -9,12 +9,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bigperf-installed
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
 
-.PHONY: demo test test-unit test-interpreter bench doctor clean
+.PHONY: demo test test-unit test-interpreter bench bench-check doctor clean
 
 demo: $(STAMP)
 	$(VENV)/bin/bigperf demo
 
-test: $(STAMP) test-unit test-interpreter
+test: $(STAMP) test-unit test-interpreter bench-check
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -24,11 +24,16 @@ test-unit: $(STAMP)
 test-interpreter: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m interpreter tests/kernels
 
+# Throughput gate: the quick benchmark suite vs the committed baseline of this machine
+# kind (ratios to PyTorch measured in the same run; fails on a >30% drop beyond noise).
+bench-check: $(STAMP)
+	PYTHON=$(PY) benchmarks/ci_check.sh
+
 doctor: $(STAMP)
 	$(VENV)/bin/bigperf doctor
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_fused_linear_cpu.py
+	$(VENV)/bin/bigperf bench --suite quick
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -1,7 +1,7 @@
 """Op families register the variants they contribute to a benchmark point; here only.
 
 A family is a function `build(ctx) -> iterable of Variant | Skip`, registered with
-`@family("name")` in one of FAMILY_MODULES. Adding an op family (sparse, ...) means one new
+`@family("name")` in one of FAMILY_MODULES. Adding an op family means one new
 module and one line in FAMILY_MODULES; the harness, store, compare, plot and CLI are generic.
 
 Roles: "baseline" (torch.nn.functional.linear in x's dtype — the reference every speedup
@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 
@@ -26,7 +26,7 @@ BASELINE = "torch.linear"            # F.linear (+ the layer's epilogue) in x's 
 FLOAT_BASELINE = "torch.linear fp32"  # the same in fp32: what the user had before lowering precision
 FAMILY_MODULES = ("bigperf.bench.cases_linear", "bigperf.bench.cases_int8", "bigperf.bench.cases_sparse")
 
-_FAMILIES: dict[str, Callable[["CaseContext"], Iterable["Variant | Skip"]]] = {}
+_FAMILIES: dict[str, Callable[[CaseContext], Iterable[Variant | Skip]]] = {}
 
 
 @dataclass
@@ -38,6 +38,8 @@ class Variant:
     weight_bytes: int                # bytes of weight (and scales) one call reads
     label: str = ""                  # a configuration detail: "w=bf16", "g128"
     backend: str | None = None
+    # The fp32 output this variant should match, when not the dense layer's (pruned weights).
+    reference: Callable[[], torch.Tensor] | None = None
 
     @property
     def id(self) -> str:
@@ -65,24 +67,35 @@ def families() -> dict[str, Callable]:
 
 @dataclass
 class CaseContext:
-    """One benchmark point's inputs, shared by all families; weight copies made once."""
+    """One benchmark point's inputs, shared by all families.
+
+    Weights (and their packed, quantised, pruned copies) depend on the layer, not on M: they
+    live in `shared`, which the runner keeps while consecutive points use the same layer, so
+    packing a 14336x4096 weight happens once per layer rather than once per point.
+    """
 
     point: Point
     device: torch.device
     backends: tuple[str, ...] | None = None  # None: every backend except reference
     thorough: bool = False  # also the secondary configurations (group sizes, ...): the full suite
     seed: int = 0
-    _cache: dict = field(default_factory=dict)
+    shared: dict = field(default_factory=dict)
 
     def __post_init__(self):
         layer, m = self.point.layer, self.point.m
-        g = torch.Generator(device="cpu").manual_seed(self.seed + 1000003 * m + layer.n * 31 + layer.k)
         self.dtype = DTYPES[self.point.dtype]
+        g = torch.Generator(device="cpu").manual_seed(self.seed + 1000003 * m + layer.k)
         self.x = torch.randn(m, layer.k, generator=g).to(self.device, self.dtype)
-        # Scaled like an initialised layer so outputs stay O(1) in fp16/bf16.
-        self.weight_fp32 = (torch.randn(layer.n, layer.k, generator=g) * layer.k ** -0.5).to(self.device)
-        self.bias_fp32 = (torch.randn(layer.n, generator=g) * 0.1).to(self.device) if layer.bias else None
+        self.weight_fp32, self.bias_fp32 = self.cached(("master", layer.name, self.seed), self._make_master)
         self.llc_bytes = last_level_cache_bytes(self.device)
+
+    def _make_master(self):
+        layer = self.point.layer
+        g = torch.Generator(device="cpu").manual_seed(self.seed + layer.n * 31 + layer.k)
+        # Scaled like an initialised layer so outputs stay O(1) in fp16/bf16.
+        weight = (torch.randn(layer.n, layer.k, generator=g) * layer.k ** -0.5).to(self.device)
+        bias = (torch.randn(layer.n, generator=g) * 0.1).to(self.device) if layer.bias else None
+        return weight, bias
 
     @property
     def layer(self):
@@ -98,9 +111,11 @@ class CaseContext:
         return self.bias_fp32.to(dtype or self.dtype)
 
     def cached(self, key, make: Callable):
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        """make() once per layer; `key` must name everything else the result depends on."""
+        key = (self.point.layer.name, self.device.type, key)
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
 
     def copies(self, make_one: Callable[[], object], bytes_per_copy: int, fresh: bool = False) -> list:
         """Enough independent copies of a weight (in any packed form) to rotate them cold.
@@ -122,7 +137,7 @@ class CaseContext:
         return name in self.backends if self.backends is not None else name != "reference"
 
     def backend_variants(self, table, fam: str, op: Callable, args: tuple, states: list[tuple],
-                         weight_bytes: int, label: str = "") -> list["Variant | Skip"]:
+                         weight_bytes: int, label: str = "") -> list[Variant | Skip]:
         """A variant per backend of a bigperf op's table that can serve this call.
 
         `args` is one concrete call (for why_not), `states` the per-copy argument tuples.
@@ -152,6 +167,8 @@ class CaseContext:
 
 
 def _clone(obj):
+    if obj is None:
+        return None
     if isinstance(obj, torch.Tensor):
         return obj.clone()
     if isinstance(obj, tuple):
@@ -172,10 +189,14 @@ def quiet_deprecations():
 
 
 def build_case(point: Point, device: torch.device, ops: Iterable[str] | None = None,
-               backends: Iterable[str] | None = None, thorough: bool = False,
+               backends: Iterable[str] | None = None, thorough: bool = False, shared: dict | None = None,
                ) -> tuple[CaseContext, list[Variant], list[Skip]]:
-    """The point's inputs and every variant the selected families contribute (baselines always)."""
-    ctx = CaseContext(point, device, tuple(backends) if backends else None, thorough)
+    """The point's inputs and every variant the selected families contribute (baselines always).
+
+    `shared`: the weight cache of the previous point, reused when the layer is the same.
+    """
+    ctx = CaseContext(point, device, tuple(backends) if backends else None, thorough,
+                      shared=shared if shared is not None else {})
     selected = set(ops) if ops else None
     variants: list[Variant] = []
     skips: list[Skip] = []

@@ -1,6 +1,10 @@
-"""The 2:4-sparse family. Until bigperf's sparse ops land it holds their peer only:
-torch's semi-structured sparse Linear (to_sparse_semi_structured, CUDA), so the suite
-already records what 2:4 sparsity buys over the dense baseline on the GPU at hand."""
+"""The sparse families: 2:4 (sparse24_linear) and block-sparse (block_sparse_linear).
+
+Speedups are against the dense torch.linear of the same layer: the question a user asks
+is what pruning buys. Accuracy is checked against the pruned weight (Variant.reference),
+not the dense one. Peer: torch's semi-structured sparse Linear (to_sparse_semi_structured,
+CUDA only).
+"""
 
 from __future__ import annotations
 
@@ -11,41 +15,121 @@ from bigperf.bench.cases import CaseContext, Skip, Variant, family
 from bigperf.bench.harness import rotating
 from bigperf.ops.activations import apply_activation
 
-PEER = "torch.semi_structured_2:4"
+SEMI_STRUCTURED = "torch.semi_structured_2:4"
+BLOCK = (16, 16)
+BLOCK_DENSITY = 0.5
 
 
-def prune_2_4(weight: torch.Tensor) -> torch.Tensor:
-    """Keeps the two largest-magnitude of every four consecutive weights along K."""
-    n, k = weight.shape
-    groups = weight.reshape(n, k // 4, 4)
-    keep = groups.abs().topk(2, dim=-1).indices
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
-    return (groups * mask).reshape(n, k)
+def _pruned(ctx: CaseContext, kind: str) -> torch.Tensor:
+    """The fp32 weight with the pattern's mask applied (made once per point)."""
+    from bigperf.sparsity import block_mask, nm_mask
+
+    def make():
+        mask = nm_mask(ctx.weight_fp32) if kind == "2:4" else block_mask(ctx.weight_fp32, BLOCK, BLOCK_DENSITY)
+        return ctx.weight_fp32 * mask
+    return ctx.cached(("pruned", kind), make)
 
 
-@family("sparse24")
-def sparse_variants(ctx: CaseContext):
+def _reference(ctx: CaseContext, weight: torch.Tensor):
+    x, b, act = ctx.x.float(), ctx.bias_fp32, ctx.activation
+    return lambda: apply_activation(F.linear(x, weight, b), act)
+
+
+@family("sparse24_linear")
+def sparse24_variants(ctx: CaseContext):
+    from bigperf.ops.sparse_linear import S24_BACKENDS, sparse24_linear, validate_24
+    from bigperf.sparsity import pack_24, pack_24_int8
+
+    if ctx.layer.k % 8:
+        yield Skip("sparse24_linear", f"the 2:4 format needs K % 8 == 0, got K = {ctx.layer.k}")
+        return
+    pruned = _pruned(ctx, "2:4")
+    b = ctx.bias(torch.float32)
+    act = ctx.activation
+
+    def op(x, values, meta, scale):
+        return sparse24_linear(x, values, meta, scale, b, act)
+
+    n, k = ctx.layer.n, ctx.layer.k
+    formats = [("", lambda: pack_24(pruned.to(ctx.dtype)), n * k // 2 * ctx.x.element_size())]
+    if ctx.thorough:
+        formats.append(("int8", lambda: pack_24_int8(pruned), n * k // 2 + n * 4))
+    for label, pack, value_bytes in formats:
+        nbytes = value_bytes + n * k // 8
+        copies = ctx.cached(("sparse24", label, ctx.dtype),
+                            lambda pack=pack, nbytes=nbytes: ctx.copies(lambda: _as_tuple(pack()), nbytes))
+        for values, meta, scale in copies:
+            # The op checks 2:4 metadata once per tensor and caches the verdict: check every
+            # copy now, or the first timed round pays for it.
+            validate_24(ctx.x, values, meta, scale, b, act)
+        variants = ctx.backend_variants(S24_BACKENDS, "sparse24_linear", op, (ctx.x, *copies[0], b, act),
+                                        [(ctx.x, *c) for c in copies], nbytes, label)
+        for v in variants:
+            if isinstance(v, Variant):
+                v.reference = _reference(ctx, pruned)
+        yield from variants
+    yield _semi_structured_peer(ctx, pruned)
+
+
+def _as_tuple(packed) -> tuple:
+    return (packed.values, packed.meta, packed.scale)
+
+
+def _semi_structured_peer(ctx: CaseContext, pruned: torch.Tensor) -> Variant | Skip:
     if ctx.device.type != "cuda":
-        yield Skip(PEER, "semi-structured sparse kernels run on CUDA only")
-        return
+        return Skip(SEMI_STRUCTURED, "semi-structured sparse kernels run on CUDA only")
     if ctx.dtype not in (torch.float16, torch.bfloat16):
-        yield Skip(PEER, f"semi-structured sparse tensors take fp16/bf16, not {ctx.point.dtype}")
-        return
-    if ctx.layer.k % 64 or ctx.layer.n % 64:
-        yield Skip(PEER, f"needs N and K multiples of 64, got {ctx.layer.n}x{ctx.layer.k}")
-        return
+        return Skip(SEMI_STRUCTURED, f"semi-structured sparse tensors take fp16/bf16, not {ctx.point.dtype}")
     try:
         from torch.sparse import to_sparse_semi_structured
-        dense = prune_2_4(ctx.weight_fp32).to(ctx.dtype)
+        dense = pruned.to(ctx.dtype)
         nbytes = dense.numel() * dense.element_size() // 2 + dense.numel() // 8  # values + 2-bit indices
-        copies = ctx.copies(lambda: to_sparse_semi_structured(dense.clone()), nbytes, fresh=True)
-    except Exception as error:  # no cuSPARSELt/CUTLASS kernels for this GPU or build
-        yield Skip(PEER, f"to_sparse_semi_structured failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
-        return
+        copies = ctx.cached(("semi_structured", ctx.dtype), lambda: ctx.copies(
+            lambda: to_sparse_semi_structured(dense.clone()), nbytes, fresh=True))
+    except Exception as error:  # noqa: BLE001  (no cuSPARSELt/CUTLASS kernels for this GPU, shape or build)
+        return Skip(SEMI_STRUCTURED, f"to_sparse_semi_structured failed: {type(error).__name__}: "
+                                     f"{str(error).splitlines()[0][:200]}")
     b = ctx.bias()
     act = ctx.activation
 
     def call(w):
         return apply_activation(F.linear(ctx.x, w, b), act)
 
-    yield Variant(PEER, "peer", "sparse24", rotating(call, [(w,) for w in copies]), nbytes)
+    return Variant(SEMI_STRUCTURED, "peer", "sparse24_linear", rotating(call, [(w,) for w in copies]), nbytes,
+                   reference=_reference(ctx, pruned))
+
+
+@family("block_sparse_linear")
+def block_sparse_variants(ctx: CaseContext):
+    from bigperf.ops.sparse_linear import BSR_BACKENDS, block_sparse_linear, validate_bsr
+    from bigperf.sparsity import pack_bsr
+
+    label = f"{BLOCK[0]}x{BLOCK[1]}@{BLOCK_DENSITY:.0%}"
+    if ctx.layer.n % BLOCK[0] or ctx.layer.k % BLOCK[1]:
+        yield Skip(f"block_sparse_linear {label}", f"{ctx.layer.n}x{ctx.layer.k} does not split into {BLOCK} blocks")
+        return
+    pruned = _pruned(ctx, "block")
+    b = ctx.bias(torch.float32)
+    act = ctx.activation
+
+    def op(x, values, col_indices, row_ptr):
+        return block_sparse_linear(x, values, col_indices, row_ptr, b, act)
+
+    def pack():
+        p = pack_bsr(pruned.to(ctx.dtype), BLOCK)
+        return (p.values, p.col_indices, p.row_ptr)
+
+    def make_copies():
+        first = pack()
+        nbytes = first[0].numel() * first[0].element_size() + first[1].numel() * 4 + first[2].numel() * 4
+        return ctx.copies(pack, nbytes), nbytes
+
+    copies, nbytes = ctx.cached(("bsr", ctx.dtype), make_copies)
+    for values, col_indices, row_ptr in copies:
+        validate_bsr(ctx.x, values, col_indices, row_ptr, b, act)  # cache the index checks (see above)
+    variants = ctx.backend_variants(BSR_BACKENDS, "block_sparse_linear", op, (ctx.x, *copies[0], b, act),
+                                    [(ctx.x, *c) for c in copies], nbytes, label)
+    for v in variants:
+        if isinstance(v, Variant):
+            v.reference = _reference(ctx, pruned)
+    yield from variants

@@ -14,7 +14,6 @@ import argparse
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,14 +23,19 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                     "and fp32) and peers, in the same rounds, on real-model linear shapes.")
     bench.add_argument("--suite", default="quick", help="quick (CI gate, <2 min on 2 cores), full, or smoke (tests)")
     bench.add_argument("--ops", nargs="+", metavar="OP",
-                       help="op families to run (default: all): fused_linear int8_weight_linear int8_dynamic_linear sparse24")
+                       help="op families to run (default: all): fused_linear int8_weight_linear int8_dynamic_linear "
+                            "sparse24_linear block_sparse_linear")
     bench.add_argument("--backends", nargs="+", metavar="NAME",
                        help="backends to time (default: all but reference)")
     bench.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
-    bench.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="torch threads while timing (inputs are prepared with all of them)")
     bench.add_argument("--max-seconds", type=float, default=None,
                        help="stop starting new points after this long (the rest are recorded as skipped)")
     bench.add_argument("--out", metavar="FILE", help="write the run's record (JSON) here")
+    bench.add_argument("--repeat", type=int, default=1, metavar="N",
+                       help="run the suite N times and keep, per entry, the run with the (lower) median speedup "
+                            "(for committed baselines)")
     bench.add_argument("--history", metavar="FILE", help="history file to append to (default: "
                        "$BIGPERF_BENCH_HISTORY or ~/.cache/bigperf/bench-history.jsonl)")
     bench.add_argument("--no-history", action="store_true", help="do not append to the history file")
@@ -39,7 +43,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="exit 1 if a kernel's speedup fell by > threshold and > noise",
                              description="Compare two records (or the newest record of .jsonl histories).")
     compare.add_argument("old")
-    compare.add_argument("new")
+    compare.add_argument("new", nargs="+", help="one run, or several: an entry then counts as slower only if it "
+                                                "is slower in every one (a re-run confirms a regression)")
     compare.add_argument("--threshold", type=float, default=10.0, metavar="PCT",
                          help="a speedup must fall by more than this many percent (default 10) to count")
     compare.add_argument("--fail-on-missing", action="store_true",
@@ -83,6 +88,7 @@ def _run(args, console) -> int:
 
     from bigperf.bench import store
     from bigperf.bench.cases import family_names
+    from bigperf.bench.compare import merge_records
     from bigperf.bench.runner import run_suite
     from bigperf.bench.suites import SUITES
 
@@ -97,28 +103,37 @@ def _run(args, console) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         console.print("[red]bigperf bench: --device cuda, but torch sees no CUDA device[/red]")
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
     points = SUITES[args.suite].points_for(device)
     console.print(f"bigperf bench: suite [bold]{args.suite}[/bold], {len(points)} points on {device}, "
-                  f"{torch.get_num_threads()} threads; measuring the machine's ceilings first")
+                  f"{args.threads or torch.get_num_threads()} threads; measuring the machine's ceilings first")
     started = time.monotonic()
+    repeat = max(1, args.repeat)
+    total = len(points) * repeat
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=console.is_terminal) as progress:
-        task = progress.add_task("ceilings", total=len(points))
+        task = progress.add_task("ceilings", total=total)
+        runs: list[dict] = []
 
         def on_start(index, point):
-            progress.update(task, completed=index, description=point.id)
+            done = len(runs) * len(points) + index
+            progress.update(task, completed=done, description=point.id)
             if not console.is_terminal:
-                console.print(f"  [{index + 1}/{len(points)}] {point.id}  ({time.monotonic() - started:.0f} s)")
+                console.print(f"  [{done + 1}/{total}] {point.id}  ({time.monotonic() - started:.0f} s)")
 
         def on_ceilings(ceilings):
             console.print("ceilings: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in ceilings.items()))
 
-        record = run_suite(args.suite, device, ops=args.ops, backends=args.backends, max_seconds=args.max_seconds,
-                           on_start=on_start, on_ceilings=on_ceilings)
-        progress.update(task, completed=len(points), description="done")
+        def on_point_done(partial):
+            if args.out and repeat == 1:  # a run killed by an outer time limit keeps what it measured
+                store.save_record(partial, args.out)
+
+        for _ in range(repeat):
+            runs.append(run_suite(args.suite, device, ops=args.ops, backends=args.backends,
+                                  max_seconds=args.max_seconds, on_start=on_start, on_ceilings=on_ceilings,
+                                  on_point_done=on_point_done, threads=args.threads))
+        record = merge_records(runs, pick="median")
+        progress.update(task, completed=total, description="done")
     print_results(record, console)
     if args.out:
         console.print(f"record written to {store.save_record(record, args.out)}")
@@ -188,8 +203,8 @@ def _compare(args, console) -> int:
     result = compare_files(args.old, args.new, args.threshold)
     for warning in result.warnings:
         console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
-    table = Table(title=escape(f"bench compare: {args.old} → {args.new} (slower = speedup fell > {args.threshold:g}% "
-                               "and > noise; only 'ours' gates)"))
+    table = Table(title=escape(f"bench compare: {args.old} → {' + '.join(args.new)} (slower = speedup fell > "
+                               f"{args.threshold:g}% and > noise; only 'ours' gates)"))
     for name in ("entry", "role", "old", "new", "change", "noise", "status"):
         table.add_column(name, justify="left" if name in ("entry", "role", "status") else "right")
     colours = {"slower": "red", "faster": "green", "missing": "yellow", "new": "cyan", "same": ""}

@@ -2,13 +2,23 @@
 
 Absolute times drift between runs and machines; the speedup over the torch baseline timed
 in the same rounds does not (much). A kernel regressed when its speedup fell by more than
-`threshold` percent AND by more than the noise, the quadrature sum of both runs' speedup
-IQRs (so a point that was measured noisily must fall further to count). Only our own ops
-gate; peers and baselines are shown for context.
+`threshold` percent AND by more than the noise. The noise is the larger of
+- the quadrature sum of both runs' uncertainty of the median speedup, 1.57 * IQR / sqrt(rounds)
+  (the half-width of a box plot's notch, a ~95% interval for a median), and
+- the range of the speedup over the runs merged into the old record (a baseline made with
+  `--repeat 3`): on a shared machine some entries move between runs by more than any single
+  run's spread shows (a memory-bound kernel against a compute-bound baseline, when a
+  neighbour takes half the memory bandwidth), and such an entry must fall further to count.
+Only our own ops gate; peers and baselines are shown for context.
+
+Several runs of one suite merge into one record (merge_records): per entry, the run with
+the lower-median speedup (a baseline that an outlier cannot make too optimistic) or the best
+one (a regression must then show in every run: a CI re-run confirms rather than replaces).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -54,14 +64,20 @@ class Comparison:
         return bool(self.regressions or (fail_on_missing and self.missing))
 
 
-def _iqr(result: dict) -> float:
-    return max(0.0, result["speedup_q3"] - result["speedup_q1"])
+def median_uncertainty(result: dict) -> float:
+    iqr = max(0.0, result["speedup_q3"] - result["speedup_q1"])
+    return 1.57 * iqr / math.sqrt(max(1, result["rounds"]))
+
+
+def run_range(result: dict) -> float:
+    runs = result.get("speedup_runs") or []
+    return max(runs) - min(runs) if len(runs) > 1 else 0.0
 
 
 def judge(old: dict, new: dict, threshold_pct: float) -> tuple[str, float, float]:
     """(status, change, noise) for one entry present in both records."""
     change = new["speedup"] / old["speedup"] - 1.0
-    noise = math.hypot(_iqr(old), _iqr(new))
+    noise = max(math.hypot(median_uncertainty(old), median_uncertainty(new)), run_range(old))
     delta = new["speedup"] - old["speedup"]
     if change < -threshold_pct / 100 and -delta > noise:
         return "slower", change, noise
@@ -107,6 +123,31 @@ def _warnings(old: dict, new: dict) -> list[str]:
     return out
 
 
-def compare_files(old_path, new_path, threshold_pct: float = 30.0) -> Comparison:
-    """For a history file (.jsonl), its newest record is compared."""
-    return compare_records(load_record(old_path), load_record(new_path), threshold_pct)
+def merge_records(records: list[dict], pick: str = "median") -> dict:
+    """One record from several runs: per entry the run with the (lower) median or best speedup."""
+    if pick not in ("median", "best"):
+        raise ValueError(f"merge_records: pick must be 'median' or 'best', got {pick!r}")
+    if len(records) == 1:
+        return records[0]
+    by_key: dict[str, list[dict]] = {}
+    for rec in records:
+        for result in rec["results"]:
+            by_key.setdefault(result["key"], []).append(result)
+    merged = copy.deepcopy(records[-1])
+    merged["results"] = []
+    for runs in by_key.values():
+        runs = sorted(runs, key=lambda r: r["speedup"])
+        chosen = dict(runs[-1] if pick == "best" else runs[(len(runs) - 1) // 2])
+        chosen["speedup_runs"] = [r["speedup"] for r in runs]
+        merged["results"].append(chosen)
+    merged["skipped"] = [s for s in merged["skipped"] if s.get("key") not in by_key]
+    merged.setdefault("settings", {})["merged_runs"] = {"runs": len(records), "pick": pick,
+                                                        "created": [rec["created"] for rec in records]}
+    return merged
+
+
+def compare_files(old_path, new_paths, threshold_pct: float = 30.0) -> Comparison:
+    """For a history file (.jsonl), its newest record is compared; several new files merge (best run)."""
+    new_paths = [new_paths] if isinstance(new_paths, (str, bytes)) or not hasattr(new_paths, "__iter__") else new_paths
+    new = merge_records([load_record(p) for p in new_paths], pick="best")
+    return compare_records(load_record(old_path), new, threshold_pct)

@@ -6,20 +6,22 @@ rounds, one block of calls each, in an order that rotates from round to round. M
 of two variants *within* a round is far steadier than either absolute time: that per-round
 ratio is what the suite reports and what comparisons gate on.
 
-CPU blocks are timed with perf_counter; on CUDA each round sample is one
-triton.testing.do_bench median (CUDA events, L2 flushed between calls).
+On the CPU each call of a block is timed with perf_counter and the block's sample is its
+fastest call (see _time_block); the reported figures are the median and quartiles of those
+samples over the rounds. On CUDA each round sample is one triton.testing.do_bench median
+(CUDA events, L2 flushed between calls).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 DEFAULT_LLC_BYTES = 32 << 20  # when the cache size cannot be read
@@ -54,9 +56,11 @@ class Timings:
 
 
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
-    """(q1, median, q3)."""
-    q1, med, q3 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
-    return float(q1), float(med), float(q3)
+    """(q1, median, q3), interpolated as numpy.percentile does."""
+    if len(values) == 1:
+        return (float(values[0]),) * 3
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, med, q3
 
 
 def ratio_quartiles(baseline: Sequence[float], variant: Sequence[float]) -> tuple[float, float, float]:
@@ -102,42 +106,61 @@ def rotating(fn: Callable[..., torch.Tensor], states: Sequence[tuple]) -> Callab
 # ----------------------------------------------------------------------------- timing
 
 def _time_block(step: Callable, calls: int) -> float:
-    start = time.perf_counter()
+    """Seconds per call over a block: the fastest of the calls' own times.
+
+    On a shared machine a neighbour slows a call down (it takes the core for a time slice,
+    or half the memory bandwidth), never speeds it up: the fastest call of a block is the
+    one nearest to what the kernel does on its own, and it varies far less from run to run
+    than a mean or median, which follow the neighbours' load.
+    """
+    clock = time.perf_counter
+    best = math.inf
     for _ in range(calls):
+        start = clock()
         step()
-    return (time.perf_counter() - start) / calls
+        best = min(best, clock() - start)
+    return best
 
 
-def _warm_up(steps: dict[str, Callable], plan: TimingPlan, device: torch.device) -> Timings:
-    """Runs each step (keeping one output) and drops those that fail or are too slow."""
+def _warm_up(steps: dict[str, Callable], plan: TimingPlan, device: torch.device) -> tuple[Timings, dict]:
+    """Runs each step (keeping one output), drops those that fail or are too slow, and
+    returns the time of one warm call of each (to size the blocks and rounds)."""
     timings = Timings(samples={}, calls_per_round={}, outputs={}, skipped={})
+    single = {}
     for name, step in steps.items():
         try:
-            out = step()
-            for _ in range(max(0, plan.warmup_calls - 1)):
-                step()
-        except Exception as error:  # a peer or backend that cannot run this call
+            call_s, out = _timed_call(step, device)
+            # A call of seconds has paid its one-off costs within itself: no more warm-up.
+            for _ in range(max(0, plan.warmup_calls - 1) if call_s < 0.25 else 0):
+                call_s, out = _timed_call(step, device)
+        except Exception as error:  # noqa: BLE001  (a peer or backend that cannot run this call is skipped)
             timings.skipped[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
             continue
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if call_s > plan.max_call_s:
+            timings.skipped[name] = f"one call takes {call_s:.1f} s, over the {plan.max_call_s:g} s limit"
+            continue
         timings.outputs[name] = out
-    return timings
+        single[name] = call_s
+    return timings, single
+
+
+def _timed_call(step: Callable, device: torch.device) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    out = step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, out
 
 
 def measure(steps: dict[str, Callable[[], torch.Tensor]], plan: TimingPlan, device: torch.device,
             deadline: float | None = None) -> Timings:
     """Times every step in interleaved rounds; see the module docstring."""
-    timings = _warm_up(steps, plan, device)
+    timings, single = _warm_up(steps, plan, device)
     live = {name: steps[name] for name in timings.outputs}
     if not live:
         return timings
-    single = {}
-    for name, step in live.items():
-        single[name] = _cuda_sample(step, plan, device) if device.type == "cuda" else _time_block(step, 1)
-        if single[name] > plan.max_call_s:
-            timings.skipped[name] = f"one call takes {single[name]:.1f} s, over the {plan.max_call_s:g} s limit"
-    live = {name: step for name, step in live.items() if name not in timings.skipped}
+    if device.type == "cuda":  # a host-side clock says little about a GPU kernel's time
+        single = {name: _cuda_sample(step, plan, device) for name, step in live.items()}
     if device.type == "cuda":
         calls = {name: 1 for name in live}
         per_round = sum(max(single[name], 1e-3) + (plan.cuda_rep_ms + plan.cuda_warmup_ms) / 1e3 for name in live)
@@ -148,8 +171,12 @@ def measure(steps: dict[str, Callable[[], torch.Tensor]], plan: TimingPlan, devi
     timings.calls_per_round = calls
     timings.samples = {name: [] for name in live}
     names = list(live)
+    # The planned rounds assume the machine stays as fast as during calibration; on a shared
+    # machine it may not, so the time budget (and the run's deadline) also ends the rounds.
+    started = time.monotonic()
     for r in range(rounds):
-        if deadline is not None and r >= plan.min_rounds and time.monotonic() > deadline:
+        now = time.monotonic()
+        if r >= plan.min_rounds and (now - started > plan.budget_s or (deadline is not None and now > deadline)):
             break
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
@@ -199,15 +226,23 @@ def _cpu_ceilings(repeats: int) -> dict[str, float]:
 def _cuda_ceilings(device: torch.device, repeats: int) -> dict[str, float]:
     from triton.testing import do_bench
 
+    rep = 15 * repeats  # ms; do_bench repeats within that time
     with torch.cuda.device(device):
-        src = torch.empty(1 << 28, dtype=torch.float32, device=device).uniform_()  # 1 GiB
-        dst = torch.empty_like(src)
-        copy_ms = do_bench(lambda: dst.copy_(src), warmup=10, rep=100, return_mode="min")
-        read_ms = do_bench(src.sum, warmup=10, rep=100, return_mode="min")
-        del src, dst
+        copy_ms, read_ms = _cuda_bandwidth(device, rep)
         size = 8192
         a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
         b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
-        mm_ms = do_bench(lambda: a @ b, warmup=25, rep=200, return_mode="min")
+        mm_ms = do_bench(lambda: a @ b, warmup=25, rep=2 * rep, return_mode="min")
     return {"read_gbps": (1 << 30) / read_ms / 1e6, "copy_gbps": 2 * (1 << 30) / copy_ms / 1e6,
             "matmul_gflops": 2 * size ** 3 / mm_ms / 1e6, "matmul_dtype": "bf16"}
+
+
+def _cuda_bandwidth(device: torch.device, rep: float) -> tuple[float, float]:
+    """(copy, read) milliseconds for 1 GiB; the 2 GiB of buffers are freed on return."""
+    from triton.testing import do_bench
+
+    src = torch.empty(1 << 28, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    copy_ms = do_bench(lambda: dst.copy_(src), warmup=10, rep=rep, return_mode="min")
+    read_ms = do_bench(src.sum, warmup=10, rep=rep, return_mode="min")
+    return copy_ms, read_ms

@@ -20,6 +20,16 @@ def _pyplot():
     return plt
 
 
+def _speedup_axis(ax) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.axhline(1.0, color="grey", lw=1, ls=":")
+
+
 def _grouped(results, key):
     groups = defaultdict(list)
     for r in results:
@@ -48,9 +58,13 @@ def plot_speedups(record: dict, out_dir: str | Path) -> list[Path]:
                 err = [[p["speedup"] - p["speedup_q1"] for p in points], [p["speedup_q3"] - p["speedup"] for p in points]]
                 style = "-" if points[0]["role"] == "ours" else "--"
                 ax.errorbar(m, y, yerr=err, fmt=f"o{style}", ms=4, capsize=2, label=f"{variant} {dtype}")
-            ax.axhline(1.0, color="grey", lw=1, ls=":")
+            _speedup_axis(ax)
+            ms = sorted({r["m"] for r in results if r["layer"] == layer})
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            ax.set_xticks(ms, [str(m) for m in ms])
+            ax.set_xticks([], minor=True)
+            if len(ms) == 1:
+                ax.set_xlim(ms[0] / 2, ms[0] * 2)
             shape = next(r for r in results if r["layer"] == layer)
             ax.set_title(f"{layer} ({shape['k']}→{shape['n']})", fontsize=9)
             ax.set_xlabel("batch rows M")
@@ -88,8 +102,7 @@ def plot_history(records: list[dict], out_dir: str | Path) -> list[Path]:
             for (variant, dtype), values in sorted(series.items()):
                 xs = sorted(values)
                 ax.plot(xs, [values[x] for x in xs], "o-", ms=4, label=f"{variant} {dtype}")
-            ax.axhline(1.0, color="grey", lw=1, ls=":")
-            ax.set_yscale("log")
+            _speedup_axis(ax)
             ax.set_xticks(range(len(runs)))
             ax.set_xticklabels([f"{_commit(rec)}\n{rec['created'][:10]}" for rec in runs], fontsize=7)
             ax.set_ylabel("geomean speedup vs torch.linear")

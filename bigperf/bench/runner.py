@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
 from bigperf.bench import store
 from bigperf.bench.cases import BASELINE, FLOAT_BASELINE, build_case
-from bigperf.bench.harness import Timings, TimingPlan, measure, measure_ceilings, quartiles, ratio_quartiles
+from bigperf.bench.harness import TimingPlan, Timings, measure, measure_ceilings, quartiles, ratio_quartiles
 from bigperf.bench.suites import SUITES, Point, Suite
 
 
@@ -39,6 +40,7 @@ def point_results(point: Point, variants, timings: Timings, ceilings: dict) -> l
         q1, med, q3 = quartiles(samples)
         s1, sp, s3 = ratio_quartiles(base, samples)
         out = timings.outputs[variant.id]
+        own_ref = variant.reference() if variant.reference is not None else ref
         # Activations in and out, in the dtype the variant computes in (its output's).
         nbytes = variant.weight_bytes + (m * layer.k + m * layer.n) * out.element_size()
         gbps, gflops = nbytes / med / 1e9, flops / med / 1e9
@@ -54,7 +56,7 @@ def point_results(point: Point, variants, timings: Timings, ceilings: dict) -> l
             "gbps": gbps, "gflops": gflops,
             "frac_bw": gbps / read_ceiling if read_ceiling else None,
             "frac_flops": gflops / flop_ceiling if flop_ceiling else None,
-            "rel_err": _rel_err(out, ref) if ref is not None else None,
+            "rel_err": _rel_err(out, own_ref) if own_ref is not None else None,
         })
     return results
 
@@ -63,10 +65,15 @@ def run_suite(suite: Suite | str, device: torch.device | str = "cpu", ops: Itera
               backends: Iterable[str] | None = None, max_seconds: float | None = None,
               plan: TimingPlan | None = None, points: Iterable[Point] | None = None,
               on_start: Callable[[int, Point], None] | None = None,
-              on_ceilings: Callable[[dict], None] | None = None) -> dict:
+              on_ceilings: Callable[[dict], None] | None = None,
+              on_point_done: Callable[[dict], None] | None = None, threads: int | None = None) -> dict:
     """Measures every point of the suite on `device`; returns the record (see store.py).
 
-    max_seconds bounds the whole run: points not started by then are recorded as skipped.
+    threads: torch's thread count while timing (and for the ceilings and the fingerprint);
+    inputs are prepared with all threads. max_seconds bounds the whole run: points not
+    started by then are recorded as skipped.
+    on_point_done gets the record so far ("complete": False) after each point, e.g. to save
+    it, so that a run killed by an outer time limit still leaves its measurements.
     """
     suite = SUITES[suite] if isinstance(suite, str) else suite
     device = torch.device(device)
@@ -76,23 +83,30 @@ def run_suite(suite: Suite | str, device: torch.device | str = "cpu", ops: Itera
     deadline = start + max_seconds if max_seconds else None
     ops = tuple(ops) if ops else None
     backends = tuple(backends) if backends else None
-    fp = store.fingerprint(device)
-    ceilings = measure_ceilings(device)
+    with _num_threads(threads):
+        fp = store.fingerprint(device)
+        ceilings = measure_ceilings(device, suite.ceiling_repeats)
     if on_ceilings:
         on_ceilings(ceilings)
     record = store.new_record(suite.name, device, fp, ceilings, {
         "ops": list(ops) if ops else None, "backends": list(backends) if backends else None,
         "max_seconds": max_seconds, "plan": dataclasses.asdict(plan), "points": len(points)})
     thorough = suite.name == "full"
-    with torch.inference_mode():
-        for index, point in enumerate(points):
-            if on_start:
-                on_start(index, point)
-            if deadline is not None and time.monotonic() > deadline:
-                record["skipped"].append({"key": point.id, "reason": f"time limit of {max_seconds:g} s reached"})
-                continue
-            _run_point(record, point, device, ops, backends, thorough, plan, deadline)
-            _release(device)
+    shared: dict = {}
+    for index, point in enumerate(points):
+        if any(key[0] != point.layer.name for key in shared):
+            shared.clear()  # a new layer: the previous one's weight copies can go
+        if on_start:
+            on_start(index, point)
+        if deadline is not None and time.monotonic() > deadline:
+            record["skipped"].append({"key": point.id, "reason": f"time limit of {max_seconds:g} s reached"})
+            continue
+        _run_point(record, point, device, ops, backends, thorough, plan, deadline, shared, threads)
+        _release(device)
+        record["duration_s"] = round(time.monotonic() - start, 1)
+        if on_point_done:
+            on_point_done(record)
+    record["complete"] = True
     record["duration_s"] = round(time.monotonic() - start, 1)
     return record
 
@@ -102,10 +116,24 @@ def _is_out_of_memory(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
-def _run_point(record, point, device, ops, backends, thorough, plan, deadline) -> None:
+@contextlib.contextmanager
+def _num_threads(threads: int | None):
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     try:
-        _, variants, skips = build_case(point, device, ops, backends, thorough)
-        timings = measure({v.id: v.step for v in variants}, plan, device, deadline)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_point(record, point, device, ops, backends, thorough, plan, deadline, shared, threads) -> None:
+    try:
+        # Weights are made outside inference mode, as a model's are: ops may keep state on
+        # them (the sparse ops cache index checks per tensor version).
+        _, variants, skips = build_case(point, device, ops, backends, thorough, shared)
+        with torch.inference_mode(), _num_threads(threads):
+            timings = measure({v.id: v.step for v in variants}, plan, device, deadline)
     except Exception as error:
         if not _is_out_of_memory(error):
             raise
@@ -118,7 +146,8 @@ def _run_point(record, point, device, ops, backends, thorough, plan, deadline) -
     if BASELINE not in timings.samples:
         record["skipped"].append({"key": point.id, "reason": "the torch baseline could not be timed"})
         return
-    record["results"].extend(point_results(point, variants, timings, record["ceilings"]))
+    with torch.inference_mode():
+        record["results"].extend(point_results(point, variants, timings, record["ceilings"]))
 
 
 def _release(device: torch.device) -> None:

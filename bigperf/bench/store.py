@@ -66,11 +66,11 @@ def _git_commit() -> dict:
     # --no-optional-locks: a benchmark must not touch the index of the repository it measures.
     base = ["git", "--no-optional-locks", "-C", str(root)]
     try:
-        sha = subprocess.run(base + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        sha = subprocess.run(base + ["rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return {"commit": None, "dirty": None}
         status = subprocess.run(base + ["status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=20)
+                                check=False, capture_output=True, text=True, timeout=20)
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
         return {"commit": sha.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
@@ -84,7 +84,7 @@ def _gpu_info(device: torch.device) -> dict | None:
     driver = None
     try:
         query = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                               capture_output=True, text=True, timeout=20)
+                               check=False, capture_output=True, text=True, timeout=20)
         driver = query.stdout.strip().splitlines()[0] if query.returncode == 0 and query.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         pass
@@ -140,7 +140,7 @@ def new_record(suite: str, device: torch.device, fp: dict, ceilings: dict, setti
     return {"schema": SCHEMA, "version": SCHEMA_VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "suite": suite, "device": device.type, "settings": settings, "fingerprint": fp,
-            "ceilings": ceilings, "results": [], "skipped": [], "duration_s": None}
+            "ceilings": ceilings, "results": [], "skipped": [], "duration_s": None, "complete": False}
 
 
 def _type_names(types) -> str:
@@ -225,6 +225,7 @@ def save_record(record: dict, path: str | os.PathLike) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; records are meant to be shared and committed
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

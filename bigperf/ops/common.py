@@ -27,6 +27,26 @@ def fp32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     return bias if (bias.dtype == torch.float32 and bias.is_contiguous()) else bias.float().contiguous()
 
 
+def cpu_gemm_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype PyTorch's CPU GEMM should run in for these activations.
+
+    Without native bf16/fp16 arithmetic (AVX-512 BF16 / FP16) PyTorch's half-precision
+    GEMM is several times slower than fp32 (measured ~8x on this project's AVX2 machines),
+    so the large-M paths compute in fp32 and round once at the end.
+    """
+    if dtype == torch.float32:
+        return dtype
+    features = _cpu_features()
+    if dtype == torch.bfloat16 and features.get("avx512bf16"):
+        return dtype
+    return torch.float32
+
+
+def _cpu_features() -> dict:
+    module = _ext.cpu_module()
+    return module.cpu_features() if module is not None else {}
+
+
 def epilogue_(y: torch.Tensor, activation: str, residual: torch.Tensor | None = None) -> torch.Tensor:
     """act(y) + residual after a PyTorch GEMM, in place where the activation allows."""
     if activation == "relu":

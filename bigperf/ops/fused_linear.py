@@ -20,6 +20,7 @@ from bigperf.ops.activations import (
 )
 from bigperf.ops.common import (
     as_rows,
+    cpu_gemm_dtype,
     cpu_why_not,
     epilogue_,
     fp32_bias,
@@ -163,10 +164,11 @@ def _cpu_run(x, weight, bias, residual, activation):
 
 
 def _gemm_then_epilogue(x2, weight, bias, residual, activation):
-    """Large M on the CPU: PyTorch's GEMM in x's dtype, then act/residual in place."""
-    w = weight if weight.dtype == x2.dtype else weight.to(x2.dtype)
-    y = F.linear(x2, w, bias.to(x2.dtype) if bias is not None else None)
-    return epilogue_(y, activation, residual)
+    """Large M on the CPU: PyTorch's GEMM (in fp32 where half precision is slow), then
+    act/residual in place, rounded once to x's dtype."""
+    dtype = cpu_gemm_dtype(x2.dtype)
+    y = F.linear(x2.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None)
+    return epilogue_(y, activation, residual.to(dtype) if residual is not None else None).to(x2.dtype)
 
 
 def _cuda_why_not(x, weight, bias, residual, activation):

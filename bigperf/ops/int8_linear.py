@@ -23,6 +23,7 @@ from bigperf import _ext
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
 from bigperf.ops.common import (
     as_rows,
+    cpu_gemm_dtype,
     cpu_why_not,
     cuda_why_not,
     epilogue_,
@@ -132,9 +133,10 @@ def _weight_only_cpu_run(x, qweight, scale, zero_point, bias, activation):
     m = x2.shape[0]
     if m > CPU_WEIGHT_ONLY_MAX_M:
         # Compute-bound: dequantise once per call and use PyTorch's GEMM.
-        w = dequantize_weight(qweight, scale, zero_point, x.dtype)
-        y = epilogue_(F.linear(x2, w, bias.to(x.dtype) if bias is not None else None), activation)
-        return y.reshape(_out_shape(x, n))
+        dtype = cpu_gemm_dtype(x.dtype)
+        w = dequantize_weight(qweight, scale, zero_point, dtype)
+        y = epilogue_(F.linear(x2.to(dtype), w, bias.to(dtype) if bias is not None else None), activation)
+        return y.to(x.dtype).reshape(_out_shape(x, n))
     qw = qweight.contiguous()
     s = scale.contiguous()
     z = zero_point.contiguous() if zero_point is not None else None

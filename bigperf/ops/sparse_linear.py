@@ -47,6 +47,9 @@ _CHECK_CACHE_LIMIT = 4096
 
 
 def _check_once(tensors: tuple, check, extra=None) -> None:
+    if any(t.is_inference() for t in tensors):
+        check()  # inference tensors keep no version counter: nothing safe to cache on
+        return
     key = tuple(id(t) for t in tensors)
     entry = _checked.get(key)
     if entry is not None:

@@ -100,3 +100,14 @@ def test_corrupt_metadata_and_indices_are_refused_before_any_kernel():
 def test_bad_input_is_refused(call, error, word):
     with pytest.raises(error, match=word):
         call(random_tensor(2, 32), pack_24(pruned(16, 32)))
+
+
+def test_weights_made_under_inference_mode_are_checked_every_call():
+    with torch.inference_mode():
+        p24 = pack_24(pruned(16, 32))
+        x = random_tensor(2, 32)
+        out = sparse24_linear(x, p24.values, p24.meta)
+        p24.meta[0, 0] = 0b00000101  # in-place corruption: no version counter to notice it
+        with pytest.raises(ValueError, match="'meta' is corrupt"):
+            sparse24_linear(x, p24.values, p24.meta)
+    assert out.shape == (2, 16)
