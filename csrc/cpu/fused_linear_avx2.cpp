@@ -1,5 +1,9 @@
-// TEMPORARY until the vector path lands: forwards to the scalar path.
-#include "cpu/fused_linear.h"
+// AVX2 + FMA + F16C path of the fused linear (algorithm in fused_linear_kernel.h).
+#include "cpu/fused_linear_kernel.h"
+#include "cpu/vec_avx2.h"
+
 namespace bigperf::cpu {
-void fused_linear_avx2(const FusedLinearArgs& a) { fused_linear_scalar(a); }
+
+void fused_linear_avx2(const FusedLinearArgs& a) { fused_linear_vec<VecAvx2>(a); }
+
 }  // namespace bigperf::cpu

@@ -1,12 +1,17 @@
 """bigperf._C.fused_linear on raw pointers, for every ISA path compiled into the module.
 
 Each runnable path is compared with a float64 reference computed from the same
-low-precision inputs; compiled paths this CPU cannot execute are skipped with the reason.
+low-precision inputs; compiled paths this CPU cannot execute are skipped with the reason,
+and the AVX-512 one is also checked under SIMDe emulation (last test).
 """
 
 from __future__ import annotations
 
 import math
+import platform
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,7 +119,7 @@ def test_odd_shapes_and_strides(isa, M, N, K, x_dtype, w_dtype):
 @pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
                                              (torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)],
                          ids=["f32_bf16", "f32_f16", "f32_f32", "bf16_bf16"])
-@pytest.mark.parametrize("M", [1, 4, 16, 17, 33])
+@pytest.mark.parametrize("M", [1, 4, 16, 17, 33, 65])
 def test_threaded_and_k_chunked(isa, M, x_dtype, w_dtype, threads):
     """Large enough for the thread split, several K chunks and more than one row pass."""
     N, K = 203, 1037
@@ -163,6 +168,20 @@ def test_output_rounding_is_nearest_even(isa, dtype):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+def test_k_zero_is_bias_and_residual(isa, dtype):
+    """K = 0 (allowed by the binding): out = act(bias) + residual, x and W never read."""
+    M, N = 3, 21
+    bias = _randn(N, dtype=torch.float32, seed=1)
+    residual = _randn(M, N, dtype=dtype, seed=2)
+    out = torch.full((M, N), float("nan"), dtype=dtype)
+    C.fused_linear(isa, 0, 0, CODE[dtype], 0, 0, 2, bias.data_ptr(), residual.data_ptr(), N, out.data_ptr(), N,
+                   M, N, 0, ACTIVATIONS.index("silu"), 2)
+    ref = torch.nn.functional.silu(bias.double()) + residual.double()
+    assert rel_error(out, ref) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_weight_change_changes_output(isa):
     x = _randn(2, 40, dtype=torch.float32, seed=1)
     w = _randn(9, 40, dtype=torch.bfloat16, seed=2)
@@ -186,25 +205,25 @@ def _call(**overrides):
     x = torch.randn(4, 8)
     w = torch.randn(3, 8)
     out = torch.empty(4, 3)
-    args = dict(isa="scalar", x=x.data_ptr(), x_row_stride=8, x_dtype=0, w=w.data_ptr(), w_row_stride=8,
-                w_dtype=0, bias=0, residual=0, residual_row_stride=0, out=out.data_ptr(), out_row_stride=3,
-                M=4, N=3, K=8, act=0, num_threads=1)
+    args = {"isa": "scalar", "x": x.data_ptr(), "x_row_stride": 8, "x_dtype": 0, "w": w.data_ptr(),
+            "w_row_stride": 8, "w_dtype": 0, "bias": 0, "residual": 0, "residual_row_stride": 0,
+            "out": out.data_ptr(), "out_row_stride": 3, "M": 4, "N": 3, "K": 8, "act": 0, "num_threads": 1}
     args.update(overrides)
     C.fused_linear(*args.values())
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (dict(x_row_stride=7), "x row stride"),
-    (dict(w_row_stride=4), "weight row stride"),
-    (dict(out_row_stride=2), "out row stride"),
-    (dict(residual=1, residual_row_stride=1), "residual row stride"),
-    (dict(M=-1), "non-negative"),
-    (dict(x_dtype=3), "dtype"),
-    (dict(w_dtype=-1), "dtype"),
-    (dict(act=5), "activation"),
-    (dict(num_threads=0), "num_threads"),
-    (dict(out=0), "out pointer"),
-    (dict(isa="sse9"), "ISA path"),
+    ({"x_row_stride": 7}, "x row stride"),
+    ({"w_row_stride": 4}, "weight row stride"),
+    ({"out_row_stride": 2}, "out row stride"),
+    ({"residual": 1, "residual_row_stride": 1}, "residual row stride"),
+    ({"M": -1}, "non-negative"),
+    ({"x_dtype": 3}, "dtype"),
+    ({"w_dtype": -1}, "dtype"),
+    ({"act": 5}, "activation"),
+    ({"num_threads": 0}, "num_threads"),
+    ({"out": 0}, "out pointer"),
+    ({"isa": "sse9"}, "ISA path"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_arguments_raise(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -213,3 +232,29 @@ def test_bad_arguments_raise(overrides, match):
 
 def test_valid_call_passes():
     _call()
+
+
+SIMDE_HEADER = Path("/usr/include/simde/x86/avx512.h")
+EMULATION = Path(__file__).resolve().parent / "fused_linear_emulation"
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 kernels")
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found")
+@pytest.mark.skipif(not SIMDE_HEADER.exists(),
+                    reason="SIMDe headers not installed (apt-get install libsimde-dev) to emulate AVX-512")
+def test_avx512_path_under_simde_emulation(tmp_path):
+    """The AVX-512 unit built on SIMDe and compared with the scalar path (check_*.cpp).
+
+    Checks its logic on any x86 CPU; on an AVX-512 machine the tests above run it for real.
+    """
+    root = Path(__file__).resolve().parents[2]
+    flags = ["g++", "-std=c++17", "-O1", "-DBIGPERF_X86=1", f"-I{root / 'csrc'}", "-pthread", "-w"]
+    unit = tmp_path / "unit.o"
+    subprocess.run([*flags, "-c", str(EMULATION / "fused_linear_avx512_simde.cpp"), "-o", str(unit)], check=True)
+    exe = tmp_path / "check"
+    subprocess.run([*flags, str(EMULATION / "check_fused_linear_avx512.cpp"), str(unit),
+                    str(root / "csrc/cpu/fused_linear_scalar.cpp"), str(root / "csrc/cpu/thread_pool.cpp"),
+                    "-o", str(exe)], check=True)
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " 0 failures" in run.stdout

@@ -79,11 +79,14 @@ def test_negative_control_changed_weight_changes_output():
     assert changed[5] and changed.sum() == 1  # only output column 5 depends on W[5, :]
 
 
-def test_large_m_route_matches():
+@pytest.mark.parametrize("x_dtype,w_dtype,tol", DTYPES[:2] + DTYPES[3:5])
+def test_large_m_route_matches(x_dtype, w_dtype, tol):
     # Above CPU_SKINNY_MAX_M the CPU backend uses PyTorch's GEMM plus a fused epilogue.
-    x, w, b, r = make_inputs(70, 40, 24, torch.float32, torch.bfloat16, residual=True)
+    from bigperf.ops.fused_linear import CPU_SKINNY_MAX_M
+
+    x, w, b, r = make_inputs(CPU_SKINNY_MAX_M + 3, 40, 24, x_dtype, w_dtype, residual=True)
     out = fused_linear(x, w, b, r, "relu")
-    assert rel_error(out, fused_linear_fp64(x, w, b, r, "relu")) < 1e-5
+    assert out.dtype == x_dtype and rel_error(out, fused_linear_fp64(x, w, b, r, "relu")) < tol
 
 
 def test_opcheck():

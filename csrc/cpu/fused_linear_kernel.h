@@ -1,0 +1,365 @@
+// The vector fused-linear kernel, written once over a vector-traits class V
+// (vec_avx2.h, vec_avx512.h) and instantiated by fused_linear_<isa>.cpp.
+//
+// Regime: small M (decode, M <= ~16), where the weight stream from memory is the cost.
+//   * Dot-product form: each (x row, weight row) pair keeps a vector accumulator along K,
+//     reduced once at the end. Weights are read in their storage dtype and widened in
+//     registers; nothing is converted or copied per call.
+//   * x is packed once per call (fp32, zero-padded to whole K blocks, bf16-weight order),
+//     so the inner loop is loads + FMAs and K tails never read past a row.
+//   * Register tile: R weight rows x MB rows of x. All rows of x (up to kMaxRows) run
+//     against one tile of weights before the next, so weights come from memory once
+//     and from L1/L2 for the later blocks of rows. (Cutting K into chunks so that the
+//     packed x stays in L1 measured 3-10% slower at M = 8..32, K = 4096 and 14336: the
+//     hardware prefetchers stream x from L2 well enough; see benchmarks/NOTES.md.)
+//   * Threads take groups of kGroup columns in turn; the epilogue (bias, activation,
+//     residual, cast with round-to-nearest-even) runs on each group while it is in cache.
+// Include only from ISA translation units (anonymous namespace: see vec_avx2.h).
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <type_traits>
+
+#include "cpu/fused_linear.h"
+#include "cpu/thread_pool.h"
+#include "cpu/vec_activation.h"
+
+namespace bigperf::cpu {
+namespace {
+
+// Rows of x per pass over the weights; M is split into balanced passes (M = 33 runs
+// 17 + 16, not 32 + 1, which would stream all weights again for a single row).
+constexpr int64_t kMaxRows = 32;
+// Software prefetch distance along a weight row. Prefetching the next tile's rows instead
+// (or as well), or 2-16 KB ahead, measured no better here (benchmarks/NOTES.md).
+constexpr int64_t kPrefetchBytes = 1024;
+// Below this many multiply-adds one thread is faster than waking the pool.
+constexpr int64_t kSerialWork = int64_t{1} << 18;
+
+// Output columns per epilogue group, and the thread grain: a whole number of R-row tiles
+// and of vectors.
+template <int R>
+constexpr int64_t kGroup = 32 * R;
+
+constexpr int64_t esize(DType d) { return d == DType::f32 ? 4 : 2; }
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+struct AlignedBuffer {
+  explicit AlignedBuffer(size_t bytes) : ptr(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64)) {
+    if (!ptr) throw std::bad_alloc();
+  }
+  ~AlignedBuffer() { std::free(ptr); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  void* ptr;
+};
+
+struct PlainX {};  // marker: x packed as fp32
+struct Bf16X {};   // marker: x packed as bf16 pairs for V::dot_bf16 (x and W both bf16)
+
+// Shared, read-only state of one pass over the weights with up to kMaxRows rows of x.
+struct Pass {
+  const FusedLinearArgs* a;
+  int64_t m0, ms;         // rows of x in this pass
+  int64_t kpad;           // K rounded up to whole blocks: row stride of the packed x
+  int64_t full_blocks;    // K / block
+  int64_t k_tail;         // K % block
+  const void* xp;         // packed x, ms rows of kpad elements
+};
+
+// One prefetch per 64-byte line of each row: blocks of 32 bytes skip every other one
+// (two per line measured 4% slower with L3-resident weights, 14% at M = 1 from DRAM).
+template <class V, int64_t BB, int R>
+inline void prefetch_block(const char* const* w, int64_t b) {
+  if constexpr (BB < 64) {
+    if (b & (64 / BB - 1)) return;
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t o = 0; o < (BB < 64 ? 64 : BB); o += 64) V::prefetch(w[r] + b * BB + kPrefetchBytes + o);
+}
+
+// acc[m][r] += dot(W rows, x rows) over nb K blocks. W row r starts at w[r], x row m at
+// xp + m * xs. pf: prefetch ahead in W (the first block of rows, which streams W).
+template <class V, DType WD, int R, int MB>
+inline void tile_fp32x(const char* const* w, int64_t nb, const float* xp, int64_t xs,
+                       typename V::vec* acc, bool pf) {
+  using vec = typename V::vec;
+  constexpr int W = V::W;
+  constexpr int64_t BB = 2 * W * esize(WD);  // bytes of one K block of one row
+  vec c[MB][R];
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) c[m][r] = acc[m * R + r];
+  for (int64_t b = 0; b < nb; ++b) {
+    if (pf) prefetch_block<V, BB, R>(w, b);
+    for (int h = 0; h < 2; ++h) {
+      vec wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = V::template wload<WD>(w[r] + b * BB, h);
+      for (int m = 0; m < MB; ++m) {
+        const vec xv = V::loadu(xp + m * xs + b * 2 * W + h * W);
+        for (int r = 0; r < R; ++r) c[m][r] = V::fmadd(wv[r], xv, c[m][r]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) acc[m * R + r] = c[m][r];
+}
+
+// Same with x and W both bf16, through the ISA's bf16 pair dot product (one instruction
+// per 2*W elements instead of two conversions and two FMAs).
+template <class V, int R, int MB>
+inline void tile_bf16x(const char* const* w, int64_t nb, const uint16_t* xp, int64_t xs,
+                       typename V::vec* acc, bool pf) {
+  using vec = typename V::vec;
+  constexpr int W = V::W;
+  constexpr int64_t BB = 2 * W * 2;
+  vec c[MB][R];
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) c[m][r] = acc[m * R + r];
+  for (int64_t b = 0; b < nb; ++b) {
+    if (pf) prefetch_block<V, BB, R>(w, b);
+    typename V::pairs wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = V::load_pairs(w[r] + b * BB);
+    for (int m = 0; m < MB; ++m) {
+      const typename V::pairs xv = V::load_pairs(xp + m * xs + b * 2 * W);
+      for (int r = 0; r < R; ++r) c[m][r] = V::dot_bf16(c[m][r], wv[r], xv);
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) acc[m * R + r] = c[m][r];
+}
+
+// Runs the tile for a block of mb (<= MB) rows of x: the register tile is a template.
+template <class V, DType WD, class XK, int R, int MB>
+inline void tile_rows(int mb, const char* const* w, int64_t nb, const void* xp, int64_t xs,
+                      typename V::vec* acc, bool pf) {
+  if constexpr (MB >= 1) {
+    if (mb == MB) {
+      if constexpr (std::is_same_v<XK, Bf16X>)
+        tile_bf16x<V, R, MB>(w, nb, static_cast<const uint16_t*>(xp), xs, acc, pf);
+      else
+        tile_fp32x<V, WD, R, MB>(w, nb, static_cast<const float*>(xp), xs, acc, pf);
+      return;
+    }
+    tile_rows<V, WD, XK, R, MB - 1>(mb, w, nb, xp, xs, acc, pf);
+  }
+}
+
+template <class V>
+inline typename V::vec load_as(const char* p, DType d) {
+  switch (d) {
+    case DType::f32: return V::loadu(reinterpret_cast<const float*>(p));
+    case DType::f16: return V::load_f16(p);
+    case DType::bf16: return V::load_bf16(p);
+  }
+  return V::zero();
+}
+
+template <class V>
+inline void store_as(char* p, DType d, typename V::vec v) {
+  switch (d) {
+    case DType::f32: V::storeu(reinterpret_cast<float*>(p), v); break;
+    case DType::f16: V::store_f16(p, v); break;
+    case DType::bf16: V::store_bf16(p, v); break;
+  }
+}
+
+// out[m, n0:n0+cnt] = act(s + bias) + residual, cast to x's dtype. The last partial
+// vector goes through zeroed stack copies so nothing outside the row is read or written.
+template <class V>
+void epilogue_row(const FusedLinearArgs& a, const float* s, int64_t m, int64_t n0, int64_t cnt) {
+  using vec = typename V::vec;
+  constexpr int W = V::W;
+  const DType d = a.x_dtype;
+  const int64_t es = esize(d);
+  char* out = static_cast<char*>(a.out) + (m * a.out_row_stride + n0) * es;
+  const char* res = a.residual ? static_cast<const char*>(a.residual) + (m * a.residual_row_stride + n0) * es
+                               : nullptr;
+  const float* bias = a.bias ? a.bias + n0 : nullptr;
+  int64_t j = 0;
+  for (; j + W <= cnt; j += W) {
+    vec v = V::loadu(s + j);
+    if (bias) v = V::add(v, V::loadu(bias + j));
+    v = vactivation<V>(v, a.act);
+    if (res) v = V::add(v, load_as<V>(res + j * es, d));
+    store_as<V>(out + j * es, d, v);
+  }
+  if (j < cnt) {
+    const int64_t rem = cnt - j;
+    alignas(64) float sb[W] = {};
+    alignas(64) float bb[W] = {};
+    alignas(64) char rb[W * 4] = {};
+    alignas(64) char ob[W * 4];
+    std::memcpy(sb, s + j, rem * sizeof(float));
+    vec v = V::loadu(sb);
+    if (bias) {
+      std::memcpy(bb, bias + j, rem * sizeof(float));
+      v = V::add(v, V::loadu(bb));
+    }
+    v = vactivation<V>(v, a.act);
+    if (res) {
+      std::memcpy(rb, res + j * es, rem * es);
+      v = V::add(v, load_as<V>(rb, d));
+    }
+    store_as<V>(ob, d, v);
+    std::memcpy(out + j * es, ob, rem * es);
+  }
+}
+
+// Packs rows m0..m0+ms of x as fp32, kpad per row, zero-padded; with deint, each block of
+// 2*W elements is stored as its even then its odd elements (the bf16 weight order).
+template <class V>
+void pack_x_fp32(const FusedLinearArgs& a, int64_t m0, int64_t ms, int64_t kpad, bool deint, float* dst) {
+  using vec = typename V::vec;
+  constexpr int W = V::W;
+  const DType d = a.x_dtype;
+  const int64_t es = esize(d);
+  for (int64_t m = 0; m < ms; ++m) {
+    const char* src = static_cast<const char*>(a.x) + (m0 + m) * a.x_row_stride * es;
+    float* row = dst + m * kpad;
+    for (int64_t k = 0; k < kpad; k += 2 * W) {
+      vec x0, x1;
+      if (k + 2 * W <= a.K) {
+        x0 = load_as<V>(src + k * es, d);
+        x1 = load_as<V>(src + (k + W) * es, d);
+      } else {
+        alignas(64) char tb[2 * W * 4] = {};
+        std::memcpy(tb, src + k * es, (a.K - k) * es);
+        x0 = load_as<V>(tb, d);
+        x1 = load_as<V>(tb + W * es, d);
+      }
+      if (deint) V::deinterleave(x0, x1, x0, x1);
+      V::storeu(row + k, x0);
+      V::storeu(row + k + W, x1);
+    }
+  }
+}
+
+void pack_x_bf16(const FusedLinearArgs& a, int64_t m0, int64_t ms, int64_t kpad, uint16_t* dst) {
+  if (a.K == 0) return;  // x may be null then
+  for (int64_t m = 0; m < ms; ++m) {
+    const char* src = static_cast<const char*>(a.x) + (m0 + m) * a.x_row_stride * 2;
+    std::memcpy(dst + m * kpad, src, a.K * 2);
+    std::memset(dst + m * kpad + a.K, 0, (kpad - a.K) * 2);
+  }
+}
+
+// One thread's share: output columns [n_begin, n_end) for the rows of x in the pass.
+template <class V, DType WD, class XK, int R, int MB>
+void run_columns(const Pass& p, int64_t n_begin, int64_t n_end) {
+  using vec = typename V::vec;
+  constexpr int64_t KB = 2 * V::W;
+  constexpr int64_t ES = esize(WD);
+  constexpr int64_t XES = std::is_same_v<XK, Bf16X> ? 2 : 4;
+  const FusedLinearArgs& a = *p.a;
+  alignas(64) vec acc[kMaxRows * R];
+  constexpr int64_t G = kGroup<R>;
+  alignas(64) float sums[kMaxRows][G];
+  alignas(64) char tail[R][KB * ES];
+  const char* xp = static_cast<const char*>(p.xp);
+  const int64_t mblocks = (p.ms + MB - 1) / MB;  // balanced blocks of at most MB rows
+  for (int64_t g0 = n_begin; g0 < n_end; g0 += G) {
+    const int64_t gcnt = imin(G, n_end - g0);
+    for (int64_t t0 = 0; t0 < gcnt; t0 += R) {
+      const char* wrow[R] = {};
+      for (int r = 0; r < R && a.K > 0; ++r) {  // W may be null when K == 0
+        // Past the last column the tile repeats the last row: valid memory, result unused.
+        const int64_t n = g0 + imin(t0 + r, gcnt - 1);
+        wrow[r] = static_cast<const char*>(a.w) + n * a.w_row_stride * ES;
+      }
+      for (int64_t i = 0; i < p.ms * R; ++i) acc[i] = V::zero();
+      if (p.full_blocks) {
+        // Only the first block of rows reads the weights from memory: it prefetches.
+        for (int64_t i = 0; i < mblocks; ++i) {
+          const int64_t mb0 = p.ms * i / mblocks, mb1 = p.ms * (i + 1) / mblocks;
+          tile_rows<V, WD, XK, R, MB>(static_cast<int>(mb1 - mb0), wrow, p.full_blocks, xp + mb0 * p.kpad * XES,
+                                      p.kpad, acc + mb0 * R, i == 0);
+        }
+      }
+      if (p.k_tail) {
+        // The last partial block goes through zero-padded copies of the row ends.
+        const char* w[R];
+        for (int r = 0; r < R; ++r) {
+          std::memset(tail[r], 0, sizeof tail[r]);
+          std::memcpy(tail[r], wrow[r] + p.full_blocks * KB * ES, p.k_tail * ES);
+          w[r] = tail[r];
+        }
+        for (int64_t i = 0; i < mblocks; ++i) {
+          const int64_t mb0 = p.ms * i / mblocks, mb1 = p.ms * (i + 1) / mblocks;
+          tile_rows<V, WD, XK, R, MB>(static_cast<int>(mb1 - mb0), w, 1,
+                                      xp + (mb0 * p.kpad + p.full_blocks * KB) * XES, p.kpad,
+                                      acc + mb0 * R, false);
+        }
+      }
+      for (int64_t m = 0; m < p.ms; ++m)
+        for (int r = 0; r < R; ++r) sums[m][t0 + r] = V::hsum(acc[m * R + r]);
+    }
+    for (int64_t m = 0; m < p.ms; ++m) epilogue_row<V>(a, sums[m], p.m0 + m, g0, gcnt);
+  }
+}
+
+// Threads take groups of columns from a shared counter rather than fixed halves: on a
+// shared machine one core is often slowed by another tenant, and a static split would
+// leave the call waiting for it.
+template <class V, DType WD, class XK, int R, int MB>
+void run_dynamic(const Pass& p, int threads) {
+  constexpr int64_t G = kGroup<R>;
+  const int64_t n = p.a->N;
+  const int64_t groups = (n + G - 1) / G;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = imin(threads, groups);
+  parallel_for(workers, static_cast<int>(workers), 1, [&](int64_t, int64_t) {
+    for (int64_t g = next.fetch_add(1, std::memory_order_relaxed); g < groups;
+         g = next.fetch_add(1, std::memory_order_relaxed))
+      run_columns<V, WD, XK, R, MB>(p, g * G, imin(n, (g + 1) * G));
+  });
+}
+
+template <class V, DType WD, class XK>
+void run_pass(const Pass& p, int threads) {
+  if (p.ms == 1)
+    run_dynamic<V, WD, XK, V::kRowsM1, 1>(p, threads);
+  else
+    run_dynamic<V, WD, XK, V::kRowsMM, V::kMaxMB>(p, threads);
+}
+
+template <class V>
+void fused_linear_vec(const FusedLinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  constexpr int64_t KB = 2 * V::W;
+  bool bf16x = false;
+  if constexpr (V::kBf16Dot) bf16x = a.x_dtype == DType::bf16 && a.w_dtype == DType::bf16;
+  Pass p{};
+  p.a = &a;
+  p.kpad = (a.K + KB - 1) / KB * KB;
+  p.full_blocks = a.K / KB;
+  p.k_tail = a.K % KB;
+  const int64_t rows = imin(a.M, kMaxRows);
+  const int64_t xes = bf16x ? 2 : 4;
+  AlignedBuffer buffer(static_cast<size_t>(rows * p.kpad * xes));
+  void* xbuf = buffer.ptr;
+  p.xp = xbuf;
+  const int threads = a.M * a.N * a.K < kSerialWork ? 1 : a.num_threads;
+  const int64_t passes = (a.M + kMaxRows - 1) / kMaxRows;
+  for (int64_t i = 0; i < passes; ++i) {
+    const int64_t m0 = a.M * i / passes;
+    p.m0 = m0;
+    p.ms = a.M * (i + 1) / passes - m0;
+    if (bf16x) {
+      pack_x_bf16(a, m0, p.ms, p.kpad, static_cast<uint16_t*>(xbuf));
+      if constexpr (V::kBf16Dot) run_pass<V, DType::bf16, Bf16X>(p, threads);
+      continue;
+    }
+    pack_x_fp32<V>(a, m0, p.ms, p.kpad, a.w_dtype == DType::bf16, static_cast<float*>(xbuf));
+    switch (a.w_dtype) {
+      case DType::f32: run_pass<V, DType::f32, PlainX>(p, threads); break;
+      case DType::f16: run_pass<V, DType::f16, PlainX>(p, threads); break;
+      case DType::bf16: run_pass<V, DType::bf16, PlainX>(p, threads); break;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace bigperf::cpu
