@@ -1,0 +1,237 @@
+"""CPU sparse linear (2:4 and block-sparse) against our dense kernels and PyTorch, pair by pair.
+
+    python benchmarks/bench_sparse_linear_cpu.py [--quick] [--out results.json] [--isa avx2]
+
+The decode shape of issue 4: M = 1, K = 4096, N = 14336, fp32 x. This machine's bandwidth
+drifts from one minute to the next (a shared 2-core VM), so every claim is a ratio of two
+measurements taken alternately (A, B, B, A, ...); a ratio is the median of the per-pair
+ratios with its interquartile range. Weights are cold: each call uses the next of several
+copies whose total exceeds the last-level cache, as a model's layers would.
+
+Rows (ratio = base time / our time, so > 1 means we are faster)
+  2:4 bf16 values   vs our dense bf16 fused linear (bigperf.ops.fused_linear, bf16 W)
+  2:4 int8 values   vs our int8 weight-only linear (per channel) and vs F.linear fp32
+  BSR 10% / 50%     bf16 (16, 16) blocks vs our dense bf16 fused linear
+  bandwidth         bytes each kernel reads / its time, as a fraction of the read bandwidth
+                    of x.sum() over 256 MB measured alternately with it
+  sweep             (not with --quick) M = 1, 4, 16 for 2:4 bf16 vs the dense bf16 kernel
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# PyTorch's OpenMP workers spin for a while after each parallel region (x.sum, F.linear)
+# and took half the cores from the kernel timed next: 2x slower bandwidth rows, measured.
+# Passive waiting puts them to sleep at once; it must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bigperf
+from bigperf.ops.fused_linear import fused_linear
+from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
+from bigperf.quant import quantize_weight
+from bigperf.sparsity import block_mask, nm_mask, pack_24, pack_24_int8, pack_bsr
+
+LLC_BYTES = 32 << 20
+K_BIG, N_BIG = 4096, 14336
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def quantiles(values):
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median": statistics.median(values), "q1": q[0], "q3": q[2]}
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired(fa, fb, reps, warmup=2):
+    """Alternates fa and fb (the order flips every pair); returns both time lists."""
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta, tb = [], []
+    for i in range(reps):
+        if i % 2:
+            tb.append(timed(fb))
+            ta.append(timed(fa))
+        else:
+            ta.append(timed(fa))
+            tb.append(timed(fb))
+    return ta, tb
+
+
+class Cold:
+    """Copies of one set of weight tensors, used in turn so each call streams from memory."""
+
+    def __init__(self, tensors):
+        tensors = [t for t in tensors]
+        self.nbytes = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        count = max(2, math.ceil(3 * LLC_BYTES / self.nbytes))
+        self.copies = [tensors] + [[t.clone() if t is not None else None for t in tensors] for _ in range(count - 1)]
+        self.i = 0
+
+    def next(self):
+        self.i = (self.i + 1) % len(self.copies)
+        return self.copies[self.i]
+
+
+def row(name, ta, tb, ratio, extra=None):
+    r = {"name": name, "ours_s": quantiles(ta), "base_s": quantiles(tb), "ratio": quantiles(ratio)}
+    r.update(extra or {})
+    q = r["ratio"]
+    print(f"{name:<58} ours {r['ours_s']['median'] * 1e3:7.3f} ms  base {r['base_s']['median'] * 1e3:7.3f} ms  "
+          f"ratio {q['median']:5.2f} [{q['q1']:.2f}, {q['q3']:.2f}]" + (f"  {r['note']}" if "note" in r else ""),
+          flush=True)
+    return r
+
+
+def versus(name, ours, base, reps, goal=None):
+    ta, tb = paired(ours, base, reps)
+    extra = {"goal": goal} if goal else {}
+    if goal:
+        extra["note"] = f"goal >= {goal}"
+    return row(name, ta, tb, [b / a for a, b in zip(ta, tb)], extra)
+
+
+def bandwidth(name, ours, nbytes, big, reps):
+    """Fraction of the read bandwidth (x.sum over `big`) that `ours` reaches, pair by pair."""
+    ta, tb = paired(ours, lambda: big.sum(), reps)
+    frac = [(nbytes / a) / (big.numel() * 4 / b) for a, b in zip(ta, tb)]
+    gbps = nbytes / statistics.median(ta) / 1e9
+    read = big.numel() * 4 / statistics.median(tb) / 1e9
+    return row(name, ta, tb, frac, {"ours_GBps": gbps, "read_GBps": read, "bytes": nbytes,
+                                    "note": f"{gbps:.1f} of {read:.1f} GB/s"})
+
+
+# ----------------------------------------------------------------------------- weights
+
+def dense_weight(n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, k, generator=g) / math.sqrt(k)
+
+
+def correct(got, want, what, tol):
+    err = ((got.double() - want.double()).norm() / want.double().norm()).item()
+    if err > tol:
+        print(f"# WARNING: {what}: relative error {err:.2e} against the reference")
+    return err
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no M sweep")
+    parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument("--isa", help="force a CPU ISA path (default: the best runnable)")
+    args = parser.parse_args()
+
+    import bigperf._C as C
+    isa = args.isa or C.runnable_isas()[0]
+    threads = torch.get_num_threads()
+    reps = 11 if args.quick else 31
+    print(f"# isa {isa}, threads {threads}, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    big = torch.ones(64 << 20)  # 256 MB
+
+    n, k = N_BIG, K_BIG
+    x = torch.randn(1, k)
+    w = dense_weight(n, k)
+    w24 = w * nm_mask(w)
+    p24 = pack_24(w24.bfloat16())
+    p24i = pack_24_int8(w24)
+    qw = quantize_weight(w)
+    wb = Cold([w.bfloat16()])
+    w32 = Cold([w])
+    wq = Cold([qw.qweight, qw.scale])
+    s24 = Cold([p24.values, p24.meta])
+    s24i = Cold([p24i.values, p24i.meta, p24i.scale])
+    bsr = {}
+    for density in (0.1, 0.5):
+        wd = w * block_mask(w, (16, 16), density)
+        pb = pack_bsr(wd.bfloat16(), (16, 16))
+        bsr[density] = Cold([pb.values, pb.col_indices, pb.row_ptr])
+    del w24
+
+    rows = []
+    with bigperf.use_backend("cpu"), bigperf.use_cpu_isa(isa):
+        def dense_bf16(xx=x):
+            return fused_linear(xx, wb.next()[0])
+
+        def ours24(xx=x):
+            v, m = s24.next()
+            return sparse24_linear(xx, v, m)
+
+        def ours24i():
+            v, m, s = s24i.next()
+            return sparse24_linear(x, v, m, s)
+
+        def int8_dense():
+            q, s = wq.next()
+            return bigperf.ops.int8_linear.int8_weight_linear(x, q, s)
+
+        def ours_bsr(density):
+            def call():
+                v, ci, rp = bsr[density].next()
+                return block_sparse_linear(x, v, ci, rp)
+            return call
+
+        from bigperf.sparsity import unpack_24, unpack_bsr
+        correct(ours24(), x @ unpack_24(p24.values, p24.meta).float().t(), "2:4 bf16", 1e-5)
+        correct(ours24i(), x @ unpack_24(p24i.values, p24i.meta, p24i.scale).t(), "2:4 int8", 1e-5)
+        for density in bsr:
+            v, ci, rp = bsr[density].copies[0]
+            correct(ours_bsr(density)(), x @ unpack_bsr(v.float(), ci, rp, k).t(), f"BSR {density}", 1e-5)
+
+        print("## headline: M = 1, K = 4096, N = 14336, fp32 x (ratio = base / ours)")
+        rows.append(versus("2:4 bf16 vs dense bf16 fused linear (ours)", ours24, dense_bf16, reps, 1.6))
+        has_int8 = hasattr(C, "int8_weight_linear")
+        if has_int8:
+            rows.append(versus("2:4 int8 vs int8 weight-only linear (ours)", ours24i, int8_dense, reps, 1.4))
+        else:
+            print("# the int8 CPU kernel is not built: 2:4 int8 is compared with the dense bf16 kernel")
+            rows.append(versus("2:4 int8 vs dense bf16 fused linear (ours)", ours24i, dense_bf16, reps))
+        rows.append(versus("2:4 int8 vs F.linear fp32", ours24i, lambda: F.linear(x, w32.next()[0]), reps, 7.0))
+        rows.append(versus("2:4 bf16 vs F.linear fp32", ours24, lambda: F.linear(x, w32.next()[0]), reps))
+        rows.append(versus("BSR 10% bf16 (16,16) vs dense bf16 fused linear", ours_bsr(0.1), dense_bf16, reps, 6.0))
+        rows.append(versus("BSR 50% bf16 (16,16) vs dense bf16 fused linear", ours_bsr(0.5), dense_bf16, reps, 1.7))
+
+        print("## bandwidth: fraction of the read bandwidth (x.sum over 256 MB) reached")
+        rows.append(bandwidth("dense bf16 fused linear", dense_bf16, wb.nbytes, big, reps))
+        rows.append(bandwidth("2:4 bf16", ours24, s24.nbytes, big, reps))
+        rows.append(bandwidth("2:4 int8", ours24i, s24i.nbytes, big, reps))
+        if has_int8:
+            rows.append(bandwidth("int8 weight-only linear", int8_dense, wq.nbytes, big, reps))
+        for density, cold in bsr.items():
+            rows.append(bandwidth(f"BSR {int(density * 100)}% bf16", ours_bsr(density), cold.nbytes, big, reps))
+
+        if not args.quick:
+            print("## sweep: 2:4 bf16 vs dense bf16, M rows of x")
+            for m in (4, 16):
+                xm = torch.randn(m, k)
+                rows.append(versus(f"M={m}: 2:4 bf16 vs dense bf16 fused linear", lambda xm=xm: ours24(xm),
+                                   lambda xm=xm: dense_bf16(xm), max(7, reps // 2)))
+
+    if args.out:
+        args.out.write_text(json.dumps({"isa": isa, "threads": threads, "torch": torch.__version__,
+                                        "machine": platform.machine(), "rows": rows}, indent=2))
+        print(f"# wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

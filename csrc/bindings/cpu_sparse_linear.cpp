@@ -1,0 +1,179 @@
+// Binding of the CPU sparse linear kernels (see csrc/cpu/sparse_linear.h). Every size is
+// re-checked here, and for BSR every index (O(nnz), a few microseconds), so that no
+// input can make a kernel read or write out of bounds. 2:4 metadata needs no check for
+// memory safety: each 2-bit field addresses a position inside its own group.
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "bindings/cpu_checks.h"
+#include "cpu/cpu_features.h"
+#include "cpu/sparse_linear.h"
+
+namespace py = pybind11;
+using namespace bigperf::cpu;
+using bigperf::bindings::require;
+using bigperf::bindings::to_dtype;
+
+namespace {
+
+constexpr const char* k24Fn = "bigperf._C.sparse24_linear";
+constexpr const char* kBsrFn = "bigperf._C.block_sparse_linear";
+
+using S24Fn = void (*)(const Sparse24Args&);
+using BsrFn = void (*)(const BsrArgs&);
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+void require_isa(const std::string& isa, const char* fn) {
+  require(isa_runnable(isa), fn,
+          "argument 'isa': ISA path '" + isa + "' is not compiled in or not supported by this CPU");
+}
+
+S24Fn s24_kernel(const std::string& isa) {
+  require_isa(isa, k24Fn);
+#if defined(BIGPERF_X86)
+  if (isa == "avx512") return sparse24_linear_avx512;
+  if (isa == "avx2") return sparse24_linear_avx2;
+#endif
+  return sparse24_linear_scalar;
+}
+
+BsrFn bsr_kernel(const std::string& isa) {
+  require_isa(isa, kBsrFn);
+#if defined(BIGPERF_X86)
+  if (isa == "avx512") return block_sparse_linear_avx512;
+  if (isa == "avx2") return block_sparse_linear_avx2;
+#endif
+  return block_sparse_linear_scalar;
+}
+
+void check_common(const char* fn, int64_t M, int64_t N, int64_t K, int act, int num_threads, uintptr_t x,
+                  int64_t x_row_stride, uintptr_t out, int64_t out_row_stride) {
+  require(M >= 0, fn, "argument 'M' must be non-negative, got " + str(M));
+  require(N >= 0, fn, "argument 'N' must be non-negative, got " + str(N));
+  require(K >= 0, fn, "argument 'K' must be non-negative, got " + str(K));
+  require(act >= 0 && act <= 4, fn, "argument 'act' has unknown activation code " + std::to_string(act));
+  require(num_threads >= 1, fn, "argument 'num_threads' must be >= 1, got " + std::to_string(num_threads));
+  if (M == 0 || N == 0) return;
+  require(out != 0, fn, "argument 'out' is a null pointer");
+  require(K == 0 || x != 0, fn, "argument 'x' is a null pointer");
+  require(x_row_stride >= K || M == 1, fn,
+          "argument 'x_row_stride' " + str(x_row_stride) + " is smaller than K = " + str(K));
+  require(out_row_stride >= N || M == 1, fn,
+          "argument 'out_row_stride' " + str(out_row_stride) + " is smaller than N = " + str(N));
+}
+
+void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
+                     int64_t values_row_stride, int values_dtype, uintptr_t meta, int64_t meta_row_stride,
+                     uintptr_t scale, uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
+                     int64_t K, int act, int num_threads) {
+  const char* fn = k24Fn;
+  check_common(fn, M, N, K, act, num_threads, x, x_row_stride, out, out_row_stride);
+  Sparse24Args a{};
+  a.x_dtype = to_dtype(x_dtype, fn, "argument 'x_dtype'");
+  require(values_dtype >= 0 && values_dtype <= 3, fn,
+          "argument 'values_dtype' has unknown code " + std::to_string(values_dtype) +
+              " (0 f32, 1 f16, 2 bf16, 3 int8)");
+  a.values_dtype = static_cast<S24Values>(values_dtype);
+  require(K % 8 == 0, fn, "argument 'K' = " + str(K) + " must be a multiple of 8 for the 2:4 format");
+  require(a.values_dtype != S24Values::i8 || scale != 0, fn, "argument 'scale' is required for int8 values");
+  S24Fn kernel = s24_kernel(isa);
+  if (M == 0 || N == 0) return;
+  require(K == 0 || (values != 0 && meta != 0), fn, "argument 'values' or 'meta' is a null pointer");
+  require(values_row_stride >= K / 2 || N == 1, fn,
+          "argument 'values_row_stride' " + str(values_row_stride) + " is smaller than K/2 = " + str(K / 2));
+  require(meta_row_stride >= K / 8 || N == 1, fn,
+          "argument 'meta_row_stride' " + str(meta_row_stride) + " is smaller than K/8 = " + str(K / 8));
+  a.x = reinterpret_cast<const void*>(x);
+  a.x_row_stride = x_row_stride;
+  a.values = reinterpret_cast<const void*>(values);
+  a.values_row_stride = values_row_stride;
+  a.meta = reinterpret_cast<const uint8_t*>(meta);
+  a.meta_row_stride = meta_row_stride;
+  a.scale = a.values_dtype == S24Values::i8 ? reinterpret_cast<const float*>(scale) : nullptr;
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.out = reinterpret_cast<void*>(out);
+  a.out_row_stride = out_row_stride;
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.act = static_cast<Activation>(act);
+  a.num_threads = num_threads;
+  py::gil_scoped_release release;
+  kernel(a);
+}
+
+void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
+                         int values_dtype, int64_t bn, int64_t bk, uintptr_t col_indices, uintptr_t row_ptr,
+                         int64_t nnz, uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
+                         int64_t K, int act, int num_threads) {
+  const char* fn = kBsrFn;
+  check_common(fn, M, N, K, act, num_threads, x, x_row_stride, out, out_row_stride);
+  BsrArgs a{};
+  a.x_dtype = to_dtype(x_dtype, fn, "argument 'x_dtype'");
+  a.values_dtype = to_dtype(values_dtype, fn, "argument 'values_dtype'");
+  require(bn >= 1, fn, "argument 'bn' must be >= 1, got " + str(bn));
+  require(bk >= 1, fn, "argument 'bk' must be >= 1, got " + str(bk));
+  require(N % bn == 0, fn, "argument 'N' = " + str(N) + " is not a multiple of the block height bn = " + str(bn));
+  require(K % bk == 0, fn, "argument 'K' = " + str(K) + " is not a multiple of the block width bk = " + str(bk));
+  require(nnz >= 0, fn, "argument 'nnz' must be non-negative, got " + str(nnz));
+  BsrFn kernel = bsr_kernel(isa);
+  if (M == 0 || N == 0) return;
+  require(row_ptr != 0, fn, "argument 'row_ptr' is a null pointer");
+  require(nnz == 0 || (values != 0 && col_indices != 0), fn, "argument 'values' or 'col_indices' is a null pointer");
+  // The index arrays, read here before any kernel runs; N / bn + 1 row pointers is what
+  // the caller's row_ptr must hold (N is derived from it on the Python side).
+  const int64_t block_rows = N / bn, block_cols = K / bk;
+  const auto* rp = reinterpret_cast<const int32_t*>(row_ptr);
+  require(rp[0] == 0, fn, "argument 'row_ptr' must start at 0, got " + str(rp[0]));
+  int64_t decreasing = -1;  // (the message is built only on failure: this loop is per call)
+  for (int64_t i = 0; i < block_rows && decreasing < 0; ++i)
+    if (rp[i + 1] < rp[i]) decreasing = i;
+  require(decreasing < 0, fn, "argument 'row_ptr' decreases at block row " + str(decreasing));
+  require(rp[block_rows] == nnz, fn,
+          "argument 'row_ptr' ends at " + str(rp[block_rows]) + ", expected nnz = " + str(nnz));
+  const auto* ci = reinterpret_cast<const int32_t*>(col_indices);
+  int32_t lo = 0, hi = 0;
+  for (int64_t i = 0; i < nnz; ++i) {
+    lo = ci[i] < lo ? ci[i] : lo;
+    hi = ci[i] > hi ? ci[i] : hi;
+  }
+  require(lo >= 0 && (nnz == 0 || hi < block_cols), fn,
+          "argument 'col_indices' holds block columns outside [0, " + str(block_cols) + ")");
+  a.x = reinterpret_cast<const void*>(x);
+  a.x_row_stride = x_row_stride;
+  a.values = reinterpret_cast<const void*>(values);
+  a.bn = bn;
+  a.bk = bk;
+  a.col_indices = ci;
+  a.row_ptr = rp;
+  a.nnz = nnz;
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.out = reinterpret_cast<void*>(out);
+  a.out_row_stride = out_row_stride;
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.act = static_cast<Activation>(act);
+  a.num_threads = num_threads;
+  py::gil_scoped_release release;
+  kernel(a);
+}
+
+}  // namespace
+
+void register_sparse_linear(py::module_& m) {
+  m.def("sparse24_linear", &sparse24_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
+        py::arg("x_dtype"), py::arg("values"), py::arg("values_row_stride"), py::arg("values_dtype"),
+        py::arg("meta"), py::arg("meta_row_stride"), py::arg("scale"), py::arg("bias"), py::arg("out"),
+        py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
+        py::arg("num_threads"),
+        "out = act(x @ W^T + bias), W 2:4 compressed (values, meta[, scale]); raw pointers, releases the GIL");
+  m.def("block_sparse_linear", &block_sparse_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
+        py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("bn"), py::arg("bk"),
+        py::arg("col_indices"), py::arg("row_ptr"), py::arg("nnz"), py::arg("bias"), py::arg("out"),
+        py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
+        py::arg("num_threads"),
+        "out = act(x @ W^T + bias), W in BSR form (only stored blocks are read); raw pointers, releases the GIL");
+}

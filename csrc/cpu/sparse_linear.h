@@ -1,0 +1,68 @@
+// Sparse linear layers for the CPU: the contract between csrc/bindings/cpu_sparse_linear.cpp
+// and the per-ISA kernels (sparse_linear_{scalar,avx2,avx512}.cpp).
+//
+//   2:4:  out = act(x @ W^T + bias), W [N, K] stored compressed as in bigperf/sparsity.py:
+//         values [N, K/2] (the two kept values of each group of 4 along K, in K order),
+//         meta [N, K/8] uint8 (byte j: groups 2j and 2j+1, 2 bits per kept position,
+//         the lower position first). int8 values carry a per-row fp32 scale [N, 1].
+//   BSR:  out = act(x @ W^T + bias), W as (bn, bk) blocks: values [nnz, bn, bk] contiguous,
+//         col_indices [nnz] (block column), row_ptr [N/bn + 1].
+//
+// fp32 accumulation; the output has x's dtype (round to nearest even). The binding has
+// checked every size, and for BSR every index, before a kernel runs.
+#pragma once
+#include <cstdint>
+
+#include "cpu/fused_linear.h"  // DType, Activation
+
+namespace bigperf::cpu {
+
+// Value dtype codes of the 2:4 binding: the float codes of DType, then int8.
+enum class S24Values : int { f32 = 0, f16 = 1, bf16 = 2, i8 = 3 };
+
+struct Sparse24Args {
+  const void* x;              // [M, K] in x_dtype, unit stride along K
+  int64_t x_row_stride;       // elements
+  DType x_dtype;
+  const void* values;         // [N, K/2]
+  int64_t values_row_stride;  // elements
+  S24Values values_dtype;
+  const uint8_t* meta;        // [N, K/8]
+  int64_t meta_row_stride;    // bytes
+  const float* scale;         // [N] (contiguous [N, 1]) for int8 values, else nullptr
+  const float* bias;          // [N] or nullptr
+  void* out;                  // [M, N] in x_dtype
+  int64_t out_row_stride;
+  int64_t M, N, K;            // K % 8 == 0
+  Activation act;
+  int num_threads;
+};
+
+struct BsrArgs {
+  const void* x;              // [M, K] in x_dtype, unit stride along K
+  int64_t x_row_stride;
+  DType x_dtype;
+  const void* values;         // [nnz, bn, bk] contiguous
+  DType values_dtype;
+  int64_t bn, bk;             // N % bn == 0, K % bk == 0
+  const int32_t* col_indices; // [nnz], each in [0, K/bk)
+  const int32_t* row_ptr;     // [N/bn + 1], non-decreasing, 0 .. nnz
+  int64_t nnz;
+  const float* bias;
+  void* out;
+  int64_t out_row_stride;
+  int64_t M, N, K;
+  Activation act;
+  int num_threads;
+};
+
+void sparse24_linear_scalar(const Sparse24Args& args);
+void block_sparse_linear_scalar(const BsrArgs& args);
+#if defined(BIGPERF_X86)
+void sparse24_linear_avx2(const Sparse24Args& args);
+void block_sparse_linear_avx2(const BsrArgs& args);
+void sparse24_linear_avx512(const Sparse24Args& args);
+void block_sparse_linear_avx512(const BsrArgs& args);
+#endif
+
+}  // namespace bigperf::cpu

@@ -1,0 +1,130 @@
+// AVX-512 (F/BW/VL/DQ) path of the sparse linear kernels (BSR and the driver in
+// sparse_linear_kernel.h; the 2:4 inner loop here).
+//
+// 2:4: vpermt2ps picks 16 lanes out of 32 x values, which is exactly one step of 8 groups
+// (32 K elements, 16 kept values in their stored order). Its index for lane j is
+// 4 * (j / 2) + (the 2-bit position field j of the step's metadata word): one variable
+// shift brings field j to the bottom of lane j and one ternary-logic instruction keeps
+// its two bits and adds the group base. x needs no repacking and every value dtype
+// widens in the stored order.
+#include "cpu/vec_avx512.h"
+#include "cpu/sparse_linear_kernel.h"
+
+namespace bigperf::cpu {
+namespace {
+
+using V = VecAvx512;
+
+template <S24Values VT>
+inline __m512 load16(const char* p) {
+  if constexpr (VT == S24Values::f32) {
+    return _mm512_loadu_ps(p);
+  } else if constexpr (VT == S24Values::f16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  } else if constexpr (VT == S24Values::bf16) {
+    const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+  } else {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+}
+
+template <S24Values VT>
+struct PermuteTile {
+  static constexpr int64_t kES = VT == S24Values::f32 ? 4 : VT == S24Values::i8 ? 1 : 2;
+  static constexpr int64_t kStepBytes = 16 * kES;  // 16 values per 32 K elements
+  static constexpr int R = 4;
+  static int64_t packed_stride(int64_t K) { return (K + 63) / 64 * 64; }
+  static void pack_x(const float* src, int64_t K, float* dst) {
+    std::memcpy(dst, src, packed_stride(K) * sizeof(float));
+  }
+
+  template <int MB>
+  static void step(const char* const* v, const uint8_t* const* meta, const float* x, int64_t xps, __m512* acc) {
+    const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+    const __m512i three = _mm512_set1_epi32(3);
+    for (int r = 0; r < R; ++r) {
+      int32_t w;
+      std::memcpy(&w, meta[r], 4);
+      const __m512i t = _mm512_srlv_epi32(_mm512_set1_epi32(w), shifts);
+      const __m512i idx = _mm512_ternarylogic_epi32(t, three, base, 0xEA);  // (t & 3) | base
+      const __m512 vals = load16<VT>(v[r]);
+      for (int m = 0; m < MB; ++m) {
+        const float* X = x + m * xps;
+        const __m512 xs = _mm512_permutex2var_ps(_mm512_loadu_ps(X), idx, _mm512_loadu_ps(X + 16));
+        acc[m * R + r] = _mm512_fmadd_ps(vals, xs, acc[m * R + r]);
+      }
+    }
+  }
+
+  template <int MB>
+  static void rows(const Sparse24Args& a, const int64_t* idx, const float* x, int64_t xps, float* sums, bool pf) {
+    __m512 acc[MB * R];
+    for (auto& v : acc) v = _mm512_setzero_ps();
+    const char* v[R];
+    const uint8_t* meta[R];
+    for (int r = 0; r < R; ++r) {
+      v[r] = static_cast<const char*>(a.values) + idx[r] * a.values_row_stride * kES;
+      meta[r] = a.meta + idx[r] * a.meta_row_stride;
+    }
+    const int64_t full = a.K / 32;
+    // The next tile's rows at the same offset, as in the AVX2 kernel (page boundaries stop
+    // the hardware prefetchers); only on the first block of x rows, which streams W.
+    const int64_t pf_v = R * a.values_row_stride * kES, pf_m = R * a.meta_row_stride;
+    for (int64_t c = 0; c < full; ++c) {
+      if (pf && (c * kStepBytes) % 64 == 0)
+        for (int r = 0; r < R; ++r) _mm_prefetch(v[r] + pf_v, _MM_HINT_T0);
+      if (pf && (c & 15) == 0)
+        for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(meta[r]) + pf_m, _MM_HINT_T0);
+      step<MB>(v, meta, x + c * 32, xps, acc);
+      for (int r = 0; r < R; ++r) {
+        v[r] += kStepBytes;
+        meta[r] += 4;
+      }
+    }
+    if (const int64_t tail = a.K % 32) {
+      // Zero-padded copies of the row ends: nothing is read past a row.
+      alignas(64) char vt[R][kStepBytes] = {};
+      alignas(64) uint8_t mt[R][4] = {};
+      for (int r = 0; r < R; ++r) {
+        std::memcpy(vt[r], v[r], tail / 2 * kES);
+        std::memcpy(mt[r], meta[r], tail / 8);
+        v[r] = vt[r];
+        meta[r] = mt[r];
+      }
+      step<MB>(v, meta, x + full * 32, xps, acc);
+    }
+    for (int m = 0; m < MB; ++m)
+      for (int r = 0; r < R; ++r) sums[m * R + r] = V::hsum(acc[m * R + r]);
+  }
+
+  // x rows in blocks of up to 4: the tile's weights come from memory for the first block
+  // and from cache for the others.
+  static void run(const Sparse24Args& a, const int64_t* idx, const float* xp, int64_t xps, int64_t ms, float* sums) {
+    for (int64_t m = 0; m < ms; m += 4) {
+      const float* x = xp + m * xps;
+      switch (sp_min(4, ms - m)) {
+        case 1: rows<1>(a, idx, x, xps, sums + m * R, m == 0); break;
+        case 2: rows<2>(a, idx, x, xps, sums + m * R, m == 0); break;
+        case 3: rows<3>(a, idx, x, xps, sums + m * R, m == 0); break;
+        default: rows<4>(a, idx, x, xps, sums + m * R, m == 0); break;
+      }
+    }
+  }
+};
+
+}  // namespace
+
+void sparse24_linear_avx512(const Sparse24Args& a) {
+  switch (a.values_dtype) {
+    case S24Values::f32: s24_drive<V, PermuteTile<S24Values::f32>>(a); break;
+    case S24Values::f16: s24_drive<V, PermuteTile<S24Values::f16>>(a); break;
+    case S24Values::bf16: s24_drive<V, PermuteTile<S24Values::bf16>>(a); break;
+    case S24Values::i8: s24_drive<V, PermuteTile<S24Values::i8>>(a); break;
+  }
+}
+
+void block_sparse_linear_avx512(const BsrArgs& a) { bsr_dispatch<V>(a); }
+
+}  // namespace bigperf::cpu

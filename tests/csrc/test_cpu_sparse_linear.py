@@ -1,0 +1,338 @@
+"""The CPU sparse kernels (bigperf._C.sparse24_linear / block_sparse_linear), for every ISA
+path compiled into the module, through the ops under use_backend("cpu") + use_cpu_isa and
+directly on raw pointers. The oracle is float64 math on the pruned dense weight; compiled
+paths this CPU cannot execute are skipped with the reason, and the AVX-512 unit is also
+checked under SIMDe emulation against the scalar path (last test)."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import bigperf
+from bigperf.ops.activations import ACTIVATIONS
+from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
+from bigperf.sparsity import (
+    block_mask,
+    nm_mask,
+    pack_24,
+    pack_24_int8,
+    pack_bsr,
+    unpack_24,
+    unpack_bsr,
+)
+from tests.helpers import TOLERANCE, fused_linear_fp64, random_tensor, rel_error
+
+C = pytest.importorskip("bigperf._C", reason="bigperf._C is not built")
+if not hasattr(C, "sparse24_linear"):
+    pytest.skip("bigperf._C was built without the sparse kernels (rebuild the package)", allow_module_level=True)
+
+CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+VALUE_TYPES = ("f32", "f16", "bf16", "int8")
+VALUE_DTYPE = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _isa_params():
+    runnable = set(C.runnable_isas())
+    missing = ", ".join(sorted(k for k, v in C.cpu_features().items() if not v)) or "unknown"
+    return [pytest.param(isa, id=isa) if isa in runnable else
+            pytest.param(isa, id=isa, marks=pytest.mark.skip(
+                reason=f"ISA path '{isa}' is compiled but this CPU cannot run it (missing: {missing})"))
+            for isa in C.compiled_isas()]
+
+
+ISAS = _isa_params()
+RUNNABLE = C.runnable_isas()
+
+
+def _tol(dtype):
+    return max(TOLERANCE[dtype], 1e-5)
+
+
+def _pruned24(n, k, seed, sparse_groups=True):
+    """A 2:4 weight; with sparse_groups some groups keep fewer than two non-zeros."""
+    w = random_tensor(n, k, seed=seed, scale=k ** -0.5)
+    w = w * nm_mask(w)
+    if sparse_groups:
+        w[torch.rand(n, k, generator=torch.Generator().manual_seed(seed + 1)) < 0.1] = 0
+    return w
+
+
+def _pack24(w, vt):
+    return pack_24_int8(w) if vt == "int8" else pack_24(w.to(VALUE_DTYPE[vt]))
+
+
+@functools.cache
+def _packed24(n, k, vt, seed, sparse_groups=True):
+    """Packed weights and their dense form, shared by the ISA variants of a test (read only)."""
+    p = _pack24(_pruned24(n, k, seed, sparse_groups), vt)
+    return p, _dense24(p)
+
+
+def _dense24(p):
+    return unpack_24(p.values, p.meta, p.scale, torch.float32)
+
+
+def _run24(isa, x, p, bias=None, activation="none"):
+    with bigperf.use_backend("cpu"), bigperf.use_cpu_isa(isa):
+        return sparse24_linear(x, p.values, p.meta, p.scale, bias, activation)
+
+
+def _runbsr(isa, x, p, bias=None, activation="none"):
+    with bigperf.use_backend("cpu"), bigperf.use_cpu_isa(isa):
+        return block_sparse_linear(x, p.values, p.col_indices, p.row_ptr, bias, activation)
+
+
+def _check(out, ref, dtype):
+    assert out.dtype == dtype and not torch.isnan(out).any(), "NaN in the output: an element was not written"
+    err = rel_error(out, ref)
+    assert err <= _tol(dtype), f"relative Frobenius error {err:.3g} > {_tol(dtype):.1g}"
+
+
+# ----------------------------------------------------------------------------- 2:4
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("vt", VALUE_TYPES)
+@pytest.mark.parametrize("x_dtype", FLOATS, ids=lambda d: "x_" + str(d)[6:])
+def test_sparse24_dtypes_and_activations(isa, x_dtype, vt, activation):
+    # K = 136: two whole 64-element steps and a tail of one metadata byte.
+    n, k = 40, 136
+    p = _pack24(_pruned24(n, k, seed=1), vt)
+    x, b = random_tensor(3, k, dtype=x_dtype, seed=2, scale=2.0), random_tensor(n, seed=3)
+    out = _run24(isa, x, p, b, activation)
+    _check(out, fused_linear_fp64(x, _dense24(p), b, None, activation), x_dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("vt", ["bf16", "int8", "f32"])
+@pytest.mark.parametrize("m", [1, 3, 17, 33])
+@pytest.mark.parametrize("n,k", [(77, 72), (130, 264), (5, 8), (300, 1024)])
+def test_sparse24_shapes(isa, vt, m, n, k):
+    p, dense = _packed24(n, k, vt, seed=4)
+    x = random_tensor(m, k, seed=5)
+    _check(_run24(isa, x, p), fused_linear_fp64(x, dense), torch.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("vt", VALUE_TYPES)
+def test_sparse24_gemv_large(isa, vt):
+    """The decode shape's code path (threads over N, many tiles) on a smaller N."""
+    p, dense = _packed24(600, 4096, vt, seed=6, sparse_groups=False)
+    x = random_tensor(1, 4096, seed=7)
+    _check(_run24(isa, x, p), fused_linear_fp64(x, dense), torch.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("vt", ["bf16", "int8"])
+def test_sparse24_strided_x_and_poisoned_output(isa, vt):
+    m, n, k = 5, 70, 200
+    p = _pack24(_pruned24(n, k, seed=8), vt)
+    x = random_tensor(m, k + 24, seed=9)[:, :k]  # row stride k + 24
+    b = random_tensor(n, seed=10)
+    _check(_run24(isa, x, p, b, "silu"), fused_linear_fp64(x, _dense24(p), b, None, "silu"), torch.float32)
+    # Direct call into a NaN-poisoned output with padded rows: every element of [m, n] is
+    # written and nothing beyond it.
+    wide = torch.full((m, n + 3), float("nan"))
+    code = 3 if vt == "int8" else CODE[p.values.dtype]
+    C.sparse24_linear(isa, x.data_ptr(), x.stride(0), 0, p.values.data_ptr(), p.values.stride(0), code,
+                      p.meta.data_ptr(), p.meta.stride(0), p.scale.data_ptr() if p.scale is not None else 0,
+                      b.data_ptr(), wide.data_ptr(), wide.stride(0), m, n, k, ACTIVATIONS.index("silu"), 2)
+    _check(wide[:, :n], fused_linear_fp64(x, _dense24(p), b, None, "silu"), torch.float32)
+    assert torch.isnan(wide[:, n:]).all(), "the kernel wrote past the end of an output row"
+
+
+@pytest.mark.parametrize("isa", RUNNABLE)
+def test_sparse24_negative_control(isa):
+    p = pack_24(_pruned24(16, 64, seed=11).bfloat16())
+    x = random_tensor(1, 64, seed=12)
+    before = _run24(isa, x, p)
+    p.values[7, 13] += 1.0
+    after = _run24(isa, x, p)
+    changed = (after != before).flatten().nonzero().flatten().tolist()
+    assert changed == [7], f"changing one value of row 7 changed outputs {changed}"
+
+
+# ----------------------------------------------------------------------------- BSR
+
+def _pruned_bsr(n, k, block, density, seed, empty_rows=()):
+    w = random_tensor(n, k, seed=seed, scale=k ** -0.5)
+    w = w * block_mask(w, block, density)
+    for r in empty_rows:  # block rows with no stored block at all
+        w[r * block[0]:(r + 1) * block[0]] = 0
+    return w
+
+
+def _dense_bsr(p, k):
+    return unpack_bsr(p.values.float(), p.col_indices, p.row_ptr, k)
+
+
+BLOCKS = [(16, 16), (8, 32), (32, 8), (4, 4), (3, 12), (5, 2)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("density", [0.1, 0.5, 1.0])
+@pytest.mark.parametrize("v_dtype", FLOATS, ids=lambda d: "v_" + str(d)[6:])
+def test_block_sparse_blocks_and_densities(isa, block, density, v_dtype):
+    bn, bk = block
+    n, k = 12 * bn, 16 * bk
+    empty = (1, 5) if density < 1 else ()
+    p = pack_bsr(_pruned_bsr(n, k, block, density, seed=13, empty_rows=empty).to(v_dtype), block)
+    if empty:
+        assert (p.row_ptr[2] == p.row_ptr[1]) and (p.row_ptr[6] == p.row_ptr[5])
+    x, b = random_tensor(3, k, seed=14), random_tensor(n, seed=15)
+    out = _runbsr(isa, x, p, b, "gelu")
+    _check(out, fused_linear_fp64(x, _dense_bsr(p, k), b, None, "gelu"), torch.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("x_dtype", FLOATS, ids=lambda d: "x_" + str(d)[6:])
+def test_block_sparse_x_dtypes_and_activations(isa, x_dtype, activation):
+    block = (8, 16)
+    p = pack_bsr(_pruned_bsr(48, 96, block, 0.5, seed=16).bfloat16(), block)
+    x, b = random_tensor(2, 96, dtype=x_dtype, seed=17, scale=2.0), random_tensor(48, seed=18)
+    out = _runbsr(isa, x, p, b, activation)
+    _check(out, fused_linear_fp64(x, _dense_bsr(p, 96), b, None, activation), x_dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", [1, 3, 17, 33])
+@pytest.mark.parametrize("block", [(16, 16), (4, 4)], ids=lambda b: f"{b[0]}x{b[1]}")
+def test_block_sparse_rows_and_threads(isa, m, block):
+    n, k = 36 * 4 if block == (4, 4) else 144, 512  # N not a multiple of 16 for 4x4 blocks
+    p = pack_bsr(_pruned_bsr(n, k, block, 0.3, seed=19), block)
+    x = random_tensor(m, k, seed=20)
+    _check(_runbsr(isa, x, p), fused_linear_fp64(x, _dense_bsr(p, k)), torch.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_block_sparse_strided_x_and_poisoned_output(isa):
+    m, n, k, block = 4, 64, 160, (16, 16)
+    p = pack_bsr(_pruned_bsr(n, k, block, 0.4, seed=21, empty_rows=(2,)), block)
+    x = random_tensor(m, k + 8, seed=22)[:, :k]
+    b = random_tensor(n, seed=23)
+    _check(_runbsr(isa, x, p, b, "relu"), fused_linear_fp64(x, _dense_bsr(p, k), b, None, "relu"), torch.float32)
+    wide = torch.full((m, n + 5), float("nan"))
+    C.block_sparse_linear(isa, x.data_ptr(), x.stride(0), 0, p.values.data_ptr(), 0, 16, 16,
+                          p.col_indices.data_ptr(), p.row_ptr.data_ptr(), p.values.shape[0], b.data_ptr(),
+                          wide.data_ptr(), wide.stride(0), m, n, k, ACTIVATIONS.index("relu"), 2)
+    _check(wide[:, :n], fused_linear_fp64(x, _dense_bsr(p, k), b, None, "relu"), torch.float32)
+    assert torch.isnan(wide[:, n:]).all(), "the kernel wrote past the end of an output row"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _bsr_call(col_indices_t=None, row_ptr_t=None, **over):
+    """Direct block_sparse_linear call on a valid 32x64 problem, with overrides."""
+    block = (8, 16)
+    p = pack_bsr(_pruned_bsr(32, 64, block, 0.5, seed=24), block)
+    x, out = random_tensor(2, 64), torch.empty(2, 32)
+    ci = p.col_indices if col_indices_t is None else col_indices_t
+    rp = p.row_ptr if row_ptr_t is None else row_ptr_t
+    args = {"isa": RUNNABLE[0], "x": x.data_ptr(), "x_row_stride": 64, "x_dtype": 0, "values": p.values.data_ptr(),
+            "values_dtype": 0, "bn": 8, "bk": 16, "col_indices": ci.data_ptr(), "row_ptr": rp.data_ptr(),
+            "nnz": p.values.shape[0], "bias": 0, "out": out.data_ptr(), "out_row_stride": 32, "M": 2, "N": 32,
+            "K": 64, "act": 0, "num_threads": 1}
+    args.update(over)
+    keep = (p, x, out, ci, rp)  # noqa: F841 - the pointers must stay valid during the call
+    return C.block_sparse_linear(**args)
+
+
+def _corrupt(kind):
+    p = pack_bsr(_pruned_bsr(32, 64, (8, 16), 0.5, seed=24), (8, 16))
+    ci, rp = p.col_indices.clone(), p.row_ptr.clone()
+    if kind == "col_high":
+        ci[3] = 4  # K / bk = 4 block columns
+    elif kind == "col_negative":
+        ci[0] = -1
+    elif kind == "row_ptr_start":
+        rp[0] = 1
+    elif kind == "row_ptr_decreasing":
+        rp[2] = rp[1] - 1
+    elif kind == "row_ptr_end":
+        rp[-1] += 1
+    return {"col_indices_t": ci, "row_ptr_t": rp}
+
+
+@pytest.mark.parametrize("kind,match", [("col_high", "col_indices"), ("col_negative", "col_indices"),
+                                        ("row_ptr_start", "row_ptr"), ("row_ptr_decreasing", "row_ptr"),
+                                        ("row_ptr_end", "row_ptr")])
+def test_corrupt_bsr_indices_are_refused(kind, match):
+    with pytest.raises(ValueError, match=f"bigperf._C.block_sparse_linear: argument '{match}'"):
+        _bsr_call(**_corrupt(kind))
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"N": 30}, "'N'"), ({"K": 60}, "'K'"), ({"bn": 0}, "'bn'"), ({"nnz": -1}, "'nnz'"),
+    ({"M": -1}, "'M'"), ({"values_dtype": 3}, "'values_dtype'"), ({"x_dtype": 7}, "'x_dtype'"),
+    ({"act": 9}, "'act'"), ({"num_threads": 0}, "'num_threads'"), ({"x_row_stride": 10}, "'x_row_stride'"),
+    ({"out_row_stride": 8}, "'out_row_stride'"), ({"out": 0}, "'out'"), ({"row_ptr": 0}, "'row_ptr'"),
+    ({"col_indices": 0}, "'values' or 'col_indices'"), ({"isa": "neon"}, "'isa'")])
+def test_bad_bsr_sizes_are_refused(over, match):
+    with pytest.raises(ValueError, match=f"bigperf._C.block_sparse_linear: argument {match}"):
+        _bsr_call(**over)
+
+
+def _s24_call(**over):
+    p = pack_24_int8(_pruned24(16, 64, seed=25))
+    x, out = random_tensor(2, 64), torch.empty(2, 16)
+    args = {"isa": RUNNABLE[0], "x": x.data_ptr(), "x_row_stride": 64, "x_dtype": 0, "values": p.values.data_ptr(),
+            "values_row_stride": 32, "values_dtype": 3, "meta": p.meta.data_ptr(), "meta_row_stride": 8,
+            "scale": p.scale.data_ptr(), "bias": 0, "out": out.data_ptr(), "out_row_stride": 16, "M": 2, "N": 16,
+            "K": 64, "act": 0, "num_threads": 1}
+    args.update(over)
+    keep = (p, x, out)  # noqa: F841
+    return C.sparse24_linear(**args)
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"K": 60}, "'K'"), ({"scale": 0}, "'scale'"), ({"values_dtype": 4}, "'values_dtype'"),
+    ({"values_row_stride": 31}, "'values_row_stride'"), ({"meta_row_stride": 7}, "'meta_row_stride'"),
+    ({"x_row_stride": 63}, "'x_row_stride'"), ({"out_row_stride": 15}, "'out_row_stride'"),
+    ({"N": -1}, "'N'"), ({"act": 5}, "'act'"), ({"num_threads": 0}, "'num_threads'"),
+    ({"meta": 0}, "'values' or 'meta'"), ({"x_dtype": 3}, "'x_dtype'"), ({"isa": "sse"}, "'isa'")])
+def test_bad_sparse24_sizes_are_refused(over, match):
+    with pytest.raises(ValueError, match=f"bigperf._C.sparse24_linear: argument {match}"):
+        _s24_call(**over)
+
+
+def test_valid_direct_calls_pass():
+    _s24_call()
+    _bsr_call()
+
+
+# ----------------------------------------------------------------------------- AVX-512 on SIMDe
+
+EMULATION = Path(__file__).resolve().parent / "sparse_linear_emulation"
+SIMDE_HEADER = Path("/usr/include/simde/x86/avx512.h")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 kernels")
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not found")
+@pytest.mark.skipif(not SIMDE_HEADER.exists(),
+                    reason="SIMDe headers not installed (apt-get install libsimde-dev) to emulate AVX-512")
+def test_avx512_path_under_simde_emulation(tmp_path):
+    """The AVX-512 unit built on SIMDe and compared with the scalar path (check_*.cpp).
+
+    Checks its logic on any x86 CPU; on an AVX-512 machine the tests above run it for real.
+    """
+    root = Path(__file__).resolve().parents[2]
+    flags = ["g++", "-std=c++17", "-O1", "-DBIGPERF_X86=1", f"-I{root / 'csrc'}", "-pthread", "-w"]
+    unit = tmp_path / "unit.o"
+    subprocess.run([*flags, "-c", str(EMULATION / "sparse_linear_avx512_simde.cpp"), "-o", str(unit)], check=True)
+    exe = tmp_path / "check"
+    subprocess.run([*flags, str(EMULATION / "check_sparse_linear_avx512.cpp"), str(unit),
+                    str(root / "csrc/cpu/sparse_linear_scalar.cpp"), str(root / "csrc/cpu/thread_pool.cpp"),
+                    "-o", str(exe)], check=True)
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " 0 failures" in run.stdout
