@@ -37,8 +37,9 @@ from bigperf.quant import GROUP_SIZES, dequantize_weight, quantize_activation_pe
 
 WEIGHT_OP = "bigperf.int8_weight_linear"
 DYNAMIC_OP = "bigperf.int8_dynamic_linear"
-# Above these row counts the CPU backend leaves the skinny kernels (see benchmarks/NOTES.md).
-CPU_WEIGHT_ONLY_MAX_M = 16
+# Above this many rows the CPU backend dequantises once and uses PyTorch's GEMM: the skinny
+# kernel still won 2.04x at M = 256, halving per doubling of M (benchmarks/NOTES.md, int8 CPU).
+CPU_WEIGHT_ONLY_MAX_M = 256
 
 
 def _validate_common(op, x, qweight, scale, bias, activation):

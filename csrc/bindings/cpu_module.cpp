@@ -11,6 +11,8 @@ using namespace bigperf::cpu;
 
 // One registration function per op family (csrc/bindings/cpu_<family>.cpp).
 void register_fused_linear(py::module_& m);
+void register_int8_linear(py::module_& m);
+void register_sparse_linear(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "bigperf CPU kernels (raw-pointer interface; see bigperf/ops for the torch ops)";
@@ -25,4 +27,6 @@ PYBIND11_MODULE(_C, m) {
     return d;
   });
   register_fused_linear(m);
+  register_int8_linear(m);
+  register_sparse_linear(m);
 }

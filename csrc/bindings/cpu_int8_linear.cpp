@@ -1,0 +1,144 @@
+// Binding of the CPU int8 linear kernels (see csrc/cpu/int8_linear.h).
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "bindings/cpu_checks.h"
+#include "cpu/cpu_features.h"
+#include "cpu/int8_linear.h"
+
+namespace py = pybind11;
+using namespace bigperf::cpu;
+using bigperf::bindings::require;
+using bigperf::bindings::to_dtype;
+
+namespace {
+
+constexpr const char* kWeightFn = "bigperf._C.int8_weight_linear";
+constexpr const char* kDynamicFn = "bigperf._C.int8_dynamic_linear";
+
+using WeightFn = void (*)(const Int8WeightLinearArgs&);
+using DynamicFn = void (*)(const Int8DynamicLinearArgs&);
+
+void require_isa(const std::string& isa, const char* fn) {
+  require(isa_runnable(isa), fn, "ISA path '" + isa + "' is not compiled in or not supported by this CPU");
+}
+
+WeightFn weight_kernel(const std::string& isa) {
+  require_isa(isa, kWeightFn);
+#if defined(BIGPERF_X86)
+  if (isa == "avx512") return int8_weight_linear_avx512;
+  if (isa == "avx2") return int8_weight_linear_avx2;
+#endif
+  return int8_weight_linear_scalar;
+}
+
+DynamicFn dynamic_kernel(const std::string& isa) {
+  require_isa(isa, kDynamicFn);
+#if defined(BIGPERF_X86)
+  if (isa == "avx512") return int8_dynamic_linear_avx512;
+  if (isa == "avx2") return int8_dynamic_linear_avx2;
+#endif
+  return int8_dynamic_linear_scalar;
+}
+
+// The checks both ops share; nonzero M and N only (nothing is touched otherwise).
+void check_common(const char* fn, uintptr_t x, int64_t x_row_stride, uintptr_t qw, int64_t qw_row_stride,
+                  uintptr_t scale, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N, int64_t K) {
+  require(out != 0, fn, "argument 'out' is a null pointer");
+  require(scale != 0, fn, "argument 'scale' is a null pointer");
+  require(K == 0 || (x != 0 && qw != 0), fn, "argument 'x' or 'qweight' is a null pointer");
+  require(out_row_stride >= N || M == 1, fn,
+          "argument 'out_row_stride' " + std::to_string(out_row_stride) + " is smaller than N = " + std::to_string(N));
+  require(x_row_stride >= K || M == 1, fn,
+          "argument 'x_row_stride' " + std::to_string(x_row_stride) + " is smaller than K = " + std::to_string(K));
+  require(qw_row_stride >= K || N == 1, fn,
+          "argument 'qw_row_stride' " + std::to_string(qw_row_stride) + " is smaller than K = " + std::to_string(K));
+}
+
+void check_sizes(const char* fn, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
+  require(M >= 0 && N >= 0 && K >= 0, fn, "arguments 'M', 'N' and 'K' must be non-negative");
+  require(act >= 0 && act <= 4, fn, "argument 'act' has unknown activation code " + std::to_string(act));
+  require(num_threads >= 1, fn, "argument 'num_threads' must be >= 1");
+}
+
+void int8_weight_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t qw,
+                        int64_t qw_row_stride, uintptr_t scale, uintptr_t zero_point, int64_t groups,
+                        uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N, int64_t K,
+                        int act, int num_threads) {
+  const char* fn = kWeightFn;
+  check_sizes(fn, M, N, K, act, num_threads);
+  Int8WeightLinearArgs a{};
+  a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
+  require(groups >= 1, fn, "argument 'groups' must be >= 1, got " + std::to_string(groups));
+  require(K % groups == 0, fn,
+          "argument 'groups' " + std::to_string(groups) + " does not divide K = " + std::to_string(K));
+  WeightFn kernel = weight_kernel(isa);
+  if (M == 0 || N == 0) return;
+  check_common(fn, x, x_row_stride, qw, qw_row_stride, scale, out, out_row_stride, M, N, K);
+  // K == 0: out = act(bias); the portable path handles it without vector-width cases.
+  if (K == 0) kernel = int8_weight_linear_scalar;
+  a.x = reinterpret_cast<const void*>(x);
+  a.x_row_stride = x_row_stride;
+  a.qw = reinterpret_cast<const int8_t*>(qw);
+  a.qw_row_stride = qw_row_stride;
+  a.scale = reinterpret_cast<const float*>(scale);
+  a.zero_point = reinterpret_cast<const int8_t*>(zero_point);
+  a.groups = groups;
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.out = reinterpret_cast<void*>(out);
+  a.out_row_stride = out_row_stride;
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.act = static_cast<Activation>(act);
+  a.num_threads = num_threads;
+  py::gil_scoped_release release;
+  kernel(a);
+}
+
+void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t qw,
+                         int64_t qw_row_stride, uintptr_t w_scale, uintptr_t bias, uintptr_t out,
+                         int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
+  const char* fn = kDynamicFn;
+  check_sizes(fn, M, N, K, act, num_threads);
+  Int8DynamicLinearArgs a{};
+  a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
+  require(K <= kInt8DynamicMaxK, fn,
+          "argument 'K' " + std::to_string(K) + " exceeds " + std::to_string(kInt8DynamicMaxK) +
+              ", past which int8 products may overflow the int32 accumulator");
+  DynamicFn kernel = dynamic_kernel(isa);
+  if (M == 0 || N == 0) return;
+  check_common(fn, x, x_row_stride, qw, qw_row_stride, w_scale, out, out_row_stride, M, N, K);
+  if (K == 0) kernel = int8_dynamic_linear_scalar;
+  a.x = reinterpret_cast<const void*>(x);
+  a.x_row_stride = x_row_stride;
+  a.qw = reinterpret_cast<const int8_t*>(qw);
+  a.qw_row_stride = qw_row_stride;
+  a.w_scale = reinterpret_cast<const float*>(w_scale);
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.out = reinterpret_cast<void*>(out);
+  a.out_row_stride = out_row_stride;
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.act = static_cast<Activation>(act);
+  a.num_threads = num_threads;
+  py::gil_scoped_release release;
+  kernel(a);
+}
+
+}  // namespace
+
+void register_int8_linear(py::module_& m) {
+  m.def("int8_weight_linear", &int8_weight_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
+        py::arg("x_dtype"), py::arg("qw"), py::arg("qw_row_stride"), py::arg("scale"), py::arg("zero_point"),
+        py::arg("groups"), py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"),
+        py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
+        "W8A16: out = act(x @ ((qw - zero_point) * scale)^T + bias) on raw pointers; releases the GIL");
+  m.def("int8_dynamic_linear", &int8_dynamic_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
+        py::arg("x_dtype"), py::arg("qw"), py::arg("qw_row_stride"), py::arg("w_scale"), py::arg("bias"),
+        py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
+        py::arg("num_threads"),
+        "W8A8: x quantised per row, int32 accumulation, rescaled, + bias, act; releases the GIL");
+}

@@ -1,0 +1,308 @@
+// AVX2 path of the dynamic int8 linear (W8A8): x quantised per row here, int8 x int8
+// products summed exactly in int32, rescaled in float64 as the reference does.
+//
+// Exactness without VNNI: vpmaddubsw (u8 x s8) saturates its int16 pair sums for the
+// full int8 range, so both operands are sign-extended to int16 and multiplied with
+// vpmaddwd (int16 pairs -> int32, exact): 16 multiply-adds per instruction, and it
+// issues twice per cycle on Zen 3 (measured), twice the rate of fp32 FMAs.
+//   * Small M: dot-product form over the raw int8 weights (widened in registers), one
+//     pass over the weights, which is what costs at decode sizes.
+//   * Larger M: a blocked GEMM (see gemm_worker). x is quantised and packed once per
+//     call into panels of kMR rows ([K/2][kMR] int16 pairs); each thread packs its
+//     weight columns into int16 pair panels ([K/2][16], through 8x8 int32 transposes).
+//     A kMR x 16 register tile of int32 sums; the epilogue reads the last K slice's
+//     sums straight from registers.
+#include "cpu/int8_vec_avx2.h"
+#include "cpu/thread_pool.h"
+
+namespace bigperf::cpu {
+namespace {
+
+constexpr int64_t kGemmMinM = 8;  // from this many rows of x the GEMM beats the dot form
+constexpr int kMR = 6;            // GEMM tile: 6 rows x 16 columns = 12 accumulators
+constexpr int64_t kNR = 16;
+constexpr int64_t kCols = 64;     // dot form: output columns per epilogue group
+
+// ----------------------------------------------------------------------------- x
+
+struct QuantX {
+  int64_t kpad;      // K rounded up to 16
+  int16_t* q;        // dot form: [M][kpad]; GEMM: panels [M / kMR][kpad / 2][kMR] pairs
+  float* scale;      // [M]
+};
+
+// Quantises every row of x; with panels, scatters each row's int16 pairs into its panel.
+void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, bool panels, int threads) {
+  const int64_t kp2 = qx.kpad / 2;
+  const int64_t units = panels ? (a.M + kMR - 1) / kMR : a.M;
+  parallel_for(units, threads, 1, [&](int64_t u0, int64_t u1) {
+    Scratch tmp(static_cast<size_t>(qx.kpad) * (sizeof(float) + sizeof(int16_t)));
+    float* row = tmp.as<float>();
+    int16_t* q16 = reinterpret_cast<int16_t*>(row + qx.kpad);
+    for (int64_t u = u0; u < u1; ++u) {
+      if (!panels) {
+        qx.scale[u] = quantize_x_row(a.x, a.x_row_stride, a.x_dtype, u, a.K, qx.kpad, row, qx.q + u * qx.kpad);
+        continue;
+      }
+      int32_t* panel = reinterpret_cast<int32_t*>(qx.q) + u * kp2 * kMR;
+      for (int i = 0; i < kMR; ++i) {
+        const int64_t m = u * kMR + i;
+        if (m < a.M) {
+          qx.scale[m] = quantize_x_row(a.x, a.x_row_stride, a.x_dtype, m, a.K, qx.kpad, row, q16);
+        } else {
+          std::memset(q16, 0, qx.kpad * sizeof(int16_t));  // padding rows: zero products
+        }
+        const int32_t* pairs = reinterpret_cast<const int32_t*>(q16);
+        for (int64_t kp = 0; kp < kp2; ++kp) panel[kp * kMR + i] = pairs[kp];
+      }
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- dot form
+
+// acc[m][r] += dot(w[r][0, 16 nb), x[m]) in int32; w int8 widened in registers. pf != 0:
+// prefetch the same offset pf bytes ahead (the next tile's rows: see int8_linear_avx2.cpp).
+template <int R, int MB>
+inline void dot_rows(const int8_t* const* w, int64_t nb, const int16_t* x, int64_t xs, __m256i (&out)[MB][R],
+                     int64_t pf) {
+  __m256i acc[MB][R];  // local: see micro_kernel
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = out[m][r];
+  for (int64_t b = 0; b < nb; ++b) {
+    if (pf && (b & 3) == 0) {
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w[r] + 16 * b + pf), _MM_HINT_T0);
+    }
+    __m256i wv[R];
+    for (int r = 0; r < R; ++r)
+      wv[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[r] + 16 * b)));
+    for (int m = 0; m < MB; ++m) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * xs + 16 * b));
+      for (int r = 0; r < R; ++r) acc[m][r] = _mm256_add_epi32(acc[m][r], _mm256_madd_epi16(wv[r], xv));
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) out[m][r] = acc[m][r];
+}
+
+template <int R, int MB>
+void dot_columns(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t n_begin, int64_t n_end) {
+  alignas(32) float sums[MB][kCols + R];
+  const int64_t k16 = a.K / 16;
+  const bool tail = a.K % 16 != 0;
+  for (int64_t c0 = n_begin; c0 < n_end; c0 += kCols) {
+    const int64_t cnt = i8_min(kCols, n_end - c0);
+    for (int64_t t0 = 0; t0 < cnt; t0 += R) {
+      const int8_t* w[R];
+      int64_t n[R];
+      for (int r = 0; r < R; ++r) {
+        n[r] = c0 + i8_min(t0 + r, cnt - 1);  // past the end: repeat the last row, unused
+        w[r] = a.qw + n[r] * a.qw_row_stride;
+      }
+      __m256i acc[MB][R];
+      for (int m = 0; m < MB; ++m)
+        for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_si256();
+      dot_rows<R, MB>(w, k16, qx.q, qx.kpad, acc, R * a.qw_row_stride);
+      if (tail) {
+        alignas(16) int8_t tb[R][16] = {};
+        const int8_t* wt[R];
+        for (int r = 0; r < R; ++r) {
+          std::memcpy(tb[r], w[r] + k16 * 16, a.K - k16 * 16);
+          wt[r] = tb[r];
+        }
+        dot_rows<R, MB>(wt, 1, qx.q + k16 * 16, qx.kpad, acc, 0);
+      }
+      for (int m = 0; m < MB; ++m)
+        for (int r = 0; r < R; ++r)
+          sums[m][t0 + r] = dynamic_rescale(hsum_epi32(acc[m][r]), qx.scale[m], a.w_scale[n[r]], a.bias, n[r]);
+    }
+    for (int m = 0; m < MB; ++m) epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, nullptr, sums[m], m, c0, cnt);
+  }
+}
+
+void run_dot(const Int8DynamicLinearArgs& a, const QuantX& qx, int threads) {
+  auto body = [&](auto fn) {
+    parallel_columns(a.N, threads, kCols, [&](int64_t nb, int64_t ne) { fn(a, qx, nb, ne); });
+  };
+  switch (a.M) {  // kGemmMinM - 1 rows at most
+    case 1: body(dot_columns<4, 1>); break;
+    case 2: body(dot_columns<4, 2>); break;
+    case 3: body(dot_columns<3, 3>); break;
+    case 4: body(dot_columns<3, 4>); break;
+    case 5: body(dot_columns<2, 5>); break;
+    case 6: body(dot_columns<2, 6>); break;
+    default: body(dot_columns<1, 7>); break;
+  }
+}
+
+// ----------------------------------------------------------------------------- GEMM
+
+inline void transpose8x8(__m256i (&r)[8]) {
+  const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+  const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+  const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+  r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+  r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+  r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+  r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+  r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+  r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+  r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+  r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+// Weight columns [n0, n0 + 16) as int16 pairs [kpad / 2][16]; columns at or past n_end,
+// and K past the row, are zero.
+void pack_panel(const Int8DynamicLinearArgs& a, int64_t kpad, int64_t n0, int64_t n_end, int32_t* dst) {
+  const int64_t k16 = a.K / 16;
+  alignas(16) static const int8_t zeros[16] = {};
+  for (int half = 0; half < 2; ++half) {
+    const int8_t* rows[8];
+    alignas(16) int8_t tails[8][16];
+    for (int j = 0; j < 8; ++j) {
+      const int64_t n = n0 + half * 8 + j;
+      rows[j] = n < n_end ? a.qw + n * a.qw_row_stride : nullptr;
+      std::memset(tails[j], 0, 16);
+      if (rows[j] && a.K > k16 * 16) std::memcpy(tails[j], rows[j] + k16 * 16, a.K - k16 * 16);
+    }
+    for (int64_t b = 0; b < kpad / 16; ++b) {
+      __m256i r[8];
+      for (int j = 0; j < 8; ++j) {
+        const int8_t* src = !rows[j] ? zeros : (b < k16 ? rows[j] + 16 * b : tails[j]);
+        r[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+      }
+      transpose8x8(r);  // r[i] = pair 8b + i of the 8 columns
+      for (int i = 0; i < 8; ++i)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (8 * b + i) * kNR + 8 * half), r[i]);
+    }
+  }
+}
+
+// io[m][h] += sum over kp2 pairs of x pair (m, kp) * weight pairs (kp, 8h .. 8h + 7).
+inline void micro_kernel(const int32_t* ap, const int32_t* bp, int64_t kp2, __m256i (&io)[kMR][2]) {
+  // Local accumulators: through the reference GCC stores them back every iteration.
+  __m256i c[kMR][2];
+  for (int m = 0; m < kMR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
+  for (int64_t kp = 0; kp < kp2; ++kp) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + kp * kNR));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + kp * kNR + 8));
+    for (int m = 0; m < kMR; ++m) {
+      const __m256i av = _mm256_set1_epi32(ap[kp * kMR + m]);
+      c[m][0] = _mm256_add_epi32(c[m][0], _mm256_madd_epi16(av, b0));
+      c[m][1] = _mm256_add_epi32(c[m][1], _mm256_madd_epi16(av, b1));
+    }
+  }
+  for (int m = 0; m < kMR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
+}
+
+// Rescale (float64, the reference's order), activation and store of one tile.
+// wsd/bd: this panel's weight scales and biases as doubles, zero past the last column.
+void store_tile(const Int8DynamicLinearArgs& a, const QuantX& qx, const __m256i (&c)[kMR][2], int64_t m0,
+                int64_t n0, int64_t ncnt, const double* wsd, const double* bd) {
+  const int64_t es = dtype_size(a.x_dtype);
+  for (int i = 0; i < kMR && m0 + i < a.M; ++i) {
+    const __m256d xs = _mm256_set1_pd(static_cast<double>(qx.scale[m0 + i]));
+    char* o = static_cast<char*>(a.out) + ((m0 + i) * a.out_row_stride + n0) * es;
+    for (int h = 0; h < 2 && 8 * h < ncnt; ++h) {
+      const __m256d lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(c[i][h]));
+      const __m256d hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256(c[i][h], 1));
+      const __m256d ylo = _mm256_add_pd(_mm256_mul_pd(_mm256_mul_pd(lo, xs), _mm256_loadu_pd(wsd + 8 * h)),
+                                        _mm256_loadu_pd(bd + 8 * h));
+      const __m256d yhi = _mm256_add_pd(_mm256_mul_pd(_mm256_mul_pd(hi, xs), _mm256_loadu_pd(wsd + 8 * h + 4)),
+                                        _mm256_loadu_pd(bd + 8 * h + 4));
+      const __m256 y = vactivation<V8>(_mm256_set_m128(_mm256_cvtpd_ps(yhi), _mm256_cvtpd_ps(ylo)), a.act);
+      const int64_t cnt = i8_min(8, ncnt - 8 * h);
+      if (cnt == 8) {
+        store_x8(o + 8 * h * es, a.x_dtype, y);
+      } else {
+        alignas(32) char ob[32];
+        store_x8(ob, a.x_dtype, y);
+        std::memcpy(o + 8 * h * es, ob, cnt * es);
+      }
+    }
+  }
+}
+
+// Blocking (GotoBLAS order). Per thread and block of kNC columns, the weights are packed
+// once for all of K (kNC * K * 2 bytes); then for each block of kMC rows and each K slice
+// of kKC pairs, the x slice of one row panel (6 KB, L1) meets every panel of the column
+// block (128 KB, L2). Partial int32 sums wait in a kMC x kNC buffer (L2) between slices.
+// Without the K slices every row panel of x was re-read from L3 per 32 columns.
+constexpr int64_t kNC = 128;
+constexpr int64_t kMC = 32 * kMR;
+constexpr int64_t kKC = 256;  // pairs: 512 values of K
+
+// One worker of parallel_blocks: its buffers, then column blocks of kNC while any are left.
+template <class Take>
+void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& take, int64_t blocks) {
+  const int64_t kp2 = qx.kpad / 2;
+  Scratch bbuf(static_cast<size_t>(kNC * kp2) * sizeof(int32_t));
+  Scratch cbuf(static_cast<size_t>(kMC * kNC) * sizeof(int32_t));
+  int32_t* bp = bbuf.as<int32_t>();
+  int32_t* cp = cbuf.as<int32_t>();
+  const int64_t mpanels = (a.M + kMR - 1) / kMR;
+  const int32_t* ap = reinterpret_cast<const int32_t*>(qx.q);
+  alignas(32) double wsd[kNC], bd[kNC];
+  for (int64_t blk; (blk = take()) < blocks;) {
+    const int64_t nb = blk * kNC;
+    const int64_t nb_end = i8_min(a.N, nb + kNC);
+    const int64_t panels = (nb_end - nb + kNR - 1) / kNR;
+    for (int64_t j = 0; j < panels; ++j) pack_panel(a, qx.kpad, nb + j * kNR, nb_end, bp + j * kp2 * kNR);
+    for (int64_t l = 0; l < kNC; ++l) {
+      const bool valid = nb + l < nb_end;
+      wsd[l] = valid ? static_cast<double>(a.w_scale[nb + l]) : 0.0;
+      bd[l] = valid && a.bias ? static_cast<double>(a.bias[nb + l]) : 0.0;
+    }
+    for (int64_t mp0 = 0; mp0 < mpanels; mp0 += kMC / kMR) {
+      const int64_t mp1 = i8_min(mpanels, mp0 + kMC / kMR);
+      for (int64_t k0 = 0; k0 < kp2; k0 += kKC) {
+        const int64_t k1 = i8_min(kp2, k0 + kKC);
+        for (int64_t mp = mp0; mp < mp1; ++mp) {
+          for (int64_t j = 0; j < panels; ++j) {
+            __m256i c[kMR][2];
+            int32_t* saved = cp + ((mp - mp0) * kMR * kNC + j * kNR);
+            for (int i = 0; i < kMR; ++i)
+              for (int h = 0; h < 2; ++h)
+                c[i][h] = k0 == 0 ? _mm256_setzero_si256()
+                                  : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(saved + i * kNC + 8 * h));
+            micro_kernel(ap + (mp * kp2 + k0) * kMR, bp + (j * kp2 + k0) * kNR, k1 - k0, c);
+            if (k1 == kp2) {
+              const int64_t p0 = nb + j * kNR;
+              store_tile(a, qx, c, mp * kMR, p0, i8_min(kNR, nb_end - p0), wsd + j * kNR, bd + j * kNR);
+            } else {
+              for (int i = 0; i < kMR; ++i)
+                for (int h = 0; h < 2; ++h)
+                  _mm256_storeu_si256(reinterpret_cast<__m256i*>(saved + i * kNC + 8 * h), c[i][h]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void int8_dynamic_linear_avx2(const Int8DynamicLinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  QuantX qx{};
+  qx.kpad = round_up(a.K, 16);
+  const bool gemm = a.M >= kGemmMinM;
+  const int64_t mrows = gemm ? round_up(a.M, kMR) : a.M;
+  Scratch qbuf(static_cast<size_t>(mrows * qx.kpad) * sizeof(int16_t));
+  Scratch sbuf(static_cast<size_t>(a.M) * sizeof(float));
+  qx.q = qbuf.as<int16_t>();
+  qx.scale = sbuf.as<float>();
+  const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
+  quantize_x(a, qx, gemm, gemm ? threads : 1);
+  if (!gemm) return run_dot(a, qx, threads);
+  const int64_t blocks = (a.N + kNC - 1) / kNC;
+  parallel_blocks(blocks, threads, [&](auto take) { gemm_worker(a, qx, take, blocks); });
+}
+
+}  // namespace bigperf::cpu

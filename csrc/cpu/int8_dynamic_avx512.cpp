@@ -1,0 +1,275 @@
+// AVX-512 VNNI path of the dynamic int8 linear (W8A8). Runs only where
+// isa_runnable("avx512") says so (VNNI is part of that check).
+//
+// vpdpbusd multiplies unsigned by signed bytes, summing four products into each int32
+// lane without saturation. x is quantised per row here (torch.round semantics) and
+// stored offset as u8 = q + 128; the offset is taken back exactly per output,
+//   sum (q + 128) w = sum q w + 128 * sum w,
+// with the weight row sums from vpdpbusd against a vector of ones. Any int8 weight (-128
+// included) stays exact: |acc| <= K * 255 * 128 < 2^31 for the K the binding admits.
+//   * Small M: dot form over the raw weight rows (masked tail loads), one pass.
+//   * Larger M: blocked GEMM (see gemm_worker). Weights packed per call into 16-column
+//     panels [K/4][16][4] (one zmm per 4 k: 16 x 16 int32 transposes) with their row
+//     sums; a kMR x 32 tile (24 accumulators) broadcasts 4 bytes of a row of x per quad.
+#include "cpu/int8_vec_avx512.h"
+#include "cpu/thread_pool.h"
+
+namespace bigperf::cpu {
+namespace {
+
+constexpr int64_t kGemmMinM = 8;
+constexpr int kMR = 12;          // GEMM tile: 12 rows x 2 zmm of 16 columns
+constexpr int64_t kNR = 32;
+constexpr int64_t kCols = 64;    // dot form: output columns per epilogue group
+
+struct QuantX {
+  int64_t kpad;     // K rounded up to 64
+  uint8_t* q;       // [rows][kpad] u8 = q + 128, zero past K (and in padding rows)
+  float* scale;     // [M]
+};
+
+void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t rows, int threads) {
+  parallel_for(rows, threads, 16, [&](int64_t m0, int64_t m1) {
+    Scratch tmp(static_cast<size_t>(qx.kpad) * sizeof(float));
+    for (int64_t m = m0; m < m1; ++m) {
+      if (m < a.M)
+        qx.scale[m] = quantize_x_row_u8(a.x, a.x_row_stride, a.x_dtype, m, a.K, qx.kpad, tmp.as<float>(),
+                                        qx.q + m * qx.kpad);
+      else
+        std::memset(qx.q + m * qx.kpad, 0, qx.kpad);
+    }
+  });
+}
+
+inline float rescale(int32_t acc_u8, int32_t wsum, float x_scale, float w_scale, const float* bias, int64_t n) {
+  // Both sums are exact int32: (q + 128) . w - 128 * sum(w) = q . w.
+  return dynamic_rescale(acc_u8 - 128 * wsum, x_scale, w_scale, bias, n);
+}
+
+// ----------------------------------------------------------------------------- dot form
+
+template <int R, int MB>
+void dot_columns(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t n_begin, int64_t n_end) {
+  alignas(64) float sums[MB][kCols + R];
+  const __m512i ones = _mm512_set1_epi8(1);
+  const int64_t nblk = (a.K + 63) / 64;
+  for (int64_t c0 = n_begin; c0 < n_end; c0 += kCols) {
+    const int64_t cnt = i8_min(kCols, n_end - c0);
+    for (int64_t t0 = 0; t0 < cnt; t0 += R) {
+      const int8_t* w[R];
+      int64_t n[R];
+      for (int r = 0; r < R; ++r) {
+        n[r] = c0 + i8_min(t0 + r, cnt - 1);
+        w[r] = a.qw + n[r] * a.qw_row_stride;
+      }
+      __m512i acc[MB][R], ws[R];
+      for (int r = 0; r < R; ++r) {
+        ws[r] = _mm512_setzero_si512();
+        for (int m = 0; m < MB; ++m) acc[m][r] = _mm512_setzero_si512();
+      }
+      for (int64_t b = 0; b < nblk; ++b) {
+        const int64_t k = 64 * b;
+        const __mmask64 mask = a.K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (a.K - k)) - 1;
+        __m512i wv[R];
+        for (int r = 0; r < R; ++r) {
+          // The next tile's rows, one tile ahead (see int8_linear_avx2.cpp).
+          _mm_prefetch(reinterpret_cast<const char*>(w[r] + k + R * a.qw_row_stride), _MM_HINT_T0);
+          wv[r] = _mm512_maskz_loadu_epi8(mask, w[r] + k);
+          ws[r] = _mm512_dpbusd_epi32(ws[r], ones, wv[r]);
+        }
+        for (int m = 0; m < MB; ++m) {
+          const __m512i xv = _mm512_loadu_si512(qx.q + m * qx.kpad + k);
+          for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbusd_epi32(acc[m][r], xv, wv[r]);
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const int32_t wsum = _mm512_reduce_add_epi32(ws[r]);
+        for (int m = 0; m < MB; ++m)
+          sums[m][t0 + r] = rescale(_mm512_reduce_add_epi32(acc[m][r]), wsum, qx.scale[m], a.w_scale[n[r]],
+                                    a.bias, n[r]);
+      }
+    }
+    for (int m = 0; m < MB; ++m) epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, nullptr, sums[m], m, c0, cnt);
+  }
+}
+
+void run_dot(const Int8DynamicLinearArgs& a, const QuantX& qx, int threads) {
+  auto body = [&](auto fn) {
+    parallel_columns(a.N, threads, kCols, [&](int64_t nb, int64_t ne) { fn(a, qx, nb, ne); });
+  };
+  switch (a.M) {  // R*MB + 2R + 2 <= 32 zmm
+    case 1: body(dot_columns<8, 1>); break;
+    case 2: body(dot_columns<6, 2>); break;
+    case 3: body(dot_columns<5, 3>); break;
+    case 4: body(dot_columns<4, 4>); break;
+    case 5: body(dot_columns<4, 5>); break;
+    case 6: body(dot_columns<3, 6>); break;
+    default: body(dot_columns<3, 7>); break;  // kGemmMinM - 1 rows
+  }
+}
+
+// ----------------------------------------------------------------------------- GEMM
+
+// 16 x 16 int32 transpose: r[i] (row i) -> r[j] (column j).
+inline void transpose16x16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // Each 128-bit lane l of r[4q + j] now holds rows 4q .. 4q + 3 of column 4l + j.
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);        // lanes 0, 2 of each
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);    // lanes 1, 3
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+// Weight columns [n0, n0 + 16) as [kpad / 4][16][4] bytes, zero past K and at or past
+// n_end; wsum[j] = sum over K of column n0 + j.
+void pack_panel(const Int8DynamicLinearArgs& a, int64_t kpad, int64_t n0, int64_t n_end, int8_t* dst,
+                int32_t* wsum) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i sums = _mm512_setzero_si512();
+  for (int64_t k = 0; k < kpad; k += 64) {
+    const __mmask64 mask = a.K - k >= 64 ? ~__mmask64(0) : a.K <= k ? 0 : (__mmask64(1) << (a.K - k)) - 1;
+    __m512i r[16];
+    for (int j = 0; j < 16; ++j)
+      r[j] = n0 + j < n_end ? _mm512_maskz_loadu_epi8(mask, a.qw + (n0 + j) * a.qw_row_stride + k)
+                            : _mm512_setzero_si512();
+    transpose16x16(r);  // r[i] = k quad k/4 + i of the 16 columns
+    for (int i = 0; i < 16; ++i) {
+      sums = _mm512_dpbusd_epi32(sums, ones, r[i]);
+      _mm512_storeu_si512(dst + (k / 4 + i) * 64, r[i]);
+    }
+  }
+  _mm512_storeu_si512(wsum, sums);
+}
+
+// io[m][h] += sum over kq quads of x[m] quad . weight quads of panel h (16 columns).
+inline void micro_kernel(const uint8_t* x, int64_t xs, const int8_t* b0, const int8_t* b1, int64_t kq,
+                         __m512i (&io)[kMR][2]) {
+  __m512i c[kMR][2];  // local: through the reference GCC stores them every iteration
+  for (int m = 0; m < kMR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
+  for (int64_t q = 0; q < kq; ++q) {
+    const __m512i v0 = _mm512_loadu_si512(b0 + q * 64);
+    const __m512i v1 = _mm512_loadu_si512(b1 + q * 64);
+    for (int m = 0; m < kMR; ++m) {
+      int32_t quad;
+      std::memcpy(&quad, x + m * xs + 4 * q, 4);
+      const __m512i av = _mm512_set1_epi32(quad);
+      c[m][0] = _mm512_dpbusd_epi32(c[m][0], av, v0);
+      c[m][1] = _mm512_dpbusd_epi32(c[m][1], av, v1);
+    }
+  }
+  for (int m = 0; m < kMR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
+}
+
+void store_tile(const Int8DynamicLinearArgs& a, const QuantX& qx, const __m512i (&c)[kMR][2], int64_t m0, int64_t n0,
+                int64_t ncnt, const int32_t* wsum, const double* wsd, const double* bd) {
+  const int64_t es = dtype_size(a.x_dtype);
+  for (int i = 0; i < kMR && m0 + i < a.M; ++i) {
+    const __m512d xs = _mm512_set1_pd(static_cast<double>(qx.scale[m0 + i]));
+    char* o = static_cast<char*>(a.out) + ((m0 + i) * a.out_row_stride + n0) * es;
+    for (int h = 0; h < 2 && 16 * h < ncnt; ++h) {
+      const __m512i acc = _mm512_sub_epi32(c[i][h], _mm512_slli_epi32(_mm512_loadu_si512(wsum + 16 * h), 7));
+      const __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(acc));
+      const __m512d hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(acc, 1));
+      const __m512d ylo = _mm512_add_pd(_mm512_mul_pd(_mm512_mul_pd(lo, xs), _mm512_loadu_pd(wsd + 16 * h)),
+                                        _mm512_loadu_pd(bd + 16 * h));
+      const __m512d yhi = _mm512_add_pd(_mm512_mul_pd(_mm512_mul_pd(hi, xs), _mm512_loadu_pd(wsd + 16 * h + 8)),
+                                        _mm512_loadu_pd(bd + 16 * h + 8));
+      const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(ylo)), _mm512_cvtpd_ps(yhi), 1);
+      store_x16(o + 16 * h * es, a.x_dtype, vactivation<V16>(y, a.act), ncnt - 16 * h);
+    }
+  }
+}
+
+// Blocking as in int8_dynamic_avx2.cpp: per thread and block of kNC columns the weights
+// are packed once for all of K; for each block of kMC rows and K slice of kKC quads, the
+// x slice of one row panel (12 KB, L1) meets every panel pair of the block (128 KB, L2),
+// partial sums waiting in a kMC x kNC int32 buffer between slices.
+constexpr int64_t kNC = 128;
+constexpr int64_t kMC = 16 * kMR;
+constexpr int64_t kKC = 256;  // quads: 1024 values of K
+
+// One worker of parallel_blocks: its buffers, then column blocks of kNC while any are left.
+template <class Take>
+void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& take, int64_t blocks) {
+  const int64_t kq = qx.kpad / 4;
+  Scratch bbuf(static_cast<size_t>(kNC * qx.kpad));
+  Scratch cbuf(static_cast<size_t>(kMC * kNC) * sizeof(int32_t));
+  int8_t* bp = bbuf.as<int8_t>();
+  int32_t* cp = cbuf.as<int32_t>();
+  alignas(64) int32_t wsum[kNC];
+  alignas(64) double wsd[kNC], bd[kNC];
+  const int64_t rows = round_up(a.M, kMR);
+  for (int64_t blk; (blk = take()) < blocks;) {
+    const int64_t nb = blk * kNC;
+    const int64_t nb_end = i8_min(a.N, nb + kNC);
+    const int64_t pairs = (nb_end - nb + kNR - 1) / kNR;  // of 16-column panels
+    for (int64_t j = 0; j < 2 * pairs; ++j) pack_panel(a, qx.kpad, nb + 16 * j, nb_end, bp + j * qx.kpad * 16, wsum + 16 * j);
+    for (int64_t l = 0; l < kNC; ++l) {
+      wsd[l] = nb + l < nb_end ? static_cast<double>(a.w_scale[nb + l]) : 0.0;
+      bd[l] = nb + l < nb_end && a.bias ? static_cast<double>(a.bias[nb + l]) : 0.0;
+    }
+    for (int64_t m0 = 0; m0 < rows; m0 += kMC) {
+      const int64_t m1 = i8_min(rows, m0 + kMC);
+      for (int64_t q0 = 0; q0 < kq; q0 += kKC) {
+        const int64_t q1 = i8_min(kq, q0 + kKC);
+        for (int64_t mr = m0; mr < m1; mr += kMR) {
+          for (int64_t j = 0; j < pairs; ++j) {
+            __m512i c[kMR][2];
+            int32_t* saved = cp + ((mr - m0) * kNC + j * kNR);
+            for (int i = 0; i < kMR; ++i)
+              for (int h = 0; h < 2; ++h)
+                c[i][h] = q0 == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(saved + i * kNC + 16 * h);
+            const int8_t* b0 = bp + 2 * j * qx.kpad * 16 + q0 * 64;
+            micro_kernel(qx.q + mr * qx.kpad + 4 * q0, qx.kpad, b0, b0 + qx.kpad * 16, q1 - q0, c);
+            if (q1 == kq) {
+              const int64_t p0 = nb + j * kNR;
+              store_tile(a, qx, c, mr, p0, i8_min(kNR, nb_end - p0), wsum + j * kNR, wsd + j * kNR, bd + j * kNR);
+            } else {
+              for (int i = 0; i < kMR; ++i)
+                for (int h = 0; h < 2; ++h) _mm512_storeu_si512(saved + i * kNC + 16 * h, c[i][h]);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void int8_dynamic_linear_avx512(const Int8DynamicLinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  QuantX qx{};
+  qx.kpad = round_up(a.K, 64);
+  const bool gemm = a.M >= kGemmMinM;
+  const int64_t rows = gemm ? round_up(a.M, kMR) : a.M;
+  Scratch qbuf(static_cast<size_t>(rows * qx.kpad));
+  Scratch sbuf(static_cast<size_t>(a.M) * sizeof(float));
+  qx.q = qbuf.as<uint8_t>();
+  qx.scale = sbuf.as<float>();
+  const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
+  quantize_x(a, qx, rows, threads);
+  if (!gemm) return run_dot(a, qx, threads);
+  const int64_t blocks = (a.N + kNC - 1) / kNC;
+  parallel_blocks(blocks, threads, [&](auto take) { gemm_worker(a, qx, take, blocks); });
+}
+
+}  // namespace bigperf::cpu

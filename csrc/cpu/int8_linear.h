@@ -1,0 +1,62 @@
+// int8 linear layers for the CPU: the contract between csrc/bindings/cpu_int8_linear.cpp
+// and the per-ISA kernels (int8_linear_{scalar,avx2,avx512}.cpp).
+//
+//   weight-only (W8A16): out = act(x @ ((q - zero) * scale)^T + bias), fp32 accumulation
+//   dynamic (W8A8):      x quantised per row here (torch.round semantics), int32
+//                        accumulation, out = act(acc * x_scale[m] * w_scale[n] + bias)
+//
+// Layouts are those of bigperf/quant.py: qweight [N, K] int8 (unit stride along K),
+// scale [N, groups] fp32 contiguous, zero_point [N, groups] int8 contiguous or null.
+// The binding has checked every size before a kernel runs.
+#pragma once
+#include <cstdint>
+
+#include "cpu/fused_linear.h"  // DType, Activation
+
+namespace bigperf::cpu {
+
+struct Int8WeightLinearArgs {
+  const void* x;              // [M, K] in x_dtype, unit stride along K
+  int64_t x_row_stride;       // elements
+  DType x_dtype;
+  const int8_t* qw;           // [N, K]
+  int64_t qw_row_stride;      // elements (bytes)
+  const float* scale;         // [N, groups]
+  const int8_t* zero_point;   // [N, groups] or nullptr (symmetric)
+  int64_t groups;             // 1 (per channel) or K / group_size
+  const float* bias;          // [N] or nullptr
+  void* out;                  // [M, N] in x_dtype
+  int64_t out_row_stride;
+  int64_t M, N, K;
+  Activation act;
+  int num_threads;
+};
+
+struct Int8DynamicLinearArgs {
+  const void* x;
+  int64_t x_row_stride;
+  DType x_dtype;
+  const int8_t* qw;           // [N, K], any int8 value (the accumulation is exact for all)
+  int64_t qw_row_stride;
+  const float* w_scale;       // [N] (per channel)
+  const float* bias;          // [N] or nullptr
+  void* out;
+  int64_t out_row_stride;
+  int64_t M, N, K;
+  Activation act;
+  int num_threads;
+};
+
+// |sum of K int8 x int8 products| <= K * 128 * 128 must fit int32.
+constexpr int64_t kInt8DynamicMaxK = (int64_t{1} << 31) / (128 * 128) - 1;
+
+void int8_weight_linear_scalar(const Int8WeightLinearArgs& args);
+void int8_dynamic_linear_scalar(const Int8DynamicLinearArgs& args);
+#if defined(BIGPERF_X86)
+void int8_weight_linear_avx2(const Int8WeightLinearArgs& args);
+void int8_dynamic_linear_avx2(const Int8DynamicLinearArgs& args);
+void int8_weight_linear_avx512(const Int8WeightLinearArgs& args);
+void int8_dynamic_linear_avx512(const Int8DynamicLinearArgs& args);
+#endif
+
+}  // namespace bigperf::cpu

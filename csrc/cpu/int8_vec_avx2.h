@@ -1,0 +1,168 @@
+// AVX2 helpers of the int8 kernels: vector traits for the shared activations
+// (vec_activation.h), dtype loads/stores, the epilogue and the x quantisation.
+// Include only from *_avx2.cpp units (anonymous namespace: see vec_avx2.h).
+#pragma once
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "cpu/fused_linear.h"
+#include "cpu/int8_linear_common.h"
+
+namespace bigperf::cpu {
+namespace {
+
+// The primitives vec_activation.h needs, for 8 fp32 lanes. Own traits rather than
+// VecAvx2 (vec_avx2.h): that struct's tile sizes are tuning macros of the fused-linear
+// unit, undefined here. The definitions are the same instructions.
+struct V8 {
+  using vec = __m256;
+  using mask = __m256;
+  static constexpr int W = 8;
+  static vec zero() { return _mm256_setzero_ps(); }
+  static vec set1(float v) { return _mm256_set1_ps(v); }
+  static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+  static vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+  static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+  static vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
+  static vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static vec min(vec a, vec b) { return _mm256_min_ps(a, b); }
+  static vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
+  static vec abs(vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), a); }
+  static vec copysign(vec mag, vec sign) {
+    const vec s = _mm256_set1_ps(-0.f);
+    return _mm256_or_ps(_mm256_andnot_ps(s, mag), _mm256_and_ps(s, sign));
+  }
+  static mask lt(vec a, vec b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static vec select(mask m, vec a, vec b) { return _mm256_blendv_ps(b, a, m); }
+  static vec round(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static vec pow2i(vec n) {
+    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  }
+  static float hsum(vec v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+
+}  // namespace
+}  // namespace bigperf::cpu
+
+#include "cpu/vec_activation.h"
+
+namespace bigperf::cpu {
+namespace {
+
+inline __m256 load_x8(const char* p, DType d) {
+  switch (d) {
+    case DType::f32: return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+    case DType::f16: return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    case DType::bf16: {
+      const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    }
+  }
+  return _mm256_setzero_ps();
+}
+
+// Round to nearest even (bf16 on the bits, NaN kept quiet): float_to_bf16 / float_to_half.
+inline void store_x8(char* p, DType d, __m256 v) {
+  switch (d) {
+    case DType::f32: _mm256_storeu_ps(reinterpret_cast<float*>(p), v); break;
+    case DType::f16:
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      break;
+    case DType::bf16: {
+      const __m256i bits = _mm256_castps_si256(v);
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+      __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+      const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+      r = _mm256_blendv_epi8(r, quiet, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                       _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+      break;
+    }
+  }
+}
+
+// Row m of x as fp32 into dst[0, kpad): zero past K, nothing read past the row.
+inline void load_x_row(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad, float* dst) {
+  const int64_t es = dtype_size(d);
+  const char* src = static_cast<const char*>(x) + m * row_stride * es;
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) _mm256_storeu_ps(dst + k, load_x8(src + k * es, d));
+  if (k < K) {
+    alignas(32) char tb[32] = {};
+    std::memcpy(tb, src + k * es, (K - k) * es);
+    _mm256_storeu_ps(dst + k, load_x8(tb, d));
+    k += 8;
+  }
+  for (; k < kpad; k += 8) _mm256_storeu_ps(dst + k, _mm256_setzero_ps());
+}
+
+// out[m, n0 : n0 + cnt] = act(s + bias), cast to the output dtype with round to nearest
+// even. The last partial vector goes through stack copies: nothing outside is touched.
+inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act, const float* bias,
+                         const float* s, int64_t m, int64_t n0, int64_t cnt) {
+  const int64_t es = dtype_size(d);
+  char* o = static_cast<char*>(out) + (m * out_row_stride + n0) * es;
+  const float* b = bias ? bias + n0 : nullptr;
+  int64_t j = 0;
+  for (; j + 8 <= cnt; j += 8) {
+    __m256 v = _mm256_loadu_ps(s + j);
+    if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + j));
+    store_x8(o + j * es, d, vactivation<V8>(v, act));
+  }
+  if (j < cnt) {
+    const int64_t rem = cnt - j;
+    alignas(32) float sb[8] = {};
+    alignas(32) float bb[8] = {};
+    alignas(32) char ob[32];
+    std::memcpy(sb, s + j, rem * sizeof(float));
+    __m256 v = _mm256_load_ps(sb);
+    if (b) {
+      std::memcpy(bb, b + j, rem * sizeof(float));
+      v = _mm256_add_ps(v, _mm256_load_ps(bb));
+    }
+    store_x8(ob, d, vactivation<V8>(v, act));
+    std::memcpy(o + j * es, ob, rem * es);
+  }
+}
+
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+// Row m of x quantised per token (see quantize_value) into int16 dst[0, kpad), zero
+// past K; returns the row's scale. Vector division and round-half-even, as torch.
+inline float quantize_x_row(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad,
+                            float* tmp, int16_t* dst) {
+  load_x_row(x, row_stride, d, m, K, kpad, tmp);
+  __m256 mx = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kpad; k += 8) mx = _mm256_max_ps(mx, V8::abs(_mm256_loadu_ps(tmp + k)));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  const float scale = activation_scale(_mm_cvtss_f32(h));
+  const __m256 sv = _mm256_set1_ps(scale);
+  const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+  for (int64_t k = 0; k < kpad; k += 16) {
+    __m256 a = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(tmp + k), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 b = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(tmp + k + 8), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    a = _mm256_min_ps(_mm256_max_ps(a, lo), hi);
+    b = _mm256_min_ps(_mm256_max_ps(b, lo), hi);
+    // packs interleaves 128-bit lanes; the permute puts k back in order.
+    const __m256i p = _mm256_packs_epi32(_mm256_cvttps_epi32(a), _mm256_cvttps_epi32(b));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm256_permute4x64_epi64(p, _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  return scale;
+}
+
+}  // namespace
+}  // namespace bigperf::cpu

@@ -1,0 +1,137 @@
+// AVX-512 helpers of the int8 kernels: vector traits for the shared activations
+// (vec_activation.h), masked dtype loads/stores, the epilogue and the x quantisation.
+// Include only from *_avx512.cpp units (anonymous namespace: see vec_avx2.h).
+#pragma once
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "cpu/fused_linear.h"
+#include "cpu/int8_linear_common.h"
+
+namespace bigperf::cpu {
+namespace {
+
+// The primitives vec_activation.h needs, for 16 fp32 lanes (the instructions of
+// VecAvx512 in vec_avx512.h, whose header carries the fused-linear tile sizes too).
+struct V16 {
+  using vec = __m512;
+  using mask = __mmask16;
+  static constexpr int W = 16;
+  static vec zero() { return _mm512_setzero_ps(); }
+  static vec set1(float v) { return _mm512_set1_ps(v); }
+  static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+  static vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+  static vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+  static vec div(vec a, vec b) { return _mm512_div_ps(a, b); }
+  static vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static vec min(vec a, vec b) { return _mm512_min_ps(a, b); }
+  static vec max(vec a, vec b) { return _mm512_max_ps(a, b); }
+  static vec abs(vec a) {
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)));
+  }
+  static vec copysign(vec mag, vec sign) {
+    const __m512i s = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+    const __m512i m = _mm512_andnot_si512(s, _mm512_castps_si512(mag));
+    return _mm512_castsi512_ps(_mm512_or_si512(m, _mm512_and_si512(s, _mm512_castps_si512(sign))));
+  }
+  static mask lt(vec a, vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static vec select(mask m, vec a, vec b) { return _mm512_mask_blend_ps(m, b, a); }
+  static vec round(vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static vec pow2i(vec n) {
+    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
+  static float hsum(vec v) { return _mm512_reduce_add_ps(v); }
+};
+
+}  // namespace
+}  // namespace bigperf::cpu
+
+#include "cpu/vec_activation.h"
+
+namespace bigperf::cpu {
+namespace {
+
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// The first cnt (<= 16) elements at p as fp32; lanes past cnt are zero and not read.
+inline __m512 load_x16(const char* p, DType d, int64_t cnt = 16) {
+  const __mmask16 k = first_lanes(cnt);
+  switch (d) {
+    case DType::f32: return _mm512_maskz_loadu_ps(k, p);
+    case DType::f16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+    case DType::bf16:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+  }
+  return _mm512_setzero_ps();
+}
+
+// Stores the first cnt lanes with round to nearest even (bf16 on the bits, as
+// float_to_bf16: vcvtneps2bf16 would flush subnormals); nothing past cnt is written.
+inline void store_x16(char* p, DType d, __m512 v, int64_t cnt = 16) {
+  const __mmask16 k = first_lanes(cnt);
+  switch (d) {
+    case DType::f32: _mm512_mask_storeu_ps(p, k, v); break;
+    case DType::f16:
+      _mm256_mask_storeu_epi16(p, k, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      break;
+    case DType::bf16: {
+      const __m512i bits = _mm512_castps_si512(v);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+      const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+      r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, quiet);
+      _mm256_mask_storeu_epi16(p, k, _mm512_cvtepi32_epi16(r));
+      break;
+    }
+  }
+}
+
+// Row m of x as fp32 into dst[0, kpad) (kpad a multiple of 16): zero past K.
+inline void load_x_row(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad, float* dst) {
+  const int64_t es = dtype_size(d);
+  const char* src = static_cast<const char*>(x) + m * row_stride * es;
+  for (int64_t k = 0; k < kpad; k += 16)
+    _mm512_storeu_ps(dst + k, k < K ? load_x16(src + k * es, d, K - k) : _mm512_setzero_ps());
+}
+
+// out[m, n0 : n0 + cnt] = act(s + bias) in the output dtype; masked tail.
+inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act, const float* bias,
+                         const float* s, int64_t m, int64_t n0, int64_t cnt) {
+  const int64_t es = dtype_size(d);
+  char* o = static_cast<char*>(out) + (m * out_row_stride + n0) * es;
+  for (int64_t j = 0; j < cnt; j += 16) {
+    const __mmask16 k = first_lanes(cnt - j);
+    __m512 v = _mm512_maskz_loadu_ps(k, s + j);
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + n0 + j));
+    store_x16(o + j * es, d, vactivation<V16>(v, act), cnt - j);
+  }
+}
+
+// Row m of x quantised per token (quantize_value's semantics: true division, round half
+// to even, clamp to +-127) and offset to unsigned (q + 128) for vpdpbusd, into
+// dst[0, kpad) with zeros past K (a zero u8 contributes nothing). Returns the scale.
+inline float quantize_x_row_u8(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad,
+                               float* tmp, uint8_t* dst) {
+  load_x_row(x, row_stride, d, m, K, kpad, tmp);
+  __m512 mx = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kpad; k += 16) mx = _mm512_max_ps(mx, V16::abs(_mm512_loadu_ps(tmp + k)));
+  const float scale = activation_scale(_mm512_reduce_max_ps(mx));
+  const __m512 sv = _mm512_set1_ps(scale);
+  const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+  for (int64_t k = 0; k < kpad; k += 16) {
+    __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(tmp + k), sv),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
+    __m512i u = _mm512_add_epi32(_mm512_cvttps_epi32(q), _mm512_set1_epi32(128));
+    u = _mm512_maskz_mov_epi32(first_lanes(K - k), u);  // padding stays 0, not 128
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm512_cvtepi32_epi8(u));
+  }
+  return scale;
+}
+
+}  // namespace
+}  // namespace bigperf::cpu
