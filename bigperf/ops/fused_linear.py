@@ -22,6 +22,7 @@ from bigperf.ops.common import (
     as_rows,
     cpu_gemm_dtype,
     cpu_why_not,
+    cuda_why_not,
     epilogue_,
     fp32_bias,
     triton_why_not,
@@ -173,9 +174,7 @@ def _gemm_then_epilogue(x2, weight, bias, residual, activation):
 
 
 def _cuda_why_not(x, weight, bias, residual, activation):
-    if not x.is_cuda:
-        return f"tensors are on {x.device}, not a CUDA device"
-    reason = _ext.cuda_unavailable_reason()
+    reason = cuda_why_not(x, "fused_linear")
     if reason:
         return reason
     if x.dtype not in (torch.float16, torch.bfloat16) or weight.dtype != x.dtype:
