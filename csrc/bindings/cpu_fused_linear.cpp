@@ -9,22 +9,13 @@
 
 namespace py = pybind11;
 using namespace bigperf::cpu;
+using bigperf::bindings::kernel_for_isa;
 using bigperf::bindings::require;
 using bigperf::bindings::to_dtype;
 
 namespace {
 
 using KernelFn = void (*)(const FusedLinearArgs&);
-
-KernelFn fused_linear_kernel(const std::string& isa) {
-  require(isa_runnable(isa), "bigperf._C.fused_linear",
-          "ISA path '" + isa + "' is not compiled in or not supported by this CPU");
-#if defined(BIGPERF_X86)
-  if (isa == "avx512") return fused_linear_avx512;
-  if (isa == "avx2") return fused_linear_avx2;
-#endif
-  return fused_linear_scalar;
-}
 
 void fused_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype,
                   uintptr_t w, int64_t w_row_stride, int w_dtype, uintptr_t bias,
@@ -38,7 +29,7 @@ void fused_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int
   FusedLinearArgs args{};
   args.x_dtype = to_dtype(x_dtype, fn, "x");
   args.w_dtype = to_dtype(w_dtype, fn, "weight");
-  KernelFn kernel = fused_linear_kernel(isa);
+  KernelFn kernel = kernel_for_isa<KernelFn>(isa, fn, ISA_KERNELS(fused_linear));
   if (M == 0 || N == 0) return;
   require(out != 0, fn, "out pointer is null");
   require(out_row_stride >= N || M == 1, fn, "out row stride is smaller than N");

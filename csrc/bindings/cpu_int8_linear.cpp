@@ -9,6 +9,7 @@
 
 namespace py = pybind11;
 using namespace bigperf::cpu;
+using bigperf::bindings::kernel_for_isa;
 using bigperf::bindings::require;
 using bigperf::bindings::to_dtype;
 
@@ -19,28 +20,6 @@ constexpr const char* kDynamicFn = "bigperf._C.int8_dynamic_linear";
 
 using WeightFn = void (*)(const Int8WeightLinearArgs&);
 using DynamicFn = void (*)(const Int8DynamicLinearArgs&);
-
-void require_isa(const std::string& isa, const char* fn) {
-  require(isa_runnable(isa), fn, "ISA path '" + isa + "' is not compiled in or not supported by this CPU");
-}
-
-WeightFn weight_kernel(const std::string& isa) {
-  require_isa(isa, kWeightFn);
-#if defined(BIGPERF_X86)
-  if (isa == "avx512") return int8_weight_linear_avx512;
-  if (isa == "avx2") return int8_weight_linear_avx2;
-#endif
-  return int8_weight_linear_scalar;
-}
-
-DynamicFn dynamic_kernel(const std::string& isa) {
-  require_isa(isa, kDynamicFn);
-#if defined(BIGPERF_X86)
-  if (isa == "avx512") return int8_dynamic_linear_avx512;
-  if (isa == "avx2") return int8_dynamic_linear_avx2;
-#endif
-  return int8_dynamic_linear_scalar;
-}
 
 // The checks both ops share; nonzero M and N only (nothing is touched otherwise).
 void check_common(const char* fn, uintptr_t x, int64_t x_row_stride, uintptr_t qw, int64_t qw_row_stride,
@@ -73,7 +52,7 @@ void int8_weight_linear(const std::string& isa, uintptr_t x, int64_t x_row_strid
   require(groups >= 1, fn, "argument 'groups' must be >= 1, got " + std::to_string(groups));
   require(K % groups == 0, fn,
           "argument 'groups' " + std::to_string(groups) + " does not divide K = " + std::to_string(K));
-  WeightFn kernel = weight_kernel(isa);
+  WeightFn kernel = kernel_for_isa<WeightFn>(isa, kWeightFn, ISA_KERNELS(int8_weight_linear));
   if (M == 0 || N == 0) return;
   check_common(fn, x, x_row_stride, qw, qw_row_stride, scale, out, out_row_stride, M, N, K);
   // K == 0: out = act(bias); the portable path handles it without vector-width cases.
@@ -107,7 +86,7 @@ void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   require(K <= kInt8DynamicMaxK, fn,
           "argument 'K' " + std::to_string(K) + " exceeds " + std::to_string(kInt8DynamicMaxK) +
               ", past which int8 products may overflow the int32 accumulator");
-  DynamicFn kernel = dynamic_kernel(isa);
+  DynamicFn kernel = kernel_for_isa<DynamicFn>(isa, kDynamicFn, ISA_KERNELS(int8_dynamic_linear));
   if (M == 0 || N == 0) return;
   check_common(fn, x, x_row_stride, qw, qw_row_stride, w_scale, out, out_row_stride, M, N, K);
   if (K == 0) kernel = int8_dynamic_linear_scalar;

@@ -12,6 +12,7 @@
 
 namespace py = pybind11;
 using namespace bigperf::cpu;
+using bigperf::bindings::kernel_for_isa;
 using bigperf::bindings::require;
 using bigperf::bindings::to_dtype;
 
@@ -24,29 +25,6 @@ using S24Fn = void (*)(const Sparse24Args&);
 using BsrFn = void (*)(const BsrArgs&);
 
 std::string str(int64_t v) { return std::to_string(v); }
-
-void require_isa(const std::string& isa, const char* fn) {
-  require(isa_runnable(isa), fn,
-          "argument 'isa': ISA path '" + isa + "' is not compiled in or not supported by this CPU");
-}
-
-S24Fn s24_kernel(const std::string& isa) {
-  require_isa(isa, k24Fn);
-#if defined(BIGPERF_X86)
-  if (isa == "avx512") return sparse24_linear_avx512;
-  if (isa == "avx2") return sparse24_linear_avx2;
-#endif
-  return sparse24_linear_scalar;
-}
-
-BsrFn bsr_kernel(const std::string& isa) {
-  require_isa(isa, kBsrFn);
-#if defined(BIGPERF_X86)
-  if (isa == "avx512") return block_sparse_linear_avx512;
-  if (isa == "avx2") return block_sparse_linear_avx2;
-#endif
-  return block_sparse_linear_scalar;
-}
 
 void check_common(const char* fn, int64_t M, int64_t N, int64_t K, int act, int num_threads, uintptr_t x,
                   int64_t x_row_stride, uintptr_t out, int64_t out_row_stride) {
@@ -78,7 +56,7 @@ void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, 
   a.values_dtype = static_cast<S24Values>(values_dtype);
   require(K % 8 == 0, fn, "argument 'K' = " + str(K) + " must be a multiple of 8 for the 2:4 format");
   require(a.values_dtype != S24Values::i8 || scale != 0, fn, "argument 'scale' is required for int8 values");
-  S24Fn kernel = s24_kernel(isa);
+  S24Fn kernel = kernel_for_isa<S24Fn>(isa, k24Fn, ISA_KERNELS(sparse24_linear));
   if (M == 0 || N == 0) return;
   require(K == 0 || (values != 0 && meta != 0), fn, "argument 'values' or 'meta' is a null pointer");
   require(values_row_stride >= K / 2 || N == 1, fn,
@@ -118,7 +96,7 @@ void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   require(N % bn == 0, fn, "argument 'N' = " + str(N) + " is not a multiple of the block height bn = " + str(bn));
   require(K % bk == 0, fn, "argument 'K' = " + str(K) + " is not a multiple of the block width bk = " + str(bk));
   require(nnz >= 0, fn, "argument 'nnz' must be non-negative, got " + str(nnz));
-  BsrFn kernel = bsr_kernel(isa);
+  BsrFn kernel = kernel_for_isa<BsrFn>(isa, kBsrFn, ISA_KERNELS(block_sparse_linear));
   if (M == 0 || N == 0) return;
   require(row_ptr != 0, fn, "argument 'row_ptr' is a null pointer");
   require(nnz == 0 || (values != 0 && col_indices != 0), fn, "argument 'values' or 'col_indices' is a null pointer");
