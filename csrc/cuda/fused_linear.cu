@@ -17,6 +17,7 @@
 
 #include "cuda/cuda_api.h"
 #include "cuda/fused_linear_tile.h"
+#include "cuda/mma_device.cuh"
 
 namespace bigperf::cuda {
 namespace fl {
@@ -33,67 +34,12 @@ struct KernelParams {
   int M, N, K, act;
 };
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// src-size 0 reads nothing and fills the 16 bytes with zeros: the tails of M, N and K
-// become zero rows/columns of the tile.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool pred) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  // The clobber keeps the compiler from moving ordinary shared-memory accesses (the
-  // epilogue's staging stores) across the wait.
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-template <class T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
+using namespace dev;
 
 __device__ __forceinline__ float2 to_float2(__half2 v) { return __half22float2(v); }
 __device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <class T>
-struct Pair;
-template <>
-struct Pair<__half> {
-  using type = __half2;
-  __device__ static __half2 pack(float a, float b) { return __floats2half2_rn(a, b); }
-  __device__ static __half one(float a) { return __float2half_rn(a); }
-};
-template <>
-struct Pair<__nv_bfloat16> {
-  using type = __nv_bfloat162;
-  __device__ static __nv_bfloat162 pack(float a, float b) { return __floats2bfloat162_rn(a, b); }
-  __device__ static __nv_bfloat16 one(float a) { return __float2bfloat16_rn(a); }
-};
 
 template <class C, class T>
 __device__ __forceinline__ void load_tile(const KernelParams<T>& p, T* stage, int m0, int n0, int k0, int tid) {
@@ -129,32 +75,10 @@ __global__ void __launch_bounds__(C::THREADS) fused_linear_kernel(const KernelPa
   const int ktiles = (p.K + C::BK - 1) / C::BK;
 
   float acc[C::MI][C::NI][4];
-#pragma unroll
-  for (int mi = 0; mi < C::MI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < C::NI; ++ni)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
-
-  // Prologue: STAGES-1 tiles in flight. Empty groups are committed too so that
-  // wait_group counts stay uniform at the tail.
-#pragma unroll
-  for (int s = 0; s < C::STAGES - 1; ++s) {
-    if (s < ktiles) load_tile<C>(p, smem + s * C::STAGE_ELEMS, m0, n0, s * C::BK, tid);
-    cp_async_commit();
-  }
-
-  for (int kt = 0; kt < ktiles; ++kt) {
-    // Groups committed so far: STAGES-1+kt; leaving STAGES-2 pending means tile kt has
-    // landed for this thread, and the barrier makes every thread's copies visible. The
-    // same barrier proves all warps are done with tile kt-1, whose slot is refilled next.
-    cp_async_wait<C::STAGES - 2>();
-    __syncthreads();
-    const int next = kt + C::STAGES - 1;
-    if (next < ktiles) load_tile<C>(p, smem + (next % C::STAGES) * C::STAGE_ELEMS, m0, n0, next * C::BK, tid);
-    cp_async_commit();
-
-    const T* sA = smem + (kt % C::STAGES) * C::STAGE_ELEMS;
+  zero_fragments(acc);
+  auto load = [&](int slot, int t) { load_tile<C>(p, smem + slot * C::STAGE_ELEMS, m0, n0, t * C::BK, tid); };
+  auto compute = [&](int slot, int) {
+    const T* sA = smem + slot * C::STAGE_ELEMS;
     const T* sB = sA + C::A_ELEMS;
 #pragma unroll
     for (int ks = 0; ks < C::KSTEPS; ++ks) {
@@ -176,13 +100,12 @@ __global__ void __launch_bounds__(C::THREADS) fused_linear_kernel(const KernelPa
 #pragma unroll
         for (int ni = 0; ni < C::NI; ++ni) mma_16816<T>(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
     }
-  }
+  };
+  run_cp_async_ring<C::STAGES>(ktiles, load, compute);
 
-  // Epilogue through shared memory (the pipeline buffers are dead once every warp has
-  // passed the barrier): it sums the K slices, and lets each thread finish whole 8-column
-  // pieces with 16-byte residual loads and out stores instead of scattered 4-byte ones.
-  cp_async_wait<0>();
-  __syncthreads();
+  // Epilogue through shared memory (the ring is free: run_cp_async_ring ended with a
+  // barrier): it sums the K slices, and lets each thread finish whole 8-column pieces
+  // with 16-byte residual loads and out stores instead of scattered 4-byte ones.
   using T2 = typename Pair<T>::type;
   float* ct = reinterpret_cast<float*>(smem_raw);
 #pragma unroll

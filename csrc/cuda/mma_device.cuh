@@ -1,6 +1,6 @@
-// Device building blocks of the W8A16 and 2:4 sparse kernels: cp.async, ldmatrix, the
-// dense and sparse mma.sync forms, and fp16/bf16 pair conversions. (fused_linear.cu keeps
-// its own copies in its anonymous namespace; these live in bigperf::cuda::dev.)
+// Device building blocks of the tensor-core kernels (fused linear, W8A16, 2:4 sparse):
+// cp.async and the STAGES-deep ring built on it, ldmatrix, the dense and sparse mma.sync
+// forms, accumulator zeroing and fp16/bf16 pair conversions.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -8,6 +8,8 @@
 
 #include <cstdint>
 #include <type_traits>
+
+#include "cuda/fused_linear_tile.h"  // fl::apply_activation
 
 namespace bigperf::cuda::dev {
 
@@ -103,6 +105,70 @@ __device__ __forceinline__ void store8(T* dst, const float (&v)[8]) {
 #pragma unroll
   for (int j = 0; j < 4; ++j) o2[j] = Pair<T>::pack(v[2 * j], v[2 * j + 1]);
   *reinterpret_cast<uint4*>(dst) = packed;
+}
+
+// Bias, activation and the store of 8 consecutive outputs of one row (col % 8 == 0, row
+// starts 16-byte aligned by the launchers' base and stride rules): one 16-byte store, or
+// element stores for the columns before N at the edge.
+template <class T>
+__device__ __forceinline__ void finish_out8(T* out, int64_t ldo, int row, int col, int N, const float* bias, int act,
+                                            float (&v)[8]) {
+  const int valid = N - col < 8 ? N - col : 8;
+  if (bias != nullptr) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (j < valid) v[j] += bias[col + j];
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = fl::apply_activation(v[j], act);
+  T* dst = out + row * ldo + col;
+  if (valid == 8) {
+    store8<T>(dst, v);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+      if (j < valid) dst[j] = Pair<T>::one(v[j]);
+  }
+}
+
+// Zeroes an MI x NI array of mma accumulator fragments.
+template <int MI, int NI>
+__device__ __forceinline__ void zero_fragments(float (&acc)[MI][NI][4]) {
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+}
+
+// The STAGES-deep cp.async ring of every tensor-core kernel here, over `tiles` K tiles:
+// load(slot, t) issues the 16-byte copies of tile t into ring slot `slot` (no commit);
+// compute(slot, t) consumes tile t from that slot. Returns with every copy landed and
+// every warp past its last compute, so the ring's shared memory is free for the epilogue.
+template <int STAGES, class Load, class Compute>
+__device__ __forceinline__ void run_cp_async_ring(int tiles, const Load& load, const Compute& compute) {
+  static_assert(STAGES >= 2, "a ring needs at least two slots");
+  // Prologue: STAGES-1 tiles in flight. Empty groups are committed too, so that
+  // wait_group counts stay uniform at the tail.
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < tiles) load(s, s);
+    cp_async_commit();
+  }
+  for (int t = 0; t < tiles; ++t) {
+    // Groups committed so far: STAGES-1+t; leaving STAGES-2 pending means tile t has
+    // landed for this thread, and the barrier makes every thread's copies visible. The
+    // same barrier proves all warps are done with tile t-1, whose slot is refilled next.
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    const int next = t + STAGES - 1;
+    if (next < tiles) load(next % STAGES, next);
+    cp_async_commit();
+    compute(t % STAGES, t);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
 }
 
 }  // namespace bigperf::cuda::dev

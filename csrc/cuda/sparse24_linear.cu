@@ -86,30 +86,10 @@ __global__ void __launch_bounds__(C::THREADS) s24_kernel(const Params<T> p) {
   const int ktiles = (p.Kp + C::BK - 1) / C::BK;
 
   float acc[C::MI][C::NI][4];
-#pragma unroll
-  for (int mi = 0; mi < C::MI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < C::NI; ++ni)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
-
-  // Empty groups are committed too, so that wait_group counts stay uniform at the tail.
-#pragma unroll
-  for (int s = 0; s < C::STAGES - 1; ++s) {
-    if (s < ktiles) load_stage<C>(p, smem + s * C::STAGE_BYTES, r0, c0, s * C::BK, tid);
-    cp_async_commit();
-  }
-
-  for (int kt = 0; kt < ktiles; ++kt) {
-    // Tile kt has landed for this thread once STAGES-2 groups remain pending; the barrier
-    // publishes every thread's copies and proves that tile kt-1, refilled next, is free.
-    cp_async_wait<C::STAGES - 2>();
-    __syncthreads();
-    const int next = kt + C::STAGES - 1;
-    if (next < ktiles) load_stage<C>(p, smem + (next % C::STAGES) * C::STAGE_BYTES, r0, c0, next * C::BK, tid);
-    cp_async_commit();
-
-    const unsigned char* st = smem + (kt % C::STAGES) * C::STAGE_BYTES;
+  zero_fragments(acc);
+  auto load = [&](int slot, int t) { load_stage<C>(p, smem + slot * C::STAGE_BYTES, r0, c0, t * C::BK, tid); };
+  auto compute = [&](int slot, int) {
+    const unsigned char* st = smem + slot * C::STAGE_BYTES;
     const T* sa = reinterpret_cast<const T*>(st + C::A_OFF);
     const T* sb = reinterpret_cast<const T*>(st + C::B_OFF);
     const uint32_t* sm = reinterpret_cast<const uint32_t*>(st + C::META_OFF);
@@ -128,12 +108,11 @@ __global__ void __launch_bounds__(C::THREADS) s24_kernel(const Params<T> p) {
 #pragma unroll
         for (int ni = 0; ni < C::NI; ++ni) mma_sp_16832<T>(acc[mi][ni], a[mi], b[ni], e[mi]);
     }
-  }
+  };
+  run_cp_async_ring<C::STAGES>(ktiles, load, compute);
 
-  // The pipeline buffers are dead once every warp passed this barrier: stage the tile
-  // transposed ([x row][W row]) and per K slice.
-  cp_async_wait<0>();
-  __syncthreads();
+  // The ring is free (run_cp_async_ring ended with a barrier): stage the tile transposed
+  // ([x row][W row]) and per K slice.
   float* ct = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int mi = 0; mi < C::MI; ++mi)
@@ -159,22 +138,7 @@ __global__ void __launch_bounds__(C::THREADS) s24_kernel(const Params<T> p) {
       v[0] += lo.x; v[1] += lo.y; v[2] += lo.z; v[3] += lo.w;
       v[4] += hi.x; v[5] += hi.y; v[6] += hi.z; v[7] += hi.w;
     }
-    const int valid = p.N - col < 8 ? p.N - col : 8;
-    if (p.bias != nullptr) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        if (j < valid) v[j] += p.bias[col + j];
-    }
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = apply_activation(v[j], p.act);
-    T* dst = p.out + row * p.ldo + col;
-    if (valid == 8) {
-      store8<T>(dst, v);  // row starts are 16-byte aligned (base and stride rules), col % 8 == 0
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        if (j < valid) dst[j] = Pair<T>::one(v[j]);
-    }
+    finish_out8(p.out, p.ldo, row, col, p.N, p.bias, p.act, v);
   }
 }
 

@@ -92,26 +92,6 @@ __device__ __forceinline__ void dequant(uint32_t q, uint32_t zc, bool has_zero, 
   }
 }
 
-template <class T>
-__device__ __forceinline__ void finish(const Params<T>& p, float (&v)[8], int row, int col) {
-  const int valid = p.N - col < 8 ? p.N - col : 8;
-  if (p.bias != nullptr) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      if (j < valid) v[j] += p.bias[col + j];
-  }
-#pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = apply_activation(v[j], p.act);
-  T* dst = p.out + row * p.ldo + col;
-  if (valid == 8) {
-    store8<T>(dst, v);  // row starts are 16-byte aligned (base and stride rules), col % 8 == 0
-  } else {
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      if (j < valid) dst[j] = Pair<T>::one(v[j]);
-  }
-}
-
 template <class C, class T>
 __global__ void __launch_bounds__(C::THREADS) w8a16_kernel(const Params<T> p) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -125,30 +105,10 @@ __global__ void __launch_bounds__(C::THREADS) w8a16_kernel(const Params<T> p) {
   const bool has_zero = p.zero != nullptr;
 
   float acc[C::MI][C::NI][4];
-#pragma unroll
-  for (int mi = 0; mi < C::MI; ++mi)
-#pragma unroll
-    for (int j = 0; j < C::NI; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[mi][j][e] = 0.f;
-
-  // Empty groups are committed too, so that wait_group counts stay uniform at the tail.
-#pragma unroll
-  for (int s = 0; s < C::STAGES - 1; ++s) {
-    if (s < nkt) load_stage<C>(p, smem + s * C::STAGE_BYTES, n0, m0, (kt0 + s) * C::BK, tid);
-    cp_async_commit();
-  }
-
-  for (int i = 0; i < nkt; ++i) {
-    // Stage i has landed for this thread once STAGES-2 groups remain pending; the barrier
-    // publishes every thread's copies and proves that stage i-1, refilled next, is free.
-    cp_async_wait<C::STAGES - 2>();
-    __syncthreads();
-    const int next = i + C::STAGES - 1;
-    if (next < nkt) load_stage<C>(p, smem + (next % C::STAGES) * C::STAGE_BYTES, n0, m0, (kt0 + next) * C::BK, tid);
-    cp_async_commit();
-
-    const unsigned char* st = smem + (i % C::STAGES) * C::STAGE_BYTES;
+  zero_fragments(acc);
+  auto load = [&](int slot, int t) { load_stage<C>(p, smem + slot * C::STAGE_BYTES, n0, m0, (kt0 + t) * C::BK, tid); };
+  auto compute = [&](int slot, int) {
+    const unsigned char* st = smem + slot * C::STAGE_BYTES;
     const T* sx = reinterpret_cast<const T*>(st + C::X_OFF);
     const float* ss = reinterpret_cast<const float*>(st + C::S_OFF);
     const float* zs = reinterpret_cast<const float*>(st + C::Z_OFF);
@@ -157,12 +117,7 @@ __global__ void __launch_bounds__(C::THREADS) w8a16_kernel(const Params<T> p) {
     for (int j = 0; j < C::NI; ++j) zc[j] = zero_const<T>(zs, has_zero, zero_offset<C>(wp, j, lane));
 
     float part[C::MI][C::NI][4];
-#pragma unroll
-    for (int mi = 0; mi < C::MI; ++mi)
-#pragma unroll
-      for (int j = 0; j < C::NI; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part[mi][j][e] = 0.f;
+    zero_fragments(part);
 #pragma unroll
     for (int ks = 0; ks < C::KSTEPS; ++ks) {
       const uint4 wq = lds128(smem_addr(st + C::W_OFF + w_frag_offset<C>(wp, ks, lane)));
@@ -189,11 +144,10 @@ __global__ void __launch_bounds__(C::THREADS) w8a16_kernel(const Params<T> p) {
         acc[mi][j][3] = fmaf(part[mi][j][3], s.y, acc[mi][j][3]);
       }
     }
-  }
+  };
+  run_cp_async_ring<C::STAGES>(nkt, load, compute);
 
-  // The pipeline buffers are dead once every warp passed this barrier: stage the K slices.
-  cp_async_wait<0>();
-  __syncthreads();
+  // The ring is free (run_cp_async_ring ended with a barrier): stage the K slices.
   float* ct = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int mi = 0; mi < C::MI; ++mi)
@@ -227,7 +181,7 @@ __global__ void __launch_bounds__(C::THREADS) w8a16_kernel(const Params<T> p) {
       if (row >= p.M || col >= p.N) continue;
       float v[8];
       slice_sum(oc, v);
-      finish(p, v, row, col);
+      finish_out8(p.out, p.ldo, row, col, p.N, p.bias, p.act, v);
     }
     return;
   }
@@ -268,7 +222,7 @@ __global__ void __launch_bounds__(C::THREADS) w8a16_kernel(const Params<T> p) {
       v[0] += lo.x; v[1] += lo.y; v[2] += lo.z; v[3] += lo.w;
       v[4] += hi.x; v[5] += hi.y; v[6] += hi.z; v[7] += hi.w;
     }
-    finish(p, v, row, col);
+    finish_out8(p.out, p.ldo, row, col, p.N, p.bias, p.act, v);
   }
   if (tid == 0) p.counters[counter] = 0;
 }
