@@ -197,6 +197,7 @@ cpu_ext = Pybind11Extension(
     cxx_std=17,
     extra_compile_args=["-O3", "-fno-math-errno"],
     extra_link_args=["-pthread"],
+    libraries=["dl"],  # dlopen/dlsym: adopting torch's OpenMP runtime (csrc/cpu/thread_pool.h)
     define_macros=[("BIGPERF_X86", "1")] if IS_X86 else [],
 )
 

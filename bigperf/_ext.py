@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +30,10 @@ def _load(name: str) -> tuple[ModuleType | None, str | None]:
 
 
 def cpu_module() -> ModuleType | None:
-    return _load("bigperf._C")[0]
+    module = _load("bigperf._C")[0]
+    if module is not None and not _threads_chosen:
+        _choose_thread_runtime(module)
+    return module
 
 
 def cpu_unavailable_reason() -> str | None:
@@ -64,6 +68,44 @@ def build_info() -> dict:
 def runnable_cpu_isas() -> list[str]:
     module = cpu_module()
     return list(module.runnable_isas()) if module is not None else []
+
+
+# ----------------------------------------------------------------------------- threads
+
+# Where the CPU kernels run their parallel regions (csrc/cpu/thread_pool.h): "openmp" (the
+# default) adopts the OpenMP runtime torch has loaded, so that torch's spin-waiting worker
+# threads run our chunks instead of competing with a pool of our own; "own" keeps that pool.
+_ENV_THREADS = os.environ.get("BIGPERF_THREADS", "openmp").strip().lower() or "openmp"
+_OPENMP_LIBRARY = re.compile(r"lib(gomp|iomp5|omp)([-.][^/]*)?\.so[.0-9]*$")
+_threads_chosen: list[str] = []
+
+
+def _loaded_openmp_runtimes() -> list[str]:
+    """Paths of the OpenMP runtimes mapped into this process, torch's first."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(maxsplit=5)[5].strip() for line in maps if "/" in line and ".so" in line}
+    except (OSError, IndexError):
+        return []
+    found = sorted(p for p in paths if _OPENMP_LIBRARY.search(os.path.basename(p)))
+    return sorted(found, key=lambda p: "torch" not in p)
+
+
+def _choose_thread_runtime(module: ModuleType) -> None:
+    _threads_chosen.append(_ENV_THREADS)
+    if _ENV_THREADS == "own":
+        return
+    import torch  # noqa: F401  (its OpenMP runtime must be loaded before we look for it)
+
+    for path in _loaded_openmp_runtimes():
+        if module.adopt_openmp_runtime(path):
+            return
+
+
+def thread_runtime() -> str:
+    """'own' (bigperf's thread pool) or the path of torch's OpenMP runtime the CPU kernels use."""
+    module = cpu_module()
+    return module.thread_runtime() if module is not None else "none (bigperf._C not built)"
 
 
 # Read once at import: an environment lookup per kernel call costs microseconds.

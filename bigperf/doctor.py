@@ -56,9 +56,11 @@ def run_doctor(console: Console | None = None) -> int:
             table.add_row("CPU ISA in use", _ext.cpu_isa())
         except (ValueError, RuntimeError) as error:
             table.add_row("CPU ISA in use", f"error: {error}")
-    policy = os.environ.get("OMP_WAIT_POLICY")
-    table.add_row("OMP_WAIT_POLICY", policy or "unset: PyTorch's OpenMP threads spin after each op and slow the "
-                  "next bigperf CPU kernel (up to 2x at M = 1); start Python with OMP_WAIT_POLICY=PASSIVE")
+        runtime = _ext.thread_runtime()
+        table.add_row("CPU kernel threads", f"torch's OpenMP runtime ({runtime})" if runtime != "own" else
+                      "bigperf's own pool (BIGPERF_THREADS=own, or torch's OpenMP runtime was not found): "
+                      "after a torch op its spin-waiting threads slow the next bigperf CPU kernel (up to "
+                      "1.8x at M = 1) unless OMP_WAIT_POLICY=PASSIVE")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             major, minor = torch.cuda.get_device_capability(i)

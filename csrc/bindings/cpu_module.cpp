@@ -4,7 +4,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <stdexcept>
+#include <string>
+#include <vector>
+
 #include "cpu/cpu_features.h"
+#include "cpu/thread_pool.h"
 
 namespace py = pybind11;
 using namespace bigperf::cpu;
@@ -26,6 +31,26 @@ PYBIND11_MODULE(_C, m) {
     d["avx512dq"] = f.avx512dq; d["avx512vnni"] = f.avx512vnni; d["avx512bf16"] = f.avx512bf16;
     return d;
   });
+  m.def("adopt_openmp_runtime", &adopt_openmp_runtime, py::arg("path"),
+        "run parallel regions on the OpenMP runtime already loaded from path (torch's); False if it is not "
+        "loaded or lacks GOMP_parallel");
+  m.def("use_own_threads", &use_own_threads, "run parallel regions on bigperf's own thread pool");
+  m.def("thread_runtime", &thread_runtime, "'own' or the path of the adopted OpenMP runtime");
+  // For tests of the parallel regions themselves: how many times each index of [0, n) was
+  // visited, raising RuntimeError from the chunk that holds index fail_at (if in range).
+  m.def("_test_parallel_for", [](int64_t n, int threads, int64_t grain, int64_t fail_at) {
+    std::vector<int> visits(static_cast<size_t>(n > 0 ? n : 0), 0);
+    {
+      py::gil_scoped_release release;
+      parallel_for(n, threads, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          if (i == fail_at) throw std::runtime_error("chunk holding index " + std::to_string(i) + " failed");
+          ++visits[static_cast<size_t>(i)];
+        }
+      });
+    }
+    return visits;
+  }, py::arg("n"), py::arg("threads"), py::arg("grain"), py::arg("fail_at") = -1);
   register_fused_linear(m);
   register_int8_linear(m);
   register_sparse_linear(m);

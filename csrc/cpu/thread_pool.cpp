@@ -1,6 +1,9 @@
 #include "cpu/thread_pool.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
@@ -90,6 +93,51 @@ ThreadPool& pool() {
   return *instance;
 }
 
+// ----------------------------------------------------------------------------- OpenMP
+
+// libgomp's entry for `#pragma omp parallel num_threads(n)`: runs fn(data) on a team of
+// up to n threads, the caller included, and returns when all are done. A stable ABI
+// that libgomp and LLVM's/Intel's runtimes (libomp, libiomp5) all export.
+using GompParallel = void (*)(void (*fn)(void*), void* data, unsigned num_threads, unsigned flags);
+
+std::atomic<GompParallel> gomp_parallel{nullptr};
+std::mutex runtime_mutex;
+std::string adopted_path;  // guarded by runtime_mutex
+
+// One parallel region's chunks, taken from a counter by whichever team threads run:
+// the runtime may give fewer threads than asked (nested regions, thread limits).
+struct Region {
+  const std::function<void(int)>* task;
+  int count;
+  std::atomic<int> next{0};
+  std::mutex error_mutex;
+  std::exception_ptr error;
+};
+
+void run_region_chunks(void* data) {
+  auto* region = static_cast<Region*>(data);
+  for (int i; (i = region->next.fetch_add(1, std::memory_order_relaxed)) < region->count;) {
+    try {
+      (*region->task)(i);
+    } catch (...) {  // nothing may unwind through the OpenMP runtime
+      std::lock_guard<std::mutex> lock(region->error_mutex);
+      if (!region->error) region->error = std::current_exception();
+    }
+  }
+}
+
+void run_parallel(int count, const std::function<void(int)>& task) {
+  if (const GompParallel parallel = gomp_parallel.load(std::memory_order_acquire)) {
+    Region region;
+    region.task = &task;
+    region.count = count;
+    parallel(run_region_chunks, &region, static_cast<unsigned>(count), 0);
+    if (region.error) std::rethrow_exception(region.error);
+    return;
+  }
+  pool().run(count, task);
+}
+
 }  // namespace
 
 void parallel_for(int64_t n, int num_threads, int64_t grain,
@@ -103,13 +151,39 @@ void parallel_for(int64_t n, int num_threads, int64_t grain,
     return;
   }
   // Balanced split in whole grains.
-  pool().run(chunks, [&](int chunk) {
+  run_parallel(chunks, [&](int chunk) {
     const int64_t g_begin = grains * chunk / chunks;
     const int64_t g_end = grains * (chunk + 1) / chunks;
     const int64_t begin = g_begin * grain;
     const int64_t end = std::min(n, g_end * grain);
     if (begin < end) body(begin, end);
   });
+}
+
+bool adopt_openmp_runtime(const std::string& path) {
+  // RTLD_NOLOAD: a handle only if this very file is already mapped; never a second runtime.
+  void* handle = dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  if (!handle) return false;
+  auto parallel = reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel"));
+  if (!parallel) {
+    dlclose(handle);
+    return false;
+  }
+  std::lock_guard<std::mutex> lock(runtime_mutex);
+  adopted_path = path;  // the handle stays open: the runtime must outlive every region
+  gomp_parallel.store(parallel, std::memory_order_release);
+  return true;
+}
+
+void use_own_threads() {
+  std::lock_guard<std::mutex> lock(runtime_mutex);
+  adopted_path.clear();
+  gomp_parallel.store(nullptr, std::memory_order_release);
+}
+
+std::string thread_runtime() {
+  std::lock_guard<std::mutex> lock(runtime_mutex);
+  return gomp_parallel.load() ? adopted_path : std::string("own");
 }
 
 }  // namespace bigperf::cpu
