@@ -18,7 +18,8 @@ zero_point [N, G] int8 or None), version 1:
 
 2:4 sparse (from bigperf.sparsity's values [N, K/2], meta [N, K/8] uint8), version 1:
   values [N, Kp/2], Kp = K rounded up to 32, zero padded (their order is already the
-      compressed-operand order of mma.sp).
+      compressed-operand order of mma.sp); when K % 32 == 0 the source tensor itself
+      (contiguous, 16-byte aligned), not a copy.
   meta [ceil(N/16), Kp/32 * 16] int32 (uint32 bit patterns): per 16-row block and
       32-wide k block, 16 words; word 2g + p is the metadata register of lane 4g + p of
       mma.sp.m16n8k32 (sparsity selector 0): low 16 bits row g, high 16 bits row g + 8,
@@ -147,8 +148,13 @@ def pack_s24(values: torch.Tensor, meta: torch.Tensor) -> S24Layout:
         raise ValueError(f"{function}: argument 'meta' is on {meta.device} but 'values' is on {values.device}")
     kp = _round_up(k, _S24_PACK_K)
     nb = -(-n // _S24_ROW_BLOCK)
-    v = torch.zeros((n, kp // 2), dtype=values.dtype, device=values.device)
-    v[:, :half] = values
+    if kp == k and values.is_contiguous() and values.data_ptr() % 16 == 0:
+        # Already the kernel's order with nothing to pad: share the layer's tensor rather
+        # than keep a second copy of the largest part of the weight on the GPU.
+        v = values
+    else:
+        v = torch.zeros((n, kp // 2), dtype=values.dtype, device=values.device)
+        v[:, :half] = values
     b = torch.full((nb * _S24_ROW_BLOCK, kp // 8), _S24_PAD_META_BYTE, dtype=torch.int64, device=meta.device)
     b[:n, :k // 8] = meta.to(torch.int64)
     u16 = b[:, 0::2] | (b[:, 1::2] << 8)  # [Np16*16, Kp/16]: logical k 16w .. 16w+15

@@ -164,6 +164,20 @@ def test_s24_values_are_zero_padded_along_k():
     assert torch.equal(layout.values[:, :20], p.values) and not layout.values[:, 20:].any()
 
 
+def test_s24_values_are_shared_not_copied_when_nothing_needs_padding():
+    """K % 32 == 0: the layout reads the layer's own values (no second copy on the GPU);
+    otherwise, or for a view that is not contiguous, a padded copy."""
+    p = pack_24(_pruned(8, 64))
+    assert pack_s24(p.values, p.meta).values.data_ptr() == p.values.data_ptr()
+    padded = pack_24(_pruned(8, 40))
+    assert pack_s24(padded.values, padded.meta).values.data_ptr() != padded.values.data_ptr()
+    wide = torch.zeros(8, 64, dtype=p.values.dtype)
+    wide[:, :32] = p.values
+    view = wide[:, :32]  # right shape, row stride 64: not the kernel's order
+    layout = pack_s24(view, p.meta)
+    assert layout.values.data_ptr() != view.data_ptr() and torch.equal(layout.values, p.values)
+
+
 S24_BAD = [
     (lambda p: (p.values.to(torch.int16), p.meta), TypeError, "values"),
     (lambda p: (p.values, p.meta.to(torch.int8)), TypeError, "meta"),
