@@ -14,7 +14,10 @@ Sections
              x, both sides), vs torch.ao quantize_dynamic's Linear (fbgemm); per-group
              128 vs per channel.
   m16        M=16 weight-only (per channel, group 128) vs F.linear fp32.
-  w8a8       M=128 (K=4096, N=14336) and M=2048 (K=N=4096) W8A8 vs fbgemm and fp32.
+  w8a8       M=128 (K=4096, N=14336) and M=2048 (K=N=4096) W8A8 vs fbgemm and fp32, with
+             8-bit activation codes (the default) and with act_bits=7 (fbgemm's own
+             accuracy class: it quantises x with reduce_range, 0..127); the SQNR of
+             each against the fp32 Linear.
   crossover  weight-only M=8..256: the skinny kernel (raw binding) vs dequantise + F.linear
              (the op's fallback), and vs the W8A8 op, for CPU_WEIGHT_ONLY_MAX_M.
 """
@@ -110,7 +113,7 @@ def row(section, name, ta, tb, ratio, extra=None):
          "ratio": quantiles(ratio)}
     r.update(extra or {})
     q = r["ratio"]
-    print(f"{section:<9} {name:<50} ours {r['ours_s']['median'] * 1e3:9.2f} ms  "
+    print(f"{section:<9} {name:<62} ours {r['ours_s']['median'] * 1e3:9.2f} ms  "
           f"base {r['base_s']['median'] * 1e3:9.2f} ms  ratio {q['median']:6.2f} [{q['q1']:.2f}, {q['q3']:.2f}]"
           + (f"  {extra['note']}" if extra and "note" in extra else ""), flush=True)
     return r
@@ -166,11 +169,11 @@ def dequant_fallback(qc):
     return call
 
 
-def dynamic(isa, qc):
+def dynamic(isa, qc, act_bits=8):
     def call(x):
         qw, s, _ = qc.next()
         with bigperf.use_backend("cpu"), bigperf.use_cpu_isa(isa):
-            return ops.int8_dynamic_linear(x, qw, s)
+            return ops.int8_dynamic_linear(x, qw, s, None, "none", act_bits)
     return call
 
 
@@ -251,20 +254,36 @@ def m16(isa, threads, reps):
     return rows
 
 
+def sqnr_db(ref, out):
+    ref, out = ref.double(), out.double()
+    return (10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum())).item()
+
+
 def w8a8(isa, threads, reps, quick):
     rows = []
     shapes = [(128, K_BIG, N_BIG)] + ([] if quick else [(2048, 4096, 4096)])
     for m, k, n in shapes:
         qc = QuantCopies(n, k)
-        ours = dynamic(isa, qc)
         x = torch.randn(m, k)
         r = max(3, reps // (4 if m >= 2048 else 2))
         fb = fbgemm_linear(qc)
-        if fb is not None:
-            rows.append(speedup("w8a8", f"M={m} K={k} N={n} vs fbgemm dynamic Linear", ours, fb, x, r))
         fp32_lin = fp32_linear(n, k)
-        rows.append(speedup("w8a8", f"M={m} K={k} N={n} vs F.linear fp32", ours, fp32_lin, x, r,
-                            {"note": f"{2 * m * n * k / 1e9:.1f} GOP"}))
+        for bits in (8, 7):
+            ours = dynamic(isa, qc, bits)
+            tag = "" if bits == 8 else " act_bits=7"
+            if fb is not None:
+                rows.append(speedup("w8a8", f"M={m} K={k} N={n}{tag} vs fbgemm dynamic Linear", ours, fb, x, r))
+            rows.append(speedup("w8a8", f"M={m} K={k} N={n}{tag} vs F.linear fp32", ours, fp32_lin, x, r,
+                                {"note": f"{2 * m * n * k / 1e9:.1f} GOP"}))
+        # Accuracy against the fp32 Linear on the same float weight and x.
+        with torch.inference_mode():
+            ref = F.linear(x, qc.float_weight)
+            sq = {f"ours act_bits={bits}": sqnr_db(ref, dynamic(isa, qc, bits)(x)) for bits in (8, 7)}
+            if fb is not None:
+                sq["fbgemm (reduce_range)"] = sqnr_db(ref, fb(x))
+        print(f"w8a8      M={m} K={k} N={n} SQNR vs fp32 Linear: "
+              + ", ".join(f"{name} {v:.1f} dB" for name, v in sq.items()), flush=True)
+        rows.append({"section": "w8a8", "name": f"M={m} K={k} N={n} SQNR vs fp32 Linear (dB)", "sqnr_db": sq})
     return rows
 
 

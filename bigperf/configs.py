@@ -12,6 +12,7 @@ from torch import nn
 from bigperf.nn.fused_linear import FusedLinear
 from bigperf.nn.int8_linear import Int8Linear
 from bigperf.nn.sparse_linear import SparseLinear
+from bigperf.quant import activation_qmax
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -66,18 +67,25 @@ class Int8WeightOnly:
 
 @dataclass(frozen=True)
 class Int8Dynamic:
-    """W8A8: int8 per-channel weights, activations quantised per token at run time."""
+    """W8A8: int8 per-channel weights, activations quantised per token at run time to
+    act_bits = 8 (codes in [-127, 127]) or 7 ([-63, 63]: fbgemm's reduce_range accuracy
+    class, ~7 dB less SQNR, faster on AVX2 CPUs)."""
 
+    act_bits: int = 8
     fuse_activations: bool = True
 
+    def __post_init__(self):
+        activation_qmax(self.act_bits, "bigperf.Int8Dynamic", "act_bits")
+
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
-        return Int8Linear.from_linear(linear, weight_only=False, activation=activation)
+        return Int8Linear.from_linear(linear, weight_only=False, activation=activation, act_bits=self.act_bits)
 
     def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
-        return Int8Linear(in_features, out_features, bias, weight_only=False, activation=activation, device=device)
+        return Int8Linear(in_features, out_features, bias, weight_only=False, activation=activation, device=device,
+                          act_bits=self.act_bits)
 
     def describe(self) -> str:
-        return "Int8Dynamic()"
+        return "Int8Dynamic()" if self.act_bits == 8 else f"Int8Dynamic(act_bits={self.act_bits})"
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,7 @@ NAMED_CONFIGS = {
     "int8": Int8WeightOnly(),
     "int8-g128": Int8WeightOnly(group_size=128),
     "int8-dynamic": Int8Dynamic(),
+    "int8-dynamic-7bit": Int8Dynamic(act_bits=7),
     "sparse24": Sparse24(),
     "sparse24-int8": Sparse24Int8(),
     "block": BlockSparse(),

@@ -22,8 +22,9 @@ W8A16, ``y = act(x @ ((q - z) * s)^T + bias)``:
 W8A8, ``y = act((quant(x) @ q^T) * row_scale * col_scale + bias)``:
 
 * Per-token quantisation as ``bigperf.quant.quantize_activation_per_token``: scale =
-  absmax / 127 (1 for an all-zero row), codes = round_half_even(x / scale) clamped to
-  [-127, 127]. Both divisions use ``tl.div_rn``: Triton's ``/`` lowers to the approximate
+  absmax / QMAX (1 for an all-zero row), codes = round_half_even(x / scale) clamped to
+  [-QMAX, QMAX], QMAX = 127 for ``act_bits=8`` and 63 for ``act_bits=7`` (a constexpr:
+  one compiled variant each). Both divisions use ``tl.div_rn``: Triton's ``/`` lowers to the approximate
   ``div.full.f32`` on NVIDIA GPUs, which would move codes that sit near a .5 boundary.
   Triton (3.6) has no portable round-to-integer (libdevice's ``rint`` is CUDA-only), so
   the kernel adds and subtracts 1.5 * 2**23: for |v| < 2**22 the sum has no fraction bits
@@ -53,7 +54,8 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # 1.5 * 2**23: see "Numerics" above. constexpr because compiled kernels may only read
 # constexpr globals; kernel code keeps the tensor on the left of the operator.
 _RNE_MAGIC = tl.constexpr(12582912.0)
-_QMAX = tl.constexpr(127.0)
+# act_bits -> the largest |code| (bigperf.quant.activation_qmax), as the kernel's constexpr.
+_QMAX = {8: 127.0, 7: 63.0}
 # Rows of one split-K reduce tile: the split path only runs for M <= 16.
 _REDUCE_BLOCK_M = 16
 _REDUCE_BLOCK_N = 128
@@ -227,6 +229,7 @@ def _quantize_rows_kernel(
     stride_xm, stride_xk,
     stride_qm,
     BLOCK_K: tl.constexpr,
+    QMAX: tl.constexpr,
 ):
     # One program per row: the row is read twice (absmax, then codes); for the K of real
     # models (<= 32k) the second read hits L2.
@@ -239,14 +242,14 @@ def _quantize_rows_kernel(
         v = tl.load(x_row + (k + offs).to(tl.int64) * stride_xk, mask=mask, other=0.0)
         amax = tl.maximum(amax, tl.abs(v.to(tl.float32)))
     row_max = tl.max(amax, axis=0)
-    scale = tl.where(row_max > 0, tl.div_rn(row_max, _QMAX), 1.0)
+    scale = tl.where(row_max > 0, tl.div_rn(row_max, QMAX), 1.0)
     q_row = q_ptr + row * stride_qm
     for k in range(0, K, BLOCK_K):
         mask = offs < K - k
         v = tl.load(x_row + (k + offs).to(tl.int64) * stride_xk, mask=mask, other=0.0)
         r = tl.div_rn(v.to(tl.float32), scale)
         r = (r + _RNE_MAGIC) - _RNE_MAGIC
-        r = tl.minimum(tl.maximum(r, -_QMAX), _QMAX)
+        r = tl.minimum(tl.maximum(r, -QMAX), QMAX)
         tl.store(q_row + k + offs, r.to(tl.int8), mask=mask)
     tl.store(scale_ptr + row, scale)
 
@@ -454,16 +457,21 @@ def int8_dynamic_linear(
     scale: torch.Tensor,
     bias: torch.Tensor | None = None,
     activation: str = "none",
+    act_bits: int = 8,
 ) -> torch.Tensor:
     """Return ``act((quant(x) @ qweight^T) * x_scale * scale^T + bias)`` in x's dtype.
 
-    x: [M, K] fp16/bf16/fp32, any strides, quantised per token (row) to int8 at run time;
+    x: [M, K] fp16/bf16/fp32, any strides, quantised per token (row) at run time to
+    ``act_bits`` (8: codes in [-127, 127], 7: [-63, 63]);
     qweight: [N, K] int8, symmetric; scale: [N, 1] fp32 (per channel); bias: [N] fp32 (or
     x's dtype) or None. int8 x int8 products accumulate exactly in int32. Raises
     TypeError/ValueError naming the argument.
     """
     name = _DYNAMIC_NAME
     M, N, K, groups = _check_common(name, x, qweight, scale, bias, activation)
+    if isinstance(act_bits, bool) or not isinstance(act_bits, int) or act_bits not in _QMAX:
+        raise ValueError(f"{name}: `act_bits` must be 7 or 8 (bits of the per-token activation "
+                         f"codes), got {act_bits!r}")
     if groups != 1:
         raise ValueError(f"{name}: `scale` must be per channel, shape [{N}, 1]; got "
                          f"{tuple(scale.shape)} (per-group weights need int8_weight_linear)")
@@ -485,7 +493,7 @@ def int8_dynamic_linear(
     def run():
         _quantize_rows_kernel[(M,)](
             x, xq, x_scale, K, x.stride(0), x.stride(1), xq.stride(0),
-            BLOCK_K=_config.INT8_QUANT_BLOCK_K)
+            BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=_QMAX[act_bits])
         _int8_gemm_tuned[grid](
             xq, qweight, x_scale, scale, bias, y,
             M, N, K, _config.m_bucket(M),
@@ -580,10 +588,11 @@ def aot_specs() -> list:
         return _spec(_split_k_reduce_kernel, f"split_k_reduce_{name}", ptrs, const,
                      not_div16=("M", "SPLITS"))
 
-    def quantize(x_dt):
+    def quantize(x_dt, act_bits=8):
         ptrs = {"x_ptr": f"*{tdt[x_dt]}", "q_ptr": "*i8", "scale_ptr": "*fp32"}
-        const = dict(stride_xk=1, BLOCK_K=_config.INT8_QUANT_BLOCK_K)
-        return _spec(_quantize_rows_kernel, f"quantize_rows_{tdt[x_dt]}", ptrs, const)
+        const = dict(stride_xk=1, BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=_QMAX[act_bits])
+        suffix = "" if act_bits == 8 else f"_a{act_bits}"
+        return _spec(_quantize_rows_kernel, f"quantize_rows_{tdt[x_dt]}{suffix}", ptrs, const)
 
     large, small = _config.INT8_WEIGHT_LARGE_M, _config.INT8_WEIGHT_SMALL_M
     split_cfgs = _config.INT8_WEIGHT_SPLIT_K
@@ -610,5 +619,5 @@ def aot_specs() -> list:
         reduce("bf16", bf16, bias=False, activation="none"),
         reduce("fp32_bias_gelu_tanh", f32, bias=True, activation="gelu_tanh"),
     ]
-    specs += [quantize(dt) for dt in (f16, bf16, f32)]
+    specs += [quantize(dt) for dt in (f16, bf16, f32)] + [quantize(f16, act_bits=7)]
     return specs

@@ -78,10 +78,19 @@ def test_bad_group_sizes_are_refused(k, group_size, word):
         quantize_weight(gaussian(4, k), group_size=group_size)
 
 
-def test_activation_per_token():
+@pytest.mark.parametrize("bits,qmax", [(8, 127), (7, 63)])
+def test_activation_per_token(bits, qmax):
     x = gaussian(5, 33)
     x[3] = 0
-    q, scale = quantize_activation_per_token(x)
+    q, scale = quantize_activation_per_token(x, bits)
     assert q.dtype == torch.int8 and scale.shape == (5,)
-    assert q.abs().max() == 127 and (q[3] == 0).all() and scale[3] == 1
+    assert q.abs().max() == qmax and (q[3] == 0).all() and scale[3] == 1
+    assert torch.equal(scale[:3], x[:3].abs().amax(dim=1) / qmax)
     assert ((q.float() * scale[:, None] - x).abs() <= scale[:, None] / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("bits", [6, 9, 8.0, True, "8"])
+def test_activation_per_token_refuses_other_bits(bits):
+    match = r"bigperf.quant.quantize_activation_per_token: argument 'bits' must be 7 or 8"
+    with pytest.raises(ValueError, match=match):
+        quantize_activation_per_token(gaussian(2, 8), bits)

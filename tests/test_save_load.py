@@ -13,7 +13,8 @@ def build(seed=0):
     return model.eval()
 
 
-@pytest.mark.parametrize("config", ["bf16", "int8", "int8-dynamic", bigperf.Int8WeightOnly(32, symmetric=False),
+@pytest.mark.parametrize("config", ["bf16", "int8", "int8-dynamic", "int8-dynamic-7bit",
+                                    bigperf.Int8WeightOnly(32, symmetric=False),
                                     {r"0": "int8-g128", r".*": "fp16"}])
 def test_round_trip_into_a_fresh_model(tmp_path, config):
     model = build()
@@ -40,6 +41,25 @@ def test_files_are_safetensors_and_json_without_pickle(tmp_path):
     assert manifest["tensors"]["0.qweight"] == {"shape": [128, 64], "dtype": "int8"}
     assert manifest["extra_states"]["0._extra_state"]["format"] == "int8-rowmajor"
     assert b"pickle" not in (directory / "model.safetensors").read_bytes()[:200]
+
+
+def test_act_bits_is_recorded_and_restored(tmp_path):
+    model = build()
+    bigperf.swap(model, bigperf.Int8Dynamic(act_bits=7))
+    directory = bigperf.save(model, tmp_path / "ckpt")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["layers"][0]["config"] == {"type": "Int8Dynamic",
+                                               "fields": {"act_bits": 7, "fuse_activations": True}}
+    assert manifest["extra_states"]["0._extra_state"]["act_bits"] == 7
+    fresh = bigperf.load(build(seed=1), directory)
+    assert fresh[0].act_bits == 7
+    # A manifest written before act_bits existed loads as 8-bit.
+    for entry in manifest["layers"]:
+        entry["config"]["fields"].pop("act_bits", None)
+    for state in manifest["extra_states"].values():
+        state.pop("act_bits", None)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    assert bigperf.load(build(seed=1), directory)[0].act_bits == 8
 
 
 def test_tied_weights_are_stored_once(tmp_path):

@@ -24,10 +24,11 @@ Numerics of the lowerings, relative to the ops:
   dequantised per row (axis 0), which is the same arithmetic. (q − z)·s is computed in
   fp32 as in bigperf.quant.dequantize_weight: identical weights.
 - int8_dynamic_linear: the per-token symmetric scheme of bigperf.quant, written out:
-  scale = max|x_row| / 127 (1 for an all-zero row), QuantizeLinear(x, scale, zero 0,
-  axis 0) → DequantizeLinear → MatMul with the dequantised weight. QuantizeLinear rounds
-  half to even and saturates like torch.round + clamp, and |x / scale| ≤ 127 by
-  construction, so the int8 codes equal the op's (up to a tie that a runtime computing
+  scale = max|x_row| / qmax (qmax = 127 for act_bits 8, 63 for 7, a constant in the
+  graph; 1 for an all-zero row), QuantizeLinear(x, scale, zero 0, axis 0) →
+  DequantizeLinear → MatMul with the dequantised weight. QuantizeLinear rounds half to
+  even and saturates like torch.round + clamp, and |x / scale| ≤ qmax by construction
+  (so the int8 saturation never applies and no clamp to ±63 is needed), so the int8 codes equal the op's (up to a tie that a runtime computing
   x·(1/scale) instead of x/scale may break differently). The op sums int8 products
   exactly and scales once; Q/DQ multiplies the scales in before an fp32 MatMul: the two
   differ by fp32 rounding only (relative error ~1e-7·√K). DynamicQuantizeLinear is not
@@ -52,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from bigperf.ops.activations import apply_activation
+from bigperf.quant import activation_qmax
 
 ONNX_LOWERINGS: dict[str, Callable[..., torch.Tensor]] = {}
 
@@ -150,12 +152,13 @@ def _int8_weight_linear(x, qweight, scale, zero_point, bias, activation):
 
 
 @onnx_lowering("bigperf.int8_dynamic_linear")
-def _int8_dynamic_linear(x, qweight, scale, bias, activation):
+def _int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits=8):
     n, k = qweight.shape
+    qmax = float(activation_qmax(act_bits, "bigperf.int8_dynamic_linear", "act_bits"))
     rows = x.reshape(-1, k).float()
     absmax = rows.abs().amax(dim=1)
     # Same expression as bigperf.quant.quantize_activation_per_token: the codes must match.
-    x_scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
+    x_scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
     # An explicit int8 zero point: without one QuantizeLinear produces uint8 (before opset 21).
     zero = torch.zeros_like(x_scale, dtype=torch.int8)
     codes = _symbolic("QuantizeLinear", [rows, x_scale, zero], {"axis": 0}, torch.int8, rows.shape)

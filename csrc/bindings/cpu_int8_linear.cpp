@@ -78,9 +78,13 @@ void int8_weight_linear(const std::string& isa, uintptr_t x, int64_t x_row_strid
 
 void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t qw,
                          int64_t qw_row_stride, uintptr_t w_scale, uintptr_t bias, uintptr_t out,
-                         int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
+                         int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads,
+                         int act_bits) {
   const char* fn = kDynamicFn;
   check_sizes(fn, M, N, K, act, num_threads);
+  require(act_bits == 7 || act_bits == 8, fn,
+          "argument 'act_bits' must be 7 or 8 (bits of the per-token activation codes), got " +
+              std::to_string(act_bits));
   Int8DynamicLinearArgs a{};
   a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
   require(K <= kInt8DynamicMaxK, fn,
@@ -103,6 +107,7 @@ void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   a.K = K;
   a.act = static_cast<Activation>(act);
   a.num_threads = num_threads;
+  a.act_bits = act_bits;
   py::gil_scoped_release release;
   kernel(a);
 }
@@ -118,6 +123,7 @@ void register_int8_linear(py::module_& m) {
   m.def("int8_dynamic_linear", &int8_dynamic_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
         py::arg("x_dtype"), py::arg("qw"), py::arg("qw_row_stride"), py::arg("w_scale"), py::arg("bias"),
         py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
-        py::arg("num_threads"),
-        "W8A8: x quantised per row, int32 accumulation, rescaled, + bias, act; releases the GIL");
+        py::arg("num_threads"), py::arg("act_bits") = 8,
+        "W8A8: x quantised per row (act_bits 8: codes in [-127, 127], 7: [-63, 63]), int32 accumulation, "
+        "rescaled, + bias, act; releases the GIL");
 }

@@ -3,7 +3,9 @@
 //
 //   weight-only (W8A16): out = act(x @ ((q - zero) * scale)^T + bias), fp32 accumulation
 //   dynamic (W8A8):      x quantised per row here (torch.round semantics), int32
-//                        accumulation, out = act(acc * x_scale[m] * w_scale[n] + bias)
+//                        accumulation, out = act(acc * x_scale[m] * w_scale[n] + bias);
+//                        act_bits 8: codes in [-127, 127], 7: [-63, 63] (fbgemm's
+//                        reduce_range accuracy class, which AVX2 computes faster)
 //
 // Layouts are those of bigperf/quant.py: qweight [N, K] int8 (unit stride along K),
 // scale [N, groups] fp32 contiguous, zero_point [N, groups] int8 contiguous or null.
@@ -45,7 +47,11 @@ struct Int8DynamicLinearArgs {
   int64_t M, N, K;
   Activation act;
   int num_threads;
+  int act_bits = 8;           // 8 or 7 (checked by the binding): see act_qmax
 };
+
+// The largest |code| of x: bigperf.quant.quantize_activation_per_token(x, bits).
+constexpr int act_qmax(int act_bits) { return act_bits == 7 ? 63 : 127; }
 
 // |sum of K int8 x int8 products| <= K * 128 * 128 must fit int32.
 constexpr int64_t kInt8DynamicMaxK = (int64_t{1} << 31) / (128 * 128) - 1;

@@ -33,15 +33,18 @@ struct Scratch {
 };
 
 // The per-token scale of bigperf.quant.quantize_activation_per_token, bit for bit:
-// absmax / 127 in fp32, 1 for an all-zero row.
-inline float activation_scale(float absmax) { return absmax > 0.f ? absmax / 127.f : 1.f; }
+// absmax / qmax in fp32 (qmax = act_qmax(bits): 127 or 63), 1 for an all-zero row.
+inline float activation_scale(float absmax, int qmax = 127) {
+  return absmax > 0.f ? absmax / static_cast<float>(qmax) : 1.f;
+}
 
-// round(v / scale) clamped to [-127, 127]: a true division (not a reciprocal multiply)
+// round(v / scale) clamped to [-qmax, qmax]: a true division (not a reciprocal multiply)
 // and round-half-to-even, as torch.round; NaN maps to 0 instead of undefined behaviour.
-inline int quantize_value(float v, float scale) {
+inline int quantize_value(float v, float scale, int qmax = 127) {
+  const float lim = static_cast<float>(qmax);
   float r = std::nearbyint(v / scale);
   if (!(r == r)) return 0;
-  r = r > 127.f ? 127.f : (r < -127.f ? -127.f : r);
+  r = r > lim ? lim : (r < -lim ? -lim : r);
   return static_cast<int>(r);
 }
 

@@ -53,6 +53,7 @@ void int8_dynamic_linear_scalar(const Int8DynamicLinearArgs& a) {
   std::vector<int8_t> xq(static_cast<size_t>(a.M * a.K));
   std::vector<float> xs(static_cast<size_t>(a.M));
   std::vector<float> row(static_cast<size_t>(a.K));
+  const int qmax = act_qmax(a.act_bits);
   for (int64_t m = 0; m < a.M; ++m) {
     const char* src = static_cast<const char*>(a.x) + m * a.x_row_stride * xes;
     float absmax = 0.f;
@@ -60,8 +61,8 @@ void int8_dynamic_linear_scalar(const Int8DynamicLinearArgs& a) {
       row[k] = load_as_float(src, k, a.x_dtype);
       absmax = std::fmax(absmax, std::fabs(row[k]));
     }
-    xs[m] = activation_scale(absmax);
-    for (int64_t k = 0; k < a.K; ++k) xq[m * a.K + k] = static_cast<int8_t>(quantize_value(row[k], xs[m]));
+    xs[m] = activation_scale(absmax, qmax);
+    for (int64_t k = 0; k < a.K; ++k) xq[m * a.K + k] = static_cast<int8_t>(quantize_value(row[k], xs[m], qmax));
   }
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
   parallel_for(a.N, threads, 16, [&](int64_t n_begin, int64_t n_end) {

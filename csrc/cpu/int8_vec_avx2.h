@@ -139,19 +139,20 @@ inline int32_t hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// Row m of x quantised per token (see quantize_value) into int16 dst[0, kpad), zero
-// past K; returns the row's scale. Vector division and round-half-even, as torch.
+// Row m of x quantised per token (see quantize_value; codes in [-qmax, qmax]) into
+// int16 dst[0, kpad), zero past K; returns the row's scale. Vector division and
+// round-half-even, as torch.
 inline float quantize_x_row(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad,
-                            float* tmp, int16_t* dst) {
+                            float* tmp, int16_t* dst, int qmax) {
   load_x_row(x, row_stride, d, m, K, kpad, tmp);
   __m256 mx = _mm256_setzero_ps();
   for (int64_t k = 0; k < kpad; k += 8) mx = _mm256_max_ps(mx, V8::abs(_mm256_loadu_ps(tmp + k)));
   __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
   h = _mm_max_ps(h, _mm_movehl_ps(h, h));
   h = _mm_max_ss(h, _mm_movehdup_ps(h));
-  const float scale = activation_scale(_mm_cvtss_f32(h));
+  const float scale = activation_scale(_mm_cvtss_f32(h), qmax);
   const __m256 sv = _mm256_set1_ps(scale);
-  const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+  const __m256 lo = _mm256_set1_ps(static_cast<float>(-qmax)), hi = _mm256_set1_ps(static_cast<float>(qmax));
   for (int64_t k = 0; k < kpad; k += 16) {
     __m256 a = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(tmp + k), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 b = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(tmp + k + 8), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

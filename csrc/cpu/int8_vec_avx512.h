@@ -112,16 +112,16 @@ inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation 
 }
 
 // Row m of x quantised per token (quantize_value's semantics: true division, round half
-// to even, clamp to +-127) and offset to unsigned (q + 128) for vpdpbusd, into
+// to even, clamp to +-qmax) and offset to unsigned (q + 128) for vpdpbusd, into
 // dst[0, kpad) with zeros past K (a zero u8 contributes nothing). Returns the scale.
 inline float quantize_x_row_u8(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad,
-                               float* tmp, uint8_t* dst) {
+                               float* tmp, uint8_t* dst, int qmax) {
   load_x_row(x, row_stride, d, m, K, kpad, tmp);
   __m512 mx = _mm512_setzero_ps();
   for (int64_t k = 0; k < kpad; k += 16) mx = _mm512_max_ps(mx, V16::abs(_mm512_loadu_ps(tmp + k)));
-  const float scale = activation_scale(_mm512_reduce_max_ps(mx));
+  const float scale = activation_scale(_mm512_reduce_max_ps(mx), qmax);
   const __m512 sv = _mm512_set1_ps(scale);
-  const __m512 lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+  const __m512 lo = _mm512_set1_ps(static_cast<float>(-qmax)), hi = _mm512_set1_ps(static_cast<float>(qmax));
   for (int64_t k = 0; k < kpad; k += 16) {
     __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(tmp + k), sv),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

@@ -71,9 +71,9 @@ def weight_only_op(isa, x, qw, bias=None, activation="none"):
         return ops.int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, bias, activation)
 
 
-def dynamic_op(isa, x, qweight, scale, bias=None, activation="none"):
+def dynamic_op(isa, x, qweight, scale, bias=None, activation="none", act_bits=8):
     with bigperf.use_backend("cpu"), bigperf.use_cpu_isa(isa):
-        return ops.int8_dynamic_linear(x, qweight, scale, bias, activation)
+        return ops.int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits)
 
 
 def weight_only_raw(isa, x, qw, bias=None, activation="none", out=None, threads=2):
@@ -88,13 +88,13 @@ def weight_only_raw(isa, x, qw, bias=None, activation="none", out=None, threads=
     return out
 
 
-def dynamic_raw(isa, x, qweight, scale, bias=None, activation="none", out=None, threads=2):
+def dynamic_raw(isa, x, qweight, scale, bias=None, activation="none", out=None, threads=2, act_bits=8):
     m, k = x.shape
     n = qweight.shape[0]
     out = torch.full((m, n), float("nan"), dtype=x.dtype) if out is None else out
     C.int8_dynamic_linear(isa, x.data_ptr(), x.stride(0), CODE[x.dtype], qweight.data_ptr(), qweight.stride(0),
                           scale.data_ptr(), bias.data_ptr() if bias is not None else 0, out.data_ptr(),
-                          out.stride(0), m, n, k, ACTIVATIONS.index(activation), threads)
+                          out.stride(0), m, n, k, ACTIVATIONS.index(activation), threads, act_bits)
     return out
 
 
@@ -177,27 +177,49 @@ def test_weight_only_threads_agree(isa):
 
 # ----------------------------------------------------------------------------- dynamic (W8A8)
 
+# act_bits 8: codes in [-127, 127]; 7: [-63, 63], which the AVX2 GEMM multiplies as u8
+# (q + 64) x s8 quads with vpmaddubsw (int8_dynamic_avx2.cpp).
+ACT_BITS = pytest.mark.parametrize("act_bits", (8, 7), ids=("a8", "a7"))
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("k", (1, 33, 256, 1000))
-def test_dynamic_shapes(isa, k):
+@ACT_BITS
+def test_dynamic_shapes(isa, k, act_bits):
     n = 77
     qw = _quantized(n, k, None, True, seed=13)
     bias = _randn(n, seed=14)
     for m in (1, 3, 7, 8, 17, 33):
         x = _strided_x(m, k, torch.float32, seed=30 + m)
-        ref = ops.dynamic_reference(x, qw.qweight, qw.scale, bias, "none")
-        _check(dynamic_op(isa, x, qw.qweight, qw.scale, bias), ref, DYNAMIC_FP32_TOL)
+        ref = ops.dynamic_reference(x, qw.qweight, qw.scale, bias, "none", act_bits)
+        _check(dynamic_op(isa, x, qw.qweight, qw.scale, bias, act_bits=act_bits), ref, DYNAMIC_FP32_TOL)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_dynamic_gemm_blocks(isa):
-    """Past the GEMM's row block, column block and K slice (int8_dynamic_*.cpp)."""
+@ACT_BITS
+def test_dynamic_gemm_blocks(isa, act_bits):
+    """Past the GEMM's row block, column block and K slice (int8_dynamic_*.cpp); K = 2100
+    is not a multiple of 32 (the 7-bit GEMM's K block)."""
     m, n, k = 200, 300, 2100
     qw = _quantized(n, k, None, True, seed=50)
     x = _strided_x(m, k, torch.float32, seed=51)
     bias = _randn(n, seed=52)
-    _check(dynamic_op(isa, x, qw.qweight, qw.scale, bias, "gelu"),
-           ops.dynamic_reference(x, qw.qweight, qw.scale, bias, "gelu"), DYNAMIC_FP32_TOL)
+    _check(dynamic_op(isa, x, qw.qweight, qw.scale, bias, "gelu", act_bits),
+           ops.dynamic_reference(x, qw.qweight, qw.scale, bias, "gelu", act_bits), DYNAMIC_FP32_TOL)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_dynamic_act_bits_changes_the_codes(isa):
+    """Negative control: 7-bit codes are not the 8-bit ones (and each run is exact to its
+    own reference, so the option reaches the kernel)."""
+    n, k = 40, 96
+    qw = _quantized(n, k, None, True, seed=60)
+    for m in (3, 20):
+        x = _randn(m, k, seed=61)
+        a8 = dynamic_op(isa, x, qw.qweight, qw.scale)
+        a7 = dynamic_op(isa, x, qw.qweight, qw.scale, act_bits=7)
+        assert not torch.equal(a8, a7)
+        assert torch.equal(a7, ops.dynamic_reference(x, qw.qweight, qw.scale, None, "none", 7))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -217,49 +239,56 @@ def test_dynamic_activations_and_dtypes(isa, activation, dtype):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m", (1, 12))
-def test_dynamic_rounds_half_to_even(isa, m):
+@ACT_BITS
+def test_dynamic_rounds_half_to_even(isa, m, act_bits):
     """x / scale landing exactly on .5 rounds as torch.round; identity weights expose
     each quantised value in the output."""
     k = 40
-    row = torch.tensor([127.0] + [v + 0.5 for v in range(-20, 19)])  # scale = 1: exact ties
+    qmax = 127.0 if act_bits == 8 else 63.0
+    row = torch.tensor([qmax] + [v + 0.5 for v in range(-20, 19)])  # scale = 1: exact ties
     x = row.repeat(m, 1)
     x[-1] = -x[-1]
     qweight = torch.eye(k, dtype=torch.int8)
     scale = torch.ones(k, 1)
-    out = dynamic_op(isa, x, qweight, scale)
-    expected, _ = quantize_activation_per_token(x)
+    out = dynamic_op(isa, x, qweight, scale, act_bits=act_bits)
+    expected, _ = quantize_activation_per_token(x, act_bits)
     assert torch.equal(out, expected.float()), "quantisation differs from torch.round (half to even)"
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("m", (1, 9))
-def test_dynamic_exact_at_full_int8_range(isa, m):
-    """Extreme sums (|acc| up to K * 127 * 128) stay exact: any int8 weight, -128 included."""
-    k, n = 4096, 20
-    x = torch.full((m, k), 3.0)
-    x[:, 1::2] = -3.0
+@pytest.mark.parametrize("m,k", ((1, 4096), (9, 4096), (9, 4099)))
+@ACT_BITS
+def test_dynamic_exact_at_full_int8_range(isa, m, k, act_bits):
+    """Extreme sums (|acc| up to K * 127 * 128) stay exact: any int8 weight, -128 included.
+    7-bit: codes +-63, stored as u8 127 / 1 by the AVX2 GEMM, whose vpmaddubsw pair sums
+    then reach 2 * 127 * -128 = -32512 (no int16 saturation)."""
+    n = 20
     qweight = torch.full((n, k), 127, dtype=torch.int8)
     qweight[1::2, 1::2] = -128
     qweight[2] = -128
     qweight[3] = torch.randint(-128, 128, (k,), generator=torch.Generator().manual_seed(0), dtype=torch.int8)
     scale = torch.ones(n, 1)
-    out = dynamic_op(isa, x, qweight, scale)
-    ref = ops.dynamic_reference(x, qweight, scale, None, "none")
-    assert torch.equal(out, ref)
+    alternating = torch.full((m, k), 3.0)
+    alternating[:, 1::2] = -3.0
+    for x in (alternating, torch.full((m, k), 3.0), torch.full((m, k), -3.0)):
+        out = dynamic_op(isa, x, qweight, scale, act_bits=act_bits)
+        ref = ops.dynamic_reference(x, qweight, scale, None, "none", act_bits)
+        assert torch.equal(out, ref)
     # Zero rows of x: scale 1, all-zero codes, output = bias.
     bias = _randn(n, seed=17)
-    zero = dynamic_op(isa, torch.zeros(m, k), qweight, scale, bias)
+    zero = dynamic_op(isa, torch.zeros(m, k), qweight, scale, bias, act_bits=act_bits)
     assert torch.equal(zero, bias.expand(m, n))
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_dynamic_writes_exactly_its_outputs(isa):
+@ACT_BITS
+def test_dynamic_writes_exactly_its_outputs(isa, act_bits):
     n, k = 45, 99
     qw = _quantized(n, k, None, True, seed=18)
     for rows in (1, 4, 13):
         x = _randn(rows, k, seed=19)
         canvas = torch.full((rows, n + 3), float("nan"), dtype=torch.bfloat16)
-        dynamic_raw(isa, x.bfloat16(), qw.qweight, qw.scale, out=canvas[:, :n])
+        dynamic_raw(isa, x.bfloat16(), qw.qweight, qw.scale, out=canvas[:, :n], act_bits=act_bits)
         assert not torch.isnan(canvas[:, :n]).any()
         assert torch.isnan(canvas[:, n:]).all(), "kernel wrote past N"
 
@@ -307,7 +336,8 @@ def test_dynamic_binding_rejects_bad_arguments():
                 w_scale=scale.data_ptr(), bias=0, out=out.data_ptr(), out_row_stride=8, M=2, N=8, K=64, act=0,
                 num_threads=1)
     for over, match in ((dict(K=1 << 20), "'K' 1048576 exceeds"), (dict(x_row_stride=3), "'x_row_stride'"),
-                        (dict(act=-1), "'act'"), (dict(w_scale=0), "'scale' is a null pointer")):
+                        (dict(act=-1), "'act'"), (dict(w_scale=0), "'scale' is a null pointer"),
+                        (dict(act_bits=6), "'act_bits' must be 7 or 8 .*got 6")):
         with pytest.raises(ValueError, match="bigperf._C.int8_dynamic_linear: .*" + match):
             C.int8_dynamic_linear(**{**base, **over})
 

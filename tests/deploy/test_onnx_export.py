@@ -164,3 +164,25 @@ def test_ops_do_not_lower_outside_an_onnx_export():
                   if isinstance(getattr(torch.ops.bigperf, name, None), torch._ops.OpOverloadPacket)}
     lowered = {name.removeprefix("bigperf.") for name in ONNX_LOWERINGS}
     assert registered <= lowered, f"bigperf ops without an ONNX lowering: {registered - lowered}"
+
+
+@pytest.mark.parametrize("act_bits", [8, 7])
+def test_dynamic_activation_codes_match_the_op(tmp_path, act_bits):
+    """The lowering's per-token scale (absmax / qmax, qmax a constant: 127 or 63) gives
+    the op's codes: with identity codes and scale 1 the output is code * x_scale."""
+    from bigperf.quant import quantize_activation_per_token
+
+    k = 48
+    layer = bigperf.nn.Int8Linear(k, k, bias=False, weight_only=False, act_bits=act_bits)
+    with torch.no_grad():
+        layer.qweight.copy_(torch.eye(k, dtype=torch.int8))
+    model = torch.nn.Sequential(layer).eval()
+    x = torch.randn(5, k, generator=torch.Generator().manual_seed(3)) * 3
+    path = tmp_path / f"dynamic_a{act_bits}.onnx"
+    torch.onnx.export(model, (x,), path, verbose=False)
+    (got,) = run_onnx(ort_session(path), (x,))
+    q, scale = quantize_activation_per_token(x, act_bits)
+    assert torch.equal(torch.round(got / scale[:, None]).to(torch.int8), q)
+    assert q.abs().max() == (127 if act_bits == 8 else 63)
+    with torch.no_grad():
+        assert rel_error(got, model(x)) <= 1e-6

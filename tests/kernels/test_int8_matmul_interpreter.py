@@ -331,26 +331,28 @@ def test_empty_output(m, n):
 
 # ----------------------------------------------------------------------------- W8A8
 
+@pytest.mark.parametrize("act_bits", [8, 7], ids=["a8", "a7"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
                          ids=["fp32", "fp16", "bf16"])
-def test_quantize_rows_is_bit_exact(dtype):
+def test_quantize_rows_is_bit_exact(dtype, act_bits):
+    qmax = 127.0 if act_bits == 8 else 63.0
     g = torch.Generator().manual_seed(9)
     k = 150  # > INT8_QUANT_BLOCK_K under the interpreter: the row loop takes 3 steps
     x = torch.randn(6, k, generator=g) * torch.tensor([1.0, 1e-3, 50.0, 1.0, 1.0, 1.0])[:, None]
     x[3] = 0.0  # all-zero row: scale 1, codes 0
-    # Row 4: absmax 127 gives scale 1, so x / scale sits exactly on .5 ties: half to even.
+    # Row 4: absmax qmax gives scale 1, so x / scale sits exactly on .5 ties: half to even.
     x[4] = torch.arange(k) % 7 - 3.5
-    x[4, 0] = 127.0
+    x[4, 0] = qmax
     x[5, ::2] = x[5, 1::2] = -2.5  # negative ties
-    x[5, 7] = -127.0
+    x[5, 7] = -qmax
     x = x.to(dtype)
     xv = torch.zeros(6, 2 * k, dtype=dtype)[:, ::2]  # non-contiguous rows
     xv.copy_(x)
     q = torch.full((6, 160), 99, dtype=torch.int8)
     scale = torch.empty(6)
     im._quantize_rows_kernel[(6,)](xv, q, scale, k, xv.stride(0), xv.stride(1), q.stride(0),
-                                   BLOCK_K=_config.INT8_QUANT_BLOCK_K)
-    q_ref, s_ref = quant.quantize_activation_per_token(x)
+                                   BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=qmax)
+    q_ref, s_ref = quant.quantize_activation_per_token(x, act_bits)
     assert torch.equal(scale, s_ref)
     assert torch.equal(q[:, :k], q_ref), (q[:, :k] != q_ref).nonzero()[:5]
     assert (q[:, k:] == 99).all(), "the row padding must not be written"
@@ -370,12 +372,28 @@ DYNAMIC_SHAPES = [(1, 40, 72), (3, 33, 100), (17, 24, 50), (40, 70, 37)]
     pytest.param(torch.bfloat16, 4e-3, id="bf16"),
 ])
 @pytest.mark.parametrize("shape", DYNAMIC_SHAPES, ids=_id)
-def test_dynamic_matches_reference(shape, dtype, tol, poison_empty):
+@pytest.mark.parametrize("act_bits", [8, 7], ids=["a8", "a7"])
+def test_dynamic_matches_reference(shape, dtype, tol, act_bits, poison_empty):
     x, qw, b = make(*shape, dtype, seed=10)
-    y = int8_dynamic_linear(x, qw.qweight, qw.scale, b, "gelu")
+    y = int8_dynamic_linear(x, qw.qweight, qw.scale, b, "gelu", act_bits)
     assert y.dtype == dtype and y.shape == shape[:2]
     assert not torch.isnan(y).any()
-    assert rel_err(y, ops.dynamic_reference(x, qw.qweight, qw.scale, b, "gelu")) <= tol
+    assert rel_err(y, ops.dynamic_reference(x, qw.qweight, qw.scale, b, "gelu", act_bits)) <= tol
+
+
+def test_dynamic_act_bits_7_codes_and_range():
+    # 7-bit codes: a row with absmax 63 has scale 1, so the output (identity weight)
+    # shows each code; a row of +-3 saturates at +-63, not +-127.
+    k = 64
+    x = torch.stack([torch.arange(k, dtype=torch.float32) - 32.0 + 0.5, torch.full((k,), 3.0)])
+    x[0, 0] = 63.0
+    eye = torch.eye(k, dtype=torch.int8)
+    y = int8_dynamic_linear(x, eye, torch.ones(k, 1), None, "none", 7)
+    q_ref, _ = quant.quantize_activation_per_token(x, 7)
+    assert torch.equal(y, q_ref.float() * torch.tensor([[1.0], [3.0 / 63.0]]))
+    assert q_ref[1].eq(63).all()
+    with pytest.raises(ValueError, match="act_bits"):
+        int8_dynamic_linear(x, eye, torch.ones(k, 1), None, "none", 6)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

@@ -25,16 +25,18 @@ def test_weight_only_reference_is_dequantised_linear(group_size, symmetric):
         assert rel_error(weight_only_reference(x, q.qweight, q.scale, q.zero_point, b, "silu"), expected) < 1e-5
 
 
-def test_dynamic_reference_is_exact_integer_math():
+@pytest.mark.parametrize("act_bits", [8, 7])
+def test_dynamic_reference_is_exact_integer_math(act_bits):
     q = packed()
     x, b = random_tensor(2, 3, 128, seed=3), random_tensor(24, seed=4)
-    xq, xs = quantize_activation_per_token(x.reshape(-1, 128))
+    xq, xs = quantize_activation_per_token(x.reshape(-1, 128), act_bits)
+    assert xq.abs().max() == (127 if act_bits == 8 else 63)
     exact = (xq.long() @ q.qweight.long().t()).double() * xs.double()[:, None] * q.scale.double().t() + b.double()
-    out = int8_dynamic_linear(x, q.qweight, q.scale, b, "relu")
+    out = int8_dynamic_linear(x, q.qweight, q.scale, b, "relu", act_bits)
     assert out.shape == (2, 3, 24)
     assert rel_error(out.reshape(-1, 24), exact.relu()) < 1e-6
-    assert torch.equal(dynamic_reference(x, q.qweight, q.scale, b, "relu"), out) or rel_error(
-        dynamic_reference(x, q.qweight, q.scale, b, "relu"), out) < 1e-6
+    assert torch.equal(dynamic_reference(x, q.qweight, q.scale, b, "relu", act_bits), out) or rel_error(
+        dynamic_reference(x, q.qweight, q.scale, b, "relu", act_bits), out) < 1e-6
 
 
 def test_opcheck_both_ops():
@@ -43,6 +45,14 @@ def test_opcheck_both_ops():
     torch.library.opcheck(torch.ops.bigperf.int8_weight_linear.default, (x, q.qweight, q.scale, q.zero_point, b, "gelu"))
     q = packed()
     torch.library.opcheck(torch.ops.bigperf.int8_dynamic_linear.default, (x, q.qweight, q.scale, b, "none"))
+    torch.library.opcheck(torch.ops.bigperf.int8_dynamic_linear.default, (x, q.qweight, q.scale, b, "none", 7))
+    x12 = random_tensor(12, 128, seed=5)  # the CPU kernel's GEMM form (M >= 8)
+    torch.library.opcheck(torch.ops.bigperf.int8_dynamic_linear.default, (x12, q.qweight, q.scale, None, "gelu", 7))
+
+
+def test_schema_has_act_bits_with_default():
+    schema = torch.ops.bigperf.int8_dynamic_linear.default._schema
+    assert schema.arguments[-1].name == "act_bits" and schema.arguments[-1].default_value == 8
 
 
 def test_compile_fullgraph():
@@ -50,6 +60,15 @@ def test_compile_fullgraph():
     x = random_tensor(4, 128)
     f = lambda x: int8_weight_linear(x, q.qweight, q.scale) + int8_dynamic_linear(x, q.qweight, q.scale)  # noqa: E731
     assert torch.allclose(torch.compile(f, fullgraph=True, backend="eager")(x), f(x))
+
+
+def test_compile_fullgraph_act_bits_7():
+    q = packed()
+    x = random_tensor(9, 128)
+    f = lambda x: int8_dynamic_linear(x, q.qweight, q.scale, None, "none", 7)  # noqa: E731
+    out = torch.compile(f, fullgraph=True, backend="eager")(x)
+    assert torch.equal(out, dynamic_reference(x, q.qweight, q.scale, None, "none", 7))
+    assert not torch.equal(out, int8_dynamic_linear(x, q.qweight, q.scale))  # 8-bit differs
 
 
 def test_negative_control_changed_code_changes_one_column():
@@ -76,6 +95,9 @@ def test_negative_control_changed_code_changes_one_column():
     (lambda x, q: int8_weight_linear(x, q.qweight, q.scale, None, torch.ones(3)), ValueError, ["'bias'"]),
     (lambda x, q: int8_dynamic_linear(x, q.qweight, torch.ones(24, 4)), ValueError, ["'scale'", "per channel"]),
     (lambda x, q: int8_dynamic_linear(x, q.qweight, q.scale, None, "swish"), ValueError, ["'activation'"]),
+    (lambda x, q: int8_dynamic_linear(x, q.qweight, q.scale, None, "none", 4), ValueError,
+     ["bigperf.int8_dynamic_linear", "'act_bits'", "7 or 8"]),
+    (lambda x, q: int8_dynamic_linear(x, q.qweight, q.scale, None, "none", True), ValueError, ["'act_bits'"]),
 ])
 def test_bad_input_is_refused_clearly(call, error, words):
     x, q = random_tensor(2, 128), packed()

@@ -1,7 +1,7 @@
 // Compares the AVX-512 int8 kernels, compiled against SIMDe (simde_shim.h), with the
 // scalar path on many shapes: every M regime, per channel and every group size, zero
 // points, the three x dtypes, every activation, strided x, and padded outputs that must
-// stay untouched past N. Built and run by tests/csrc/test_cpu_int8_avx512_emulated.py.
+// stay untouched past N; W8A8 with 8- and 7-bit activation codes. Built and run by tests/csrc/test_cpu_int8_avx512_emulated.py.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -71,15 +71,18 @@ int main() {
     if (d == DType::f32) worst_wo = std::fmax(worst_wo, e);
     if (e > tol[(int)d]) { ++fails; printf("FAIL wo M=%ld N=%ld K=%ld gs=%ld zp=%d dt=%d act=%d err=%g\n", (long)M, (long)N, (long)K, (long)gs, zp, (int)d, (int)act, e); }
     if (zp || gsi > 1) continue;
-    // dynamic: per channel, symmetric scales, any int8 weights
-    Int8DynamicLinearArgs b{}; b.x = x.b.data(); b.x_row_stride = x.stride; b.x_dtype = d; b.qw = w.data(); b.qw_row_stride = K + 3;
-    b.w_scale = sc.data(); b.bias = a.bias; b.M = M; b.N = N; b.K = K; b.act = act; b.num_threads = a.num_threads;
-    Buf p1 = make_out(M, N, d, 2), p2 = make_out(M, N, d, 2);
-    b.out = p1.b.data(); b.out_row_stride = p1.stride; int8_dynamic_linear_avx512(b);
-    b.out = p2.b.data(); b.out_row_stride = p2.stride; int8_dynamic_linear_scalar(b);
-    e = compare(p1, p2, M, N, d, 2); ++runs;
-    if (d == DType::f32) worst_dyn = std::fmax(worst_dyn, e);
-    if (e > (d == DType::f32 ? 1e-6 : tol[(int)d])) { ++fails; printf("FAIL dyn M=%ld N=%ld K=%ld dt=%d act=%d err=%g\n", (long)M, (long)N, (long)K, (int)d, (int)act, e); }
+    // dynamic: per channel, symmetric scales, any int8 weights; 8- and 7-bit x codes
+    for (int bits = 8; bits >= 7; --bits) {
+      Int8DynamicLinearArgs b{}; b.x = x.b.data(); b.x_row_stride = x.stride; b.x_dtype = d; b.qw = w.data(); b.qw_row_stride = K + 3;
+      b.w_scale = sc.data(); b.bias = a.bias; b.M = M; b.N = N; b.K = K; b.act = act; b.num_threads = a.num_threads;
+      b.act_bits = bits;
+      Buf p1 = make_out(M, N, d, 2), p2 = make_out(M, N, d, 2);
+      b.out = p1.b.data(); b.out_row_stride = p1.stride; int8_dynamic_linear_avx512(b);
+      b.out = p2.b.data(); b.out_row_stride = p2.stride; int8_dynamic_linear_scalar(b);
+      e = compare(p1, p2, M, N, d, 2); ++runs;
+      if (d == DType::f32) worst_dyn = std::fmax(worst_dyn, e);
+      if (e > (d == DType::f32 ? 1e-6 : tol[(int)d])) { ++fails; printf("FAIL dyn M=%ld N=%ld K=%ld dt=%d act=%d bits=%d err=%g\n", (long)M, (long)N, (long)K, (int)d, (int)act, bits, e); }
+    }
   }
   printf("%d runs, %d failures; worst fp32 rel error: weight-only %.2e, dynamic %.2e\n", runs, fails, worst_wo, worst_dyn);
   return fails != 0;
