@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bigperf import _ext
+from bigperf.cuda_layouts import W8A16Layout, pack_w8a16, unpack_w8a16
 from bigperf.nn.fused_linear import _activation_name
+from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
 from bigperf.ops.int8_linear import int8_dynamic_linear, int8_weight_linear
 from bigperf.quant import activation_qmax, quantize_weight
 
@@ -13,6 +16,16 @@ from bigperf.quant import activation_qmax, quantize_weight
 # optional int8 zero points. Bumped whenever that layout changes; load refuses others.
 PACKED_FORMAT = "int8-rowmajor"
 PACKED_VERSION = 1
+
+# How the layer holds its weight in memory (its state_dict is always PACKED_FORMAT):
+#   "rowmajor"   qweight / scale / zero_point as above;
+#   "w8a16-cuda" only the CUDA W8A16 kernel's layout (bigperf.cuda_layouts, versioned):
+#                buffers w8a16_weight / w8a16_scale / w8a16_zero, qweight etc. None.
+# A weight-only layer settles on "w8a16-cuda" whenever it moves to a GPU where that kernel
+# is built, and on "rowmajor" elsewhere, so the GPU never holds the weight twice.
+KERNEL_LAYOUTS = ("rowmajor", "w8a16-cuda")
+_ROWMAJOR_BUFFERS = ("qweight", "scale", "zero_point")
+_W8A16_BUFFERS = ("w8a16_weight", "w8a16_scale", "w8a16_zero")
 
 
 class Int8Linear(nn.Module):
@@ -51,6 +64,7 @@ class Int8Linear(nn.Module):
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.float32, device=device), requires_grad=False)
         else:
             self.register_parameter("bias", None)
+        self.kernel_layout = "rowmajor"
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, weight_only: bool = True, group_size: int | None = None,
@@ -69,17 +83,95 @@ class Int8Linear(nn.Module):
                 layer.zero_point.copy_(packed.zero_point)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias.detach())
-        return layer
+        return layer.use_kernel_layout(layer._preferred_layout())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_layout == "w8a16-cuda":
+            return int8_weight_linear_w8a16(x, self._w8a16_layout(), self.bias, self.activation)
         if self.weight_only:
             return int8_weight_linear(x, self.qweight, self.scale, self.zero_point, self.bias, self.activation)
         return int8_dynamic_linear(x, self.qweight, self.scale, self.bias, self.activation, self.act_bits)
 
+    # ------------------------------------------------------------------------- layouts
+
+    def _w8a16_layout(self) -> W8A16Layout:
+        return W8A16Layout(self.w8a16_weight, self.w8a16_scale, self.w8a16_zero, self.out_features,
+                           self.in_features, self.group_size)
+
+    def use_kernel_layout(self, layout: str) -> "Int8Linear":
+        """Hold the weight as `layout` (KERNEL_LAYOUTS), converting exactly; returns self.
+        Moves between devices choose the layout by themselves (see KERNEL_LAYOUTS)."""
+        where = "bigperf.nn.Int8Linear.use_kernel_layout"
+        if layout not in KERNEL_LAYOUTS:
+            raise ValueError(f"{where}: argument 'layout' must be one of {KERNEL_LAYOUTS}, got {layout!r}")
+        if layout == self.kernel_layout:
+            return self
+        if layout == "w8a16-cuda":
+            if not self.weight_only:
+                raise ValueError(f"{where}: layout 'w8a16-cuda' holds W8A16 weights; this layer is W8A8 "
+                                 f"(weight_only=False)")
+            packed = pack_w8a16(self.qweight, self.scale, self.zero_point)
+            tensors = dict(zip(_W8A16_BUFFERS, (packed.weight, packed.scale, packed.zero)))
+            # Drop the row-major copy before keeping the other. Deleted, not set to None:
+            # torch.export miscounts a root module's None buffers (torch 2.13).
+            for name in _ROWMAJOR_BUFFERS:
+                self._buffers.pop(name, None)
+            for name, t in tensors.items():
+                self.register_buffer(name, t, persistent=False)
+        else:
+            unpacked = unpack_w8a16(self._w8a16_layout())
+            for name in _W8A16_BUFFERS:
+                self._buffers.pop(name, None)
+            self.kernel_layout = "rowmajor"  # before register_buffer, which asks hasattr
+            for name, t in zip(_ROWMAJOR_BUFFERS, unpacked):
+                if t is not None:
+                    self.register_buffer(name, t)
+        self.kernel_layout = layout
+        return self
+
+    def __getattr__(self, name: str):
+        # The row-major buffers read as None while the weight is held in a kernel layout.
+        if name in _ROWMAJOR_BUFFERS and self.__dict__.get("kernel_layout", "rowmajor") != "rowmajor":
+            return None
+        return super().__getattr__(name)
+
+    def _preferred_layout(self) -> str:
+        device = (self.qweight if self.kernel_layout == "rowmajor" else self.w8a16_weight).device
+        if self.weight_only and device.type == "cuda" and _ext.cuda_unavailable_reason() is None:
+            return "w8a16-cuda"
+        return "rowmajor"
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.use_kernel_layout(self._preferred_layout())
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.kernel_layout != "rowmajor":  # the saved form is always row-major
+            qweight, scale, zero_point = unpack_w8a16(self._w8a16_layout())
+            for name, t in (("qweight", qweight), ("scale", scale), ("zero_point", zero_point)):
+                if t is not None:
+                    destination[prefix + name] = t
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        layout = self.kernel_layout
+        self.use_kernel_layout("rowmajor")  # load into row-major buffers, with their checks
+        try:
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        finally:  # a layout chosen by hand stays; otherwise the device's
+            self.use_kernel_layout(layout if layout != "rowmajor" else self._preferred_layout())
+
     def backend(self) -> str:
         """The backend a 1-row call on this layer's device would use (NoBackendError if none)."""
+        from bigperf.ops.int8_layout_linear import LAYOUT_BACKENDS
         from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, WEIGHT_ONLY_BACKENDS
 
+        if self.kernel_layout == "w8a16-cuda":
+            layout = self._w8a16_layout()
+            x = torch.empty(1, self.in_features, device=layout.weight.device, dtype=torch.bfloat16)
+            return LAYOUT_BACKENDS.select(x.device, x, layout.weight, layout.scale, layout.zero, layout.n,
+                                          layout.k, layout.group_size or 0, self.bias, self.activation).name
         x = torch.empty(1, self.in_features, device=self.qweight.device)
         if self.weight_only:
             return WEIGHT_ONLY_BACKENDS.select(x.device, x, self.qweight, self.scale, self.zero_point,
@@ -107,5 +199,6 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         kind = "W8A16" if self.weight_only else f"W8A8 dynamic, act_bits={self.act_bits}"
         grouping = "per-channel" if self.group_size is None else f"group_size={self.group_size}"
+        held = "" if self.kernel_layout == "rowmajor" else f", held as {self.kernel_layout}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, {kind}, {grouping}, "
-                f"{'symmetric' if self.symmetric else 'asymmetric'}, activation={self.activation}")
+                f"{'symmetric' if self.symmetric else 'asymmetric'}, activation={self.activation}{held}")

@@ -113,12 +113,18 @@ def _finish_shape(out: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def launch_w8a16(x, qweight, scale, zero_point, bias, act_code: int) -> torch.Tensor:
-    """int8 weight-only linear on the W8A16 kernel; the weight is re-laid out once."""
+    """int8 weight-only linear on the W8A16 kernel; the weight is re-laid out once per
+    tensor version (layers on a GPU own their layout instead: Int8Linear)."""
     from bigperf.cuda_layouts import pack_w8a16
 
-    n, k = qweight.shape
     sources = (qweight, scale) if zero_point is None else (qweight, scale, zero_point)
     layout = _W8A16_CACHE.get(sources, lambda: pack_w8a16(qweight, scale, zero_point))
+    return launch_w8a16_layout(x, layout, bias, act_code)
+
+
+def launch_w8a16_layout(x, layout, bias, act_code: int) -> torch.Tensor:
+    """int8 weight-only linear on the W8A16 kernel from a cuda_layouts.W8A16Layout."""
+    n, k = layout.n, layout.k
     x2 = aligned_rows(x, k)
     m = x2.shape[0]
     out = _padded_out(m, n, x)

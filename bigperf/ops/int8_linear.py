@@ -168,25 +168,30 @@ def _weight_only_triton_run(x, qweight, scale, zero_point, bias, activation):
 
 
 # CUDA W8A16 (csrc/cuda/w8a16_linear.cu): tensor cores, weight re-laid out once per tensor
-# version (bigperf/cuda_layouts.py). Its tiles are built for decode-sized M: beyond this
+# version (bigperf/cuda_layouts.py; an Int8Linear on a GPU owns that layout instead:
+# bigperf/ops/int8_layout_linear.py). Its tiles are built for decode-sized M: beyond this
 # many rows it would re-read the weight once per 32-row block, where the Triton kernel's
 # large tiles serve better.
 CUDA_WEIGHT_ONLY_MAX_M = 64
 
 
-def _weight_only_cuda_why_not(x, qweight, scale, zero_point, bias, activation):
+def weight_only_cuda_why_not(x, k: int) -> str | None:
+    """Why the CUDA W8A16 kernel cannot take x (K = k), or None."""
     reason = cuda_why_not(x, "w8a16_linear")
     if reason:
         return reason
     if x.dtype not in (torch.float16, torch.bfloat16):
         return f"needs fp16 or bf16 x, got {x.dtype}"
-    k = qweight.shape[1]
     if k % 8:
         return f"needs K % 8 == 0 for 16-byte loads of x, got K = {k}"
     m = math.prod(x.shape[:-1])
     if m > CUDA_WEIGHT_ONLY_MAX_M:
         return f"built for M <= {CUDA_WEIGHT_ONLY_MAX_M} rows (decode), got M = {m}"
     return None
+
+
+def _weight_only_cuda_why_not(x, qweight, scale, zero_point, bias, activation):
+    return weight_only_cuda_why_not(x, qweight.shape[1])
 
 
 def _weight_only_cuda_run(x, qweight, scale, zero_point, bias, activation):

@@ -151,6 +151,15 @@ def _int8_weight_linear(x, qweight, scale, zero_point, bias, activation):
     return _linear(x, dequantize_linear(qweight, scale, zero_point), bias, activation)
 
 
+@onnx_lowering("bigperf.int8_weight_linear_w8a16")
+def _int8_weight_linear_w8a16(x, weight, scale, zero, n, k, group_size, bias, activation):
+    # The CUDA layout of an Int8Linear on a GPU, back in row-major order (constant folded).
+    from bigperf.cuda_layouts import W8A16Layout, unpack_w8a16
+
+    qweight, q_scale, zero_point = unpack_w8a16(W8A16Layout(weight, scale, zero, n, k, group_size or None))
+    return _int8_weight_linear(x, qweight, q_scale, zero_point, bias, activation)
+
+
 @onnx_lowering("bigperf.int8_dynamic_linear")
 def _int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits=8):
     n, k = qweight.shape

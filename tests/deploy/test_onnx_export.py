@@ -186,3 +186,22 @@ def test_dynamic_activation_codes_match_the_op(tmp_path, act_bits):
     assert q.abs().max() == (127 if act_bits == 8 else 63)
     with torch.no_grad():
         assert rel_error(got, model(x)) <= 1e-6
+
+
+def test_int8_layer_held_in_the_cuda_layout_exports(tmp_path):
+    """An Int8Linear holding the W8A16 kernel layout (a GPU layer's form, chosen by hand
+    here) lowers to the same standard int8 graph as the row-major layer."""
+    from bigperf.nn import Int8Linear
+
+    torch.manual_seed(8)
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 40), group_size=32, activation="gelu")
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        expected = layer(x)
+    layer.use_kernel_layout("w8a16-cuda")
+    path = tmp_path / "layout.onnx"
+    torch.onnx.export(layer, (x,), path, verbose=False)
+    proto = onnx.load(str(path))
+    assert "DequantizeLinear" in _ops(proto)
+    (got,) = run_onnx(ort_session(path), (x,))
+    assert rel_error(got, expected) < 1e-5

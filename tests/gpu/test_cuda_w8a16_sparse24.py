@@ -242,6 +242,28 @@ def test_int8_weight_linear_large_m_leaves_cuda():
     assert why is not None and "M <= 64" in why
 
 
+@pytest.mark.parametrize("m", [1, 16, 64, 200])  # 200: past the kernel's rows, unpacked for the call
+def test_int8_layer_on_cuda_owns_the_kernel_layout(m):
+    """An Int8Linear moved to the GPU holds only the W8A16 layout: no row-major copy, no
+    cached re-layout, and the outputs of the row-major form."""
+    from bigperf.nn import Int8Linear
+    from bigperf.ops import cuda_launch
+
+    linear = torch.nn.Linear(1024, 520)
+    layer = Int8Linear.from_linear(linear, group_size=128, symmetric=False, activation="silu")
+    x = torch.randn(m, 1024, generator=torch.Generator().manual_seed(21)).to(torch.bfloat16)
+    ref = fused_linear_fp64(x.float(), dequantize_weight(layer.qweight, layer.scale, layer.zero_point),
+                            layer.bias, None, "silu")
+    cached_before = len(cuda_launch._W8A16_CACHE)
+    layer = layer.to(DEV)
+    assert layer.kernel_layout == "w8a16-cuda" and layer.qweight is None
+    out = layer(x.to(DEV))
+    assert len(cuda_launch._W8A16_CACHE) == cached_before, "the layer's own layout must not be cached again"
+    assert rel_error(out.float().cpu(), ref) < TOLERANCE[torch.bfloat16]
+    assert layer.backend() == "cuda"
+    assert layer.to("cpu").kernel_layout == "rowmajor"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [1, 77, 2048])
 def test_sparse24_linear_op_on_cuda(dtype, m):

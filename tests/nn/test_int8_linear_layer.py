@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import io
 
 import pytest
@@ -140,3 +141,67 @@ def test_swapped_int8_model_compiles_and_exports(config):
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         assert torch.allclose(exported.module()(x), eager, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- kernel layouts
+
+@pytest.mark.parametrize("group_size, symmetric", [(None, True), (32, False), (128, True)])
+def test_w8a16_kernel_layout_is_exact_and_holds_one_copy(group_size, symmetric):
+    """The GPU form (cuda_layouts' W8A16 order, chosen by hand here on the CPU) gives the
+    same outputs and state dict as the row-major form, without keeping the row-major copy."""
+    layer = Int8Linear.from_linear(gaussian_linear(k=256, n=96), group_size=group_size, symmetric=symmetric,
+                                   activation="gelu")
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(3))
+    expected, saved = layer(x), copy.deepcopy(layer.state_dict())
+    rowmajor_bytes = sum(b.numel() * b.element_size() for b in layer.buffers())
+    layer.use_kernel_layout("w8a16-cuda")
+    assert layer.kernel_layout == "w8a16-cuda" and layer.qweight is None
+    assert {name for name, _ in layer.named_buffers()} <= {"w8a16_weight", "w8a16_scale", "w8a16_zero"}
+    zero_growth = 0 if symmetric else layer.w8a16_zero.numel() * 3  # fp32 zero points instead of int8
+    assert sum(b.numel() * b.element_size() for b in layer.buffers()) <= rowmajor_bytes + zero_growth
+    assert torch.equal(layer(x), expected)
+    state = layer.state_dict()
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[k], saved[k]) for k in saved if isinstance(saved[k], torch.Tensor))
+    assert "held as w8a16-cuda" in repr(layer)
+    layer.use_kernel_layout("rowmajor")
+    assert layer.kernel_layout == "rowmajor" and torch.equal(layer(x), expected)
+
+
+def test_state_dict_loads_into_a_layer_held_in_the_kernel_layout():
+    source = Int8Linear.from_linear(gaussian_linear(k=128, n=64, seed=4))
+    target = Int8Linear(128, 64).use_kernel_layout("w8a16-cuda")
+    target.load_state_dict(source.state_dict())
+    assert target.kernel_layout == "w8a16-cuda", "a layout chosen by hand must survive a load"
+    x = torch.randn(2, 128)
+    assert torch.equal(target(x), source(x))
+    buffer = io.BytesIO()
+    torch.save(target.state_dict(), buffer)
+    buffer.seek(0)
+    again = Int8Linear(128, 64)
+    again.load_state_dict(torch.load(buffer))
+    assert torch.equal(again(x), source(x))
+
+
+def test_moving_a_layer_settles_its_layout_for_the_device():
+    layer = Int8Linear.from_linear(gaussian_linear(k=64, n=32)).use_kernel_layout("w8a16-cuda")
+    layer.to("cpu")  # the CPU kernels read row-major
+    assert layer.kernel_layout == "rowmajor" and layer.qweight is not None
+
+
+def test_kernel_layout_refusals():
+    with pytest.raises(ValueError, match=r"use_kernel_layout: argument 'layout'"):
+        Int8Linear(64, 32).use_kernel_layout("column-major")
+    with pytest.raises(ValueError, match=r"W8A8"):
+        Int8Linear(64, 32, weight_only=False).use_kernel_layout("w8a16-cuda")
+
+
+def test_layout_op_refuses_inconsistent_layout_tensors():
+    from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
+
+    layer = Int8Linear(64, 32).use_kernel_layout("w8a16-cuda")
+    layout = layer._w8a16_layout()
+    with pytest.raises(ValueError, match=r"argument 'weight' must have shape"):
+        int8_weight_linear_w8a16(torch.randn(2, 64), dataclasses.replace(layout, weight=layout.weight[:, :-32]))
+    with pytest.raises(ValueError, match=r"argument 'x' has 63 features"):
+        int8_weight_linear_w8a16(torch.randn(2, 63), layout)

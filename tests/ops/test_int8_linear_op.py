@@ -105,3 +105,19 @@ def test_bad_input_is_refused_clearly(call, error, words):
         call(x, q)
     for word in words:
         assert word in str(info.value)
+
+
+def test_layout_op_opcheck_and_compile():
+    """The op behind a layer held in the CUDA W8A16 layout (on the CPU: unpacked per call)."""
+    from bigperf.cuda_layouts import pack_w8a16
+    from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
+
+    q = packed(n=40, group_size=32, symmetric=False)
+    layout = pack_w8a16(q.qweight, q.scale, q.zero_point)
+    x, b = random_tensor(3, 128), random_tensor(40)
+    args = (x, layout.weight, layout.scale, layout.zero, layout.n, layout.k, 32, b, "silu")
+    torch.library.opcheck(torch.ops.bigperf.int8_weight_linear_w8a16.default, args)
+    expected = int8_weight_linear(x, q.qweight, q.scale, q.zero_point, b, "silu")
+    assert torch.equal(int8_weight_linear_w8a16(x, layout, b, "silu"), expected)
+    f = lambda x: int8_weight_linear_w8a16(x, layout, b, "silu")  # noqa: E731
+    assert torch.equal(torch.compile(f, fullgraph=True, backend="eager")(x), expected)
