@@ -30,6 +30,11 @@ W8A8, ``y = act((quant(x) @ q^T) * row_scale * col_scale + bias)``:
   the kernel adds and subtracts 1.5 * 2**23: for |v| < 2**22 the sum has no fraction bits
   left and fp32 addition rounds to nearest even, which is exactly ``torch.round``.
 * int8 x int8 -> int32 ``tl.dot`` (exact), then the fp32 rescale, bias and activation.
+* M <= 16 and too few N tiles to fill the device: split-K as for W8A16, but the splits
+  write int32 partials, which the reduce kernel adds exactly before the rescale: the
+  same result as one pass over K.
+
+Ahead-of-time variants of these kernels are listed in ``int8_matmul_aot.py``.
 """
 from __future__ import annotations
 
@@ -198,14 +203,17 @@ def _int8_weight_linear_kernel(
 
 @triton.jit
 def _split_k_reduce_kernel(
-    ws_ptr, bias_ptr, y_ptr,
+    ws_ptr, x_scale_ptr, w_scale_ptr, bias_ptr, y_ptr,
     M, N, SPLITS,
     stride_ws, stride_wm, stride_wn,
+    stride_xs, stride_sn,
     stride_bn,
     stride_ym, stride_yn,
-    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, ROUND_BF16_OUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    RESCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    ROUND_BF16_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # RESCALE (W8A8): the partials are int32 sums, added exactly, then scaled by the row
+    # (x_scale) and column (w_scale) scales; otherwise fp32 partials, already scaled.
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -213,12 +221,18 @@ def _split_k_reduce_kernel(
     offs_m64 = offs_m.to(tl.int64)
     offs_n64 = offs_n.to(tl.int64)
     ptrs = ws_ptr + offs_m64[:, None] * stride_wm + offs_n64[None, :] * stride_wn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if RESCALE else tl.float32)
     # Splits summed in index order: the same bits on every run, unlike atomic adds.
     for _ in range(SPLITS):
-        acc += tl.load(ptrs, mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+        acc += tl.load(ptrs, mask=mask_m[:, None] & mask_n[None, :], other=0)
         ptrs += stride_ws
-    _epilogue_store(acc, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
+    if RESCALE:
+        xs = tl.load(x_scale_ptr + offs_m64 * stride_xs, mask=mask_m, other=0.0)
+        ws = tl.load(w_scale_ptr + offs_n64 * stride_sn, mask=mask_n, other=0.0)
+        y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+    else:
+        y = acc
+    _epilogue_store(y, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
                     stride_bn, stride_ym, stride_yn, HAS_BIAS, ACTIVATION, ROUND_BF16_OUT)
 
 
@@ -257,19 +271,25 @@ def _quantize_rows_kernel(
 @triton.jit
 def _int8_gemm_kernel(
     x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, bias_ptr, y_ptr,
-    M, N, K, M_BUCKET,
+    M, N, K, M_BUCKET, K_PER_SPLIT,
     stride_xm, stride_xk,
     stride_wn, stride_wk,
     stride_xs,
     stride_ws,
     stride_bn,
-    stride_ym, stride_yn,
-    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, ROUND_BF16_OUT: tl.constexpr,
+    stride_ys, stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, SPLIT_OUT: tl.constexpr,
+    ROUND_BF16_OUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # x is the int8 per-token quantised activation. Both operands are K-contiguous (for a
     # contiguous qweight), the layout int8 wgmma needs for its shared-memory operands.
+    # SPLIT_OUT: this launch is one split of split-K, program axis 1 picks the K range and
+    # y is the int32 workspace (the reduce kernel rescales).
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -277,7 +297,7 @@ def _int8_gemm_kernel(
     mask_n = offs_n < N
     offs_m64 = offs_m.to(tl.int64)
     offs_n64 = offs_n.to(tl.int64)
-    offs_k64 = offs_k.to(tl.int64)
+    offs_k64 = (k_lo + offs_k).to(tl.int64)
     x_ptrs = x_ptr + offs_m64[:, None] * stride_xm + offs_k64[None, :] * stride_xk
     w_ptrs = w_ptr + offs_k64[:, None] * stride_wk + offs_n64[None, :] * stride_wn
     step_x = tl.cast(stride_xk, tl.int64) * BLOCK_K
@@ -285,19 +305,24 @@ def _int8_gemm_kernel(
 
     # int32 accumulation is exact: |sum| <= 127 * 127 * K < 2**31 (the launcher caps K).
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        k_left = K - k * BLOCK_K
+    for k in range(k_lo, k_hi, BLOCK_K):
+        k_left = K - k
         a = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0)
         b = tl.load(w_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0)
         acc = tl.dot(a, b, acc)
         x_ptrs += step_x
         w_ptrs += step_w
 
-    xs = tl.load(x_scale_ptr + offs_m64 * stride_xs, mask=mask_m, other=0.0)
-    ws = tl.load(w_scale_ptr + offs_n64 * stride_ws, mask=mask_n, other=0.0)
-    y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-    _epilogue_store(y, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
-                    stride_bn, stride_ym, stride_yn, HAS_BIAS, ACTIVATION, ROUND_BF16_OUT)
+    if SPLIT_OUT:
+        y_ptrs = (y_ptr + tl.cast(pid_k, tl.int64) * stride_ys
+                  + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn)
+        tl.store(y_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
+    else:
+        xs = tl.load(x_scale_ptr + offs_m64 * stride_xs, mask=mask_m, other=0.0)
+        ws = tl.load(w_scale_ptr + offs_n64 * stride_ws, mask=mask_n, other=0.0)
+        y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+        _epilogue_store(y, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
+                        stride_bn, stride_ym, stride_yn, HAS_BIAS, ACTIVATION, ROUND_BF16_OUT)
 
 
 _weight_prune = None if _config.INTERPRETER else {
@@ -310,10 +335,13 @@ _int8_weight_split_tuned = triton.autotune(
     configs=_config.int8_split_k_configs(), key=_config.INT8_WEIGHT_KEY,
     prune_configs_by=_weight_prune,
 )(_int8_weight_linear_kernel)
+_gemm_prune = None if _config.INTERPRETER else {"early_config_prune": _config.prune_fused_matmul_configs}
 _int8_gemm_tuned = triton.autotune(
-    configs=_config.int8_gemm_configs(), key=_config.INT8_GEMM_KEY,
-    prune_configs_by=None if _config.INTERPRETER else {
-        "early_config_prune": _config.prune_fused_matmul_configs},
+    configs=_config.int8_gemm_configs(), key=_config.INT8_GEMM_KEY, prune_configs_by=_gemm_prune,
+)(_int8_gemm_kernel)
+# W8A8 split-K: the weight-only path's tiles (BLOCK_N fixed, see _config.int8_split_k).
+_int8_gemm_split_tuned = triton.autotune(
+    configs=_config.int8_split_k_configs(), key=_config.INT8_GEMM_KEY, prune_configs_by=_gemm_prune,
 )(_int8_gemm_kernel)
 
 
@@ -377,6 +405,23 @@ def _launch(x: torch.Tensor, fn) -> None:
         fn()
 
 
+def _reduce_splits(ws, x_scale, w_scale, bias, y, activation, round_out):
+    """Sums the [splits, M, N] workspace into y with the epilogue; with scales (W8A8), the
+    int32 partials are rescaled by x_scale [M] and w_scale [N, 1] after the exact sum."""
+    splits, M, N = ws.shape
+    rescale = x_scale is not None
+    grid = (triton.cdiv(M, _REDUCE_BLOCK_M), triton.cdiv(N, _REDUCE_BLOCK_N))
+    _split_k_reduce_kernel[grid](
+        ws, x_scale, w_scale, bias, y,
+        M, N, splits,
+        ws.stride(0), ws.stride(1), ws.stride(2),
+        x_scale.stride(0) if rescale else 0, w_scale.stride(0) if rescale else 0,
+        bias.stride(0) if bias is not None else 0,
+        y.stride(0), y.stride(1),
+        RESCALE=rescale, HAS_BIAS=bias is not None, ACTIVATION=activation, ROUND_BF16_OUT=round_out,
+        BLOCK_M=_REDUCE_BLOCK_M, BLOCK_N=_REDUCE_BLOCK_N)
+
+
 def int8_weight_linear(
     x: torch.Tensor,
     qweight: torch.Tensor,
@@ -437,15 +482,7 @@ def int8_weight_linear(
             UPCAST_DOT=QUIRKS.bf16_dot_on_raw_bits and x.dtype == torch.bfloat16,
             ROUND_BF16_OUT=round_out and not split)
         if split:
-            reduce_grid = (triton.cdiv(M, _REDUCE_BLOCK_M), triton.cdiv(N, _REDUCE_BLOCK_N))
-            _split_k_reduce_kernel[reduce_grid](
-                out, bias, y,
-                M, N, splits,
-                out.stride(0), out.stride(1), out.stride(2),
-                bias.stride(0) if bias is not None else 0,
-                y.stride(0), y.stride(1),
-                HAS_BIAS=bias is not None, ACTIVATION=activation, ROUND_BF16_OUT=round_out,
-                BLOCK_M=_REDUCE_BLOCK_M, BLOCK_N=_REDUCE_BLOCK_N)
+            _reduce_splits(out, None, None, bias, y, activation, round_out)
 
     _launch(x, run)
     return y
@@ -486,138 +523,36 @@ def int8_dynamic_linear(
     # Rows padded to 16 bytes so the GEMM's int8 row loads stay vectorised.
     xq = torch.empty((M, max(16, triton.cdiv(K, 16) * 16)), device=x.device, dtype=torch.int8)
     x_scale = torch.empty((M,), device=x.device, dtype=torch.float32)
+    round_out = QUIRKS.fp32_to_bf16_truncates and x.dtype == torch.bfloat16
+    # Small M and too few N tiles to fill the device: split K as the weight-only path does,
+    # int32 partials in a workspace, summed exactly and rescaled by the reduce kernel.
+    splits, k_per_split = 1, K
+    if M <= _config.INT8_SPLIT_K_MAX_M:
+        splits, k_per_split = _config.int8_split_k(M, N, K, 0, _config.sm_count(x))
+    split = splits > 1
+    out = torch.empty((splits, M, N), device=x.device, dtype=torch.int32) if split else y[None]
+    tuned = _int8_gemm_split_tuned if split else _int8_gemm_tuned
+    gemm_bias = None if split else bias
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), splits)
 
     def run():
         _quantize_rows_kernel[(M,)](
             x, xq, x_scale, K, x.stride(0), x.stride(1), xq.stride(0),
             BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=_QMAX[act_bits])
-        _int8_gemm_tuned[grid](
-            xq, qweight, x_scale, scale, bias, y,
-            M, N, K, _config.m_bucket(M),
+        tuned[grid](
+            xq, qweight, x_scale, scale, gemm_bias, out,
+            M, N, K, _config.m_bucket(M), k_per_split,
             xq.stride(0), xq.stride(1),
             qweight.stride(0), qweight.stride(1),
             x_scale.stride(0), scale.stride(0),
-            bias.stride(0) if bias is not None else 0,
-            y.stride(0), y.stride(1),
-            HAS_BIAS=bias is not None, ACTIVATION=activation,
-            ROUND_BF16_OUT=QUIRKS.fp32_to_bf16_truncates and x.dtype == torch.bfloat16)
+            gemm_bias.stride(0) if gemm_bias is not None else 0,
+            out.stride(0) if split else 0, out.stride(1), out.stride(2),
+            HAS_BIAS=gemm_bias is not None, ACTIVATION="none" if split else activation, SPLIT_OUT=split,
+            ROUND_BF16_OUT=round_out and not split)
+        if split:
+            _reduce_splits(out, x_scale, scale, bias, y, activation, round_out)
 
     _launch(x, run)
     return y
-
-
-# ---------------------------------------------------------------------------------------
-# Ahead-of-time variants (kernels/aot.py)
-# ---------------------------------------------------------------------------------------
-
-_MMA_OPERAND = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "tf32"}
-
-
-def _spec(fn, name, ptr_types, const, cfg=None, *, operand=None, not_div16=("M",)):
-    """A KernelSpec whose signature is every argument of ``fn`` that ``const`` does not fix:
-    ``*_ptr`` typed from ``ptr_types``, the rest i32 and (but for ``not_div16``) marked
-    16-divisible, as the JIT marks aligned pointers, sizes and row strides."""
-    from .aot import KernelSpec
-
-    if cfg is None:
-        warps, stages, cores = 4, 1, {}
-    else:
-        const = {**const, **cfg.kwargs}
-        warps, stages = cfg.num_warps, cfg.num_stages
-        # wgmma needs a warpgroup (4 warps) per 64 rows; shorter tiles stay on mma.sync.
-        cores = {"sm_80": operand and "mma",
-                 "sm_90a": operand and ("wgmma" if cfg.kwargs["BLOCK_M"] >= 64 else "mma")}
-    sig = {a: ptr_types[a] if a.endswith("_ptr") else "i32" for a in fn.arg_names if a not in const}
-    return KernelSpec(name=f"int8_matmul/{name}", fn=fn, signature=sig, constexprs=const,
-                      num_warps=warps, num_stages=stages,
-                      divisible_by_16=tuple(a for a in sig if a not in not_div16),
-                      tensor_core=cores, mma_operand=operand)
-
-
-def aot_specs() -> list:
-    """Variants specialised as the JIT does for contiguous, 16-byte aligned tensors.
-
-    Every GPU autotune config is compiled once (it must fit shared memory on both
-    targets); epilogue, dtype and quantisation variants use one large and one decode tile.
-    """
-    f16, bf16, f32 = torch.float16, torch.bfloat16, torch.float32
-    tdt = {f16: "fp16", bf16: "bf16", f32: "fp32"}
-
-    def tile(cfg):
-        kw = cfg.kwargs
-        return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}_w{cfg.num_warps}_s{cfg.num_stages}"
-
-    def weight(name, cfg, x_dt, *, group=0, zero=False, bias=False, activation="none",
-               split=False, precision="ieee"):
-        if group:  # as prune_int8_weight_configs does
-            cfg = triton.Config({**cfg.kwargs, "BLOCK_K": min(cfg.kwargs["BLOCK_K"], group)},
-                                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        ptrs = {"x_ptr": f"*{tdt[x_dt]}", "w_ptr": "*i8", "scale_ptr": "*fp32",
-                "zero_ptr": "*i8", "bias_ptr": "*fp32",
-                "y_ptr": "*fp32" if split else f"*{tdt[x_dt]}"}
-        # A contiguous [N, G] scale / zero point: strides (G, 1), and G = 1 per channel.
-        const = dict(stride_xk=1, stride_wk=1, stride_yn=1, stride_bn=1, stride_sg=1,
-                     stride_zg=1, GROUP_SIZE=group, HAS_ZERO=zero, HAS_BIAS=bias,
-                     ACTIVATION=activation, SPLIT_OUT=split, INPUT_PRECISION=precision,
-                     UPCAST_DOT=False, ROUND_BF16_OUT=False)
-        const.update({} if group else dict(stride_sn=1, stride_zn=1))
-        const.update({} if zero else dict(zero_ptr=None, stride_zn=0, stride_zg=0))
-        const.update({} if bias else dict(bias_ptr=None, stride_bn=0))
-        const.update({} if split else dict(stride_ys=0))
-        operand = None if (x_dt == f32 and precision == "ieee") else _MMA_OPERAND[x_dt]
-        return _spec(_int8_weight_linear_kernel, f"weight_{name}", ptrs, const, cfg,
-                     operand=operand)
-
-    def gemm(name, cfg, y_dt, *, bias=False, activation="none"):
-        ptrs = {"x_ptr": "*i8", "w_ptr": "*i8", "x_scale_ptr": "*fp32", "w_scale_ptr": "*fp32",
-                "bias_ptr": "*fp32", "y_ptr": f"*{tdt[y_dt]}"}
-        const = dict(stride_xk=1, stride_wk=1, stride_xs=1, stride_ws=1, stride_yn=1,
-                     stride_bn=1, HAS_BIAS=bias, ACTIVATION=activation, ROUND_BF16_OUT=False)
-        const.update({} if bias else dict(bias_ptr=None, stride_bn=0))
-        return _spec(_int8_gemm_kernel, f"gemm_{name}", ptrs, const, cfg, operand="s8")
-
-    def reduce(name, y_dt, *, bias, activation):
-        ptrs = {"ws_ptr": "*fp32", "bias_ptr": "*fp32", "y_ptr": f"*{tdt[y_dt]}"}
-        const = dict(stride_wn=1, stride_yn=1, stride_bn=1, HAS_BIAS=bias,
-                     ACTIVATION=activation, ROUND_BF16_OUT=False, BLOCK_M=_REDUCE_BLOCK_M,
-                     BLOCK_N=_REDUCE_BLOCK_N)
-        const.update({} if bias else dict(bias_ptr=None, stride_bn=0))
-        return _spec(_split_k_reduce_kernel, f"split_k_reduce_{name}", ptrs, const,
-                     not_div16=("M", "SPLITS"))
-
-    def quantize(x_dt, act_bits=8):
-        ptrs = {"x_ptr": f"*{tdt[x_dt]}", "q_ptr": "*i8", "scale_ptr": "*fp32"}
-        const = dict(stride_xk=1, BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=_QMAX[act_bits])
-        suffix = "" if act_bits == 8 else f"_a{act_bits}"
-        return _spec(_quantize_rows_kernel, f"quantize_rows_{tdt[x_dt]}{suffix}", ptrs, const)
-
-    large, small = _config.INT8_WEIGHT_LARGE_M, _config.INT8_WEIGHT_SMALL_M
-    split_cfgs = _config.INT8_WEIGHT_SPLIT_K
-    specs = [weight(f"fp16_{tile(c)}", c, f16)
-             for c in small + _config.INT8_WEIGHT_MEDIUM_M + large]
-    specs += [weight(f"split_fp16_g128_zp_{tile(c)}", c, f16, group=128, zero=True, split=True)
-              for c in split_cfgs]
-    specs += [
-        weight("bf16_g128_zp_bias_gelu_tanh", large[0], bf16, group=128, zero=True, bias=True,
-               activation="gelu_tanh"),
-        weight("bf16_decode_zp_bias_silu", small[0], bf16, zero=True, bias=True, activation="silu"),
-        weight("split_bf16_g32", split_cfgs[0], bf16, group=32, split=True),
-        # fp32 IEEE products are FMAs in registers: a 64x64 tile keeps that small.
-        weight("fp32_ieee_g64_bias_relu", large[-1], f32, group=64, bias=True, activation="relu"),
-        weight("fp32_tf32_zp_gelu", large[-1], f32, zero=True, activation="gelu",
-               precision="tf32"),
-    ]
-    specs += [gemm(f"fp16_{tile(c)}", c, f16) for c in _config.INT8_GEMM_CONFIGS]
-    specs += [
-        gemm("bf16_bias_gelu", _config.INT8_GEMM_CONFIGS[4], bf16, bias=True, activation="gelu"),
-        gemm("fp32_decode_bias_relu", _config.INT8_GEMM_CONFIGS[0], f32, bias=True,
-             activation="relu"),
-        reduce("fp16_bias_silu", f16, bias=True, activation="silu"),
-        reduce("bf16", bf16, bias=False, activation="none"),
-        reduce("fp32_bias_gelu_tanh", f32, bias=True, activation="gelu_tanh"),
-    ]
-    specs += [quantize(dt) for dt in (f16, bf16, f32)] + [quantize(f16, act_bits=7)]
-    return specs

@@ -140,7 +140,8 @@ def no_split_k(monkeypatch):
 
 def test_interpreter_uses_exactly_one_config():
     # Autotuning more than one config needs a GPU driver to benchmark.
-    for tuned in (im._int8_weight_tuned, im._int8_weight_split_tuned, im._int8_gemm_tuned):
+    for tuned in (im._int8_weight_tuned, im._int8_weight_split_tuned, im._int8_gemm_tuned,
+                  im._int8_gemm_split_tuned):
         assert len(tuned.configs) == 1
 
 
@@ -360,7 +361,7 @@ def test_quantize_rows_is_bit_exact(dtype, act_bits):
     assert q[4, 1:8].tolist() == [-2, -2, 0, 0, 2, 2, -4]
 
 
-DYNAMIC_SHAPES = [(1, 40, 72), (3, 33, 100), (17, 24, 50), (40, 70, 37)]
+DYNAMIC_SHAPES = [(1, 40, 72), (3, 33, 100), (4, 40, 600), (17, 24, 50), (40, 70, 37)]  # (4, 40, 600): split-K
 
 
 @pytest.mark.parametrize("dtype,tol", [
@@ -379,6 +380,33 @@ def test_dynamic_matches_reference(shape, dtype, tol, act_bits, poison_empty):
     assert y.dtype == dtype and y.shape == shape[:2]
     assert not torch.isnan(y).any()
     assert rel_err(y, ops.dynamic_reference(x, qw.qweight, qw.scale, b, "gelu", act_bits)) <= tol
+
+
+@pytest.mark.parametrize("act_bits", [8, 7], ids=["a8", "a7"])
+@pytest.mark.parametrize("m", [1, 5, 16])
+def test_dynamic_split_k_is_exact_and_deterministic(m, act_bits, monkeypatch):
+    """Small M takes split-K: int32 partials summed exactly, so the result is bit for bit
+    the one-pass result, on every run."""
+    launches = []
+    real_reduce = im._split_k_reduce_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real_reduce[grid]
+
+    monkeypatch.setattr(im, "_split_k_reduce_kernel", Spy())
+    x, qw, b = make(m, 40, 600, torch.float32, seed=12)
+    assert splits(m, 40, 600) > 1
+    y_split = int8_dynamic_linear(x, qw.qweight, qw.scale, b, "silu", act_bits)
+    again = int8_dynamic_linear(x, qw.qweight, qw.scale, b, "silu", act_bits)
+    assert len(launches) == 2, "M <= 16 here must take the split-K path"
+    assert torch.equal(y_split, again)
+    monkeypatch.setattr(_config, "INT8_SPLIT_K_MAX_M", 0)
+    y_regular = int8_dynamic_linear(x, qw.qweight, qw.scale, b, "silu", act_bits)
+    assert len(launches) == 2
+    assert torch.equal(y_split, y_regular), "int32 partials must add up to the one-pass sum exactly"
+    assert rel_err(y_split, ops.dynamic_reference(x, qw.qweight, qw.scale, b, "silu", act_bits)) <= 1e-6
 
 
 def test_dynamic_act_bits_7_codes_and_range():
