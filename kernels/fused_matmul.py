@@ -21,36 +21,13 @@ import triton.language as tl
 
 from . import _config
 from ._config import QUIRKS
+from ._epilogue import apply_activation, round_bf16_bits
 
 __all__ = ["fused_linear", "ACTIVATIONS"]
 
 ACTIVATIONS = _config.FUSED_MATMUL_ACTIVATIONS
 _NAME = "bigperf.kernels.fused_matmul.fused_linear"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-# -2*sqrt(2/pi): gelu_tanh(x) = x * sigmoid(2 * sqrt(2/pi) * (x + 0.044715 x^3)).
-# tl.constexpr because compiled kernels may only read constexpr globals (the interpreter
-# would accept a plain float and hide the error until a GPU compile). Kernel code keeps the
-# tensor on the left of `*`: constexpr * tensor fails under the interpreter.
-_NEG_GELU_TANH_2C = tl.constexpr(-1.5957691216057308)
-_INV_SQRT2 = tl.constexpr(0.7071067811865476)
-
-
-@triton.jit
-def _apply_activation(v, ACTIVATION: tl.constexpr):
-    # tanh-GELU and SiLU are written with one exp each: 0.5*(1+tanh(u)) == sigmoid(2u), so
-    # no target-specific tanh (libdevice) is needed and the same code runs on sm_80, sm_90
-    # and in the interpreter; x/(1+exp(-t)) saturates to 0 or x, never inf/inf.
-    if ACTIVATION == "relu":
-        v = tl.maximum(v, 0.0)
-    elif ACTIVATION == "gelu":
-        v = 0.5 * v * (1.0 + tl.math.erf(v * _INV_SQRT2))
-    elif ACTIVATION == "gelu_tanh":
-        v = v / (1.0 + tl.exp((v + 0.044715 * v * v * v) * _NEG_GELU_TANH_2C))
-    elif ACTIVATION == "silu":
-        v = v / (1.0 + tl.exp(-v))
-    return v
-
 
 @triton.jit
 def _fused_linear_kernel(
@@ -120,17 +97,13 @@ def _fused_linear_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n64 * stride_bn, mask=mask_n, other=0.0)
         acc += bias.to(tl.float32)[None, :]
-    acc = _apply_activation(acc, ACTIVATION)
+    acc = apply_activation(acc, ACTIVATION)
     mask_mn = mask_m[:, None] & mask_n[None, :]
     if HAS_RESIDUAL:
         r_ptrs = res_ptr + offs_m64[:, None] * stride_rm + offs_n64[None, :] * stride_rn
         acc += tl.load(r_ptrs, mask=mask_mn, other=0.0).to(tl.float32)
     if ROUND_BF16_OUT:
-        # Interpreter only (QUIRKS.fp32_to_bf16_truncates): round to nearest even on the
-        # bit pattern so that the truncating cast below becomes exact.
-        bits = acc.to(tl.uint32, bitcast=True)
-        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-        acc = bits.to(tl.float32, bitcast=True)
+        acc = round_bf16_bits(acc)
     y_ptrs = y_ptr + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_mn)
 

@@ -44,9 +44,9 @@ import triton.language as tl
 
 from . import _config
 from ._config import QUIRKS
-# The activation epilogue and the fp32 precision rule are the fused matmul's; sharing them
-# keeps every Triton op's activations bit-identical.
-from .fused_matmul import _apply_activation, _fp32_input_precision
+from ._epilogue import epilogue_store
+# The fp32 precision rule is the fused matmul's (torch.matmul's).
+from .fused_matmul import _fp32_input_precision
 
 __all__ = ["int8_weight_linear", "int8_dynamic_linear", "ACTIVATIONS", "GROUP_SIZES"]
 
@@ -65,30 +65,6 @@ _QMAX = {8: 127.0, 7: 63.0}
 _REDUCE_BLOCK_M = 16
 _REDUCE_BLOCK_N = 128
 _INT32_EXACT_MAX_K = (2**31 - 1) // (127 * 127)
-
-
-@triton.jit
-def _bf16_round_bits(acc):
-    # Interpreter only (QUIRKS.fp32_to_bf16_truncates): round to nearest even on the bit
-    # pattern so that the truncating cast that follows becomes exact.
-    bits = acc.to(tl.uint32, bitcast=True)
-    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _epilogue_store(acc, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
-                    stride_bn, stride_ym, stride_yn,
-                    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-                    ROUND_BF16_OUT: tl.constexpr):
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n64 * stride_bn, mask=mask_n, other=0.0)
-        acc += bias.to(tl.float32)[None, :]
-    acc = _apply_activation(acc, ACTIVATION)
-    if ROUND_BF16_OUT:
-        acc = _bf16_round_bits(acc)
-    y_ptrs = y_ptr + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -197,8 +173,8 @@ def _int8_weight_linear_kernel(
                   + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn)
         tl.store(y_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
     else:
-        _epilogue_store(acc, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
-                        stride_bn, stride_ym, stride_yn, HAS_BIAS, ACTIVATION, ROUND_BF16_OUT)
+        epilogue_store(acc, None, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
+                        0, stride_bn, stride_ym, stride_yn, False, HAS_BIAS, ACTIVATION, ROUND_BF16_OUT)
 
 
 @triton.jit
@@ -232,8 +208,8 @@ def _split_k_reduce_kernel(
         y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
     else:
         y = acc
-    _epilogue_store(y, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
-                    stride_bn, stride_ym, stride_yn, HAS_BIAS, ACTIVATION, ROUND_BF16_OUT)
+    epilogue_store(y, None, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
+                    0, stride_bn, stride_ym, stride_yn, False, HAS_BIAS, ACTIVATION, ROUND_BF16_OUT)
 
 
 @triton.jit
@@ -321,8 +297,8 @@ def _int8_gemm_kernel(
         xs = tl.load(x_scale_ptr + offs_m64 * stride_xs, mask=mask_m, other=0.0)
         ws = tl.load(w_scale_ptr + offs_n64 * stride_ws, mask=mask_n, other=0.0)
         y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-        _epilogue_store(y, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
-                        stride_bn, stride_ym, stride_yn, HAS_BIAS, ACTIVATION, ROUND_BF16_OUT)
+        epilogue_store(y, None, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
+                        0, stride_bn, stride_ym, stride_yn, False, HAS_BIAS, ACTIVATION, ROUND_BF16_OUT)
 
 
 _weight_prune = None if _config.INTERPRETER else {

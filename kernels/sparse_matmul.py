@@ -52,7 +52,8 @@ from . import _config
 from ._config import QUIRKS
 
 # Shared with the other Triton ops so that every op's activations are bit-identical.
-from .fused_matmul import _apply_activation, _fp32_input_precision
+from ._epilogue import epilogue_store as _epilogue_store
+from .fused_matmul import _fp32_input_precision
 
 __all__ = ["ACTIVATIONS", "block_sparse_linear", "sparse24_linear"]
 
@@ -71,33 +72,6 @@ _REDUCE_BLOCK_N = 128
 # ---------------------------------------------------------------------------------------
 # Shared device helpers
 # ---------------------------------------------------------------------------------------
-
-@triton.jit
-def _round_bf16_bits(acc):
-    # Interpreter only (QUIRKS.fp32_to_bf16_truncates): round to nearest even on the bit
-    # pattern so that the truncating cast that follows becomes exact.
-    bits = acc.to(tl.uint32, bitcast=True)
-    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _epilogue_store(acc, scale_ptr, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
-                    stride_sn, stride_bn, stride_ym, stride_yn,
-                    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    ACTIVATION: tl.constexpr, ROUND_BF16_OUT: tl.constexpr):
-    if HAS_SCALE:
-        scale = tl.load(scale_ptr + offs_n64 * stride_sn, mask=mask_n, other=0.0)
-        acc = acc * scale[None, :]
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_n64 * stride_bn, mask=mask_n, other=0.0)
-        acc += bias.to(tl.float32)[None, :]
-    acc = _apply_activation(acc, ACTIVATION)
-    if ROUND_BF16_OUT:
-        acc = _round_bf16_bits(acc)
-    y_ptrs = y_ptr + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
 
 # Helpers below assign in both constexpr branches and return once: the compiler checks
 # every `return` of a function for one type, even in a branch it drops.
