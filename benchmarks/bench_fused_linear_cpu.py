@@ -33,13 +33,13 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _pairs import paired, quantiles, reps_for, timed  # noqa: E402  (this folder)
 
 from bigperf.ops.activations import ACTIVATIONS, apply_activation
 
@@ -55,37 +55,6 @@ K_BIG, N_BIG = 4096, 14336
 
 
 # ----------------------------------------------------------------------------- measuring
-
-def quantiles(values):
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "q1": q[0], "q3": q[2]}
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def paired(fa, fb, reps, warmup=2):
-    """Alternates fa and fb; returns both time lists (seconds) in pair order."""
-    for _ in range(warmup):
-        fa()
-        fb()
-    ta, tb = [], []
-    for i in range(reps):
-        if i % 2:
-            tb.append(timed(fb))
-            ta.append(timed(fa))
-        else:
-            ta.append(timed(fa))
-            tb.append(timed(fb))
-    return ta, tb
-
-
-def reps_for(seconds_per_call, budget, lo, hi):
-    return int(max(lo, min(hi, budget / max(seconds_per_call, 1e-6))))
-
 
 class Cold:
     """Copies of one weight, used in turn so that each call streams it from memory."""

@@ -31,7 +31,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _pairs import paired, quantiles  # noqa: E402  (this folder)
 
 import bigperf  # noqa: E402
 from bigperf.ops import int8_linear as ops  # noqa: E402
@@ -62,33 +62,6 @@ CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 # ----------------------------------------------------------------------------- measuring
-
-def quantiles(values):
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "q1": q[0], "q3": q[2]}
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def paired(fa, fb, reps, warmup=1):
-    """Alternates fa and fb (the order flips every pair); both time lists in pair order."""
-    for _ in range(warmup):
-        fa()
-        fb()
-    ta, tb = [], []
-    for i in range(reps):
-        if i % 2:
-            tb.append(timed(fb))
-            ta.append(timed(fa))
-        else:
-            ta.append(timed(fa))
-            tb.append(timed(fb))
-    return ta, tb
-
 
 def copies_for(nbytes):
     return max(2, math.ceil(2 * LLC_BYTES / nbytes) + 1)
