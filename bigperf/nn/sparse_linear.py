@@ -47,25 +47,34 @@ class SparseLinear(nn.Module):
         n, k = out_features, in_features
         # Buffers whose size is data, not configuration (bigperf.load checks them by dtype).
         self.data_shaped_buffers = ("values", "col_indices") if pattern == "block" else ()
-        if pattern == "2:4":
-            if k % 8:
-                raise LayerRefused(f"{where}: in_features {k} must be a multiple of 8 for the 2:4 format")
-            self.register_buffer("values", torch.zeros(n, k // 2, dtype=torch.int8 if int8 else values_dtype,
-                                                       device=device))
-            # Positions (0, 1) in every group: a valid, all-zero-valued weight until loaded.
-            self.register_buffer("meta", torch.full((n, k // 8), 0x44, dtype=torch.uint8, device=device))
-            self.register_buffer("scale", torch.ones(n, 1, device=device) if int8 else None)
-        else:
-            bn, bk = self.block
-            if n % bn or k % bk:
-                raise LayerRefused(f"{where}: a {n}x{k} weight is not divisible into {bn}x{bk} blocks")
-            self.register_buffer("values", torch.zeros(0, bn, bk, dtype=values_dtype, device=device))
-            self.register_buffer("col_indices", torch.zeros(0, dtype=torch.int32, device=device))
-            self.register_buffer("row_ptr", torch.zeros(n // bn + 1, dtype=torch.int32, device=device))
+        if pattern == "2:4" and k % 8:
+            raise LayerRefused(f"{where}: in_features {k} must be a multiple of 8 for the 2:4 format")
+        if pattern == "block" and (n % self.block[0] or k % self.block[1]):
+            raise LayerRefused(f"{where}: a {n}x{k} weight is not divisible into {self.block[0]}x{self.block[1]} "
+                               f"blocks")
+        self._make_buffers(n, k, int8, values_dtype, device)
         if bias:
             self.bias = nn.Parameter(torch.zeros(n, device=device), requires_grad=False)
         else:
             self.register_parameter("bias", None)
+
+    def _make_buffers(self, n, k, int8, values_dtype, device):
+        # Never inference tensors, even when the layer is built under torch.inference_mode():
+        # the ops cache their content checks (2:4 metadata, block indices) per tensor
+        # version, and inference tensors have none, so every call would check again
+        # (~300 ms at K = 4096, N = 14336). Loading and from_linear copy into these.
+        with torch.inference_mode(False):
+            if self.pattern == "2:4":
+                self.register_buffer("values", torch.zeros(n, k // 2, dtype=torch.int8 if int8 else values_dtype,
+                                                           device=device))
+                # Positions (0, 1) in every group: a valid, all-zero-valued weight until loaded.
+                self.register_buffer("meta", torch.full((n, k // 8), 0x44, dtype=torch.uint8, device=device))
+                self.register_buffer("scale", torch.ones(n, 1, device=device) if int8 else None)
+            else:
+                bn, bk = self.block
+                self.register_buffer("values", torch.zeros(0, bn, bk, dtype=values_dtype, device=device))
+                self.register_buffer("col_indices", torch.zeros(0, dtype=torch.int32, device=device))
+                self.register_buffer("row_ptr", torch.zeros(n // bn + 1, dtype=torch.int32, device=device))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, pattern: str = "2:4", *, block=(16, 16), density: float | None = None,
@@ -86,9 +95,7 @@ class SparseLinear(nn.Module):
                                        f"(bigperf.prune(model, '2:4')) or pass prune=True")
                 weight = weight * nm_mask(weight)
             packed = pack_24_int8(weight) if int8 else pack_24(weight.to(values_dtype))
-            layer.values, layer.meta = packed.values, packed.meta
-            if int8:
-                layer.scale = packed.scale
+            layer._set_buffers(values=packed.values, meta=packed.meta, scale=packed.scale if int8 else None)
         else:
             if density is not None and prune:
                 weight = weight * block_mask(weight, layer.block, density)
@@ -99,11 +106,19 @@ class SparseLinear(nn.Module):
                     raise LayerRefused(f"{where}: {kept:.0%} of the {layer.block} blocks are non-zero, above "
                                        f"density {density}; prune first or pass prune=True")
             packed = pack_bsr(weight.to(values_dtype), layer.block)
-            layer.values, layer.col_indices, layer.row_ptr = packed.values, packed.col_indices, packed.row_ptr
+            layer._set_buffers(values=packed.values, col_indices=packed.col_indices, row_ptr=packed.row_ptr)
         if linear.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(linear.bias.detach())
         return layer
+
+    def _set_buffers(self, **tensors):
+        # Inference tensors (packed under torch.inference_mode()) become ordinary ones: see
+        # _make_buffers.
+        with torch.inference_mode(False):
+            for name, t in tensors.items():
+                if t is not None:
+                    setattr(self, name, t.clone() if t.is_inference() else t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pattern == "2:4":
@@ -129,7 +144,9 @@ class SparseLinear(nn.Module):
                     if incoming.dtype != getattr(self, name).dtype:
                         raise ValueError(f"bigperf.nn.SparseLinear: state_dict {prefix + name} is {incoming.dtype}, "
                                          f"this layer stores {getattr(self, name).dtype}")
-                    setattr(self, name, torch.empty_like(incoming, device=self.row_ptr.device))
+                    with torch.inference_mode(False):  # see _make_buffers
+                        setattr(self, name, torch.empty(incoming.shape, dtype=incoming.dtype,
+                                                        device=self.row_ptr.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self) -> dict:

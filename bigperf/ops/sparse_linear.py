@@ -7,7 +7,8 @@ torch.ops.bigperf.block_sparse_linear(x, values, col_indices, row_ptr, bias, act
     BSR weight: values [nnz, bn, bk], col_indices [nnz] int32, row_ptr [N/bn + 1] int32.
 
 Index data is checked before any kernel runs (corrupt 2:4 metadata, block indices out of
-range); the content checks are cached per tensor version, so a layer pays them once.
+range); the content checks are cached per tensor version, so a layer pays them once
+(SparseLinear keeps its index buffers out of inference mode for that reason).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from bigperf import _ext
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
@@ -47,34 +49,57 @@ _CHECK_CACHE_LIMIT = 4096
 
 
 def _check_once(tensors: tuple, check, extra=None) -> None:
-    if any(t.is_inference() for t in tensors):
-        check()  # inference tensors keep no version counter: nothing safe to cache on
+    # Runs on every eager call: plain tuples and loops, no generators (each costs ~0.3 us).
+    try:
+        versions = tuple([t._version for t in tensors])
+    except RuntimeError:  # inference tensors keep no version counter: nothing safe to cache on
+        check()
         return
-    key = tuple(id(t) for t in tensors)
+    key = tuple([id(t) for t in tensors])
     entry = _checked.get(key)
     if entry is not None:
-        refs, versions, seen_extra = entry
-        if all(r() is t for r, t in zip(refs, tensors)) and versions == tuple(t._version for t in tensors) \
-                and seen_extra == extra:
-            return
+        refs, seen_versions, seen_extra = entry
+        if seen_versions == versions and seen_extra == extra:
+            for ref, t in zip(refs, tensors):
+                if ref() is not t:
+                    break
+            else:
+                return
     check()
     if len(_checked) >= _CHECK_CACHE_LIMIT:
         _checked.clear()
-    _checked[key] = (tuple(weakref.ref(t) for t in tensors), tuple(t._version for t in tensors), extra)
+    _checked[key] = (tuple([weakref.ref(t) for t in tensors]), versions, extra)
+
+
+def _check_devices(op, x, named) -> None:
+    """Every (name, tensor) on x's device; CPU tensors are told by is_cpu, several times
+    cheaper than building and comparing torch.device objects."""
+    if x.is_cpu:
+        for name, t in named:
+            if t is not None and not t.is_cpu:
+                break
+        else:
+            return
+    for name, t in named:
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
 
 
 def _is_fake(t: torch.Tensor) -> bool:
-    return isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta"
+    if t.is_meta:
+        return True
+    return type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter and isinstance(t, FakeTensor)
 
 
 def _check_x_bias(op, x, k, n, bias, activation):
     check_float_tensor(op, "x", x, min_dim=1)
-    activation_code(activation, op)
+    if activation not in ACTIVATIONS:
+        activation_code(activation, op)  # raises, naming the op
     if x.shape[-1] != k:
         raise ValueError(f"{op}: argument 'x' has {x.shape[-1]} features in its last dimension, the weight has K = {k}")
     if bias is not None:
         check_float_tensor(op, "bias", bias, dims=1)
-        if bias.shape[0] != n or bias.device != x.device:
+        if bias.shape[0] != n or (bias.is_cpu != x.is_cpu or (not x.is_cpu and bias.device != x.device)):
             raise ValueError(f"{op}: argument 'bias' must have shape [{n}] on {x.device}, got {tuple(bias.shape)}")
 
 
@@ -93,9 +118,7 @@ def validate_24(x, values, meta, scale, bias, activation):
         check_tensor(S24_OP, "scale", scale, dtypes=(torch.float32,), dims=2)
         if tuple(scale.shape) != (n, 1):
             raise ValueError(f"{S24_OP}: argument 'scale' must have shape [{n}, 1], got {tuple(scale.shape)}")
-    for name, t in (("values", values), ("meta", meta), ("scale", scale)):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{S24_OP}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
+    _check_devices(S24_OP, x, (("values", values), ("meta", meta), ("scale", scale)))
     if not _is_fake(meta):
         def check():
             if not meta_is_valid(meta):
@@ -115,9 +138,7 @@ def validate_bsr(x, values, col_indices, row_ptr, bias, activation):
     if row_ptr.shape[0] < 2 or k % bk:
         raise ValueError(f"{BSR_OP}: argument 'row_ptr' needs N/bn + 1 >= 2 entries and K = {k} must be a "
                          f"multiple of the block width {bk}")
-    for name, t in (("values", values), ("col_indices", col_indices), ("row_ptr", row_ptr)):
-        if t.device != x.device:
-            raise ValueError(f"{BSR_OP}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
+    _check_devices(BSR_OP, x, (("values", values), ("col_indices", col_indices), ("row_ptr", row_ptr)))
     if col_indices.shape[0] != nnz:
         raise ValueError(f"{BSR_OP}: argument 'col_indices' has {col_indices.shape[0]} entries for {nnz} blocks")
     if not _is_fake(row_ptr):
@@ -171,18 +192,20 @@ def sparse24_reference(x, values, meta, scale, bias, activation):
 
 
 def _cpu_24_run(x, values, meta, scale, bias, activation):
-    n, k = values.shape[0], values.shape[1] * 2
+    n, half = values.shape
+    k = 2 * half
     x2 = as_rows(x, k)
     v, mt = values.contiguous(), meta.contiguous()
     b = fp32_bias(bias)
-    out = torch.empty((x2.shape[0], n), dtype=x.dtype)
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype)
     _ext.cpu_module().sparse24_linear(
         _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
         v.data_ptr(), v.stride(0), INT8_CODE if v.dtype == torch.int8 else DTYPE_CODES[v.dtype],
         mt.data_ptr(), mt.stride(0), scale.contiguous().data_ptr() if scale is not None else 0,
-        b.data_ptr() if b is not None else 0, out.data_ptr(), n, x2.shape[0], n, k,
+        b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k,
         ACTIVATIONS.index(activation), torch.get_num_threads())
-    return out.reshape(*x.shape[:-1], n)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
 def _triton_24_run(x, values, meta, scale, bias, activation):
@@ -259,12 +282,13 @@ def _cpu_bsr_run(x, values, col_indices, row_ptr, bias, activation):
     x2 = as_rows(x, k)
     v, ci, rp = values.contiguous(), col_indices.contiguous(), row_ptr.contiguous()
     b = fp32_bias(bias)
-    out = torch.empty((x2.shape[0], n), dtype=x.dtype)
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype)
     _ext.cpu_module().block_sparse_linear(
         _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], v.data_ptr(), DTYPE_CODES[v.dtype],
         bn, bk, ci.data_ptr(), rp.data_ptr(), nnz, b.data_ptr() if b is not None else 0,
-        out.data_ptr(), n, x2.shape[0], n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
-    return out.reshape(*x.shape[:-1], n)
+        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
 def _triton_bsr_run(x, values, col_indices, row_ptr, bias, activation):

@@ -17,7 +17,11 @@
 //   2-bit fields themselves (vpermilps reads bits 1:0 of each lane). Per row of x this is
 //   a permute and an FMA per 8 values, as cheap as a dense kernel per 8 weights; "select"
 //   needs two blends more per row of x, and int8 widening (two instructions per 8 values,
-//   in stored order) suits "pair" better than the slot split "select" needs.
+//   in stored order) suits "pair" better than the slot split "select" needs. bf16 values
+//   are paired and widened together by unpacks (PairTile::step_bf16).
+//
+// BSR with one row of x and bf16 blocks of 16k x 16 or 16k x 32 has a tile of its own
+// here (BsrPairedRowsM1); every other BSR case runs the generic kernel.
 #include "cpu/vec_avx2.h"
 #include "cpu/sparse_linear_kernel.h"
 
@@ -86,7 +90,9 @@ struct SelectValues {
 template <S24Values VT>
 struct SelectTile {
   using P = SelectValues<VT>;
-  static constexpr int R = 4;
+  // Rows per tile. 2 rather than 4: with 4, gcc spilled two accumulators to the stack;
+  // cold, 2 rows measured 1.06x over 4 and 1.03-1.04x over 1 (benchmarks/NOTES.md).
+  static constexpr int R = 2;
   static int64_t packed_stride(int64_t K) { return (K + 63) / 64 * 64; }
 
   // Per step: [set][position][lane] = x[step * 64 + 4 * order(set, lane) + position].
@@ -103,6 +109,8 @@ struct SelectTile {
       __m256i t[2];
       P::load(v[r], a, b);
       P::masks(meta[r], t);
+      // The four products of a step form their own chain, added once to the accumulator.
+      __m256 prod = _mm256_setzero_ps();
       for (int s = 0; s < 2; ++s) {
         const __m256i t1 = _mm256_add_epi32(t[s], t[s]);
         const __m256i t2 = _mm256_add_epi32(t1, t1);
@@ -113,9 +121,10 @@ struct SelectTile {
                                            _mm256_castsi256_ps(t[s]));
         const __m256 xa = _mm256_blendv_ps(_mm256_blendv_ps(_mm256_loadu_ps(xs), x1, _mm256_castsi256_ps(t3)), x2,
                                            _mm256_castsi256_ps(t2));
-        acc[r] = _mm256_fmadd_ps(a[s], xa, acc[r]);
-        acc[r] = _mm256_fmadd_ps(b[s], xb, acc[r]);
+        prod = s == 0 ? _mm256_mul_ps(a[s], xa) : _mm256_fmadd_ps(a[s], xa, prod);
+        prod = _mm256_fmadd_ps(b[s], xb, prod);
       }
+      acc[r] = _mm256_add_ps(acc[r], prod);
     }
   }
 
@@ -193,12 +202,44 @@ struct PairTile {
   static int64_t packed_stride(int64_t K) { return (K + 63) / 64 * 64; }
 
   // Per 32 K elements (groups 0..7): [g0 | g2], [g1 | g3], [g4 | g6], [g5 | g7], each a
-  // 128-bit lane of 4 x values, matching the lanes of the paired values below.
+  // 128-bit lane of 4 x values, matching the lanes of the paired values below; for bf16
+  // values [g0 | g4], [g1 | g5], [g2 | g6], [g3 | g7] (see step_bf16).
   static void pack_x(const float* src, int64_t K, float* dst) {
     static constexpr int kGroupAt[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+    static constexpr int kGroupAtBf16[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+    const int* group_at = VT == S24Values::bf16 ? kGroupAtBf16 : kGroupAt;
     for (int64_t c = 0; c < packed_stride(K); c += 32)
       for (int q = 0; q < 8; ++q)
-        for (int p = 0; p < 4; ++p) dst[c + 4 * q + p] = src[c + 4 * kGroupAt[q] + p];
+        for (int p = 0; p < 4; ++p) dst[c + 4 * q + p] = src[c + 4 * group_at[q] + p];
+  }
+
+  // bf16: the pairing and the widening in 6 shuffles per 32 values instead of 12. The
+  // 32-bit units of a row hold one group each (two bf16 values): unpacking them between
+  // rows r and s gives [r g | s g] per 64 bits, and unpacking 16-bit units against zero
+  // then places each bf16 in the high half of a float lane.
+  template <int MB>
+  static void step_bf16(const char* vr, const char* vs, const uint8_t* mr, const uint8_t* mq, const float* x,
+                        int64_t xps, __m256* acc) {
+    const __m256i m = _mm256_blend_epi32(bcast32(mr), bcast32(mq), 0xCC);
+    const __m256i r = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vr));
+    const __m256i s = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vs));
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i g0145 = _mm256_unpacklo_epi32(r, s), g2367 = _mm256_unpackhi_epi32(r, s);
+    const __m256 w04 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, g0145));
+    const __m256 w15 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, g0145));
+    const __m256 w26 = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, g2367));
+    const __m256 w37 = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, g2367));
+    const __m256i c04 = _mm256_srlv_epi32(m, _mm256_setr_epi32(0, 2, 0, 2, 16, 18, 16, 18));
+    const __m256i c15 = _mm256_srlv_epi32(m, _mm256_setr_epi32(4, 6, 4, 6, 20, 22, 20, 22));
+    const __m256i c26 = _mm256_srlv_epi32(m, _mm256_setr_epi32(8, 10, 8, 10, 24, 26, 24, 26));
+    const __m256i c37 = _mm256_srlv_epi32(m, _mm256_setr_epi32(12, 14, 12, 14, 28, 30, 28, 30));
+    for (int k = 0; k < MB; ++k) {
+      const float* X = x + k * xps;
+      acc[2 * k] = _mm256_fmadd_ps(w04, _mm256_permutevar_ps(_mm256_loadu_ps(X), c04), acc[2 * k]);
+      acc[2 * k + 1] = _mm256_fmadd_ps(w15, _mm256_permutevar_ps(_mm256_loadu_ps(X + 8), c15), acc[2 * k + 1]);
+      acc[2 * k] = _mm256_fmadd_ps(w26, _mm256_permutevar_ps(_mm256_loadu_ps(X + 16), c26), acc[2 * k]);
+      acc[2 * k + 1] = _mm256_fmadd_ps(w37, _mm256_permutevar_ps(_mm256_loadu_ps(X + 24), c37), acc[2 * k + 1]);
+    }
   }
 
   // One 32-K step for pair (r, s). lo0 = [r g0 | s g0 || r g2 | s g2] etc.; the control of
@@ -206,6 +247,10 @@ struct PairTile {
   template <int MB>
   static void step(const char* vr, const char* vs, const uint8_t* mr, const uint8_t* mq, const float* x,
                    int64_t xps, __m256* acc) {
+    if constexpr (VT == S24Values::bf16) {
+      step_bf16<MB>(vr, vs, mr, mq, x, xps, acc);
+      return;
+    }
     const __m256i m = _mm256_blend_epi32(bcast32(mr), bcast32(mq), 0xCC);
     const __m256d r0 = widen8<VT>(vr), r1 = widen8<VT>(vr + 8 * kES);
     const __m256d s0 = widen8<VT>(vs), s1 = widen8<VT>(vs + 8 * kES);
@@ -282,6 +327,78 @@ struct PairTile {
   }
 };
 
+// ----------------------------------------------------------------------------- BSR, one row of x
+
+// bf16 blocks of 16k x 16j with one row of x. The generic tile keeps one accumulator per
+// block row and, with 8 of them, walked each block row twice (rows 0-7, then 8-15),
+// reading the stream in a strided pattern. Here rows i and i+8 share an accumulator (row
+// i in the low 128-bit lane, row i+8 in the high one): 8 accumulators cover 16 rows, so
+// each block is read once, in order, and a prefetch at a fixed distance runs on across
+// block rows (values are contiguous in block-row order). x comes as 128-bit broadcasts
+// of the generic even/odd packing: [x0 x2 x4 x6 | x8 .. x14 | x1 .. x7 | x9 .. x15].
+struct BsrPairedRowsM1 {
+  // Bytes ahead of the block being read: 2 KB measured 1.13x over none; 1 and 4 KB the same as 2.
+  static constexpr int64_t kPrefetchAhead = 2048;
+
+  template <DType VD>
+  static bool fits(const BsrArgs& a, const BsrShape& sh) {
+    return VD == DType::bf16 && sh.deint && sh.rpv == 1 && a.bn % 16 == 0 && (a.bk == 16 || a.bk == 32);
+  }
+
+  static void block_row(const BsrArgs& a, int64_t br, const float* xp, float* sums) {
+    if (a.bk == 16)
+      block_row_bk<16>(a, br, xp, sums);
+    else
+      block_row_bk<32>(a, br, xp, sums);
+  }
+
+  // The block width is a constant so that the 16 rows sit at fixed offsets from the block.
+  template <int BK>
+  static void block_row_bk(const BsrArgs& a, int64_t br, const float* xp, float* sums) {
+    constexpr int64_t kRowBytes = 2 * BK;
+    const int64_t block_bytes = a.bn * kRowBytes;
+    const __m256i odd_mask = _mm256_set1_epi32(-65536);
+    const int64_t b_begin = a.row_ptr[br], b_end = a.row_ptr[br + 1];
+    for (int64_t g = 0; g < a.bn; g += 16) {  // 16 rows of each block per walk
+      __m256 acc[8];
+      for (auto& v : acc) v = _mm256_setzero_ps();
+      const char* blk = static_cast<const char*>(a.values) + b_begin * block_bytes;
+      for (int64_t b = b_begin; b < b_end; ++b, blk += block_bytes) {
+        if (g == 0)
+          for (int64_t o = 0; o < block_bytes; o += 64) _mm_prefetch(blk + kPrefetchAhead + o, _MM_HINT_T0);
+        const char* rows = blk + g * kRowBytes;
+        const float* xb = xp + a.col_indices[b] * BK;
+        for (int c = 0; c < BK; c += 16) {
+          const __m256 xe_lo = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(xb + c));
+          const __m256 xe_hi = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(xb + c + 4));
+          const __m256 xo_lo = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(xb + c + 8));
+          const __m256 xo_hi = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(xb + c + 12));
+          for (int i = 0; i < 8; ++i) {
+            const char* r0 = rows + i * kRowBytes + 2 * c;
+            const char* r1 = r0 + 8 * kRowBytes;
+            const __m256i lo = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(r1),
+                                                   reinterpret_cast<const __m128i*>(r0));
+            const __m256i hi = _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(r1 + 16),
+                                                   reinterpret_cast<const __m128i*>(r0 + 16));
+            // One add on the accumulator per block: the four products form a chain of
+            // their own, so blocks overlap instead of waiting on 4 dependent FMAs each.
+            __m256 t = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(lo, 16)), xe_lo);
+            t = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(lo, odd_mask)), xo_lo, t);
+            t = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(hi, 16)), xe_hi, t);
+            t = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(hi, odd_mask)), xo_hi, t);
+            acc[i] = _mm256_add_ps(acc[i], t);
+          }
+        }
+      }
+      // [rows 0-3 | 8-11] and [4-7 | 12-15] by two levels of horizontal adds.
+      const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+      const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+      _mm256_storeu_ps(sums + g, _mm256_permute2f128_ps(u0, u1, 0x20));
+      _mm256_storeu_ps(sums + g + 8, _mm256_permute2f128_ps(u0, u1, 0x31));
+    }
+  }
+};
+
 }  // namespace
 
 // M == 1 with float values: "select" (fewest instructions per value). int8 values, and
@@ -303,6 +420,6 @@ void sparse24_linear_avx2(const Sparse24Args& a) {
   }
 }
 
-void block_sparse_linear_avx2(const BsrArgs& a) { bsr_dispatch<V>(a); }
+void block_sparse_linear_avx2(const BsrArgs& a) { bsr_dispatch<V, BsrPairedRowsM1>(a); }
 
 }  // namespace bigperf::cpu

@@ -6,6 +6,7 @@
 // see vec_avx2.h for why; for the same reason nothing here instantiates std templates that
 // another unit could share, such as std::vector).
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -20,8 +21,10 @@ namespace {
 
 constexpr int64_t kSpRowsPerPass = 16;  // rows of x per pass over the weights
 constexpr int64_t kSpGroup = 64;        // output columns per epilogue group (2:4)
+constexpr int64_t kSpItemCols = 4 * kSpGroup;  // output columns per work item (2:4)
 // Below this many multiply-adds one thread is faster than waking the pool.
 constexpr int64_t kSpSerialWork = int64_t{1} << 18;
+constexpr int64_t kBsrChunksPerThread = 16;
 
 inline int64_t sp_min(int64_t a, int64_t b) { return a < b ? a : b; }
 constexpr int64_t sp_esize(DType d) { return d == DType::f32 ? 4 : 2; }
@@ -111,6 +114,37 @@ void sp_epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act,
   }
 }
 
+// Items [0, items) on `threads` threads, handed out from a shared counter. On the VMs
+// measured (benchmarks/NOTES.md, "sparse CPU, session 9") the pool's worker starts ~30 us
+// after the call, and a caller that finishes first and sleeps in the pool is woken ~30 us
+// after the worker ends. With a counter the caller works while the worker wakes; at the
+// end the caller spins until every worker has left the body (bounded: past ~100 us it
+// sleeps in the pool as before, e.g. when a worker never got a core).
+template <class F>
+void sp_parallel_items(int64_t items, int threads, const F& body) {
+  const int workers = static_cast<int>(sp_min(threads, items));
+  if (workers <= 1) {
+    for (int64_t i = 0; i < items; ++i) body(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  std::atomic<int> left{0};
+  parallel_for(workers, workers, 1, [&](int64_t worker, int64_t) {
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < items;
+         i = next.fetch_add(1, std::memory_order_relaxed))
+      body(i);
+    if (worker != 0) {  // (worker 0 is the caller's thread)
+      left.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int polls = 0; polls < 4096 && left.load(std::memory_order_acquire) < workers - 1; ++polls)
+      _mm_pause();  // (4096 pauses: ~100-200 us, by CPU)
+    // The worker has a few instructions left before it reports to the pool: without this
+    // short wait the caller often got there first and slept (p90 144 -> 129 us, measured).
+    for (int k = 0; k < 64; ++k) _mm_pause();
+  });
+}
+
 // ----------------------------------------------------------------------------- 2:4 driver
 
 // Tile is the ISA's 2:4 inner kernel:
@@ -136,7 +170,9 @@ void s24_drive(const Sparse24Args& a) {
       sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0 + m, 1, a.K, plain.f(), kpad);
       Tile::pack_x(plain.f(), a.K, packed.f() + m * xps);
     }
-    parallel_for(a.N, threads, kSpGroup, [&](int64_t n_begin, int64_t n_end) {
+    const int64_t items = (a.N + kSpItemCols - 1) / kSpItemCols;
+    sp_parallel_items(items, threads, [&](int64_t item) {
+      const int64_t n_begin = item * kSpItemCols, n_end = sp_min(a.N, n_begin + kSpItemCols);
       alignas(64) float sums[kSpRowsPerPass][kSpGroup];
       alignas(64) float tile[kSpRowsPerPass * R];
       for (int64_t g0 = n_begin; g0 < n_end; g0 += kSpGroup) {
@@ -379,7 +415,15 @@ void bsr_block_row_plain(const BsrArgs& a, int64_t br, const float* xp, int64_t 
   }
 }
 
-template <class V, DType VD>
+// The generic kernel has no special block-row kernel for one row of x; an ISA unit may
+// pass its own (BsrPairedRowsM1 in sparse_linear_avx2.cpp) with the same interface.
+struct BsrNoM1Kernel {
+  template <DType VD>
+  static bool fits(const BsrArgs&, const BsrShape&) { return false; }
+  static void block_row(const BsrArgs&, int64_t, const float*, float*) {}
+};
+
+template <class V, DType VD, class M1>
 void bsr_run(const BsrArgs& a) {
   const BsrShape sh = bsr_shape<V>(a);
   const int64_t block_rows = a.N / a.bn;
@@ -388,39 +432,42 @@ void bsr_run(const BsrArgs& a) {
   SpBuffer plain(static_cast<size_t>(repack ? rows * a.K : 1) * 4);
   SpBuffer packed(static_cast<size_t>(rows * a.K * sh.rpv + 1) * 4);
   const int threads = a.M * a.nnz * a.bn * a.bk < kSpSerialWork ? 1 : a.num_threads;
-  const int64_t chunks = sp_min(threads, block_rows);
+  // Chunks of block rows balanced by stored blocks, several per thread so that a thread
+  // that starts late or runs slow (another tenant on its core) takes fewer.
+  const int64_t chunks = threads == 1 ? 1 : sp_min(kBsrChunksPerThread * threads, block_rows);
+  const bool m1 = M1::template fits<VD>(a, sh);
   for (int64_t m0 = 0; m0 < a.M; m0 += kSpRowsPerPass) {
     const int64_t ms = sp_min(kSpRowsPerPass, a.M - m0);
     bsr_pack_x<V>(a, sh, m0, ms, plain.f(), packed.f());
-    parallel_for(chunks, static_cast<int>(chunks), 1, [&](int64_t c_begin, int64_t c_end) {
+    sp_parallel_items(chunks, threads, [&](int64_t c) {
       SpBuffer sum_buf(static_cast<size_t>(a.bn * ms) * 4);
       float* sums = sum_buf.f();
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        int64_t br_begin, br_end;
-        bsr_chunk(a.row_ptr, block_rows, chunks, c, br_begin, br_end);
-        for (int64_t br = br_begin; br < br_end; ++br) {
-          if (!sh.vector)
-            bsr_block_row_plain<V, VD>(a, br, packed.f(), ms, sums);
-          else if (sh.pairs)
-            bsr_block_row<V, VD, true>(a, sh, br, packed.f(), ms, sums);
-          else
-            bsr_block_row<V, VD, false>(a, sh, br, packed.f(), ms, sums);
-          for (int64_t m = 0; m < ms; ++m)
-            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + m * a.bn, m0 + m,
-                               br * a.bn, a.bn);
-        }
+      int64_t br_begin, br_end;
+      bsr_chunk(a.row_ptr, block_rows, chunks, c, br_begin, br_end);
+      for (int64_t br = br_begin; br < br_end; ++br) {
+        if (ms == 1 && m1)
+          M1::block_row(a, br, packed.f(), sums);
+        else if (!sh.vector)
+          bsr_block_row_plain<V, VD>(a, br, packed.f(), ms, sums);
+        else if (sh.pairs)
+          bsr_block_row<V, VD, true>(a, sh, br, packed.f(), ms, sums);
+        else
+          bsr_block_row<V, VD, false>(a, sh, br, packed.f(), ms, sums);
+        for (int64_t m = 0; m < ms; ++m)
+          sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + m * a.bn, m0 + m,
+                             br * a.bn, a.bn);
       }
     });
   }
 }
 
-template <class V>
+template <class V, class M1 = BsrNoM1Kernel>
 void bsr_dispatch(const BsrArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
   switch (a.values_dtype) {
-    case DType::f32: bsr_run<V, DType::f32>(a); break;
-    case DType::f16: bsr_run<V, DType::f16>(a); break;
-    case DType::bf16: bsr_run<V, DType::bf16>(a); break;
+    case DType::f32: bsr_run<V, DType::f32, M1>(a); break;
+    case DType::f16: bsr_run<V, DType::f16, M1>(a); break;
+    case DType::bf16: bsr_run<V, DType::bf16, M1>(a); break;
   }
 }
 

@@ -150,14 +150,15 @@ def test_sparse24_strided_x_and_poisoned_output(isa, vt):
 
 
 @pytest.mark.parametrize("isa", RUNNABLE)
-def test_sparse24_negative_control(isa):
+@pytest.mark.parametrize("m", [1, 3])  # the M = 1 tile and the paired-rows tile of M > 1
+def test_sparse24_negative_control(isa, m):
     p = pack_24(_pruned24(16, 64, seed=11).bfloat16())
-    x = random_tensor(1, 64, seed=12)
+    x = random_tensor(m, 64, seed=12)
     before = _run24(isa, x, p)
     p.values[7, 13] += 1.0
     after = _run24(isa, x, p)
-    changed = (after != before).flatten().nonzero().flatten().tolist()
-    assert changed == [7], f"changing one value of row 7 changed outputs {changed}"
+    changed = sorted({c for _, c in (after != before).nonzero().tolist()})
+    assert changed == [7], f"changing one value of row 7 changed output columns {changed}"
 
 
 # ----------------------------------------------------------------------------- BSR
@@ -227,6 +228,66 @@ def test_block_sparse_strided_x_and_poisoned_output(isa):
                           wide.data_ptr(), wide.stride(0), m, n, k, ACTIVATIONS.index("relu"), 2)
     _check(wide[:, :n], fused_linear_fp64(x, _dense_bsr(p, k), b, None, "relu"), torch.float32)
     assert torch.isnan(wide[:, n:]).all(), "the kernel wrote past the end of an output row"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("block", [(16, 16), (32, 16), (16, 32), (32, 32), (48, 16), (16, 48)],
+                         ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=lambda d: "x_" + str(d)[6:])
+def test_block_sparse_one_row_bf16(isa, block, x_dtype):
+    """M = 1 with bf16 blocks: on AVX2 the paired-rows kernel (rows i and i + 8 of a block
+    share an accumulator) for bn % 16 == 0 and bk in (16, 32); 16x48 takes the generic
+    path. Large enough for several threads and work items, with empty block rows."""
+    bn = block[0]
+    n, k = 40 * bn, 1152  # K divisible by every block width here
+    p = pack_bsr(_pruned_bsr(n, k, block, 0.3, seed=30, empty_rows=(0, 7, 39)).bfloat16(), block)
+    x, b = random_tensor(1, k, dtype=x_dtype, seed=31), random_tensor(n, seed=32)
+    out = _runbsr(isa, x, p, b, "gelu")
+    _check(out, fused_linear_fp64(x, _dense_bsr(p, k), b, None, "gelu"), x_dtype)
+
+
+@pytest.mark.parametrize("isa", RUNNABLE)
+@pytest.mark.parametrize("row", [0, 7, 8, 15, 16, 31])
+def test_block_sparse_one_row_bf16_negative_control(isa, row):
+    """A changed value in row `row` of a stored block changes that output alone: rows i
+    and i + 8 share an accumulator's two halves in the paired-rows kernel."""
+    block = (32, 16)
+    p = pack_bsr(_pruned_bsr(64, 128, block, 0.5, seed=33).bfloat16(), block)
+    x = random_tensor(1, 128, seed=34)
+    before = _runbsr(isa, x, p)
+    p.values[1, row, 5] += 1.0  # block 1 lies in block row 0 (each block row keeps 4 blocks)
+    after = _runbsr(isa, x, p)
+    changed = (after != before).flatten().nonzero().flatten().tolist()
+    assert changed == [row], f"changing one value of row {row} changed outputs {changed}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("m,v_dtype", [(1, torch.bfloat16), (3, torch.float32)], ids=["m1_bf16", "m3_f32"])
+def test_block_sparse_thread_counts(isa, threads, m, v_dtype):
+    """Chunks of block rows from a shared counter, for thread counts above and below the cores."""
+    n, k, block = 1024, 1024, (16, 16)
+    p = pack_bsr(_pruned_bsr(n, k, block, 0.3, seed=35, empty_rows=(3,)).to(v_dtype), block)
+    x = random_tensor(m, k, seed=36)
+    out = torch.full((m, n), float("nan"))
+    C.block_sparse_linear(isa, x.data_ptr(), k, 0, p.values.data_ptr(), CODE[v_dtype], 16, 16,
+                          p.col_indices.data_ptr(), p.row_ptr.data_ptr(), p.values.shape[0], 0,
+                          out.data_ptr(), n, m, n, k, 0, threads)
+    _check(out, fused_linear_fp64(x, _dense_bsr(p, k)), torch.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("m", [1, 4])
+def test_sparse24_thread_counts(isa, threads, m):
+    """Work items of output columns from a shared counter, N not a multiple of an item."""
+    n, k = 1000, 512
+    p, dense = _packed24(n, k, "bf16", seed=37)
+    x = random_tensor(m, k, seed=38)
+    out = torch.full((m, n), float("nan"))
+    C.sparse24_linear(isa, x.data_ptr(), k, 0, p.values.data_ptr(), p.values.stride(0), CODE[torch.bfloat16],
+                      p.meta.data_ptr(), p.meta.stride(0), 0, 0, out.data_ptr(), n, m, n, k, 0, threads)
+    _check(out, fused_linear_fp64(x, dense), torch.float32)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -84,3 +84,27 @@ def test_save_load_of_a_block_sparse_model(tmp_path):
 def test_bad_construction_is_refused(call, error, word):
     with pytest.raises(error, match=word):
         call()
+
+
+@pytest.mark.parametrize("kwargs", [dict(pattern="2:4"), dict(pattern="block", block=(16, 16), density=0.5)])
+def test_layer_built_under_inference_mode_checks_its_indices_once(kwargs, monkeypatch):
+    """A model swapped and loaded under torch.inference_mode() must not re-check its 2:4
+    metadata / block indices on every call: its index buffers stay ordinary tensors, with
+    the version counter the ops' check cache keys on."""
+    import bigperf.ops.sparse_linear as ops
+
+    calls = []
+    for name in ("meta_is_valid", "bsr_is_valid"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    with torch.inference_mode():
+        linear = nn.Linear(64, 32)
+        layer = SparseLinear.from_linear(linear, prune=True, **kwargs)
+        fresh = SparseLinear(64, 32, **{k: v for k, v in kwargs.items() if k != "density"})
+        fresh.load_state_dict(layer.state_dict())
+        x = torch.randn(2, 64)
+        for model in (layer, fresh):
+            outs = [model(x) for _ in range(3)]
+            assert all(torch.equal(o, outs[0]) for o in outs)
+        assert not any(b.is_inference() for b in fresh.buffers())
+    assert len(calls) == 2, f"one content check per layer expected, got {len(calls)}"

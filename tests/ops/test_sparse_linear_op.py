@@ -96,10 +96,45 @@ def test_corrupt_metadata_and_indices_are_refused_before_any_kernel():
     (lambda x, p: sparse24_linear(x, p.values.to(torch.int8), p.meta), ValueError, "'scale'"),
     (lambda x, p: sparse24_linear(x, p.values, p.meta, torch.ones(16, 1)), ValueError, "'scale'"),
     (lambda x, p: sparse24_linear(x, p.values, p.meta, None, torch.ones(5)), ValueError, "'bias'"),
+    (lambda x, p: sparse24_linear(x, p.values.to("meta"), p.meta), ValueError, "'values' is on meta"),
+    (lambda x, p: sparse24_linear(x, p.values, p.meta.to("meta")), ValueError, "'meta' is on meta"),
+    (lambda x, p: sparse24_linear(x, p.values, p.meta, None, torch.ones(16, device="meta")), ValueError, "'bias'"),
+    (lambda x, p: sparse24_linear(x, p.values, p.meta, None, None, "tanh"), ValueError, "'activation'"),
 ])
 def test_bad_input_is_refused(call, error, word):
     with pytest.raises(error, match=word):
         call(random_tensor(2, 32), pack_24(pruned(16, 32)))
+
+
+@pytest.mark.parametrize("name", ["values", "col_indices", "row_ptr"])
+def test_block_sparse_tensors_on_another_device_are_refused(name):
+    pb = pack_bsr(pruned(16, 32), (8, 8))
+    args = {"values": pb.values, "col_indices": pb.col_indices, "row_ptr": pb.row_ptr}
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match=f"'{name}' is on meta but 'x' is on cpu"):
+        block_sparse_linear(random_tensor(2, 32), **args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_block_sparse_keeps_leading_dimensions(backend):
+    pb = pack_bsr(pruned(16, 32), (8, 8))
+    x = random_tensor(2, 3, 32, seed=7)
+    with bigperf.use_backend(backend):
+        out = block_sparse_linear(x, pb.values, pb.col_indices, pb.row_ptr)
+    expected = fused_linear_fp64(x, unpack_bsr(pb.values, pb.col_indices, pb.row_ptr, 32))
+    assert out.shape == (2, 3, 16) and rel_error(out, expected) < 1e-5
+
+
+def test_index_checks_are_cached_per_tensor_version():
+    """The content check runs once per tensor version; a changed index after a cached pass is
+    still refused (by the new version, and on the cpu backend by the binding as well)."""
+    pb = pack_bsr(pruned(16, 32), (8, 8))
+    x = random_tensor(2, 32)
+    block_sparse_linear(x, pb.values, pb.col_indices, pb.row_ptr)
+    block_sparse_linear(x, pb.values, pb.col_indices, pb.row_ptr)  # cache hit
+    pb.col_indices[0] = 99
+    with pytest.raises(ValueError, match="col_indices"):
+        block_sparse_linear(x, pb.values, pb.col_indices, pb.row_ptr)
 
 
 def test_weights_made_under_inference_mode_are_checked_every_call():
