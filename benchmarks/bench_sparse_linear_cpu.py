@@ -26,7 +26,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 # PyTorch's OpenMP workers spin for a while after each parallel region (x.sum, F.linear)
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _pairs import paired, quantiles, timed  # noqa: E402  (this folder)
 
 import bigperf
 from bigperf.ops.fused_linear import fused_linear
@@ -50,33 +50,6 @@ K_BIG, N_BIG = 4096, 14336
 
 
 # ----------------------------------------------------------------------------- measuring
-
-def quantiles(values):
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "q1": q[0], "q3": q[2]}
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def paired(fa, fb, reps, warmup=2):
-    """Alternates fa and fb (the order flips every pair); returns both time lists."""
-    for _ in range(warmup):
-        fa()
-        fb()
-    ta, tb = [], []
-    for i in range(reps):
-        if i % 2:
-            tb.append(timed(fb))
-            ta.append(timed(fa))
-        else:
-            ta.append(timed(fa))
-            tb.append(timed(fb))
-    return ta, tb
-
 
 class Cold:
     """Copies of one set of weight tensors, used in turn so each call streams from memory."""
