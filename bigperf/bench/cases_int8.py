@@ -68,14 +68,15 @@ def _int8pack_peer(ctx: CaseContext) -> Variant | Skip:
 def dynamic_variants(ctx: CaseContext):
     from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, int8_dynamic_linear
 
-    def op(x, qweight, scale, b):
-        return int8_dynamic_linear(x, qweight, scale, b, ctx.activation)
-
     b = ctx.bias(torch.float32)
     copies, nbytes = _quantized(ctx, None)
-    yield from ctx.backend_variants(
-        DYNAMIC_BACKENDS, "int8_dynamic_linear", op, (ctx.x, *copies[0], b, ctx.activation),
-        [(ctx.x, qw, s, b) for qw, s in copies], nbytes)
+    for act_bits in (8, 7):  # 7: fbgemm's reduce_range accuracy class, the peer's own
+        def op(x, qweight, scale, b, _bits=act_bits):
+            return int8_dynamic_linear(x, qweight, scale, b, ctx.activation, _bits)
+
+        yield from ctx.backend_variants(
+            DYNAMIC_BACKENDS, "int8_dynamic_linear", op, (ctx.x, *copies[0], b, ctx.activation, act_bits),
+            [(ctx.x, qw, s, b) for qw, s in copies], nbytes, label="" if act_bits == 8 else "act_bits=7")
     yield _fbgemm_peer(ctx)
 
 
