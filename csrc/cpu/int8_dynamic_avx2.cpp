@@ -186,6 +186,31 @@ inline void transpose8x8(__m256i (&r)[8]) {
   r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
 }
 
+// The 8 weight rows (output columns n0 + 8 * half ..) one half of a 16-column panel packs,
+// read in blocks of kBytes codes: rows at or past n_end read zeros, and each row's last
+// partial block comes from a zero-padded copy, so nothing past a row is read.
+template <int kBytes>
+struct HalfPanelRows {
+  const int8_t* rows[8];
+  alignas(32) int8_t tails[8][kBytes];
+  int64_t full;  // whole blocks in a row
+
+  HalfPanelRows(const Int8DynamicLinearArgs& a, int64_t n0, int64_t n_end, int half) : full(a.K / kBytes) {
+    for (int j = 0; j < 8; ++j) {
+      const int64_t n = n0 + half * 8 + j;
+      rows[j] = n < n_end ? a.qw + n * a.qw_row_stride : nullptr;
+      std::memset(tails[j], 0, kBytes);
+      if (rows[j] && a.K > full * kBytes) std::memcpy(tails[j], rows[j] + full * kBytes, a.K - full * kBytes);
+    }
+  }
+
+  // Block b of row j.
+  const int8_t* block(int j, int64_t b) const {
+    alignas(32) static const int8_t zeros[kBytes] = {};
+    return !rows[j] ? zeros : (b < full ? rows[j] + kBytes * b : tails[j]);
+  }
+};
+
 // act_bits = 8: int16 pairs, vpmaddwd. Units of 2 k.
 struct Pairs {
   static constexpr int64_t kPer = 2;
@@ -194,23 +219,12 @@ struct Pairs {
   // n_end, and K past the row, are zero. No column sums (no offset to take back).
   static void pack(const Int8DynamicLinearArgs& a, int64_t kpad, int64_t n0, int64_t n_end, int32_t* dst,
                    int32_t* /*colsum*/) {
-    const int64_t k16 = a.K / 16;
-    alignas(16) static const int8_t zeros[16] = {};
     for (int half = 0; half < 2; ++half) {
-      const int8_t* rows[8];
-      alignas(16) int8_t tails[8][16];
-      for (int j = 0; j < 8; ++j) {
-        const int64_t n = n0 + half * 8 + j;
-        rows[j] = n < n_end ? a.qw + n * a.qw_row_stride : nullptr;
-        std::memset(tails[j], 0, 16);
-        if (rows[j] && a.K > k16 * 16) std::memcpy(tails[j], rows[j] + k16 * 16, a.K - k16 * 16);
-      }
+      const HalfPanelRows<16> src(a, n0, n_end, half);
       for (int64_t b = 0; b < kpad / 16; ++b) {
         __m256i r[8];
-        for (int j = 0; j < 8; ++j) {
-          const int8_t* src = !rows[j] ? zeros : (b < k16 ? rows[j] + 16 * b : tails[j]);
-          r[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
-        }
+        for (int j = 0; j < 8; ++j)
+          r[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src.block(j, b))));
         transpose8x8(r);  // r[i] = pair 8b + i of the 8 columns
         for (int i = 0; i < 8; ++i)
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (8 * b + i) * kNR + 8 * half), r[i]);
@@ -261,25 +275,13 @@ struct Quads {
   // past n_end and past K (kpad % 32 == 0); colsum[j] = sum over K of column n0 + j.
   static void pack(const Int8DynamicLinearArgs& a, int64_t kpad, int64_t n0, int64_t n_end, int32_t* dst,
                    int32_t* colsum) {
-    const int64_t k32 = a.K / 32;
-    alignas(32) static const int8_t zeros[32] = {};
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     for (int half = 0; half < 2; ++half) {
-      const int8_t* rows[8];
-      alignas(32) int8_t tails[8][32];
-      for (int j = 0; j < 8; ++j) {
-        const int64_t n = n0 + half * 8 + j;
-        rows[j] = n < n_end ? a.qw + n * a.qw_row_stride : nullptr;
-        std::memset(tails[j], 0, 32);
-        if (rows[j] && a.K > k32 * 32) std::memcpy(tails[j], rows[j] + k32 * 32, a.K - k32 * 32);
-      }
+      const HalfPanelRows<32> src(a, n0, n_end, half);
       __m256i sum = _mm256_setzero_si256();
       for (int64_t b = 0; b < kpad / 32; ++b) {
         __m256i r[8];
-        for (int j = 0; j < 8; ++j) {
-          const int8_t* src = !rows[j] ? zeros : (b < k32 ? rows[j] + 32 * b : tails[j]);
-          r[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-        }
+        for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src.block(j, b)));
         transpose8x8(r);  // r[i] = quad 8b + i of the 8 columns
         // Column sums: int16 pair sums (|.| <= 256) of 8 quads stay within 2^11, then int32.
         __m256i s16 = _mm256_setzero_si256();
