@@ -134,6 +134,21 @@ def poison_empty(monkeypatch):
 
 
 @pytest.fixture
+def reduce_launches(monkeypatch):
+    """The grids of every split-K reduce launch (the split path ran once per entry)."""
+    launches = []
+    real_reduce = im._split_k_reduce_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real_reduce[grid]
+
+    monkeypatch.setattr(im, "_split_k_reduce_kernel", Spy())
+    return launches
+
+
+@pytest.fixture
 def no_split_k(monkeypatch):
     monkeypatch.setattr(_config, "INT8_SPLIT_K_MAX_M", 0)
 
@@ -195,16 +210,8 @@ def test_weight_only_activations(shape, group, dtype, tol, activation):
 
 @pytest.mark.parametrize("group", [None, 64])
 @pytest.mark.parametrize("m", [1, 3, 16])
-def test_split_k_matches_regular_path_and_is_deterministic(m, group, monkeypatch):
-    launches = []
-    real_reduce = im._split_k_reduce_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return real_reduce[grid]
-
-    monkeypatch.setattr(im, "_split_k_reduce_kernel", Spy())
+def test_split_k_matches_regular_path_and_is_deterministic(m, group, monkeypatch, reduce_launches):
+    launches = reduce_launches
     x, qw, b = make(m, 40, 512, torch.float32, group, symmetric=False, seed=3)
     y_split = int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, b, "relu")
     again = int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, b, "relu")
@@ -384,18 +391,10 @@ def test_dynamic_matches_reference(shape, dtype, tol, act_bits, poison_empty):
 
 @pytest.mark.parametrize("act_bits", [8, 7], ids=["a8", "a7"])
 @pytest.mark.parametrize("m", [1, 5, 16])
-def test_dynamic_split_k_is_exact_and_deterministic(m, act_bits, monkeypatch):
+def test_dynamic_split_k_is_exact_and_deterministic(m, act_bits, monkeypatch, reduce_launches):
     """Small M takes split-K: int32 partials summed exactly, so the result is bit for bit
     the one-pass result, on every run."""
-    launches = []
-    real_reduce = im._split_k_reduce_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return real_reduce[grid]
-
-    monkeypatch.setattr(im, "_split_k_reduce_kernel", Spy())
+    launches = reduce_launches
     x, qw, b = make(m, 40, 600, torch.float32, seed=12)
     assert splits(m, 40, 600) > 1
     y_split = int8_dynamic_linear(x, qw.qweight, qw.scale, b, "silu", act_bits)
