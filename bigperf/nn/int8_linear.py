@@ -112,28 +112,24 @@ class Int8Linear(nn.Module):
                                  f"(weight_only=False)")
             packed = pack_w8a16(self.qweight, self.scale, self.zero_point)
             tensors = dict(zip(_W8A16_BUFFERS, (packed.weight, packed.scale, packed.zero)))
-            # Drop the row-major copy before keeping the other. Deleted, not set to None:
-            # torch.export miscounts a root module's None buffers (torch 2.13).
+            # Drop the row-major copy before keeping the other. Deleted as buffers (torch.export
+            # miscounts a root module's None buffers, torch 2.13) and left as plain None
+            # attributes, which read at no cost on the forward path.
             for name in _ROWMAJOR_BUFFERS:
-                self._buffers.pop(name, None)
+                if self._buffers.pop(name, None) is not None or name == "zero_point":
+                    self.__dict__[name] = None
             for name, t in tensors.items():
                 self.register_buffer(name, t, persistent=False)
         else:
             unpacked = unpack_w8a16(self._w8a16_layout())
             for name in _W8A16_BUFFERS:
                 self._buffers.pop(name, None)
-            self.kernel_layout = "rowmajor"  # before register_buffer, which asks hasattr
             for name, t in zip(_ROWMAJOR_BUFFERS, unpacked):
                 if t is not None:
+                    self.__dict__.pop(name, None)  # register_buffer refuses a plain attribute
                     self.register_buffer(name, t)
         self.kernel_layout = layout
         return self
-
-    def __getattr__(self, name: str):
-        # The row-major buffers read as None while the weight is held in a kernel layout.
-        if name in _ROWMAJOR_BUFFERS and self.__dict__.get("kernel_layout", "rowmajor") != "rowmajor":
-            return None
-        return super().__getattr__(name)
 
     def _preferred_layout(self) -> str:
         device = (self.qweight if self.kernel_layout == "rowmajor" else self.w8a16_weight).device
