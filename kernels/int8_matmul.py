@@ -83,6 +83,40 @@ def _grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 
 
 @triton.jit
+def _split_tile(x_ptr, w_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_xk, stride_wn, stride_wk,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's output tile and K range (program axis 1 is the split of split-K, 0
+    without a split), with the x [M, K] and W^T [K, N] tile pointers at the range's start."""
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
+    k_lo = pid_k * K_PER_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    # int64 offsets: row * stride passes 2**31 for large operands and transposed views.
+    offs_m64 = offs_m.to(tl.int64)
+    offs_n64 = offs_n.to(tl.int64)
+    offs_k64 = (k_lo + offs_k).to(tl.int64)
+    x_ptrs = x_ptr + offs_m64[:, None] * stride_xm + offs_k64[None, :] * stride_xk
+    # W is [N, K]; reading it through its strides as a [K, N] tile gives W^T for free.
+    w_ptrs = w_ptr + offs_k64[:, None] * stride_wk + offs_n64[None, :] * stride_wn
+    step_x = tl.cast(stride_xk, tl.int64) * BLOCK_K
+    step_w = tl.cast(stride_wk, tl.int64) * BLOCK_K
+    return pid_k, k_lo, k_hi, offs_k, mask_m, mask_n, offs_m64, offs_n64, x_ptrs, w_ptrs, step_x, step_w
+
+
+@triton.jit
+def _store_split(acc, y_ptr, pid_k, offs_m64, offs_n64, mask_m, mask_n, stride_ys, stride_ym, stride_yn):
+    """One split's partial sums into slice pid_k of the [splits, M, N] workspace."""
+    y_ptrs = (y_ptr + tl.cast(pid_k, tl.int64) * stride_ys
+              + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn)
+    tl.store(y_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
 def _dot_operands(a, q, z, HAS_ZERO: tl.constexpr, UPCAST_DOT: tl.constexpr):
     if HAS_ZERO:
         # int16 holds q - z in [-255, 255]; the codes stay integers until the dot.
@@ -113,25 +147,9 @@ def _int8_weight_linear_kernel(
     # GROUP_SIZE == 0 means per channel. SPLIT_OUT: this launch is one split of split-K,
     # program axis 1 picks the K range and y is the fp32 workspace (no epilogue here).
     # M_BUCKET is only an autotune key.
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    pid_k = tl.program_id(1)
-    k_lo = pid_k * K_PER_SPLIT
-    k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    # int64 offsets: row * stride passes 2**31 for large operands and transposed views.
-    offs_m64 = offs_m.to(tl.int64)
-    offs_n64 = offs_n.to(tl.int64)
-    offs_k64 = (k_lo + offs_k).to(tl.int64)
-    x_ptrs = x_ptr + offs_m64[:, None] * stride_xm + offs_k64[None, :] * stride_xk
-    # W is [N, K]; reading it through its strides as a [K, N] tile gives W^T for free.
-    w_ptrs = w_ptr + offs_k64[:, None] * stride_wk + offs_n64[None, :] * stride_wn
-    step_x = tl.cast(stride_xk, tl.int64) * BLOCK_K
-    step_w = tl.cast(stride_wk, tl.int64) * BLOCK_K
+    (pid_k, k_lo, k_hi, offs_k, mask_m, mask_n, offs_m64, offs_n64, x_ptrs, w_ptrs, step_x,
+     step_w) = _split_tile(x_ptr, w_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_xk, stride_wn, stride_wk,
+                           BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     z = tl.zeros((BLOCK_N,), dtype=tl.int8)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -169,9 +187,7 @@ def _int8_weight_linear_kernel(
             acc += part * s[None, :]
 
     if SPLIT_OUT:
-        y_ptrs = (y_ptr + tl.cast(pid_k, tl.int64) * stride_ys
-                  + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn)
-        tl.store(y_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
+        _store_split(acc, y_ptr, pid_k, offs_m64, offs_n64, mask_m, mask_n, stride_ys, stride_ym, stride_yn)
     else:
         epilogue_store(acc, None, bias_ptr, y_ptr, offs_m64, offs_n64, mask_m, mask_n,
                         0, stride_bn, stride_ym, stride_yn, False, HAS_BIAS, ACTIVATION, ROUND_BF16_OUT)
@@ -262,22 +278,9 @@ def _int8_gemm_kernel(
     # contiguous qweight), the layout int8 wgmma needs for its shared-memory operands.
     # SPLIT_OUT: this launch is one split of split-K, program axis 1 picks the K range and
     # y is the int32 workspace (the reduce kernel rescales).
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    pid_k = tl.program_id(1)
-    k_lo = pid_k * K_PER_SPLIT
-    k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    offs_m64 = offs_m.to(tl.int64)
-    offs_n64 = offs_n.to(tl.int64)
-    offs_k64 = (k_lo + offs_k).to(tl.int64)
-    x_ptrs = x_ptr + offs_m64[:, None] * stride_xm + offs_k64[None, :] * stride_xk
-    w_ptrs = w_ptr + offs_k64[:, None] * stride_wk + offs_n64[None, :] * stride_wn
-    step_x = tl.cast(stride_xk, tl.int64) * BLOCK_K
-    step_w = tl.cast(stride_wk, tl.int64) * BLOCK_K
+    (pid_k, k_lo, k_hi, offs_k, mask_m, mask_n, offs_m64, offs_n64, x_ptrs, w_ptrs, step_x,
+     step_w) = _split_tile(x_ptr, w_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_xk, stride_wn, stride_wk,
+                           BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
     # int32 accumulation is exact: |sum| <= 127 * 127 * K < 2**31 (the launcher caps K).
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -290,9 +293,7 @@ def _int8_gemm_kernel(
         w_ptrs += step_w
 
     if SPLIT_OUT:
-        y_ptrs = (y_ptr + tl.cast(pid_k, tl.int64) * stride_ys
-                  + offs_m64[:, None] * stride_ym + offs_n64[None, :] * stride_yn)
-        tl.store(y_ptrs, acc, mask=mask_m[:, None] & mask_n[None, :])
+        _store_split(acc, y_ptr, pid_k, offs_m64, offs_n64, mask_m, mask_n, stride_ys, stride_ym, stride_yn)
     else:
         xs = tl.load(x_scale_ptr + offs_m64 * stride_xs, mask=mask_m, other=0.0)
         ws = tl.load(w_scale_ptr + offs_n64 * stride_ws, mask=mask_n, other=0.0)
