@@ -20,11 +20,19 @@ namespace {
 
 constexpr const char* k24Fn = "bigperf._C.sparse24_linear";
 constexpr const char* kBsrFn = "bigperf._C.block_sparse_linear";
+constexpr const char* kLanesFn = "bigperf._C.sparse24_lanes_linear";
 
 using S24Fn = void (*)(const Sparse24Args&);
 using BsrFn = void (*)(const BsrArgs&);
+using LanesFn = void (*)(const Sparse24LanesArgs&);
 
 std::string str(int64_t v) { return std::to_string(v); }
+
+S24Values s24_values_dtype(int code, const char* fn) {
+  require(code >= 0 && code <= 3, fn,
+          "argument 'values_dtype' has unknown code " + std::to_string(code) + " (0 f32, 1 f16, 2 bf16, 3 int8)");
+  return static_cast<S24Values>(code);
+}
 
 void check_common(const char* fn, int64_t M, int64_t N, int64_t K, int act, int num_threads, uintptr_t x,
                   int64_t x_row_stride, uintptr_t out, int64_t out_row_stride) {
@@ -50,10 +58,7 @@ void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, 
   check_common(fn, M, N, K, act, num_threads, x, x_row_stride, out, out_row_stride);
   Sparse24Args a{};
   a.x_dtype = to_dtype(x_dtype, fn, "argument 'x_dtype'");
-  require(values_dtype >= 0 && values_dtype <= 3, fn,
-          "argument 'values_dtype' has unknown code " + std::to_string(values_dtype) +
-              " (0 f32, 1 f16, 2 bf16, 3 int8)");
-  a.values_dtype = static_cast<S24Values>(values_dtype);
+  a.values_dtype = s24_values_dtype(values_dtype, fn);
   require(K % 8 == 0, fn, "argument 'K' = " + str(K) + " must be a multiple of 8 for the 2:4 format");
   require(a.values_dtype != S24Values::i8 || scale != 0, fn, "argument 'scale' is required for int8 values");
   S24Fn kernel = kernel_for_isa<S24Fn>(isa, k24Fn, ISA_KERNELS(sparse24_linear));
@@ -69,6 +74,38 @@ void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, 
   a.values_row_stride = values_row_stride;
   a.meta = reinterpret_cast<const uint8_t*>(meta);
   a.meta_row_stride = meta_row_stride;
+  a.scale = a.values_dtype == S24Values::i8 ? reinterpret_cast<const float*>(scale) : nullptr;
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.out = reinterpret_cast<void*>(out);
+  a.out_row_stride = out_row_stride;
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.act = static_cast<Activation>(act);
+  a.num_threads = num_threads;
+  py::gil_scoped_release release;
+  kernel(a);
+}
+
+// The lane layout's buffers are whole 16-row blocks of K/8 steps; their sizes are the
+// Python op's to check (bigperf/ops/sparse24_lanes_linear.py), as for every raw pointer here.
+void sparse24_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
+                           int values_dtype, uintptr_t meta, uintptr_t scale, uintptr_t bias, uintptr_t out,
+                           int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
+  const char* fn = kLanesFn;
+  check_common(fn, M, N, K, act, num_threads, x, x_row_stride, out, out_row_stride);
+  Sparse24LanesArgs a{};
+  a.x_dtype = to_dtype(x_dtype, fn, "argument 'x_dtype'");
+  a.values_dtype = s24_values_dtype(values_dtype, fn);
+  require(K % 8 == 0, fn, "argument 'K' = " + str(K) + " must be a multiple of 8 for the 2:4 format");
+  require(a.values_dtype != S24Values::i8 || scale != 0, fn, "argument 'scale' is required for int8 values");
+  LanesFn kernel = kernel_for_isa<LanesFn>(isa, kLanesFn, ISA_KERNELS(sparse24_lanes_linear));
+  if (M == 0 || N == 0) return;
+  require(K == 0 || (values != 0 && meta != 0), fn, "argument 'values' or 'meta' is a null pointer");
+  a.x = reinterpret_cast<const void*>(x);
+  a.x_row_stride = x_row_stride;
+  a.values = reinterpret_cast<const void*>(values);
+  a.meta = reinterpret_cast<const uint8_t*>(meta);
   a.scale = a.values_dtype == S24Values::i8 ? reinterpret_cast<const float*>(scale) : nullptr;
   a.bias = reinterpret_cast<const float*>(bias);
   a.out = reinterpret_cast<void*>(out);
@@ -148,6 +185,12 @@ void register_sparse_linear(py::module_& m) {
         py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
         py::arg("num_threads"),
         "out = act(x @ W^T + bias), W 2:4 compressed (values, meta[, scale]); raw pointers, releases the GIL");
+  m.def("sparse24_lanes_linear", &sparse24_lanes_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
+        py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("meta"), py::arg("scale"),
+        py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"),
+        py::arg("act"), py::arg("num_threads"),
+        "out = act(x @ W^T + bias), W 2:4 in the CPU lane layout (bigperf/cpu_layouts.py); raw pointers, "
+        "releases the GIL");
   m.def("block_sparse_linear", &block_sparse_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
         py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("bn"), py::arg("bk"),
         py::arg("col_indices"), py::arg("row_ptr"), py::arg("nnz"), py::arg("bias"), py::arg("out"),

@@ -56,12 +56,43 @@ struct BsrArgs {
   int num_threads;
 };
 
+// 2:4 in the CPU lane layout (bigperf/cpu_layouts.py, version 1): rows are taken 16 at a
+// time (blocks; N16 = N rounded up to 16, padding rows hold zeros with positions (0, 1)),
+// one row per vector lane, so a kernel needs no horizontal sums and picks the x of 8 kept
+// values with one in-lane permute of the group's 4 x values.
+//   meta    [N16/16][K/8][16] uint8: block b, byte j, lane l = canonical meta byte j of row
+//           16b + l (bits 1:0 / 3:2 the positions of group 2j, bits 5:4 / 7:6 of group 2j+1).
+//   values  per block b and group g (K/4 groups), lane l, slot s (0: lower position):
+//           bf16 [b][g][l][s] (one 32-bit word per lane, slot 0 in the low half);
+//           int8 [b][g/2][l][g%2][s] (one 32-bit word per lane holds a metadata byte's
+//           four values: group 2j slots 0 and 1, then group 2j+1's);
+//           f32, f16 [b][g][s][l].
+//   scale   [N16] fp32 for int8 values.
+struct Sparse24LanesArgs {
+  const void* x;              // [M, K] in x_dtype, unit stride along K
+  int64_t x_row_stride;       // elements
+  DType x_dtype;
+  const void* values;         // the layout above
+  S24Values values_dtype;
+  const uint8_t* meta;        // the layout above
+  const float* scale;         // [N16] for int8 values, else nullptr
+  const float* bias;          // [N] or nullptr
+  void* out;                  // [M, N] in x_dtype
+  int64_t out_row_stride;
+  int64_t M, N, K;            // K % 8 == 0; N real rows (the layout holds N16)
+  Activation act;
+  int num_threads;
+};
+
 void sparse24_linear_scalar(const Sparse24Args& args);
+void sparse24_lanes_linear_scalar(const Sparse24LanesArgs& args);
 void block_sparse_linear_scalar(const BsrArgs& args);
 #if defined(BIGPERF_X86)
 void sparse24_linear_avx2(const Sparse24Args& args);
+void sparse24_lanes_linear_avx2(const Sparse24LanesArgs& args);
 void block_sparse_linear_avx2(const BsrArgs& args);
 void sparse24_linear_avx512(const Sparse24Args& args);
+void sparse24_lanes_linear_avx512(const Sparse24LanesArgs& args);
 void block_sparse_linear_avx512(const BsrArgs& args);
 #endif
 

@@ -24,6 +24,7 @@
 // here (BsrPairedRowsM1); every other BSR case runs the generic kernel.
 #include "cpu/vec_avx2.h"
 #include "cpu/sparse_linear_kernel.h"
+#include "cpu/sparse24_lanes_kernel.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -399,7 +400,54 @@ struct BsrPairedRowsM1 {
   }
 };
 
+// Lane ops of the 2:4 lane-layout kernel (sparse24_lanes_kernel.h): 8 rows per vector.
+struct LanesAvx2 {
+  static constexpr int W = 8;
+  static __m256 x4(const float* p) { return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p)); }
+  static __m256i positions(const uint8_t* p) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  }
+  template <int S>
+  static __m256i shift(__m256i i) { return _mm256_srli_epi32(i, S); }
+  static __m256 pick(__m256 x4, __m256i i) { return _mm256_permutevar_ps(x4, i); }
+  static void bf16_pair(const char* p, __m256& lo, __m256& hi) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    hi = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
+  template <S24Values VT>
+  static __m256 load(const char* p) {
+    static_assert(VT == S24Values::f32 || VT == S24Values::f16, "bf16 and int8 values have their own loads");
+    if constexpr (VT == S24Values::f32) {
+      return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+    } else {
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+  }
+  // Byte i of every word moved to the top by a load 3 - i bytes early, the rest masked:
+  // an int32 of q * 2^24, converted exactly. No shuffle or shift, which are what limits
+  // this kernel on Zen 3 (hot, one core: 14.9 -> 16.9 G kept values/s against
+  // vpmovsxbd + vcvtdq2ps; benchmarks/NOTES.md). The first word of the array takes the
+  // shifts instead, never reading before it.
+  static void i8_quad(const char* p, bool safe, __m256 (&w)[4]) {
+    const __m256i top = _mm256_set1_epi32(static_cast<int>(0xFF000000u));
+    if (__builtin_expect(safe, 0)) {
+      const __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      w[0] = _mm256_cvtepi32_ps(_mm256_slli_epi32(d, 24));
+      w[1] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_slli_epi32(d, 16), top));
+      w[2] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_slli_epi32(d, 8), top));
+      w[3] = _mm256_cvtepi32_ps(_mm256_and_si256(d, top));
+      return;
+    }
+    for (int i = 0; i < 4; ++i)
+      w[i] = _mm256_cvtepi32_ps(
+          _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p - 3 + i)), top));
+  }
+};
+
 }  // namespace
+
+void sparse24_lanes_linear_avx2(const Sparse24LanesArgs& a) { s24_lanes_dispatch<V, LanesAvx2>(a); }
 
 // M == 1 with float values: "select" (fewest instructions per value). int8 values, and
 // several rows of x: "pair", whose per-x-row work (a permute and an FMA per 8 values) is

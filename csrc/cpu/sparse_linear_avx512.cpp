@@ -9,6 +9,7 @@
 // widens in the stored order.
 #include "cpu/vec_avx512.h"
 #include "cpu/sparse_linear_kernel.h"
+#include "cpu/sparse24_lanes_kernel.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -114,7 +115,45 @@ struct PermuteTile {
   }
 };
 
+// Lane ops of the 2:4 lane-layout kernel (sparse24_lanes_kernel.h): a whole 16-row block
+// per vector.
+struct LanesAvx512 {
+  static constexpr int W = 16;
+  static __m512 x4(const float* p) { return _mm512_broadcast_f32x4(_mm_loadu_ps(p)); }
+  static __m512i positions(const uint8_t* p) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  template <int S>
+  static __m512i shift(__m512i i) { return _mm512_srli_epi32(i, S); }
+  static __m512 pick(__m512 x4, __m512i i) { return _mm512_permutevar_ps(x4, i); }
+  static void bf16_pair(const char* p, __m512& lo, __m512& hi) {
+    const __m512i v = _mm512_loadu_si512(p);
+    lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    hi = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
+  template <S24Values VT>
+  static __m512 load(const char* p) {
+    static_assert(VT == S24Values::f32 || VT == S24Values::f16, "bf16 and int8 values have their own loads");
+    return load16<VT>(p);
+  }
+  // As LanesAvx2::i8_quad: w[i] = 2^24 * byte i of every word, the first word by shifts.
+  static void i8_quad(const char* p, bool safe, __m512 (&w)[4]) {
+    const __m512i top = _mm512_set1_epi32(static_cast<int>(0xFF000000u));
+    if (__builtin_expect(safe, 0)) {
+      const __m512i d = _mm512_loadu_si512(p);
+      w[0] = _mm512_cvtepi32_ps(_mm512_slli_epi32(d, 24));
+      w[1] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_slli_epi32(d, 16), top));
+      w[2] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_slli_epi32(d, 8), top));
+      w[3] = _mm512_cvtepi32_ps(_mm512_and_si512(d, top));
+      return;
+    }
+    for (int i = 0; i < 4; ++i) w[i] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_loadu_si512(p - 3 + i), top));
+  }
+};
+
 }  // namespace
+
+void sparse24_lanes_linear_avx512(const Sparse24LanesArgs& a) { s24_lanes_dispatch<V, LanesAvx512>(a); }
 
 void sparse24_linear_avx512(const Sparse24Args& a) {
   switch (a.values_dtype) {

@@ -35,31 +35,62 @@ float s24_value(const Sparse24Args& a, int64_t n, int64_t i) {
   return load_as_float(a.values, at, static_cast<DType>(a.values_dtype));
 }
 
-}  // namespace
+// Value (group g, slot s) of row n in the lane layout (sparse_linear.h, Sparse24LanesArgs).
+float lanes_value(const Sparse24LanesArgs& a, int64_t n, int64_t g, int s) {
+  const int64_t block = n / 16, lane = n % 16;
+  if (a.values_dtype == S24Values::i8)
+    return static_cast<const int8_t*>(a.values)[((block * (a.K / 8) + g / 2) * 16 + lane) * 4 + 2 * (g % 2) + s];
+  const int64_t at = (block * (a.K / 4) + g) * 32 + (a.values_dtype == S24Values::bf16 ? 2 * lane + s : 16 * s + lane);
+  return load_as_float(a.values, at, static_cast<DType>(a.values_dtype));
+}
 
-void sparse24_linear_scalar(const Sparse24Args& a) {
-  if (a.M <= 0 || a.N <= 0) return;
-  const int threads = a.M * a.N * a.K < kSerialWork ? 1 : a.num_threads;
-  for (int64_t m0 = 0; m0 < a.M; m0 += kRowsPerPass) {
-    const int64_t ms = std::min(kRowsPerPass, a.M - m0);
-    const std::vector<float> xf = rows_as_float(a.x, a.x_row_stride, a.x_dtype, m0, ms, a.K);
-    parallel_for(a.N, threads, 16, [&](int64_t n_begin, int64_t n_end) {
+// The shared loop of both 2:4 layouts: nibble(n, g) gives row n's positions in group g,
+// value(n, g, s) its kept values.
+template <class Nibble, class Value>
+void s24_scalar_loop(const void* x, int64_t x_row_stride, DType x_dtype, const float* scale, const float* bias,
+                     void* out, int64_t out_row_stride, int64_t M, int64_t N, int64_t K, Activation act,
+                     int num_threads, const Nibble& nibble, const Value& value) {
+  if (M <= 0 || N <= 0) return;
+  const int threads = M * N * K < kSerialWork ? 1 : num_threads;
+  for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass) {
+    const int64_t ms = std::min(kRowsPerPass, M - m0);
+    const std::vector<float> xf = rows_as_float(x, x_row_stride, x_dtype, m0, ms, K);
+    parallel_for(N, threads, 16, [&](int64_t n_begin, int64_t n_end) {
       float acc[kRowsPerPass];
       for (int64_t n = n_begin; n < n_end; ++n) {
         std::fill(acc, acc + ms, 0.f);
-        const uint8_t* meta = a.meta + n * a.meta_row_stride;
-        for (int64_t g = 0; g < a.K / 4; ++g) {
-          const unsigned nibble = (meta[g / 2] >> (4 * (g % 2))) & 0xFu;
-          const float va = s24_value(a, n, 2 * g), vb = s24_value(a, n, 2 * g + 1);
-          const int64_t ka = 4 * g + (nibble & 3u), kb = 4 * g + (nibble >> 2);
-          for (int64_t m = 0; m < ms; ++m) acc[m] += va * xf[m * a.K + ka] + vb * xf[m * a.K + kb];
+        for (int64_t g = 0; g < K / 4; ++g) {
+          const unsigned positions = nibble(n, g);
+          const float va = value(n, g, 0), vb = value(n, g, 1);
+          const int64_t ka = 4 * g + (positions & 3u), kb = 4 * g + (positions >> 2);
+          for (int64_t m = 0; m < ms; ++m) acc[m] += va * xf[m * K + ka] + vb * xf[m * K + kb];
         }
-        const float scale = a.scale ? a.scale[n] : 1.f;
-        for (int64_t m = 0; m < ms; ++m)
-          store_output(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, m0 + m, n, acc[m] * scale);
+        const float s = scale ? scale[n] : 1.f;
+        for (int64_t m = 0; m < ms; ++m) store_output(out, out_row_stride, x_dtype, act, bias, m0 + m, n, acc[m] * s);
       }
     });
   }
+}
+
+}  // namespace
+
+void sparse24_lanes_linear_scalar(const Sparse24LanesArgs& a) {
+  const int64_t steps = a.K / 8;
+  s24_scalar_loop(
+      a.x, a.x_row_stride, a.x_dtype, a.scale, a.bias, a.out, a.out_row_stride, a.M, a.N, a.K, a.act,
+      a.num_threads,
+      [&](int64_t n, int64_t g) {
+        return (a.meta[((n / 16) * steps + g / 2) * 16 + n % 16] >> (4 * (g % 2))) & 0xFu;
+      },
+      [&](int64_t n, int64_t g, int s) { return lanes_value(a, n, g, s); });
+}
+
+void sparse24_linear_scalar(const Sparse24Args& a) {
+  s24_scalar_loop(
+      a.x, a.x_row_stride, a.x_dtype, a.scale, a.bias, a.out, a.out_row_stride, a.M, a.N, a.K, a.act,
+      a.num_threads,
+      [&](int64_t n, int64_t g) { return (a.meta[n * a.meta_row_stride + g / 2] >> (4 * (g % 2))) & 0xFu; },
+      [&](int64_t n, int64_t g, int s) { return s24_value(a, n, 2 * g + s); });
 }
 
 void block_sparse_linear_scalar(const BsrArgs& a) {

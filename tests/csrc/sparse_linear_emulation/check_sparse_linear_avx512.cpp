@@ -1,6 +1,7 @@
 // Compares the AVX-512 sparse kernels, compiled against SIMDe (sparse_linear_avx512_simde.cpp),
 // with the scalar path: 2:4 with every value dtype, x dtype and activation over many M, N, K
-// (tails of the 32-element steps included), BSR over block shapes that take each code path
+// (tails of the 32-element steps included), the same 2:4 weights in the lane layout (both
+// lane kernels against the canonical scalar result), BSR over block shapes that take each code path
 // (full vectors, several block rows per vector, plain loops), densities with empty block
 // rows, strided x, and padded outputs that must stay untouched past N. Built and run by
 // tests/csrc/test_cpu_sparse_linear.py.
@@ -100,6 +101,37 @@ static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Act
   std::snprintf(detail, sizeof detail, "M=%lld N=%lld K=%lld values=%d x=%d act=%d", (long long)M, (long long)N,
                 (long long)K, int(vt), int(xd), int(act));
   report("2:4", compare(got, want, M, N, xd), xd, detail);
+
+  // The same weight in the lane layout (sparse_linear.h, Sparse24LanesArgs): the AVX-512
+  // lane kernel and the scalar lane loop against the canonical scalar result.
+  const int64_t n16 = (N + 15) / 16 * 16, groups = K / 4;
+  std::vector<char> lvalues(n16 * (K / 2) * ves + 1, 0);
+  std::vector<uint8_t> lmeta(n16 * (K / 8), 0x44);
+  std::vector<float> lscale(n16, 0.f);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t b = n / 16, l = n % 16;
+    lscale[n] = scale[n];
+    for (int64_t j = 0; j < K / 8; ++j) lmeta[(b * (K / 8) + j) * 16 + l] = meta[n * mstride + j];
+    for (int64_t g = 0; g < groups; ++g)
+      for (int s = 0; s < 2; ++s) {
+        const int64_t to = vt == S24Values::i8 ? ((b * (K / 8) + g / 2) * 16 + l) * 4 + 2 * (g % 2) + s
+                                               : (b * groups + g) * 32 + (vt == S24Values::bf16 ? 2 * l + s : 16 * s + l);
+        std::memcpy(lvalues.data() + to * ves, values.data() + (n * vstride + 2 * g + s) * ves, ves);
+      }
+  }
+  Sparse24LanesArgs la{};
+  la.x = x.b.data(); la.x_row_stride = x.stride; la.x_dtype = xd;
+  la.values = lvalues.data(); la.values_dtype = vt; la.meta = lmeta.data();
+  la.scale = vt == S24Values::i8 ? lscale.data() : nullptr;
+  la.bias = a.bias;
+  la.out_row_stride = got.stride; la.M = M; la.N = N; la.K = K; la.act = act; la.num_threads = 2;
+  Buf lanes_scalar = make_out(M, N, xd, 3), lanes_avx512 = make_out(M, N, xd, 3);
+  la.out = lanes_scalar.b.data();
+  sparse24_lanes_linear_scalar(la);
+  la.out = lanes_avx512.b.data();
+  sparse24_lanes_linear_avx512(la);
+  report("2:4 lanes scalar", compare(lanes_scalar, want, M, N, xd), xd, detail);
+  report("2:4 lanes avx512", compare(lanes_avx512, want, M, N, xd), xd, detail);
 }
 
 static void check_bsr(int64_t M, int64_t bn, int64_t bk, int64_t brows, int64_t bcols, double density, DType vd,

@@ -1,0 +1,149 @@
+// The 2:4 kernel for the CPU lane layout (sparse_linear.h, Sparse24LanesArgs), written once
+// over a vector-traits class V (vec_avx2.h, vec_avx512.h) and a lane-ops class L that the
+// ISA unit supplies:
+//   L::W                      fp32 lanes (16 / W vectors per 16-row block)
+//   L::x4(p)                  p[0..3] repeated in every 128-bit lane
+//   L::positions(p)           W metadata bytes, zero-extended to 32-bit lanes
+//   L::shift<S>(i)            i >> S per lane
+//   L::pick(x4, i)            in-lane permute: lane j gets x4[i_j & 3] (vpermilps reads bits 1:0)
+//   L::bf16_pair(p, lo, hi)   W 32-bit words of bf16 pairs as two fp32 vectors
+//   L::load<VT>(p)            W values of dtype VT (f32, f16) as fp32
+//   L::i8_quad(p, safe, w)    W 32-bit words of four int8 values each as four fp32 vectors
+//                             w[i] = 2^24 * byte i; `safe`: do not read the 3 bytes before p
+//
+// Why this layout (benchmarks/NOTES.md, "sparse CPU, session 10"): with one output row per
+// lane, the kept values of one group of 4 in W rows sit in two vectors (slots a and b) and
+// all of them multiply x values of the same group: the metadata byte of a row is directly
+// the permute control of slot a, and shifted by 2, 4, 6 that of slot b and of the next
+// group's slots. Per 8 kept values: a permute, an FMA and the widening, no blends and no
+// horizontal sums; at M = 1 the kernel outruns the memory stream on AVX2 (the canonical
+// layout's kernels did not).
+// Include only from ISA translation units, after sparse_linear_kernel.h.
+#pragma once
+#include <cstdint>
+
+#include "cpu/sparse_linear_kernel.h"
+
+namespace bigperf::cpu {
+namespace {
+
+constexpr int64_t kLaneRows = 16;           // rows per block of the layout
+constexpr int64_t kLaneItemBlocks = 4;      // blocks per work item (64 output rows)
+constexpr int64_t kLanePrefetchBytes = 2048;  // of values ahead; measured best of 0/1/2/4 KB
+
+constexpr int64_t lanes_esize(S24Values vt) { return vt == S24Values::f32 ? 4 : vt == S24Values::i8 ? 1 : 2; }
+
+// sums[m * 16 + l] = dot(x row m, block row l) for MB rows of x (row stride xs, fp32),
+// before the int8 scale. Accumulators: one per slot at M = 1 (four independent FMA chains
+// per vector), shared by slots as MB grows so that MB * 16 / W * S stays at 8.
+template <class V, class L, S24Values VT, int MB>
+void lanes_block(const Sparse24LanesArgs& a, int64_t block, const float* xp, int64_t xs, float* sums) {
+  using vec = typename V::vec;
+  constexpr int W = L::W, VPB = kLaneRows / W;
+  constexpr int S = MB <= 2 ? 2 : 1;
+  constexpr int64_t ES = lanes_esize(VT);
+  constexpr int64_t kGroupBytes = 2 * kLaneRows * ES;  // values of one group in one block
+  constexpr int64_t kStepBytes = 2 * kGroupBytes;      // two groups per metadata byte
+  const int64_t steps = a.K / 8;
+  const char* vals = static_cast<const char*>(a.values) + block * steps * kStepBytes;
+  const uint8_t* meta = a.meta + block * steps * kLaneRows;
+  vec acc[MB][VPB][S];
+  for (auto& row : acc)
+    for (auto& part : row)
+      for (auto& v : part) v = V::zero();
+  for (int64_t j = 0; j < steps; ++j) {
+    const char* v = vals + j * kStepBytes;
+    const uint8_t* mt = meta + j * kLaneRows;
+    for (int64_t line = 0; line < kStepBytes; line += 64) V::prefetch(v + kLanePrefetchBytes + line);
+    V::prefetch(reinterpret_cast<const char*>(mt) + kLanePrefetchBytes * kLaneRows / kStepBytes);
+#pragma GCC unroll 2
+    for (int h = 0; h < VPB; ++h) {
+      const auto p0 = L::positions(mt + h * W);
+      const auto p1 = L::template shift<2>(p0);
+      const auto p2 = L::template shift<4>(p0);
+      const auto p3 = L::template shift<6>(p0);
+      vec w[4];
+      if constexpr (VT == S24Values::bf16) {
+        L::bf16_pair(v + h * W * 4, w[0], w[1]);
+        L::bf16_pair(v + kGroupBytes + h * W * 4, w[2], w[3]);
+      } else if constexpr (VT == S24Values::i8) {
+        // Nothing before the first byte of the values may be read (see L::i8_quad).
+        L::i8_quad(v + h * W * 4, block == 0 && j == 0 && h == 0, w);
+      } else {
+        w[0] = L::template load<VT>(v + h * W * ES);
+        w[1] = L::template load<VT>(v + (kLaneRows + h * W) * ES);
+        w[2] = L::template load<VT>(v + kGroupBytes + h * W * ES);
+        w[3] = L::template load<VT>(v + kGroupBytes + (kLaneRows + h * W) * ES);
+      }
+#pragma GCC unroll 4
+      for (int m = 0; m < MB; ++m) {
+        const vec xa = L::x4(xp + m * xs + 8 * j), xb = L::x4(xp + m * xs + 8 * j + 4);
+        acc[m][h][0 % S] = V::fmadd(w[0], L::pick(xa, p0), acc[m][h][0 % S]);
+        acc[m][h][1 % S] = V::fmadd(w[1], L::pick(xa, p1), acc[m][h][1 % S]);
+        acc[m][h][2 % S] = V::fmadd(w[2], L::pick(xb, p2), acc[m][h][2 % S]);
+        acc[m][h][3 % S] = V::fmadd(w[3], L::pick(xb, p3), acc[m][h][3 % S]);
+      }
+    }
+  }
+  for (int m = 0; m < MB; ++m)
+    for (int h = 0; h < VPB; ++h) {
+      vec s = acc[m][h][0];
+      for (int p = 1; p < S; ++p) s = V::add(s, acc[m][h][p]);
+      if constexpr (VT == S24Values::i8) s = V::mul(s, V::set1(1.f / 16777216.f));  // L::i8_quad's 2^24, exactly
+      V::storeu(sums + m * kLaneRows + h * W, s);
+    }
+}
+
+// x in passes of kSpRowsPerPass rows (fp32); each work item is kLaneItemBlocks blocks,
+// each block runs the pass's rows 4 at a time (its weights come from memory for the first
+// 4 and from L2 for the rest), then the epilogue of its 16 rows.
+template <class V, class L, S24Values VT>
+void s24_lanes_drive(const Sparse24LanesArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  const int64_t blocks = (a.N + kLaneRows - 1) / kLaneRows;
+  const int64_t kpad = (a.K + 63) / 64 * 64;
+  const int64_t rows = sp_min(a.M, kSpRowsPerPass);
+  SpBuffer xbuf(static_cast<size_t>(rows * kpad) * 4);
+  const int threads = a.M * a.N * a.K < kSpSerialWork ? 1 : a.num_threads;
+  const int64_t items = (blocks + kLaneItemBlocks - 1) / kLaneItemBlocks;
+  for (int64_t m0 = 0; m0 < a.M; m0 += kSpRowsPerPass) {
+    const int64_t ms = sp_min(kSpRowsPerPass, a.M - m0);
+    sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, ms, a.K, xbuf.f(), kpad);
+    sp_parallel_items(items, threads, [&](int64_t item) {
+      alignas(64) float sums[4 * kLaneRows];
+      const int64_t b_end = sp_min(blocks, (item + 1) * kLaneItemBlocks);
+      for (int64_t b = item * kLaneItemBlocks; b < b_end; ++b) {
+        const int64_t n0 = b * kLaneRows, cnt = sp_min(kLaneRows, a.N - n0);
+        for (int64_t mt = 0; mt < ms; mt += 4) {
+          const float* xp = xbuf.f() + mt * kpad;
+          const int64_t mb = sp_min(4, ms - mt);
+          switch (mb) {
+            case 1: lanes_block<V, L, VT, 1>(a, b, xp, kpad, sums); break;
+            case 2: lanes_block<V, L, VT, 2>(a, b, xp, kpad, sums); break;
+            case 3: lanes_block<V, L, VT, 3>(a, b, xp, kpad, sums); break;
+            default: lanes_block<V, L, VT, 4>(a, b, xp, kpad, sums); break;
+          }
+          for (int64_t m = 0; m < mb; ++m) {
+            float* s = sums + m * kLaneRows;
+            if (a.scale)  // int8 values: one multiply per output (the layout pads scale to N16)
+              for (int64_t l = 0; l < kLaneRows; ++l) s[l] *= a.scale[n0 + l];
+            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, s, m0 + mt + m, n0, cnt);
+          }
+        }
+      }
+    });
+  }
+}
+
+template <class V, class L>
+void s24_lanes_dispatch(const Sparse24LanesArgs& a) {
+  switch (a.values_dtype) {
+    case S24Values::f32: s24_lanes_drive<V, L, S24Values::f32>(a); break;
+    case S24Values::f16: s24_lanes_drive<V, L, S24Values::f16>(a); break;
+    case S24Values::bf16: s24_lanes_drive<V, L, S24Values::bf16>(a); break;
+    case S24Values::i8: s24_lanes_drive<V, L, S24Values::i8>(a); break;
+  }
+}
+
+}  // namespace
+}  // namespace bigperf::cpu
