@@ -110,13 +110,15 @@ def dense_equivalent(layer: nn.Module) -> nn.Module | None:
     bias = layer.bias is not None
     with torch.no_grad():
         if layer.pattern == "2:4" and layer.int8:
+            values, meta, scale = layer.packed_24()
             dense = Int8Linear(layer.in_features, layer.out_features, bias, weight_only=True,
-                               activation=layer.activation, device=layer.values.device)
-            dense.qweight.copy_(dense_24(layer.values, layer.meta))
-            dense.scale.copy_(layer.scale)
+                               activation=layer.activation, device=values.device)
+            dense.qweight.copy_(dense_24(values, meta))
+            dense.scale.copy_(scale)
         else:
             if layer.pattern == "2:4":
-                weight = unpack_24(layer.values, layer.meta)
+                values, meta, _ = layer.packed_24()
+                weight = unpack_24(values, meta)
             else:
                 weight = unpack_bsr(layer.values, layer.col_indices, layer.row_ptr, layer.in_features)
             dense = FusedLinear(layer.in_features, layer.out_features, bias, activation=layer.activation,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bigperf.cpu_layouts import (
+    Sparse24Lanes,
+    pack_24_lanes,
+    reorder_lanes_values,
+    unpack_24_lanes,
+)
 from bigperf.nn.fused_linear import _activation_name
+from bigperf.ops.sparse24_lanes_linear import cpu_kernel_why_not, sparse24_lanes_linear
 from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
 from bigperf.ops.validation import FLOAT_DTYPES
 from bigperf.sparsity import (
@@ -19,6 +26,17 @@ from bigperf.sparsity import (
 
 PACKED_VERSION = 1
 PATTERNS = ("2:4", "block")
+
+# How a 2:4 layer holds its weight in memory (its state_dict is always canonical):
+#   "canonical"   values / meta / scale as bigperf.sparsity packs them;
+#   "cpu-lanes16" only the CPU lane layout (bigperf.cpu_layouts, versioned): buffers
+#                 lanes_values / lanes_meta / lanes_scale, values etc. None.
+# A 2:4 layer settles on "cpu-lanes16" whenever it is on the CPU and bigperf._C has the
+# kernel that reads it, and on "canonical" elsewhere, so it never holds the weight twice.
+# Block-sparse layers are always "canonical".
+KERNEL_LAYOUTS = ("canonical", "cpu-lanes16")
+_CANONICAL_BUFFERS = ("values", "meta", "scale")
+_LANES_BUFFERS = ("lanes_values", "lanes_meta", "lanes_scale")
 
 
 class LayerRefused(ValueError):
@@ -57,6 +75,7 @@ class SparseLinear(nn.Module):
             self.bias = nn.Parameter(torch.zeros(n, device=device), requires_grad=False)
         else:
             self.register_parameter("bias", None)
+        self.kernel_layout = "canonical"
 
     def _make_buffers(self, n, k, int8, values_dtype, device):
         # Never inference tensors, even when the layer is built under torch.inference_mode():
@@ -110,7 +129,7 @@ class SparseLinear(nn.Module):
         if linear.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(linear.bias.detach())
-        return layer
+        return layer.use_kernel_layout(layer._preferred_layout())
 
     def _set_buffers(self, **tensors):
         # Inference tensors (packed under torch.inference_mode()) become ordinary ones: see
@@ -121,13 +140,94 @@ class SparseLinear(nn.Module):
                     setattr(self, name, t.clone() if t.is_inference() else t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_layout == "cpu-lanes16":
+            return sparse24_lanes_linear(x, self._lanes_layout(), self.bias, self.activation)
         if self.pattern == "2:4":
             return sparse24_linear(x, self.values, self.meta, self.scale, self.bias, self.activation)
         return block_sparse_linear(x, self.values, self.col_indices, self.row_ptr, self.bias, self.activation)
 
+    def packed_24(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The canonical 2:4 (values [N, K/2], meta [N, K/8] uint8, scale [N, 1] fp32 or None),
+        whatever layout the layer holds (a conversion in "cpu-lanes16": read it, do not write it)."""
+        if self.pattern != "2:4":
+            raise ValueError(f"bigperf.nn.SparseLinear.packed_24: this layer's pattern is {self.pattern!r}, not '2:4'")
+        if self.kernel_layout == "cpu-lanes16":
+            return unpack_24_lanes(self._lanes_layout())
+        return self.values, self.meta, self.scale
+
+    # ------------------------------------------------------------------------- layouts
+
+    def _lanes_layout(self) -> Sparse24Lanes:
+        return Sparse24Lanes(self.lanes_values, self.lanes_meta, self.lanes_scale, self.out_features,
+                             self.in_features)
+
+    def use_kernel_layout(self, layout: str) -> "SparseLinear":
+        """Hold a 2:4 weight as `layout` (KERNEL_LAYOUTS), converting exactly; returns self.
+        Moves between devices choose the layout by themselves (see KERNEL_LAYOUTS)."""
+        where = "bigperf.nn.SparseLinear.use_kernel_layout"
+        if layout not in KERNEL_LAYOUTS:
+            raise ValueError(f"{where}: argument 'layout' must be one of {KERNEL_LAYOUTS}, got {layout!r}")
+        if layout == self.kernel_layout:
+            return self
+        if self.pattern != "2:4":
+            raise ValueError(f"{where}: layout {layout!r} holds 2:4 weights; this layer's pattern is {self.pattern!r}")
+        with torch.inference_mode(False):  # the new buffers are never inference tensors: see _make_buffers
+            if layout == "cpu-lanes16":
+                lanes = pack_24_lanes(self.values, self.meta, self.scale)
+                # Drop the canonical copy before keeping the other. Deleted as buffers (torch.export
+                # miscounts a root module's None buffers, torch 2.13) and left as plain None
+                # attributes, which read at no cost on the forward path.
+                for name in _CANONICAL_BUFFERS:
+                    self._buffers.pop(name, None)
+                    self.__dict__[name] = None
+                for name, t in zip(_LANES_BUFFERS, (lanes.values, lanes.meta, lanes.scale)):
+                    self.register_buffer(name, t, persistent=False)
+            else:
+                canonical = unpack_24_lanes(self._lanes_layout())
+                for name in _LANES_BUFFERS:
+                    self._buffers.pop(name, None)
+                for name, t in zip(_CANONICAL_BUFFERS, canonical):
+                    self.__dict__.pop(name, None)  # register_buffer refuses a plain attribute
+                    self.register_buffer(name, t)  # (scale None for float values, as built)
+        self.kernel_layout = layout
+        return self
+
+    def _preferred_layout(self) -> str:
+        if self.pattern != "2:4":
+            return "canonical"
+        device = (self.values if self.kernel_layout == "canonical" else self.lanes_values).device
+        if device.type == "cpu" and cpu_kernel_why_not(torch.empty(0, device=device)) is None:
+            return "cpu-lanes16"
+        return "canonical"
+
+    def _apply(self, fn, recurse=True):
+        # A dtype change (.half(), .to(torch.bfloat16)) converts the lane values element-wise,
+        # but their order depends on the dtype: it is redone before anything reads them.
+        laid_out_for = self.lanes_values.dtype if self.kernel_layout == "cpu-lanes16" else None
+        with torch.inference_mode(False):  # moved buffers are never inference tensors either: see _make_buffers
+            super()._apply(fn, recurse)
+            if laid_out_for is not None:
+                self.lanes_values = reorder_lanes_values(self.lanes_values, laid_out_for)
+        self.use_kernel_layout(self._preferred_layout())
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.kernel_layout != "canonical":  # the saved form is always canonical
+            for name, t in zip(_CANONICAL_BUFFERS, self.packed_24()):
+                if t is not None:
+                    destination[prefix + name] = t
+
     def backend(self) -> str:
+        """The backend a 1-row call on this layer's device would use (NoBackendError if none)."""
+        from bigperf.ops.sparse24_lanes_linear import LANES_BACKENDS
         from bigperf.ops.sparse_linear import BSR_BACKENDS, S24_BACKENDS
 
+        if self.kernel_layout == "cpu-lanes16":
+            layout = self._lanes_layout()
+            x = torch.empty(1, self.in_features, device=layout.values.device)
+            return LANES_BACKENDS.select(x.device, x, layout.values, layout.meta, layout.scale, layout.n, self.bias,
+                                         self.activation).name
         x = torch.empty(1, self.in_features, device=self.values.device)
         if self.pattern == "2:4":
             return S24_BACKENDS.select(x.device, x, self.values, self.meta, self.scale, self.bias,
@@ -136,6 +236,14 @@ class SparseLinear(nn.Module):
                                    self.activation).name
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        layout = self.kernel_layout
+        self.use_kernel_layout("canonical")  # load into canonical buffers, with their checks
+        try:
+            self._load_canonical(state_dict, prefix, *args, **kwargs)
+        finally:  # a layout chosen by hand stays; otherwise the device's
+            self.use_kernel_layout(layout if layout != "canonical" else self._preferred_layout())
+
+    def _load_canonical(self, state_dict, prefix, *args, **kwargs):
         # A BSR layer's block count is data: take the incoming buffers' sizes (dtypes are checked by copy).
         if self.pattern == "block":
             for name in ("values", "col_indices"):
@@ -160,5 +268,7 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         fmt = f"block {self.block}" if self.pattern == "block" else ("2:4 int8" if self.int8 else "2:4")
+        values = self.values if self.kernel_layout == "canonical" else self.lanes_values
+        held = "" if self.kernel_layout == "canonical" else f", held as {self.kernel_layout}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, {fmt}, "
-                f"values={str(self.values.dtype).replace('torch.', '')}, activation={self.activation}")
+                f"values={str(values.dtype).replace('torch.', '')}, activation={self.activation}{held}")

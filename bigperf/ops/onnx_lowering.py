@@ -196,6 +196,15 @@ def _sparse24_linear(x, values, meta, scale, bias, activation):
     return _linear(x, dense, bias, activation)
 
 
+@onnx_lowering("bigperf.sparse24_lanes_linear")
+def _sparse24_lanes_linear(x, values, meta, scale, n, bias, activation):
+    # The CPU lane layout of a SparseLinear on the CPU, back in canonical order (constant folded).
+    from bigperf.cpu_layouts import Sparse24Lanes, unpack_24_lanes
+
+    canonical = unpack_24_lanes(Sparse24Lanes(values, meta, scale, n, meta.shape[1] // 2))
+    return _sparse24_linear(x, *canonical, bias, activation)
+
+
 @onnx_lowering("bigperf.block_sparse_linear")
 def _block_sparse_linear(x, values, col_indices, row_ptr, bias, activation):
     nnz, bn, bk = values.shape

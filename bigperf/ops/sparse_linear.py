@@ -119,11 +119,17 @@ def validate_24(x, values, meta, scale, bias, activation):
         if tuple(scale.shape) != (n, 1):
             raise ValueError(f"{S24_OP}: argument 'scale' must have shape [{n}, 1], got {tuple(scale.shape)}")
     _check_devices(S24_OP, x, (("values", values), ("meta", meta), ("scale", scale)))
+    check_meta_once(S24_OP, meta, "bigperf.sparsity.pack_24")
+
+
+def check_meta_once(op: str, meta, writer: str) -> None:
+    """Refuse corrupt 2:4 metadata (any 2-D arrangement of the canonical bytes), checking
+    each tensor version once; `writer` is the function that should have written it."""
     if not _is_fake(meta):
         def check():
             if not meta_is_valid(meta):
-                raise ValueError(f"{S24_OP}: argument 'meta' is corrupt: a group's kept positions are not two "
-                                 f"distinct ascending indices (was it written by bigperf.sparsity.pack_24?)")
+                raise ValueError(f"{op}: argument 'meta' is corrupt: a group's kept positions are not two "
+                                 f"distinct ascending indices (was it written by {writer}?)")
         _check_once((meta,), check)
 
 
@@ -195,14 +201,16 @@ def _cpu_24_run(x, values, meta, scale, bias, activation):
     n, half = values.shape
     k = 2 * half
     x2 = as_rows(x, k)
+    # Every tensor handed over as a pointer stays referenced until the kernel returns.
     v, mt = values.contiguous(), meta.contiguous()
+    s = scale.contiguous() if scale is not None else None
     b = fp32_bias(bias)
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=x.dtype)
     _ext.cpu_module().sparse24_linear(
         _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
         v.data_ptr(), v.stride(0), INT8_CODE if v.dtype == torch.int8 else DTYPE_CODES[v.dtype],
-        mt.data_ptr(), mt.stride(0), scale.contiguous().data_ptr() if scale is not None else 0,
+        mt.data_ptr(), mt.stride(0), s.data_ptr() if s is not None else 0,
         b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k,
         ACTIVATIONS.index(activation), torch.get_num_threads())
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)

@@ -205,3 +205,29 @@ def test_int8_layer_held_in_the_cuda_layout_exports(tmp_path):
     assert "DequantizeLinear" in _ops(proto)
     (got,) = run_onnx(ort_session(path), (x,))
     assert rel_error(got, expected) < 1e-5
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_sparse_layer_held_in_the_cpu_lane_layout_exports(tmp_path, int8):
+    """A SparseLinear holding the CPU lane layout (a CPU layer's form once bigperf._C reads it,
+    chosen by hand here) lowers to the same standard graph as the canonical layer, both
+    through plain torch.onnx.export (the op's lowering) and export_onnx (dense equivalents)."""
+    from bigperf.nn import SparseLinear
+
+    torch.manual_seed(9)
+    layer = SparseLinear.from_linear(torch.nn.Linear(64, 40), prune=True, int8=int8,
+                                     values_dtype=torch.float32, activation="gelu").eval()
+    layer.use_kernel_layout("cpu-lanes16")
+    x = torch.randn(3, 64)
+    with torch.no_grad(), bigperf.use_backend("reference"):
+        expected = layer(x)
+    path = tmp_path / "lanes.onnx"
+    torch.onnx.export(layer, (x,), path, verbose=False)
+    assert not [n for n in onnx.load(str(path)).graph.node if n.domain not in ("", "ai.onnx")]
+    (got,) = run_onnx(ort_session(path), (x,))
+    assert rel_error(got, expected) < 1e-5
+    result = export_onnx(layer, (x,), tmp_path / "lanes_dense.onnx")
+    assert not {"ScatterElements", "ScatterND"} & set(_ops(onnx.load(str(result.path))))
+    (got,) = run_onnx(ort_session(result.path), (x,))
+    assert rel_error(got, expected) < 1e-5
+    assert layer.kernel_layout == "cpu-lanes16", "exporting must not change the layer"

@@ -1,0 +1,109 @@
+"""The 2:4 sparse linear from a layer-owned CPU lane layout.
+
+torch.ops.bigperf.sparse24_lanes_linear(x, values, meta, scale, n, bias, activation)
+    The same result as sparse24_linear on the n-row weight that
+    bigperf.cpu_layouts.pack_24_lanes laid out (values [NB, 8K] float or int8, meta [NB, 2K]
+    uint8, scale [16 NB] fp32 exactly for int8 values; NB = ceil(n / 16)). A SparseLinear on
+    the CPU keeps only this form where bigperf._C has the kernel that reads it, so the CPU
+    never holds the weight twice. The other backends unpack it for the call and go through
+    sparse24_linear, so every backend computes the same thing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bigperf import _ext
+from bigperf.cpu_layouts import (
+    Sparse24Lanes,
+    check_lanes,
+    check_version,
+    unpack_24_lanes,
+)
+from bigperf.ops.activations import ACTIVATIONS
+from bigperf.ops.common import as_rows, cpu_why_not, fp32_bias
+from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
+from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.sparse_linear import (
+    INT8_CODE,
+    _check_devices,
+    _check_x_bias,
+    check_meta_once,
+    sparse24_linear,
+)
+from bigperf.ops.validation import DTYPE_CODES
+
+LANES_OP = "bigperf.sparse24_lanes_linear"
+CPU_KERNEL = "sparse24_lanes_linear"  # bigperf._C's entry point (csrc/cpu)
+
+
+def validate_lanes_call(x, values, meta, scale, n, bias, activation):
+    k = check_lanes(LANES_OP, values, meta, scale, n)
+    _check_x_bias(LANES_OP, x, k, n, bias, activation)
+    _check_devices(LANES_OP, x, (("values", values), ("meta", meta), ("scale", scale)))
+    check_meta_once(LANES_OP, meta, "bigperf.cpu_layouts.pack_24_lanes")
+
+
+def cpu_kernel_why_not(x, *rest) -> str | None:
+    """Why bigperf._C cannot run the lane-layout kernel on x's device, or None."""
+    return cpu_why_not(x, CPU_KERNEL)
+
+
+def _cpu_run(x, values, meta, scale, n, bias, activation):
+    k = meta.shape[1] // 2
+    x2 = as_rows(x, k)
+    # Every tensor handed over as a pointer stays referenced until the kernel returns.
+    v, mt = values.contiguous(), meta.contiguous()
+    s = scale.contiguous() if scale is not None else None
+    b = fp32_bias(bias)
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype)
+    _ext.cpu_module().sparse24_lanes_linear(
+        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
+        v.data_ptr(), INT8_CODE if v.dtype == torch.int8 else DTYPE_CODES[v.dtype], mt.data_ptr(),
+        s.data_ptr() if s is not None else 0, b.data_ptr() if b is not None else 0,
+        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
+def _unpacked_run(x, values, meta, scale, n, bias, activation):
+    canonical = unpack_24_lanes(Sparse24Lanes(values, meta, scale, n, meta.shape[1] // 2))
+    return sparse24_linear(x, *canonical, bias, activation)
+
+
+LANES_BACKENDS = OpBackends(LANES_OP)
+LANES_BACKENDS.register("cpu", cpu_kernel_why_not, _cpu_run)
+# Every other backend is sparse24_linear's own, on the weight unpacked for this call.
+for _name in ("cuda", "triton", "reference"):
+    LANES_BACKENDS.register(_name, lambda *args: None, _unpacked_run)
+
+
+def _run(x, values, meta, scale, n, bias, activation):
+    validate_lanes_call(x, values, meta, scale, n, bias, activation)
+    return LANES_BACKENDS.select(x.device, x, values, meta, scale, n, bias, activation).run(
+        x, values, meta, scale, n, bias, activation)
+
+
+@torch.library.custom_op("bigperf::sparse24_lanes_linear", mutates_args=())
+def sparse24_lanes_linear_op(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor | None,
+                             n: int, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
+    return _run(x, values, meta, scale, n, bias, activation)
+
+
+@sparse24_lanes_linear_op.register_fake
+def _fake(x, values, meta, scale, n, bias, activation):
+    validate_lanes_call(x, values, meta, scale, n, bias, activation)
+    return x.new_empty((*x.shape[:-1], n))
+
+
+def sparse24_lanes_linear(x, layout: Sparse24Lanes, bias=None, activation="none"):
+    """act(x @ W^T + bias) for a 2:4 W held in the CPU lane layout (bigperf.cpu_layouts)."""
+    check_version(LANES_OP, layout)
+    args = (x, layout.values, layout.meta, layout.scale, layout.n, bias, activation)
+    if eager_fast_path_ok(x, layout.values, layout.meta, layout.scale, bias):
+        return _run(*args)
+    if not torch.compiler.is_compiling():
+        validate_lanes_call(*args)
+    if exporting_to_onnx():
+        return lower_to_onnx(LANES_OP, *args)
+    return torch.ops.bigperf.sparse24_lanes_linear(*args)
