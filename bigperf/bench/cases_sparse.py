@@ -64,11 +64,36 @@ def sparse24_variants(ctx: CaseContext):
             validate_24(ctx.x, values, meta, scale, b, act)
         variants = ctx.backend_variants(S24_BACKENDS, "sparse24_linear", op, (ctx.x, *copies[0], b, act),
                                         [(ctx.x, *c) for c in copies], nbytes, label)
+        if ctx.device.type == "cpu":
+            variants += _lanes_variants(ctx, copies, nbytes, label, b, act)
         for v in variants:
             if isinstance(v, Variant):
                 v.reference = _reference(ctx, pruned)
         yield from variants
     yield _semi_structured_peer(ctx, pruned)
+
+
+def _lanes_variants(ctx: CaseContext, copies, nbytes: int, label: str, b, act) -> list:
+    """The CPU kernel on the lane layout, which SparseLinear holds on the CPU (the other
+    backends would only unpack it for each call)."""
+    from bigperf.cpu_layouts import Sparse24Lanes, pack_24_lanes
+    from bigperf.ops.sparse24_lanes_linear import (
+        LANES_BACKENDS,
+        sparse24_lanes_linear,
+        validate_lanes_call,
+    )
+
+    n, k = ctx.layer.n, ctx.layer.k
+    lanes = [(p.values, p.meta, p.scale) for p in (pack_24_lanes(*c) for c in copies)]
+    for values, meta, scale in lanes:  # (the metadata check is cached per tensor: see above)
+        validate_lanes_call(ctx.x, values, meta, scale, n, b, act)
+
+    def op(x, values, meta, scale):
+        return sparse24_lanes_linear(x, Sparse24Lanes(values, meta, scale, n, k), b, act)
+
+    variants = ctx.backend_variants(LANES_BACKENDS, "sparse24_linear", op, (ctx.x, *lanes[0], n, b, act),
+                                    [(ctx.x, *c) for c in lanes], nbytes, f"{label} lanes".strip())
+    return [v for v in variants if getattr(v, "backend", None) == "cpu"]
 
 
 def _as_tuple(packed) -> tuple:
