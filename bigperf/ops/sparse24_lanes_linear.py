@@ -13,25 +13,22 @@ from __future__ import annotations
 
 import torch
 
-from bigperf import _ext
 from bigperf.cpu_layouts import (
     Sparse24Lanes,
     check_lanes,
     check_version,
     unpack_24_lanes,
 )
-from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import as_rows, cpu_why_not, fp32_bias
+from bigperf.ops.common import cpu_why_not
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
 from bigperf.ops.sparse_linear import (
-    INT8_CODE,
     _check_devices,
     _check_x_bias,
     check_meta_once,
+    run_cpu_24,
     sparse24_linear,
 )
-from bigperf.ops.validation import DTYPE_CODES
 
 LANES_OP = "bigperf.sparse24_lanes_linear"
 CPU_KERNEL = "sparse24_lanes_linear"  # bigperf._C's entry point (csrc/cpu)
@@ -50,20 +47,7 @@ def cpu_kernel_why_not(x, *rest) -> str | None:
 
 
 def _cpu_run(x, values, meta, scale, n, bias, activation):
-    k = meta.shape[1] // 2
-    x2 = as_rows(x, k)
-    # Every tensor handed over as a pointer stays referenced until the kernel returns.
-    v, mt = values.contiguous(), meta.contiguous()
-    s = scale.contiguous() if scale is not None else None
-    b = fp32_bias(bias)
-    m = x2.shape[0]
-    out = torch.empty(m, n, dtype=x.dtype)
-    _ext.cpu_module().sparse24_lanes_linear(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
-        v.data_ptr(), INT8_CODE if v.dtype == torch.int8 else DTYPE_CODES[v.dtype], mt.data_ptr(),
-        s.data_ptr() if s is not None else 0, b.data_ptr() if b is not None else 0,
-        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
-    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+    return run_cpu_24(CPU_KERNEL, x, values, meta, scale, bias, activation, n, meta.shape[1] // 2)
 
 
 def _unpacked_run(x, values, meta, scale, n, bias, activation):

@@ -197,9 +197,9 @@ def sparse24_reference(x, values, meta, scale, bias, activation):
     return _finish(x.reshape(-1, w.shape[1]).float() @ w.t(), x, bias, activation, w.shape[0])
 
 
-def _cpu_24_run(x, values, meta, scale, bias, activation):
-    n, half = values.shape
-    k = 2 * half
+def run_cpu_24(entry: str, x, values, meta, scale, bias, activation, n: int, k: int):
+    """One call of a bigperf._C 2:4 kernel: `entry` "sparse24_linear" on the canonical
+    tensors, or "sparse24_lanes_linear" on the CPU lane layout (no row strides)."""
     x2 = as_rows(x, k)
     # Every tensor handed over as a pointer stays referenced until the kernel returns.
     v, mt = values.contiguous(), meta.contiguous()
@@ -207,13 +207,19 @@ def _cpu_24_run(x, values, meta, scale, bias, activation):
     b = fp32_bias(bias)
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=x.dtype)
-    _ext.cpu_module().sparse24_linear(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
-        v.data_ptr(), v.stride(0), INT8_CODE if v.dtype == torch.int8 else DTYPE_CODES[v.dtype],
-        mt.data_ptr(), mt.stride(0), s.data_ptr() if s is not None else 0,
-        b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k,
+    code = INT8_CODE if v.dtype == torch.int8 else DTYPE_CODES[v.dtype]
+    weight = ((v.data_ptr(), v.stride(0), code, mt.data_ptr(), mt.stride(0)) if entry == "sparse24_linear"
+              else (v.data_ptr(), code, mt.data_ptr()))
+    getattr(_ext.cpu_module(), entry)(
+        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], *weight,
+        s.data_ptr() if s is not None else 0, b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k,
         ACTIVATIONS.index(activation), torch.get_num_threads())
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
+def _cpu_24_run(x, values, meta, scale, bias, activation):
+    return run_cpu_24("sparse24_linear", x, values, meta, scale, bias, activation, values.shape[0],
+                      2 * values.shape[1])
 
 
 def _triton_24_run(x, values, meta, scale, bias, activation):

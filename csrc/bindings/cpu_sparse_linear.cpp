@@ -24,7 +24,6 @@ constexpr const char* kLanesFn = "bigperf._C.sparse24_lanes_linear";
 
 using S24Fn = void (*)(const Sparse24Args&);
 using BsrFn = void (*)(const BsrArgs&);
-using LanesFn = void (*)(const Sparse24LanesArgs&);
 
 std::string str(int64_t v) { return std::to_string(v); }
 
@@ -50,30 +49,22 @@ void check_common(const char* fn, int64_t M, int64_t N, int64_t K, int act, int 
           "argument 'out_row_stride' " + str(out_row_stride) + " is smaller than N = " + str(N));
 }
 
-void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
-                     int64_t values_row_stride, int values_dtype, uintptr_t meta, int64_t meta_row_stride,
-                     uintptr_t scale, uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
-                     int64_t K, int act, int num_threads) {
-  const char* fn = k24Fn;
+// The arguments both 2:4 layouts share, checked (the row strides are the canonical call's).
+Sparse24Args s24_args(const char* fn, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
+                      int values_dtype, uintptr_t meta, uintptr_t scale, uintptr_t bias, uintptr_t out,
+                      int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
   check_common(fn, M, N, K, act, num_threads, x, x_row_stride, out, out_row_stride);
   Sparse24Args a{};
   a.x_dtype = to_dtype(x_dtype, fn, "argument 'x_dtype'");
   a.values_dtype = s24_values_dtype(values_dtype, fn);
   require(K % 8 == 0, fn, "argument 'K' = " + str(K) + " must be a multiple of 8 for the 2:4 format");
   require(a.values_dtype != S24Values::i8 || scale != 0, fn, "argument 'scale' is required for int8 values");
-  S24Fn kernel = kernel_for_isa<S24Fn>(isa, k24Fn, ISA_KERNELS(sparse24_linear));
-  if (M == 0 || N == 0) return;
-  require(K == 0 || (values != 0 && meta != 0), fn, "argument 'values' or 'meta' is a null pointer");
-  require(values_row_stride >= K / 2 || N == 1, fn,
-          "argument 'values_row_stride' " + str(values_row_stride) + " is smaller than K/2 = " + str(K / 2));
-  require(meta_row_stride >= K / 8 || N == 1, fn,
-          "argument 'meta_row_stride' " + str(meta_row_stride) + " is smaller than K/8 = " + str(K / 8));
+  require(M == 0 || N == 0 || K == 0 || (values != 0 && meta != 0), fn,
+          "argument 'values' or 'meta' is a null pointer");
   a.x = reinterpret_cast<const void*>(x);
   a.x_row_stride = x_row_stride;
   a.values = reinterpret_cast<const void*>(values);
-  a.values_row_stride = values_row_stride;
   a.meta = reinterpret_cast<const uint8_t*>(meta);
-  a.meta_row_stride = meta_row_stride;
   a.scale = a.values_dtype == S24Values::i8 ? reinterpret_cast<const float*>(scale) : nullptr;
   a.bias = reinterpret_cast<const float*>(bias);
   a.out = reinterpret_cast<void*>(out);
@@ -83,8 +74,30 @@ void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, 
   a.K = K;
   a.act = static_cast<Activation>(act);
   a.num_threads = num_threads;
+  return a;
+}
+
+void run_s24(S24Fn kernel, const Sparse24Args& a) {
+  if (a.M == 0 || a.N == 0) return;
   py::gil_scoped_release release;
   kernel(a);
+}
+
+void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
+                     int64_t values_row_stride, int values_dtype, uintptr_t meta, int64_t meta_row_stride,
+                     uintptr_t scale, uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
+                     int64_t K, int act, int num_threads) {
+  const char* fn = k24Fn;
+  Sparse24Args a = s24_args(fn, x, x_row_stride, x_dtype, values, values_dtype, meta, scale, bias, out,
+                            out_row_stride, M, N, K, act, num_threads);
+  S24Fn kernel = kernel_for_isa<S24Fn>(isa, fn, ISA_KERNELS(sparse24_linear));
+  require(values_row_stride >= K / 2 || N <= 1, fn,
+          "argument 'values_row_stride' " + str(values_row_stride) + " is smaller than K/2 = " + str(K / 2));
+  require(meta_row_stride >= K / 8 || N <= 1, fn,
+          "argument 'meta_row_stride' " + str(meta_row_stride) + " is smaller than K/8 = " + str(K / 8));
+  a.values_row_stride = values_row_stride;
+  a.meta_row_stride = meta_row_stride;
+  run_s24(kernel, a);
 }
 
 // The lane layout's buffers are whole 16-row blocks of K/8 steps; their sizes are the
@@ -92,31 +105,9 @@ void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, 
 void sparse24_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
                            int values_dtype, uintptr_t meta, uintptr_t scale, uintptr_t bias, uintptr_t out,
                            int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
-  const char* fn = kLanesFn;
-  check_common(fn, M, N, K, act, num_threads, x, x_row_stride, out, out_row_stride);
-  Sparse24LanesArgs a{};
-  a.x_dtype = to_dtype(x_dtype, fn, "argument 'x_dtype'");
-  a.values_dtype = s24_values_dtype(values_dtype, fn);
-  require(K % 8 == 0, fn, "argument 'K' = " + str(K) + " must be a multiple of 8 for the 2:4 format");
-  require(a.values_dtype != S24Values::i8 || scale != 0, fn, "argument 'scale' is required for int8 values");
-  LanesFn kernel = kernel_for_isa<LanesFn>(isa, kLanesFn, ISA_KERNELS(sparse24_lanes_linear));
-  if (M == 0 || N == 0) return;
-  require(K == 0 || (values != 0 && meta != 0), fn, "argument 'values' or 'meta' is a null pointer");
-  a.x = reinterpret_cast<const void*>(x);
-  a.x_row_stride = x_row_stride;
-  a.values = reinterpret_cast<const void*>(values);
-  a.meta = reinterpret_cast<const uint8_t*>(meta);
-  a.scale = a.values_dtype == S24Values::i8 ? reinterpret_cast<const float*>(scale) : nullptr;
-  a.bias = reinterpret_cast<const float*>(bias);
-  a.out = reinterpret_cast<void*>(out);
-  a.out_row_stride = out_row_stride;
-  a.M = M;
-  a.N = N;
-  a.K = K;
-  a.act = static_cast<Activation>(act);
-  a.num_threads = num_threads;
-  py::gil_scoped_release release;
-  kernel(a);
+  const Sparse24Args a = s24_args(kLanesFn, x, x_row_stride, x_dtype, values, values_dtype, meta, scale, bias, out,
+                                  out_row_stride, M, N, K, act, num_threads);
+  run_s24(kernel_for_isa<S24Fn>(isa, kLanesFn, ISA_KERNELS(sparse24_lanes_linear)), a);
 }
 
 void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,

@@ -1,4 +1,4 @@
-// The 2:4 kernel for the CPU lane layout (sparse_linear.h, Sparse24LanesArgs), written once
+// The 2:4 kernel for the CPU lane layout (sparse_linear.h, Sparse24Args), written once
 // over a vector-traits class V (vec_avx2.h, vec_avx512.h) and a lane-ops class L that the
 // ISA unit supplies:
 //   L::W                      fp32 lanes (16 / W vectors per 16-row block)
@@ -44,7 +44,7 @@ constexpr int64_t lanes_esize(S24Values vt) { return vt == S24Values::f32 ? 4 : 
 // store-to-load delay on each chain) when they were passed to a helper or a lambda, and
 // when 8 of them met 8 other live vectors at M = 1.
 template <class V, class L, S24Values VT, int MB, int NS>
-void lanes_block(const Sparse24LanesArgs& a, int64_t block, const float* xp, int64_t xs, float* sums) {
+void lanes_block(const Sparse24Args& a, int64_t block, const float* xp, int64_t xs, float* sums) {
   using vec = typename V::vec;
   constexpr int W = L::W, VPB = kLaneRows / W;
   constexpr int S = NS * MB == 1 || MB == 2 ? 2 : 1;
@@ -113,7 +113,7 @@ void lanes_block(const Sparse24LanesArgs& a, int64_t block, const float* xp, int
 // x in passes of kSpRowsPerPass rows (fp32); each work item is a run of blocks, each block runs the pass's rows 4 at a time (its weights come from memory for the first
 // 4 and from L2 for the rest), then the epilogue of its 16 rows.
 template <class V, class L, S24Values VT>
-void s24_lanes_drive(const Sparse24LanesArgs& a) {
+void s24_lanes_drive(const Sparse24Args& a) {
   if (a.M <= 0 || a.N <= 0) return;
   const int64_t blocks = (a.N + kLaneRows - 1) / kLaneRows;
   const int64_t kpad = (a.K + 63) / 64 * 64;
@@ -155,7 +155,7 @@ void s24_lanes_drive(const Sparse24LanesArgs& a) {
 }
 
 template <class V, class L>
-void s24_lanes_dispatch(const Sparse24LanesArgs& a) {
+void s24_lanes_dispatch(const Sparse24Args& a) {
   switch (a.values_dtype) {
     case S24Values::f32: s24_lanes_drive<V, L, S24Values::f32>(a); break;
     case S24Values::f16: s24_lanes_drive<V, L, S24Values::f16>(a); break;

@@ -24,12 +24,12 @@ struct Sparse24Args {
   const void* x;              // [M, K] in x_dtype, unit stride along K
   int64_t x_row_stride;       // elements
   DType x_dtype;
-  const void* values;         // [N, K/2]
-  int64_t values_row_stride;  // elements
+  const void* values;         // [N, K/2] (lane layout: see below)
+  int64_t values_row_stride;  // elements (canonical layout only)
   S24Values values_dtype;
-  const uint8_t* meta;        // [N, K/8]
-  int64_t meta_row_stride;    // bytes
-  const float* scale;         // [N] (contiguous [N, 1]) for int8 values, else nullptr
+  const uint8_t* meta;        // [N, K/8] (lane layout: see below)
+  int64_t meta_row_stride;    // bytes (canonical layout only)
+  const float* scale;         // [N] (contiguous [N, 1]; lane layout [N16]) for int8 values, else nullptr
   const float* bias;          // [N] or nullptr
   void* out;                  // [M, N] in x_dtype
   int64_t out_row_stride;
@@ -56,7 +56,8 @@ struct BsrArgs {
   int num_threads;
 };
 
-// 2:4 in the CPU lane layout (bigperf/cpu_layouts.py, version 1): rows are taken 16 at a
+// 2:4 in the CPU lane layout (bigperf/cpu_layouts.py, version 1), Sparse24Args without the
+// row strides (values_row_stride, meta_row_stride unused): rows are taken 16 at a
 // time (blocks; N16 = N rounded up to 16, padding rows hold zeros with positions (0, 1)),
 // one row per vector lane, so a kernel needs no horizontal sums and picks the x of 8 kept
 // values with one in-lane permute of the group's 4 x values.
@@ -68,31 +69,16 @@ struct BsrArgs {
 //           four values: group 2j slots 0 and 1, then group 2j+1's);
 //           f32, f16 [b][g][s][l].
 //   scale   [N16] fp32 for int8 values.
-struct Sparse24LanesArgs {
-  const void* x;              // [M, K] in x_dtype, unit stride along K
-  int64_t x_row_stride;       // elements
-  DType x_dtype;
-  const void* values;         // the layout above
-  S24Values values_dtype;
-  const uint8_t* meta;        // the layout above
-  const float* scale;         // [N16] for int8 values, else nullptr
-  const float* bias;          // [N] or nullptr
-  void* out;                  // [M, N] in x_dtype
-  int64_t out_row_stride;
-  int64_t M, N, K;            // K % 8 == 0; N real rows (the layout holds N16)
-  Activation act;
-  int num_threads;
-};
 
 void sparse24_linear_scalar(const Sparse24Args& args);
-void sparse24_lanes_linear_scalar(const Sparse24LanesArgs& args);
+void sparse24_lanes_linear_scalar(const Sparse24Args& args);
 void block_sparse_linear_scalar(const BsrArgs& args);
 #if defined(BIGPERF_X86)
 void sparse24_linear_avx2(const Sparse24Args& args);
-void sparse24_lanes_linear_avx2(const Sparse24LanesArgs& args);
+void sparse24_lanes_linear_avx2(const Sparse24Args& args);
 void block_sparse_linear_avx2(const BsrArgs& args);
 void sparse24_linear_avx512(const Sparse24Args& args);
-void sparse24_lanes_linear_avx512(const Sparse24LanesArgs& args);
+void sparse24_lanes_linear_avx512(const Sparse24Args& args);
 void block_sparse_linear_avx512(const BsrArgs& args);
 #endif
 

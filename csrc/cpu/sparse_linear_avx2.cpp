@@ -447,7 +447,7 @@ struct LanesAvx2 {
 
 }  // namespace
 
-void sparse24_lanes_linear_avx2(const Sparse24LanesArgs& a) { s24_lanes_dispatch<V, LanesAvx2>(a); }
+void sparse24_lanes_linear_avx2(const Sparse24Args& a) { s24_lanes_dispatch<V, LanesAvx2>(a); }
 
 // M == 1 with float values: "select" (fewest instructions per value). int8 values, and
 // several rows of x: "pair", whose per-x-row work (a permute and an FMA per 8 values) is

@@ -153,7 +153,7 @@ struct LanesAvx512 {
 
 }  // namespace
 
-void sparse24_lanes_linear_avx512(const Sparse24LanesArgs& a) { s24_lanes_dispatch<V, LanesAvx512>(a); }
+void sparse24_lanes_linear_avx512(const Sparse24Args& a) { s24_lanes_dispatch<V, LanesAvx512>(a); }
 
 void sparse24_linear_avx512(const Sparse24Args& a) {
   switch (a.values_dtype) {

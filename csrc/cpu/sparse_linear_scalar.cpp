@@ -35,8 +35,8 @@ float s24_value(const Sparse24Args& a, int64_t n, int64_t i) {
   return load_as_float(a.values, at, static_cast<DType>(a.values_dtype));
 }
 
-// Value (group g, slot s) of row n in the lane layout (sparse_linear.h, Sparse24LanesArgs).
-float lanes_value(const Sparse24LanesArgs& a, int64_t n, int64_t g, int s) {
+// Value (group g, slot s) of row n in the lane layout (sparse_linear.h, Sparse24Args).
+float lanes_value(const Sparse24Args& a, int64_t n, int64_t g, int s) {
   const int64_t block = n / 16, lane = n % 16;
   if (a.values_dtype == S24Values::i8)
     return static_cast<const int8_t*>(a.values)[((block * (a.K / 8) + g / 2) * 16 + lane) * 4 + 2 * (g % 2) + s];
@@ -74,7 +74,7 @@ void s24_scalar_loop(const void* x, int64_t x_row_stride, DType x_dtype, const f
 
 }  // namespace
 
-void sparse24_lanes_linear_scalar(const Sparse24LanesArgs& a) {
+void sparse24_lanes_linear_scalar(const Sparse24Args& a) {
   const int64_t steps = a.K / 8;
   s24_scalar_loop(
       a.x, a.x_row_stride, a.x_dtype, a.scale, a.bias, a.out, a.out_row_stride, a.M, a.N, a.K, a.act,

@@ -102,7 +102,7 @@ static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Act
                 (long long)K, int(vt), int(xd), int(act));
   report("2:4", compare(got, want, M, N, xd), xd, detail);
 
-  // The same weight in the lane layout (sparse_linear.h, Sparse24LanesArgs): the AVX-512
+  // The same weight in the lane layout (sparse_linear.h, Sparse24Args): the AVX-512
   // lane kernel and the scalar lane loop against the canonical scalar result.
   const int64_t n16 = (N + 15) / 16 * 16, groups = K / 4;
   std::vector<char> lvalues(n16 * (K / 2) * ves + 1, 0);
@@ -119,12 +119,9 @@ static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Act
         std::memcpy(lvalues.data() + to * ves, values.data() + (n * vstride + 2 * g + s) * ves, ves);
       }
   }
-  Sparse24LanesArgs la{};
-  la.x = x.b.data(); la.x_row_stride = x.stride; la.x_dtype = xd;
-  la.values = lvalues.data(); la.values_dtype = vt; la.meta = lmeta.data();
+  Sparse24Args la = a;
+  la.values = lvalues.data(); la.values_row_stride = 0; la.meta = lmeta.data(); la.meta_row_stride = 0;
   la.scale = vt == S24Values::i8 ? lscale.data() : nullptr;
-  la.bias = a.bias;
-  la.out_row_stride = got.stride; la.M = M; la.N = N; la.K = K; la.act = act; la.num_threads = 2;
   Buf lanes_scalar = make_out(M, N, xd, 3), lanes_avx512 = make_out(M, N, xd, 3);
   la.out = lanes_scalar.b.data();
   sparse24_lanes_linear_scalar(la);
