@@ -7,6 +7,7 @@ from torch import nn
 
 from bigperf import _ext
 from bigperf.cuda_layouts import W8A16Layout, pack_w8a16, unpack_w8a16
+from bigperf.nn._layouts import replace_buffers
 from bigperf.nn.fused_linear import _activation_name
 from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
 from bigperf.ops.int8_linear import int8_dynamic_linear, int8_weight_linear
@@ -111,23 +112,11 @@ class Int8Linear(nn.Module):
                 raise ValueError(f"{where}: layout 'w8a16-cuda' holds W8A16 weights; this layer is W8A8 "
                                  f"(weight_only=False)")
             packed = pack_w8a16(self.qweight, self.scale, self.zero_point)
-            tensors = dict(zip(_W8A16_BUFFERS, (packed.weight, packed.scale, packed.zero)))
-            # Drop the row-major copy before keeping the other. Deleted as buffers (torch.export
-            # miscounts a root module's None buffers, torch 2.13) and left as plain None
-            # attributes, which read at no cost on the forward path.
-            for name in _ROWMAJOR_BUFFERS:
-                if self._buffers.pop(name, None) is not None or name == "zero_point":
-                    self.__dict__[name] = None
-            for name, t in tensors.items():
-                self.register_buffer(name, t, persistent=False)
+            replace_buffers(self, _ROWMAJOR_BUFFERS, dict(zip(_W8A16_BUFFERS, (packed.weight, packed.scale,
+                                                                                packed.zero))), persistent=False)
         else:
             unpacked = unpack_w8a16(self._w8a16_layout())
-            for name in _W8A16_BUFFERS:
-                self._buffers.pop(name, None)
-            for name, t in zip(_ROWMAJOR_BUFFERS, unpacked):
-                if t is not None:
-                    self.__dict__.pop(name, None)  # register_buffer refuses a plain attribute
-                    self.register_buffer(name, t)
+            replace_buffers(self, _W8A16_BUFFERS, dict(zip(_ROWMAJOR_BUFFERS, unpacked)))
         self.kernel_layout = layout
         return self
 

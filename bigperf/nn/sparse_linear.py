@@ -11,6 +11,7 @@ from bigperf.cpu_layouts import (
     reorder_lanes_values,
     unpack_24_lanes,
 )
+from bigperf.nn._layouts import replace_buffers
 from bigperf.nn.fused_linear import _activation_name
 from bigperf.ops.sparse24_lanes_linear import cpu_kernel_why_not, sparse24_lanes_linear
 from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
@@ -174,21 +175,11 @@ class SparseLinear(nn.Module):
         with torch.inference_mode(False):  # the new buffers are never inference tensors: see _make_buffers
             if layout == "cpu-lanes16":
                 lanes = pack_24_lanes(self.values, self.meta, self.scale)
-                # Drop the canonical copy before keeping the other. Deleted as buffers (torch.export
-                # miscounts a root module's None buffers, torch 2.13) and left as plain None
-                # attributes, which read at no cost on the forward path.
-                for name in _CANONICAL_BUFFERS:
-                    self._buffers.pop(name, None)
-                    self.__dict__[name] = None
-                for name, t in zip(_LANES_BUFFERS, (lanes.values, lanes.meta, lanes.scale)):
-                    self.register_buffer(name, t, persistent=False)
+                replace_buffers(self, _CANONICAL_BUFFERS, dict(zip(_LANES_BUFFERS, (lanes.values, lanes.meta,
+                                                                                     lanes.scale))), persistent=False)
             else:
                 canonical = unpack_24_lanes(self._lanes_layout())
-                for name in _LANES_BUFFERS:
-                    self._buffers.pop(name, None)
-                for name, t in zip(_CANONICAL_BUFFERS, canonical):
-                    self.__dict__.pop(name, None)  # register_buffer refuses a plain attribute
-                    self.register_buffer(name, t)  # (scale None for float values, as built)
+                replace_buffers(self, _LANES_BUFFERS, dict(zip(_CANONICAL_BUFFERS, canonical)))
         self.kernel_layout = layout
         return self
 
