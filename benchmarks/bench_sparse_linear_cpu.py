@@ -8,7 +8,9 @@ measurements taken alternately (A, B, B, A, ...); a ratio is the median of the p
 ratios with its interquartile range. Weights are cold: each call uses the next of several
 copies whose total exceeds the last-level cache, as a model's layers would.
 
-Rows (ratio = base time / our time, so > 1 means we are faster)
+Rows (ratio = base time / our time, so > 1 means we are faster). 2:4 runs as SparseLinear
+runs it on the CPU: the weight in the CPU lane layout (bigperf/cpu_layouts.py) through
+bigperf.ops.sparse24_lanes_linear; one row keeps the canonical-layout op for comparison.
   2:4 bf16 values   vs our dense bf16 fused linear (bigperf.ops.fused_linear, bf16 W)
   2:4 int8 values   vs our int8 weight-only linear (per channel) and vs F.linear fp32
   BSR 10% / 50%     bf16 (16, 16) blocks vs our dense bf16 fused linear
@@ -41,6 +43,8 @@ from _pairs import paired, quantiles, timed  # noqa: E402  (this folder)
 
 import bigperf
 from bigperf.ops.fused_linear import fused_linear
+from bigperf.cpu_layouts import Sparse24Lanes, pack_24_lanes
+from bigperf.ops.sparse24_lanes_linear import sparse24_lanes_linear
 from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
 from bigperf.quant import quantize_weight
 from bigperf.sparsity import block_mask, nm_mask, pack_24, pack_24_int8, pack_bsr
@@ -132,8 +136,10 @@ def main():
     wb = Cold([w.bfloat16()])
     w32 = Cold([w])
     wq = Cold([qw.qweight, qw.scale])
-    s24 = Cold([p24.values, p24.meta])
-    s24i = Cold([p24i.values, p24i.meta, p24i.scale])
+    l24, l24i = pack_24_lanes(p24.values, p24.meta), pack_24_lanes(p24i.values, p24i.meta, p24i.scale)
+    s24 = Cold([l24.values, l24.meta])
+    s24i = Cold([l24i.values, l24i.meta, l24i.scale])
+    s24_canonical = Cold([p24.values, p24.meta])
     bsr = {}
     for density in (0.1, 0.5):
         wd = w * block_mask(w, (16, 16), density)
@@ -148,11 +154,15 @@ def main():
 
         def ours24(xx=x):
             v, m = s24.next()
-            return sparse24_linear(xx, v, m)
+            return sparse24_lanes_linear(xx, Sparse24Lanes(v, m, None, n, k))
 
         def ours24i():
             v, m, s = s24i.next()
-            return sparse24_linear(x, v, m, s)
+            return sparse24_lanes_linear(x, Sparse24Lanes(v, m, s, n, k))
+
+        def ours24_canonical():
+            v, m = s24_canonical.next()
+            return sparse24_linear(x, v, m)
 
         def int8_dense():
             q, s = wq.next()
@@ -173,6 +183,7 @@ def main():
 
         print("## headline: M = 1, K = 4096, N = 14336, fp32 x (ratio = base / ours)")
         rows.append(versus("2:4 bf16 vs dense bf16 fused linear (ours)", ours24, dense_bf16, reps, 1.6))
+        rows.append(versus("2:4 bf16, canonical layout op, vs dense bf16", ours24_canonical, dense_bf16, reps))
         has_int8 = hasattr(C, "int8_weight_linear")
         if has_int8:
             rows.append(versus("2:4 int8 vs int8 weight-only linear (ours)", ours24i, int8_dense, reps, 1.4))
