@@ -22,3 +22,17 @@ def replace_buffers(module: nn.Module, old: tuple[str, ...], new: dict[str, torc
             module.__dict__[name] = None
         else:
             module.register_buffer(name, t, persistent=persistent)
+
+
+def keeping_dtype(fn, tensors) -> callable:
+    """`fn` of Module._apply, except that `tensors` keep their dtype: quantisation scales stay
+    fp32 through .half() or .to(torch.bfloat16) (the kernels read fp32 scales, and an fp16
+    round trip would lose their precision); device moves still apply to them."""
+    keep = {id(t) for t in tensors if t is not None}
+
+    def apply(t):
+        out = fn(t)
+        if id(t) in keep and out.dtype != t.dtype:
+            return t.to(out.device)
+        return out
+    return apply

@@ -7,7 +7,7 @@ from torch import nn
 
 from bigperf import _ext
 from bigperf.cuda_layouts import W8A16Layout, pack_w8a16, unpack_w8a16
-from bigperf.nn._layouts import replace_buffers
+from bigperf.nn._layouts import keeping_dtype, replace_buffers
 from bigperf.nn.fused_linear import _activation_name
 from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
 from bigperf.ops.int8_linear import int8_dynamic_linear, int8_weight_linear
@@ -127,7 +127,8 @@ class Int8Linear(nn.Module):
         return "rowmajor"
 
     def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
+        scales = (self.scale, self.w8a16_scale, self.w8a16_zero) if self.kernel_layout == "w8a16-cuda" else (self.scale,)
+        super()._apply(keeping_dtype(fn, scales), recurse)
         self.use_kernel_layout(self._preferred_layout())
         return self
 

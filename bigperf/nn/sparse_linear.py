@@ -11,7 +11,7 @@ from bigperf.cpu_layouts import (
     reorder_lanes_values,
     unpack_24_lanes,
 )
-from bigperf.nn._layouts import replace_buffers
+from bigperf.nn._layouts import keeping_dtype, replace_buffers
 from bigperf.nn.fused_linear import _activation_name
 from bigperf.ops.sparse24_lanes_linear import cpu_kernel_why_not, sparse24_lanes_linear
 from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
@@ -195,8 +195,9 @@ class SparseLinear(nn.Module):
         # A dtype change (.half(), .to(torch.bfloat16)) converts the lane values element-wise,
         # but their order depends on the dtype: it is redone before anything reads them.
         laid_out_for = self.lanes_values.dtype if self.kernel_layout == "cpu-lanes16" else None
+        scale = getattr(self, "lanes_scale" if self.kernel_layout == "cpu-lanes16" else "scale", None)
         with torch.inference_mode(False):  # moved buffers are never inference tensors either: see _make_buffers
-            super()._apply(fn, recurse)
+            super()._apply(keeping_dtype(fn, (scale,)), recurse)
             if laid_out_for is not None:
                 self.lanes_values = reorder_lanes_values(self.lanes_values, laid_out_for)
         self.use_kernel_layout(self._preferred_layout())

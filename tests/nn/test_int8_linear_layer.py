@@ -205,3 +205,21 @@ def test_layout_op_refuses_inconsistent_layout_tensors():
         int8_weight_linear_w8a16(torch.randn(2, 64), dataclasses.replace(layout, weight=layout.weight[:, :-32]))
     with pytest.raises(ValueError, match=r"argument 'x' has 63 features"):
         int8_weight_linear_w8a16(torch.randn(2, 63), layout)
+
+
+@pytest.mark.parametrize("weight_only", [True, False])
+@pytest.mark.parametrize("target", [torch.float16, torch.bfloat16])
+def test_half_keeps_the_scale_fp32(weight_only, target):
+    """model.half() converts the bias and leaves the int8 codes, and must leave the fp32
+    scales too: the ops take fp32 scales (they refused the call before)."""
+    linear = gaussian_linear(k=128, n=64, seed=3)
+    layer = Int8Linear.from_linear(linear, weight_only=weight_only)
+    x = torch.randn(4, 128)
+    want = layer(x)
+    scale_before = layer.scale.clone()
+    layer.to(target)
+    assert layer.qweight.dtype == torch.int8 and layer.scale.dtype == torch.float32
+    assert torch.equal(layer.scale, scale_before)
+    got = layer(x.to(target))
+    assert got.dtype == target
+    assert torch.allclose(got.float(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())

@@ -314,3 +314,21 @@ def test_kernel_layout_refusals():
         block.use_kernel_layout("cpu-lanes16")
     with pytest.raises(ValueError, match=r"packed_24: this layer's pattern is 'block'"):
         block.packed_24()
+
+
+@pytest.mark.parametrize("layout", ["canonical", "cpu-lanes16"])
+@pytest.mark.parametrize("target", [torch.float16, torch.bfloat16])
+def test_half_keeps_the_int8_scale_fp32(layout, target):
+    """model.half() must not turn the int8 scales to fp16: the ops take fp32 scales (they
+    refused the call before) and an fp16 round trip would lose precision."""
+    linear = pruned_linear(seed=8)
+    layer = SparseLinear.from_linear(linear, int8=True).use_kernel_layout(layout)
+    x = torch.randn(3, linear.in_features)
+    want = layer(x)
+    scale_before = layer.packed_24()[2].clone()
+    layer.to(target)  # (a move settles the layout the device prefers)
+    values, _, scale = layer.packed_24()
+    assert values.dtype == torch.int8 and scale.dtype == torch.float32 and torch.equal(scale, scale_before)
+    got = layer(x.to(target))
+    assert got.dtype == target
+    assert torch.allclose(got.float(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
