@@ -17,6 +17,13 @@ bigperf.ops.sparse24_lanes_linear; one row keeps the canonical-layout op for com
   bandwidth         bytes each kernel reads / its time, as a fraction of the read bandwidth
                     of x.sum() over 256 MB measured alternately with it
   sweep             (not with --quick) M = 1, 4, 16 for 2:4 bf16 vs the dense bf16 kernel
+
+OpenMP wait policy: left as the environment has it; unset, torch's workers spin for a while
+after each parallel region, which is what a model gets by default. bigperf's CPU kernels
+run their parallel regions on that same runtime (since session 9), so the spinning workers
+pick up our work at once. Until then this script forced OMP_WAIT_POLICY=PASSIVE, because
+the spinning workers took the cores from bigperf's own pool; set it before Python starts
+to measure that way (benchmarks/NOTES.md has runs both ways).
 """
 
 from __future__ import annotations
@@ -30,16 +37,11 @@ import statistics
 import sys
 from pathlib import Path
 
-# PyTorch's OpenMP workers spin for a while after each parallel region (x.sum, F.linear)
-# and took half the cores from the kernel timed next: 2x slower bandwidth rows, measured.
-# Passive waiting puts them to sleep at once; it must be set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _pairs import paired, quantiles, timed  # noqa: E402  (this folder)
+from _pairs import paired, quantiles  # noqa: E402  (this folder)
 
 import bigperf
 from bigperf.ops.fused_linear import fused_linear
@@ -123,7 +125,8 @@ def main():
     isa = args.isa or C.runnable_isas()[0]
     threads = torch.get_num_threads()
     reps = 11 if args.quick else 31
-    print(f"# isa {isa}, threads {threads}, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    print(f"# isa {isa}, threads {threads}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', '(unset: workers spin)')}")
     big = torch.ones(64 << 20)  # 256 MB
 
     n, k = N_BIG, K_BIG
@@ -213,6 +216,7 @@ def main():
 
     if args.out:
         args.out.write_text(json.dumps({"isa": isa, "threads": threads, "torch": torch.__version__,
+                                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
                                         "machine": platform.machine(), "rows": rows}, indent=2))
         print(f"# wrote {args.out}")
 
