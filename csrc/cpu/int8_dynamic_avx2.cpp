@@ -358,7 +358,7 @@ constexpr int64_t kNC = 128;
 constexpr int64_t kMC = 32 * kMR;
 constexpr int64_t kKC = 256;  // units: 512 (pairs) or 1024 (quads) values of K
 
-// One worker of parallel_blocks: its buffers, then column blocks of kNC while any are left.
+// One worker of parallel_dynamic: its buffers, then column blocks of kNC while any are left.
 // Form: Pairs (act_bits 8) or Quads (act_bits 7).
 template <class Form, class Take>
 void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& take, int64_t blocks) {
@@ -431,9 +431,9 @@ void int8_dynamic_linear_avx2(const Int8DynamicLinearArgs& a) {
   if (!gemm) return run_dot(a, qx, threads);
   const int64_t blocks = (a.N + kNC - 1) / kNC;
   if (qx.quads)
-    parallel_blocks(blocks, threads, [&](auto take) { gemm_worker<Quads>(a, qx, take, blocks); });
+    parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<Quads>(a, qx, take, blocks); });
   else
-    parallel_blocks(blocks, threads, [&](auto take) { gemm_worker<Pairs>(a, qx, take, blocks); });
+    parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<Pairs>(a, qx, take, blocks); });
 }
 
 }  // namespace bigperf::cpu

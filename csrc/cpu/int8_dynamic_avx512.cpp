@@ -206,7 +206,7 @@ constexpr int64_t kNC = 128;
 constexpr int64_t kMC = 16 * kMR;
 constexpr int64_t kKC = 256;  // quads: 1024 values of K
 
-// One worker of parallel_blocks: its buffers, then column blocks of kNC while any are left.
+// One worker of parallel_dynamic: its buffers, then column blocks of kNC while any are left.
 template <class Take>
 void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& take, int64_t blocks) {
   const int64_t kq = qx.kpad / 4;
@@ -269,7 +269,7 @@ void int8_dynamic_linear_avx512(const Int8DynamicLinearArgs& a) {
   quantize_x(a, qx, rows, threads);
   if (!gemm) return run_dot(a, qx, threads);
   const int64_t blocks = (a.N + kNC - 1) / kNC;
-  parallel_blocks(blocks, threads, [&](auto take) { gemm_worker(a, qx, take, blocks); });
+  parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker(a, qx, take, blocks); });
 }
 
 }  // namespace bigperf::cpu

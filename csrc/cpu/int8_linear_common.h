@@ -2,7 +2,6 @@
 // translation units: everything is in an anonymous namespace so that a copy compiled
 // with AVX flags never becomes the one the scalar path links to (see vec_avx2.h).
 #pragma once
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -63,21 +62,7 @@ inline int threads_for(int64_t M, int64_t N, int64_t K, int requested) {
   return M * N * K < kInt8SerialWork ? 1 : requested;
 }
 
-// Blocks handed out from a shared counter: each of up to num_threads workers runs
-// worker(take), take() giving the next block index (>= blocks when none is left). Why not
-// parallel_for's fixed shares: on a shared machine a core is often busy with another
-// process for milliseconds, and a fixed split then waits for the slow share (measured
-// here: M = 1 calls of 3.6 ms stretched to 6-8 ms).
-template <class Worker>
-inline void parallel_blocks(int64_t blocks, int num_threads, const Worker& worker) {
-  if (blocks <= 0) return;
-  const int workers = static_cast<int>(blocks < num_threads ? blocks : num_threads);
-  std::atomic<int64_t> next{0};
-  auto take = [&next] { return next.fetch_add(1, std::memory_order_relaxed); };
-  parallel_for(workers, workers, 1, [&](int64_t, int64_t) { worker(take); });
-}
-
-// Columns per block for parallel_blocks: whole units, about 8 blocks per thread.
+// Columns per block for parallel_dynamic: whole units, about 8 blocks per thread.
 inline int64_t block_columns(int64_t n, int threads, int64_t unit) {
   return i8_max(unit, round_up((n + 8 * threads - 1) / (8 * threads), unit));
 }
@@ -87,7 +72,7 @@ template <class Body>
 inline void parallel_columns(int64_t n, int threads, int64_t unit, const Body& body) {
   const int64_t cols = block_columns(n, threads, unit);
   const int64_t blocks = (n + cols - 1) / cols;
-  parallel_blocks(blocks, threads, [&](auto take) {
+  parallel_dynamic(blocks, threads, [&](auto take) {
     for (int64_t b; (b = take()) < blocks;) body(b * cols, i8_min(n, (b + 1) * cols));
   });
 }

@@ -125,7 +125,7 @@ void s24_lanes_drive(const Sparse24Args& a) {
   for (int64_t m0 = 0; m0 < a.M; m0 += kSpRowsPerPass) {
     const int64_t ms = sp_min(kSpRowsPerPass, a.M - m0);
     sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, ms, a.K, xbuf.f(), kpad);
-    sp_parallel_items(items, threads, [&](int64_t item) {
+    parallel_items(items, threads, [&](int64_t item) {
       alignas(64) float sums[4 * kLaneRows];
       const int64_t b_end = sp_min(blocks, (item + 1) * item_blocks);
       for (int64_t b = item * item_blocks; b < b_end; ++b) {

@@ -6,7 +6,6 @@
 // see vec_avx2.h for why; for the same reason nothing here instantiates std templates that
 // another unit could share, such as std::vector).
 #pragma once
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -114,37 +113,6 @@ void sp_epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act,
   }
 }
 
-// Items [0, items) on `threads` threads, handed out from a shared counter. On the VMs
-// measured (benchmarks/NOTES.md, "sparse CPU, session 9") the pool's worker starts ~30 us
-// after the call, and a caller that finishes first and sleeps in the pool is woken ~30 us
-// after the worker ends. With a counter the caller works while the worker wakes; at the
-// end the caller spins until every worker has left the body (bounded: past ~100 us it
-// sleeps in the pool as before, e.g. when a worker never got a core).
-template <class F>
-void sp_parallel_items(int64_t items, int threads, const F& body) {
-  const int workers = static_cast<int>(sp_min(threads, items));
-  if (workers <= 1) {
-    for (int64_t i = 0; i < items; ++i) body(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  std::atomic<int> left{0};
-  parallel_for(workers, workers, 1, [&](int64_t worker, int64_t) {
-    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < items;
-         i = next.fetch_add(1, std::memory_order_relaxed))
-      body(i);
-    if (worker != 0) {  // (worker 0 is the caller's thread)
-      left.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    for (int polls = 0; polls < 4096 && left.load(std::memory_order_acquire) < workers - 1; ++polls)
-      _mm_pause();  // (4096 pauses: ~100-200 us, by CPU)
-    // The worker has a few instructions left before it reports to the pool: without this
-    // short wait the caller often got there first and slept (p90 144 -> 129 us, measured).
-    for (int k = 0; k < 64; ++k) _mm_pause();
-  });
-}
-
 // ----------------------------------------------------------------------------- 2:4 driver
 
 // Tile is the ISA's 2:4 inner kernel:
@@ -171,7 +139,7 @@ void s24_drive(const Sparse24Args& a) {
       Tile::pack_x(plain.f(), a.K, packed.f() + m * xps);
     }
     const int64_t items = (a.N + kSpItemCols - 1) / kSpItemCols;
-    sp_parallel_items(items, threads, [&](int64_t item) {
+    parallel_items(items, threads, [&](int64_t item) {
       const int64_t n_begin = item * kSpItemCols, n_end = sp_min(a.N, n_begin + kSpItemCols);
       alignas(64) float sums[kSpRowsPerPass][kSpGroup];
       alignas(64) float tile[kSpRowsPerPass * R];
@@ -439,7 +407,7 @@ void bsr_run(const BsrArgs& a) {
   for (int64_t m0 = 0; m0 < a.M; m0 += kSpRowsPerPass) {
     const int64_t ms = sp_min(kSpRowsPerPass, a.M - m0);
     bsr_pack_x<V>(a, sh, m0, ms, plain.f(), packed.f());
-    sp_parallel_items(chunks, threads, [&](int64_t c) {
+    parallel_items(chunks, threads, [&](int64_t c) {
       SpBuffer sum_buf(static_cast<size_t>(a.bn * ms) * 4);
       float* sums = sum_buf.f();
       int64_t br_begin, br_end;
