@@ -21,6 +21,7 @@ namespace {
 constexpr const char* k24Fn = "bigperf._C.sparse24_linear";
 constexpr const char* kBsrFn = "bigperf._C.block_sparse_linear";
 constexpr const char* kLanesFn = "bigperf._C.sparse24_lanes_linear";
+constexpr const char* kBsrLanesFn = "bigperf._C.block_sparse_lanes_linear";
 
 using S24Fn = void (*)(const Sparse24Args&);
 using BsrFn = void (*)(const BsrArgs&);
@@ -110,11 +111,10 @@ void sparse24_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_st
   run_s24(kernel_for_isa<S24Fn>(isa, kLanesFn, ISA_KERNELS(sparse24_lanes_linear)), a);
 }
 
-void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
-                         int values_dtype, int64_t bn, int64_t bk, uintptr_t col_indices, uintptr_t row_ptr,
-                         int64_t nnz, uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
-                         int64_t K, int act, int num_threads) {
-  const char* fn = kBsrFn;
+// The BSR arguments both layouts share, every index checked (O(nnz), a few microseconds).
+BsrArgs bsr_args(const char* fn, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values, int values_dtype,
+                 int64_t bn, int64_t bk, uintptr_t col_indices, uintptr_t row_ptr, int64_t nnz, uintptr_t bias,
+                 uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
   check_common(fn, M, N, K, act, num_threads, x, x_row_stride, out, out_row_stride);
   BsrArgs a{};
   a.x_dtype = to_dtype(x_dtype, fn, "argument 'x_dtype'");
@@ -124,8 +124,21 @@ void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   require(N % bn == 0, fn, "argument 'N' = " + str(N) + " is not a multiple of the block height bn = " + str(bn));
   require(K % bk == 0, fn, "argument 'K' = " + str(K) + " is not a multiple of the block width bk = " + str(bk));
   require(nnz >= 0, fn, "argument 'nnz' must be non-negative, got " + str(nnz));
-  BsrFn kernel = kernel_for_isa<BsrFn>(isa, kBsrFn, ISA_KERNELS(block_sparse_linear));
-  if (M == 0 || N == 0) return;
+  a.x = reinterpret_cast<const void*>(x);
+  a.x_row_stride = x_row_stride;
+  a.values = reinterpret_cast<const void*>(values);
+  a.bn = bn;
+  a.bk = bk;
+  a.nnz = nnz;
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.out = reinterpret_cast<void*>(out);
+  a.out_row_stride = out_row_stride;
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.act = static_cast<Activation>(act);
+  a.num_threads = num_threads;
+  if (M == 0 || N == 0) return a;
   require(row_ptr != 0, fn, "argument 'row_ptr' is a null pointer");
   require(nnz == 0 || (values != 0 && col_indices != 0), fn, "argument 'values' or 'col_indices' is a null pointer");
   // The index arrays, read here before any kernel runs; N / bn + 1 row pointers is what
@@ -147,24 +160,38 @@ void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   }
   require(lo >= 0 && (nnz == 0 || hi < block_cols), fn,
           "argument 'col_indices' holds block columns outside [0, " + str(block_cols) + ")");
-  a.x = reinterpret_cast<const void*>(x);
-  a.x_row_stride = x_row_stride;
-  a.values = reinterpret_cast<const void*>(values);
-  a.bn = bn;
-  a.bk = bk;
   a.col_indices = ci;
   a.row_ptr = rp;
-  a.nnz = nnz;
-  a.bias = reinterpret_cast<const float*>(bias);
-  a.out = reinterpret_cast<void*>(out);
-  a.out_row_stride = out_row_stride;
-  a.M = M;
-  a.N = N;
-  a.K = K;
-  a.act = static_cast<Activation>(act);
-  a.num_threads = num_threads;
+  return a;
+}
+
+void run_bsr(BsrFn kernel, const BsrArgs& a) {
+  if (a.M == 0 || a.N == 0) return;
   py::gil_scoped_release release;
   kernel(a);
+}
+
+void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
+                         int values_dtype, int64_t bn, int64_t bk, uintptr_t col_indices, uintptr_t row_ptr,
+                         int64_t nnz, uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
+                         int64_t K, int act, int num_threads) {
+  BsrFn kernel = kernel_for_isa<BsrFn>(isa, kBsrFn, ISA_KERNELS(block_sparse_linear));
+  run_bsr(kernel, bsr_args(kBsrFn, x, x_row_stride, x_dtype, values, values_dtype, bn, bk, col_indices, row_ptr, nnz,
+                           bias, out, out_row_stride, M, N, K, act, num_threads));
+}
+
+// values in the BSR lane layout (sparse_linear.h): 16-row groups, bf16 column pairs.
+void block_sparse_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype,
+                               uintptr_t values, int values_dtype, int64_t bn, int64_t bk, uintptr_t col_indices,
+                               uintptr_t row_ptr, int64_t nnz, uintptr_t bias, uintptr_t out, int64_t out_row_stride,
+                               int64_t M, int64_t N, int64_t K, int act, int num_threads) {
+  const char* fn = kBsrLanesFn;
+  require(bn % 16 == 0, fn, "argument 'bn' = " + str(bn) + " must be a multiple of 16 for the lane layout");
+  require(values_dtype != static_cast<int>(DType::bf16) || bk % 2 == 0, fn,
+          "argument 'bk' = " + str(bk) + " must be even for bf16 values in the lane layout");
+  BsrFn kernel = kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear));
+  run_bsr(kernel, bsr_args(fn, x, x_row_stride, x_dtype, values, values_dtype, bn, bk, col_indices, row_ptr, nnz,
+                           bias, out, out_row_stride, M, N, K, act, num_threads));
 }
 
 }  // namespace
@@ -188,4 +215,10 @@ void register_sparse_linear(py::module_& m) {
         py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
         py::arg("num_threads"),
         "out = act(x @ W^T + bias), W in BSR form (only stored blocks are read); raw pointers, releases the GIL");
+  m.def("block_sparse_lanes_linear", &block_sparse_lanes_linear, py::arg("isa"), py::arg("x"),
+        py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("bn"),
+        py::arg("bk"), py::arg("col_indices"), py::arg("row_ptr"), py::arg("nnz"), py::arg("bias"), py::arg("out"),
+        py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
+        "block_sparse_linear with values in the CPU lane layout (bigperf/cpu_layouts.py); raw pointers, releases "
+        "the GIL");
 }

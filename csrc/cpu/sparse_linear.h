@@ -70,16 +70,25 @@ struct BsrArgs {
 //           f32, f16 [b][g][s][l].
 //   scale   [N16] fp32 for int8 values.
 
+// BSR in the CPU lane layout (bigperf/cpu_layouts.py, version 1): BsrArgs with values laid
+// out per block and 16-row group q (bn % 16 == 0), one row per lane:
+//   bf16 (bk even) [b][q][bk/2][16][2]: element (c, l, s) = canonical values[b][16q + l][2c + s]
+//   f32, f16       [b][q][bk][16]:      element (c, l)    = canonical values[b][16q + l][c]
+// col_indices and row_ptr as in the canonical form.
+
 void sparse24_linear_scalar(const Sparse24Args& args);
 void sparse24_lanes_linear_scalar(const Sparse24Args& args);
 void block_sparse_linear_scalar(const BsrArgs& args);
+void block_sparse_lanes_linear_scalar(const BsrArgs& args);
 #if defined(BIGPERF_X86)
 void sparse24_linear_avx2(const Sparse24Args& args);
 void sparse24_lanes_linear_avx2(const Sparse24Args& args);
 void block_sparse_linear_avx2(const BsrArgs& args);
+void block_sparse_lanes_linear_avx2(const BsrArgs& args);
 void sparse24_linear_avx512(const Sparse24Args& args);
 void sparse24_lanes_linear_avx512(const Sparse24Args& args);
 void block_sparse_linear_avx512(const BsrArgs& args);
+void block_sparse_lanes_linear_avx512(const BsrArgs& args);
 #endif
 
 }  // namespace bigperf::cpu

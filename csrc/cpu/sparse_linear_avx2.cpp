@@ -25,6 +25,7 @@
 #include "cpu/vec_avx2.h"
 #include "cpu/sparse_linear_kernel.h"
 #include "cpu/sparse24_lanes_kernel.h"
+#include "cpu/bsr_lanes_kernel.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -404,6 +405,7 @@ struct BsrPairedRowsM1 {
 struct LanesAvx2 {
   static constexpr int W = 8;
   static __m256 x4(const float* p) { return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p)); }
+  static __m256 x1(const float* p) { return _mm256_broadcast_ss(p); }
   static __m256i positions(const uint8_t* p) {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   }
@@ -448,6 +450,7 @@ struct LanesAvx2 {
 }  // namespace
 
 void sparse24_lanes_linear_avx2(const Sparse24Args& a) { s24_lanes_dispatch<V, LanesAvx2>(a); }
+void block_sparse_lanes_linear_avx2(const BsrArgs& a) { bsr_lanes_dispatch<V, LanesAvx2>(a); }
 
 // M == 1 with float values: "select" (fewest instructions per value). int8 values, and
 // several rows of x: "pair", whose per-x-row work (a permute and an FMA per 8 values) is

@@ -10,6 +10,7 @@
 #include "cpu/vec_avx512.h"
 #include "cpu/sparse_linear_kernel.h"
 #include "cpu/sparse24_lanes_kernel.h"
+#include "cpu/bsr_lanes_kernel.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -120,6 +121,7 @@ struct PermuteTile {
 struct LanesAvx512 {
   static constexpr int W = 16;
   static __m512 x4(const float* p) { return _mm512_broadcast_f32x4(_mm_loadu_ps(p)); }
+  static __m512 x1(const float* p) { return _mm512_set1_ps(*p); }
   static __m512i positions(const uint8_t* p) {
     return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
@@ -154,6 +156,7 @@ struct LanesAvx512 {
 }  // namespace
 
 void sparse24_lanes_linear_avx512(const Sparse24Args& a) { s24_lanes_dispatch<V, LanesAvx512>(a); }
+void block_sparse_lanes_linear_avx512(const BsrArgs& a) { bsr_lanes_dispatch<V, LanesAvx512>(a); }
 
 void sparse24_linear_avx512(const Sparse24Args& a) {
   switch (a.values_dtype) {

@@ -93,7 +93,12 @@ void sparse24_linear_scalar(const Sparse24Args& a) {
       [&](int64_t n, int64_t g, int s) { return s24_value(a, n, 2 * g + s); });
 }
 
-void block_sparse_linear_scalar(const BsrArgs& a) {
+namespace {
+
+// The shared loop of both BSR layouts: at(b, i, k) is the element index of block b, row i,
+// column k in a.values.
+template <class At>
+void bsr_scalar_loop(const BsrArgs& a, const At& at) {
   if (a.M <= 0 || a.N <= 0) return;
   const int64_t block_rows = a.N / a.bn;
   const int threads = a.M * a.nnz * a.bn * a.bk < kSerialWork ? 1 : a.num_threads;
@@ -107,11 +112,9 @@ void block_sparse_linear_scalar(const BsrArgs& a) {
         for (int64_t b = a.row_ptr[br]; b < a.row_ptr[br + 1]; ++b) {
           const float* xs = xf.data() + a.col_indices[b] * a.bk;
           for (int64_t i = 0; i < a.bn; ++i) {
-            const int64_t base = (b * a.bn + i) * a.bk;
             for (int64_t m = 0; m < ms; ++m) {
               float s = 0.f;
-              for (int64_t k = 0; k < a.bk; ++k)
-                s += load_as_float(a.values, base + k, a.values_dtype) * xs[m * a.K + k];
+              for (int64_t k = 0; k < a.bk; ++k) s += load_as_float(a.values, at(b, i, k), a.values_dtype) * xs[m * a.K + k];
               acc[i * ms + m] += s;
             }
           }
@@ -122,6 +125,20 @@ void block_sparse_linear_scalar(const BsrArgs& a) {
       }
     });
   }
+}
+
+}  // namespace
+
+void block_sparse_linear_scalar(const BsrArgs& a) {
+  bsr_scalar_loop(a, [&](int64_t b, int64_t i, int64_t k) { return (b * a.bn + i) * a.bk + k; });
+}
+
+void block_sparse_lanes_linear_scalar(const BsrArgs& a) {
+  const bool pairs = a.values_dtype == DType::bf16;
+  bsr_scalar_loop(a, [&](int64_t b, int64_t i, int64_t k) {
+    const int64_t strip = (b * a.bn + i) / 16 * 16 * a.bk, lane = i % 16;  // (16 * bk elements per strip)
+    return strip + (pairs ? (k / 2) * 32 + 2 * lane + k % 2 : k * 16 + lane);
+  });
 }
 
 }  // namespace bigperf::cpu

@@ -2,8 +2,8 @@
 // with the scalar path: 2:4 with every value dtype, x dtype and activation over many M, N, K
 // (tails of the 32-element steps included), the same 2:4 weights in the lane layout (both
 // lane kernels against the canonical scalar result), BSR over block shapes that take each code path
-// (full vectors, several block rows per vector, plain loops), densities with empty block
-// rows, strided x, and padded outputs that must stay untouched past N. Built and run by
+// (full vectors, several block rows per vector, plain loops) and, for 16-row multiples, in
+// the lane layout too, densities with empty block rows, strided x, and padded outputs that must stay untouched past N. Built and run by
 // tests/csrc/test_cpu_sparse_linear.py.
 #include <cmath>
 #include <cstdio>
@@ -163,6 +163,27 @@ static void check_bsr(int64_t M, int64_t bn, int64_t bk, int64_t brows, int64_t 
                 (long long)M, (long long)bn, (long long)bk, (long long)N, (long long)K, density, int(vd), int(xd),
                 int(act));
   report("BSR", compare(got, want, M, N, xd), xd, detail);
+
+  // The same blocks in the lane layout (sparse_linear.h) where it applies: the AVX-512 lane
+  // kernel and the scalar lane loop against the canonical scalar result.
+  if (bn % 16 || (vd == DType::bf16 && bk % 2)) return;
+  std::vector<char> lanes(values.size());
+  for (int64_t b = 0; b < nnz; ++b)
+    for (int64_t i = 0; i < bn; ++i)
+      for (int64_t k = 0; k < bk; ++k) {
+        const int64_t strip = (b * bn + i) / 16 * 16 * bk, l = i % 16;
+        const int64_t to = strip + (vd == DType::bf16 ? (k / 2) * 32 + 2 * l + k % 2 : k * 16 + l);
+        std::memcpy(lanes.data() + to * es(vd), values.data() + ((b * bn + i) * bk + k) * es(vd), es(vd));
+      }
+  BsrArgs la = a;
+  la.values = lanes.data();
+  Buf lanes_scalar = make_out(M, N, xd, 2), lanes_avx512 = make_out(M, N, xd, 2);
+  la.out = lanes_scalar.b.data();
+  block_sparse_lanes_linear_scalar(la);
+  la.out = lanes_avx512.b.data();
+  block_sparse_lanes_linear_avx512(la);
+  report("BSR lanes scalar", compare(lanes_scalar, want, M, N, xd), xd, detail);
+  report("BSR lanes avx512", compare(lanes_avx512, want, M, N, xd), xd, detail);
 }
 
 int main() {
@@ -178,7 +199,8 @@ int main() {
   for (int k = 0; k < 4; ++k)
     for (int d = 0; d < 3; ++d) check24(1, 300, 4096, vts[k], dts[d], Activation::none, 0);
   struct Block { int64_t bn, bk; };
-  const Block blocks[] = {{16, 16}, {8, 32}, {32, 8}, {4, 4}, {3, 12}, {5, 2}, {8, 8}, {16, 48}, {2, 16}, {1, 1}};
+  const Block blocks[] = {{16, 16}, {8, 32}, {32, 8}, {4, 4}, {3, 12}, {5, 2}, {8, 8}, {16, 48}, {2, 16}, {1, 1},
+                         {16, 3}, {32, 2}, {16, 1}};
   for (const Block& b : blocks)
     for (double density : {0.1, 0.5, 1.0})
       for (int64_t M : {1, 2, 3, 5, 17}) {

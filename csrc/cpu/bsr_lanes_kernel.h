@@ -1,0 +1,151 @@
+// Block-sparse (BSR) in the CPU lane layout (sparse_linear.h), written once over V and the
+// lane ops L of sparse24_lanes_kernel.h (plus L::x1(p): p[0] in every lane).
+//
+// Each block's rows are cut into 16-row groups ("strips" of a block row), one row per vector
+// lane: a strip's accumulators are whole vectors of 16 outputs (no horizontal sums), and a
+// column of a block multiplies one broadcast x value. At M = 1 two strips far apart are
+// walked side by side: two memory streams per thread kept more lines in flight (prototype,
+// cold, 10 % density, 2 threads: 390 us against 435 us for the canonical kernel, whose 8
+// accumulators per strip leave no room for a second strip; benchmarks/NOTES.md).
+// Include only from ISA translation units, after sparse24_lanes_kernel.h.
+#pragma once
+#include <cstdint>
+
+#include "cpu/sparse24_lanes_kernel.h"
+
+namespace bigperf::cpu {
+namespace {
+
+// sums[(q * MB + m) * 16 + l] = row l of strip strips[q] times x row m (fp32, row stride
+// a.K), for NS strips walked side by side; a strip's blocks are those of its block row.
+template <class V, class L, DType VD, int MB, int NS>
+void bsr_lanes_strips(const BsrArgs& a, const int64_t (&strips)[NS], const float* xp, float* sums) {
+  using vec = typename V::vec;
+  constexpr int W = L::W, VPB = kLaneRows / W;
+  constexpr int S = NS * MB <= 2 ? 2 : 1;  // accumulators per vector: at most 8 in all
+  constexpr int64_t ES = sp_esize(VD);
+  constexpr int kColsPerStep = VD == DType::bf16 ? 2 : S;  // bf16: a 32-bit word holds 2 columns
+  const int64_t groups = a.bn / kLaneRows;
+  const int64_t strip_bytes = kLaneRows * a.bk * ES, block_bytes = groups * strip_bytes;
+  const char* vals = static_cast<const char*>(a.values);
+  int64_t next[NS], end[NS];
+  const char* base[NS];
+  for (int q = 0; q < NS; ++q) {
+    const int64_t br = strips[q] / groups;
+    next[q] = a.row_ptr[br];
+    end[q] = a.row_ptr[br + 1];
+    base[q] = vals + (strips[q] % groups) * strip_bytes;
+  }
+  vec acc[NS][MB][VPB][S];
+  for (auto& strip : acc)
+    for (auto& row : strip)
+      for (auto& part : row)
+        for (auto& v : part) v = V::zero();
+  for (;;) {
+    bool any = false;
+#pragma GCC unroll 2
+    for (int q = 0; q < NS; ++q) {
+      if (next[q] >= end[q]) continue;
+      any = true;
+      const int64_t b = next[q]++;
+      const char* blk = base[q] + b * block_bytes;
+      for (int64_t o = 0; o < strip_bytes; o += 64) V::prefetch(blk + kLanePrefetchBytes + o);
+      const float* xb = xp + a.col_indices[b] * a.bk;
+      for (int64_t c = 0; c < a.bk; c += kColsPerStep) {
+        const int64_t cols = sp_min(kColsPerStep, a.bk - c);  // (bf16 blocks have an even bk)
+#pragma GCC unroll 2
+        for (int h = 0; h < VPB; ++h) {
+          vec w[kColsPerStep];
+          if constexpr (VD == DType::bf16) {
+            L::bf16_pair(blk + (c * kLaneRows + 2 * h * W) * ES, w[0], w[1]);
+          } else {
+            for (int j = 0; j < kColsPerStep; ++j)
+              w[j] = j < cols ? L::template load<VD == DType::f32 ? S24Values::f32 : S24Values::f16>(
+                                    blk + ((c + j) * kLaneRows + h * W) * ES)
+                              : V::zero();
+          }
+#pragma GCC unroll 4
+          for (int m = 0; m < MB; ++m)
+            for (int j = 0; j < kColsPerStep; ++j)
+              if (j < cols) acc[q][m][h][j % S] = V::fmadd(w[j], L::x1(xb + m * a.K + c + j), acc[q][m][h][j % S]);
+        }
+      }
+    }
+    if (!any) break;
+  }
+  for (int q = 0; q < NS; ++q)
+    for (int m = 0; m < MB; ++m)
+      for (int h = 0; h < VPB; ++h) {
+        vec s = acc[q][m][h][0];  // (not from zero: see lanes_block)
+        for (int p = 1; p < S; ++p) s = V::add(s, acc[q][m][h][p]);
+        V::storeu(sums + (q * MB + m) * kLaneRows + h * W, s);
+      }
+}
+
+// x in passes of kSpRowsPerPass rows; work items are chunks of block rows balanced by
+// stored blocks (bsr_chunk), walked strip by strip: at M = 1 the chunk's first and second
+// halves side by side, else each strip for the pass's rows 4 at a time.
+template <class V, class L, DType VD>
+void bsr_lanes_run(const BsrArgs& a) {
+  const int64_t groups = a.bn / kLaneRows, block_rows = a.N / a.bn;
+  const int64_t rows = sp_min(a.M, kSpRowsPerPass);
+  SpBuffer xbuf(static_cast<size_t>(rows * a.K + 1) * 4);
+  const int threads = a.M * a.nnz * a.bn * a.bk < kSpSerialWork ? 1 : a.num_threads;
+  const int64_t chunks = threads == 1 ? 1 : sp_min(kBsrChunksPerThread * threads, block_rows);
+  for (int64_t m0 = 0; m0 < a.M; m0 += kSpRowsPerPass) {
+    const int64_t ms = sp_min(kSpRowsPerPass, a.M - m0);
+    sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, ms, a.K, xbuf.f(), a.K);
+    parallel_items(chunks, threads, [&](int64_t chunk) {
+      alignas(64) float sums[2 * 4 * kLaneRows];
+      int64_t br_begin, br_end;
+      bsr_chunk(a.row_ptr, block_rows, chunks, chunk, br_begin, br_end);
+      const int64_t s0 = br_begin * groups, s1 = br_end * groups;
+      auto store = [&](int64_t strip, int64_t m, const float* s) {
+        const int64_t n0 = strip / groups * a.bn + strip % groups * kLaneRows;
+        sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, s, m0 + m, n0, kLaneRows);
+      };
+      if (ms == 1) {
+        const int64_t half = (s1 - s0) / 2;
+        for (int64_t i = 0; i < half; ++i) {
+          const int64_t pair[2] = {s0 + i, s0 + half + i};
+          bsr_lanes_strips<V, L, VD, 1, 2>(a, pair, xbuf.f(), sums);
+          store(pair[0], 0, sums);
+          store(pair[1], 0, sums + kLaneRows);
+        }
+        if ((s1 - s0) % 2) {
+          const int64_t last[1] = {s1 - 1};
+          bsr_lanes_strips<V, L, VD, 1, 1>(a, last, xbuf.f(), sums);
+          store(last[0], 0, sums);
+        }
+        return;
+      }
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t one[1] = {s};
+        for (int64_t mt = 0; mt < ms; mt += 4) {
+          const float* xp = xbuf.f() + mt * a.K;
+          const int64_t mb = sp_min(4, ms - mt);
+          switch (mb) {
+            case 1: bsr_lanes_strips<V, L, VD, 1, 1>(a, one, xp, sums); break;
+            case 2: bsr_lanes_strips<V, L, VD, 2, 1>(a, one, xp, sums); break;
+            case 3: bsr_lanes_strips<V, L, VD, 3, 1>(a, one, xp, sums); break;
+            default: bsr_lanes_strips<V, L, VD, 4, 1>(a, one, xp, sums); break;
+          }
+          for (int64_t m = 0; m < mb; ++m) store(s, mt + m, sums + m * kLaneRows);
+        }
+      }
+    });
+  }
+}
+
+template <class V, class L>
+void bsr_lanes_dispatch(const BsrArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  switch (a.values_dtype) {
+    case DType::f32: bsr_lanes_run<V, L, DType::f32>(a); break;
+    case DType::f16: bsr_lanes_run<V, L, DType::f16>(a); break;
+    case DType::bf16: bsr_lanes_run<V, L, DType::bf16>(a); break;
+  }
+}
+
+}  // namespace
+}  // namespace bigperf::cpu
