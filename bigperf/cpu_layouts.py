@@ -25,6 +25,18 @@ or int8, meta [N, K/8] uint8, scale [N, 1] fp32 for int8 values), version 1:
           float32/float16: [NB, K/4, 2, 16]  (per group and slot, 16 lanes in a row)
         flattened to [NB, 8K].
   scale [N16] fp32 for int8 values, else None.
+
+Block-sparse (BSR) "cpu-lanes16" (from bigperf.sparsity's values [nnz, bn, bk] float32/
+float16/bfloat16, col_indices [nnz] int32, row_ptr [N/bn + 1] int32), version 1:
+  Why: the same one-output-per-lane idea for blocks: each block's bn rows are cut into bn/16
+  groups of 16 rows, one row per vector lane, so a block column times one broadcast x value
+  updates 16 outputs at once (the canonical rows need horizontal sums).
+  Eligible only when bn % 16 == 0 and, for bfloat16 values, bk % 2 == 0 (bsr_lanes_eligible).
+  values [nnz, bn/16, 16 bk], the values' dtype; per block b and row group q:
+          bfloat16:        [bk/2, 16, 2]  element (c, l, s) = values[b, 16 q + l, 2 c + s]
+                                          (one 32-bit word per row: two neighbouring columns)
+          float32/float16: [bk, 16]       element (c, l) = values[b, 16 q + l, c]
+  col_indices, row_ptr: the canonical tensors themselves (shared, not copied).
 """
 
 from __future__ import annotations
@@ -37,10 +49,13 @@ import torch
 from bigperf.cuda_layouts import _check, _round_up
 
 S24_LANES_VERSION = 1
+BSR_LANES_VERSION = 1
 
 _LANES = 16
 _PAD_META_BYTE = 0x44  # two groups with kept positions (0, 1)
-_VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int8)
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INTS = (int, torch.SymInt)  # sizes may be symbolic while torch.compile / torch.export trace
+_VALUE_DTYPES = _FLOAT_DTYPES + (torch.int8,)
 
 
 @dataclass(frozen=True)
@@ -53,13 +68,28 @@ class Sparse24Lanes:
     version: int = S24_LANES_VERSION
 
 
-def check_version(function: str, layout) -> None:
-    """A Sparse24Lanes of the version this bigperf reads, else TypeError / ValueError."""
-    if not isinstance(layout, Sparse24Lanes):
-        raise TypeError(f"{function}: argument 'layout' must be a bigperf.cpu_layouts.Sparse24Lanes, "
+@dataclass(frozen=True)
+class BsrLanes:
+    values: torch.Tensor  # [nnz, bn/16, 16 bk], the canonical values' dtype
+    col_indices: torch.Tensor  # [nnz] int32, the canonical tensor
+    row_ptr: torch.Tensor  # [N/bn + 1] int32, the canonical tensor
+    bn: int
+    bk: int
+    k: int  # in_features
+    version: int = BSR_LANES_VERSION
+
+
+_VERSIONS = {Sparse24Lanes: S24_LANES_VERSION, BsrLanes: BSR_LANES_VERSION}
+
+
+def check_version(function: str, layout, kind: type = Sparse24Lanes) -> None:
+    """A `kind` layout (Sparse24Lanes or BsrLanes) of the version this bigperf reads, else
+    TypeError / ValueError."""
+    if not isinstance(layout, kind):
+        raise TypeError(f"{function}: argument 'layout' must be a bigperf.cpu_layouts.{kind.__name__}, "
                         f"got {type(layout).__name__}")
-    if layout.version != S24_LANES_VERSION:
-        raise ValueError(f"{function}: layout version {layout.version} is not the version {S24_LANES_VERSION} this "
+    if layout.version != _VERSIONS[kind]:
+        raise ValueError(f"{function}: layout version {layout.version} is not the version {_VERSIONS[kind]} this "
                          f"bigperf reads; re-pack the weight")
 
 
@@ -141,19 +171,20 @@ def pack_24_lanes(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor 
 
 
 def _slot_major(dtype: torch.dtype) -> bool:
-    # Float values: bf16 lane-major pairs [.., 16, 2], f32/f16 [.., 2, 16]. (int8 has its own
-    # order and never changes dtype with the module.)
+    # Float values, in both layouts: bf16 lane-major pairs [.., 16, 2], f32/f16 [.., 2, 16]
+    # (2:4: a group's two slots; BSR: two neighbouring columns). int8 has its own order and
+    # never changes dtype with the module.
     return dtype != torch.bfloat16
 
 
 def reorder_lanes_values(values: torch.Tensor, laid_out_for: torch.dtype) -> torch.Tensor:
-    """Lane-layout values converted element-wise from `laid_out_for` (e.g. by Module.half())
-    back in the order of their own dtype; the tensor itself when the orders agree."""
+    """Lane-layout values (2:4 or BSR) converted element-wise from `laid_out_for` (e.g. by
+    Module.half()) back in the order of their own dtype; the tensor itself when the orders
+    agree. (BSR values need an even bk for this, as bf16 ones always have.)"""
     if _slot_major(values.dtype) == _slot_major(laid_out_for):
         return values
-    nb, width = values.shape
     pairs = (2, _LANES) if _slot_major(laid_out_for) else (_LANES, 2)
-    return values.reshape(nb, width // (2 * _LANES), *pairs).transpose(2, 3).reshape(nb, width).contiguous()
+    return values.reshape(-1, *pairs).transpose(1, 2).reshape(values.shape).contiguous()
 
 
 def unpack_24_lanes(layout: Sparse24Lanes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -175,3 +206,88 @@ def unpack_24_lanes(layout: Sparse24Lanes) -> tuple[torch.Tensor, torch.Tensor, 
     meta = _first_rows(layout.meta.reshape(nb, k // 8, _LANES).transpose(1, 2).reshape(n16, k // 8), n)
     scale = _first_rows(layout.scale.reshape(n16, 1), n) if layout.scale is not None else None
     return values, meta, scale
+
+
+# ----------------------------------------------------------------------------- BSR
+
+def bsr_lanes_eligible(bn: int, bk: int, dtype: torch.dtype) -> str | None:
+    """Why (bn, bk) blocks of `dtype` values cannot be held in the BSR lane layout, or None."""
+    if dtype not in _FLOAT_DTYPES:
+        return f"values must be float32, float16 or bfloat16, got {str(dtype).replace('torch.', '')}"
+    if not (isinstance(bn, _INTS) and isinstance(bk, _INTS) and bn > 0 and bk > 0):
+        return f"the block shape must be positive ints (bn, bk), got ({bn!r}, {bk!r})"
+    if bn % _LANES:
+        return f"the block height bn = {bn} is not a multiple of {_LANES}"
+    if dtype == torch.bfloat16 and bk % 2:
+        return f"bfloat16 values need an even block width (two columns per 32-bit word), got bk = {bk}"
+    return None
+
+
+def check_bsr_lanes(function: str, values, bk: int) -> tuple[int, int]:
+    """Check the BSR lane layout's values (dtype, rank, shape for block width bk, eligibility;
+    not their device) and return (nnz, bn)."""
+    _check(function, "values", values, _FLOAT_DTYPES, 3)
+    if not isinstance(bk, _INTS) or bk <= 0:
+        raise ValueError(f"{function}: argument 'bk' must be a positive int, got {bk!r}")
+    nnz, groups, width = values.shape
+    if width != _LANES * bk:
+        raise ValueError(f"{function}: argument 'values' must have shape [nnz, bn/16, 16 bk] = [{nnz}, {groups}, "
+                         f"{_LANES * bk}] for bk = {bk}, got {tuple(values.shape)}")
+    bn = _LANES * groups
+    _check_eligible(function, bn, bk, values.dtype)
+    return nnz, bn
+
+
+def _check_eligible(function: str, bn: int, bk: int, dtype: torch.dtype) -> None:
+    reason = bsr_lanes_eligible(bn, bk, dtype)
+    if reason:
+        raise ValueError(f"{function}: argument 'values' ({bn}x{bk} blocks, {str(dtype).replace('torch.', '')}) "
+                         f"cannot be held in the BSR lane layout: {reason}")
+
+
+def _check_bsr_indices(function: str, col_indices, row_ptr, nnz: int, bk: int, k: int, device) -> None:
+    # Shapes and devices only: the index content is the op's to check (cached per tensor version).
+    _check(function, "col_indices", col_indices, (torch.int32,), 1)
+    _check(function, "row_ptr", row_ptr, (torch.int32,), 1)
+    if col_indices.shape[0] != nnz:
+        raise ValueError(f"{function}: argument 'col_indices' has {col_indices.shape[0]} entries for {nnz} blocks")
+    if row_ptr.shape[0] < 2:
+        raise ValueError(f"{function}: argument 'row_ptr' needs N/bn + 1 >= 2 entries, got {row_ptr.shape[0]}")
+    if not isinstance(k, _INTS) or k <= 0 or k % bk:
+        raise ValueError(f"{function}: argument 'k' must be a positive multiple of the block width {bk}, got {k!r}")
+    _check_devices(function, (("col_indices", col_indices), ("row_ptr", row_ptr)), device)
+
+
+def pack_bsr_lanes(values: torch.Tensor, col_indices: torch.Tensor, row_ptr: torch.Tensor, k: int) -> BsrLanes:
+    """bigperf.sparsity's BSR weight (k = in_features) in the CPU lane layout ("cpu-lanes16");
+    col_indices and row_ptr are shared with the result, not copied."""
+    function = "bigperf.cpu_layouts.pack_bsr_lanes"
+    _check(function, "values", values, _FLOAT_DTYPES, 3)
+    nnz, bn, bk = values.shape
+    _check_eligible(function, bn, bk, values.dtype)
+    _check_bsr_indices(function, col_indices, row_ptr, nnz, bk, k, values.device)
+    groups = bn // _LANES
+    if values.dtype == torch.bfloat16:  # (block, group, lane, column pair, column in pair)
+        v = values.reshape(nnz, groups, _LANES, bk // 2, 2).permute(0, 1, 3, 2, 4)
+    else:  # (block, group, lane, column)
+        v = values.reshape(nnz, groups, _LANES, bk).permute(0, 1, 3, 2)
+    return BsrLanes(v.reshape(nnz, groups, _LANES * bk).contiguous(), col_indices, row_ptr, bn, bk, k)
+
+
+def unpack_bsr_lanes(layout: BsrLanes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The canonical (values [nnz, bn, bk], col_indices, row_ptr) packed; the index tensors
+    are the layout's own."""
+    function = "bigperf.cpu_layouts.unpack_bsr_lanes"
+    check_version(function, layout, BsrLanes)
+    nnz, bn = check_bsr_lanes(function, layout.values, layout.bk)
+    if layout.bn != bn:
+        raise ValueError(f"{function}: argument 'bn' must be {bn} for 'values' {tuple(layout.values.shape)}, "
+                         f"got {layout.bn!r}")
+    bk = layout.bk
+    _check_bsr_indices(function, layout.col_indices, layout.row_ptr, nnz, bk, layout.k, layout.values.device)
+    groups = bn // _LANES
+    if layout.values.dtype == torch.bfloat16:
+        v = layout.values.reshape(nnz, groups, bk // 2, _LANES, 2).permute(0, 1, 3, 2, 4)
+    else:
+        v = layout.values.reshape(nnz, groups, bk, _LANES).permute(0, 1, 3, 2)
+    return v.reshape(nnz, bn, bk).contiguous(), layout.col_indices, layout.row_ptr

@@ -1,5 +1,5 @@
-"""bigperf.cpu_layouts: the 2:4 CPU lane layout ("cpu-lanes16") against its definition,
-exact round trips both ways, and clear refusals."""
+"""bigperf.cpu_layouts: the 2:4 and BSR CPU lane layouts ("cpu-lanes16") against their
+definitions, exact round trips both ways, and clear refusals."""
 
 import dataclasses
 
@@ -7,13 +7,17 @@ import pytest
 import torch
 
 from bigperf.cpu_layouts import (
+    BSR_LANES_VERSION,
     S24_LANES_VERSION,
     Sparse24Lanes,
+    bsr_lanes_eligible,
     pack_24_lanes,
+    pack_bsr_lanes,
     reorder_lanes_values,
     unpack_24_lanes,
+    unpack_bsr_lanes,
 )
-from bigperf.sparsity import meta_is_valid, nm_mask, pack_24, pack_24_int8
+from bigperf.sparsity import block_mask, meta_is_valid, nm_mask, pack_24, pack_24_int8, pack_bsr
 from tests.helpers import random_tensor
 
 VALUE_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int8]
@@ -155,3 +159,147 @@ def test_layout_is_frozen():
     assert isinstance(layout, Sparse24Lanes)
     with pytest.raises(dataclasses.FrozenInstanceError):
         layout.n = 3
+
+
+# ----------------------------------------------------------------------------- BSR
+
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def canonical_bsr(n, k, block, dtype, density=0.5, seed=0):
+    w = random_tensor(n, k, seed=seed)
+    return pack_bsr((w * block_mask(w, block, density)).to(dtype), block)
+
+
+def bsr_by_definition(values):
+    """The BSR lane layout written from its definition (module docstring), element by element
+    within a block (all blocks at once), rather than with the views pack_bsr_lanes uses."""
+    nnz, bn, bk = values.shape
+    out = torch.zeros(nnz, bn // 16, 16 * bk, dtype=values.dtype)
+    for row in range(bn):
+        q, lane = divmod(row, 16)
+        for col in range(bk):
+            if values.dtype == torch.bfloat16:  # [bk/2][16][2]: one 32-bit word per row, two columns
+                c, s = divmod(col, 2)
+                i = (c * 16 + lane) * 2 + s
+            else:  # [bk][16]: a column's 16 rows side by side
+                i = col * 16 + lane
+            out[:, q, i] = values[:, row, col]
+    return out
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("block", [(16, 2), (16, 16), (32, 16), (32, 32), (16, 32)])
+def test_bsr_pack_follows_the_definition(dtype, block):
+    p = canonical_bsr(64, 96, block, dtype, seed=block[0] + block[1])
+    layout = pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, 96)
+    assert (layout.bn, layout.bk, layout.k, layout.version) == (*block, 96, BSR_LANES_VERSION)
+    assert torch.equal(layout.values, bsr_by_definition(p.values)) and layout.values.is_contiguous()
+    # The index tensors are shared, not copied.
+    assert layout.col_indices is p.col_indices and layout.row_ptr is p.row_ptr
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("block,density", [((16, 2), 0.5), ((16, 16), 0.1), ((32, 16), 1.0), ((32, 32), 0.5),
+                                           ((16, 32), 0.1), ((48, 8), 0.3)])
+def test_bsr_round_trips_are_exact(dtype, block, density):
+    n, k = 96, 128
+    p = canonical_bsr(n, k, block, dtype, density, seed=7)
+    layout = pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, k)
+    nnz = p.values.shape[0]
+    assert layout.values.shape == (nnz, block[0] // 16, 16 * block[1]) and layout.values.dtype == dtype
+    values, col_indices, row_ptr = unpack_bsr_lanes(layout)
+    assert torch.equal(values, p.values) and values.is_contiguous()
+    assert col_indices is p.col_indices and row_ptr is p.row_ptr
+    assert torch.equal(pack_bsr_lanes(values, col_indices, row_ptr, k).values, layout.values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_bsr_odd_block_widths_are_fine_outside_bfloat16(dtype):
+    p = canonical_bsr(32, 9, (16, 3), dtype, seed=8)
+    layout = pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, 9)
+    assert torch.equal(layout.values, bsr_by_definition(p.values))
+    assert torch.equal(unpack_bsr_lanes(layout)[0], p.values)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_bsr_empty_block_rows_and_no_blocks_at_all(dtype):
+    w = torch.zeros(64, 32)
+    w[16:32, 16:32] = 1.0  # only block row 1 holds a block
+    p = pack_bsr(w.to(dtype), (16, 16))
+    assert p.row_ptr.tolist() == [0, 0, 1, 1, 1]
+    layout = pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, 32)
+    assert torch.equal(unpack_bsr_lanes(layout)[0], p.values)
+    empty = pack_bsr(torch.zeros(32, 32, dtype=dtype), (32, 16))
+    assert empty.values.shape == (0, 32, 16)
+    layout = pack_bsr_lanes(empty.values, empty.col_indices, empty.row_ptr, 32)
+    assert layout.values.shape == (0, 2, 256)
+    assert unpack_bsr_lanes(layout)[0].shape == (0, 32, 16)
+
+
+@pytest.mark.parametrize("source,target", [(torch.bfloat16, torch.float16), (torch.float32, torch.bfloat16),
+                                           (torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16)])
+def test_bsr_reorder_after_an_elementwise_dtype_change(source, target):
+    p = canonical_bsr(64, 64, (32, 16), source, seed=9)
+    moved = pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, 64).values.to(target)
+    want = pack_bsr_lanes(p.values.to(target), p.col_indices, p.row_ptr, 64).values
+    assert torch.equal(reorder_lanes_values(moved, source), want)
+
+
+def test_bsr_lanes_eligibility():
+    assert bsr_lanes_eligible(16, 16, torch.bfloat16) is None and bsr_lanes_eligible(32, 3, torch.float32) is None
+    assert "multiple of 16" in bsr_lanes_eligible(8, 8, torch.float32)
+    assert "even block width" in bsr_lanes_eligible(16, 3, torch.bfloat16)
+    assert "float32, float16 or bfloat16" in bsr_lanes_eligible(16, 16, torch.int8)
+    assert "positive" in bsr_lanes_eligible(0, 16, torch.float32)
+
+
+def test_bsr_layouts_of_meta_tensors_have_the_right_shapes():
+    p = canonical_bsr(32, 64, (32, 16), torch.bfloat16)
+    layout = pack_bsr_lanes(p.values.to("meta"), p.col_indices.to("meta"), p.row_ptr.to("meta"), 64)
+    assert layout.values.shape == (p.values.shape[0], 2, 256) and layout.values.device.type == "meta"
+    assert unpack_bsr_lanes(layout)[0].shape == p.values.shape
+
+
+def _bsr_layout():
+    p = canonical_bsr(64, 64, (32, 16), torch.bfloat16, seed=10)
+    return p, pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, 64)
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda p, lo: pack_bsr_lanes(p.values.double(), p.col_indices, p.row_ptr, 64), TypeError,
+     ["pack_bsr_lanes", "'values'", "dtype"]),
+    (lambda p, lo: pack_bsr_lanes(p.values[0], p.col_indices, p.row_ptr, 64), ValueError, ["'values'", "3-D"]),
+    (lambda p, lo: pack_bsr_lanes(p.values[:, :8], p.col_indices, p.row_ptr, 64), ValueError,
+     ["lane layout", "bn = 8", "multiple of 16"]),
+    (lambda p, lo: pack_bsr_lanes(p.values[:, :, :3], p.col_indices, p.row_ptr, 64), ValueError,
+     ["bfloat16", "even", "bk = 3"]),
+    (lambda p, lo: pack_bsr_lanes(p.values, p.col_indices.long(), p.row_ptr, 64), TypeError, ["'col_indices'", "int32"]),
+    (lambda p, lo: pack_bsr_lanes(p.values, p.col_indices, p.row_ptr.long(), 64), TypeError, ["'row_ptr'", "int32"]),
+    (lambda p, lo: pack_bsr_lanes(p.values, p.col_indices[:-1], p.row_ptr, 64), ValueError,
+     ["'col_indices'", "entries for"]),
+    (lambda p, lo: pack_bsr_lanes(p.values, p.col_indices, p.row_ptr[:1], 64), ValueError, ["'row_ptr'", ">= 2"]),
+    (lambda p, lo: pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, 60), ValueError, ["'k'", "multiple", "16"]),
+    (lambda p, lo: pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, 0), ValueError, ["'k'"]),
+    (lambda p, lo: pack_bsr_lanes(p.values, p.col_indices.to("meta"), p.row_ptr, 64), ValueError,
+     ["'col_indices' is on meta"]),
+    (lambda p, lo: unpack_bsr_lanes(lo.values), TypeError, ["unpack_bsr_lanes", "'layout'", "BsrLanes"]),
+    (lambda p, lo: unpack_bsr_lanes(_layout()[1]), TypeError, ["'layout'", "BsrLanes", "Sparse24Lanes"]),
+    (lambda p, lo: unpack_bsr_lanes(dataclasses.replace(lo, version=2)), ValueError, ["version 2", "re-pack"]),
+    (lambda p, lo: unpack_bsr_lanes(dataclasses.replace(lo, bn=16)), ValueError, ["'bn'", "32"]),
+    (lambda p, lo: unpack_bsr_lanes(dataclasses.replace(lo, bk=8)), ValueError, ["'values'", "[nnz, bn/16, 16 bk]"]),
+    (lambda p, lo: unpack_bsr_lanes(dataclasses.replace(lo, bk=0)), ValueError, ["'bk'", "positive"]),
+    (lambda p, lo: unpack_bsr_lanes(dataclasses.replace(lo, k=40)), ValueError, ["'k'", "multiple"]),
+    (lambda p, lo: unpack_bsr_lanes(dataclasses.replace(lo, values=lo.values[:, :1, :3 * 16])), ValueError,
+     ["'values'"]),
+    (lambda p, lo: unpack_bsr_lanes(dataclasses.replace(lo, values=lo.values.to(torch.int8))), TypeError,
+     ["'values'", "dtype"]),
+    (lambda p, lo: unpack_bsr_lanes(dataclasses.replace(lo, row_ptr=lo.row_ptr.to("meta"))), ValueError,
+     ["'row_ptr' is on meta"]),
+])
+def test_bsr_bad_arguments_are_refused_clearly(call, error, words):
+    p, layout = _bsr_layout()
+    with pytest.raises(error) as info:
+        call(p, layout)
+    for word in words:
+        assert word in str(info.value)

@@ -120,7 +120,7 @@ def dense_equivalent(layer: nn.Module) -> nn.Module | None:
                 values, meta, _ = layer.packed_24()
                 weight = unpack_24(values, meta)
             else:
-                weight = unpack_bsr(layer.values, layer.col_indices, layer.row_ptr, layer.in_features)
+                weight = unpack_bsr(*layer.packed_bsr(), layer.in_features)
             dense = FusedLinear(layer.in_features, layer.out_features, bias, activation=layer.activation,
                                 weight_dtype=weight.dtype, device=weight.device)
             dense.weight.copy_(weight)

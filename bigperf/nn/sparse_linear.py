@@ -6,13 +6,19 @@ import torch
 from torch import nn
 
 from bigperf.cpu_layouts import (
+    BsrLanes,
     Sparse24Lanes,
+    bsr_lanes_eligible,
     pack_24_lanes,
+    pack_bsr_lanes,
     reorder_lanes_values,
     unpack_24_lanes,
+    unpack_bsr_lanes,
 )
 from bigperf.nn._layouts import keeping_dtype, replace_buffers
 from bigperf.nn.fused_linear import _activation_name
+from bigperf.ops.block_sparse_lanes_linear import block_sparse_lanes_linear
+from bigperf.ops.block_sparse_lanes_linear import cpu_kernel_why_not as bsr_kernel_why_not
 from bigperf.ops.sparse24_lanes_linear import cpu_kernel_why_not, sparse24_lanes_linear
 from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
 from bigperf.ops.validation import FLOAT_DTYPES
@@ -28,16 +34,24 @@ from bigperf.sparsity import (
 PACKED_VERSION = 1
 PATTERNS = ("2:4", "block")
 
-# How a 2:4 layer holds its weight in memory (its state_dict is always canonical):
-#   "canonical"   values / meta / scale as bigperf.sparsity packs them;
-#   "cpu-lanes16" only the CPU lane layout (bigperf.cpu_layouts, versioned): buffers
-#                 lanes_values / lanes_meta / lanes_scale, values etc. None.
-# A 2:4 layer settles on "cpu-lanes16" whenever it is on the CPU and bigperf._C has the
-# kernel that reads it, and on "canonical" elsewhere, so it never holds the weight twice.
-# Block-sparse layers are always "canonical".
+# How a layer holds its weight in memory (its state_dict is always canonical):
+#   "canonical"   the buffers bigperf.sparsity packs: 2:4 values / meta / scale, BSR
+#                 values / col_indices / row_ptr;
+#   "cpu-lanes16" only the CPU lane layout (bigperf.cpu_layouts, versioned): 2:4 buffers
+#                 lanes_values / lanes_meta / lanes_scale; BSR lanes_values and the
+#                 canonical col_indices / row_ptr (shared); values etc. None.
+# A layer settles on "cpu-lanes16" whenever it is on the CPU, bigperf._C has the kernel that
+# reads it and (BSR) its block shape and dtype are eligible (bsr_lanes_eligible), and on
+# "canonical" elsewhere, so it never holds the weight twice.
 KERNEL_LAYOUTS = ("canonical", "cpu-lanes16")
-_CANONICAL_BUFFERS = ("values", "meta", "scale")
-_LANES_BUFFERS = ("lanes_values", "lanes_meta", "lanes_scale")
+# Per (pattern, layout): the buffers, in the order of the canonical tensors (bigperf.sparsity)
+# and of the lane layout's tensor fields (bigperf.cpu_layouts).
+_BUFFERS = {
+    ("2:4", "canonical"): ("values", "meta", "scale"),
+    ("2:4", "cpu-lanes16"): ("lanes_values", "lanes_meta", "lanes_scale"),
+    ("block", "canonical"): ("values", "col_indices", "row_ptr"),
+    ("block", "cpu-lanes16"): ("lanes_values", "col_indices", "row_ptr"),
+}
 
 
 class LayerRefused(ValueError):
@@ -142,7 +156,9 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_layout == "cpu-lanes16":
-            return sparse24_lanes_linear(x, self._lanes_layout(), self.bias, self.activation)
+            if self.pattern == "2:4":
+                return sparse24_lanes_linear(x, self._lanes_layout(), self.bias, self.activation)
+            return block_sparse_lanes_linear(x, self._lanes_layout(), self.bias, self.activation)
         if self.pattern == "2:4":
             return sparse24_linear(x, self.values, self.meta, self.scale, self.bias, self.activation)
         return block_sparse_linear(x, self.values, self.col_indices, self.row_ptr, self.bias, self.activation)
@@ -150,48 +166,82 @@ class SparseLinear(nn.Module):
     def packed_24(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The canonical 2:4 (values [N, K/2], meta [N, K/8] uint8, scale [N, 1] fp32 or None),
         whatever layout the layer holds (a conversion in "cpu-lanes16": read it, do not write it)."""
-        if self.pattern != "2:4":
-            raise ValueError(f"bigperf.nn.SparseLinear.packed_24: this layer's pattern is {self.pattern!r}, not '2:4'")
-        if self.kernel_layout == "cpu-lanes16":
-            return unpack_24_lanes(self._lanes_layout())
-        return self.values, self.meta, self.scale
+        self._check_pattern("packed_24", "2:4")
+        return self._canonical()
+
+    def packed_bsr(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The canonical BSR (values [nnz, bn, bk], col_indices [nnz] int32, row_ptr [N/bn + 1]
+        int32), whatever layout the layer holds (values are a conversion in "cpu-lanes16": read
+        them, do not write them)."""
+        self._check_pattern("packed_bsr", "block")
+        return self._canonical()
+
+    def _check_pattern(self, method: str, pattern: str) -> None:
+        if self.pattern != pattern:
+            raise ValueError(f"bigperf.nn.SparseLinear.{method}: this layer's pattern is {self.pattern!r}, "
+                             f"not {pattern!r}")
 
     # ------------------------------------------------------------------------- layouts
 
-    def _lanes_layout(self) -> Sparse24Lanes:
-        return Sparse24Lanes(self.lanes_values, self.lanes_meta, self.lanes_scale, self.out_features,
-                             self.in_features)
+    def _held(self, layout: str | None = None) -> tuple:
+        """The buffers of `layout` (default: the one held), in _BUFFERS order."""
+        return tuple(getattr(self, name) for name in _BUFFERS[self.pattern, layout or self.kernel_layout])
+
+    def _lanes_layout(self) -> Sparse24Lanes | BsrLanes:
+        if self.pattern == "2:4":
+            return Sparse24Lanes(*self._held("cpu-lanes16"), self.out_features, self.in_features)
+        return BsrLanes(*self._held("cpu-lanes16"), *self.block, self.in_features)
+
+    def _canonical(self) -> tuple:
+        if self.kernel_layout == "canonical":
+            return self._held()
+        return (unpack_24_lanes if self.pattern == "2:4" else unpack_bsr_lanes)(self._lanes_layout())
+
+    def _lanes_why_not(self, dtype: torch.dtype) -> str | None:
+        """Why this layer's weight, with `dtype` values, cannot be held in the lane layout."""
+        return bsr_lanes_eligible(*self.block, dtype) if self.pattern == "block" else None
 
     def use_kernel_layout(self, layout: str) -> "SparseLinear":
-        """Hold a 2:4 weight as `layout` (KERNEL_LAYOUTS), converting exactly; returns self.
+        """Hold the weight as `layout` (KERNEL_LAYOUTS), converting exactly; returns self.
         Moves between devices choose the layout by themselves (see KERNEL_LAYOUTS)."""
         where = "bigperf.nn.SparseLinear.use_kernel_layout"
         if layout not in KERNEL_LAYOUTS:
             raise ValueError(f"{where}: argument 'layout' must be one of {KERNEL_LAYOUTS}, got {layout!r}")
         if layout == self.kernel_layout:
             return self
-        if self.pattern != "2:4":
-            raise ValueError(f"{where}: layout {layout!r} holds 2:4 weights; this layer's pattern is {self.pattern!r}")
+        reason = self._lanes_why_not(self._held()[0].dtype) if layout == "cpu-lanes16" else None
+        if reason:
+            raise ValueError(f"{where}: layout 'cpu-lanes16' cannot hold this layer's weight: {reason}")
         with torch.inference_mode(False):  # the new buffers are never inference tensors: see _make_buffers
-            if layout == "cpu-lanes16":
-                lanes = pack_24_lanes(self.values, self.meta, self.scale)
-                replace_buffers(self, _CANONICAL_BUFFERS, dict(zip(_LANES_BUFFERS, (lanes.values, lanes.meta,
-                                                                                     lanes.scale))), persistent=False)
+            canonical = self._canonical()
+            if layout == "canonical":
+                new = canonical
+            elif self.pattern == "2:4":
+                lanes = pack_24_lanes(*canonical)
+                new = (lanes.values, lanes.meta, lanes.scale)
             else:
-                canonical = unpack_24_lanes(self._lanes_layout())
-                replace_buffers(self, _LANES_BUFFERS, dict(zip(_CANONICAL_BUFFERS, canonical)))
+                lanes = pack_bsr_lanes(*canonical, self.in_features)
+                new = (lanes.values, lanes.col_indices, lanes.row_ptr)
+            # Buffers both layouts hold (BSR's indices) stay as they are: only the others change.
+            old_names, new_names = _BUFFERS[self.pattern, self.kernel_layout], _BUFFERS[self.pattern, layout]
+            replace_buffers(self, tuple(n for n in old_names if n not in new_names),
+                            {n: t for n, t in zip(new_names, new) if n not in old_names},
+                            persistent=layout == "canonical")
         self.kernel_layout = layout
         return self
 
     def _preferred_layout(self) -> str:
-        if self.pattern != "2:4":
+        values = self._held()[0]
+        if values.device.type != "cpu" or self._lanes_why_not(values.dtype):
             return "canonical"
-        device = (self.values if self.kernel_layout == "canonical" else self.lanes_values).device
-        if device.type == "cpu" and cpu_kernel_why_not(torch.empty(0, device=device)) is None:
-            return "cpu-lanes16"
-        return "canonical"
+        why_not = cpu_kernel_why_not if self.pattern == "2:4" else bsr_kernel_why_not
+        return "cpu-lanes16" if why_not(torch.empty(0, device=values.device)) is None else "canonical"
 
     def _apply(self, fn, recurse=True):
+        # A lane layout that another float dtype could not hold (BSR with an odd bk: not in
+        # bf16) is unpacked first, while its order is still known; settled again below.
+        if self.kernel_layout == "cpu-lanes16" and any(self._lanes_why_not(d) for d in FLOAT_DTYPES):
+            self.use_kernel_layout("canonical")
         # A dtype change (.half(), .to(torch.bfloat16)) converts the lane values element-wise,
         # but their order depends on the dtype: it is redone before anything reads them.
         laid_out_for = self.lanes_values.dtype if self.kernel_layout == "cpu-lanes16" else None
@@ -206,21 +256,24 @@ class SparseLinear(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.kernel_layout != "canonical":  # the saved form is always canonical
-            for name, t in zip(_CANONICAL_BUFFERS, self.packed_24()):
+            for name, t in zip(_BUFFERS[self.pattern, "canonical"], self._canonical()):
                 if t is not None:
                     destination[prefix + name] = t
 
     def backend(self) -> str:
         """The backend a 1-row call on this layer's device would use (NoBackendError if none)."""
+        from bigperf.ops.block_sparse_lanes_linear import LANES_BACKENDS as BSR_LANES_BACKENDS
         from bigperf.ops.sparse24_lanes_linear import LANES_BACKENDS
         from bigperf.ops.sparse_linear import BSR_BACKENDS, S24_BACKENDS
 
+        x = torch.empty(1, self.in_features, device=self._held()[0].device)
         if self.kernel_layout == "cpu-lanes16":
             layout = self._lanes_layout()
-            x = torch.empty(1, self.in_features, device=layout.values.device)
-            return LANES_BACKENDS.select(x.device, x, layout.values, layout.meta, layout.scale, layout.n, self.bias,
-                                         self.activation).name
-        x = torch.empty(1, self.in_features, device=self.values.device)
+            if self.pattern == "2:4":
+                return LANES_BACKENDS.select(x.device, x, layout.values, layout.meta, layout.scale, layout.n,
+                                             self.bias, self.activation).name
+            return BSR_LANES_BACKENDS.select(x.device, x, layout.values, layout.col_indices, layout.row_ptr,
+                                             layout.bk, self.bias, self.activation).name
         if self.pattern == "2:4":
             return S24_BACKENDS.select(x.device, x, self.values, self.meta, self.scale, self.bias,
                                        self.activation).name
@@ -260,7 +313,7 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         fmt = f"block {self.block}" if self.pattern == "block" else ("2:4 int8" if self.int8 else "2:4")
-        values = self.values if self.kernel_layout == "canonical" else self.lanes_values
+        values = self._held()[0]
         held = "" if self.kernel_layout == "canonical" else f", held as {self.kernel_layout}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, {fmt}, "
                 f"values={str(values.dtype).replace('torch.', '')}, activation={self.activation}{held}")

@@ -1,6 +1,7 @@
 """bigperf ops: one module per op family, each registering torch.ops.bigperf.<name>."""
 
 from bigperf.ops import (  # (importing registers torch.ops.bigperf.*)
+    block_sparse_lanes_linear,
     fused_linear,
     int8_layout_linear,
     int8_linear,
@@ -14,5 +15,5 @@ from bigperf.ops.registry import (
     use_backend,
 )
 
-__all__ = ["BACKEND_NAMES", "NoBackendError", "forced_backend", "fused_linear", "int8_layout_linear", "int8_linear",
-           "sparse24_lanes_linear", "sparse_linear", "use_backend"]
+__all__ = ["BACKEND_NAMES", "NoBackendError", "block_sparse_lanes_linear", "forced_backend", "fused_linear",
+           "int8_layout_linear", "int8_linear", "sparse24_lanes_linear", "sparse_linear", "use_backend"]

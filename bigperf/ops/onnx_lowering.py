@@ -34,12 +34,13 @@ Numerics of the lowerings, relative to the ops:
   differ by fp32 rounding only (relative error ~1e-7·√K). DynamicQuantizeLinear is not
   used: it is per tensor, asymmetric and uint8, so its codes differ from ours by up to
   the whole quantisation step and it would fail a 1e-5 comparison.
-- sparse24_linear / block_sparse_linear: a MatMul on the pruned dense weight (TensorRT picks
-  sparse tactics from the zeros of a constant weight; int8 2:4 values become int8 codes +
-  DequantizeLinear). Here the dense weight is rebuilt in the graph from the packed buffers,
-  which is exact but leaves scatter ops on constants for the runtime;
-  bigperf.deploy.export_onnx instead swaps sparse layers for their dense equivalents
-  before tracing, so its file holds the dense weight as one initializer.
+- sparse24_linear / block_sparse_linear (and their CPU lane layouts, unpacked first): a
+  MatMul on the pruned dense weight (TensorRT picks sparse tactics from the zeros of a
+  constant weight; int8 2:4 values become int8 codes + DequantizeLinear). Here the dense
+  weight is rebuilt in the graph from the packed buffers, which is exact but leaves
+  scatter ops on constants for the runtime; bigperf.deploy.export_onnx instead swaps
+  sparse layers for their dense equivalents before tracing, so its file holds the dense
+  weight as one initializer.
 """
 
 from __future__ import annotations
@@ -215,3 +216,12 @@ def _block_sparse_linear(x, values, col_indices, row_ptr, bias, activation):
     dense = torch.zeros(block_rows, k // bk, bn, bk, dtype=values.dtype, device=values.device)
     dense = dense.index_put((rows, col_indices.long()), values)
     return _linear(x, dense.transpose(1, 2).reshape(block_rows * bn, k), bias, activation)
+
+
+@onnx_lowering("bigperf.block_sparse_lanes_linear")
+def _block_sparse_lanes_linear(x, values, col_indices, row_ptr, bk, bias, activation):
+    # The CPU lane layout of a block-sparse SparseLinear on the CPU, back in canonical order.
+    from bigperf.cpu_layouts import BsrLanes, unpack_bsr_lanes
+
+    canonical = unpack_bsr_lanes(BsrLanes(values, col_indices, row_ptr, 16 * values.shape[1], bk, x.shape[-1]))
+    return _block_sparse_linear(x, *canonical, bias, activation)

@@ -135,23 +135,30 @@ def check_meta_once(op: str, meta, writer: str) -> None:
 
 def validate_bsr(x, values, col_indices, row_ptr, bias, activation):
     check_tensor(BSR_OP, "values", values, dtypes=FLOAT_DTYPES, dims=3)
-    check_tensor(BSR_OP, "col_indices", col_indices, dtypes=(torch.int32,), dims=1)
-    check_tensor(BSR_OP, "row_ptr", row_ptr, dtypes=(torch.int32,), dims=1)
     nnz, bn, bk = values.shape
+    check_bsr_call(BSR_OP, x, values, col_indices, row_ptr, nnz, bn, bk, bias, activation)
+
+
+def check_bsr_call(op: str, x, values, col_indices, row_ptr, nnz: int, bn: int, bk: int, bias, activation) -> None:
+    """The checks of a BSR call once `values` (any layout) is known to hold nnz (bn, bk) blocks:
+    index tensors, x, bias, devices, then the index content, checked once per tensor version
+    (the layouts share their index tensors, so they share that verdict too)."""
+    check_tensor(op, "col_indices", col_indices, dtypes=(torch.int32,), dims=1)
+    check_tensor(op, "row_ptr", row_ptr, dtypes=(torch.int32,), dims=1)
     n = (row_ptr.shape[0] - 1) * bn
     k = x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else 0
-    _check_x_bias(BSR_OP, x, k, n, bias, activation)
+    _check_x_bias(op, x, k, n, bias, activation)
     if row_ptr.shape[0] < 2 or k % bk:
-        raise ValueError(f"{BSR_OP}: argument 'row_ptr' needs N/bn + 1 >= 2 entries and K = {k} must be a "
+        raise ValueError(f"{op}: argument 'row_ptr' needs N/bn + 1 >= 2 entries and K = {k} must be a "
                          f"multiple of the block width {bk}")
-    _check_devices(BSR_OP, x, (("values", values), ("col_indices", col_indices), ("row_ptr", row_ptr)))
+    _check_devices(op, x, (("values", values), ("col_indices", col_indices), ("row_ptr", row_ptr)))
     if col_indices.shape[0] != nnz:
-        raise ValueError(f"{BSR_OP}: argument 'col_indices' has {col_indices.shape[0]} entries for {nnz} blocks")
+        raise ValueError(f"{op}: argument 'col_indices' has {col_indices.shape[0]} entries for {nnz} blocks")
     if not _is_fake(row_ptr):
         def check():
             problem = bsr_is_valid(col_indices, row_ptr, nnz, k // bk)
             if problem:
-                raise ValueError(f"{BSR_OP}: arguments 'col_indices'/'row_ptr' are corrupt: {problem}")
+                raise ValueError(f"{op}: arguments 'col_indices'/'row_ptr' are corrupt: {problem}")
         _check_once((col_indices, row_ptr), check, extra=(nnz, k // bk))
 
 
@@ -290,19 +297,27 @@ def block_sparse_reference(x, values, col_indices, row_ptr, bias, activation):
     return _finish(x.reshape(-1, k).float() @ w.t(), x, bias, activation, w.shape[0])
 
 
-def _cpu_bsr_run(x, values, col_indices, row_ptr, bias, activation):
-    nnz, bn, bk = values.shape
+def run_cpu_bsr(entry: str, x, values, col_indices, row_ptr, bias, activation, bn: int, bk: int):
+    """One call of a bigperf._C BSR kernel: `entry` "block_sparse_linear" on the canonical
+    values, or "block_sparse_lanes_linear" on the CPU lane layout (the same arguments)."""
+    nnz = values.shape[0]
     k, n = x.shape[-1], (row_ptr.shape[0] - 1) * bn
     x2 = as_rows(x, k)
+    # Every tensor handed over as a pointer stays referenced until the kernel returns.
     v, ci, rp = values.contiguous(), col_indices.contiguous(), row_ptr.contiguous()
     b = fp32_bias(bias)
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=x.dtype)
-    _ext.cpu_module().block_sparse_linear(
+    getattr(_ext.cpu_module(), entry)(
         _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], v.data_ptr(), DTYPE_CODES[v.dtype],
         bn, bk, ci.data_ptr(), rp.data_ptr(), nnz, b.data_ptr() if b is not None else 0,
         out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
+def _cpu_bsr_run(x, values, col_indices, row_ptr, bias, activation):
+    return run_cpu_bsr("block_sparse_linear", x, values, col_indices, row_ptr, bias, activation, values.shape[1],
+                       values.shape[2])
 
 
 def _triton_bsr_run(x, values, col_indices, row_ptr, bias, activation):

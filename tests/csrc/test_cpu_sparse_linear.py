@@ -443,6 +443,83 @@ def test_valid_direct_calls_pass():
     _bsr_call()
 
 
+# ----------------------------------------------------------------------------- BSR, lane layout
+
+def _bsr_lanes_call(isa, x, layout, n, bias, activation, out):
+    """bigperf._C.block_sparse_lanes_linear on raw pointers into `out` (row stride honoured)."""
+    v = layout.values
+    C.block_sparse_lanes_linear(isa, x.data_ptr(), x.stride(0), CODE[x.dtype], v.data_ptr(), CODE[v.dtype],
+                                layout.bn, layout.bk, layout.col_indices.data_ptr(), layout.row_ptr.data_ptr(),
+                                v.shape[0], bias.data_ptr() if bias is not None else 0, out.data_ptr(),
+                                out.stride(0), x.shape[0], n, x.shape[1], ACTIVATIONS.index(activation), 2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("block", [(16, 16), (16, 32), (32, 16), (32, 8), (16, 2)], ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("density", [0.1, 0.5, 1.0])
+@pytest.mark.parametrize("v_dtype", FLOATS, ids=lambda d: "v_" + str(d)[6:])
+@pytest.mark.parametrize("m", [1, 2, 5, 17])
+def test_block_sparse_lanes_kernel(isa, block, density, v_dtype, m):
+    """The lane-layout BSR kernel against float64: empty block rows, odd strip counts per
+    chunk (the M = 1 pairs), x-row tiles of 1-4, strided x and a NaN-poisoned output wider
+    than N that must stay untouched past N."""
+    from bigperf.cpu_layouts import pack_bsr_lanes
+
+    bn, bk = block
+    n, k = 13 * bn, 9 * bk
+    empty = (1, 5) if density < 1 else ()
+    p = pack_bsr(_pruned_bsr(n, k, block, density, seed=30, empty_rows=empty).to(v_dtype), block)
+    layout = pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, k)
+    x = random_tensor(m, k + 4, seed=31, scale=2.0)[:, :k]
+    b = random_tensor(n, seed=32) if m % 2 else None
+    activation = ACTIVATIONS[(m + bn) % len(ACTIVATIONS)]
+    wide = torch.full((m, n + 3), float("nan"))
+    _bsr_lanes_call(isa, x, layout, n, b, activation, wide)
+    _check(wide[:, :n], fused_linear_fp64(x, _dense_bsr(p, k), b, None, activation), torch.float32)
+    assert torch.isnan(wide[:, n:]).all(), "the kernel wrote past the end of an output row"
+
+
+@pytest.mark.parametrize("isa", RUNNABLE)
+@pytest.mark.parametrize("m", [1, 3])
+def test_block_sparse_lanes_negative_control(isa, m):
+    """One changed value moves exactly its own output column (strip and lane bookkeeping)."""
+    from bigperf.cpu_layouts import pack_bsr_lanes
+
+    n, k = 64, 64
+    p = pack_bsr(_pruned_bsr(n, k, (16, 16), 0.5, seed=33).bfloat16(), (16, 16))
+    x = random_tensor(m, k, seed=34)
+    outs = []
+    for bump in (False, True):
+        values = p.values.clone()
+        if bump:
+            values[p.values.shape[0] // 2, 9, 5] += 1.0
+        out = torch.empty(m, n)
+        _bsr_lanes_call(isa, x, pack_bsr_lanes(values, p.col_indices, p.row_ptr, k), n, None, "none", out)
+        outs.append(out)
+    changed = sorted({c for _, c in (outs[1] != outs[0]).nonzero().tolist()})
+    block_row = int(torch.searchsorted(p.row_ptr, p.values.shape[0] // 2, right=True)) - 1
+    assert changed == [block_row * 16 + 9], f"changing one value of row {block_row * 16 + 9} changed columns {changed}"
+
+
+def test_block_sparse_lanes_binding_refuses_bad_arguments():
+    from bigperf.cpu_layouts import pack_bsr_lanes
+
+    p = pack_bsr(_pruned_bsr(32, 32, (16, 16), 0.5, seed=35).bfloat16(), (16, 16))
+    layout = pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, 32)
+    x, out = random_tensor(1, 32), torch.empty(1, 32)
+    bad_cols = p.col_indices.clone()
+    bad_cols[0] = 7
+    args = dict(isa="scalar", x=x.data_ptr(), x_row_stride=32, x_dtype=0, values=layout.values.data_ptr(),
+                values_dtype=2, bn=16, bk=16, col_indices=p.col_indices.data_ptr(), row_ptr=p.row_ptr.data_ptr(),
+                nnz=p.values.shape[0], bias=0, out=out.data_ptr(), out_row_stride=32, M=1, N=32, K=32, act=0,
+                num_threads=1)
+    for change, needle in [({"bn": 8, "N": 32}, "multiple of 16"), ({"bk": 3, "K": 33}, "even"),
+                           ({"isa": "sse9"}, "isa"), ({"col_indices": bad_cols.data_ptr()}, "col_indices"),
+                           ({"nnz": p.values.shape[0] + 1}, "row_ptr")]:
+        with pytest.raises(ValueError, match=needle):
+            C.block_sparse_lanes_linear(**{**args, **change})
+
+
 # ----------------------------------------------------------------------------- AVX-512 on SIMDe
 
 EMULATION = Path(__file__).resolve().parent / "sparse_linear_emulation"

@@ -207,16 +207,18 @@ def test_int8_layer_held_in_the_cuda_layout_exports(tmp_path):
     assert rel_error(got, expected) < 1e-5
 
 
-@pytest.mark.parametrize("int8", [False, True])
-def test_sparse_layer_held_in_the_cpu_lane_layout_exports(tmp_path, int8):
-    """A SparseLinear holding the CPU lane layout (a CPU layer's form once bigperf._C reads it,
-    chosen by hand here) lowers to the same standard graph as the canonical layer, both
-    through plain torch.onnx.export (the op's lowering) and export_onnx (dense equivalents)."""
+@pytest.mark.parametrize("out_features,kwargs", [(40, {}), (40, {"int8": True}),
+                                                 (48, {"pattern": "block", "block": (16, 8), "density": 0.5})])
+def test_sparse_layer_held_in_the_cpu_lane_layout_exports(tmp_path, out_features, kwargs):
+    """A SparseLinear (2:4, 2:4 int8, block) holding the CPU lane layout (a CPU layer's form
+    once bigperf._C reads it, chosen by hand here) lowers to the same standard graph as the
+    canonical layer, both through plain torch.onnx.export (the op's lowering) and export_onnx
+    (dense equivalents)."""
     from bigperf.nn import SparseLinear
 
     torch.manual_seed(9)
-    layer = SparseLinear.from_linear(torch.nn.Linear(64, 40), prune=True, int8=int8,
-                                     values_dtype=torch.float32, activation="gelu").eval()
+    layer = SparseLinear.from_linear(torch.nn.Linear(64, out_features), prune=True, values_dtype=torch.float32,
+                                     activation="gelu", **kwargs).eval()
     layer.use_kernel_layout("cpu-lanes16")
     x = torch.randn(3, 64)
     with torch.no_grad(), bigperf.use_backend("reference"):

@@ -52,7 +52,7 @@ def test_dense_weights_are_refused_unless_pruning_is_asked_for():
     assert layer.packed_24()[0].shape == (32, 32)
     with pytest.raises(LayerRefused, match="density"):
         SparseLinear.from_linear(linear, "block", density=0.5)
-    assert SparseLinear.from_linear(linear, "block", density=0.5, prune=True).values.shape[0] == 4
+    assert SparseLinear.from_linear(linear, "block", density=0.5, prune=True).packed_bsr()[0].shape[0] == 4
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"int8": True}, {"pattern": "block", "block": (16, 32)}])
@@ -144,7 +144,9 @@ def test_a_2_4_layer_on_the_cpu_holds_the_lane_layout_once_the_kernel_is_built(k
     layer = SparseLinear.from_linear(linear, **kwargs)
     assert layer.kernel_layout == CPU_LAYOUT
     assert layer.backend() == "cpu"
-    assert SparseLinear.from_linear(pruned_linear(n=32, k=32), "block", density=1.0).kernel_layout == "canonical"
+    # (8x8 blocks are not 16 rows high: no lane layout; tests/nn/test_sparse_linear_block_layout.py)
+    assert SparseLinear.from_linear(pruned_linear(n=32, k=32), "block", block=(8, 8),
+                                    density=1.0).kernel_layout == "canonical"
     model = nn.Sequential(pruned_linear(), nn.ReLU())
     bigperf.swap(model, "sparse24-int8" if kwargs.get("int8") else "sparse24")
     assert model[0].kernel_layout == CPU_LAYOUT
@@ -309,11 +311,14 @@ def test_layers_built_under_inference_mode_keep_ordinary_lane_buffers():
 def test_kernel_layout_refusals():
     with pytest.raises(ValueError, match=r"use_kernel_layout: argument 'layout'"):
         SparseLinear(64, 32).use_kernel_layout("lanes")
-    block = SparseLinear(64, 32, pattern="block", block=(16, 16))
-    with pytest.raises(ValueError, match=r"use_kernel_layout: layout 'cpu-lanes16' holds 2:4 weights"):
+    block = SparseLinear(64, 32, pattern="block", block=(8, 8))
+    with pytest.raises(ValueError, match=r"use_kernel_layout: layout 'cpu-lanes16' cannot hold this layer's weight: "
+                                         r"the block height bn = 8 is not a multiple of 16"):
         block.use_kernel_layout("cpu-lanes16")
-    with pytest.raises(ValueError, match=r"packed_24: this layer's pattern is 'block'"):
+    with pytest.raises(ValueError, match=r"packed_24: this layer's pattern is 'block', not '2:4'"):
         block.packed_24()
+    with pytest.raises(ValueError, match=r"packed_bsr: this layer's pattern is '2:4', not 'block'"):
+        SparseLinear(64, 32).packed_bsr()
 
 
 @pytest.mark.parametrize("layout", ["canonical", "cpu-lanes16"])

@@ -1,0 +1,113 @@
+"""The block-sparse (BSR) linear from a layer-owned CPU lane layout.
+
+torch.ops.bigperf.block_sparse_lanes_linear(x, values, col_indices, row_ptr, bk, bias, activation)
+    The same result as block_sparse_linear on the BSR weight that
+    bigperf.cpu_layouts.pack_bsr_lanes laid out (values [nnz, bn/16, 16 bk] float,
+    col_indices [nnz] int32, row_ptr [N/bn + 1] int32; bn = 16 * values.shape[1],
+    N = (row_ptr.numel() - 1) * bn, K = x.shape[-1] a multiple of bk). A SparseLinear on the
+    CPU keeps only this form where bigperf._C has the kernel that reads it (and its block
+    shape and dtype are eligible), so the CPU never holds the weight twice. The other
+    backends unpack it for the call and go through block_sparse_linear, so every backend
+    computes the same thing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bigperf.cpu_layouts import (
+    BsrLanes,
+    check_bsr_lanes,
+    check_version,
+    unpack_bsr_lanes,
+)
+from bigperf.ops.common import cpu_why_not
+from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
+from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.sparse_linear import (
+    BSR_BACKENDS,
+    block_sparse_linear,
+    check_bsr_call,
+    run_cpu_bsr,
+)
+
+LANES_OP = "bigperf.block_sparse_lanes_linear"
+CPU_KERNEL = "block_sparse_lanes_linear"  # bigperf._C's entry point (csrc/cpu)
+
+
+def validate_lanes_call(x, values, col_indices, row_ptr, bk, bias, activation):
+    nnz, bn = check_bsr_lanes(LANES_OP, values, bk)
+    check_bsr_call(LANES_OP, x, values, col_indices, row_ptr, nnz, bn, bk, bias, activation)
+
+
+def cpu_kernel_why_not(x, *rest) -> str | None:
+    """Why bigperf._C cannot run the lane-layout kernel on x's device, or None."""
+    return cpu_why_not(x, CPU_KERNEL)
+
+
+def _as_layout(x, values, col_indices, row_ptr, bk) -> BsrLanes:
+    return BsrLanes(values, col_indices, row_ptr, 16 * values.shape[1], bk, x.shape[-1])
+
+
+def _cpu_run(x, values, col_indices, row_ptr, bk, bias, activation):
+    return run_cpu_bsr(CPU_KERNEL, x, values, col_indices, row_ptr, bias, activation, 16 * values.shape[1], bk)
+
+
+def _unpacked_run(x, values, col_indices, row_ptr, bk, bias, activation):
+    canonical = unpack_bsr_lanes(_as_layout(x, values, col_indices, row_ptr, bk))
+    return block_sparse_linear(x, *canonical, bias, activation)
+
+
+LANES_BACKENDS = OpBackends(LANES_OP)
+LANES_BACKENDS.register("cpu", cpu_kernel_why_not, _cpu_run)
+# Every other backend is block_sparse_linear's own, on the weight unpacked for this call.
+for _name in BSR_BACKENDS.backends:
+    if _name != "cpu":
+        LANES_BACKENDS.register(_name, lambda *args: None, _unpacked_run)
+
+
+def _run(x, values, col_indices, row_ptr, bk, bias, activation):
+    validate_lanes_call(x, values, col_indices, row_ptr, bk, bias, activation)
+    return LANES_BACKENDS.select(x.device, x, values, col_indices, row_ptr, bk, bias, activation).run(
+        x, values, col_indices, row_ptr, bk, bias, activation)
+
+
+@torch.library.custom_op("bigperf::block_sparse_lanes_linear", mutates_args=())
+def block_sparse_lanes_linear_op(x: torch.Tensor, values: torch.Tensor, col_indices: torch.Tensor,
+                                 row_ptr: torch.Tensor, bk: int, bias: torch.Tensor | None,
+                                 activation: str) -> torch.Tensor:
+    return _run(x, values, col_indices, row_ptr, bk, bias, activation)
+
+
+@block_sparse_lanes_linear_op.register_fake
+def _fake(x, values, col_indices, row_ptr, bk, bias, activation):
+    validate_lanes_call(x, values, col_indices, row_ptr, bk, bias, activation)
+    return x.new_empty((*x.shape[:-1], (row_ptr.shape[0] - 1) * 16 * values.shape[1]))
+
+
+def _check_layout(x, layout) -> None:
+    # What the op cannot see: the layout's own sizes must agree with its tensors and x.
+    check_version(LANES_OP, layout, BsrLanes)
+    try:
+        k, bn = x.shape[-1], 16 * layout.values.shape[1]
+    except (AttributeError, IndexError):
+        return  # not tensors of a usable rank: the op's validation names the argument
+    if k != layout.k:
+        raise ValueError(f"{LANES_OP}: argument 'x' has {k} features in its last dimension, the weight has "
+                         f"K = {layout.k}")
+    if bn != layout.bn and layout.values.dim() == 3:
+        raise ValueError(f"{LANES_OP}: the layout's bn = {layout.bn} does not match 'values' "
+                         f"{tuple(layout.values.shape)} (bn = 16 * values.shape[1])")
+
+
+def block_sparse_lanes_linear(x, layout: BsrLanes, bias=None, activation="none"):
+    """act(x @ W^T + bias) for a BSR W held in the CPU lane layout (bigperf.cpu_layouts)."""
+    _check_layout(x, layout)
+    args = (x, layout.values, layout.col_indices, layout.row_ptr, layout.bk, bias, activation)
+    if eager_fast_path_ok(x, layout.values, layout.col_indices, layout.row_ptr, bias):
+        return _run(*args)
+    if not torch.compiler.is_compiling():
+        validate_lanes_call(*args)
+    if exporting_to_onnx():
+        return lower_to_onnx(LANES_OP, *args)
+    return torch.ops.bigperf.block_sparse_lanes_linear(*args)
