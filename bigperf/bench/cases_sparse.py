@@ -154,7 +154,33 @@ def block_sparse_variants(ctx: CaseContext):
         validate_bsr(ctx.x, values, col_indices, row_ptr, b, act)  # cache the index checks (see above)
     variants = ctx.backend_variants(BSR_BACKENDS, "block_sparse_linear", op, (ctx.x, *copies[0], b, act),
                                     [(ctx.x, *c) for c in copies], nbytes, label)
+    if ctx.device.type == "cpu":
+        variants += _bsr_lanes_variants(ctx, copies, nbytes, label, b, act)
     for v in variants:
         if isinstance(v, Variant):
             v.reference = _reference(ctx, pruned)
     yield from variants
+
+
+def _bsr_lanes_variants(ctx: CaseContext, copies, nbytes: int, label: str, b, act) -> list:
+    """The CPU kernel on the BSR lane layout, which SparseLinear holds on the CPU for eligible
+    blocks (the other backends would only unpack it for each call)."""
+    from bigperf.cpu_layouts import BsrLanes, pack_bsr_lanes
+    from bigperf.ops.block_sparse_lanes_linear import (
+        LANES_BACKENDS,
+        block_sparse_lanes_linear,
+        validate_lanes_call,
+    )
+
+    k = ctx.layer.k  # (BLOCK is eligible for the lane layout in every float dtype)
+    # The index tensors are the canonical copies' own: their cached checks carry over.
+    lanes = [(p.values, p.col_indices, p.row_ptr) for p in (pack_bsr_lanes(*c, k) for c in copies)]
+    for values, col_indices, row_ptr in lanes:
+        validate_lanes_call(ctx.x, values, col_indices, row_ptr, BLOCK[1], b, act)
+
+    def op(x, values, col_indices, row_ptr):
+        return block_sparse_lanes_linear(x, BsrLanes(values, col_indices, row_ptr, *BLOCK, k), b, act)
+
+    variants = ctx.backend_variants(LANES_BACKENDS, "block_sparse_linear", op, (ctx.x, *lanes[0], BLOCK[1], b, act),
+                                    [(ctx.x, *c) for c in lanes], nbytes, f"{label} lanes")
+    return [v for v in variants if getattr(v, "backend", None) == "cpu"]
