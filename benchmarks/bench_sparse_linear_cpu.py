@@ -17,7 +17,7 @@ canonical-layout op for comparison.
   BSR 10% / 50%     bf16 (16, 16) blocks vs our dense bf16 fused linear
   bandwidth         bytes each kernel reads / its time, as a fraction of the read bandwidth
                     of x.sum() over 256 MB measured alternately with it
-  sweep             (not with --quick) M = 1, 4, 16 for 2:4 bf16 vs the dense bf16 kernel
+  sweep             (not with --quick) M = 4, 16 for 2:4 bf16 and BSR 50 % vs the dense bf16 kernel
 
 OpenMP wait policy: left as the environment has it; unset, torch's workers spin for a while
 after each parallel region, which is what a model gets by default. bigperf's CPU kernels
@@ -175,10 +175,10 @@ def main():
             q, s = wq.next()
             return bigperf.ops.int8_linear.int8_weight_linear(x, q, s)
 
-        def ours_bsr(density):
+        def ours_bsr(density, xx=x):
             def call():
                 v, ci, rp = bsr[density].next()
-                return block_sparse_lanes_linear(x, BsrLanes(v, ci, rp, 16, 16, k))
+                return block_sparse_lanes_linear(xx, BsrLanes(v, ci, rp, 16, 16, k))
             return call
 
         def ours_bsr_canonical(density):
@@ -227,10 +227,12 @@ def main():
             rows.append(bandwidth(f"BSR {int(density * 100)}% bf16", ours_bsr(density), cold.nbytes, big, reps))
 
         if not args.quick:
-            print("## sweep: 2:4 bf16 vs dense bf16, M rows of x")
+            print("## sweep: 2:4 bf16 and BSR 50 % vs dense bf16, M rows of x")
             for m in (4, 16):
                 xm = torch.randn(m, k)
                 rows.append(versus(f"M={m}: 2:4 bf16 vs dense bf16 fused linear", lambda xm=xm: ours24(xm),
+                                   lambda xm=xm: dense_bf16(xm), max(7, reps // 2)))
+                rows.append(versus(f"M={m}: BSR 50% bf16 vs dense bf16 fused linear", ours_bsr(0.5, xm),
                                    lambda xm=xm: dense_bf16(xm), max(7, reps // 2)))
 
     if args.out:
