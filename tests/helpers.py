@@ -29,3 +29,16 @@ def fused_linear_fp64(x, weight, bias=None, residual=None, activation="none") ->
 def random_tensor(*shape, dtype=torch.float32, seed=0, scale=1.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+
+def assert_compile_export_deepcopy(model, x) -> None:
+    """torch.compile (fullgraph), copy.deepcopy and torch.export of `model` agree with eager."""
+    import copy
+
+    with torch.no_grad():
+        eager = model(x)
+        assert torch.allclose(torch.compile(model, fullgraph=True)(x), eager, rtol=1e-5, atol=1e-5)
+        assert torch.equal(copy.deepcopy(model)(x), eager)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(x), eager, rtol=1e-5, atol=1e-5)

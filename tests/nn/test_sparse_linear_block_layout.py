@@ -13,7 +13,7 @@ import bigperf
 from bigperf.nn import SparseLinear
 from bigperf.ops.block_sparse_lanes_linear import cpu_kernel_why_not
 from bigperf.sparsity import block_mask, pack_bsr, unpack_bsr
-from tests.helpers import TOLERANCE, fused_linear_fp64, rel_error
+from tests.helpers import TOLERANCE, assert_compile_export_deepcopy, fused_linear_fp64, rel_error
 
 LANES_KERNEL_MISSING = cpu_kernel_why_not(torch.empty(0))
 # The layout an eligible block layer settles on on this CPU: the lane layout once bigperf._C reads it.
@@ -225,14 +225,7 @@ def test_compile_export_and_deepcopy_in_the_lane_layout():
     bigperf.swap(model, bigperf.BlockSparse((16, 16), values_dtype=torch.float32))
     for m in (model[0], model[2]):
         m.use_kernel_layout("cpu-lanes16")
-    x = torch.randn(4, 64)
-    with torch.no_grad():
-        eager = model(x)
-        assert torch.allclose(torch.compile(model, fullgraph=True)(x), eager, rtol=1e-5, atol=1e-5)
-        assert torch.equal(copy.deepcopy(model)(x), eager)
-    exported = torch.export.export(model, (x,))
-    with torch.no_grad():
-        assert torch.allclose(exported.module()(x), eager, rtol=1e-5, atol=1e-5)
+    assert_compile_export_deepcopy(model, torch.randn(4, 64))
 
 
 def test_layers_built_under_inference_mode_keep_ordinary_lane_buffers():

@@ -11,7 +11,7 @@ from bigperf.nn import SparseLinear
 from bigperf.nn.sparse_linear import LayerRefused
 from bigperf.ops.sparse24_lanes_linear import cpu_kernel_why_not
 from bigperf.sparsity import nm_mask, pack_24, pack_24_int8
-from tests.helpers import rel_error
+from tests.helpers import assert_compile_export_deepcopy, rel_error
 
 LANES_KERNEL_MISSING = cpu_kernel_why_not(torch.empty(0))
 # The layout a 2:4 layer settles on on this CPU: the lane layout once bigperf._C reads it.
@@ -285,14 +285,7 @@ def test_compile_export_and_deepcopy_in_the_lane_layout():
     bigperf.swap(model, "sparse24")
     for m in (model[0], model[2]):
         m.use_kernel_layout("cpu-lanes16")
-    x = torch.randn(4, 64)
-    with torch.no_grad():
-        eager = model(x)
-        assert torch.allclose(torch.compile(model, fullgraph=True)(x), eager, rtol=1e-5, atol=1e-5)
-        assert torch.equal(copy.deepcopy(model)(x), eager)
-    exported = torch.export.export(model, (x,))
-    with torch.no_grad():
-        assert torch.allclose(exported.module()(x), eager, rtol=1e-5, atol=1e-5)
+    assert_compile_export_deepcopy(model, torch.randn(4, 64))
 
 
 def test_layers_built_under_inference_mode_keep_ordinary_lane_buffers():
