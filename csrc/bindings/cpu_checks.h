@@ -1,6 +1,7 @@
 // Argument checks shared by the CPU bindings: every size that reaches a kernel is
 // re-checked here, whatever the Python wrapper already did.
 #pragma once
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -16,6 +17,23 @@ inline void require(bool ok, const char* function, const std::string& message) {
 inline cpu::DType to_dtype(int code, const char* function, const char* name) {
   require(code >= 0 && code <= 2, function, std::string(name) + " has unknown dtype code " + std::to_string(code));
   return static_cast<cpu::DType>(code);
+}
+
+// The fields every CPU kernel's argument struct shares (x, bias, out, sizes, epilogue,
+// threads), from a binding's raw arguments; the binding checks them.
+template <class Args>
+void set_shared_args(Args& a, uintptr_t x, int64_t x_row_stride, uintptr_t bias, uintptr_t out,
+                     int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
+  a.x = reinterpret_cast<const void*>(x);
+  a.x_row_stride = x_row_stride;
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.out = reinterpret_cast<void*>(out);
+  a.out_row_stride = out_row_stride;
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.act = static_cast<cpu::Activation>(act);
+  a.num_threads = num_threads;
 }
 
 // The kernel of one ISA path, refusing a path this build or CPU cannot run (calling it

@@ -11,6 +11,7 @@ namespace py = pybind11;
 using namespace bigperf::cpu;
 using bigperf::bindings::kernel_for_isa;
 using bigperf::bindings::require;
+using bigperf::bindings::set_shared_args;
 using bigperf::bindings::to_dtype;
 
 namespace {
@@ -37,20 +38,11 @@ void fused_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int
   require(x_row_stride >= K || M == 1, fn, "x row stride is smaller than K");
   require(w_row_stride >= K || N == 1, fn, "weight row stride is smaller than K");
   require(residual == 0 || residual_row_stride >= N || M == 1, fn, "residual row stride is smaller than N");
-  args.x = reinterpret_cast<const void*>(x);
-  args.x_row_stride = x_row_stride;
+  set_shared_args(args, x, x_row_stride, bias, out, out_row_stride, M, N, K, act, num_threads);
   args.w = reinterpret_cast<const void*>(w);
   args.w_row_stride = w_row_stride;
-  args.bias = reinterpret_cast<const float*>(bias);
   args.residual = reinterpret_cast<const void*>(residual);
   args.residual_row_stride = residual_row_stride;
-  args.out = reinterpret_cast<void*>(out);
-  args.out_row_stride = out_row_stride;
-  args.M = M;
-  args.N = N;
-  args.K = K;
-  args.act = static_cast<Activation>(act);
-  args.num_threads = num_threads;
   py::gil_scoped_release release;
   kernel(args);
 }

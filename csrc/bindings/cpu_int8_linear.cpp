@@ -11,6 +11,7 @@ namespace py = pybind11;
 using namespace bigperf::cpu;
 using bigperf::bindings::kernel_for_isa;
 using bigperf::bindings::require;
+using bigperf::bindings::set_shared_args;
 using bigperf::bindings::to_dtype;
 
 namespace {
@@ -57,21 +58,12 @@ void int8_weight_linear(const std::string& isa, uintptr_t x, int64_t x_row_strid
   check_common(fn, x, x_row_stride, qw, qw_row_stride, scale, out, out_row_stride, M, N, K);
   // K == 0: out = act(bias); the portable path handles it without vector-width cases.
   if (K == 0) kernel = int8_weight_linear_scalar;
-  a.x = reinterpret_cast<const void*>(x);
-  a.x_row_stride = x_row_stride;
+  set_shared_args(a, x, x_row_stride, bias, out, out_row_stride, M, N, K, act, num_threads);
   a.qw = reinterpret_cast<const int8_t*>(qw);
   a.qw_row_stride = qw_row_stride;
   a.scale = reinterpret_cast<const float*>(scale);
   a.zero_point = reinterpret_cast<const int8_t*>(zero_point);
   a.groups = groups;
-  a.bias = reinterpret_cast<const float*>(bias);
-  a.out = reinterpret_cast<void*>(out);
-  a.out_row_stride = out_row_stride;
-  a.M = M;
-  a.N = N;
-  a.K = K;
-  a.act = static_cast<Activation>(act);
-  a.num_threads = num_threads;
   py::gil_scoped_release release;
   kernel(a);
 }
@@ -94,19 +86,10 @@ void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   if (M == 0 || N == 0) return;
   check_common(fn, x, x_row_stride, qw, qw_row_stride, w_scale, out, out_row_stride, M, N, K);
   if (K == 0) kernel = int8_dynamic_linear_scalar;
-  a.x = reinterpret_cast<const void*>(x);
-  a.x_row_stride = x_row_stride;
+  set_shared_args(a, x, x_row_stride, bias, out, out_row_stride, M, N, K, act, num_threads);
   a.qw = reinterpret_cast<const int8_t*>(qw);
   a.qw_row_stride = qw_row_stride;
   a.w_scale = reinterpret_cast<const float*>(w_scale);
-  a.bias = reinterpret_cast<const float*>(bias);
-  a.out = reinterpret_cast<void*>(out);
-  a.out_row_stride = out_row_stride;
-  a.M = M;
-  a.N = N;
-  a.K = K;
-  a.act = static_cast<Activation>(act);
-  a.num_threads = num_threads;
   a.act_bits = act_bits;
   py::gil_scoped_release release;
   kernel(a);

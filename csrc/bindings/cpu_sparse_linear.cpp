@@ -14,6 +14,7 @@ namespace py = pybind11;
 using namespace bigperf::cpu;
 using bigperf::bindings::kernel_for_isa;
 using bigperf::bindings::require;
+using bigperf::bindings::set_shared_args;
 using bigperf::bindings::to_dtype;
 
 namespace {
@@ -62,19 +63,10 @@ Sparse24Args s24_args(const char* fn, uintptr_t x, int64_t x_row_stride, int x_d
   require(a.values_dtype != S24Values::i8 || scale != 0, fn, "argument 'scale' is required for int8 values");
   require(M == 0 || N == 0 || K == 0 || (values != 0 && meta != 0), fn,
           "argument 'values' or 'meta' is a null pointer");
-  a.x = reinterpret_cast<const void*>(x);
-  a.x_row_stride = x_row_stride;
+  set_shared_args(a, x, x_row_stride, bias, out, out_row_stride, M, N, K, act, num_threads);
   a.values = reinterpret_cast<const void*>(values);
   a.meta = reinterpret_cast<const uint8_t*>(meta);
   a.scale = a.values_dtype == S24Values::i8 ? reinterpret_cast<const float*>(scale) : nullptr;
-  a.bias = reinterpret_cast<const float*>(bias);
-  a.out = reinterpret_cast<void*>(out);
-  a.out_row_stride = out_row_stride;
-  a.M = M;
-  a.N = N;
-  a.K = K;
-  a.act = static_cast<Activation>(act);
-  a.num_threads = num_threads;
   return a;
 }
 
@@ -124,20 +116,11 @@ BsrArgs bsr_args(const char* fn, uintptr_t x, int64_t x_row_stride, int x_dtype,
   require(N % bn == 0, fn, "argument 'N' = " + str(N) + " is not a multiple of the block height bn = " + str(bn));
   require(K % bk == 0, fn, "argument 'K' = " + str(K) + " is not a multiple of the block width bk = " + str(bk));
   require(nnz >= 0, fn, "argument 'nnz' must be non-negative, got " + str(nnz));
-  a.x = reinterpret_cast<const void*>(x);
-  a.x_row_stride = x_row_stride;
+  set_shared_args(a, x, x_row_stride, bias, out, out_row_stride, M, N, K, act, num_threads);
   a.values = reinterpret_cast<const void*>(values);
   a.bn = bn;
   a.bk = bk;
   a.nnz = nnz;
-  a.bias = reinterpret_cast<const float*>(bias);
-  a.out = reinterpret_cast<void*>(out);
-  a.out_row_stride = out_row_stride;
-  a.M = M;
-  a.N = N;
-  a.K = K;
-  a.act = static_cast<Activation>(act);
-  a.num_threads = num_threads;
   if (M == 0 || N == 0) return a;
   require(row_ptr != 0, fn, "argument 'row_ptr' is a null pointer");
   require(nnz == 0 || (values != 0 && col_indices != 0), fn, "argument 'values' or 'col_indices' is a null pointer");
