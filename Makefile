@@ -1,15 +1,17 @@
-# Two commands for a newcomer: `make demo` and `make test`. Both set up .venv, install
-# torch and the package (building the C++/CUDA extensions) on first use.
+# Two commands for a newcomer: `make demo` and `make test`. Both set up .venv from the
+# committed lock (requirements/lock.txt: exact versions, transitive ones included) and
+# install the package (building the C++/CUDA extensions) on first use.
 VENV ?= .venv
 PYTHON ?= python3
-# The CPU wheel of torch lies on this project's machines' disk; elsewhere pick your own,
-# e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu".
+LOCK := requirements/lock.txt
+# What `make lock` resolves torch from: the CPU wheel of torch lies on this project's
+# machines' disk; elsewhere pick your own, e.g. TORCH_SPEC="torch==2.13.0".
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bigperf-installed
-SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
+SOURCES := setup.py pyproject.toml $(LOCK) $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
 
-.PHONY: demo test test-unit test-interpreter bench bench-check doctor clean
+.PHONY: demo test test-unit test-interpreter bench bench-check doctor clean lock
 
 demo: $(STAMP)
 	$(VENV)/bin/bigperf demo
@@ -37,12 +39,21 @@ bench: $(STAMP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 
+# Everything from the lock (pip, the build tools, torch, the test extra), then the package
+# itself with no dependency resolution and no build isolation: nothing unpinned gets in.
 $(STAMP): $(PY) $(SOURCES)
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolve on purpose (newer releases of everything within pyproject.toml's ranges),
+# reinstall from the new lock and run the tests: commit the lock only if they pass.
+lock: $(PY)
+	$(PY) -m pip install -q $(shell grep -E '^pip==' $(LOCK))
+	$(PY) requirements/make_lock.py "$(TORCH_SPEC)"
+	rm -f $(STAMP)
+	$(MAKE) test
 
 clean:
 	rm -rf build *.egg-info bigperf/*.so bigperf/_build_info.json
