@@ -16,7 +16,7 @@ from torch import nn
 from bigperf.accuracy import measure_sqnr
 from bigperf.configs import config_by_name, config_to_dict, is_config
 from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_maps
-from bigperf.nn.sparse_linear import LayerRefused
+from bigperf.errors import LayerRefused
 from bigperf.ops.registry import NoBackendError
 from bigperf.report import LayerChange, SwapReport
 

@@ -5,23 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bigperf.ops.activations import ACTIVATIONS, activation_of_module
+from bigperf.ops.activations import activation_name
 from bigperf.ops.fused_linear import fused_linear
 from bigperf.ops.validation import FLOAT_DTYPES
-
-
-def _activation_name(activation, where: str) -> str:
-    if activation is None:
-        return "none"
-    if isinstance(activation, nn.Module):
-        name = activation_of_module(activation)
-        if name is None:
-            raise ValueError(f"{where}: argument 'activation' module {activation!r} is not one we fuse "
-                             f"(ReLU, GELU, GELU(approximate='tanh'), SiLU)")
-        return name
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"{where}: argument 'activation' must be one of {ACTIVATIONS}, got {activation!r}")
-    return activation
 
 
 class FusedLinear(nn.Module):
@@ -41,7 +27,7 @@ class FusedLinear(nn.Module):
                              f"got {in_features} and {out_features}")
         self.in_features = in_features
         self.out_features = out_features
-        self.activation = _activation_name(activation, "bigperf.nn.FusedLinear")
+        self.activation = activation_name(activation, "bigperf.nn.FusedLinear")
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=weight_dtype, device=device))
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.float32, device=device))

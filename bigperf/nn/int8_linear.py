@@ -8,7 +8,7 @@ from torch import nn
 from bigperf import _ext
 from bigperf.cuda_layouts import W8A16Layout, pack_w8a16, unpack_w8a16
 from bigperf.nn._layouts import keeping_dtype, replace_buffers
-from bigperf.nn.fused_linear import _activation_name
+from bigperf.ops.activations import activation_name
 from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
 from bigperf.ops.int8_linear import int8_dynamic_linear, int8_weight_linear
 from bigperf.quant import activation_qmax, quantize_weight
@@ -53,7 +53,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight_only, self.group_size, self.symmetric = weight_only, group_size, symmetric
         self.act_bits = act_bits
-        self.activation = _activation_name(activation, where)
+        self.activation = activation_name(activation, where)
         groups = 1 if group_size is None else in_features // group_size
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scale", torch.ones(out_features, groups, dtype=torch.float32, device=device))

@@ -15,8 +15,9 @@ from bigperf.cpu_layouts import (
     unpack_24_lanes,
     unpack_bsr_lanes,
 )
+from bigperf.errors import LayerRefused  # noqa: F401 - also importable from here, its first home
 from bigperf.nn._layouts import keeping_dtype, replace_buffers
-from bigperf.nn.fused_linear import _activation_name
+from bigperf.ops.activations import activation_name
 from bigperf.ops.block_sparse_lanes_linear import block_sparse_lanes_linear
 from bigperf.ops.block_sparse_lanes_linear import cpu_kernel_why_not as bsr_kernel_why_not
 from bigperf.ops.sparse24_lanes_linear import cpu_kernel_why_not, sparse24_lanes_linear
@@ -54,10 +55,6 @@ _BUFFERS = {
 }
 
 
-class LayerRefused(ValueError):
-    """This layer cannot take the requested format (swap keeps it and reports why)."""
-
-
 class SparseLinear(nn.Module):
     """y = act(x @ W^T + b) with W compressed: pattern "2:4" (float or int8 values) or
     "block" (BSR with `block` = (bn, bk)). Output in x's dtype."""
@@ -76,7 +73,7 @@ class SparseLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.pattern, self.int8 = pattern, int8
         self.block = tuple(block) if pattern == "block" else None
-        self.activation = _activation_name(activation, where)
+        self.activation = activation_name(activation, where)
         n, k = out_features, in_features
         # Buffers whose size is data, not configuration (bigperf.load checks them by dtype).
         self.data_shaped_buffers = ("values", "col_indices") if pattern == "block" else ()

@@ -45,6 +45,22 @@ def activation_derivative(z: torch.Tensor, name: str) -> torch.Tensor:
     return grad
 
 
+def activation_name(activation, function: str) -> str:
+    """The ACTIVATIONS name for a layer's `activation` argument: None, a name, or a module
+    we fuse (nn.ReLU, nn.GELU, nn.SiLU); anything else raises, naming `function`."""
+    if activation is None:
+        return "none"
+    if isinstance(activation, torch.nn.Module):
+        name = activation_of_module(activation)
+        if name is None:
+            raise ValueError(f"{function}: argument 'activation' module {activation!r} is not one we fuse "
+                             f"(ReLU, GELU, GELU(approximate='tanh'), SiLU)")
+        return name
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{function}: argument 'activation' must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
 def activation_of_module(module: torch.nn.Module) -> str | None:
     """The fusable activation name of a module, or None if it is not one we fuse."""
     if type(module) is torch.nn.ReLU:

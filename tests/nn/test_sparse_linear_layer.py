@@ -8,7 +8,7 @@ from torch import nn
 
 import bigperf
 from bigperf.nn import SparseLinear
-from bigperf.nn.sparse_linear import LayerRefused
+from bigperf.errors import LayerRefused
 from bigperf.ops.sparse24_lanes_linear import cpu_kernel_why_not
 from bigperf.sparsity import nm_mask, pack_24, pack_24_int8
 from tests.helpers import assert_compile_export_deepcopy, rel_error
@@ -79,6 +79,12 @@ def test_save_load_of_a_block_sparse_model(tmp_path):
     x = torch.randn(2, 64)
     with torch.no_grad():
         assert torch.equal(fresh(x), model(x))
+
+
+def test_layer_refused_is_still_importable_from_its_first_home():
+    from bigperf.nn.sparse_linear import LayerRefused as from_the_layer_module
+
+    assert from_the_layer_module is LayerRefused and issubclass(LayerRefused, ValueError)
 
 
 @pytest.mark.parametrize("call,error,word", [
