@@ -7,7 +7,7 @@ bigperf._C_cuda  CUDA kernels (csrc/cuda/*.cu) compiled by nvcc, one -gencode pe
                  linked against the static CUDA runtime so that it imports on machines
                  without a GPU or a driver.
 
-Neither includes torch headers nor links libtorch (see DESIGN.md). Environment knobs:
+Neither includes torch headers nor links libtorch (see docs/ARCHITECTURE.md). Environment knobs:
   BIGPERF_CUDA=auto|0|1       build _C_cuda when nvcc is found (auto), never, or always
   BIGPERF_CUDA_ARCHS="80;90a" -gencode targets
   BIGPERF_NVCC=/path/to/nvcc  which nvcc to use (default: $CUDA_HOME/bin/nvcc, then PATH)

@@ -1,6 +1,6 @@
 """Fused mixed-precision linear: ``y = act(x @ W^T + bias) + residual`` in one Triton kernel.
 
-Layers (see DESIGN.md): ``_fused_linear_kernel`` (private ``@triton.jit``), the launcher
+Layers (see docs/ARCHITECTURE.md): ``_fused_linear_kernel`` (private ``@triton.jit``), the launcher
 :func:`fused_linear`, and the op registration in ``bigperf/ops`` that calls the launcher.
 
 Precision contract

@@ -1,6 +1,6 @@
 """int8 linear layers in Triton: weight-only (W8A16) and dynamic (W8A8) GEMMs.
 
-Layers (see DESIGN.md): private ``@triton.jit`` kernels, the launchers
+Layers (see docs/ARCHITECTURE.md): private ``@triton.jit`` kernels, the launchers
 :func:`int8_weight_linear` and :func:`int8_dynamic_linear`, and the op registration in
 ``bigperf/ops/int8_linear.py`` that calls them. The oracle is ``bigperf/quant.py``.
 

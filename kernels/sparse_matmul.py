@@ -1,6 +1,6 @@
 """Sparse linear layers in Triton: 2:4 semi-structured and block-sparse (BSR) weights.
 
-Layers (see DESIGN.md): private ``@triton.jit`` kernels, the launchers
+Layers (see docs/ARCHITECTURE.md): private ``@triton.jit`` kernels, the launchers
 :func:`sparse24_linear` and :func:`block_sparse_linear`, and the op registration in
 ``bigperf/ops/sparse_linear.py`` that calls them. Formats and oracle: ``bigperf/sparsity.py``.
 

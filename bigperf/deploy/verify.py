@@ -5,7 +5,7 @@ DequantizeLinear(int8 with a zero point) → MatMul into MatMulNBits, which comp
 lower accuracy than the graph says, so the file would be blamed for the runtime's shortcut.
 
 Tolerances, as relative Frobenius error per output (‖onnx − torch‖ / ‖torch‖):
-- fp32 outputs 1e-5, fp16 2e-3, bf16 1e-2 (DESIGN.md's per-dtype tolerances): the
+- fp32 outputs 1e-5, fp16 2e-3, bf16 1e-2 (the tests' per-dtype tolerances, docs/ARCHITECTURE.md): the
   lowerings compute what the ops compute, differing in summation order only;
 - 1e-4 when the model has int8-dynamic layers: the activation codes match the op's except
   where a runtime breaks a rounding tie differently (x·(1/s) against x/s), and each such

@@ -4,7 +4,7 @@
 // bigperf kernel (measured: an M = 1 int8 call of 3.8 ms took ~8 ms right after a torch
 // op); on torch's runtime those same spinning threads run our chunks. Linking an OpenMP
 // runtime of our own is no option: a second runtime beside torch's oversubscribes cores
-// and can hang (DESIGN.md). Fallback: a small persistent thread pool of our own. The
+// and can hang (docs/ARCHITECTURE.md). Fallback: a small persistent thread pool of our own. The
 // caller passes torch.get_num_threads(); the calling thread always takes a chunk.
 #pragma once
 #include <atomic>
