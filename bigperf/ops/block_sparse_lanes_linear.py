@@ -6,9 +6,10 @@ torch.ops.bigperf.block_sparse_lanes_linear(x, values, col_indices, row_ptr, bk,
     col_indices [nnz] int32, row_ptr [N/bn + 1] int32; bn = 16 * values.shape[1],
     N = (row_ptr.numel() - 1) * bn, K = x.shape[-1] a multiple of bk). A SparseLinear on the
     CPU keeps only this form where bigperf._C has the kernel that reads it (and its block
-    shape and dtype are eligible), so the CPU never holds the weight twice. The other
-    backends unpack it for the call and go through block_sparse_linear, so every backend
-    computes the same thing.
+    shape and dtype are eligible), so the CPU never holds the weight twice. Each other
+    backend is block_sparse_linear's backend of that name, on the weight unpacked for the
+    call, so every backend computes the same thing and the backend this op reports is the
+    one that runs.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from bigperf.cpu_layouts import (
     unpack_bsr_lanes,
 )
 from bigperf.ops.common import cpu_why_not
+from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
 from bigperf.ops.sparse_linear import (
     BSR_BACKENDS,
-    block_sparse_linear,
     check_bsr_call,
     run_cpu_bsr,
 )
@@ -53,17 +54,21 @@ def _cpu_run(x, values, col_indices, row_ptr, bk, bias, activation):
     return run_cpu_bsr(CPU_KERNEL, x, values, col_indices, row_ptr, bias, activation, 16 * values.shape[1], bk)
 
 
-def _unpacked_run(x, values, col_indices, row_ptr, bk, bias, activation):
+def _canonical_args(x, values, col_indices, row_ptr, bk, bias, activation):
     canonical = unpack_bsr_lanes(_as_layout(x, values, col_indices, row_ptr, bk))
-    return block_sparse_linear(x, *canonical, bias, activation)
+    return (x, *canonical, bias, activation)
+
+
+def _canonical_stand_ins(x, values, col_indices, row_ptr, bk, bias, activation):
+    # The lane layout shares the canonical index tensors: only the values change shape.
+    canonical_values = torch.empty(values.shape[0], 16 * values.shape[1], bk, dtype=values.dtype, device="meta")
+    return (x, canonical_values, col_indices, row_ptr, bias, activation)
 
 
 LANES_BACKENDS = OpBackends(LANES_OP)
 LANES_BACKENDS.register("cpu", cpu_kernel_why_not, _cpu_run)
 # Every other backend is block_sparse_linear's own, on the weight unpacked for this call.
-for _name in BSR_BACKENDS.backends:
-    if _name != "cpu":
-        LANES_BACKENDS.register(_name, lambda *args: None, _unpacked_run)
+register_unpacked_paths(LANES_BACKENDS, BSR_BACKENDS, ("cpu",), _canonical_stand_ins, _canonical_args)
 
 
 def _run(x, values, col_indices, row_ptr, bk, bias, activation):

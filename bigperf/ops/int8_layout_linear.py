@@ -7,7 +7,8 @@ torch.ops.bigperf.int8_weight_linear_w8a16(x, weight, scale, zero, n, k, group_s
     group_size 0 per channel). An Int8Linear on a GPU keeps only this form, so the CUDA
     kernel reads it directly and no second copy of the weight is cached; calls the kernel
     is not built for (fp32 x, more than CUDA_WEIGHT_ONLY_MAX_M rows, no bigperf._C_cuda)
-    unpack it for that call and go through int8_weight_linear's other backends.
+    unpack it for that call and run on int8_weight_linear's backend of the same name, so the
+    backend this op reports is the one that runs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 from bigperf.cuda_layouts import W8A16Layout, unpack_w8a16
 from bigperf.ops.activations import ACTIVATIONS, activation_code
 from bigperf.ops.common import fp32_bias
-from bigperf.ops.int8_linear import int8_weight_linear, weight_only_cuda_why_not
+from bigperf.ops.int8_linear import WEIGHT_ONLY_BACKENDS, weight_only_cuda_why_not
+from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
 from bigperf.ops.validation import check_float_tensor, check_tensor
@@ -62,9 +64,15 @@ def validate_layout_call(x, weight, scale, zero, n, k, group_size, bias, activat
                              f"got {tuple(bias.shape)} on {bias.device}")
 
 
-def _unpacked_run(x, weight, scale, zero, n, k, group_size, bias, activation):
+def _canonical_args(x, weight, scale, zero, n, k, group_size, bias, activation):
     qweight, q_scale, zero_point = unpack_w8a16(as_layout(weight, scale, zero, n, k, group_size))
-    return int8_weight_linear(x, qweight, q_scale, zero_point, bias, activation)
+    return (x, qweight, q_scale, zero_point, bias, activation)
+
+
+def _canonical_stand_ins(x, weight, scale, zero, n, k, group_size, bias, activation):
+    groups = k // group_size if group_size else 1
+    return (x, torch.empty(n, k, dtype=torch.int8, device="meta"), torch.empty(n, groups, device="meta"),
+            None if zero is None else torch.empty(n, groups, dtype=torch.int8, device="meta"), bias, activation)
 
 
 def _cuda_why_not(x, weight, scale, zero, n, k, group_size, bias, activation):
@@ -80,8 +88,7 @@ def _cuda_run(x, weight, scale, zero, n, k, group_size, bias, activation):
 LAYOUT_BACKENDS = OpBackends(LAYOUT_OP)
 LAYOUT_BACKENDS.register("cuda", _cuda_why_not, _cuda_run)
 # Every other backend is int8_weight_linear's own, on the weight unpacked for this call.
-for _name in ("triton", "cpu", "reference"):
-    LAYOUT_BACKENDS.register(_name, lambda *args: None, _unpacked_run)
+register_unpacked_paths(LAYOUT_BACKENDS, WEIGHT_ONLY_BACKENDS, ("cuda",), _canonical_stand_ins, _canonical_args)
 
 
 def _run(x, weight, scale, zero, n, k, group_size, bias, activation):

@@ -5,8 +5,9 @@ torch.ops.bigperf.sparse24_lanes_linear(x, values, meta, scale, n, bias, activat
     bigperf.cpu_layouts.pack_24_lanes laid out (values [NB, 8K] float or int8, meta [NB, 2K]
     uint8, scale [16 NB] fp32 exactly for int8 values; NB = ceil(n / 16)). A SparseLinear on
     the CPU keeps only this form where bigperf._C has the kernel that reads it, so the CPU
-    never holds the weight twice. The other backends unpack it for the call and go through
-    sparse24_linear, so every backend computes the same thing.
+    never holds the weight twice. Each other backend is sparse24_linear's backend of that
+    name, on the weight unpacked for the call, so every backend computes the same thing and
+    the backend this op reports is the one that runs.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from bigperf.cpu_layouts import (
     unpack_24_lanes,
 )
 from bigperf.ops.common import cpu_why_not
+from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
 from bigperf.ops.sparse_linear import (
+    S24_BACKENDS,
     _check_devices,
     _check_x_bias,
     check_meta_once,
     run_cpu_24,
-    sparse24_linear,
 )
 
 LANES_OP = "bigperf.sparse24_lanes_linear"
@@ -50,16 +52,22 @@ def _cpu_run(x, values, meta, scale, n, bias, activation):
     return run_cpu_24(CPU_KERNEL, x, values, meta, scale, bias, activation, n, meta.shape[1] // 2)
 
 
-def _unpacked_run(x, values, meta, scale, n, bias, activation):
+def _canonical_args(x, values, meta, scale, n, bias, activation):
     canonical = unpack_24_lanes(Sparse24Lanes(values, meta, scale, n, meta.shape[1] // 2))
-    return sparse24_linear(x, *canonical, bias, activation)
+    return (x, *canonical, bias, activation)
+
+
+def _canonical_stand_ins(x, values, meta, scale, n, bias, activation):
+    k = meta.shape[1] // 2
+    return (x, torch.empty(n, k // 2, dtype=values.dtype, device="meta"),
+            torch.empty(n, k // 8, dtype=torch.uint8, device="meta"),
+            None if scale is None else torch.empty(n, 1, device="meta"), bias, activation)
 
 
 LANES_BACKENDS = OpBackends(LANES_OP)
 LANES_BACKENDS.register("cpu", cpu_kernel_why_not, _cpu_run)
 # Every other backend is sparse24_linear's own, on the weight unpacked for this call.
-for _name in ("cuda", "triton", "reference"):
-    LANES_BACKENDS.register(_name, lambda *args: None, _unpacked_run)
+register_unpacked_paths(LANES_BACKENDS, S24_BACKENDS, ("cpu",), _canonical_stand_ins, _canonical_args)
 
 
 def _run(x, values, meta, scale, n, bias, activation):

@@ -3,6 +3,7 @@ on the cpu kernel and on the reference backend (which unpacks and calls block_sp
 
 import dataclasses
 import itertools
+import os
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import bigperf.ops.block_sparse_lanes_linear as lanes_ops
 from bigperf.cpu_layouts import pack_bsr_lanes
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.block_sparse_lanes_linear import LANES_BACKENDS, block_sparse_lanes_linear
-from bigperf.ops.sparse_linear import block_sparse_linear
+from bigperf.ops.sparse_linear import BSR_BACKENDS, block_sparse_linear
 from bigperf.sparsity import block_mask, pack_bsr, unpack_bsr
 from tests.helpers import TOLERANCE, fused_linear_fp64, random_tensor, rel_error
 
@@ -230,7 +231,7 @@ def test_bad_input_is_refused_clearly(case):
 
 
 def test_cpu_backend_says_why_it_is_unavailable(monkeypatch):
-    """Before bigperf._C has the kernel (an older build) the op still runs, on the reference backend."""
+    """Before bigperf._C has the kernel (an older build) the op still runs, on another backend."""
     from bigperf import _ext
 
     class OlderBuild:
@@ -245,5 +246,21 @@ def test_cpu_backend_says_why_it_is_unavailable(monkeypatch):
     layout, x = lanes(p, 32), random_tensor(2, 32)
     assert "without block_sparse_lanes_linear" in lanes_ops.cpu_kernel_why_not(x)
     args = (x, layout.values, layout.col_indices, layout.row_ptr, layout.bk, None, "none")
-    assert LANES_BACKENDS.select(x.device, *args).name == "reference"
-    assert rel_error(block_sparse_lanes_linear(x, layout), expected_fp64(x, p, None, "none")) < 1e-5
+    assert LANES_BACKENDS.select(x.device, *args).name != "cpu"
+    error = rel_error(block_sparse_lanes_linear(x, layout), expected_fp64(x, p, None, "none"))
+    assert error < TOLERANCE[torch.bfloat16]  # (the path chosen may compute in the values' bf16)
+
+
+def test_other_backends_answer_as_block_sparse_linears_own():
+    """Each non-cpu path is block_sparse_linear's path of that name: the same why_not on the
+    unpacked weight (on this CPU triton refuses; it never passes blindly)."""
+    p = packed(64, 32, (16, 16), torch.bfloat16, seed=22)
+    layout, x = lanes(p, 32), random_tensor(2, 32)
+    lane_args = (x, layout.values, layout.col_indices, layout.row_ptr, layout.bk, None, "none")
+    canonical_args = (x, p.values, p.col_indices, p.row_ptr, None, "none")
+    others = [key for key, path in BSR_BACKENDS.backends.items() if path.name != "cpu"]
+    assert "triton" in others and sorted(others) == sorted(k for k in LANES_BACKENDS.backends if k != "cpu")
+    for key in others:
+        assert LANES_BACKENDS.backends[key].why_not(*lane_args) == BSR_BACKENDS.backends[key].why_not(*canonical_args)
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        assert LANES_BACKENDS.backends["triton"].why_not(*lane_args) is not None

@@ -2,6 +2,8 @@
 
 Kernel backends are compared with these references in tests/csrc and tests/kernels."""
 
+import os
+
 import pytest
 import torch
 
@@ -121,3 +123,50 @@ def test_layout_op_opcheck_and_compile():
     assert torch.equal(int8_weight_linear_w8a16(x, layout, b, "silu"), expected)
     f = lambda x: int8_weight_linear_w8a16(x, layout, b, "silu")  # noqa: E731
     assert torch.equal(torch.compile(f, fullgraph=True, backend="eager")(x), expected)
+
+
+def _w8a16_call(n=40, k=128, group_size=32):
+    from bigperf.cuda_layouts import pack_w8a16
+
+    q = packed(n=n, k=k, group_size=group_size, symmetric=False)
+    layout = pack_w8a16(q.qweight, q.scale, q.zero_point)
+    x = random_tensor(3, k)
+    return q, x, (x, layout.weight, layout.scale, layout.zero, layout.n, layout.k, group_size, None, "none")
+
+
+def test_layout_op_paths_answer_as_int8_weight_linears_own():
+    """Each path of the W8A16-layout op but its own cuda kernel is int8_weight_linear's path
+    of that name: the same why_not on the unpacked weight (triton refuses on this CPU)."""
+    from bigperf.ops.int8_layout_linear import LAYOUT_BACKENDS
+    from bigperf.ops.int8_linear import WEIGHT_ONLY_BACKENDS
+
+    q, x, layout_args = _w8a16_call()
+    canonical_args = (x, q.qweight, q.scale, q.zero_point, None, "none")
+    others = [key for key, path in WEIGHT_ONLY_BACKENDS.backends.items() if path.name != "cuda"]
+    assert sorted(others) == sorted(k for k in LAYOUT_BACKENDS.backends if k != "cuda")
+    for key in others:
+        assert LAYOUT_BACKENDS.backends[key].why_not(*layout_args) == \
+            WEIGHT_ONLY_BACKENDS.backends[key].why_not(*canonical_args), key
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        assert LAYOUT_BACKENDS.backends["triton"].why_not(*layout_args) is not None
+
+
+def test_layout_op_without_the_cpu_kernel_does_not_claim_cpu(monkeypatch):
+    """bigperf._C without int8_weight_linear: the layout op must not select 'cpu' (it would
+    then have run another path than the one it reported)."""
+    from bigperf import _ext
+    from bigperf.ops.int8_layout_linear import LAYOUT_BACKENDS, int8_weight_linear_w8a16_op
+
+    class WithoutInt8Kernel:
+        def __getattr__(self, name):
+            if name == "int8_weight_linear":
+                raise AttributeError(name)
+            return getattr(real, name)
+
+    real = _ext.cpu_module()
+    monkeypatch.setattr(_ext, "cpu_module", lambda: WithoutInt8Kernel())
+    q, x, args = _w8a16_call()
+    assert "without int8_weight_linear" in LAYOUT_BACKENDS.backends["cpu"].why_not(*args)
+    assert LAYOUT_BACKENDS.select(x.device, *args).name != "cpu"
+    expected = fused_linear_fp64(x, dequantize_weight(q.qweight, q.scale, q.zero_point).double())
+    assert rel_error(int8_weight_linear_w8a16_op(*args), expected) < 1e-2

@@ -12,7 +12,7 @@ import bigperf.ops.sparse24_lanes_linear as lanes_ops
 from bigperf.cpu_layouts import pack_24_lanes
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.sparse24_lanes_linear import LANES_BACKENDS, sparse24_lanes_linear
-from bigperf.ops.sparse_linear import sparse24_linear
+from bigperf.ops.sparse_linear import S24_BACKENDS, sparse24_linear
 from bigperf.sparsity import nm_mask, pack_24, pack_24_int8, unpack_24
 from tests.helpers import TOLERANCE, fused_linear_fp64, random_tensor, rel_error
 
@@ -188,7 +188,7 @@ def test_bad_input_is_refused_clearly(case):
 
 
 def test_cpu_backend_says_why_it_is_unavailable(monkeypatch):
-    """Before bigperf._C has the kernel (an older build) the op still runs, on the reference backend."""
+    """Before bigperf._C has the kernel (an older build) the op still runs, on another backend."""
     from bigperf import _ext
 
     class OlderBuild:
@@ -203,5 +203,48 @@ def test_cpu_backend_says_why_it_is_unavailable(monkeypatch):
     layout, x = lanes(p), random_tensor(2, 32)
     assert "without sparse24_lanes_linear" in lanes_ops.cpu_kernel_why_not(x)
     args = (x, layout.values, layout.meta, layout.scale, layout.n, None, "none")
-    assert LANES_BACKENDS.select(x.device, *args).name == "reference"
-    assert rel_error(sparse24_lanes_linear(x, layout), expected_fp64(x, p, None, "none")) < 1e-5
+    assert LANES_BACKENDS.select(x.device, *args).name != "cpu"
+    error = rel_error(sparse24_lanes_linear(x, layout), expected_fp64(x, p, None, "none"))
+    assert error < TOLERANCE[torch.bfloat16]  # (the path chosen may compute in the values' bf16)
+
+
+@pytest.mark.parametrize("v_dtype", [torch.bfloat16, torch.int8])
+def test_other_backends_answer_as_sparse24_linears_own(v_dtype):
+    """Each non-cpu path is sparse24_linear's path of that name: the same why_not on the
+    unpacked weight (on this CPU cuda refuses; it never passes blindly)."""
+    p = packed(20, 32, v_dtype, seed=22)
+    layout, x = lanes(p), random_tensor(2, 32)
+    lane_args = (x, layout.values, layout.meta, layout.scale, layout.n, None, "none")
+    canonical_args = (x, p.values, p.meta, p.scale, None, "none")
+    others = [key for key, path in S24_BACKENDS.backends.items() if path.name != "cpu"]
+    assert "cuda" in others and sorted(others) == sorted(k for k in LANES_BACKENDS.backends if k != "cpu")
+    for key in others:
+        assert LANES_BACKENDS.backends[key].why_not(*lane_args) == S24_BACKENDS.backends[key].why_not(*canonical_args)
+    assert LANES_BACKENDS.backends["cuda"].why_not(*lane_args) is not None
+
+
+def test_the_backend_selected_is_the_one_that_runs(monkeypatch):
+    """With the lane kernel missing from bigperf._C (an older build) the op selects another
+    path, and sparse24_linear's path of that name runs, not its canonical cpu kernel."""
+    from bigperf import _ext
+
+    class OlderBuild:
+        def __getattr__(self, name):
+            if name == "sparse24_lanes_linear":
+                raise AttributeError(name)
+            return getattr(real, name)
+
+    real, ran = _ext.cpu_module(), []
+    monkeypatch.setattr(_ext, "cpu_module", lambda: OlderBuild())
+    for key, path in S24_BACKENDS.backends.items():
+        def run(*args, key=key, path=path):
+            ran.append(key)
+            return path.run(*args)
+        monkeypatch.setitem(S24_BACKENDS.backends, key, dataclasses.replace(path, run=run))
+    p = packed(20, 32, torch.bfloat16, seed=23)
+    layout, x = lanes(p), random_tensor(2, 32)
+    selected = LANES_BACKENDS.select(x.device, x, layout.values, layout.meta, layout.scale, layout.n, None, "none")
+    ran.clear()  # (selection may have timed the candidates)
+    out = sparse24_lanes_linear(x, layout)
+    assert selected.name != "cpu" and ran == [getattr(selected, "id", selected.name)]
+    assert rel_error(out, expected_fp64(x, p, None, "none")) < 1e-2
