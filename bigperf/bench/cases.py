@@ -5,8 +5,12 @@ A family is a function `build(ctx) -> iterable of Variant | Skip`, registered wi
 module and one line in FAMILY_MODULES; the harness, store, compare, plot and CLI are generic.
 
 Roles: "baseline" (torch.nn.functional.linear in x's dtype — the reference every speedup
-is relative to — and in fp32), "ours" (a bigperf op on one backend: these gate CI),
-"peer" (another library doing the same job, where installed: for context, never gating).
+is relative to — in fp32, and for fp32 x in bf16: PyTorch's own paths for the same layer),
+"ours" (a bigperf op on one backend: these gate CI against the per-machine baseline),
+"auto" (a bigperf op called with no backend forced, as a swapped layer calls it: what users
+get; these gate CI on any machine against the fastest baseline of the same point, see
+bigperf/bench/floor.py), "peer" (another library doing the same job, where installed: for
+context, never gating).
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from bigperf.bench.suites import DTYPES, Point
 
 BASELINE = "torch.linear"            # F.linear (+ the layer's epilogue) in x's dtype
 FLOAT_BASELINE = "torch.linear fp32"  # the same in fp32: what the user had before lowering precision
+HALF_BASELINE = "torch.linear bf16"   # fp32 x: x and weight in bf16, output cast back (fast on AMX CPUs, GPUs)
+AUTO = "auto"                         # the backend name of a variant that forces none
+# Backends that are not ours to time per backend: the reference is a correctness oracle, and
+# "torch" (the dispatcher's PyTorch paths) is what the baselines time already.
+NOT_TIMED_BY_DEFAULT = ("reference", "torch")
 FAMILY_MODULES = ("bigperf.bench.cases_linear", "bigperf.bench.cases_int8", "bigperf.bench.cases_sparse")
 
 _FAMILIES: dict[str, Callable[[CaseContext], Iterable[Variant | Skip]]] = {}
@@ -40,6 +49,12 @@ class Variant:
     backend: str | None = None
     # The fp32 output this variant should match, when not the dense layer's (pruned weights).
     reference: Callable[[], torch.Tensor] | None = None
+    # Called once before timing, outside the timed region (an "auto" variant's first call
+    # at a new M lets the dispatcher measure its candidates); its time is recorded as prepare_s.
+    prepare: Callable[[], object] | None = None
+    # The baselines this variant is held to (None: all of them). A variant that keeps its
+    # weight in fp32 is not held to the bf16 path, which computes something less precise.
+    compare_to: tuple[str, ...] | None = None
 
     @property
     def id(self) -> str:
@@ -76,7 +91,7 @@ class CaseContext:
 
     point: Point
     device: torch.device
-    backends: tuple[str, ...] | None = None  # None: every backend except reference
+    backends: tuple[str, ...] | None = None  # None: every backend except reference and torch, plus auto
     thorough: bool = False  # also the secondary configurations (group sizes, ...): the full suite
     seed: int = 0
     shared: dict = field(default_factory=dict)
@@ -134,7 +149,33 @@ class CaseContext:
         return self.cached(("weights", dtype), lambda: self.copies(lambda: self.weight_fp32.to(dtype).contiguous(), nbytes))
 
     def wants_backend(self, name: str) -> bool:
-        return name in self.backends if self.backends is not None else name != "reference"
+        return name in self.backends if self.backends is not None else name not in NOT_TIMED_BY_DEFAULT
+
+    def auto_variant(self, fam: str, op: Callable, states: list[tuple], weight_bytes: int,
+                     label: str = "", weight_dtype: torch.dtype | None = None) -> list[Variant]:
+        """The op with no backend forced, as a swapped layer calls it (role "auto").
+
+        weight_dtype: the float dtype the weight is held in (None: quantised, int8). An fp32
+        weight is held to the fp32 and x-dtype paths only (see Variant.compare_to).
+
+        Called plainly, as a layer does (no context manager per call); only when a backend is
+        forced around the whole run (BIGPERF_BACKEND, use_backend) is the call wrapped in
+        use_backend("auto"), so that this variant still measures the automatic choice.
+        """
+        if not self.wants_backend(AUTO):
+            return []
+        from bigperf.ops.registry import forced_backend, use_backend
+
+        if forced_backend() is None:
+            call = op
+        else:
+            def call(*state):
+                with use_backend(AUTO):
+                    return op(*state)
+        step = rotating(call, states)
+        compare_to = (BASELINE, FLOAT_BASELINE) if weight_dtype == torch.float32 else None
+        return [Variant(f"{fam}[{AUTO}]", "auto", fam, step, weight_bytes, label=label, backend=AUTO,
+                        prepare=lambda: call(*states[0]), compare_to=compare_to)]
 
     def backend_variants(self, table, fam: str, op: Callable, args: tuple, states: list[tuple],
                          weight_bytes: int, label: str = "") -> list[Variant | Skip]:
@@ -149,6 +190,8 @@ class CaseContext:
             if not self.wants_backend(name):
                 continue
             vid = f"{fam}[{name}]" + (f" {label}" if label else "")
+            # The dispatcher's PyTorch paths, when asked for by name: context, not our kernel.
+            role = "peer" if name == "torch" else "ours"
             if name == "triton" and self.device.type != "cuda":
                 out.append(Skip(vid, "Triton on CPU runs in the interpreter: its timings mean nothing"))
                 continue
@@ -161,7 +204,7 @@ class CaseContext:
                 with bigperf.use_backend(_backend):
                     return op(*state)
 
-            out.append(Variant(f"{fam}[{name}]", "ours", fam, rotating(call, states), weight_bytes,
+            out.append(Variant(f"{fam}[{name}]", role, fam, rotating(call, states), weight_bytes,
                                label=label, backend=name))
         return out
 

@@ -38,9 +38,11 @@ def weight_only_variants(ctx: CaseContext):
     for group_size in group_sizes:
         copies, nbytes = _quantized(ctx, group_size)
         label = f"g{group_size}" if group_size else ""
+        states = [(ctx.x, qw, s, b) for qw, s in copies]
         yield from ctx.backend_variants(
             WEIGHT_ONLY_BACKENDS, "int8_weight_linear", op, (ctx.x, *copies[0], None, b, ctx.activation),
-            [(ctx.x, qw, s, b) for qw, s in copies], nbytes, label)
+            states, nbytes, label)
+        yield from ctx.auto_variant("int8_weight_linear", op, states, nbytes, label)
     yield _int8pack_peer(ctx)
 
 
@@ -74,9 +76,13 @@ def dynamic_variants(ctx: CaseContext):
         def op(x, qweight, scale, b, _bits=act_bits):
             return int8_dynamic_linear(x, qweight, scale, b, ctx.activation, _bits)
 
+        states = [(ctx.x, qw, s, b) for qw, s in copies]
+        label = "" if act_bits == 8 else "act_bits=7"
         yield from ctx.backend_variants(
             DYNAMIC_BACKENDS, "int8_dynamic_linear", op, (ctx.x, *copies[0], b, ctx.activation, act_bits),
-            [(ctx.x, qw, s, b) for qw, s in copies], nbytes, label="" if act_bits == 8 else "act_bits=7")
+            states, nbytes, label=label)
+        if act_bits == 8:  # Int8Dynamic()'s default: the one users get
+            yield from ctx.auto_variant("int8_dynamic_linear", op, states, nbytes, label)
     yield _fbgemm_peer(ctx)
 
 

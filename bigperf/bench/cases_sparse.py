@@ -62,10 +62,14 @@ def sparse24_variants(ctx: CaseContext):
             # The op checks 2:4 metadata once per tensor and caches the verdict: check every
             # copy now, or the first timed round pays for it.
             validate_24(ctx.x, values, meta, scale, b, act)
+        states = [(ctx.x, *c) for c in copies]
         variants = ctx.backend_variants(S24_BACKENDS, "sparse24_linear", op, (ctx.x, *copies[0], b, act),
-                                        [(ctx.x, *c) for c in copies], nbytes, label)
+                                        states, nbytes, label)
         if ctx.device.type == "cpu":
             variants += _lanes_variants(ctx, copies, nbytes, label, b, act)
+        else:  # SparseLinear calls the canonical op off the CPU
+            variants += ctx.auto_variant("sparse24_linear", op, states, nbytes, label,
+                                         weight_dtype=None if label == "int8" else ctx.dtype)
         for v in variants:
             if isinstance(v, Variant):
                 v.reference = _reference(ctx, pruned)
@@ -91,9 +95,13 @@ def _lanes_variants(ctx: CaseContext, copies, nbytes: int, label: str, b, act) -
     def op(x, values, meta, scale):
         return sparse24_lanes_linear(x, Sparse24Lanes(values, meta, scale, n, k), b, act)
 
+    states = [(ctx.x, *c) for c in lanes]
+    label = f"{label} lanes".strip()
     variants = ctx.backend_variants(LANES_BACKENDS, "sparse24_linear", op, (ctx.x, *lanes[0], n, b, act),
-                                    [(ctx.x, *c) for c in lanes], nbytes, f"{label} lanes".strip())
-    return [v for v in variants if getattr(v, "backend", None) == "cpu"]
+                                    states, nbytes, label)
+    return ([v for v in variants if getattr(v, "backend", None) == "cpu"]
+            + ctx.auto_variant("sparse24_linear", op, states, nbytes, label,
+                               weight_dtype=None if label.startswith("int8") else ctx.dtype))
 
 
 def _as_tuple(packed) -> tuple:
@@ -152,10 +160,13 @@ def block_sparse_variants(ctx: CaseContext):
     copies, nbytes = ctx.cached(("bsr", ctx.dtype), make_copies)
     for values, col_indices, row_ptr in copies:
         validate_bsr(ctx.x, values, col_indices, row_ptr, b, act)  # cache the index checks (see above)
+    states = [(ctx.x, *c) for c in copies]
     variants = ctx.backend_variants(BSR_BACKENDS, "block_sparse_linear", op, (ctx.x, *copies[0], b, act),
-                                    [(ctx.x, *c) for c in copies], nbytes, label)
+                                    states, nbytes, label)
     if ctx.device.type == "cpu":
         variants += _bsr_lanes_variants(ctx, copies, nbytes, label, b, act)
+    else:  # SparseLinear calls the canonical op off the CPU
+        variants += ctx.auto_variant("block_sparse_linear", op, states, nbytes, label, weight_dtype=ctx.dtype)
     for v in variants:
         if isinstance(v, Variant):
             v.reference = _reference(ctx, pruned)
@@ -181,6 +192,8 @@ def _bsr_lanes_variants(ctx: CaseContext, copies, nbytes: int, label: str, b, ac
     def op(x, values, col_indices, row_ptr):
         return block_sparse_lanes_linear(x, BsrLanes(values, col_indices, row_ptr, *BLOCK, k), b, act)
 
+    states = [(ctx.x, *c) for c in lanes]
     variants = ctx.backend_variants(LANES_BACKENDS, "block_sparse_linear", op, (ctx.x, *lanes[0], BLOCK[1], b, act),
-                                    [(ctx.x, *c) for c in lanes], nbytes, f"{label} lanes")
-    return [v for v in variants if getattr(v, "backend", None) == "cpu"]
+                                    states, nbytes, f"{label} lanes")
+    return ([v for v in variants if getattr(v, "backend", None) == "cpu"]
+            + ctx.auto_variant("block_sparse_linear", op, states, nbytes, f"{label} lanes", weight_dtype=ctx.dtype))

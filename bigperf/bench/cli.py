@@ -2,10 +2,12 @@
 
     bigperf bench [--suite quick|full] [--ops OP...] [--out FILE]
     bigperf bench compare OLD NEW [--threshold PCT]     exit 1 on a regression
+    bigperf bench floor RUN [RUN...] [--floor PCT]      exit 1 if an auto-dispatched op is slower than torch
     bigperf bench plot FILE... [-o DIR]
 
 Also runnable before the `bench` command is wired: python -m bigperf.bench.cli [ARGS].
-Exit codes: 0 fine, 1 regression (compare), 2 unusable input (bad file, unknown op).
+Exit codes: 0 fine, 1 regression (compare) or slower than torch (floor), 2 unusable input (bad file,
+unknown op, a run with nothing to check).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     bench.add_argument("--history", metavar="FILE", help="history file to append to (default: "
                        "$BIGPERF_BENCH_HISTORY or ~/.cache/bigperf/bench-history.jsonl)")
     bench.add_argument("--no-history", action="store_true", help="do not append to the history file")
-    sub = bench.add_subparsers(dest="bench_command", metavar="{compare,plot}")
+    sub = bench.add_subparsers(dest="bench_command", metavar="{compare,floor,plot}")
     compare = sub.add_parser("compare", help="exit 1 if a kernel's speedup fell by > threshold and > noise",
                              description="Compare two records (or the newest record of .jsonl histories).")
     compare.add_argument("old")
@@ -50,6 +52,15 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     compare.add_argument("--fail-on-missing", action="store_true",
                          help="also exit 1 when one of our entries in OLD is absent from NEW")
     compare.add_argument("--all", action="store_true", help="list unchanged entries too")
+    floor = sub.add_parser("floor", help="exit 1 if an op dispatched automatically is slower than the fastest "
+                                         "PyTorch path timed beside it (no baseline needed)",
+                           description="Check every 'auto' variant of a run against the fastest torch baseline "
+                                       "of its point: speedup >= 1 - max(floor, measured noise).")
+    floor.add_argument("runs", nargs="+", metavar="RUN",
+                       help="one run, or several: an entry then fails only if it fails in every one")
+    floor.add_argument("--floor", type=float, default=None, metavar="PCT",
+                       help="the least tolerance in percent, whatever the noise (default 5)")
+    floor.add_argument("--all", action="store_true", help="list passing entries too")
     plot = sub.add_parser("plot", help="PNG charts: speedup vs batch size; history over commits")
     plot.add_argument("files", nargs="+", metavar="FILE", help="records (.json) and/or histories (.jsonl)")
     plot.add_argument("-o", "--out-dir", default="bench-plots", metavar="DIR")
@@ -63,6 +74,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
     try:
         if args.bench_command == "compare":
             return _compare(args, console)
+        if args.bench_command == "floor":
+            return _floor(args, console)
         if args.bench_command == "plot":
             return _plot(args, console)
         return _run(args, console)
@@ -153,22 +166,25 @@ def print_results(record: dict, console) -> None:
 
     ceilings = record["ceilings"]
     table = Table(title=escape(f"{record['suite']} suite on {record['fingerprint'].get('machine_kind')}: speedup = "
-                               "torch.linear (same dtype) time / variant time, per round; [q1–q3] over rounds"))
+                               "torch.linear (same dtype) time / variant time, per round; [q1–q3] over rounds; "
+                               "vs fastest torch: the same over the fastest torch.linear path (fp32, bf16, x's dtype)"))
     for name, justify in (("point", "left"), ("variant", "left"), ("median", "right"), ("speedup", "right"),
                           (escape("[q1–q3]"), "right"), ("vs fp32", "right"), ("GB/s", "right"),
                           (f"of {ceilings.get('read_gbps', 0):.0f}", "right"), ("GFLOP/s", "right"),
-                          (f"of {ceilings.get('matmul_gflops', 0):.0f}", "right"), ("rel err", "right")):
+                          (f"of {ceilings.get('matmul_gflops', 0):.0f}", "right"), ("vs fastest torch", "right"),
+                          ("rel err", "right")):
         table.add_column(name, justify=justify)
     last_point = None
     for r in record["results"]:
         if last_point is not None and r["point"] != last_point:
             table.add_section()
-        style = {"ours": "bold", "peer": "", "baseline": "dim"}[r["role"]]
+        style = {"ours": "bold", "auto": "bold cyan", "peer": "", "baseline": "dim"}.get(r["role"], "")
         table.add_row(
             r["point"] if r["point"] != last_point else "", escape(r["variant"]), _time(r["median_s"]),
             f"{r['speedup']:.2f}x", f"{r['speedup_q1']:.2f}–{r['speedup_q3']:.2f}",
             f"{r['speedup_vs_fp32']:.2f}x" if r.get("speedup_vs_fp32") else "",
             f"{r.get('gbps', 0):.1f}", _pct(r.get("frac_bw")), f"{r.get('gflops', 0):.1f}", _pct(r.get("frac_flops")),
+            f"{r['speedup_vs_fastest']:.2f}x" if r.get("speedup_vs_fastest") is not None else "",
             f"{r['rel_err']:.1e}" if r.get("rel_err") is not None else "", style=style)
         last_point = r["point"]
     console.print(table)
@@ -204,7 +220,7 @@ def _compare(args, console) -> int:
     for warning in result.warnings:
         console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
     table = Table(title=escape(f"bench compare: {args.old} → {' + '.join(args.new)} (slower = speedup fell > "
-                               f"{args.threshold:g}% and > noise; only 'ours' gates)"))
+                               f"{args.threshold:g}% and > noise; only 'ours' and 'auto' gate)"))
     for name in ("entry", "role", "old", "new", "change", "noise", "status"):
         table.add_column(name, justify="left" if name in ("entry", "role", "status") else "right")
     colours = {"slower": "red", "faster": "green", "missing": "yellow", "new": "cyan", "same": ""}
@@ -227,6 +243,55 @@ def _compare(args, console) -> int:
         console.print(f"[red bold]FAIL: {' and '.join(what)}[/red bold]")
         return 1
     console.print("[green]OK: no regression[/green]")
+    return 0
+
+
+def _floor(args, console) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from bigperf.bench.floor import DEFAULT_FLOOR_PCT, check_runs
+    from bigperf.bench.store import load_record
+
+    floor_pct = DEFAULT_FLOOR_PCT if args.floor is None else args.floor
+    if floor_pct < 0:
+        console.print(f"[red]bigperf bench floor: --floor must be >= 0 percent, got {floor_pct:g}[/red]")
+        return 2
+    result = check_runs([load_record(path) for path in args.runs], floor_pct)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
+    shown = [r for r in result.rows if args.all or r.status != "ok"]
+    if shown:
+        table = Table(title=escape(
+            f"bench floor: ops as dispatched automatically vs the fastest PyTorch path at the point "
+            f"(fails below 1 - tolerance; tolerance = max({floor_pct:g}%, measured noise))"))
+        for name in ("point", "variant", "fastest torch path", "speedup", "[q1–q3]", "runs", "tolerance", "status"):
+            table.add_column(escape(name), justify="left" if name in ("point", "variant", "fastest torch path",
+                                                                      "status") else "right")
+        colours = {"ok": "", "slower": "red", "failed": "red", "no baseline": "yellow", "not measured": "yellow"}
+        for row in sorted(result.rows, key=lambda r: (not r.fails, r.status == "ok", r.key)):
+            if row not in shown:
+                continue
+            status = row.status + (f": {row.reason}" if row.reason else "")
+            table.add_row(
+                escape(row.point), escape(row.variant), escape(row.fastest or ""),
+                f"{row.speedup:.2f}x" if row.speedup is not None else "",
+                f"{row.q1:.2f}–{row.q3:.2f}" if row.q1 is not None else "",
+                " ".join(f"{s:.2f}" for s in row.runs) if len(row.runs) > 1 else "",
+                f"{row.tolerance:.0%}" if row.tolerance is not None else "",
+                escape(status), style=colours[row.status])
+        console.print(table)
+    counts = Counter(r.status for r in result.rows)
+    console.print("floor summary: " + ", ".join(f"{counts[s]} {s}" for s in
+                                                ("ok", "slower", "failed", "no baseline", "not measured")))
+    if result.failed():
+        console.print(f"[red bold]FAIL: {len(result.failures)} op(s) dispatched automatically are slower than the "
+                      f"fastest PyTorch path (or failed to run)[/red bold]")
+        return 1
+    if not result.judged:
+        console.print("[red]bigperf bench floor: nothing to check (no auto variant measured against torch)[/red]")
+        return 2
+    console.print("[green]OK: no op dispatched automatically is slower than PyTorch[/green]")
     return 0
 
 

@@ -9,7 +9,10 @@ in the same rounds does not (much). A kernel regressed when its speedup fell by 
   `--repeat 3`): on a shared machine some entries move between runs by more than any single
   run's spread shows (a memory-bound kernel against a compute-bound baseline, when a
   neighbour takes half the memory bandwidth), and such an entry must fall further to count.
-Only our own ops gate; peers and baselines are shown for context.
+Only our own ops gate (per backend, and "auto": the op as dispatched with no backend forced,
+so a dispatcher that starts choosing a slower path is caught too); peers and baselines are
+shown for context. Whether an auto variant beats the fastest PyTorch path at all, on any
+machine and with no baseline, is bigperf/bench/floor.py's check.
 
 Several runs of one suite merge into one record (merge_records): per entry, the run with
 the lower-median speedup (a baseline that an outlier cannot make too optimistic) or the best
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 
 from bigperf.bench.store import load_record
 
-GATING_ROLE = "ours"
+GATING_ROLES = ("ours", "auto")
 
 
 @dataclass
@@ -40,7 +43,7 @@ class Row:
 
     @property
     def gates(self) -> bool:
-        return self.role == GATING_ROLE
+        return self.role in GATING_ROLES
 
 
 @dataclass

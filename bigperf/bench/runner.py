@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from bigperf.bench import store
-from bigperf.bench.cases import BASELINE, FLOAT_BASELINE, build_case
+from bigperf.bench.cases import BASELINE, FLOAT_BASELINE, Skip, build_case
 from bigperf.bench.harness import TimingPlan, Timings, measure, measure_ceilings, quartiles, ratio_quartiles
 from bigperf.bench.suites import SUITES, Point, Suite
 
@@ -23,12 +23,23 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float | None:
     return float(torch.linalg.vector_norm(out.float() - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
 
 
-def point_results(point: Point, variants, timings: Timings, ceilings: dict) -> list[dict]:
-    """One result per timed variant: absolute quartiles, speedup quartiles vs the in-run baseline."""
+def fastest_baseline(variants, timings: Timings, compare_to: tuple[str, ...] | None = None) -> str | None:
+    """The baseline variant (a PyTorch path for the layer) with the lowest median time, among
+    `compare_to` when given (see Variant.compare_to)."""
+    timed = [v.id for v in variants if v.role == "baseline" and timings.samples.get(v.id)
+             and (compare_to is None or v.id in compare_to)]
+    return min(timed, key=lambda vid: quartiles(timings.samples[vid])[1], default=None)
+
+
+def point_results(point: Point, variants, timings: Timings, ceilings: dict,
+                  prepare_s: dict[str, float] | None = None) -> list[dict]:
+    """One result per timed variant: absolute quartiles, speedup quartiles vs the in-run baseline
+    and vs the fastest in-run baseline (what the "auto" variants are judged against)."""
     base = timings.samples.get(BASELINE)
     if not base:
         return []
     float_base = timings.samples.get(FLOAT_BASELINE)
+    prepare_s = prepare_s or {}
     ref = timings.outputs.get(FLOAT_BASELINE, timings.outputs.get(BASELINE))
     layer, m = point.layer, point.m
     flops = 2.0 * m * layer.n * layer.k
@@ -39,6 +50,8 @@ def point_results(point: Point, variants, timings: Timings, ceilings: dict) -> l
             continue
         q1, med, q3 = quartiles(samples)
         s1, sp, s3 = ratio_quartiles(base, samples)
+        fastest = fastest_baseline(variants, timings, variant.compare_to) or BASELINE
+        f1, fsp, f3 = ratio_quartiles(timings.samples[fastest], samples)
         out = timings.outputs[variant.id]
         own_ref = variant.reference() if variant.reference is not None else ref
         # Activations in and out, in the dtype the variant computes in (its output's).
@@ -53,6 +66,9 @@ def point_results(point: Point, variants, timings: Timings, ceilings: dict) -> l
             "calls_per_round": timings.calls_per_round.get(variant.id, 1),
             "speedup": sp, "speedup_q1": s1, "speedup_q3": s3,
             "speedup_vs_fp32": ratio_quartiles(float_base, samples)[1] if float_base else None,
+            "fastest_baseline": fastest, "speedup_vs_fastest": fsp,
+            "speedup_vs_fastest_q1": f1, "speedup_vs_fastest_q3": f3,
+            "prepare_s": prepare_s.get(variant.id),
             "gbps": gbps, "gflops": gflops,
             "frac_bw": gbps / read_ceiling if read_ceiling else None,
             "frac_flops": gflops / flop_ceiling if flop_ceiling else None,
@@ -133,13 +149,14 @@ def _run_point(record, point, device, ops, backends, thorough, plan, deadline, s
         # them (the sparse ops cache index checks per tensor version).
         _, variants, skips = build_case(point, device, ops, backends, thorough, shared)
         with torch.inference_mode(), _num_threads(threads):
+            variants, prepare_s, failed = _prepare(variants, device)
             timings = measure({v.id: v.step for v in variants}, plan, device, deadline)
     except Exception as error:
         if not _is_out_of_memory(error):
             raise
         record["skipped"].append({"key": point.id, "reason": f"out of memory: {str(error).splitlines()[0][:200]}"})
         return
-    for skip in skips:
+    for skip in [*skips, *failed]:
         record["skipped"].append({"key": f"{point.id}/{skip.id}", "reason": skip.reason})
     for vid, reason in timings.skipped.items():
         record["skipped"].append({"key": f"{point.id}/{vid}", "reason": reason})
@@ -147,7 +164,30 @@ def _run_point(record, point, device, ops, backends, thorough, plan, deadline, s
         record["skipped"].append({"key": point.id, "reason": "the torch baseline could not be timed"})
         return
     with torch.inference_mode():
-        record["results"].extend(point_results(point, variants, timings, record["ceilings"]))
+        record["results"].extend(point_results(point, variants, timings, record["ceilings"], prepare_s))
+
+
+def _prepare(variants, device) -> tuple[list, dict[str, float], list[Skip]]:
+    """Runs each variant's one-off preparation (the dispatcher's measurements at a new M)
+    before any timing, in the threads and mode of the timed calls; returns the variants that
+    still run, the seconds each preparation took and the failures (as skips, with the error)."""
+    kept, seconds, failed = [], {}, []
+    for variant in variants:
+        if variant.prepare is None:
+            kept.append(variant)
+            continue
+        start = time.perf_counter()
+        try:
+            variant.prepare()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except Exception as error:  # noqa: BLE001  (recorded as "failed: ...", which the floor check fails on)
+            first_line = (str(error).splitlines() or [""])[0][:200]
+            failed.append(Skip(variant.id, f"failed: {type(error).__name__}: {first_line}"))
+            continue
+        seconds[variant.id] = time.perf_counter() - start
+        kept.append(variant)
+    return kept, seconds, failed
 
 
 def _release(device: torch.device) -> None:

@@ -22,7 +22,7 @@ import torch
 
 SCHEMA = "bigperf.bench"
 SCHEMA_VERSION = 1
-ROLES = ("baseline", "ours", "peer")
+ROLES = ("baseline", "ours", "auto", "peer")  # see bigperf/bench/cases.py
 
 _NUMBER = (int, float)
 # field -> allowed types (None allowed where listed); what compare/plot rely on.

@@ -26,6 +26,16 @@ def result(key_variant="fused_linear[cpu]", speedup=2.0, spread=0.1, rounds=20, 
     }
 
 
+def auto(key_variant="fused_linear[auto]", vs_fastest=1.0, spread=0.04, rounds=20, fastest="torch.linear",
+         speedup=None, **kwargs):
+    """An "auto" variant's result, with its speedup over the fastest baseline of the point."""
+    out = result(key_variant, speedup if speedup is not None else vs_fastest, spread, rounds, role="auto", **kwargs)
+    out.update(backend="auto", fastest_baseline=fastest, speedup_vs_fastest=vs_fastest,
+               speedup_vs_fastest_q1=vs_fastest - spread / 2, speedup_vs_fastest_q3=vs_fastest + spread / 2,
+               prepare_s=0.01)
+    return out
+
+
 def record(results, created="2026-11-01T00:00:00+00:00", commit="0123456789abcdef", skipped=(), suite="quick"):
     fp = copy.deepcopy(FINGERPRINT)
     fp["git"]["commit"] = commit
