@@ -181,12 +181,17 @@ class CaseContext:
                          weight_bytes: int, label: str = "") -> list[Variant | Skip]:
         """A variant per backend of a bigperf op's table that can serve this call.
 
-        `args` is one concrete call (for why_not), `states` the per-copy argument tuples.
+        `args` is one concrete call (for why_not), `states` the per-copy argument tuples. A
+        backend with several paths ("torch:fp32", "torch:bf16") is one variant: use_backend
+        forces a backend, and the dispatcher picks among its paths.
         """
         import bigperf
 
+        paths: dict[str, list] = {}  # backend name -> its paths, in registration order
+        for key, backend in table.backends.items():
+            paths.setdefault(getattr(backend, "name", key), []).append(backend)
         out: list[Variant | Skip] = []
-        for name, backend in table.backends.items():
+        for name, backends in paths.items():
             if not self.wants_backend(name):
                 continue
             vid = f"{fam}[{name}]" + (f" {label}" if label else "")
@@ -195,9 +200,9 @@ class CaseContext:
             if name == "triton" and self.device.type != "cuda":
                 out.append(Skip(vid, "Triton on CPU runs in the interpreter: its timings mean nothing"))
                 continue
-            why = backend.why_not(*args)
-            if why is not None:
-                out.append(Skip(vid, why))
+            reasons = [backend.why_not(*args) for backend in backends]
+            if all(why is not None for why in reasons):
+                out.append(Skip(vid, "; ".join(dict.fromkeys(reasons))))
                 continue
 
             def call(*state, _backend=name):

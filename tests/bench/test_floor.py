@@ -181,3 +181,33 @@ exec {sys.executable} "$@"
     assert "no regression check: no baseline" in out and "fused_linear[auto]" in out and runs == 2
     rc, out, runs = gate(0.99)
     assert rc == 0 and runs == 1, out
+
+
+def test_per_backend_variants_leave_the_torch_paths_to_the_baselines():
+    """The dispatcher's PyTorch paths ("torch:fp32", "torch:bf16") are what the baselines time:
+    not ours to gate per backend; asked for by name they are one peer variant."""
+    import torch
+
+    from bigperf.bench.cases import CaseContext
+    from bigperf.bench.suites import LAYERS, Point
+
+    class Path:
+        def __init__(self, name, why=None):
+            self.name, self._why = name, why
+
+        def why_not(self, *args):
+            return self._why
+
+    class Table:
+        backends = {"cpu": Path("cpu"), "torch:fp32": Path("torch"), "torch:bf16": Path("torch"),
+                    "cuda": Path("cuda", "tensors are on cpu"), "reference": Path("reference")}
+
+    point = Point(LAYERS["tiny.proj"], 1, "fp32")
+
+    def ids(backends):
+        ctx = CaseContext(point, torch.device("cpu"), backends)
+        out = ctx.backend_variants(Table(), "f", lambda x: x, (1,), [(1,)], 4)
+        return {getattr(v, "name", v.id): getattr(v, "role", "skip") for v in out}
+
+    assert ids(None) == {"f[cpu]": "ours", "f[cuda]": "skip"}
+    assert ids(("cpu", "torch")) == {"f[cpu]": "ours", "f[torch]": "peer"}
