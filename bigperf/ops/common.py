@@ -10,6 +10,7 @@ import torch
 
 from bigperf import _ext
 from bigperf.ops.activations import apply_activation
+from bigperf.ops.cuda_launch import device_why_not
 from bigperf.ops.validation import last_dim_contiguous
 
 
@@ -25,26 +26,6 @@ def fp32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     if bias is None:
         return None
     return bias if (bias.dtype == torch.float32 and bias.is_contiguous()) else bias.float().contiguous()
-
-
-def cpu_gemm_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype PyTorch's CPU GEMM should run in for these activations.
-
-    Without native bf16/fp16 arithmetic (AVX-512 BF16 / FP16) PyTorch's half-precision
-    GEMM is several times slower than fp32 (measured ~8x on this project's AVX2 machines),
-    so the large-M paths compute in fp32 and round once at the end.
-    """
-    if dtype == torch.float32:
-        return dtype
-    features = _cpu_features()
-    if dtype == torch.bfloat16 and features.get("avx512bf16"):
-        return dtype
-    return torch.float32
-
-
-def _cpu_features() -> dict:
-    module = _ext.cpu_module()
-    return module.cpu_features() if module is not None else {}
 
 
 def epilogue_(y: torch.Tensor, activation: str, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,15 +52,12 @@ def cpu_why_not(x: torch.Tensor, kernel: str) -> str | None:
 
 
 def cuda_why_not(x: torch.Tensor, kernel: str) -> str | None:
-    """Why bigperf._C_cuda cannot run `kernel` on x, or None (dtypes and shapes are the op's to check)."""
+    """Why bigperf._C_cuda cannot run `kernel` on x's device (not built, no driver, no SASS
+    or PTX for its compute capability, no tile configuration within its shared memory), or
+    None; dtypes and shapes are the op's to check. Answered once per device and kernel."""
     if not x.is_cuda:
         return f"tensors are on {x.device}, not a CUDA device"
-    reason = _ext.cuda_unavailable_reason()
-    if reason:
-        return reason
-    if not hasattr(_ext.cuda_module(), kernel):
-        return f"bigperf._C_cuda was built without {kernel} (rebuild the package)"
-    return None
+    return device_why_not(x.device.index, kernel)
 
 
 def triton_why_not(x: torch.Tensor, kernel_module: str) -> str | None:

@@ -9,7 +9,6 @@ triton → bigperf.kernels.fused_matmul, reference → PyTorch).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from bigperf import _ext
 from bigperf.ops.activations import (
@@ -18,25 +17,13 @@ from bigperf.ops.activations import (
     activation_derivative,
     apply_activation,
 )
-from bigperf.ops.common import (
-    as_rows,
-    cpu_gemm_dtype,
-    cpu_why_not,
-    cuda_why_not,
-    epilogue_,
-    fp32_bias,
-    triton_why_not,
-)
+from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.torch_paths import half_why_not, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, last_dim_contiguous
 
 OP = "bigperf.fused_linear"
-# Above this many rows the CPU backend hands the GEMM to PyTorch (oneDNN/MKL) and applies
-# the epilogue in one fused pass: our skinny kernel is built for the memory-bound regime.
-# Chosen from benchmarks/bench_fused_linear_cpu.py --crossover-m (benchmarks/NOTES.md): on AVX2
-# the kernel still wins at M = 128 for every dtype pair (1.16x fp32/fp32, ~6x bf16).
-CPU_SKINNY_MAX_M = 128
 
 
 def validate(x, weight, bias, residual, activation) -> None:
@@ -146,31 +133,40 @@ def _cpu_why_not(x, weight, bias, residual, activation):
 
 
 def _cpu_run(x, weight, bias, residual, activation):
+    """Our skinny kernel, at any M (the dispatcher hands large M to the torch paths where
+    they are faster on this machine)."""
     n, k = weight.shape
     x2 = as_rows(x, k)
     m = x2.shape[0]
-    if m > CPU_SKINNY_MAX_M:
-        out = _gemm_then_epilogue(x2, weight, bias, residual, activation)
-    else:
-        w = weight if last_dim_contiguous(weight) else weight.contiguous()
-        b = fp32_bias(bias)
-        r = as_rows(residual, n) if residual is not None else None
-        out = torch.empty((m, n), dtype=x.dtype)
-        _ext.cpu_module().fused_linear(
-            _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
-            w.data_ptr(), w.stride(0), DTYPE_CODES[w.dtype],
-            b.data_ptr() if b is not None else 0,
-            r.data_ptr() if r is not None else 0, r.stride(0) if r is not None else 0,
-            out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
+    w = weight if last_dim_contiguous(weight) else weight.contiguous()
+    b = fp32_bias(bias)
+    r = as_rows(residual, n) if residual is not None else None
+    out = torch.empty((m, n), dtype=x.dtype)
+    _ext.cpu_module().fused_linear(
+        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
+        w.data_ptr(), w.stride(0), DTYPE_CODES[w.dtype],
+        b.data_ptr() if b is not None else 0,
+        r.data_ptr() if r is not None else 0, r.stride(0) if r is not None else 0,
+        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
-def _gemm_then_epilogue(x2, weight, bias, residual, activation):
-    """Large M on the CPU: PyTorch's GEMM (in fp32 where half precision is slow), then
-    act/residual in place, rounded once to x's dtype."""
-    dtype = cpu_gemm_dtype(x2.dtype)
-    y = F.linear(x2.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None)
-    return epilogue_(y, activation, residual.to(dtype) if residual is not None else None).to(x2.dtype)
+# PyTorch's GEMM in fp32 or in a half dtype the layer already has (x or the weight).
+def _torch_why_not(dtype):
+    def why_not(x, weight, bias, residual, activation):
+        return half_why_not(x, dtype, weight.dtype) if dtype != torch.float32 else None
+    return why_not
+
+
+def _torch_run(dtype):
+    def run(x, weight, bias, residual, activation):
+        n, k = weight.shape
+        if weight.dtype == dtype:
+            w = weight if last_dim_contiguous(weight) else weight.contiguous()
+            return torch_linear(x, n, k, dtype, whole=w, bias=bias, activation=activation, residual=residual)
+        return torch_linear(x, n, k, dtype, rows=lambda r0, r1, dt: weight[r0:r1].to(dt), bias=bias,
+                            activation=activation, residual=residual)
+    return run
 
 
 def _cuda_why_not(x, weight, bias, residual, activation):
@@ -209,6 +205,7 @@ BACKENDS = OpBackends(OP)
 BACKENDS.register("cpu", _cpu_why_not, _cpu_run)
 BACKENDS.register("cuda", _cuda_why_not, _cuda_run)
 BACKENDS.register("triton", _triton_why_not, _triton_run)
+register_torch_paths(BACKENDS, _torch_why_not, _torch_run)
 BACKENDS.register("reference", lambda *args: None, reference)
 
 __all__ = ["ACTIVATIONS", "BACKENDS", "fused_linear", "reference", "validate"]

@@ -19,29 +19,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from bigperf import _ext
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
-from bigperf.ops.common import (
-    as_rows,
-    cpu_gemm_dtype,
-    cpu_why_not,
-    cuda_why_not,
-    epilogue_,
-    fp32_bias,
-    triton_why_not,
-)
+from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.torch_paths import half_why_not, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, check_tensor
 from bigperf.quant import GROUP_SIZES, activation_qmax, dequantize_weight, quantize_activation_per_token
 
 WEIGHT_OP = "bigperf.int8_weight_linear"
 DYNAMIC_OP = "bigperf.int8_dynamic_linear"
-# Above this many rows the CPU backend dequantises once and uses PyTorch's GEMM: the skinny
-# kernel still won 2.04x at M = 256, halving per doubling of M (benchmarks/NOTES.md, int8 CPU).
-CPU_WEIGHT_ONLY_MAX_M = 256
 
 
 def _validate_common(op, x, qweight, scale, bias, activation):
@@ -132,15 +121,10 @@ def _weight_only_cpu_why_not(x, qweight, scale, zero_point, bias, activation):
 
 
 def _weight_only_cpu_run(x, qweight, scale, zero_point, bias, activation):
+    """Our kernel at any M (large M goes to the torch paths where those are faster here)."""
     n, k = qweight.shape
     x2 = as_rows(x, k)
     m = x2.shape[0]
-    if m > CPU_WEIGHT_ONLY_MAX_M:
-        # Compute-bound: dequantise once per call and use PyTorch's GEMM.
-        dtype = cpu_gemm_dtype(x.dtype)
-        w = dequantize_weight(qweight, scale, zero_point, dtype)
-        y = epilogue_(F.linear(x2.to(dtype), w, bias.to(dtype) if bias is not None else None), activation)
-        return y.to(x.dtype).reshape(_out_shape(x, n))
     qw = qweight.contiguous()
     s = scale.contiguous()
     z = zero_point.contiguous() if zero_point is not None else None
@@ -203,6 +187,27 @@ WEIGHT_ONLY_BACKENDS = OpBackends(WEIGHT_OP)
 WEIGHT_ONLY_BACKENDS.register("cpu", _weight_only_cpu_why_not, _weight_only_cpu_run)
 WEIGHT_ONLY_BACKENDS.register("cuda", _weight_only_cuda_why_not, _weight_only_cuda_run)
 WEIGHT_ONLY_BACKENDS.register("triton", _weight_only_triton_why_not, _weight_only_triton_run)
+
+
+# PyTorch's GEMM on the weight dequantised a chunk of rows at a time, in fp32 or in x's half dtype.
+def _weight_only_torch_why_not(dtype):
+    def why_not(x, qweight, scale, zero_point, bias, activation):
+        return half_why_not(x, dtype) if dtype != torch.float32 else None
+    return why_not
+
+
+def _weight_only_torch_run(dtype):
+    def run(x, qweight, scale, zero_point, bias, activation):
+        n, k = qweight.shape
+
+        def rows(r0, r1, dt):
+            zp = zero_point[r0:r1] if zero_point is not None else None
+            return dequantize_weight(qweight[r0:r1], scale[r0:r1], zp, dt)
+        return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation)
+    return run
+
+
+register_torch_paths(WEIGHT_ONLY_BACKENDS, _weight_only_torch_why_not, _weight_only_torch_run)
 WEIGHT_ONLY_BACKENDS.register("reference", lambda *args: None, weight_only_reference)
 
 
@@ -285,4 +290,25 @@ def _dynamic_triton_run(x, qweight, scale, bias, activation, act_bits=8):
 DYNAMIC_BACKENDS = OpBackends(DYNAMIC_OP)
 DYNAMIC_BACKENDS.register("cpu", _dynamic_cpu_why_not, _dynamic_cpu_run)
 DYNAMIC_BACKENDS.register("triton", _dynamic_triton_why_not, _dynamic_triton_run)
+
+
+# W8A8 with PyTorch's GEMM: x quantised per token as the kernel does, then the integer codes
+# of x and of the weight multiplied in fp32 or bf16 (both hold int8 codes exactly; the GEMM
+# accumulates in fp32), then the row and column scales: the kernel's math, not a float GEMM.
+def _dynamic_torch_why_not(dtype):
+    def why_not(x, qweight, scale, bias, activation, act_bits=8):
+        return half_why_not(x, dtype) if dtype != torch.float32 else None
+    return why_not
+
+
+def _dynamic_torch_run(dtype):
+    def run(x, qweight, scale, bias, activation, act_bits=8):
+        n, k = qweight.shape
+        xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits)
+        return torch_linear(x, n, k, dtype, rows=lambda r0, r1, dt: qweight[r0:r1].to(dt), bias=bias,
+                            activation=activation, x_rows=xq, row_scale=x_scale, col_scale=scale)
+    return run
+
+
+register_torch_paths(DYNAMIC_BACKENDS, _dynamic_torch_why_not, _dynamic_torch_run)
 DYNAMIC_BACKENDS.register("reference", lambda *args: None, dynamic_reference)

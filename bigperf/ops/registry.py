@@ -1,9 +1,15 @@
 """Backend selection shared by every op.
 
-Each op owns an OpBackends table: per backend, a function that says why it cannot serve
-a call (or None) and a function that runs it. Selection walks the device's priority
-list, or only the forced backend (use_backend / $BIGPERF_BACKEND); when nothing can run
-a call, one error lists every backend that was tried and why it was ruled out.
+Each op owns an OpBackends table of candidate paths: per path, a function that says why
+it cannot serve a call (or None) and a function that runs it. A path belongs to a backend
+("cpu", "cuda", "triton": our kernels; "torch": PyTorch's own GEMMs for the same math;
+"reference": the oracle) and may be one of several variants of it ("torch:fp32").
+
+Selection takes the paths of the device's backends (or of the forced one: use_backend /
+$BIGPERF_BACKEND) that can serve the call; when several can, the measuring dispatcher
+(bigperf/tune.py) picks the fastest on this machine. The reference path only runs when
+nothing else can (or when forced). When nothing can run a call, one error lists every
+path and why it was ruled out.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from typing import Callable
 
 import torch
 
-BACKEND_NAMES = ("triton", "cuda", "cpu", "reference")
+BACKEND_NAMES = ("triton", "cuda", "cpu", "torch", "reference")
+# Order matters only where measuring is off (BIGPERF_TUNE=0: the first path for one row)
+# and in reports; with measuring on, every eligible path of these backends competes.
 DEVICE_PRIORITY = {
-    "cuda": ("cuda", "triton", "reference"),
-    "cpu": ("cpu", "reference"),
+    "cuda": ("cuda", "triton", "torch", "reference"),
+    "cpu": ("cpu", "torch", "reference"),
 }
 
 _forced_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("bigperf_backend", default=None)
@@ -84,41 +92,92 @@ def use_backend(name: str):
 
 @dataclass(frozen=True)
 class Backend:
-    name: str
+    name: str                       # the backend: cpu, cuda, triton, torch, reference
     why_not: Callable[..., str | None]
     run: Callable[..., torch.Tensor]
+    variant: str = ""               # one of a backend's several paths, e.g. "fp32"
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}:{self.variant}" if self.variant else self.name
 
 
 class OpBackends:
     def __init__(self, op_name: str):
         self.op_name = op_name
-        self.backends: dict[str, Backend] = {}
+        self.backends: dict[str, Backend] = {}  # by id, in registration order
+        # call signature -> (tuner generation, path): the hot path asks one why_not, not all
+        self._chosen: dict[tuple, tuple[int, Backend]] = {}
 
-    def register(self, name: str, why_not: Callable[..., str | None], run: Callable[..., torch.Tensor]):
+    def register(self, name: str, why_not: Callable[..., str | None], run: Callable[..., torch.Tensor],
+                 variant: str = ""):
         _check_backend_name(name, f"{self.op_name}.register")
-        self.backends[name] = Backend(name, why_not, run)
+        backend = Backend(name, why_not, run, variant)
+        self.backends[backend.id] = backend
 
-    def candidates(self, device: torch.device) -> tuple[str, ...]:
+    def register_unpacked(self, ids, source: OpBackends, stand_ins: Callable[..., tuple],
+                          canonical_args: Callable[..., tuple]) -> None:
+        """Serve this layout op with `source`'s paths `ids` on the weight unpacked for the call.
+
+        Each path keeps its backend name and variant, so the path this op reports is the one
+        that runs. `stand_ins(*args)` gives the canonical arguments as meta tensors (cheap,
+        for why_not); `canonical_args(*args)` unpacks them for real (for run). The source's
+        run is called directly: the call was validated once, by this op.
+        """
+        for bid in ids:
+            b = source.backends[bid]
+            self.backends[b.id] = Backend(
+                b.name, (lambda *a, _b=b: _b.why_not(*stand_ins(*a))),
+                (lambda *a, _b=b: _b.run(*canonical_args(*a))), b.variant)
+
+    def paths(self, device: torch.device) -> list[Backend]:
+        """The registered paths this device may use, forced backend first, in priority order."""
         forced = forced_backend()
-        if forced is not None:
-            return (forced,)
-        return DEVICE_PRIORITY.get(device.type, ("reference",))
+        names = (forced,) if forced is not None else DEVICE_PRIORITY.get(device.type, ("reference",))
+        return [b for name in names for b in self.backends.values() if b.name == name]
 
-    def select(self, device: torch.device, *args) -> Backend:
-        reasons = []
-        for name in self.candidates(device):
-            backend = self.backends.get(name)
-            if backend is None:
-                reasons.append(f"  {name}: not implemented for {self.op_name}")
-                continue
+    def eligible(self, device: torch.device, *args) -> tuple[list[Backend], list[str]]:
+        """(paths that can serve this call, the reasons of those that cannot)."""
+        ok, reasons = [], []
+        paths = self.paths(device)
+        forced = forced_backend()
+        if forced is not None and not paths:
+            reasons.append(f"  {forced}: not implemented for {self.op_name}")
+        for backend in paths:
             why = backend.why_not(*args)
             if why is None:
-                return backend
-            reasons.append(f"  {name}: {why}")
+                ok.append(backend)
+            else:
+                reasons.append(f"  {backend.id}: {why}")
+        return ok, reasons
+
+    def select(self, device: torch.device, *args) -> Backend:
+        from bigperf import tune
+
         forced = forced_backend()
-        how = f" (backend forced to '{forced}')" if forced else ""
-        raise NoBackendError(f"{self.op_name}: no backend can run this call on {device}{how}:\n" + "\n".join(reasons))
+        memo_key = tune.call_key(self.op_name, (forced or "",), args)
+        memo = self._chosen.get(memo_key)
+        if memo is not None and memo[0] == tune.TUNER.generation and memo[1].why_not(*args) is None:
+            return memo[1]
+        chosen = self._select_uncached(device, args)
+        self._chosen[memo_key] = (tune.TUNER.generation, chosen)
+        return chosen
+
+    def _select_uncached(self, device: torch.device, args: tuple) -> Backend:
+        from bigperf import tune
+
+        ok, reasons = self.eligible(device, *args)
+        if not ok:
+            forced = forced_backend()
+            how = f" (backend forced to '{forced}')" if forced else ""
+            raise NoBackendError(f"{self.op_name}: no backend can run this call on {device}{how}:\n"
+                                 + "\n".join(reasons))
+        fast = [b for b in ok if b.name != "reference"] or ok  # the oracle is a last resort
+        if len(fast) == 1:
+            return fast[0]
+        choice = tune.TUNER.decide(self.op_name, fast, args).choice
+        return self.backends[choice]
 
     def why_not_each(self, device: torch.device, *args) -> dict[str, str | None]:
-        """Every registered backend's answer for this call (for doctor and reports)."""
-        return {name: backend.why_not(*args) for name, backend in self.backends.items()}
+        """Every registered path's answer for this call (for doctor and reports)."""
+        return {bid: backend.why_not(*args) for bid, backend in self.backends.items()}

@@ -29,6 +29,7 @@ from bigperf.ops.common import (
 )
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.torch_paths import half_why_not, register_torch_paths, torch_linear
 from bigperf.ops.validation import (
     DTYPE_CODES,
     FLOAT_DTYPES,
@@ -92,10 +93,12 @@ def _is_fake(t: torch.Tensor) -> bool:
 
 
 def _check_x_bias(op, x, k, n, bias, activation):
+    """x, bias and activation against a weight of N = n rows and K = k columns (k None: a
+    BSR weight, whose K is not recorded: check_bsr_call tests x against its blocks)."""
     check_float_tensor(op, "x", x, min_dim=1)
     if activation not in ACTIVATIONS:
         activation_code(activation, op)  # raises, naming the op
-    if x.shape[-1] != k:
+    if k is not None and x.shape[-1] != k:
         raise ValueError(f"{op}: argument 'x' has {x.shape[-1]} features in its last dimension, the weight has K = {k}")
     if bias is not None:
         check_float_tensor(op, "bias", bias, dims=1)
@@ -146,16 +149,25 @@ def check_bsr_call(op: str, x, values, col_indices, row_ptr, nnz: int, bn: int, 
     check_tensor(op, "col_indices", col_indices, dtypes=(torch.int32,), dims=1)
     check_tensor(op, "row_ptr", row_ptr, dtypes=(torch.int32,), dims=1)
     n = (row_ptr.shape[0] - 1) * bn
-    k = x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else 0
-    _check_x_bias(op, x, k, n, bias, activation)
-    if row_ptr.shape[0] < 2 or k % bk:
-        raise ValueError(f"{op}: argument 'row_ptr' needs N/bn + 1 >= 2 entries and K = {k} must be a "
-                         f"multiple of the block width {bk}")
+    _check_x_bias(op, x, None, n, bias, activation)
+    # A BSR weight does not record K: the call takes it from x, which must hold whole
+    # blocks and (checked with the index content below) reach the weight's last block column.
+    k = x.shape[-1]
+    if row_ptr.shape[0] < 2:
+        raise ValueError(f"{op}: argument 'row_ptr' needs N/bn + 1 >= 2 entries, got {row_ptr.shape[0]}")
+    if k % bk:
+        raise ValueError(f"{op}: argument 'x' has {k} features in its last dimension, not a multiple of the "
+                         f"weight's block width {bk}")
     _check_devices(op, x, (("values", values), ("col_indices", col_indices), ("row_ptr", row_ptr)))
     if col_indices.shape[0] != nnz:
         raise ValueError(f"{op}: argument 'col_indices' has {col_indices.shape[0]} entries for {nnz} blocks")
     if not _is_fake(row_ptr):
         def check():
+            last_column = int(col_indices.max()) if nnz else -1
+            if last_column >= k // bk:
+                raise ValueError(f"{op}: argument 'x' has {k} features in its last dimension, but the weight has "
+                                 f"blocks up to K = {(last_column + 1) * bk} (block column {last_column}, width "
+                                 f"{bk}): 'x' does not fit this weight, or 'col_indices' is corrupt")
             problem = bsr_is_valid(col_indices, row_ptr, nnz, k // bk)
             if problem:
                 raise ValueError(f"{op}: arguments 'col_indices'/'row_ptr' are corrupt: {problem}")
@@ -257,6 +269,27 @@ S24_BACKENDS = OpBackends(S24_OP)
 S24_BACKENDS.register("cpu", lambda x, *rest: cpu_why_not(x, "sparse24_linear"), _cpu_24_run)
 S24_BACKENDS.register("cuda", _cuda_24_why_not, _cuda_24_run)
 S24_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_24_run)
+# PyTorch's GEMM on the weight unpacked to dense a chunk of rows at a time (int8 values
+# dequantised with their scale), in fp32 or in a half dtype x or float values already have.
+def _torch_24_why_not(dtype):
+    def why_not(x, values, meta, scale, bias, activation):
+        if dtype == torch.float32:
+            return None
+        return half_why_not(x, dtype, values.dtype if values.is_floating_point() else None)
+    return why_not
+
+
+def _torch_24_run(dtype):
+    def run(x, values, meta, scale, bias, activation):
+        n, k = values.shape[0], 2 * values.shape[1]
+
+        def rows(r0, r1, dt):
+            return unpack_24(values[r0:r1], meta[r0:r1], scale[r0:r1] if scale is not None else None, dt)
+        return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation)
+    return run
+
+
+register_torch_paths(S24_BACKENDS, _torch_24_why_not, _torch_24_run)
 S24_BACKENDS.register("reference", lambda *args: None, sparse24_reference)
 
 
@@ -332,4 +365,27 @@ def _triton_bsr_run(x, values, col_indices, row_ptr, bias, activation):
 BSR_BACKENDS = OpBackends(BSR_OP)
 BSR_BACKENDS.register("cpu", lambda x, *rest: cpu_why_not(x, "block_sparse_linear"), _cpu_bsr_run)
 BSR_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_bsr_run)
+def _torch_bsr_why_not(dtype):
+    def why_not(x, values, col_indices, row_ptr, bias, activation):
+        return half_why_not(x, dtype, values.dtype) if dtype != torch.float32 else None
+    return why_not
+
+
+def _torch_bsr_run(dtype):
+    def run(x, values, col_indices, row_ptr, bias, activation):
+        bn = values.shape[1]
+        n, k = bn * (row_ptr.numel() - 1), x.shape[-1]
+        # Block-row boundaries once per call (a host copy of N / bn + 1 ints), not per chunk.
+        offsets = row_ptr.tolist()
+
+        def rows(r0, r1, dt):
+            b0, b1 = r0 // bn, -(-r1 // bn)
+            lo, hi = offsets[b0], offsets[b1]
+            dense = unpack_bsr(values[lo:hi], col_indices[lo:hi], row_ptr[b0:b1 + 1] - lo, k)
+            return dense.to(dt)
+        return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation, align=bn)
+    return run
+
+
+register_torch_paths(BSR_BACKENDS, _torch_bsr_why_not, _torch_bsr_run)
 BSR_BACKENDS.register("reference", lambda *args: None, block_sparse_reference)

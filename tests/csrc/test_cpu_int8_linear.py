@@ -118,8 +118,6 @@ def test_weight_only_groups(isa, group_size, symmetric):
         x = _strided_x(m, k, torch.float32, seed=10 + m)
         ref = ops.weight_only_reference(x, qw.qweight, qw.scale, qw.zero_point, bias, "none")
         _check(weight_only_op(isa, x, qw, bias), ref, WEIGHT_ONLY_FP32_TOL)
-        if m > ops.CPU_WEIGHT_ONLY_MAX_M:  # the op's fallback; the kernel itself here
-            _check(weight_only_raw(isa, x, qw, bias), ref, WEIGHT_ONLY_FP32_TOL)
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -80,11 +80,10 @@ def test_negative_control_changed_weight_changes_output():
 
 
 @pytest.mark.parametrize("x_dtype,w_dtype,tol", DTYPES[:2] + DTYPES[3:5])
-def test_large_m_route_matches(x_dtype, w_dtype, tol):
-    # Above CPU_SKINNY_MAX_M the CPU backend uses PyTorch's GEMM plus a fused epilogue.
-    from bigperf.ops.fused_linear import CPU_SKINNY_MAX_M
-
-    x, w, b, r = make_inputs(CPU_SKINNY_MAX_M + 3, 40, 24, x_dtype, w_dtype, residual=True)
+def test_large_m_matches_whichever_path_the_dispatcher_picks(x_dtype, w_dtype, tol):
+    # At large M the measuring dispatcher may pick PyTorch's GEMM plus the epilogue
+    # (tests/ops/test_candidate_paths.py checks each path on its own).
+    x, w, b, r = make_inputs(131, 40, 24, x_dtype, w_dtype, residual=True)
     out = fused_linear(x, w, b, r, "relu")
     assert out.dtype == x_dtype and rel_error(out, fused_linear_fp64(x, w, b, r, "relu")) < tol
 

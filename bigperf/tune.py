@@ -1,0 +1,403 @@
+"""The measuring dispatcher: which candidate path runs a call, decided by timing it here.
+
+Why: the fastest way to compute a layer depends on the machine (AVX2 vs AMX, which GEMM
+torch links, the GPU), the thread count, the shape and the batch size M. A crossover
+measured on one machine is wrong on another, so bigperf measures on the machine it runs on.
+
+How: an op's backend table (bigperf/ops/registry.py) holds candidate paths — our kernels
+and PyTorch's own paths for the same math (backend "torch"). For a call with more than one
+eligible candidate, `choose` forms a key (op, candidate set, dtypes and shapes of the
+arguments with M bucketed, threads, device) and
+  - uses the choice stored for that key (in memory, loaded from the on-disk cache), or
+  - times the candidates on the call's own inputs within a small budget and keeps the
+    fastest, in memory (so a process never changes its mind) and in the tuning cache.
+BIGPERF_TUNE=0 turns measuring off: our kernel at M = 1, PyTorch's path at M > 1.
+
+The cache is JSON (never pickle) in $BIGPERF_CACHE_DIR or ~/.cache/bigperf, one section per
+machine fingerprint (CPU model and ISA flags, GPU name and capability, torch and bigperf
+versions, the build of the compiled modules). It is written atomically (temp file +
+rename, under a lock file, merged with what other processes wrote); a corrupt or foreign
+file is ignored and rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+CACHE_FORMAT = 1
+CACHE_FILE = "tune.json"
+# Lazy tuning of one key stops after this many seconds once every candidate has run
+# MIN_ROUNDS times (a candidate several times slower than the best is dropped early).
+DEFAULT_BUDGET_S = 0.25
+MIN_ROUNDS = 3
+MAX_ROUNDS = 15
+DROP_FACTOR = 3.0
+
+
+def tuning_enabled() -> bool:
+    return os.environ.get("BIGPERF_TUNE", "1").strip() not in ("0", "false", "off", "no")
+
+
+def budget_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get("BIGPERF_TUNE_BUDGET_S", DEFAULT_BUDGET_S)))
+    except ValueError:
+        return DEFAULT_BUDGET_S
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("BIGPERF_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bigperf"
+
+
+def cache_path() -> Path:
+    return cache_dir() / CACHE_FILE
+
+
+def m_bucket(m: int) -> int:
+    """1, 2, 4, 8, ... (the next power of two), capped at 8192: one tuning per regime."""
+    if m <= 1:
+        return 1
+    return min(1 << (m - 1).bit_length(), 8192)
+
+
+# ----------------------------------------------------------------------------- fingerprint
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _build_id() -> str:
+    """Changes whenever the compiled modules are rebuilt: their kernels' speed may change."""
+    from bigperf import _ext
+    parts = []
+    for name in ("cpu_module", "cuda_module"):
+        module = getattr(_ext, name)()
+        path = getattr(module, "__file__", None) if module is not None else None
+        if path:
+            st = os.stat(path)
+            parts.append(f"{Path(path).name}:{st.st_size}:{int(st.st_mtime)}")
+    return ";".join(parts)
+
+
+def machine_fingerprint() -> dict:
+    from bigperf import __version__, _ext
+    cpu = _ext.cpu_module()
+    features = cpu.cpu_features() if cpu is not None else {}
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append(f"{p.name} sm_{p.major}{p.minor} {p.multi_processor_count}SM")
+    return {
+        "cpu": _cpu_model(),
+        "cpu_flags": sorted(k for k, v in features.items() if v),
+        "cpu_isa": _ext.cpu_isa() if cpu is not None else None,
+        "gpus": gpus,
+        "torch": torch.__version__,
+        "bigperf": __version__,
+        "build": _build_id(),
+    }
+
+
+def fingerprint_id(fp: dict) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the cache file
+
+def _read_cache_file(path: Path) -> dict:
+    """The file's sections, or {} when it is missing, corrupt or of another format."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("machines"), dict):
+        return {}
+    return {k: v for k, v in data["machines"].items()
+            if isinstance(v, dict) and isinstance(v.get("choices"), dict)}
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on a side file, so that read-merge-write cycles do not interleave.
+    Best effort: where locking is impossible the atomic rename still keeps the file whole."""
+    handle = None
+    try:
+        handle = open(path.with_suffix(".lock"), "a+")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def _write_cache_file(path: Path, fp_id: str, fingerprint: dict, choices: dict) -> None:
+    """Merge our choices into the file's section for this machine and replace the file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        machines = _read_cache_file(path)
+        section = machines.setdefault(fp_id, {"fingerprint": fingerprint, "choices": {}})
+        section["fingerprint"] = fingerprint
+        section["choices"].update(choices)
+        fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"format": CACHE_FORMAT, "machines": machines}, f, indent=1, sort_keys=True)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ----------------------------------------------------------------------------- keys
+
+def call_key(op_name: str, candidate_ids: tuple[str, ...], args: tuple) -> tuple:
+    """What identifies a call for tuning: the op, its eligible candidates, and per argument
+    its dtype and shape (the first argument is x: its leading dims become an M bucket),
+    the device and the thread count. A tuple: cheap to build and hash on every call."""
+    parts: list = [op_name, candidate_ids]
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            if i == 0:
+                parts.append((a.dtype, a.shape[-1] if a.dim() else 0, m_bucket(m_of(args))))
+            else:
+                parts.append((a.dtype, a.shape))
+        elif a is None or isinstance(a, (bool, int, float, str)):
+            parts.append(a)
+        else:
+            parts.append(type(a).__name__)
+    device = args[0].device if args and isinstance(args[0], torch.Tensor) else torch.device("cpu")
+    parts.append((device.type, torch.get_num_threads()))
+    return tuple(parts)
+
+
+def key_text(key: tuple) -> str:
+    """The key as the cache file spells it (stable across processes)."""
+    def text(part) -> str:
+        if isinstance(part, torch.dtype):
+            return str(part).replace("torch.", "")
+        if isinstance(part, torch.Size):
+            return "[" + ",".join(map(str, part)) + "]"
+        if isinstance(part, tuple):
+            return "(" + ",".join(text(p) for p in part) + ")"
+        return repr(part) if isinstance(part, str) and part and not part.isidentifier() else str(part)
+    return " ".join(text(p) for p in key)
+
+
+def m_of(args: tuple) -> int:
+    x = args[0]
+    return math.prod(x.shape[:-1]) if isinstance(x, torch.Tensor) and x.dim() > 1 else 1
+
+
+# ----------------------------------------------------------------------------- measuring
+
+@dataclass
+class Measurement:
+    choice: str
+    times_s: dict[str, float]            # median per candidate that finished
+    dropped: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not kept
+    seconds: float = 0.0                 # what the measuring cost
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    if device.type == "cuda":
+        def timed_cuda(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        return timed_cuda
+
+    def timed_cpu(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return timed_cpu
+
+
+def measure(candidates: Sequence, args: tuple, budget: float | None = None) -> Measurement:
+    """Times each candidate's `run(*args)` in interleaved rounds and names the fastest.
+
+    A candidate that raises is dropped with its error (the others still compete); one
+    whose first timed run is DROP_FACTOR times the best so far stops being timed: at a
+    large M a wrong path costs seconds per call, and it cannot win.
+    """
+    budget = budget_s() if budget is None else budget
+    device = args[0].device if isinstance(args[0], torch.Tensor) else torch.device("cpu")
+    timed = _timer(device)
+    started = time.perf_counter()
+    samples: dict[str, list[float]] = {}
+    dropped: dict[str, str] = {}
+    live = []
+    for c in candidates:  # warm-up: first-call costs (allocation, JIT, page faults) stay out
+        try:
+            c.run(*args)
+        except Exception as error:  # noqa: BLE001 - a failing candidate must not fail the call
+            dropped[c.id] = f"raised {type(error).__name__}: {error}"
+            continue
+        samples[c.id] = []
+        live.append(c)
+    rounds = 0
+    while live and rounds < MAX_ROUNDS:
+        order = live if rounds % 2 == 0 else list(reversed(live))  # alternate: no position bias
+        for c in order:
+            samples[c.id].append(timed(lambda c=c: c.run(*args)))
+        rounds += 1
+        best = min(statistics.median(samples[c.id]) for c in live)
+        for c in list(live):
+            if len(live) > 1 and statistics.median(samples[c.id]) > DROP_FACTOR * best:
+                live.remove(c)
+                dropped[c.id] = f"{statistics.median(samples[c.id]) / best:.1f}x the fastest"
+        if rounds >= MIN_ROUNDS and time.perf_counter() - started > budget:
+            break
+    times = {cid: statistics.median(ts) for cid, ts in samples.items() if ts}
+    if not times:
+        raise RuntimeError("bigperf.tune.measure: every candidate failed:\n" +
+                           "\n".join(f"  {k}: {v}" for k, v in dropped.items()))
+    kept = {c.id for c in live}
+    choice = min((cid for cid in times if cid in kept), key=times.__getitem__)
+    return Measurement(choice, times, dropped, time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------- the dispatcher state
+
+@dataclass
+class Decision:
+    choice: str
+    source: str                           # "measured", "cache", "default", "only"
+    times_s: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Tuner:
+    """Choices per call key for this process; loads and writes the cache file."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._decisions: dict[tuple, Decision] = {}      # by call_key: what this process uses
+        self._from_file: dict[str, Decision] = {}        # by key_text: the cache file's section
+        self._loaded_from: Path | None = None
+        self._fingerprint: dict | None = None
+        self._fp_id: str | None = None
+        self.tuning_seconds = 0.0
+        self.generation = 0  # bumped by forget(): memos of earlier choices are void
+
+    # -- cache file
+    def _ensure_loaded(self) -> None:
+        path = cache_path()
+        if self._loaded_from == path:
+            return
+        self._fingerprint = machine_fingerprint()
+        self._fp_id = fingerprint_id(self._fingerprint)
+        section = _read_cache_file(path).get(self._fp_id, {})
+        self._from_file = {}
+        for text, entry in section.get("choices", {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("choice"), str):
+                times = entry.get("times_s") if isinstance(entry.get("times_s"), dict) else {}
+                self._from_file[text] = Decision(entry["choice"], "cache", times)
+        self._loaded_from = path
+
+    def _persist(self, key: str, decision: Decision) -> None:
+        entry = {"choice": decision.choice, "times_s": decision.times_s, "when": int(time.time())}
+        try:
+            _write_cache_file(cache_path(), self._fp_id, self._fingerprint, {key: entry})
+        except OSError:
+            pass  # an unwritable cache costs a re-tune next time, never the call
+
+    # -- choosing
+    def decide(self, op_name: str, candidates: Sequence, args: tuple) -> Decision:
+        """The decision for this call among `candidates` (already known eligible)."""
+        ids = tuple(c.id for c in candidates)
+        if len(ids) == 1:
+            return Decision(ids[0], "only")
+        key = call_key(op_name, ids, args)
+        decision = self._decisions.get(key)
+        if decision is not None:
+            return decision
+        with self._lock:
+            self._ensure_loaded()
+            text = key_text(key)
+            decision = self._decisions.get(key) or self._from_file.get(text)
+            if decision is not None and decision.choice in ids:
+                self._decisions[key] = decision
+                return decision
+            if not tuning_enabled():
+                decision = Decision(default_choice(candidates, args), "default")
+            else:
+                result = measure(candidates, args)
+                self.tuning_seconds += result.seconds
+                decision = Decision(result.choice, "measured", result.times_s, result.seconds)
+                self._persist(text, decision)
+            self._decisions[key] = decision
+            return decision
+
+    def decisions(self) -> dict[str, Decision]:
+        return {key_text(k): d for k, d in self._decisions.items()}
+
+    def forget(self) -> None:
+        """Drop what this process decided and reload the cache on next use (tests, `bigperf tune`)."""
+        with self._lock:
+            self._decisions.clear()
+            self._from_file.clear()
+            self._loaded_from = None
+            self.generation += 1
+
+
+def default_choice(candidates: Sequence, args: tuple) -> str:
+    """Without measuring: our kernel for one row (memory-bound, where it wins everywhere
+    it was measured), PyTorch's first path for more (the safe choice on an unknown machine)."""
+    if m_of(args) > 1:
+        for c in candidates:
+            if c.name == "torch":
+                return c.id
+    return candidates[0].id
+
+
+TUNER = Tuner()
+
+
+def decisions() -> dict[str, Decision]:
+    """Every key this process has decided, with how (for reports and `bigperf doctor`)."""
+    return TUNER.decisions()
+
+
+def forget() -> None:
+    TUNER.forget()

@@ -1,0 +1,165 @@
+"""Every CPU candidate path of every op computes the layer within its tolerance.
+
+The measuring dispatcher (bigperf/tune.py) may pick any eligible path — our kernel or one of
+PyTorch's (backend "torch", per compute dtype) — so each one is checked here against a
+float64 reference, directly through the op's table, at an M where the dispatcher would
+consider it. The torch paths materialise weights in chunks of rows: the chunk is shrunk
+here so that the loop over chunks (and its row alignment) is exercised too.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bigperf.ops.torch_paths as torch_paths
+from bigperf.cpu_layouts import pack_24_lanes, pack_bsr_lanes
+from bigperf.ops.activations import apply_activation
+from bigperf.ops.block_sparse_lanes_linear import LANES_BACKENDS as BSR_LANES_BACKENDS
+from bigperf.ops.fused_linear import BACKENDS as FUSED_BACKENDS
+from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, WEIGHT_ONLY_BACKENDS, dynamic_reference
+from bigperf.ops.sparse24_lanes_linear import LANES_BACKENDS as S24_LANES_BACKENDS
+from bigperf.ops.sparse_linear import BSR_BACKENDS, S24_BACKENDS
+from bigperf.quant import dequantize_weight, quantize_weight
+from bigperf.sparsity import block_mask, nm_mask, pack_24, pack_24_int8, pack_bsr, unpack_24, unpack_bsr
+from tests.helpers import TOLERANCE, fused_linear_fp64, random_tensor, rel_error
+
+M, N, K = 37, 96, 64  # N spans several 16-row chunks; M above every "skinny" regime
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(torch_paths, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(torch_paths, "MIN_CHUNK_ROWS", 16)
+
+
+def _fp64(x, w, b, act):
+    return fused_linear_fp64(x, w, b, None, act)
+
+
+def _case_fused(x_dtype, w_dtype):
+    x = random_tensor(M, K, dtype=x_dtype, seed=1)
+    w = random_tensor(N, K, dtype=w_dtype, seed=2, scale=0.2)
+    b = random_tensor(N, seed=3)
+    r = random_tensor(M, N, dtype=x_dtype, seed=4)
+    ref = fused_linear_fp64(x, w, b, r, "gelu")
+    return FUSED_BACKENDS, (x, w, b, r, "gelu"), ref, max(TOLERANCE[x_dtype], TOLERANCE[w_dtype])
+
+
+def _case_weight_only(x_dtype, group_size):
+    x = random_tensor(M, K, dtype=x_dtype, seed=5)
+    q = quantize_weight(random_tensor(N, K, seed=6, scale=0.2), group_size, symmetric=group_size is None)
+    b = random_tensor(N, seed=7)
+    ref = _fp64(x, dequantize_weight(q.qweight, q.scale, q.zero_point), b, "silu")
+    return WEIGHT_ONLY_BACKENDS, (x, q.qweight, q.scale, q.zero_point, b, "silu"), ref, TOLERANCE[x_dtype]
+
+
+def _case_dynamic(x_dtype, act_bits):
+    x = random_tensor(M, K, dtype=x_dtype, seed=8)
+    q = quantize_weight(random_tensor(N, K, seed=9, scale=0.2))
+    b = random_tensor(N, seed=10)
+    args = (x, q.qweight, q.scale, b, "relu", act_bits)
+    ref = dynamic_reference(*args).double()  # the W8A8 math exactly (fp64 integer sums)
+    return DYNAMIC_BACKENDS, args, ref, TOLERANCE[x_dtype]
+
+
+def _pruned_24(dtype):
+    w = random_tensor(N, K, seed=11, scale=0.2)
+    return (w * nm_mask(w)).to(dtype)
+
+
+def _case_24(x_dtype, int8_values):
+    x = random_tensor(M, K, dtype=x_dtype, seed=12)
+    p = pack_24_int8(_pruned_24(torch.float32)) if int8_values else pack_24(_pruned_24(x_dtype))
+    b = random_tensor(N, seed=13)
+    ref = _fp64(x, unpack_24(p.values, p.meta, p.scale, torch.float32), b, "none")
+    return S24_BACKENDS, (x, p.values, p.meta, p.scale, b, "none"), ref, TOLERANCE[x_dtype]
+
+
+def _case_24_lanes(x_dtype, int8_values):
+    table, (x, values, meta, scale, b, act), ref, tol = _case_24(x_dtype, int8_values)
+    layout = pack_24_lanes(values, meta, scale)
+    return S24_LANES_BACKENDS, (x, layout.values, layout.meta, layout.scale, layout.n, b, act), ref, tol
+
+
+def _case_bsr(x_dtype, lanes=False):
+    x = random_tensor(M, K, dtype=x_dtype, seed=14)
+    w = random_tensor(N, K, seed=15, scale=0.2)
+    w = (w * block_mask(w, (16, 16), 0.5)).to(x_dtype)
+    p = pack_bsr(w, (16, 16))
+    b = random_tensor(N, seed=16)
+    ref = _fp64(x, unpack_bsr(p.values.float(), p.col_indices, p.row_ptr, K), b, "gelu")
+    if lanes:
+        layout = pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, K)
+        args = (x, layout.values, layout.col_indices, layout.row_ptr, layout.bk, b, "gelu")
+        return BSR_LANES_BACKENDS, args, ref, TOLERANCE[x_dtype]
+    return BSR_BACKENDS, (x, p.values, p.col_indices, p.row_ptr, b, "gelu"), ref, TOLERANCE[x_dtype]
+
+
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+CASES = {
+    "fused fp32": lambda: _case_fused(F32, F32),
+    "fused fp32 x bf16 w": lambda: _case_fused(F32, BF16),
+    "fused bf16": lambda: _case_fused(BF16, BF16),
+    "fused fp16 x fp16 w": lambda: _case_fused(F16, F16),
+    "int8 per channel fp32": lambda: _case_weight_only(F32, None),
+    "int8 g32 asymmetric bf16": lambda: _case_weight_only(BF16, 32),
+    "w8a8 fp32": lambda: _case_dynamic(F32, 8),
+    "w8a8 7-bit bf16": lambda: _case_dynamic(BF16, 7),
+    "2:4 fp32": lambda: _case_24(F32, False),
+    "2:4 bf16": lambda: _case_24(BF16, False),
+    "2:4 int8 fp32": lambda: _case_24(F32, True),
+    "2:4 lanes bf16": lambda: _case_24_lanes(BF16, False),
+    "2:4 lanes int8 fp32": lambda: _case_24_lanes(F32, True),
+    "bsr fp32": lambda: _case_bsr(F32),
+    "bsr bf16": lambda: _case_bsr(BF16),
+    "bsr lanes fp32": lambda: _case_bsr(F32, lanes=True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_eligible_cpu_path_matches_the_float64_reference(case):
+    table, args, ref, tol = CASES[case]()
+    x = args[0]
+    ran = []
+    for path in table.backends.values():
+        if path.name not in ("cpu", "torch") or path.why_not(*args) is not None:
+            continue
+        out = path.run(*args)
+        assert out.dtype == x.dtype and out.shape == ref.shape, path.id
+        assert torch.isfinite(out).all(), path.id
+        err = rel_error(out, ref)
+        assert err < tol, f"{case}: path {path.id} is off by {err:.2e} (tolerance {tol:.0e})"
+        ran.append(path.id)
+    assert "torch:fp32" in ran, f"{case}: the fp32 torch path must serve every layer; ran {ran}"
+    assert len(ran) >= 2, f"{case}: expected our kernel and a torch path, ran {ran}"
+
+
+def test_half_paths_only_where_the_inputs_already_have_that_precision():
+    _, args, _, _ = _case_weight_only(F32, None)
+    assert WEIGHT_ONLY_BACKENDS.backends["torch:bf16"].why_not(*args)  # would round fp32 x
+    _, args, _, _ = _case_fused(F32, BF16)
+    assert FUSED_BACKENDS.backends["torch:bf16"].why_not(*args) is None  # the weight is bf16
+    assert FUSED_BACKENDS.backends["torch:fp16"].why_not(*args)
+
+
+def test_a_changed_weight_changes_every_path():
+    """Negative control: a path that ignored (part of) the weight would pass the checks above
+    only by luck; here one weight row changes and exactly that output column must move."""
+    table, args, _, _ = _case_weight_only(F32, None)
+    x, q, s, zp, b, act = args
+    q2 = q.clone()
+    q2[N - 1] = -q2[N - 1]  # the last row: in the last chunk
+    for path in table.backends.values():
+        if path.name not in ("cpu", "torch") or path.why_not(*args) is not None:
+            continue
+        before = path.run(*args)
+        after = path.run(x, q2, s, zp, b, act)
+        moved = (after != before).any(dim=0)
+        assert moved[N - 1] and moved.sum() == 1, path.id
+
+
+def test_the_torch_path_output_is_activation_of_the_gemm():
+    x = random_tensor(5, K, seed=20)
+    w = random_tensor(N, K, seed=21)
+    out = FUSED_BACKENDS.backends["torch:fp32"].run(x, w, None, None, "relu")
+    assert torch.equal(out, apply_activation(x @ w.t(), "relu"))

@@ -1,0 +1,198 @@
+"""The measuring dispatcher (bigperf/tune.py) and its tuning cache.
+
+Candidates here are planted paths with a known cost (they sleep), not mocks of the timer:
+what is measured is real time, as in use.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+
+import pytest
+import torch
+
+import bigperf
+from bigperf import tune
+from bigperf.ops.registry import OpBackends
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIGPERF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("BIGPERF_TUNE", "1")
+    monkeypatch.setenv("BIGPERF_TUNE_BUDGET_S", "0.05")
+    tune.forget()
+    yield tmp_path
+    tune.forget()
+
+
+def _sleeper(seconds, calls=None):
+    def run(x, *rest):
+        if calls is not None:
+            calls.append(seconds)
+        time.sleep(seconds)
+        return x
+    return run
+
+
+def _table(costs: dict[str, float], name="bigperf.test_planted", calls=None) -> OpBackends:
+    table = OpBackends(name)
+    for bid, cost in costs.items():
+        backend, _, variant = bid.partition(":")
+        table.register(backend, lambda *a: None, _sleeper(cost, calls), variant=variant)
+    return table
+
+
+def _x(m=4, k=8):
+    return torch.zeros(m, k)
+
+
+def test_picks_the_planted_fast_candidate_and_ignores_the_slow_one():
+    table = _table({"cpu": 0.004, "torch:fp32": 0.0005, "torch:bf16": 0.002})
+    assert table.select(torch.device("cpu"), _x()).id == "torch:fp32"
+    decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
+    assert decision.source == "measured"
+    assert decision.times_s["torch:fp32"] < decision.times_s["cpu"]
+
+
+def test_fast_kernel_wins_too():
+    table = _table({"cpu": 0.0005, "torch:fp32": 0.004})
+    assert table.select(torch.device("cpu"), _x()).id == "cpu"
+
+
+def test_a_candidate_that_raises_is_dropped_not_fatal():
+    table = _table({"cpu": 0.001})
+
+    def broken(*args):
+        raise RuntimeError("planted failure")
+    table.register("torch", lambda *a: None, broken, variant="fp32")
+    assert table.select(torch.device("cpu"), _x()).id == "cpu"
+
+
+def test_the_same_call_keeps_its_path_within_a_process():
+    calls = []
+    table = _table({"cpu": 0.0005, "torch:fp32": 0.004}, calls=calls)
+    first = table.select(torch.device("cpu"), _x(m=3))
+    n_calls = len(calls)
+    for _ in range(5):
+        assert table.select(torch.device("cpu"), _x(m=4)) is first  # same M bucket (4)
+    assert len(calls) == n_calls, "a decided call must not be measured again"
+
+
+def test_m_buckets_are_tuned_separately():
+    table = _table({"cpu": 0.001, "torch:fp32": 0.002})
+    table.select(torch.device("cpu"), _x(m=1))
+    table.select(torch.device("cpu"), _x(m=100))
+    keys = [k for k in tune.decisions() if "test_planted" in k]
+    assert len(keys) == 2 and any("128" in k for k in keys)
+
+
+def test_measuring_off_uses_safe_defaults(monkeypatch):
+    monkeypatch.setenv("BIGPERF_TUNE", "0")
+    calls = []
+    table = _table({"cpu": 0.001, "torch:fp32": 0.001}, calls=calls)
+    assert table.select(torch.device("cpu"), _x(m=1)).id == "cpu"
+    assert table.select(torch.device("cpu"), _x(m=16)).id == "torch:fp32"
+    assert calls == [], "nothing may be timed with BIGPERF_TUNE=0"
+
+
+def test_forced_backend_restricts_the_candidates():
+    table = _table({"cpu": 0.004, "torch:fp32": 0.0005})
+    with bigperf.use_backend("cpu"):
+        assert table.select(torch.device("cpu"), _x()).id == "cpu"
+
+
+def test_reference_runs_only_when_nothing_else_can():
+    table = OpBackends("bigperf.test_reference_last")
+    table.register("cpu", lambda *a: "not built", _sleeper(0))
+    table.register("reference", lambda *a: None, _sleeper(0))
+    assert table.select(torch.device("cpu"), _x()).id == "reference"
+
+
+# ----------------------------------------------------------------------------- the cache file
+
+def _cache_file(tmp):
+    return tmp / tune.CACHE_FILE
+
+
+def test_cache_round_trip(own_cache):
+    table = _table({"cpu": 0.003, "torch:fp32": 0.0005})
+    table.select(torch.device("cpu"), _x())
+    data = json.loads(_cache_file(own_cache).read_text())
+    assert data["format"] == tune.CACHE_FORMAT
+    (section,) = data["machines"].values()
+    assert section["fingerprint"]["torch"] == torch.__version__
+    assert any(e["choice"] == "torch:fp32" for e in section["choices"].values())
+
+    tune.forget()  # a new process: the choice comes from the file, nothing is timed
+    calls = []
+    table2 = _table({"cpu": 0.0, "torch:fp32": 0.0}, calls=calls)
+    assert table2.select(torch.device("cpu"), _x()).id == "torch:fp32"
+    assert calls == []
+    decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
+    assert decision.source == "cache"
+
+
+@pytest.mark.parametrize("content", ["{not json", "", "\x00\xff", json.dumps({"format": 99, "machines": {}}),
+                                     json.dumps([1, 2]), json.dumps({"format": 1, "machines": {"x": 3}})])
+def test_corrupt_or_foreign_cache_is_ignored_and_rewritten(own_cache, content):
+    _cache_file(own_cache).write_text(content, errors="surrogateescape")
+    table = _table({"cpu": 0.003, "torch:fp32": 0.0005})
+    assert table.select(torch.device("cpu"), _x()).id == "torch:fp32"
+    data = json.loads(_cache_file(own_cache).read_text())
+    assert data["format"] == tune.CACHE_FORMAT and len(data["machines"]) == 1
+
+
+def test_a_changed_fingerprint_ignores_stale_entries(own_cache, monkeypatch):
+    _table({"cpu": 0.003, "torch:fp32": 0.0005}).select(torch.device("cpu"), _x())
+    tune.forget()
+    real = tune.machine_fingerprint()
+    monkeypatch.setattr(tune, "machine_fingerprint", lambda: {**real, "cpu": "another CPU"})
+    # On the "other machine" the kernel is the fast one: a stale entry would say torch.
+    table = _table({"cpu": 0.0005, "torch:fp32": 0.003})
+    assert table.select(torch.device("cpu"), _x()).id == "cpu"
+    data = json.loads(_cache_file(own_cache).read_text())
+    assert len(data["machines"]) == 2  # the first machine's section is kept, not clobbered
+
+
+def test_an_unwritable_cache_costs_nothing_but_the_file(own_cache, monkeypatch):
+    blocker = own_cache / "file-not-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("BIGPERF_CACHE_DIR", str(blocker))
+    table = _table({"cpu": 0.003, "torch:fp32": 0.0005})
+    assert table.select(torch.device("cpu"), _x()).id == "torch:fp32"
+
+
+def _write_many(args):
+    directory, writer, count = args
+    os.environ["BIGPERF_CACHE_DIR"] = directory
+    path = tune.cache_path()
+    for i in range(count):
+        tune._write_cache_file(path, "machine", {"cpu": "test"}, {f"w{writer}-k{i}": {"choice": "cpu"}})
+    return True
+
+
+def test_concurrent_writers_lose_nothing_and_leave_valid_json(own_cache):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        assert all(pool.map(_write_many, [(str(own_cache), w, 25) for w in range(2)]))
+    data = json.loads(_cache_file(own_cache).read_text())
+    choices = data["machines"]["machine"]["choices"]
+    assert len(choices) == 50
+    assert not [p for p in own_cache.iterdir() if p.name.startswith(".tune-")], "temp files left behind"
+
+
+def test_cache_file_gets_the_users_umask(own_cache):
+    old = os.umask(0o022)
+    try:
+        _table({"cpu": 0.001, "torch:fp32": 0.0}).select(torch.device("cpu"), _x())
+    finally:
+        os.umask(old)
+    assert _cache_file(own_cache).stat().st_mode & 0o777 == 0o644
+
+
+def test_m_bucket():
+    assert [tune.m_bucket(m) for m in (0, 1, 2, 3, 4, 5, 16, 17, 128, 129, 100000)] == \
+        [1, 1, 2, 4, 4, 8, 16, 32, 128, 256, 8192]
