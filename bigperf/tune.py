@@ -191,19 +191,20 @@ def call_key(op_name: str, candidate_ids: tuple[str, ...], args: tuple) -> tuple
     """What identifies a call for tuning: the op, its eligible candidates, and per argument
     its dtype and shape (the first argument is x: its leading dims become an M bucket),
     the device and the thread count. A tuple: cheap to build and hash on every call."""
-    parts: list = [op_name, candidate_ids]
-    for i, a in enumerate(args):
+    x = args[0]
+    shape = x.shape
+    m = 1
+    for d in shape[:-1]:
+        m *= d
+    parts: list = [op_name, candidate_ids, (x.dtype, shape[-1] if shape else 0, m_bucket(m), x.device.type)]
+    for a in args[1:]:
         if isinstance(a, torch.Tensor):
-            if i == 0:
-                parts.append((a.dtype, a.shape[-1] if a.dim() else 0, m_bucket(m_of(args))))
-            else:
-                parts.append((a.dtype, a.shape))
+            parts.append((a.dtype, a.shape))
         elif a is None or isinstance(a, (bool, int, float, str)):
             parts.append(a)
         else:
             parts.append(type(a).__name__)
-    device = args[0].device if args and isinstance(args[0], torch.Tensor) else torch.device("cpu")
-    parts.append((device.type, torch.get_num_threads()))
+    parts.append(torch.get_num_threads())
     return tuple(parts)
 
 
@@ -318,7 +319,6 @@ class Tuner:
         self._fingerprint: dict | None = None
         self._fp_id: str | None = None
         self.tuning_seconds = 0.0
-        self.generation = 0  # bumped by forget(): memos of earlier choices are void
 
     # -- cache file
     def _ensure_loaded(self) -> None:
@@ -378,7 +378,8 @@ class Tuner:
             self._decisions.clear()
             self._from_file.clear()
             self._loaded_from = None
-            self.generation += 1
+            for memo in _MEMOS:
+                memo.clear()
 
 
 def default_choice(candidates: Sequence, args: tuple) -> str:
@@ -392,6 +393,13 @@ def default_choice(candidates: Sequence, args: tuple) -> str:
 
 
 TUNER = Tuner()
+_MEMOS: list[dict] = []  # the op tables' per-call memos of TUNER's choices
+
+
+def register_memo(memo: dict) -> dict:
+    """An op table's memo of choices, cleared whenever the tuner forgets."""
+    _MEMOS.append(memo)
+    return memo
 
 
 def decisions() -> dict[str, Decision]:

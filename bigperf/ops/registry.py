@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from bigperf import tune
 BACKEND_NAMES = ("triton", "cuda", "cpu", "torch", "reference")
 # Order matters only where measuring is off (BIGPERF_TUNE=0: the first path for one row)
 # and in reports; with measuring on, every eligible path of these backends competes.
@@ -106,8 +107,8 @@ class OpBackends:
     def __init__(self, op_name: str):
         self.op_name = op_name
         self.backends: dict[str, Backend] = {}  # by id, in registration order
-        # call signature -> (tuner generation, path): the hot path asks one why_not, not all
-        self._chosen: dict[tuple, tuple[int, Backend]] = {}
+        # call signature -> path: the hot path asks one why_not, not all (tune.forget clears it)
+        self._chosen: dict[tuple, Backend] = tune.register_memo({})
 
     def register(self, name: str, why_not: Callable[..., str | None], run: Callable[..., torch.Tensor],
                  variant: str = ""):
@@ -152,20 +153,24 @@ class OpBackends:
         return ok, reasons
 
     def select(self, device: torch.device, *args) -> Backend:
-        from bigperf import tune
-
-        forced = forced_backend()
-        memo_key = tune.call_key(self.op_name, (forced or "",), args)
-        memo = self._chosen.get(memo_key)
-        if memo is not None and memo[0] == tune.TUNER.generation and memo[1].why_not(*args) is None:
-            return memo[1]
+        # Every op call comes through here: the memo key is a few attribute reads (the
+        # tuning key hashes shapes, microseconds per call). The weight object stands for
+        # its dtype and shape, the M bucket is log2, and the chosen path's why_not is asked
+        # again, so a stale entry can never run a path that cannot serve the call.
+        x = args[0]
+        shape = x.shape
+        k = shape[-1] if shape else 0
+        m = x.numel() // k if k else 1
+        memo_key = (_forced_backend.get() or _ENV_BACKEND, x.dtype, k, (m - 1).bit_length() if m > 1 else 0,
+                    id(args[1]), torch.get_num_threads())
+        chosen = self._chosen.get(memo_key)
+        if chosen is not None and chosen.why_not(*args) is None:
+            return chosen
         chosen = self._select_uncached(device, args)
-        self._chosen[memo_key] = (tune.TUNER.generation, chosen)
+        self._chosen[memo_key] = chosen
         return chosen
 
     def _select_uncached(self, device: torch.device, args: tuple) -> Backend:
-        from bigperf import tune
-
         ok, reasons = self.eligible(device, *args)
         if not ok:
             forced = forced_backend()
