@@ -162,7 +162,7 @@ class OpBackends:
         k = shape[-1] if shape else 0
         m = x.numel() // k if k else 1
         memo_key = (_forced_backend.get() or _ENV_BACKEND, x.dtype, k, (m - 1).bit_length() if m > 1 else 0,
-                    id(args[1]), torch.get_num_threads())
+                    id(args[1]) if len(args) > 1 else None, torch.get_num_threads())
         chosen = self._chosen.get(memo_key)
         if chosen is not None and chosen.why_not(*args) is None:
             return chosen
