@@ -158,6 +158,10 @@ class SparseLinear(nn.Module):
             return block_sparse_lanes_linear(x, self._lanes_layout(), self.bias, self.activation)
         if self.pattern == "2:4":
             return sparse24_linear(x, self.values, self.meta, self.scale, self.bias, self.activation)
+        # The canonical BSR op takes K from x (the format does not record it); the layer knows it.
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(f"bigperf.nn.SparseLinear.forward: argument 'x' has shape {tuple(x.shape)}, "
+                             f"expected [..., {self.in_features}]")
         return block_sparse_linear(x, self.values, self.col_indices, self.row_ptr, self.bias, self.activation)
 
     def packed_24(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

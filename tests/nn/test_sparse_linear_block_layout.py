@@ -240,3 +240,15 @@ def test_layers_built_under_inference_mode_keep_ordinary_lane_buffers():
         assert not any(b.is_inference() for m in (layer, fresh) for b in m.buffers())
         fresh.use_kernel_layout("canonical")
         assert not any(b.is_inference() for b in fresh.buffers())
+
+
+@pytest.mark.parametrize("layout", ["canonical", CPU_LAYOUT])
+@pytest.mark.parametrize("width", [80, 112])
+def test_x_of_another_width_is_refused_in_either_layout(layout, width):
+    """The canonical BSR op takes K from x (the format does not record it): the layer checks
+    x against its in_features, so a wider x is refused as it is in the lane layout."""
+    _, layer = layer_of((16, 16), torch.float32)
+    layer.use_kernel_layout(layout)
+    with torch.no_grad(), pytest.raises(ValueError, match=f"argument 'x' has {width} features|"
+                                                          f"argument 'x' has shape \\(2, {width}\\)"):
+        layer(torch.randn(2, width))

@@ -106,6 +106,31 @@ def test_bad_input_is_refused(call, error, word):
         call(random_tensor(2, 32), pack_24(pruned(16, 32)))
 
 
+def _bsr_whose_last_block_column_is(last_column, k=64, block=(8, 16)):
+    """A BSR weight of K = k whose stored blocks reach block column `last_column`."""
+    w = torch.zeros(16, k)
+    w[:8, last_column * block[1]:(last_column + 1) * block[1]] = random_tensor(8, block[1], seed=7)
+    w[8:, :block[1]] = random_tensor(8, block[1], seed=8)
+    return pack_bsr(w, block)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_block_sparse_x_is_checked_against_the_weights_k(backend):
+    """A BSR weight does not record K, so x's features are checked against what it does
+    record: whole blocks, and its last block column (once refused as 'corrupt indices')."""
+    pb = _bsr_whose_last_block_column_is(3)  # the weight reaches K = 64
+    with bigperf.use_backend(backend):
+        with pytest.raises(ValueError, match=r"block_sparse_linear: argument 'x' has 48 features .* up to K = 64 "
+                                             r"\(block column 3, width 16\)"):
+            block_sparse_linear(random_tensor(2, 48), pb.values, pb.col_indices, pb.row_ptr)
+        with pytest.raises(ValueError, match=r"block_sparse_linear: argument 'x' has 72 features .* not a "
+                                             r"multiple of the weight's block width 16"):
+            block_sparse_linear(random_tensor(2, 72), pb.values, pb.col_indices, pb.row_ptr)
+        x = random_tensor(2, 64)
+        expected = fused_linear_fp64(x, unpack_bsr(pb.values, pb.col_indices, pb.row_ptr, 64))
+        assert rel_error(block_sparse_linear(x, pb.values, pb.col_indices, pb.row_ptr), expected) < 1e-5
+
+
 @pytest.mark.parametrize("name", ["values", "col_indices", "row_ptr"])
 def test_block_sparse_tensors_on_another_device_are_refused(name):
     pb = pack_bsr(pruned(16, 32), (8, 8))
