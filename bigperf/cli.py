@@ -1,4 +1,4 @@
-"""The `bigperf` command: doctor | demo | swap | bench | export | trt."""
+"""The `bigperf` command: doctor | demo | swap | tune | bench | export | trt."""
 
 from __future__ import annotations
 
@@ -38,6 +38,36 @@ def _swap_command(args) -> int:
     return 0
 
 
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch takes comma-separated positive ints, got {text!r}") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"--batch takes comma-separated positive ints, got {text!r}")
+    return sizes
+
+
+def _tune_command(args) -> int:
+    """Swap (without saving) at the given batch sizes: the measured choices land in the
+    tuning cache, where every later process on this machine finds them."""
+    import bigperf
+    from bigperf.targets import load_target
+
+    console = _wide_console()
+    try:
+        model = load_target(args.target)
+        report = bigperf.swap(model, args.config, batch_sizes=args.batch)
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {error}", markup=False, highlight=False)
+        return 2
+    if args.json:
+        print(report.to_json())
+    else:
+        console.print(report)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bigperf", description="Compiled-kernel performance toolkit for PyTorch")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     swap_cmd.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     swap_cmd.add_argument("--save", metavar="DIR", help="write the swapped model with bigperf.save")
     swap_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    tune_cmd = commands.add_parser("tune", help="measure the fastest path of every layer at given batch sizes "
+                                                "and keep the choices in the tuning cache")
+    tune_cmd.add_argument("target", help="package.module:factory (imports and runs it), or a local transformers "
+                                         "model directory")
+    tune_cmd.add_argument("--config", default="int8", help=f"one of: {', '.join(NAMED_CONFIGS)} (default int8)")
+    tune_cmd.add_argument("--batch", type=_batch_sizes, default=(1, 16, 128),
+                          help="comma-separated numbers of rows (tokens) per call, default 1,16,128")
+    tune_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     add_bench_parser(commands)
     add_deploy_parsers(commands)
     args = parser.parse_args(argv)
@@ -65,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "swap":
         return _swap_command(args)
+    if args.command == "tune":
+        return _tune_command(args)
     if args.command == "bench":
         return run_bench_command(args)
     if args.command in ("export", "trt"):

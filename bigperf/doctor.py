@@ -23,8 +23,8 @@ def _triton_version() -> str:
 def _backend_table(device: torch.device) -> Table:
     from bigperf.ops.fused_linear import BACKENDS
 
-    table = Table(title=f"backends for torch.ops.bigperf.fused_linear on {device}")
-    table.add_column("backend")
+    table = Table(title=f"candidate paths for torch.ops.bigperf.fused_linear on {device}")
+    table.add_column("path")
     table.add_column("usable")
     table.add_column("why not")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -33,6 +33,23 @@ def _backend_table(device: torch.device) -> Table:
     for name, why in BACKENDS.why_not_each(device, x, w, None, None, "none").items():
         table.add_row(name, "yes" if why is None else "no", why or "")
     return table
+
+
+def _tuning_rows(table: Table) -> None:
+    """Where the measured choices live and what this machine has chosen so far."""
+    from bigperf import tune
+
+    state = "on" if tune.tuning_enabled() else "off (BIGPERF_TUNE=0: our kernel at M = 1, PyTorch's GEMM above)"
+    table.add_row("measured dispatch", f"{state}; budget {tune.budget_s():.2f} s per new call shape "
+                                       f"(BIGPERF_TUNE_BUDGET_S)")
+    path = tune.cache_path()
+    section = tune._read_cache_file(path).get(tune.fingerprint_id(tune.machine_fingerprint()), {})
+    choices = section.get("choices", {})
+    counts: dict[str, int] = {}
+    for entry in choices.values():
+        counts[entry.get("choice", "?")] = counts.get(entry.get("choice", "?"), 0) + 1
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none yet"
+    table.add_row("tuning cache", f"{path} (BIGPERF_CACHE_DIR); {len(choices)} choice(s) for this machine ({summary})")
 
 
 def run_doctor(console: Console | None = None) -> int:
@@ -69,6 +86,7 @@ def run_doctor(console: Console | None = None) -> int:
         table.add_row("GPU", "none visible to torch (torch.cuda.is_available() is False)")
     cuda_reason = _ext.cuda_unavailable_reason()
     table.add_row("bigperf._C_cuda", "ready" if cuda_reason is None else cuda_reason)
+    _tuning_rows(table)
     console.print(table)
     console.print(_backend_table(torch.device("cpu")))
     if torch.cuda.is_available():

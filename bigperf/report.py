@@ -18,6 +18,11 @@ class LayerChange:
     backend: str
     sqnr_db: float | None = None  # on the calibration data, when given
     config: str = ""
+    # swap(batch_sizes=...): per M, {"path": what runs, "speedup": over the original layer}
+    by_batch: dict[int, dict] = field(default_factory=dict)
+
+    def paths_text(self) -> str:
+        return ", ".join(f"M={m}: {r['path']} {r['speedup']:.2f}x" for m, r in sorted(self.by_batch.items()))
 
     @property
     def saved_fraction(self) -> float:
@@ -30,6 +35,8 @@ class SwapReport:
     dry_run: bool
     changes: list[LayerChange] = field(default_factory=list)
     kept: list[tuple[str, str]] = field(default_factory=list)  # (name, why it was kept)
+    tuning_seconds: float | None = None  # swap(batch_sizes=...): time spent measuring
+    tune_cache: str | None = None        # where the measured choices are kept
 
     @property
     def bytes_before(self) -> int:
@@ -43,7 +50,8 @@ class SwapReport:
         return {"config": self.config, "dry_run": self.dry_run,
                 "changes": [asdict(c) for c in self.changes],
                 "kept": [{"name": n, "reason": r} for n, r in self.kept],
-                "bytes_before": self.bytes_before, "bytes_after": self.bytes_after}
+                "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
+                "tuning_seconds": self.tuning_seconds, "tune_cache": self.tune_cache}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -53,16 +61,21 @@ class SwapReport:
 
         title = f"bigperf.swap {self.config}" + (" (dry run: nothing changed)" if self.dry_run else "")
         table = Table(title=title)
-        for column in ("layer", "old → new", "activation", "weight bytes", "SQNR dB", "backend / reason"):
+        tuned = any(c.by_batch for c in self.changes)
+        columns = ["layer", "old → new", "activation", "weight bytes", "SQNR dB", "backend / reason"]
+        for column in columns + (["path and speedup per batch size"] if tuned else []):
             table.add_column(column)
         for c in self.changes:
             sqnr = "-" if c.sqnr_db is None else f"{c.sqnr_db:.1f}"
             table.add_row(c.name, f"{c.old} → {c.new}", c.activation,
-                          f"{c.bytes_before:,} → {c.bytes_after:,}", sqnr, c.backend)
+                          f"{c.bytes_before:,} → {c.bytes_after:,}", sqnr, c.backend,
+                          *([c.paths_text()] if tuned else []))
         for name, reason in self.kept:
-            table.add_row(name, "kept", "", "", "", reason)
+            table.add_row(name, "kept", "", "", "", reason, *([""] if tuned else []))
         table.caption = (f"{len(self.changes)} layer(s) swapped; weight bytes "
                          f"{self.bytes_before:,} → {self.bytes_after:,}")
+        if self.tuning_seconds is not None:
+            table.caption += f"; tuned in {self.tuning_seconds:.1f} s (cache: {self.tune_cache})"
         return table
 
     def __str__(self) -> str:

@@ -19,6 +19,7 @@ from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_ma
 from bigperf.errors import LayerRefused
 from bigperf.ops.registry import NoBackendError
 from bigperf.report import LayerChange, SwapReport
+from bigperf.tune_swap import cache_location, check_batch_sizes, tune_planned
 
 
 @dataclass
@@ -140,7 +141,7 @@ def restore_modules(model: nn.Module, undo: list[tuple[str, nn.Module]]) -> None
 
 
 def swap(model: nn.Module, config, *, filter: Callable | None = None, calibration=None,
-         min_sqnr: float | None = None, dry_run: bool = False) -> SwapReport:
+         min_sqnr: float | None = None, dry_run: bool = False, batch_sizes=None) -> SwapReport:
     """Replace the model's linear maps according to `config`; returns a SwapReport.
 
     config: a config (e.g. bigperf.Int8WeightOnly(group_size=128)), a config name
@@ -149,12 +150,19 @@ def swap(model: nn.Module, config, *, filter: Callable | None = None, calibratio
     iterable of model inputs: tensors, tuples of args, or dicts of kwargs) each layer's
     SQNR is measured on the activations it really sees, and layers below `min_sqnr` dB
     are kept. Nothing changes when dry_run is True or when any step fails.
+
+    batch_sizes (e.g. (1, 16, 128)): tune every swapped layer for these numbers of rows
+    now (bigperf/tune.py measures which path is fastest on this machine and caches it), and
+    report per layer the path and the speedup over the original layer at each size. Without
+    it, each new batch size is tuned at its first call, within a small budget.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"bigperf.swap: argument 'model' must be an nn.Module, got {type(model).__name__}")
     config = normalize_config(config)
     if min_sqnr is not None and calibration is None:
         raise ValueError("bigperf.swap: argument 'min_sqnr' needs 'calibration' batches to measure SQNR on")
+
+    sizes = check_batch_sizes(batch_sizes) if batch_sizes is not None else None
 
     planned, kept = plan_swaps(model, config, filter)
     sqnr = measure_sqnr(model, planned, calibration) if calibration is not None else {}
@@ -169,6 +177,11 @@ def swap(model: nn.Module, config, *, filter: Callable | None = None, calibratio
         report.changes.append(LayerChange(p.name, type(p.old).__name__, type(p.new).__name__, p.activation,
                                           _module_bytes(p.old), _module_bytes(p.new), p.new.backend(), layer_sqnr,
                                           config=p.config.describe()))
+    if sizes:
+        per_layer, report.tuning_seconds = tune_planned(accepted, sizes)
+        for change in report.changes:
+            change.by_batch = per_layer.get(change.name, {})
+        report.tune_cache = cache_location()
     if not dry_run:
         apply_swaps(model, accepted)
     return report

@@ -32,6 +32,8 @@ DEVICE_PRIORITY = {
 }
 
 _forced_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("bigperf_backend", default=None)
+# While record_paths() is active: the (op, path id) of every selection, for reports.
+_recorder: contextvars.ContextVar[list | None] = contextvars.ContextVar("bigperf_paths", default=None)
 
 
 class NoBackendError(RuntimeError):
@@ -89,6 +91,17 @@ def use_backend(name: str):
         yield
     finally:
         _forced_backend.reset(token)
+
+
+@contextlib.contextmanager
+def record_paths():
+    """Collects (op name, path id) for every op call inside the block: what really ran."""
+    paths: list[tuple[str, str]] = []
+    token = _recorder.set(paths)
+    try:
+        yield paths
+    finally:
+        _recorder.reset(token)
 
 
 @dataclass(frozen=True)
@@ -164,10 +177,12 @@ class OpBackends:
         memo_key = (_forced_backend.get() or _ENV_BACKEND, x.dtype, k, (m - 1).bit_length() if m > 1 else 0,
                     id(args[1]) if len(args) > 1 else None, torch.get_num_threads())
         chosen = self._chosen.get(memo_key)
-        if chosen is not None and chosen.why_not(*args) is None:
-            return chosen
-        chosen = self._select_uncached(device, args)
-        self._chosen[memo_key] = chosen
+        if chosen is None or chosen.why_not(*args) is not None:
+            chosen = self._select_uncached(device, args)
+            self._chosen[memo_key] = chosen
+        recording = _recorder.get()
+        if recording is not None:
+            recording.append((self.op_name, chosen.id))
         return chosen
 
     def _select_uncached(self, device: torch.device, args: tuple) -> Backend:

@@ -1,0 +1,103 @@
+"""Tuning at swap time: every swapped layer is run at the batch sizes the user names, so the
+measuring dispatcher (bigperf/tune.py) decides its paths now rather than at the first real
+call, and the report says per layer which path runs at each batch size and how fast that
+is against the layer it replaced.
+
+Layers of the same shape, dtype and config share one measurement: a 32-layer decoder has
+seven distinct linear shapes, not 224.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bigperf import tune
+from bigperf.ops.registry import record_paths
+
+TIMED_CALLS = 3
+
+
+def check_batch_sizes(batch_sizes) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(m) for m in batch_sizes)
+    except (TypeError, ValueError):
+        raise TypeError(f"bigperf.swap: argument 'batch_sizes' must be an iterable of positive ints, "
+                        f"got {batch_sizes!r}") from None
+    if not sizes or any(m <= 0 for m in sizes) or any(m != b for m, b in zip(sizes, batch_sizes)):
+        raise ValueError(f"bigperf.swap: argument 'batch_sizes' must be positive ints, got {batch_sizes!r}")
+    return tuple(sorted(set(sizes)))
+
+
+def _median_time(fn, x) -> float:
+    times = []
+    for _ in range(TIMED_CALLS):
+        t0 = time.perf_counter()
+        fn(x)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def tune_layer(old, new: nn.Module, in_features: int, batch_sizes: Iterable[int],
+               dtype: torch.dtype, device: torch.device) -> dict[int, dict]:
+    """Per batch size: {"path": what ran, "speedup": old time / new time}.
+
+    The first call of `new` at each M is where the dispatcher tunes; the timed calls after it
+    run the chosen path. The old layer is timed the same way, in the same loop.
+    """
+    results = {}
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    with torch.inference_mode():
+        for m in batch_sizes:
+            x = torch.randn(m, in_features, generator=gen).to(device=device, dtype=dtype)
+            with record_paths() as ran:
+                new(x)  # tunes, if this key is new
+            paths = sorted({path for _, path in ran})
+            old(x)  # warm-up of the original, as the new layer just had
+            t_old = _median_time(old, x)
+            t_new = _median_time(new, x)
+            results[m] = {"path": "+".join(paths) or "?", "speedup": t_old / t_new if t_new > 0 else float("inf")}
+    return results
+
+
+def _original_math(linear_map):
+    """What the replaced layer computed, as F.linear on its own tensors: timing it must not
+    run the user's module (its forward hooks, or any other code of theirs)."""
+    module = linear_map.module
+    weight = module.weight.detach()
+    weight = weight.t() if linear_map.transposed else weight
+    bias = getattr(module, "bias", None)
+    bias = bias.detach() if bias is not None else None
+    return lambda x: F.linear(x, weight, bias)
+
+
+def layer_signature(planned) -> tuple:
+    lm = planned.linear
+    w = lm.module.weight
+    return (type(planned.new).__name__, planned.config.describe(), planned.activation,
+            lm.in_features, lm.out_features, w.dtype, w.device.type)
+
+
+def tune_planned(planned: list, batch_sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, dict]], float]:
+    """Tunes every planned layer at `batch_sizes`; ({layer name: per-M results}, seconds spent)."""
+    started = time.perf_counter()
+    done: dict[tuple, dict[int, dict]] = {}
+    per_layer = {}
+    for p in planned:
+        sig = layer_signature(p)
+        if sig not in done:
+            done[sig] = tune_layer(_original_math(p.linear), p.new, p.linear.in_features, batch_sizes,
+                                   p.linear.module.weight.dtype, p.linear.module.weight.device)
+        per_layer[p.name] = done[sig]
+    return per_layer, time.perf_counter() - started
+
+
+def cache_location() -> str:
+    return str(tune.cache_path())
