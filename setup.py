@@ -111,6 +111,7 @@ class BuildExt(build_ext):
             "cpu_isa_paths": ISAS,
             "cuda_built": False,
             "cuda_archs": [],
+            "cuda_ptx_archs": [],
             "nvcc": None,
             "cuda_skip_reason": None,
         }
@@ -147,10 +148,13 @@ class BuildExt(build_ext):
             gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
         # PTX of the lowest portable arch as well, so that GPUs newer than every listed
         # arch (whose SASS we do not ship) can JIT the kernels instead of failing.
-        portable = sorted((a for a in archs if a.isdigit()), key=int)
-        if portable:
-            gencode += ["-gencode", f"arch=compute_{portable[0]},code=compute_{portable[0]}"]
-        archs_define = '-DBIGPERF_CUDA_ARCHS_STR="' + ";".join(archs) + '"'
+        portable = sorted((a for a in archs if a.isdigit()), key=int)[:1]
+        for arch in portable:
+            gencode += ["-gencode", f"arch=compute_{arch},code=compute_{arch}"]
+        # The module reports both (compiled_archs, compiled_ptx_archs): the ops' why-not
+        # answers compare them with the GPU's compute capability.
+        archs_defines = ['-DBIGPERF_CUDA_ARCHS_STR="' + ";".join(archs) + '"',
+                         '-DBIGPERF_CUDA_PTX_ARCHS_STR="' + ";".join(portable) + '"']
         obj_dir = Path(self.build_temp) / "cuda"
         obj_dir.mkdir(parents=True, exist_ok=True)
         commands, objects = [], []
@@ -158,7 +162,7 @@ class BuildExt(build_ext):
             obj = obj_dir / (source.stem + ".o")
             commands.append([nvcc, "-c", str(source), "-o", str(obj), "-O3", "-std=c++17",
                              "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", "-lineinfo",
-                             "-I", str(ROOT / "csrc"), archs_define,
+                             "-I", str(ROOT / "csrc"), *archs_defines,
                              *gencode])
             objects.append(str(obj))
         # One nvcc per translation unit, in parallel: ptxas runs single-threaded per file
@@ -176,7 +180,8 @@ class BuildExt(build_ext):
         ext.library_dirs.append(str(cuda_home / "lib64"))
         # Static runtime: the module imports without libcudart.so or a driver present.
         ext.libraries += ["cudart_static", "dl", "rt", "pthread"]
-        self.build_info.update(cuda_built=True, cuda_archs=archs, nvcc=nvcc_version(nvcc))
+        self.build_info.update(cuda_built=True, cuda_archs=archs, cuda_ptx_archs=portable,
+                               nvcc=nvcc_version(nvcc))
         return True
 
     def write_build_info(self):
@@ -201,9 +206,12 @@ cpu_ext = Pybind11Extension(
     define_macros=[("BIGPERF_X86", "1")] if IS_X86 else [],
 )
 
+# The .cu files hold the kernels and their launchers (nvcc, above); kernel_plans.cpp the
+# host-only validation and planning, which the tests' emulator module links as well
+# (tests/cuda_emulators.py). The host emulators themselves are test code: not in here.
 cuda_ext = Pybind11Extension(
     "bigperf._C_cuda",
-    ["csrc/bindings/cuda_module.cpp"],
+    ["csrc/bindings/cuda_module.cpp", "csrc/cuda/kernel_plans.cpp"],
     include_dirs=["csrc"],
     cxx_std=17,
     extra_compile_args=["-O2"],

@@ -14,6 +14,17 @@ std::string runtime_info();
 
 // Archs whose SASS the build embedded, e.g. {"80", "90a"}.
 std::vector<std::string> compiled_archs();
+// Virtual archs whose PTX the build embedded (JIT-compiled by the driver on newer GPUs), e.g. {"80"}.
+std::vector<std::string> compiled_ptx_archs();
+
+// cudaPointerGetAttributes on every pointer of every launch (a host pointer or another
+// GPU's memory is then a ValueError instead of an illegal-address fault). Off by default:
+// it costs about a microsecond per pointer, and bigperf's Python wrappers hand over only
+// tensors they have checked to live on the launch's device. On with
+// BIGPERF_CUDA_CHECK_POINTERS=1 (read once) or set_pointer_checks(true), for debugging and
+// for callers of the raw bindings.
+void set_pointer_checks(bool on);
+bool pointer_checks();
 
 // out[M,N] = act(x[M,K] @ w[N,K]^T + bias[N]) + residual[M,N], fp32 accumulation.
 // Pointers are raw addresses (0 = absent); strides are in elements.
@@ -39,15 +50,12 @@ void fused_linear_validate(const FusedLinearArgs& args, const char* fn);
 // pointers must belong to the current device.
 void fused_linear(const FusedLinearArgs& args, uintptr_t stream);
 
-// The configuration `fused_linear` picks for this shape on a GPU with `sm_count` SMs.
-int fused_linear_choose_config(int64_t M, int64_t N, int sm_count);
+// The configuration `fused_linear` picks for this shape on a GPU with `sm_count` SMs that
+// allows `max_smem` bytes of shared memory per block (0 = no limit); -1 when none fits.
+int fused_linear_choose_config(int64_t M, int64_t N, int sm_count, int max_smem = 0);
 std::string fused_linear_config_name(int config);
 int fused_linear_num_configs();
-
-// Runs the kernel's index maps (tiles, cp.async chunks, swizzle, ldmatrix addresses,
-// mma fragment layouts, split-K reduction, epilogue) on the CPU with host pointers, so
-// that layout bugs show up without a GPU. `args.config` must name a configuration.
-void fused_linear_emulate(const FusedLinearArgs& args);
+int fused_linear_config_smem(int config);  // dynamic shared memory per block, bytes
 
 // ----------------------------------------------------------------------------- W8A16
 // out[M,N] = act(x[M,K] @ dequant(W)^T + bias[N]) with W int8 in the packed layout of
@@ -77,15 +85,17 @@ struct W8A16Plan {
 };
 
 void w8a16_validate(const W8A16Args& args, const char* fn);
-W8A16Plan w8a16_plan(int64_t M, int64_t N, int64_t K, int sm_count, int config = -1, int splits = -1);
+// config -1 picks the configuration from M among those that fit `max_smem` bytes of shared
+// memory per block (0 = no limit; plan.config = -1 when none fits); splits -1 picks the K
+// split from the tile count and `sm_count`.
+W8A16Plan w8a16_plan(int64_t M, int64_t N, int64_t K, int sm_count, int config = -1, int splits = -1,
+                     int max_smem = 0);
 // The split-K buffers the caller passed must fit `plan` (checked once the plan is known).
 void w8a16_check_workspace(const W8A16Args& args, const W8A16Plan& plan, const char* fn);
 std::string w8a16_config_name(int config);
 int w8a16_num_configs();
+int w8a16_config_smem(int config);
 void w8a16_linear(const W8A16Args& args, uintptr_t stream);
-// Host emulation with host pointers (config and splits must be given; the split-K
-// partials go through `workspace` / `counters` exactly as on the device).
-void w8a16_emulate(const W8A16Args& args);
 
 // ----------------------------------------------------------------------------- 2:4 sparse
 // out[M,N] = act(x[M,K] @ W^T + bias[N]) with W 2:4-sparse along K, computed as
@@ -105,10 +115,11 @@ struct S24Args {
 };
 
 void s24_validate(const S24Args& args, const char* fn);
-int s24_choose_config(int64_t M, int64_t N, int sm_count);
+// As fused_linear_choose_config: -1 when no configuration fits `max_smem` (0 = no limit).
+int s24_choose_config(int64_t M, int64_t N, int sm_count, int max_smem = 0);
 std::string s24_config_name(int config);
 int s24_num_configs();
+int s24_config_smem(int config);
 void s24_linear(const S24Args& args, uintptr_t stream);
-void s24_emulate(const S24Args& args);  // host pointers, config required
 
 }  // namespace bigperf::cuda

@@ -17,6 +17,7 @@
 
 #include "cuda/cuda_api.h"
 #include "cuda/fused_linear_tile.h"
+#include "cuda/launch_util.h"
 #include "cuda/mma_device.cuh"
 
 namespace bigperf::cuda {
@@ -178,42 +179,11 @@ __global__ void __launch_bounds__(C::THREADS) fused_linear_kernel(const KernelPa
   }
 }
 
-constexpr int kMaxDevices = 64;
-
-int sm_count(int device) {
-  static std::atomic<int> cache[kMaxDevices] = {};
-  if (device < 0 || device >= kMaxDevices) return 132;
-  int n = cache[device].load(std::memory_order_relaxed);
-  if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
-      cudaGetLastError();
-      return 132;
-    }
-    cache[device].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
-[[noreturn]] void cuda_fail(const char* fn, const char* what, cudaError_t err) {
-  throw std::runtime_error(std::string(fn) + ": " + what + " failed: " + cudaGetErrorString(err));
-}
-
 template <class C, class T>
 void launch(const FusedLinearArgs& a, cudaStream_t stream, int device, const char* fn) {
   auto kernel = fused_linear_kernel<C, T>;
-  if constexpr (C::SMEM_BYTES > 48 * 1024) {
-    // The opt-in above 48 KiB is per device; remember which devices have it.
-    static std::atomic<uint64_t> opted_in{0};
-    const uint64_t bit = device < kMaxDevices ? (uint64_t{1} << device) : 0;
-    if (bit == 0 || !(opted_in.load(std::memory_order_relaxed) & bit)) {
-      cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM_BYTES);
-      if (err != cudaSuccess) {
-        cudaGetLastError();
-        cuda_fail(fn, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)", err);
-      }
-      opted_in.fetch_or(bit, std::memory_order_relaxed);
-    }
-  }
+  static std::atomic<uint64_t> opted_in{0};
+  util::ensure_smem(kernel, C::SMEM_BYTES, device, opted_in, fn);
   KernelParams<T> p;
   p.x = reinterpret_cast<const T*>(a.x);
   p.w = reinterpret_cast<const T*>(a.w);
@@ -231,8 +201,7 @@ void launch(const FusedLinearArgs& a, cudaStream_t stream, int device, const cha
   const int64_t tiles = ((a.M + C::BM - 1) / C::BM) * ((a.N + C::BN - 1) / C::BN);
   if (tiles > INT_MAX) throw std::invalid_argument(std::string(fn) + ": M and N give more than 2^31-1 tiles");
   kernel<<<dim3(unsigned(tiles)), dim3(C::THREADS), C::SMEM_BYTES, stream>>>(p);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) cuda_fail(fn, "kernel launch", err);
+  util::check_launch(fn);
 }
 
 template <class T>
@@ -244,115 +213,21 @@ void launch_config(int config, const FusedLinearArgs& a, cudaStream_t stream, in
   }
 }
 
-// Device pointers only, and on the current device: a host pointer or another GPU's
-// memory would otherwise surface as an illegal-address fault that poisons the context.
-void check_device_pointer(uintptr_t ptr, int device, const char* fn, const char* name) {
-  if (ptr == 0) return;
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(ptr));
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    throw std::invalid_argument(std::string(fn) + ": " + name + " is not a CUDA pointer (" +
-                                cudaGetErrorString(err) + ")");
-  }
-  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged) {
-    throw std::invalid_argument(std::string(fn) + ": " + name + " is not device memory");
-  }
-  if (attr.type == cudaMemoryTypeDevice && attr.device != device) {
-    throw std::invalid_argument(std::string(fn) + ": " + name + " lives on device " + std::to_string(attr.device) +
-                                " but the current device is " + std::to_string(device));
-  }
-}
-
 }  // namespace
 }  // namespace fl
-
-int fused_linear_num_configs() { return fl::kNumConfigs; }
-
-std::string fused_linear_config_name(int config) {
-  switch (config) {
-    case 0: return "small_16x32x128_w1x1x4_s4";
-    case 1: return "medium_64x64x64_w2x2x1_s4";
-    case 2: return "large_128x128x32_w2x4x1_s4";
-    default: return "";
-  }
-}
-
-int fused_linear_choose_config(int64_t M, int64_t N, int sm_count) {
-  if (M <= 16) return 0;
-  const int64_t large_tiles = ((M + 127) / 128) * ((N + 127) / 128);
-  // 128x128 tiles only when they still give every SM a CTA; otherwise the 4x smaller
-  // medium tiles win by parallelism.
-  if (M > 64 && large_tiles >= sm_count) return 2;
-  return 1;
-}
-
-void fused_linear_validate(const FusedLinearArgs& a, const char* fn) {
-  auto require = [fn](bool ok, const std::string& message) {
-    if (!ok) throw std::invalid_argument(std::string(fn) + ": " + message);
-  };
-  const int64_t imax = INT_MAX;
-  require(a.M >= 0 && a.M <= imax, "M must be in [0, 2^31-1], got " + std::to_string(a.M));
-  require(a.N >= 0 && a.N <= imax, "N must be in [0, 2^31-1], got " + std::to_string(a.N));
-  require(a.K >= 0 && a.K <= imax, "K must be in [0, 2^31-1], got " + std::to_string(a.K));
-  require(a.dtype == 1 || a.dtype == 2,
-          "dtype_code must be 1 (float16) or 2 (bfloat16), got " + std::to_string(a.dtype));
-  require(a.act >= 0 && a.act <= 4, "act_code must be 0..4 (none, relu, gelu_erf, gelu_tanh, silu), got " +
-                                        std::to_string(a.act));
-  require(a.config >= -1 && a.config < fl::kNumConfigs, "config must be -1 (auto) or 0.." +
-                                                            std::to_string(fl::kNumConfigs - 1) + ", got " +
-                                                            std::to_string(a.config));
-  require(a.K % kFusedLinearKMultiple == 0,
-          "K must be a multiple of 8 (16-byte cp.async chunks), got " + std::to_string(a.K));
-  if (a.M == 0 || a.N == 0) return;
-
-  // A row stride matters only when there is a second row; with it, each row start must
-  // stay 16-byte aligned and the last row must end inside int64 arithmetic.
-  auto check_matrix = [&](uintptr_t ptr, const char* ptr_name, int64_t stride, const char* stride_name,
-                          int64_t rows, int64_t cols, const char* cols_name) {
-    require(ptr != 0, std::string(ptr_name) + " is null");
-    require(ptr % kFusedLinearPointerAlignment == 0,
-            std::string(ptr_name) + " must be 16-byte aligned, got address % 16 = " + std::to_string(ptr % 16));
-    if (rows <= 1) return;
-    require(stride >= cols, std::string(stride_name) + " (" + std::to_string(stride) + ") must be >= " + cols_name +
-                                " (" + std::to_string(cols) + ")");
-    require(stride % kFusedLinearStrideMultiple == 0,
-            std::string(stride_name) + " must be a multiple of 8 elements, got " + std::to_string(stride));
-    require(stride <= (INT64_MAX / 4 - cols) / (rows - 1), std::string(stride_name) + " is too large");
-  };
-  if (a.K > 0) {
-    check_matrix(a.x, "x_ptr", a.x_row_stride, "x_row_stride", a.M, a.K, "K");
-    check_matrix(a.w, "w_ptr", a.w_row_stride, "w_row_stride", a.N, a.K, "K");
-  }
-  check_matrix(a.out, "out_ptr", a.out_row_stride, "out_row_stride", a.M, a.N, "N");
-  if (a.residual != 0) {
-    check_matrix(a.residual, "residual_ptr", a.residual_row_stride, "residual_row_stride", a.M, a.N, "N");
-  }
-  require(a.bias % kFusedLinearBiasAlignment == 0, "bias_ptr must be 4-byte aligned (float32)");
-}
 
 void fused_linear(const FusedLinearArgs& a, uintptr_t stream_handle) {
   const char* fn = "bigperf._C_cuda.fused_linear";
   fused_linear_validate(a, fn);
   if (a.M == 0 || a.N == 0) return;
-  int count = 0;
-  const cudaError_t count_err = cudaGetDeviceCount(&count);
-  if (count_err != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    throw std::runtime_error(std::string(fn) + ": no CUDA device/driver available (" +
-                             (count_err != cudaSuccess ? cudaGetErrorString(count_err) : "0 devices") + ")");
-  }
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) fl::cuda_fail(fn, "cudaGetDevice", err);
-  if (a.K > 0) {
-    fl::check_device_pointer(a.x, device, fn, "x_ptr");
-    fl::check_device_pointer(a.w, device, fn, "w_ptr");
-  }
-  fl::check_device_pointer(a.bias, device, fn, "bias_ptr");
-  fl::check_device_pointer(a.residual, device, fn, "residual_ptr");
-  fl::check_device_pointer(a.out, device, fn, "out_ptr");
-  const int config = a.config >= 0 ? a.config : fused_linear_choose_config(a.M, a.N, fl::sm_count(device));
+  const int device = util::current_device(fn);
+  util::check_device_pointers(device, fn,
+                              {{a.K > 0 ? a.x : 0, "x_ptr"}, {a.K > 0 ? a.w : 0, "w_ptr"}, {a.bias, "bias_ptr"},
+                               {a.residual, "residual_ptr"}, {a.out, "out_ptr"}});
+  const util::DeviceLimits lim = util::device_limits(device);
+  const int config = util::checked_config(
+      fn, a.config >= 0 ? a.config : fused_linear_choose_config(a.M, a.N, lim.sm_count, lim.max_smem), lim.max_smem,
+      fused_linear_config_smem, fused_linear_config_name);
   const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   if (a.dtype == 1) {
     fl::launch_config<__half>(config, a, stream, device, fn);

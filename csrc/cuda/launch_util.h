@@ -1,13 +1,18 @@
-// Host-side checks shared by the W8A16 and 2:4 launchers: a usable device, device-resident
-// pointers, SM counts and the per-device opt-in to more than 48 KiB of shared memory.
+// Host-side helpers shared by the launchers: a usable device, what it allows (SM count,
+// shared memory per block, both cached per device), the opt-in pointer checks and the
+// per-device opt-in to more than 48 KiB of shared memory.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <atomic>
-#include <climits>
 #include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <utility>
+
+#include "cuda/arg_checks.h"
 
 namespace bigperf::cuda::util {
 
@@ -15,10 +20,6 @@ constexpr int kMaxDevices = 64;
 
 [[noreturn]] inline void cuda_fail(const char* fn, const char* what, cudaError_t err) {
   throw std::runtime_error(std::string(fn) + ": " + what + " failed: " + cudaGetErrorString(err));
-}
-
-inline void require(bool ok, const char* fn, const std::string& message) {
-  if (!ok) throw std::invalid_argument(std::string(fn) + ": " + message);
 }
 
 // The current device, or a RuntimeError naming `fn` when there is no device or driver.
@@ -36,37 +37,81 @@ inline int current_device(const char* fn) {
   return device;
 }
 
-inline int sm_count(int device) {
+// A device attribute, queried once per device (0 when the query fails).
+template <cudaDeviceAttr Attr>
+int cached_attribute(int device) {
   static std::atomic<int> cache[kMaxDevices] = {};
-  if (device < 0 || device >= kMaxDevices) return 132;
-  int n = cache[device].load(std::memory_order_relaxed);
-  if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
+  const bool cacheable = device >= 0 && device < kMaxDevices;
+  int v = cacheable ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (v == 0) {
+    if (cudaDeviceGetAttribute(&v, Attr, device) != cudaSuccess || v <= 0) {
       cudaGetLastError();
-      return 132;
+      return 0;
     }
-    cache[device].store(n, std::memory_order_relaxed);
+    if (cacheable) cache[device].store(v, std::memory_order_relaxed);
   }
-  return n;
+  return v;
 }
 
-// A host pointer or another GPU's memory would otherwise surface as an illegal-address
-// fault that poisons the whole context.
-inline void check_device_pointer(uintptr_t ptr, int device, const char* fn, const char* name) {
-  if (ptr == 0) return;
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(ptr));
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    throw std::invalid_argument(std::string(fn) + ": " + name + " is not a CUDA pointer (" +
-                                cudaGetErrorString(err) + ")");
+// What the launchers size grids and choose tiles by. sm_count falls back to an H100's 132
+// when the query fails; max_smem 0 means unknown (no configuration is ruled out).
+struct DeviceLimits {
+  int sm_count, max_smem;
+};
+
+inline DeviceLimits device_limits(int device) {
+  const int sms = cached_attribute<cudaDevAttrMultiProcessorCount>(device);
+  return DeviceLimits{sms > 0 ? sms : 132, cached_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(device)};
+}
+
+// The configuration a launch runs: `config` as chosen (-1: none fits the device) or forced,
+// checked against the shared memory per block the device allows (`max_smem`, 0 = unknown),
+// so that a misfit is a ValueError naming it rather than a failed launch.
+inline int checked_config(const char* fn, int config, int max_smem, int (*smem_of)(int),
+                          std::string (*name_of)(int)) {
+  if (config < 0) {
+    throw std::invalid_argument(std::string(fn) + ": no tile configuration fits the " + std::to_string(max_smem) +
+                                " bytes of shared memory a block may use on this device");
   }
-  if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged) {
-    throw std::invalid_argument(std::string(fn) + ": " + name + " is not device memory");
+  const int smem = smem_of(config);
+  if (max_smem > 0 && smem > max_smem) {
+    throw std::invalid_argument(std::string(fn) + ": config " + name_of(config) + " needs " + std::to_string(smem) +
+                                " bytes of shared memory per block, the device allows " + std::to_string(max_smem));
   }
-  if (attr.type == cudaMemoryTypeDevice && attr.device != device) {
-    throw std::invalid_argument(std::string(fn) + ": " + name + " lives on device " + std::to_string(attr.device) +
-                                " but the current device is " + std::to_string(device));
+  return config;
+}
+
+inline std::atomic<bool>& pointer_checks_flag() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("BIGPERF_CUDA_CHECK_POINTERS");
+    return env != nullptr && env[0] == '1';
+  }()};
+  return on;
+}
+
+// With pointer checks on: device pointers only, and on the current device (a host
+// pointer or another GPU's memory would otherwise surface as an illegal-address fault that
+// poisons the context). Null pointers (absent operands) pass.
+inline void check_device_pointers(int device, const char* fn,
+                                  std::initializer_list<std::pair<uintptr_t, const char*>> pointers) {
+  if (!pointer_checks_flag().load(std::memory_order_relaxed)) return;
+  for (const auto& [ptr, name] : pointers) {
+    if (ptr == 0) continue;
+    cudaPointerAttributes attr{};
+    const cudaError_t err = cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(ptr));
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      throw std::invalid_argument(std::string(fn) + ": " + name + " is not a CUDA pointer (" +
+                                  cudaGetErrorString(err) + ")");
+    }
+    if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged) {
+      throw std::invalid_argument(std::string(fn) + ": " + name + " is not device memory");
+    }
+    if (attr.type == cudaMemoryTypeDevice && attr.device != device) {
+      throw std::invalid_argument(std::string(fn) + ": " + name + " lives on device " +
+                                  std::to_string(attr.device) + " but the current device is " +
+                                  std::to_string(device));
+    }
   }
 }
 
@@ -88,24 +133,6 @@ void ensure_smem(Kernel kernel, int bytes, int device, std::atomic<uint64_t>& op
 inline void check_launch(const char* fn) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) cuda_fail(fn, "kernel launch", err);
-}
-
-// Shared checks of a [rows, cols] fp16/bf16 matrix handed over as (pointer, row stride):
-// 16-byte aligned base, and with more than one row a stride that keeps every row start
-// 16-byte aligned and the last row inside int64 arithmetic.
-inline void check_matrix(const char* fn, uintptr_t ptr, const char* ptr_name, int64_t stride, const char* stride_name,
-                         int64_t rows, int64_t cols, const char* cols_name, int elem_bytes = 2) {
-  require(ptr != 0, fn, std::string(ptr_name) + " is null");
-  require(ptr % 16 == 0, fn,
-          std::string(ptr_name) + " must be 16-byte aligned, got address % 16 = " + std::to_string(ptr % 16));
-  if (rows <= 1) return;
-  require(stride >= cols, fn,
-          std::string(stride_name) + " (" + std::to_string(stride) + ") must be >= " + cols_name + " (" +
-              std::to_string(cols) + ")");
-  require((stride * elem_bytes) % 16 == 0, fn,
-          std::string(stride_name) + " must be a multiple of " + std::to_string(16 / elem_bytes) +
-              " elements, got " + std::to_string(stride));
-  require(stride <= (INT64_MAX / 4 - cols) / (rows - 1), fn, std::string(stride_name) + " is too large");
 }
 
 }  // namespace bigperf::cuda::util

@@ -1,6 +1,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/cuda_api.h"
+#include "cuda/launch_util.h"
 
 namespace bigperf::cuda {
 
@@ -23,19 +24,9 @@ std::string runtime_info() {
 #define BIGPERF_STR2(...) #__VA_ARGS__
 #define BIGPERF_STR(...) BIGPERF_STR2(__VA_ARGS__)
 
-std::vector<std::string> compiled_archs() {
-  // The build's own list when setup.py passes it (keeps the "a" of 90a); otherwise nvcc's
-  // __CUDA_ARCH_LIST__ (e.g. "800,900"), which names the virtual archs without suffixes.
-#if defined(BIGPERF_CUDA_ARCHS_STR)
-  const std::string raw = BIGPERF_CUDA_ARCHS_STR;
-  const bool from_list = false;
-#elif defined(__CUDA_ARCH_LIST__)
-  const std::string raw = BIGPERF_STR(__CUDA_ARCH_LIST__);
-  const bool from_list = true;
-#else
-  const std::string raw;
-  const bool from_list = false;
-#endif
+namespace {
+
+std::vector<std::string> split_archs(const std::string& raw, bool from_list) {
   std::vector<std::string> archs;
   std::string item;
   for (char c : raw + ";") {
@@ -52,5 +43,32 @@ std::vector<std::string> compiled_archs() {
   }
   return archs;
 }
+
+}  // namespace
+
+std::vector<std::string> compiled_archs() {
+  // The build's own list when setup.py passes it (keeps the "a" of 90a); otherwise nvcc's
+  // __CUDA_ARCH_LIST__ (e.g. "800,900"), which names the virtual archs without suffixes.
+#if defined(BIGPERF_CUDA_ARCHS_STR)
+  return split_archs(BIGPERF_CUDA_ARCHS_STR, false);
+#elif defined(__CUDA_ARCH_LIST__)
+  return split_archs(BIGPERF_STR(__CUDA_ARCH_LIST__), true);
+#else
+  return {};
+#endif
+}
+
+std::vector<std::string> compiled_ptx_archs() {
+  // Only setup.py knows which -gencode lines carry PTX (code=compute_XY).
+#if defined(BIGPERF_CUDA_PTX_ARCHS_STR)
+  return split_archs(BIGPERF_CUDA_PTX_ARCHS_STR, false);
+#else
+  return {};
+#endif
+}
+
+void set_pointer_checks(bool on) { util::pointer_checks_flag().store(on, std::memory_order_relaxed); }
+
+bool pointer_checks() { return util::pointer_checks_flag().load(std::memory_order_relaxed); }
 
 }  // namespace bigperf::cuda

@@ -173,71 +173,27 @@ void launch_config(int config, const S24Args& a, cudaStream_t stream, int device
   switch (config) {
     case 0: return launch<ConfigSmall, T>(a, stream, device, fn);
     case 1: return launch<ConfigMedium, T>(a, stream, device, fn);
-    default: return launch<ConfigLarge, T>(a, stream, device, fn);
+    case 2: return launch<ConfigLarge, T>(a, stream, device, fn);
+    default: return launch<ConfigNarrow, T>(a, stream, device, fn);
   }
 }
 
 }  // namespace
 }  // namespace s24
 
-int s24_num_configs() { return s24::kNumConfigs; }
-
-std::string s24_config_name(int config) {
-  switch (config) {
-    case 0: return "small_64x16x128_w4x1x2_s4";
-    case 1: return "medium_64x64x64_w2x2x1_s4";
-    case 2: return "large_128x128x64_w2x4x1_s4";
-    default: return "";
-  }
-}
-
-int s24_choose_config(int64_t M, int64_t N, int sm_count) {
-  if (M <= 16) return 0;
-  const int64_t large_tiles = ((M + 127) / 128) * ((N + 127) / 128);
-  // 128 x 128 tiles only when they still give every SM a CTA; otherwise the 4x smaller
-  // medium tiles win by parallelism.
-  if (M > 64 && large_tiles >= sm_count) return 2;
-  return 1;
-}
-
-void s24_validate(const S24Args& a, const char* fn) {
-  using util::require;
-  const int64_t imax = INT_MAX;
-  require(a.M >= 0 && a.M <= imax, fn, "M must be in [0, 2^31-1], got " + std::to_string(a.M));
-  require(a.N >= 0 && a.N <= imax - s24::kRowBlock, fn, "N must be in [0, 2^31-17], got " + std::to_string(a.N));
-  require(a.K >= 0 && a.K <= imax - s24::kKBlock, fn, "K must be in [0, 2^31-33], got " + std::to_string(a.K));
-  require(a.dtype == 1 || a.dtype == 2, fn,
-          "dtype_code must be 1 (float16) or 2 (bfloat16), got " + std::to_string(a.dtype));
-  require(a.act >= 0 && a.act <= 4, fn,
-          "act_code must be 0..4 (none, relu, gelu_erf, gelu_tanh, silu), got " + std::to_string(a.act));
-  require(a.config >= -1 && a.config < s24::kNumConfigs, fn,
-          "config must be -1 (auto) or 0.." + std::to_string(s24::kNumConfigs - 1) + ", got " +
-              std::to_string(a.config));
-  require(a.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte cp.async chunks of x), got " + std::to_string(a.K));
-  if (a.M == 0 || a.N == 0) return;
-  util::check_matrix(fn, a.out, "out_ptr", a.out_row_stride, "out_row_stride", a.M, a.N, "N");
-  require(a.bias % 4 == 0, fn, "bias_ptr must be 4-byte aligned (float32)");
-  if (a.K == 0) return;
-  const int64_t kp = (a.K + s24::kKBlock - 1) / s24::kKBlock * s24::kKBlock;
-  util::check_matrix(fn, a.x, "x_ptr", a.x_row_stride, "x_row_stride", a.M, a.K, "K");
-  util::check_matrix(fn, a.values, "values_ptr", a.values_row_stride, "values_row_stride", a.N, kp / 2,
-                     "Kp/2 (K rounded up to 32, halved)");
-  require(a.meta != 0 && a.meta % 16 == 0, fn, "meta_ptr (packed metadata) must be non-null and 16-byte aligned");
-}
-
 void s24_linear(const S24Args& a, uintptr_t stream_handle) {
   const char* fn = "bigperf._C_cuda.sparse24_linear";
   s24_validate(a, fn);
   if (a.M == 0 || a.N == 0) return;
   const int device = util::current_device(fn);
-  if (a.K > 0) {
-    util::check_device_pointer(a.x, device, fn, "x_ptr");
-    util::check_device_pointer(a.values, device, fn, "values_ptr");
-    util::check_device_pointer(a.meta, device, fn, "meta_ptr");
-  }
-  util::check_device_pointer(a.bias, device, fn, "bias_ptr");
-  util::check_device_pointer(a.out, device, fn, "out_ptr");
-  const int config = a.config >= 0 ? a.config : s24_choose_config(a.M, a.N, util::sm_count(device));
+  const bool k = a.K > 0;
+  util::check_device_pointers(device, fn,
+                              {{k ? a.x : 0, "x_ptr"}, {k ? a.values : 0, "values_ptr"}, {k ? a.meta : 0, "meta_ptr"},
+                               {a.bias, "bias_ptr"}, {a.out, "out_ptr"}});
+  const util::DeviceLimits lim = util::device_limits(device);
+  const int config =
+      util::checked_config(fn, a.config >= 0 ? a.config : s24_choose_config(a.M, a.N, lim.sm_count, lim.max_smem),
+                           lim.max_smem, s24_config_smem, s24_config_name);
   const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   if (a.dtype == 1) {
     s24::launch_config<__half>(config, a, stream, device, fn);

@@ -67,11 +67,15 @@ struct Config {
 
 // 0 small : M <= 16. 64 W rows x 16 x rows, K split over two warps per row block.
 // 1 medium: 64 x 64 tiles, for moderate M and grids too small for 128 x 128.
-// 2 large : 128 x 128 x 64, 8 warps of 64 W rows x 32 x rows.
+// 2 large : 128 x 128 x 64, 8 warps of 64 W rows x 32 x rows (100 KiB of shared memory:
+//           more than sm_86 / sm_89 allow a block).
+// 3 narrow: M <= 16 with too few 64-row tiles to fill the SMs: half of small (32 W rows,
+//           4 warps), so twice the CTAs stream the weight.
 using ConfigSmall = Config<64, 16, 128, 4, 1, 2, 4>;
 using ConfigMedium = Config<64, 64, 64, 2, 2, 1, 4>;
 using ConfigLarge = Config<128, 128, 64, 2, 4, 1, 4>;
-constexpr int kNumConfigs = 3;
+using ConfigNarrow = Config<32, 16, 128, 2, 1, 2, 4>;
+constexpr int kNumConfigs = 4;
 
 struct TileCoord {
   int tr, tc;

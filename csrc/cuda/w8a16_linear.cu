@@ -261,118 +261,23 @@ void launch(const W8A16Args& a, const W8A16Plan& plan, cudaStream_t stream, int 
   util::check_launch(fn);
 }
 
-template <class C>
-int64_t tiles_of(int64_t M, int64_t N) {
-  return ((N + C::BN - 1) / C::BN) * ((M + C::BM - 1) / C::BM);
-}
-
 }  // namespace
 }  // namespace w8
-
-int w8a16_num_configs() { return w8::kNumConfigs; }
-
-std::string w8a16_config_name(int config) {
-  switch (config) {
-    case 0: return "m16_16x64x128_w2x4_s4";
-    case 1: return "m32_32x64x128_w2x4_s4";
-    default: return "";
-  }
-}
-
-W8A16Plan w8a16_plan(int64_t M, int64_t N, int64_t K, int sm_count, int config, int splits) {
-  W8A16Plan plan;
-  plan.config = config >= 0 ? config : (M <= 16 ? 0 : 1);
-  const int64_t tiles =
-      plan.config == 0 ? w8::tiles_of<w8::ConfigM16>(M, N) : w8::tiles_of<w8::ConfigM32>(M, N);
-  const int64_t kp = (K + w8::kPackK - 1) / w8::kPackK * w8::kPackK;
-  const int64_t ktiles = (kp + w8::ConfigM16::BK - 1) / w8::ConfigM16::BK;
-  if (splits > 0) {
-    plan.splits = splits;
-  } else {
-    // Two CTAs per SM keep every SM streaming weights (the kernel is bound by weight
-    // bandwidth); at least 4 k tiles per split keep the pipeline full; and a split that
-    // pushes the grid past one resident wave (3 CTAs of the m16 configuration fit an SM by
-    // registers, 2 of m32) would leave a ragged second wave that costs more than it gains.
-    const int64_t sms = sm_count > 0 ? sm_count : 132;
-    const int64_t resident = (plan.config == 0 ? 3 : 2) * sms;
-    int64_t s = tiles > 0 ? (2 * sms + tiles - 1) / tiles : 1;
-    s = s < ktiles / 4 ? s : ktiles / 4;
-    s = s < w8::kMaxSplits ? s : w8::kMaxSplits;
-    while (s > 1 && tiles * s > resident) --s;
-    plan.splits = int(s > 1 ? s : 1);
-  }
-  if (plan.splits > 1) {
-    const int64_t np = (N + w8::kPackN - 1) / w8::kPackN * w8::kPackN;
-    plan.workspace_bytes = int64_t(plan.splits) * M * np * 4;
-    plan.counters = tiles;
-  }
-  return plan;
-}
-
-void w8a16_validate(const W8A16Args& a, const char* fn) {
-  using util::require;
-  const int64_t imax = INT_MAX;
-  require(a.M >= 0 && a.M <= imax, fn, "M must be in [0, 2^31-1], got " + std::to_string(a.M));
-  require(a.N >= 0 && a.N <= imax - w8::kPackN, fn, "N must be in [0, 2^31-33], got " + std::to_string(a.N));
-  require(a.K >= 0 && a.K <= imax - w8::kPackK, fn, "K must be in [0, 2^31-17], got " + std::to_string(a.K));
-  require(a.dtype == 1 || a.dtype == 2, fn,
-          "dtype_code must be 1 (float16) or 2 (bfloat16), got " + std::to_string(a.dtype));
-  require(a.act >= 0 && a.act <= 4, fn,
-          "act_code must be 0..4 (none, relu, gelu_erf, gelu_tanh, silu), got " + std::to_string(a.act));
-  require(a.config >= -1 && a.config < w8::kNumConfigs, fn,
-          "config must be -1 (auto) or 0.." + std::to_string(w8::kNumConfigs - 1) + ", got " +
-              std::to_string(a.config));
-  require(a.splits == -1 || (a.splits >= 1 && a.splits <= w8::kMaxSplits), fn,
-          "splits must be -1 (auto) or 1.." + std::to_string(w8::kMaxSplits) + ", got " + std::to_string(a.splits));
-  require(a.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte cp.async chunks of x), got " + std::to_string(a.K));
-  require(a.group_size == 0 || a.group_size == 32 || a.group_size == 64 || a.group_size == 128 ||
-              a.group_size == 256,
-          fn, "group_size must be 0 (per channel), 32, 64, 128 or 256, got " + std::to_string(a.group_size));
-  require(a.group_size == 0 || a.K % a.group_size == 0, fn,
-          "group_size " + std::to_string(a.group_size) + " must divide K = " + std::to_string(a.K));
-  if (a.M == 0 || a.N == 0) return;
-  util::check_matrix(fn, a.out, "out_ptr", a.out_row_stride, "out_row_stride", a.M, a.N, "N");
-  require(a.bias % 4 == 0, fn, "bias_ptr must be 4-byte aligned (float32)");
-  if (a.K == 0) return;
-  util::check_matrix(fn, a.x, "x_ptr", a.x_row_stride, "x_row_stride", a.M, a.K, "K");
-  require(a.w != 0 && a.w % 16 == 0, fn, "w_ptr (packed weight) must be non-null and 16-byte aligned");
-  require(a.scale != 0 && a.scale % 16 == 0, fn, "scale_ptr (packed scales) must be non-null and 16-byte aligned");
-  require(a.zero % 16 == 0, fn, "zero_ptr (packed zero points) must be 16-byte aligned");
-  require(a.workspace % 16 == 0, fn, "workspace_ptr must be 16-byte aligned");
-  require(a.counters % 4 == 0, fn, "counters_ptr must be 4-byte aligned (int32)");
-}
-
-void w8a16_check_workspace(const W8A16Args& a, const W8A16Plan& plan, const char* fn) {
-  if (plan.splits <= 1) return;
-  util::require(a.workspace != 0 && a.workspace_bytes >= plan.workspace_bytes, fn,
-                "workspace_ptr must hold " + std::to_string(plan.workspace_bytes) + " bytes for splits = " +
-                    std::to_string(plan.splits) + ", got " + std::to_string(a.workspace_bytes) +
-                    (a.workspace == 0 ? " (null)" : ""));
-  util::require(a.counters != 0 && a.counters_count >= plan.counters, fn,
-                "counters_ptr must hold " + std::to_string(plan.counters) + " zeroed int32 for splits = " +
-                    std::to_string(plan.splits) + ", got " + std::to_string(a.counters_count) +
-                    (a.counters == 0 ? " (null)" : ""));
-}
 
 void w8a16_linear(const W8A16Args& a, uintptr_t stream_handle) {
   const char* fn = "bigperf._C_cuda.w8a16_linear";
   w8a16_validate(a, fn);
   if (a.M == 0 || a.N == 0) return;
   const int device = util::current_device(fn);
-  const W8A16Plan plan = w8a16_plan(a.M, a.N, a.K, util::sm_count(device), a.config, a.splits);
+  const util::DeviceLimits lim = util::device_limits(device);
+  const W8A16Plan plan = w8a16_plan(a.M, a.N, a.K, lim.sm_count, a.config, a.splits, lim.max_smem);
+  util::checked_config(fn, plan.config, lim.max_smem, w8a16_config_smem, w8a16_config_name);
   w8a16_check_workspace(a, plan, fn);
-  if (a.K > 0) {
-    util::check_device_pointer(a.x, device, fn, "x_ptr");
-    util::check_device_pointer(a.w, device, fn, "w_ptr");
-    util::check_device_pointer(a.scale, device, fn, "scale_ptr");
-    util::check_device_pointer(a.zero, device, fn, "zero_ptr");
-  }
-  util::check_device_pointer(a.bias, device, fn, "bias_ptr");
-  util::check_device_pointer(a.out, device, fn, "out_ptr");
-  if (plan.splits > 1) {
-    util::check_device_pointer(a.workspace, device, fn, "workspace_ptr");
-    util::check_device_pointer(a.counters, device, fn, "counters_ptr");
-  }
+  const bool k = a.K > 0, split = plan.splits > 1;
+  util::check_device_pointers(device, fn,
+                              {{k ? a.x : 0, "x_ptr"}, {k ? a.w : 0, "w_ptr"}, {k ? a.scale : 0, "scale_ptr"},
+                               {k ? a.zero : 0, "zero_ptr"}, {a.bias, "bias_ptr"}, {a.out, "out_ptr"},
+                               {split ? a.workspace : 0, "workspace_ptr"}, {split ? a.counters : 0, "counters_ptr"}});
   const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   if (a.dtype == 1) {
     if (plan.config == 0) w8::launch<w8::ConfigM16, __half>(a, plan, stream, device, fn);

@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 
 cuda_ext = pytest.importorskip("bigperf._C_cuda", reason="bigperf._C_cuda is not built or does not import")
 
+from tests.gpu.gpu_util import pointer_checks  # noqa: E402
 from tests.helpers import TOLERANCE, fused_linear_fp64  # noqa: E402
 
 DEV = torch.device("cuda", torch.cuda.current_device())
@@ -168,7 +169,7 @@ def test_rejects_host_memory():
     x = torch.randn(4, 64).to(torch.float16)  # CPU tensor: a host pointer
     w = torch.randn(32, 64, device=DEV).to(torch.float16)
     out = torch.empty(4, 32, dtype=torch.float16, device=DEV)
-    with pytest.raises(ValueError, match=f"{FN}: x_ptr"):
+    with pointer_checks(cuda_ext), pytest.raises(ValueError, match=f"{FN}: x_ptr"):
         launch(x, w, None, None, out, 0)
 
 
@@ -186,17 +187,37 @@ def test_rejects_memory_of_another_device():
     x = torch.randn(4, 64, device="cuda:1").to(torch.float16)
     w = torch.randn(32, 64, device="cuda:0").to(torch.float16)
     out = torch.empty(4, 32, dtype=torch.float16, device="cuda:0")
-    with torch.cuda.device(0), pytest.raises(ValueError, match="x_ptr lives on device 1"):
+    with torch.cuda.device(0), pointer_checks(cuda_ext), pytest.raises(ValueError, match="x_ptr lives on device 1"):
         launch(x, w, None, None, out, 0)
 
 
 def test_device_is_reported():
+    from bigperf.ops.cuda_launch import device_caps, device_why_not
+
     assert cuda_ext.device_count() == torch.cuda.device_count()
     major, minor = torch.cuda.get_device_capability(DEV)
     archs = [a.rstrip("a") for a in cuda_ext.compiled_archs()]
-    # SASS only (no PTX): sm_80 code serves 8.x devices, sm_90a code only 9.0.
+    # SASS: sm_80 code serves 8.x devices, sm_90a code only 9.0 (others JIT the PTX).
     covered = (major == 8 and "80" in archs) or (major, minor) == (9, 0) and "90" in archs
     assert covered, f"compute capability {major}.{minor} has no SASS in {archs}"
+    caps = device_caps(DEV.index)
+    assert caps.capability == (major, minor) and caps.sm_count == torch.cuda.get_device_properties(DEV).multi_processor_count
+    assert caps.smem_per_block_optin >= 99 * 1024, caps
+    for kernel in ("fused_linear", "w8a16_linear", "sparse24_linear"):
+        assert device_why_not(DEV.index, kernel) is None, kernel
+
+
+def test_forced_config_beyond_the_device_shared_memory_is_a_value_error():
+    from bigperf.ops.cuda_launch import device_caps
+
+    smem = cuda_ext.sparse24_requirements()["config_smem_bytes"]
+    if max(smem) <= device_caps(DEV.index).smem_per_block_optin:
+        pytest.skip(f"every 2:4 configuration fits this GPU's {device_caps(DEV.index).smem_per_block_optin} B per block")
+    x = torch.randn(256, 64, device=DEV).to(torch.float16)
+    out = torch.empty(256, 64, dtype=torch.float16, device=DEV)
+    with pytest.raises(ValueError, match="needs 102400 bytes of shared memory per block"):
+        cuda_ext.sparse24_linear(x.data_ptr(), 64, x.data_ptr(), 32, x.data_ptr(), 0, out.data_ptr(), 64,
+                                 256, 64, 64, 1, 0, torch.cuda.current_stream(DEV).cuda_stream, 2)
 
 
 # ----------------------------------------------------------------------------- the op

@@ -22,6 +22,7 @@ import bigperf
 from bigperf.cuda_layouts import pack_s24, pack_w8a16
 from bigperf.quant import dequantize_weight, quantize_weight
 from bigperf.sparsity import nm_mask, pack_24
+from tests.gpu.gpu_util import pointer_checks
 from tests.helpers import TOLERANCE, fused_linear_fp64, rel_error
 
 DEV = torch.device("cuda", torch.cuda.current_device())
@@ -131,7 +132,7 @@ def test_w8a16_rejects_host_memory():
     layout = pack_w8a16(q.qweight, q.scale)
     x = torch.randn(4, 64).to(torch.float16)  # CPU tensor: a host pointer
     out = torch.empty(4, 32, dtype=torch.float16, device=DEV)
-    with pytest.raises(ValueError, match="bigperf._C_cuda.w8a16_linear: x_ptr"):
+    with pointer_checks(cuda_ext), pytest.raises(ValueError, match="bigperf._C_cuda.w8a16_linear: x_ptr"):
         w8a16(x, layout, None, out, 0, splits=1)
 
 
@@ -153,7 +154,7 @@ def pruned(n, k, dtype, seed):
 
 S24_SHAPES = [(1, 200, 136), (3, 1000, 520), (17, 333, 72), (130, 1000, 1032), (4099, 1000, 1032), (512, 4096, 4096)]
 S24_CONFIGS = [pytest.param(-1, id="auto"), pytest.param(0, id="small"), pytest.param(1, id="medium"),
-               pytest.param(2, id="large")]
+               pytest.param(2, id="large"), pytest.param(3, id="narrow")]
 
 
 @pytest.mark.parametrize("config", S24_CONFIGS)
@@ -231,6 +232,29 @@ def test_int8_weight_linear_cuda_follows_in_place_weight_updates():
         after = int8_weight_linear(x, q.qweight, q.scale)
     changed = (before != after).any(dim=0)
     assert changed[17] and changed.sum() == 1, "the cached re-layout must follow in-place writes"
+
+
+def test_int8_weight_linear_split_k_reuses_its_scratch():
+    """Decode shapes split K; the op's launches share one zeroed counter buffer per stream
+    (left at zero by each launch) instead of allocating one per call."""
+    from bigperf.ops import cuda_launch
+    from bigperf.ops.int8_linear import int8_weight_linear
+
+    n, k = 1024, 4096  # 16 column tiles: split K on any GPU with more than 8 SMs
+    q = quantized(n, k, 128, True, 22)
+    x = torch.randn(1, k, generator=_gen(23), device=DEV).to(torch.bfloat16)
+    with bigperf.use_backend("cuda"):
+        outs = [int8_weight_linear(x, q.qweight, q.scale) for _ in range(4)]
+    torch.cuda.synchronize()
+    key = (DEV.index, torch.cuda.current_stream(DEV).cuda_stream)
+    workspace, counters = cuda_launch._SPLIT_SCRATCH[key]
+    assert not counters.any(), "each launch must leave the shared counters at zero"
+    assert all(torch.equal(o, outs[0]) for o in outs), "a stale counter would change the result"
+    ref = fused_linear_fp64(x, dequantize_weight(q.qweight, q.scale))
+    assert rel_error(outs[0], ref) < TOLERANCE[torch.bfloat16]
+    with bigperf.use_backend("cuda"):
+        int8_weight_linear(x, q.qweight, q.scale)
+    assert cuda_launch._SPLIT_SCRATCH[key][1] is counters, "the same buffer, not a new one per call"
 
 
 def test_int8_weight_linear_large_m_leaves_cuda():

@@ -1,9 +1,9 @@
 // Host emulation of the fused linear kernel, for machines without a GPU.
 //
 // The index maps come from fused_linear_tile.h, exactly as the kernel uses them; what is
-// written independently here is the hardware: the data movement of cp.async (with
-// zero-fill), of ldmatrix.x4 and the fragment layouts of mma.m16n8k16 as tabulated in the
-// PTX ISA. A swizzle that does not round-trip, a lane address off by a row, a fragment
+// written independently is the hardware: the data movement of cp.async (with zero-fill)
+// here, ldmatrix.x4 and the fragment layouts of mma.m16n8k16 as tabulated in the PTX ISA
+// in mma_emulate.h (shared with the W8A16 and 2:4 emulators). A swizzle that does not round-trip, a lane address off by a row, a fragment
 // register in the wrong slot or an epilogue coordinate that misses an element all give
 // wrong numbers (or NaN from never-written shared memory) here. What it cannot show:
 // races and pipeline ordering (one stage is emulated), PTX syntax, and performance.
@@ -18,72 +18,19 @@
 
 #include "cuda/cuda_api.h"
 #include "cuda/fused_linear_tile.h"
+#include "emulators.h"
+#include "mma_emulate.h"
 
 namespace bigperf::cuda {
 namespace fl {
 namespace {
 
-float to_f(__half v) { return __half2float(v); }
-float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T>
-T from_f(float v);
-template <>
-__half from_f<__half>(float v) { return __float2half_rn(v); }
-template <>
-__nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using emu::from_f;
+using emu::to_f;
 
-[[noreturn]] void broken(const std::string& what) {
-  throw std::runtime_error("bigperf._C_cuda._emulate_fused_linear: layout error: " + what);
-}
+constexpr const char* kFn = "_cuda_emulators.emulate_fused_linear";
 
-// ldmatrix.sync.aligned.m8n8.x4.b16: lane 8*j + r supplies the address of row r of
-// matrix j; lane l receives, in register j, elements 2*(l%4) and 2*(l%4)+1 of row l/4 of
-// matrix j (lower column in the lower half).
-void ldmatrix_x4(const std::vector<float>& tile, int tile_elems, const int (&addr)[32], float (&regs)[32][4][2]) {
-  for (int lane = 0; lane < 32; ++lane) {
-    if (addr[lane] % 8 != 0 || addr[lane] < 0 || addr[lane] + 8 > tile_elems) {
-      broken("ldmatrix row address " + std::to_string(addr[lane]) + " of lane " + std::to_string(lane) +
-             " is misaligned or outside the tile");
-    }
-  }
-  // Not a correctness rule but the point of the swizzle: the 8 rows of each matrix sit
-  // in 8 different 16-byte bank groups, so the load takes one shared-memory wavefront.
-  for (int j = 0; j < 4; ++j) {
-    unsigned groups = 0;
-    for (int r = 0; r < 8; ++r) groups |= 1u << ((addr[8 * j + r] / 8) % 8);
-    if (groups != 0xffu) broken("ldmatrix matrix " + std::to_string(j) + " has shared-memory bank conflicts");
-  }
-  for (int lane = 0; lane < 32; ++lane)
-    for (int j = 0; j < 4; ++j)
-      for (int h = 0; h < 2; ++h) regs[lane][j][h] = tile[addr[8 * j + lane / 4] + 2 * (lane % 4) + h];
-}
-
-// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: fragment tables of the PTX ISA with
-// g = lane / 4 (groupID) and t = lane % 4 (threadID_in_group).
-void mma_16816(const float (&a)[32][4][2], const float (&b)[32][2][2], float* acc, int lane_stride) {
-  double A[16][16], B[16][8];
-  for (int lane = 0; lane < 32; ++lane) {
-    const int g = lane / 4, t = lane % 4;
-    for (int i = 0; i < 8; ++i) {
-      const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
-      const int col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
-      A[row][col] = a[lane][i / 2][i & 1];
-    }
-    for (int i = 0; i < 4; ++i) {
-      const int k = 2 * t + (i & 1) + (i >= 2 ? 8 : 0);
-      B[k][g] = b[lane][i / 2][i & 1];
-    }
-  }
-  for (int lane = 0; lane < 32; ++lane) {
-    const int g = lane / 4, t = lane % 4;
-    for (int i = 0; i < 4; ++i) {
-      const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
-      double s = 0;
-      for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
-      acc[lane * lane_stride + i] += float(s);
-    }
-  }
-}
+[[noreturn]] void broken(const std::string& what) { emu::broken(kFn, what); }
 
 template <class C, class T>
 void emulate(const FusedLinearArgs& args) {
@@ -148,12 +95,12 @@ void emulate(const FusedLinearArgs& args) {
           int addr[32];
           for (int mi = 0; mi < C::MI; ++mi) {
             for (int lane = 0; lane < 32; ++lane) addr[lane] = a_frag_offset<C>(wp, mi, ks, lane);
-            ldmatrix_x4(sA, C::A_ELEMS, addr, a[mi]);
+            emu::ldmatrix_x4(kFn, sA, C::A_ELEMS, addr, a[mi]);
           }
           for (int nj = 0; nj < C::NI / 2; ++nj) {
             float r[32][4][2];
             for (int lane = 0; lane < 32; ++lane) addr[lane] = b_frag_offset<C>(wp, nj, ks, lane);
-            ldmatrix_x4(sB, C::B_ELEMS, addr, r);
+            emu::ldmatrix_x4(kFn, sB, C::B_ELEMS, addr, r);
             for (int lane = 0; lane < 32; ++lane)
               for (int h = 0; h < 2; ++h) {
                 b[2 * nj][lane][0][h] = r[lane][0][h];
@@ -163,8 +110,15 @@ void emulate(const FusedLinearArgs& args) {
               }
           }
           for (int mi = 0; mi < C::MI; ++mi)
-            for (int ni = 0; ni < C::NI; ++ni)
-              mma_16816(a[mi], b[ni], &acc[(size_t(warp) * 32) * FRAG + (mi * C::NI + ni) * 4], FRAG);
+            for (int ni = 0; ni < C::NI; ++ni) {
+              float frag[32][4];
+              float* regs = &acc[(size_t(warp) * 32) * FRAG + (mi * C::NI + ni) * 4];
+              for (int lane = 0; lane < 32; ++lane)
+                for (int e = 0; e < 4; ++e) frag[lane][e] = regs[lane * FRAG + e];
+              emu::mma_16816(a[mi], b[ni], frag);
+              for (int lane = 0; lane < 32; ++lane)
+                for (int e = 0; e < 4; ++e) regs[lane * FRAG + e] = frag[lane][e];
+            }
         }
       }
     }
@@ -231,7 +185,7 @@ void emulate_config(const FusedLinearArgs& args) {
 }  // namespace fl
 
 void fused_linear_emulate(const FusedLinearArgs& args) {
-  const char* fn = "bigperf._C_cuda._emulate_fused_linear";
+  const char* fn = fl::kFn;
   fused_linear_validate(args, fn);
   if (args.config < 0) throw std::invalid_argument(std::string(fn) + ": config must name a configuration (0..2)");
   if (args.M == 0 || args.N == 0) return;

@@ -3,12 +3,29 @@
 // these; a lane address off by a row or a fragment register in the wrong slot gives wrong
 // numbers (or NaN from never-written shared memory) in the emulator tests.
 #pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdint>
+#include <type_traits>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace bigperf::cuda::emu {
+
+// fp16 / bf16 values as the emulators hold them (floats), and back with the kernels' rounding.
+inline float to_f(__half v) { return __half2float(v); }
+inline float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class T>
+T from_f(float v) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(v);
+  } else {
+    return __float2bfloat16_rn(v);
+  }
+}
 
 [[noreturn]] inline void broken(const char* fn, const std::string& what) {
   throw std::runtime_error(std::string(fn) + ": layout error: " + what);

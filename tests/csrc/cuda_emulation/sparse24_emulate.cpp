@@ -17,26 +17,19 @@
 #include <vector>
 
 #include "cuda/cuda_api.h"
-#include "cuda/mma_emulate.h"
+#include "emulators.h"
+#include "mma_emulate.h"
 #include "cuda/sparse24_tile.h"
 
 namespace bigperf::cuda {
 namespace s24 {
 namespace {
 
-constexpr const char* kFn = "bigperf._C_cuda._emulate_sparse24_linear";
+using emu::from_f;
+using emu::to_f;
 
-float to_f(__half v) { return __half2float(v); }
-float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+constexpr const char* kFn = "_cuda_emulators.emulate_sparse24_linear";
 
-template <class T>
-T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(v);
-  } else {
-    return __float2bfloat16_rn(v);
-  }
-}
 
 template <class C, class T>
 void emulate(const S24Args& a) {
@@ -181,7 +174,8 @@ void emulate_config(const S24Args& a) {
   switch (a.config) {
     case 0: return emulate<ConfigSmall, T>(a);
     case 1: return emulate<ConfigMedium, T>(a);
-    default: return emulate<ConfigLarge, T>(a);
+    case 2: return emulate<ConfigLarge, T>(a);
+    default: return emulate<ConfigNarrow, T>(a);
   }
 }
 

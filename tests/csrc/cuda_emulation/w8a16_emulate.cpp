@@ -19,17 +19,18 @@
 #include <vector>
 
 #include "cuda/cuda_api.h"
-#include "cuda/mma_emulate.h"
+#include "emulators.h"
+#include "mma_emulate.h"
 #include "cuda/w8a16_tile.h"
 
 namespace bigperf::cuda {
 namespace w8 {
 namespace {
 
-constexpr const char* kFn = "bigperf._C_cuda._emulate_w8a16_linear";
+using emu::from_f;
+using emu::to_f;
 
-float to_f(__half v) { return __half2float(v); }
-float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+constexpr const char* kFn = "_cuda_emulators.emulate_w8a16_linear";
 
 template <class T>
 float bits_to_f(uint16_t bits) {
@@ -41,15 +42,6 @@ float bits_to_f(uint16_t bits) {
     __nv_bfloat16_raw r;
     r.x = bits;
     return __bfloat162float(__nv_bfloat16(r));
-  }
-}
-
-template <class T>
-T from_f(float v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(v);
-  } else {
-    return __float2bfloat16_rn(v);
   }
 }
 
