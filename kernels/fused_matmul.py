@@ -10,6 +10,10 @@ Precision contract
   converted to it in registers, so W never takes a second copy in memory.
 * fp32 compute uses IEEE fp32 products when ``torch.get_float32_matmul_precision()`` is
   "highest" (PyTorch's default) and TF32 tensor cores otherwise, as ``torch.matmul`` does.
+  One exception keeps "highest" on tensor cores: with an fp16/bf16 W ("tf32x2"), W is
+  exact in TF32, so x is split into its TF32 head and the remainder and both products run
+  as TF32 MMAs; the result is within ~2^-21 of IEEE fp32 per product (held to the fp32
+  tolerance, 1e-5 relative), where IEEE products would run on the CUDA cores.
 * Accumulation, bias, activation and residual add are fp32; the result is rounded once
   to x's dtype. bias is fp32 or x's dtype; residual has x's dtype.
 """
@@ -90,7 +94,16 @@ def _fused_linear_kernel(
             # Interpreter only (QUIRKS.bf16_dot_on_raw_bits); exact, bf16 products fit fp32.
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        if INPUT_PRECISION == "tf32x2":
+            # b came from fp16/bf16, so it is exact in TF32. x = head + tail with the head
+            # truncated to TF32's 10 mantissa bits (so the MMA reads it exactly) and the tail
+            # exact in fp32; the tail's own TF32 rounding costs ~2^-21 relative. (An inf in x
+            # gives NaN here: inf - inf.)
+            a_head = (a.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+            acc = tl.dot(a - a_head, b, acc, input_precision="tf32")
+            acc = tl.dot(a_head, b, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
         x_ptrs += step_x
         w_ptrs += step_w
 
@@ -195,6 +208,9 @@ def fused_linear(
     upcast = QUIRKS.bf16_dot_on_raw_bits and x.dtype == torch.bfloat16
     round_out = QUIRKS.fp32_to_bf16_truncates and x.dtype == torch.bfloat16
     precision = _fp32_input_precision() if x.dtype == torch.float32 else "ieee"
+    if precision == "ieee" and x.dtype == torch.float32 and weight.dtype != torch.float32:
+        # A weight exact in TF32 keeps "highest" on tensor cores: two TF32 products (kernel).
+        precision = "tf32x2"
 
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
@@ -309,8 +325,12 @@ def aot_specs() -> list:
              w_transposed=True),
         spec("fp32x_bf16w_tf32_bias_relu", f32_cfg, f32, bf16, residual=False,
              activation="relu", precision="tf32"),
-        spec("fp32x_fp16w_ieee_bias", f32_ieee_cfg, f32, f16, residual=False,
-             activation="none"),
+        # What fp32 x with an fp16/bf16 W runs at "highest": two TF32 MMAs per k step.
+        spec("fp32x_bf16w_tf32x2_bias_relu", f32_cfg, f32, bf16, residual=False,
+             activation="relu", precision="tf32x2"),
+        spec("fp32x_fp16w_tf32x2_decode_res", small, f32, f16, bias=False, activation="none",
+             precision="tf32x2"),
+        spec("fp32_ieee_bias", f32_ieee_cfg, f32, f32, residual=False, activation="none"),
         spec("fp32_tf32_res", f32_cfg, f32, f32, bias=False, activation="silu",
              precision="tf32"),
     ]

@@ -254,3 +254,28 @@ def test_op_backend_matches_fp64(backend, dtype, shape, activation):
     assert torch.isfinite(out).all()
     err = rel_error(out, fused_linear_fp64(x, w, bias, residual, activation))
     assert err < TOLERANCE[dtype], f"{backend}: relative error {err:.2e}"
+
+
+@pytest.mark.skipif(OP is None, reason="bigperf.ops.fused_linear.fused_linear does not exist yet")
+@pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float16], ids=["bf16w", "fp16w"])
+@pytest.mark.parametrize("precision,tol", [("highest", 1e-5), ("high", 1e-3)])
+def test_triton_fp32_x_with_half_weight_on_tensor_cores(w_dtype, precision, tol):
+    """fp32 x with a lower-precision weight runs TF32 tensor cores on the Triton path: at
+    "highest" as two TF32 products (x's head and remainder; the weight is exact in TF32),
+    held to the fp32 tolerance; at "high" as one, held to TF32's."""
+    import bigperf
+
+    x = torch.randn(300, 1032, generator=_gen(31), device=DEV)
+    w = (torch.randn(1000, 1032, generator=_gen(32), device=DEV) * 1032 ** -0.5).to(w_dtype)
+    bias = torch.randn(1000, generator=_gen(33), device=DEV)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        with bigperf.use_backend("triton"):
+            out = OP(x, w, bias=bias, activation="gelu")
+    finally:
+        torch.set_float32_matmul_precision(old)
+    torch.cuda.synchronize()
+    assert out.dtype == torch.float32
+    err = rel_error(out, fused_linear_fp64(x, w, bias, None, "gelu"))
+    assert err < tol, f"{precision}: relative error {err:.2e}"

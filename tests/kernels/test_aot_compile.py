@@ -91,3 +91,19 @@ def test_tensor_core_instructions_in_sass(artifacts, spec, target):
         assert not present, f"an fp32 IEEE GEMM must not use tensor cores, found {present}"
     else:
         assert present == {want}, f"expected {markers[want]} in SASS, found {present}"
+
+
+@pytest.mark.parametrize("target,marker", [("sm_80", "mma.sync"), ("sm_90a", "wgmma.mma_async")])
+def test_fp32_x_with_half_weight_stays_on_tensor_cores_at_highest(target, marker):
+    """fused_matmul's "tf32x2" (fp32 x, fp16/bf16 W, float32 matmul precision "highest"):
+    two TF32 products per k step, so exactly twice the TF32 MMAs of the one-dot TF32
+    variant of the same tile, and no other MMA."""
+    from bigperf.kernels import fused_matmul
+
+    specs = {s.name.split("/")[-1]: s for s in fused_matmul.aot_specs()}
+    counts = {}
+    for name in ("fp32x_bf16w_tf32_bias_relu", "fp32x_bf16w_tf32x2_bias_relu"):
+        lines = [ln for ln in aot.compile_spec(specs[name], target).ptx.splitlines() if marker in ln]
+        assert lines and all(".tf32" in ln for ln in lines), f"{name}: {lines[:3]}"
+        counts[name] = len(lines)
+    assert counts["fp32x_bf16w_tf32x2_bias_relu"] == 2 * counts["fp32x_bf16w_tf32_bias_relu"], counts

@@ -123,9 +123,11 @@ def test_bias_in_input_dtype(dtype, tol):
     assert rel_err(y, reference(x, w, b, r, "silu")) <= tol
 
 
-# fp32 x with a lower-precision W: the W tile is widened in registers and the dot runs in
-# fp32. "high" selects TF32 on a GPU; the interpreter computes it in full fp32, so this
-# exercises the launcher's precision switch, held to the TF32 tolerance.
+# fp32 x with a lower-precision W: the W tile is widened in registers. "high" selects one
+# TF32 dot, "highest" two ("tf32x2": x's TF32 head and its remainder; W is exact in TF32)
+# or IEEE for an fp32 W. The interpreter computes every dot in full fp32, so this exercises
+# the launcher's precision switch; test_tf32_dots_under_a_tensor_core_model below shows
+# what the split buys once TF32 operands are rounded as on a GPU.
 @pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float16, torch.float32],
                          ids=["bf16w", "fp16w", "fp32w"])
 @pytest.mark.parametrize("precision,tol", [("highest", 1e-5), ("high", 1e-3)])
@@ -139,6 +141,69 @@ def test_fp32_input_with_lower_precision_weight(w_dtype, precision, tol):
         torch.set_float32_matmul_precision(old)
     assert y.dtype == torch.float32
     assert rel_err(y, reference(x, w, b, r, "gelu_tanh")) <= tol
+
+
+@pytest.fixture
+def tf32_tensor_cores(monkeypatch):
+    """Interpreted tl.dot computes in fp32 whatever input_precision says; make TF32 dots read
+    their fp32 operands as TF32 tensor cores do (low 13 mantissa bits dropped: truncation,
+    the pessimistic reading of the PTX ISA's "lower 13 bits are ignored")."""
+    import numpy as np
+    from triton._C.libtriton import ir
+    from triton.runtime import interpreter
+
+    real_create_dot = interpreter.InterpreterBuilder.create_dot
+    dots = []
+
+    def tf32(handle):
+        if handle.data.dtype != np.float32:
+            return handle
+        bits = handle.data.view(np.uint32) & np.uint32(0xFFFFE000)
+        return interpreter.TensorHandle(bits.view(np.float32), handle.dtype)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        dots.append(input_precision)
+        if input_precision == ir.INPUT_PRECISION.TF32:
+            a, b = tf32(a), tf32(b)
+        return real_create_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
+    return dots
+
+
+@pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float16], ids=["bf16w", "fp16w"])
+def test_tf32_dots_under_a_tensor_core_model(w_dtype, tf32_tensor_cores):
+    """At "highest", fp32 x with an fp16/bf16 W runs on TF32 tensor cores (two dots per k
+    step) and still meets the fp32 tolerance; one TF32 dot ("high") only meets TF32's."""
+    from triton._C.libtriton import ir
+
+    x, w, b, r = make(17, 40, 200, torch.float32, w_dtype=w_dtype, seed=7)
+    ref = reference(x, w, b, r, "none")
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        split = fused_linear(x, w, b, r, "none")
+        assert tf32_tensor_cores and set(tf32_tensor_cores) == {ir.INPUT_PRECISION.TF32}, "not on tensor cores"
+        torch.set_float32_matmul_precision("high")
+        single = fused_linear(x, w, b, r, "none")
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert rel_err(split, ref) <= 1e-5
+    assert 1e-5 < rel_err(single, ref) <= 1e-3, "the model must make a single TF32 dot visibly less exact"
+
+
+def test_fp32_weight_at_highest_stays_ieee(tf32_tensor_cores):
+    from triton._C.libtriton import ir
+
+    x, w, b, r = make(17, 40, 72, torch.float32, seed=8)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        y = fused_linear(x, w, b, r, "none")
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert set(tf32_tensor_cores) == {ir.INPUT_PRECISION.IEEE}
+    assert rel_err(y, reference(x, w, b, r, "none")) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype,tol", DTYPES)
