@@ -9,11 +9,18 @@ Llama-3-8B projection shapes (bf16), three suites:
   sparse24  sparse24_linear (2:4 weight, mma.sp) at M >= 4096 vs F.linear with the pruned
             weight stored dense (goal: >= 1.3x), and torch's semi-structured sparse tensor
             as a peer where it works
+  paths     every path the dispatcher may pick for an op call (bigperf's cuda and triton
+            kernels, PyTorch's own GEMMs: the op tables of bigperf/ops), timed side by side
+            per (op, shape, M), decode M first; the fastest per call key goes to
+            --paths-out, a default table in the tuning cache's terms (key text, choice,
+            seconds per path) that a dispatcher can ship for this GPU. Stops at
+            --deadline-s and says which entries it did not reach.
 Times are triton.testing.do_bench medians (CUDA events, L2 flushed before every call, so
 weights are read cold) with the 20th/80th percentiles as the spread; the bigperf kernels
 are timed through their raw bindings with buffers allocated up front. Writes JSON.
 
-    python tests/gpu/bench_gpu.py --out results.json [--suite fused w8a16 sparse24]
+    python tests/gpu/bench_gpu.py --out results.json [--suite fused w8a16 sparse24 paths]
+        [--paths-out default_paths.json] [--deadline-s 200]
 """
 from __future__ import annotations
 
@@ -217,6 +224,104 @@ def run_sparse24_case(cuda_ext, name, m, n, k, args) -> dict:
     return row
 
 
+# ----------------------------------------------------------------------------- paths
+
+PATH_M_VALUES = [1, 16, 128, 4096]  # decode first: the table is cut at the deadline
+
+
+def path_calls(m: int, n: int, k: int, dev: torch.device = torch.device("cuda")):
+    """(op table, op name, weight format, args as the op passes them to its paths) per op."""
+    from bigperf.ops.fused_linear import BACKENDS as FUSED, OP as FUSED_OP
+    from bigperf.ops.int8_linear import WEIGHT_ONLY_BACKENDS, WEIGHT_OP
+    from bigperf.ops.sparse_linear import S24_BACKENDS, S24_OP
+    from bigperf.quant import quantize_weight
+    from bigperf.sparsity import nm_mask, pack_24
+
+    g = torch.Generator(device=dev).manual_seed(m + n + k)
+    x = torch.randn(m, k, device=dev, generator=g).to(torch.bfloat16)
+    w = torch.randn(n, k, device=dev, generator=g) * k ** -0.5
+    yield FUSED, FUSED_OP, "dense bf16", (x, w.to(torch.bfloat16), None, None, "none")
+    if m in (16, 4096):  # fp32 activations with a bf16 weight (Triton: two TF32 products)
+        yield FUSED, FUSED_OP, "dense bf16, fp32 x", (x.float(), w.to(torch.bfloat16), None, None, "none")
+    q = quantize_weight(w, group_size=128)
+    yield WEIGHT_ONLY_BACKENDS, WEIGHT_OP, "int8 group 128", (x, q.qweight, q.scale, None, None, "none")
+    p = pack_24((w * nm_mask(w)).to(torch.bfloat16))
+    yield S24_BACKENDS, S24_OP, "2:4 bf16", (x, p.values, p.meta, None, None, "none")
+
+
+def run_path_entry(table, op_name: str, weight_format: str, args: tuple, m: int, n: int, k: int, bench_args):
+    """Every eligible path of one call, timed side by side; the fastest named."""
+    from bigperf import tune
+
+    x = args[0]
+    ok, reasons = table.eligible(x.device, *args)
+    paths = [b for b in ok if b.name != "reference"]
+    timed, failed = {}, {}
+    for b in paths:
+        try:
+            b.run(*args)
+            torch.cuda.synchronize()
+            timed[b.id] = bench(lambda b=b: b.run(*args), bench_args.warmup_ms, bench_args.rep_ms)
+        except Exception as exc:  # noqa: BLE001 - a failing path is recorded, the others still compete
+            failed[b.id] = repr(exc)[:300]
+    ranked = sorted(timed, key=lambda pid: timed[pid]["median_ms"])
+    key = tune.key_text(tune.call_key(op_name, tuple(b.id for b in paths), args))
+    return {
+        "key": key, "op": op_name, "weight": weight_format, "x_dtype": str(x.dtype)[6:], "M": m,
+        "m_bucket": tune.m_bucket(m), "N": n, "K": k, "paths": timed, "failed": failed,
+        "ineligible": [r.strip() for r in reasons],
+        "choice": ranked[0] if ranked else None,
+        "margin_vs_next": timed[ranked[1]]["median_ms"] / timed[ranked[0]]["median_ms"] if len(ranked) > 1 else None,
+    }
+
+
+def default_table(report: dict, rows: list, complete: bool, not_reached: list) -> dict:
+    """The fastest path per call key, in the tuning cache's terms (choice, times_s)."""
+    return {
+        "format": 1,
+        "what": "fastest bigperf path per op call key on this GPU, measured side by side: a default "
+                "table for the dispatcher (keys as bigperf.tune.key_text spells them)",
+        "device": {k: report[k] for k in ("device", "capability", "sm_count")},
+        "versions": {k: report[k] for k in ("torch", "torch_cuda", "triton", "compiled_archs")},
+        "method": report["method"],
+        "complete": complete,
+        "not_reached": not_reached,
+        "choices": {r["key"]: {"choice": r["choice"],
+                               "times_s": {pid: t["median_ms"] * 1e-3 for pid, t in r["paths"].items()},
+                               "spread_s": {pid: [t["p20_ms"] * 1e-3, t["p80_ms"] * 1e-3]
+                                            for pid, t in r["paths"].items()},
+                               "op": r["op"], "weight": r["weight"], "M": r["M"], "N": r["N"], "K": r["K"]}
+                    for r in rows if r.get("choice")},
+    }
+
+
+def run_paths(report: dict, args, deadline: float) -> None:
+    rows, not_reached = report.setdefault("paths", []), []
+    print(f"{'op':26} {'weight':18} {'M':>5} {'N':>6} {'K':>6}  fastest (ms per path)")
+
+    def write(complete: bool):
+        args.paths_out.parent.mkdir(parents=True, exist_ok=True)
+        args.paths_out.write_text(json.dumps(default_table(report, rows, complete, not_reached), indent=2))
+
+    for m in args.paths_m:
+        for name, n, k in SHAPES:
+            if time.monotonic() > deadline:
+                not_reached.append({"layer": name, "M": m, "N": n, "K": k})
+                continue
+            for table, op_name, fmt, call_args in path_calls(m, n, k):
+                with torch.inference_mode():
+                    try:
+                        row = run_path_entry(table, op_name, fmt, call_args, m, n, k, args)
+                    except Exception as exc:  # noqa: BLE001 - keep going with the other calls
+                        row = {"op": op_name, "weight": fmt, "M": m, "N": n, "K": k, "error": repr(exc)[:300]}
+                row["layer"] = name
+                rows.append(row)
+                times = " ".join(f"{pid}={t['median_ms']:.4f}" for pid, t in row.get("paths", {}).items())
+                print(f"{op_name:26} {fmt:18} {m:5} {n:6} {k:6}  {row.get('choice')}  {times} {row.get('error', '')}")
+            write(complete=False)  # partial results survive a timeout
+    write(complete=not not_reached)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_gpu.json"))
@@ -225,9 +330,18 @@ def main() -> int:
     parser.add_argument("--m", type=int, nargs="*", default=M_VALUES, help="M values of the fused suite")
     parser.add_argument("--w8a16-m", type=int, nargs="*", default=W8A16_M_VALUES)
     parser.add_argument("--sparse24-m", type=int, nargs="*", default=S24_M_VALUES)
-    parser.add_argument("--suite", nargs="*", default=["fused", "w8a16", "sparse24"],
-                        choices=["fused", "w8a16", "sparse24"])
+    parser.add_argument("--suite", nargs="*", default=["fused", "w8a16", "sparse24", "paths"],
+                        choices=["fused", "w8a16", "sparse24", "paths"])
+    parser.add_argument("--paths-m", type=int, nargs="*", default=PATH_M_VALUES, help="M values of the paths suite")
+    parser.add_argument("--paths-out", type=Path, default=Path("default_paths.json"),
+                        help="the default path table (fastest path per call key)")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help="stop starting new measurements after this many seconds (the kernel suites "
+                             "get a third of it when the paths suite runs too)")
     args = parser.parse_args()
+    started = time.monotonic()
+    deadline = started + args.deadline_s if args.deadline_s else float("inf")
+    kernel_deadline = started + args.deadline_s / 3 if args.deadline_s and "paths" in args.suite else deadline
 
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
@@ -266,6 +380,9 @@ def main() -> int:
 
     has_w8 = hasattr(cuda_ext, "w8a16_linear")
     for name, n, k in SHAPES:
+        if time.monotonic() > kernel_deadline:
+            report.setdefault("not_reached", []).append(name)
+            continue
         if "fused" in args.suite:
             for m in args.m:
                 for variant in ("plain", "epilogue"):
@@ -288,6 +405,9 @@ def main() -> int:
             report.setdefault("goals", {})[kernel] = {"goal": goal, "cases": len(rows), "met": met, "worst": worst}
             print(f"{kernel}: {met}/{len(rows)} cases reach {goal}x vs torch bf16 (worst {worst:.2f}x)")
     args.out.write_text(json.dumps(report, indent=2))
+    if "paths" in args.suite:
+        run_paths(report, args, deadline)
+        args.out.write_text(json.dumps(report, indent=2))
     failed = [r for r in report["results"] if "error" in r
               or r.get("rel_error_vs_torch", r.get("rel_error_vs_dequantised_fp64", 0.0)) > 2e-2]
     print(f"bench_gpu: {len(report['results'])} cases, {len(failed)} failed or inaccurate -> {args.out}")

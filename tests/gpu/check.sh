@@ -3,8 +3,11 @@
 #   tests/gpu/check.sh [RESULT_DIR]   (default: $OUT, else ${TMPDIR:-/tmp}/bigperf_gpu_check)
 # Builds the package, runs tests/gpu (pytest, or a pytest-free runner when pytest is
 # missing), runs the triton kernel/op tests on the real GPU (interpreter off), then the
-# benchmark. Every step has its own time limit so the whole run stays under 8 minutes;
-# results land in RESULT_DIR: check.log, summary.json, pytest_*.xml, bench_gpu.json.
+# benchmark, which also times every path the dispatcher may pick per (op, shape, M) and
+# keeps the fastest per call key. Every step has its own time limit so the whole run stays
+# under 8 minutes; results land in RESULT_DIR: check.log, summary.json, pytest_*.xml,
+# bench_gpu.json, default_paths.json (the default path table for this GPU; "complete"
+# says whether the deadline cut it short).
 # BIGPERF_CHECK_SKIP_BUILD=1 reuses extensions built by an earlier run.
 set -uo pipefail
 
@@ -94,10 +97,13 @@ else
 fi
 
 # 4. Benchmark: bf16 Llama-3-8B shapes, our kernels (fused linear, W8A16 at M = 1..16, 2:4
-#    mma.sp at M >= 4096) vs torch. Partial JSON survives a timeout.
+#    mma.sp at M >= 4096) vs torch, then every eligible path of each op call (cuda, triton,
+#    torch) at M = 1, 16, 128, 4096, decode first, until the deadline. Partial JSON
+#    survives a timeout.
 LEFT=$(( 460 - $(elapsed) ))
 if [ "$LEFT" -gt 30 ]; then
-  step bench "$LEFT" "$PY" tests/gpu/bench_gpu.py --out "$RESULTS/bench_gpu.json" || true
+  step bench "$LEFT" "$PY" tests/gpu/bench_gpu.py --out "$RESULTS/bench_gpu.json" \
+      --paths-out "$RESULTS/default_paths.json" --deadline-s $(( LEFT - 20 )) || true
 else
   echo "no time left for the benchmark (elapsed $(elapsed)s)"
 fi
