@@ -23,7 +23,7 @@ void bsr_lanes_strips(const BsrArgs& a, const int64_t (&strips)[NS], const float
   using vec = typename V::vec;
   constexpr int W = L::W, VPB = kLaneRows / W;
   constexpr int S = NS * MB <= 2 ? 2 : 1;  // accumulators per vector: at most 8 in all
-  constexpr int64_t ES = sp_esize(VD);
+  constexpr int64_t ES = element_size(VD);
   constexpr int kColsPerStep = VD == DType::bf16 ? 2 : S;  // bf16: a 32-bit word holds 2 columns
   const int64_t groups = a.bn / kLaneRows;
   const int64_t strip_bytes = kLaneRows * a.bk * ES, block_bytes = groups * strip_bytes;
@@ -52,7 +52,7 @@ void bsr_lanes_strips(const BsrArgs& a, const int64_t (&strips)[NS], const float
       for (int64_t o = 0; o < strip_bytes; o += 64) V::prefetch(blk + kLanePrefetchBytes + o);
       const float* xb = xp + a.col_indices[b] * a.bk;
       for (int64_t c = 0; c < a.bk; c += kColsPerStep) {
-        const int64_t cols = sp_min(kColsPerStep, a.bk - c);  // (bf16 blocks have an even bk)
+        const int64_t cols = imin(kColsPerStep, a.bk - c);  // (bf16 blocks have an even bk)
 #pragma GCC unroll 2
         for (int h = 0; h < VPB; ++h) {
           vec w[kColsPerStep];
@@ -88,13 +88,13 @@ void bsr_lanes_strips(const BsrArgs& a, const int64_t (&strips)[NS], const float
 template <class V, class L, DType VD>
 void bsr_lanes_run(const BsrArgs& a) {
   const int64_t groups = a.bn / kLaneRows, block_rows = a.N / a.bn;
-  const int64_t rows = sp_min(a.M, kSpRowsPerPass);
-  SpBuffer xbuf(static_cast<size_t>(rows * a.K + 1) * 4);
+  const int64_t rows = imin(a.M, kSpRowsPerPass);
+  AlignedBuffer xbuf(static_cast<size_t>(rows * a.K + 1) * 4);
   const int threads = a.M * a.nnz * a.bn * a.bk < kSpSerialWork ? 1 : a.num_threads;
-  const int64_t chunks = threads == 1 ? 1 : sp_min(kBsrChunksPerThread * threads, block_rows);
+  const int64_t chunks = threads == 1 ? 1 : imin(kBsrChunksPerThread * threads, block_rows);
   for (int64_t m0 = 0; m0 < a.M; m0 += kSpRowsPerPass) {
-    const int64_t ms = sp_min(kSpRowsPerPass, a.M - m0);
-    sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, ms, a.K, xbuf.f(), a.K);
+    const int64_t ms = imin(kSpRowsPerPass, a.M - m0);
+    sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, ms, a.K, xbuf.as<float>(), a.K);
     parallel_items(chunks, threads, [&](int64_t chunk) {
       alignas(64) float sums[2 * 4 * kLaneRows];
       int64_t br_begin, br_end;
@@ -108,13 +108,13 @@ void bsr_lanes_run(const BsrArgs& a) {
         const int64_t half = (s1 - s0) / 2;
         for (int64_t i = 0; i < half; ++i) {
           const int64_t pair[2] = {s0 + i, s0 + half + i};
-          bsr_lanes_strips<V, L, VD, 1, 2>(a, pair, xbuf.f(), sums);
+          bsr_lanes_strips<V, L, VD, 1, 2>(a, pair, xbuf.as<float>(), sums);
           store(pair[0], 0, sums);
           store(pair[1], 0, sums + kLaneRows);
         }
         if ((s1 - s0) % 2) {
           const int64_t last[1] = {s1 - 1};
-          bsr_lanes_strips<V, L, VD, 1, 1>(a, last, xbuf.f(), sums);
+          bsr_lanes_strips<V, L, VD, 1, 1>(a, last, xbuf.as<float>(), sums);
           store(last[0], 0, sums);
         }
         return;
@@ -122,8 +122,8 @@ void bsr_lanes_run(const BsrArgs& a) {
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t one[1] = {s};
         for (int64_t mt = 0; mt < ms; mt += 4) {
-          const float* xp = xbuf.f() + mt * a.K;
-          const int64_t mb = sp_min(4, ms - mt);
+          const float* xp = xbuf.as<float>() + mt * a.K;
+          const int64_t mb = imin(4, ms - mt);
           switch (mb) {
             case 1: bsr_lanes_strips<V, L, VD, 1, 1>(a, one, xp, sums); break;
             case 2: bsr_lanes_strips<V, L, VD, 2, 1>(a, one, xp, sums); break;

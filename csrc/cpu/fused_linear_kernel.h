@@ -18,12 +18,11 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 #include <type_traits>
 
 #include "cpu/fused_linear.h"
+#include "cpu/kernel_util.h"
 #include "cpu/thread_pool.h"
 #include "cpu/vec_activation.h"
 
@@ -43,19 +42,6 @@ constexpr int64_t kSerialWork = int64_t{1} << 18;
 // and of vectors.
 template <int R>
 constexpr int64_t kGroup = 32 * R;
-
-constexpr int64_t esize(DType d) { return d == DType::f32 ? 4 : 2; }
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-
-struct AlignedBuffer {
-  explicit AlignedBuffer(size_t bytes) : ptr(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64)) {
-    if (!ptr) throw std::bad_alloc();
-  }
-  ~AlignedBuffer() { std::free(ptr); }
-  AlignedBuffer(const AlignedBuffer&) = delete;
-  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  void* ptr;
-};
 
 struct PlainX {};  // marker: x packed as fp32
 struct Bf16X {};   // marker: x packed as bf16 pairs for V::dot_bf16 (x and W both bf16)
@@ -88,7 +74,7 @@ inline void tile_fp32x(const char* const* w, int64_t nb, const float* xp, int64_
                        typename V::vec* acc, bool pf) {
   using vec = typename V::vec;
   constexpr int W = V::W;
-  constexpr int64_t BB = 2 * W * esize(WD);  // bytes of one K block of one row
+  constexpr int64_t BB = 2 * W * element_size(WD);  // bytes of one K block of one row
   vec c[MB][R];
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) c[m][r] = acc[m * R + r];
@@ -173,7 +159,7 @@ void epilogue_row(const FusedLinearArgs& a, const float* s, int64_t m, int64_t n
   using vec = typename V::vec;
   constexpr int W = V::W;
   const DType d = a.x_dtype;
-  const int64_t es = esize(d);
+  const int64_t es = element_size(d);
   char* out = static_cast<char*>(a.out) + (m * a.out_row_stride + n0) * es;
   const char* res = a.residual ? static_cast<const char*>(a.residual) + (m * a.residual_row_stride + n0) * es
                                : nullptr;
@@ -215,7 +201,7 @@ void pack_x_fp32(const FusedLinearArgs& a, int64_t m0, int64_t ms, int64_t kpad,
   using vec = typename V::vec;
   constexpr int W = V::W;
   const DType d = a.x_dtype;
-  const int64_t es = esize(d);
+  const int64_t es = element_size(d);
   for (int64_t m = 0; m < ms; ++m) {
     const char* src = static_cast<const char*>(a.x) + (m0 + m) * a.x_row_stride * es;
     float* row = dst + m * kpad;
@@ -251,7 +237,7 @@ template <class V, DType WD, class XK, int R, int MB>
 void run_columns(const Pass& p, int64_t n_begin, int64_t n_end) {
   using vec = typename V::vec;
   constexpr int64_t KB = 2 * V::W;
-  constexpr int64_t ES = esize(WD);
+  constexpr int64_t ES = element_size(WD);
   constexpr int64_t XES = std::is_same_v<XK, Bf16X> ? 2 : 4;
   const FusedLinearArgs& a = *p.a;
   alignas(64) vec acc[kMaxRows * R];

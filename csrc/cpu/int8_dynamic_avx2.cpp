@@ -51,7 +51,7 @@ void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, bool panels, i
   const int64_t units_per_row = qx.kpad / (qx.quads ? 4 : 2);
   const int64_t units = panels ? (a.M + kMR - 1) / kMR : a.M;
   parallel_for(units, threads, 1, [&](int64_t u0, int64_t u1) {
-    Scratch tmp(static_cast<size_t>(qx.kpad) * (sizeof(float) + sizeof(int16_t) + 1));
+    AlignedBuffer tmp(static_cast<size_t>(qx.kpad) * (sizeof(float) + sizeof(int16_t) + 1));
     float* row = tmp.as<float>();
     int16_t* q16 = reinterpret_cast<int16_t*>(row + qx.kpad);
     uint8_t* q8 = reinterpret_cast<uint8_t*>(q16 + qx.kpad);
@@ -121,12 +121,12 @@ void dot_columns(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t n_beg
   const int64_t k16 = a.K / 16;
   const bool tail = a.K % 16 != 0;
   for (int64_t c0 = n_begin; c0 < n_end; c0 += kCols) {
-    const int64_t cnt = i8_min(kCols, n_end - c0);
+    const int64_t cnt = imin(kCols, n_end - c0);
     for (int64_t t0 = 0; t0 < cnt; t0 += R) {
       const int8_t* w[R];
       int64_t n[R];
       for (int r = 0; r < R; ++r) {
-        n[r] = c0 + i8_min(t0 + r, cnt - 1);  // past the end: repeat the last row, unused
+        n[r] = c0 + imin(t0 + r, cnt - 1);  // past the end: repeat the last row, unused
         w[r] = a.qw + n[r] * a.qw_row_stride;
       }
       __m256i acc[MB][R];
@@ -319,7 +319,7 @@ struct Quads {
 // colsum: its weight column sums when x was offset by kU8Offset (else null).
 void store_tile(const Int8DynamicLinearArgs& a, const QuantX& qx, const __m256i (&c)[kMR][2], int64_t m0,
                 int64_t n0, int64_t ncnt, const double* wsd, const double* bd, const int32_t* colsum) {
-  const int64_t es = dtype_size(a.x_dtype);
+  const int64_t es = element_size(a.x_dtype);
   for (int i = 0; i < kMR && m0 + i < a.M; ++i) {
     const __m256d xs = _mm256_set1_pd(static_cast<double>(qx.scale[m0 + i]));
     char* o = static_cast<char*>(a.out) + ((m0 + i) * a.out_row_stride + n0) * es;
@@ -336,7 +336,7 @@ void store_tile(const Int8DynamicLinearArgs& a, const QuantX& qx, const __m256i 
       const __m256d yhi = _mm256_add_pd(_mm256_mul_pd(_mm256_mul_pd(hi, xs), _mm256_loadu_pd(wsd + 8 * h + 4)),
                                         _mm256_loadu_pd(bd + 8 * h + 4));
       const __m256 y = vactivation<V8>(_mm256_set_m128(_mm256_cvtpd_ps(yhi), _mm256_cvtpd_ps(ylo)), a.act);
-      const int64_t cnt = i8_min(8, ncnt - 8 * h);
+      const int64_t cnt = imin(8, ncnt - 8 * h);
       if (cnt == 8) {
         store_x8(o + 8 * h * es, a.x_dtype, y);
       } else {
@@ -364,8 +364,8 @@ template <class Form, class Take>
 void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& take, int64_t blocks) {
   const int64_t kp2 = qx.kpad / Form::kPer;  // units of one row
   const bool offset = Form::kPer == 4;
-  Scratch bbuf(static_cast<size_t>(kNC * kp2) * sizeof(int32_t));
-  Scratch cbuf(static_cast<size_t>(kMC * kNC) * sizeof(int32_t));
+  AlignedBuffer bbuf(static_cast<size_t>(kNC * kp2) * sizeof(int32_t));
+  AlignedBuffer cbuf(static_cast<size_t>(kMC * kNC) * sizeof(int32_t));
   int32_t* bp = bbuf.as<int32_t>();
   int32_t* cp = cbuf.as<int32_t>();
   const int64_t mpanels = (a.M + kMR - 1) / kMR;
@@ -374,7 +374,7 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& t
   alignas(32) int32_t colsum[kNC];
   for (int64_t blk; (blk = take()) < blocks;) {
     const int64_t nb = blk * kNC;
-    const int64_t nb_end = i8_min(a.N, nb + kNC);
+    const int64_t nb_end = imin(a.N, nb + kNC);
     const int64_t panels = (nb_end - nb + kNR - 1) / kNR;
     for (int64_t j = 0; j < panels; ++j)
       Form::pack(a, qx.kpad, nb + j * kNR, nb_end, bp + j * kp2 * kNR, colsum + j * kNR);
@@ -384,9 +384,9 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& t
       bd[l] = valid && a.bias ? static_cast<double>(a.bias[nb + l]) : 0.0;
     }
     for (int64_t mp0 = 0; mp0 < mpanels; mp0 += kMC / kMR) {
-      const int64_t mp1 = i8_min(mpanels, mp0 + kMC / kMR);
+      const int64_t mp1 = imin(mpanels, mp0 + kMC / kMR);
       for (int64_t k0 = 0; k0 < kp2; k0 += kKC) {
-        const int64_t k1 = i8_min(kp2, k0 + kKC);
+        const int64_t k1 = imin(kp2, k0 + kKC);
         for (int64_t mp = mp0; mp < mp1; ++mp) {
           for (int64_t j = 0; j < panels; ++j) {
             __m256i c[kMR][2];
@@ -398,7 +398,7 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& t
             Form::kernel(ap + (mp * kp2 + k0) * kMR, bp + (j * kp2 + k0) * kNR, k1 - k0, c);
             if (k1 == kp2) {
               const int64_t p0 = nb + j * kNR;
-              store_tile(a, qx, c, mp * kMR, p0, i8_min(kNR, nb_end - p0), wsd + j * kNR, bd + j * kNR,
+              store_tile(a, qx, c, mp * kMR, p0, imin(kNR, nb_end - p0), wsd + j * kNR, bd + j * kNR,
                          offset ? colsum + j * kNR : nullptr);
             } else {
               for (int i = 0; i < kMR; ++i)
@@ -422,8 +422,8 @@ void int8_dynamic_linear_avx2(const Int8DynamicLinearArgs& a) {
   qx.quads = gemm && a.act_bits == 7;
   qx.kpad = round_up(a.K, qx.quads ? 32 : 16);
   const int64_t mrows = gemm ? round_up(a.M, kMR) : a.M;
-  Scratch qbuf(static_cast<size_t>(mrows * qx.kpad) * sizeof(int16_t));
-  Scratch sbuf(static_cast<size_t>(a.M) * sizeof(float));
+  AlignedBuffer qbuf(static_cast<size_t>(mrows * qx.kpad) * sizeof(int16_t));
+  AlignedBuffer sbuf(static_cast<size_t>(a.M) * sizeof(float));
   qx.q = qbuf.as<int16_t>();
   qx.scale = sbuf.as<float>();
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);

@@ -30,7 +30,7 @@ struct QuantX {
 
 void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t rows, int threads) {
   parallel_for(rows, threads, 16, [&](int64_t m0, int64_t m1) {
-    Scratch tmp(static_cast<size_t>(qx.kpad) * sizeof(float));
+    AlignedBuffer tmp(static_cast<size_t>(qx.kpad) * sizeof(float));
     for (int64_t m = m0; m < m1; ++m) {
       if (m < a.M)
         qx.scale[m] = quantize_x_row_u8(a.x, a.x_row_stride, a.x_dtype, m, a.K, qx.kpad, tmp.as<float>(),
@@ -54,12 +54,12 @@ void dot_columns(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t n_beg
   const __m512i ones = _mm512_set1_epi8(1);
   const int64_t nblk = (a.K + 63) / 64;
   for (int64_t c0 = n_begin; c0 < n_end; c0 += kCols) {
-    const int64_t cnt = i8_min(kCols, n_end - c0);
+    const int64_t cnt = imin(kCols, n_end - c0);
     for (int64_t t0 = 0; t0 < cnt; t0 += R) {
       const int8_t* w[R];
       int64_t n[R];
       for (int r = 0; r < R; ++r) {
-        n[r] = c0 + i8_min(t0 + r, cnt - 1);
+        n[r] = c0 + imin(t0 + r, cnt - 1);
         w[r] = a.qw + n[r] * a.qw_row_stride;
       }
       __m512i acc[MB][R], ws[R];
@@ -180,7 +180,7 @@ inline void micro_kernel(const uint8_t* x, int64_t xs, const int8_t* b0, const i
 
 void store_tile(const Int8DynamicLinearArgs& a, const QuantX& qx, const __m512i (&c)[kMR][2], int64_t m0, int64_t n0,
                 int64_t ncnt, const int32_t* wsum, const double* wsd, const double* bd) {
-  const int64_t es = dtype_size(a.x_dtype);
+  const int64_t es = element_size(a.x_dtype);
   for (int i = 0; i < kMR && m0 + i < a.M; ++i) {
     const __m512d xs = _mm512_set1_pd(static_cast<double>(qx.scale[m0 + i]));
     char* o = static_cast<char*>(a.out) + ((m0 + i) * a.out_row_stride + n0) * es;
@@ -210,8 +210,8 @@ constexpr int64_t kKC = 256;  // quads: 1024 values of K
 template <class Take>
 void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& take, int64_t blocks) {
   const int64_t kq = qx.kpad / 4;
-  Scratch bbuf(static_cast<size_t>(kNC * qx.kpad));
-  Scratch cbuf(static_cast<size_t>(kMC * kNC) * sizeof(int32_t));
+  AlignedBuffer bbuf(static_cast<size_t>(kNC * qx.kpad));
+  AlignedBuffer cbuf(static_cast<size_t>(kMC * kNC) * sizeof(int32_t));
   int8_t* bp = bbuf.as<int8_t>();
   int32_t* cp = cbuf.as<int32_t>();
   alignas(64) int32_t wsum[kNC];
@@ -219,7 +219,7 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& t
   const int64_t rows = round_up(a.M, kMR);
   for (int64_t blk; (blk = take()) < blocks;) {
     const int64_t nb = blk * kNC;
-    const int64_t nb_end = i8_min(a.N, nb + kNC);
+    const int64_t nb_end = imin(a.N, nb + kNC);
     const int64_t pairs = (nb_end - nb + kNR - 1) / kNR;  // of 16-column panels
     for (int64_t j = 0; j < 2 * pairs; ++j) pack_panel(a, qx.kpad, nb + 16 * j, nb_end, bp + j * qx.kpad * 16, wsum + 16 * j);
     for (int64_t l = 0; l < kNC; ++l) {
@@ -227,9 +227,9 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& t
       bd[l] = nb + l < nb_end && a.bias ? static_cast<double>(a.bias[nb + l]) : 0.0;
     }
     for (int64_t m0 = 0; m0 < rows; m0 += kMC) {
-      const int64_t m1 = i8_min(rows, m0 + kMC);
+      const int64_t m1 = imin(rows, m0 + kMC);
       for (int64_t q0 = 0; q0 < kq; q0 += kKC) {
-        const int64_t q1 = i8_min(kq, q0 + kKC);
+        const int64_t q1 = imin(kq, q0 + kKC);
         for (int64_t mr = m0; mr < m1; mr += kMR) {
           for (int64_t j = 0; j < pairs; ++j) {
             __m512i c[kMR][2];
@@ -241,7 +241,7 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& t
             micro_kernel(qx.q + mr * qx.kpad + 4 * q0, qx.kpad, b0, b0 + qx.kpad * 16, q1 - q0, c);
             if (q1 == kq) {
               const int64_t p0 = nb + j * kNR;
-              store_tile(a, qx, c, mr, p0, i8_min(kNR, nb_end - p0), wsum + j * kNR, wsd + j * kNR, bd + j * kNR);
+              store_tile(a, qx, c, mr, p0, imin(kNR, nb_end - p0), wsum + j * kNR, wsd + j * kNR, bd + j * kNR);
             } else {
               for (int i = 0; i < kMR; ++i)
                 for (int h = 0; h < 2; ++h) _mm512_storeu_si512(saved + i * kNC + 16 * h, c[i][h]);
@@ -261,8 +261,8 @@ void int8_dynamic_linear_avx512(const Int8DynamicLinearArgs& a) {
   qx.kpad = round_up(a.K, 64);
   const bool gemm = a.M >= kGemmMinM;
   const int64_t rows = gemm ? round_up(a.M, kMR) : a.M;
-  Scratch qbuf(static_cast<size_t>(rows * qx.kpad));
-  Scratch sbuf(static_cast<size_t>(a.M) * sizeof(float));
+  AlignedBuffer qbuf(static_cast<size_t>(rows * qx.kpad));
+  AlignedBuffer sbuf(static_cast<size_t>(a.M) * sizeof(float));
   qx.q = qbuf.as<uint8_t>();
   qx.scale = sbuf.as<float>();
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);

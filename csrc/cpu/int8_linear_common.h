@@ -4,32 +4,15 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <new>
 
 #include "cpu/int8_linear.h"
+#include "cpu/kernel_util.h"
 #include "cpu/thread_pool.h"
 
 namespace bigperf::cpu {
 namespace {
 
-inline int64_t i8_min(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t i8_max(int64_t a, int64_t b) { return a > b ? a : b; }
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-inline int64_t dtype_size(DType d) { return d == DType::f32 ? 4 : 2; }
-
-// 64-byte aligned scratch, freed on scope exit (kernels may throw through parallel_for).
-struct Scratch {
-  explicit Scratch(size_t bytes) : ptr(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64)) {
-    if (!ptr) throw std::bad_alloc();
-  }
-  ~Scratch() { std::free(ptr); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  template <class T>
-  T* as() const { return static_cast<T*>(ptr); }
-  void* ptr;
-};
 
 // The per-token scale of bigperf.quant.quantize_activation_per_token, bit for bit:
 // absmax / qmax in fp32 (qmax = act_qmax(bits): 127 or 63), 1 for an all-zero row.
@@ -64,7 +47,7 @@ inline int threads_for(int64_t M, int64_t N, int64_t K, int requested) {
 
 // Columns per block for parallel_dynamic: whole units, about 8 blocks per thread.
 inline int64_t block_columns(int64_t n, int threads, int64_t unit) {
-  return i8_max(unit, round_up((n + 8 * threads - 1) / (8 * threads), unit));
+  return imax(unit, round_up((n + 8 * threads - 1) / (8 * threads), unit));
 }
 
 // body(begin, end) over [0, n) in dynamic blocks of block_columns(n, threads, unit).
@@ -73,7 +56,7 @@ inline void parallel_columns(int64_t n, int threads, int64_t unit, const Body& b
   const int64_t cols = block_columns(n, threads, unit);
   const int64_t blocks = (n + cols - 1) / cols;
   parallel_dynamic(blocks, threads, [&](auto take) {
-    for (int64_t b; (b = take()) < blocks;) body(b * cols, i8_min(n, (b + 1) * cols));
+    for (int64_t b; (b = take()) < blocks;) body(b * cols, imin(n, (b + 1) * cols));
   });
 }
 

@@ -14,7 +14,7 @@ void int8_weight_linear_scalar(const Int8WeightLinearArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
   const int64_t G = a.groups;
   const int64_t gs = a.K / G;
-  const int64_t xes = dtype_size(a.x_dtype);
+  const int64_t xes = element_size(a.x_dtype);
   // x as fp32 once per call, and its per-group sums for the zero-point identity
   // sum((q - z) * x) = sum(q * x) - z * sum(x).
   std::vector<float> xf(static_cast<size_t>(a.M * a.K));
@@ -49,7 +49,7 @@ void int8_weight_linear_scalar(const Int8WeightLinearArgs& a) {
 
 void int8_dynamic_linear_scalar(const Int8DynamicLinearArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
-  const int64_t xes = dtype_size(a.x_dtype);
+  const int64_t xes = element_size(a.x_dtype);
   std::vector<int8_t> xq(static_cast<size_t>(a.M * a.K));
   std::vector<float> xs(static_cast<size_t>(a.M));
   std::vector<float> row(static_cast<size_t>(a.K));

@@ -90,7 +90,7 @@ inline void store_x8(char* p, DType d, __m256 v) {
 
 // Row m of x as fp32 into dst[0, kpad): zero past K, nothing read past the row.
 inline void load_x_row(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad, float* dst) {
-  const int64_t es = dtype_size(d);
+  const int64_t es = element_size(d);
   const char* src = static_cast<const char*>(x) + m * row_stride * es;
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) _mm256_storeu_ps(dst + k, load_x8(src + k * es, d));
@@ -107,7 +107,7 @@ inline void load_x_row(const void* x, int64_t row_stride, DType d, int64_t m, in
 // even. The last partial vector goes through stack copies: nothing outside is touched.
 inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act, const float* bias,
                          const float* s, int64_t m, int64_t n0, int64_t cnt) {
-  const int64_t es = dtype_size(d);
+  const int64_t es = element_size(d);
   char* o = static_cast<char*>(out) + (m * out_row_stride + n0) * es;
   const float* b = bias ? bias + n0 : nullptr;
   int64_t j = 0;

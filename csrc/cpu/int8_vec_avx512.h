@@ -92,7 +92,7 @@ inline void store_x16(char* p, DType d, __m512 v, int64_t cnt = 16) {
 
 // Row m of x as fp32 into dst[0, kpad) (kpad a multiple of 16): zero past K.
 inline void load_x_row(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad, float* dst) {
-  const int64_t es = dtype_size(d);
+  const int64_t es = element_size(d);
   const char* src = static_cast<const char*>(x) + m * row_stride * es;
   for (int64_t k = 0; k < kpad; k += 16)
     _mm512_storeu_ps(dst + k, k < K ? load_x16(src + k * es, d, K - k) : _mm512_setzero_ps());
@@ -101,7 +101,7 @@ inline void load_x_row(const void* x, int64_t row_stride, DType d, int64_t m, in
 // out[m, n0 : n0 + cnt] = act(s + bias) in the output dtype; masked tail.
 inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act, const float* bias,
                          const float* s, int64_t m, int64_t n0, int64_t cnt) {
-  const int64_t es = dtype_size(d);
+  const int64_t es = element_size(d);
   char* o = static_cast<char*>(out) + (m * out_row_stride + n0) * es;
   for (int64_t j = 0; j < cnt; j += 16) {
     const __mmask16 k = first_lanes(cnt - j);

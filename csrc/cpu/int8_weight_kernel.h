@@ -187,13 +187,13 @@ void run_columns(const Pass& p, int64_t n_begin, int64_t n_end) {
   const Int8WeightLinearArgs& a = *p.a;
   alignas(64) float sums[kRowsPerPass][kSumsStride];
   for (int64_t c0 = n_begin; c0 < n_end; c0 += kCols) {
-    const int64_t cnt = i8_min(kCols, n_end - c0);
+    const int64_t cnt = imin(kCols, n_end - c0);
     for (int64_t t0 = 0; t0 < cnt; t0 += R) {
       const int8_t* wrow[R];
       int64_t n[R];
       for (int r = 0; r < R; ++r) {
         // Past the last column the tile repeats the last row: valid memory, result unused.
-        n[r] = c0 + i8_min(t0 + r, cnt - 1);
+        n[r] = c0 + imin(t0 + r, cnt - 1);
         wrow[r] = a.qw + n[r] * a.qw_row_stride;
       }
       dot_tile<Ops, R, MB, ZP, GROUPED>(p, wrow, n, sums, t0);
@@ -240,14 +240,14 @@ void int8_weight_linear_dot(const Int8WeightLinearArgs& a) {
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
   p.kpad = round_up(a.K, 4 * W);
   p.kfull = a.K / W * W;
-  const int64_t rows = i8_min(a.M, kRowsPerPass);
-  Scratch xbuf(static_cast<size_t>(rows * p.kpad) * sizeof(float));
-  Scratch lbuf(zp ? static_cast<size_t>(rows * p.G * W) * sizeof(float) : 0);
+  const int64_t rows = imin(a.M, kRowsPerPass);
+  AlignedBuffer xbuf(static_cast<size_t>(rows * p.kpad) * sizeof(float));
+  AlignedBuffer lbuf(zp ? static_cast<size_t>(rows * p.G * W) * sizeof(float) : 0);
   p.xp = xbuf.as<float>();
   p.xsl = zp ? lbuf.as<float>() : nullptr;
   for (int64_t m0 = 0; m0 < a.M; m0 += kRowsPerPass) {
     p.m0 = m0;
-    p.ms = i8_min(kRowsPerPass, a.M - m0);
+    p.ms = imin(kRowsPerPass, a.M - m0);
     pack_x_rows<Ops>(a, p, xbuf.as<float>(), zp ? lbuf.as<float>() : nullptr);
     if (zp && grouped) dispatch_dot<Ops, true, true>(p, threads);
     else if (zp) dispatch_dot<Ops, true, false>(p, threads);

@@ -117,22 +117,22 @@ void s24_lanes_drive(const Sparse24Args& a) {
   if (a.M <= 0 || a.N <= 0) return;
   const int64_t blocks = (a.N + kLaneRows - 1) / kLaneRows;
   const int64_t kpad = (a.K + 63) / 64 * 64;
-  const int64_t rows = sp_min(a.M, kSpRowsPerPass);
-  SpBuffer xbuf(static_cast<size_t>(rows * kpad) * 4);
+  const int64_t rows = imin(a.M, kSpRowsPerPass);
+  AlignedBuffer xbuf(static_cast<size_t>(rows * kpad) * 4);
   const int threads = a.M * a.N * a.K < kSpSerialWork ? 1 : a.num_threads;
-  const int64_t item_blocks = sp_min(kLaneItemBlocks, blocks / (4 * threads) > 0 ? blocks / (4 * threads) : 1);
+  const int64_t item_blocks = imin(kLaneItemBlocks, blocks / (4 * threads) > 0 ? blocks / (4 * threads) : 1);
   const int64_t items = (blocks + item_blocks - 1) / item_blocks;
   for (int64_t m0 = 0; m0 < a.M; m0 += kSpRowsPerPass) {
-    const int64_t ms = sp_min(kSpRowsPerPass, a.M - m0);
-    sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, ms, a.K, xbuf.f(), kpad);
+    const int64_t ms = imin(kSpRowsPerPass, a.M - m0);
+    sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, ms, a.K, xbuf.as<float>(), kpad);
     parallel_items(items, threads, [&](int64_t item) {
       alignas(64) float sums[4 * kLaneRows];
-      const int64_t b_end = sp_min(blocks, (item + 1) * item_blocks);
+      const int64_t b_end = imin(blocks, (item + 1) * item_blocks);
       for (int64_t b = item * item_blocks; b < b_end; ++b) {
-        const int64_t n0 = b * kLaneRows, cnt = sp_min(kLaneRows, a.N - n0);
+        const int64_t n0 = b * kLaneRows, cnt = imin(kLaneRows, a.N - n0);
         for (int64_t mt = 0; mt < ms; mt += 4) {
-          const float* xp = xbuf.f() + mt * kpad;
-          const int64_t mb = sp_min(4, ms - mt);
+          const float* xp = xbuf.as<float>() + mt * kpad;
+          const int64_t mb = imin(4, ms - mt);
           switch (mb) {
             case 1:  // two streams for the memory-bound float values; int8 is bound by compute
               if (VT != S24Values::i8 && a.K % 16 == 0) lanes_block<V, L, VT, 1, 2>(a, b, xp, kpad, sums);

@@ -320,7 +320,7 @@ struct PairTile {
   static void run(const Sparse24Args& a, const int64_t* idx, const float* xp, int64_t xps, int64_t ms, float* sums) {
     for (int64_t m = 0; m < ms; m += 3) {
       const float* x = xp + m * xps;
-      switch (sp_min(3, ms - m)) {
+      switch (imin(3, ms - m)) {
         case 1: rows<1>(a, idx, x, xps, sums + m * R, m == 0); break;
         case 2: rows<2>(a, idx, x, xps, sums + m * R, m == 0); break;
         default: rows<3>(a, idx, x, xps, sums + m * R, m == 0); break;

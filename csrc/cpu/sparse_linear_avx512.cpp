@@ -106,7 +106,7 @@ struct PermuteTile {
   static void run(const Sparse24Args& a, const int64_t* idx, const float* xp, int64_t xps, int64_t ms, float* sums) {
     for (int64_t m = 0; m < ms; m += 4) {
       const float* x = xp + m * xps;
-      switch (sp_min(4, ms - m)) {
+      switch (imin(4, ms - m)) {
         case 1: rows<1>(a, idx, x, xps, sums + m * R, m == 0); break;
         case 2: rows<2>(a, idx, x, xps, sums + m * R, m == 0); break;
         case 3: rows<3>(a, idx, x, xps, sums + m * R, m == 0); break;

@@ -7,10 +7,9 @@
 // another unit could share, such as std::vector).
 #pragma once
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 
+#include "cpu/kernel_util.h"
 #include "cpu/sparse_linear.h"
 #include "cpu/thread_pool.h"
 #include "cpu/vec_activation.h"
@@ -24,20 +23,6 @@ constexpr int64_t kSpItemCols = 4 * kSpGroup;  // output columns per work item (
 // Below this many multiply-adds one thread is faster than waking the pool.
 constexpr int64_t kSpSerialWork = int64_t{1} << 18;
 constexpr int64_t kBsrChunksPerThread = 16;
-
-inline int64_t sp_min(int64_t a, int64_t b) { return a < b ? a : b; }
-constexpr int64_t sp_esize(DType d) { return d == DType::f32 ? 4 : 2; }
-
-struct SpBuffer {
-  explicit SpBuffer(size_t bytes) : ptr(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64)) {
-    if (!ptr) throw std::bad_alloc();
-  }
-  ~SpBuffer() { std::free(ptr); }
-  SpBuffer(const SpBuffer&) = delete;
-  SpBuffer& operator=(const SpBuffer&) = delete;
-  float* f() const { return static_cast<float*>(ptr); }
-  void* ptr;
-};
 
 template <class V>
 inline typename V::vec sp_load(const char* p, DType d) {
@@ -64,7 +49,7 @@ template <class V>
 void sp_pack_rows(const void* x, int64_t row_stride, DType d, int64_t m0, int64_t ms, int64_t K,
                   float* dst, int64_t dst_stride) {
   constexpr int W = V::W;
-  const int64_t es = sp_esize(d);
+  const int64_t es = element_size(d);
   for (int64_t m = 0; m < ms; ++m) {
     const char* src = static_cast<const char*>(x) + (m0 + m) * row_stride * es;
     float* row = dst + m * dst_stride;
@@ -88,7 +73,7 @@ void sp_epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act,
                      const float* s, int64_t m, int64_t n0, int64_t cnt) {
   using vec = typename V::vec;
   constexpr int W = V::W;
-  const int64_t es = sp_esize(d);
+  const int64_t es = element_size(d);
   char* o = static_cast<char*>(out) + (m * out_row_stride + n0) * es;
   const float* b = bias ? bias + n0 : nullptr;
   int64_t j = 0;
@@ -128,28 +113,28 @@ void s24_drive(const Sparse24Args& a) {
   static_assert(kSpGroup % R == 0, "a group is a whole number of tiles");
   const int64_t kpad = (a.K + 63) / 64 * 64;
   const int64_t xps = Tile::packed_stride(a.K);
-  const int64_t rows = sp_min(a.M, kSpRowsPerPass);
-  SpBuffer plain(static_cast<size_t>(kpad) * 4);
-  SpBuffer packed(static_cast<size_t>(rows * xps) * 4);
+  const int64_t rows = imin(a.M, kSpRowsPerPass);
+  AlignedBuffer plain(static_cast<size_t>(kpad) * 4);
+  AlignedBuffer packed(static_cast<size_t>(rows * xps) * 4);
   const int threads = a.M * a.N * a.K < kSpSerialWork ? 1 : a.num_threads;
   for (int64_t m0 = 0; m0 < a.M; m0 += kSpRowsPerPass) {
-    const int64_t ms = sp_min(kSpRowsPerPass, a.M - m0);
+    const int64_t ms = imin(kSpRowsPerPass, a.M - m0);
     for (int64_t m = 0; m < ms; ++m) {
-      sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0 + m, 1, a.K, plain.f(), kpad);
-      Tile::pack_x(plain.f(), a.K, packed.f() + m * xps);
+      sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0 + m, 1, a.K, plain.as<float>(), kpad);
+      Tile::pack_x(plain.as<float>(), a.K, packed.as<float>() + m * xps);
     }
     const int64_t items = (a.N + kSpItemCols - 1) / kSpItemCols;
     parallel_items(items, threads, [&](int64_t item) {
-      const int64_t n_begin = item * kSpItemCols, n_end = sp_min(a.N, n_begin + kSpItemCols);
+      const int64_t n_begin = item * kSpItemCols, n_end = imin(a.N, n_begin + kSpItemCols);
       alignas(64) float sums[kSpRowsPerPass][kSpGroup];
       alignas(64) float tile[kSpRowsPerPass * R];
       for (int64_t g0 = n_begin; g0 < n_end; g0 += kSpGroup) {
-        const int64_t gcnt = sp_min(kSpGroup, n_end - g0);
+        const int64_t gcnt = imin(kSpGroup, n_end - g0);
         for (int64_t t0 = 0; t0 < gcnt; t0 += R) {
           int64_t idx[R];
           // Past the last column the tile repeats the last row: valid memory, result unused.
-          for (int r = 0; r < R; ++r) idx[r] = g0 + sp_min(t0 + r, gcnt - 1);
-          Tile::run(a, idx, packed.f(), xps, ms, tile);
+          for (int r = 0; r < R; ++r) idx[r] = g0 + imin(t0 + r, gcnt - 1);
+          Tile::run(a, idx, packed.as<float>(), xps, ms, tile);
           for (int64_t m = 0; m < ms; ++m)
             for (int r = 0; r < R && t0 + r < gcnt; ++r) sums[m][t0 + r] = tile[m * R + r];
         }
@@ -251,12 +236,12 @@ void bsr_rows(const BsrArgs& a, const BsrShape& sh, int64_t br, int64_t p0, cons
               float* sums) {
   using vec = typename V::vec;
   constexpr int W = V::W;
-  constexpr int64_t ES = sp_esize(VD);
+  constexpr int64_t ES = element_size(VD);
   constexpr int64_t CW = PAIRS ? 2 * W : W;  // elements per chunk
   const int64_t prow = a.bn / sh.rpv;
   const int64_t chunks = sh.len / CW;
   int64_t off[RB];
-  for (int r = 0; r < RB; ++r) off[r] = sp_min(p0 + r, prow - 1) * sh.len * ES;
+  for (int r = 0; r < RB; ++r) off[r] = imin(p0 + r, prow - 1) * sh.len * ES;
   vec acc[MB][RB];
   for (auto& row : acc)
     for (auto& v : row) v = V::zero();
@@ -346,7 +331,7 @@ void bsr_block_row(const BsrArgs& a, const BsrShape& sh, int64_t br, const float
   for (int64_t m = 0; m < ms; m += 4) {
     const float* x = xp + m * xs;
     float* s = sums + m * a.bn;
-    switch (sp_min(4, ms - m)) {
+    switch (imin(4, ms - m)) {
       case 1: bsr_block_row_mb<V, VD, PAIRS, 1>(a, sh, br, x, xs, s); break;
       case 2: bsr_block_row_mb<V, VD, PAIRS, 2>(a, sh, br, x, xs, s); break;
       case 3: bsr_block_row_mb<V, VD, PAIRS, 2>(a, sh, br, x, xs, s);
@@ -360,7 +345,7 @@ void bsr_block_row(const BsrArgs& a, const BsrShape& sh, int64_t br, const float
 template <class V, DType VD>
 void bsr_block_row_plain(const BsrArgs& a, int64_t br, const float* xp, int64_t ms, float* sums) {
   constexpr int W = V::W;
-  constexpr int64_t ES = sp_esize(VD);
+  constexpr int64_t ES = element_size(VD);
   for (int64_t i = 0; i < ms * a.bn; ++i) sums[i] = 0.f;
   const char* vals = static_cast<const char*>(a.values);
   alignas(64) float wf[W];
@@ -369,7 +354,7 @@ void bsr_block_row_plain(const BsrArgs& a, int64_t br, const float* xp, int64_t 
     for (int64_t i = 0; i < a.bn; ++i) {
       const char* wrow = vals + (b * a.bn + i) * a.bk * ES;
       for (int64_t k0 = 0; k0 < a.bk; k0 += W) {
-        const int64_t n = sp_min(W, a.bk - k0);
+        const int64_t n = imin(W, a.bk - k0);
         alignas(64) char tb[W * 4] = {};
         std::memcpy(tb, wrow + k0 * ES, n * ES);
         V::storeu(wf, sp_load<V>(tb, VD));
@@ -395,32 +380,32 @@ template <class V, DType VD, class M1>
 void bsr_run(const BsrArgs& a) {
   const BsrShape sh = bsr_shape<V>(a);
   const int64_t block_rows = a.N / a.bn;
-  const int64_t rows = sp_min(a.M, kSpRowsPerPass);
+  const int64_t rows = imin(a.M, kSpRowsPerPass);
   const bool repack = sh.rpv > 1 || sh.deint;
-  SpBuffer plain(static_cast<size_t>(repack ? rows * a.K : 1) * 4);
-  SpBuffer packed(static_cast<size_t>(rows * a.K * sh.rpv + 1) * 4);
+  AlignedBuffer plain(static_cast<size_t>(repack ? rows * a.K : 1) * 4);
+  AlignedBuffer packed(static_cast<size_t>(rows * a.K * sh.rpv + 1) * 4);
   const int threads = a.M * a.nnz * a.bn * a.bk < kSpSerialWork ? 1 : a.num_threads;
   // Chunks of block rows balanced by stored blocks, several per thread so that a thread
   // that starts late or runs slow (another tenant on its core) takes fewer.
-  const int64_t chunks = threads == 1 ? 1 : sp_min(kBsrChunksPerThread * threads, block_rows);
+  const int64_t chunks = threads == 1 ? 1 : imin(kBsrChunksPerThread * threads, block_rows);
   const bool m1 = M1::template fits<VD>(a, sh);
   for (int64_t m0 = 0; m0 < a.M; m0 += kSpRowsPerPass) {
-    const int64_t ms = sp_min(kSpRowsPerPass, a.M - m0);
-    bsr_pack_x<V>(a, sh, m0, ms, plain.f(), packed.f());
+    const int64_t ms = imin(kSpRowsPerPass, a.M - m0);
+    bsr_pack_x<V>(a, sh, m0, ms, plain.as<float>(), packed.as<float>());
     parallel_items(chunks, threads, [&](int64_t c) {
-      SpBuffer sum_buf(static_cast<size_t>(a.bn * ms) * 4);
-      float* sums = sum_buf.f();
+      AlignedBuffer sum_buf(static_cast<size_t>(a.bn * ms) * 4);
+      float* sums = sum_buf.as<float>();
       int64_t br_begin, br_end;
       bsr_chunk(a.row_ptr, block_rows, chunks, c, br_begin, br_end);
       for (int64_t br = br_begin; br < br_end; ++br) {
         if (ms == 1 && m1)
-          M1::block_row(a, br, packed.f(), sums);
+          M1::block_row(a, br, packed.as<float>(), sums);
         else if (!sh.vector)
-          bsr_block_row_plain<V, VD>(a, br, packed.f(), ms, sums);
+          bsr_block_row_plain<V, VD>(a, br, packed.as<float>(), ms, sums);
         else if (sh.pairs)
-          bsr_block_row<V, VD, true>(a, sh, br, packed.f(), ms, sums);
+          bsr_block_row<V, VD, true>(a, sh, br, packed.as<float>(), ms, sums);
         else
-          bsr_block_row<V, VD, false>(a, sh, br, packed.f(), ms, sums);
+          bsr_block_row<V, VD, false>(a, sh, br, packed.as<float>(), ms, sums);
         for (int64_t m = 0; m < ms; ++m)
           sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + m * a.bn, m0 + m,
                              br * a.bn, a.bn);
