@@ -14,6 +14,13 @@ inline void require(bool ok, const char* function, const std::string& message) {
   if (!ok) throw std::invalid_argument(std::string(function) + ": " + message);
 }
 
+// Activation codes are those of bigperf/ops/activations.py (see csrc/cpu/fused_linear.h).
+inline void check_activation(int code, const char* function) {
+  require(code >= 0 && code < cpu::kNumActivations, function,
+          "argument 'act' has unknown activation code " + std::to_string(code) + " (codes 0.." +
+              std::to_string(cpu::kNumActivations - 1) + ")");
+}
+
 inline cpu::DType to_dtype(int code, const char* function, const char* name) {
   require(code >= 0 && code <= 2, function, std::string(name) + " has unknown dtype code " + std::to_string(code));
   return static_cast<cpu::DType>(code);

@@ -9,6 +9,7 @@
 
 namespace py = pybind11;
 using namespace bigperf::cpu;
+using bigperf::bindings::check_activation;
 using bigperf::bindings::kernel_for_isa;
 using bigperf::bindings::require;
 using bigperf::bindings::set_shared_args;
@@ -25,7 +26,7 @@ void fused_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int
                   int num_threads) {
   const char* fn = "bigperf._C.fused_linear";
   require(M >= 0 && N >= 0 && K >= 0, fn, "M, N and K must be non-negative");
-  require(act >= 0 && act <= 4, fn, "unknown activation code " + std::to_string(act));
+  check_activation(act, fn);
   require(num_threads >= 1, fn, "num_threads must be >= 1");
   FusedLinearArgs args{};
   args.x_dtype = to_dtype(x_dtype, fn, "x");

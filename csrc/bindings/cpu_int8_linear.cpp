@@ -9,6 +9,7 @@
 
 namespace py = pybind11;
 using namespace bigperf::cpu;
+using bigperf::bindings::check_activation;
 using bigperf::bindings::kernel_for_isa;
 using bigperf::bindings::require;
 using bigperf::bindings::set_shared_args;
@@ -38,7 +39,7 @@ void check_common(const char* fn, uintptr_t x, int64_t x_row_stride, uintptr_t q
 
 void check_sizes(const char* fn, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
   require(M >= 0 && N >= 0 && K >= 0, fn, "arguments 'M', 'N' and 'K' must be non-negative");
-  require(act >= 0 && act <= 4, fn, "argument 'act' has unknown activation code " + std::to_string(act));
+  check_activation(act, fn);
   require(num_threads >= 1, fn, "argument 'num_threads' must be >= 1");
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/cpu_features.h"
+#include "cpu/fused_linear.h"  // kNumActivations
 #include "cpu/thread_pool.h"
 
 namespace py = pybind11;
@@ -21,6 +22,8 @@ void register_sparse_linear(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "bigperf CPU kernels (raw-pointer interface; see bigperf/ops for the torch ops)";
+  // The activation codes the kernels know: 0 .. NUM_ACTIVATIONS - 1, bigperf/ops/activations.py's order.
+  m.attr("NUM_ACTIVATIONS") = kNumActivations;
   m.def("compiled_isas", &compiled_isas, "ISA paths compiled into this module, best first");
   m.def("runnable_isas", &runnable_isas, "compiled ISA paths this CPU can execute, best first");
   m.def("cpu_features", [] {

@@ -12,6 +12,7 @@
 
 namespace py = pybind11;
 using namespace bigperf::cpu;
+using bigperf::bindings::check_activation;
 using bigperf::bindings::kernel_for_isa;
 using bigperf::bindings::require;
 using bigperf::bindings::set_shared_args;
@@ -40,7 +41,7 @@ void check_common(const char* fn, int64_t M, int64_t N, int64_t K, int act, int 
   require(M >= 0, fn, "argument 'M' must be non-negative, got " + str(M));
   require(N >= 0, fn, "argument 'N' must be non-negative, got " + str(N));
   require(K >= 0, fn, "argument 'K' must be non-negative, got " + str(K));
-  require(act >= 0 && act <= 4, fn, "argument 'act' has unknown activation code " + std::to_string(act));
+  check_activation(act, fn);
   require(num_threads >= 1, fn, "argument 'num_threads' must be >= 1, got " + std::to_string(num_threads));
   if (M == 0 || N == 0) return;
   require(out != 0, fn, "argument 'out' is a null pointer");

@@ -2,16 +2,20 @@
 //
 // The contract between the pybind11 binding and the per-ISA kernels. The Python op
 // wrapper has already validated dtypes, devices, shapes and strides; the binding
-// re-checks the sizes (validate_fused_linear_args) so that no input can make a kernel
-// read or write out of bounds.
+// (fused_linear in csrc/bindings/cpu_fused_linear.cpp) re-checks the sizes so that no
+// input can make a kernel read or write out of bounds.
 #pragma once
 #include <cstdint>
 
 namespace bigperf::cpu {
 
 enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
-// Codes shared with bigperf/ops/fused_linear.py (ACTIVATIONS, in this order).
+// Codes shared with ACTIVATIONS in bigperf/ops/activations.py (its order); every kernel
+// family uses them. bigperf._C exports kNumActivations as NUM_ACTIVATIONS, and a test
+// holds it equal to len(ACTIVATIONS).
 enum class Activation : int { none = 0, relu = 1, gelu_erf = 2, gelu_tanh = 3, silu = 4 };
+constexpr int kNumActivations = 5;
+static_assert(static_cast<int>(Activation::silu) + 1 == kNumActivations, "a new activation must be counted");
 
 struct FusedLinearArgs {
   const void* x;              // [M, K], x_dtype, unit stride along K
