@@ -202,14 +202,17 @@ def test_paths_agree(isa):
 
 
 def _call(**overrides):
-    x = torch.randn(4, 8)
-    w = torch.randn(3, 8)
-    out = torch.empty(4, 3)
+    """A valid direct call (fp32, 4x8 @ 8x3 into a NaN-poisoned out) with overrides;
+    returns (out, x, w)."""
+    x = _randn(4, 8, dtype=torch.float32, seed=5)
+    w = _randn(3, 8, dtype=torch.float32, seed=6)
+    out = torch.full((4, 3), float("nan"))
     args = {"isa": "scalar", "x": x.data_ptr(), "x_row_stride": 8, "x_dtype": 0, "w": w.data_ptr(),
             "w_row_stride": 8, "w_dtype": 0, "bias": 0, "residual": 0, "residual_row_stride": 0,
             "out": out.data_ptr(), "out_row_stride": 3, "M": 4, "N": 3, "K": 8, "act": 0, "num_threads": 1}
     args.update(overrides)
     C.fused_linear(*args.values())
+    return out, x, w
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -230,8 +233,9 @@ def test_bad_arguments_raise(overrides, match):
         _call(**overrides)
 
 
-def test_valid_call_passes():
-    _call()
+def test_valid_call_writes_every_output_correctly():
+    out, x, w = _call()
+    _check(out, x, w, None, None, "none")
 
 
 SIMDE_HEADER = Path("/usr/include/simde/x86/avx512.h")

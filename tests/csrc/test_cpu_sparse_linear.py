@@ -365,10 +365,11 @@ def test_sparse24_thread_counts(isa, threads, m):
 # ----------------------------------------------------------------------------- bad input
 
 def _bsr_call(col_indices_t=None, row_ptr_t=None, **over):
-    """Direct block_sparse_linear call on a valid 32x64 problem, with overrides."""
+    """Direct block_sparse_linear call on a valid 32x64 problem, with overrides; returns
+    (out, the float64 result of the valid problem). out starts NaN-poisoned."""
     block = (8, 16)
     p = pack_bsr(_pruned_bsr(32, 64, block, 0.5, seed=24), block)
-    x, out = random_tensor(2, 64), torch.empty(2, 32)
+    x, out = random_tensor(2, 64), torch.full((2, 32), float("nan"))
     ci = p.col_indices if col_indices_t is None else col_indices_t
     rp = p.row_ptr if row_ptr_t is None else row_ptr_t
     args = {"isa": RUNNABLE[0], "x": x.data_ptr(), "x_row_stride": 64, "x_dtype": 0, "values": p.values.data_ptr(),
@@ -377,7 +378,8 @@ def _bsr_call(col_indices_t=None, row_ptr_t=None, **over):
             "K": 64, "act": 0, "num_threads": 1}
     args.update(over)
     keep = (p, x, out, ci, rp)  # noqa: F841 - the pointers must stay valid during the call
-    return C.block_sparse_linear(**args)
+    C.block_sparse_linear(**args)
+    return out, fused_linear_fp64(x, _dense_bsr(p, 64))
 
 
 def _corrupt(kind):
@@ -416,15 +418,18 @@ def test_bad_bsr_sizes_are_refused(over, match):
 
 
 def _s24_call(**over):
+    """Direct sparse24_linear call on a valid 16x64 int8 problem, with overrides; returns
+    (out, the float64 result of the valid problem). out starts NaN-poisoned."""
     p = pack_24_int8(_pruned24(16, 64, seed=25))
-    x, out = random_tensor(2, 64), torch.empty(2, 16)
+    x, out = random_tensor(2, 64), torch.full((2, 16), float("nan"))
     args = {"isa": RUNNABLE[0], "x": x.data_ptr(), "x_row_stride": 64, "x_dtype": 0, "values": p.values.data_ptr(),
             "values_row_stride": 32, "values_dtype": 3, "meta": p.meta.data_ptr(), "meta_row_stride": 8,
             "scale": p.scale.data_ptr(), "bias": 0, "out": out.data_ptr(), "out_row_stride": 16, "M": 2, "N": 16,
             "K": 64, "act": 0, "num_threads": 1}
     args.update(over)
-    keep = (p, x, out)  # noqa: F841
-    return C.sparse24_linear(**args)
+    keep = (p, x, out)  # noqa: F841 - the pointers must stay valid during the call
+    C.sparse24_linear(**args)
+    return out, fused_linear_fp64(x, _dense24(p))
 
 
 @pytest.mark.parametrize("over,match", [
@@ -438,9 +443,11 @@ def test_bad_sparse24_sizes_are_refused(over, match):
         _s24_call(**over)
 
 
-def test_valid_direct_calls_pass():
-    _s24_call()
-    _bsr_call()
+@pytest.mark.parametrize("call", [_s24_call, _bsr_call], ids=["sparse24", "bsr"])
+def test_valid_direct_calls_write_every_output_correctly(call):
+    out, expected = call()
+    assert not torch.isnan(out).any(), "kernel left unwritten (NaN-poisoned) outputs"
+    assert rel_error(out, expected) < _tol(torch.float32)
 
 
 # ----------------------------------------------------------------------------- BSR, lane layout
