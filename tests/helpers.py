@@ -42,3 +42,28 @@ def assert_compile_export_deepcopy(model, x) -> None:
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         assert torch.allclose(exported.module()(x), eager, rtol=1e-5, atol=1e-5)
+
+
+def without_cpu_kernel(monkeypatch, kernel: str) -> None:
+    """Make bigperf._C look like an older build that lacks `kernel` (for the rest of the test)."""
+    from bigperf import _ext
+
+    real = _ext.cpu_module()
+
+    class OlderBuild:
+        def __getattr__(self, name):
+            if name == kernel:
+                raise AttributeError(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(_ext, "cpu_module", lambda: OlderBuild())
+
+
+def assert_paths_answer_as_canonical(layout_table, canonical_table, own: str, layout_args, canonical_args) -> None:
+    """A layout op's paths other than its `own` backend are the canonical op's paths of the
+    same key, with the same why_not for the same call (bigperf/ops/layout_paths.py)."""
+    others = [key for key, path in canonical_table.backends.items() if path.name != own]
+    assert sorted(others) == sorted(key for key, path in layout_table.backends.items() if path.name != own)
+    for key in others:
+        assert layout_table.backends[key].why_not(*layout_args) == \
+            canonical_table.backends[key].why_not(*canonical_args), key

@@ -15,7 +15,14 @@ from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.block_sparse_lanes_linear import LANES_BACKENDS, block_sparse_lanes_linear
 from bigperf.ops.sparse_linear import BSR_BACKENDS, block_sparse_linear
 from bigperf.sparsity import block_mask, pack_bsr, unpack_bsr
-from tests.helpers import TOLERANCE, fused_linear_fp64, random_tensor, rel_error
+from tests.helpers import (
+    TOLERANCE,
+    assert_paths_answer_as_canonical,
+    fused_linear_fp64,
+    random_tensor,
+    rel_error,
+    without_cpu_kernel,
+)
 
 CPU_KERNEL_MISSING = LANES_BACKENDS.backends["cpu"].why_not(torch.empty(1, 8))
 BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(
@@ -232,16 +239,7 @@ def test_bad_input_is_refused_clearly(case):
 
 def test_cpu_backend_says_why_it_is_unavailable(monkeypatch):
     """Before bigperf._C has the kernel (an older build) the op still runs, on another backend."""
-    from bigperf import _ext
-
-    class OlderBuild:
-        def __getattr__(self, name):
-            if name == "block_sparse_lanes_linear":
-                raise AttributeError(name)
-            return getattr(real, name)
-
-    real = _ext.cpu_module()
-    monkeypatch.setattr(_ext, "cpu_module", lambda: OlderBuild())
+    without_cpu_kernel(monkeypatch, "block_sparse_lanes_linear")
     p = packed(64, 32, (16, 16), torch.bfloat16, seed=21)
     layout, x = lanes(p, 32), random_tensor(2, 32)
     assert "without block_sparse_lanes_linear" in lanes_ops.cpu_kernel_why_not(x)
@@ -258,9 +256,6 @@ def test_other_backends_answer_as_block_sparse_linears_own():
     layout, x = lanes(p, 32), random_tensor(2, 32)
     lane_args = (x, layout.values, layout.col_indices, layout.row_ptr, layout.bk, None, "none")
     canonical_args = (x, p.values, p.col_indices, p.row_ptr, None, "none")
-    others = [key for key, path in BSR_BACKENDS.backends.items() if path.name != "cpu"]
-    assert "triton" in others and sorted(others) == sorted(k for k in LANES_BACKENDS.backends if k != "cpu")
-    for key in others:
-        assert LANES_BACKENDS.backends[key].why_not(*lane_args) == BSR_BACKENDS.backends[key].why_not(*canonical_args)
+    assert_paths_answer_as_canonical(LANES_BACKENDS, BSR_BACKENDS, "cpu", lane_args, canonical_args)
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert LANES_BACKENDS.backends["triton"].why_not(*lane_args) is not None

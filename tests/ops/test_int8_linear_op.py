@@ -10,7 +10,13 @@ import torch
 from bigperf.ops.int8_linear import (dynamic_reference, int8_dynamic_linear, int8_weight_linear,
                                      weight_only_reference)
 from bigperf.quant import dequantize_weight, quantize_activation_per_token, quantize_weight
-from tests.helpers import fused_linear_fp64, random_tensor, rel_error
+from tests.helpers import (
+    assert_paths_answer_as_canonical,
+    fused_linear_fp64,
+    random_tensor,
+    rel_error,
+    without_cpu_kernel,
+)
 
 
 def packed(n=24, k=128, group_size=None, symmetric=True, seed=0):
@@ -142,11 +148,7 @@ def test_layout_op_paths_answer_as_int8_weight_linears_own():
 
     q, x, layout_args = _w8a16_call()
     canonical_args = (x, q.qweight, q.scale, q.zero_point, None, "none")
-    others = [key for key, path in WEIGHT_ONLY_BACKENDS.backends.items() if path.name != "cuda"]
-    assert sorted(others) == sorted(k for k in LAYOUT_BACKENDS.backends if k != "cuda")
-    for key in others:
-        assert LAYOUT_BACKENDS.backends[key].why_not(*layout_args) == \
-            WEIGHT_ONLY_BACKENDS.backends[key].why_not(*canonical_args), key
+    assert_paths_answer_as_canonical(LAYOUT_BACKENDS, WEIGHT_ONLY_BACKENDS, "cuda", layout_args, canonical_args)
     if os.environ.get("TRITON_INTERPRET") != "1":
         assert LAYOUT_BACKENDS.backends["triton"].why_not(*layout_args) is not None
 
@@ -154,17 +156,9 @@ def test_layout_op_paths_answer_as_int8_weight_linears_own():
 def test_layout_op_without_the_cpu_kernel_does_not_claim_cpu(monkeypatch):
     """bigperf._C without int8_weight_linear: the layout op must not select 'cpu' (it would
     then have run another path than the one it reported)."""
-    from bigperf import _ext
     from bigperf.ops.int8_layout_linear import LAYOUT_BACKENDS, int8_weight_linear_w8a16_op
 
-    class WithoutInt8Kernel:
-        def __getattr__(self, name):
-            if name == "int8_weight_linear":
-                raise AttributeError(name)
-            return getattr(real, name)
-
-    real = _ext.cpu_module()
-    monkeypatch.setattr(_ext, "cpu_module", lambda: WithoutInt8Kernel())
+    without_cpu_kernel(monkeypatch, "int8_weight_linear")
     q, x, args = _w8a16_call()
     assert "without int8_weight_linear" in LAYOUT_BACKENDS.backends["cpu"].why_not(*args)
     assert LAYOUT_BACKENDS.select(x.device, *args).name != "cpu"

@@ -14,7 +14,14 @@ from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.sparse24_lanes_linear import LANES_BACKENDS, sparse24_lanes_linear
 from bigperf.ops.sparse_linear import S24_BACKENDS, sparse24_linear
 from bigperf.sparsity import nm_mask, pack_24, pack_24_int8, unpack_24
-from tests.helpers import TOLERANCE, fused_linear_fp64, random_tensor, rel_error
+from tests.helpers import (
+    TOLERANCE,
+    assert_paths_answer_as_canonical,
+    fused_linear_fp64,
+    random_tensor,
+    rel_error,
+    without_cpu_kernel,
+)
 
 CPU_KERNEL_MISSING = LANES_BACKENDS.backends["cpu"].why_not(torch.empty(1, 8))
 BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(
@@ -189,16 +196,7 @@ def test_bad_input_is_refused_clearly(case):
 
 def test_cpu_backend_says_why_it_is_unavailable(monkeypatch):
     """Before bigperf._C has the kernel (an older build) the op still runs, on another backend."""
-    from bigperf import _ext
-
-    class OlderBuild:
-        def __getattr__(self, name):
-            if name == "sparse24_lanes_linear":
-                raise AttributeError(name)
-            return getattr(real, name)
-
-    real = _ext.cpu_module()
-    monkeypatch.setattr(_ext, "cpu_module", lambda: OlderBuild())
+    without_cpu_kernel(monkeypatch, "sparse24_lanes_linear")
     p = packed(20, 32, torch.bfloat16, seed=19)
     layout, x = lanes(p), random_tensor(2, 32)
     assert "without sparse24_lanes_linear" in lanes_ops.cpu_kernel_why_not(x)
@@ -216,26 +214,15 @@ def test_other_backends_answer_as_sparse24_linears_own(v_dtype):
     layout, x = lanes(p), random_tensor(2, 32)
     lane_args = (x, layout.values, layout.meta, layout.scale, layout.n, None, "none")
     canonical_args = (x, p.values, p.meta, p.scale, None, "none")
-    others = [key for key, path in S24_BACKENDS.backends.items() if path.name != "cpu"]
-    assert "cuda" in others and sorted(others) == sorted(k for k in LANES_BACKENDS.backends if k != "cpu")
-    for key in others:
-        assert LANES_BACKENDS.backends[key].why_not(*lane_args) == S24_BACKENDS.backends[key].why_not(*canonical_args)
+    assert_paths_answer_as_canonical(LANES_BACKENDS, S24_BACKENDS, "cpu", lane_args, canonical_args)
     assert LANES_BACKENDS.backends["cuda"].why_not(*lane_args) is not None
 
 
 def test_the_backend_selected_is_the_one_that_runs(monkeypatch):
     """With the lane kernel missing from bigperf._C (an older build) the op selects another
     path, and sparse24_linear's path of that name runs, not its canonical cpu kernel."""
-    from bigperf import _ext
-
-    class OlderBuild:
-        def __getattr__(self, name):
-            if name == "sparse24_lanes_linear":
-                raise AttributeError(name)
-            return getattr(real, name)
-
-    real, ran = _ext.cpu_module(), []
-    monkeypatch.setattr(_ext, "cpu_module", lambda: OlderBuild())
+    without_cpu_kernel(monkeypatch, "sparse24_lanes_linear")
+    ran = []
     for key, path in S24_BACKENDS.backends.items():
         def run(*args, key=key, path=path):
             ran.append(key)
