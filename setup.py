@@ -217,4 +217,7 @@ cuda_ext = Pybind11Extension(
     extra_compile_args=["-O2"],
 )
 
-setup(ext_modules=[cpu_ext, cuda_ext], cmdclass={"build_ext": BuildExt})
+# Guarded so that the tests can import this file for find_nvcc (tests/cuda_emulators.py);
+# pip's build backend and `python setup.py ...` run it as __main__.
+if __name__ == "__main__":
+    setup(ext_modules=[cpu_ext, cuda_ext], cmdclass={"build_ext": BuildExt})

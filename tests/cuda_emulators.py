@@ -39,14 +39,11 @@ class Unavailable(RuntimeError):
 
 
 def find_nvcc() -> str | None:
-    """$BIGPERF_NVCC, then $CUDA_HOME/bin/nvcc, then nvcc on PATH (as setup.py looks)."""
-    explicit = os.environ.get("BIGPERF_NVCC")
-    if explicit:
-        return explicit
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if cuda_home and (Path(cuda_home) / "bin" / "nvcc").exists():
-        return str(Path(cuda_home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
+    """The nvcc the package build would use ($BIGPERF_NVCC, $CUDA_HOME/bin, PATH): setup.py's own lookup."""
+    spec = importlib.util.spec_from_file_location("_bigperf_setup", ROOT / "setup.py")
+    setup_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup_py)
+    return setup_py.find_nvcc()
 
 
 def sources() -> list[Path]:

@@ -155,6 +155,14 @@ def test_a_48k_device_refuses_only_the_kernels_that_cannot_fit(fake_device):
     assert emu.sparse24_choose_config(4096, 14336, 16, 48 * 1024) == 3
 
 
+@needs_emulators
+def test_a_stale_build_is_refused_with_the_remedy(fake_device, monkeypatch):
+    """A bigperf._C_cuda built before it reported its PTX archs: rebuild, not a crash."""
+    fake_device(GPUS["sm_90"])
+    monkeypatch.setattr(_ext, "cuda_module", lambda: types.SimpleNamespace(fused_linear=None))
+    assert "rebuild the package" in cuda_launch.device_why_not(0, "fused_linear")
+
+
 def test_cpu_tensors_are_refused_before_any_device_query(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index=None: pytest.fail("queried a device"))
     assert "not a CUDA device" in common.cuda_why_not(torch.empty(1), "fused_linear")

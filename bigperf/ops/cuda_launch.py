@@ -106,8 +106,8 @@ def device_why_not(index: int, kernel: str) -> str | None:
     if reason:
         return reason
     module = _ext.cuda_module()
-    if not hasattr(module, kernel):
-        return f"bigperf._C_cuda was built without {kernel} (rebuild the package)"
+    if not hasattr(module, kernel) or not hasattr(module, "compiled_ptx_archs"):
+        return f"bigperf._C_cuda was built without {kernel} or before this bigperf (rebuild the package)"
     caps = device_caps(index)
     reason = arch_why_not(caps.capability, list(module.compiled_archs()), list(module.compiled_ptx_archs()))
     if reason:

@@ -29,6 +29,13 @@ void check_codes(const char* fn, int dtype, int act) {
           "act_code must be 0..4 (none, relu, gelu_erf, gelu_tanh, silu), got " + std::to_string(act));
 }
 
+// A size in [0, max]; max is 2^31-1 less what the kernel pads the dimension by.
+void check_size(const char* fn, const char* name, int64_t v, int64_t max) {
+  require(v >= 0 && v <= max, fn,
+          std::string(name) + " must be in [0, 2^31-" + std::to_string(int64_t(INT_MAX) - max + 1) + "], got " +
+              std::to_string(v));
+}
+
 void check_config_index(const char* fn, int config, int num_configs) {
   require(config >= -1 && config < num_configs, fn,
           "config must be -1 (auto) or 0.." + std::to_string(num_configs - 1) + ", got " + std::to_string(config));
@@ -69,10 +76,9 @@ int fused_linear_choose_config(int64_t M, int64_t N, int sm_count, int max_smem)
 }
 
 void fused_linear_validate(const FusedLinearArgs& a, const char* fn) {
-  const int64_t imax = INT_MAX;
-  require(a.M >= 0 && a.M <= imax, fn, "M must be in [0, 2^31-1], got " + std::to_string(a.M));
-  require(a.N >= 0 && a.N <= imax, fn, "N must be in [0, 2^31-1], got " + std::to_string(a.N));
-  require(a.K >= 0 && a.K <= imax, fn, "K must be in [0, 2^31-1], got " + std::to_string(a.K));
+  check_size(fn, "M", a.M, INT_MAX);
+  check_size(fn, "N", a.N, INT_MAX);
+  check_size(fn, "K", a.K, INT_MAX);
   check_codes(fn, a.dtype, a.act);
   check_config_index(fn, a.config, fl::kNumConfigs);
   require(a.K % kFusedLinearKMultiple == 0, fn,
@@ -142,10 +148,9 @@ W8A16Plan w8a16_plan(int64_t M, int64_t N, int64_t K, int sm_count, int config, 
 }
 
 void w8a16_validate(const W8A16Args& a, const char* fn) {
-  const int64_t imax = INT_MAX;
-  require(a.M >= 0 && a.M <= imax, fn, "M must be in [0, 2^31-1], got " + std::to_string(a.M));
-  require(a.N >= 0 && a.N <= imax - w8::kPackN, fn, "N must be in [0, 2^31-33], got " + std::to_string(a.N));
-  require(a.K >= 0 && a.K <= imax - w8::kPackK, fn, "K must be in [0, 2^31-17], got " + std::to_string(a.K));
+  check_size(fn, "M", a.M, INT_MAX);
+  check_size(fn, "N", a.N, INT_MAX - w8::kPackN);
+  check_size(fn, "K", a.K, INT_MAX - w8::kPackK);
   check_codes(fn, a.dtype, a.act);
   check_config_index(fn, a.config, w8::kNumConfigs);
   require(a.splits == -1 || (a.splits >= 1 && a.splits <= w8::kMaxSplits), fn,
@@ -222,10 +227,9 @@ int s24_choose_config(int64_t M, int64_t N, int sm_count, int max_smem) {
 }
 
 void s24_validate(const S24Args& a, const char* fn) {
-  const int64_t imax = INT_MAX;
-  require(a.M >= 0 && a.M <= imax, fn, "M must be in [0, 2^31-1], got " + std::to_string(a.M));
-  require(a.N >= 0 && a.N <= imax - s24::kRowBlock, fn, "N must be in [0, 2^31-17], got " + std::to_string(a.N));
-  require(a.K >= 0 && a.K <= imax - s24::kKBlock, fn, "K must be in [0, 2^31-33], got " + std::to_string(a.K));
+  check_size(fn, "M", a.M, INT_MAX);
+  check_size(fn, "N", a.N, INT_MAX - s24::kRowBlock);
+  check_size(fn, "K", a.K, INT_MAX - s24::kKBlock);
   check_codes(fn, a.dtype, a.act);
   check_config_index(fn, a.config, s24::kNumConfigs);
   require(a.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte cp.async chunks of x), got " + std::to_string(a.K));

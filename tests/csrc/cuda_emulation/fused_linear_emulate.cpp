@@ -110,15 +110,9 @@ void emulate(const FusedLinearArgs& args) {
               }
           }
           for (int mi = 0; mi < C::MI; ++mi)
-            for (int ni = 0; ni < C::NI; ++ni) {
-              float frag[32][4];
-              float* regs = &acc[(size_t(warp) * 32) * FRAG + (mi * C::NI + ni) * 4];
-              for (int lane = 0; lane < 32; ++lane)
-                for (int e = 0; e < 4; ++e) frag[lane][e] = regs[lane * FRAG + e];
-              emu::mma_16816(a[mi], b[ni], frag);
-              for (int lane = 0; lane < 32; ++lane)
-                for (int e = 0; e < 4; ++e) regs[lane * FRAG + e] = frag[lane][e];
-            }
+            for (int ni = 0; ni < C::NI; ++ni)
+              emu::on_fragment(&acc[(size_t(warp) * 32) * FRAG + (mi * C::NI + ni) * 4], FRAG,
+                               [&](float (&d)[32][4]) { emu::mma_16816(a[mi], b[ni], d); });
         }
       }
     }

@@ -53,6 +53,18 @@ inline void ldmatrix_x4(const char* fn, const std::vector<float>& tile, int tile
       for (int h = 0; h < 2; ++h) regs[lane][j][h] = tile[addr[8 * j + lane / 4] + 2 * (lane % 4) + h];
 }
 
+// The emulators keep a warp's accumulators as the kernel's register arrays, acc[lane *
+// lane_stride + 4 * fragment + e]; `mma(d)` updates one fragment gathered as d[lane][e].
+template <class Mma>
+void on_fragment(float* regs, int lane_stride, Mma mma) {
+  float d[32][4];
+  for (int lane = 0; lane < 32; ++lane)
+    for (int e = 0; e < 4; ++e) d[lane][e] = regs[lane * lane_stride + e];
+  mma(d);
+  for (int lane = 0; lane < 32; ++lane)
+    for (int e = 0; e < 4; ++e) regs[lane * lane_stride + e] = d[lane][e];
+}
+
 // mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}, g = lane / 4, t = lane % 4:
 // a{2i, 2i+1} = register i: rows g (i = 0, 2) or g + 8 (i = 1, 3), cols 2t (+8 for i >= 2);
 // b{0,1} = k 2t, 2t+1 and b{2,3} = k 2t+8, 2t+9 of column g; c{0..3} = (g, 2t), (g, 2t+1),

@@ -115,15 +115,9 @@ void emulate(const S24Args& a) {
             emu::ldmatrix_x4(kFn, sb, C::B_ELEMS, addr, bfr[ni]);
           }
           for (int mi = 0; mi < C::MI; ++mi)
-            for (int ni = 0; ni < C::NI; ++ni) {
-              float d[32][4];
-              float* base = &acc[size_t(warp) * 32 * FRAG + (mi * C::NI + ni) * 4];
-              for (int lane = 0; lane < 32; ++lane)
-                for (int e = 0; e < 4; ++e) d[lane][e] = base[lane * FRAG + e];
-              emu::mma_sp_16832(kFn, afr[mi], efr[mi], bfr[ni], d);
-              for (int lane = 0; lane < 32; ++lane)
-                for (int e = 0; e < 4; ++e) base[lane * FRAG + e] = d[lane][e];
-            }
+            for (int ni = 0; ni < C::NI; ++ni)
+              emu::on_fragment(&acc[size_t(warp) * 32 * FRAG + (mi * C::NI + ni) * 4], FRAG,
+                               [&](float (&d)[32][4]) { emu::mma_sp_16832(kFn, afr[mi], efr[mi], bfr[ni], d); });
         }
       }
     }
