@@ -129,21 +129,6 @@ class OpBackends:
         backend = Backend(name, why_not, run, variant)
         self.backends[backend.id] = backend
 
-    def register_unpacked(self, ids, source: OpBackends, stand_ins: Callable[..., tuple],
-                          canonical_args: Callable[..., tuple]) -> None:
-        """Serve this layout op with `source`'s paths `ids` on the weight unpacked for the call.
-
-        Each path keeps its backend name and variant, so the path this op reports is the one
-        that runs. `stand_ins(*args)` gives the canonical arguments as meta tensors (cheap,
-        for why_not); `canonical_args(*args)` unpacks them for real (for run). The source's
-        run is called directly: the call was validated once, by this op.
-        """
-        for bid in ids:
-            b = source.backends[bid]
-            self.backends[b.id] = Backend(
-                b.name, (lambda *a, _b=b: _b.why_not(*stand_ins(*a))),
-                (lambda *a, _b=b: _b.run(*canonical_args(*a))), b.variant)
-
     def paths(self, device: torch.device) -> list[Backend]:
         """The registered paths this device may use, forced backend first, in priority order."""
         forced = forced_backend()
