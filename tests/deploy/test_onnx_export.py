@@ -31,7 +31,10 @@ def test_every_config_matches_pytorch_in_onnxruntime_at_new_shapes(zoo_export):
     model, result = zoo_export
     x = torch.randn(4, 9, models.D_IN, generator=torch.Generator().manual_seed(7))  # not the traced shape
     got = run_onnx(ort_session(result.path), (x,))
-    with torch.no_grad():
+    # The lowering is held to our kernels' numerics: measured dispatch may pick a PyTorch path
+    # that computes a bf16-weight layer in bf16 (x rounded; within the layer's tolerance
+    # against float64, not within this comparison's).
+    with torch.no_grad(), bigperf.use_backend("cpu"):
         expected = model(x)
     errors = {name: rel_error(g, e) for name, g, e in zip(model.names, got, expected)}
     print("onnxruntime vs PyTorch, relative error per config:", {k: f"{v:.1e}" for k, v in errors.items()})
