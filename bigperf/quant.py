@@ -93,6 +93,24 @@ def dequantize_weight(qweight: torch.Tensor, scale: torch.Tensor, zero_point: to
     return (q * scale.float()[..., None]).reshape(n, k).to(dtype)
 
 
+def dequantize_weight_into(out: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                           zero_point: torch.Tensor | None = None) -> torch.Tensor:
+    """dequantize_weight written into `out` ([N, K], float): no temporaries of the weight's
+    size, for the chunked GEMM paths (bigperf/ops/torch_paths.py). (q - zero) * scale is
+    exact in fp32 before the final rounding, as in dequantize_weight."""
+    n, k = qweight.shape
+    groups = scale.shape[1]
+    if out.dtype == torch.float32:
+        grouped = out.view(n, groups, k // groups)
+        grouped.copy_(qweight.view(n, groups, k // groups))
+        if zero_point is not None:
+            grouped.sub_(zero_point[..., None])
+        grouped.mul_(scale[..., None])
+    else:  # half precision: round once, after the fp32 math
+        out.copy_(dequantize_weight(qweight, scale, zero_point))
+    return out
+
+
 def quantize_activation_per_token(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8 of a [M, K] tensor: (q [M, K] int8, scale [M] fp32).
 

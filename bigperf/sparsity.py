@@ -150,6 +150,19 @@ def unpack_24(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor | No
     return dense.reshape(n, k).to(dtype)
 
 
+def unpack_24_into(out: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
+                   scale: torch.Tensor | None = None) -> torch.Tensor:
+    """unpack_24 written into `out` ([N, K], float), for the chunked GEMM paths."""
+    n, half = values.shape
+    dense = out.view(n, half // 2, 4)
+    dense.zero_()
+    dense.scatter_(2, meta_positions(meta), values.reshape(n, half // 2, 2).to(out.dtype)
+                   if scale is None or out.dtype == torch.float32 else values.reshape(n, half // 2, 2).float())
+    if scale is not None:
+        out.mul_(scale.to(out.dtype) if out.dtype == torch.float32 else scale)
+    return out
+
+
 def pack_24_int8(weight: torch.Tensor) -> Packed24:
     """2:4 compression with int8 values, symmetric per output row."""
     packed = pack_24(weight)
@@ -204,6 +217,19 @@ def unpack_bsr(values: torch.Tensor, col_indices: torch.Tensor, row_ptr: torch.T
     dense = torch.zeros(block_rows, k // bk, bn, bk, dtype=values.dtype, device=values.device)
     dense[rows, col_indices.long()] = values
     return dense.transpose(1, 2).reshape(block_rows * bn, k)
+
+
+def unpack_bsr_into(out: torch.Tensor, values: torch.Tensor, col_indices: torch.Tensor,
+                    row_ptr: torch.Tensor) -> torch.Tensor:
+    """unpack_bsr written into `out` ([block rows * bn, K], float), for the chunked GEMM paths."""
+    nnz, bn, bk = values.shape
+    block_rows = row_ptr.numel() - 1
+    counts = (row_ptr[1:] - row_ptr[:-1]).long()
+    rows = torch.repeat_interleave(torch.arange(block_rows, device=values.device), counts)
+    out.zero_()
+    blocks = out.view(block_rows, bn, out.shape[1] // bk, bk).permute(0, 2, 1, 3)  # [rows, cols, bn, bk]
+    blocks[rows, col_indices.long()] = values.to(out.dtype)
+    return out
 
 
 # ----------------------------------------------------------------------------- masks on models

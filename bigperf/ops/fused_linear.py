@@ -164,7 +164,7 @@ def _torch_run(dtype):
         if weight.dtype == dtype:
             w = weight if last_dim_contiguous(weight) else weight.contiguous()
             return torch_linear(x, n, k, dtype, whole=w, bias=bias, activation=activation, residual=residual)
-        return torch_linear(x, n, k, dtype, rows=lambda r0, r1, dt: weight[r0:r1].to(dt), bias=bias,
+        return torch_linear(x, n, k, dtype, rows=lambda out, r0, r1: out.copy_(weight[r0:r1]), bias=bias,
                             activation=activation, residual=residual)
     return run
 

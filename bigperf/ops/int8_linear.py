@@ -27,7 +27,13 @@ from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
 from bigperf.ops.torch_paths import half_why_not, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, check_tensor
-from bigperf.quant import GROUP_SIZES, activation_qmax, dequantize_weight, quantize_activation_per_token
+from bigperf.quant import (
+    GROUP_SIZES,
+    activation_qmax,
+    dequantize_weight,
+    dequantize_weight_into,
+    quantize_activation_per_token,
+)
 
 WEIGHT_OP = "bigperf.int8_weight_linear"
 DYNAMIC_OP = "bigperf.int8_dynamic_linear"
@@ -200,9 +206,9 @@ def _weight_only_torch_run(dtype):
     def run(x, qweight, scale, zero_point, bias, activation):
         n, k = qweight.shape
 
-        def rows(r0, r1, dt):
-            zp = zero_point[r0:r1] if zero_point is not None else None
-            return dequantize_weight(qweight[r0:r1], scale[r0:r1], zp, dt)
+        def rows(out, r0, r1):
+            dequantize_weight_into(out, qweight[r0:r1], scale[r0:r1],
+                                   zero_point[r0:r1] if zero_point is not None else None)
         return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation)
     return run
 
@@ -305,7 +311,7 @@ def _dynamic_torch_run(dtype):
     def run(x, qweight, scale, bias, activation, act_bits=8):
         n, k = qweight.shape
         xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits)
-        return torch_linear(x, n, k, dtype, rows=lambda r0, r1, dt: qweight[r0:r1].to(dt), bias=bias,
+        return torch_linear(x, n, k, dtype, rows=lambda out, r0, r1: out.copy_(qweight[r0:r1]), bias=bias,
                             activation=activation, x_rows=xq, row_scale=x_scale, col_scale=scale)
     return run
 

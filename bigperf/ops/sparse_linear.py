@@ -36,7 +36,7 @@ from bigperf.ops.validation import (
     check_float_tensor,
     check_tensor,
 )
-from bigperf.sparsity import bsr_is_valid, meta_is_valid, unpack_24, unpack_bsr
+from bigperf.sparsity import bsr_is_valid, meta_is_valid, unpack_24, unpack_24_into, unpack_bsr, unpack_bsr_into
 
 S24_OP = "bigperf.sparse24_linear"
 BSR_OP = "bigperf.block_sparse_linear"
@@ -283,8 +283,8 @@ def _torch_24_run(dtype):
     def run(x, values, meta, scale, bias, activation):
         n, k = values.shape[0], 2 * values.shape[1]
 
-        def rows(r0, r1, dt):
-            return unpack_24(values[r0:r1], meta[r0:r1], scale[r0:r1] if scale is not None else None, dt)
+        def rows(out, r0, r1):
+            unpack_24_into(out, values[r0:r1], meta[r0:r1], scale[r0:r1] if scale is not None else None)
         return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation)
     return run
 
@@ -378,11 +378,10 @@ def _torch_bsr_run(dtype):
         # Block-row boundaries once per call (a host copy of N / bn + 1 ints), not per chunk.
         offsets = row_ptr.tolist()
 
-        def rows(r0, r1, dt):
+        def rows(out, r0, r1):
             b0, b1 = r0 // bn, -(-r1 // bn)
             lo, hi = offsets[b0], offsets[b1]
-            dense = unpack_bsr(values[lo:hi], col_indices[lo:hi], row_ptr[b0:b1 + 1] - lo, k)
-            return dense.to(dt)
+            unpack_bsr_into(out, values[lo:hi], col_indices[lo:hi], row_ptr[b0:b1 + 1] - lo)
         return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation, align=bn)
     return run
 

@@ -13,20 +13,24 @@ half precision, or a half-precision dense weight).
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from bigperf.ops.common import as_rows, epilogue_
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
-# A chunk of materialised weight rows of about this many bytes: large enough that each
-# GEMM call runs at full speed, small enough to stay in the last-level cache.
+# A chunk of materialised weight rows of about this many bytes, written into a scratch
+# buffer that is reused (no allocation or page faults per chunk) and read back from cache
+# by the GEMM right away; the GEMM still runs at full speed on chunks this large.
 CHUNK_BYTES = 4 << 20
-MIN_CHUNK_ROWS = 128
+MIN_CHUNK_ROWS = 256
 
-RowsFn = Callable[[int, int, torch.dtype], torch.Tensor]  # (first row, end row, dtype) -> [rows, K]
+# (out, first row, end row) -> None: writes weight rows [r0, r1) into out ([r1 - r0, K]).
+RowsFn = Callable[[torch.Tensor, int, int], None]
+
+_scratch = threading.local()
 
 
 def chunk_rows(k: int, dtype: torch.dtype, align: int = 16) -> int:
@@ -35,41 +39,61 @@ def chunk_rows(k: int, dtype: torch.dtype, align: int = 16) -> int:
     return -(-rows // align) * align
 
 
+def scratch(rows: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A [rows, k] buffer of this thread's, reused across calls (grown when too small)."""
+    key = (dtype, device)
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < rows * k:
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
+            buf = buffers[key] = torch.empty(rows * k, dtype=dtype, device=device)
+    return buf[: rows * k].view(rows, k)
+
+
 def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
                  rows: RowsFn | None = None, whole: torch.Tensor | None = None,
                  bias: torch.Tensor | None = None, activation: str = "none",
                  residual: torch.Tensor | None = None, align: int = 16,
                  x_rows: torch.Tensor | None = None, row_scale: torch.Tensor | None = None,
                  col_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """act((x @ W^T) * row_scale * col_scale + bias) (+ residual) by F.linear in compute_dtype,
-    output in x's dtype and shape [..., n].
+    """act((x @ W^T) * row_scale * col_scale + bias) (+ residual) by PyTorch's GEMM in
+    compute_dtype, output in x's dtype and shape [..., n].
 
-    W is `whole` (already [n, k] in compute_dtype) or `rows(r0, r1, dtype)`, called for
-    chunks of rows that are multiples of `align`. `x_rows` replaces x's values as the GEMM's
-    left operand (W8A8: the int8 codes of x) while x still gives the output's dtype and shape.
+    W is `whole` (already [n, k] in compute_dtype) or is written chunk by chunk by
+    `rows(out, r0, r1)` for chunks of rows that are multiples of `align`. `x_rows` replaces
+    x's values as the GEMM's operand (W8A8: the int8 codes of x) while x still gives the
+    output's dtype and shape.
+
+    The product is formed as W @ x^T into a [n, M] buffer, each chunk of W writing a
+    contiguous block of rows: measured on AVX2 (Zen 3, 2 threads) as fast as F.linear on an
+    fp32 weight already converted, or faster (3072x768, M = 128: 4.3-4.5 vs 5.2 ms with the
+    conversion included), where x @ W_chunk^T into column slices lost 10-20 %.
     """
     left = (x_rows if x_rows is not None else as_rows(x, k)).to(compute_dtype)
-    scaled = row_scale is not None or col_scale is not None
-    b = None if (bias is None or scaled) else bias.to(compute_dtype)
+    m = left.shape[0]
+    y_t = left.new_empty((n, m))
     if whole is not None:
-        y = F.linear(left, whole, b)
+        torch.mm(whole, left.t(), out=y_t)
     else:
-        step = chunk_rows(k, compute_dtype, align)
-        if step >= n:
-            y = F.linear(left, rows(0, n, compute_dtype), b)
-        else:
-            y = left.new_empty((left.shape[0], n))
-            for r0 in range(0, n, step):
-                r1 = min(n, r0 + step)
-                y[:, r0:r1] = F.linear(left, rows(r0, r1, compute_dtype), b[r0:r1] if b is not None else None)
-    if scaled:  # W8A8: integer products, then the scales, then the bias, in fp32
+        step = min(chunk_rows(k, compute_dtype, align), -(-n // align) * align)
+        buf = scratch(step, k, compute_dtype, left.device)
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            chunk = buf[: r1 - r0]
+            rows(chunk, r0, r1)
+            torch.mm(chunk, left.t(), out=y_t[r0:r1])
+    y = y_t.t()
+    if row_scale is not None or col_scale is not None:  # W8A8: integer products, then the scales
         y = y.float()
         if row_scale is not None:
-            y.mul_(row_scale.reshape(-1, 1))
+            y = y * row_scale.reshape(-1, 1)
         if col_scale is not None:
-            y.mul_(col_scale.reshape(1, -1))
-        if bias is not None:
-            y.add_(bias.float())
+            y = y * col_scale.reshape(1, -1)
+    y = y.contiguous()
+    if bias is not None:
+        y.add_(bias.to(y.dtype))
     r = residual.reshape(-1, n).to(y.dtype) if residual is not None else None
     y = epilogue_(y, activation, r)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
