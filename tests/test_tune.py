@@ -196,3 +196,19 @@ def test_cache_file_gets_the_users_umask(own_cache):
 def test_m_bucket():
     assert [tune.m_bucket(m) for m in (0, 1, 2, 3, 4, 5, 16, 17, 128, 129, 100000)] == \
         [1, 1, 2, 4, 4, 8, 16, 32, 128, 256, 8192]
+
+
+def test_a_new_weight_at_a_freed_weights_address_is_decided_anew():
+    """The per-call memo keys on the weight object's id(); a freed tensor's id() is reused,
+    and the new weight (another format, another speed) must get its own decision."""
+    table = _table({"cpu": 0.0005, "torch:fp32": 0.004})
+    w_old = torch.zeros(3)
+    assert table.select(torch.device("cpu"), _x(), w_old).id == "cpu"
+    (key_old, (_, chosen)), = table._chosen.items()
+    w_new = torch.zeros(5)
+    # What the memo holds once w_old is freed and w_new lands at its address: its key, a dead ref.
+    table._chosen[key_old[:4] + (id(w_new),) + key_old[5:]] = (lambda: None, chosen)
+    Backend = type(chosen)
+    table.backends["cpu"] = Backend("cpu", lambda *a: None, _sleeper(0.004))
+    table.backends["torch:fp32"] = Backend("torch", lambda *a: None, _sleeper(0.0005), "fp32")
+    assert table.select(torch.device("cpu"), _x(), w_new).id == "torch:fp32"

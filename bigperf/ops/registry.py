@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -93,6 +94,14 @@ def use_backend(name: str):
         _forced_backend.reset(token)
 
 
+def _weak(obj) -> Callable:
+    """A callable giving obj back while it lives (None for obj None or not weak-referenceable)."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj if obj is None else None
+
+
 @contextlib.contextmanager
 def record_paths():
     """Collects (op name, path id) for every op call inside the block: what really ran."""
@@ -120,8 +129,9 @@ class OpBackends:
     def __init__(self, op_name: str):
         self.op_name = op_name
         self.backends: dict[str, Backend] = {}  # by id, in registration order
-        # call signature -> path: the hot path asks one why_not, not all (tune.forget clears it)
-        self._chosen: dict[tuple, Backend] = tune.register_memo({})
+        # call signature -> (weak ref to the weight, path): the hot path asks one why_not,
+        # not all (tune.forget clears it)
+        self._chosen: dict[tuple, tuple[Callable, Backend]] = tune.register_memo({})
 
     def register(self, name: str, why_not: Callable[..., str | None], run: Callable[..., torch.Tensor],
                  variant: str = ""):
@@ -153,18 +163,23 @@ class OpBackends:
     def select(self, device: torch.device, *args) -> Backend:
         # Every op call comes through here: the memo key is a few attribute reads (the
         # tuning key hashes shapes, microseconds per call). The weight object stands for
-        # its dtype and shape, the M bucket is log2, and the chosen path's why_not is asked
-        # again, so a stale entry can never run a path that cannot serve the call.
+        # its dtype and shape — held by a weak reference and compared, because a freed
+        # tensor's id() is reused by the next one — the M bucket is log2, and the chosen
+        # path's why_not is asked again, so a stale entry can never run a path that
+        # cannot serve the call.
         x = args[0]
         shape = x.shape
         k = shape[-1] if shape else 0
         m = x.numel() // k if k else 1
+        weight = args[1] if len(args) > 1 else None
         memo_key = (_forced_backend.get() or _ENV_BACKEND, x.dtype, k, (m - 1).bit_length() if m > 1 else 0,
-                    id(args[1]) if len(args) > 1 else None, torch.get_num_threads())
-        chosen = self._chosen.get(memo_key)
-        if chosen is None or chosen.why_not(*args) is not None:
+                    id(weight), torch.get_num_threads())
+        memo = self._chosen.get(memo_key)
+        if memo is not None and memo[0]() is weight and memo[1].why_not(*args) is None:
+            chosen = memo[1]
+        else:
             chosen = self._select_uncached(device, args)
-            self._chosen[memo_key] = chosen
+            self._chosen[memo_key] = (_weak(weight), chosen)
         recording = _recorder.get()
         if recording is not None:
             recording.append((self.op_name, chosen.id))
