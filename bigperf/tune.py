@@ -47,6 +47,8 @@ DEFAULT_BUDGET_S = 0.25
 MIN_ROUNDS = 3
 MAX_ROUNDS = 15
 DROP_FACTOR = 3.0
+# Timings at M below this bucket are memory-bound and say little about larger M.
+PREDICT_FROM_M = 16
 
 
 def tuning_enabled() -> bool:
@@ -254,23 +256,33 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return timed_cpu
 
 
-def measure(candidates: Sequence, args: tuple, budget: float | None = None) -> Measurement:
+def measure(candidates: Sequence, args: tuple, budget: float | None = None,
+            predicted: dict[str, float] | None = None) -> Measurement:
     """Times each candidate's `run(*args)` in interleaved rounds and names the fastest.
 
     A candidate that raises is dropped with its error (the others still compete); one
     whose first timed run is DROP_FACTOR times the best so far stops being timed: at a
-    large M a wrong path costs seconds per call, and it cannot win.
+    large M a wrong path costs seconds per call, and it cannot win. `predicted` (seconds
+    per call, from a smaller M of the same shape) orders the warm-up and skips a candidate
+    predicted DROP_FACTOR times slower than one already run, before it costs a call.
     """
     budget = budget_s() if budget is None else budget
+    predicted = predicted or {}
     device = args[0].device if isinstance(args[0], torch.Tensor) else torch.device("cpu")
     timed = _timer(device)
     started = time.perf_counter()
     samples: dict[str, list[float]] = {}
     dropped: dict[str, str] = {}
     live = []
-    for c in candidates:  # warm-up: first-call costs (allocation, JIT, page faults) stay out
+    best_warm = math.inf
+    order = sorted(candidates, key=lambda c: predicted.get(c.id, math.inf))  # stable: priority order otherwise
+    for c in order:  # warm-up: first-call costs (allocation, JIT, page faults) stay out
+        guess = predicted.get(c.id)
+        if guess is not None and guess > DROP_FACTOR * best_warm:
+            dropped[c.id] = f"predicted {guess / best_warm:.1f}x the fastest from a smaller M"
+            continue
         try:
-            c.run(*args)
+            best_warm = min(best_warm, timed(lambda c=c: c.run(*args)))
         except Exception as error:  # noqa: BLE001 - a failing candidate must not fail the call
             dropped[c.id] = f"raised {type(error).__name__}: {error}"
             continue
@@ -362,12 +374,28 @@ class Tuner:
             if not tuning_enabled():
                 decision = Decision(default_choice(candidates, args), "default")
             else:
-                result = measure(candidates, args)
+                result = measure(candidates, args, predicted=self._predict(key))
                 self.tuning_seconds += result.seconds
                 decision = Decision(result.choice, "measured", result.times_s, result.seconds)
                 self._persist(text, decision)
             self._decisions[key] = decision
             return decision
+
+    def _predict(self, key: tuple) -> dict[str, float]:
+        """Per candidate, seconds per call at this key's M, scaled linearly from the largest
+        smaller M bucket (>= PREDICT_FROM_M, where GEMMs are compute-bound and time grows
+        with M) measured for the same op, shape and dtypes in this process."""
+        x_part = key[2]
+        best_m, times = 0, None
+        for other, decision in self._decisions.items():
+            o = other[2]
+            if (len(other) == len(key) and other[:2] == key[:2] and other[3:] == key[3:]
+                    and o[:2] == x_part[:2] and o[3:] == x_part[3:]
+                    and PREDICT_FROM_M <= o[2] < x_part[2] and o[2] > best_m and decision.times_s):
+                best_m, times = o[2], decision.times_s
+        if times is None:
+            return {}
+        return {cid: t * x_part[2] / best_m for cid, t in times.items()}
 
     def decisions(self) -> dict[str, Decision]:
         return {key_text(k): d for k, d in self._decisions.items()}

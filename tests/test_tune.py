@@ -212,3 +212,25 @@ def test_a_new_weight_at_a_freed_weights_address_is_decided_anew():
     table.backends["cpu"] = Backend("cpu", lambda *a: None, _sleeper(0.004))
     table.backends["torch:fp32"] = Backend("torch", lambda *a: None, _sleeper(0.0005), "fp32")
     assert table.select(torch.device("cpu"), _x(), w_new).id == "torch:fp32"
+
+
+def test_a_path_predicted_slow_from_a_smaller_m_is_not_run():
+    """At a large M a wrong path costs seconds per call: once M = 16 has shown a path 8x
+    slower, M = 128 predicts it (linearly) and skips it without calling it."""
+    calls = []
+    table = _table({"cpu": 0.0004, "torch:bf16": 0.0032}, calls=calls)
+    table.select(torch.device("cpu"), _x(m=16))
+    assert 0.0032 in calls
+    calls.clear()
+    assert table.select(torch.device("cpu"), _x(m=128)).id == "cpu"
+    assert 0.0032 not in calls, "the predicted-slow path was still run"
+    assert calls, "the predicted-fast path must still be measured"
+
+
+def test_predictions_never_come_from_one_row_timings():
+    calls = []
+    table = _table({"cpu": 0.0004, "torch:bf16": 0.0032}, calls=calls)
+    table.select(torch.device("cpu"), _x(m=1))
+    calls.clear()
+    table.select(torch.device("cpu"), _x(m=64))
+    assert 0.0032 in calls, "memory-bound one-row timings must not rule out a path at larger M"
