@@ -205,6 +205,11 @@ def _weight_only_torch_why_not(dtype):
 def _weight_only_torch_run(dtype):
     def run(x, qweight, scale, zero_point, bias, activation):
         n, k = qweight.shape
+        if scale.shape[1] == 1 and zero_point is None:
+            # Symmetric per channel: the scale is a per-column factor of the output, applied
+            # there (M x N multiplies, not N x K): the weight's codes are only converted.
+            return torch_linear(x, n, k, dtype, rows=lambda out, r0, r1: out.copy_(qweight[r0:r1]), bias=bias,
+                                activation=activation, col_scale=scale)
 
         def rows(out, r0, r1):
             dequantize_weight_into(out, qweight[r0:r1], scale[r0:r1],
