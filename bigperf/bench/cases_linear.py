@@ -29,9 +29,12 @@ def torch_baselines(ctx: CaseContext):
                   w[0].numel() * w[0].element_size())
     if ctx.dtype != torch.float32:
         w32 = ctx.weights(torch.float32)
-        x32 = ctx.x.float()
-        yield Variant(FLOAT_BASELINE, "baseline", "torch", rotating(call, [(x32, wi, ctx.bias_fp32) for wi in w32]),
-                      w32[0].numel() * 4)
+
+        def float_call(x, w, b):  # the same layer (x and y in x's dtype) computed in fp32: casts included
+            return call(x.float(), w, b).to(x.dtype)
+
+        yield Variant(FLOAT_BASELINE, "baseline", "torch",
+                      rotating(float_call, [(ctx.x, wi, ctx.bias_fp32) for wi in w32]), w32[0].numel() * 4)
     else:
         w16 = ctx.weights(torch.bfloat16)
         b16 = ctx.bias(torch.bfloat16)
