@@ -234,3 +234,11 @@ def test_predictions_never_come_from_one_row_timings():
     calls.clear()
     table.select(torch.device("cpu"), _x(m=64))
     assert 0.0032 in calls, "memory-bound one-row timings must not rule out a path at larger M"
+
+
+def test_a_near_tie_goes_to_pytorch():
+    """Our kernel must win by more than the margin: tuning runs warmer than a model does."""
+    table = _table({"cpu": 0.0020, "torch:fp32": 0.0021})
+    assert table.select(torch.device("cpu"), _x()).id == "torch:fp32"
+    table2 = _table({"cpu": 0.001, "torch:fp32": 0.003}, name="bigperf.test_clear_win")
+    assert table2.select(torch.device("cpu"), _x()).id == "cpu"
