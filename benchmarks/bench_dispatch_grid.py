@@ -32,7 +32,6 @@ import datetime
 import itertools
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -230,16 +229,11 @@ def run_cell(kind, shape, dtype_name, m, layers: Cold, paths, args) -> dict:
 
 
 def machine() -> dict:
-    model = platform.processor()
+    from bigperf import _ext
+    from bigperf.tune import cpu_model
+
+    model = cpu_model()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        from bigperf import _ext
         isa = _ext.cpu_isa()
     except Exception:  # noqa: BLE001
         isa = None

@@ -32,7 +32,6 @@ import datetime
 import inspect
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -236,16 +235,11 @@ def decoder(args) -> dict:
 # ----------------------------------------------------------------------------- report
 
 def machine(args) -> dict:
-    model = platform.processor()
+    from bigperf import _ext
+    from bigperf.tune import cpu_model
+
+    model = cpu_model()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        from bigperf import _ext
         isa = _ext.cpu_isa()
     except Exception:  # noqa: BLE001
         isa = None

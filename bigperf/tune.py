@@ -90,7 +90,8 @@ def m_bucket(m: int) -> int:
 
 # ----------------------------------------------------------------------------- fingerprint
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -121,7 +122,7 @@ def machine_fingerprint() -> dict:
             p = torch.cuda.get_device_properties(i)
             gpus.append(f"{p.name} sm_{p.major}{p.minor} {p.multi_processor_count}SM")
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_flags": sorted(k for k, v in features.items() if v),
         "cpu_isa": _ext.cpu_isa() if cpu is not None else None,
         "gpus": gpus,
