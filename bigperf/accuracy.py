@@ -33,21 +33,27 @@ def _run_model(model: torch.nn.Module, batch):
     return model(batch)
 
 
-def measure_sqnr(model: torch.nn.Module, planned: list, calibration: Iterable) -> dict[str, float]:
+def measure_sqnr(model: torch.nn.Module, planned: list, calibration: Iterable) -> dict[str, float | None]:
     """SQNR (dB) of each planned replacement against the layer it replaces.
 
     `planned` items have .name, .old, .new and .activation (a fused activation is applied
-    to the original layer's output before comparing).
+    to the original layer's output before comparing). A layer the calibration batches never
+    reach gets None (its accuracy is unknown, not perfect); one whose replacement gives a
+    NaN or Inf where the original is finite gets -inf (it fails any gate).
     """
-    energies = {p.name: [0.0, 0.0] for p in planned}
+    energies = {p.name: [0.0, 0.0, 0] for p in planned}  # signal, noise, calls
     handles = []
 
     def hook_for(p):
         def hook(module, args, output):
             reference = apply_activation(output.float(), p.activation).double()
             approximation = p.new(*args).double()
-            energies[p.name][0] += reference.pow(2).sum().item()
-            energies[p.name][1] += (reference - approximation).pow(2).sum().item()
+            finite = torch.isfinite(reference)
+            broken = bool((~torch.isfinite(approximation) & finite).any())
+            energy = energies[p.name]
+            energy[0] += reference[finite].pow(2).sum().item()
+            energy[1] += math.inf if broken else (reference - approximation)[finite].pow(2).sum().item()
+            energy[2] += 1
         return hook
 
     try:
@@ -63,12 +69,27 @@ def measure_sqnr(model: torch.nn.Module, planned: list, calibration: Iterable) -
     finally:
         for handle in handles:
             handle.remove()
-    result = {}
-    for name, (signal, noise) in energies.items():
-        if noise == 0:
+    result: dict[str, float | None] = {}
+    for name, (signal, noise, calls) in energies.items():
+        if calls == 0:
+            result[name] = None
+        elif math.isinf(noise) or math.isnan(noise):
+            result[name] = -math.inf
+        elif noise == 0:
             result[name] = math.inf
         elif signal == 0:
             result[name] = -math.inf
         else:
             result[name] = 10 * math.log10(signal / noise)
     return result
+
+
+def gate_reason(sqnr: float | None, min_sqnr: float) -> str | None:
+    """Why a layer with this calibration SQNR must be kept under `min_sqnr`, or None."""
+    if sqnr is None:
+        return "calibration never reached this layer: its accuracy is unknown"
+    if sqnr == -math.inf:
+        return "its output on the calibration data is not finite (NaN/Inf) or all zero where the original's is not"
+    if not sqnr >= min_sqnr:
+        return f"SQNR {sqnr:.1f} dB < min_sqnr {min_sqnr} dB"
+    return None

@@ -13,7 +13,7 @@ from typing import Callable
 
 from torch import nn
 
-from bigperf.accuracy import measure_sqnr
+from bigperf.accuracy import gate_reason, measure_sqnr
 from bigperf.configs import config_by_name, config_to_dict, is_config
 from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_maps
 from bigperf.errors import LayerRefused
@@ -170,8 +170,9 @@ def swap(model: nn.Module, config, *, filter: Callable | None = None, calibratio
     accepted = []
     for p in planned:
         layer_sqnr = sqnr.get(p.name)
-        if min_sqnr is not None and layer_sqnr < min_sqnr:
-            report.kept.append((p.name, f"SQNR {layer_sqnr:.1f} dB < min_sqnr {min_sqnr} dB"))
+        refusal = gate_reason(layer_sqnr, min_sqnr) if min_sqnr is not None else None
+        if refusal is not None:
+            report.kept.append((p.name, refusal))
             continue
         accepted.append(p)
         report.changes.append(LayerChange(p.name, type(p.old).__name__, type(p.new).__name__, p.activation,
