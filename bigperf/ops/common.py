@@ -18,7 +18,11 @@ def as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
     """[..., width] → [rows, width] with unit stride along width (copies only if needed)."""
     if t.dim() != 2:
         t = t.reshape(-1, width)
-    return t if last_dim_contiguous(t) else t.contiguous()
+    # Broadcast rows (x.expand(...): row stride 0) are accepted, as nn.Linear accepts them,
+    # by copying: the kernels read rows that do not overlap.
+    if not last_dim_contiguous(t) or (t.shape[0] > 1 and t.stride(0) < width):
+        return t.contiguous()
+    return t
 
 
 def fp32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:

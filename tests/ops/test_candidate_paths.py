@@ -163,3 +163,17 @@ def test_the_torch_path_output_is_activation_of_the_gemm():
     w = random_tensor(N, K, seed=21)
     out = FUSED_BACKENDS.backends["torch:fp32"].run(x, w, None, None, "relu")
     assert rel_error(out, apply_activation(x.double() @ w.double().t(), "relu")) < 1e-6
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_broadcast_rows_are_accepted_by_every_path(case):
+    """x.expand(...) (row stride 0), which nn.Linear takes, gives the result of the copied x."""
+    table, args, _, tol = CASES[case]()
+    x = args[0]
+    expanded = x[:1].expand(x.shape[0], x.shape[1])
+    for path in table.backends.values():
+        if path.name not in ("cpu", "torch") or path.why_not(*args) is not None:
+            continue
+        got = path.run(expanded, *args[1:])
+        want = path.run(expanded.contiguous(), *args[1:])
+        assert rel_error(got, want.double()) < 1e-6, path.id
