@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -24,6 +26,7 @@ from bigperf.swap import PlannedSwap, apply_swaps, restore_modules
 
 MANIFEST = "manifest.json"
 TENSORS = "model.safetensors"
+EMBEDDED_MANIFEST = "bigperf_manifest"  # the manifest's copy inside the tensor file's metadata
 FORMAT, VERSION = "bigperf-checkpoint", 1
 
 
@@ -70,27 +73,65 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
         "format": FORMAT, "version": VERSION, "layers": layers, "aliases": aliases, "extra_states": extra,
         "tensors": {n: {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)} for n, t in tensors.items()},
     }
-    # Both files are written under temporary names and renamed: a crash leaves the old pair.
-    for filename, write in ((TENSORS, lambda f: save_file({n: t.cpu() for n, t in tensors.items()}, f)),
-                            (MANIFEST, lambda f: Path(f).write_text(json.dumps(manifest, indent=2)))):
-        handle, temp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.")
-        os.close(handle)
-        try:
-            write(temp)
-            os.replace(temp, directory / filename)
-        finally:
-            if os.path.exists(temp):
-                os.remove(temp)
+    # One rename commits the checkpoint: the tensor file carries the manifest in its own
+    # metadata, so it is complete by itself and replaces the old one atomically; a failure or
+    # Ctrl-C before that rename leaves the previous checkpoint as it was. manifest.json,
+    # written after, is the readable copy load uses unless it belongs to another save (a
+    # failure between the two renames): then the tensor file's own manifest is the truth.
+    manifest["checkpoint_id"] = uuid.uuid4().hex  # pairs manifest.json with its tensor file
+    manifest_text = json.dumps(manifest, indent=2)
+    _write_atomically(directory, TENSORS, lambda f: save_file(
+        {n: t.cpu() for n, t in tensors.items()}, f, metadata={EMBEDDED_MANIFEST: manifest_text}))
+    _write_atomically(directory, MANIFEST, lambda f: Path(f).write_text(manifest_text))
     return directory
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomically(directory: Path, filename: str, write) -> None:
+    """write(a temp path), give it the user's usual file mode, rename it to `filename`."""
+    handle, temp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.")
+    os.close(handle)
+    try:
+        write(temp)
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.replace(temp, directory / filename)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def _embedded_manifest(directory: Path) -> dict | None:
+    """The manifest the tensor file carries (checkpoints since it has one), or None."""
+    try:
+        with safe_open(str(directory / TENSORS), framework="pt") as f:
+            manifest = json.loads((f.metadata() or {})[EMBEDDED_MANIFEST])
+    except Exception:  # noqa: BLE001 - none, or a missing or damaged file: manifest.json decides
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def _read_manifest(directory: Path) -> dict:
+    embedded = _embedded_manifest(directory)
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"bigperf.load: no {MANIFEST} in {directory} (was it written by bigperf.save?)") from None
+        if embedded is None:
+            raise FileNotFoundError(f"bigperf.load: no {MANIFEST} in {directory} "
+                                    f"(was it written by bigperf.save?)") from None
+        manifest = embedded
     except ValueError as error:
-        raise ValueError(f"bigperf.load: {directory / MANIFEST} is not valid JSON ({error})") from None
+        if embedded is None:
+            raise ValueError(f"bigperf.load: {directory / MANIFEST} is not valid JSON ({error})") from None
+        manifest = embedded
+    if not isinstance(manifest, dict):
+        raise ValueError(f"bigperf.load: {directory / MANIFEST} must hold a JSON object")
+    if embedded is not None and embedded.get("checkpoint_id") != manifest.get("checkpoint_id"):
+        manifest = embedded  # a save that committed its tensor file but not manifest.json
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ValueError(f"bigperf.load: {directory} holds format {manifest.get('format')!r} "
                          f"v{manifest.get('version')}; this bigperf reads {FORMAT!r} v{VERSION}")

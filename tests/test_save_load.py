@@ -100,3 +100,73 @@ def test_mismatches_are_refused_and_the_model_is_left_as_it_was(tmp_path):
         bigperf.load(build(), tmp_path / "ckpt")
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         bigperf.load(build(), tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------- atomic save (issue #14 class 3)
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("fail_in", ["tensors", "manifest"])
+def test_a_failed_save_leaves_a_loadable_checkpoint(tmp_path, monkeypatch, fail_in):
+    """Before the tensor file's rename the old checkpoint stays; after it, the new one is
+    complete (its manifest rides in the tensor file) even though manifest.json is stale."""
+    import bigperf.serialize as serialize
+
+    first, second = build(seed=0), build(seed=5)
+    bigperf.swap(first, "int8")
+    bigperf.swap(second, "int8")
+    bigperf.save(first, tmp_path / "ckpt")
+    real = serialize._write_atomically
+
+    def failing(directory, filename, write):
+        target = serialize.TENSORS if fail_in == "tensors" else serialize.MANIFEST
+        if filename == target:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the save
+        return real(directory, filename, write)
+
+    monkeypatch.setattr(serialize, "_write_atomically", failing)
+    with pytest.raises(KeyboardInterrupt):
+        bigperf.save(second, tmp_path / "ckpt")
+    monkeypatch.setattr(serialize, "_write_atomically", real)
+    fresh = build(seed=9)
+    bigperf.load(fresh, tmp_path / "ckpt")
+    expected = first if fail_in == "tensors" else second
+    assert _same(_weights(fresh), _weights(expected))
+    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".")], "temp files left behind"
+
+
+def test_a_save_that_cannot_serialise_changes_nothing(tmp_path):
+    model = build()
+    bigperf.swap(model, "int8")
+    bigperf.save(model, tmp_path / "ckpt")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    class NotJson(nn.Module):
+        def get_extra_state(self):
+            return {"bad": object()}
+
+        def set_extra_state(self, state):
+            pass
+
+    model.append(NotJson())
+    with pytest.raises(ValueError, match="JSON"):
+        bigperf.save(model, tmp_path / "ckpt")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
+
+
+def test_saved_files_get_the_users_umask(tmp_path):
+    import os
+
+    model = build()
+    old = os.umask(0o022)
+    try:
+        directory = bigperf.save(model, tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()} == {
+        "manifest.json": 0o644, "model.safetensors": 0o644}
