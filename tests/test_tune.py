@@ -242,3 +242,17 @@ def test_a_near_tie_goes_to_pytorch():
     assert table.select(torch.device("cpu"), _x()).id == "torch:fp32"
     table2 = _table({"cpu": 0.001, "torch:fp32": 0.003}, name="bigperf.test_clear_win")
     assert table2.select(torch.device("cpu"), _x()).id == "cpu"
+
+
+def test_small_weights_are_timed_cold(monkeypatch):
+    """A weight that fits the cache would stay in it between timed calls; a model reads it cold."""
+    from bigperf.bench.harness import last_level_cache_bytes
+
+    small = (torch.zeros(4, 8), torch.zeros(16, 8))
+    flush = tune._cache_flusher(torch.device("cpu"), small)
+    assert flush is not None
+    flush()
+    huge = torch.empty(0).new_empty((2 * last_level_cache_bytes(torch.device("cpu"))) // 4 + 1)
+    assert tune._cache_flusher(torch.device("cpu"), (torch.zeros(1, 8), huge)) is None
+    monkeypatch.setenv("BIGPERF_TUNE_COLD", "0")
+    assert tune._cache_flusher(torch.device("cpu"), small) is None
