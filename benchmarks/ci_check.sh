@@ -25,7 +25,7 @@
 #   no barrier and the ratios repeat within ~15% here;
 # - a failed check is re-measured once, and an entry fails only if it fails in both runs (on a
 #   machine four times oversubscribed, one run in ~30 shows a -30% outlier).
-# Env: PYTHON (default python), BIGPERF_BENCH_THRESHOLD (default 30), BIGPERF_BENCH_FLOOR (default 5),
+# Env: PYTHON (default python), BIGPERF_BENCH_THRESHOLD (default 30), BIGPERF_BENCH_FLOOR (default 8),
 #      BIGPERF_BENCH_THREADS (1).
 set -uo pipefail
 
@@ -33,7 +33,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python}"
 THRESHOLD="${BIGPERF_BENCH_THRESHOLD:-30}"
-FLOOR="${BIGPERF_BENCH_FLOOR:-5}"
+# 8 %: on this project's shared 2-core machines two identical paths (fused_linear[auto] with
+# fp32 weights runs F.linear itself) measured 0.93x [0.92-0.95] in one run and 1.00x in the
+# next (benchmarks/NOTES.md); at 5 % the gate failed on noise alone.
+FLOOR="${BIGPERF_BENCH_FLOOR:-8}"
 THREADS="${BIGPERF_BENCH_THREADS:-1}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
