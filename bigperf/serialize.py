@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bigperf._files import write_atomically as _write_atomically
 from bigperf.configs import config_from_dict
 from bigperf.discovery import LinearMap, linear_orientation
 from bigperf.swap import PlannedSwap, apply_swaps, restore_modules
@@ -80,29 +80,10 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     # failure between the two renames): then the tensor file's own manifest is the truth.
     manifest["checkpoint_id"] = uuid.uuid4().hex  # pairs manifest.json with its tensor file
     manifest_text = json.dumps(manifest, indent=2)
-    _write_atomically(directory, TENSORS, lambda f: save_file(
+    _write_atomically(directory / TENSORS, lambda f: save_file(
         {n: t.cpu() for n, t in tensors.items()}, f, metadata={EMBEDDED_MANIFEST: manifest_text}))
-    _write_atomically(directory, MANIFEST, lambda f: Path(f).write_text(manifest_text))
+    _write_atomically(directory / MANIFEST, lambda f: Path(f).write_text(manifest_text))
     return directory
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomically(directory: Path, filename: str, write) -> None:
-    """write(a temp path), give it the user's usual file mode, rename it to `filename`."""
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=f".{filename}.")
-    os.close(handle)
-    try:
-        write(temp)
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600
-        os.replace(temp, directory / filename)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
 
 
 def _embedded_manifest(directory: Path) -> dict | None:

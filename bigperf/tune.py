@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import statistics
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
+from bigperf._files import write_atomically
 
 CACHE_FORMAT = 1
 CACHE_FILE = "tune.json"
@@ -177,22 +178,8 @@ def _write_cache_file(path: Path, fp_id: str, fingerprint: dict, choices: dict) 
         section = machines.setdefault(fp_id, {"fingerprint": fingerprint, "choices": {}})
         section["fingerprint"] = fingerprint
         section["choices"].update(choices)
-        fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"format": CACHE_FORMAT, "machines": machines}, f, indent=1, sort_keys=True)
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        text = json.dumps({"format": CACHE_FORMAT, "machines": machines}, indent=1, sort_keys=True)
+        write_atomically(path, lambda temp: Path(temp).write_text(text))
 
 
 # ----------------------------------------------------------------------------- keys

@@ -124,11 +124,11 @@ def test_a_failed_save_leaves_a_loadable_checkpoint(tmp_path, monkeypatch, fail_
     bigperf.save(first, tmp_path / "ckpt")
     real = serialize._write_atomically
 
-    def failing(directory, filename, write):
+    def failing(path, write):
         target = serialize.TENSORS if fail_in == "tensors" else serialize.MANIFEST
-        if filename == target:
+        if path.name == target:
             raise KeyboardInterrupt  # Ctrl-C in the middle of the save
-        return real(directory, filename, write)
+        return real(path, write)
 
     monkeypatch.setattr(serialize, "_write_atomically", failing)
     with pytest.raises(KeyboardInterrupt):
