@@ -85,29 +85,24 @@ def quantize_weight(weight: torch.Tensor, group_size: int | None = None, symmetr
 def dequantize_weight(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(q - zero) * scale as a [N, K] tensor of `dtype` (computed in fp32)."""
-    n, k = qweight.shape
-    groups = scale.shape[1]
-    q = qweight.float().reshape(n, groups, k // groups)
-    if zero_point is not None:
-        q = q - zero_point.float()[..., None]
-    return (q * scale.float()[..., None]).reshape(n, k).to(dtype)
+    out = torch.empty(qweight.shape, dtype=torch.float32, device=qweight.device)
+    return dequantize_weight_into(out, qweight, scale, zero_point).to(dtype)
 
 
 def dequantize_weight_into(out: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
                            zero_point: torch.Tensor | None = None) -> torch.Tensor:
     """dequantize_weight written into `out` ([N, K], float): no temporaries of the weight's
-    size, for the chunked GEMM paths (bigperf/ops/torch_paths.py). (q - zero) * scale is
-    exact in fp32 before the final rounding, as in dequantize_weight."""
+    size in fp32, for the chunked GEMM paths (bigperf/ops/torch_paths.py). (q - zero) * scale
+    is computed in fp32 and rounded once to out's dtype."""
+    if out.dtype != torch.float32:
+        return out.copy_(dequantize_weight(qweight, scale, zero_point))
     n, k = qweight.shape
     groups = scale.shape[1]
-    if out.dtype == torch.float32:
-        grouped = out.view(n, groups, k // groups)
-        grouped.copy_(qweight.view(n, groups, k // groups))
-        if zero_point is not None:
-            grouped.sub_(zero_point[..., None])
-        grouped.mul_(scale[..., None])
-    else:  # half precision: round once, after the fp32 math
-        out.copy_(dequantize_weight(qweight, scale, zero_point))
+    grouped = out.view(n, groups, k // groups)
+    grouped.copy_(qweight.reshape(n, groups, k // groups))
+    if zero_point is not None:
+        grouped.sub_(zero_point[..., None])
+    grouped.mul_(scale.float()[..., None])
     return out
 
 

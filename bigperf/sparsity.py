@@ -142,24 +142,23 @@ def unpack_24(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor | No
               dtype: torch.dtype | None = None) -> torch.Tensor:
     """The dense [N, K] weight (int8 values are dequantised with `scale`)."""
     n, half = values.shape
-    k = half * 2
     dtype = dtype or (torch.float32 if scale is not None else values.dtype)
-    v = values.float() * scale.float() if scale is not None else values.to(dtype)
-    dense = torch.zeros(n, k // 4, 4, dtype=v.dtype, device=values.device)
-    dense.scatter_(2, meta_positions(meta), v.reshape(n, k // 4, 2))
-    return dense.reshape(n, k).to(dtype)
+    work = torch.float32 if scale is not None else dtype  # dequantise in fp32, round once
+    dense = torch.empty(n, 2 * half, dtype=work, device=values.device)
+    return unpack_24_into(dense, values, meta, scale).to(dtype)
 
 
 def unpack_24_into(out: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                    scale: torch.Tensor | None = None) -> torch.Tensor:
-    """unpack_24 written into `out` ([N, K], float), for the chunked GEMM paths."""
+    """unpack_24 written into `out` ([N, K], float): no temporaries of the weight's size, for
+    the chunked GEMM paths. int8 values are exact in any float dtype; with `scale` the
+    product is formed in fp32 and rounded once to out's dtype."""
     n, half = values.shape
     dense = out.view(n, half // 2, 4)
     dense.zero_()
-    dense.scatter_(2, meta_positions(meta), values.reshape(n, half // 2, 2).to(out.dtype)
-                   if scale is None or out.dtype == torch.float32 else values.reshape(n, half // 2, 2).float())
+    dense.scatter_(2, meta_positions(meta), values.reshape(n, half // 2, 2).to(out.dtype))
     if scale is not None:
-        out.mul_(scale.to(out.dtype) if out.dtype == torch.float32 else scale)
+        out.mul_(scale.float())
     return out
 
 
@@ -211,12 +210,8 @@ def bsr_is_valid(col_indices: torch.Tensor, row_ptr: torch.Tensor, nnz: int, blo
 
 def unpack_bsr(values: torch.Tensor, col_indices: torch.Tensor, row_ptr: torch.Tensor, k: int) -> torch.Tensor:
     nnz, bn, bk = values.shape
-    block_rows = row_ptr.numel() - 1
-    counts = (row_ptr[1:] - row_ptr[:-1]).long()
-    rows = torch.repeat_interleave(torch.arange(block_rows, device=values.device), counts)
-    dense = torch.zeros(block_rows, k // bk, bn, bk, dtype=values.dtype, device=values.device)
-    dense[rows, col_indices.long()] = values
-    return dense.transpose(1, 2).reshape(block_rows * bn, k)
+    dense = torch.empty((row_ptr.numel() - 1) * bn, k, dtype=values.dtype, device=values.device)
+    return unpack_bsr_into(dense, values, col_indices, row_ptr)
 
 
 def unpack_bsr_into(out: torch.Tensor, values: torch.Tensor, col_indices: torch.Tensor,
