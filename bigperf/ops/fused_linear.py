@@ -20,7 +20,7 @@ from bigperf.ops.activations import (
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
-from bigperf.ops.torch_paths import half_why_not, register_torch_paths, torch_linear
+from bigperf.ops.torch_paths import copy_rows, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, last_dim_contiguous
 
 OP = "bigperf.fused_linear"
@@ -152,19 +152,13 @@ def _cpu_run(x, weight, bias, residual, activation):
 
 
 # PyTorch's GEMM in fp32 or in a half dtype the layer already has (x or the weight).
-def _torch_why_not(dtype):
-    def why_not(x, weight, bias, residual, activation):
-        return half_why_not(x, dtype, weight.dtype) if dtype != torch.float32 else None
-    return why_not
-
-
 def _torch_run(dtype):
     def run(x, weight, bias, residual, activation):
         n, k = weight.shape
         if weight.dtype == dtype:
             w = weight if last_dim_contiguous(weight) else weight.contiguous()
             return torch_linear(x, n, k, dtype, whole=w, bias=bias, activation=activation, residual=residual)
-        return torch_linear(x, n, k, dtype, rows=lambda out, r0, r1: out.copy_(weight[r0:r1]), bias=bias,
+        return torch_linear(x, n, k, dtype, rows=copy_rows(weight), bias=bias,
                             activation=activation, residual=residual)
     return run
 
@@ -205,7 +199,7 @@ BACKENDS = OpBackends(OP)
 BACKENDS.register("cpu", _cpu_why_not, _cpu_run)
 BACKENDS.register("cuda", _cuda_why_not, _cuda_run)
 BACKENDS.register("triton", _triton_why_not, _triton_run)
-register_torch_paths(BACKENDS, _torch_why_not, _torch_run)
+register_torch_paths(BACKENDS, _torch_run)
 BACKENDS.register("reference", lambda *args: None, reference)
 
 __all__ = ["ACTIVATIONS", "BACKENDS", "fused_linear", "reference", "validate"]

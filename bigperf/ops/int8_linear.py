@@ -25,7 +25,7 @@ from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activati
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
-from bigperf.ops.torch_paths import half_why_not, register_torch_paths, torch_linear
+from bigperf.ops.torch_paths import copy_rows, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, check_tensor
 from bigperf.quant import (
     GROUP_SIZES,
@@ -196,19 +196,13 @@ WEIGHT_ONLY_BACKENDS.register("triton", _weight_only_triton_why_not, _weight_onl
 
 
 # PyTorch's GEMM on the weight dequantised a chunk of rows at a time, in fp32 or in x's half dtype.
-def _weight_only_torch_why_not(dtype):
-    def why_not(x, qweight, scale, zero_point, bias, activation):
-        return half_why_not(x, dtype) if dtype != torch.float32 else None
-    return why_not
-
-
 def _weight_only_torch_run(dtype):
     def run(x, qweight, scale, zero_point, bias, activation):
         n, k = qweight.shape
         if scale.shape[1] == 1 and zero_point is None:
             # Symmetric per channel: the scale is a per-column factor of the output, applied
             # there (M x N multiplies, not N x K): the weight's codes are only converted.
-            return torch_linear(x, n, k, dtype, rows=lambda out, r0, r1: out.copy_(qweight[r0:r1]), bias=bias,
+            return torch_linear(x, n, k, dtype, rows=copy_rows(qweight), bias=bias,
                                 activation=activation, col_scale=scale)
 
         def rows(out, r0, r1):
@@ -218,7 +212,7 @@ def _weight_only_torch_run(dtype):
     return run
 
 
-register_torch_paths(WEIGHT_ONLY_BACKENDS, _weight_only_torch_why_not, _weight_only_torch_run)
+register_torch_paths(WEIGHT_ONLY_BACKENDS, _weight_only_torch_run)
 WEIGHT_ONLY_BACKENDS.register("reference", lambda *args: None, weight_only_reference)
 
 
@@ -306,20 +300,14 @@ DYNAMIC_BACKENDS.register("triton", _dynamic_triton_why_not, _dynamic_triton_run
 # W8A8 with PyTorch's GEMM: x quantised per token as the kernel does, then the integer codes
 # of x and of the weight multiplied in fp32 or bf16 (both hold int8 codes exactly; the GEMM
 # accumulates in fp32), then the row and column scales: the kernel's math, not a float GEMM.
-def _dynamic_torch_why_not(dtype):
-    def why_not(x, qweight, scale, bias, activation, act_bits=8):
-        return half_why_not(x, dtype) if dtype != torch.float32 else None
-    return why_not
-
-
 def _dynamic_torch_run(dtype):
     def run(x, qweight, scale, bias, activation, act_bits=8):
         n, k = qweight.shape
         xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits)
-        return torch_linear(x, n, k, dtype, rows=lambda out, r0, r1: out.copy_(qweight[r0:r1]), bias=bias,
+        return torch_linear(x, n, k, dtype, rows=copy_rows(qweight), bias=bias,
                             activation=activation, x_rows=xq, row_scale=x_scale, col_scale=scale)
     return run
 
 
-register_torch_paths(DYNAMIC_BACKENDS, _dynamic_torch_why_not, _dynamic_torch_run)
+register_torch_paths(DYNAMIC_BACKENDS, _dynamic_torch_run)
 DYNAMIC_BACKENDS.register("reference", lambda *args: None, dynamic_reference)

@@ -95,11 +95,12 @@ def use_backend(name: str):
 
 
 def _weak(obj) -> Callable:
-    """A callable giving obj back while it lives (None for obj None or not weak-referenceable)."""
+    """A callable giving obj back while it lives; for None (or an object that takes no weak
+    reference) one that gives None, which matches only a call without a weight."""
     try:
         return weakref.ref(obj)
     except TypeError:
-        return lambda: obj if obj is None else None
+        return lambda: None
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from bigperf.ops.common import (
 )
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import OpBackends, eager_fast_path_ok
-from bigperf.ops.torch_paths import half_why_not, register_torch_paths, torch_linear
+from bigperf.ops.torch_paths import register_torch_paths, torch_linear
 from bigperf.ops.validation import (
     DTYPE_CODES,
     FLOAT_DTYPES,
@@ -271,14 +271,6 @@ S24_BACKENDS.register("cuda", _cuda_24_why_not, _cuda_24_run)
 S24_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_24_run)
 # PyTorch's GEMM on the weight unpacked to dense a chunk of rows at a time (int8 values
 # dequantised with their scale), in fp32 or in a half dtype x or float values already have.
-def _torch_24_why_not(dtype):
-    def why_not(x, values, meta, scale, bias, activation):
-        if dtype == torch.float32:
-            return None
-        return half_why_not(x, dtype, values.dtype if values.is_floating_point() else None)
-    return why_not
-
-
 def _torch_24_run(dtype):
     def run(x, values, meta, scale, bias, activation):
         n, k = values.shape[0], 2 * values.shape[1]
@@ -289,7 +281,7 @@ def _torch_24_run(dtype):
     return run
 
 
-register_torch_paths(S24_BACKENDS, _torch_24_why_not, _torch_24_run)
+register_torch_paths(S24_BACKENDS, _torch_24_run)
 S24_BACKENDS.register("reference", lambda *args: None, sparse24_reference)
 
 
@@ -365,12 +357,6 @@ def _triton_bsr_run(x, values, col_indices, row_ptr, bias, activation):
 BSR_BACKENDS = OpBackends(BSR_OP)
 BSR_BACKENDS.register("cpu", lambda x, *rest: cpu_why_not(x, "block_sparse_linear"), _cpu_bsr_run)
 BSR_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_bsr_run)
-def _torch_bsr_why_not(dtype):
-    def why_not(x, values, col_indices, row_ptr, bias, activation):
-        return half_why_not(x, dtype, values.dtype) if dtype != torch.float32 else None
-    return why_not
-
-
 def _torch_bsr_run(dtype):
     def run(x, values, col_indices, row_ptr, bias, activation):
         bn = values.shape[1]
@@ -386,5 +372,5 @@ def _torch_bsr_run(dtype):
     return run
 
 
-register_torch_paths(BSR_BACKENDS, _torch_bsr_why_not, _torch_bsr_run)
+register_torch_paths(BSR_BACKENDS, _torch_bsr_run)
 BSR_BACKENDS.register("reference", lambda *args: None, block_sparse_reference)

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 from bigperf.ops.common import as_rows, epilogue_
 
-HALF_DTYPES = (torch.bfloat16, torch.float16)
 # A chunk of materialised weight rows of about this many bytes (about an L2 cache), written
 # into a scratch buffer that is reused (no allocation or page faults per chunk) and read
 # back from cache by the GEMM right away; at least MIN_CHUNK_ROWS rows, so that each GEMM
@@ -104,15 +103,24 @@ def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
 
 
 def half_why_not(x: torch.Tensor, dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> str | None:
-    """Why a GEMM in half `dtype` would lose precision the layer's inputs do not already lose."""
-    if x.dtype == dtype or weight_dtype == dtype:
+    """Why a GEMM in `dtype` would lose precision the layer's inputs do not already lose: fp32
+    always serves; a half dtype only where x or the (float) weight already has it."""
+    if dtype == torch.float32 or x.dtype == dtype or weight_dtype == dtype:
         return None
     return (f"computing in {str(dtype)[6:]} would round {str(x.dtype)[6:]} x beyond the layer's "
             f"tolerance (x or the weight must be {str(dtype)[6:]})")
 
 
-def register_torch_paths(table, why_not_for: Callable[[torch.dtype], Callable[..., str | None]],
-                         run_for: Callable[[torch.dtype], Callable[..., torch.Tensor]]) -> None:
-    """One "torch" path per compute dtype: fp32, bf16, fp16 (each with its own why_not)."""
+def copy_rows(weight: torch.Tensor) -> RowsFn:
+    """The rows of a weight that only needs converting (a float weight, int8 codes)."""
+    return lambda out, r0, r1: out.copy_(weight[r0:r1])
+
+
+def register_torch_paths(table, run_for: Callable[[torch.dtype], Callable[..., torch.Tensor]]) -> None:
+    """One "torch" path per compute dtype: fp32, bf16, fp16. Every op's arguments start
+    (x, weight or its packed values, ...): a float weight's dtype counts as precision the
+    layer already has (half_why_not), int8 codes do not."""
     for dtype, variant in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
-        table.register("torch", why_not_for(dtype), run_for(dtype), variant=variant)
+        def why_not(x, weight, *rest, dtype=dtype):
+            return half_why_not(x, dtype, weight.dtype if weight.is_floating_point() else None)
+        table.register("torch", why_not, run_for(dtype), variant=variant)
