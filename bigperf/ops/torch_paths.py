@@ -77,7 +77,10 @@ def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
     left = (x_rows if x_rows is not None else as_rows(x, k)).to(compute_dtype)
     m = left.shape[0]
     scaled = row_scale is not None or col_scale is not None
-    bias_c = bias.to(compute_dtype) if (bias is not None and not scaled) else None  # rides in the GEMM
+    # The bias rides in the GEMM, sliced per chunk: from a copy, because a layer's bias made
+    # under inference mode can refuse views there ("Inference tensors do not track version
+    # counter"; seen with SparseLinear built and cast to bf16 inside torch.inference_mode()).
+    bias_c = bias.to(compute_dtype, copy=True) if (bias is not None and not scaled) else None
     if whole is not None:
         y = F.linear(left, whole, bias_c)
     else:
