@@ -32,6 +32,7 @@ import platform
 import statistics
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -298,6 +299,9 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
             best_warm = min(best_warm, timed(lambda c=c: c.run(*args)))
         except Exception as error:  # noqa: BLE001 - a failing candidate must not fail the call
             dropped[c.id] = f"raised {type(error).__name__}: {error}"
+            # Said aloud: a path that cannot run a call it called eligible is a bug to fix.
+            warnings.warn(f"bigperf.tune: path {c.id} raised while being timed and was left out: "
+                          f"{type(error).__name__}: {error}", RuntimeWarning, stacklevel=2)
             continue
         samples[c.id] = []
         live.append(c)
@@ -351,7 +355,6 @@ class Tuner:
         self._loaded_from: Path | None = None
         self._fingerprint: dict | None = None
         self._fp_id: str | None = None
-        self.tuning_seconds = 0.0
 
     # -- cache file
     def _ensure_loaded(self) -> None:
@@ -396,7 +399,6 @@ class Tuner:
                 decision = Decision(default_choice(candidates, args), "default")
             else:
                 result = measure(candidates, args, predicted=self._predict(key))
-                self.tuning_seconds += result.seconds
                 decision = Decision(result.choice, "measured", result.times_s, result.seconds)
                 self._persist(text, decision)
             self._decisions[key] = decision
