@@ -12,6 +12,8 @@ Neither includes torch headers nor links libtorch (see docs/ARCHITECTURE.md). En
   BIGPERF_CUDA_ARCHS="80;90a" -gencode targets
   BIGPERF_NVCC=/path/to/nvcc  which nvcc to use (default: $CUDA_HOME/bin/nvcc, then PATH)
   BIGPERF_BUILD_JOBS=N        parallel nvcc processes (default: one per CPU)
+  BIGPERF_SANITIZE=address,undefined  build _C with these sanitizers (`make test-sanitize`
+                              builds it out of tree, see the Makefile; never for a wheel)
 """
 
 import concurrent.futures
@@ -195,13 +197,28 @@ class BuildExt(build_ext):
             target.write_text(json.dumps(self.build_info, indent=2))
 
 
+def sanitizer_flags() -> tuple[list[str], list[str]]:
+    """(compile, link) flags for BIGPERF_SANITIZE, e.g. "address,undefined": every UB report
+    aborts (no recovery), so a test run under it fails on the first one."""
+    sanitizers = os.environ.get("BIGPERF_SANITIZE", "").strip()
+    if not sanitizers:
+        return [], []
+    compile_flags = [f"-fsanitize={sanitizers}", "-fno-omit-frame-pointer", "-g", "-O1"]
+    if "undefined" in sanitizers:
+        compile_flags.append("-fno-sanitize-recover=undefined")
+    return compile_flags, [f"-fsanitize={sanitizers}"]
+
+
+SANITIZE_COMPILE, SANITIZE_LINK = sanitizer_flags()
+
 cpu_ext = Pybind11Extension(
     "bigperf._C",
     cpu_sources(),
     include_dirs=["csrc"],
     cxx_std=17,
-    extra_compile_args=["-O3", "-fno-math-errno"],
-    extra_link_args=["-pthread"],
+    # (the sanitizer flags come last: their -O1 overrides -O3, for readable reports)
+    extra_compile_args=["-O3", "-fno-math-errno", *SANITIZE_COMPILE],
+    extra_link_args=["-pthread", *SANITIZE_LINK],
     libraries=["dl"],  # dlopen/dlsym: adopting torch's OpenMP runtime (csrc/cpu/thread_pool.h)
     define_macros=[("BIGPERF_X86", "1")] if IS_X86 else [],
 )
