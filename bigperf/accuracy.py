@@ -7,6 +7,7 @@ accumulated per layer, so nothing but two numbers per layer is kept in memory.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable
 
@@ -31,6 +32,25 @@ def _run_model(model: torch.nn.Module, batch):
     if isinstance(batch, (tuple, list)):
         return model(*batch)
     return model(batch)
+
+
+@contextlib.contextmanager
+def leaving_model_as_it_was(model: torch.nn.Module):
+    """Run the model for measuring only: in eval mode (a training-mode model would update
+    BatchNorm statistics), with every module's training flag and every buffer a forward
+    changed in place put back afterwards."""
+    flags = [(module, module.training) for module in model.modules()]
+    buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+        with torch.no_grad():
+            for buffer, version, copy in buffers:
+                if buffer._version != version:
+                    buffer.copy_(copy)
 
 
 def measure_sqnr(model: torch.nn.Module, planned: list, calibration: Iterable) -> dict[str, float | None]:
@@ -60,7 +80,7 @@ def measure_sqnr(model: torch.nn.Module, planned: list, calibration: Iterable) -
         for p in planned:
             handles.append(p.old.register_forward_hook(hook_for(p)))
         batches = 0
-        with torch.no_grad():
+        with torch.no_grad(), leaving_model_as_it_was(model):
             for batch in calibration:
                 _run_model(model, batch)
                 batches += 1

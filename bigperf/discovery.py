@@ -3,7 +3,8 @@
 By structure and behaviour, never by per-model tables:
 - a linear map is a leaf module with a 2-D weight (and optional bias) whose forward is
   x @ W^T + b (nn.Linear orientation) or x @ W + b (the Conv1D of GPT-2 style models);
-  anything but an exact nn.Linear is confirmed by running it on a probe input;
+  anything but an exact nn.Linear is confirmed by running it on a probe input, on a
+  private copy (see _probe_copy): discovery must not change the model or fire its hooks;
 - an activation is a parameterless leaf module that computes relu, gelu (erf or tanh)
   or silu, again confirmed on a probe;
 - a linear map's output is fused with an activation when torch.fx tracing of an
@@ -14,6 +15,7 @@ By structure and behaviour, never by per-model tables:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -57,10 +59,24 @@ class LinearMap:
         return linear
 
 
+def _probe_copy(module: nn.Module) -> nn.Module:
+    """A copy of a leaf module that a probe may run without side effects on the original:
+    its own attribute dict (a counter in forward changes the copy), its own tensors (an
+    in-place update, a running statistic), in eval mode. Callers run copy.forward directly,
+    which fires none of the original's hooks nor global module hooks."""
+    probe = copy.copy(module)  # a new __dict__ holding the same values
+    probe.__dict__["_parameters"] = {name: None if p is None else nn.Parameter(p.detach().clone(), False)
+                                     for name, p in module._parameters.items()}
+    probe.__dict__["_buffers"] = {name: None if b is None else b.detach().clone()
+                                  for name, b in module._buffers.items()}
+    probe.__dict__["training"] = False
+    return probe
+
+
 def _computes(module: nn.Module, x: torch.Tensor, expected: torch.Tensor) -> bool:
     try:
         with torch.no_grad():
-            out = module(x.clone())
+            out = _probe_copy(module).forward(x.clone())
     except Exception:  # any failure means "not this kind of module"  # noqa: BLE001
         return False
     return isinstance(out, torch.Tensor) and out.shape == expected.shape and torch.allclose(
@@ -132,6 +148,11 @@ class _LeafTracer(torch.fx.Tracer):
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return not any(True for _ in module.children()) or super().is_leaf_module(module, qualified_name)
+
+    def call_module(self, module, forward, args, kwargs):
+        # fx would enter a traced module through Module.__call__, which fires the user's hooks
+        # (with proxies); its forward alone computes the same graph.
+        return super().call_module(module, module.forward, args, kwargs)
 
 
 def find_activation_fusions(model: nn.Module, linear_names: set[str]) -> dict[str, tuple[str, str]]:

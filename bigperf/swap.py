@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from bigperf.accuracy import gate_reason, measure_sqnr
@@ -109,8 +110,30 @@ def plan_swaps(model: nn.Module, config, filter: Callable | None) -> tuple[list[
         except NoBackendError as error:
             raise ValueError(f"bigperf.swap: {chosen.describe()} cannot serve layer {lm.name!r} on "
                              f"{lm.module.weight.device}:\n{error}") from None
+        why_not = _probe_forward(new, lm)
+        if why_not is not None:
+            kept.append((lm.name, why_not))
+            continue
         planned.append(PlannedSwap(lm.name, chosen, lm, new, activation, absorbed))
     return planned, kept
+
+
+def _probe_forward(new: nn.Module, lm: LinearMap) -> str | None:
+    """Why `new` cannot replace lm (None if it can): it is run once on one row in the model's
+    own dtype and sizes, so a layer swap accepts is one that runs (a float64 model, or a
+    size beyond a kernel's limit, is found here and not at the user's first forward)."""
+    weight = lm.module.weight
+    if weight.device.type == "meta":
+        return None  # nothing can run there; backend() has already answered for the device
+    x = torch.randn(1, lm.in_features, dtype=weight.dtype, device=weight.device)
+    try:
+        with torch.no_grad():
+            out = new.eval()(x)
+    except Exception as error:  # noqa: BLE001 - any failure means this layer cannot take the model
+        return f"the new layer cannot run on this model's {str(weight.dtype).replace('torch.', '')} inputs: {error}"
+    if not isinstance(out, torch.Tensor) or out.shape != (1, lm.out_features):
+        return f"the new layer gave {getattr(out, 'shape', type(out).__name__)} for one row, not (1, {lm.out_features})"
+    return None
 
 
 def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> list[tuple[str, nn.Module]]:
@@ -125,10 +148,12 @@ def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> list[tuple[str,
             p.new.swap_record = {"config": config_to_dict(p.config), "absorbed": p.absorbed,
                                  "source": type(p.old).__name__, "transposed": p.linear.transposed}
             undo.append((p.name, p.old))
+            p.new.train(p.old.training)  # the new layer is in the mode of the one it replaces
             set_submodule(model, p.name, p.new)
             if p.absorbed is not None:
-                undo.append((p.absorbed, model.get_submodule(p.absorbed)))
-                set_submodule(model, p.absorbed, nn.Identity())
+                absorbed = model.get_submodule(p.absorbed)
+                undo.append((p.absorbed, absorbed))
+                set_submodule(model, p.absorbed, nn.Identity().train(absorbed.training))
     except BaseException:
         restore_modules(model, undo)
         raise
