@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bigperf.discovery import find_linear_maps
-from bigperf.sparsity import apply_mask_, block_mask, magnitude_mask, nm_mask
+from bigperf.sparsity import apply_mask_, block_mask, kept_count, magnitude_mask, nm_mask
 
 FUNCTION = "bigperf.prune"
 
@@ -50,7 +50,7 @@ def prune(model: nn.Module, pattern: str = "2:4", *, density: float | None = Non
         if pattern != "unstructured":
             raise ValueError(f"{FUNCTION}: scope='global' applies to pattern 'unstructured' only")
         everything = torch.cat([oriented(lm).detach().abs().flatten().float() for lm in targets])
-        keep = max(1, round(density * everything.numel()))
+        keep = kept_count(density, everything.numel())
         threshold = torch.topk(everything, keep, sorted=True).values[-1]
         for lm in targets:
             masks[lm.name] = oriented(lm).detach().abs().float() >= threshold

@@ -37,11 +37,17 @@ def _check_density(density, function: str) -> float:
     return float(density)
 
 
+def kept_count(density: float, total: int) -> int:
+    """How many of `total` weights (or blocks) a mask of `density` keeps: the one rounding
+    rule of pruning, so that a layer pruned to a density is accepted at that density."""
+    return max(1, round(density * total))
+
+
 def magnitude_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the round(density · numel) largest |w| (ties broken by position)."""
     _check_weight(weight, "bigperf.sparsity.magnitude_mask")
     density = _check_density(density, "bigperf.sparsity.magnitude_mask")
-    keep = max(1, round(density * weight.numel()))
+    keep = kept_count(density, weight.numel())
     flat = weight.detach().abs().flatten()
     mask = torch.zeros_like(flat, dtype=torch.bool)
     mask[torch.topk(flat, keep, sorted=False).indices] = True
@@ -81,7 +87,7 @@ def block_mask(weight: torch.Tensor, block=(16, 16), density: float = 0.5) -> to
     bn, bk = _check_block(weight, block, function)
     n, k = weight.shape
     norms = weight.detach().float().reshape(n // bn, bn, k // bk, bk).pow(2).sum(dim=(1, 3))
-    keep = max(1, round(density * norms.numel()))
+    keep = kept_count(density, norms.numel())
     chosen = torch.zeros(norms.numel(), dtype=torch.bool, device=weight.device)
     chosen[torch.topk(norms.flatten(), keep, sorted=False).indices] = True
     return chosen.reshape(n // bn, k // bk).repeat_interleave(bn, 0).repeat_interleave(bk, 1)

@@ -25,6 +25,7 @@ from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
 from bigperf.ops.validation import FLOAT_DTYPES
 from bigperf.sparsity import (
     block_mask,
+    kept_count,
     nm_mask,
     pack_24,
     pack_24_int8,
@@ -131,11 +132,12 @@ class SparseLinear(nn.Module):
             if density is not None and prune:
                 weight = weight * block_mask(weight, layer.block, density)
             elif density is not None:
-                kept = (weight.reshape(linear.out_features // layer.block[0], layer.block[0], -1, layer.block[1])
-                        != 0).any(dim=(1, 3)).float().mean().item()
-                if kept > density + 1e-6:
-                    raise LayerRefused(f"{where}: {kept:.0%} of the {layer.block} blocks are non-zero, above "
-                                       f"density {density}; prune first or pass prune=True")
+                present = (weight.reshape(linear.out_features // layer.block[0], layer.block[0], -1, layer.block[1])
+                           != 0).any(dim=(1, 3))
+                if int(present.sum()) > kept_count(density, present.numel()):  # block_mask's own rule
+                    raise LayerRefused(f"{where}: {int(present.sum())} of the {present.numel()} {layer.block} "
+                                       f"blocks are non-zero, more than density {density} keeps; prune first "
+                                       f"or pass prune=True")
             packed = pack_bsr(weight.to(values_dtype), layer.block)
             layer._set_buffers(values=packed.values, col_indices=packed.col_indices, row_ptr=packed.row_ptr)
         if linear.bias is not None:
