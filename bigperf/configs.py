@@ -12,7 +12,8 @@ from torch import nn
 from bigperf.nn.fused_linear import FusedLinear
 from bigperf.nn.int8_linear import Int8Linear
 from bigperf.nn.sparse_linear import SparseLinear
-from bigperf.quant import activation_qmax
+from bigperf.ops.validation import FLOAT_DTYPES
+from bigperf.quant import GROUP_SIZES, activation_qmax
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -21,12 +22,40 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+# ----------------------------------------------------------------------------- field checks
+# Each config checks its fields when it is built, so a bad value is an error at the line that
+# wrote it, not a reason repeated for every layer at swap time (or a failure at load).
+
+def _field_error(config, field: str, expected: str) -> ValueError:
+    return ValueError(f"bigperf.{type(config).__name__}: field '{field}' must be {expected}, "
+                      f"got {getattr(config, field)!r}")
+
+
+def _check_bool(config, *fields: str) -> None:
+    for field in fields:
+        if not isinstance(getattr(config, field), bool):
+            raise _field_error(config, field, "True or False")
+
+
+def _check_float_dtype(config, field: str) -> None:
+    if getattr(config, field) not in FLOAT_DTYPES:
+        raise _field_error(config, field, "one of " + ", ".join(f"torch.{_dtype_name(d)}" for d in FLOAT_DTYPES))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class FusedMixedPrecision:
     """Fused linear with weights stored in `weight_dtype` (bf16 by default), fp32 accumulate."""
 
     weight_dtype: torch.dtype = torch.bfloat16
     fuse_activations: bool = True
+
+    def __post_init__(self):
+        _check_float_dtype(self, "weight_dtype")
+        _check_bool(self, "fuse_activations")
 
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
         return FusedLinear.from_linear(linear, activation=activation, weight_dtype=self.weight_dtype)
@@ -46,6 +75,11 @@ class Int8WeightOnly:
     group_size: int | None = None
     symmetric: bool = True
     fuse_activations: bool = True
+
+    def __post_init__(self):
+        if self.group_size is not None and not (_is_int(self.group_size) and self.group_size in GROUP_SIZES):
+            raise _field_error(self, "group_size", f"None (per channel) or one of {GROUP_SIZES}")
+        _check_bool(self, "symmetric", "fuse_activations")
 
     def why_not_layer(self, in_features: int, out_features: int) -> str | None:
         if self.group_size is not None and in_features % self.group_size:
@@ -76,6 +110,7 @@ class Int8Dynamic:
 
     def __post_init__(self):
         activation_qmax(self.act_bits, "bigperf.Int8Dynamic", "act_bits")
+        _check_bool(self, "fuse_activations")
 
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
         return Int8Linear.from_linear(linear, weight_only=False, activation=activation, act_bits=self.act_bits)
@@ -97,6 +132,10 @@ class Sparse24:
     prune: bool = False
     fuse_activations: bool = True
 
+    def __post_init__(self):
+        _check_float_dtype(self, "values_dtype")
+        _check_bool(self, "prune", "fuse_activations")
+
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
         return SparseLinear.from_linear(linear, "2:4", values_dtype=self.values_dtype, prune=self.prune,
                                         activation=activation)
@@ -115,6 +154,9 @@ class Sparse24Int8:
 
     prune: bool = False
     fuse_activations: bool = True
+
+    def __post_init__(self):
+        _check_bool(self, "prune", "fuse_activations")
 
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
         return SparseLinear.from_linear(linear, "2:4", int8=True, prune=self.prune, activation=activation)
@@ -137,6 +179,18 @@ class BlockSparse:
     values_dtype: torch.dtype = torch.bfloat16
     prune: bool = False
     fuse_activations: bool = True
+
+    def __post_init__(self):
+        block = self.block
+        if not (isinstance(block, (tuple, list)) and len(block) == 2 and all(_is_int(b) and b > 0 for b in block)):
+            raise _field_error(self, "block", "a pair of positive ints (bn, bk)")
+        object.__setattr__(self, "block", tuple(block))  # frozen; a list from JSON becomes the tuple it was
+        density = self.density
+        if density is not None and not (isinstance(density, (int, float)) and not isinstance(density, bool)
+                                        and 0 < density <= 1):
+            raise _field_error(self, "density", "None or a number in (0, 1]")
+        _check_float_dtype(self, "values_dtype")
+        _check_bool(self, "prune", "fuse_activations")
 
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
         return SparseLinear.from_linear(linear, "block", block=self.block, density=self.density,
@@ -189,15 +243,29 @@ def config_to_dict(config) -> dict:
     return {"type": type(config).__name__, "fields": fields}
 
 
-def config_from_dict(data: dict):
+def config_from_dict(data: dict, where: str = "bigperf"):
+    """The config a config_to_dict record describes; ValueError naming the field otherwise
+    (records come from files: bigperf.load, the CLI)."""
+    if not isinstance(data, dict) or not isinstance(data.get("fields"), dict):
+        raise ValueError(f"{where}: a config record must be {{'type': ..., 'fields': {{...}}}}, got {data!r}")
+    cls = CONFIG_TYPES.get(data.get("type")) if isinstance(data.get("type"), str) else None
+    if cls is None:
+        raise ValueError(f"{where}: config field 'type' must be one of {', '.join(CONFIG_TYPES)}, "
+                         f"got {data.get('type')!r}")
+    fields = dict(data["fields"])
+    known = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: {cls.__name__} has no field {unknown[0]!r} (its fields: {', '.join(known)})")
+    for name, value in fields.items():
+        if known[name].type in ("torch.dtype", torch.dtype):
+            if value not in _DTYPES:
+                raise ValueError(f"{where}: {cls.__name__} field {name!r} must be one of {', '.join(_DTYPES)}, "
+                                 f"got {value!r}")
+            fields[name] = _DTYPES[value]
+        elif isinstance(value, list):
+            fields[name] = tuple(value)  # JSON has no tuples (e.g. block shapes)
     try:
-        cls = CONFIG_TYPES[data["type"]]
-        fields = dict(data["fields"])
-    except (KeyError, TypeError):
-        raise ValueError(f"bigperf: not a known config record: {data!r} (known types: {', '.join(CONFIG_TYPES)})") from None
-    for field in dataclasses.fields(cls):
-        if field.name in fields and field.type in ("torch.dtype", torch.dtype):
-            fields[field.name] = _DTYPES[fields[field.name]]
-        elif field.name in fields and isinstance(fields[field.name], list):
-            fields[field.name] = tuple(fields[field.name])  # JSON has no tuples (e.g. block shapes)
-    return cls(**fields)
+        return cls(**fields)
+    except ValueError as error:  # the config's own field check, which names the field
+        raise ValueError(f"{where}: {error}") from None
