@@ -2,9 +2,11 @@
 
 No pickle anywhere. The manifest records, per swapped layer, the config, the fused
 activation it absorbed and its packed format, and for every tensor its shape and dtype.
-load() redoes the same swaps on a freshly built model, checks every tensor's name, shape
-and dtype against the manifest and the model, and only then loads them; on any mismatch
-it raises and leaves the model as it was.
+load() checks the manifest's fields, redoes the same swaps on a freshly built model
+(refusing one where a module an activation absorbed is not that activation, or not the
+linear's only consumer), checks every tensor's name, shape and dtype against the manifest
+and the model, and only then loads them; on any mismatch it raises and leaves every
+parameter and buffer of the model as it was.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch import nn
 
 from bigperf._files import write_atomically as _write_atomically
 from bigperf.configs import config_from_dict
-from bigperf.discovery import LinearMap, linear_orientation
+from bigperf.discovery import LinearMap, activation_name, find_activation_fusions, linear_orientation
+from bigperf.ops.activations import ACTIVATIONS
 from bigperf.swap import PlannedSwap, apply_swaps, restore_modules
 
 MANIFEST = "manifest.json"
@@ -116,10 +119,87 @@ def _read_manifest(directory: Path) -> dict:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ValueError(f"bigperf.load: {directory} holds format {manifest.get('format')!r} "
                          f"v{manifest.get('version')}; this bigperf reads {FORMAT!r} v{VERSION}")
+    _check_manifest(manifest)
     return manifest
 
 
+# What each manifest field must hold: a crafted or damaged manifest is refused with the
+# field's name before anything reads it (never a KeyError or TypeError from deep inside).
+_LAYER_FIELDS = {"name": str, "class": str, "activation": str, "in_features": int, "out_features": int,
+                 "bias": bool, "config": dict, "absorbed": (str, type(None)), "source": str, "transposed": bool}
+
+
+def _field(container: dict, key: str, kind, where: str):
+    if key not in container:
+        raise ValueError(f"bigperf.load: the manifest has no field {where}{key!r}")
+    value = container[key]
+    exact_int = kind is int and isinstance(value, bool)  # JSON true is not a size
+    if not isinstance(value, kind) or exact_int:
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise ValueError(f"bigperf.load: manifest field {where}{key!r} must be {names}, got {value!r}")
+    return value
+
+
+def _check_manifest(manifest: dict) -> None:
+    for key, kind in (("layers", list), ("aliases", dict), ("extra_states", dict), ("tensors", dict)):
+        _field(manifest, key, kind, "")
+    for i, entry in enumerate(manifest["layers"]):
+        if not isinstance(entry, dict):
+            raise ValueError(f"bigperf.load: manifest field 'layers'[{i}] must be an object, got {entry!r}")
+        for key, kind in _LAYER_FIELDS.items():
+            _field(entry, key, kind, f"'layers'[{i}].")
+        if entry["activation"] not in ACTIVATIONS:
+            raise ValueError(f"bigperf.load: manifest field 'layers'[{i}].'activation' must be one of "
+                             f"{ACTIVATIONS}, got {entry['activation']!r}")
+        if entry["in_features"] <= 0 or entry["out_features"] <= 0:
+            raise ValueError(f"bigperf.load: manifest fields 'layers'[{i}].'in_features'/'out_features' must be "
+                             f"positive, got {entry['in_features']}, {entry['out_features']}")
+    for name, meta in manifest["tensors"].items():
+        where = f"'tensors'.{name!r}."
+        if not isinstance(meta, dict):
+            raise ValueError(f"bigperf.load: manifest field 'tensors'.{name!r} must be an object, got {meta!r}")
+        shape = _field(meta, "shape", list, where)
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ValueError(f"bigperf.load: manifest field {where}'shape' must be a list of sizes, got {shape!r}")
+        if not isinstance(getattr(torch, str(_field(meta, "dtype", str, where)), None), torch.dtype):
+            raise ValueError(f"bigperf.load: manifest field {where}'dtype' is not a torch dtype: {meta['dtype']!r}")
+    for alias, target in manifest["aliases"].items():
+        if not isinstance(target, str) or target not in manifest["tensors"]:
+            raise ValueError(f"bigperf.load: manifest field 'aliases'.{alias!r} must name a saved tensor, "
+                             f"got {target!r}")
+
+
+def _check_absorbed(model: nn.Module, layers: list[dict]) -> None:
+    """The module each saved layer's activation absorbed must be, in this model, that same
+    activation and the linear's only consumer: loading turns it into nn.Identity and fuses
+    the saved activation, so any other module there would make the model compute another
+    function."""
+    fused = [entry for entry in layers if entry["absorbed"] is not None or entry["activation"] != "none"]
+    if not fused:
+        return
+    fusions = find_activation_fusions(model, {entry["name"] for entry in layers})
+    for entry in fused:
+        name, absorbed, activation = entry["name"], entry["absorbed"], entry["activation"]
+        if absorbed is None:
+            raise ValueError(f"bigperf.load: the manifest fuses {activation} into {name!r} but names no module "
+                             f"it absorbed")
+        try:
+            module = model.get_submodule(absorbed)
+        except AttributeError:
+            raise ValueError(f"bigperf.load: the checkpoint fused module {absorbed!r} ({activation}) into "
+                             f"{name!r}, but the model has no module {absorbed!r}") from None
+        found = activation_name(module)
+        if found != activation:
+            raise ValueError(f"bigperf.load: module {absorbed!r} is {module!r} in the model, but the checkpoint "
+                             f"fused a {activation} there into {name!r}; this model computes another function")
+        if fusions.get(name) != (absorbed, activation):
+            raise ValueError(f"bigperf.load: the checkpoint fused module {absorbed!r} ({activation}) into "
+                             f"{name!r}, but in this model {absorbed!r} is not the only consumer of "
+                             f"{name!r}'s output")
+
+
 def _plan_from_manifest(model: nn.Module, layers: list[dict]) -> list[PlannedSwap]:
+    _check_absorbed(model, layers)
     planned = []
     for entry in layers:
         name = entry["name"]
@@ -133,7 +213,7 @@ def _plan_from_manifest(model: nn.Module, layers: list[dict]) -> list[PlannedSwa
                 or linear.out_features != entry["out_features"]):
             raise ValueError(f"bigperf.load: module {name!r} is {module!r}, but the checkpoint holds a "
                              f"{entry['in_features']}→{entry['out_features']} {entry['source']} there")
-        config = config_from_dict(entry["config"])
+        config = config_from_dict(entry["config"], f"bigperf.load: layer {name!r}")
         new = config.empty_layer(entry["in_features"], entry["out_features"], entry["bias"], entry["activation"],
                                  module.weight.device)
         planned.append(PlannedSwap(name, config, linear, new, entry["activation"], entry["absorbed"]))
@@ -173,15 +253,40 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     directory = Path(path)
     manifest = _read_manifest(directory)
     planned = _plan_from_manifest(model, manifest["layers"])
-    loaded = load_file(str(directory / TENSORS))
+    try:
+        loaded = load_file(str(directory / TENSORS))
+    except Exception as error:  # noqa: BLE001 - missing, truncated, or not safetensors at all
+        raise ValueError(f"bigperf.load: cannot read {directory / TENSORS}: {error}") from None
     undo = apply_swaps(model, planned)
     try:
         _check_tensors(model, manifest, loaded)
         state = dict(loaded)
         state.update({alias: loaded[target] for alias, target in manifest["aliases"].items()})
         state.update(manifest["extra_states"])
-        model.load_state_dict(state, strict=True)
+        _load_state(model, planned, state)
     except BaseException:
         restore_modules(model, undo)
         raise
     return model
+
+
+def _load_state(model: nn.Module, planned: list[PlannedSwap], state: dict) -> None:
+    """Load `state` (names, shapes and dtypes already checked) so that a failure part way
+    leaves the user's own modules as they were: first the new layers, which are not yet the
+    user's (their set_extra_state checks formats and may refuse); then the extra states of
+    the other modules, the only step left that runs code that may refuse; then their tensors,
+    copies of checked shapes and dtypes."""
+    swapped = {p.name: p.new for p in planned}
+
+    def owner(key: str) -> str | None:
+        return next((name for name in swapped if key.startswith(name + ".")), None)
+
+    for name, layer in swapped.items():
+        layer.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if owner(k) == name}, strict=True)
+    rest = {k: v for k, v in state.items() if owner(k) is None}
+    for key in [k for k in rest if k.rpartition(".")[2] == "_extra_state"]:
+        module_name = key.rpartition(".")[0]
+        model.get_submodule(module_name).set_extra_state(rest.pop(key))
+    result = model.load_state_dict(rest, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"bigperf.load: the model has no tensors {result.unexpected_keys[:5]}")
