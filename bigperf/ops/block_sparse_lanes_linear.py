@@ -24,8 +24,7 @@ from bigperf.cpu_layouts import (
 )
 from bigperf.ops.common import cpu_why_not
 from bigperf.ops.layout_paths import register_unpacked_paths
-from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
-from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.define import define_op
 from bigperf.ops.sparse_linear import (
     BSR_BACKENDS,
     check_bsr_call,
@@ -65,29 +64,18 @@ def _canonical_stand_ins(x, values, col_indices, row_ptr, bk, bias, activation):
     return (x, canonical_values, col_indices, row_ptr, bias, activation)
 
 
-LANES_BACKENDS = OpBackends(LANES_OP)
+def _signature(x: torch.Tensor, values: torch.Tensor, col_indices: torch.Tensor, row_ptr: torch.Tensor, bk: int,
+               bias: torch.Tensor | None, activation: str) -> torch.Tensor: ...
+
+
+BSR_LANES = define_op(LANES_OP, _signature, validate_lanes_call,
+                      lambda x, values, col_indices, row_ptr, *rest: (*x.shape[:-1],
+                                                                       (row_ptr.shape[0] - 1) * 16 * values.shape[1]))
+LANES_BACKENDS = BSR_LANES.backends
+block_sparse_lanes_linear_op = BSR_LANES.custom_op
 LANES_BACKENDS.register("cpu", cpu_kernel_why_not, _cpu_run)
 # Every other backend is block_sparse_linear's own, on the weight unpacked for this call.
 register_unpacked_paths(LANES_BACKENDS, BSR_BACKENDS, ("cpu",), _canonical_stand_ins, _canonical_args)
-
-
-def _run(x, values, col_indices, row_ptr, bk, bias, activation):
-    validate_lanes_call(x, values, col_indices, row_ptr, bk, bias, activation)
-    return LANES_BACKENDS.select(x.device, x, values, col_indices, row_ptr, bk, bias, activation).run(
-        x, values, col_indices, row_ptr, bk, bias, activation)
-
-
-@torch.library.custom_op("bigperf::block_sparse_lanes_linear", mutates_args=())
-def block_sparse_lanes_linear_op(x: torch.Tensor, values: torch.Tensor, col_indices: torch.Tensor,
-                                 row_ptr: torch.Tensor, bk: int, bias: torch.Tensor | None,
-                                 activation: str) -> torch.Tensor:
-    return _run(x, values, col_indices, row_ptr, bk, bias, activation)
-
-
-@block_sparse_lanes_linear_op.register_fake
-def _fake(x, values, col_indices, row_ptr, bk, bias, activation):
-    validate_lanes_call(x, values, col_indices, row_ptr, bk, bias, activation)
-    return x.new_empty((*x.shape[:-1], (row_ptr.shape[0] - 1) * 16 * values.shape[1]))
 
 
 def _check_layout(x, layout) -> None:
@@ -108,11 +96,4 @@ def _check_layout(x, layout) -> None:
 def block_sparse_lanes_linear(x, layout: BsrLanes, bias=None, activation="none"):
     """act(x @ W^T + bias) for a BSR W held in the CPU lane layout (bigperf.cpu_layouts)."""
     _check_layout(x, layout)
-    args = (x, layout.values, layout.col_indices, layout.row_ptr, layout.bk, bias, activation)
-    if eager_fast_path_ok(x, layout.values, layout.col_indices, layout.row_ptr, bias):
-        return _run(*args)
-    if not torch.compiler.is_compiling():
-        validate_lanes_call(*args)
-    if exporting_to_onnx():
-        return lower_to_onnx(LANES_OP, *args)
-    return torch.ops.bigperf.block_sparse_lanes_linear(*args)
+    return BSR_LANES(x, layout.values, layout.col_indices, layout.row_ptr, layout.bk, bias, activation)

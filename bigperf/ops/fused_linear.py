@@ -18,8 +18,7 @@ from bigperf.ops.activations import (
     apply_activation,
 )
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
-from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
-from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.define import define_op
 from bigperf.ops.torch_paths import copy_rows, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, last_dim_contiguous
 
@@ -53,34 +52,19 @@ def validate(x, weight, bias, residual, activation) -> None:
             raise TypeError(f"{OP}: argument 'residual' must have x's dtype {x.dtype}, got {residual.dtype}")
 
 
-def _run(x, weight, bias, residual, activation):
-    validate(x, weight, bias, residual, activation)
-    return BACKENDS.select(x.device, x, weight, bias, residual, activation).run(
-        x, weight, bias, residual, activation)
+def _signature(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+               activation: str) -> torch.Tensor: ...
 
 
-@torch.library.custom_op("bigperf::fused_linear", mutates_args=())
-def fused_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    residual: torch.Tensor | None, activation: str) -> torch.Tensor:
-    return _run(x, weight, bias, residual, activation)
-
-
-@fused_linear_op.register_fake
-def _fake(x, weight, bias, residual, activation):
-    validate(x, weight, bias, residual, activation)
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+FUSED_LINEAR = define_op(OP, _signature, validate, lambda x, weight, *rest: (*x.shape[:-1], weight.shape[0]))
+BACKENDS = FUSED_LINEAR.backends
+fused_linear_op = FUSED_LINEAR.custom_op
 
 
 def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                  residual: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
     """y = act(x @ weight^T + bias) + residual, on the best backend for x's device."""
-    if eager_fast_path_ok(x, weight, bias, residual):
-        return _run(x, weight, bias, residual, activation)
-    if not torch.compiler.is_compiling():
-        validate(x, weight, bias, residual, activation)  # our messages, not the schema parser's
-    if exporting_to_onnx():  # standard ONNX in place of the custom op (ops/onnx_lowering.py)
-        return lower_to_onnx(OP, x, weight, bias, residual, activation)
-    return torch.ops.bigperf.fused_linear(x, weight, bias, residual, activation)
+    return FUSED_LINEAR(x, weight, bias, residual, activation)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -195,7 +179,6 @@ def _triton_run(x, weight, bias, residual, activation):
     return out.reshape(*x.shape[:-1], n)
 
 
-BACKENDS = OpBackends(OP)
 BACKENDS.register("cpu", _cpu_why_not, _cpu_run)
 BACKENDS.register("cuda", _cuda_why_not, _cuda_run)
 BACKENDS.register("triton", _triton_why_not, _triton_run)

@@ -20,8 +20,7 @@ from bigperf.ops.activations import ACTIVATIONS, activation_code
 from bigperf.ops.common import fp32_bias
 from bigperf.ops.int8_linear import WEIGHT_ONLY_BACKENDS, weight_only_cuda_why_not
 from bigperf.ops.layout_paths import register_unpacked_paths
-from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
-from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.define import define_op
 from bigperf.ops.validation import check_float_tensor, check_tensor
 
 LAYOUT_OP = "bigperf.int8_weight_linear_w8a16"
@@ -85,38 +84,20 @@ def _cuda_run(x, weight, scale, zero, n, k, group_size, bias, activation):
                                ACTIVATIONS.index(activation))
 
 
-LAYOUT_BACKENDS = OpBackends(LAYOUT_OP)
+def _signature(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, n: int, k: int,
+               group_size: int, bias: torch.Tensor | None, activation: str) -> torch.Tensor: ...
+
+
+W8A16_LAYOUT = define_op(LAYOUT_OP, _signature, validate_layout_call,
+                         lambda x, weight, scale, zero, n, *rest: (*x.shape[:-1], n))
+LAYOUT_BACKENDS = W8A16_LAYOUT.backends
+int8_weight_linear_w8a16_op = W8A16_LAYOUT.custom_op
 LAYOUT_BACKENDS.register("cuda", _cuda_why_not, _cuda_run)
 # Every other backend is int8_weight_linear's own, on the weight unpacked for this call.
 register_unpacked_paths(LAYOUT_BACKENDS, WEIGHT_ONLY_BACKENDS, ("cuda",), _canonical_stand_ins, _canonical_args)
 
 
-def _run(x, weight, scale, zero, n, k, group_size, bias, activation):
-    validate_layout_call(x, weight, scale, zero, n, k, group_size, bias, activation)
-    return LAYOUT_BACKENDS.select(x.device, x, weight, scale, zero, n, k, group_size, bias, activation).run(
-        x, weight, scale, zero, n, k, group_size, bias, activation)
-
-
-@torch.library.custom_op("bigperf::int8_weight_linear_w8a16", mutates_args=())
-def int8_weight_linear_w8a16_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                                zero: torch.Tensor | None, n: int, k: int, group_size: int,
-                                bias: torch.Tensor | None, activation: str) -> torch.Tensor:
-    return _run(x, weight, scale, zero, n, k, group_size, bias, activation)
-
-
-@int8_weight_linear_w8a16_op.register_fake
-def _fake(x, weight, scale, zero, n, k, group_size, bias, activation):
-    validate_layout_call(x, weight, scale, zero, n, k, group_size, bias, activation)
-    return x.new_empty((*x.shape[:-1], n))
-
-
 def int8_weight_linear_w8a16(x, layout: W8A16Layout, bias=None, activation="none"):
     """act(x @ dequant(W)^T + bias) for W held in the CUDA W8A16 kernel's layout."""
-    args = (x, layout.weight, layout.scale, layout.zero, layout.n, layout.k, layout.group_size or 0, bias, activation)
-    if eager_fast_path_ok(x, layout.weight, layout.scale, layout.zero, bias):
-        return _run(*args)
-    if not torch.compiler.is_compiling():
-        validate_layout_call(*args)
-    if exporting_to_onnx():
-        return lower_to_onnx(LAYOUT_OP, *args)
-    return torch.ops.bigperf.int8_weight_linear_w8a16(*args)
+    return W8A16_LAYOUT(x, layout.weight, layout.scale, layout.zero, layout.n, layout.k, layout.group_size or 0,
+                        bias, activation)

@@ -23,8 +23,7 @@ import torch
 from bigperf import _ext
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
-from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
-from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.define import define_op
 from bigperf.ops.torch_paths import copy_rows, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, check_tensor
 from bigperf.quant import (
@@ -84,34 +83,23 @@ def _out_shape(x, n):
 
 # ----------------------------------------------------------------------------- weight-only
 
-def _run_weight_only(x, qweight, scale, zero_point, bias, activation):
-    validate_weight_only(x, qweight, scale, zero_point, bias, activation)
-    return WEIGHT_ONLY_BACKENDS.select(x.device, x, qweight, scale, zero_point, bias, activation).run(
-        x, qweight, scale, zero_point, bias, activation)
+def _weight_only_signature(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                           zero_point: torch.Tensor | None, bias: torch.Tensor | None,
+                           activation: str) -> torch.Tensor: ...
 
 
-@torch.library.custom_op("bigperf::int8_weight_linear", mutates_args=())
-def int8_weight_linear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
-                          zero_point: torch.Tensor | None, bias: torch.Tensor | None,
-                          activation: str) -> torch.Tensor:
-    return _run_weight_only(x, qweight, scale, zero_point, bias, activation)
+def _out_shape_of(x, qweight, *rest):
+    return _out_shape(x, qweight.shape[0])
 
 
-@int8_weight_linear_op.register_fake
-def _weight_only_fake(x, qweight, scale, zero_point, bias, activation):
-    validate_weight_only(x, qweight, scale, zero_point, bias, activation)
-    return x.new_empty(_out_shape(x, qweight.shape[0]))
+WEIGHT_ONLY = define_op(WEIGHT_OP, _weight_only_signature, validate_weight_only, _out_shape_of)
+WEIGHT_ONLY_BACKENDS = WEIGHT_ONLY.backends
+int8_weight_linear_op = WEIGHT_ONLY.custom_op
 
 
 def int8_weight_linear(x, qweight, scale, zero_point=None, bias=None, activation="none"):
     """act(x @ dequant(qweight)^T + bias) on the best backend for x's device."""
-    if eager_fast_path_ok(x, qweight, scale, zero_point, bias):
-        return _run_weight_only(x, qweight, scale, zero_point, bias, activation)
-    if not torch.compiler.is_compiling():
-        validate_weight_only(x, qweight, scale, zero_point, bias, activation)
-    if exporting_to_onnx():
-        return lower_to_onnx(WEIGHT_OP, x, qweight, scale, zero_point, bias, activation)
-    return torch.ops.bigperf.int8_weight_linear(x, qweight, scale, zero_point, bias, activation)
+    return WEIGHT_ONLY(x, qweight, scale, zero_point, bias, activation)
 
 
 def weight_only_reference(x, qweight, scale, zero_point, bias, activation):
@@ -189,7 +177,6 @@ def _weight_only_cuda_run(x, qweight, scale, zero_point, bias, activation):
     return launch_w8a16(x, qweight, scale, zero_point, fp32_bias(bias), ACTIVATIONS.index(activation))
 
 
-WEIGHT_ONLY_BACKENDS = OpBackends(WEIGHT_OP)
 WEIGHT_ONLY_BACKENDS.register("cpu", _weight_only_cpu_why_not, _weight_only_cpu_run)
 WEIGHT_ONLY_BACKENDS.register("cuda", _weight_only_cuda_why_not, _weight_only_cuda_run)
 WEIGHT_ONLY_BACKENDS.register("triton", _weight_only_triton_why_not, _weight_only_triton_run)
@@ -218,34 +205,19 @@ WEIGHT_ONLY_BACKENDS.register("reference", lambda *args: None, weight_only_refer
 
 # ----------------------------------------------------------------------------- dynamic (W8A8)
 
-def _run_dynamic(x, qweight, scale, bias, activation, act_bits=8):
-    validate_dynamic(x, qweight, scale, bias, activation, act_bits)
-    return DYNAMIC_BACKENDS.select(x.device, x, qweight, scale, bias, activation, act_bits).run(
-        x, qweight, scale, bias, activation, act_bits)
+def _dynamic_signature(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                       activation: str, act_bits: int = 8) -> torch.Tensor: ...
 
 
-@torch.library.custom_op("bigperf::int8_dynamic_linear", mutates_args=())
-def int8_dynamic_linear_op(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
-                           bias: torch.Tensor | None, activation: str, act_bits: int = 8) -> torch.Tensor:
-    return _run_dynamic(x, qweight, scale, bias, activation, act_bits)
-
-
-@int8_dynamic_linear_op.register_fake
-def _dynamic_fake(x, qweight, scale, bias, activation, act_bits=8):
-    validate_dynamic(x, qweight, scale, bias, activation, act_bits)
-    return x.new_empty(_out_shape(x, qweight.shape[0]))
+DYNAMIC = define_op(DYNAMIC_OP, _dynamic_signature, validate_dynamic, _out_shape_of)
+DYNAMIC_BACKENDS = DYNAMIC.backends
+int8_dynamic_linear_op = DYNAMIC.custom_op
 
 
 def int8_dynamic_linear(x, qweight, scale, bias=None, activation="none", act_bits=8):
     """act((quant(x) @ qweight^T) * row_scale * col_scale + bias) on the best backend;
     x quantised per token to act_bits (8: [-127, 127], 7: [-63, 63])."""
-    if eager_fast_path_ok(x, qweight, scale, bias):
-        return _run_dynamic(x, qweight, scale, bias, activation, act_bits)
-    if not torch.compiler.is_compiling():
-        validate_dynamic(x, qweight, scale, bias, activation, act_bits)
-    if exporting_to_onnx():
-        return lower_to_onnx(DYNAMIC_OP, x, qweight, scale, bias, activation, act_bits)
-    return torch.ops.bigperf.int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits)
+    return DYNAMIC(x, qweight, scale, bias, activation, act_bits)
 
 
 def dynamic_reference(x, qweight, scale, bias, activation, act_bits=8):
@@ -292,7 +264,6 @@ def _dynamic_triton_run(x, qweight, scale, bias, activation, act_bits=8):
     return out.reshape(_out_shape(x, n))
 
 
-DYNAMIC_BACKENDS = OpBackends(DYNAMIC_OP)
 DYNAMIC_BACKENDS.register("cpu", _dynamic_cpu_why_not, _dynamic_cpu_run)
 DYNAMIC_BACKENDS.register("triton", _dynamic_triton_why_not, _dynamic_triton_run)
 

@@ -22,8 +22,7 @@ from bigperf.cpu_layouts import (
 )
 from bigperf.ops.common import cpu_why_not
 from bigperf.ops.layout_paths import register_unpacked_paths
-from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
-from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.define import define_op
 from bigperf.ops.sparse_linear import (
     S24_BACKENDS,
     _check_devices,
@@ -64,38 +63,20 @@ def _canonical_stand_ins(x, values, meta, scale, n, bias, activation):
             None if scale is None else torch.empty(n, 1, device="meta"), bias, activation)
 
 
-LANES_BACKENDS = OpBackends(LANES_OP)
+def _signature(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor | None, n: int,
+               bias: torch.Tensor | None, activation: str) -> torch.Tensor: ...
+
+
+SPARSE24_LANES = define_op(LANES_OP, _signature, validate_lanes_call,
+                           lambda x, values, meta, scale, n, *rest: (*x.shape[:-1], n))
+LANES_BACKENDS = SPARSE24_LANES.backends
+sparse24_lanes_linear_op = SPARSE24_LANES.custom_op
 LANES_BACKENDS.register("cpu", cpu_kernel_why_not, _cpu_run)
 # Every other backend is sparse24_linear's own, on the weight unpacked for this call.
 register_unpacked_paths(LANES_BACKENDS, S24_BACKENDS, ("cpu",), _canonical_stand_ins, _canonical_args)
 
 
-def _run(x, values, meta, scale, n, bias, activation):
-    validate_lanes_call(x, values, meta, scale, n, bias, activation)
-    return LANES_BACKENDS.select(x.device, x, values, meta, scale, n, bias, activation).run(
-        x, values, meta, scale, n, bias, activation)
-
-
-@torch.library.custom_op("bigperf::sparse24_lanes_linear", mutates_args=())
-def sparse24_lanes_linear_op(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor | None,
-                             n: int, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
-    return _run(x, values, meta, scale, n, bias, activation)
-
-
-@sparse24_lanes_linear_op.register_fake
-def _fake(x, values, meta, scale, n, bias, activation):
-    validate_lanes_call(x, values, meta, scale, n, bias, activation)
-    return x.new_empty((*x.shape[:-1], n))
-
-
 def sparse24_lanes_linear(x, layout: Sparse24Lanes, bias=None, activation="none"):
     """act(x @ W^T + bias) for a 2:4 W held in the CPU lane layout (bigperf.cpu_layouts)."""
     check_version(LANES_OP, layout)
-    args = (x, layout.values, layout.meta, layout.scale, layout.n, bias, activation)
-    if eager_fast_path_ok(x, layout.values, layout.meta, layout.scale, bias):
-        return _run(*args)
-    if not torch.compiler.is_compiling():
-        validate_lanes_call(*args)
-    if exporting_to_onnx():
-        return lower_to_onnx(LANES_OP, *args)
-    return torch.ops.bigperf.sparse24_lanes_linear(*args)
+    return SPARSE24_LANES(x, layout.values, layout.meta, layout.scale, layout.n, bias, activation)

@@ -27,8 +27,7 @@ from bigperf.ops.common import (
     fp32_bias,
     triton_why_not,
 )
-from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
-from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+from bigperf.ops.define import define_op
 from bigperf.ops.torch_paths import register_torch_paths, torch_linear
 from bigperf.ops.validation import (
     DTYPE_CODES,
@@ -182,33 +181,19 @@ def _finish(y, x, bias, activation, n):
 
 # ----------------------------------------------------------------------------- 2:4
 
-def _run_24(x, values, meta, scale, bias, activation):
-    validate_24(x, values, meta, scale, bias, activation)
-    return S24_BACKENDS.select(x.device, x, values, meta, scale, bias, activation).run(
-        x, values, meta, scale, bias, activation)
+def _sparse24_signature(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor | None,
+                        bias: torch.Tensor | None, activation: str) -> torch.Tensor: ...
 
 
-@torch.library.custom_op("bigperf::sparse24_linear", mutates_args=())
-def sparse24_linear_op(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor | None,
-                       bias: torch.Tensor | None, activation: str) -> torch.Tensor:
-    return _run_24(x, values, meta, scale, bias, activation)
-
-
-@sparse24_linear_op.register_fake
-def _fake_24(x, values, meta, scale, bias, activation):
-    validate_24(x, values, meta, scale, bias, activation)
-    return x.new_empty((*x.shape[:-1], values.shape[0]))
+SPARSE24 = define_op(S24_OP, _sparse24_signature, validate_24,
+                     lambda x, values, *rest: (*x.shape[:-1], values.shape[0]))
+S24_BACKENDS = SPARSE24.backends
+sparse24_linear_op = SPARSE24.custom_op
 
 
 def sparse24_linear(x, values, meta, scale=None, bias=None, activation="none"):
     """act(x @ W^T + bias) with W in the 2:4 compressed format."""
-    if eager_fast_path_ok(x, values, meta, scale, bias):
-        return _run_24(x, values, meta, scale, bias, activation)
-    if not torch.compiler.is_compiling():
-        validate_24(x, values, meta, scale, bias, activation)
-    if exporting_to_onnx():
-        return lower_to_onnx(S24_OP, x, values, meta, scale, bias, activation)
-    return torch.ops.bigperf.sparse24_linear(x, values, meta, scale, bias, activation)
+    return SPARSE24(x, values, meta, scale, bias, activation)
 
 
 def sparse24_reference(x, values, meta, scale, bias, activation):
@@ -265,7 +250,6 @@ def _cuda_24_run(x, values, meta, scale, bias, activation):
     return launch_sparse24(x, values, meta, fp32_bias(bias), ACTIVATIONS.index(activation))
 
 
-S24_BACKENDS = OpBackends(S24_OP)
 S24_BACKENDS.register("cpu", lambda x, *rest: cpu_why_not(x, "sparse24_linear"), _cpu_24_run)
 S24_BACKENDS.register("cuda", _cuda_24_why_not, _cuda_24_run)
 S24_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_24_run)
@@ -287,33 +271,20 @@ S24_BACKENDS.register("reference", lambda *args: None, sparse24_reference)
 
 # ----------------------------------------------------------------------------- block sparse
 
-def _run_bsr(x, values, col_indices, row_ptr, bias, activation):
-    validate_bsr(x, values, col_indices, row_ptr, bias, activation)
-    return BSR_BACKENDS.select(x.device, x, values, col_indices, row_ptr, bias, activation).run(
-        x, values, col_indices, row_ptr, bias, activation)
+def _bsr_signature(x: torch.Tensor, values: torch.Tensor, col_indices: torch.Tensor, row_ptr: torch.Tensor,
+                   bias: torch.Tensor | None, activation: str) -> torch.Tensor: ...
 
 
-@torch.library.custom_op("bigperf::block_sparse_linear", mutates_args=())
-def block_sparse_linear_op(x: torch.Tensor, values: torch.Tensor, col_indices: torch.Tensor, row_ptr: torch.Tensor,
-                           bias: torch.Tensor | None, activation: str) -> torch.Tensor:
-    return _run_bsr(x, values, col_indices, row_ptr, bias, activation)
-
-
-@block_sparse_linear_op.register_fake
-def _fake_bsr(x, values, col_indices, row_ptr, bias, activation):
-    validate_bsr(x, values, col_indices, row_ptr, bias, activation)
-    return x.new_empty((*x.shape[:-1], (row_ptr.shape[0] - 1) * values.shape[1]))
+BLOCK_SPARSE = define_op(BSR_OP, _bsr_signature, validate_bsr,
+                         lambda x, values, col_indices, row_ptr, *rest: (*x.shape[:-1],
+                                                                          (row_ptr.shape[0] - 1) * values.shape[1]))
+BSR_BACKENDS = BLOCK_SPARSE.backends
+block_sparse_linear_op = BLOCK_SPARSE.custom_op
 
 
 def block_sparse_linear(x, values, col_indices, row_ptr, bias=None, activation="none"):
     """act(x @ W^T + bias) with W in BSR form; only the stored blocks are read."""
-    if eager_fast_path_ok(x, values, col_indices, row_ptr, bias):
-        return _run_bsr(x, values, col_indices, row_ptr, bias, activation)
-    if not torch.compiler.is_compiling():
-        validate_bsr(x, values, col_indices, row_ptr, bias, activation)
-    if exporting_to_onnx():
-        return lower_to_onnx(BSR_OP, x, values, col_indices, row_ptr, bias, activation)
-    return torch.ops.bigperf.block_sparse_linear(x, values, col_indices, row_ptr, bias, activation)
+    return BLOCK_SPARSE(x, values, col_indices, row_ptr, bias, activation)
 
 
 def block_sparse_reference(x, values, col_indices, row_ptr, bias, activation):
@@ -354,7 +325,6 @@ def _triton_bsr_run(x, values, col_indices, row_ptr, bias, activation):
                                       activation).reshape(*x.shape[:-1], n)
 
 
-BSR_BACKENDS = OpBackends(BSR_OP)
 BSR_BACKENDS.register("cpu", lambda x, *rest: cpu_why_not(x, "block_sparse_linear"), _cpu_bsr_run)
 BSR_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_bsr_run)
 def _torch_bsr_run(dtype):

@@ -1,0 +1,93 @@
+"""The op-wrapper pattern, written once: `define_op` turns a signature, a validator and an
+output shape into a torch.ops.bigperf op with its fake, its backend table and the public
+Python entry point that layers call.
+
+What every op gets:
+- `torch.ops.bigperf.<name>`: a custom_op (schema from the signature's annotations) whose
+  body validates and runs the path OpBackends.select picks, and whose fake validates and
+  returns an empty output, so torch.compile and torch.export trace through;
+- the public entry (`OpDefinition.__call__`): in plain eager inference it validates and
+  runs the chosen path directly, skipping the ~40 µs of the torch dispatcher; while
+  torch.onnx.export traces it validates and hands over to the op's ONNX lowering; otherwise
+  it calls torch.ops.bigperf.<name> (autograd, compile, export, dispatch modes).
+
+A call is validated once: the public entry marks the torch.ops call it makes as validated
+(a context variable), so the custom_op body does not check again; a direct call of
+torch.ops.bigperf.<name> is validated by the body. Paths never call another public op: a
+layout op's paths call the canonical op's paths (bigperf/ops/layout_paths.py).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Callable
+
+import torch
+
+from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
+from bigperf.ops.registry import OpBackends, eager_fast_path_ok
+
+# Set while the public entry calls torch.ops.bigperf.<op> with arguments it has validated.
+_validated_call: contextvars.ContextVar[bool] = contextvars.ContextVar("bigperf_validated_call", default=False)
+
+
+class OpDefinition:
+    """One bigperf op: its name, validator, backend table and the registered custom_op."""
+
+    def __init__(self, name: str, signature: Callable, validate: Callable[..., None],
+                 out_shape: Callable[..., tuple]):
+        namespace, _, short = name.partition(".")
+        if namespace != "bigperf" or not short:
+            raise ValueError(f"bigperf.ops.define_op: argument 'name' must be 'bigperf.<op>', got {name!r}")
+        self.name = name
+        self.validate = validate
+        self.out_shape = out_shape
+        self.backends = OpBackends(name)
+        schema = torch.library.infer_schema(signature, mutates_args=())
+        self.custom_op = torch.library.custom_op(f"bigperf::{short}", self._body, mutates_args=(), schema=schema)
+        self.custom_op.register_fake(self._fake)
+        self._short = short
+
+    def run(self, *args) -> torch.Tensor:
+        """Run validated arguments on the path selected for them (no checks here)."""
+        return self.backends.select(args[0].device, *args).run(*args)
+
+    def _body(self, *args):
+        if not _validated_call.get():
+            self.validate(*args)
+            return self.run(*args)
+        token = _validated_call.set(False)  # only the call the entry made counts as checked
+        try:
+            return self.run(*args)
+        finally:
+            _validated_call.reset(token)
+
+    def _fake(self, *args):
+        self.validate(*args)
+        return args[0].new_empty(self.out_shape(*args))
+
+    def __call__(self, *args) -> torch.Tensor:
+        """The public entry: the op on these (positional, complete) arguments."""
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if eager_fast_path_ok(*tensors):
+            self.validate(*args)
+            return self.run(*args)
+        if exporting_to_onnx():  # standard ONNX in place of the custom op (ops/onnx_lowering.py)
+            self.validate(*args)
+            return lower_to_onnx(self.name, *args)
+        if torch.compiler.is_compiling():  # the fake validates while tracing, the body at run time
+            return getattr(torch.ops.bigperf, self._short)(*args)
+        self.validate(*args)  # our messages, not the schema parser's
+        token = _validated_call.set(True)
+        try:
+            return getattr(torch.ops.bigperf, self._short)(*args)
+        finally:
+            _validated_call.reset(token)
+
+
+def define_op(name: str, signature: Callable, validate: Callable[..., None],
+              out_shape: Callable[..., tuple]) -> OpDefinition:
+    """Define torch.ops.bigperf.<op>: `signature` is an annotated prototype (its body is
+    never run) giving the schema; `validate(*args)` raises naming the op and the argument;
+    `out_shape(*args)` is the output's shape. Register paths on `.backends`."""
+    return OpDefinition(name, signature, validate, out_shape)

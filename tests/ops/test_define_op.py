@@ -1,0 +1,85 @@
+"""define_op: the op-wrapper pattern every bigperf op is built from (bigperf/ops/define.py)."""
+
+import pytest
+import torch
+
+from bigperf.ops.define import define_op
+
+
+def _signature(x: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor: ...
+
+
+class _Counting:
+    def __init__(self):
+        self.validations = 0
+        self.runs = 0
+
+    def validate(self, x, weight, scale):
+        self.validations += 1
+        if not isinstance(x, torch.Tensor) or x.dim() != 2:
+            raise ValueError("bigperf.toy: argument 'x' must be a 2-D tensor")
+        if x.shape[1] != weight.shape[1]:
+            raise ValueError("bigperf.toy: argument 'x' does not match 'weight'")
+
+    def run(self, x, weight, scale):
+        self.runs += 1
+        return (x @ weight.t()) * scale
+
+
+@pytest.fixture(scope="module")
+def toy():
+    counts = _Counting()
+    op = define_op("bigperf.test_define_op_toy", _signature, counts.validate,
+                   lambda x, weight, scale: (x.shape[0], weight.shape[0]))
+    op.backends.register("cpu", lambda *args: None, counts.run)
+    op.backends.register("reference", lambda *args: None, counts.run)
+    return op, counts
+
+
+def _reset(counts):
+    counts.validations = counts.runs = 0
+
+
+def test_eager_call_validates_once_and_runs_the_selected_path(toy):
+    op, counts = toy
+    _reset(counts)
+    x, w = torch.randn(3, 5), torch.randn(4, 5)
+    torch.testing.assert_close(op(x, w, 2.0), (x @ w.t()) * 2)
+    assert (counts.validations, counts.runs) == (1, 1)
+
+
+def test_dispatcher_route_validates_once(toy):
+    # requires_grad sends the call through torch.ops.bigperf (not the eager fast path): the
+    # entry validates, and the custom_op body must not check the same arguments again.
+    op, counts = toy
+    _reset(counts)
+    x, w = torch.randn(3, 5), torch.randn(4, 5, requires_grad=True)
+    with torch.enable_grad():
+        out = op(x, w, 1.0)
+    assert out.shape == (3, 4)
+    assert (counts.validations, counts.runs) == (1, 1)
+
+
+def test_direct_torch_ops_call_is_validated(toy):
+    op, counts = toy
+    _reset(counts)
+    with pytest.raises(ValueError, match="argument 'x' does not match"):
+        torch.ops.bigperf.test_define_op_toy(torch.randn(3, 6), torch.randn(4, 5), 1.0)
+    assert counts.runs == 0
+    out = torch.ops.bigperf.test_define_op_toy(torch.randn(3, 5), torch.randn(4, 5), 1.0)
+    assert out.shape == (3, 4) and counts.validations == 2 and counts.runs == 1
+
+
+def test_fake_validates_and_gives_the_output_shape(toy):
+    op, counts = toy
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        out = torch.ops.bigperf.test_define_op_toy(torch.empty(7, 5), torch.empty(2, 5), 1.0)
+        assert out.shape == (7, 2)
+        with pytest.raises(ValueError, match="bigperf.toy"):
+            torch.ops.bigperf.test_define_op_toy(torch.empty(7, 3), torch.empty(2, 5), 1.0)
+
+
+def test_bad_name_is_refused():
+    with pytest.raises(ValueError, match="define_op: argument 'name'"):
+        define_op("other.op", _signature, lambda *a: None, lambda *a: ())
