@@ -4,6 +4,7 @@ PyTorch GEMM, and the availability checks of the cpu, cuda and triton backends."
 from __future__ import annotations
 
 import importlib
+import math
 import os
 
 import torch
@@ -17,7 +18,8 @@ from bigperf.ops.validation import last_dim_contiguous
 def as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
     """[..., width] → [rows, width] with unit stride along width (copies only if needed)."""
     if t.dim() != 2:
-        t = t.reshape(-1, width)
+        # (rows spelled out: reshape(-1, 0) is ambiguous, and K = 0 is a valid call)
+        t = t.reshape(math.prod(t.shape[:-1]), width)
     # Broadcast rows (x.expand(...): row stride 0) are accepted, as nn.Linear accepts them,
     # by copying: the kernels read rows that do not overlap.
     if not last_dim_contiguous(t) or (t.shape[0] > 1 and t.stride(0) < width):

@@ -84,7 +84,8 @@ def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
     if whole is not None:
         y = F.linear(left, whole, bias_c)
     else:
-        step = min(chunk_rows(k, compute_dtype, align), -(-n // align) * align)
+        # (at least one aligned chunk: N = 0 would make a step of 0)
+        step = max(align, min(chunk_rows(k, compute_dtype, align), -(-n // align) * align))
         buf = scratch(step, k, compute_dtype, left.device)
         y = left.new_empty((m, n))
         for r0 in range(0, n, step):
