@@ -10,6 +10,28 @@ from bigperf.deploy.cli import add_deploy_parsers, run_deploy_command
 from bigperf.configs import NAMED_CONFIGS
 
 
+# Errors a user's input causes, as opposed to bugs: bigperf's own checks raise ValueError
+# (naming the function and argument; BenchFileError is one) and files give OSError (exists,
+# is a folder, unreadable). run_guarded shows them as a message and exit code 2.
+USER_ERRORS = (ValueError, OSError)
+
+
+def print_error(console, error) -> None:
+    """'error: <message>'; the message is text, never rich markup (it may quote brackets)."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+
+
+def run_guarded(command, args, console) -> int:
+    """command(args), with a user's mistake shown as a message and exit code 2, never a traceback."""
+    try:
+        return command(args)
+    except USER_ERRORS as error:
+        print_error(console, error)
+        return 2
+
+
 def _wide_console():
     from rich.console import Console
 
@@ -22,19 +44,19 @@ def _swap_command(args) -> int:
     import bigperf
     from bigperf.targets import load_target
 
+    from bigperf.serialize import check_save_path
+
     console = _wide_console()
-    try:
-        model = load_target(args.target)
-        report = bigperf.swap(model, args.config, dry_run=args.dry_run)
-    except ValueError as error:
-        console.print(f"[red]error:[/red] {error}")
-        return 2
+    if args.save and not args.dry_run:
+        check_save_path(args.save)  # before the work, not after it
+    model = load_target(args.target)
+    report = bigperf.swap(model, args.config, dry_run=args.dry_run)
     if args.json:
         print(report.to_json())
     else:
         console.print(report)
     if args.save and not args.dry_run:
-        console.print(f"saved to {bigperf.save(model, args.save)}")
+        console.print(f"saved to {bigperf.save(model, args.save)}", markup=False, highlight=False)
     return 0
 
 
@@ -55,12 +77,8 @@ def _tune_command(args) -> int:
     from bigperf.targets import load_target
 
     console = _wide_console()
-    try:
-        model = load_target(args.target)
-        report = bigperf.swap(model, args.config, batch_sizes=args.batch)
-    except ValueError as error:
-        console.print(f"[red]error:[/red] {error}", markup=False, highlight=False)
-        return 2
+    model = load_target(args.target)
+    report = bigperf.swap(model, args.config, batch_sizes=args.batch)
     if args.json:
         print(report.to_json())
     else:
@@ -76,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (median is shown)")
     demo.add_argument("--small", action="store_true", help="a small model (for smoke tests)")
     swap_cmd = commands.add_parser("swap", help="swap a model's linear layers and print the report")
-    swap_cmd.add_argument("target", help="package.module:factory, or a local transformers model directory")
+    swap_cmd.add_argument("target", help="package.module:factory (imports and runs it), or a local transformers "
+                                         "model directory")
     swap_cmd.add_argument("--config", default="int8", help=f"one of: {', '.join(NAMED_CONFIGS)} (default int8)")
     swap_cmd.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     swap_cmd.add_argument("--save", metavar="DIR", help="write the swapped model with bigperf.save")
@@ -92,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     add_bench_parser(commands)
     add_deploy_parsers(commands)
     args = parser.parse_args(argv)
+    return run_guarded(_run_command, args, _wide_console())
 
+
+def _run_command(args) -> int:
     if args.command == "doctor":
         from bigperf.doctor import run_doctor
         return run_doctor(_wide_console())
@@ -107,10 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return _tune_command(args)
     if args.command == "bench":
         return run_bench_command(args)
-    if args.command in ("export", "trt"):
-        return run_deploy_command(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    return run_deploy_command(args)  # export, trt
 
 
 if __name__ == "__main__":

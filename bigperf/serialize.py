@@ -54,11 +54,21 @@ def _split_state(model: nn.Module) -> tuple[dict, dict, dict]:
     return tensors, aliases, extra
 
 
+def check_save_path(path: str | os.PathLike) -> Path:
+    """The folder save() would write; an existing file there is refused (the CLI asks before
+    it swaps, so a long swap is not lost to a typo)."""
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"bigperf.save: argument 'path' {str(directory)!r} is a file; a checkpoint is a "
+                                 f"folder ({TENSORS} + {MANIFEST}), give a new or existing folder")
+    return directory
+
+
 def save(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write model (swapped or not) to the directory `path`: model.safetensors + manifest.json."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"bigperf.save: argument 'model' must be an nn.Module, got {type(model).__name__}")
-    directory = Path(path)
+    directory = check_save_path(path)
     directory.mkdir(parents=True, exist_ok=True)
     tensors, aliases, extra = _split_state(model)
     try:

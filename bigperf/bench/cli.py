@@ -68,21 +68,16 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from bigperf.bench.store import BenchFileError
-
+    """Runs the command; a user's mistake (a bad file, a bad option) raises ValueError or
+    OSError, which bigperf.cli.main turns into a message and exit code 2."""
     console = _console()
-    try:
-        if args.bench_command == "compare":
-            return _compare(args, console)
-        if args.bench_command == "floor":
-            return _floor(args, console)
-        if args.bench_command == "plot":
-            return _plot(args, console)
-        return _run(args, console)
-    except BenchFileError as error:
-        from rich.markup import escape
-        console.print(f"[red]bigperf bench: {escape(str(error))}[/red]")
-        return 2
+    if args.bench_command == "compare":
+        return _compare(args, console)
+    if args.bench_command == "floor":
+        return _floor(args, console)
+    if args.bench_command == "plot":
+        return _plot(args, console)
+    return _run(args, console)
 
 
 def _console():
@@ -214,8 +209,9 @@ def _compare(args, console) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from bigperf.bench.compare import compare_files
+    from bigperf.bench.compare import check_threshold, compare_files
 
+    check_threshold(args.threshold, "--threshold")
     result = compare_files(args.old, args.new, args.threshold)
     for warning in result.warnings:
         console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
@@ -299,6 +295,10 @@ def _plot(args, console) -> int:
     from bigperf.bench.plot import plot_history, plot_speedups
     from bigperf.bench.store import load_records
 
+    from pathlib import Path
+
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise NotADirectoryError(f"bigperf bench plot: -o {args.out_dir} is a file; give a folder for the charts")
     records = [rec for path in args.files for rec in load_records(path)]
     paths = plot_speedups(max(records, key=lambda rec: rec["created"]), args.out_dir)
     if len(records) > 1:
@@ -312,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bigperf")
     add_bench_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    return run_bench_command(args)
+    from bigperf.cli import run_guarded
+
+    return run_guarded(run_bench_command, args, _console())
 
 
 if __name__ == "__main__":

@@ -89,9 +89,17 @@ def judge(old: dict, new: dict, threshold_pct: float) -> tuple[str, float, float
     return "same", change, noise
 
 
+def check_threshold(threshold_pct: float, name: str = "threshold") -> float:
+    """A speedup can fall by less than 100 %: a threshold of 100 or more (or NaN) could never
+    fail, and would print OK on any regression."""
+    if not (isinstance(threshold_pct, (int, float)) and 0 <= threshold_pct < 100):
+        raise ValueError(f"bench compare: {name} must be a percentage in [0, 100), got {threshold_pct!r} "
+                         f"(a speedup cannot fall by 100 % or more, so such a gate could never fail)")
+    return float(threshold_pct)
+
+
 def compare_records(old: dict, new: dict, threshold_pct: float = 30.0) -> Comparison:
-    if threshold_pct < 0:
-        raise ValueError(f"bench compare: threshold must be >= 0 percent, got {threshold_pct}")
+    check_threshold(threshold_pct)
     comparison = Comparison([], threshold_pct, _warnings(old, new))
     old_by_key = {r["key"]: r for r in old["results"] if r["role"] != "baseline"}
     new_by_key = {r["key"]: r for r in new["results"] if r["role"] != "baseline"}

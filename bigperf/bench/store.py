@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import re
@@ -156,6 +157,17 @@ def _check_fields(obj: dict, fields: dict, where: str) -> None:
             raise BenchFileError(f"{where}: field '{name}' must be {_type_names(types)}, got {type(value).__name__}")
 
 
+def _check_fingerprint(fp: dict, where: str) -> None:
+    """The fingerprint fields compare and plot read (each may be absent)."""
+    for name, types in (("machine_kind", (str,)), ("versions", (dict,)), ("git", (dict, type(None)))):
+        if name in fp and not isinstance(fp[name], types):
+            raise BenchFileError(f"{where}: field '{name}' must be {_type_names(types)}, "
+                                 f"got {type(fp[name]).__name__}")
+    commit = (fp.get("git") or {}).get("commit")
+    if commit is not None and not isinstance(commit, str):
+        raise BenchFileError(f"{where}: field 'git.commit' must be str or null, got {type(commit).__name__}")
+
+
 def validate_record(record, source: str) -> dict:
     """Returns the record if it is one this version reads; raises BenchFileError otherwise."""
     if not isinstance(record, dict):
@@ -170,6 +182,10 @@ def validate_record(record, source: str) -> dict:
         raise BenchFileError(f"{source}: written with record version {version}; this bigperf reads up to "
                              f"{SCHEMA_VERSION} (upgrade bigperf)")
     _check_fields(record, RECORD_FIELDS, source)
+    _check_fingerprint(record["fingerprint"], f"{source}: fingerprint")
+    for i, skipped in enumerate(record["skipped"]):
+        if not isinstance(skipped, dict):
+            raise BenchFileError(f"{source}: skipped[{i}]: must be an object, got {type(skipped).__name__}")
     keys = set()
     for i, result in enumerate(record["results"]):
         where = f"{source}: results[{i}]"
@@ -178,8 +194,14 @@ def validate_record(record, source: str) -> dict:
         _check_fields(result, RESULT_FIELDS, where)
         if result["role"] not in ROLES:
             raise BenchFileError(f"{where}: role must be one of {ROLES}, got {result['role']!r}")
-        if not (result["median_s"] > 0 and result["speedup"] > 0):
-            raise BenchFileError(f"{where}: median_s and speedup must be positive")
+        for name, value in result.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise BenchFileError(f"{where}: field '{name}' must be a finite number, got {value}")
+        if not (result["median_s"] > 0 and result["speedup"] > 0 and result["rounds"] >= 1):
+            raise BenchFileError(f"{where}: median_s, speedup and rounds must be positive")
+        if not result["speedup_q1"] <= result["speedup"] <= result["speedup_q3"]:
+            raise BenchFileError(f"{where}: speedup_q1 <= speedup <= speedup_q3 must hold, got "
+                                 f"{result['speedup_q1']}, {result['speedup']}, {result['speedup_q3']}")
         if result["key"] in keys:
             raise BenchFileError(f"{where}: duplicate key {result['key']!r}")
         keys.add(result["key"])

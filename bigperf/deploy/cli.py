@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -56,10 +58,9 @@ def _console():
 
 
 def _error(console, error) -> None:
-    from rich.markup import escape
+    from bigperf.cli import print_error
 
-    # Messages carry brackets (bigperf[tensorrt], shapes) that rich would read as markup.
-    console.print(f"[red]error:[/red] {escape(str(error))}")
+    print_error(console, error)
 
 
 # ----------------------------------------------------------------------------- export
@@ -105,7 +106,7 @@ def _dynamic_shapes(model: nn.Module, inputs, args):
 def _export_command(args, console) -> int:
     import bigperf
     from bigperf.deploy.lint import lint
-    from bigperf.deploy.onnx import export_onnx
+    from bigperf.deploy.onnx import check_output_path, export_onnx
     from bigperf.targets import load_target
 
     # torch's exporter logs a line per torchvision op it cannot find; noise on a command line.
@@ -113,6 +114,7 @@ def _export_command(args, console) -> int:
     if args.batch < 1 or args.seq < 1:
         _error(console, "--batch and --seq must be positive")
         return 2
+    check_output_path(args.output)  # before the work, not after it
     try:
         model = load_target(args.target)
         if args.config:
@@ -128,11 +130,17 @@ def _export_command(args, console) -> int:
     trace_seq = max(args.seq, 2) if args.dynamic else args.seq
     try:
         inputs = example_inputs_for(model, trace_batch, trace_seq)
-        result = export_onnx(model, inputs, args.output, dynamic_shapes=_dynamic_shapes(model, inputs, args),
-                             opset=args.opset)
+        # torch logs and prints pages of graphs and guards when it cannot trace a model;
+        # export_onnx says why in a line.
+        torch._logging.set_logs(all=logging.CRITICAL)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            result = export_onnx(model, inputs, args.output, dynamic_shapes=_dynamic_shapes(model, inputs, args),
+                                 opset=args.opset)
     except (ValueError, TypeError, ImportError) as error:
         _error(console, error)
         return 2
+    finally:
+        torch._logging.set_logs()  # torch's defaults again
     size = result.total_bytes / 1e6
     weights = f", weights in {result.data_path}" if result.data_path else ""
     console.print(f"wrote {result.path} ({size:.2f} MB{weights}), opset {result.opset}, inputs {result.inputs}",

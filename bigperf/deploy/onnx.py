@@ -102,7 +102,7 @@ def choose_opset(model: nn.Module, opset: int | None) -> int:
 def dense_equivalent(layer: nn.Module) -> nn.Module | None:
     """The dense bigperf layer computing what a SparseLinear computes (None for other modules)."""
     from bigperf.nn import FusedLinear, Int8Linear, SparseLinear
-    from bigperf.ops.onnx_lowering import dense_24
+    from bigperf.formats.sparse24 import dense_24
     from bigperf.sparsity import unpack_24, unpack_bsr
 
     if not isinstance(layer, SparseLinear):
@@ -235,6 +235,29 @@ def _initializer_bytes(ir_model) -> int:
     return sum(v.const_value.nbytes for v in ir_model.graph.initializers.values() if v.const_value is not None)
 
 
+def check_output_path(path) -> Path:
+    """The .onnx file to write; a folder there is refused (before any export work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"bigperf.deploy.export_onnx: argument 'path' {str(path)!r} is a folder; give the "
+                                f".onnx file to write, e.g. {str(path / 'model.onnx')!r}")
+    return path
+
+
+class UntraceableModel(ValueError):
+    """torch.export could not capture the model: a property of the user's model (e.g. Python
+    control flow on a tensor's value), told in a few lines instead of torch's pages."""
+
+    def __init__(self, error: Exception):
+        cause = error
+        while cause.__cause__ is not None:  # torch's report wraps the first failure's exception
+            cause = cause.__cause__
+        first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+        first = first if len(first) <= 120 else first[:117] + "..."
+        super().__init__(f"bigperf.deploy.export_onnx: torch.export cannot trace this model ({type(cause).__name__}: "
+                         f"{first}); e.g. Python control flow on a tensor's value needs torch.cond")
+
+
 def export_onnx(model: nn.Module, example_inputs, path, *, dynamic_shapes=None, opset: int | None = None,
                 external_data: bool | None = None) -> OnnxExport:
     """Write `model` as a standard ONNX file at `path`; returns an OnnxExport.
@@ -250,13 +273,16 @@ def export_onnx(model: nn.Module, example_inputs, path, *, dynamic_shapes=None, 
     if not isinstance(model, nn.Module):
         raise TypeError(f"bigperf.deploy.export_onnx: argument 'model' must be an nn.Module, "
                         f"got {type(model).__name__}")
+    path = check_output_path(path)
     args, kwargs = split_inputs(example_inputs)
     opset = choose_opset(model, opset)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), target_opset(opset), _dense_sparse_layers(model):
-        program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamic_shapes=dynamic_shapes,
-                                    opset_version=opset, dynamo=True, verbose=False)
+        try:
+            program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamic_shapes=dynamic_shapes,
+                                        opset_version=opset, dynamo=True, verbose=False)
+        except torch.onnx.OnnxExporterError as error:
+            raise UntraceableModel(error) from error
     ir_model = program.model
     _fold_quant_params(ir_model)
     inputs = _ir_inputs(ir_model)

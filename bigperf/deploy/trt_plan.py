@@ -101,7 +101,12 @@ def read_onnx_io(onnx_path) -> tuple[dict[str, list], dict[str, str], set[str]]:
 
     from bigperf.deploy.onnx import graph_inputs
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and kin: not an ONNX file
+        raise ValueError(f"{onnx_path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
     metadata = {p.key: p.value for p in model.metadata_props}
     ops = {n.op_type for n in model.graph.node}
     return graph_inputs(model), metadata, ops
