@@ -134,7 +134,8 @@ def meta_positions(meta: torch.Tensor) -> torch.Tensor:
     """[N, K/8] uint8 → [N, K/4, 2] int64 kept positions within each group."""
     n = meta.shape[0]
     m = meta.to(torch.int64)
-    nibbles = torch.stack((m & 0xF, m >> 4), dim=2).reshape(n, -1)  # [N, K/4]
+    # (K/4 spelled out: reshape(0, -1) is ambiguous, and N = 0 is a valid weight)
+    nibbles = torch.stack((m & 0xF, m >> 4), dim=2).reshape(n, 2 * meta.shape[1])  # [N, K/4]
     return torch.stack((nibbles & 3, nibbles >> 2), dim=2)
 
 
