@@ -164,6 +164,11 @@ def _check_manifest(manifest: dict) -> None:
         if entry["in_features"] <= 0 or entry["out_features"] <= 0:
             raise ValueError(f"bigperf.load: manifest fields 'layers'[{i}].'in_features'/'out_features' must be "
                              f"positive, got {entry['in_features']}, {entry['out_features']}")
+    replaced = [entry["name"] for entry in manifest["layers"]] + [
+        entry["absorbed"] for entry in manifest["layers"] if entry["absorbed"] is not None]
+    twice = sorted({name for name in replaced if replaced.count(name) > 1})
+    if twice:
+        raise ValueError(f"bigperf.load: the manifest replaces module {twice[0]!r} twice")
     for name, meta in manifest["tensors"].items():
         where = f"'tensors'.{name!r}."
         if not isinstance(meta, dict):

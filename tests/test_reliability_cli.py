@@ -178,3 +178,15 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bigperf.cli", "swap", "tests.test_reliability_cli:mlp",
                           "--save", str(tmp_path / "file")], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr + out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("option", ["--out", "--history"])
+def test_bench_output_onto_a_folder_is_refused_before_the_run(tmp_path, capsys, monkeypatch, option):
+    import bigperf.bench.runner as runner
+
+    def never(*args, **kwargs):
+        raise AssertionError("the suite ran before its output path was checked")
+
+    monkeypatch.setattr(runner, "run_suite", never)
+    status, text = run_cli(["bench", "--suite", "smoke", option, str(tmp_path)], capsys)
+    assert_message(status, text, str(tmp_path))

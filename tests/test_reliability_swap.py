@@ -329,3 +329,22 @@ def test_prune_then_sparse_layer_agree_on_the_block_count(density):
     assert layer.out_features == 112
     report = bigperf.swap(model, bigperf.BlockSparse(density=density))
     assert [c.name for c in report.changes] == ["0"]
+
+
+def test_save_onto_a_file_names_the_argument(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(NotADirectoryError, match="bigperf.save: argument 'path'"):
+        bigperf.save(mlp(nn.ReLU), tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_manifest_that_swaps_one_module_twice_is_refused(tmp_path):
+    directory, manifest = _saved_manifest(tmp_path)
+    manifest["layers"].append(dict(manifest["layers"][0]))
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "pair" / "model.safetensors").rename(directory / "model.safetensors")
+    other = mlp(nn.GELU, seed=1)
+    before = snapshot(other)
+    with pytest.raises(ValueError, match=r"bigperf.load: .*'0'.*twice"):
+        bigperf.load(other, directory)
+    assert_same(before, snapshot(other))

@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
@@ -100,6 +101,9 @@ def _run(args, console) -> int:
     from bigperf.bench.runner import run_suite
     from bigperf.bench.suites import SUITES
 
+    for option, value in (("--out", args.out), ("--history", args.history)):
+        if value and Path(value).is_dir():  # refused now, not after the whole run
+            raise IsADirectoryError(f"bigperf bench: {option} {value} is a folder; give a file name")
     if args.suite not in SUITES:
         console.print(f"[red]bigperf bench: unknown suite {args.suite!r}; choose from {sorted(SUITES)}[/red]")
         return 2
@@ -294,8 +298,6 @@ def _floor(args, console) -> int:
 def _plot(args, console) -> int:
     from bigperf.bench.plot import plot_history, plot_speedups
     from bigperf.bench.store import load_records
-
-    from pathlib import Path
 
     if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
         raise NotADirectoryError(f"bigperf bench plot: -o {args.out_dir} is a file; give a folder for the charts")
