@@ -10,3 +10,18 @@ os.environ.setdefault("BIGPERF_TUNE_BUDGET_S", "0.005")
 
 # Make `tests.helpers` importable however pytest is invoked.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# `make test-sanitize`: bigperf._C comes from the ASan/UBSan build in this folder (built out
+# of tree, so the editable build stays as it is); the module must be that one, or the run
+# would prove nothing.
+SANITIZED_EXT_DIR = os.environ.get("BIGPERF_SANITIZED_EXT_DIR")
+if SANITIZED_EXT_DIR:
+    import bigperf
+
+    _sanitized = Path(SANITIZED_EXT_DIR).resolve()
+    bigperf.__path__.insert(0, str(_sanitized))
+    import bigperf._C
+
+    if Path(bigperf._C.__file__).resolve().parent != _sanitized:
+        raise RuntimeError(f"BIGPERF_SANITIZED_EXT_DIR={SANITIZED_EXT_DIR}: bigperf._C was loaded from "
+                           f"{bigperf._C.__file__} (imported before tests/conftest.py?)")
