@@ -1,7 +1,6 @@
 """Issue #14: load checks what it restores (class 4), swap has no side effects unless it
 swaps (class 6), swap refuses what it cannot run (class 7)."""
 
-import copy
 import dataclasses
 import json
 
