@@ -110,10 +110,13 @@ def quantize_activation_per_token(x: torch.Tensor, bits: int = 8) -> tuple[torch
     """Symmetric per-row int8 of a [M, K] tensor: (q [M, K] int8, scale [M] fp32).
 
     bits=8: q in [-127, 127], scale = absmax / 127; bits=7: q in [-63, 63], scale =
-    absmax / 63 (scale 1 for an all-zero row). Round half to even."""
+    absmax / 63 (scale 1 for an all-zero row). Round half to even. A row holding NaN or
+    Inf gets scale NaN and codes 0, so that its outputs are NaN, as F.linear gives on the
+    dequantised math (amax keeps NaN; Inf / qmax is made NaN)."""
     qmax = activation_qmax(bits, "bigperf.quant.quantize_activation_per_token")
     x32 = x.float()
     absmax = x32.abs().amax(dim=-1)
     scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
-    q = torch.clamp(torch.round(x32 / scale[..., None]), -qmax, qmax).to(torch.int8)
+    scale = torch.where(torch.isfinite(absmax), scale, torch.full_like(absmax, float("nan")))
+    q = torch.clamp(torch.round(x32 / scale[..., None]).nan_to_num_(0.0), -qmax, qmax).to(torch.int8)
     return q, scale

@@ -1,12 +1,18 @@
 // Binding of the CPU sparse linear kernels (see csrc/cpu/sparse_linear.h). Every size is
-// re-checked here, and for BSR every index (O(nnz), a few microseconds), so that no
-// input can make a kernel read or write out of bounds. 2:4 metadata needs no check for
-// memory safety: each 2-bit field addresses a position inside its own group.
+// re-checked here, so that no input can make a kernel read or write out of bounds. BSR
+// indices are copied (O(nnz), a few microseconds) and the copy is checked and read by the
+// kernel: another thread, or a numpy view, may write the caller's index tensors while the
+// kernel runs without the GIL, and a kernel that read them there could be sent anywhere.
+// 2:4 metadata needs no copy: each 2-bit field addresses a position inside its own group,
+// whatever its value.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "bindings/cpu_checks.h"
+#include "bindings/sparse_nonfinite.h"
 #include "cpu/cpu_features.h"
 #include "cpu/sparse_linear.h"
 
@@ -14,6 +20,7 @@ namespace py = pybind11;
 using namespace bigperf::cpu;
 using bigperf::bindings::check_activation;
 using bigperf::bindings::kernel_for_isa;
+using bigperf::bindings::nan_where_pruned_meets_nonfinite;
 using bigperf::bindings::require;
 using bigperf::bindings::set_shared_args;
 using bigperf::bindings::to_dtype;
@@ -71,10 +78,23 @@ Sparse24Args s24_args(const char* fn, uintptr_t x, int64_t x_row_stride, int x_d
   return a;
 }
 
-void run_s24(S24Fn kernel, const Sparse24Args& a) {
+// Whether the 2-bit-per-position metadata nibble of a 2:4 group leaves position p pruned.
+inline bool nibble_prunes(unsigned nibble, int64_t p) {
+  return static_cast<int64_t>(nibble & 3u) != p && static_cast<int64_t>((nibble >> 2) & 3u) != p;
+}
+
+// lanes: the CPU lane layout's metadata ([N16/16][K/8][16]), else the canonical [N, K/8].
+void run_s24(S24Fn kernel, const Sparse24Args& a, bool lanes) {
   if (a.M == 0 || a.N == 0) return;
   py::gil_scoped_release release;
   kernel(a);
+  const int64_t steps = a.K / 8;
+  nan_where_pruned_meets_nonfinite(a, [&](int64_t n, int64_t k) {
+    const int64_t g = k / 4;
+    const uint8_t byte = lanes ? a.meta[((n / 16) * steps + g / 2) * 16 + n % 16]
+                               : a.meta[n * a.meta_row_stride + g / 2];
+    return nibble_prunes(byte >> (4 * (g % 2)), k % 4);
+  });
 }
 
 void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
@@ -91,7 +111,7 @@ void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, 
           "argument 'meta_row_stride' " + str(meta_row_stride) + " is smaller than K/8 = " + str(K / 8));
   a.values_row_stride = values_row_stride;
   a.meta_row_stride = meta_row_stride;
-  run_s24(kernel, a);
+  run_s24(kernel, a, false);
 }
 
 // The lane layout's buffers are whole 16-row blocks of K/8 steps; their sizes are the
@@ -101,15 +121,25 @@ void sparse24_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_st
                            int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
   const Sparse24Args a = s24_args(kLanesFn, x, x_row_stride, x_dtype, values, values_dtype, meta, scale, bias, out,
                                   out_row_stride, M, N, K, act, num_threads);
-  run_s24(kernel_for_isa<S24Fn>(isa, kLanesFn, ISA_KERNELS(sparse24_lanes_linear)), a);
+  run_s24(kernel_for_isa<S24Fn>(isa, kLanesFn, ISA_KERNELS(sparse24_lanes_linear)), a, true);
 }
 
-// The BSR arguments both layouts share, every index checked (O(nnz), a few microseconds).
-BsrArgs bsr_args(const char* fn, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values, int values_dtype,
-                 int64_t bn, int64_t bk, uintptr_t col_indices, uintptr_t row_ptr, int64_t nnz, uintptr_t bias,
-                 uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
+// One BSR call: the kernel's arguments, whose index pointers point at this call's own
+// copies of the caller's index arrays (checked after copying: what is checked is what the
+// kernel reads).
+struct BsrCall {
+  BsrArgs args{};
+  std::vector<int32_t> col_indices, row_ptr;
+};
+
+// The BSR arguments both layouts share, into `call`, every index copied and checked
+// (O(nnz), a few microseconds).
+void bsr_args(BsrCall& call, const char* fn, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
+              int values_dtype, int64_t bn, int64_t bk, uintptr_t col_indices, uintptr_t row_ptr, int64_t nnz,
+              uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act,
+              int num_threads) {
   check_common(fn, M, N, K, act, num_threads, x, x_row_stride, out, out_row_stride);
-  BsrArgs a{};
+  BsrArgs& a = call.args;
   a.x_dtype = to_dtype(x_dtype, fn, "argument 'x_dtype'");
   a.values_dtype = to_dtype(values_dtype, fn, "argument 'values_dtype'");
   require(bn >= 1, fn, "argument 'bn' must be >= 1, got " + str(bn));
@@ -122,13 +152,17 @@ BsrArgs bsr_args(const char* fn, uintptr_t x, int64_t x_row_stride, int x_dtype,
   a.bn = bn;
   a.bk = bk;
   a.nnz = nnz;
-  if (M == 0 || N == 0) return a;
+  if (M == 0 || N == 0) return;
   require(row_ptr != 0, fn, "argument 'row_ptr' is a null pointer");
   require(nnz == 0 || (values != 0 && col_indices != 0), fn, "argument 'values' or 'col_indices' is a null pointer");
-  // The index arrays, read here before any kernel runs; N / bn + 1 row pointers is what
-  // the caller's row_ptr must hold (N is derived from it on the Python side).
+  // N / bn + 1 row pointers is what the caller's row_ptr must hold (N is derived from it
+  // on the Python side).
   const int64_t block_rows = N / bn, block_cols = K / bk;
-  const auto* rp = reinterpret_cast<const int32_t*>(row_ptr);
+  const auto* caller_rp = reinterpret_cast<const int32_t*>(row_ptr);
+  const auto* caller_ci = reinterpret_cast<const int32_t*>(col_indices);
+  call.row_ptr.assign(caller_rp, caller_rp + block_rows + 1);
+  call.col_indices.assign(caller_ci, caller_ci + nnz);
+  const int32_t* rp = call.row_ptr.data();
   require(rp[0] == 0, fn, "argument 'row_ptr' must start at 0, got " + str(rp[0]));
   int64_t decreasing = -1;  // (the message is built only on failure: this loop is per call)
   for (int64_t i = 0; i < block_rows && decreasing < 0; ++i)
@@ -136,7 +170,7 @@ BsrArgs bsr_args(const char* fn, uintptr_t x, int64_t x_row_stride, int x_dtype,
   require(decreasing < 0, fn, "argument 'row_ptr' decreases at block row " + str(decreasing));
   require(rp[block_rows] == nnz, fn,
           "argument 'row_ptr' ends at " + str(rp[block_rows]) + ", expected nnz = " + str(nnz));
-  const auto* ci = reinterpret_cast<const int32_t*>(col_indices);
+  const int32_t* ci = call.col_indices.data();
   int32_t lo = 0, hi = 0;
   for (int64_t i = 0; i < nnz; ++i) {
     lo = ci[i] < lo ? ci[i] : lo;
@@ -146,13 +180,20 @@ BsrArgs bsr_args(const char* fn, uintptr_t x, int64_t x_row_stride, int x_dtype,
           "argument 'col_indices' holds block columns outside [0, " + str(block_cols) + ")");
   a.col_indices = ci;
   a.row_ptr = rp;
-  return a;
 }
 
-void run_bsr(BsrFn kernel, const BsrArgs& a) {
+void run_bsr(BsrFn kernel, const BsrCall& call) {
+  const BsrArgs& a = call.args;
   if (a.M == 0 || a.N == 0) return;
   py::gil_scoped_release release;
   kernel(a);
+  // A block that is not stored is zeros in the dense weight (see sparse_nonfinite.h).
+  nan_where_pruned_meets_nonfinite(a, [&](int64_t n, int64_t k) {
+    const int64_t br = n / a.bn, column = k / a.bk;
+    const int32_t* begin = a.col_indices + a.row_ptr[br];
+    const int32_t* end = a.col_indices + a.row_ptr[br + 1];
+    return std::find(begin, end, column) == end;
+  });
 }
 
 void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
@@ -160,8 +201,10 @@ void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
                          int64_t nnz, uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
                          int64_t K, int act, int num_threads) {
   BsrFn kernel = kernel_for_isa<BsrFn>(isa, kBsrFn, ISA_KERNELS(block_sparse_linear));
-  run_bsr(kernel, bsr_args(kBsrFn, x, x_row_stride, x_dtype, values, values_dtype, bn, bk, col_indices, row_ptr, nnz,
-                           bias, out, out_row_stride, M, N, K, act, num_threads));
+  BsrCall call;
+  bsr_args(call, kBsrFn, x, x_row_stride, x_dtype, values, values_dtype, bn, bk, col_indices, row_ptr, nnz, bias,
+           out, out_row_stride, M, N, K, act, num_threads);
+  run_bsr(kernel, call);
 }
 
 // values in the BSR lane layout (sparse_linear.h): 16-row groups, bf16 column pairs.
@@ -174,8 +217,10 @@ void block_sparse_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_ro
   require(values_dtype != static_cast<int>(DType::bf16) || bk % 2 == 0, fn,
           "argument 'bk' = " + str(bk) + " must be even for bf16 values in the lane layout");
   BsrFn kernel = kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear));
-  run_bsr(kernel, bsr_args(fn, x, x_row_stride, x_dtype, values, values_dtype, bn, bk, col_indices, row_ptr, nnz,
-                           bias, out, out_row_stride, M, N, K, act, num_threads));
+  BsrCall call;
+  bsr_args(call, fn, x, x_row_stride, x_dtype, values, values_dtype, bn, bk, col_indices, row_ptr, nnz, bias, out,
+           out_row_stride, M, N, K, act, num_threads);
+  run_bsr(kernel, call);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/int8_linear.h"
 #include "cpu/kernel_util.h"
@@ -15,9 +16,27 @@ namespace {
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // The per-token scale of bigperf.quant.quantize_activation_per_token, bit for bit:
-// absmax / qmax in fp32 (qmax = act_qmax(bits): 127 or 63), 1 for an all-zero row.
+// absmax / qmax in fp32 (qmax = act_qmax(bits): 127 or 63), 1 for an all-zero row, and
+// NaN for a row that holds NaN or Inf (absmax NaN or Inf): that row's outputs are then NaN,
+// as F.linear gives on the dequantised math. absmax must keep a NaN it met (abs_max_bits).
 inline float activation_scale(float absmax, int qmax = 127) {
+  if (!(absmax <= 3.40282347e38f)) return NAN;
   return absmax > 0.f ? absmax / static_cast<float>(qmax) : 1.f;
+}
+
+// |v| as the bits of a non-negative int32: its integer order is the float order of |v|,
+// with +Inf above every finite value and NaN above +Inf, so an integer max over a row
+// gives its absmax and keeps a NaN (a float max drops NaN depending on operand order).
+inline int32_t abs_bits(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  return static_cast<int32_t>(bits & 0x7FFFFFFFu);
+}
+
+inline float float_from_bits(int32_t bits) {
+  float v;
+  std::memcpy(&v, &bits, 4);
+  return v;
 }
 
 // round(v / scale) clamped to [-qmax, qmax]: a true division (not a reciprocal multiply)

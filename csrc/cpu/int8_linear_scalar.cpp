@@ -1,5 +1,6 @@
 // Portable path of the int8 linear kernels: plain C++, the definition the vector paths
 // are tested against, and what non-x86 machines run.
+#include <algorithm>
 #include <vector>
 
 #include "cpu/activation.h"
@@ -56,12 +57,12 @@ void int8_dynamic_linear_scalar(const Int8DynamicLinearArgs& a) {
   const int qmax = act_qmax(a.act_bits);
   for (int64_t m = 0; m < a.M; ++m) {
     const char* src = static_cast<const char*>(a.x) + m * a.x_row_stride * xes;
-    float absmax = 0.f;
+    int32_t absmax = 0;
     for (int64_t k = 0; k < a.K; ++k) {
       row[k] = load_as_float(src, k, a.x_dtype);
-      absmax = std::fmax(absmax, std::fabs(row[k]));
+      absmax = std::max(absmax, abs_bits(row[k]));
     }
-    xs[m] = activation_scale(absmax, qmax);
+    xs[m] = activation_scale(float_from_bits(absmax), qmax);
     for (int64_t k = 0; k < a.K; ++k) xq[m * a.K + k] = static_cast<int8_t>(quantize_value(row[k], xs[m], qmax));
   }
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);

@@ -145,12 +145,14 @@ inline int32_t hsum_epi32(__m256i v) {
 inline float quantize_x_row(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad,
                             float* tmp, int16_t* dst, int qmax) {
   load_x_row(x, row_stride, d, m, K, kpad, tmp);
-  __m256 mx = _mm256_setzero_ps();
-  for (int64_t k = 0; k < kpad; k += 8) mx = _mm256_max_ps(mx, V8::abs(_mm256_loadu_ps(tmp + k)));
-  __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_max_ss(h, _mm_movehdup_ps(h));
-  const float scale = activation_scale(_mm_cvtss_f32(h), qmax);
+  // Integer max of |x| bits: keeps NaN and Inf (see abs_bits).
+  __m256i mx = _mm256_setzero_si256();
+  for (int64_t k = 0; k < kpad; k += 8)
+    mx = _mm256_max_epi32(mx, _mm256_castps_si256(V8::abs(_mm256_loadu_ps(tmp + k))));
+  __m128i h = _mm_max_epi32(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
+  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+  const float scale = activation_scale(float_from_bits(_mm_cvtsi128_si32(h)), qmax);
   const __m256 sv = _mm256_set1_ps(scale);
   const __m256 lo = _mm256_set1_ps(static_cast<float>(-qmax)), hi = _mm256_set1_ps(static_cast<float>(qmax));
   for (int64_t k = 0; k < kpad; k += 16) {

@@ -117,9 +117,15 @@ inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation 
 inline float quantize_x_row_u8(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad,
                                float* tmp, uint8_t* dst, int qmax) {
   load_x_row(x, row_stride, d, m, K, kpad, tmp);
-  __m512 mx = _mm512_setzero_ps();
-  for (int64_t k = 0; k < kpad; k += 16) mx = _mm512_max_ps(mx, V16::abs(_mm512_loadu_ps(tmp + k)));
-  const float scale = activation_scale(_mm512_reduce_max_ps(mx), qmax);
+  // Integer max of |x| bits: keeps NaN and Inf (see abs_bits).
+  __m512i mx = _mm512_setzero_si512();
+  for (int64_t k = 0; k < kpad; k += 16)
+    mx = _mm512_max_epi32(mx, _mm512_castps_si512(V16::abs(_mm512_loadu_ps(tmp + k))));
+  const __m256i half = _mm256_max_epi32(_mm512_castsi512_si256(mx), _mm512_extracti64x4_epi64(mx, 1));
+  __m128i h = _mm_max_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
+  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+  const float scale = activation_scale(float_from_bits(_mm_cvtsi128_si32(h)), qmax);
   const __m512 sv = _mm512_set1_ps(scale);
   const __m512 lo = _mm512_set1_ps(static_cast<float>(-qmax)), hi = _mm512_set1_ps(static_cast<float>(qmax));
   for (int64_t k = 0; k < kpad; k += 16) {

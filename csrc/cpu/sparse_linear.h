@@ -9,7 +9,8 @@
 //         col_indices [nnz] (block column), row_ptr [N/bn + 1].
 //
 // fp32 accumulation; the output has x's dtype (round to nearest even). The binding has
-// checked every size, and for BSR every index, before a kernel runs.
+// checked every size, and for BSR every index of its own copy of the index arrays (the
+// pointers a kernel gets), before a kernel runs.
 #pragma once
 #include <cstdint>
 

@@ -1,6 +1,7 @@
 #include "cpu/thread_pool.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
@@ -35,6 +36,10 @@ class ThreadPool {
     task_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
+
+  // Held across fork() by the fork handlers, so that no parallel region is half-way
+  // through when the process is copied.
+  std::mutex& call_mutex() { return call_mutex_; }
 
   ~ThreadPool() {
     {
@@ -87,10 +92,17 @@ class ThreadPool {
   std::exception_ptr error_;
 };
 
+// The pool, created on first use. Leaked on purpose: joining threads during interpreter
+// shutdown can deadlock. After a fork the child's copy has workers that do not exist (only
+// the forking thread is copied), so the child drops it and makes a fresh one (fork handlers
+// below). Guarded by pool_mutex.
+std::mutex pool_mutex;
+ThreadPool* current_pool = nullptr;
+
 ThreadPool& pool() {
-  // Leaked on purpose: joining threads during interpreter shutdown can deadlock.
-  static ThreadPool* instance = new ThreadPool();
-  return *instance;
+  std::lock_guard<std::mutex> lock(pool_mutex);
+  if (!current_pool) current_pool = new ThreadPool();
+  return *current_pool;
 }
 
 // ----------------------------------------------------------------------------- OpenMP
@@ -137,6 +149,36 @@ void run_parallel(int count, const std::function<void(int)>& task) {
   }
   pool().run(count, task);
 }
+
+// ----------------------------------------------------------------------------- fork
+
+// fork() copies only the calling thread. Before it, wait for a running region of our pool
+// and take the locks a child would need; after it, the parent releases them, and the child
+// starts from a fresh pool. The child also leaves the adopted OpenMP runtime: GNU libgomp's
+// team threads are gone in a child too, and its first parallel region waits for them
+// forever (seen with torch's libgomp: its own ops hang in such a child as well); our pool
+// runs the child's regions instead.
+void before_fork() {
+  runtime_mutex.lock();
+  pool_mutex.lock();
+  if (current_pool) current_pool->call_mutex().lock();
+}
+
+void after_fork_in_parent() {
+  if (current_pool) current_pool->call_mutex().unlock();
+  pool_mutex.unlock();
+  runtime_mutex.unlock();
+}
+
+void after_fork_in_child() {
+  current_pool = nullptr;  // the old pool (its mutex still held) is leaked, never touched
+  gomp_parallel.store(nullptr, std::memory_order_release);
+  adopted_path.clear();
+  pool_mutex.unlock();
+  runtime_mutex.unlock();
+}
+
+[[maybe_unused]] const bool fork_handlers_registered = pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child) == 0;
 
 }  // namespace
 

@@ -80,7 +80,7 @@ inline typename V::vec vactivation(typename V::vec v, Activation act) {
   using vec = typename V::vec;
   switch (act) {
     case Activation::none: return v;
-    case Activation::relu: return V::max(v, V::zero());  // NaN -> 0, as the scalar path
+    case Activation::relu: return V::max(V::zero(), v);  // NaN stays NaN, as torch.relu and the scalar path
     case Activation::gelu_erf:
       return V::mul(V::mul(V::set1(0.5f), v), vone_plus_erf<V>(V::mul(v, V::set1(0.70710678118654752f))));
     case Activation::gelu_tanh: {

@@ -184,7 +184,7 @@ BP_HD float fast_div(float a, float b) {
 
 BP_HD float apply_activation(float v, int act) {
   switch (act) {
-    case kActRelu: return v > 0.f ? v : 0.f;
+    case kActRelu: return v < 0.f ? 0.f : v;  // NaN stays NaN, as torch.relu
     case kActGeluErf: return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
     case kActGeluTanh: {
       const float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);

@@ -84,6 +84,43 @@ int main() {
       if (e > (d == DType::f32 ? 1e-6 : tol[(int)d])) { ++fails; printf("FAIL dyn M=%ld N=%ld K=%ld dt=%d act=%d bits=%d err=%g\n", (long)M, (long)N, (long)K, (int)d, (int)act, bits, e); }
     }
   }
+  // NaN and Inf in x: W8A8 rows that hold one are NaN through (scale NaN), on both paths;
+  // weight-only outputs have the scalar path's NaN / Inf pattern (relu keeps NaN).
+  for (int64_t M : {1, 3, 17, 200}) for (int64_t K : {int64_t{97}, int64_t{1000}, int64_t{2100}}) for (int ai = 0; ai < 5; ++ai) {
+    const int64_t N = 45;
+    const DType d = dts[(M + K + ai) % 3];
+    std::vector<int8_t> w(N * K);
+    for (auto& v : w) v = (int8_t)(rng() % 256 - 128);
+    std::vector<float> sc(N), bias(N);
+    for (auto& v : sc) v = 0.02f * (0.5f + (rng() % 1000) / 1000.f);
+    for (auto& v : bias) v = rnd();
+    Buf x = make_x(M, K, d, 0);
+    store_from_float(x.b.data(), K / 2, d, NAN);  // row 0
+    if (M > 1) store_from_float(x.b.data(), (M - 1) * x.stride, d, -INFINITY);  // last row
+    Int8DynamicLinearArgs b{}; b.x = x.b.data(); b.x_row_stride = x.stride; b.x_dtype = d; b.qw = w.data();
+    b.qw_row_stride = K; b.w_scale = sc.data(); b.bias = bias.data(); b.M = M; b.N = N; b.K = K;
+    b.act = static_cast<Activation>(ai); b.num_threads = 2; b.act_bits = 8;
+    Buf p1 = make_out(M, N, d, 0), p2 = make_out(M, N, d, 0);
+    b.out = p1.b.data(); b.out_row_stride = N; int8_dynamic_linear_avx512(b);
+    b.out = p2.b.data(); b.out_row_stride = N; int8_dynamic_linear_scalar(b);
+    Int8WeightLinearArgs a{}; a.x = x.b.data(); a.x_row_stride = x.stride; a.x_dtype = d; a.qw = w.data();
+    a.qw_row_stride = K; a.scale = sc.data(); a.groups = 1; a.bias = bias.data(); a.M = M; a.N = N; a.K = K;
+    a.act = b.act; a.num_threads = 2;
+    Buf q1 = make_out(M, N, d, 0), q2 = make_out(M, N, d, 0);
+    a.out = q1.b.data(); a.out_row_stride = N; int8_weight_linear_avx512(a);
+    a.out = q2.b.data(); a.out_row_stride = N; int8_weight_linear_scalar(a);
+    int bad = 0;
+    for (int64_t m = 0; m < M; ++m) for (int64_t n = 0; n < N; ++n) {
+      const int64_t i = m * N + n;
+      const bool poisoned = m == 0 || m == M - 1;
+      const float d1 = load_as_float(p1.b.data(), i, d), d2 = load_as_float(p2.b.data(), i, d);
+      if (poisoned ? !(std::isnan(d1) && std::isnan(d2)) : !(std::isfinite(d1) && std::isfinite(d2))) ++bad;
+      const float w1 = load_as_float(q1.b.data(), i, d), w2 = load_as_float(q2.b.data(), i, d);
+      if (std::isnan(w1) != std::isnan(w2) || std::isinf(w1) != std::isinf(w2) || (m == 0 && !std::isnan(w1))) ++bad;
+    }
+    ++runs;
+    if (bad) { ++fails; printf("FAIL nonfinite M=%ld K=%ld dt=%d act=%d: %d outputs\n", (long)M, (long)K, (int)d, ai, bad); }
+  }
   printf("%d runs, %d failures; worst fp32 rel error: weight-only %.2e, dynamic %.2e\n", runs, fails, worst_wo, worst_dyn);
   return fails != 0;
 }
