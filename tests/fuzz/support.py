@@ -83,10 +83,13 @@ def expand_reference_rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).double()
 
 
-def name_check(error: BaseException, function: str, arguments) -> None:
-    """The message names `function` and one of `arguments` (quoted, as the project writes)."""
+def name_check(error: BaseException, function, arguments) -> None:
+    """The message names `function` (or one of several: a layer may pass on the message of
+    the packing function it called) and one of `arguments` (quoted, as the project writes)."""
     message = str(error)
-    assert function in message, f"error does not name {function!r}: {type(error).__name__}: {message}"
+    functions = (function,) if isinstance(function, str) else tuple(function)
+    assert any(f in message for f in functions), \
+        f"error does not name {' or '.join(functions)}: {type(error).__name__}: {message}"
     quoted = [a for a in arguments if re.search(rf"['\"]?{re.escape(a)}['\"]?", message)]
     assert quoted, f"error names none of the arguments {arguments}: {type(error).__name__}: {message}"
 
