@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bigperf-installed
 SOURCES := setup.py pyproject.toml $(LOCK) $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
 
-.PHONY: demo test test-unit test-interpreter bench bench-check doctor clean lock
+.PHONY: demo test test-unit test-interpreter test-sanitize fuzz bench bench-check doctor clean lock
 
 demo: $(STAMP)
 	$(VENV)/bin/bigperf demo
@@ -25,6 +25,16 @@ test-unit: $(STAMP)
 # so these run in a pytest process of their own.
 test-interpreter: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m interpreter tests/kernels
+
+# bigperf._C built with ASan + UBSan in build/sanitize (the editable build is left alone),
+# then the C++-facing tests and the fuzzers against it; any sanitizer report fails.
+test-sanitize: $(STAMP)
+	PYTHON=$(PY) tests/run_sanitized.sh
+
+# The property-based fuzzers with a long budget and a fresh seed each run (`make test`
+# runs them with a small fixed-seed budget); BIGPERF_FUZZ_EXAMPLES sets the count.
+fuzz: $(STAMP)
+	BIGPERF_FUZZ=long $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 # Throughput gate: the quick benchmark suite vs the committed baseline of this machine
 # kind (ratios to PyTorch measured in the same run; fails on a >30% drop beyond noise).

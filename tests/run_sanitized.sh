@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# `make test-sanitize`: bigperf._C built with ASan + UBSan out of tree (build/sanitize, so the
+# editable build stays as it is), then the tests that reach it and the fuzzers run against
+# that build (tests/conftest.py puts it first, BIGPERF_SANITIZED_EXT_DIR). Any sanitizer
+# report fails the run: UBSan does not recover, ASan halts, and every report is written to
+# a file (pytest's output capture would swallow stderr of a process that dies) that this
+# script prints before it exits non-zero.
+#
+#   PYTHON=.venv/bin/python tests/run_sanitized.sh [pytest args...]   (default: the subset below)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+CXX=${CXX:-g++}
+OUT=build/sanitize
+REPORTS=$OUT/reports
+
+# Every kernel entry point, each ISA path this CPU runs (the csrc tests are parametrised by
+# ISA), the op and layer edge, and the fuzzers; the slowest parametrisations of the sparse
+# kernel tests are left to `make test` (same code paths, more shapes).
+DEFAULT_TESTS=(
+  tests/csrc/test_cpu_fused_linear.py
+  tests/csrc/test_cpu_int8_linear.py
+  tests/csrc/test_cpu_sparse_linear.py -k "not test_sparse24_dtypes_and_activations and not test_block_sparse_blocks_and_densities and not test_sparse24_shapes"
+  tests/csrc/test_thread_runtime.py
+  tests/test_cpu_layouts.py
+  tests/fuzz
+)
+if [ $# -gt 0 ]; then TESTS=("$@"); else TESTS=("${DEFAULT_TESTS[@]}"); fi
+
+start=$(date +%s)
+echo "sanitize: building bigperf._C with -fsanitize=address,undefined into $OUT"
+if ! flock /tmp/bigperf-build.lock env BIGPERF_SANITIZE=address,undefined BIGPERF_CUDA=0 \
+    "$PYTHON" setup.py -q build_ext -j 2 --build-lib "$OUT/lib" --build-temp "$OUT/tmp" > "$OUT.log" 2>&1; then
+  tail -40 "$OUT.log"; echo "sanitize: build failed (log: $OUT.log)"; exit 1
+fi
+built=$(date +%s)
+echo "sanitize: built in $((built - start)) s"
+
+ASAN_LIB=$("$CXX" -print-file-name=libasan.so)
+STDCXX_LIB=$("$CXX" -print-file-name=libstdc++.so.6)
+if [ ! -e "$ASAN_LIB" ]; then echo "sanitize: $CXX has no libasan.so"; exit 1; fi
+rm -rf "$REPORTS" && mkdir -p "$REPORTS"
+# libstdc++ is preloaded beside libasan: Python loads it late (with torch), and ASan's
+# __cxa_throw interceptor then has no real function to call, so the first C++ exception
+# (a binding refusing an argument) would kill the process.
+# Leaks are not checked: CPython and torch keep allocations until exit by design.
+env LD_PRELOAD="$ASAN_LIB $STDCXX_LIB" \
+    ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:log_path=$PWD/$REPORTS/asan" \
+    UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$PWD/$REPORTS/ubsan" \
+    BIGPERF_SANITIZED_EXT_DIR="$OUT/lib/bigperf" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+status=$?
+echo "sanitize: tests ran in $(( $(date +%s) - built )) s (pytest exit $status)"
+if compgen -G "$REPORTS/*" > /dev/null; then
+  for report in "$REPORTS"/*; do echo "===== $report"; head -80 "$report"; done
+  echo "sanitize: FAILED, sanitizer reports above"
+  exit 1
+fi
+exit $status
