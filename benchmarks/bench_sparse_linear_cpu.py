@@ -46,7 +46,8 @@ from _pairs import paired, quantiles  # noqa: E402  (this folder)
 
 import bigperf
 from bigperf.ops.fused_linear import fused_linear
-from bigperf.cpu_layouts import BsrLanes, Sparse24Lanes, pack_24_lanes, pack_bsr_lanes
+from bigperf.formats.bsr_lanes import BsrLanes, pack_bsr_lanes
+from bigperf.formats.sparse24_lanes import Sparse24Lanes, pack_24_lanes
 from bigperf.ops.block_sparse_lanes_linear import block_sparse_lanes_linear
 from bigperf.ops.sparse24_lanes_linear import sparse24_lanes_linear
 from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear

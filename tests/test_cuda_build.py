@@ -331,7 +331,8 @@ def test_sparse24_bad_arguments_raise_value_error(override, message):
 
 
 def test_w8a16_and_sparse24_requirements_are_published():
-    from bigperf.cuda_layouts import S24_LAYOUT_VERSION, W8A16_LAYOUT_VERSION
+    from bigperf.formats.sparse24 import CUDA_LAYOUT_VERSION as S24_LAYOUT_VERSION
+    from bigperf.formats.w8a16_cuda import VERSION as W8A16_LAYOUT_VERSION
 
     w8 = cuda_ext.w8a16_requirements()
     assert w8["layout_version"] == W8A16_LAYOUT_VERSION

@@ -21,7 +21,8 @@ import types
 import pytest
 import torch
 
-from bigperf.cuda_layouts import pack_s24, pack_w8a16
+from bigperf.formats.sparse24 import pack_s24
+from bigperf.formats.w8a16_cuda import pack_w8a16
 from bigperf.quant import dequantize_weight, quantize_weight
 from bigperf.sparsity import nm_mask, pack_24
 from tests import cuda_emulators

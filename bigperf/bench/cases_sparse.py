@@ -80,7 +80,7 @@ def sparse24_variants(ctx: CaseContext):
 def _lanes_variants(ctx: CaseContext, copies, nbytes: int, label: str, b, act) -> list:
     """The CPU kernel on the lane layout, which SparseLinear holds on the CPU (the other
     backends would only unpack it for each call)."""
-    from bigperf.cpu_layouts import Sparse24Lanes, pack_24_lanes
+    from bigperf.formats.sparse24_lanes import Sparse24Lanes, pack_24_lanes
     from bigperf.ops.sparse24_lanes_linear import (
         LANES_BACKENDS,
         sparse24_lanes_linear,
@@ -176,7 +176,7 @@ def block_sparse_variants(ctx: CaseContext):
 def _bsr_lanes_variants(ctx: CaseContext, copies, nbytes: int, label: str, b, act) -> list:
     """The CPU kernel on the BSR lane layout, which SparseLinear holds on the CPU for eligible
     blocks (the other backends would only unpack it for each call)."""
-    from bigperf.cpu_layouts import BsrLanes, pack_bsr_lanes
+    from bigperf.formats.bsr_lanes import BsrLanes, pack_bsr_lanes
     from bigperf.ops.block_sparse_lanes_linear import (
         LANES_BACKENDS,
         block_sparse_lanes_linear,

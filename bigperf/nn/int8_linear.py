@@ -5,28 +5,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bigperf import _ext
-from bigperf.cuda_layouts import W8A16Layout, pack_w8a16, unpack_w8a16
+from bigperf.formats import int8_rowmajor, w8a16_cuda
+from bigperf.formats.w8a16_cuda import W8A16Layout, pack_w8a16, unpack_w8a16
 from bigperf.nn._layouts import keeping_dtype, replace_buffers
 from bigperf.ops.activations import activation_name
 from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
 from bigperf.ops.int8_linear import int8_dynamic_linear, int8_weight_linear
-from bigperf.quant import activation_qmax, quantize_weight
+from bigperf.quant import activation_qmax
 
 # The packed form this layer stores: row-major [N, K] int8 codes, fp32 scales [N, G],
 # optional int8 zero points. Bumped whenever that layout changes; load refuses others.
-PACKED_FORMAT = "int8-rowmajor"
-PACKED_VERSION = 1
+PACKED_FORMAT = int8_rowmajor.NAME
+PACKED_VERSION = int8_rowmajor.VERSION
 
 # How the layer holds its weight in memory (its state_dict is always PACKED_FORMAT):
 #   "rowmajor"   qweight / scale / zero_point as above;
-#   "w8a16-cuda" only the CUDA W8A16 kernel's layout (bigperf.cuda_layouts, versioned):
+#   "w8a16-cuda" only the CUDA W8A16 kernel's layout (bigperf/formats/w8a16_cuda.py, versioned):
 #                buffers w8a16_weight / w8a16_scale / w8a16_zero, qweight etc. None.
 # A weight-only layer settles on "w8a16-cuda" whenever it moves to a GPU where that kernel
 # is built, and on "rowmajor" elsewhere, so the GPU never holds the weight twice.
 KERNEL_LAYOUTS = ("rowmajor", "w8a16-cuda")
-_ROWMAJOR_BUFFERS = ("qweight", "scale", "zero_point")
-_W8A16_BUFFERS = ("w8a16_weight", "w8a16_scale", "w8a16_zero")
+_ROWMAJOR_BUFFERS = int8_rowmajor.BUFFERS
+_W8A16_BUFFERS = w8a16_cuda.BUFFERS
 
 
 class Int8Linear(nn.Module):
@@ -76,12 +76,12 @@ class Int8Linear(nn.Module):
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, weight_only=weight_only,
                     group_size=group_size, symmetric=symmetric, activation=activation, device=linear.weight.device,
                     act_bits=act_bits)
-        packed = quantize_weight(linear.weight.detach(), group_size=group_size, symmetric=symmetric)
+        qweight, scale, zero_point = int8_rowmajor.pack(linear.weight.detach(), group_size, symmetric)
         with torch.no_grad():
-            layer.qweight.copy_(packed.qweight)
-            layer.scale.copy_(packed.scale)
-            if packed.zero_point is not None:
-                layer.zero_point.copy_(packed.zero_point)
+            layer.qweight.copy_(qweight)
+            layer.scale.copy_(scale)
+            if zero_point is not None:
+                layer.zero_point.copy_(zero_point)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias.detach())
         return layer.use_kernel_layout(layer._preferred_layout())
@@ -122,7 +122,7 @@ class Int8Linear(nn.Module):
 
     def _preferred_layout(self) -> str:
         device = (self.qweight if self.kernel_layout == "rowmajor" else self.w8a16_weight).device
-        if self.weight_only and device.type == "cuda" and _ext.cuda_unavailable_reason() is None:
+        if w8a16_cuda.why_not_hold(device, self.weight_only) is None:
             return "w8a16-cuda"
         return "rowmajor"
 

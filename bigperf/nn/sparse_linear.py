@@ -5,31 +5,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bigperf.cpu_layouts import (
-    BsrLanes,
-    Sparse24Lanes,
-    bsr_lanes_eligible,
-    pack_24_lanes,
-    pack_bsr_lanes,
-    reorder_lanes_values,
-    unpack_24_lanes,
-    unpack_bsr_lanes,
-)
+from bigperf.formats import bsr, bsr_lanes, sparse24, sparse24_lanes
+from bigperf.formats._lanes import reorder_lanes_values
+from bigperf.formats.bsr_lanes import BsrLanes, bsr_lanes_eligible, pack_bsr_lanes, unpack_bsr_lanes
+from bigperf.formats.sparse24_lanes import Sparse24Lanes, pack_24_lanes, unpack_24_lanes
 from bigperf.errors import LayerRefused  # noqa: F401 - also importable from here, its first home
 from bigperf.nn._layouts import keeping_dtype, replace_buffers
 from bigperf.ops.activations import activation_name
 from bigperf.ops.block_sparse_lanes_linear import block_sparse_lanes_linear
-from bigperf.ops.block_sparse_lanes_linear import cpu_kernel_why_not as bsr_kernel_why_not
-from bigperf.ops.sparse24_lanes_linear import cpu_kernel_why_not, sparse24_lanes_linear
+from bigperf.ops.sparse24_lanes_linear import sparse24_lanes_linear
 from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
 from bigperf.ops.validation import FLOAT_DTYPES
 from bigperf.sparsity import (
     block_mask,
     kept_count,
     nm_mask,
-    pack_24,
-    pack_24_int8,
-    pack_bsr,
     satisfies_nm,
 )
 
@@ -37,22 +27,22 @@ PACKED_VERSION = 1
 PATTERNS = ("2:4", "block")
 
 # How a layer holds its weight in memory (its state_dict is always canonical):
-#   "canonical"   the buffers bigperf.sparsity packs: 2:4 values / meta / scale, BSR
-#                 values / col_indices / row_ptr;
-#   "cpu-lanes16" only the CPU lane layout (bigperf.cpu_layouts, versioned): 2:4 buffers
-#                 lanes_values / lanes_meta / lanes_scale; BSR lanes_values and the
-#                 canonical col_indices / row_ptr (shared); values etc. None.
-# A layer settles on "cpu-lanes16" whenever it is on the CPU, bigperf._C has the kernel that
-# reads it and (BSR) its block shape and dtype are eligible (bsr_lanes_eligible), and on
+#   "canonical"   the formats sparse24 (values / meta / scale) or bsr (values /
+#                 col_indices / row_ptr);
+#   "cpu-lanes16" only a CPU lane layout, versioned: sparse24_lanes (lanes_values /
+#                 lanes_meta / lanes_scale) or bsr_lanes (lanes_values and the canonical
+#                 col_indices / row_ptr, shared); values etc. None.
+# A layer settles on "cpu-lanes16" wherever that format's why_not_hold says it can (on the
+# CPU, with the kernel built, and for BSR an eligible block shape and dtype), and on
 # "canonical" elsewhere, so it never holds the weight twice.
 KERNEL_LAYOUTS = ("canonical", "cpu-lanes16")
-# Per (pattern, layout): the buffers, in the order of the canonical tensors (bigperf.sparsity)
-# and of the lane layout's tensor fields (bigperf.cpu_layouts).
-_BUFFERS = {
-    ("2:4", "canonical"): ("values", "meta", "scale"),
-    ("2:4", "cpu-lanes16"): ("lanes_values", "lanes_meta", "lanes_scale"),
-    ("block", "canonical"): ("values", "col_indices", "row_ptr"),
-    ("block", "cpu-lanes16"): ("lanes_values", "col_indices", "row_ptr"),
+# Per (pattern, layout): the weight format held (bigperf/formats: its buffers, in the order
+# of the canonical tensors or of the lane layout's fields, its packing and its eligibility).
+_FORMATS = {
+    ("2:4", "canonical"): sparse24,
+    ("2:4", "cpu-lanes16"): sparse24_lanes,
+    ("block", "canonical"): bsr,
+    ("block", "cpu-lanes16"): bsr_lanes,
 }
 
 
@@ -126,8 +116,8 @@ class SparseLinear(nn.Module):
                     raise LayerRefused(f"{where}: weight is not 2:4 sparse along K; prune it first "
                                        f"(bigperf.prune(model, '2:4')) or pass prune=True")
                 weight = weight * nm_mask(weight)
-            packed = pack_24_int8(weight) if int8 else pack_24(weight.to(values_dtype))
-            layer._set_buffers(values=packed.values, meta=packed.meta, scale=packed.scale if int8 else None)
+            values, meta, scale = sparse24.pack(weight, values_dtype, int8)
+            layer._set_buffers(values=values, meta=meta, scale=scale)
         else:
             if density is not None and prune:
                 weight = weight * block_mask(weight, layer.block, density)
@@ -138,8 +128,8 @@ class SparseLinear(nn.Module):
                     raise LayerRefused(f"{where}: {int(present.sum())} of the {present.numel()} {layer.block} "
                                        f"blocks are non-zero, more than density {density} keeps; prune first "
                                        f"or pass prune=True")
-            packed = pack_bsr(weight.to(values_dtype), layer.block)
-            layer._set_buffers(values=packed.values, col_indices=packed.col_indices, row_ptr=packed.row_ptr)
+            values, col_indices, row_ptr = bsr.pack(weight, layer.block, values_dtype)
+            layer._set_buffers(values=values, col_indices=col_indices, row_ptr=row_ptr)
         if linear.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(linear.bias.detach())
@@ -187,8 +177,8 @@ class SparseLinear(nn.Module):
     # ------------------------------------------------------------------------- layouts
 
     def _held(self, layout: str | None = None) -> tuple:
-        """The buffers of `layout` (default: the one held), in _BUFFERS order."""
-        return tuple(getattr(self, name) for name in _BUFFERS[self.pattern, layout or self.kernel_layout])
+        """The buffers of `layout` (default: the one held), in the format's BUFFERS order."""
+        return tuple(getattr(self, name) for name in _FORMATS[self.pattern, layout or self.kernel_layout].BUFFERS)
 
     def _lanes_layout(self) -> Sparse24Lanes | BsrLanes:
         if self.pattern == "2:4":
@@ -226,7 +216,8 @@ class SparseLinear(nn.Module):
                 lanes = pack_bsr_lanes(*canonical, self.in_features)
                 new = (lanes.values, lanes.col_indices, lanes.row_ptr)
             # Buffers both layouts hold (BSR's indices) stay as they are: only the others change.
-            old_names, new_names = _BUFFERS[self.pattern, self.kernel_layout], _BUFFERS[self.pattern, layout]
+            old_names = _FORMATS[self.pattern, self.kernel_layout].BUFFERS
+            new_names = _FORMATS[self.pattern, layout].BUFFERS
             replace_buffers(self, tuple(n for n in old_names if n not in new_names),
                             {n: t for n, t in zip(new_names, new) if n not in old_names},
                             persistent=layout == "canonical")
@@ -234,11 +225,14 @@ class SparseLinear(nn.Module):
         return self
 
     def _preferred_layout(self) -> str:
+        # The lane layout wherever its format says it can be held (a CPU with the kernel,
+        # and for BSR an eligible block shape and dtype), else the canonical one.
         values = self._held()[0]
-        if values.device.type != "cpu" or self._lanes_why_not(values.dtype):
-            return "canonical"
-        why_not = cpu_kernel_why_not if self.pattern == "2:4" else bsr_kernel_why_not
-        return "cpu-lanes16" if why_not(torch.empty(0, device=values.device)) is None else "canonical"
+        if self.pattern == "2:4":
+            reason = sparse24_lanes.why_not_hold(values.device)
+        else:
+            reason = bsr_lanes.why_not_hold(values.device, self.block, values.dtype)
+        return "canonical" if reason else "cpu-lanes16"
 
     def _apply(self, fn, recurse=True):
         # A lane layout that another float dtype could not hold (BSR with an odd bk: not in
@@ -259,7 +253,7 @@ class SparseLinear(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.kernel_layout != "canonical":  # the saved form is always canonical
-            for name, t in zip(_BUFFERS[self.pattern, "canonical"], self._canonical()):
+            for name, t in zip(_FORMATS[self.pattern, "canonical"].BUFFERS, self._canonical()):
                 if t is not None:
                     destination[prefix + name] = t
 

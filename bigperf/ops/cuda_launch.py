@@ -250,7 +250,7 @@ def _finish_shape(out: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
 def launch_w8a16(x, qweight, scale, zero_point, bias, act_code: int) -> torch.Tensor:
     """int8 weight-only linear on the W8A16 kernel; the weight is re-laid out once per
     tensor version (layers on a GPU own their layout instead: Int8Linear)."""
-    from bigperf.cuda_layouts import pack_w8a16
+    from bigperf.formats.w8a16_cuda import pack_w8a16
 
     sources = (qweight, scale) if zero_point is None else (qweight, scale, zero_point)
     layout = _W8A16_CACHE.get(sources, lambda: pack_w8a16(qweight, scale, zero_point))
@@ -258,7 +258,7 @@ def launch_w8a16(x, qweight, scale, zero_point, bias, act_code: int) -> torch.Te
 
 
 def launch_w8a16_layout(x, layout, bias, act_code: int) -> torch.Tensor:
-    """int8 weight-only linear on the W8A16 kernel from a cuda_layouts.W8A16Layout."""
+    """int8 weight-only linear on the W8A16 kernel from a bigperf.formats.w8a16_cuda.W8A16Layout."""
     n, k = layout.n, layout.k
     x2 = aligned_rows(x, k)
     m = x2.shape[0]
@@ -282,7 +282,7 @@ def launch_w8a16_layout(x, layout, bias, act_code: int) -> torch.Tensor:
 
 def launch_sparse24(x, values, meta, bias, act_code: int) -> torch.Tensor:
     """2:4 sparse linear on the mma.sp kernel; the weight is re-laid out once."""
-    from bigperf.cuda_layouts import pack_s24
+    from bigperf.formats.sparse24 import pack_s24
 
     n, k = values.shape[0], values.shape[1] * 2
     layout = _S24_CACHE.get((values, meta), lambda: pack_s24(values, meta))

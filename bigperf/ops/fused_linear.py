@@ -1,26 +1,25 @@
 """torch.ops.bigperf.fused_linear: y = act(x @ W^T + bias) + residual.
 
 x and W in fp32, fp16 or bf16 (W may be of lower precision than x), fp32 accumulation,
-output in x's dtype. Schema, fake (meta) implementation, autograd, the pure-PyTorch
-reference, and the backend table (cpu → bigperf._C, cuda → bigperf._C_cuda,
-triton → bigperf.kernels.fused_matmul, reference → PyTorch).
+output in x's dtype. Schema, fake (meta) implementation, autograd and the pure-PyTorch
+reference; the candidate paths (cpu → bigperf._C, cuda → bigperf._C_cuda, triton →
+bigperf.kernels.fused_matmul, torch → PyTorch's GEMM) are the dense format's
+(bigperf/formats/dense.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from bigperf import _ext
+from bigperf.formats import dense
 from bigperf.ops.activations import (
     ACTIVATIONS,
     activation_code,
     activation_derivative,
     apply_activation,
 )
-from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.define import define_op
-from bigperf.ops.torch_paths import copy_rows, register_torch_paths, torch_linear
-from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, last_dim_contiguous
+from bigperf.ops.validation import check_float_tensor
 
 OP = "bigperf.fused_linear"
 
@@ -112,77 +111,8 @@ fused_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ----------------------------------------------------------------------------- backends
 
-def _cpu_why_not(x, weight, bias, residual, activation):
-    return cpu_why_not(x, "fused_linear")
 
-
-def _cpu_run(x, weight, bias, residual, activation):
-    """Our skinny kernel, at any M (the dispatcher hands large M to the torch paths where
-    they are faster on this machine)."""
-    n, k = weight.shape
-    x2 = as_rows(x, k)
-    m = x2.shape[0]
-    w = weight if last_dim_contiguous(weight) else weight.contiguous()
-    b = fp32_bias(bias)
-    r = as_rows(residual, n) if residual is not None else None
-    out = torch.empty((m, n), dtype=x.dtype)
-    _ext.cpu_module().fused_linear(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
-        w.data_ptr(), w.stride(0), DTYPE_CODES[w.dtype],
-        b.data_ptr() if b is not None else 0,
-        r.data_ptr() if r is not None else 0, r.stride(0) if r is not None else 0,
-        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
-    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
-
-
-# PyTorch's GEMM in fp32 or in a half dtype the layer already has (x or the weight).
-def _torch_run(dtype):
-    def run(x, weight, bias, residual, activation):
-        n, k = weight.shape
-        if weight.dtype == dtype:
-            w = weight if last_dim_contiguous(weight) else weight.contiguous()
-            return torch_linear(x, n, k, dtype, whole=w, bias=bias, activation=activation, residual=residual)
-        return torch_linear(x, n, k, dtype, rows=copy_rows(weight), bias=bias,
-                            activation=activation, residual=residual)
-    return run
-
-
-def _cuda_why_not(x, weight, bias, residual, activation):
-    reason = cuda_why_not(x, "fused_linear")
-    if reason:
-        return reason
-    if x.dtype not in (torch.float16, torch.bfloat16) or weight.dtype != x.dtype:
-        return f"needs fp16 or bf16 x and weight of the same dtype, got {x.dtype} and {weight.dtype}"
-    if weight.shape[1] % 8:
-        return f"needs K % 8 == 0 for 16-byte loads, got K = {weight.shape[1]}"
-    return None
-
-
-def _cuda_run(x, weight, bias, residual, activation):
-    from bigperf.ops.cuda_launch import (
-        launch_fused_linear,  # only imported on GPU machines
-    )
-    return launch_fused_linear(x, weight, fp32_bias(bias), residual, activation_code(activation, OP))
-
-
-def _triton_why_not(x, weight, bias, residual, activation):
-    if weight.dtype != x.dtype and x.dtype != torch.float32:
-        return f"needs weight in x's dtype, or fp32 x with a lower-precision weight; got {x.dtype} x, {weight.dtype} weight"
-    return triton_why_not(x, "fused_matmul")
-
-
-def _triton_run(x, weight, bias, residual, activation):
-    from bigperf.kernels.fused_matmul import fused_linear as triton_fused_linear
-    k, n = weight.shape[1], weight.shape[0]
-    r = residual.reshape(-1, n) if residual is not None else None
-    out = triton_fused_linear(x.reshape(-1, k), weight, fp32_bias(bias), r, activation)
-    return out.reshape(*x.shape[:-1], n)
-
-
-BACKENDS.register("cpu", _cpu_why_not, _cpu_run)
-BACKENDS.register("cuda", _cuda_why_not, _cuda_run)
-BACKENDS.register("triton", _triton_why_not, _triton_run)
-register_torch_paths(BACKENDS, _torch_run)
+dense.register_paths(BACKENDS)
 BACKENDS.register("reference", lambda *args: None, reference)
 
 __all__ = ["ACTIVATIONS", "BACKENDS", "fused_linear", "reference", "validate"]

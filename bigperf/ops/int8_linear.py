@@ -16,21 +16,16 @@ weights only.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from bigperf import _ext
-from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
-from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
+from bigperf.formats import int8_rowmajor
+from bigperf.ops.activations import activation_code, apply_activation
 from bigperf.ops.define import define_op
-from bigperf.ops.torch_paths import copy_rows, register_torch_paths, torch_linear
-from bigperf.ops.validation import DTYPE_CODES, check_float_tensor, check_tensor
+from bigperf.ops.validation import check_float_tensor, check_tensor
 from bigperf.quant import (
     GROUP_SIZES,
     activation_qmax,
     dequantize_weight,
-    dequantize_weight_into,
     quantize_activation_per_token,
 )
 
@@ -110,96 +105,7 @@ def weight_only_reference(x, qweight, scale, zero_point, bias, activation):
     return apply_activation(y, activation).to(x.dtype)
 
 
-def _weight_only_cpu_why_not(x, qweight, scale, zero_point, bias, activation):
-    return cpu_why_not(x, "int8_weight_linear")
-
-
-def _weight_only_cpu_run(x, qweight, scale, zero_point, bias, activation):
-    """Our kernel at any M (large M goes to the torch paths where those are faster here)."""
-    n, k = qweight.shape
-    x2 = as_rows(x, k)
-    m = x2.shape[0]
-    qw = qweight.contiguous()
-    s = scale.contiguous()
-    z = zero_point.contiguous() if zero_point is not None else None
-    b = fp32_bias(bias)
-    out = torch.empty((m, n), dtype=x.dtype)
-    _ext.cpu_module().int8_weight_linear(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
-        qw.data_ptr(), qw.stride(0), s.data_ptr(), z.data_ptr() if z is not None else 0, s.shape[1],
-        b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k,
-        ACTIVATIONS.index(activation), torch.get_num_threads())
-    return out if x.dim() == 2 else out.reshape(_out_shape(x, n))
-
-
-def _weight_only_triton_why_not(x, qweight, scale, zero_point, bias, activation):
-    return triton_why_not(x, "int8_matmul")
-
-
-def _weight_only_triton_run(x, qweight, scale, zero_point, bias, activation):
-    from bigperf.kernels.int8_matmul import (
-        int8_weight_linear as triton_int8_weight_linear,
-    )
-    n, k = qweight.shape
-    out = triton_int8_weight_linear(x.reshape(-1, k), qweight, scale, zero_point, fp32_bias(bias), activation)
-    return out.reshape(_out_shape(x, n))
-
-
-# CUDA W8A16 (csrc/cuda/w8a16_linear.cu): tensor cores, weight re-laid out once per tensor
-# version (bigperf/cuda_layouts.py; an Int8Linear on a GPU owns that layout instead:
-# bigperf/ops/int8_layout_linear.py). Its tiles are built for decode-sized M: beyond this
-# many rows it would re-read the weight once per 32-row block, where the Triton kernel's
-# large tiles serve better.
-CUDA_WEIGHT_ONLY_MAX_M = 64
-
-
-def weight_only_cuda_why_not(x, k: int) -> str | None:
-    """Why the CUDA W8A16 kernel cannot take x (K = k), or None."""
-    reason = cuda_why_not(x, "w8a16_linear")
-    if reason:
-        return reason
-    if x.dtype not in (torch.float16, torch.bfloat16):
-        return f"needs fp16 or bf16 x, got {x.dtype}"
-    if k % 8:
-        return f"needs K % 8 == 0 for 16-byte loads of x, got K = {k}"
-    m = math.prod(x.shape[:-1])
-    if m > CUDA_WEIGHT_ONLY_MAX_M:
-        return f"built for M <= {CUDA_WEIGHT_ONLY_MAX_M} rows (decode), got M = {m}"
-    return None
-
-
-def _weight_only_cuda_why_not(x, qweight, scale, zero_point, bias, activation):
-    return weight_only_cuda_why_not(x, qweight.shape[1])
-
-
-def _weight_only_cuda_run(x, qweight, scale, zero_point, bias, activation):
-    from bigperf.ops.cuda_launch import launch_w8a16
-    return launch_w8a16(x, qweight, scale, zero_point, fp32_bias(bias), ACTIVATIONS.index(activation))
-
-
-WEIGHT_ONLY_BACKENDS.register("cpu", _weight_only_cpu_why_not, _weight_only_cpu_run)
-WEIGHT_ONLY_BACKENDS.register("cuda", _weight_only_cuda_why_not, _weight_only_cuda_run)
-WEIGHT_ONLY_BACKENDS.register("triton", _weight_only_triton_why_not, _weight_only_triton_run)
-
-
-# PyTorch's GEMM on the weight dequantised a chunk of rows at a time, in fp32 or in x's half dtype.
-def _weight_only_torch_run(dtype):
-    def run(x, qweight, scale, zero_point, bias, activation):
-        n, k = qweight.shape
-        if scale.shape[1] == 1 and zero_point is None:
-            # Symmetric per channel: the scale is a per-column factor of the output, applied
-            # there (M x N multiplies, not N x K): the weight's codes are only converted.
-            return torch_linear(x, n, k, dtype, rows=copy_rows(qweight), bias=bias,
-                                activation=activation, col_scale=scale)
-
-        def rows(out, r0, r1):
-            dequantize_weight_into(out, qweight[r0:r1], scale[r0:r1],
-                                   zero_point[r0:r1] if zero_point is not None else None)
-        return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation)
-    return run
-
-
-register_torch_paths(WEIGHT_ONLY_BACKENDS, _weight_only_torch_run)
+int8_rowmajor.register_weight_only_paths(WEIGHT_ONLY_BACKENDS)
 WEIGHT_ONLY_BACKENDS.register("reference", lambda *args: None, weight_only_reference)
 
 
@@ -232,53 +138,5 @@ def dynamic_reference(x, qweight, scale, bias, activation, act_bits=8):
     return y.to(x.dtype).reshape(_out_shape(x, qweight.shape[0]))
 
 
-def _dynamic_cpu_why_not(x, qweight, scale, bias, activation, act_bits=8):
-    return cpu_why_not(x, "int8_dynamic_linear")
-
-
-def _dynamic_cpu_run(x, qweight, scale, bias, activation, act_bits=8):
-    n, k = qweight.shape
-    x2 = as_rows(x, k)
-    m = x2.shape[0]
-    qw = qweight.contiguous()
-    s = scale.contiguous()
-    b = fp32_bias(bias)
-    out = torch.empty((m, n), dtype=x.dtype)
-    _ext.cpu_module().int8_dynamic_linear(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
-        qw.data_ptr(), qw.stride(0), s.data_ptr(), b.data_ptr() if b is not None else 0,
-        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads(), act_bits)
-    return out if x.dim() == 2 else out.reshape(_out_shape(x, n))
-
-
-def _dynamic_triton_why_not(x, qweight, scale, bias, activation, act_bits=8):
-    return triton_why_not(x, "int8_matmul")
-
-
-def _dynamic_triton_run(x, qweight, scale, bias, activation, act_bits=8):
-    from bigperf.kernels.int8_matmul import (
-        int8_dynamic_linear as triton_int8_dynamic_linear,
-    )
-    n, k = qweight.shape
-    out = triton_int8_dynamic_linear(x.reshape(-1, k), qweight, scale, fp32_bias(bias), activation, act_bits)
-    return out.reshape(_out_shape(x, n))
-
-
-DYNAMIC_BACKENDS.register("cpu", _dynamic_cpu_why_not, _dynamic_cpu_run)
-DYNAMIC_BACKENDS.register("triton", _dynamic_triton_why_not, _dynamic_triton_run)
-
-
-# W8A8 with PyTorch's GEMM: x quantised per token as the kernel does, then the integer codes
-# of x and of the weight multiplied in fp32 or bf16 (both hold int8 codes exactly; the GEMM
-# accumulates in fp32), then the row and column scales: the kernel's math, not a float GEMM.
-def _dynamic_torch_run(dtype):
-    def run(x, qweight, scale, bias, activation, act_bits=8):
-        n, k = qweight.shape
-        xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits)
-        return torch_linear(x, n, k, dtype, rows=copy_rows(qweight), bias=bias,
-                            activation=activation, x_rows=xq, row_scale=x_scale, col_scale=scale)
-    return run
-
-
-register_torch_paths(DYNAMIC_BACKENDS, _dynamic_torch_run)
+int8_rowmajor.register_dynamic_paths(DYNAMIC_BACKENDS)
 DYNAMIC_BACKENDS.register("reference", lambda *args: None, dynamic_reference)

@@ -10,8 +10,10 @@ registry of translations is private, and importing it costs seconds, so it is no
 The hand-off happens while the Python code runs, so export from the nn.Module: an
 ExportedProgram that already holds torch.ops.bigperf nodes has no translation.
 
-Adding an op: write its lowering here under `@onnx_lowering("bigperf.<op>")` and put the
-two-line hook in the op's Python entry point (see ops/fused_linear.py).
+This module is the mechanism (the registry, the opset in force, `symbolic` and
+`onnx_linear`); each lowering lives with its weight format in bigperf/formats/, under
+`@onnx_lowering("bigperf.<op>")`. The hand-off is in the public entry every op gets from
+define_op (bigperf/ops/define.py).
 
 Numerics of the lowerings, relative to the ops:
 - fused_linear: x @ W^T in x's dtype (a weight of another dtype is Cast to it), then bias,
@@ -54,7 +56,6 @@ import torch
 import torch.nn.functional as F
 
 from bigperf.ops.activations import apply_activation
-from bigperf.quant import activation_qmax
 
 ONNX_LOWERINGS: dict[str, Callable[..., torch.Tensor]] = {}
 
@@ -89,7 +90,7 @@ def lower_to_onnx(op_name: str, *args) -> torch.Tensor:
     try:
         lowering = ONNX_LOWERINGS[op_name]
     except KeyError:
-        raise NotImplementedError(f"{op_name}: no ONNX lowering is registered (bigperf/ops/onnx_lowering.py)") from None
+        raise NotImplementedError(f"{op_name}: no ONNX lowering is registered (see bigperf/formats/)") from None
     return lowering(*args)
 
 
@@ -107,121 +108,19 @@ def current_opset() -> int:
     return _target_opset.get() or DEFAULT_OPSET
 
 
-def _symbolic(op_type: str, inputs, attrs: dict, dtype: torch.dtype, shape) -> torch.Tensor:
+def symbolic(op_type: str, inputs, attrs: dict, dtype: torch.dtype, shape) -> torch.Tensor:
     try:
-        from torch.onnx.ops import symbolic
+        from torch.onnx.ops import symbolic as onnx_symbolic
     except ImportError:
         raise RuntimeError(f"bigperf: exporting bigperf ops to ONNX needs torch >= 2.8 (torch.onnx.ops.symbolic); "
                            f"this is torch {torch.__version__}") from None
-    return symbolic(op_type, tuple(inputs), attrs, dtype=dtype, shape=tuple(shape))
+    return onnx_symbolic(op_type, tuple(inputs), attrs, dtype=dtype, shape=tuple(shape))
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias, activation: str) -> torch.Tensor:
+def onnx_linear(x: torch.Tensor, weight: torch.Tensor, bias, activation: str) -> torch.Tensor:
     """x @ weight^T + bias then the activation, in x's dtype (Gemm or MatMul + Add in ONNX)."""
     w = weight if weight.dtype == x.dtype else weight.to(x.dtype)
     b = bias if bias is None or bias.dtype == x.dtype else bias.to(x.dtype)
     return apply_activation(F.linear(x, w, b), activation)
 
 
-def dequantize_linear(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None) -> torch.Tensor:
-    """DequantizeLinear of [N, K] int8 codes with [N, G] scales: an fp32 [N, K] weight."""
-    n, k = qweight.shape
-    groups = scale.shape[1]
-    if groups == 1:
-        inputs = [qweight, scale.reshape(n)] + ([zero_point.reshape(n)] if zero_point is not None else [])
-        return _symbolic("DequantizeLinear", inputs, {"axis": 0}, torch.float32, (n, k))
-    group = k // groups
-    if current_opset() >= BLOCKED_QUANT_OPSET:
-        inputs = [qweight, scale] + ([zero_point] if zero_point is not None else [])
-        return _symbolic("DequantizeLinear", inputs, {"axis": 1, "block_size": group}, torch.float32, (n, k))
-    rows = n * groups
-    inputs = [qweight.reshape(rows, group), scale.reshape(rows)]
-    if zero_point is not None:
-        inputs.append(zero_point.reshape(rows))
-    return _symbolic("DequantizeLinear", inputs, {"axis": 0}, torch.float32, (rows, group)).reshape(n, k)
-
-
-@onnx_lowering("bigperf.fused_linear")
-def _fused_linear(x, weight, bias, residual, activation):
-    y = _linear(x, weight, bias, activation)
-    return y if residual is None else y + residual
-
-
-@onnx_lowering("bigperf.int8_weight_linear")
-def _int8_weight_linear(x, qweight, scale, zero_point, bias, activation):
-    return _linear(x, dequantize_linear(qweight, scale, zero_point), bias, activation)
-
-
-@onnx_lowering("bigperf.int8_weight_linear_w8a16")
-def _int8_weight_linear_w8a16(x, weight, scale, zero, n, k, group_size, bias, activation):
-    # The CUDA layout of an Int8Linear on a GPU, back in row-major order (constant folded).
-    from bigperf.cuda_layouts import W8A16Layout, unpack_w8a16
-
-    qweight, q_scale, zero_point = unpack_w8a16(W8A16Layout(weight, scale, zero, n, k, group_size or None))
-    return _int8_weight_linear(x, qweight, q_scale, zero_point, bias, activation)
-
-
-@onnx_lowering("bigperf.int8_dynamic_linear")
-def _int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits=8):
-    n, k = qweight.shape
-    qmax = float(activation_qmax(act_bits, "bigperf.int8_dynamic_linear", "act_bits"))
-    rows = x.reshape(-1, k).float()
-    absmax = rows.abs().amax(dim=1)
-    # Same expression as bigperf.quant.quantize_activation_per_token: the codes must match.
-    x_scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
-    # An explicit int8 zero point: without one QuantizeLinear produces uint8 (before opset 21).
-    zero = torch.zeros_like(x_scale, dtype=torch.int8)
-    codes = _symbolic("QuantizeLinear", [rows, x_scale, zero], {"axis": 0}, torch.int8, rows.shape)
-    x_dq = _symbolic("DequantizeLinear", [codes, x_scale, zero], {"axis": 0}, torch.float32, rows.shape)
-    y = _linear(x_dq, dequantize_linear(qweight, scale, None), bias, activation)
-    return y.reshape(*x.shape[:-1], n).to(x.dtype)
-
-
-def dense_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-    """The dense [N, K] weight of 2:4 values/meta, in the values' dtype (int8 codes stay int8)."""
-    n, half = values.shape
-    k = 2 * half
-    m = meta.to(torch.int64)
-    nibbles = torch.stack((torch.remainder(m, 16), torch.div(m, 16, rounding_mode="floor")), dim=2).reshape(n, -1)
-    # Arithmetic rather than bit operations: ONNX BitShift has no int64 form.
-    positions = torch.stack((torch.remainder(nibbles, 4), torch.div(nibbles, 4, rounding_mode="floor")), dim=2)
-    dense = torch.zeros(n, k // 4, 4, dtype=values.dtype, device=values.device)
-    return dense.scatter(2, positions, values.reshape(n, k // 4, 2)).reshape(n, k)
-
-
-@onnx_lowering("bigperf.sparse24_linear")
-def _sparse24_linear(x, values, meta, scale, bias, activation):
-    dense = dense_24(values, meta)
-    if scale is not None:
-        dense = dequantize_linear(dense, scale, None)
-    return _linear(x, dense, bias, activation)
-
-
-@onnx_lowering("bigperf.sparse24_lanes_linear")
-def _sparse24_lanes_linear(x, values, meta, scale, n, bias, activation):
-    # The CPU lane layout of a SparseLinear on the CPU, back in canonical order (constant folded).
-    from bigperf.cpu_layouts import Sparse24Lanes, unpack_24_lanes
-
-    canonical = unpack_24_lanes(Sparse24Lanes(values, meta, scale, n, meta.shape[1] // 2))
-    return _sparse24_linear(x, *canonical, bias, activation)
-
-
-@onnx_lowering("bigperf.block_sparse_linear")
-def _block_sparse_linear(x, values, col_indices, row_ptr, bias, activation):
-    nnz, bn, bk = values.shape
-    block_rows, k = row_ptr.shape[0] - 1, x.shape[-1]
-    # Block i lies in the row whose [row_ptr[r], row_ptr[r + 1]) holds i: a static-shape
-    # count instead of repeat_interleave, whose output size would depend on the data.
-    rows = (torch.arange(nnz, device=values.device)[:, None] >= row_ptr[None, 1:].long()).sum(dim=1)
-    dense = torch.zeros(block_rows, k // bk, bn, bk, dtype=values.dtype, device=values.device)
-    dense = dense.index_put((rows, col_indices.long()), values)
-    return _linear(x, dense.transpose(1, 2).reshape(block_rows * bn, k), bias, activation)
-
-
-@onnx_lowering("bigperf.block_sparse_lanes_linear")
-def _block_sparse_lanes_linear(x, values, col_indices, row_ptr, bk, bias, activation):
-    # The CPU lane layout of a block-sparse SparseLinear on the CPU, back in canonical order.
-    from bigperf.cpu_layouts import BsrLanes, unpack_bsr_lanes
-
-    canonical = unpack_bsr_lanes(BsrLanes(values, col_indices, row_ptr, 16 * values.shape[1], bk, x.shape[-1]))
-    return _block_sparse_linear(x, *canonical, bias, activation)

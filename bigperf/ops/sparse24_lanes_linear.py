@@ -2,7 +2,7 @@
 
 torch.ops.bigperf.sparse24_lanes_linear(x, values, meta, scale, n, bias, activation)
     The same result as sparse24_linear on the n-row weight that
-    bigperf.cpu_layouts.pack_24_lanes laid out (values [NB, 8K] float or int8, meta [NB, 2K]
+    bigperf.formats.sparse24_lanes.pack_24_lanes laid out (values [NB, 8K] float or int8, meta [NB, 2K]
     uint8, scale [16 NB] fp32 exactly for int8 values; NB = ceil(n / 16)). A SparseLinear on
     the CPU keeps only this form where bigperf._C has the kernel that reads it, so the CPU
     never holds the weight twice. Each other backend is sparse24_linear's backend of that
@@ -14,53 +14,19 @@ from __future__ import annotations
 
 import torch
 
-from bigperf.cpu_layouts import (
-    Sparse24Lanes,
-    check_lanes,
-    check_version,
-    unpack_24_lanes,
-)
-from bigperf.ops.common import cpu_why_not
-from bigperf.ops.layout_paths import register_unpacked_paths
+from bigperf.formats import sparse24_lanes
+from bigperf.formats.sparse24_lanes import Sparse24Lanes, check_lanes, check_version
 from bigperf.ops.define import define_op
-from bigperf.ops.sparse_linear import (
-    S24_BACKENDS,
-    _check_devices,
-    _check_x_bias,
-    check_meta_once,
-    run_cpu_24,
-)
+from bigperf.ops.sparse_linear import S24_BACKENDS, _check_devices, _check_x_bias, check_meta_once
 
 LANES_OP = "bigperf.sparse24_lanes_linear"
-CPU_KERNEL = "sparse24_lanes_linear"  # bigperf._C's entry point (csrc/cpu)
 
 
 def validate_lanes_call(x, values, meta, scale, n, bias, activation):
     k = check_lanes(LANES_OP, values, meta, scale, n)
     _check_x_bias(LANES_OP, x, k, n, bias, activation)
     _check_devices(LANES_OP, x, (("values", values), ("meta", meta), ("scale", scale)))
-    check_meta_once(LANES_OP, meta, "bigperf.cpu_layouts.pack_24_lanes")
-
-
-def cpu_kernel_why_not(x, *rest) -> str | None:
-    """Why bigperf._C cannot run the lane-layout kernel on x's device, or None."""
-    return cpu_why_not(x, CPU_KERNEL)
-
-
-def _cpu_run(x, values, meta, scale, n, bias, activation):
-    return run_cpu_24(CPU_KERNEL, x, values, meta, scale, bias, activation, n, meta.shape[1] // 2)
-
-
-def _canonical_args(x, values, meta, scale, n, bias, activation):
-    canonical = unpack_24_lanes(Sparse24Lanes(values, meta, scale, n, meta.shape[1] // 2))
-    return (x, *canonical, bias, activation)
-
-
-def _canonical_stand_ins(x, values, meta, scale, n, bias, activation):
-    k = meta.shape[1] // 2
-    return (x, torch.empty(n, k // 2, dtype=values.dtype, device="meta"),
-            torch.empty(n, k // 8, dtype=torch.uint8, device="meta"),
-            None if scale is None else torch.empty(n, 1, device="meta"), bias, activation)
+    check_meta_once(LANES_OP, meta, "bigperf.formats.sparse24_lanes.pack_24_lanes")
 
 
 def _signature(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor | None, n: int,
@@ -71,12 +37,10 @@ SPARSE24_LANES = define_op(LANES_OP, _signature, validate_lanes_call,
                            lambda x, values, meta, scale, n, *rest: (*x.shape[:-1], n))
 LANES_BACKENDS = SPARSE24_LANES.backends
 sparse24_lanes_linear_op = SPARSE24_LANES.custom_op
-LANES_BACKENDS.register("cpu", cpu_kernel_why_not, _cpu_run)
-# Every other backend is sparse24_linear's own, on the weight unpacked for this call.
-register_unpacked_paths(LANES_BACKENDS, S24_BACKENDS, ("cpu",), _canonical_stand_ins, _canonical_args)
+sparse24_lanes.register_paths(LANES_BACKENDS, S24_BACKENDS)
 
 
 def sparse24_lanes_linear(x, layout: Sparse24Lanes, bias=None, activation="none"):
-    """act(x @ W^T + bias) for a 2:4 W held in the CPU lane layout (bigperf.cpu_layouts)."""
+    """act(x @ W^T + bias) for a 2:4 W held in the CPU lane layout (bigperf.formats.sparse24_lanes)."""
     check_version(LANES_OP, layout)
     return SPARSE24_LANES(x, layout.values, layout.meta, layout.scale, layout.n, bias, activation)

@@ -18,28 +18,14 @@ import weakref
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-from bigperf import _ext
+from bigperf.formats import bsr, sparse24
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
-from bigperf.ops.common import (
-    as_rows,
-    cpu_why_not,
-    cuda_why_not,
-    fp32_bias,
-    triton_why_not,
-)
 from bigperf.ops.define import define_op
-from bigperf.ops.torch_paths import register_torch_paths, torch_linear
-from bigperf.ops.validation import (
-    DTYPE_CODES,
-    FLOAT_DTYPES,
-    check_float_tensor,
-    check_tensor,
-)
-from bigperf.sparsity import bsr_is_valid, meta_is_valid, unpack_24, unpack_24_into, unpack_bsr, unpack_bsr_into
+from bigperf.ops.validation import FLOAT_DTYPES, check_float_tensor, check_tensor
+from bigperf.sparsity import bsr_is_valid, meta_is_valid, unpack_24, unpack_bsr
 
 S24_OP = "bigperf.sparse24_linear"
 BSR_OP = "bigperf.block_sparse_linear"
-INT8_CODE = 3  # values dtype code for int8 2:4 values in bigperf._C
 
 # Content checks already passed: {ids of the tensors: (weak references, their versions, extra)}.
 # Weak references make a hit certain to be the same live tensor (an id or address can be
@@ -201,71 +187,7 @@ def sparse24_reference(x, values, meta, scale, bias, activation):
     return _finish(x.reshape(-1, w.shape[1]).float() @ w.t(), x, bias, activation, w.shape[0])
 
 
-def run_cpu_24(entry: str, x, values, meta, scale, bias, activation, n: int, k: int):
-    """One call of a bigperf._C 2:4 kernel: `entry` "sparse24_linear" on the canonical
-    tensors, or "sparse24_lanes_linear" on the CPU lane layout (no row strides)."""
-    x2 = as_rows(x, k)
-    # Every tensor handed over as a pointer stays referenced until the kernel returns.
-    v, mt = values.contiguous(), meta.contiguous()
-    s = scale.contiguous() if scale is not None else None
-    b = fp32_bias(bias)
-    m = x2.shape[0]
-    out = torch.empty(m, n, dtype=x.dtype)
-    code = INT8_CODE if v.dtype == torch.int8 else DTYPE_CODES[v.dtype]
-    weight = ((v.data_ptr(), v.stride(0), code, mt.data_ptr(), mt.stride(0)) if entry == "sparse24_linear"
-              else (v.data_ptr(), code, mt.data_ptr()))
-    getattr(_ext.cpu_module(), entry)(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], *weight,
-        s.data_ptr() if s is not None else 0, b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k,
-        ACTIVATIONS.index(activation), torch.get_num_threads())
-    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
-
-
-def _cpu_24_run(x, values, meta, scale, bias, activation):
-    return run_cpu_24("sparse24_linear", x, values, meta, scale, bias, activation, values.shape[0],
-                      2 * values.shape[1])
-
-
-def _triton_24_run(x, values, meta, scale, bias, activation):
-    from bigperf.kernels.sparse_matmul import sparse24_linear as triton_sparse24_linear
-    n, k = values.shape[0], values.shape[1] * 2
-    return triton_sparse24_linear(x.reshape(-1, k), values, meta, scale, fp32_bias(bias), activation).reshape(
-        *x.shape[:-1], n)
-
-
-# CUDA 2:4 (csrc/cuda/sparse24_linear.cu): mma.sp on the sparse tensor cores, weight
-# re-laid out once per tensor version (bigperf/cuda_layouts.py). Float values only.
-def _cuda_24_why_not(x, values, meta, scale, bias, activation):
-    reason = cuda_why_not(x, "sparse24_linear")
-    if reason:
-        return reason
-    if x.dtype not in (torch.float16, torch.bfloat16) or values.dtype != x.dtype:
-        return (f"needs fp16 or bf16 x and values of x's dtype (int8 2:4 values are not served), "
-                f"got {x.dtype} x, {values.dtype} values")
-    return None
-
-
-def _cuda_24_run(x, values, meta, scale, bias, activation):
-    from bigperf.ops.cuda_launch import launch_sparse24
-    return launch_sparse24(x, values, meta, fp32_bias(bias), ACTIVATIONS.index(activation))
-
-
-S24_BACKENDS.register("cpu", lambda x, *rest: cpu_why_not(x, "sparse24_linear"), _cpu_24_run)
-S24_BACKENDS.register("cuda", _cuda_24_why_not, _cuda_24_run)
-S24_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_24_run)
-# PyTorch's GEMM on the weight unpacked to dense a chunk of rows at a time (int8 values
-# dequantised with their scale), in fp32 or in a half dtype x or float values already have.
-def _torch_24_run(dtype):
-    def run(x, values, meta, scale, bias, activation):
-        n, k = values.shape[0], 2 * values.shape[1]
-
-        def rows(out, r0, r1):
-            unpack_24_into(out, values[r0:r1], meta[r0:r1], scale[r0:r1] if scale is not None else None)
-        return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation)
-    return run
-
-
-register_torch_paths(S24_BACKENDS, _torch_24_run)
+sparse24.register_paths(S24_BACKENDS)
 S24_BACKENDS.register("reference", lambda *args: None, sparse24_reference)
 
 
@@ -293,54 +215,5 @@ def block_sparse_reference(x, values, col_indices, row_ptr, bias, activation):
     return _finish(x.reshape(-1, k).float() @ w.t(), x, bias, activation, w.shape[0])
 
 
-def run_cpu_bsr(entry: str, x, values, col_indices, row_ptr, bias, activation, bn: int, bk: int):
-    """One call of a bigperf._C BSR kernel: `entry` "block_sparse_linear" on the canonical
-    values, or "block_sparse_lanes_linear" on the CPU lane layout (the same arguments)."""
-    nnz = values.shape[0]
-    k, n = x.shape[-1], (row_ptr.shape[0] - 1) * bn
-    x2 = as_rows(x, k)
-    # Every tensor handed over as a pointer stays referenced until the kernel returns.
-    v, ci, rp = values.contiguous(), col_indices.contiguous(), row_ptr.contiguous()
-    b = fp32_bias(bias)
-    m = x2.shape[0]
-    out = torch.empty(m, n, dtype=x.dtype)
-    getattr(_ext.cpu_module(), entry)(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], v.data_ptr(), DTYPE_CODES[v.dtype],
-        bn, bk, ci.data_ptr(), rp.data_ptr(), nnz, b.data_ptr() if b is not None else 0,
-        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
-    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
-
-
-def _cpu_bsr_run(x, values, col_indices, row_ptr, bias, activation):
-    return run_cpu_bsr("block_sparse_linear", x, values, col_indices, row_ptr, bias, activation, values.shape[1],
-                       values.shape[2])
-
-
-def _triton_bsr_run(x, values, col_indices, row_ptr, bias, activation):
-    from bigperf.kernels.sparse_matmul import (
-        block_sparse_linear as triton_block_sparse_linear,
-    )
-    k, n = x.shape[-1], (row_ptr.shape[0] - 1) * values.shape[1]
-    return triton_block_sparse_linear(x.reshape(-1, k), values, col_indices, row_ptr, fp32_bias(bias),
-                                      activation).reshape(*x.shape[:-1], n)
-
-
-BSR_BACKENDS.register("cpu", lambda x, *rest: cpu_why_not(x, "block_sparse_linear"), _cpu_bsr_run)
-BSR_BACKENDS.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_bsr_run)
-def _torch_bsr_run(dtype):
-    def run(x, values, col_indices, row_ptr, bias, activation):
-        bn = values.shape[1]
-        n, k = bn * (row_ptr.numel() - 1), x.shape[-1]
-        # Block-row boundaries once per call (a host copy of N / bn + 1 ints), not per chunk.
-        offsets = row_ptr.tolist()
-
-        def rows(out, r0, r1):
-            b0, b1 = r0 // bn, -(-r1 // bn)
-            lo, hi = offsets[b0], offsets[b1]
-            unpack_bsr_into(out, values[lo:hi], col_indices[lo:hi], row_ptr[b0:b1 + 1] - lo)
-        return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation, align=bn)
-    return run
-
-
-register_torch_paths(BSR_BACKENDS, _torch_bsr_run)
+bsr.register_paths(BSR_BACKENDS)
 BSR_BACKENDS.register("reference", lambda *args: None, block_sparse_reference)

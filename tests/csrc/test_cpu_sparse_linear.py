@@ -182,7 +182,7 @@ def test_sparse24_lanes_kernel(isa, vt, x_dtype, m, n, k):
     """The lane-layout kernel against float64 on the pruned weight: N not a multiple of 16
     (a partial last block), every x-row tile (1-4, 16-row passes), strided x, and a
     NaN-poisoned output wider than N that must stay untouched past N."""
-    from bigperf.cpu_layouts import pack_24_lanes
+    from bigperf.formats.sparse24_lanes import pack_24_lanes
 
     p, dense = _packed24(n, k, vt, seed=20)
     layout = pack_24_lanes(p.values, p.meta, p.scale)
@@ -200,7 +200,7 @@ def test_sparse24_lanes_kernel(isa, vt, x_dtype, m, n, k):
 @pytest.mark.parametrize("m", [1, 2, 5])
 def test_sparse24_lanes_negative_control(isa, vt, m):
     """One changed value moves exactly its own output column (lane and block bookkeeping)."""
-    from bigperf.cpu_layouts import pack_24_lanes
+    from bigperf.formats.sparse24_lanes import pack_24_lanes
 
     p = _pack24(_pruned24(40, 64, seed=23, sparse_groups=False), vt)
     x = random_tensor(m, 64, seed=24)
@@ -218,7 +218,7 @@ def test_sparse24_lanes_negative_control(isa, vt, m):
 
 
 def test_sparse24_lanes_binding_refuses_bad_arguments():
-    from bigperf.cpu_layouts import pack_24_lanes
+    from bigperf.formats.sparse24_lanes import pack_24_lanes
 
     p = pack_24(_pruned24(16, 64, seed=25).bfloat16())
     layout = pack_24_lanes(p.values, p.meta)
@@ -470,7 +470,7 @@ def test_block_sparse_lanes_kernel(isa, block, density, v_dtype, m):
     """The lane-layout BSR kernel against float64: empty block rows, odd strip counts per
     chunk (the M = 1 pairs), x-row tiles of 1-4, strided x and a NaN-poisoned output wider
     than N that must stay untouched past N."""
-    from bigperf.cpu_layouts import pack_bsr_lanes
+    from bigperf.formats.bsr_lanes import pack_bsr_lanes
 
     bn, bk = block
     n, k = 13 * bn, 9 * bk
@@ -490,7 +490,7 @@ def test_block_sparse_lanes_kernel(isa, block, density, v_dtype, m):
 @pytest.mark.parametrize("m", [1, 3])
 def test_block_sparse_lanes_negative_control(isa, m):
     """One changed value moves exactly its own output column (strip and lane bookkeeping)."""
-    from bigperf.cpu_layouts import pack_bsr_lanes
+    from bigperf.formats.bsr_lanes import pack_bsr_lanes
 
     n, k = 64, 64
     p = pack_bsr(_pruned_bsr(n, k, (16, 16), 0.5, seed=33).bfloat16(), (16, 16))
@@ -509,7 +509,7 @@ def test_block_sparse_lanes_negative_control(isa, m):
 
 
 def test_block_sparse_lanes_binding_refuses_bad_arguments():
-    from bigperf.cpu_layouts import pack_bsr_lanes
+    from bigperf.formats.bsr_lanes import pack_bsr_lanes
 
     p = pack_bsr(_pruned_bsr(32, 32, (16, 16), 0.5, seed=35).bfloat16(), (16, 16))
     layout = pack_bsr_lanes(p.values, p.col_indices, p.row_ptr, 32)

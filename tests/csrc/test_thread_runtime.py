@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bigperf import _ext
-from bigperf.ops import int8_linear as int8_ops
+from bigperf.formats import int8_rowmajor as int8_format
 from bigperf.quant import quantize_weight
 
 cpu = _ext.cpu_module()
@@ -72,7 +72,7 @@ def test_kernels_give_identical_results_on_both_runtimes():
                 cpu.use_own_threads()
             elif not any(cpu.adopt_openmp_runtime(p) for p in _ext._loaded_openmp_runtimes()):
                 pytest.skip("no OpenMP runtime loaded by torch in this process")
-            results[name] = int8_ops._weight_only_cpu_run(x, packed.qweight, packed.scale, None, None, "none")
+            results[name] = int8_format._weight_only_cpu_run(x, packed.qweight, packed.scale, None, None, "none")
     finally:
         if chosen == "own":
             cpu.use_own_threads()

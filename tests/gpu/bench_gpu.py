@@ -120,7 +120,7 @@ def _add_rates(row, flops, bytes_by_key):
 
 
 def run_w8a16_case(cuda_ext, name, m, n, k, group_size, args) -> dict:
-    from bigperf.cuda_layouts import pack_w8a16
+    from bigperf.formats.w8a16_cuda import pack_w8a16
     from bigperf.quant import quantize_weight
 
     dev = torch.device("cuda")
@@ -168,7 +168,7 @@ def run_w8a16_case(cuda_ext, name, m, n, k, group_size, args) -> dict:
 
 
 def run_sparse24_case(cuda_ext, name, m, n, k, args) -> dict:
-    from bigperf.cuda_layouts import pack_s24
+    from bigperf.formats.sparse24 import pack_s24
     from bigperf.sparsity import nm_mask, pack_24
 
     dev = torch.device("cuda")

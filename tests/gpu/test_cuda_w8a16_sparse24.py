@@ -19,7 +19,8 @@ if not hasattr(cuda_ext, "w8a16_linear"):
     pytest.skip("bigperf._C_cuda was built without w8a16_linear / sparse24_linear", allow_module_level=True)
 
 import bigperf
-from bigperf.cuda_layouts import pack_s24, pack_w8a16
+from bigperf.formats.sparse24 import pack_s24
+from bigperf.formats.w8a16_cuda import pack_w8a16
 from bigperf.quant import dequantize_weight, quantize_weight
 from bigperf.sparsity import nm_mask, pack_24
 from tests.gpu.gpu_util import pointer_checks

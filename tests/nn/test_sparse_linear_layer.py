@@ -9,7 +9,8 @@ from torch import nn
 import bigperf
 from bigperf.nn import SparseLinear
 from bigperf.errors import LayerRefused
-from bigperf.ops.sparse24_lanes_linear import cpu_kernel_why_not
+from bigperf.formats import sparse24_lanes
+from bigperf.formats.sparse24_lanes import cpu_kernel_why_not
 from bigperf.sparsity import nm_mask, pack_24, pack_24_int8
 from tests.helpers import assert_compile_export_deepcopy, rel_error
 
@@ -249,7 +250,6 @@ def test_bigperf_save_and_load_round_trip(tmp_path, config):
 
 
 def test_moving_a_layer_settles_its_layout(monkeypatch):
-    import bigperf.nn.sparse_linear as layer_module
 
     layer = SparseLinear.from_linear(pruned_linear(), int8=True).use_kernel_layout("cpu-lanes16")
     x = torch.randn(2, 64)
@@ -260,10 +260,10 @@ def test_moving_a_layer_settles_its_layout(monkeypatch):
     assert layer.values.shape == (40, 32) and layer.scale.shape == (40, 1)
 
     layer = SparseLinear.from_linear(pruned_linear(), int8=True).use_kernel_layout("cpu-lanes16")
-    monkeypatch.setattr(layer_module, "cpu_kernel_why_not", lambda x: "an older bigperf._C")
+    monkeypatch.setattr(sparse24_lanes, "cpu_kernel_why_not", lambda x: "an older bigperf._C")
     layer.to("cpu")
     assert layer.kernel_layout == "canonical"
-    monkeypatch.setattr(layer_module, "cpu_kernel_why_not", lambda x: None)
+    monkeypatch.setattr(sparse24_lanes, "cpu_kernel_why_not", lambda x: None)
     layer.to("cpu")
     assert layer.kernel_layout == "cpu-lanes16"
     with bigperf.use_backend("reference"):

@@ -10,7 +10,8 @@ import torch
 
 import bigperf
 import bigperf.ops.block_sparse_lanes_linear as lanes_ops
-from bigperf.cpu_layouts import pack_bsr_lanes
+from bigperf.formats import bsr_lanes
+from bigperf.formats.bsr_lanes import pack_bsr_lanes
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.block_sparse_lanes_linear import LANES_BACKENDS, block_sparse_lanes_linear
 from bigperf.ops.sparse_linear import BSR_BACKENDS, block_sparse_linear
@@ -242,7 +243,7 @@ def test_cpu_backend_says_why_it_is_unavailable(monkeypatch):
     without_cpu_kernel(monkeypatch, "block_sparse_lanes_linear")
     p = packed(64, 32, (16, 16), torch.bfloat16, seed=21)
     layout, x = lanes(p, 32), random_tensor(2, 32)
-    assert "without block_sparse_lanes_linear" in lanes_ops.cpu_kernel_why_not(x)
+    assert "without block_sparse_lanes_linear" in bsr_lanes.cpu_kernel_why_not(x)
     args = (x, layout.values, layout.col_indices, layout.row_ptr, layout.bk, None, "none")
     assert LANES_BACKENDS.select(x.device, *args).name != "cpu"
     error = rel_error(block_sparse_lanes_linear(x, layout), expected_fp64(x, p, None, "none"))

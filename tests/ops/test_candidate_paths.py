@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import bigperf.ops.torch_paths as torch_paths
-from bigperf.cpu_layouts import pack_24_lanes, pack_bsr_lanes
+from bigperf.formats.bsr_lanes import pack_bsr_lanes
+from bigperf.formats.sparse24_lanes import pack_24_lanes
 from bigperf.ops.activations import apply_activation
 from bigperf.ops.block_sparse_lanes_linear import LANES_BACKENDS as BSR_LANES_BACKENDS
 from bigperf.ops.fused_linear import BACKENDS as FUSED_BACKENDS

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bigperf.ops.define import define_op
+from bigperf.ops.onnx_lowering import onnx_lowering
 
 
 def _signature(x: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor: ...
@@ -33,6 +34,8 @@ def toy():
                    lambda x, weight, scale: (x.shape[0], weight.shape[0]))
     op.backends.register("cpu", lambda *args: None, counts.run)
     op.backends.register("reference", lambda *args: None, counts.run)
+    # Every bigperf op has an ONNX lowering (tests/deploy checks it of all registered ops).
+    onnx_lowering(op.name)(lambda x, weight, scale: (x @ weight.t()) * scale)
     return op, counts
 
 

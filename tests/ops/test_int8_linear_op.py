@@ -119,7 +119,7 @@ def test_bad_input_is_refused_clearly(call, error, words):
 
 def test_layout_op_opcheck_and_compile():
     """The op behind a layer held in the CUDA W8A16 layout (on the CPU: unpacked per call)."""
-    from bigperf.cuda_layouts import pack_w8a16
+    from bigperf.formats.w8a16_cuda import pack_w8a16
     from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
 
     q = packed(n=40, group_size=32, symmetric=False)
@@ -137,7 +137,7 @@ def test_layout_op_opcheck_and_compile():
 
 
 def _w8a16_call(n=40, k=128, group_size=32):
-    from bigperf.cuda_layouts import pack_w8a16
+    from bigperf.formats.w8a16_cuda import pack_w8a16
 
     q = packed(n=n, k=k, group_size=group_size, symmetric=False)
     layout = pack_w8a16(q.qweight, q.scale, q.zero_point)

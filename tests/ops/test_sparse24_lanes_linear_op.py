@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import bigperf
-import bigperf.ops.sparse24_lanes_linear as lanes_ops
-from bigperf.cpu_layouts import pack_24_lanes
+from bigperf.formats import sparse24_lanes
+from bigperf.formats.sparse24_lanes import pack_24_lanes
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.sparse24_lanes_linear import LANES_BACKENDS, sparse24_lanes_linear
 from bigperf.ops.sparse_linear import S24_BACKENDS, sparse24_linear
@@ -199,7 +199,7 @@ def test_cpu_backend_says_why_it_is_unavailable(monkeypatch):
     without_cpu_kernel(monkeypatch, "sparse24_lanes_linear")
     p = packed(20, 32, torch.bfloat16, seed=19)
     layout, x = lanes(p), random_tensor(2, 32)
-    assert "without sparse24_lanes_linear" in lanes_ops.cpu_kernel_why_not(x)
+    assert "without sparse24_lanes_linear" in sparse24_lanes.cpu_kernel_why_not(x)
     args = (x, layout.values, layout.meta, layout.scale, layout.n, None, "none")
     assert LANES_BACKENDS.select(x.device, *args).name != "cpu"
     error = rel_error(sparse24_lanes_linear(x, layout), expected_fp64(x, p, None, "none"))

@@ -1,4 +1,4 @@
-"""bigperf.cuda_layouts on the CPU: exact pack/unpack round trips, the documented element
+"""The CUDA layouts (bigperf/formats/w8a16_cuda.py, sparse24.py pack_s24) on the CPU: exact pack/unpack round trips, the documented element
 positions checked one by one against independent formulas, padding, versions, bad input.
 
 Whether these orders are what the kernels load is checked by the emulator tests
@@ -11,14 +11,8 @@ import random
 import pytest
 import torch
 
-from bigperf.cuda_layouts import (
-    S24_LAYOUT_VERSION,
-    W8A16_LAYOUT_VERSION,
-    pack_s24,
-    pack_w8a16,
-    unpack_s24,
-    unpack_w8a16,
-)
+from bigperf.formats.sparse24 import CUDA_LAYOUT_VERSION as S24_LAYOUT_VERSION, pack_s24, unpack_s24
+from bigperf.formats.w8a16_cuda import VERSION as W8A16_LAYOUT_VERSION, pack_w8a16, unpack_w8a16
 from bigperf.quant import quantize_weight
 from bigperf.sparsity import nm_mask, pack_24
 from tests.helpers import random_tensor

@@ -1,4 +1,4 @@
-"""bigperf.cpu_layouts: the 2:4 and BSR CPU lane layouts ("cpu-lanes16") against their
+"""The CPU lane layouts of the sparse formats (bigperf/formats/sparse24_lanes.py, bsr_lanes.py; "cpu-lanes16") against their
 definitions, exact round trips both ways, and clear refusals."""
 
 import dataclasses
@@ -6,17 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from bigperf.cpu_layouts import (
-    BSR_LANES_VERSION,
-    S24_LANES_VERSION,
-    Sparse24Lanes,
-    bsr_lanes_eligible,
-    pack_24_lanes,
-    pack_bsr_lanes,
-    reorder_lanes_values,
-    unpack_24_lanes,
-    unpack_bsr_lanes,
-)
+from bigperf.formats._lanes import reorder_lanes_values
+from bigperf.formats.bsr_lanes import VERSION as BSR_LANES_VERSION, bsr_lanes_eligible, pack_bsr_lanes, unpack_bsr_lanes
+from bigperf.formats.sparse24_lanes import Sparse24Lanes, VERSION as S24_LANES_VERSION, pack_24_lanes, unpack_24_lanes
 from bigperf.sparsity import block_mask, meta_is_valid, nm_mask, pack_24, pack_24_int8, pack_bsr
 from tests.helpers import random_tensor
 

@@ -1,0 +1,101 @@
+"""Weight format "bsr": block-sparse rows, canonical (bigperf.sparsity).
+
+What a layer holds (SparseLinear with pattern "block", and what every such layer saves):
+values [nnz, bn, bk] (float32/float16/bfloat16), col_indices [nnz] int32 (each block's
+column), row_ptr [N/bn + 1] int32 (each block row's first block). K is not recorded: the
+layer knows it. The pruning and packing math is bigperf.sparsity; the op (schema,
+validation, reference) is bigperf/ops/sparse_linear.py. Here: the format's name, version
+and buffers, the candidate paths that compute with it and its ONNX lowering.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bigperf import _ext
+from bigperf.ops.activations import ACTIVATIONS
+from bigperf.ops.common import as_rows, cpu_why_not, fp32_bias, triton_why_not
+from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
+from bigperf.ops.torch_paths import register_torch_paths, torch_linear
+from bigperf.ops.validation import DTYPE_CODES
+from bigperf.sparsity import pack_bsr, unpack_bsr_into
+
+NAME = "bsr"
+VERSION = 1
+BUFFERS = ("values", "col_indices", "row_ptr")
+
+
+def pack(weight: torch.Tensor, block: tuple[int, int], values_dtype: torch.dtype) -> tuple:
+    """(values, col_indices, row_ptr) of a float [N, K] weight's non-zero (bn, bk) blocks."""
+    packed = pack_bsr(weight.to(values_dtype), block)
+    return packed.values, packed.col_indices, packed.row_ptr
+
+
+# ----------------------------------------------------------------------------- candidate paths
+
+def run_cpu_bsr(entry: str, x, values, col_indices, row_ptr, bias, activation, bn: int, bk: int):
+    """One call of a bigperf._C BSR kernel: `entry` "block_sparse_linear" on the canonical
+    values, or "block_sparse_lanes_linear" on the CPU lane layout (the same arguments)."""
+    nnz = values.shape[0]
+    k, n = x.shape[-1], (row_ptr.shape[0] - 1) * bn
+    x2 = as_rows(x, k)
+    # Every tensor handed over as a pointer stays referenced until the kernel returns.
+    v, ci, rp = values.contiguous(), col_indices.contiguous(), row_ptr.contiguous()
+    b = fp32_bias(bias)
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=x.dtype)
+    getattr(_ext.cpu_module(), entry)(
+        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], v.data_ptr(), DTYPE_CODES[v.dtype],
+        bn, bk, ci.data_ptr(), rp.data_ptr(), nnz, b.data_ptr() if b is not None else 0,
+        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
+def _cpu_bsr_run(x, values, col_indices, row_ptr, bias, activation):
+    return run_cpu_bsr("block_sparse_linear", x, values, col_indices, row_ptr, bias, activation, values.shape[1],
+                       values.shape[2])
+
+
+def _triton_bsr_run(x, values, col_indices, row_ptr, bias, activation):
+    from bigperf.kernels.sparse_matmul import (
+        block_sparse_linear as triton_block_sparse_linear,
+    )
+    k, n = x.shape[-1], (row_ptr.shape[0] - 1) * values.shape[1]
+    return triton_block_sparse_linear(x.reshape(-1, k), values, col_indices, row_ptr, fp32_bias(bias),
+                                      activation).reshape(*x.shape[:-1], n)
+
+
+def _torch_bsr_run(dtype):
+    def run(x, values, col_indices, row_ptr, bias, activation):
+        bn = values.shape[1]
+        n, k = bn * (row_ptr.numel() - 1), x.shape[-1]
+        # Block-row boundaries once per call (a host copy of N / bn + 1 ints), not per chunk.
+        offsets = row_ptr.tolist()
+
+        def rows(out, r0, r1):
+            b0, b1 = r0 // bn, -(-r1 // bn)
+            lo, hi = offsets[b0], offsets[b1]
+            unpack_bsr_into(out, values[lo:hi], col_indices[lo:hi], row_ptr[b0:b1 + 1] - lo)
+        return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation, align=bn)
+    return run
+
+
+def register_paths(table) -> None:
+    """The paths of block_sparse_linear (besides the reference) on this format."""
+    table.register("cpu", lambda x, *rest: cpu_why_not(x, "block_sparse_linear"), _cpu_bsr_run)
+    table.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_bsr_run)
+    register_torch_paths(table, _torch_bsr_run)
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+@onnx_lowering("bigperf.block_sparse_linear")
+def lower(x, values, col_indices, row_ptr, bias, activation):
+    nnz, bn, bk = values.shape
+    block_rows, k = row_ptr.shape[0] - 1, x.shape[-1]
+    # Block i lies in the row whose [row_ptr[r], row_ptr[r + 1]) holds i: a static-shape
+    # count instead of repeat_interleave, whose output size would depend on the data.
+    rows = (torch.arange(nnz, device=values.device)[:, None] >= row_ptr[None, 1:].long()).sum(dim=1)
+    dense = torch.zeros(block_rows, k // bk, bn, bk, dtype=values.dtype, device=values.device)
+    dense = dense.index_put((rows, col_indices.long()), values)
+    return onnx_linear(x, dense.transpose(1, 2).reshape(block_rows * bn, k), bias, activation)
