@@ -206,3 +206,124 @@ def test_activation_quantisation_of_a_nonfinite_row_gives_a_nan_scale():
         assert torch.isnan(scale[1]) and torch.isnan(scale[2])
         assert torch.isfinite(scale[[0, 3]]).all()
         assert (q[1] == 0).all() and (q[2] == 0).all()  # defined codes, not a cast of NaN
+
+
+# ----------------------------------------------------------------------------- class 10
+
+def _corrupt_meta(meta: torch.Tensor) -> torch.Tensor:
+    bad = meta.clone()
+    bad[0, 0] = 0  # both kept positions of group 0 are position 0: not a valid 2:4 group
+    return bad
+
+
+def test_meta_check_sees_data_assignment():
+    """The once-per-tensor content check of 2:4 metadata must run again after `.data =`:
+    same object, same _version, other memory."""
+    values, meta = _P24.values.clone(), _P24.meta.clone()
+    x = random_tensor(3, K, seed=7)
+    with bigperf.use_backend("reference"):
+        sparse24_linear(x, values, meta)  # checked, and the verdict cached
+        meta.data = _corrupt_meta(meta)
+        with pytest.raises(ValueError, match=r"bigperf\.sparse24_linear: argument 'meta' is corrupt"):
+            sparse24_linear(x, values, meta)
+
+
+def test_bsr_index_check_sees_data_assignment():
+    values, col_indices, row_ptr = _PB.values.clone(), _PB.col_indices.clone(), _PB.row_ptr.clone()
+    x = random_tensor(3, K, seed=8)
+    with bigperf.use_backend("reference"):
+        block_sparse_linear(x, values, col_indices, row_ptr)
+        bad = col_indices.clone()
+        bad[0] = K // 16 + 5  # a block column past the weight
+        col_indices.data = bad
+        with pytest.raises(ValueError, match=r"bigperf\.block_sparse_linear: .*'col_indices'"):
+            block_sparse_linear(x, values, col_indices, row_ptr)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["cpu"] if HAS_CPU else []))
+def test_index_and_meta_writes_change_the_next_output(backend):
+    """Negative controls: a `.data =` replacement and a numpy-view write of valid, different
+    index data each change the next output (nothing computed from the old data is reused)."""
+    x = random_tensor(3, K, seed=9)
+    values, meta = _P24.values.clone(), _P24.meta.clone()
+    other = pack_24(_W * nm_mask(random_tensor(N, K, seed=10)))  # another valid pattern
+    with bigperf.use_backend(backend):
+        y0 = sparse24_linear(x, values, meta)
+        meta.data = other.meta.clone()
+        y1 = sparse24_linear(x, values, meta)
+        assert not torch.equal(y0, y1)
+        meta.numpy()[:] = _P24.meta.numpy()  # back, bypassing the version counter
+        assert torch.equal(sparse24_linear(x, values, meta), y0)
+
+        v, ci, rp = _PB.values.clone(), _PB.col_indices.clone(), _PB.row_ptr.clone()
+        z0 = block_sparse_linear(x, v, ci, rp)
+        noise = random_tensor(N, K, seed=13)
+        moved = pack_bsr(noise * block_mask(noise, (16, 16), 0.25), (16, 16))  # as many blocks, elsewhere
+        assert moved.col_indices.shape == ci.shape and not torch.equal(moved.col_indices, ci)
+        ci.data, rp.data = moved.col_indices.clone(), moved.row_ptr.clone()
+        z1 = block_sparse_linear(x, v, ci, rp)
+        assert not torch.equal(z0, z1)
+        ci.numpy()[:] = _PB.col_indices.numpy()
+        rp.numpy()[:] = _PB.row_ptr.numpy()
+        assert torch.equal(block_sparse_linear(x, v, ci, rp), z0)
+
+
+def test_relayout_cache_sees_data_assignment_and_inplace_writes():
+    from bigperf.ops.cuda_launch import RelayoutCache
+
+    cache, builds = RelayoutCache(), []
+
+    def build():
+        builds.append(1)
+        return t.clone()
+
+    t = torch.randn(4, 8)
+    first = cache.get((t,), build)
+    assert cache.get((t,), build) is first and len(builds) == 1  # a hit
+    t.data = torch.randn(4, 8)  # same object, same version, new memory
+    second = cache.get((t,), build)
+    assert len(builds) == 2 and torch.equal(second, t) and not torch.equal(second, first)
+    t.add_(1)  # through torch: bumps the version
+    assert torch.equal(cache.get((t,), build), t) and len(builds) == 3
+    t.data = t.data.t().contiguous().t()  # same values, other strides
+    cache.get((t,), build)
+    assert len(builds) == 4
+
+
+def test_w8a16_launch_reads_noncontiguous_layout_tensors_by_their_strides(monkeypatch):
+    """The CUDA W8A16 launcher hands raw pointers to a kernel that reads them as contiguous:
+    a non-contiguous layout tensor must reach it as a contiguous copy. Run on the CPU with
+    the CUDA module, device and stream faked; the fake kernel reads the pointers back."""
+    import contextlib
+    import ctypes
+    import dataclasses
+
+    from bigperf.formats.w8a16_cuda import pack_w8a16
+    from bigperf.ops import cuda_launch
+
+    q = quantize_weight(random_tensor(64, 128, seed=11))
+    layout = pack_w8a16(q.qweight, q.scale)
+
+    def strided(t):
+        wide = torch.zeros(t.shape[0], 2 * t.shape[1], dtype=t.dtype)
+        wide[:, ::2] = t
+        return wide[:, ::2]
+
+    loose = dataclasses.replace(layout, weight=strided(layout.weight), scale=strided(layout.scale))
+    assert not loose.weight.is_contiguous()
+    seen = {}
+
+    class FakeModule:
+        def w8a16_linear(self, x, x_stride, weight, scale, zero, group_size, bias, out, *rest):
+            seen["weight"] = bytes((ctypes.c_int8 * layout.weight.numel()).from_address(weight))
+            seen["scale"] = bytes((ctypes.c_float * layout.scale.numel()).from_address(scale))
+
+    monkeypatch.setattr(cuda_launch._ext, "cuda_module", lambda: FakeModule())
+    monkeypatch.setattr(cuda_launch, "device_caps", lambda index: cuda_launch.DeviceCaps(0, "fake", (9, 0), 132,
+                                                                                         227 * 1024))
+    monkeypatch.setattr(cuda_launch, "_w8a16_plan", lambda *args: (0, 1, 0, 0))
+    monkeypatch.setattr(cuda_launch, "_on_device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: type("S", (), {"cuda_stream": 0})())
+    cuda_launch.launch_w8a16_layout(random_tensor(2, 128, dtype=torch.float16, seed=12), loose, None, 0)
+    assert seen["weight"] == layout.weight.contiguous().numpy().tobytes()
+    assert seen["scale"] == layout.scale.contiguous().numpy().tobytes()

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import weakref
 from dataclasses import dataclass
 
 import torch
 
 from bigperf import _ext
+from bigperf.ops.tensor_keys import OncePerData
 from bigperf.ops.validation import DTYPE_CODES
 
 # The tensor-core kernels load 16 bytes at a time (cp.async): base pointers 16-byte
@@ -155,48 +155,11 @@ def launch_fused_linear(x, weight, bias, residual, act_code: int) -> torch.Tenso
 
 # ----------------------------------------------------------------------------- re-layout cache
 
-class RelayoutCache:
-    """Kernel-order copies of weights, built once per (live tensor, version).
-
-    Keyed by the ids of the source tensors; a hit needs the same live tensors (weak
-    references, since ids are reused after a tensor dies) at the same _version (bumped by
-    every in-place write). An entry goes away with its source tensors, so the packed GPU
-    copy never outlives the weight it was made from.
-    """
-
-    def __init__(self, limit: int = 4096):
-        self._entries: dict[tuple, tuple] = {}
-        self._limit = limit
-
-    def get(self, tensors: tuple, build):
-        try:
-            versions = tuple(t._version for t in tensors)
-        except RuntimeError:  # inference tensors have no version counter: nothing proves a hit
-            return build()
-        key = tuple(id(t) for t in tensors)
-        entry = self._entries.get(key)
-        if entry is not None:
-            refs, seen_versions, value = entry
-            if seen_versions == versions and all(r() is t for r, t in zip(refs, tensors)):
-                return value
-        value = build()
-        if len(self._entries) >= self._limit:
-            self._entries.clear()
-        refs = tuple(weakref.ref(t, self._forget(key)) for t in tensors)
-        self._entries[key] = (refs, versions, value)
-        return value
-
-    def _forget(self, key):
-        def callback(dead_ref):
-            entry = self._entries.get(key)
-            # Only the entry that holds this reference: the key may belong to a newer
-            # tensor by now (ids are reused).
-            if entry is not None and any(r is dead_ref for r in entry[0]):
-                del self._entries[key]
-        return callback
-
-    def __len__(self) -> int:
-        return len(self._entries)
+class RelayoutCache(OncePerData):
+    """Kernel-order copies of weights, built once per data (bigperf/ops/tensor_keys.py): the
+    same live tensors at the same version, address, shape and strides, so an in-place write
+    through torch and a `t.data = other` replacement both rebuild. An entry goes away with
+    its source tensors, so the packed GPU copy never outlives the weight it was made from."""
 
 
 _W8A16_CACHE = RelayoutCache()
@@ -260,6 +223,10 @@ def launch_w8a16(x, qweight, scale, zero_point, bias, act_code: int) -> torch.Te
 def launch_w8a16_layout(x, layout, bias, act_code: int) -> torch.Tensor:
     """int8 weight-only linear on the W8A16 kernel from a bigperf.formats.w8a16_cuda.W8A16Layout."""
     n, k = layout.n, layout.k
+    # The kernel reads the layout's tensors as contiguous: copy any that a caller built
+    # otherwise (a no-op for a layer's own layout). Referenced until the launch returns.
+    weight, scale = layout.weight.contiguous(), layout.scale.contiguous()
+    zero = layout.zero.contiguous() if layout.zero is not None else None
     x2 = aligned_rows(x, k)
     m = x2.shape[0]
     out = _padded_out(m, n, x)
@@ -273,8 +240,8 @@ def launch_w8a16_layout(x, layout, bias, act_code: int) -> torch.Tensor:
             workspace, counter_buf = split_k_scratch(x.device, stream, workspace_bytes, counters)
             split_args = (workspace.data_ptr(), workspace.numel(), counter_buf.data_ptr(), counter_buf.numel())
         module.w8a16_linear(
-            x2.data_ptr(), x2.stride(0), layout.weight.data_ptr(), layout.scale.data_ptr(),
-            layout.zero.data_ptr() if layout.zero is not None else 0, layout.group_size or 0,
+            x2.data_ptr(), x2.stride(0), weight.data_ptr(), scale.data_ptr(),
+            zero.data_ptr() if zero is not None else 0, layout.group_size or 0,
             bias.data_ptr() if bias is not None else 0, out.data_ptr(), out.stride(0), *split_args,
             m, n, k, DTYPE_CODES[x.dtype], act_code, stream, config, splits)
     return _finish_shape(out, x, n)

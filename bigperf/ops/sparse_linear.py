@@ -7,13 +7,11 @@ torch.ops.bigperf.block_sparse_linear(x, values, col_indices, row_ptr, bias, act
     BSR weight: values [nnz, bn, bk], col_indices [nnz] int32, row_ptr [N/bn + 1] int32.
 
 Index data is checked before any kernel runs (corrupt 2:4 metadata, block indices out of
-range); the content checks are cached per tensor version, so a layer pays them once
+range); the content checks are cached per tensor data, so a layer pays them once
 (SparseLinear keeps its index buffers out of inference mode for that reason).
 """
 
 from __future__ import annotations
-
-import weakref
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -21,40 +19,23 @@ from torch._subclasses.fake_tensor import FakeTensor
 from bigperf.formats import bsr, sparse24
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
 from bigperf.ops.define import define_op
+from bigperf.ops.tensor_keys import OncePerData
 from bigperf.ops.validation import FLOAT_DTYPES, check_float_tensor, check_tensor
 from bigperf.sparsity import bsr_is_valid, meta_is_valid, unpack_24, unpack_bsr
 
 S24_OP = "bigperf.sparse24_linear"
 BSR_OP = "bigperf.block_sparse_linear"
 
-# Content checks already passed: {ids of the tensors: (weak references, their versions, extra)}.
-# Weak references make a hit certain to be the same live tensor (an id or address can be
-# reused after a tensor dies); _version changes on every in-place write.
-_checked: dict[tuple, tuple] = {}
-_CHECK_CACHE_LIMIT = 4096
+# Content checks already passed, once per data (bigperf/ops/tensor_keys.py: the same live
+# tensors at the same version, address, shape and strides, so `t.data = other` is checked
+# again). A verdict cached here is for the error message only: a write that no key sees
+# (a numpy view) cannot make a CPU kernel read out of bounds, as the binding checks its own
+# copy of the indices on every call.
+_CHECKED = OncePerData()
 
 
 def _check_once(tensors: tuple, check, extra=None) -> None:
-    # Runs on every eager call: plain tuples and loops, no generators (each costs ~0.3 us).
-    try:
-        versions = tuple([t._version for t in tensors])
-    except RuntimeError:  # inference tensors keep no version counter: nothing safe to cache on
-        check()
-        return
-    key = tuple([id(t) for t in tensors])
-    entry = _checked.get(key)
-    if entry is not None:
-        refs, seen_versions, seen_extra = entry
-        if seen_versions == versions and seen_extra == extra:
-            for ref, t in zip(refs, tensors):
-                if ref() is not t:
-                    break
-            else:
-                return
-    check()
-    if len(_checked) >= _CHECK_CACHE_LIMIT:
-        _checked.clear()
-    _checked[key] = (tuple([weakref.ref(t) for t in tensors]), versions, extra)
+    _CHECKED.get(tensors, lambda: check() or True, extra)
 
 
 def _check_devices(op, x, named) -> None:

@@ -1,0 +1,72 @@
+"""What identifies a tensor's data, for caches of work done once per weight (content
+checks, re-layouts).
+
+A tensor's _version is bumped by in-place writes through it and its views, but not by an
+assignment `t.data = other` (the same Python object then holds other memory, at the same
+version), which is how many loaders replace weights. So a cache entry is valid only for
+the same live object (a weak reference: ids are reused after a tensor dies) with the same
+version, address, dtype, shape and strides.
+
+What no key can see: a write that bypasses the version counter into the same memory (a
+numpy view, `t.data.copy_(...)`). For index data the kernels therefore never trust a
+cached verdict for memory safety (csrc/bindings/cpu_sparse_linear.cpp checks its own copy
+of the indices on every call); for re-laid-out weights such a write is not seen until the
+tensor is replaced or written through torch.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+
+def data_key(tensors: tuple) -> tuple | None:
+    """Per tensor (version, address, dtype, shape, strides); None when a tensor keeps no
+    version counter (an inference tensor): then nothing proves a hit. Plain loops: this
+    runs on every eager call of the sparse ops."""
+    try:
+        return tuple([(t._version, t.data_ptr(), t.dtype, t.shape, t.stride()) for t in tensors])
+    except RuntimeError:
+        return None
+
+
+class OncePerData:
+    """Values computed once per (live tensors, their data_key), keyed by the tensors' ids.
+    An entry goes away with its source tensors (weak references), so what it holds never
+    outlives the data it was made from."""
+
+    def __init__(self, limit: int = 4096):
+        self._entries: dict[tuple, tuple] = {}
+        self._limit = limit
+
+    def get(self, tensors: tuple, build, extra=None):
+        key_of_data = data_key(tensors)
+        if key_of_data is None:
+            return build()
+        key = tuple([id(t) for t in tensors])
+        entry = self._entries.get(key)
+        if entry is not None:
+            refs, seen, seen_extra, value = entry
+            if seen == key_of_data and seen_extra == extra:
+                for ref, t in zip(refs, tensors):
+                    if ref() is not t:
+                        break
+                else:
+                    return value
+        value = build()
+        if len(self._entries) >= self._limit:
+            self._entries.clear()
+        refs = tuple([weakref.ref(t, self._forget(key)) for t in tensors])
+        self._entries[key] = (refs, key_of_data, extra, value)
+        return value
+
+    def _forget(self, key):
+        def callback(dead_ref):
+            entry = self._entries.get(key)
+            # Only the entry that holds this reference: the key may belong to a newer
+            # tensor by now (ids are reused).
+            if entry is not None and any(r is dead_ref for r in entry[0]):
+                del self._entries[key]
+        return callback
+
+    def __len__(self) -> int:
+        return len(self._entries)
