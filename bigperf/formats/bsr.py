@@ -13,12 +13,13 @@ from __future__ import annotations
 import torch
 
 from bigperf import _ext
+from bigperf.formats._shard import bias_once, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, cpu_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
-from bigperf.ops.torch_paths import register_torch_paths, torch_linear
+from bigperf.ops.torch_paths import copy_linear, register_float_copy_path, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES
-from bigperf.sparsity import pack_bsr, unpack_bsr_into
+from bigperf.sparsity import pack_bsr, unpack_bsr, unpack_bsr_into
 
 NAME = "bsr"
 VERSION = 1
@@ -80,11 +81,21 @@ def _torch_bsr_run(dtype):
     return run
 
 
+def float_weight(values: torch.Tensor, col_indices: torch.Tensor, row_ptr: torch.Tensor, k: int) -> torch.Tensor:
+    """The dense weight in fp32, for a layer that keeps a float copy (torch:copy)."""
+    return unpack_bsr(values.to(torch.float32), col_indices, row_ptr, k)
+
+
+def _copy_run(x, values, col_indices, row_ptr, bias, activation):
+    return copy_linear(x, values, bias=bias, activation=activation)
+
+
 def register_paths(table) -> None:
     """The paths of block_sparse_linear (besides the reference) on this format."""
     table.register("cpu", lambda x, *rest: cpu_why_not(x, "block_sparse_linear"), _cpu_bsr_run)
     table.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_bsr_run)
     register_torch_paths(table, _torch_bsr_run)
+    register_float_copy_path(table, _copy_run)
 
 
 # ----------------------------------------------------------------------------- ONNX
@@ -99,3 +110,35 @@ def lower(x, values, col_indices, row_ptr, bias, activation):
     dense = torch.zeros(block_rows, k // bk, bn, bk, dtype=values.dtype, device=values.device)
     dense = dense.index_put((rows, col_indices.long()), values)
     return onnx_linear(x, dense.transpose(1, 2).reshape(block_rows * bn, k), bias, activation)
+
+
+# ----------------------------------------------------------------------------- shard rules
+
+def shard_columns(tensors: tuple, bias, rank: int, world: int) -> tuple[tuple, torch.Tensor | None]:
+    """Rank's column-wise shard (output features) of (values, col_indices, row_ptr) and the
+    bias: whole block rows, row_ptr re-based to the shard's first block (bigperf/formats/_shard.py)."""
+    values, col_indices, row_ptr = tensors
+    bn = values.shape[1]
+    n = bn * (row_ptr.shape[0] - 1)
+    lo, hi = shard_range("bigperf.formats.bsr.shard_columns", "N (output features)", n, rank, world, unit=bn,
+                         unit_name="block row")
+    b0, b1 = lo // bn, hi // bn
+    first, last = int(row_ptr[b0]), int(row_ptr[b1])
+    return ((values[first:last], col_indices[first:last], row_ptr[b0:b1 + 1] - first),
+            row_slice(bias, lo, hi))
+
+
+def shard_rows(tensors: tuple, bias, k: int, rank: int, world: int) -> tuple[tuple, torch.Tensor | None]:
+    """Rank's row-wise shard (input features) of (values, col_indices, row_ptr): whole block
+    columns, the kept blocks' columns re-indexed from the shard's first and row_ptr rebuilt
+    from how many blocks each block row keeps. The bias on rank 0 only."""
+    values, col_indices, row_ptr = tensors
+    bk = values.shape[2]
+    lo, hi = shard_range("bigperf.formats.bsr.shard_rows", "K (input features)", k, rank, world, unit=bk,
+                         unit_name="block column")
+    c0, c1 = lo // bk, hi // bk
+    keep = (col_indices >= c0) & (col_indices < c1)
+    # Blocks kept before each position: row_ptr's entries index it directly.
+    kept_before = torch.cat((torch.zeros(1, dtype=torch.int64, device=keep.device), keep.cumsum(0)))
+    new_row_ptr = kept_before[row_ptr.long()].to(row_ptr.dtype)
+    return (values[keep], col_indices[keep] - c0, new_row_ptr), bias_once(bias, rank)

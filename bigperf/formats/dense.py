@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 
 from bigperf import _ext
+from bigperf.formats._shard import bias_once, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
-from bigperf.ops.torch_paths import copy_rows, register_torch_paths, torch_linear
+from bigperf.ops.torch_paths import copy_linear, copy_rows, register_float_copy_path, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES, FLOAT_DTYPES, last_dim_contiguous
 
 NAME = "dense"
@@ -97,12 +98,22 @@ def _triton_run(x, weight, bias, residual, activation):
     return out.reshape(*x.shape[:-1], n)
 
 
+def float_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The weight in fp32, for a layer that keeps a float copy (torch:copy)."""
+    return weight.detach().to(torch.float32, copy=True).contiguous()
+
+
+def _copy_run(x, weight, bias, residual, activation):
+    return copy_linear(x, weight, bias=bias, activation=activation, residual=residual)
+
+
 def register_paths(table) -> None:
     """The paths of fused_linear (besides the reference) on this format."""
     table.register("cpu", _cpu_why_not, _cpu_run)
     table.register("cuda", _cuda_why_not, _cuda_run)
     table.register("triton", _triton_why_not, _triton_run)
     register_torch_paths(table, _torch_run)
+    register_float_copy_path(table, _copy_run)
 
 
 # ----------------------------------------------------------------------------- ONNX
@@ -111,3 +122,21 @@ def register_paths(table) -> None:
 def lower(x, weight, bias, residual, activation):
     y = onnx_linear(x, weight, bias, activation)
     return y if residual is None else y + residual
+
+
+# ----------------------------------------------------------------------------- shard rules
+
+def shard_columns(tensors: tuple, bias, rank: int, world: int) -> tuple[tuple, torch.Tensor | None]:
+    """Rank's column-wise shard (output features) of (weight,) and the bias (bigperf/formats/_shard.py)."""
+    (weight,) = tensors
+    lo, hi = shard_range("bigperf.formats.dense.shard_columns", "N (output features)", weight.shape[0], rank, world)
+    return (weight[lo:hi],), row_slice(bias, lo, hi)
+
+
+def shard_rows(tensors: tuple, bias, k: int, rank: int, world: int) -> tuple[tuple, torch.Tensor | None]:
+    """Rank's row-wise shard (input features) of (weight,); the bias on rank 0 only."""
+    (weight,) = tensors
+    where = "bigperf.formats.dense.shard_rows"
+    check_k(where, k, weight.shape[1])
+    lo, hi = shard_range(where, "K (input features)", k, rank, world)
+    return (weight[:, lo:hi],), bias_once(bias, rank)

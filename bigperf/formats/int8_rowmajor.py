@@ -17,12 +17,19 @@ import math
 import torch
 
 from bigperf import _ext
+from bigperf.formats._shard import bias_once, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import BLOCKED_QUANT_OPSET, current_opset, onnx_linear, onnx_lowering, symbolic
-from bigperf.ops.torch_paths import copy_rows, register_torch_paths, torch_linear
+from bigperf.ops.torch_paths import copy_linear, copy_rows, register_float_copy_path, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES
-from bigperf.quant import activation_qmax, dequantize_weight_into, quantize_activation_per_token, quantize_weight
+from bigperf.quant import (
+    activation_qmax,
+    dequantize_weight,
+    dequantize_weight_into,
+    quantize_activation_per_token,
+    quantize_weight,
+)
 
 NAME = "int8-rowmajor"
 VERSION = 1  # bumped whenever the packed form changes; load refuses others
@@ -169,12 +176,31 @@ def _dynamic_torch_run(dtype):
     return run
 
 
+def float_weight(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                 weight_only: bool) -> torch.Tensor:
+    """What torch:copy multiplies by, in fp32: W8A16 the dequantised weight; W8A8 the int8
+    codes themselves (its math multiplies x's codes by the weight's, then scales)."""
+    if weight_only:
+        return dequantize_weight(qweight, scale, zero_point).to(torch.float32).contiguous()
+    return qweight.to(torch.float32)
+
+
+def _weight_only_copy_run(x, qweight, scale, zero_point, bias, activation):
+    return copy_linear(x, qweight, bias=bias, activation=activation)
+
+
+def _dynamic_copy_run(x, qweight, scale, bias, activation, act_bits=8):
+    xq, x_scale = quantize_activation_per_token(as_rows(x, qweight.shape[1]), act_bits)
+    return copy_linear(x, qweight, bias=bias, activation=activation, x_rows=xq, row_scale=x_scale, col_scale=scale)
+
+
 def register_weight_only_paths(table) -> None:
     """The paths of int8_weight_linear (besides the reference) on this format."""
     table.register("cpu", _weight_only_cpu_why_not, _weight_only_cpu_run)
     table.register("cuda", _weight_only_cuda_why_not, _weight_only_cuda_run)
     table.register("triton", _weight_only_triton_why_not, _weight_only_triton_run)
     register_torch_paths(table, _weight_only_torch_run)
+    register_float_copy_path(table, _weight_only_copy_run)
 
 
 def register_dynamic_paths(table) -> None:
@@ -182,6 +208,7 @@ def register_dynamic_paths(table) -> None:
     table.register("cpu", _dynamic_cpu_why_not, _dynamic_cpu_run)
     table.register("triton", _dynamic_triton_why_not, _dynamic_triton_run)
     register_torch_paths(table, _dynamic_torch_run)
+    register_float_copy_path(table, _dynamic_copy_run)
 
 
 # ----------------------------------------------------------------------------- ONNX
@@ -223,3 +250,31 @@ def _int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits=8):
     x_dq = symbolic("DequantizeLinear", [codes, x_scale, zero], {"axis": 0}, torch.float32, rows.shape)
     y = onnx_linear(x_dq, dequantize_linear(qweight, scale, None), bias, activation)
     return y.reshape(*x.shape[:-1], n).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- shard rules
+
+def shard_columns(tensors: tuple, bias, rank: int, world: int) -> tuple[tuple, torch.Tensor | None]:
+    """Rank's column-wise shard (output features) of (qweight, scale, zero_point) and the
+    bias: whole rows of codes with their own scales and zero points (bigperf/formats/_shard.py)."""
+    qweight, scale, zero_point = tensors
+    lo, hi = shard_range("bigperf.formats.int8_rowmajor.shard_columns", "N (output features)", qweight.shape[0],
+                         rank, world)
+    return (qweight[lo:hi], scale[lo:hi], row_slice(zero_point, lo, hi)), row_slice(bias, lo, hi)
+
+
+def shard_rows(tensors: tuple, bias, k: int, rank: int, world: int) -> tuple[tuple, torch.Tensor | None]:
+    """Rank's row-wise shard (input features) of (qweight, scale, zero_point): whole
+    quantisation groups with their scales; per-channel scales and zero points apply to every
+    column, so each rank keeps them whole. The bias on rank 0 only."""
+    where = "bigperf.formats.int8_rowmajor.shard_rows"
+    qweight, scale, zero_point = tensors
+    check_k(where, k, qweight.shape[1])
+    groups = scale.shape[1]
+    group = k // groups
+    lo, hi = shard_range(where, "K (input features)", k, rank, world, unit=1 if groups == 1 else group,
+                         unit_name="quantisation group")
+    if groups > 1:
+        scale, zero_point = scale[:, lo // group:hi // group], None if zero_point is None else \
+            zero_point[:, lo // group:hi // group]
+    return (qweight[:, lo:hi], scale, zero_point), bias_once(bias, rank)

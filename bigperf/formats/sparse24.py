@@ -29,12 +29,13 @@ import torch
 from bigperf import _ext
 from bigperf.formats import int8_rowmajor
 from bigperf.formats._checks import check_arg, check_layout_version, round_up
+from bigperf.formats._shard import bias_once, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
-from bigperf.ops.torch_paths import register_torch_paths, torch_linear
+from bigperf.ops.torch_paths import copy_linear, register_float_copy_path, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES
-from bigperf.sparsity import pack_24, pack_24_int8, unpack_24_into
+from bigperf.sparsity import pack_24, pack_24_int8, unpack_24, unpack_24_into
 
 NAME = "sparse24"
 VERSION = 1  # of the canonical tensors; load refuses others
@@ -117,12 +118,22 @@ def _torch_24_run(dtype):
     return run
 
 
+def float_weight(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """The dense weight in fp32 (int8 values dequantised), for a layer that keeps a float copy."""
+    return unpack_24(values, meta, scale, torch.float32)
+
+
+def _copy_run(x, values, meta, scale, bias, activation):
+    return copy_linear(x, values, bias=bias, activation=activation)
+
+
 def register_paths(table) -> None:
     """The paths of sparse24_linear (besides the reference) on this format."""
     table.register("cpu", lambda x, *rest: cpu_why_not(x, "sparse24_linear"), _cpu_24_run)
     table.register("cuda", _cuda_24_why_not, _cuda_24_run)
     table.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_24_run)
     register_torch_paths(table, _torch_24_run)
+    register_float_copy_path(table, _copy_run)
 
 
 # ----------------------------------------------------------------------------- CUDA layout
@@ -206,3 +217,27 @@ def lower(x, values, meta, scale, bias, activation):
     if scale is not None:
         dense = int8_rowmajor.dequantize_linear(dense, scale, None)
     return onnx_linear(x, dense, bias, activation)
+
+
+# ----------------------------------------------------------------------------- shard rules
+
+def shard_columns(tensors: tuple, bias, rank: int, world: int) -> tuple[tuple, torch.Tensor | None]:
+    """Rank's column-wise shard (output features) of (values, meta, scale) and the bias:
+    whole rows (bigperf/formats/_shard.py)."""
+    values, meta, scale = tensors
+    lo, hi = shard_range("bigperf.formats.sparse24.shard_columns", "N (output features)", values.shape[0], rank,
+                         world)
+    return (values[lo:hi], meta[lo:hi], row_slice(scale, lo, hi)), row_slice(bias, lo, hi)
+
+
+def shard_rows(tensors: tuple, bias, k: int, rank: int, world: int) -> tuple[tuple, torch.Tensor | None]:
+    """Rank's row-wise shard (input features) of (values, meta, scale): whole groups of 4
+    along K with their metadata, in whole meta bytes (one byte holds two groups, so a shard
+    is a multiple of 8 wide); the per-row int8 scale applies to every column and stays
+    whole. The bias on rank 0 only."""
+    where = "bigperf.formats.sparse24.shard_rows"
+    values, meta, scale = tensors
+    check_k(where, k, 2 * values.shape[1])
+    lo, hi = shard_range(where, "K (input features)", k, rank, world, unit=8,
+                         unit_name="metadata byte's two 2:4 groups")
+    return (values[:, lo // 2:hi // 2], meta[:, lo // 8:hi // 8], scale), bias_once(bias, rank)
