@@ -126,11 +126,18 @@ void sparse24_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_st
 
 // One BSR call: the kernel's arguments, whose index pointers point at this call's own
 // copies of the caller's index arrays (checked after copying: what is checked is what the
-// kernel reads).
+// kernel reads). The copies live in buffers of the calling thread, reused from call to
+// call (no allocation per call; a thread runs one call at a time).
 struct BsrCall {
   BsrArgs args{};
-  std::vector<int32_t> col_indices, row_ptr;
+  std::vector<int32_t>& col_indices;
+  std::vector<int32_t>& row_ptr;
 };
+
+BsrCall new_bsr_call() {
+  thread_local std::vector<int32_t> col_indices, row_ptr;
+  return BsrCall{BsrArgs{}, col_indices, row_ptr};
+}
 
 // The BSR arguments both layouts share, into `call`, every index copied and checked
 // (O(nnz), a few microseconds).
@@ -201,7 +208,7 @@ void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
                          int64_t nnz, uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
                          int64_t K, int act, int num_threads) {
   BsrFn kernel = kernel_for_isa<BsrFn>(isa, kBsrFn, ISA_KERNELS(block_sparse_linear));
-  BsrCall call;
+  BsrCall call = new_bsr_call();
   bsr_args(call, kBsrFn, x, x_row_stride, x_dtype, values, values_dtype, bn, bk, col_indices, row_ptr, nnz, bias,
            out, out_row_stride, M, N, K, act, num_threads);
   run_bsr(kernel, call);
@@ -217,7 +224,7 @@ void block_sparse_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_ro
   require(values_dtype != static_cast<int>(DType::bf16) || bk % 2 == 0, fn,
           "argument 'bk' = " + str(bk) + " must be even for bf16 values in the lane layout");
   BsrFn kernel = kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear));
-  BsrCall call;
+  BsrCall call = new_bsr_call();
   bsr_args(call, fn, x, x_row_stride, x_dtype, values, values_dtype, bn, bk, col_indices, row_ptr, nnz, bias, out,
            out_row_stride, M, N, K, act, num_threads);
   run_bsr(kernel, call);
