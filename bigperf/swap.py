@@ -149,6 +149,9 @@ def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> list[tuple[str,
                                  "source": type(p.old).__name__, "transposed": p.linear.transposed}
             undo.append((p.name, p.old))
             p.new.train(p.old.training)  # the new layer is in the mode of the one it replaces
+            tensor_parallel = p.old.__dict__.get("tensor_parallel")  # a shard (bigperf/distributed) stays one
+            if tensor_parallel is not None:
+                tensor_parallel.attach(p.new)
             set_submodule(model, p.name, p.new)
             if p.absorbed is not None:
                 absorbed = model.get_submodule(p.absorbed)
