@@ -12,3 +12,7 @@ the layers (bigperf/nn) hold one format and call its op.
     bsr              block-sparse rows (block_sparse_linear)
     bsr_lanes        the CPU lane layout of bsr
 """
+
+# The ops import the formats to register their paths: load the ops first, so that a format
+# module is never half-initialised when an op module asks it to register.
+import bigperf.ops  # noqa: E402,F401

@@ -34,6 +34,7 @@ from bigperf.formats._lanes import FLOAT_DTYPES, LANES
 from bigperf.ops.common import cpu_why_not
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
+from bigperf.ops.torch_paths import copy_linear, register_float_copy_path
 
 NAME = "bsr-lanes"
 KERNEL_LAYOUT = "cpu-lanes16"  # the layer's name for it (SparseLinear.kernel_layout)
@@ -179,11 +180,21 @@ def _canonical_stand_ins(x, values, col_indices, row_ptr, bk, bias, activation):
     return (x, canonical_values, col_indices, row_ptr, bias, activation)
 
 
+def float_weight(layout: BsrLanes) -> torch.Tensor:
+    """The dense weight in fp32, for a layer that keeps a float copy (torch:copy)."""
+    return bsr.float_weight(*unpack_bsr_lanes(layout), layout.k)
+
+
+def _copy_run(x, values, col_indices, row_ptr, bk, bias, activation):
+    return copy_linear(x, values, bias=bias, activation=activation)
+
+
 def register_paths(table, canonical_table) -> None:
     """Our CPU kernel on the layout, then every other path of block_sparse_linear's table on the
     unpacked weight."""
     table.register("cpu", cpu_kernel_why_not, _cpu_run)
     register_unpacked_paths(table, canonical_table, ("cpu",), _canonical_stand_ins, _canonical_args)
+    register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 
 
 # ----------------------------------------------------------------------------- ONNX

@@ -35,6 +35,7 @@ from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import fp32_bias
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
+from bigperf.ops.torch_paths import copy_linear, register_float_copy_path
 
 NAME = "w8a16-cuda"
 VERSION = 1
@@ -138,11 +139,21 @@ def _cuda_run(x, weight, scale, zero, n, k, group_size, bias, activation):
                                ACTIVATIONS.index(activation))
 
 
+def float_weight(layout: W8A16Layout) -> torch.Tensor:
+    """The dequantised weight in fp32, for a layer that keeps a float copy (torch:copy)."""
+    return int8_rowmajor.float_weight(*unpack_w8a16(layout), weight_only=True)
+
+
+def _copy_run(x, weight, scale, zero, n, k, group_size, bias, activation):
+    return copy_linear(x, weight, bias=bias, activation=activation)
+
+
 def register_paths(table, canonical_table) -> None:
     """The CUDA kernel on the layout, then every other path of int8_weight_linear's table on
     the unpacked weight."""
     table.register("cuda", _cuda_why_not, _cuda_run)
     register_unpacked_paths(table, canonical_table, ("cuda",), _canonical_stand_ins, _canonical_args)
+    register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 
 
 # ----------------------------------------------------------------------------- ONNX

@@ -36,3 +36,43 @@ def keeping_dtype(fn, tensors) -> callable:
             return t.to(out.device)
         return out
     return apply
+
+
+def set_float_copy(module: nn.Module, key: torch.Tensor, copy: torch.Tensor | None) -> None:
+    """Hold `copy` (the layer's weight materialised in fp32, or None for none) as the
+    non-persistent buffer `float_copy` (so moves carry it and the swap report counts its
+    bytes) and attach it to `key`, the tensor the layer's op receives as its weight (see
+    bigperf.ops.torch_paths.attach_float_copy)."""
+    from bigperf.ops.torch_paths import attach_float_copy
+
+    replace_buffers(module, ("float_copy",), {"float_copy": copy}, persistent=False)
+    attach_float_copy(key, copy)
+
+
+
+class FloatCopy:
+    """Mixin of the layers that may keep a float copy of their weight (opt in). A layer
+    says which tensor its op receives as the weight (_float_copy_key) and how its held
+    format materialises in fp32 (_float_weight); call _init_float_copy() in __init__ and
+    _refresh_float_copy() whenever the held tensors change (layout, move, load)."""
+
+    def _init_float_copy(self) -> None:
+        self.keeps_float_copy = False
+        self.float_copy = None
+
+    def keep_float_copy(self, keep: bool = True):
+        """Keep (keep=False: drop) a float copy of the weight: its fp32 materialisation, held
+        beside the packed weight, which adds the dispatcher path torch:copy (F.linear on the
+        copy: the original fp32 layer's speed where M is large). It costs N x K x 4 bytes,
+        counted in the swap report's bytes; kept through moves and loads, not saved. Returns self."""
+        self.keeps_float_copy = bool(keep)
+        self._refresh_float_copy()
+        return self
+
+    def _refresh_float_copy(self) -> None:
+        key = self._float_copy_key()
+        set_float_copy(self, key, self._float_weight() if self.keeps_float_copy else None)
+
+    def _drop_float_copy(self) -> None:
+        # Before a move or dtype change: the copy is rebuilt from the packed weight after it.
+        set_float_copy(self, self._float_copy_key(), None)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bigperf.formats import dense
+from bigperf.nn._layouts import FloatCopy
 from bigperf.ops.activations import activation_name
 from bigperf.ops.fused_linear import fused_linear
 from bigperf.ops.validation import FLOAT_DTYPES
 
 
-class FusedLinear(nn.Module):
+class FusedLinear(FloatCopy, nn.Module):
     """y = act(x @ W^T + b) (+ residual), W stored in `weight_dtype`, output in x's dtype.
 
     The bias is kept in fp32 (it is N numbers, and the kernels add it in fp32).
@@ -34,6 +36,7 @@ class FusedLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        self._init_float_copy()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, activation="none", weight_dtype: torch.dtype | None = None):
@@ -52,6 +55,23 @@ class FusedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         return fused_linear(x, self.weight, self.bias, residual, self.activation)
+
+    def _float_copy_key(self) -> torch.Tensor:
+        return self.weight
+
+    def _float_weight(self) -> torch.Tensor | None:
+        # An fp32 weight is its own float copy: torch:fp32 already multiplies by it.
+        return None if self.weight.dtype == torch.float32 else dense.float_weight(self.weight)
+
+    def _apply(self, fn, recurse=True):
+        self._drop_float_copy()  # rebuilt from the moved weight
+        super()._apply(fn, recurse)
+        self._refresh_float_copy()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._refresh_float_copy()  # from the loaded weight
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -7,7 +7,7 @@ from torch import nn
 
 from bigperf.formats import int8_rowmajor, w8a16_cuda
 from bigperf.formats.w8a16_cuda import W8A16Layout, pack_w8a16, unpack_w8a16
-from bigperf.nn._layouts import keeping_dtype, replace_buffers
+from bigperf.nn._layouts import FloatCopy, keeping_dtype, replace_buffers
 from bigperf.ops.activations import activation_name
 from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
 from bigperf.ops.int8_linear import int8_dynamic_linear, int8_weight_linear
@@ -29,7 +29,7 @@ _ROWMAJOR_BUFFERS = int8_rowmajor.BUFFERS
 _W8A16_BUFFERS = w8a16_cuda.BUFFERS
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(FloatCopy, nn.Module):
     """y = act(x @ dequant(W)^T + b): W8A16 (weight_only=True) or W8A8 with per-token
     dynamic activation quantisation (weight_only=False) to act_bits = 8 (codes in
     [-127, 127]) or 7 ([-63, 63]: ~7 dB less SQNR, faster on AVX2). Output in x's dtype."""
@@ -66,6 +66,7 @@ class Int8Linear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self.kernel_layout = "rowmajor"
+        self._init_float_copy()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, weight_only: bool = True, group_size: int | None = None,
@@ -118,7 +119,16 @@ class Int8Linear(nn.Module):
             unpacked = unpack_w8a16(self._w8a16_layout())
             replace_buffers(self, _W8A16_BUFFERS, dict(zip(_ROWMAJOR_BUFFERS, unpacked)))
         self.kernel_layout = layout
+        self._refresh_float_copy()  # attached to the tensor the new layout's op receives
         return self
+
+    def _float_copy_key(self) -> torch.Tensor:
+        return self.w8a16_weight if self.kernel_layout == "w8a16-cuda" else self.qweight
+
+    def _float_weight(self) -> torch.Tensor:
+        if self.kernel_layout == "w8a16-cuda":
+            return w8a16_cuda.float_weight(self._w8a16_layout())
+        return int8_rowmajor.float_weight(self.qweight, self.scale, self.zero_point, self.weight_only)
 
     def _preferred_layout(self) -> str:
         device = (self.qweight if self.kernel_layout == "rowmajor" else self.w8a16_weight).device
@@ -128,8 +138,12 @@ class Int8Linear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         scales = (self.scale, self.w8a16_scale, self.w8a16_zero) if self.kernel_layout == "w8a16-cuda" else (self.scale,)
+        self._drop_float_copy()  # rebuilt from the moved weight below
+        keeps, self.keeps_float_copy = self.keeps_float_copy, False
         super()._apply(keeping_dtype(fn, scales), recurse)
         self.use_kernel_layout(self._preferred_layout())
+        self.keeps_float_copy = keeps
+        self._refresh_float_copy()
         return self
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -147,6 +161,7 @@ class Int8Linear(nn.Module):
             super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         finally:  # a layout chosen by hand stays; otherwise the device's
             self.use_kernel_layout(layout if layout != "rowmajor" else self._preferred_layout())
+            self._refresh_float_copy()  # from the loaded weight
 
     def backend(self) -> str:
         """The backend a 1-row call on this layer's device would use (NoBackendError if none)."""

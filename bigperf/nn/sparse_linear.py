@@ -10,7 +10,7 @@ from bigperf.formats._lanes import reorder_lanes_values
 from bigperf.formats.bsr_lanes import BsrLanes, bsr_lanes_eligible, pack_bsr_lanes, unpack_bsr_lanes
 from bigperf.formats.sparse24_lanes import Sparse24Lanes, pack_24_lanes, unpack_24_lanes
 from bigperf.errors import LayerRefused  # noqa: F401 - also importable from here, its first home
-from bigperf.nn._layouts import keeping_dtype, replace_buffers
+from bigperf.nn._layouts import FloatCopy, keeping_dtype, replace_buffers
 from bigperf.ops.activations import activation_name
 from bigperf.ops.block_sparse_lanes_linear import block_sparse_lanes_linear
 from bigperf.ops.sparse24_lanes_linear import sparse24_lanes_linear
@@ -46,7 +46,7 @@ _FORMATS = {
 }
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(FloatCopy, nn.Module):
     """y = act(x @ W^T + b) with W compressed: pattern "2:4" (float or int8 values) or
     "block" (BSR with `block` = (bn, bk)). Output in x's dtype."""
 
@@ -79,6 +79,7 @@ class SparseLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self.kernel_layout = "canonical"
+        self._init_float_copy()
 
     def _make_buffers(self, n, k, int8, values_dtype, device):
         # Never inference tensors, even when the layer is built under torch.inference_mode():
@@ -222,7 +223,18 @@ class SparseLinear(nn.Module):
                             {n: t for n, t in zip(new_names, new) if n not in old_names},
                             persistent=layout == "canonical")
         self.kernel_layout = layout
+        self._refresh_float_copy()  # attached to the tensor the new layout's op receives
         return self
+
+    def _float_copy_key(self) -> torch.Tensor:
+        return self._held()[0]
+
+    def _float_weight(self) -> torch.Tensor:
+        if self.kernel_layout == "cpu-lanes16":
+            return _FORMATS[self.pattern, "cpu-lanes16"].float_weight(self._lanes_layout())
+        if self.pattern == "2:4":
+            return sparse24.float_weight(*self._held())
+        return bsr.float_weight(*self._held(), self.in_features)
 
     def _preferred_layout(self) -> str:
         # The lane layout wherever its format says it can be held (a CPU with the kernel,
@@ -235,6 +247,8 @@ class SparseLinear(nn.Module):
         return "canonical" if reason else "cpu-lanes16"
 
     def _apply(self, fn, recurse=True):
+        self._drop_float_copy()  # rebuilt from the moved weight below
+        keeps, self.keeps_float_copy = self.keeps_float_copy, False
         # A lane layout that another float dtype could not hold (BSR with an odd bk: not in
         # bf16) is unpacked first, while its order is still known; settled again below.
         if self.kernel_layout == "cpu-lanes16" and any(self._lanes_why_not(d) for d in FLOAT_DTYPES):
@@ -248,6 +262,8 @@ class SparseLinear(nn.Module):
             if laid_out_for is not None:
                 self.lanes_values = reorder_lanes_values(self.lanes_values, laid_out_for)
         self.use_kernel_layout(self._preferred_layout())
+        self.keeps_float_copy = keeps
+        self._refresh_float_copy()
         return self
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -284,6 +300,7 @@ class SparseLinear(nn.Module):
             self._load_canonical(state_dict, prefix, *args, **kwargs)
         finally:  # a layout chosen by hand stays; otherwise the device's
             self.use_kernel_layout(layout if layout != "canonical" else self._preferred_layout())
+            self._refresh_float_copy()  # from the loaded weight
 
     def _load_canonical(self, state_dict, prefix, *args, **kwargs):
         # A BSR layer's block count is data: take the incoming buffers' sizes (dtypes are checked by copy).

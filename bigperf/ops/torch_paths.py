@@ -4,7 +4,12 @@ Where PyTorch's GEMM is the fastest way to compute a layer (large M; a CPU whose
 GEMM uses AMX or a GPU's cuBLAS), the measuring dispatcher (bigperf/tune.py) picks one of
 these. They compute the same math as our kernels, from the same packed weights: a weight
 that is not already in the compute dtype is materialised a chunk of output rows at a time
-(dequantised, unpacked, converted), so no second full-size copy of it is ever held.
+(dequantised, unpacked, converted), so no second full-size copy of it is ever held
+unless the user asks for one: a layer told to keep a float copy (`keep_float_copy()`,
+`swap(..., float_copy=True)`) attaches its weight, materialised once in fp32, to the tensor
+the op receives as its weight, and the path "torch:copy" multiplies by it directly. That
+is the original fp32 layer's speed at large M, paid for in memory (the report counts the
+copy in the layer's bytes).
 
 Compute dtypes a path may use (what keeps each within the layer's tolerance): fp32
 always; a half dtype only where the layer's inputs already carry that precision (x in
@@ -128,3 +133,47 @@ def register_torch_paths(table, run_for: Callable[[torch.dtype], Callable[..., t
         def why_not(x, weight, *rest, dtype=dtype):
             return half_why_not(x, dtype, weight.dtype if weight.is_floating_point() else None)
         table.register("torch", why_not, run_for(dtype), variant=variant)
+
+
+# ----------------------------------------------------------------------------- opt-in float copies
+
+_FLOAT_COPY = "_bigperf_float_copy"  # attribute of the weight tensor: (copy, data_ptr, version)
+
+
+def attach_float_copy(weight: torch.Tensor, copy: torch.Tensor | None) -> None:
+    """Attach (or, with None, drop) the fp32 materialisation of `weight`, the tensor an op
+    receives as its weight. The copy is tied to weight's storage and version: after an
+    in-place write or a `.data =` assignment it no longer serves (a stale copy is never used)."""
+    if copy is None:
+        weight.__dict__.pop(_FLOAT_COPY, None)
+        return
+    setattr(weight, _FLOAT_COPY, (copy, weight.data_ptr(), weight._version))
+
+
+def float_copy_why_not(weight: torch.Tensor) -> str | None:
+    """Why the float copy of `weight` cannot serve a call, or None."""
+    held = getattr(weight, _FLOAT_COPY, None)
+    if held is None:
+        return "no float copy of the weight is held (opt in: layer.keep_float_copy(), swap(..., float_copy=True))"
+    copy, data_ptr, version = held
+    if weight.data_ptr() != data_ptr or weight._version != version:
+        return "the float copy is stale: the weight changed after it was made (call keep_float_copy() again)"
+    if copy.device != weight.device:
+        return f"the float copy is on {copy.device}, the weight on {weight.device}"
+    return None
+
+
+def float_copy_of(weight: torch.Tensor) -> torch.Tensor:
+    return getattr(weight, _FLOAT_COPY)[0]
+
+
+def register_float_copy_path(table, run: Callable[..., torch.Tensor]) -> None:
+    """The "torch:copy" path: `run` computes with float_copy_of(args[1]), which serves only
+    where the layer holds a fresh copy."""
+    table.register("torch", lambda x, weight, *rest: float_copy_why_not(weight), run, variant="copy")
+
+
+def copy_linear(x: torch.Tensor, weight: torch.Tensor, **epilogue) -> torch.Tensor:
+    """torch_linear in fp32 on the float copy attached to `weight`."""
+    held = float_copy_of(weight)
+    return torch_linear(x, held.shape[0], held.shape[1], torch.float32, whole=held, **epilogue)

@@ -179,3 +179,44 @@ def test_broadcast_rows_are_accepted_by_every_path(case):
         got = path.run(expanded, *args[1:])
         want = path.run(expanded.contiguous(), *args[1:])
         assert rel_error(got, want.double()) < 1e-6, path.id
+
+
+# The opt-in float copy (torch:copy): what each op's weight materialises to, in fp32.
+def _float_copy_for(table, args):
+    from bigperf.formats import bsr, bsr_lanes, dense, int8_rowmajor, sparse24, sparse24_lanes
+
+    if table is FUSED_BACKENDS:
+        return dense.float_weight(args[1])
+    if table is WEIGHT_ONLY_BACKENDS:
+        return int8_rowmajor.float_weight(args[1], args[2], args[3], weight_only=True)
+    if table is DYNAMIC_BACKENDS:
+        return int8_rowmajor.float_weight(args[1], args[2], None, weight_only=False)
+    if table is S24_BACKENDS:
+        return sparse24.float_weight(*args[1:4])
+    if table is S24_LANES_BACKENDS:
+        x, values, meta, scale, n = args[:5]
+        return sparse24_lanes.float_weight(sparse24_lanes.Sparse24Lanes(values, meta, scale, n, meta.shape[1] // 2))
+    if table is BSR_BACKENDS:
+        return bsr.float_weight(*args[1:4], K)
+    x, values, col_indices, row_ptr, bk = args[:5]
+    return bsr_lanes.float_weight(bsr_lanes.BsrLanes(values, col_indices, row_ptr, 16 * values.shape[1], bk, K))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_float_copy_path_serves_only_with_a_fresh_copy_and_matches_the_reference(case):
+    table, args, ref, tol = CASES[case]()
+    path = table.backends["torch:copy"]
+    weight = args[1]
+    assert "no float copy" in path.why_not(*args)  # never without the user's opt-in
+    torch_paths.attach_float_copy(weight, _float_copy_for(table, args))
+    try:
+        assert path.why_not(*args) is None
+        out = path.run(*args)
+        assert out.dtype == args[0].dtype and out.shape == ref.shape
+        err = rel_error(out, ref)
+        assert err < tol, f"{case}: torch:copy is off by {err:.2e} (tolerance {tol:.0e})"
+        weight.add_(0) if weight.is_floating_point() else weight.mul_(1)  # an in-place write: the copy is stale
+        assert "stale" in path.why_not(*args)
+    finally:
+        torch_paths.attach_float_copy(weight, None)
+    assert "no float copy" in path.why_not(*args)
