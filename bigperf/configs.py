@@ -42,6 +42,15 @@ def _check_float_dtype(config, field: str) -> None:
         raise _field_error(config, field, "one of " + ", ".join(f"torch.{_dtype_name(d)}" for d in FLOAT_DTYPES))
 
 
+def with_float_copy(config, layer: nn.Module) -> nn.Module:
+    """The layer, told to keep a float copy of its weight where the config asks for one."""
+    return layer.keep_float_copy() if config.float_copy else layer
+
+
+def _float_copy_note(config) -> str:
+    return " + float copy" if config.float_copy else ""
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -52,20 +61,23 @@ class FusedMixedPrecision:
 
     weight_dtype: torch.dtype = torch.bfloat16
     fuse_activations: bool = True
+    float_copy: bool = False  # also keep the weight in fp32 (opt in: torch:copy, N x K x 4 bytes)
 
     def __post_init__(self):
         _check_float_dtype(self, "weight_dtype")
-        _check_bool(self, "fuse_activations")
+        _check_bool(self, "fuse_activations", "float_copy")
 
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
-        return FusedLinear.from_linear(linear, activation=activation, weight_dtype=self.weight_dtype)
+        layer = FusedLinear.from_linear(linear, activation=activation, weight_dtype=self.weight_dtype)
+        return with_float_copy(self, layer)
 
     def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
-        return FusedLinear(in_features, out_features, bias, activation=activation, weight_dtype=self.weight_dtype,
-                           device=device)
+        layer = FusedLinear(in_features, out_features, bias, activation=activation, weight_dtype=self.weight_dtype,
+                            device=device)
+        return with_float_copy(self, layer)
 
     def describe(self) -> str:
-        return f"FusedMixedPrecision({_dtype_name(self.weight_dtype)})"
+        return f"FusedMixedPrecision({_dtype_name(self.weight_dtype)})" + _float_copy_note(self)
 
 
 @dataclass(frozen=True)
@@ -75,11 +87,12 @@ class Int8WeightOnly:
     group_size: int | None = None
     symmetric: bool = True
     fuse_activations: bool = True
+    float_copy: bool = False  # also keep the weight in fp32 (opt in: torch:copy, N x K x 4 bytes)
 
     def __post_init__(self):
         if self.group_size is not None and not (_is_int(self.group_size) and self.group_size in GROUP_SIZES):
             raise _field_error(self, "group_size", f"None (per channel) or one of {GROUP_SIZES}")
-        _check_bool(self, "symmetric", "fuse_activations")
+        _check_bool(self, "symmetric", "fuse_activations", "float_copy")
 
     def why_not_layer(self, in_features: int, out_features: int) -> str | None:
         if self.group_size is not None and in_features % self.group_size:
@@ -87,16 +100,19 @@ class Int8WeightOnly:
         return None
 
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
-        return Int8Linear.from_linear(linear, weight_only=True, group_size=self.group_size,
-                                      activation=activation, symmetric=self.symmetric)
+        layer = Int8Linear.from_linear(linear, weight_only=True, group_size=self.group_size,
+                                       activation=activation, symmetric=self.symmetric)
+        return with_float_copy(self, layer)
 
     def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
-        return Int8Linear(in_features, out_features, bias, weight_only=True, group_size=self.group_size,
-                          symmetric=self.symmetric, activation=activation, device=device)
+        layer = Int8Linear(in_features, out_features, bias, weight_only=True, group_size=self.group_size,
+                           symmetric=self.symmetric, activation=activation, device=device)
+        return with_float_copy(self, layer)
 
     def describe(self) -> str:
         grouping = "per-channel" if self.group_size is None else f"group {self.group_size}"
-        return f"Int8WeightOnly({grouping}{'' if self.symmetric else ', asymmetric'})"
+        asymmetric = "" if self.symmetric else ", asymmetric"
+        return f"Int8WeightOnly({grouping}{asymmetric})" + _float_copy_note(self)
 
 
 @dataclass(frozen=True)
@@ -107,20 +123,24 @@ class Int8Dynamic:
 
     act_bits: int = 8
     fuse_activations: bool = True
+    float_copy: bool = False  # also keep the weight in fp32 (opt in: torch:copy, N x K x 4 bytes)
 
     def __post_init__(self):
         activation_qmax(self.act_bits, "bigperf.Int8Dynamic", "act_bits")
-        _check_bool(self, "fuse_activations")
+        _check_bool(self, "fuse_activations", "float_copy")
 
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
-        return Int8Linear.from_linear(linear, weight_only=False, activation=activation, act_bits=self.act_bits)
+        layer = Int8Linear.from_linear(linear, weight_only=False, activation=activation, act_bits=self.act_bits)
+        return with_float_copy(self, layer)
 
     def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
-        return Int8Linear(in_features, out_features, bias, weight_only=False, activation=activation, device=device,
-                          act_bits=self.act_bits)
+        layer = Int8Linear(in_features, out_features, bias, weight_only=False, activation=activation, device=device,
+                           act_bits=self.act_bits)
+        return with_float_copy(self, layer)
 
     def describe(self) -> str:
-        return "Int8Dynamic()" if self.act_bits == 8 else f"Int8Dynamic(act_bits={self.act_bits})"
+        bits = "" if self.act_bits == 8 else f"act_bits={self.act_bits}"
+        return f"Int8Dynamic({bits})" + _float_copy_note(self)
 
 
 @dataclass(frozen=True)
@@ -131,21 +151,25 @@ class Sparse24:
     values_dtype: torch.dtype = torch.bfloat16
     prune: bool = False
     fuse_activations: bool = True
+    float_copy: bool = False  # also keep the weight in fp32 (opt in: torch:copy, N x K x 4 bytes)
 
     def __post_init__(self):
         _check_float_dtype(self, "values_dtype")
-        _check_bool(self, "prune", "fuse_activations")
+        _check_bool(self, "prune", "fuse_activations", "float_copy")
 
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
-        return SparseLinear.from_linear(linear, "2:4", values_dtype=self.values_dtype, prune=self.prune,
-                                        activation=activation)
+        layer = SparseLinear.from_linear(linear, "2:4", values_dtype=self.values_dtype, prune=self.prune,
+                                         activation=activation)
+        return with_float_copy(self, layer)
 
     def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
-        return SparseLinear(in_features, out_features, bias, pattern="2:4", values_dtype=self.values_dtype,
-                            activation=activation, device=device)
+        layer = SparseLinear(in_features, out_features, bias, pattern="2:4", values_dtype=self.values_dtype,
+                             activation=activation, device=device)
+        return with_float_copy(self, layer)
 
     def describe(self) -> str:
-        return f"Sparse24({_dtype_name(self.values_dtype)}{', prune' if self.prune else ''})"
+        prune = ", prune" if self.prune else ""
+        return f"Sparse24({_dtype_name(self.values_dtype)}{prune})" + _float_copy_note(self)
 
 
 @dataclass(frozen=True)
@@ -154,19 +178,22 @@ class Sparse24Int8:
 
     prune: bool = False
     fuse_activations: bool = True
+    float_copy: bool = False  # also keep the weight in fp32 (opt in: torch:copy, N x K x 4 bytes)
 
     def __post_init__(self):
-        _check_bool(self, "prune", "fuse_activations")
+        _check_bool(self, "prune", "fuse_activations", "float_copy")
 
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
-        return SparseLinear.from_linear(linear, "2:4", int8=True, prune=self.prune, activation=activation)
+        layer = SparseLinear.from_linear(linear, "2:4", int8=True, prune=self.prune, activation=activation)
+        return with_float_copy(self, layer)
 
     def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
-        return SparseLinear(in_features, out_features, bias, pattern="2:4", int8=True, activation=activation,
-                            device=device)
+        layer = SparseLinear(in_features, out_features, bias, pattern="2:4", int8=True, activation=activation,
+                             device=device)
+        return with_float_copy(self, layer)
 
     def describe(self) -> str:
-        return f"Sparse24Int8({'prune' if self.prune else ''})"
+        return f"Sparse24Int8({'prune' if self.prune else ''})" + _float_copy_note(self)
 
 
 @dataclass(frozen=True)
@@ -179,6 +206,7 @@ class BlockSparse:
     values_dtype: torch.dtype = torch.bfloat16
     prune: bool = False
     fuse_activations: bool = True
+    float_copy: bool = False  # also keep the weight in fp32 (opt in: torch:copy, N x K x 4 bytes)
 
     def __post_init__(self):
         block = self.block
@@ -190,19 +218,22 @@ class BlockSparse:
                                         and 0 < density <= 1):
             raise _field_error(self, "density", "None or a number in (0, 1]")
         _check_float_dtype(self, "values_dtype")
-        _check_bool(self, "prune", "fuse_activations")
+        _check_bool(self, "prune", "fuse_activations", "float_copy")
 
     def make_layer(self, linear: nn.Linear, activation: str) -> nn.Module:
-        return SparseLinear.from_linear(linear, "block", block=self.block, density=self.density,
-                                        values_dtype=self.values_dtype, prune=self.prune, activation=activation)
+        layer = SparseLinear.from_linear(linear, "block", block=self.block, density=self.density,
+                                         values_dtype=self.values_dtype, prune=self.prune, activation=activation)
+        return with_float_copy(self, layer)
 
     def empty_layer(self, in_features: int, out_features: int, bias: bool, activation: str, device) -> nn.Module:
-        return SparseLinear(in_features, out_features, bias, pattern="block", block=self.block,
-                            values_dtype=self.values_dtype, activation=activation, device=device)
+        layer = SparseLinear(in_features, out_features, bias, pattern="block", block=self.block,
+                             values_dtype=self.values_dtype, activation=activation, device=device)
+        return with_float_copy(self, layer)
 
     def describe(self) -> str:
         density = "" if self.density is None else f", density {self.density}"
-        return f"BlockSparse({self.block[0]}x{self.block[1]}{density}{', prune' if self.prune else ''})"
+        prune = ", prune" if self.prune else ""
+        return f"BlockSparse({self.block[0]}x{self.block[1]}{density}{prune})" + _float_copy_note(self)
 
 
 CONFIG_TYPES = {cls.__name__: cls for cls in (FusedMixedPrecision, Int8WeightOnly, Int8Dynamic, Sparse24,
