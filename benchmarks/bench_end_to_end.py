@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import inspect
 import json
@@ -117,7 +118,11 @@ def encoder(args) -> dict:
     tune = swap_takes_batch_sizes()
     rows = []
     dense: dict = {}  # the plain models (pruned for the sparse configs), fp32 and bf16
-    for name, (config, prune) in CONFIGS.items():
+    configs = dict(CONFIGS)
+    if args.float_copy:  # each config again, keeping an fp32 copy of every weight (opt in)
+        configs.update({f"{name} + float copy": (dataclasses.replace(config, float_copy=True), prune)
+                        for name, (config, prune) in CONFIGS.items()})
+    for name, (config, prune) in configs.items():
         key = repr(prune)
         if key not in dense:
             model = copy.deepcopy(base)
@@ -304,6 +309,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per greedy decode (default 32)")
     parser.add_argument("--decoder-layers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float-copy", action="store_true",
+                        help="also run every encoder config with float_copy=True (an fp32 copy of each weight)")
     parser.add_argument("--json", metavar="OUT")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
