@@ -1,0 +1,61 @@
+"""What a sharded layer records about its shard (`layer.tensor_parallel`), and the row-wise
+all-reduce: each rank's layer computes a partial sum over its slice of the input features
+(the bias on rank 0 only), a forward hook sums the partials over the mesh's process group
+(in fp32, whatever the output dtype) and then applies the layer's activation, which cannot
+run before the sum."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bigperf.ops.activations import apply_activation
+
+
+@dataclass(frozen=True)
+class TensorParallel:
+    style: str  # "colwise" or "rowwise"
+    rank: int
+    world: int
+    group: object  # the torch.distributed process group the row-wise partial sums are reduced over
+    in_features: int  # of the unsharded layer
+    out_features: int
+    activation: str = "none"  # row-wise: applied after the all-reduce
+
+    def attach(self, module: nn.Module) -> None:
+        """Record this shard on `module` and, row-wise, hook the all-reduce onto it (any hooks
+        an earlier attach added are removed first). A row-wise layer that computes a fused
+        activation itself (swap fused one after the model was sharded) hands it over, to run
+        after the sum."""
+        for handle in module.__dict__.pop("_tensor_parallel_hooks", ()):
+            handle.remove()
+        info, hooks = self, ()
+        if self.style == "rowwise":
+            fused = getattr(module, "activation", "none")
+            if fused != "none":
+                if self.activation != "none":
+                    raise ValueError(f"bigperf.distributed: a row-wise {type(module).__name__} computes "
+                                     f"activation {fused!r} and its shard already applies {self.activation!r} "
+                                     f"after the all-reduce")
+                info = replace(self, activation=fused)
+                module.activation = "none"
+            hooks = (module.register_forward_pre_hook(_refuse_residual, with_kwargs=True),
+                     module.register_forward_hook(info.all_reduce))
+        module.__dict__["tensor_parallel"] = info
+        module.__dict__["_tensor_parallel_hooks"] = hooks
+
+    def all_reduce(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+        total = output.to(torch.float32, copy=True)
+        dist.all_reduce(total, group=self.group)
+        return apply_activation(total, self.activation).to(output.dtype)
+
+
+def _refuse_residual(module, args, kwargs):
+    # FusedLinear's residual would be added once per rank before the sum.
+    if (len(args) > 1 and args[1] is not None) or kwargs.get("residual") is not None:
+        raise ValueError(f"bigperf.distributed: a row-wise sharded {type(module).__name__} takes no 'residual' "
+                         f"argument (each rank would add it); add it to the layer's output instead")
+    return None

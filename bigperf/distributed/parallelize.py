@@ -1,0 +1,118 @@
+"""bigperf.distributed.parallelize: tensor parallelism for bigperf layers and nn.Linear,
+planned whole before any module changes (like bigperf.swap)."""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import ColwiseParallel as TorchColwise
+from torch.distributed.tensor.parallel import RowwiseParallel as TorchRowwise
+
+from bigperf.distributed.layers import SHARDABLE, layer_kind, shard_layer, transplant
+from bigperf.formats._shard import STYLES
+
+WHERE = "bigperf.distributed.parallelize"
+
+# torch's styles as bigperf takes them: their default layouts only (a colwise layer takes a
+# replicated input and gives its local shard of the outputs; a rowwise one takes that shard
+# and gives the full, all-reduced output), as local tensors.
+_DEFAULT_LAYOUTS = {"colwise": ((Replicate(),), (Shard(-1),)), "rowwise": ((Shard(-1),), (Replicate(),))}
+
+
+def style_name(style, where: str = WHERE, key: str | None = None) -> str:
+    """"colwise" or "rowwise" for a plan value: that string, or torch's ColwiseParallel() /
+    RowwiseParallel() (and bigperf's subclasses) with their default layouts."""
+    entry = f" for {key!r}" if key is not None else ""
+    if isinstance(style, str):
+        if style not in STYLES:
+            raise ValueError(f"{where}: plan value{entry} must be one of {STYLES} or torch's ColwiseParallel() / "
+                             f"RowwiseParallel(), got {style!r}")
+        return style
+    name = "colwise" if isinstance(style, TorchColwise) else "rowwise" if isinstance(style, TorchRowwise) else None
+    if name is None:
+        raise TypeError(f"{where}: plan value{entry} must be one of {STYLES} or torch's ColwiseParallel() / "
+                        f"RowwiseParallel(), got {type(style).__name__}")
+    inputs, outputs = _DEFAULT_LAYOUTS[name]
+    if tuple(style.input_layouts) != inputs or tuple(style.output_layouts) != outputs or not style.use_local_output:
+        raise ValueError(f"{where}: plan value{entry} {style!r} asks for layouts bigperf does not shard to; "
+                         f"{type(style).__name__}() with its default layouts is supported")
+    return name
+
+
+def mesh_group(mesh, where: str = WHERE) -> tuple[int, int, object]:
+    """(rank, world, process group) of a 1-D device mesh."""
+    if not isinstance(mesh, DeviceMesh):
+        raise TypeError(f"{where}: argument 'mesh' must be a torch.distributed DeviceMesh "
+                        f"(init_device_mesh('cpu', (world,))), got {type(mesh).__name__}")
+    if mesh.ndim != 1:
+        raise ValueError(f"{where}: argument 'mesh' must be 1-D (tensor parallelism over one dimension), "
+                         f"got {mesh.ndim} dimensions; pass mesh['tp'] of a larger mesh")
+    return mesh.get_local_rank(), mesh.size(), mesh.get_group()
+
+
+def check_layer(name: str, module: nn.Module, mesh: DeviceMesh, where: str = WHERE) -> None:
+    """A layer this mesh can shard: one of SHARDABLE, on the mesh's device type, not sharded yet."""
+    if not isinstance(module, SHARDABLE):
+        raise TypeError(f"{where}: plan entry matches {name!r} ({type(module).__name__}); shardable layers are "
+                        f"{', '.join(t.__name__ for t in SHARDABLE)}")
+    layer_kind(module)
+    if "tensor_parallel" in module.__dict__:
+        raise ValueError(f"{where}: layer {name!r} is already sharded ({module.tensor_parallel.style})")
+    device = next(t for t in list(module.parameters()) + list(module.buffers())).device
+    if device.type != mesh.device_type:
+        raise ValueError(f"{where}: layer {name!r} is on {device}, the mesh on {mesh.device_type}")
+
+
+def _compile_plan(plan) -> list[tuple[re.Pattern, str, str]]:
+    if not isinstance(plan, dict) or not plan:
+        raise TypeError(f"{WHERE}: argument 'plan' must be a non-empty {{fqn regex: 'colwise' | 'rowwise' | "
+                        f"ColwiseParallel() | RowwiseParallel()}} dict, got {plan!r}")
+    compiled = []
+    for key, style in plan.items():
+        try:
+            pattern = re.compile(key)
+        except (re.error, TypeError) as error:
+            raise ValueError(f"{WHERE}: argument 'plan' has a bad regex {key!r}: {error}") from None
+        compiled.append((pattern, key, style_name(style, key=key)))
+    return compiled
+
+
+def parallelize(model: nn.Module, mesh: DeviceMesh, plan: dict) -> nn.Module:
+    """Shard `model`'s layers over a 1-D device mesh, in place; returns the model.
+
+    plan: {fqn regex: "colwise" | "rowwise"} (torch's ColwiseParallel() / RowwiseParallel()
+    with default layouts are taken too); each module whose name fully matches a key (the
+    first that matches) takes that style. Layers: nn.Linear, FusedLinear, Int8Linear,
+    SparseLinear, before or after bigperf.swap. Column-wise splits the output features (the
+    layer returns its rank's slice of them); row-wise splits the input features (the layer
+    takes such a slice) and all-reduces. Every shard is built first: a plan that matches
+    nothing, a layer that cannot be sharded, or a split a weight format cannot take raises
+    before any module changes."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{WHERE}: argument 'model' must be an nn.Module, got {type(model).__name__}")
+    compiled = _compile_plan(plan)
+    rank, world, group = mesh_group(mesh)
+    chosen: dict[str, tuple[str, nn.Module]] = {}
+    used = set()
+    for name, module in model.named_modules():
+        for pattern, key, style in compiled:
+            if pattern.fullmatch(name):
+                used.add(key)
+                check_layer(name, module, mesh)
+                chosen[name] = (style, module)
+                break
+    unused = [key for _, key, _ in compiled if key not in used]
+    if unused:
+        raise ValueError(f"{WHERE}: plan entries {unused} match no module of the model")
+    shards = []
+    for name, (style, module) in chosen.items():
+        try:
+            shards.append((module, *shard_layer(module, style, rank, world, group)))
+        except ValueError as error:
+            raise ValueError(f"{WHERE}: layer {name!r} ({style}): {error}") from None
+    for module, shard, tensor_parallel in shards:  # nothing below can fail: dict updates only
+        transplant(module, shard, tensor_parallel)
+    return model

@@ -1,0 +1,200 @@
+"""Cases run on every gloo rank (tests/distributed/spawn.py): single layers of every config,
+sharded column- and row-wise, against the unsharded swapped layer; both orders of shard and
+swap; torch's parallelize_module with bigperf's styles; plans that must be refused."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor.parallel import ColwiseParallel as TorchColwise
+from torch.distributed.tensor.parallel import parallelize_module
+
+import bigperf
+import bigperf.distributed as tp
+from bigperf.sparsity import block_mask, nm_mask
+
+N, K = 128, 256
+
+CONFIGS = {
+    "fused-fp32": bigperf.FusedMixedPrecision(torch.float32),
+    "fused-bf16": bigperf.FusedMixedPrecision(torch.bfloat16),
+    "int8-channel": bigperf.Int8WeightOnly(),
+    "int8-group32": bigperf.Int8WeightOnly(group_size=32),
+    "int8-group64-asym": bigperf.Int8WeightOnly(group_size=64, symmetric=False),
+    "int8-dynamic": bigperf.Int8Dynamic(),
+    "sparse24": bigperf.Sparse24(),
+    "block16": bigperf.BlockSparse(block=(16, 16)),
+    "sparse24-int8": bigperf.Sparse24Int8(),
+}
+# Shards that quantise differently from the whole, row-wise: shard first, a per-channel int8
+# scale (or the per-row scale of int8 2:4 values) is taken over K/world inputs; W8A8 takes
+# per-token activation scales over K/world inputs in either order.
+ROWWISE_REQUANTISES = {"int8-channel", "int8-dynamic", "sparse24-int8"}
+QUANTISATION_TOLERANCE = 3e-2  # relative Frobenius error between two int8 quantisations
+
+
+def rel_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got.double() - expected.double()).norm() / expected.double().norm())
+
+
+def plain_model(name: str, seed: int = 0) -> nn.Module:
+    """Linear(K, N) + SiLU (swap fuses it: row-wise, it must run after the all-reduce), its
+    weight pruned to the sparse configs' pattern, the same on every rank."""
+    torch.manual_seed(seed)
+    linear = nn.Linear(K, N)
+    with torch.no_grad():
+        if name.startswith("sparse24"):
+            linear.weight.mul_(nm_mask(linear.weight))
+        elif name.startswith("block"):
+            linear.weight.mul_(block_mask(linear.weight, (16, 16), 0.5))
+    return nn.Sequential(linear, nn.SiLU()).eval()
+
+
+def swapped(model: nn.Module, config) -> nn.Module:
+    report = bigperf.swap(model, config)
+    assert len(report.changes) == 1 and report.changes[0].activation == "silu", report
+    return model
+
+
+def shard_slice(size: int, rank: int, world: int) -> slice:
+    return slice(rank * size // world, (rank + 1) * size // world)
+
+
+def inputs() -> torch.Tensor:
+    return torch.randn(3, 5, K, generator=torch.Generator().manual_seed(11))
+
+
+def case_layers(rank: int, world: int) -> None:
+    """Every config: col-wise gives this rank's slice of the unsharded output, row-wise the
+    whole output from this rank's slice of the input; shard-then-swap equals swap-then-shard."""
+    mesh = init_device_mesh("cpu", (world,))
+    x = inputs()
+    cols, rows = shard_slice(N, rank, world), shard_slice(K, rank, world)
+    failures = []
+    with bigperf.use_backend("cpu"), torch.no_grad():
+        for name, config in CONFIGS.items():
+            expected = swapped(plain_model(name), config)(x)
+            for style, x_in, want in (("colwise", x, expected[..., cols]), ("rowwise", x[..., rows], expected)):
+                swap_first = tp.parallelize(swapped(plain_model(name), config), mesh, {"0": style})
+                got = swap_first(x_in)
+                tol = QUANTISATION_TOLERANCE if style == "rowwise" and name == "int8-dynamic" else 1e-5
+                if got.shape != want.shape or rel_error(got, want) > tol:
+                    failures.append(f"{name} {style} swap first: shape {tuple(got.shape)}, "
+                                    f"error {rel_error(got, want) if got.shape == want.shape else None}")
+                shard_first = swapped(tp.parallelize(plain_model(name), mesh, {"0": style}), config)
+                again = shard_first(x_in)
+                if style == "rowwise" and name in ROWWISE_REQUANTISES:
+                    ok = rel_error(again, got) < QUANTISATION_TOLERANCE
+                else:
+                    ok = torch.equal(again, got)
+                if not ok:
+                    failures.append(f"{name} {style} shard first differs from swap first: "
+                                    f"error {rel_error(again, got)}")
+    assert not failures, "\n".join(failures)
+
+
+def case_layer_state(rank: int, world: int) -> None:
+    """A shard holds only its part (N/world x K or N x K/world), re-derives its kernel layout,
+    keeps its identity, hooks and swap_record, and the bias is added once (rank 0)."""
+    mesh = init_device_mesh("cpu", (world,))
+    for name in ("int8-group32", "sparse24", "block16"):
+        model = swapped(plain_model(name), CONFIGS[name])
+        layer = model[0]
+        seen = []
+        layer.register_forward_hook(lambda *args: seen.append(1))
+        before = sum(t.numel() * t.element_size() for t in layer.state_dict().values() if isinstance(t, torch.Tensor))
+        layout = getattr(layer, "kernel_layout", None)
+        tp.parallelize(model, mesh, {"0": "rowwise"})
+        assert model[0] is layer and layer.in_features == K // world and layer.out_features == N
+        assert layer.tensor_parallel.in_features == K and layer.tensor_parallel.activation == "silu"
+        assert layer.activation == "none" and layer.kernel_layout == layout and layer.swap_record
+        assert (layer.bias is not None) == (rank == 0)
+        after = sum(t.numel() * t.element_size() for t in layer.state_dict().values() if isinstance(t, torch.Tensor))
+        assert after < before / world * 1.1, (name, before, after)
+        with torch.no_grad():
+            layer(inputs()[..., shard_slice(K, rank, world)])
+        assert seen == [1]  # the user's hook still fires
+
+
+def case_torch_entry_point(rank: int, world: int) -> None:
+    """torch's parallelize_module with bigperf's styles shards bigperf layers as parallelize
+    does; torch's own ColwiseParallel refuses them (NotImplementedError), which is why
+    bigperf's styles exist."""
+    mesh = init_device_mesh("cpu", (world,))
+    x = inputs()
+    with bigperf.use_backend("cpu"), torch.no_grad():
+        for name in ("int8-group64-asym", "sparse24-int8", "block16", "fused-bf16"):
+            for style, torch_style, x_in in (("colwise", tp.ColwiseParallel(), x),
+                                             ("rowwise", tp.RowwiseParallel(), x[..., shard_slice(K, rank, world)])):
+                ours = tp.parallelize(swapped(plain_model(name), CONFIGS[name]), mesh, {"0": style})
+                theirs = parallelize_module(swapped(plain_model(name), CONFIGS[name]), mesh, {"0": torch_style})
+                assert torch.equal(ours(x_in), theirs(x_in)), (name, style)
+        try:
+            parallelize_module(swapped(plain_model("int8-channel"), CONFIGS["int8-channel"]), mesh,
+                               {"0": TorchColwise()})
+        except NotImplementedError as error:
+            assert "only support nn.Linear" in str(error)
+        else:
+            raise AssertionError("torch's ColwiseParallel now takes Int8Linear: revisit bigperf.distributed.styles")
+
+
+def _fingerprint(model: nn.Module) -> list:
+    return [(name, type(m).__name__, {k: v.clone() for k, v in m.state_dict().items() if isinstance(v, torch.Tensor)},
+             len(m._forward_hooks), "tensor_parallel" in m.__dict__) for name, m in model.named_modules()]
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        x[0] == y[0] and x[1] == y[1] and x[3:] == y[3:] and x[2].keys() == y[2].keys()
+        and all(torch.equal(x[2][k], y[2][k]) for k in x[2]) for x, y in zip(a, b))
+
+
+def case_bad_plans(rank: int, world: int) -> None:
+    """Each bad plan raises a clear error naming parallelize, and the model is bitwise as it was."""
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 192), nn.ReLU(), nn.Linear(192, 64))
+    bigperf.swap(model, bigperf.Int8WeightOnly(group_size=64))
+    before = _fingerprint(model)
+    bad = [
+        ({"0": "colwise", "3": "rowwise"}, ValueError, r"plan entries \['3'\] match no module"),
+        ({"0": "sideways"}, ValueError, "plan value for '0' must be one of"),
+        ({"0": TorchColwise(use_local_output=False)}, ValueError, "asks for layouts bigperf does not shard to"),
+        ({"0": 3}, TypeError, "plan value for '0' must be one of"),
+        ({"(": "colwise"}, ValueError, "bad regex"),
+        ({"1": "colwise"}, TypeError, r"matches '1' \(Identity\)"),
+        ({"": "colwise"}, TypeError, r"matches '' \(Sequential\)"),
+        # layer 0 would take its shard, layer 2 cannot: K = 192 over the ranks cuts a group of 64
+        ({"0": "colwise", "2": "rowwise"}, ValueError,
+         r"layer '2' \(rowwise\): bigperf.formats.int8_rowmajor.shard_rows: a shard of K .* group of 64"),
+        ({}, TypeError, "argument 'plan' must be a non-empty"),
+    ]
+    for plan, error, match in bad:
+        try:
+            tp.parallelize(model, mesh, plan)
+        except error as raised:
+            assert "bigperf.distributed.parallelize" in str(raised) and __import__("re").search(match, str(raised)), \
+                (plan, str(raised))
+        else:
+            raise AssertionError(f"plan {plan} was accepted")
+        assert _same(_fingerprint(model), before), f"plan {plan} changed the model"
+    for args, match in (((model, "cpu", {"0": "colwise"}), "argument 'mesh' must be a torch.distributed DeviceMesh"),
+                        (("model", mesh, {"0": "colwise"}), "argument 'model' must be an nn.Module")):
+        try:
+            tp.parallelize(*args)
+        except TypeError as raised:
+            assert match in str(raised), str(raised)
+        else:
+            raise AssertionError(f"{match}: accepted")
+    tp.parallelize(model, mesh, {"0": "colwise"})
+    try:
+        tp.parallelize(model, mesh, {"0": "colwise"})
+    except ValueError as raised:
+        assert "layer '0' is already sharded" in str(raised)
+    else:
+        raise AssertionError("a layer was sharded twice")
+
+
+CASES = {"layers": case_layers, "layer_state": case_layer_state, "torch_entry_point": case_torch_entry_point,
+         "bad_plans": case_bad_plans}
