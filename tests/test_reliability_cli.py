@@ -190,3 +190,29 @@ def test_bench_output_onto_a_folder_is_refused_before_the_run(tmp_path, capsys, 
     monkeypatch.setattr(runner, "run_suite", never)
     status, text = run_cli(["bench", "--suite", "smoke", option, str(tmp_path)], capsys)
     assert_message(status, text, str(tmp_path))
+
+
+@pytest.mark.parametrize("where,value", [
+    (("results", 2, "speedup_vs_fastest"), "x"),
+    (("results", 2, "speedup_vs_fastest_q1"), None),
+    (("results", 2, "fastest_baseline"), 3),
+    (("results", 2, "speedup_runs"), "fast"),
+    (("skipped", 0, "key"), None),
+    (("skipped", 0, "key"), []),
+    (("skipped", 0, "reason"), {}),
+])
+@pytest.mark.parametrize("command", ["compare", "floor"])
+def test_malformed_optional_fields_are_a_message(tmp_path, capsys, where, value, command):
+    skipped = [{"key": "l.proj/m=1/fp32/fused_linear[cuda]", "reason": "no GPU"}]
+    rec = record([result(), auto()], skipped=skipped)
+    target = rec
+    for part in where[:-1]:
+        target = target[part]
+    target[where[-1]] = value
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(rec))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(record([result(), auto()], skipped=skipped)))
+    argv = ["compare", str(good), str(bad)] if command == "compare" else ["floor", str(bad)]
+    status, text = run_cli(["bench", *argv], capsys)
+    assert_message(status, text, "bad.json")

@@ -33,6 +33,13 @@ RESULT_FIELDS = {
     "median_s": _NUMBER, "q1_s": _NUMBER, "q3_s": _NUMBER, "rounds": (int,),
     "speedup": _NUMBER, "speedup_q1": _NUMBER, "speedup_q3": _NUMBER,
 }
+# Optional fields (auto variants, merged runs) and what they must hold when present.
+OPTIONAL_RESULT_FIELDS = {
+    "speedup_vs_fastest": _NUMBER + (type(None),), "speedup_vs_fastest_q1": _NUMBER + (type(None),),
+    "speedup_vs_fastest_q3": _NUMBER + (type(None),), "fastest_baseline": (str, type(None)),
+    "speedup_runs": (list,),
+}
+SKIPPED_FIELDS = {"key": (str,), "reason": (str,)}
 RECORD_FIELDS = {
     "schema": (str,), "version": (int,), "created": (str,), "suite": (str,), "device": (str,),
     "fingerprint": (dict,), "ceilings": (dict,), "results": (list,), "skipped": (list,),
@@ -186,12 +193,20 @@ def validate_record(record, source: str) -> dict:
     for i, skipped in enumerate(record["skipped"]):
         if not isinstance(skipped, dict):
             raise BenchFileError(f"{source}: skipped[{i}]: must be an object, got {type(skipped).__name__}")
+        _check_fields(skipped, {k: t for k, t in SKIPPED_FIELDS.items() if k in skipped}, f"{source}: skipped[{i}]")
     keys = set()
     for i, result in enumerate(record["results"]):
         where = f"{source}: results[{i}]"
         if not isinstance(result, dict):
             raise BenchFileError(f"{where}: must be an object, got {type(result).__name__}")
         _check_fields(result, RESULT_FIELDS, where)
+        _check_fields(result, {k: t for k, t in OPTIONAL_RESULT_FIELDS.items() if k in result}, where)
+        if not all(isinstance(x, _NUMBER) and not isinstance(x, bool) for x in result.get("speedup_runs", [])):
+            raise BenchFileError(f"{where}: field 'speedup_runs' must be a list of numbers")
+        if result.get("speedup_vs_fastest") is not None and not all(
+                isinstance(result.get(f"speedup_vs_fastest_{q}"), _NUMBER) for q in ("q1", "q3")):
+            raise BenchFileError(f"{where}: fields 'speedup_vs_fastest_q1' and '_q3' must be numbers when "
+                                 f"'speedup_vs_fastest' is")
         if result["role"] not in ROLES:
             raise BenchFileError(f"{where}: role must be one of {ROLES}, got {result['role']!r}")
         for name, value in result.items():
