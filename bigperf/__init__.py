@@ -3,7 +3,7 @@
     report = bigperf.swap(model, bigperf.FusedMixedPrecision())
 """
 
-from bigperf import deploy, nn, ops, sparsity
+from bigperf import deploy, distributed, nn, ops, sparsity
 from bigperf._ext import use_cpu_isa
 from bigperf.configs import BlockSparse, FusedMixedPrecision, Int8Dynamic, Int8WeightOnly, Sparse24, Sparse24Int8
 from bigperf.ops.registry import NoBackendError, use_backend

@@ -10,10 +10,26 @@ shard_rows); the layers are rebuilt from their shards through their own construc
 every kernel layout is re-derived per rank. torch's parallelize_module takes
 bigperf.distributed.ColwiseParallel() / RowwiseParallel() (see styles.py for why torch's own
 styles cannot shard these layers).
+
+The names load on first use: torch.distributed.tensor takes seconds to import, which
+`import bigperf` should not pay.
 """
 
-from bigperf.distributed.all_reduce import TensorParallel
-from bigperf.distributed.parallelize import parallelize
-from bigperf.distributed.styles import ColwiseParallel, RowwiseParallel
+import importlib
 
-__all__ = ["ColwiseParallel", "RowwiseParallel", "TensorParallel", "parallelize"]
+_HOMES = {"parallelize": "parallelize", "ColwiseParallel": "styles", "RowwiseParallel": "styles",
+          "TensorParallel": "all_reduce"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'bigperf.distributed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bigperf.distributed.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOMES))
