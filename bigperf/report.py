@@ -57,25 +57,27 @@ class SwapReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def __rich__(self):
+        from rich.markup import escape
         from rich.table import Table
 
+        # Names, recipes and reasons are text: a regex such as "[/_]" is not rich markup.
         title = f"bigperf.swap {self.config}" + (" (dry run: nothing changed)" if self.dry_run else "")
-        table = Table(title=title)
+        table = Table(title=escape(title))
         tuned = any(c.by_batch for c in self.changes)
         columns = ["layer", "old → new", "activation", "weight bytes", "SQNR dB", "backend / reason"]
         for column in columns + (["path and speedup per batch size"] if tuned else []):
             table.add_column(column)
         for c in self.changes:
             sqnr = "-" if c.sqnr_db is None else f"{c.sqnr_db:.1f}"
-            table.add_row(c.name, f"{c.old} → {c.new}", c.activation,
-                          f"{c.bytes_before:,} → {c.bytes_after:,}", sqnr, c.backend,
-                          *([c.paths_text()] if tuned else []))
+            table.add_row(escape(c.name), escape(f"{c.old} → {c.new}"), c.activation,
+                          f"{c.bytes_before:,} → {c.bytes_after:,}", sqnr, escape(c.backend),
+                          *([escape(c.paths_text())] if tuned else []))
         for name, reason in self.kept:
-            table.add_row(name, "kept", "", "", "", reason, *([""] if tuned else []))
+            table.add_row(escape(name), "kept", "", "", "", escape(reason), *([""] if tuned else []))
         table.caption = (f"{len(self.changes)} layer(s) swapped; weight bytes "
                          f"{self.bytes_before:,} → {self.bytes_after:,}")
         if self.tuning_seconds is not None:
-            table.caption += f"; tuned in {self.tuning_seconds:.1f} s (cache: {self.tune_cache})"
+            table.caption += f"; tuned in {self.tuning_seconds:.1f} s (cache: {escape(str(self.tune_cache))})"
         return table
 
     def __str__(self) -> str:

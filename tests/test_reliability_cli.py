@@ -216,3 +216,14 @@ def test_malformed_optional_fields_are_a_message(tmp_path, capsys, where, value,
     argv = ["compare", str(good), str(bad)] if command == "compare" else ["floor", str(bad)]
     status, text = run_cli(["bench", *argv], capsys)
     assert_message(status, text, "bad.json")
+
+
+def test_the_swap_report_prints_brackets_as_text(capsys):
+    import bigperf
+
+    model = mlp()
+    report = bigperf.swap(model, {r"[/a]?0": "int8", r"[/b]?2": None})
+    text = " ".join(str(report).split())
+    assert "[/a]?0" in text and "[/b]?2" in text
+    status, out = run_cli(["swap", "tests.test_reliability_cli:mlp", "--config", "int8", "--dry-run"], capsys)
+    assert status == 0 and "Traceback" not in out
