@@ -347,3 +347,16 @@ def test_a_manifest_that_swaps_one_module_twice_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"bigperf.load: .*'0'.*twice"):
         bigperf.load(other, directory)
     assert_same(before, snapshot(other))
+
+
+def test_a_k_beyond_a_kernel_s_limit_is_refused_or_runs(monkeypatch):
+    """int8 dynamic's CPU kernel stops at K = 131071 (int32 accumulator); without measuring,
+    one row goes to that kernel. Whatever swap accepts must run."""
+    monkeypatch.setenv("BIGPERF_TUNE", "0")
+    k = 131072 + 64
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(k, 8)).eval()
+    report = bigperf.swap(model, "int8-dynamic")
+    with torch.no_grad():
+        assert model(torch.randn(1, k)).shape == (1, 8)
+    assert [c.name for c in report.changes] == ["0"] or "131071" in report.kept[0][1]
