@@ -15,8 +15,10 @@ OUT=build/sanitize
 REPORTS=$OUT/reports
 
 # Every kernel entry point, each ISA path this CPU runs (the csrc tests are parametrised by
-# ISA), the op and layer edge, and the fuzzers; the slowest parametrisations of the sparse
-# kernel tests are left to `make test` (same code paths, more shapes).
+# ISA; with SANITIZE_AVX512=1 the AVX-512 units also run built on SIMDe, with the same
+# sanitizers through BIGPERF_EMULATION_CXXFLAGS), the op and layer edge, the class-1 concurrency test and the
+# fuzzers; the slowest parametrisations of the sparse kernel tests are left to `make test`
+# (same code paths, more shapes).
 DEFAULT_TESTS=(
   tests/csrc/test_cpu_fused_linear.py
   tests/csrc/test_cpu_int8_linear.py
@@ -29,6 +31,14 @@ DEFAULT_TESTS=(
   tests/test_reliability_kernels.py::test_bsr_index_written_during_kernel_never_crashes
   tests/fuzz
 )
+# The AVX-512 units built on SIMDe under the sanitizers cost ~2 CPU-minutes more (measured on
+# Zen 3: compiling SIMDe with ASan dominates), over CI's budget: SANITIZE_AVX512=1 adds them.
+if [ "${SANITIZE_AVX512:-0}" = 1 ]; then
+  DEFAULT_TESTS+=(tests/csrc/test_cpu_int8_avx512_emulated.py)
+else
+  DEFAULT_TESTS+=(--deselect tests/csrc/test_cpu_fused_linear.py::test_avx512_path_under_simde_emulation
+                  --deselect tests/csrc/test_cpu_sparse_linear.py::test_avx512_path_under_simde_emulation)
+fi
 if [ $# -gt 0 ]; then TESTS=("$@"); else TESTS=("${DEFAULT_TESTS[@]}"); fi
 
 # Skip the build with SANITIZE_SKIP_BUILD=1 (re-running tests against the last build).
@@ -54,6 +64,7 @@ env LD_PRELOAD="$ASAN_LIB $STDCXX_LIB" \
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:log_path=$PWD/$REPORTS/asan" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$PWD/$REPORTS/ubsan" \
     BIGPERF_SANITIZED_EXT_DIR="$OUT/lib/bigperf" \
+    BIGPERF_EMULATION_CXXFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
     "$PYTHON" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
 status=$?
 echo "sanitize: tests ran in $(( $(date +%s) - built )) s (pytest exit $status)"

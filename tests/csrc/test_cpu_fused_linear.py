@@ -8,6 +8,7 @@ and the AVX-512 one is also checked under SIMDe emulation (last test).
 from __future__ import annotations
 
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -252,7 +253,8 @@ def test_avx512_path_under_simde_emulation(tmp_path):
     Checks its logic on any x86 CPU; on an AVX-512 machine the tests above run it for real.
     """
     root = Path(__file__).resolve().parents[2]
-    flags = ["g++", "-std=c++17", "-O1", "-DBIGPERF_X86=1", f"-I{root / 'csrc'}", "-pthread", "-w"]
+    flags = ["g++", "-std=c++17", "-O1", "-DBIGPERF_X86=1", f"-I{root / 'csrc'}", "-pthread", "-w",
+             *os.environ.get("BIGPERF_EMULATION_CXXFLAGS", "").split()]  # make test-sanitize
     unit = tmp_path / "unit.o"
     subprocess.run([*flags, "-c", str(EMULATION / "fused_linear_avx512_simde.cpp"), "-o", str(unit)], check=True)
     exe = tmp_path / "check"

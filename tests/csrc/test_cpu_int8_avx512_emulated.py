@@ -8,6 +8,7 @@ runs the real thing as well.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
@@ -28,7 +29,8 @@ pytestmark = [
 
 
 def test_avx512_kernels_match_scalar_under_emulation(tmp_path):
-    flags = ["g++", "-std=c++17", "-O1", "-DBIGPERF_X86=1", f"-I{ROOT / 'csrc'}", f"-I{HERE}", "-pthread"]
+    flags = ["g++", "-std=c++17", "-O1", "-DBIGPERF_X86=1", f"-I{ROOT / 'csrc'}", f"-I{HERE}", "-pthread",
+             *os.environ.get("BIGPERF_EMULATION_CXXFLAGS", "").split()]  # make test-sanitize
     objects = []
     for unit in ("kernels_weight_only.cpp", "kernels_dynamic.cpp"):
         obj = tmp_path / (unit + ".o")

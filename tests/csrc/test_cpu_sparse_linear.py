@@ -7,6 +7,7 @@ checked under SIMDe emulation against the scalar path (last test)."""
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import shutil
 import subprocess
@@ -543,7 +544,8 @@ def test_avx512_path_under_simde_emulation(tmp_path):
     Checks its logic on any x86 CPU; on an AVX-512 machine the tests above run it for real.
     """
     root = Path(__file__).resolve().parents[2]
-    flags = ["g++", "-std=c++17", "-O1", "-DBIGPERF_X86=1", f"-I{root / 'csrc'}", "-pthread", "-w"]
+    flags = ["g++", "-std=c++17", "-O1", "-DBIGPERF_X86=1", f"-I{root / 'csrc'}", "-pthread", "-w",
+             *os.environ.get("BIGPERF_EMULATION_CXXFLAGS", "").split()]  # make test-sanitize
     unit = tmp_path / "unit.o"
     subprocess.run([*flags, "-c", str(EMULATION / "sparse_linear_avx512_simde.cpp"), "-o", str(unit)], check=True)
     exe = tmp_path / "check"
