@@ -17,7 +17,7 @@ The names load on first use: torch.distributed.tensor takes seconds to import, w
 
 import importlib
 
-_HOMES = {"parallelize": "parallelize", "ColwiseParallel": "styles", "RowwiseParallel": "styles",
+_HOMES = {"parallelize": "plan", "ColwiseParallel": "styles", "RowwiseParallel": "styles",
           "TensorParallel": "all_reduce"}
 
 __all__ = sorted(_HOMES)

@@ -17,7 +17,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel as TorchColwise
 from torch.distributed.tensor.parallel import RowwiseParallel as TorchRowwise
 
 from bigperf.distributed.layers import shard_layer, transplant
-from bigperf.distributed.parallelize import check_layer, mesh_group, style_name
+from bigperf.distributed.plan import check_layer, mesh_group, style_name
 
 
 def _shard_in_place(style, module: nn.Module, mesh: DeviceMesh) -> nn.Module:

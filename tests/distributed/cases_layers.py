@@ -196,5 +196,27 @@ def case_bad_plans(rank: int, world: int) -> None:
         raise AssertionError("a layer was sharded twice")
 
 
-CASES = {"layers": case_layers, "layer_state": case_layer_state, "torch_entry_point": case_torch_entry_point,
-         "bad_plans": case_bad_plans}
+def case_smoke(rank: int, world: int) -> None:
+    """Any number of ranks: a colwise -> rowwise MLP (the transformer block's pattern) gives
+    the unsharded swapped model's output; a 2-D mesh is refused (1-D tensor parallelism)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(K, N), nn.GELU(), nn.Linear(N, 64)).eval()
+    bigperf.swap(model, bigperf.Int8WeightOnly(group_size=32))
+    x = inputs()
+    plan = {"0": "colwise", "2": "rowwise"}
+    with bigperf.use_backend("cpu"), torch.no_grad():
+        expected = model(x)
+        two_d = init_device_mesh("cpu", (2, world // 2)) if world % 2 == 0 and world > 2 else None
+        if two_d is not None:
+            try:
+                tp.parallelize(model, two_d, plan)
+            except ValueError as error:
+                assert "argument 'mesh' must be 1-D" in str(error), str(error)
+            else:
+                raise AssertionError("a 2-D mesh was accepted")
+        got = tp.parallelize(model, init_device_mesh("cpu", (world,)), plan)(x)
+    assert rel_error(got, expected) < 1e-5, rel_error(got, expected)
+
+
+CASES = {"smoke": case_smoke, "layers": case_layers, "layer_state": case_layer_state,
+         "torch_entry_point": case_torch_entry_point, "bad_plans": case_bad_plans}

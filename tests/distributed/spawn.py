@@ -3,6 +3,7 @@ spawn, with torchrun's environment variables), with a deadline: a hang fails, ne
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -23,19 +24,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, module: str, cases: list[str], out: str) -> None:
+def _rank_main(rank: int, world: int, port: int, cases: list[str], out: str, backend: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    import importlib
-
-    functions = importlib.import_module(module).CASES
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=45))
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=45))
     results = {}
     try:
         for case in cases:
             try:
-                functions[case](rank, world)
+                module, _, name = case.partition(":")
+                importlib.import_module(module).CASES[name](rank, world)
                 results[case] = "ok"
             except Exception:  # noqa: BLE001 - reported per case to the test in the parent
                 results[case] = traceback.format_exc()
@@ -44,11 +45,13 @@ def _rank_main(rank: int, world: int, port: int, module: str, cases: list[str], 
         dist.destroy_process_group()
 
 
-def run_ranks(world: int, module: str, cases: list[str], timeout_s: float) -> dict[str, dict[int, str]]:
-    """{case: {rank: "ok" or the traceback}}: `cases` of `module`.CASES run in order on `world`
-    gloo ranks. A rank that dies or a run past `timeout_s` raises with what is known."""
+def run_ranks(world: int, cases: list[str], timeout_s: float, backend: str = "gloo") -> dict[str, dict[int, str]]:
+    """{case: {rank: "ok" or the traceback}}: `cases` ("package.module:name", a function in
+    that module's CASES) run in order on `world` ranks of `backend` (nccl: rank r on GPU r),
+    in one start (a start costs seconds). A rank that dies or a run past `timeout_s` raises
+    with what is known."""
     out = tempfile.mkdtemp(prefix="bigperf-tp-")
-    context = mp.start_processes(_rank_main, args=(world, free_port(), module, cases, out), nprocs=world,
+    context = mp.start_processes(_rank_main, args=(world, free_port(), cases, out, backend), nprocs=world,
                                  join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     try:

@@ -1,18 +1,35 @@
-"""Tensor parallelism on CPU with gloo: 2 ranks (and a 4-rank smoke test), spawned inside
-pytest. One spawn runs many cases (a start costs seconds); each test reports its own case."""
+"""Tensor parallelism on CPU with gloo: 2 ranks and a 4-rank smoke test, spawned inside pytest
+as users start them. One start runs many cases (a start costs seconds: torch, bigperf and
+transformers imports per rank); each test reports its own case."""
+
+import importlib.util
 
 import pytest
 
 from tests.distributed.spawn import check_case, run_ranks
 
-LAYER_CASES = ["layers", "layer_state", "torch_entry_point", "bad_plans"]
+LAYERS = "tests.distributed.cases_layers"
+LLAMA = "tests.distributed.cases_llama"
+TWO_RANK_CASES = [f"{LAYERS}:{case}" for case in ("layers", "layer_state", "torch_entry_point", "bad_plans")]
+if importlib.util.find_spec("transformers") is not None:  # else the Llama tests skip, with the reason
+    TWO_RANK_CASES += [f"{LLAMA}:{case}" for case in ("llama", "llama_orders")]
 
 
 @pytest.fixture(scope="module")
 def two_ranks():
-    return run_ranks(2, "tests.distributed.cases_layers", LAYER_CASES, timeout_s=240)
+    return run_ranks(2, TWO_RANK_CASES, timeout_s=240)
 
 
-@pytest.mark.parametrize("case", LAYER_CASES)
+@pytest.mark.parametrize("case", ["layers", "layer_state", "torch_entry_point", "bad_plans"])
 def test_two_ranks(two_ranks, case):
-    check_case(two_ranks, case, 2)
+    check_case(two_ranks, f"{LAYERS}:{case}", 2)
+
+
+@pytest.mark.parametrize("case", ["llama", "llama_orders"])
+def test_two_ranks_llama(two_ranks, case):
+    pytest.importorskip("transformers", reason="transformers is a test extra: pip install -e '.[test]'")
+    check_case(two_ranks, f"{LLAMA}:{case}", 2)
+
+
+def test_four_ranks_smoke():
+    check_case(run_ranks(4, [f"{LAYERS}:smoke"], timeout_s=240), f"{LAYERS}:smoke", 4)
