@@ -20,7 +20,7 @@ def apply_activation(v, ACTIVATION: tl.constexpr):
     # no target-specific tanh (libdevice) is needed and the same code runs on sm_80, sm_90
     # and in the interpreter; x/(1+exp(-t)) saturates to 0 or x, never inf/inf.
     if ACTIVATION == "relu":
-        v = tl.maximum(v, 0.0)
+        v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     elif ACTIVATION == "gelu":
         v = 0.5 * v * (1.0 + tl.math.erf(v * _INV_SQRT2))
     elif ACTIVATION == "gelu_tanh":

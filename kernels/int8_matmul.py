@@ -59,6 +59,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # 1.5 * 2**23: see "Numerics" above. constexpr because compiled kernels may only read
 # constexpr globals; kernel code keeps the tensor on the left of the operator.
 _RNE_MAGIC = tl.constexpr(12582912.0)
+_FLT_MAX = tl.constexpr(3.4028234663852886e38)  # |v| above it: Inf or NaN (NaN fails every compare)
 # act_bits -> the largest |code| (bigperf.quant.activation_qmax), as the kernel's constexpr.
 _QMAX = {8: 127.0, 7: 63.0}
 # Rows of one split-K reduce tile: the split path only runs for M <= 16.
@@ -243,12 +244,18 @@ def _quantize_rows_kernel(
     offs = tl.arange(0, BLOCK_K)
     x_row = x_ptr + row * stride_xm
     amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    bad = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         mask = offs < K - k
         v = tl.load(x_row + (k + offs).to(tl.int64) * stride_xk, mask=mask, other=0.0)
         amax = tl.maximum(amax, tl.abs(v.to(tl.float32)))
+        # A row with NaN or Inf gets scale NaN (its outputs NaN, as F.linear on the
+        # dequantised math); counted apart, as a float max may drop NaN.
+        bad = tl.maximum(bad, tl.where(tl.abs(v.to(tl.float32)) <= _FLT_MAX, 0.0, 1.0))
     row_max = tl.max(amax, axis=0)
+    row_bad = tl.max(bad, axis=0)
     scale = tl.where(row_max > 0, tl.div_rn(row_max, QMAX), 1.0)
+    scale = tl.where(row_bad > 0, float("nan"), scale)
     q_row = q_ptr + row * stride_qm
     for k in range(0, K, BLOCK_K):
         mask = offs < K - k
@@ -256,6 +263,7 @@ def _quantize_rows_kernel(
         r = tl.div_rn(v.to(tl.float32), scale)
         r = (r + _RNE_MAGIC) - _RNE_MAGIC
         r = tl.minimum(tl.maximum(r, -QMAX), QMAX)
+        r = tl.where(row_bad > 0, 0.0, r)  # defined codes for a NaN-scale row
         tl.store(q_row + k + offs, r.to(tl.int8), mask=mask)
     tl.store(scale_ptr + row, scale)
 
