@@ -227,3 +227,36 @@ def test_the_swap_report_prints_brackets_as_text(capsys):
     assert "[/a]?0" in text and "[/b]?2" in text
     status, out = run_cli(["swap", "tests.test_reliability_cli:mlp", "--config", "int8", "--dry-run"], capsys)
     assert status == 0 and "Traceback" not in out
+
+
+@pytest.mark.parametrize("floor", ["100", "1e9", "-1", "nan"])
+def test_floor_refuses_a_tolerance_that_disables_the_check(tmp_path, capsys, floor):
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(record([auto(vs_fastest=0.5)])))  # half the speed of PyTorch
+    status, text = run_cli(["bench", "floor", str(slow), "--floor", floor], capsys)
+    assert_message(status, text, "--floor")
+
+
+def test_bench_on_an_unknown_device_is_a_message(capsys, monkeypatch):
+    import bigperf.bench.runner as runner
+
+    monkeypatch.setattr(runner, "run_suite", lambda *a, **k: pytest.fail("ran on an unknown device"))
+    status, text = run_cli(["bench", "--suite", "smoke", "--device", "xyz", "--no-history"], capsys)
+    assert_message(status, text, "xyz")
+
+
+@pytest.mark.parametrize("option", ["--max-batch", "--max-seq"])
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_export_refuses_dynamic_bounds_that_leave_nothing_dynamic(tmp_path, capsys, option, value):
+    pytest.importorskip("onnx", reason="onnx is a test extra")
+    status, text = run_cli(["export", "onnx", "tests.test_reliability_cli:mlp", "-o", str(tmp_path / "m.onnx"),
+                            "--dynamic", option, value, "--no-verify"], capsys)
+    assert_message(status, text, option)
+
+
+def test_an_empty_onnx_file_is_not_linted_as_clean(tmp_path, capsys):
+    pytest.importorskip("onnx", reason="onnx is a test extra")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    status, text = run_cli(["trt", "lint", str(empty)], capsys)
+    assert_message(status, text, "empty.onnx")

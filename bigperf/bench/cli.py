@@ -111,7 +111,10 @@ def _run(args, console) -> int:
     if unknown:
         console.print(f"[red]bigperf bench: unknown op(s) {unknown}; choose from {family_names()}[/red]")
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, ValueError):
+        raise ValueError(f"bigperf bench: --device {args.device!r} is not a device (cpu, cuda, cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         console.print("[red]bigperf bench: --device cuda, but torch sees no CUDA device[/red]")
         return 2
@@ -254,9 +257,8 @@ def _floor(args, console) -> int:
     from bigperf.bench.store import load_record
 
     floor_pct = DEFAULT_FLOOR_PCT if args.floor is None else args.floor
-    if floor_pct < 0:
-        console.print(f"[red]bigperf bench floor: --floor must be >= 0 percent, got {floor_pct:g}[/red]")
-        return 2
+    if not 0 <= floor_pct < 100:  # 100 % or more (or NaN) would pass any speed
+        raise ValueError(f"bigperf bench floor: --floor must be a percentage in [0, 100), got {floor_pct:g}")
     result = check_runs([load_record(path) for path in args.runs], floor_pct)
     for warning in result.warnings:
         console.print(f"[yellow]warning: {escape(warning)}[/yellow]")

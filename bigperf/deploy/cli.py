@@ -114,6 +114,11 @@ def _export_command(args, console) -> int:
     if args.batch < 1 or args.seq < 1:
         _error(console, "--batch and --seq must be positive")
         return 2
+    if args.dynamic:
+        for option, value in (("--max-batch", args.max_batch), ("--max-seq", args.max_seq)):
+            if value is not None and value < 2:
+                raise ValueError(f"{option} must be at least 2 with --dynamic (a bound of {value} leaves "
+                                 f"nothing dynamic), got {value}")
     check_output_path(args.output)  # before the work, not after it
     try:
         model = load_target(args.target)

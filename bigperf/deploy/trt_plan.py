@@ -107,6 +107,8 @@ def read_onnx_io(onnx_path) -> tuple[dict[str, list], dict[str, str], set[str]]:
         raise
     except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and kin: not an ONNX file
         raise ValueError(f"{onnx_path}: not a readable ONNX model ({type(error).__name__}: {error})") from None
+    if not model.ir_version:  # what an empty file, or bytes that happen to parse, give
+        raise ValueError(f"{onnx_path}: not an ONNX model (no IR version: empty, or another kind of file)")
     metadata = {p.key: p.value for p in model.metadata_props}
     ops = {n.op_type for n in model.graph.node}
     return graph_inputs(model), metadata, ops
