@@ -188,6 +188,11 @@ def test_int8_dynamic_linear(data, k, n, backend, act_bits, with_bias):
     nonfinite_expected = ~torch.isfinite(dense.reshape(rows.shape[0], n))
     bad = (nonfinite_expected & torch.isfinite(got))[~finite_rows]
     assert not bad.any(), f"int8_dynamic_linear[{backend}]: finite outputs where F.linear has NaN/Inf ({kind})"
+    # A NaN in a row makes F.linear's whole row NaN: the same NaN pattern, exactly.
+    nan_rows = torch.isnan(rows).any(dim=1) if k else torch.zeros(rows.shape[0], dtype=torch.bool)
+    nan_expected = torch.isnan(dense.reshape(rows.shape[0], n))
+    assert torch.equal(torch.isnan(got)[nan_rows], nan_expected[nan_rows]), \
+        f"int8_dynamic_linear[{backend}]: NaN pattern differs from F.linear's on rows holding NaN"
     if scale_kind != "normal" or kind in ("huge",):
         return  # the quantised reference below assumes finite, moderate scales
     qmax = 127 if act_bits == 8 else 63
