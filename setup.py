@@ -205,7 +205,9 @@ def sanitizer_flags() -> tuple[list[str], list[str]]:
         return [], []
     compile_flags = [f"-fsanitize={sanitizers}", "-fno-omit-frame-pointer", "-g", "-O1"]
     if "undefined" in sanitizers:
-        compile_flags.append("-fno-sanitize-recover=undefined")
+        # -fno-wrapv undoes Python's -fwrapv (sysconfig CFLAGS), under which a signed
+        # overflow in index arithmetic is defined and UBSan would never see it.
+        compile_flags += ["-fno-sanitize-recover=undefined", "-fno-wrapv"]
     return compile_flags, [f"-fsanitize={sanitizers}"]
 
 
