@@ -4,7 +4,9 @@
 # that build (tests/conftest.py puts it first, BIGPERF_SANITIZED_EXT_DIR). Any sanitizer
 # report fails the run: UBSan does not recover, ASan halts, and every report is written to
 # a file (pytest's output capture would swallow stderr of a process that dies) that this
-# script prints before it exits non-zero.
+# script prints before it exits non-zero. UBSan (beside ASan) ignores log_path and writes to
+# stderr: pytest captures only Python's sys.stderr here (--capture=sys), so a report that
+# ends the process still reaches the log.
 #
 #   PYTHON=.venv/bin/python tests/run_sanitized.sh [pytest args...]   (default: the subset below)
 set -uo pipefail
@@ -65,7 +67,7 @@ env LD_PRELOAD="$ASAN_LIB $STDCXX_LIB" \
     UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$PWD/$REPORTS/ubsan" \
     BIGPERF_SANITIZED_EXT_DIR="$OUT/lib/bigperf" \
     BIGPERF_EMULATION_CXXFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
-    "$PYTHON" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+    "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys "${TESTS[@]}"
 status=$?
 echo "sanitize: tests ran in $(( $(date +%s) - built )) s (pytest exit $status)"
 if compgen -G "$REPORTS/*" > /dev/null; then
