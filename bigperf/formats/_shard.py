@@ -49,3 +49,8 @@ def check_k(function: str, k: int, held: int) -> None:
     """The layer's in_features `k` is the K the packed tensors hold."""
     if k != held:
         raise ValueError(f"{function}: argument 'k' is {k}, but the packed weight holds K = {held}")
+
+
+def cat_rows(parts: list) -> torch.Tensor | None:
+    """The shards' tensors (or biases) stacked back along dim 0; None if the shards hold none."""
+    return None if parts[0] is None else torch.cat(parts, dim=0)

@@ -142,3 +142,32 @@ def shard_rows(tensors: tuple, bias, k: int, rank: int, world: int) -> tuple[tup
     kept_before = torch.cat((torch.zeros(1, dtype=torch.int64, device=keep.device), keep.cumsum(0)))
     new_row_ptr = kept_before[row_ptr.long()].to(row_ptr.dtype)
     return (values[keep], col_indices[keep] - c0, new_row_ptr), bias_once(bias, rank)
+
+
+def unshard_columns(shards: list[tuple], biases: list) -> tuple[tuple, torch.Tensor | None]:
+    """The unsharded (values, col_indices, row_ptr) and bias of every rank's shard_columns:
+    block rows one after another, row_ptr offset by the blocks before each shard."""
+    offsets = torch.tensor([0] + [s[0].shape[0] for s in shards]).cumsum(0).tolist()
+    row_ptr = torch.cat([shards[0][2][:1]] + [s[2][1:] + offsets[r] for r, s in enumerate(shards)])
+    return ((torch.cat([s[0] for s in shards]), torch.cat([s[1] for s in shards]), row_ptr.to(shards[0][2].dtype)),
+            None if biases[0] is None else torch.cat(biases))
+
+
+def unshard_rows(shards: list[tuple], biases: list, k: int) -> tuple[tuple, torch.Tensor | None]:
+    """The unsharded (values, col_indices, row_ptr) and bias of every rank's shard_rows: each
+    block row's blocks from every rank, in rank order (so columns stay ascending), columns
+    offset by the ranks' block columns before them."""
+    bk, world = shards[0][0].shape[2], len(shards)
+    block_cols = k // world // bk
+    rows, ranks, cols, values = [], [], [], []
+    for rank, (v, ci, rp) in enumerate(shards):
+        counts = rp[1:] - rp[:-1]
+        rows.append(torch.repeat_interleave(torch.arange(counts.shape[0]), counts.long()))
+        ranks.append(torch.full((v.shape[0],), rank))
+        cols.append(ci + rank * block_cols)
+        values.append(v)
+    row, order_key = torch.cat(rows), torch.cat(rows) * world + torch.cat(ranks)
+    order = torch.sort(order_key, stable=True).indices
+    row_ptr = torch.zeros(shards[0][2].shape[0], dtype=torch.int64)
+    row_ptr[1:] = torch.bincount(row, minlength=row_ptr.shape[0] - 1).cumsum(0)
+    return ((torch.cat(values)[order], torch.cat(cols)[order], row_ptr.to(shards[0][2].dtype)), biases[0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from bigperf import _ext
-from bigperf.formats._shard import bias_once, check_k, row_slice, shard_range
+from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
@@ -140,3 +140,13 @@ def shard_rows(tensors: tuple, bias, k: int, rank: int, world: int) -> tuple[tup
     check_k(where, k, weight.shape[1])
     lo, hi = shard_range(where, "K (input features)", k, rank, world)
     return (weight[:, lo:hi],), bias_once(bias, rank)
+
+
+def unshard_columns(shards: list[tuple], biases: list) -> tuple[tuple, torch.Tensor | None]:
+    """The unsharded (weight,) and bias of every rank's shard_columns, in rank order."""
+    return (torch.cat([s[0] for s in shards]),), cat_rows(biases)
+
+
+def unshard_rows(shards: list[tuple], biases: list, k: int) -> tuple[tuple, torch.Tensor | None]:
+    """The unsharded (weight,) and bias of every rank's shard_rows, in rank order."""
+    return (torch.cat([s[0] for s in shards], dim=1),), biases[0]

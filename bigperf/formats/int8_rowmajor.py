@@ -17,7 +17,7 @@ import math
 import torch
 
 from bigperf import _ext
-from bigperf.formats._shard import bias_once, check_k, row_slice, shard_range
+from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import BLOCKED_QUANT_OPSET, current_opset, onnx_linear, onnx_lowering, symbolic
@@ -278,3 +278,19 @@ def shard_rows(tensors: tuple, bias, k: int, rank: int, world: int) -> tuple[tup
         scale, zero_point = scale[:, lo // group:hi // group], None if zero_point is None else \
             zero_point[:, lo // group:hi // group]
     return (qweight[:, lo:hi], scale, zero_point), bias_once(bias, rank)
+
+
+def unshard_columns(shards: list[tuple], biases: list) -> tuple[tuple, torch.Tensor | None]:
+    """The unsharded (qweight, scale, zero_point) and bias of every rank's shard_columns."""
+    return tuple(cat_rows([s[i] for s in shards]) for i in range(3)), cat_rows(biases)
+
+
+def unshard_rows(shards: list[tuple], biases: list, k: int, group_size: int | None) -> tuple[tuple, torch.Tensor | None]:
+    """The unsharded (qweight, scale, zero_point) and bias of every rank's shard_rows: codes
+    side by side along K, group scales too; per-channel scales (group_size None: one [N, 1]
+    per rank can also be one group per rank, so the layer says) are every rank's, rank 0's."""
+    qweight = torch.cat([s[0] for s in shards], dim=1)
+    if group_size is None:
+        return (qweight, shards[0][1], shards[0][2]), biases[0]
+    zero_point = None if shards[0][2] is None else torch.cat([s[2] for s in shards], dim=1)
+    return (qweight, torch.cat([s[1] for s in shards], dim=1), zero_point), biases[0]

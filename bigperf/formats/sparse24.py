@@ -29,7 +29,7 @@ import torch
 from bigperf import _ext
 from bigperf.formats import int8_rowmajor
 from bigperf.formats._checks import check_arg, check_layout_version, round_up
-from bigperf.formats._shard import bias_once, check_k, row_slice, shard_range
+from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
@@ -241,3 +241,15 @@ def shard_rows(tensors: tuple, bias, k: int, rank: int, world: int) -> tuple[tup
     lo, hi = shard_range(where, "K (input features)", k, rank, world, unit=8,
                          unit_name="metadata byte's two 2:4 groups")
     return (values[:, lo // 2:hi // 2], meta[:, lo // 8:hi // 8], scale), bias_once(bias, rank)
+
+
+def unshard_columns(shards: list[tuple], biases: list) -> tuple[tuple, torch.Tensor | None]:
+    """The unsharded (values, meta, scale) and bias of every rank's shard_columns."""
+    return tuple(cat_rows([s[i] for s in shards]) for i in range(3)), cat_rows(biases)
+
+
+def unshard_rows(shards: list[tuple], biases: list, k: int) -> tuple[tuple, torch.Tensor | None]:
+    """The unsharded (values, meta, scale) and bias of every rank's shard_rows: values and
+    meta bytes side by side along K; the per-row scale is every rank's (rank 0's)."""
+    return ((torch.cat([s[0] for s in shards], dim=1), torch.cat([s[1] for s in shards], dim=1), shards[0][2]),
+            biases[0])

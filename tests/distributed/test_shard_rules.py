@@ -104,3 +104,22 @@ def test_bad_rank_or_world(rank, world, match):
 def test_wrong_k_is_refused():
     with pytest.raises(ValueError, match="sparse24.shard_rows: argument 'k' is 64"):
         sparse24.shard_rows(sparse24.pack(weight() * nm_mask(weight()), torch.float32, False), None, 64, 0, 2)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_unshard_gives_back_the_packed_weight(name, world):
+    """unshard_columns / unshard_rows (what saving a sharded model gathers) give back the
+    packed tensors bitwise, from the shards in rank order."""
+    fmt, pack, _ = FORMATS[name]
+    packed, b = pack(weight(5)), bias()
+    extra = {"group_size": 32 if "group" in name else None} if fmt is int8_rowmajor else {}
+    for style in ("columns", "rows"):
+        parts = [getattr(fmt, f"shard_{style}")(*((packed, b) if style == "columns" else (packed, b, K)), r, world)
+                 for r in range(world)]
+        shards, biases = [p[0] for p in parts], [p[1] for p in parts]
+        args = (shards, biases) if style == "columns" else (shards, biases, K)
+        tensors, whole_bias = getattr(fmt, f"unshard_{style}")(*args, **(extra if style == "rows" else {}))
+        assert torch.equal(whole_bias, b), style
+        for got, want in zip(tensors, packed):
+            assert (got is None and want is None) or (got.dtype == want.dtype and torch.equal(got, want)), style
