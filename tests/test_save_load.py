@@ -49,7 +49,8 @@ def test_act_bits_is_recorded_and_restored(tmp_path):
     directory = bigperf.save(model, tmp_path / "ckpt")
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["layers"][0]["config"] == {"type": "Int8Dynamic",
-                                               "fields": {"act_bits": 7, "fuse_activations": True}}
+                                               "fields": {"act_bits": 7, "fuse_activations": True,
+                                                          "float_copy": False}}
     assert manifest["extra_states"]["0._extra_state"]["act_bits"] == 7
     fresh = bigperf.load(build(seed=1), directory)
     assert fresh[0].act_bits == 7
