@@ -13,7 +13,7 @@ copy in the layer's bytes).
 
 Compute dtypes a path may use (what keeps each within the layer's tolerance): fp32
 always; a half dtype only where the layer's inputs already carry that precision (x in
-half precision, or a half-precision dense weight).
+half precision, or a bf16 weight: bf16 keeps fp32's range, fp16 does not).
 """
 
 from __future__ import annotations
@@ -112,10 +112,16 @@ def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
 
 
 def half_why_not(x: torch.Tensor, dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> str | None:
-    """Why a GEMM in `dtype` would lose precision the layer's inputs do not already lose: fp32
-    always serves; a half dtype only where x or the (float) weight already has it."""
-    if dtype == torch.float32 or x.dtype == dtype or weight_dtype == dtype:
+    """Why a GEMM in `dtype` would lose precision or range the layer's inputs do not already
+    lose: fp32 always serves; a half dtype where x already has it; bf16 also where the (float)
+    weight is bf16 (it keeps fp32's range, so only precision goes, which the weight lost
+    already). An fp16 weight does not make fp16 compute safe for fp32 x: x (and the output)
+    may exceed fp16's range (65504) and would become Inf."""
+    if dtype == torch.float32 or x.dtype == dtype or (weight_dtype == dtype == torch.bfloat16):
         return None
+    if dtype == torch.float16 and weight_dtype == dtype:
+        return (f"computing {str(x.dtype)[6:]} x in float16 could overflow (float16 ends at 65504); "
+                f"x must be float16")
     return (f"computing in {str(dtype)[6:]} would round {str(x.dtype)[6:]} x beyond the layer's "
             f"tolerance (x or the weight must be {str(dtype)[6:]})")
 
@@ -127,8 +133,8 @@ def copy_rows(weight: torch.Tensor) -> RowsFn:
 
 def register_torch_paths(table, run_for: Callable[[torch.dtype], Callable[..., torch.Tensor]]) -> None:
     """One "torch" path per compute dtype: fp32, bf16, fp16. Every op's arguments start
-    (x, weight or its packed values, ...): a float weight's dtype counts as precision the
-    layer already has (half_why_not), int8 codes do not."""
+    (x, weight or its packed values, ...): a bf16 weight counts as precision the layer
+    already has (half_why_not), int8 codes and fp16 weights (range) do not."""
     for dtype, variant in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
         def why_not(x, weight, *rest, dtype=dtype):
             return half_why_not(x, dtype, weight.dtype if weight.is_floating_point() else None)
