@@ -42,9 +42,8 @@ def _wide_console():
 
 def _swap_command(args) -> int:
     import bigperf
-    from bigperf.targets import load_target
-
     from bigperf.serialize import check_save_path
+    from bigperf.targets import load_target
 
     console = _wide_console()
     if args.save and not args.dry_run:
