@@ -132,7 +132,15 @@ def _weight_only_torch_run(dtype):
     return run
 
 
+# The CPU W8A8 kernel sums int8 x int8 products in int32 (kInt8DynamicMaxK, csrc/cpu/int8_linear.h):
+# exact up to this K, refused beyond it.
+CPU_DYNAMIC_MAX_K = (1 << 31) // (128 * 128) - 1
+
+
 def _dynamic_cpu_why_not(x, qweight, scale, bias, activation, act_bits=8):
+    if qweight.shape[1] > CPU_DYNAMIC_MAX_K:
+        return (f"K = {qweight.shape[1]} exceeds {CPU_DYNAMIC_MAX_K}, past which the kernel's int32 sums of "
+                f"int8 products may overflow")
     return cpu_why_not(x, "int8_dynamic_linear")
 
 

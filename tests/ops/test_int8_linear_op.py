@@ -169,3 +169,18 @@ def test_layout_op_without_the_cpu_kernel_does_not_claim_cpu(monkeypatch):
     assert LAYOUT_BACKENDS.select(x.device, *args).name != "cpu"
     expected = fused_linear_fp64(x, dequantize_weight(q.qweight, q.scale, q.zero_point).double())
     assert rel_error(int8_weight_linear_w8a16_op(*args), expected) < 1e-2
+
+
+def test_w8a8_cpu_path_says_why_not_beyond_its_int32_limit():
+    """The CPU W8A8 kernel refuses K > 131071 (int32 sums); its path must say so up front, so the
+    dispatcher (measuring on or off) never picks a path that would raise at the call."""
+    from bigperf.formats.int8_rowmajor import CPU_DYNAMIC_MAX_K
+    from bigperf.ops.int8_linear import DYNAMIC_BACKENDS
+
+    assert CPU_DYNAMIC_MAX_K == 131071
+    cpu = DYNAMIC_BACKENDS.backends["cpu"]
+    for k, refused in ((CPU_DYNAMIC_MAX_K, False), (CPU_DYNAMIC_MAX_K + 1, True)):
+        x = torch.empty(1, k)
+        qweight, scale = torch.empty(4, k, dtype=torch.int8, device="meta"), torch.empty(4, 1, device="meta")
+        reason = cpu.why_not(x, qweight, scale, None, "none")
+        assert (reason is not None and "131071" in reason) == refused, reason
