@@ -23,6 +23,10 @@ from bigperf.ops.registry import record_paths
 TIMED_CALLS = 3
 
 
+# Tuning allocates an x of M rows per layer (M = 65536, K = 16384 would be 4 GiB of fp32).
+MAX_TUNED_ROWS = 1 << 15
+
+
 def check_batch_sizes(batch_sizes) -> tuple[int, ...]:
     try:
         sizes = tuple(int(m) for m in batch_sizes)
@@ -31,6 +35,10 @@ def check_batch_sizes(batch_sizes) -> tuple[int, ...]:
                         f"got {batch_sizes!r}") from None
     if not sizes or any(m <= 0 for m in sizes) or any(m != b for m, b in zip(sizes, batch_sizes)):
         raise ValueError(f"bigperf.swap: argument 'batch_sizes' must be positive ints, got {batch_sizes!r}")
+    if max(sizes) > MAX_TUNED_ROWS:
+        raise ValueError(f"bigperf.swap: argument 'batch_sizes' holds {max(sizes)} rows; tuning runs each layer on "
+                         f"that many rows, so at most {MAX_TUNED_ROWS} are taken (larger M share its bucket's "
+                         f"choice)")
     return tuple(sorted(set(sizes)))
 
 
