@@ -18,7 +18,7 @@ The names load on first use: torch.distributed.tensor takes seconds to import, w
 import importlib
 
 _HOMES = {"parallelize": "plan", "ColwiseParallel": "styles", "RowwiseParallel": "styles",
-          "TensorParallel": "all_reduce"}
+          "TensorParallel": "all_reduce", "save": "checkpoint"}
 
 __all__ = sorted(_HOMES)
 

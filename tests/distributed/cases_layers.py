@@ -4,7 +4,13 @@ swap; torch's parallelize_module with bigperf's styles; plans that must be refus
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor.parallel import ColwiseParallel as TorchColwise
@@ -218,5 +224,54 @@ def case_smoke(rank: int, world: int) -> None:
     assert rel_error(got, expected) < 1e-5, rel_error(got, expected)
 
 
-CASES = {"smoke": case_smoke, "layers": case_layers, "layer_state": case_layer_state,
+def mlp_model(name: str) -> nn.Module:
+    """Linear(K, N) + SiLU + Linear(N, 64), pruned to the sparse configs' pattern."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(K, N), nn.SiLU(), nn.Linear(N, 64)).eval()
+    with torch.no_grad():
+        for linear in (model[0], model[2]):
+            if name.startswith("sparse24"):
+                linear.weight.mul_(nm_mask(linear.weight))
+            elif name.startswith("block"):
+                linear.weight.mul_(block_mask(linear.weight, (16, 16), 0.5))
+    return model
+
+
+def case_save(rank: int, world: int) -> None:
+    """bigperf.distributed.save writes a sharded model (col-wise then row-wise, swapped, and
+    one plain nn.Linear left unswapped) as a checkpoint that bigperf.load reads in one
+    process: the loaded model computes bitwise what the unsharded swapped model computes, and
+    the sharded model keeps its shards."""
+    mesh = init_device_mesh("cpu", (world,))
+    plan = {"0": "colwise", "2": "rowwise"}
+    x = inputs()
+    with bigperf.use_backend("cpu"), torch.no_grad():
+        for name in ("int8-group32", "int8-channel", "sparse24-int8", "block16", "fused-bf16", "plain-row"):
+            config = CONFIGS.get(name) or {"0": CONFIGS["int8-group64-asym"], "2": None}
+            expected = mlp_model(name)
+            bigperf.swap(expected, config)
+            sharded = mlp_model(name)
+            bigperf.swap(sharded, config)
+            tp.parallelize(sharded, mesh, plan)
+            before = sharded(x)
+            path = Path(tempfile.gettempdir(), f"bigperf-tp-save-{os.environ['MASTER_PORT']}-{name}")
+            written = tp.save(sharded, path)
+            assert (written is not None) == (rank == 0)
+            dist.barrier()
+            loaded = bigperf.load(mlp_model(name), path)
+            assert torch.equal(loaded(x), expected(x)), name
+            assert torch.equal(sharded(x), before), name  # the shards are back
+            assert sharded[0].out_features == N // world and sharded[2].in_features == N // world
+            dist.barrier()  # every rank has read the checkpoint
+            if rank == 0:
+                shutil.rmtree(path)
+    try:
+        tp.save(mlp_model("fused-fp32"), Path(tempfile.gettempdir(), "bigperf-tp-never"))
+    except ValueError as error:
+        assert "bigperf.distributed.save: the model has no layer sharded" in str(error), str(error)
+    else:
+        raise AssertionError("an unsharded model was saved by bigperf.distributed.save")
+
+
+CASES = {"smoke": case_smoke, "save": case_save, "layers": case_layers, "layer_state": case_layer_state,
          "torch_entry_point": case_torch_entry_point, "bad_plans": case_bad_plans}

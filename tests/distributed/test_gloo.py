@@ -10,7 +10,7 @@ from tests.distributed.spawn import check_case, run_ranks
 
 LAYERS = "tests.distributed.cases_layers"
 LLAMA = "tests.distributed.cases_llama"
-TWO_RANK_CASES = [f"{LAYERS}:{case}" for case in ("layers", "layer_state", "torch_entry_point", "bad_plans")]
+TWO_RANK_CASES = [f"{LAYERS}:{case}" for case in ("layers", "layer_state", "torch_entry_point", "bad_plans", "save")]
 if importlib.util.find_spec("transformers") is not None:  # else the Llama tests skip, with the reason
     TWO_RANK_CASES += [f"{LLAMA}:{case}" for case in ("llama", "llama_orders")]
 
@@ -20,7 +20,7 @@ def two_ranks():
     return run_ranks(2, TWO_RANK_CASES, timeout_s=240)
 
 
-@pytest.mark.parametrize("case", ["layers", "layer_state", "torch_entry_point", "bad_plans"])
+@pytest.mark.parametrize("case", ["layers", "layer_state", "torch_entry_point", "bad_plans", "save"])
 def test_two_ranks(two_ranks, case):
     check_case(two_ranks, f"{LAYERS}:{case}", 2)
 
