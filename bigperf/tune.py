@@ -325,14 +325,20 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
     if not times:
         raise RuntimeError("bigperf.tune.measure: every candidate failed:\n" +
                            "\n".join(f"  {k}: {v}" for k, v in dropped.items()))
-    kept = {c.id for c in live}
-    choice = min((cid for cid in times if cid in kept), key=times.__getitem__)
+    choice = choose({cid: t for cid, t in times.items() if cid in {c.id for c in live}})
+    return Measurement(choice, times, dropped, time.perf_counter() - started)
+
+
+def choose(times: dict[str, float]) -> str:
+    """The path to use given each candidate's median time: the fastest, except that a torch
+    path within PREFER_TORCH_MARGIN of a faster kernel of ours wins the tie."""
+    choice = min(times, key=times.__getitem__)
     if not choice.startswith(TORCH_PREFIX):
-        torch_paths = [cid for cid in times if cid in kept and cid.startswith(TORCH_PREFIX)]
-        fastest_torch = min(torch_paths, key=times.__getitem__, default=None)
+        fastest_torch = min((cid for cid in times if cid.startswith(TORCH_PREFIX)), key=times.__getitem__,
+                            default=None)
         if fastest_torch is not None and times[fastest_torch] <= (1 + PREFER_TORCH_MARGIN) * times[choice]:
             choice = fastest_torch
-    return Measurement(choice, times, dropped, time.perf_counter() - started)
+    return choice
 
 
 # ----------------------------------------------------------------------------- the dispatcher state
