@@ -40,6 +40,16 @@ def _wide_console():
     return console if console.is_terminal else Console(width=160)
 
 
+def _config(args):
+    """The named config, with float_copy=True under --float-copy."""
+    import dataclasses
+
+    from bigperf.configs import config_by_name
+
+    config = config_by_name(args.config)
+    return dataclasses.replace(config, float_copy=True) if args.float_copy else config
+
+
 def _swap_command(args) -> int:
     import bigperf
     from bigperf.serialize import check_save_path
@@ -49,7 +59,7 @@ def _swap_command(args) -> int:
     if args.save and not args.dry_run:
         check_save_path(args.save)  # before the work, not after it
     model = load_target(args.target)
-    report = bigperf.swap(model, args.config, dry_run=args.dry_run)
+    report = bigperf.swap(model, _config(args), dry_run=args.dry_run)
     if args.json:
         print(report.to_json())
     else:
@@ -77,12 +87,16 @@ def _tune_command(args) -> int:
 
     console = _wide_console()
     model = load_target(args.target)
-    report = bigperf.swap(model, args.config, batch_sizes=args.batch)
+    report = bigperf.swap(model, _config(args), batch_sizes=args.batch)
     if args.json:
         print(report.to_json())
     else:
         console.print(report)
     return 0
+
+
+FLOAT_COPY_HELP = ("also keep each weight in fp32 (N x K x 4 bytes more per layer) so large batches run at the "
+                   "original fp32 layer's speed")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "model directory")
     swap_cmd.add_argument("--config", default="int8", help=f"one of: {', '.join(NAMED_CONFIGS)} (default int8)")
     swap_cmd.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
+    swap_cmd.add_argument("--float-copy", action="store_true", help=FLOAT_COPY_HELP)
     swap_cmd.add_argument("--save", metavar="DIR", help="write the swapped model with bigperf.save")
     swap_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     tune_cmd = commands.add_parser("tune", help="measure the fastest path of every layer at given batch sizes "
@@ -106,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_cmd.add_argument("--config", default="int8", help=f"one of: {', '.join(NAMED_CONFIGS)} (default int8)")
     tune_cmd.add_argument("--batch", type=_batch_sizes, default=(1, 16, 128),
                           help="comma-separated numbers of rows (tokens) per call, default 1,16,128")
+    tune_cmd.add_argument("--float-copy", action="store_true", help=FLOAT_COPY_HELP)
     tune_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     add_bench_parser(commands)
     add_deploy_parsers(commands)

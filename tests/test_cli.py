@@ -32,6 +32,20 @@ def test_swap_command_with_a_factory_target(capsys):
     assert report["bytes_after"] < 0.27 * report["bytes_before"]
 
 
+def test_swap_command_float_copy_keeps_fp32_weights_and_says_so(capsys):
+    import json
+
+    assert main(["swap", "bigperf.demo_model:build_demo_model", "--config", "int8", "--dry-run", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["swap", "bigperf.demo_model:build_demo_model", "--config", "int8", "--float-copy", "--dry-run",
+                 "--json"]) == 0
+    copied = json.loads(capsys.readouterr().out)
+    assert "float copy" in copied["config"]
+    # every swapped weight again in fp32: exactly the original fp32 weights' bytes more (biases aside)
+    weights = sum(c["bytes_before"] for c in plain["changes"])
+    assert weights * 0.95 < copied["bytes_after"] - plain["bytes_after"] <= weights
+
+
 def test_swap_command_on_a_local_transformers_directory(tmp_path, capsys):
     import pytest
 
