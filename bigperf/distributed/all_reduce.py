@@ -30,9 +30,13 @@ class TensorParallel:
         an earlier attach added are removed first). A row-wise layer that computes a fused
         activation itself (swap fused one after the model was sharded) hands it over, to run
         after the sum."""
-        for handle in module.__dict__.pop("_tensor_parallel_hooks", ()):
-            handle.remove()
-        info, hooks = self, ()
+        # Hook ids, not handles: a deep copy of the module copies its hook dicts with the same
+        # ids, and its copied handles would still point at the original's dicts.
+        pre_id, post_id = module.__dict__.pop("_tensor_parallel_hook_ids", (None, None))
+        module._forward_pre_hooks.pop(pre_id, None)
+        module._forward_pre_hooks_with_kwargs.pop(pre_id, None)
+        module._forward_hooks.pop(post_id, None)
+        info, ids = self, (None, None)
         if self.style == "rowwise":
             fused = getattr(module, "activation", "none")
             if fused != "none":
@@ -42,10 +46,13 @@ class TensorParallel:
                                      f"after the all-reduce")
                 info = replace(self, activation=fused)
                 module.activation = "none"
-            hooks = (module.register_forward_pre_hook(_refuse_residual, with_kwargs=True),
-                     module.register_forward_hook(info.all_reduce))
+            ids = (module.register_forward_pre_hook(_refuse_residual, with_kwargs=True).id,
+                   module.register_forward_hook(info.all_reduce).id)
         module.__dict__["tensor_parallel"] = info
-        module.__dict__["_tensor_parallel_hooks"] = hooks
+        module.__dict__["_tensor_parallel_hook_ids"] = ids
+
+    def __deepcopy__(self, memo) -> "TensorParallel":
+        return self  # a copied module shares the process group (and this holds nothing else that changes)
 
     def all_reduce(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
         total = output.to(torch.float32, copy=True)

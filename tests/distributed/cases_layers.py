@@ -4,6 +4,7 @@ swap; torch's parallelize_module with bigperf's styles; plans that must be refus
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -118,9 +119,20 @@ def case_layer_state(rank: int, world: int) -> None:
         assert (layer.bias is not None) == (rank == 0)
         after = sum(t.numel() * t.element_size() for t in layer.state_dict().values() if isinstance(t, torch.Tensor))
         assert after < before / world * 1.1, (name, before, after)
+        x = inputs()[..., shard_slice(K, rank, world)]
         with torch.no_grad():
-            layer(inputs()[..., shard_slice(K, rank, world)])
-        assert seen == [1]  # the user's hook still fires
+            out = model(x)
+            assert seen == [1]  # the user's hook still fires
+            copied = copy.deepcopy(model)  # shares the process group; its hooks are its own
+            assert torch.equal(copied(x), out) and len(copied[0]._forward_hooks) == len(layer._forward_hooks)
+    fused = tp.parallelize(swapped(plain_model("fused-fp32"), CONFIGS["fused-fp32"]), mesh, {"0": "rowwise"})[0]
+    x = inputs()[..., shard_slice(K, rank, world)]
+    try:
+        fused(x, torch.ones(3, 5, N))
+    except ValueError as error:
+        assert "takes no 'residual' argument" in str(error), str(error)
+    else:
+        raise AssertionError("a row-wise FusedLinear took a residual (each rank would add it)")
 
 
 def case_torch_entry_point(rank: int, world: int) -> None:
