@@ -293,7 +293,8 @@ def unshard_columns(shards: list[tuple], biases: list) -> tuple[tuple, torch.Ten
     return tuple(cat_rows([s[i] for s in shards]) for i in range(3)), cat_rows(biases)
 
 
-def unshard_rows(shards: list[tuple], biases: list, k: int, group_size: int | None) -> tuple[tuple, torch.Tensor | None]:
+def unshard_rows(shards: list[tuple], biases: list, k: int,
+                 group_size: int | None) -> tuple[tuple, torch.Tensor | None]:
     """The unsharded (qweight, scale, zero_point) and bias of every rank's shard_rows: codes
     side by side along K, group scales too; per-channel scales (group_size None: one [N, 1]
     per rank can also be one group per rank, so the layer says) are every rank's, rank 0's."""
