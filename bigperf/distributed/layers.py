@@ -89,6 +89,8 @@ def shard_layer(layer: nn.Module, style: str, rank: int, world: int, group) -> t
         shard["_extra_state"] = new.get_extra_state()
     with torch.no_grad():
         new.load_state_dict(shard, strict=True)
+    if getattr(layer, "keeps_float_copy", False):  # the opt-in fp32 copy (not in the state_dict), of the shard
+        new.keep_float_copy()
     for name, param in layer.named_parameters(recurse=False):
         if name in new._parameters and new._parameters[name] is not None:
             new._parameters[name].requires_grad_(param.requires_grad)

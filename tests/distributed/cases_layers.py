@@ -125,6 +125,9 @@ def case_layer_state(rank: int, world: int) -> None:
             assert seen == [1]  # the user's hook still fires
             copied = copy.deepcopy(model)  # shares the process group; its hooks are its own
             assert torch.equal(copied(x), out) and len(copied[0]._forward_hooks) == len(layer._forward_hooks)
+    copying = swapped(plain_model("int8-group32"), bigperf.Int8WeightOnly(group_size=32, float_copy=True))
+    tp.parallelize(copying, mesh, {"0": "colwise"})
+    assert copying[0].keeps_float_copy and copying[0].float_copy.shape == (N // world, K)  # the opt-in copy, sharded
     fused = tp.parallelize(swapped(plain_model("fused-fp32"), CONFIGS["fused-fp32"]), mesh, {"0": "rowwise"})[0]
     x = inputs()[..., shard_slice(K, rank, world)]
     try:
