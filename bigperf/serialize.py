@@ -272,6 +272,12 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         loaded = load_file(str(directory / TENSORS))
     except Exception as error:  # noqa: BLE001 - missing, truncated, or not safetensors at all
         raise ValueError(f"bigperf.load: cannot read {directory / TENSORS}: {error}") from None
+    return load_planned(model, manifest, planned, loaded)
+
+
+def load_planned(model: nn.Module, manifest: dict, planned: list[PlannedSwap], loaded: dict) -> nn.Module:
+    """The rest of load(), from a checked manifest, its planned swaps and the tensors it lists
+    (bigperf.distributed.load gives a manifest and tensors cut to a rank's shards)."""
     undo = apply_swaps(model, planned)
     try:
         _check_tensors(model, manifest, loaded)
