@@ -18,7 +18,8 @@ The names load on first use: torch.distributed.tensor takes seconds to import, w
 import importlib
 
 _HOMES = {"parallelize": "plan", "ColwiseParallel": "styles", "RowwiseParallel": "styles",
-          "TensorParallel": "all_reduce", "save": "checkpoint"}
+          "TensorParallel": "all_reduce", "save": "checkpoint",
+          "load": "checkpoint"}
 
 __all__ = sorted(_HOMES)
 

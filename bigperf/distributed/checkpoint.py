@@ -1,23 +1,37 @@
-"""bigperf.distributed.save: a sharded model written as the unsharded checkpoint one process
-can bigperf.load. Every rank calls it (a collective); rank 0 gathers each sharded layer's
-packed tensors, puts them back together by its weight format's unshard rules
+"""Checkpoints of sharded models.
+
+bigperf.distributed.load: a whole-model checkpoint read into a freshly built model sharded
+by a plan, one layer at a time: each rank cuts every sharded layer with the format's shard
+rules and keeps only its shard, then bigperf.load's own checks and swaps take over.
+
+bigperf.distributed.save: every rank calls it (a collective); rank 0 gathers each sharded
+layer's packed tensors, puts them back together by its weight format's unshard rules
 (bigperf/formats/<format>.py: unshard_columns / unshard_rows) into a layer of the full size,
 and writes the model with those layers in place, then puts its own shards back."""
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
+from safetensors import safe_open
 from torch import nn
 
-from bigperf.distributed.layers import layer_kind
+from bigperf.configs import config_from_dict
+from bigperf.distributed.layers import layer_kind, shard_layer
+from bigperf.distributed.plan import match_plan, mesh_group, parallelize
 from bigperf.nn import Int8Linear
-from bigperf.serialize import check_save_path
+from bigperf.serialize import TENSORS, check_save_path, load_planned
+from bigperf.serialize import _check_manifest as check_manifest
+from bigperf.serialize import _plan_from_manifest as plan_from_manifest
+from bigperf.serialize import _read_manifest as read_manifest
 from bigperf.serialize import save as save_unsharded
 
 WHERE = "bigperf.distributed.save"
+LOAD = "bigperf.distributed.load"
 
 
 def _full_layer(module: nn.Module, shards: list[tuple]) -> nn.Module:
@@ -80,3 +94,94 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path | None:
         for module, own in held:
             module.__dict__.clear()
             module.__dict__.update(own)
+
+
+def _sharded_checkpoint(manifest: dict, tensor_file: Path, chosen: dict, rank: int, world: int,
+                        group) -> tuple[dict, dict]:
+    """(manifest, tensors) of this rank: the checkpoint with every layer the plan shards cut
+    to the rank's shard, read and cut one layer at a time."""
+    manifest = copy.deepcopy(manifest)
+    entries = {entry["name"]: entry for entry in manifest["layers"]}
+    owned = {name: name + "." for name in chosen}
+
+    def owner(key: str) -> str | None:
+        return next((name for name, prefix in owned.items() if key.startswith(prefix)), None)
+
+    tied = [alias for alias, target in manifest["aliases"].items() if owner(alias) or owner(target)]
+    if tied:
+        raise ValueError(f"{LOAD}: tensors {tied[:3]} of a sharded layer are tied to others; tied weights are "
+                         f"not sharded")
+    tensors = {}
+    with safe_open(str(tensor_file), framework="pt") as f:
+        names = set(f.keys())
+        if names != set(manifest["tensors"]):
+            raise ValueError(f"{LOAD}: {tensor_file} does not hold the tensors its manifest lists")
+        for key in names:
+            if owner(key) is None:
+                tensors[key] = f.get_tensor(key)
+        for name, (style, module) in chosen.items():
+            prefix = owned[name]
+            state = {key[len(prefix):]: f.get_tensor(key) for key in names if key.startswith(prefix)}
+            extra_key = prefix + "_extra_state"
+            if extra_key in manifest["extra_states"]:
+                state["_extra_state"] = manifest["extra_states"][extra_key]
+            entry = entries.get(name)
+            if entry is not None:  # a swapped layer: its config builds it, full size, for this layer only
+                config = config_from_dict(entry["config"], f"{LOAD}: layer {name!r}")
+                full = config.empty_layer(entry["in_features"], entry["out_features"], entry["bias"],
+                                          entry["activation"], module.weight.device)
+            else:  # a linear saved as it was
+                weight = state.get("weight")
+                if weight is None or weight.dim() != 2:
+                    raise ValueError(f"{LOAD}: the checkpoint holds no [N, K] weight for {name!r}")
+                full = nn.Linear(weight.shape[1], weight.shape[0], "bias" in state, dtype=weight.dtype,
+                                 device=module.weight.device)
+            try:
+                full.load_state_dict(state, strict=True)
+                shard, _ = shard_layer(full, style, rank, world, group)
+            except (RuntimeError, ValueError) as error:
+                raise ValueError(f"{LOAD}: layer {name!r} ({style}): {error}") from None
+            for key in [k for k in manifest["tensors"] if k.startswith(prefix)]:
+                del manifest["tensors"][key]
+            for key, value in shard.state_dict().items():
+                if isinstance(value, torch.Tensor):
+                    tensors[prefix + key] = value
+                    manifest["tensors"][prefix + key] = {"shape": list(value.shape),
+                                                         "dtype": str(value.dtype).replace("torch.", "")}
+                else:  # a row-wise shard's activation runs after the sum, not in the layer
+                    manifest["extra_states"][prefix + key] = value
+            if entry is not None:
+                entry["in_features"], entry["out_features"] = shard.in_features, shard.out_features
+                entry["bias"] = shard.bias is not None
+            del full, shard  # one layer's full tensors at a time
+    return manifest, tensors
+
+
+def load(model: nn.Module, path: str | os.PathLike, mesh, plan: dict) -> nn.Module:
+    """Load a whole-model checkpoint (bigperf.save, or bigperf.distributed.save) into a
+    freshly built `model`, sharded by `plan` as bigperf.distributed.parallelize would: each
+    rank reads the checkpoint one layer at a time and keeps only its shard of every layer the
+    plan shards. Swaps the model as the saved one was; in place, returns the model. Every rank
+    calls it. A refused load leaves the model as it was."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{LOAD}: argument 'model' must be an nn.Module, got {type(model).__name__}")
+    chosen = match_plan(model, mesh, plan, LOAD)
+    rank, world, group = mesh_group(mesh, LOAD)
+    directory = Path(path)
+    manifest, tensors = _sharded_checkpoint(read_manifest(directory), directory / TENSORS, chosen, rank, world,
+                                            group)
+    held = [(module, dict(module.__dict__)) for _, module in chosen.values()]
+    try:
+        parallelize(model, mesh, plan)  # the fresh model's linears become shards the checkpoint's fit
+        check_manifest(manifest)
+        planned = plan_from_manifest(model, manifest["layers"])
+        return load_planned(model, manifest, planned, tensors)
+    except BaseException:
+        for module, own in held:  # as it was: attributes, and the all-reduce hooks parallelize added
+            pre_id, post_id = module.__dict__.get("_tensor_parallel_hook_ids", (None, None))
+            module._forward_pre_hooks.pop(pre_id, None)
+            module._forward_pre_hooks_with_kwargs.pop(pre_id, None)
+            module._forward_hooks.pop(post_id, None)
+            module.__dict__.clear()
+            module.__dict__.update(own)
+        raise

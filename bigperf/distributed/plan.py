@@ -66,18 +66,39 @@ def check_layer(name: str, module: nn.Module, mesh: DeviceMesh, where: str = WHE
         raise ValueError(f"{where}: layer {name!r} is on {device}, the mesh on {mesh.device_type}")
 
 
-def _compile_plan(plan) -> list[tuple[re.Pattern, str, str]]:
+def _compile_plan(plan, where: str) -> list[tuple[re.Pattern, str, str]]:
     if not isinstance(plan, dict) or not plan:
-        raise TypeError(f"{WHERE}: argument 'plan' must be a non-empty {{fqn regex: 'colwise' | 'rowwise' | "
+        raise TypeError(f"{where}: argument 'plan' must be a non-empty {{fqn regex: 'colwise' | 'rowwise' | "
                         f"ColwiseParallel() | RowwiseParallel()}} dict, got {plan!r}")
     compiled = []
     for key, style in plan.items():
         try:
             pattern = re.compile(key)
         except (re.error, TypeError) as error:
-            raise ValueError(f"{WHERE}: argument 'plan' has a bad regex {key!r}: {error}") from None
-        compiled.append((pattern, key, style_name(style, key=key)))
+            raise ValueError(f"{where}: argument 'plan' has a bad regex {key!r}: {error}") from None
+        compiled.append((pattern, key, style_name(style, where, key)))
     return compiled
+
+
+def match_plan(model: nn.Module, mesh: DeviceMesh, plan: dict, where: str = WHERE) -> dict[str, tuple[str, nn.Module]]:
+    """{module name: (style, module)} for every module a plan entry matches (the first entry
+    that fully matches its name), each checked by check_layer; an entry that matches nothing
+    is refused (a typo would leave a layer whole and the model computing nonsense)."""
+    compiled = _compile_plan(plan, where)
+    mesh_group(mesh, where)
+    chosen: dict[str, tuple[str, nn.Module]] = {}
+    used = set()
+    for name, module in model.named_modules():
+        for pattern, key, style in compiled:
+            if pattern.fullmatch(name):
+                used.add(key)
+                check_layer(name, module, mesh, where)
+                chosen[name] = (style, module)
+                break
+    unused = [key for _, key, _ in compiled if key not in used]
+    if unused:
+        raise ValueError(f"{where}: plan entries {unused} match no module of the model")
+    return chosen
 
 
 def parallelize(model: nn.Module, mesh: DeviceMesh, plan: dict) -> nn.Module:
@@ -93,20 +114,8 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, plan: dict) -> nn.Module:
     before any module changes."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{WHERE}: argument 'model' must be an nn.Module, got {type(model).__name__}")
-    compiled = _compile_plan(plan)
+    chosen = match_plan(model, mesh, plan)
     rank, world, group = mesh_group(mesh)
-    chosen: dict[str, tuple[str, nn.Module]] = {}
-    used = set()
-    for name, module in model.named_modules():
-        for pattern, key, style in compiled:
-            if pattern.fullmatch(name):
-                used.add(key)
-                check_layer(name, module, mesh)
-                chosen[name] = (style, module)
-                break
-    unused = [key for _, key, _ in compiled if key not in used]
-    if unused:
-        raise ValueError(f"{WHERE}: plan entries {unused} match no module of the model")
     shards = []
     for name, (style, module) in chosen.items():
         try:

@@ -277,6 +277,23 @@ def case_save(rank: int, world: int) -> None:
             assert torch.equal(loaded(x), expected(x)), name
             assert torch.equal(sharded(x), before), name  # the shards are back
             assert sharded[0].out_features == N // world and sharded[2].in_features == N // world
+            # The checkpoint read straight into a sharded model: the same shards, bitwise.
+            loaded_sharded = tp.load(mlp_model(name), path, mesh, plan)
+            assert torch.equal(loaded_sharded(x), before), name
+            assert loaded_sharded[0].out_features == N // world and loaded_sharded[2].in_features == N // world
+            assert all(t.shape == u.shape for t, u in zip(loaded_sharded.state_dict().values(),
+                                                          sharded.state_dict().values()) if isinstance(t, torch.Tensor))
+            if name == "int8-group32":  # refused after the model was sharded: put back as it was
+                other = mlp_model(name)
+                other[1] = nn.ReLU()  # the checkpoint fused a SiLU there
+                before_refusal = _fingerprint(other)
+                try:
+                    tp.load(other, path, mesh, plan)
+                except ValueError as error:
+                    assert "fused a silu there" in str(error), str(error)
+                else:
+                    raise AssertionError("a checkpoint fusing SiLU loaded into a ReLU model")
+                assert _same(_fingerprint(other), before_refusal)
             dist.barrier()  # every rank has read the checkpoint
             if rank == 0:
                 shutil.rmtree(path)

@@ -5,8 +5,13 @@ o/down row-wise), against the unsharded swapped model: logits and greedy tokens.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import transformers
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor.parallel import parallelize_module
@@ -125,6 +130,20 @@ def case_llama_orders(rank: int, world: int) -> None:
             failures.append("shard then swap: logits not bitwise those of swap then shard")
         compare("torch parallelize_module", parallelize_module(copy.deepcopy(swapped), mesh, TORCH_PLAN),
                 *expected, failures)
+        # A whole checkpoint (bigperf.save of the unsharded swapped model) read into a sharded model.
+        path = Path(tempfile.gettempdir(), f"bigperf-tp-llama-{os.environ['MASTER_PORT']}")
+        if rank == 0:
+            bigperf.save(swapped, path)
+        dist.barrier()
+        loaded = tp.load(tiny_llama(), path, mesh, PLAN)
+        if not torch.equal(run(loaded)[0], run(swap_first)[0]):
+            failures.append("bigperf.distributed.load: logits not bitwise those of swap then shard")
+        if _sharded_bytes(loaded) != _sharded_bytes(swap_first):
+            failures.append(f"bigperf.distributed.load holds {_sharded_bytes(loaded)} bytes of sharded layers, "
+                            f"parallelize {_sharded_bytes(swap_first)}")
+        dist.barrier()
+        if rank == 0:
+            shutil.rmtree(path)
     assert not failures, "\n".join(failures)
 
 
