@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(_ext.cpu_module() is None,
 _PREAMBLE = """
 import os, sys
 import torch
+import bigperf
 from bigperf import _ext
 from bigperf.ops.int8_linear import int8_weight_linear
 from bigperf.quant import quantize_weight
@@ -28,7 +29,9 @@ w = quantize_weight(torch.randn(512, 1024))
 x = torch.randn(8, 1024)
 
 def op():  # large enough (M N K >= 2^18) to run a parallel region on 2 threads
-    with _ext.use_cpu_isa(_ext.runnable_cpu_isas()[-1]):
+    # Our kernel, not a torch path the tuner may pick: torch's own parallel ops hang in such
+    # a child (libgomp), unless it sets one thread as DataLoader workers do.
+    with bigperf.use_backend("cpu"), _ext.use_cpu_isa(_ext.runnable_cpu_isas()[-1]):
         return int8_weight_linear(x, w.qweight, w.scale)
 
 expected = op()
