@@ -208,8 +208,8 @@ def test_a_new_weight_at_a_freed_weights_address_is_decided_anew():
     assert table.select(torch.device("cpu"), _x(), w_old).id == "cpu"
     (key_old, (_, chosen)), = table._chosen.items()
     w_new = torch.zeros(5)
-    # What the memo holds once w_old is freed and w_new lands at its address: its key, a dead ref.
-    table._chosen[key_old[:4] + (id(w_new),) + key_old[5:]] = (lambda: None, chosen)
+    # What the memo would hold for w_new had w_old been freed at its address: its key, a dead ref.
+    table._chosen[key_old[:4] + (id(w_new), key_old[5], (w_new.dtype, w_new.shape))] = (lambda: None, chosen)
     Backend = type(chosen)
     table.backends["cpu"] = Backend("cpu", lambda *a: None, _sleeper(0.03))
     table.backends["torch:fp32"] = Backend("torch", lambda *a: None, _sleeper(0.002), "fp32")
@@ -262,3 +262,16 @@ def test_small_weights_are_timed_cold(monkeypatch):
     assert tune._cache_flusher(torch.device("cpu"), (torch.zeros(1, 8), huge)) is None
     monkeypatch.setenv("BIGPERF_TUNE_COLD", "0")
     assert tune._cache_flusher(torch.device("cpu"), small) is None
+
+
+def test_a_weight_given_other_data_of_another_form_is_decided_anew():
+    """`w.data = other` keeps the object (and its id()); with another dtype or shape the path
+    timed for the old form must not be reused."""
+    table = _table({"cpu": 0.002, "torch:fp32": 0.03})
+    w = torch.zeros(3)
+    assert table.select(torch.device("cpu"), _x(), w).id == "cpu"
+    w.data = torch.zeros(7, dtype=torch.float64)
+    Backend = type(table.backends["cpu"])
+    table.backends["cpu"] = Backend("cpu", lambda *a: None, _sleeper(0.03))
+    table.backends["torch:fp32"] = Backend("torch", lambda *a: None, _sleeper(0.002), "fp32")
+    assert table.select(torch.device("cpu"), _x(), w).id == "torch:fp32"

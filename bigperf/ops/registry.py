@@ -173,8 +173,11 @@ class OpBackends:
         k = shape[-1] if shape else 0
         m = x.numel() // k if k else 1
         weight = args[1] if len(args) > 1 else None
+        # The weight's dtype and shape too: `w.data = other` keeps the object (and its id) but
+        # can change both, and the path was timed for the old ones.
+        weight_form = (weight.dtype, weight.shape) if isinstance(weight, torch.Tensor) else None
         memo_key = (_forced_backend.get() or _ENV_BACKEND, x.dtype, k, (m - 1).bit_length() if m > 1 else 0,
-                    id(weight), torch.get_num_threads())
+                    id(weight), torch.get_num_threads(), weight_form)
         memo = self._chosen.get(memo_key)
         if memo is not None and memo[0]() is weight and memo[1].why_not(*args) is None:
             chosen = memo[1]
