@@ -69,6 +69,10 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     if not isinstance(model, nn.Module):
         raise TypeError(f"bigperf.save: argument 'model' must be an nn.Module, got {type(model).__name__}")
     directory = check_save_path(path)
+    sharded = next((name for name, module in model.named_modules() if "tensor_parallel" in module.__dict__), None)
+    if sharded is not None:  # its tensors are one rank's shards: no process could load them as a model
+        raise ValueError(f"bigperf.save: layer {sharded!r} is a tensor-parallel shard; save a sharded model with "
+                         f"bigperf.distributed.save (on every rank)")
     directory.mkdir(parents=True, exist_ok=True)
     tensors, aliases, extra = _split_state(model)
     try:

@@ -270,6 +270,12 @@ def case_save(rank: int, world: int) -> None:
             tp.parallelize(sharded, mesh, plan)
             before = sharded(x)
             path = Path(tempfile.gettempdir(), f"bigperf-tp-save-{os.environ['MASTER_PORT']}-{name}")
+            try:
+                bigperf.save(sharded, path)
+            except ValueError as error:
+                assert "is a tensor-parallel shard; save a sharded model with bigperf.distributed.save" in str(error)
+            else:
+                raise AssertionError("bigperf.save wrote one rank's shards as a model")
             written = tp.save(sharded, path)
             assert (written is not None) == (rank == 0)
             dist.barrier()
