@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor.parallel import ColwiseParallel as TorchColwise
+from torch.distributed.tensor.parallel import RowwiseParallel as TorchRowwise
 from torch.distributed.tensor.parallel import parallelize_module
 
 import bigperf
@@ -151,6 +152,10 @@ def case_torch_entry_point(rank: int, world: int) -> None:
                 ours = tp.parallelize(swapped(plain_model(name), CONFIGS[name]), mesh, {"0": style})
                 theirs = parallelize_module(swapped(plain_model(name), CONFIGS[name]), mesh, {"0": torch_style})
                 assert torch.equal(ours(x_in), theirs(x_in)), (name, style)
+                # torch's own style objects as values of bigperf's plan
+                torch_valued = tp.parallelize(swapped(plain_model(name), CONFIGS[name]), mesh,
+                                              {"0": TorchColwise() if style == "colwise" else TorchRowwise()})
+                assert torch.equal(ours(x_in), torch_valued(x_in)), (name, style)
         try:
             parallelize_module(swapped(plain_model("int8-channel"), CONFIGS["int8-channel"]), mesh,
                                {"0": TorchColwise()})
