@@ -64,6 +64,9 @@ def quantize_weight(weight: torch.Tensor, group_size: int | None = None, symmetr
     if not torch.isfinite(weight).all():
         raise ValueError(f"{function}: argument 'weight' holds NaN or Inf values; they cannot be quantised")
     n, k = weight.shape
+    if k == 0:
+        raise ValueError(f"{function}: argument 'weight' has no columns (shape {tuple(weight.shape)}); "
+                         f"there is nothing to quantise per channel or group")
     group = _check_group_size(k, group_size, function)
     w = weight.detach().float().reshape(n, k // group, group)
     if symmetric:
@@ -115,7 +118,8 @@ def quantize_activation_per_token(x: torch.Tensor, bits: int = 8) -> tuple[torch
     dequantised math (amax keeps NaN; Inf / qmax is made NaN)."""
     qmax = activation_qmax(bits, "bigperf.quant.quantize_activation_per_token")
     x32 = x.float()
-    absmax = x32.abs().amax(dim=-1)
+    # (K = 0: an empty row's absmax is 0, which amax refuses to reduce)
+    absmax = x32.abs().amax(dim=-1) if x32.shape[-1] else x32.new_zeros(x32.shape[:-1])
     scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
     scale = torch.where(torch.isfinite(absmax), scale, torch.full_like(absmax, float("nan")))
     q = torch.clamp(torch.round(x32 / scale[..., None]).nan_to_num_(0.0), -qmax, qmax).to(torch.int8)

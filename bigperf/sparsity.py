@@ -172,7 +172,9 @@ def unpack_24_into(out: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
 def pack_24_int8(weight: torch.Tensor) -> Packed24:
     """2:4 compression with int8 values, symmetric per output row."""
     packed = pack_24(weight)
-    absmax = packed.values.float().abs().amax(dim=1, keepdim=True)
+    values = packed.values.float()
+    # (K = 0: an empty row's absmax is 0, which amax refuses to reduce)
+    absmax = values.abs().amax(dim=1, keepdim=True) if values.shape[1] else values.new_zeros(values.shape[0], 1)
     scale = torch.where(absmax > 0, absmax / 127, torch.ones_like(absmax))
     q = torch.clamp(torch.round(packed.values.float() / scale), -127, 127).to(torch.int8)
     return Packed24(q.contiguous(), packed.meta, scale.contiguous())

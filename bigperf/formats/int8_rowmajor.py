@@ -119,9 +119,11 @@ def _weight_only_cuda_run(x, qweight, scale, zero_point, bias, activation):
 def _weight_only_torch_run(dtype):
     def run(x, qweight, scale, zero_point, bias, activation):
         n, k = qweight.shape
-        if scale.shape[1] == 1 and zero_point is None:
+        if scale.shape[1] == 1 and zero_point is None and dtype != torch.float16:
             # Symmetric per channel: the scale is a per-column factor of the output, applied
             # there (M x N multiplies, not N x K): the weight's codes are only converted.
+            # Not in fp16: sums of x times raw codes (up to 127) overflow its range (65504)
+            # where the scaled weight's do not.
             return torch_linear(x, n, k, dtype, rows=copy_rows(qweight), bias=bias,
                                 activation=activation, col_scale=scale)
 

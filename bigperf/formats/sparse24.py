@@ -67,6 +67,8 @@ def run_cpu_24(entry: str, x, values, meta, scale, bias, activation, n: int, k: 
     b = fp32_bias(bias)
     m = x2.shape[0]
     out = torch.empty(m, n, dtype=x.dtype)
+    if m == 0 or n == 0:  # nothing to compute (and an empty scale's data_ptr 0 would read as "no scale")
+        return out.reshape(*x.shape[:-1], n)
     code = INT8_CODE if v.dtype == torch.int8 else DTYPE_CODES[v.dtype]
     weight = ((v.data_ptr(), v.stride(0), code, mt.data_ptr(), mt.stride(0)) if entry == "sparse24_linear"
               else (v.data_ptr(), code, mt.data_ptr()))

@@ -11,7 +11,7 @@ from bigperf.nn._layouts import FloatCopy, keeping_dtype, replace_buffers
 from bigperf.ops.activations import activation_name
 from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
 from bigperf.ops.int8_linear import int8_dynamic_linear, int8_weight_linear
-from bigperf.quant import activation_qmax
+from bigperf.quant import GROUP_SIZES, activation_qmax
 
 # The packed form this layer stores: row-major [N, K] int8 codes, fp32 scales [N, G],
 # optional int8 zero points. Bumped whenever that layout changes; load refuses others.
@@ -48,6 +48,10 @@ class Int8Linear(FloatCopy, nn.Module):
                              f"W8A16 keeps float activations, got act_bits={act_bits}")
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"{where}: in_features and out_features must be positive, got {in_features}, {out_features}")
+        if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                       or group_size not in GROUP_SIZES):
+            raise ValueError(f"{where}: argument 'group_size' must be None (per channel) or one of {GROUP_SIZES}, "
+                             f"got {group_size!r}")
         if group_size is not None and in_features % group_size:
             raise ValueError(f"{where}: argument 'group_size' {group_size} does not divide in_features {in_features}")
         self.in_features, self.out_features = in_features, out_features

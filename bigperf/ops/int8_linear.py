@@ -20,8 +20,9 @@ import torch
 
 from bigperf.formats import int8_rowmajor
 from bigperf.ops.activations import activation_code, apply_activation
+from bigperf.ops.common import as_rows
 from bigperf.ops.define import define_op
-from bigperf.ops.validation import check_float_tensor, check_tensor
+from bigperf.ops.validation import check_finite_once, check_float_tensor, check_tensor
 from bigperf.quant import (
     GROUP_SIZES,
     activation_qmax,
@@ -53,6 +54,7 @@ def _validate_common(op, x, qweight, scale, bias, activation):
         check_float_tensor(op, "bias", bias, dims=1)
         if bias.shape[0] != n:
             raise ValueError(f"{op}: argument 'bias' must have shape [{n}], got {tuple(bias.shape)}")
+    check_finite_once(op, "scale", scale)
 
 
 def validate_weight_only(x, qweight, scale, zero_point, bias, activation):
@@ -129,7 +131,7 @@ def int8_dynamic_linear(x, qweight, scale, bias=None, activation="none", act_bit
 def dynamic_reference(x, qweight, scale, bias, activation, act_bits=8):
     """Exact integer products (fp64 holds int8·int8 sums exactly), then the rescale."""
     k = qweight.shape[1]
-    xq, x_scale = quantize_activation_per_token(x.reshape(-1, k), act_bits)
+    xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits)
     acc = xq.double() @ qweight.double().t()
     y = acc * x_scale.double()[:, None] * scale.double().reshape(1, -1)
     if bias is not None:

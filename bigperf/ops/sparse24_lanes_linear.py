@@ -17,6 +17,7 @@ import torch
 from bigperf.formats import sparse24_lanes
 from bigperf.formats.sparse24_lanes import Sparse24Lanes, check_lanes, check_version
 from bigperf.ops.define import define_op
+from bigperf.ops.validation import check_finite_once
 from bigperf.ops.sparse_linear import S24_BACKENDS, _check_devices, _check_x_bias, check_meta_once
 
 LANES_OP = "bigperf.sparse24_lanes_linear"
@@ -26,6 +27,8 @@ def validate_lanes_call(x, values, meta, scale, n, bias, activation):
     k = check_lanes(LANES_OP, values, meta, scale, n)
     _check_x_bias(LANES_OP, x, k, n, bias, activation)
     _check_devices(LANES_OP, x, (("values", values), ("meta", meta), ("scale", scale)))
+    if scale is not None:
+        check_finite_once(LANES_OP, "scale", scale)
     check_meta_once(LANES_OP, meta, "bigperf.formats.sparse24_lanes.pack_24_lanes")
 
 

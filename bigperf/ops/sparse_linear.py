@@ -18,9 +18,10 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from bigperf.formats import bsr, sparse24
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
+from bigperf.ops.common import as_rows
 from bigperf.ops.define import define_op
 from bigperf.ops.tensor_keys import OncePerData
-from bigperf.ops.validation import FLOAT_DTYPES, check_float_tensor, check_tensor
+from bigperf.ops.validation import FLOAT_DTYPES, check_finite_once, check_float_tensor, check_tensor
 from bigperf.sparsity import bsr_is_valid, meta_is_valid, unpack_24, unpack_bsr
 
 S24_OP = "bigperf.sparse24_linear"
@@ -88,6 +89,8 @@ def validate_24(x, values, meta, scale, bias, activation):
         if tuple(scale.shape) != (n, 1):
             raise ValueError(f"{S24_OP}: argument 'scale' must have shape [{n}, 1], got {tuple(scale.shape)}")
     _check_devices(S24_OP, x, (("values", values), ("meta", meta), ("scale", scale)))
+    if scale is not None:
+        check_finite_once(S24_OP, "scale", scale)
     check_meta_once(S24_OP, meta, "bigperf.sparsity.pack_24")
 
 
@@ -165,7 +168,7 @@ def sparse24_linear(x, values, meta, scale=None, bias=None, activation="none"):
 
 def sparse24_reference(x, values, meta, scale, bias, activation):
     w = unpack_24(values, meta, scale, torch.float32)
-    return _finish(x.reshape(-1, w.shape[1]).float() @ w.t(), x, bias, activation, w.shape[0])
+    return _finish(as_rows(x, w.shape[1]).float() @ w.t(), x, bias, activation, w.shape[0])
 
 
 sparse24.register_paths(S24_BACKENDS)
@@ -193,7 +196,7 @@ def block_sparse_linear(x, values, col_indices, row_ptr, bias=None, activation="
 def block_sparse_reference(x, values, col_indices, row_ptr, bias, activation):
     k = x.shape[-1]
     w = unpack_bsr(values.float(), col_indices, row_ptr, k)
-    return _finish(x.reshape(-1, k).float() @ w.t(), x, bias, activation, w.shape[0])
+    return _finish(as_rows(x, k).float() @ w.t(), x, bias, activation, w.shape[0])
 
 
 bsr.register_paths(BSR_BACKENDS)

@@ -132,8 +132,6 @@ def test_layer_refuses_foreign_inputs(k, n, x_dtype, device, kind):
     raise AssertionError(f"{kind}: accepted x of {x_dtype} on {device}")
 
 
-@pytest.mark.xfail(reason="Int8Linear.from_linear(group_size=0) raises ZeroDivisionError (in_features % 0) "
-                          "instead of a ValueError naming 'group_size' (reported, issue #14)", strict=False)
 def test_int8_group_size_zero():
     with pytest.raises(ValueError, match="bigperf.nn.Int8Linear.*'group_size'"):
         Int8Linear.from_linear(nn.Linear(64, 8), group_size=0)

@@ -40,13 +40,7 @@ ks = st.sampled_from([0, 1, 3, 8, 16, 24, 64, 136, 1024, 4096 + 8])
 activations = st.sampled_from(ACTIVATIONS)
 
 
-# K = 0 is a valid call (an empty sum: y = bias). For these ops some paths and sizes raise a
-# bare RuntimeError / IndexError today: reshape(-1, 0) in the op references and the W8A8 path
-# (bigperf/ops/int8_linear.py, bigperf/ops/sparse_linear.py), amax over an empty dim in
-# bigperf.quant.quantize_activation_per_token and in the 2:4 metadata check. Those files were
-# being changed by others when the fuzzers found it, so it is reported (issue #14) and pinned
-# by test_k0_every_path below (xfail, not strict); the drawn examples leave K = 0 out for them.
-K0_BROKEN = {"int8_dynamic_linear", "sparse24_linear", "block_sparse_linear"}
+# K = 0 is a valid call (an empty sum: y = bias) on every op and path; test_k0_every_path pins it.
 
 
 def run(backend: str, function: str, arguments, call):
@@ -171,7 +165,6 @@ def test_int8_weight_linear(data, k, n, activation, backend, with_bias):
 def test_int8_dynamic_linear(data, k, n, backend, act_bits, with_bias):
     """W8A8: finite rows agree with fp64 math on the per-token quantised x (tolerance 2e-2:
     a code may round the other way); rows with NaN/Inf are non-finite where F.linear's are."""
-    assume(k > 0 or "int8_dynamic_linear" not in K0_BROKEN)
     x, kind = data.draw(activations_x(k))
     qweight, scale, _, scale_kind = data.draw(int8_weights(n, k, per_channel_only=True))
     bias = fill((n,), torch.float32, data.draw(seeds)) if with_bias else None
@@ -225,7 +218,6 @@ def corrupt(t: torch.Tensor, seed: int, how: str) -> torch.Tensor:
        backend=st.sampled_from(BACKENDS), int8=st.booleans(), v_dtype=st.sampled_from(FLOATS),
        damage=st.sampled_from(("none", "none", "flip", "big", "negative")), with_bias=st.booleans())
 def test_sparse24_linear(data, k, n, activation, backend, int8, v_dtype, damage, with_bias):
-    assume(k > 0 or "sparse24_linear" not in K0_BROKEN)
     assume(not (int8 and n == 0))  # refused by bigperf._C today: test_sparse24_int8_without_rows
     x, _ = data.draw(activations_x(k))
     dense = fill((n, k), torch.float32, data.draw(seeds))
@@ -255,7 +247,6 @@ def test_block_sparse_linear(data, block, n_blocks, k_blocks, density, activatio
                              target, with_bias):
     bn, bk = block
     n, k = n_blocks * bn, k_blocks * bk
-    assume(k > 0 or "block_sparse_linear" not in K0_BROKEN)
     x, _ = data.draw(activations_x(k))
     dense = fill((n, k), torch.float32, data.draw(seeds))
     if dense.numel():
@@ -309,7 +300,6 @@ META_OPS = {
        dtype=st.sampled_from(FLOATS), x_device=st.sampled_from(("meta", "cpu")))
 def test_meta_device(op, m, n, k, dtype, x_device):
     """Meta tensors give a meta result of the right shape; mixing devices is a clear error."""
-    assume(k > 0 or op not in K0_BROKEN)
     x = torch.empty(m, k, dtype=dtype, device=x_device)
     try:
         out = META_OPS[op](x, n, k)
@@ -336,18 +326,13 @@ K0_CALLS = {
 @pytest.mark.parametrize("op", sorted(K0_CALLS))
 def test_k0_every_path(op, backend, m, n, request):
     """K = 0: every path gives y = bias (an empty sum), or says clearly that it cannot."""
-    if op in K0_BROKEN:
-        request.applymarker(pytest.mark.xfail(reason="K = 0 raises a bare error on some paths (see K0_BROKEN)",
-                                              strict=False))
     x = torch.randn(m, 0)
-    out = run(backend, f"bigperf.{op}", ("x",), lambda: K0_CALLS[op](x, n))
+    # (a BSR weight of N = 0 rows is refused, naming its row_ptr)
+    out = run(backend, f"bigperf.{op}", ("x", "row_ptr"), lambda: K0_CALLS[op](x, n))
     if out is not None:
         assert torch.equal(out, torch.arange(n, dtype=torch.float32).expand(m, n))
 
 
-@pytest.mark.xfail(reason="an int8 2:4 weight with N = 0 has an empty scale whose data_ptr is 0, which "
-                          "bigperf._C.sparse24_linear reads as 'no scale' and refuses (reported, issue #14)",
-                   strict=False)
 def test_sparse24_int8_without_rows():
     """N = 0 is a valid weight: the result is an empty [M, 0] tensor on every path."""
     from bigperf.sparsity import pack_24_int8
