@@ -14,6 +14,7 @@ import torch
 
 from bigperf import _ext
 from bigperf.formats._shard import bias_once, row_slice, shard_range
+from bigperf.formats._nonfinite import poison_nonfinite_rows
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, cpu_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
@@ -62,8 +63,8 @@ def _triton_bsr_run(x, values, col_indices, row_ptr, bias, activation):
         block_sparse_linear as triton_block_sparse_linear,
     )
     k, n = x.shape[-1], (row_ptr.shape[0] - 1) * values.shape[1]
-    return triton_block_sparse_linear(x.reshape(-1, k), values, col_indices, row_ptr, fp32_bias(bias),
-                                      activation).reshape(*x.shape[:-1], n)
+    out = triton_block_sparse_linear(x.reshape(-1, k), values, col_indices, row_ptr, fp32_bias(bias), activation)
+    return poison_nonfinite_rows(x, out).reshape(*x.shape[:-1], n)  # the kernel skips blocks not stored
 
 
 def _torch_bsr_run(dtype):

@@ -29,6 +29,7 @@ import torch
 from bigperf import _ext
 from bigperf.formats import int8_rowmajor
 from bigperf.formats._checks import check_arg, check_layout_version, round_up
+from bigperf.formats._nonfinite import poison_nonfinite_rows
 from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
@@ -105,7 +106,8 @@ def _cuda_24_why_not(x, values, meta, scale, bias, activation):
 
 def _cuda_24_run(x, values, meta, scale, bias, activation):
     from bigperf.ops.cuda_launch import launch_sparse24
-    return launch_sparse24(x, values, meta, fp32_bias(bias), ACTIVATIONS.index(activation))
+    out = launch_sparse24(x, values, meta, fp32_bias(bias), ACTIVATIONS.index(activation))
+    return poison_nonfinite_rows(x, out)  # mma.sp never reads x at pruned slots
 
 
 # PyTorch's GEMM on the weight unpacked to dense a chunk of rows at a time (int8 values
