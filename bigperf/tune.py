@@ -53,8 +53,11 @@ DROP_FACTOR = 3.0
 # each path on one weight, call after call, where part of a weight larger than the cache
 # stays cached; a model's layers read their weights cold. Measured on Zen 3 (1 thread,
 # 4096x4096 fp32 at M = 1): tuning 2.65 vs 2.63 ms, cold 3.16 vs 2.86 ms — an 11 % swing
-# toward our kernel. The promise is "never slower than PyTorch": ties go to PyTorch.
-PREFER_TORCH_MARGIN = 0.08
+# toward our kernel. Again (3072x768 fp32 at M = 1, 1 thread, 2026-12-05): tuning with the
+# cache swept saw our kernel 13 % faster (0.885 vs 1.019 ms), the benchmark's rotating cold
+# copies 8-15 % slower (CI gate). The promise is "never slower than PyTorch": ties, and wins
+# within that swing, go to PyTorch.
+PREFER_TORCH_MARGIN = 0.15
 TORCH_PREFIX = "torch"
 # Timings at M below this bucket are memory-bound and say little about larger M.
 PREDICT_FROM_M = 16

@@ -79,13 +79,19 @@ def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
     took 7.9-8.2 ms and a W @ x^T formulation lost a 1 ms transposing copy; 14336x4096,
     256-row chunks: 110 vs 130 ms (2 threads), 185 vs 208 ms (1 thread).
     """
-    left = (x_rows if x_rows is not None else as_rows(x, k)).to(compute_dtype)
+    left = x_rows if x_rows is not None else as_rows(x, k)
+    if left.dtype != compute_dtype:  # (each call here costs a microsecond or more: small layers feel it)
+        left = left.to(compute_dtype)
     m = left.shape[0]
     scaled = row_scale is not None or col_scale is not None
-    # The bias rides in the GEMM, sliced per chunk: from a copy, because a layer's bias made
-    # under inference mode can refuse views there ("Inference tensors do not track version
-    # counter"; seen with SparseLinear built and cast to bf16 inside torch.inference_mode()).
-    bias_c = bias.to(compute_dtype, copy=True) if (bias is not None and not scaled) else None
+    bias_c = None
+    if bias is not None and not scaled and whole is not None:
+        bias_c = bias if bias.dtype == compute_dtype else bias.to(compute_dtype)
+    elif bias is not None and not scaled:
+        # Sliced per chunk below: from a copy, because a layer's bias made under inference
+        # mode can refuse views there ("Inference tensors do not track version counter";
+        # seen with SparseLinear built and cast to bf16 inside torch.inference_mode()).
+        bias_c = bias.to(compute_dtype, copy=True)
     if whole is not None:
         y = F.linear(left, whole, bias_c)
     else:
@@ -108,7 +114,9 @@ def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
             y.add_(bias.float())
     r = residual.reshape(m, n).to(y.dtype) if residual is not None else None
     y = epilogue_(y, activation, r)
-    return y.to(x.dtype).reshape(*x.shape[:-1], n)
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
 
 
 def half_why_not(x: torch.Tensor, dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> str | None:
