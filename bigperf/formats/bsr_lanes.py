@@ -54,9 +54,6 @@ def check_version(function: str, layout) -> None:
     check_layout_version(function, layout, BsrLanes, VERSION)
 
 
-BSRLANES_VERSION = 1
-
-
 @dataclass(frozen=True)
 class BsrLanes:
     values: torch.Tensor  # [nnz, bn/16, 16 bk], the canonical values' dtype
@@ -65,7 +62,7 @@ class BsrLanes:
     bn: int
     bk: int
     k: int  # in_features
-    version: int = BSRLANES_VERSION
+    version: int = VERSION
 
 
 def bsr_lanes_eligible(bn: int, bk: int, dtype: torch.dtype) -> str | None:
@@ -202,5 +199,4 @@ def register_paths(table, canonical_table) -> None:
 @onnx_lowering("bigperf.block_sparse_lanes_linear")
 def lower(x, values, col_indices, row_ptr, bk, bias, activation):
     # The CPU lane layout of a block-sparse SparseLinear on the CPU, back in canonical order.
-    canonical = unpack_bsr_lanes(BsrLanes(values, col_indices, row_ptr, 16 * values.shape[1], bk, x.shape[-1]))
-    return bsr.lower(x, *canonical, bias, activation)
+    return bsr.lower(*_canonical_args(x, values, col_indices, row_ptr, bk, bias, activation))

@@ -62,12 +62,7 @@ def check_version(function: str, layout) -> None:
     check_layout_version(function, layout, Sparse24Lanes, VERSION)
 
 
-S24LANES_VERSION = 1
-
-
 _PAD_META_BYTE = 0x44  # two groups with kept positions (0, 1)
-
-
 _VALUE_DTYPES = FLOAT_DTYPES + (torch.int8,)
 
 
@@ -78,7 +73,7 @@ class Sparse24Lanes:
     scale: torch.Tensor | None  # [16 NB] float32, int8 values only
     n: int
     k: int
-    version: int = S24LANES_VERSION
+    version: int = VERSION
 
 
 def check_lanes(function: str, values, meta, scale, n: int, k: int | None = None) -> int:
@@ -216,5 +211,4 @@ def register_paths(table, canonical_table) -> None:
 @onnx_lowering("bigperf.sparse24_lanes_linear")
 def lower(x, values, meta, scale, n, bias, activation):
     # The CPU lane layout of a SparseLinear on the CPU, back in canonical order (constant folded).
-    canonical = unpack_24_lanes(Sparse24Lanes(values, meta, scale, n, meta.shape[1] // 2))
-    return sparse24.lower(x, *canonical, bias, activation)
+    return sparse24.lower(*_canonical_args(x, values, meta, scale, n, bias, activation))

@@ -161,5 +161,4 @@ def register_paths(table, canonical_table) -> None:
 @onnx_lowering("bigperf.int8_weight_linear_w8a16")
 def _int8_weight_linear_w8a16(x, weight, scale, zero, n, k, group_size, bias, activation):
     # The CUDA layout of an Int8Linear on a GPU, back in row-major order (constant folded).
-    qweight, q_scale, zero_point = unpack_w8a16(W8A16Layout(weight, scale, zero, n, k, group_size or None))
-    return int8_rowmajor.lower_weight_only(x, qweight, q_scale, zero_point, bias, activation)
+    return int8_rowmajor.lower_weight_only(*_canonical_args(x, weight, scale, zero, n, k, group_size, bias, activation))
