@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import torch
 
+from bigperf.ops.common import as_rows
+
 
 def poison_nonfinite_rows(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out ([..., N], rows as x's) with NaN in every row whose x row holds NaN or Inf.
     Element-wise and a row sum, on the device: no host synchronisation per call."""
-    k, n = x.shape[-1], out.shape[-1]
-    rows = x.reshape(-1, k) if x.numel() else x.new_zeros(x.numel() // max(k, 1), k)
+    n = out.shape[-1]
+    rows = as_rows(x, x.shape[-1])
     # x * 0 is 0 where x is finite and NaN where it is not: summed per row, NaN exactly for
     # the rows that hold a non-finite value.
     poison = (rows * 0).sum(dim=1, keepdim=True, dtype=torch.float32)

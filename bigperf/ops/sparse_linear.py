@@ -14,14 +14,13 @@ range); the content checks are cached per tensor data, so a layer pays them once
 from __future__ import annotations
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor
 
 from bigperf.formats import bsr, sparse24
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
 from bigperf.ops.common import as_rows
 from bigperf.ops.define import define_op
 from bigperf.ops.tensor_keys import OncePerData
-from bigperf.ops.validation import FLOAT_DTYPES, check_finite_once, check_float_tensor, check_tensor
+from bigperf.ops.validation import FLOAT_DTYPES, check_finite_once, check_float_tensor, check_tensor, has_no_data
 from bigperf.sparsity import bsr_is_valid, meta_is_valid, unpack_24, unpack_bsr
 
 S24_OP = "bigperf.sparse24_linear"
@@ -51,12 +50,6 @@ def _check_devices(op, x, named) -> None:
     for name, t in named:
         if t is not None and t.device != x.device:
             raise ValueError(f"{op}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
-
-
-def _is_fake(t: torch.Tensor) -> bool:
-    if t.is_meta:
-        return True
-    return type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter and isinstance(t, FakeTensor)
 
 
 def _check_x_bias(op, x, k, n, bias, activation):
@@ -97,7 +90,7 @@ def validate_24(x, values, meta, scale, bias, activation):
 def check_meta_once(op: str, meta, writer: str) -> None:
     """Refuse corrupt 2:4 metadata (any 2-D arrangement of the canonical bytes), checking
     each tensor version once; `writer` is the function that should have written it."""
-    if not _is_fake(meta):
+    if not has_no_data(meta):
         def check():
             if not meta_is_valid(meta):
                 raise ValueError(f"{op}: argument 'meta' is corrupt: a group's kept positions are not two "
@@ -130,7 +123,7 @@ def check_bsr_call(op: str, x, values, col_indices, row_ptr, nnz: int, bn: int, 
     _check_devices(op, x, (("values", values), ("col_indices", col_indices), ("row_ptr", row_ptr)))
     if col_indices.shape[0] != nnz:
         raise ValueError(f"{op}: argument 'col_indices' has {col_indices.shape[0]} entries for {nnz} blocks")
-    if not _is_fake(row_ptr):
+    if not has_no_data(row_ptr):
         def check():
             last_column = int(col_indices.max()) if nnz else -1
             if last_column >= k // bk:

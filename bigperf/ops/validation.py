@@ -4,6 +4,9 @@ pointer is handed to C++ or CUDA, and errors name the op and the argument."""
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
+
+from bigperf.ops.tensor_keys import OncePerData
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Codes shared with csrc/cpu/fused_linear.h (DType) and csrc/cuda.
@@ -30,28 +33,23 @@ def last_dim_contiguous(t: torch.Tensor) -> bool:
     return t.dim() == 0 or t.stride(-1) == 1 or t.shape[-1] == 1
 
 
-_FINITE_CHECKED = None  # an OncePerData, made on first use
-
 
 def has_no_data(t: torch.Tensor) -> bool:
     """A meta or fake tensor (torch.compile / torch.export tracing): shapes, no values."""
     if t.is_meta:
         return True
-    from torch._subclasses.fake_tensor import FakeTensor
-
     return type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter and isinstance(t, FakeTensor)
+
+
+_FINITE_CHECKED = OncePerData()
 
 
 def check_finite_once(op: str, name: str, t: torch.Tensor) -> None:
     """Refuse NaN or Inf in `t` (quantisation scales: the kernels apply a channel's scale after
     its sum, so a corrupt one would give other non-finite results than the dequantised math),
     checking each tensor's data once (bigperf/ops/tensor_keys.py)."""
-    global _FINITE_CHECKED
     if has_no_data(t):
         return
-    if _FINITE_CHECKED is None:
-        from bigperf.ops.tensor_keys import OncePerData
-        _FINITE_CHECKED = OncePerData()
 
     def check():
         if not bool(torch.isfinite(t).all()):
