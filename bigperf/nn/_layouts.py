@@ -3,6 +3,8 @@ SparseLinear): swapping one set of buffers for another, so only one copy is ever
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -53,8 +55,9 @@ def set_float_copy(module: nn.Module, key: torch.Tensor, copy: torch.Tensor | No
 class FloatCopy:
     """Mixin of the layers that may keep a float copy of their weight (opt in). A layer
     says which tensor its op receives as the weight (_float_copy_key) and how its held
-    format materialises in fp32 (_float_weight); call _init_float_copy() in __init__ and
-    _refresh_float_copy() whenever the held tensors change (layout, move, load)."""
+    format materialises in fp32 (_float_weight); call _init_float_copy() in __init__,
+    _refresh_float_copy() when the held tensors change (a layout change), and wrap moves
+    and loads in `with self._float_copy_rebuilt():`."""
 
     def _init_float_copy(self) -> None:
         self.keeps_float_copy = False
@@ -73,6 +76,16 @@ class FloatCopy:
         key = self._float_copy_key()
         set_float_copy(self, key, self._float_weight() if self.keeps_float_copy else None)
 
-    def _drop_float_copy(self) -> None:
-        # Before a move or dtype change: the copy is rebuilt from the packed weight after it.
+    @contextlib.contextmanager
+    def _float_copy_rebuilt(self):
+        """Around a move, a dtype change or a load: the copy is dropped (never converted, moved
+        or rebuilt by layout changes inside) and made once from the held weight afterwards,
+        also when the block raises (the copy then matches the weight the layer kept)."""
+        keeps = self.keeps_float_copy
         set_float_copy(self, self._float_copy_key(), None)
+        self.keeps_float_copy = False
+        try:
+            yield
+        finally:
+            self.keeps_float_copy = keeps
+            self._refresh_float_copy()

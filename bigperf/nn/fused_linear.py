@@ -64,14 +64,13 @@ class FusedLinear(FloatCopy, nn.Module):
         return None if self.weight.dtype == torch.float32 else dense.float_weight(self.weight)
 
     def _apply(self, fn, recurse=True):
-        self._drop_float_copy()  # rebuilt from the moved weight
-        super()._apply(fn, recurse)
-        self._refresh_float_copy()
+        with self._float_copy_rebuilt():
+            super()._apply(fn, recurse)
         return self
 
     def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._refresh_float_copy()  # from the loaded weight
+        with self._float_copy_rebuilt():
+            super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -142,12 +142,9 @@ class Int8Linear(FloatCopy, nn.Module):
 
     def _apply(self, fn, recurse=True):
         scales = (self.scale, self.w8a16_scale, self.w8a16_zero) if self.kernel_layout == "w8a16-cuda" else (self.scale,)
-        self._drop_float_copy()  # rebuilt from the moved weight below
-        keeps, self.keeps_float_copy = self.keeps_float_copy, False
-        super()._apply(keeping_dtype(fn, scales), recurse)
-        self.use_kernel_layout(self._preferred_layout())
-        self.keeps_float_copy = keeps
-        self._refresh_float_copy()
+        with self._float_copy_rebuilt():
+            super()._apply(keeping_dtype(fn, scales), recurse)
+            self.use_kernel_layout(self._preferred_layout())
         return self
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -160,12 +157,12 @@ class Int8Linear(FloatCopy, nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         layout = self.kernel_layout
-        self.use_kernel_layout("rowmajor")  # load into row-major buffers, with their checks
-        try:
-            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        finally:  # a layout chosen by hand stays; otherwise the device's
-            self.use_kernel_layout(layout if layout != "rowmajor" else self._preferred_layout())
-            self._refresh_float_copy()  # from the loaded weight
+        with self._float_copy_rebuilt():
+            self.use_kernel_layout("rowmajor")  # load into row-major buffers, with their checks
+            try:
+                super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            finally:  # a layout chosen by hand stays; otherwise the device's
+                self.use_kernel_layout(layout if layout != "rowmajor" else self._preferred_layout())
 
     def backend(self) -> str:
         """The backend a 1-row call on this layer's device would use (NoBackendError if none)."""

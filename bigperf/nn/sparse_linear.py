@@ -247,8 +247,11 @@ class SparseLinear(FloatCopy, nn.Module):
         return "canonical" if reason else "cpu-lanes16"
 
     def _apply(self, fn, recurse=True):
-        self._drop_float_copy()  # rebuilt from the moved weight below
-        keeps, self.keeps_float_copy = self.keeps_float_copy, False
+        with self._float_copy_rebuilt():
+            self._apply_to_buffers(fn, recurse)
+        return self
+
+    def _apply_to_buffers(self, fn, recurse):
         # A lane layout that another float dtype could not hold (BSR with an odd bk: not in
         # bf16) is unpacked first, while its order is still known; settled again below.
         if self.kernel_layout == "cpu-lanes16" and any(self._lanes_why_not(d) for d in FLOAT_DTYPES):
@@ -262,9 +265,6 @@ class SparseLinear(FloatCopy, nn.Module):
             if laid_out_for is not None:
                 self.lanes_values = reorder_lanes_values(self.lanes_values, laid_out_for)
         self.use_kernel_layout(self._preferred_layout())
-        self.keeps_float_copy = keeps
-        self._refresh_float_copy()
-        return self
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -295,12 +295,12 @@ class SparseLinear(FloatCopy, nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         layout = self.kernel_layout
-        self.use_kernel_layout("canonical")  # load into canonical buffers, with their checks
-        try:
-            self._load_canonical(state_dict, prefix, *args, **kwargs)
-        finally:  # a layout chosen by hand stays; otherwise the device's
-            self.use_kernel_layout(layout if layout != "canonical" else self._preferred_layout())
-            self._refresh_float_copy()  # from the loaded weight
+        with self._float_copy_rebuilt():
+            self.use_kernel_layout("canonical")  # load into canonical buffers, with their checks
+            try:
+                self._load_canonical(state_dict, prefix, *args, **kwargs)
+            finally:  # a layout chosen by hand stays; otherwise the device's
+                self.use_kernel_layout(layout if layout != "canonical" else self._preferred_layout())
 
     def _load_canonical(self, state_dict, prefix, *args, **kwargs):
         # A BSR layer's block count is data: take the incoming buffers' sizes (dtypes are checked by copy).
