@@ -8,12 +8,14 @@ lowering. The weight is its own packed form: no version, nothing to unpack.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from bigperf import _ext
 from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
+from bigperf.ops.common import as_rows, cpu_why_not, panel_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
 from bigperf.ops.torch_paths import copy_linear, copy_rows, register_float_copy_path, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES, FLOAT_DTYPES, last_dim_contiguous
@@ -35,9 +37,14 @@ def _cpu_why_not(x, weight, bias, residual, activation):
     return cpu_why_not(x, "fused_linear")
 
 
-def _cpu_run(x, weight, bias, residual, activation):
-    """Our skinny kernel, at any M (the dispatcher hands large M to the torch paths where
-    they are faster on this machine)."""
+def _cpu_panel_why_not(x, weight, bias, residual, activation):
+    return panel_why_not(x, weight.shape[1], "fused_linear_panel")
+
+
+def _cpu_run(x, weight, bias, residual, activation, kernel="fused_linear"):
+    """Our CPU kernels, at any M: the dot-product form (`fused_linear`, for the weight stream
+    of decode) or the panel form (`fused_linear_panel`, for arithmetic-bound M). The
+    dispatcher times both against the torch paths on this machine."""
     n, k = weight.shape
     x2 = as_rows(x, k)
     m = x2.shape[0]
@@ -45,7 +52,7 @@ def _cpu_run(x, weight, bias, residual, activation):
     b = fp32_bias(bias)
     r = as_rows(residual, n) if residual is not None else None
     out = torch.empty((m, n), dtype=x.dtype)
-    _ext.cpu_module().fused_linear(
+    getattr(_ext.cpu_module(), kernel)(
         _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
         w.data_ptr(), w.stride(0), DTYPE_CODES[w.dtype],
         b.data_ptr() if b is not None else 0,
@@ -110,6 +117,7 @@ def _copy_run(x, weight, bias, residual, activation):
 def register_paths(table) -> None:
     """The paths of fused_linear (besides the reference) on this format."""
     table.register("cpu", _cpu_why_not, _cpu_run)
+    table.register("cpu", _cpu_panel_why_not, functools.partial(_cpu_run, kernel="fused_linear_panel"), variant="panel")
     table.register("cuda", _cuda_why_not, _cuda_run)
     table.register("triton", _triton_why_not, _triton_run)
     register_torch_paths(table, _torch_run)

@@ -12,6 +12,7 @@ bigperf/ops/int8_linear.py; the quantisation math is bigperf.quant.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -19,7 +20,7 @@ import torch
 from bigperf import _ext
 from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
+from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, panel_why_not, triton_why_not
 from bigperf.ops.onnx_lowering import BLOCKED_QUANT_OPSET, current_opset, onnx_linear, onnx_lowering, symbolic
 from bigperf.ops.torch_paths import copy_linear, copy_rows, register_float_copy_path, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES
@@ -52,8 +53,14 @@ def _weight_only_cpu_why_not(x, qweight, scale, zero_point, bias, activation):
     return cpu_why_not(x, "int8_weight_linear")
 
 
-def _weight_only_cpu_run(x, qweight, scale, zero_point, bias, activation):
-    """Our kernel at any M (large M goes to the torch paths where those are faster here)."""
+def _weight_only_cpu_panel_why_not(x, qweight, scale, zero_point, bias, activation):
+    return panel_why_not(x, qweight.shape[1], "int8_weight_linear_panel")
+
+
+def _weight_only_cpu_run(x, qweight, scale, zero_point, bias, activation, kernel="int8_weight_linear"):
+    """Our CPU kernels at any M: the dot-product form (`int8_weight_linear`, for the weight
+    stream of decode) or the panel form (`int8_weight_linear_panel`, for arithmetic-bound M).
+    The dispatcher times both against the torch paths on this machine."""
     n, k = qweight.shape
     x2 = as_rows(x, k)
     m = x2.shape[0]
@@ -62,7 +69,7 @@ def _weight_only_cpu_run(x, qweight, scale, zero_point, bias, activation):
     z = zero_point.contiguous() if zero_point is not None else None
     b = fp32_bias(bias)
     out = torch.empty((m, n), dtype=x.dtype)
-    _ext.cpu_module().int8_weight_linear(
+    getattr(_ext.cpu_module(), kernel)(
         _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
         qw.data_ptr(), qw.stride(0), s.data_ptr(), z.data_ptr() if z is not None else 0, s.shape[1],
         b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k,
@@ -207,6 +214,8 @@ def _dynamic_copy_run(x, qweight, scale, bias, activation, act_bits=8):
 def register_weight_only_paths(table) -> None:
     """The paths of int8_weight_linear (besides the reference) on this format."""
     table.register("cpu", _weight_only_cpu_why_not, _weight_only_cpu_run)
+    table.register("cpu", _weight_only_cpu_panel_why_not,
+                   functools.partial(_weight_only_cpu_run, kernel="int8_weight_linear_panel"), variant="panel")
     table.register("cuda", _weight_only_cuda_why_not, _weight_only_cuda_run)
     table.register("triton", _weight_only_triton_why_not, _weight_only_triton_run)
     register_torch_paths(table, _weight_only_torch_run)

@@ -57,6 +57,23 @@ def cpu_why_not(x: torch.Tensor, kernel: str) -> str | None:
     return None
 
 
+# The CPU panel kernels convert every weight of the layer into fp32 panels once per call
+# (csrc/cpu/panel_gemm.h): with fewer rows than this the conversion outweighs the GEMM and
+# the dot-product kernels serve, so the dispatcher does not spend time measuring them.
+PANEL_MIN_ROWS = 8
+
+
+def panel_why_not(x: torch.Tensor, k: int, kernel: str) -> str | None:
+    """Why bigperf._C's panel-form `kernel` should not serve x (K = k), or None."""
+    reason = cpu_why_not(x, kernel)
+    if reason is not None:
+        return reason
+    rows = x.numel() // k if k else 0
+    if rows < PANEL_MIN_ROWS:
+        return f"{rows} rows of x: the panel form converts the whole weight per call, for {PANEL_MIN_ROWS} rows or more"
+    return None
+
+
 def cuda_why_not(x: torch.Tensor, kernel: str) -> str | None:
     """Why bigperf._C_cuda cannot run `kernel` on x's device (not built, no driver, no SASS
     or PTX for its compute capability, no tile configuration within its shared memory), or

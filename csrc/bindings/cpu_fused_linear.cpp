@@ -19,19 +19,32 @@ namespace {
 
 using KernelFn = void (*)(const FusedLinearArgs&);
 
+// The two forms of the kernel (fused_linear.h), bound with the same arguments.
+struct DotForm {
+  static constexpr const char* fn = "bigperf._C.fused_linear";
+  static KernelFn kernel(const std::string& isa) { return kernel_for_isa<KernelFn>(isa, fn, ISA_KERNELS(fused_linear)); }
+};
+struct PanelForm {
+  static constexpr const char* fn = "bigperf._C.fused_linear_panel";
+  static KernelFn kernel(const std::string& isa) {
+    return kernel_for_isa<KernelFn>(isa, fn, ISA_KERNELS(fused_linear_panel));
+  }
+};
+
+template <class Form>
 void fused_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype,
                   uintptr_t w, int64_t w_row_stride, int w_dtype, uintptr_t bias,
                   uintptr_t residual, int64_t residual_row_stride, uintptr_t out,
                   int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act,
                   int num_threads) {
-  const char* fn = "bigperf._C.fused_linear";
+  const char* fn = Form::fn;
   require(M >= 0 && N >= 0 && K >= 0, fn, "M, N and K must be non-negative");
   check_activation(act, fn);
   require(num_threads >= 1, fn, "num_threads must be >= 1");
   FusedLinearArgs args{};
   args.x_dtype = to_dtype(x_dtype, fn, "x");
   args.w_dtype = to_dtype(w_dtype, fn, "weight");
-  KernelFn kernel = kernel_for_isa<KernelFn>(isa, fn, ISA_KERNELS(fused_linear));
+  KernelFn kernel = Form::kernel(isa);
   if (M == 0 || N == 0) return;
   require(out != 0, fn, "out pointer is null");
   require(out_row_stride >= N || M == 1, fn, "out row stride is smaller than N");
@@ -48,13 +61,20 @@ void fused_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int
   kernel(args);
 }
 
-}  // namespace
-
-void register_fused_linear(py::module_& m) {
-  m.def("fused_linear", &fused_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
+template <class Form>
+void def_form(py::module_& m, const char* name, const char* doc) {
+  m.def(name, &fused_linear<Form>, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
         py::arg("x_dtype"), py::arg("w"), py::arg("w_row_stride"), py::arg("w_dtype"),
         py::arg("bias"), py::arg("residual"), py::arg("residual_row_stride"), py::arg("out"),
         py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
-        py::arg("num_threads"),
-        "out = act(x @ w^T + bias) + residual on raw pointers; releases the GIL");
+        py::arg("num_threads"), doc);
+}
+
+}  // namespace
+
+void register_fused_linear(py::module_& m) {
+  def_form<DotForm>(m, "fused_linear", "out = act(x @ w^T + bias) + residual on raw pointers; releases the GIL");
+  def_form<PanelForm>(m, "fused_linear_panel",
+                      "fused_linear in the panel form (outer-product tiles on weight panels converted to fp32), "
+                      "for M where arithmetic bounds the GEMM");
 }

@@ -40,5 +40,12 @@ void fused_linear_scalar(const FusedLinearArgs& args);
 void fused_linear_avx2(const FusedLinearArgs& args);
 void fused_linear_avx512(const FusedLinearArgs& args);
 #endif
+// The panel form (cpu/panel_gemm.h) of the same op, for M where arithmetic bounds the GEMM.
+// The scalar path has one form only: its panel entry runs fused_linear_scalar.
+void fused_linear_panel_scalar(const FusedLinearArgs& args);
+#if defined(BIGPERF_X86)
+void fused_linear_panel_avx2(const FusedLinearArgs& args);
+void fused_linear_panel_avx512(const FusedLinearArgs& args);
+#endif
 
 }  // namespace bigperf::cpu

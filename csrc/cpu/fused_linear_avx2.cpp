@@ -5,5 +5,6 @@
 namespace bigperf::cpu {
 
 void fused_linear_avx2(const FusedLinearArgs& a) { fused_linear_vec<VecAvx2>(a); }
+void fused_linear_panel_avx2(const FusedLinearArgs& a) { fused_linear_panel_vec<VecAvx2>(a); }
 
 }  // namespace bigperf::cpu

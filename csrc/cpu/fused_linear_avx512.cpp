@@ -6,5 +6,6 @@
 namespace bigperf::cpu {
 
 void fused_linear_avx512(const FusedLinearArgs& a) { fused_linear_vec<VecAvx512>(a); }
+void fused_linear_panel_avx512(const FusedLinearArgs& a) { fused_linear_panel_vec<VecAvx512>(a); }
 
 }  // namespace bigperf::cpu

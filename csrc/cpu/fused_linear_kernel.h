@@ -23,6 +23,7 @@
 
 #include "cpu/fused_linear.h"
 #include "cpu/kernel_util.h"
+#include "cpu/panel_gemm.h"
 #include "cpu/thread_pool.h"
 #include "cpu/vec_activation.h"
 
@@ -343,6 +344,72 @@ void fused_linear_vec(const FusedLinearArgs& a) {
       case DType::f32: run_pass<V, DType::f32, PlainX>(p, threads); break;
       case DType::f16: run_pass<V, DType::f16, PlainX>(p, threads); break;
       case DType::bf16: run_pass<V, DType::bf16, PlainX>(p, threads); break;
+    }
+  }
+}
+
+// The same op in the panel form (panel_gemm.h), for M where the GEMM is bound by
+// arithmetic; the dispatcher times it against fused_linear_vec and PyTorch's GEMM.
+template <class V>
+void fused_linear_panel_vec(const FusedLinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  constexpr int64_t KB = 2 * V::W;
+  // x as fp32 rows: read in place when it already is, else converted once per call.
+  const float* x = static_cast<const float*>(a.x);
+  int64_t xs = a.x_row_stride;
+  const int64_t kpad = (a.K + KB - 1) / KB * KB;
+  AlignedBuffer converted(a.x_dtype == DType::f32 ? 0 : static_cast<size_t>(a.M * kpad) * sizeof(float));
+  if (a.x_dtype != DType::f32) {
+    pack_x_fp32<V>(a, 0, a.M, kpad, false, converted.as<float>());
+    x = converted.as<float>();
+    xs = kpad;
+  }
+  const char* w = static_cast<const char*>(a.w);
+  const int64_t ws = a.w_row_stride;
+  auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) { epilogue_row<V>(a, sums, m, n0, cnt); };
+  constexpr int64_t NR = panel::kNR<V>;
+  switch (a.w_dtype) {
+    case DType::f32: {
+      const float* wf = reinterpret_cast<const float*>(w);
+      auto pack = [&](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* dst) {
+        panel::pack_strips<NR>(n0, nc, k0, kc, dst, [&](int64_t n, int64_t k) { return _mm256_loadu_ps(wf + n * ws + k); },
+                               [&](int64_t n, int64_t k) { return wf[n * ws + k]; });
+      };
+      panel::gemm<V>(x, xs, a.M, a.N, a.K, a.num_threads, pack, epilogue);
+      break;
+    }
+    case DType::bf16: {
+      const uint16_t* wh = reinterpret_cast<const uint16_t*>(w);
+      auto pack = [&](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* dst) {
+        panel::pack_strips<NR>(
+            n0, nc, k0, kc, dst,
+            [&](int64_t n, int64_t k) {
+              const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + n * ws + k)));
+              return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+            },
+            [&](int64_t n, int64_t k) {
+              const uint32_t bits = static_cast<uint32_t>(wh[n * ws + k]) << 16;
+              float f;
+              std::memcpy(&f, &bits, sizeof f);
+              return f;
+            });
+      };
+      panel::gemm<V>(x, xs, a.M, a.N, a.K, a.num_threads, pack, epilogue);
+      break;
+    }
+    case DType::f16: {
+      const uint16_t* wh = reinterpret_cast<const uint16_t*>(w);
+      auto pack = [&](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* dst) {
+        panel::pack_strips<NR>(
+            n0, nc, k0, kc, dst,
+            [&](int64_t n, int64_t k) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + n * ws + k))); },
+            [&](int64_t n, int64_t k) {
+              alignas(16) uint16_t one[8] = {wh[n * ws + k]};
+              return _mm256_cvtss_f32(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(one))));
+            });
+      };
+      panel::gemm<V>(x, xs, a.M, a.N, a.K, a.num_threads, pack, epilogue);
+      break;
     }
   }
 }

@@ -57,4 +57,6 @@ void fused_linear_scalar(const FusedLinearArgs& a) {
   }
 }
 
+void fused_linear_panel_scalar(const FusedLinearArgs& a) { fused_linear_scalar(a); }
+
 }  // namespace bigperf::cpu

@@ -58,11 +58,16 @@ constexpr int64_t kInt8DynamicMaxK = (int64_t{1} << 31) / (128 * 128) - 1;
 
 void int8_weight_linear_scalar(const Int8WeightLinearArgs& args);
 void int8_dynamic_linear_scalar(const Int8DynamicLinearArgs& args);
+// The weight-only op in the panel form (int8_weight_panel.h), for M where arithmetic bounds
+// the GEMM; the scalar path has one form only, so its panel entry runs the scalar kernel.
+void int8_weight_linear_panel_scalar(const Int8WeightLinearArgs& args);
 #if defined(BIGPERF_X86)
 void int8_weight_linear_avx2(const Int8WeightLinearArgs& args);
 void int8_dynamic_linear_avx2(const Int8DynamicLinearArgs& args);
 void int8_weight_linear_avx512(const Int8WeightLinearArgs& args);
 void int8_dynamic_linear_avx512(const Int8DynamicLinearArgs& args);
+void int8_weight_linear_panel_avx2(const Int8WeightLinearArgs& args);
+void int8_weight_linear_panel_avx512(const Int8WeightLinearArgs& args);
 #endif
 
 }  // namespace bigperf::cpu

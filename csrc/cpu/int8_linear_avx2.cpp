@@ -3,6 +3,7 @@
 // int8_dynamic_avx2.cpp.
 #include "cpu/int8_vec_avx2.h"
 #include "cpu/int8_weight_kernel.h"
+#include "cpu/int8_weight_panel.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -22,11 +23,14 @@ struct Avx2WeightOps : V8 {
     return load_w(tail);
   }
   // MB * R accumulators + R weights + x within 16 registers. M = 1 streams 4 rows.
+  // The panel form (panel_gemm.h): 6 rows x 2 vectors of accumulators.
+  static constexpr int kPanelRows = 6;
   static constexpr int tile_rows(int mb) { return mb <= 2 ? 4 : 3; }
 };
 
 }  // namespace
 
 void int8_weight_linear_avx2(const Int8WeightLinearArgs& a) { int8_weight_linear_dot<Avx2WeightOps>(a); }
+void int8_weight_linear_panel_avx2(const Int8WeightLinearArgs& a) { int8_weight_linear_panel<Avx2WeightOps>(a); }
 
 }  // namespace bigperf::cpu

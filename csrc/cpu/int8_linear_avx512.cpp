@@ -4,6 +4,7 @@
 // where isa_runnable("avx512") says so.
 #include "cpu/int8_vec_avx512.h"
 #include "cpu/int8_weight_kernel.h"
+#include "cpu/int8_weight_panel.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -20,11 +21,14 @@ struct Avx512WeightOps : V16 {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(first_lanes(n), p)));
   }
   // MB * R accumulators + R weights + x within 32 registers.
+  // The panel form (panel_gemm.h): 12 rows x 2 vectors of accumulators.
+  static constexpr int kPanelRows = 12;
   static constexpr int tile_rows(int mb) { return mb <= 2 ? 8 : 6; }
 };
 
 }  // namespace
 
 void int8_weight_linear_avx512(const Int8WeightLinearArgs& a) { int8_weight_linear_dot<Avx512WeightOps>(a); }
+void int8_weight_linear_panel_avx512(const Int8WeightLinearArgs& a) { int8_weight_linear_panel<Avx512WeightOps>(a); }
 
 }  // namespace bigperf::cpu

@@ -80,4 +80,6 @@ void int8_dynamic_linear_scalar(const Int8DynamicLinearArgs& a) {
   });
 }
 
+void int8_weight_linear_panel_scalar(const Int8WeightLinearArgs& a) { int8_weight_linear_scalar(a); }
+
 }  // namespace bigperf::cpu

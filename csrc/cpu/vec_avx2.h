@@ -27,6 +27,9 @@ struct VecAvx2 {
   static constexpr int kRowsM1 = 4;
   static constexpr int kRowsMM = 3;
   static constexpr int kMaxMB = 4;
+  // Panel GEMM (panel_gemm.h): 6 rows x 2 vectors = 12 accumulators + 2 weight vectors +
+  // 1 broadcast.
+  static constexpr int kPanelRows = 6;
 
   static vec zero() { return _mm256_setzero_ps(); }
   static vec set1(float v) { return _mm256_set1_ps(v); }

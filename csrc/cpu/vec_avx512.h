@@ -21,6 +21,9 @@ struct VecAvx512 {
   static constexpr int kRowsM1 = 4;
   static constexpr int kRowsMM = 4;
   static constexpr int kMaxMB = 4;
+  // Panel GEMM (panel_gemm.h): 12 rows x 2 vectors = 24 accumulators + 2 weight vectors +
+  // 1 broadcast, of 32 registers.
+  static constexpr int kPanelRows = 12;
 
   static vec zero() { return _mm512_setzero_ps(); }
   static vec set1(float v) { return _mm512_set1_ps(v); }

@@ -1,4 +1,6 @@
-"""bigperf._C.fused_linear on raw pointers, for every ISA path compiled into the module.
+"""bigperf._C.fused_linear and fused_linear_panel on raw pointers, for every ISA path
+compiled into the module (the two forms: dot-product tiles for decode, outer-product tiles on
+converted weight panels for arithmetic-bound M; csrc/cpu/panel_gemm.h).
 
 Each runnable path is compared with a float64 reference computed from the same
 low-precision inputs; compiled paths this CPU cannot execute are skipped with the reason,
@@ -41,6 +43,7 @@ def _isa_params():
 
 
 ISAS = _isa_params()
+KERNELS = pytest.mark.parametrize("kernel", ["fused_linear", "fused_linear_panel"], ids=["dot", "panel"])
 
 
 def _randn(*shape, dtype, seed, scale=1.0):
@@ -53,13 +56,13 @@ def _strided(rows, cols, pad, dtype, seed, scale=1.0):
     return _randn(rows, cols + pad, dtype=dtype, seed=seed, scale=scale)[:, :cols]
 
 
-def run_kernel(isa, x, w, bias=None, residual=None, activation="none", out=None, threads=2):
-    """Calls the kernel on the tensors' pointers; returns out (allocated if not given)."""
+def run_kernel(isa, x, w, bias=None, residual=None, activation="none", out=None, threads=2, kernel="fused_linear"):
+    """Calls `kernel` on the tensors' pointers; returns out (allocated if not given)."""
     M, K = x.shape
     N = w.shape[0]
     if out is None:
         out = torch.full((M, N), float("nan"), dtype=x.dtype)
-    C.fused_linear(
+    getattr(C, kernel)(
         isa, x.data_ptr(), x.stride(0), CODE[x.dtype], w.data_ptr(), w.stride(0), CODE[w.dtype],
         bias.data_ptr() if bias is not None else 0,
         residual.data_ptr() if residual is not None else 0,
@@ -76,24 +79,26 @@ def _check(out, x, w, bias, residual, activation, tol=None):
     assert err <= limit, f"relative Frobenius error {err:.3g} > {limit:.1g}"
 
 
+@KERNELS
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("w_dtype", DTYPES, ids=lambda d: "w_" + str(d)[6:])
 @pytest.mark.parametrize("x_dtype", DTYPES, ids=lambda d: "x_" + str(d)[6:])
-def test_dtypes_and_activations(isa, x_dtype, w_dtype, activation):
+def test_dtypes_and_activations(isa, x_dtype, w_dtype, activation, kernel):
     M, N, K = 3, 77, 97
     # Pre-activations of order 3 reach the tails of erf/tanh/exp.
     x = _randn(M, K, dtype=x_dtype, seed=1)
     w = _randn(N, K, dtype=w_dtype, seed=2, scale=3.0 / math.sqrt(K))
     bias = _randn(N, dtype=torch.float32, seed=3)
     residual = _randn(M, N, dtype=x_dtype, seed=4)
-    _check(run_kernel(isa, x, w, bias, residual, activation), x, w, bias, residual, activation)
-    _check(run_kernel(isa, x, w, activation=activation), x, w, None, None, activation)
+    _check(run_kernel(isa, x, w, bias, residual, activation, kernel=kernel), x, w, bias, residual, activation)
+    _check(run_kernel(isa, x, w, activation=activation, kernel=kernel), x, w, None, None, activation)
 
 
 SHAPES = [  # M, N, K: odd sizes, K = 1, K below / at / above one vector block
     (1, 1, 1), (1, 5, 1), (3, 17, 1), (1, 64, 16), (1, 65, 33), (3, 130, 15),
     (17, 67, 31), (33, 40, 100), (17, 129, 64), (5, 3, 300),
+    (13, 33, 257), (7, 20, 513),  # the panel form: K slices of 256 with a tail, row tiles of 6 or 12
 ]
 
 
@@ -102,7 +107,8 @@ SHAPES = [  # M, N, K: odd sizes, K = 1, K below / at / above one vector block
                                              (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16)],
                          ids=["f32_bf16", "f32_f32", "bf16_bf16", "f16_f16"])
 @pytest.mark.parametrize("M,N,K", SHAPES)
-def test_odd_shapes_and_strides(isa, M, N, K, x_dtype, w_dtype):
+@KERNELS
+def test_odd_shapes_and_strides(isa, M, N, K, x_dtype, w_dtype, kernel):
     """Every input a slice of a wider tensor; the output row padding must stay untouched."""
     x = _strided(M, K, 5, x_dtype, seed=M + 10)
     w = _strided(N, K, 3, w_dtype, seed=N + 20, scale=1.0 / math.sqrt(K))
@@ -110,7 +116,7 @@ def test_odd_shapes_and_strides(isa, M, N, K, x_dtype, w_dtype):
     residual = _strided(M, N, 2, x_dtype, seed=8)
     full = torch.full((M, N + 9), float("nan"), dtype=x_dtype)
     out = full[:, :N]
-    run_kernel(isa, x, w, bias, residual, "gelu_tanh", out=out)
+    run_kernel(isa, x, w, bias, residual, "gelu_tanh", out=out, kernel=kernel)
     _check(out, x, w, bias, residual, "gelu_tanh")
     assert torch.isnan(full[:, N:]).all(), "kernel wrote into the row padding after column N"
 
@@ -120,15 +126,17 @@ def test_odd_shapes_and_strides(isa, M, N, K, x_dtype, w_dtype):
 @pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float32, torch.bfloat16), (torch.float32, torch.float16),
                                              (torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)],
                          ids=["f32_bf16", "f32_f16", "f32_f32", "bf16_bf16"])
-@pytest.mark.parametrize("M", [1, 4, 16, 17, 33, 65])
-def test_threaded_and_k_chunked(isa, M, x_dtype, w_dtype, threads):
-    """Large enough for the thread split, several K chunks and more than one row pass."""
+@pytest.mark.parametrize("M", [1, 4, 16, 17, 33, 65, 200])
+@KERNELS
+def test_threaded_and_k_chunked(isa, M, x_dtype, w_dtype, threads, kernel):
+    """Large enough for the thread split, several K chunks and more than one row pass (M =
+    200: two row blocks of the panel form)."""
     N, K = 203, 1037
     x = _strided(M, K, 4, x_dtype, seed=M)
     w = _strided(N, K, 11, w_dtype, seed=5, scale=1.0 / math.sqrt(K))
     bias = _randn(N, dtype=torch.float32, seed=6)
     residual = _randn(M, N, dtype=x_dtype, seed=9)
-    out = run_kernel(isa, x, w, bias, residual, "silu", threads=threads)
+    out = run_kernel(isa, x, w, bias, residual, "silu", threads=threads, kernel=kernel)
     _check(out, x, w, bias, residual, "silu")
 
 
@@ -168,27 +176,29 @@ def test_output_rounding_is_nearest_even(isa, dtype):
     assert torch.equal(out[0][finite].view(torch.int16), expected[finite].view(torch.int16))
 
 
+@KERNELS
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
-def test_k_zero_is_bias_and_residual(isa, dtype):
+def test_k_zero_is_bias_and_residual(isa, dtype, kernel):
     """K = 0 (allowed by the binding): out = act(bias) + residual, x and W never read."""
     M, N = 3, 21
     bias = _randn(N, dtype=torch.float32, seed=1)
     residual = _randn(M, N, dtype=dtype, seed=2)
     out = torch.full((M, N), float("nan"), dtype=dtype)
-    C.fused_linear(isa, 0, 0, CODE[dtype], 0, 0, 2, bias.data_ptr(), residual.data_ptr(), N, out.data_ptr(), N,
-                   M, N, 0, ACTIVATIONS.index("silu"), 2)
+    getattr(C, kernel)(isa, 0, 0, CODE[dtype], 0, 0, 2, bias.data_ptr(), residual.data_ptr(), N, out.data_ptr(), N,
+                       M, N, 0, ACTIVATIONS.index("silu"), 2)
     ref = torch.nn.functional.silu(bias.double()) + residual.double()
     assert rel_error(out, ref) <= TOLERANCE[dtype]
 
 
+@KERNELS
 @pytest.mark.parametrize("isa", ISAS)
-def test_weight_change_changes_output(isa):
+def test_weight_change_changes_output(isa, kernel):
     x = _randn(2, 40, dtype=torch.float32, seed=1)
     w = _randn(9, 40, dtype=torch.bfloat16, seed=2)
-    before = run_kernel(isa, x, w)
+    before = run_kernel(isa, x, w, kernel=kernel)
     w[4, 39] += 1.0
-    after = run_kernel(isa, x, w)
+    after = run_kernel(isa, x, w, kernel=kernel)
     changed = (after != before).any(dim=0)
     assert changed.tolist() == [i == 4 for i in range(9)]
 
@@ -202,9 +212,9 @@ def test_paths_agree(isa):
     assert rel_error(ours, scalar.double()) < 1e-6
 
 
-def _call(**overrides):
-    """A valid direct call (fp32, 4x8 @ 8x3 into a NaN-poisoned out) with overrides;
-    returns (out, x, w)."""
+def _call(kernel="fused_linear", **overrides):
+    """A valid direct call of `kernel` (fp32, 4x8 @ 8x3 into a NaN-poisoned out) with
+    overrides; returns (out, x, w)."""
     x = _randn(4, 8, dtype=torch.float32, seed=5)
     w = _randn(3, 8, dtype=torch.float32, seed=6)
     out = torch.full((4, 3), float("nan"))
@@ -212,7 +222,7 @@ def _call(**overrides):
             "w_row_stride": 8, "w_dtype": 0, "bias": 0, "residual": 0, "residual_row_stride": 0,
             "out": out.data_ptr(), "out_row_stride": 3, "M": 4, "N": 3, "K": 8, "act": 0, "num_threads": 1}
     args.update(overrides)
-    C.fused_linear(*args.values())
+    getattr(C, kernel)(*args.values())
     return out, x, w
 
 
@@ -229,13 +239,15 @@ def _call(**overrides):
     ({"out": 0}, "out pointer"),
     ({"isa": "sse9"}, "ISA path"),
 ], ids=lambda v: v if isinstance(v, str) else None)
-def test_bad_arguments_raise(overrides, match):
+@KERNELS
+def test_bad_arguments_raise(overrides, match, kernel):
     with pytest.raises(ValueError, match=match):
-        _call(**overrides)
+        _call(kernel, **overrides)
 
 
-def test_valid_call_writes_every_output_correctly():
-    out, x, w = _call()
+@KERNELS
+def test_valid_call_writes_every_output_correctly(kernel):
+    out, x, w = _call(kernel)
     _check(out, x, w, None, None, "none")
 
 

@@ -9,6 +9,8 @@ paths this CPU cannot execute are skipped with the reason.
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -62,6 +64,17 @@ def _quantized(n, k, group_size, symmetric, seed):
     return quantize_weight(_randn(n, k, seed=seed, scale=0.05), group_size, symmetric)
 
 
+def _raw_codes(n, k, group_size, symmetric, seed):
+    """Codes, scales and zero points for any group size dividing K (the binding takes any;
+    bigperf.quant makes only 32-256), in quantize_weight's layout."""
+    g = torch.Generator().manual_seed(seed)
+    groups = 1 if group_size is None else k // group_size
+    qweight = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    scale = torch.rand(n, groups, generator=g) * 0.01 + 1e-3
+    zero_point = None if symmetric else torch.randint(-20, 20, (n, groups), generator=g, dtype=torch.int8)
+    return types.SimpleNamespace(qweight=qweight, scale=scale, zero_point=zero_point)
+
+
 def _tol(dtype, fp32_tol):
     return fp32_tol if dtype == torch.float32 else TOLERANCE[dtype]
 
@@ -76,12 +89,16 @@ def dynamic_op(isa, x, qweight, scale, bias=None, activation="none", act_bits=8)
         return ops.int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits)
 
 
-def weight_only_raw(isa, x, qw, bias=None, activation="none", out=None, threads=2):
+WEIGHT_KERNELS = pytest.mark.parametrize("kernel", ["int8_weight_linear", "int8_weight_linear_panel"],
+                                         ids=["dot", "panel"])
+
+
+def weight_only_raw(isa, x, qw, bias=None, activation="none", out=None, threads=2, kernel="int8_weight_linear"):
     m, k = x.shape
     n = qw.qweight.shape[0]
     out = torch.full((m, n), float("nan"), dtype=x.dtype) if out is None else out
     z = qw.zero_point
-    C.int8_weight_linear(isa, x.data_ptr(), x.stride(0), CODE[x.dtype], qw.qweight.data_ptr(), qw.qweight.stride(0),
+    getattr(C, kernel)(isa, x.data_ptr(), x.stride(0), CODE[x.dtype], qw.qweight.data_ptr(), qw.qweight.stride(0),
                          qw.scale.data_ptr(), z.data_ptr() if z is not None else 0, qw.scale.shape[1],
                          bias.data_ptr() if bias is not None else 0, out.data_ptr(), out.stride(0), m, n, k,
                          ACTIVATIONS.index(activation), threads)
@@ -137,6 +154,25 @@ def test_weight_only_activations_and_dtypes(isa, activation, dtype):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("symmetric", (True, False), ids=("sym", "asym"))
+@pytest.mark.parametrize("group_size", (None, 4, 12, 64), ids=lambda g: f"g{g}" if g else "per_channel")
+def test_weight_only_panel_form(isa, group_size, symmetric, dtype):
+    """The panel form (csrc/cpu/int8_weight_panel.h) across its blocks: K slices of 256 with
+    a tail, column blocks with a partial strip, row blocks of 192 with a partial row tile;
+    group sizes that are not a multiple of 8 take the per-lane scales."""
+    n = 139
+    k = 97 * 4 if group_size in (None, 4) else 44 * group_size
+    qw = _raw_codes(n, k, group_size, symmetric, seed=13)
+    bias = _randn(n, seed=14)
+    for m in (1, 7, 200):
+        x = _strided_x(m, k, dtype, seed=30 + m)
+        ref = ops.weight_only_reference(x, qw.qweight, qw.scale, qw.zero_point, bias, "gelu")
+        out = weight_only_raw(isa, x, qw, bias, "gelu", kernel="int8_weight_linear_panel")
+        _check(out, ref, _tol(dtype, WEIGHT_ONLY_FP32_TOL))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_weight_only_batched_input_and_no_bias(isa):
     qw = _quantized(33, 128, 32, True, seed=5)
     x = _randn(2, 3, 128, seed=6)
@@ -145,8 +181,9 @@ def test_weight_only_batched_input_and_no_bias(isa):
     _check(out, ops.weight_only_reference(x, qw.qweight, qw.scale, None, None, "none"), WEIGHT_ONLY_FP32_TOL)
 
 
+@WEIGHT_KERNELS
 @pytest.mark.parametrize("isa", ISAS)
-def test_weight_only_writes_exactly_its_outputs(isa):
+def test_weight_only_writes_exactly_its_outputs(isa, kernel):
     """Poisoned outputs are all written; padding past N in each out row is untouched."""
     m, n, k = 5, 45, 100
     qw = _quantized(n, k, None, False, seed=7)
@@ -154,23 +191,24 @@ def test_weight_only_writes_exactly_its_outputs(isa):
     for rows in (1, 5, 20):
         xr = _randn(rows, k, seed=9)
         canvas = torch.full((rows, n + 3), float("nan"))
-        weight_only_raw(isa, xr, qw, out=canvas[:, :n])
+        weight_only_raw(isa, xr, qw, out=canvas[:, :n], kernel=kernel)
         assert not torch.isnan(canvas[:, :n]).any()
         assert torch.isnan(canvas[:, n:]).all(), "kernel wrote past N"
     # Negative control: one changed weight changes exactly its output column.
-    base = weight_only_raw(isa, x, qw)
+    base = weight_only_raw(isa, x, qw, kernel=kernel)
     changed = quantize_weight(_randn(n, k, seed=7, scale=0.05), None, False)
     changed.qweight[4, 10] = changed.qweight[4, 10] ^ 1
-    diff = (weight_only_raw(isa, x, changed) - base).abs().amax(dim=0)
+    diff = (weight_only_raw(isa, x, changed, kernel=kernel) - base).abs().amax(dim=0)
     assert diff[4] > 0 and torch.count_nonzero(diff) == 1
 
 
+@WEIGHT_KERNELS
 @pytest.mark.parametrize("isa", ISAS)
-def test_weight_only_threads_agree(isa):
+def test_weight_only_threads_agree(isa, kernel):
     qw = _quantized(300, 512, 128, False, seed=11)
-    x = _randn(3, 512, seed=12)
-    one = weight_only_raw(isa, x, qw, threads=1)
-    assert torch.equal(one, weight_only_raw(isa, x, qw, threads=3)), "thread split changed the result"
+    x = _randn(3 if kernel == "int8_weight_linear" else 200, 512, seed=12)
+    one = weight_only_raw(isa, x, qw, threads=1, kernel=kernel)
+    assert torch.equal(one, weight_only_raw(isa, x, qw, threads=3, kernel=kernel)), "thread split changed the result"
 
 
 # ----------------------------------------------------------------------------- dynamic (W8A8)
@@ -319,10 +357,11 @@ def _weight_only_args(**over):
     (dict(scale=0), "'scale' is a null pointer"),
     (dict(isa="neon"), "ISA path 'neon'"),
 ])
-def test_weight_only_binding_rejects_bad_arguments(over, match):
+@WEIGHT_KERNELS
+def test_weight_only_binding_rejects_bad_arguments(over, match, kernel):
     args, keep = _weight_only_args(**over)
-    with pytest.raises(ValueError, match="bigperf._C.int8_weight_linear: .*" + match.replace("(", r"\(")):
-        C.int8_weight_linear(**args)
+    with pytest.raises(ValueError, match=f"bigperf._C.{kernel}: .*" + match.replace("(", r"\(")):
+        getattr(C, kernel)(**args)
 
 
 def test_dynamic_binding_rejects_bad_arguments():

@@ -67,7 +67,9 @@ int main() {
     Buf o1 = make_out(M, N, d, 2), o2 = make_out(M, N, d, 2);
     a.out = o1.b.data(); a.out_row_stride = o1.stride; int8_weight_linear_avx512(a);
     a.out = o2.b.data(); a.out_row_stride = o2.stride; int8_weight_linear_scalar(a);
-    double e = compare(o1, o2, M, N, d, 2); ++runs;
+    Buf o3 = make_out(M, N, d, 2);  // the panel form (int8_weight_panel.h) on the same inputs
+    a.out = o3.b.data(); a.out_row_stride = o3.stride; int8_weight_linear_panel_avx512(a);
+    double e = std::fmax(compare(o1, o2, M, N, d, 2), compare(o3, o2, M, N, d, 2)); ++runs;
     if (d == DType::f32) worst_wo = std::fmax(worst_wo, e);
     if (e > tol[(int)d]) { ++fails; printf("FAIL wo M=%ld N=%ld K=%ld gs=%ld zp=%d dt=%d act=%d err=%g\n", (long)M, (long)N, (long)K, (long)gs, zp, (int)d, (int)act, e); }
     if (zp || gsi > 1) continue;
@@ -109,6 +111,8 @@ int main() {
     Buf q1 = make_out(M, N, d, 0), q2 = make_out(M, N, d, 0);
     a.out = q1.b.data(); a.out_row_stride = N; int8_weight_linear_avx512(a);
     a.out = q2.b.data(); a.out_row_stride = N; int8_weight_linear_scalar(a);
+    Buf q3 = make_out(M, N, d, 0);
+    a.out = q3.b.data(); a.out_row_stride = N; int8_weight_linear_panel_avx512(a);
     int bad = 0;
     for (int64_t m = 0; m < M; ++m) for (int64_t n = 0; n < N; ++n) {
       const int64_t i = m * N + n;
@@ -117,6 +121,8 @@ int main() {
       if (poisoned ? !(std::isnan(d1) && std::isnan(d2)) : !(std::isfinite(d1) && std::isfinite(d2))) ++bad;
       const float w1 = load_as_float(q1.b.data(), i, d), w2 = load_as_float(q2.b.data(), i, d);
       if (std::isnan(w1) != std::isnan(w2) || std::isinf(w1) != std::isinf(w2) || (m == 0 && !std::isnan(w1))) ++bad;
+      const float w3 = load_as_float(q3.b.data(), i, d);
+      if (std::isnan(w3) != std::isnan(w2) || std::isinf(w3) != std::isinf(w2)) ++bad;
     }
     ++runs;
     if (bad) { ++fails; printf("FAIL nonfinite M=%ld K=%ld dt=%d act=%d: %d outputs\n", (long)M, (long)K, (int)d, ai, bad); }

@@ -1,6 +1,6 @@
-// Test-only driver: fused_linear_avx512 (built on SIMDe, fused_linear_avx512_simde.cpp)
-// against fused_linear_scalar on every dtype pair and activation, odd shapes, strided rows,
-// bias and residual; checks that the output row padding is untouched and that both paths
+// Test-only driver: fused_linear_avx512 and fused_linear_panel_avx512 (built on SIMDe,
+// fused_linear_avx512_simde.cpp) against fused_linear_scalar on every dtype pair and
+// activation, odd shapes, strided rows, bias and residual; checks that the output row padding is untouched and that both paths
 // round 16-bit outputs to the same bits. Prints one line per failure; exit status 1 if any.
 #include <cmath>
 #include <cstdint>
@@ -47,7 +47,9 @@ double rel_err(const void* a, const void* b, DType d, int64_t M, int64_t N, int6
 int main() {
   const DType dts[] = {DType::f32, DType::f16, DType::bf16};
   const int64_t shapes[][3] = {{1, 1, 1}, {1, 37, 33}, {3, 50, 64}, {5, 70, 100}, {17, 40, 129},
-                               {33, 20, 70}, {2, 300, 1000}, {4, 9, 31}};
+                               {33, 20, 70}, {2, 300, 1000}, {4, 9, 31},
+                               // panel form: several KC slices, NC blocks and MC blocks, MR tails
+                               {200, 131, 520}, {13, 33, 257}};
   int cases = 0, failures = 0;
   for (auto& s : shapes)
     for (DType xd : dts)
@@ -60,7 +62,7 @@ int main() {
             Buf res(xd, M, rs, N, 1.f);
             std::vector<float> bias(N);
             for (auto& b : bias) b = randn();
-            std::vector<unsigned char> out1(M * os * es(xd) + 64, 0xCD), out2 = out1;
+            std::vector<unsigned char> out1(M * os * es(xd) + 64, 0xCD), out2 = out1, out3 = out1;
             FusedLinearArgs a{};
             a.x = x.bytes.data(); a.x_row_stride = xs; a.x_dtype = xd;
             a.w = w.bytes.data(); a.w_row_stride = ws; a.w_dtype = wd;
@@ -69,14 +71,18 @@ int main() {
             a.out = out1.data(); a.out_row_stride = os;
             a.M = M; a.N = N; a.K = K; a.act = static_cast<Activation>(act); a.num_threads = 2;
             fused_linear_avx512(a);
+            a.out = out3.data();
+            fused_linear_panel_avx512(a);
             a.out = out2.data();
             fused_linear_scalar(a);
-            const double err = rel_err(out1.data(), out2.data(), xd, M, N, os);
+            const double err = std::fmax(rel_err(out1.data(), out2.data(), xd, M, N, os),
+                                         rel_err(out3.data(), out2.data(), xd, M, N, os));
             const double tol = xd == DType::f32 ? 1e-5 : (xd == DType::f16 ? 2e-3 : 1e-2);
             bool pad_ok = true;
             for (int64_t m = 0; m < M; ++m)  // columns N..os of every row, then past the last row
-              for (int64_t b = N * es(xd); b < os * es(xd); ++b) pad_ok &= out1[m * os * es(xd) + b] == 0xCD;
-            for (size_t b = M * os * es(xd); b < out1.size(); ++b) pad_ok &= out1[b] == 0xCD;
+              for (int64_t b = N * es(xd); b < os * es(xd); ++b)
+                pad_ok &= out1[m * os * es(xd) + b] == 0xCD && out3[m * os * es(xd) + b] == 0xCD;
+            for (size_t b = M * os * es(xd); b < out1.size(); ++b) pad_ok &= out1[b] == 0xCD && out3[b] == 0xCD;
             ++cases;
             if (!(err <= tol) || !pad_ok) {
               ++failures;
