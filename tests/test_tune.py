@@ -246,6 +246,14 @@ def test_a_near_tie_goes_to_pytorch():
     assert tune.choose({"cpu": 1.0, "torch:fp32": 1.0 + 2 * margin}) == "cpu"
     assert tune.choose({"cpu": 1.0, "cuda": 0.5, "torch:fp32": 0.52}) == "torch:fp32"
     assert tune.choose({"cpu": 1.0}) == "cpu" and tune.choose({"torch:fp32": 2.0, "cpu": 1.0}) == "cpu"
+    # Bound by arithmetic (M >= PREDICT_FROM_M), where cached or cold weights move a call a
+    # few percent only, the margin is the smaller one.
+    small = tune.PREFER_TORCH_MARGIN_COMPUTE_BOUND
+    assert small < margin
+    between = {"cpu:panel": 1.0, "torch:fp32": 1.0 + (small + margin) / 2}
+    assert tune.choose(between, m=1) == "torch:fp32"
+    assert tune.choose(between, m=tune.PREDICT_FROM_M) == "cpu:panel"
+    assert tune.choose({"cpu:panel": 1.0, "torch:fp32": 1.0 + small / 2}, m=192) == "torch:fp32"
     table = _table({"cpu": 0.002, "torch:fp32": 0.03}, name="bigperf.test_clear_win")
     assert table.select(torch.device("cpu"), _x()).id == "cpu"
 
