@@ -24,6 +24,7 @@ other path is block_sparse_linear's path of the same name on the weight unpacked
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ import torch
 from bigperf.formats import bsr
 from bigperf.formats._checks import INTS, check_arg, check_layout_version, check_same_device
 from bigperf.formats._lanes import FLOAT_DTYPES, LANES
-from bigperf.ops.common import cpu_why_not
+from bigperf.ops.common import cpu_why_not, panel_why_not
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
 from bigperf.ops.torch_paths import copy_linear, register_float_copy_path
@@ -151,6 +152,7 @@ def unpack_bsr_lanes(layout: BsrLanes) -> tuple[torch.Tensor, torch.Tensor, torc
 # ----------------------------------------------------------------------------- candidate paths
 
 CPU_KERNEL = "block_sparse_lanes_linear"  # bigperf._C's entry point (csrc/cpu)
+CPU_PANEL_KERNEL = "block_sparse_lanes_linear_panel"  # its panel form, for arithmetic-bound M
 
 
 def cpu_kernel_why_not(x, *rest) -> str | None:
@@ -162,8 +164,12 @@ def _as_layout(x, values, col_indices, row_ptr, bk) -> BsrLanes:
     return BsrLanes(values, col_indices, row_ptr, 16 * values.shape[1], bk, x.shape[-1])
 
 
-def _cpu_run(x, values, col_indices, row_ptr, bk, bias, activation):
-    return bsr.run_cpu_bsr(CPU_KERNEL, x, values, col_indices, row_ptr, bias, activation, 16 * values.shape[1], bk)
+def _cpu_panel_why_not(x, *rest) -> str | None:
+    return panel_why_not(x, x.shape[-1], CPU_PANEL_KERNEL)
+
+
+def _cpu_run(x, values, col_indices, row_ptr, bk, bias, activation, kernel=CPU_KERNEL):
+    return bsr.run_cpu_bsr(kernel, x, values, col_indices, row_ptr, bias, activation, 16 * values.shape[1], bk)
 
 
 def _canonical_args(x, values, col_indices, row_ptr, bk, bias, activation):
@@ -190,6 +196,7 @@ def register_paths(table, canonical_table) -> None:
     """Our CPU kernel on the layout, then every other path of block_sparse_linear's table on the
     unpacked weight."""
     table.register("cpu", cpu_kernel_why_not, _cpu_run)
+    table.register("cpu", _cpu_panel_why_not, functools.partial(_cpu_run, kernel=CPU_PANEL_KERNEL), variant="panel")
     register_unpacked_paths(table, canonical_table, ("cpu",), _canonical_stand_ins, _canonical_args)
     register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 

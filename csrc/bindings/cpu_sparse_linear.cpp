@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@ constexpr const char* k24Fn = "bigperf._C.sparse24_linear";
 constexpr const char* kBsrFn = "bigperf._C.block_sparse_linear";
 constexpr const char* kLanesFn = "bigperf._C.sparse24_lanes_linear";
 constexpr const char* kBsrLanesFn = "bigperf._C.block_sparse_lanes_linear";
+constexpr const char* kBsrLanesPanelFn = "bigperf._C.block_sparse_lanes_linear_panel";
 
 using S24Fn = void (*)(const Sparse24Args&);
 using BsrFn = void (*)(const BsrArgs&);
@@ -224,16 +226,19 @@ void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   run_bsr(kernel, call);
 }
 
-// values in the BSR lane layout (sparse_linear.h): 16-row groups, bf16 column pairs.
+// values in the BSR lane layout (sparse_linear.h): 16-row groups, bf16 column pairs. Both
+// forms of the kernel (Panel: the panel form, for arithmetic-bound M) take these arguments.
+template <bool Panel>
 void block_sparse_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype,
                                uintptr_t values, int values_dtype, int64_t bn, int64_t bk, uintptr_t col_indices,
                                uintptr_t row_ptr, int64_t nnz, uintptr_t bias, uintptr_t out, int64_t out_row_stride,
                                int64_t M, int64_t N, int64_t K, int act, int num_threads) {
-  const char* fn = kBsrLanesFn;
+  const char* fn = Panel ? kBsrLanesPanelFn : kBsrLanesFn;
   require(bn % 16 == 0, fn, "argument 'bn' = " + str(bn) + " must be a multiple of 16 for the lane layout");
   require(values_dtype != static_cast<int>(DType::bf16) || bk % 2 == 0, fn,
           "argument 'bk' = " + str(bk) + " must be even for bf16 values in the lane layout");
-  BsrFn kernel = kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear));
+  BsrFn kernel = Panel ? kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear_panel))
+                       : kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear));
   BsrCall call = new_bsr_call();
   bsr_args(call, fn, x, x_row_stride, x_dtype, values, values_dtype, bn, bk, col_indices, row_ptr, nnz, bias, out,
            out_row_stride, M, N, K, act, num_threads);
@@ -261,10 +266,14 @@ void register_sparse_linear(py::module_& m) {
         py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
         py::arg("num_threads"),
         "out = act(x @ W^T + bias), W in BSR form (only stored blocks are read); raw pointers, releases the GIL");
-  m.def("block_sparse_lanes_linear", &block_sparse_lanes_linear, py::arg("isa"), py::arg("x"),
-        py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("bn"),
-        py::arg("bk"), py::arg("col_indices"), py::arg("row_ptr"), py::arg("nnz"), py::arg("bias"), py::arg("out"),
-        py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
-        "block_sparse_linear with values in the CPU lane layout (bigperf/cpu_layouts.py); raw pointers, releases "
-        "the GIL");
+  for (const bool panel : {false, true})
+    m.def(panel ? "block_sparse_lanes_linear_panel" : "block_sparse_lanes_linear",
+          panel ? &block_sparse_lanes_linear<true> : &block_sparse_lanes_linear<false>, py::arg("isa"), py::arg("x"),
+          py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("bn"),
+          py::arg("bk"), py::arg("col_indices"), py::arg("row_ptr"), py::arg("nnz"), py::arg("bias"), py::arg("out"),
+          py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
+          panel ? "block_sparse_lanes_linear in the panel form (register tiles over each stored block's fp32 panel), "
+                  "for M where arithmetic bounds the call"
+                : "block_sparse_linear with values in the CPU lane layout (bigperf/formats/bsr_lanes.py); raw "
+                  "pointers, releases the GIL");
 }

@@ -9,8 +9,10 @@
 // accumulators per strip leave no room for a second strip; benchmarks/NOTES.md).
 // Include only from ISA translation units, after sparse24_lanes_kernel.h.
 #pragma once
+#include <atomic>
 #include <cstdint>
 
+#include "cpu/panel_gemm.h"
 #include "cpu/sparse24_lanes_kernel.h"
 
 namespace bigperf::cpu {
@@ -144,6 +146,138 @@ void bsr_lanes_dispatch(const BsrArgs& a) {
     case DType::f32: bsr_lanes_run<V, L, DType::f32>(a); break;
     case DType::f16: bsr_lanes_run<V, L, DType::f16>(a); break;
     case DType::bf16: bsr_lanes_run<V, L, DType::bf16>(a); break;
+  }
+}
+
+// ----------------------------------------------------------------------------- panel form
+// For M where arithmetic bounds the call (the dispatcher times it against the form above
+// and PyTorch's GEMM on the unpacked weight): the register tile of panel_gemm.h, MR rows of
+// x times one 16-row strip, held in registers over every stored block of the strip's block
+// row, so only stored blocks cost multiply-adds. A strip's blocks are read in place as fp32
+// panels (the lane layout of fp32 values is one already: [bk][16]) or converted once per
+// task into one (fp16, bf16 pairs), and every row of the task reuses them.
+
+// sums[i * 16 + l] = row l of the strip times x row i, over the strip's nb blocks; block j's
+// [bk][16] panel at b + j * block_stride, its x columns from cols[j] * bk.
+template <class V, int MR>
+inline void bsr_panel_tile(const float* const* xr, const float* b, int64_t block_stride, const int32_t* cols,
+                           int64_t nb, int64_t bk, float* sums) {
+  using vec = typename V::vec;
+  constexpr int W = V::W, VPB = kLaneRows / W;
+  vec acc[MR][VPB];
+  for (auto& row : acc)
+    for (auto& v : row) v = V::zero();
+  for (int64_t j = 0; j < nb; ++j) {
+    const float* bj = b + j * block_stride;
+    const int64_t xo = static_cast<int64_t>(cols[j]) * bk;
+    for (int64_t c = 0; c < bk; ++c) {
+      vec w[VPB];
+      for (int h = 0; h < VPB; ++h) w[h] = V::loadu(bj + c * kLaneRows + h * W);
+      for (int i = 0; i < MR; ++i) {
+        const vec xv = V::set1(xr[i][xo + c]);
+        for (int h = 0; h < VPB; ++h) acc[i][h] = V::fmadd(xv, w[h], acc[i][h]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int h = 0; h < VPB; ++h) V::storeu(sums + i * kLaneRows + h * W, acc[i][h]);
+}
+
+template <class V, int MR>
+inline void bsr_panel_rows(int mr, const float* const* xr, const float* b, int64_t block_stride,
+                           const int32_t* cols, int64_t nb, int64_t bk, float* sums) {
+  if constexpr (MR >= 1) {
+    if (mr == MR) return bsr_panel_tile<V, MR>(xr, b, block_stride, cols, nb, bk, sums);
+    bsr_panel_rows<V, MR - 1>(mr, xr, b, block_stride, cols, nb, bk, sums);
+  }
+}
+
+// One block's strip (16 rows x bk columns, lane layout) as an fp32 [bk][16] panel.
+template <class V, class L, DType VD>
+inline void bsr_strip_to_fp32(const char* blk, int64_t bk, float* dst) {
+  constexpr int W = V::W, VPB = kLaneRows / W;
+  constexpr int64_t ES = element_size(VD);
+  for (int64_t c = 0; c < bk; c += (VD == DType::bf16 ? 2 : 1))
+    for (int h = 0; h < VPB; ++h) {
+      if constexpr (VD == DType::bf16) {
+        typename V::vec even, odd;
+        L::bf16_pair(blk + (c * kLaneRows + 2 * h * W) * ES, even, odd);
+        V::storeu(dst + c * kLaneRows + h * W, even);
+        V::storeu(dst + (c + 1) * kLaneRows + h * W, odd);
+      } else {
+        V::storeu(dst + c * kLaneRows + h * W,
+                  L::template load<S24Values::f16>(blk + (c * kLaneRows + h * W) * ES));
+      }
+    }
+}
+
+template <class V, class L, DType VD>
+void bsr_lanes_panel_run(const BsrArgs& a) {
+  constexpr int MR = V::kPanelRows * 2 / (kLaneRows / V::W);  // the accumulators of panel_gemm.h
+  constexpr int64_t ES = element_size(VD);
+  constexpr int64_t kStripsPerTask = 4;
+  const int64_t groups = a.bn / kLaneRows, strips = a.N / kLaneRows;
+  const int64_t strip_bytes = kLaneRows * a.bk * ES, block_bytes = groups * strip_bytes;
+  // x as fp32 rows: read in place when it already is, else converted once per call.
+  const float* x = static_cast<const float*>(a.x);
+  int64_t xs = a.x_row_stride;
+  AlignedBuffer converted(a.x_dtype == DType::f32 ? 0 : static_cast<size_t>(a.M * a.K) * sizeof(float));
+  if (a.x_dtype != DType::f32) {
+    sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, 0, a.M, a.K, converted.as<float>(), a.K);
+    x = converted.as<float>();
+    xs = a.K;
+  }
+  const int64_t mtasks = (a.M + panel::kMC - 1) / panel::kMC, stasks = (strips + kStripsPerTask - 1) / kStripsPerTask;
+  const int64_t tasks = mtasks * stasks;
+  const int64_t work = a.M * a.nnz * a.bn * a.bk;
+  const int64_t workers = work < panel::kSerialWork ? 1 : imin(a.num_threads, tasks);
+  std::atomic<int64_t> next{0};
+  const char* vals = static_cast<const char*>(a.values);
+  parallel_for(workers, static_cast<int>(workers), 1, [&](int64_t, int64_t) {
+    // A strip's converted blocks: at most K / bk blocks of bk x 16.
+    AlignedBuffer panel_buf(VD == DType::f32 ? 0 : static_cast<size_t>(a.K * kLaneRows) * sizeof(float));
+    AlignedBuffer sums_buf(static_cast<size_t>(MR * kLaneRows) * sizeof(float));
+    float* sums = sums_buf.as<float>();
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
+         t = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t m0 = t / stasks * panel::kMC, mc = imin(panel::kMC, a.M - m0);
+      const int64_t s_begin = t % stasks * kStripsPerTask, s_end = imin(strips, s_begin + kStripsPerTask);
+      for (int64_t s = s_begin; s < s_end; ++s) {
+        const int64_t br = s / groups, b0 = a.row_ptr[br], nb = a.row_ptr[br + 1] - b0;
+        const char* first = vals + b0 * block_bytes + s % groups * strip_bytes;
+        const float* panel;
+        int64_t block_stride;  // floats from one block's panel to the next
+        if constexpr (VD == DType::f32) {
+          panel = reinterpret_cast<const float*>(first);
+          block_stride = block_bytes / 4;
+        } else {
+          for (int64_t j = 0; j < nb; ++j)
+            bsr_strip_to_fp32<V, L, VD>(first + j * block_bytes, a.bk, panel_buf.as<float>() + j * a.bk * kLaneRows);
+          panel = panel_buf.as<float>();
+          block_stride = a.bk * kLaneRows;
+        }
+        const int64_t n0 = br * a.bn + s % groups * kLaneRows;
+        for (int64_t i = 0; i < mc; i += MR) {
+          const int mr = static_cast<int>(imin(MR, mc - i));
+          const float* xr[MR];
+          for (int r = 0; r < mr; ++r) xr[r] = x + (m0 + i + r) * xs;
+          bsr_panel_rows<V, MR>(mr, xr, panel, block_stride, a.col_indices + b0, nb, a.bk, sums);
+          for (int r = 0; r < mr; ++r)
+            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + r * kLaneRows, m0 + i + r, n0,
+                               kLaneRows);
+        }
+      }
+    }
+  });
+}
+
+template <class V, class L>
+void bsr_lanes_panel_dispatch(const BsrArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  switch (a.values_dtype) {
+    case DType::f32: bsr_lanes_panel_run<V, L, DType::f32>(a); break;
+    case DType::f16: bsr_lanes_panel_run<V, L, DType::f16>(a); break;
+    case DType::bf16: bsr_lanes_panel_run<V, L, DType::bf16>(a); break;
   }
 }
 

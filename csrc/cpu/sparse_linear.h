@@ -81,6 +81,9 @@ void sparse24_linear_scalar(const Sparse24Args& args);
 void sparse24_lanes_linear_scalar(const Sparse24Args& args);
 void block_sparse_linear_scalar(const BsrArgs& args);
 void block_sparse_lanes_linear_scalar(const BsrArgs& args);
+// The lane-layout BSR op in the panel form (bsr_lanes_kernel.h), for M where arithmetic
+// bounds the call; the scalar path has one form only.
+void block_sparse_lanes_linear_panel_scalar(const BsrArgs& args);
 #if defined(BIGPERF_X86)
 void sparse24_linear_avx2(const Sparse24Args& args);
 void sparse24_lanes_linear_avx2(const Sparse24Args& args);
@@ -90,6 +93,8 @@ void sparse24_linear_avx512(const Sparse24Args& args);
 void sparse24_lanes_linear_avx512(const Sparse24Args& args);
 void block_sparse_linear_avx512(const BsrArgs& args);
 void block_sparse_lanes_linear_avx512(const BsrArgs& args);
+void block_sparse_lanes_linear_panel_avx2(const BsrArgs& args);
+void block_sparse_lanes_linear_panel_avx512(const BsrArgs& args);
 #endif
 
 }  // namespace bigperf::cpu

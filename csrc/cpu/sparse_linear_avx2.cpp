@@ -451,6 +451,7 @@ struct LanesAvx2 {
 
 void sparse24_lanes_linear_avx2(const Sparse24Args& a) { s24_lanes_dispatch<V, LanesAvx2>(a); }
 void block_sparse_lanes_linear_avx2(const BsrArgs& a) { bsr_lanes_dispatch<V, LanesAvx2>(a); }
+void block_sparse_lanes_linear_panel_avx2(const BsrArgs& a) { bsr_lanes_panel_dispatch<V, LanesAvx2>(a); }
 
 // M == 1 with float values: "select" (fewest instructions per value). int8 values, and
 // several rows of x: "pair", whose per-x-row work (a permute and an FMA per 8 values) is

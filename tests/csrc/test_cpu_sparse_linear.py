@@ -453,10 +453,14 @@ def test_valid_direct_calls_write_every_output_correctly(call):
 
 # ----------------------------------------------------------------------------- BSR, lane layout
 
-def _bsr_lanes_call(isa, x, layout, n, bias, activation, out):
-    """bigperf._C.block_sparse_lanes_linear on raw pointers into `out` (row stride honoured)."""
+BSR_LANES_KERNELS = pytest.mark.parametrize(
+    "kernel", ["block_sparse_lanes_linear", "block_sparse_lanes_linear_panel"], ids=["dot", "panel"])
+
+def _bsr_lanes_call(isa, x, layout, n, bias, activation, out, kernel="block_sparse_lanes_linear"):
+    """bigperf._C.block_sparse_lanes_linear (or its panel form, `kernel`) on raw pointers into
+    `out` (row stride honoured)."""
     v = layout.values
-    C.block_sparse_lanes_linear(isa, x.data_ptr(), x.stride(0), CODE[x.dtype], v.data_ptr(), CODE[v.dtype],
+    getattr(C, kernel)(isa, x.data_ptr(), x.stride(0), CODE[x.dtype], v.data_ptr(), CODE[v.dtype],
                                 layout.bn, layout.bk, layout.col_indices.data_ptr(), layout.row_ptr.data_ptr(),
                                 v.shape[0], bias.data_ptr() if bias is not None else 0, out.data_ptr(),
                                 out.stride(0), x.shape[0], n, x.shape[1], ACTIVATIONS.index(activation), 2)
@@ -466,11 +470,12 @@ def _bsr_lanes_call(isa, x, layout, n, bias, activation, out):
 @pytest.mark.parametrize("block", [(16, 16), (16, 32), (32, 16), (32, 8), (16, 2)], ids=lambda b: f"{b[0]}x{b[1]}")
 @pytest.mark.parametrize("density", [0.1, 0.5, 1.0])
 @pytest.mark.parametrize("v_dtype", FLOATS, ids=lambda d: "v_" + str(d)[6:])
-@pytest.mark.parametrize("m", [1, 2, 5, 17])
-def test_block_sparse_lanes_kernel(isa, block, density, v_dtype, m):
-    """The lane-layout BSR kernel against float64: empty block rows, odd strip counts per
-    chunk (the M = 1 pairs), x-row tiles of 1-4, strided x and a NaN-poisoned output wider
-    than N that must stay untouched past N."""
+@pytest.mark.parametrize("m", [1, 2, 5, 17, 200])
+@BSR_LANES_KERNELS
+def test_block_sparse_lanes_kernel(isa, block, density, v_dtype, m, kernel):
+    """The lane-layout BSR kernel (both forms) against float64: empty block rows, odd strip
+    counts per chunk (the M = 1 pairs), x-row tiles of 1-4 (panel form: 6 or 12, row blocks
+    of 192), strided x and a NaN-poisoned output wider than N that must stay untouched past N."""
     from bigperf.formats.bsr_lanes import pack_bsr_lanes
 
     bn, bk = block
@@ -482,14 +487,15 @@ def test_block_sparse_lanes_kernel(isa, block, density, v_dtype, m):
     b = random_tensor(n, seed=32) if m % 2 else None
     activation = ACTIVATIONS[(m + bn) % len(ACTIVATIONS)]
     wide = torch.full((m, n + 3), float("nan"))
-    _bsr_lanes_call(isa, x, layout, n, b, activation, wide)
+    _bsr_lanes_call(isa, x, layout, n, b, activation, wide, kernel)
     _check(wide[:, :n], fused_linear_fp64(x, _dense_bsr(p, k), b, None, activation), torch.float32)
     assert torch.isnan(wide[:, n:]).all(), "the kernel wrote past the end of an output row"
 
 
 @pytest.mark.parametrize("isa", RUNNABLE)
 @pytest.mark.parametrize("m", [1, 3])
-def test_block_sparse_lanes_negative_control(isa, m):
+@BSR_LANES_KERNELS
+def test_block_sparse_lanes_negative_control(isa, m, kernel):
     """One changed value moves exactly its own output column (strip and lane bookkeeping)."""
     from bigperf.formats.bsr_lanes import pack_bsr_lanes
 
@@ -502,14 +508,15 @@ def test_block_sparse_lanes_negative_control(isa, m):
         if bump:
             values[p.values.shape[0] // 2, 9, 5] += 1.0
         out = torch.empty(m, n)
-        _bsr_lanes_call(isa, x, pack_bsr_lanes(values, p.col_indices, p.row_ptr, k), n, None, "none", out)
+        _bsr_lanes_call(isa, x, pack_bsr_lanes(values, p.col_indices, p.row_ptr, k), n, None, "none", out, kernel)
         outs.append(out)
     changed = sorted({c for _, c in (outs[1] != outs[0]).nonzero().tolist()})
     block_row = int(torch.searchsorted(p.row_ptr, p.values.shape[0] // 2, right=True)) - 1
     assert changed == [block_row * 16 + 9], f"changing one value of row {block_row * 16 + 9} changed columns {changed}"
 
 
-def test_block_sparse_lanes_binding_refuses_bad_arguments():
+@BSR_LANES_KERNELS
+def test_block_sparse_lanes_binding_refuses_bad_arguments(kernel):
     from bigperf.formats.bsr_lanes import pack_bsr_lanes
 
     p = pack_bsr(_pruned_bsr(32, 32, (16, 16), 0.5, seed=35).bfloat16(), (16, 16))
@@ -525,7 +532,7 @@ def test_block_sparse_lanes_binding_refuses_bad_arguments():
                            ({"isa": "sse9"}, "isa"), ({"col_indices": bad_cols.data_ptr()}, "col_indices"),
                            ({"nnz": p.values.shape[0] + 1}, "row_ptr")]:
         with pytest.raises(ValueError, match=needle):
-            C.block_sparse_lanes_linear(**{**args, **change})
+            getattr(C, kernel)(**{**args, **change})
 
 
 # ----------------------------------------------------------------------------- AVX-512 on SIMDe

@@ -182,8 +182,12 @@ static void check_bsr(int64_t M, int64_t bn, int64_t bk, int64_t brows, int64_t 
   block_sparse_lanes_linear_scalar(la);
   la.out = lanes_avx512.b.data();
   block_sparse_lanes_linear_avx512(la);
+  Buf lanes_panel = make_out(M, N, xd, 2);
+  la.out = lanes_panel.b.data();
+  block_sparse_lanes_linear_panel_avx512(la);
   report("BSR lanes scalar", compare(lanes_scalar, want, M, N, xd), xd, detail);
   report("BSR lanes avx512", compare(lanes_avx512, want, M, N, xd), xd, detail);
+  report("BSR lanes panel avx512", compare(lanes_panel, want, M, N, xd), xd, detail);
 }
 
 int main() {
@@ -208,6 +212,10 @@ int main() {
         check_bsr(M, b.bn, b.bk, 7, 11, density, dts[i % 3], dts[(i / 3) % 3], static_cast<Activation>(i % 5));
       }
   check_bsr(1, 16, 16, 64, 64, 0.3, DType::bf16, DType::f32, Activation::gelu_erf);
+  // The panel form past its row block (192) and row tile (12), and over task boundaries.
+  check_bsr(200, 16, 16, 9, 7, 0.5, DType::bf16, DType::f32, Activation::silu);
+  check_bsr(31, 32, 8, 5, 9, 0.5, DType::f16, DType::bf16, Activation::relu);
+  check_bsr(13, 16, 2, 11, 6, 1.0, DType::f32, DType::f16, Activation::none);
   std::printf("%d runs, %d failures, worst relative error %.3g\n", runs, fails, worst);
   return fails ? 1 : 0;
 }
