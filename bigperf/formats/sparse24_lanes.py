@@ -33,6 +33,7 @@ other path is sparse24_linear's path of the same name on the weight unpacked for
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,7 @@ import torch
 from bigperf.formats import sparse24
 from bigperf.formats._checks import check_arg, check_layout_version, check_same_device, round_up
 from bigperf.formats._lanes import FLOAT_DTYPES, LANES, first_rows, slot_major
-from bigperf.ops.common import cpu_why_not
+from bigperf.ops.common import cpu_why_not, panel_why_not
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
 from bigperf.ops.torch_paths import copy_linear, register_float_copy_path
@@ -166,6 +167,7 @@ def unpack_24_lanes(layout: Sparse24Lanes) -> tuple[torch.Tensor, torch.Tensor, 
 # ----------------------------------------------------------------------------- candidate paths
 
 CPU_KERNEL = "sparse24_lanes_linear"  # bigperf._C's entry point (csrc/cpu)
+CPU_PANEL_KERNEL = "sparse24_lanes_linear_panel"  # its panel form, for arithmetic-bound M
 
 
 def cpu_kernel_why_not(x, *rest) -> str | None:
@@ -173,8 +175,12 @@ def cpu_kernel_why_not(x, *rest) -> str | None:
     return cpu_why_not(x, CPU_KERNEL)
 
 
-def _cpu_run(x, values, meta, scale, n, bias, activation):
-    return sparse24.run_cpu_24(CPU_KERNEL, x, values, meta, scale, bias, activation, n, meta.shape[1] // 2)
+def _cpu_panel_why_not(x, *rest) -> str | None:
+    return panel_why_not(x, x.shape[-1], CPU_PANEL_KERNEL)
+
+
+def _cpu_run(x, values, meta, scale, n, bias, activation, kernel=CPU_KERNEL):
+    return sparse24.run_cpu_24(kernel, x, values, meta, scale, bias, activation, n, meta.shape[1] // 2)
 
 
 def _canonical_args(x, values, meta, scale, n, bias, activation):
@@ -202,6 +208,7 @@ def register_paths(table, canonical_table) -> None:
     """Our CPU kernel on the layout, then every other path of sparse24_linear's table on the
     unpacked weight."""
     table.register("cpu", cpu_kernel_why_not, _cpu_run)
+    table.register("cpu", _cpu_panel_why_not, functools.partial(_cpu_run, kernel=CPU_PANEL_KERNEL), variant="panel")
     register_unpacked_paths(table, canonical_table, ("cpu",), _canonical_stand_ins, _canonical_args)
     register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 

@@ -31,6 +31,7 @@ namespace {
 constexpr const char* k24Fn = "bigperf._C.sparse24_linear";
 constexpr const char* kBsrFn = "bigperf._C.block_sparse_linear";
 constexpr const char* kLanesFn = "bigperf._C.sparse24_lanes_linear";
+constexpr const char* kLanesPanelFn = "bigperf._C.sparse24_lanes_linear_panel";
 constexpr const char* kBsrLanesFn = "bigperf._C.block_sparse_lanes_linear";
 constexpr const char* kBsrLanesPanelFn = "bigperf._C.block_sparse_lanes_linear_panel";
 
@@ -118,12 +119,17 @@ void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, 
 
 // The lane layout's buffers are whole 16-row blocks of K/8 steps; their sizes are the
 // Python op's to check (bigperf/ops/sparse24_lanes_linear.py), as for every raw pointer here.
+// Both forms of the kernel (Panel: the panel form, for arithmetic-bound M) take these arguments.
+template <bool Panel>
 void sparse24_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
                            int values_dtype, uintptr_t meta, uintptr_t scale, uintptr_t bias, uintptr_t out,
                            int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
-  const Sparse24Args a = s24_args(kLanesFn, x, x_row_stride, x_dtype, values, values_dtype, meta, scale, bias, out,
+  const char* fn = Panel ? kLanesPanelFn : kLanesFn;
+  const Sparse24Args a = s24_args(fn, x, x_row_stride, x_dtype, values, values_dtype, meta, scale, bias, out,
                                   out_row_stride, M, N, K, act, num_threads);
-  run_s24(kernel_for_isa<S24Fn>(isa, kLanesFn, ISA_KERNELS(sparse24_lanes_linear)), a, true);
+  run_s24(Panel ? kernel_for_isa<S24Fn>(isa, fn, ISA_KERNELS(sparse24_lanes_linear_panel))
+                : kernel_for_isa<S24Fn>(isa, fn, ISA_KERNELS(sparse24_lanes_linear)),
+          a, true);
 }
 
 // One BSR call: the kernel's arguments, whose index pointers point at this call's own
@@ -254,12 +260,16 @@ void register_sparse_linear(py::module_& m) {
         py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
         py::arg("num_threads"),
         "out = act(x @ W^T + bias), W 2:4 compressed (values, meta[, scale]); raw pointers, releases the GIL");
-  m.def("sparse24_lanes_linear", &sparse24_lanes_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
-        py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("meta"), py::arg("scale"),
-        py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"),
-        py::arg("act"), py::arg("num_threads"),
-        "out = act(x @ W^T + bias), W 2:4 in the CPU lane layout (bigperf/cpu_layouts.py); raw pointers, "
-        "releases the GIL");
+  for (const bool panel : {false, true})
+    m.def(panel ? "sparse24_lanes_linear_panel" : "sparse24_lanes_linear",
+          panel ? &sparse24_lanes_linear<true> : &sparse24_lanes_linear<false>, py::arg("isa"), py::arg("x"),
+          py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("meta"),
+          py::arg("scale"), py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"),
+          py::arg("K"), py::arg("act"), py::arg("num_threads"),
+          panel ? "sparse24_lanes_linear in the panel form (x packed transposed, each kept value broadcast over "
+                  "rows of x), for M where arithmetic bounds the call"
+                : "out = act(x @ W^T + bias), W 2:4 in the CPU lane layout (bigperf/formats/sparse24_lanes.py); raw "
+                  "pointers, releases the GIL");
   m.def("block_sparse_linear", &block_sparse_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
         py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("bn"), py::arg("bk"),
         py::arg("col_indices"), py::arg("row_ptr"), py::arg("nnz"), py::arg("bias"), py::arg("out"),

@@ -20,8 +20,11 @@
 // layout's kernels did not).
 // Include only from ISA translation units, after sparse_linear_kernel.h.
 #pragma once
+#include <atomic>
 #include <cstdint>
+#include <cstring>
 
+#include "cpu/panel_gemm.h"
 #include "cpu/sparse_linear_kernel.h"
 
 namespace bigperf::cpu {
@@ -161,6 +164,160 @@ void s24_lanes_dispatch(const Sparse24Args& a) {
     case S24Values::f16: s24_lanes_drive<V, L, S24Values::f16>(a); break;
     case S24Values::bf16: s24_lanes_drive<V, L, S24Values::bf16>(a); break;
     case S24Values::i8: s24_lanes_drive<V, L, S24Values::i8>(a); break;
+  }
+}
+
+// ----------------------------------------------------------------------------- panel form
+// For M where arithmetic bounds the call (the dispatcher times it against the form above and
+// PyTorch's GEMM on the unpacked weight). Vectors run along M instead of N: x is packed
+// transposed once per call, in blocks of MV = 3 vectors of rows ([k][MV]), and each kept
+// weight value is broadcast and multiplies the MV x values of its own column k (one row of
+// the transposed block): no permutes, and only kept values cost multiply-adds. Register
+// tile: R weight rows x 3 vectors (AVX2 4 x 3, AVX-512 8 x 3 accumulators; panel_gemm.h's
+// budget). A task unpacks one 16-row block of the layout into fp32 values and 2-bit
+// x offsets once ([kept j][16 rows], int8 scales applied) and reuses them for up to kMC rows
+// of x, K in slices of kKC.
+
+// sums[r * MV + i] += sum over kept j in [0, nj) of w[j * 16 + r] * xt[off[j * 16 + r] + i] for
+// r < R, i < MV: w and off start at the slice's first kept value, off is the value's column
+// times MV (where its x values sit in the transposed block xt).
+template <class V, int R, int NV>
+inline void s24_panel_tile(const float* w, const int32_t* off, int64_t nj, const float* xt, float* sums) {
+  using vec = typename V::vec;
+  constexpr int W = V::W;
+  constexpr int64_t MV = NV * W;
+  vec acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::loadu(sums + r * MV + v * W);
+  for (int64_t j = 0; j < nj; ++j) {
+    for (int r = 0; r < R; ++r) {
+      const vec wv = V::set1(w[j * kLaneRows + r]);
+      const float* xk = xt + off[j * kLaneRows + r];
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(wv, V::loadu(xk + v * W), acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) V::storeu(sums + r * MV + v * W, acc[r][v]);
+}
+
+// Block b of the lane layout as fp32 values w[j][16] and x offsets off[j][16] (kept value j =
+// 2 g + slot of group g: (4 g + position) * mv), int8 values times their row's scale.
+template <class V, class L, S24Values VT>
+void s24_unpack_block(const Sparse24Args& a, int64_t b, int64_t mv, float* w, int32_t* off) {
+  constexpr int W = L::W, VPB = kLaneRows / W;
+  constexpr int64_t ES = lanes_esize(VT);
+  constexpr int64_t kGroupBytes = 2 * kLaneRows * ES, kStepBytes = 2 * kGroupBytes;
+  const int64_t steps = a.K / 8;
+  const char* vals = static_cast<const char*>(a.values) + b * steps * kStepBytes;
+  const uint8_t* meta = a.meta + b * steps * kLaneRows;
+  for (int64_t step = 0; step < steps; ++step) {
+    // Positions: the four 2-bit fields of each lane's byte (group 2 step: bits 1:0 and 3:2,
+    // group 2 step + 1: bits 5:4 and 7:6).
+    for (int64_t l = 0; l < kLaneRows; ++l) {
+      const int byte = meta[step * kLaneRows + l];
+      for (int f = 0; f < 4; ++f)
+        off[(4 * step + f) * kLaneRows + l] = static_cast<int32_t>((8 * step + 4 * (f / 2) + ((byte >> (2 * f)) & 3)) * mv);
+    }
+    const char* v = vals + step * kStepBytes;
+    for (int h = 0; h < VPB; ++h) {
+      typename V::vec q[4];  // kept values 4 step + 0 .. 3 of lanes h W ..
+      if constexpr (VT == S24Values::bf16) {
+        L::bf16_pair(v + h * W * 4, q[0], q[1]);
+        L::bf16_pair(v + kGroupBytes + h * W * 4, q[2], q[3]);
+      } else if constexpr (VT == S24Values::i8) {
+        L::i8_quad(v + h * W * 4, b == 0 && step == 0 && h == 0, q);
+        const auto scale = V::mul(V::loadu(a.scale + b * kLaneRows + h * W), V::set1(1.f / 16777216.f));
+        for (auto& x : q) x = V::mul(x, scale);
+      } else {
+        q[0] = L::template load<VT>(v + h * W * ES);
+        q[1] = L::template load<VT>(v + (kLaneRows + h * W) * ES);
+        q[2] = L::template load<VT>(v + kGroupBytes + h * W * ES);
+        q[3] = L::template load<VT>(v + kGroupBytes + (kLaneRows + h * W) * ES);
+      }
+      for (int f = 0; f < 4; ++f) V::storeu(w + (4 * step + f) * kLaneRows + h * W, q[f]);
+    }
+  }
+}
+
+template <class V, class L, S24Values VT>
+void s24_lanes_panel_run(const Sparse24Args& a) {
+  constexpr int W = V::W;
+  constexpr int NV = 6;  // vectors of rows of x per tile
+  constexpr int64_t MV = NV * W;
+  constexpr int R = V::kPanelRows * 2 / NV;
+  constexpr int64_t kBlocksPerChunk = panel::kMC / MV;  // x blocks per task
+  // K per slice: its x (MV x kKC floats) and its kept values' weights and offsets (16 x kKC / 2
+  // of each) within L1 (kKC 256 overflowed 32 KB on AVX2).
+  constexpr int64_t kKC = 64;
+  const int64_t blocks = (a.N + kLaneRows - 1) / kLaneRows, kept = a.K / 2;
+  const int64_t xblocks = (a.M + MV - 1) / MV, chunks = (xblocks + kBlocksPerChunk - 1) / kBlocksPerChunk;
+  // x transposed in blocks of MV rows: xt[xb][k][MV], rows past M zero.
+  AlignedBuffer xt_buf(static_cast<size_t>(xblocks * a.K * MV) * sizeof(float));
+  float* xt = xt_buf.as<float>();
+  {
+    // 8 rows at a time as fp32 (rows past M zero), then 8 x 8 transposes (K % 8 == 0).
+    AlignedBuffer rows_buf(static_cast<size_t>(8 * a.K) * sizeof(float));
+    float* rows = rows_buf.as<float>();
+    for (int64_t m0 = 0; m0 < xblocks * MV; m0 += 8) {
+      const int64_t real = imax(0, imin(8, a.M - m0));
+      if (real) sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, real, a.K, rows, a.K);
+      std::memset(rows + real * a.K, 0, static_cast<size_t>((8 - real) * a.K) * sizeof(float));
+      float* dst = xt + (m0 / MV) * a.K * MV + m0 % MV;
+      for (int64_t k = 0; k < a.K; k += 8) {
+        __m256 r[8];
+        for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(rows + j * a.K + k);
+        panel::transpose8(r);
+        for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + (k + j) * MV, r[j]);
+      }
+    }
+  }
+  const int64_t tasks = blocks * chunks;
+  const int64_t workers = a.M * a.N * a.K / 2 < panel::kSerialWork ? 1 : imin(a.num_threads, tasks);
+  std::atomic<int64_t> next{0};
+  parallel_for(workers, static_cast<int>(workers), 1, [&](int64_t, int64_t) {
+    AlignedBuffer w_buf(static_cast<size_t>(kept * kLaneRows) * sizeof(float));
+    AlignedBuffer off_buf(static_cast<size_t>(kept * kLaneRows) * sizeof(int32_t));
+    AlignedBuffer sums_buf(static_cast<size_t>(kBlocksPerChunk * kLaneRows * MV) * sizeof(float));
+    float* w = w_buf.as<float>();
+    int32_t* off = off_buf.as<int32_t>();
+    float* sums = sums_buf.as<float>();  // [x block][16 rows][MV]
+    int64_t unpacked = -1;
+    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
+         t = next.fetch_add(1, std::memory_order_relaxed)) {
+      // Chunks of x vary fastest: a worker's next task often reuses the unpacked block.
+      const int64_t b = t / chunks, xb0 = t % chunks * kBlocksPerChunk;
+      const int64_t xb1 = imin(xblocks, xb0 + kBlocksPerChunk);
+      if (b != unpacked) {
+        s24_unpack_block<V, L, VT>(a, b, MV, w, off);
+        unpacked = b;
+      }
+      std::memset(sums, 0, static_cast<size_t>((xb1 - xb0) * kLaneRows * MV) * sizeof(float));
+      for (int64_t k0 = 0; k0 < a.K; k0 += kKC) {
+        const int64_t j0 = k0 / 2, nj = (imin(a.K, k0 + kKC) - k0) / 2;
+        for (int64_t xb = xb0; xb < xb1; ++xb)
+          for (int r0 = 0; r0 < kLaneRows; r0 += R)
+            s24_panel_tile<V, R, NV>(w + j0 * kLaneRows + r0, off + j0 * kLaneRows + r0, nj, xt + xb * a.K * MV,
+                                 sums + ((xb - xb0) * kLaneRows + r0) * MV);
+      }
+      const int64_t n0 = b * kLaneRows, cnt = imin(kLaneRows, a.N - n0);
+      alignas(64) float out_row[kLaneRows];
+      for (int64_t xb = xb0; xb < xb1; ++xb)
+        for (int64_t i = 0; i < MV && xb * MV + i < a.M; ++i) {
+          for (int64_t r = 0; r < kLaneRows; ++r) out_row[r] = sums[((xb - xb0) * kLaneRows + r) * MV + i];
+          sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, out_row, xb * MV + i, n0, cnt);
+        }
+    }
+  });
+}
+
+template <class V, class L>
+void s24_lanes_panel_dispatch(const Sparse24Args& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  switch (a.values_dtype) {
+    case S24Values::f32: s24_lanes_panel_run<V, L, S24Values::f32>(a); break;
+    case S24Values::f16: s24_lanes_panel_run<V, L, S24Values::f16>(a); break;
+    case S24Values::bf16: s24_lanes_panel_run<V, L, S24Values::bf16>(a); break;
+    case S24Values::i8: s24_lanes_panel_run<V, L, S24Values::i8>(a); break;
   }
 }
 

@@ -79,6 +79,9 @@ struct BsrArgs {
 
 void sparse24_linear_scalar(const Sparse24Args& args);
 void sparse24_lanes_linear_scalar(const Sparse24Args& args);
+// The lane-layout 2:4 op in the panel form (sparse24_lanes_kernel.h), for M where arithmetic
+// bounds the call; the scalar path has one form only.
+void sparse24_lanes_linear_panel_scalar(const Sparse24Args& args);
 void block_sparse_linear_scalar(const BsrArgs& args);
 void block_sparse_lanes_linear_scalar(const BsrArgs& args);
 // The lane-layout BSR op in the panel form (bsr_lanes_kernel.h), for M where arithmetic
@@ -91,6 +94,8 @@ void block_sparse_linear_avx2(const BsrArgs& args);
 void block_sparse_lanes_linear_avx2(const BsrArgs& args);
 void sparse24_linear_avx512(const Sparse24Args& args);
 void sparse24_lanes_linear_avx512(const Sparse24Args& args);
+void sparse24_lanes_linear_panel_avx2(const Sparse24Args& args);
+void sparse24_lanes_linear_panel_avx512(const Sparse24Args& args);
 void block_sparse_linear_avx512(const BsrArgs& args);
 void block_sparse_lanes_linear_avx512(const BsrArgs& args);
 void block_sparse_lanes_linear_panel_avx2(const BsrArgs& args);

@@ -450,6 +450,7 @@ struct LanesAvx2 {
 }  // namespace
 
 void sparse24_lanes_linear_avx2(const Sparse24Args& a) { s24_lanes_dispatch<V, LanesAvx2>(a); }
+void sparse24_lanes_linear_panel_avx2(const Sparse24Args& a) { s24_lanes_panel_dispatch<V, LanesAvx2>(a); }
 void block_sparse_lanes_linear_avx2(const BsrArgs& a) { bsr_lanes_dispatch<V, LanesAvx2>(a); }
 void block_sparse_lanes_linear_panel_avx2(const BsrArgs& a) { bsr_lanes_panel_dispatch<V, LanesAvx2>(a); }
 

@@ -156,6 +156,7 @@ struct LanesAvx512 {
 }  // namespace
 
 void sparse24_lanes_linear_avx512(const Sparse24Args& a) { s24_lanes_dispatch<V, LanesAvx512>(a); }
+void sparse24_lanes_linear_panel_avx512(const Sparse24Args& a) { s24_lanes_panel_dispatch<V, LanesAvx512>(a); }
 void block_sparse_lanes_linear_avx512(const BsrArgs& a) { bsr_lanes_dispatch<V, LanesAvx512>(a); }
 void block_sparse_lanes_linear_panel_avx512(const BsrArgs& a) { bsr_lanes_panel_dispatch<V, LanesAvx512>(a); }
 

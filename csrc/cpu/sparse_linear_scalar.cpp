@@ -143,4 +143,6 @@ void block_sparse_lanes_linear_scalar(const BsrArgs& a) {
 
 void block_sparse_lanes_linear_panel_scalar(const BsrArgs& a) { block_sparse_lanes_linear_scalar(a); }
 
+void sparse24_lanes_linear_panel_scalar(const Sparse24Args& a) { sparse24_lanes_linear_scalar(a); }
+
 }  // namespace bigperf::cpu

@@ -164,11 +164,16 @@ def test_sparse24_negative_control(isa, m):
 
 # ----------------------------------------------------------------------------- 2:4, lane layout
 
-def _lanes_call(isa, x, layout, bias, activation, out):
-    """bigperf._C.sparse24_lanes_linear on raw pointers into `out` (row stride honoured)."""
+S24_LANES_KERNELS = pytest.mark.parametrize(
+    "kernel", ["sparse24_lanes_linear", "sparse24_lanes_linear_panel"], ids=["dot", "panel"])
+
+
+def _lanes_call(isa, x, layout, bias, activation, out, kernel="sparse24_lanes_linear"):
+    """bigperf._C.sparse24_lanes_linear (or its panel form, `kernel`) on raw pointers into
+    `out` (row stride honoured)."""
     code = 3 if layout.values.dtype == torch.int8 else CODE[layout.values.dtype]
     m, n, k = x.shape[0], layout.n, layout.k
-    C.sparse24_lanes_linear(isa, x.data_ptr(), x.stride(0), CODE[x.dtype], layout.values.data_ptr(), code,
+    getattr(C, kernel)(isa, x.data_ptr(), x.stride(0), CODE[x.dtype], layout.values.data_ptr(), code,
                             layout.meta.data_ptr(), layout.scale.data_ptr() if layout.scale is not None else 0,
                             bias.data_ptr() if bias is not None else 0, out.data_ptr(), out.stride(0), m, n, k,
                             ACTIVATIONS.index(activation), 2)
@@ -178,11 +183,13 @@ def _lanes_call(isa, x, layout, bias, activation, out):
 @pytest.mark.parametrize("vt", VALUE_TYPES)
 @pytest.mark.parametrize("x_dtype", FLOATS, ids=lambda d: "x_" + str(d)[6:])
 @pytest.mark.parametrize("m,n,k", [(1, 1, 8), (1, 17, 64), (3, 33, 72), (4, 48, 264), (5, 130, 136),
-                                   (17, 40, 128), (2, 300, 4096)])
-def test_sparse24_lanes_kernel(isa, vt, x_dtype, m, n, k):
-    """The lane-layout kernel against float64 on the pruned weight: N not a multiple of 16
-    (a partial last block), every x-row tile (1-4, 16-row passes), strided x, and a
-    NaN-poisoned output wider than N that must stay untouched past N."""
+                                   (17, 40, 128), (2, 300, 4096), (200, 33, 264)])
+@S24_LANES_KERNELS
+def test_sparse24_lanes_kernel(isa, vt, x_dtype, m, n, k, kernel):
+    """The lane-layout kernel (both forms) against float64 on the pruned weight: N not a
+    multiple of 16 (a partial last block), every x-row tile (1-4, 16-row passes; panel form:
+    blocks of 48 or 96 rows, tasks of 192, K slices of 64), strided x, and a NaN-poisoned
+    output wider than N that must stay untouched past N."""
     from bigperf.formats.sparse24_lanes import pack_24_lanes
 
     p, dense = _packed24(n, k, vt, seed=20)
@@ -191,7 +198,7 @@ def test_sparse24_lanes_kernel(isa, vt, x_dtype, m, n, k):
     b = random_tensor(n, seed=22) if (m + n) % 2 else None
     activation = ACTIVATIONS[(m + k) % len(ACTIVATIONS)]
     wide = torch.full((m, n + 5), float("nan"), dtype=x_dtype)
-    _lanes_call(isa, x, layout, b, activation, wide)
+    _lanes_call(isa, x, layout, b, activation, wide, kernel)
     _check(wide[:, :n], fused_linear_fp64(x, dense, b, None, activation), x_dtype)
     assert torch.isnan(wide[:, n:]).all(), "the kernel wrote past the end of an output row"
 
@@ -199,7 +206,8 @@ def test_sparse24_lanes_kernel(isa, vt, x_dtype, m, n, k):
 @pytest.mark.parametrize("isa", RUNNABLE)
 @pytest.mark.parametrize("vt", ["bf16", "int8"])
 @pytest.mark.parametrize("m", [1, 2, 5])
-def test_sparse24_lanes_negative_control(isa, vt, m):
+@S24_LANES_KERNELS
+def test_sparse24_lanes_negative_control(isa, vt, m, kernel):
     """One changed value moves exactly its own output column (lane and block bookkeeping)."""
     from bigperf.formats.sparse24_lanes import pack_24_lanes
 
@@ -212,13 +220,14 @@ def test_sparse24_lanes_negative_control(isa, vt, m):
             values[21, 13] += 1 if vt == "int8" else 1.0
         layout = pack_24_lanes(values, p.meta, p.scale)
         out = torch.empty(m, 40)
-        _lanes_call(isa, x, layout, None, "none", out)
+        _lanes_call(isa, x, layout, None, "none", out, kernel)
         outs.append(out)
     changed = sorted({c for _, c in (outs[1] != outs[0]).nonzero().tolist()})
     assert changed == [21], f"changing one value of row 21 changed output columns {changed}"
 
 
-def test_sparse24_lanes_binding_refuses_bad_arguments():
+@S24_LANES_KERNELS
+def test_sparse24_lanes_binding_refuses_bad_arguments(kernel):
     from bigperf.formats.sparse24_lanes import pack_24_lanes
 
     p = pack_24(_pruned24(16, 64, seed=25).bfloat16())
@@ -231,7 +240,7 @@ def test_sparse24_lanes_binding_refuses_bad_arguments():
                            ({"values_dtype": 3}, "scale"), ({"isa": "sse9"}, "isa"), ({"act": 9}, "act"),
                            ({"out": 0}, "out"), ({"x_row_stride": 10, "M": 2}, "x_row_stride")]:
         with pytest.raises(ValueError, match=needle):
-            C.sparse24_lanes_linear(**{**args, **change})
+            getattr(C, kernel)(**{**args, **change})
 
 
 # ----------------------------------------------------------------------------- BSR

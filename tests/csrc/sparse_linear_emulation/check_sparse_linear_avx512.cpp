@@ -127,8 +127,12 @@ static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Act
   sparse24_lanes_linear_scalar(la);
   la.out = lanes_avx512.b.data();
   sparse24_lanes_linear_avx512(la);
+  Buf lanes_panel = make_out(M, N, xd, 3);
+  la.out = lanes_panel.b.data();
+  sparse24_lanes_linear_panel_avx512(la);
   report("2:4 lanes scalar", compare(lanes_scalar, want, M, N, xd), xd, detail);
   report("2:4 lanes avx512", compare(lanes_avx512, want, M, N, xd), xd, detail);
+  report("2:4 lanes panel avx512", compare(lanes_panel, want, M, N, xd), xd, detail);
 }
 
 static void check_bsr(int64_t M, int64_t bn, int64_t bk, int64_t brows, int64_t bcols, double density, DType vd,
@@ -202,6 +206,8 @@ int main() {
       }
   for (int k = 0; k < 4; ++k)
     for (int d = 0; d < 3; ++d) check24(1, 300, 4096, vts[k], dts[d], Activation::none, 0);
+  // The panel form past its row blocks (96 rows), tasks (192) and K slices (64).
+  for (int k = 0; k < 4; ++k) check24(200, 45, 136, vts[k], dts[k % 3], static_cast<Activation>(k), k % 3);
   struct Block { int64_t bn, bk; };
   const Block blocks[] = {{16, 16}, {8, 32}, {32, 8}, {4, 4}, {3, 12}, {5, 2}, {8, 8}, {16, 48}, {2, 16}, {1, 1},
                          {16, 3}, {32, 2}, {16, 1}};
