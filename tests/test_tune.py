@@ -254,6 +254,26 @@ def test_a_near_tie_goes_to_pytorch():
     assert tune.choose(between, m=1) == "torch:fp32"
     assert tune.choose(between, m=tune.PREDICT_FROM_M) == "cpu:panel"
     assert tune.choose({"cpu:panel": 1.0, "torch:fp32": 1.0 + small / 2}, m=192) == "torch:fp32"
+    # Unless PyTorch's fastest path is the layer's own F.linear on its weight as held.
+    assert tune.choose(between, m=192, held={"torch:fp32"}) == "torch:fp32"
+    assert tune.choose(between, m=192, held={"torch:bf16"}) == "cpu:panel"
+
+
+def test_torch_paths_know_whether_they_run_the_weight_as_held():
+    """F.linear on the layer's own float weight (or its opted-in float copy) is as held; a
+    weight converted, dequantised or unpacked per call is not."""
+    from bigperf.ops.fused_linear import BACKENDS as FUSED
+    from bigperf.ops.int8_linear import WEIGHT_ONLY_BACKENDS as INT8
+
+    x = torch.randn(32, 8)
+    fp32_args = (x, torch.randn(4, 8), None, None, "none")
+    bf16_args = (x, torch.randn(4, 8).bfloat16(), None, None, "none")
+    assert FUSED.backends["torch:fp32"].as_held(*fp32_args)
+    assert not FUSED.backends["torch:fp32"].as_held(*bf16_args)
+    assert FUSED.backends["torch:bf16"].as_held(*bf16_args)
+    assert FUSED.backends["torch:copy"].as_held(*bf16_args)
+    assert INT8.backends["torch:fp32"].as_held is None
+    assert FUSED.backends["cpu:panel"].as_held is None
     table = _table({"cpu": 0.002, "torch:fp32": 0.03}, name="bigperf.test_clear_win")
     assert table.select(torch.device("cpu"), _x()).id == "cpu"
 

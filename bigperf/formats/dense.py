@@ -120,7 +120,7 @@ def register_paths(table) -> None:
     table.register("cpu", _cpu_panel_why_not, functools.partial(_cpu_run, kernel="fused_linear_panel"), variant="panel")
     table.register("cuda", _cuda_why_not, _cuda_run)
     table.register("triton", _triton_why_not, _triton_run)
-    register_torch_paths(table, _torch_run)
+    register_torch_paths(table, _torch_run, float_weight=True)
     register_float_copy_path(table, _copy_run)
 
 

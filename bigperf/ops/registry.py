@@ -120,6 +120,10 @@ class Backend:
     why_not: Callable[..., str | None]
     run: Callable[..., torch.Tensor]
     variant: str = ""               # one of a backend's several paths, e.g. "fp32"
+    # For a torch path: whether it runs F.linear on the weight as the layer holds it (the
+    # user's original layer itself, or the opted-in float copy) rather than on one converted
+    # per call; the dispatcher then asks our kernels for a clear win (tune.tie_margin).
+    as_held: Callable[..., bool] | None = None
 
     @property
     def id(self) -> str:
@@ -135,9 +139,9 @@ class OpBackends:
         self._chosen: dict[tuple, tuple[Callable, Backend]] = tune.register_memo({})
 
     def register(self, name: str, why_not: Callable[..., str | None], run: Callable[..., torch.Tensor],
-                 variant: str = ""):
+                 variant: str = "", as_held: Callable[..., bool] | None = None):
         _check_backend_name(name, f"{self.op_name}.register")
-        backend = Backend(name, why_not, run, variant)
+        backend = Backend(name, why_not, run, variant, as_held)
         self.backends[backend.id] = backend
 
     def paths(self, device: torch.device) -> list[Backend]:

@@ -139,14 +139,20 @@ def copy_rows(weight: torch.Tensor) -> RowsFn:
     return lambda out, r0, r1: out.copy_(weight[r0:r1])
 
 
-def register_torch_paths(table, run_for: Callable[[torch.dtype], Callable[..., torch.Tensor]]) -> None:
+def register_torch_paths(table, run_for: Callable[[torch.dtype], Callable[..., torch.Tensor]],
+                         float_weight: bool = False) -> None:
     """One "torch" path per compute dtype: fp32, bf16, fp16. Every op's arguments start
     (x, weight or its packed values, ...): a bf16 weight counts as precision the layer
-    already has (half_why_not), int8 codes and fp16 weights (range) do not."""
+    already has (half_why_not), int8 codes and fp16 weights (range) do not. float_weight: the
+    op's weight is the layer's float weight itself (the dense format), so the path of its own
+    dtype runs the weight as held (Backend.as_held)."""
     for dtype, variant in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
         def why_not(x, weight, *rest, dtype=dtype):
             return half_why_not(x, dtype, weight.dtype if weight.is_floating_point() else None)
-        table.register("torch", why_not, run_for(dtype), variant=variant)
+
+        def as_held(x, weight, *rest, dtype=dtype):
+            return weight.dtype == dtype
+        table.register("torch", why_not, run_for(dtype), variant=variant, as_held=as_held if float_weight else None)
 
 
 # ----------------------------------------------------------------------------- opt-in float copies
@@ -184,7 +190,8 @@ def float_copy_of(weight: torch.Tensor) -> torch.Tensor:
 def register_float_copy_path(table, run: Callable[..., torch.Tensor]) -> None:
     """The "torch:copy" path: `run` computes with float_copy_of(args[1]), which serves only
     where the layer holds a fresh copy."""
-    table.register("torch", lambda x, weight, *rest: float_copy_why_not(weight), run, variant="copy")
+    table.register("torch", lambda x, weight, *rest: float_copy_why_not(weight), run, variant="copy",
+                   as_held=lambda *args: True)
 
 
 def copy_linear(x: torch.Tensor, weight: torch.Tensor, **epilogue) -> torch.Tensor:
