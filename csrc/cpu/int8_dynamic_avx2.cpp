@@ -23,6 +23,7 @@
 //     (q + 128 up to 254) the pair sums could saturate: the int16 form stays.
 #include "cpu/int8_vec_avx2.h"
 #include "cpu/thread_pool.h"
+#include "cpu/transpose_avx2.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -167,25 +168,6 @@ void run_dot(const Int8DynamicLinearArgs& a, const QuantX& qx, int threads) {
 
 // ----------------------------------------------------------------------------- GEMM
 
-inline void transpose8x8(__m256i (&r)[8]) {
-  const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-  const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-  const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-  const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-  r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
-  r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
-  r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
-  r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
-  r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-  r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-  r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-  r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
-
 // The 8 weight rows (output columns n0 + 8 * half ..) one half of a 16-column panel packs,
 // read in blocks of kBytes codes: rows at or past n_end read zeros, and each row's last
 // partial block comes from a zero-padded copy, so nothing past a row is read.
@@ -225,7 +207,7 @@ struct Pairs {
         __m256i r[8];
         for (int j = 0; j < 8; ++j)
           r[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src.block(j, b))));
-        transpose8x8(r);  // r[i] = pair 8b + i of the 8 columns
+        transpose8(r);  // r[i] = pair 8b + i of the 8 columns
         for (int i = 0; i < 8; ++i)
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (8 * b + i) * kNR + 8 * half), r[i]);
       }
@@ -282,7 +264,7 @@ struct Quads {
       for (int64_t b = 0; b < kpad / 32; ++b) {
         __m256i r[8];
         for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src.block(j, b)));
-        transpose8x8(r);  // r[i] = quad 8b + i of the 8 columns
+        transpose8(r);  // r[i] = quad 8b + i of the 8 columns
         // Column sums: int16 pair sums (|.| <= 256) of 8 quads stay within 2^11, then int32.
         __m256i s16 = _mm256_setzero_si256();
         for (int i = 0; i < 8; ++i) {

@@ -266,7 +266,7 @@ void s24_lanes_panel_run(const Sparse24Args& a) {
       for (int64_t k = 0; k < a.K; k += 8) {
         __m256 r[8];
         for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(rows + j * a.K + k);
-        panel::transpose8(r);
+        transpose8(r);
         for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + (k + j) * MV, r[j]);
       }
     }
