@@ -9,7 +9,6 @@
 // accumulators per strip leave no room for a second strip; benchmarks/NOTES.md).
 // Include only from ISA translation units, after sparse24_lanes_kernel.h.
 #pragma once
-#include <atomic>
 #include <cstdint>
 
 #include "cpu/panel_gemm.h"
@@ -230,16 +229,13 @@ void bsr_lanes_panel_run(const BsrArgs& a) {
   const int64_t mtasks = (a.M + panel::kMC - 1) / panel::kMC, stasks = (strips + kStripsPerTask - 1) / kStripsPerTask;
   const int64_t tasks = mtasks * stasks;
   const int64_t work = a.M * a.nnz * a.bn * a.bk;
-  const int64_t workers = work < panel::kSerialWork ? 1 : imin(a.num_threads, tasks);
-  std::atomic<int64_t> next{0};
   const char* vals = static_cast<const char*>(a.values);
-  parallel_for(workers, static_cast<int>(workers), 1, [&](int64_t, int64_t) {
+  parallel_dynamic(tasks, work < panel::kSerialWork ? 1 : a.num_threads, [&](auto take) {
     // A strip's converted blocks: at most K / bk blocks of bk x 16.
     AlignedBuffer panel_buf(VD == DType::f32 ? 0 : static_cast<size_t>(a.K * kLaneRows) * sizeof(float));
     AlignedBuffer sums_buf(static_cast<size_t>(MR * kLaneRows) * sizeof(float));
     float* sums = sums_buf.as<float>();
-    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
-         t = next.fetch_add(1, std::memory_order_relaxed)) {
+    for (int64_t t; (t = take()) < tasks;) {
       const int64_t m0 = t / stasks * panel::kMC, mc = imin(panel::kMC, a.M - m0);
       const int64_t s_begin = t % stasks * kStripsPerTask, s_end = imin(strips, s_begin + kStripsPerTask);
       for (int64_t s = s_begin; s < s_end; ++s) {

@@ -61,13 +61,10 @@ void int8_weight_linear_panel(const Int8WeightLinearArgs& a) {
     }
     return _mm256_mul_ps(_mm256_sub_ps(q, zero), scale);
   };
-  auto pack = [&](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* dst) {
-    panel::pack_strips<panel::kNR<Ops>>(n0, nc, k0, kc, dst, w8, w1);
-  };
   auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
     epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
   };
-  panel::gemm<Ops>(x, xs, a.M, a.N, a.K, a.num_threads, pack, epilogue);
+  panel::gemm<Ops>(x, xs, a.M, a.N, a.K, a.num_threads, w8, w1, epilogue);
 }
 
 }  // namespace

@@ -18,12 +18,11 @@
 //     the task (MC x NC floats) are the scratch the epilogue reads at the end.
 //   * the conversion (bf16 shift, fp16 cvtph, int8 codes times scales, zero points
 //     subtracted) happens once per task, so its cost per multiply-add is 1 / MC.
-//   * threads take tasks from a shared counter (see fused_linear_kernel.h for why).
+//   * threads take tasks from a shared counter (parallel_dynamic in thread_pool.h).
 // Include only from ISA translation units (anonymous namespace: see vec_avx2.h).
 #pragma once
 #include <immintrin.h>
 
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -107,33 +106,30 @@ void pack_strips(int64_t n0, int64_t ncnt, int64_t k0, int64_t kc, float* dst, c
   }
 }
 
-// The GEMM over fp32 rows of x (row stride xs): for each task, pack(n0, ncnt, k0, kc, dst)
-// fills the weight panel (pack_strips does the work), and epilogue(sums, m, n0, cnt)
-// finishes row m of the output from cnt partial sums.
-template <class V, class Pack, class Epilogue>
-void gemm(const float* x, int64_t xs, int64_t M, int64_t N, int64_t K, int num_threads, const Pack& pack,
+// The GEMM over fp32 rows of x (row stride xs) with the weight given by its loaders (see
+// pack_strips: w8(n, k) eight elements of row n from k as fp32, w1(n, k) one): epilogue(sums,
+// m, n0, cnt) finishes row m of the output from cnt partial sums.
+template <class V, class W8, class W1, class Epilogue>
+void gemm(const float* x, int64_t xs, int64_t M, int64_t N, int64_t K, int num_threads, const W8& w8, const W1& w1,
           const Epilogue& epilogue) {
   constexpr int MR = V::kPanelRows;
   constexpr int64_t NR = kNR<V>, NC = kNC<V>;
   if (M <= 0 || N <= 0) return;
   const int64_t mtasks = (M + kMC - 1) / kMC, ntasks = (N + NC - 1) / NC;
   const int64_t tasks = mtasks * ntasks;
-  std::atomic<int64_t> next{0};
-  const int64_t workers = M * N * K < kSerialWork ? 1 : imin(num_threads, tasks);
-  parallel_for(workers, static_cast<int>(workers), 1, [&](int64_t, int64_t) {
+  parallel_dynamic(tasks, M * N * K < kSerialWork ? 1 : num_threads, [&](auto take) {
     AlignedBuffer panel_buf(static_cast<size_t>(kKC * NC) * sizeof(float));
     AlignedBuffer sums_buf(static_cast<size_t>(kMC * NC) * sizeof(float));
     float* bp = panel_buf.as<float>();
     float* sums = sums_buf.as<float>();
-    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
-         t = next.fetch_add(1, std::memory_order_relaxed)) {
+    for (int64_t t; (t = take()) < tasks;) {
       // Column blocks vary fastest: tasks running at once share the same rows of x.
       const int64_t m0 = t / ntasks * kMC, n0 = t % ntasks * NC;
       const int64_t mc = imin(kMC, M - m0), nc = imin(NC, N - n0);
       std::memset(sums, 0, static_cast<size_t>(mc * NC) * sizeof(float));
       for (int64_t k0 = 0; k0 < K; k0 += kKC) {
         const int64_t kc = imin(kKC, K - k0);
-        pack(n0, nc, k0, kc, bp);
+        pack_strips<NR>(n0, nc, k0, kc, bp, w8, w1);
         for (int64_t s = 0; s < nc; s += NR) {
           for (int64_t i = 0; i < mc; i += MR) {
             const int mr = static_cast<int>(imin(MR, mc - i));

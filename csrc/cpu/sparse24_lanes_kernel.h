@@ -20,7 +20,6 @@
 // layout's kernels did not).
 // Include only from ISA translation units, after sparse_linear_kernel.h.
 #pragma once
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -170,11 +169,11 @@ void s24_lanes_dispatch(const Sparse24Args& a) {
 // ----------------------------------------------------------------------------- panel form
 // For M where arithmetic bounds the call (the dispatcher times it against the form above and
 // PyTorch's GEMM on the unpacked weight). Vectors run along M instead of N: x is packed
-// transposed once per call, in blocks of MV = 3 vectors of rows ([k][MV]), and each kept
+// transposed once per call, in blocks of MV = NV vectors of rows ([k][MV]), and each kept
 // weight value is broadcast and multiplies the MV x values of its own column k (one row of
 // the transposed block): no permutes, and only kept values cost multiply-adds. Register
-// tile: R weight rows x 3 vectors (AVX2 4 x 3, AVX-512 8 x 3 accumulators; panel_gemm.h's
-// budget). A task unpacks one 16-row block of the layout into fp32 values and 2-bit
+// tile: R weight rows x NV = 6 vectors (AVX2 2 x 6, AVX-512 4 x 6 accumulators;
+// panel_gemm.h's budget). A task unpacks one 16-row block of the layout into fp32 values and
 // x offsets once ([kept j][16 rows], int8 scales applied) and reuses them for up to kMC rows
 // of x, K in slices of kKC.
 
@@ -272,9 +271,7 @@ void s24_lanes_panel_run(const Sparse24Args& a) {
     }
   }
   const int64_t tasks = blocks * chunks;
-  const int64_t workers = a.M * a.N * a.K / 2 < panel::kSerialWork ? 1 : imin(a.num_threads, tasks);
-  std::atomic<int64_t> next{0};
-  parallel_for(workers, static_cast<int>(workers), 1, [&](int64_t, int64_t) {
+  parallel_dynamic(tasks, a.M * a.N * a.K / 2 < panel::kSerialWork ? 1 : a.num_threads, [&](auto take) {
     AlignedBuffer w_buf(static_cast<size_t>(kept * kLaneRows) * sizeof(float));
     AlignedBuffer off_buf(static_cast<size_t>(kept * kLaneRows) * sizeof(int32_t));
     AlignedBuffer sums_buf(static_cast<size_t>(kBlocksPerChunk * kLaneRows * MV) * sizeof(float));
@@ -282,8 +279,7 @@ void s24_lanes_panel_run(const Sparse24Args& a) {
     int32_t* off = off_buf.as<int32_t>();
     float* sums = sums_buf.as<float>();  // [x block][16 rows][MV]
     int64_t unpacked = -1;
-    for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
-         t = next.fetch_add(1, std::memory_order_relaxed)) {
+    for (int64_t t; (t = take()) < tasks;) {
       // Chunks of x vary fastest: a worker's next task often reuses the unpacked block.
       const int64_t b = t / chunks, xb0 = t % chunks * kBlocksPerChunk;
       const int64_t xb1 = imin(xblocks, xb0 + kBlocksPerChunk);
