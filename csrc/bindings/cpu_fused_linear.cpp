@@ -1,6 +1,7 @@
 // Binding of the CPU fused linear (see csrc/cpu/fused_linear.h).
 #include <pybind11/pybind11.h>
 
+#include <initializer_list>
 #include <string>
 
 #include "bindings/cpu_checks.h"
@@ -19,32 +20,23 @@ namespace {
 
 using KernelFn = void (*)(const FusedLinearArgs&);
 
-// The two forms of the kernel (fused_linear.h), bound with the same arguments.
-struct DotForm {
-  static constexpr const char* fn = "bigperf._C.fused_linear";
-  static KernelFn kernel(const std::string& isa) { return kernel_for_isa<KernelFn>(isa, fn, ISA_KERNELS(fused_linear)); }
-};
-struct PanelForm {
-  static constexpr const char* fn = "bigperf._C.fused_linear_panel";
-  static KernelFn kernel(const std::string& isa) {
-    return kernel_for_isa<KernelFn>(isa, fn, ISA_KERNELS(fused_linear_panel));
-  }
-};
-
-template <class Form>
+// Both forms of the kernel (fused_linear.h) take these arguments; Panel: the panel form, for
+// arithmetic-bound M.
+template <bool Panel>
 void fused_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype,
                   uintptr_t w, int64_t w_row_stride, int w_dtype, uintptr_t bias,
                   uintptr_t residual, int64_t residual_row_stride, uintptr_t out,
                   int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act,
                   int num_threads) {
-  const char* fn = Form::fn;
+  const char* fn = Panel ? "bigperf._C.fused_linear_panel" : "bigperf._C.fused_linear";
   require(M >= 0 && N >= 0 && K >= 0, fn, "M, N and K must be non-negative");
   check_activation(act, fn);
   require(num_threads >= 1, fn, "num_threads must be >= 1");
   FusedLinearArgs args{};
   args.x_dtype = to_dtype(x_dtype, fn, "x");
   args.w_dtype = to_dtype(w_dtype, fn, "weight");
-  KernelFn kernel = Form::kernel(isa);
+  KernelFn kernel = Panel ? kernel_for_isa<KernelFn>(isa, fn, ISA_KERNELS(fused_linear_panel))
+                         : kernel_for_isa<KernelFn>(isa, fn, ISA_KERNELS(fused_linear));
   if (M == 0 || N == 0) return;
   require(out != 0, fn, "out pointer is null");
   require(out_row_stride >= N || M == 1, fn, "out row stride is smaller than N");
@@ -61,20 +53,16 @@ void fused_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int
   kernel(args);
 }
 
-template <class Form>
-void def_form(py::module_& m, const char* name, const char* doc) {
-  m.def(name, &fused_linear<Form>, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
-        py::arg("x_dtype"), py::arg("w"), py::arg("w_row_stride"), py::arg("w_dtype"),
-        py::arg("bias"), py::arg("residual"), py::arg("residual_row_stride"), py::arg("out"),
-        py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
-        py::arg("num_threads"), doc);
-}
-
 }  // namespace
 
 void register_fused_linear(py::module_& m) {
-  def_form<DotForm>(m, "fused_linear", "out = act(x @ w^T + bias) + residual on raw pointers; releases the GIL");
-  def_form<PanelForm>(m, "fused_linear_panel",
-                      "fused_linear in the panel form (outer-product tiles on weight panels converted to fp32), "
-                      "for M where arithmetic bounds the GEMM");
+  for (const bool panel : {false, true})
+    m.def(panel ? "fused_linear_panel" : "fused_linear", panel ? &fused_linear<true> : &fused_linear<false>,
+          py::arg("isa"), py::arg("x"), py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("w"),
+          py::arg("w_row_stride"), py::arg("w_dtype"), py::arg("bias"), py::arg("residual"),
+          py::arg("residual_row_stride"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"),
+          py::arg("K"), py::arg("act"), py::arg("num_threads"),
+          panel ? "fused_linear in the panel form (outer-product tiles on weight panels converted to fp32), for M "
+                  "where arithmetic bounds the GEMM"
+                : "out = act(x @ w^T + bias) + residual on raw pointers; releases the GIL");
 }

@@ -1,6 +1,7 @@
 // Binding of the CPU int8 linear kernels (see csrc/cpu/int8_linear.h).
 #include <pybind11/pybind11.h>
 
+#include <initializer_list>
 #include <string>
 
 #include "bindings/cpu_checks.h"
@@ -17,6 +18,8 @@ using bigperf::bindings::to_dtype;
 
 namespace {
 
+constexpr const char* kWeightFn = "bigperf._C.int8_weight_linear";
+constexpr const char* kWeightPanelFn = "bigperf._C.int8_weight_linear_panel";
 constexpr const char* kDynamicFn = "bigperf._C.int8_dynamic_linear";
 
 using WeightFn = void (*)(const Int8WeightLinearArgs&);
@@ -42,31 +45,22 @@ void check_sizes(const char* fn, int64_t M, int64_t N, int64_t K, int act, int n
   require(num_threads >= 1, fn, "argument 'num_threads' must be >= 1");
 }
 
-// The two forms of the weight-only kernel (int8_linear.h), bound with the same arguments.
-struct WeightDotForm {
-  static constexpr const char* fn = "bigperf._C.int8_weight_linear";
-  static WeightFn kernel(const std::string& isa) { return kernel_for_isa<WeightFn>(isa, fn, ISA_KERNELS(int8_weight_linear)); }
-};
-struct WeightPanelForm {
-  static constexpr const char* fn = "bigperf._C.int8_weight_linear_panel";
-  static WeightFn kernel(const std::string& isa) {
-    return kernel_for_isa<WeightFn>(isa, fn, ISA_KERNELS(int8_weight_linear_panel));
-  }
-};
-
-template <class Form>
+// Both forms of the weight-only kernel (int8_linear.h) take these arguments; Panel: the panel
+// form, for arithmetic-bound M.
+template <bool Panel>
 void int8_weight_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t qw,
                         int64_t qw_row_stride, uintptr_t scale, uintptr_t zero_point, int64_t groups,
                         uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N, int64_t K,
                         int act, int num_threads) {
-  const char* fn = Form::fn;
+  const char* fn = Panel ? kWeightPanelFn : kWeightFn;
   check_sizes(fn, M, N, K, act, num_threads);
   Int8WeightLinearArgs a{};
   a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
   require(groups >= 1, fn, "argument 'groups' must be >= 1, got " + std::to_string(groups));
   require(K % groups == 0, fn,
           "argument 'groups' " + std::to_string(groups) + " does not divide K = " + std::to_string(K));
-  WeightFn kernel = Form::kernel(isa);
+  WeightFn kernel = Panel ? kernel_for_isa<WeightFn>(isa, fn, ISA_KERNELS(int8_weight_linear_panel))
+                         : kernel_for_isa<WeightFn>(isa, fn, ISA_KERNELS(int8_weight_linear));
   if (M == 0 || N == 0) return;
   check_common(fn, x, x_row_stride, qw, qw_row_stride, scale, out, out_row_stride, M, N, K);
   // K == 0: out = act(bias); the portable path handles it without vector-width cases.
@@ -108,24 +102,18 @@ void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   kernel(a);
 }
 
-template <class Form>
-void def_weight_form(py::module_& m, const char* name, const char* doc) {
-  m.def(name, &int8_weight_linear<Form>, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
-        py::arg("x_dtype"), py::arg("qw"), py::arg("qw_row_stride"), py::arg("scale"), py::arg("zero_point"),
-        py::arg("groups"), py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"),
-        py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"), doc);
-}
-
 }  // namespace
 
 void register_int8_linear(py::module_& m) {
-  def_weight_form<WeightDotForm>(
-      m, "int8_weight_linear",
-      "W8A16: out = act(x @ ((qw - zero_point) * scale)^T + bias) on raw pointers; releases the GIL");
-  def_weight_form<WeightPanelForm>(
-      m, "int8_weight_linear_panel",
-      "int8_weight_linear in the panel form (outer-product tiles on weight panels dequantised to fp32), for M "
-      "where arithmetic bounds the GEMM");
+  for (const bool panel : {false, true})
+    m.def(panel ? "int8_weight_linear_panel" : "int8_weight_linear",
+          panel ? &int8_weight_linear<true> : &int8_weight_linear<false>, py::arg("isa"), py::arg("x"),
+          py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("qw"), py::arg("qw_row_stride"), py::arg("scale"),
+          py::arg("zero_point"), py::arg("groups"), py::arg("bias"), py::arg("out"), py::arg("out_row_stride"),
+          py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
+          panel ? "int8_weight_linear in the panel form (outer-product tiles on weight panels dequantised to fp32), "
+                  "for M where arithmetic bounds the GEMM"
+                : "W8A16: out = act(x @ ((qw - zero_point) * scale)^T + bias) on raw pointers; releases the GIL");
   m.def("int8_dynamic_linear", &int8_dynamic_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
         py::arg("x_dtype"), py::arg("qw"), py::arg("qw_row_stride"), py::arg("w_scale"), py::arg("bias"),
         py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
