@@ -217,7 +217,26 @@ def _check_absorbed(model: nn.Module, layers: list[dict]) -> None:
                              f"{name!r}'s output")
 
 
+def meta_tensor_names(model: nn.Module) -> list[str]:
+    """Names of `model`'s parameters and buffers on the meta device (tied ones under each name)."""
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    return [name for name, t in named if t.is_meta]
+
+
+def refuse_unsaved_meta(model: nn.Module, where: str) -> None:
+    """A model built with its parameters on meta loads: each takes the checkpoint's tensor
+    (assign). A meta tensor missing from the state_dict (a non-persistent buffer, which no
+    checkpoint holds) would stay empty: refuse before anything changes."""
+    unsaved = sorted(set(meta_tensor_names(model)) - set(model.state_dict()))
+    if unsaved:
+        raise ValueError(f"{where}: the model's tensors {unsaved[:5]} are on the meta device and no checkpoint holds "
+                         f"them (buffers the model computes itself); build the model under "
+                         f"bigperf.distributed.meta_parameters(), which keeps buffers real, not torch.device('meta')")
+
+
 def _plan_from_manifest(model: nn.Module, layers: list[dict]) -> list[PlannedSwap]:
+    """The swaps the manifest's layers ask for, each new layer empty on its module's device
+    (on meta for a module built there: it takes the loaded tensors, _load_state)."""
     _check_absorbed(model, layers)
     planned = []
     for entry in layers:
@@ -266,9 +285,11 @@ def _check_tensors(model: nn.Module, manifest: dict, loaded: dict) -> None:
 
 
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Swap a freshly built `model` as the saved one was, then load its tensors (in place)."""
+    """Swap a freshly built `model` as the saved one was, then load its tensors (in place).
+    The model may be built with its parameters on meta (bigperf.distributed.meta_parameters())."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"bigperf.load: argument 'model' must be an nn.Module, got {type(model).__name__}")
+    refuse_unsaved_meta(model, "bigperf.load")
     directory = Path(path)
     manifest = _read_manifest(directory)
     planned = _plan_from_manifest(model, manifest["layers"])
@@ -289,6 +310,9 @@ def load_planned(model: nn.Module, manifest: dict, planned: list[PlannedSwap], l
         state.update({alias: loaded[target] for alias, target in manifest["aliases"].items()})
         state.update(manifest["extra_states"])
         _load_state(model, planned, state)
+        left = meta_tensor_names(model)
+        if left:  # refuse_unsaved_meta keeps this from happening; never hand back empty tensors
+            raise ValueError(f"bigperf.load: tensors {left[:5]} are still on the meta device after the load")
     except BaseException:
         restore_modules(model, undo)
         raise
@@ -306,12 +330,20 @@ def _load_state(model: nn.Module, planned: list[PlannedSwap], state: dict) -> No
     def owner(key: str) -> str | None:
         return next((name for name in swapped if key.startswith(name + ".")), None)
 
+    # A tensor built on meta has no memory to copy into: it takes the checkpoint's (assign),
+    # so a model built under meta_parameters() never holds a second copy of its weights.
     for name, layer in swapped.items():
-        layer.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if owner(k) == name}, strict=True)
+        on_meta = any(t.is_meta for t in list(layer.parameters()) + list(layer.buffers()))
+        layer.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if owner(k) == name}, strict=True,
+                              assign=on_meta)
     rest = {k: v for k, v in state.items() if owner(k) is None}
     for key in [k for k in rest if k.rpartition(".")[2] == "_extra_state"]:
         module_name = key.rpartition(".")[0]
         model.get_submodule(module_name).set_extra_state(rest.pop(key))
-    result = model.load_state_dict(rest, strict=False)
+    current = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    on_meta = {k: v for k, v in rest.items() if k in current and current[k].is_meta}
+    result = model.load_state_dict({k: v for k, v in rest.items() if k not in on_meta}, strict=False)
+    if on_meta:
+        model.load_state_dict(on_meta, strict=False, assign=True)
     if result.unexpected_keys:
         raise ValueError(f"bigperf.load: the model has no tensors {result.unexpected_keys[:5]}")

@@ -30,6 +30,66 @@ def test_round_trip_into_a_fresh_model(tmp_path, config):
         assert torch.equal(fresh(x), expected)
 
 
+def _layouts(model):
+    return [getattr(m, "kernel_layout", None) for m in model.modules()]
+
+
+@pytest.mark.parametrize("config", ["bf16", "int8", "int8-dynamic", bigperf.Sparse24(prune=True),
+                                    bigperf.BlockSparse(block=(16, 16), density=0.5, prune=True)])
+def test_round_trip_into_a_model_built_with_meta_parameters(tmp_path, config):
+    """Parameters built on meta take the checkpoint's tensors: nothing is allocated twice."""
+    model = build()
+    bigperf.swap(model, config)
+    bigperf.save(model, tmp_path / "ckpt")
+    with bigperf.distributed.meta_parameters():
+        empty = build(seed=1)
+    assert all(p.is_meta for p in empty.parameters())
+    loaded = bigperf.load(empty, tmp_path / "ckpt")
+    assert not any(t.is_meta for t in list(loaded.parameters()) + list(loaded.buffers()))
+    assert _layouts(loaded) == _layouts(model)  # the same kernel layouts, derived after the load
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+class WithComputedBuffer(nn.Module):
+    """A module that computes a buffer it does not save (as a rotary embedding's inv_freq)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+        self.register_buffer("inv_freq", torch.arange(4.0), persistent=False)
+
+    def forward(self, x):
+        return self.linear(x) + self.inv_freq.sum()
+
+
+def test_meta_buffers_no_checkpoint_holds_are_refused(tmp_path):
+    bigperf.save(WithComputedBuffer(), tmp_path / "ckpt")
+    with torch.device("meta"):
+        all_meta = WithComputedBuffer()
+    with pytest.raises(ValueError, match=r"bigperf.load: the model's tensors \['inv_freq'\] are on the meta device"):
+        bigperf.load(all_meta, tmp_path / "ckpt")
+    assert all(t.is_meta for t in list(all_meta.parameters()) + list(all_meta.buffers()))
+    with bigperf.distributed.meta_parameters():
+        empty = WithComputedBuffer()
+    assert torch.equal(empty.inv_freq, torch.arange(4.0))  # buffers are built as usual
+    x = torch.randn(2, 8)
+    assert torch.equal(bigperf.load(empty, tmp_path / "ckpt")(x), bigperf.load(WithComputedBuffer(), tmp_path / "ckpt")(x))
+
+
+def test_tied_meta_parameters_share_the_loaded_tensor(tmp_path):
+    tied = nn.ModuleDict({"a": nn.Linear(8, 8), "b": nn.Linear(8, 8)})
+    tied.b.weight = tied.a.weight
+    bigperf.save(tied, tmp_path / "tied")
+    with bigperf.distributed.meta_parameters():
+        fresh = nn.ModuleDict({"a": nn.Linear(8, 8), "b": nn.Linear(8, 8)})
+    fresh.b.weight = fresh.a.weight
+    bigperf.load(fresh, tmp_path / "tied")
+    assert torch.equal(fresh.b.weight, tied.a.weight)
+    assert fresh.a.weight.data_ptr() == fresh.b.weight.data_ptr()
+
+
 def test_files_are_safetensors_and_json_without_pickle(tmp_path):
     model = build()
     bigperf.swap(model, "int8")

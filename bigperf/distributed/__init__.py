@@ -19,7 +19,7 @@ import importlib
 
 _HOMES = {"parallelize": "plan", "ColwiseParallel": "styles", "RowwiseParallel": "styles",
           "TensorParallel": "all_reduce", "save": "checkpoint",
-          "load": "checkpoint"}
+          "load": "checkpoint", "meta_parameters": "empty"}
 
 __all__ = sorted(_HOMES)
 

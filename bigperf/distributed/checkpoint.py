@@ -21,10 +21,11 @@ from safetensors import safe_open
 from torch import nn
 
 from bigperf.configs import config_from_dict
+from bigperf.distributed.empty import mesh_device
 from bigperf.distributed.layers import layer_kind, shard_layer
 from bigperf.distributed.plan import match_plan, mesh_group, parallelize
 from bigperf.nn import Int8Linear
-from bigperf.serialize import TENSORS, check_save_path, load_planned
+from bigperf.serialize import TENSORS, check_save_path, load_planned, refuse_unsaved_meta
 from bigperf.serialize import _check_manifest as check_manifest
 from bigperf.serialize import _plan_from_manifest as plan_from_manifest
 from bigperf.serialize import _read_manifest as read_manifest
@@ -97,9 +98,9 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path | None:
 
 
 def _sharded_checkpoint(manifest: dict, tensor_file: Path, chosen: dict, rank: int, world: int,
-                        group) -> tuple[dict, dict]:
+                        group, device: torch.device) -> tuple[dict, dict]:
     """(manifest, tensors) of this rank: the checkpoint with every layer the plan shards cut
-    to the rank's shard, read and cut one layer at a time."""
+    to the rank's shard, read and cut one layer at a time on `device`."""
     manifest = copy.deepcopy(manifest)
     entries = {entry["name"]: entry for entry in manifest["layers"]}
     owned = {name: name + "." for name in chosen}
@@ -129,13 +130,13 @@ def _sharded_checkpoint(manifest: dict, tensor_file: Path, chosen: dict, rank: i
             if entry is not None:  # a swapped layer: its config builds it, full size, for this layer only
                 config = config_from_dict(entry["config"], f"{LOAD}: layer {name!r}")
                 full = config.empty_layer(entry["in_features"], entry["out_features"], entry["bias"],
-                                          entry["activation"], module.weight.device)
+                                          entry["activation"], device)
             else:  # a linear saved as it was
                 weight = state.get("weight")
                 if weight is None or weight.dim() != 2:
                     raise ValueError(f"{LOAD}: the checkpoint holds no [N, K] weight for {name!r}")
                 full = nn.Linear(weight.shape[1], weight.shape[0], "bias" in state, dtype=weight.dtype,
-                                 device=module.weight.device)
+                                 device=device)
             try:
                 full.load_state_dict(state, strict=True)
                 shard, _ = shard_layer(full, style, rank, world, group)
@@ -162,14 +163,19 @@ def load(model: nn.Module, path: str | os.PathLike, mesh, plan: dict) -> nn.Modu
     freshly built `model`, sharded by `plan` as bigperf.distributed.parallelize would: each
     rank reads the checkpoint one layer at a time and keeps only its shard of every layer the
     plan shards. Swaps the model as the saved one was; in place, returns the model. Every rank
-    calls it. A refused load leaves the model as it was."""
+    calls it. A refused load leaves the model as it was.
+
+    Build `model` under bigperf.distributed.meta_parameters() and no rank ever holds the full
+    model: it is sharded on meta and each of its tensors takes the rank's tensor read from the
+    checkpoint; the largest transient is one layer read whole before it is cut."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{LOAD}: argument 'model' must be an nn.Module, got {type(model).__name__}")
     chosen = match_plan(model, mesh, plan, LOAD)
     rank, world, group = mesh_group(mesh, LOAD)
+    refuse_unsaved_meta(model, LOAD)
     directory = Path(path)
     manifest, tensors = _sharded_checkpoint(read_manifest(directory), directory / TENSORS, chosen, rank, world,
-                                            group)
+                                            group, mesh_device(mesh))
     held = [(module, dict(module.__dict__)) for _, module in chosen.values()]
     try:
         parallelize(model, mesh, plan)  # the fresh model's linears become shards the checkpoint's fit

@@ -54,7 +54,8 @@ def mesh_group(mesh, where: str = WHERE) -> tuple[int, int, object]:
 
 
 def check_layer(name: str, module: nn.Module, mesh: DeviceMesh, where: str = WHERE) -> None:
-    """A layer this mesh can shard: one of SHARDABLE, on the mesh's device type, not sharded yet."""
+    """A layer this mesh can shard: one of SHARDABLE, on the mesh's device type (or on meta,
+    an empty model for bigperf.distributed.load), not sharded yet."""
     if not isinstance(module, SHARDABLE):
         raise TypeError(f"{where}: plan entry matches {name!r} ({type(module).__name__}); shardable layers are "
                         f"{', '.join(t.__name__ for t in SHARDABLE)}")
@@ -62,7 +63,7 @@ def check_layer(name: str, module: nn.Module, mesh: DeviceMesh, where: str = WHE
     if "tensor_parallel" in module.__dict__:
         raise ValueError(f"{where}: layer {name!r} is already sharded ({module.tensor_parallel.style})")
     device = next(t for t in list(module.parameters()) + list(module.buffers())).device
-    if device.type != mesh.device_type:
+    if device.type not in (mesh.device_type, "meta"):  # meta: built empty, for bigperf.distributed.load
         raise ValueError(f"{where}: layer {name!r} is on {device}, the mesh on {mesh.device_type}")
 
 

@@ -294,6 +294,13 @@ def case_save(rank: int, world: int) -> None:
             assert loaded_sharded[0].out_features == N // world and loaded_sharded[2].in_features == N // world
             assert all(t.shape == u.shape for t, u in zip(loaded_sharded.state_dict().values(),
                                                           sharded.state_dict().values()) if isinstance(t, torch.Tensor))
+            # Into a model built with its parameters on meta: nothing full-size is ever built.
+            with tp.meta_parameters():
+                empty = mlp_model(name)
+            assert all(p.is_meta for p in empty.parameters())
+            loaded_empty = tp.load(empty, path, mesh, plan)
+            assert not any(t.is_meta for t in list(loaded_empty.parameters()) + list(loaded_empty.buffers()))
+            assert torch.equal(loaded_empty(x), before), name
             if name == "int8-group32":  # refused after the model was sharded: put back as it was
                 other = mlp_model(name)
                 other[1] = nn.ReLU()  # the checkpoint fused a SiLU there
@@ -305,6 +312,17 @@ def case_save(rank: int, world: int) -> None:
                 else:
                     raise AssertionError("a checkpoint fusing SiLU loaded into a ReLU model")
                 assert _same(_fingerprint(other), before_refusal)
+                with tp.meta_parameters():  # refused part way: its tensors are back on meta
+                    other = mlp_model(name)
+                other[1] = nn.ReLU()
+                try:
+                    tp.load(other, path, mesh, plan)
+                except ValueError as error:
+                    assert "fused a silu there" in str(error), str(error)
+                else:
+                    raise AssertionError("a checkpoint fusing SiLU loaded into a ReLU model")
+                assert type(other[0]) is nn.Linear and other[0].weight.shape == (N, K)
+                assert all(p.is_meta for p in other.parameters())
             dist.barrier()  # every rank has read the checkpoint
             if rank == 0:
                 shutil.rmtree(path)

@@ -141,6 +141,23 @@ def case_llama_orders(rank: int, world: int) -> None:
         if _sharded_bytes(loaded) != _sharded_bytes(swap_first):
             failures.append(f"bigperf.distributed.load holds {_sharded_bytes(loaded)} bytes of sharded layers, "
                             f"parallelize {_sharded_bytes(swap_first)}")
+        # Built with its parameters on meta (no rank holds the full model), then loaded.
+        with tp.meta_parameters():
+            empty = tiny_llama()
+        if not torch.equal(run(tp.load(empty, path, mesh, PLAN))[0], run(swap_first)[0]):
+            failures.append("bigperf.distributed.load into a meta_parameters() model: logits not bitwise those of "
+                            "swap then shard")
+        # torch.device("meta") puts the rotary buffers there too, which no checkpoint holds.
+        with torch.device("meta"):
+            all_meta = tiny_llama()
+        try:
+            tp.load(all_meta, path, mesh, PLAN)
+            failures.append("bigperf.distributed.load filled a model whose unsaved buffers are on meta")
+        except ValueError as error:
+            if "model.rotary_emb.inv_freq" not in str(error) or "meta_parameters()" not in str(error):
+                failures.append(f"refusal of meta buffers does not name them or the way out: {error}")
+        if any(not t.is_meta for t in list(all_meta.parameters()) + list(all_meta.buffers())):
+            failures.append("a refused load of a meta model gave some of its tensors memory")
         dist.barrier()
         if rank == 0:
             shutil.rmtree(path)
