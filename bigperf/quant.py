@@ -109,17 +109,28 @@ def dequantize_weight_into(out: torch.Tensor, qweight: torch.Tensor, scale: torc
     return out
 
 
-def quantize_activation_per_token(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def absmax_rows(act_absmax: torch.Tensor | None) -> torch.Tensor | None:
+    """int8_dynamic_linear's act_absmax (x's leading shape) as one fp32 value per row of x
+    flattened to [M, K], contiguous: how the kernels read it."""
+    return None if act_absmax is None else act_absmax.reshape(-1).contiguous()
+
+
+def quantize_activation_per_token(x: torch.Tensor, bits: int = 8,
+                                  absmax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8 of a [M, K] tensor: (q [M, K] int8, scale [M] fp32).
 
     bits=8: q in [-127, 127], scale = absmax / 127; bits=7: q in [-63, 63], scale =
     absmax / 63 (scale 1 for an all-zero row). Round half to even. A row holding NaN or
     Inf gets scale NaN and codes 0, so that its outputs are NaN, as F.linear gives on the
-    dequantised math (amax keeps NaN; Inf / qmax is made NaN)."""
+    dequantised math (amax keeps NaN; Inf / qmax is made NaN). `absmax` ([M] fp32), when
+    given, replaces each row's own (a row-wise shard quantises its slice against the whole
+    row's: bigperf/distributed); a row exceeding it clamps to +-qmax."""
     qmax = activation_qmax(bits, "bigperf.quant.quantize_activation_per_token")
     x32 = x.float()
-    # (K = 0: an empty row's absmax is 0, which amax refuses to reduce)
-    absmax = x32.abs().amax(dim=-1) if x32.shape[-1] else x32.new_zeros(x32.shape[:-1])
+    if absmax is None:  # (K = 0: an empty row's absmax is 0, which amax refuses to reduce)
+        absmax = x32.abs().amax(dim=-1) if x32.shape[-1] else x32.new_zeros(x32.shape[:-1])
+    else:  # a row holding NaN or Inf still gets scale NaN
+        absmax = torch.where(torch.isfinite(x32).all(dim=-1), absmax.float(), float("nan"))
     scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
     scale = torch.where(torch.isfinite(absmax), scale, torch.full_like(absmax, float("nan")))
     q = torch.clamp(torch.round(x32 / scale[..., None]).nan_to_num_(0.0), -qmax, qmax).to(torch.int8)

@@ -231,12 +231,13 @@ def _split_k_reduce_kernel(
 
 @triton.jit
 def _quantize_rows_kernel(
-    x_ptr, q_ptr, scale_ptr,
+    x_ptr, q_ptr, scale_ptr, absmax_ptr,
     K,
     stride_xm, stride_xk,
     stride_qm,
     BLOCK_K: tl.constexpr,
     QMAX: tl.constexpr,
+    GIVEN_ABSMAX: tl.constexpr,  # quantise against absmax_ptr[row], not the row's own
 ):
     # One program per row: the row is read twice (absmax, then codes); for the K of real
     # models (<= 32k) the second read hits L2.
@@ -253,6 +254,8 @@ def _quantize_rows_kernel(
         # dequantised math); counted apart, as a float max may drop NaN.
         bad = tl.maximum(bad, tl.where(tl.abs(v.to(tl.float32)) <= _FLT_MAX, 0.0, 1.0))
     row_max = tl.max(amax, axis=0)
+    if GIVEN_ABSMAX:
+        row_max = tl.load(absmax_ptr + row)
     row_bad = tl.max(bad, axis=0)
     scale = tl.where(row_max > 0, tl.div_rn(row_max, QMAX), 1.0)
     scale = tl.where(row_bad > 0, float("nan"), scale)
@@ -480,11 +483,13 @@ def int8_dynamic_linear(
     bias: torch.Tensor | None = None,
     activation: str = "none",
     act_bits: int = 8,
+    act_absmax: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return ``act((quant(x) @ qweight^T) * x_scale * scale^T + bias)`` in x's dtype.
 
     x: [M, K] fp16/bf16/fp32, any strides, quantised per token (row) at run time to
-    ``act_bits`` (8: codes in [-127, 127], 7: [-63, 63]);
+    ``act_bits`` (8: codes in [-127, 127], 7: [-63, 63]), against ``act_absmax`` ([M] fp32,
+    contiguous) when given, else each row's own absmax;
     qweight: [N, K] int8, symmetric; scale: [N, 1] fp32 (per channel); bias: [N] fp32 (or
     x's dtype) or None. int8 x int8 products accumulate exactly in int32. Raises
     TypeError/ValueError naming the argument.
@@ -497,6 +502,10 @@ def int8_dynamic_linear(
     if groups != 1:
         raise ValueError(f"{name}: `scale` must be per channel, shape [{N}, 1]; got "
                          f"{tuple(scale.shape)} (per-group weights need int8_weight_linear)")
+    if act_absmax is not None and (act_absmax.dtype != torch.float32 or act_absmax.shape != (M,)
+                                   or not act_absmax.is_contiguous() or act_absmax.device != x.device):
+        raise ValueError(f"{name}: `act_absmax` must be a contiguous fp32 [{M}] tensor on {x.device}, got "
+                         f"{act_absmax.dtype} {tuple(act_absmax.shape)} on {act_absmax.device}")
     if K > _INT32_EXACT_MAX_K:
         # Beyond this an int32 sum of 127 * 127 products can overflow (sm_80's IMMA would
         # saturate silently).
@@ -524,8 +533,9 @@ def int8_dynamic_linear(
 
     def run():
         _quantize_rows_kernel[(M,)](
-            x, xq, x_scale, K, x.stride(0), x.stride(1), xq.stride(0),
-            BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=_QMAX[act_bits])
+            x, xq, x_scale, x_scale if act_absmax is None else act_absmax, K, x.stride(0), x.stride(1),
+            xq.stride(0), BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=_QMAX[act_bits],
+            GIVEN_ABSMAX=act_absmax is not None)
         tuned[grid](
             xq, qweight, x_scale, scale, gemm_bias, out,
             M, N, K, _config.m_bucket(M), k_per_split,

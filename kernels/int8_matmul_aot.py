@@ -101,7 +101,8 @@ def aot_specs() -> list:
 
     def quantize(x_dt, act_bits=8):
         ptrs = {"x_ptr": f"*{tdt[x_dt]}", "q_ptr": "*i8", "scale_ptr": "*fp32"}
-        const = dict(stride_xk=1, BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=_QMAX[act_bits])
+        const = dict(stride_xk=1, BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=_QMAX[act_bits], absmax_ptr=None,
+                     GIVEN_ABSMAX=False)
         suffix = "" if act_bits == 8 else f"_a{act_bits}"
         return _spec(_quantize_rows_kernel, f"quantize_rows_{tdt[x_dt]}{suffix}", ptrs, const)
 

@@ -2,7 +2,11 @@
 all-reduce: each rank's layer computes a partial sum over its slice of the input features
 (the bias on rank 0 only), a forward hook sums the partials over the mesh's process group
 (in fp32, whatever the output dtype) and then applies the layer's activation, which cannot
-run before the sum."""
+run before the sum.
+
+A row-wise W8A8 layer quantises each token against the whole token's absmax, not its
+slice's: a pre-hook all-reduces (MAX) the slices' absmax first and hands it to the layer
+(Int8Linear's act_absmax), so every rank's codes are those of the unsharded layer."""
 
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ class TensorParallel:
                                      f"after the all-reduce")
                 info = replace(self, activation=fused)
                 module.activation = "none"
-            ids = (module.register_forward_pre_hook(_refuse_residual, with_kwargs=True).id,
+            ids = (module.register_forward_pre_hook(info.before_rowwise, with_kwargs=True).id,
                    module.register_forward_hook(info.all_reduce).id)
         module.__dict__["tensor_parallel"] = info
         module.__dict__["_tensor_parallel_hook_ids"] = ids
@@ -59,10 +63,14 @@ class TensorParallel:
         dist.all_reduce(total, group=self.group)
         return apply_activation(total, self.activation).to(output.dtype)
 
-
-def _refuse_residual(module, args, kwargs):
-    # FusedLinear's residual would be added once per rank before the sum.
-    if (len(args) > 1 and args[1] is not None) or kwargs.get("residual") is not None:
-        raise ValueError(f"bigperf.distributed: a row-wise sharded {type(module).__name__} takes no 'residual' "
-                         f"argument (each rank would add it); add it to the layer's output instead")
-    return None
+    def before_rowwise(self, module: nn.Module, args, kwargs):
+        # FusedLinear's residual would be added once per rank before the sum.
+        if (len(args) > 1 and args[1] is not None) or kwargs.get("residual") is not None:
+            raise ValueError(f"bigperf.distributed: a row-wise sharded {type(module).__name__} takes no 'residual' "
+                             f"argument (each rank would add it); add it to the layer's output instead")
+        if getattr(module, "weight_only", True) or not args:  # W8A8 only (Int8Linear, weight_only=False)
+            return None
+        x = args[0]
+        absmax = x.detach().abs().amax(dim=-1).float() if x.shape[-1] else x.new_zeros(x.shape[:-1], dtype=torch.float32)
+        dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=self.group)
+        return args, {**kwargs, "act_absmax": absmax}

@@ -25,6 +25,7 @@ from bigperf.ops.onnx_lowering import BLOCKED_QUANT_OPSET, current_opset, onnx_l
 from bigperf.ops.torch_paths import copy_linear, copy_rows, register_float_copy_path, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES
 from bigperf.quant import (
+    absmax_rows,
     activation_qmax,
     dequantize_weight,
     dequantize_weight_into,
@@ -146,38 +147,41 @@ def _weight_only_torch_run(dtype):
 CPU_DYNAMIC_MAX_K = (1 << 31) // (128 * 128) - 1
 
 
-def _dynamic_cpu_why_not(x, qweight, scale, bias, activation, act_bits=8):
+def _dynamic_cpu_why_not(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
     if qweight.shape[1] > CPU_DYNAMIC_MAX_K:
         return (f"K = {qweight.shape[1]} exceeds {CPU_DYNAMIC_MAX_K}, past which the kernel's int32 sums of "
                 f"int8 products may overflow")
     return cpu_why_not(x, "int8_dynamic_linear")
 
 
-def _dynamic_cpu_run(x, qweight, scale, bias, activation, act_bits=8):
+def _dynamic_cpu_run(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
     n, k = qweight.shape
     x2 = as_rows(x, k)
     m = x2.shape[0]
     qw = qweight.contiguous()
     s = scale.contiguous()
     b = fp32_bias(bias)
+    absmax = absmax_rows(act_absmax)
     out = torch.empty((m, n), dtype=x.dtype)
     _ext.cpu_module().int8_dynamic_linear(
         _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
         qw.data_ptr(), qw.stride(0), s.data_ptr(), b.data_ptr() if b is not None else 0,
-        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads(), act_bits)
+        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads(), act_bits,
+        absmax.data_ptr() if absmax is not None else 0)
     return out if x.dim() == 2 else out.reshape(_out_shape(x, n))
 
 
-def _dynamic_triton_why_not(x, qweight, scale, bias, activation, act_bits=8):
+def _dynamic_triton_why_not(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
     return triton_why_not(x, "int8_matmul")
 
 
-def _dynamic_triton_run(x, qweight, scale, bias, activation, act_bits=8):
+def _dynamic_triton_run(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
     from bigperf.kernels.int8_matmul import (
         int8_dynamic_linear as triton_int8_dynamic_linear,
     )
     n, k = qweight.shape
-    out = triton_int8_dynamic_linear(x.reshape(-1, k), qweight, scale, fp32_bias(bias), activation, act_bits)
+    out = triton_int8_dynamic_linear(x.reshape(-1, k), qweight, scale, fp32_bias(bias), activation, act_bits,
+                                     absmax_rows(act_absmax))
     return out.reshape(_out_shape(x, n))
 
 
@@ -185,9 +189,9 @@ def _dynamic_triton_run(x, qweight, scale, bias, activation, act_bits=8):
 # of x and of the weight multiplied in fp32 or bf16 (both hold int8 codes exactly; the GEMM
 # accumulates in fp32), then the row and column scales: the kernel's math, not a float GEMM.
 def _dynamic_torch_run(dtype):
-    def run(x, qweight, scale, bias, activation, act_bits=8):
+    def run(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
         n, k = qweight.shape
-        xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits)
+        xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits, absmax_rows(act_absmax))
         return torch_linear(x, n, k, dtype, rows=copy_rows(qweight), bias=bias,
                             activation=activation, x_rows=xq, row_scale=x_scale, col_scale=scale)
     return run
@@ -206,8 +210,8 @@ def _weight_only_copy_run(x, qweight, scale, zero_point, bias, activation):
     return copy_linear(x, qweight, bias=bias, activation=activation)
 
 
-def _dynamic_copy_run(x, qweight, scale, bias, activation, act_bits=8):
-    xq, x_scale = quantize_activation_per_token(as_rows(x, qweight.shape[1]), act_bits)
+def _dynamic_copy_run(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
+    xq, x_scale = quantize_activation_per_token(as_rows(x, qweight.shape[1]), act_bits, absmax_rows(act_absmax))
     return copy_linear(x, qweight, bias=bias, activation=activation, x_rows=xq, row_scale=x_scale, col_scale=scale)
 
 
@@ -256,11 +260,11 @@ def lower_weight_only(x, qweight, scale, zero_point, bias, activation):
 
 
 @onnx_lowering("bigperf.int8_dynamic_linear")
-def _int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits=8):
+def _int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
     n, k = qweight.shape
     qmax = float(activation_qmax(act_bits, "bigperf.int8_dynamic_linear", "act_bits"))
     rows = x.reshape(-1, k).float()
-    absmax = rows.abs().amax(dim=1)
+    absmax = rows.abs().amax(dim=1) if act_absmax is None else act_absmax.reshape(-1).float()
     # Same expression as bigperf.quant.quantize_activation_per_token: the codes must match.
     x_scale = torch.where(absmax > 0, absmax / qmax, torch.ones_like(absmax))
     # An explicit int8 zero point: without one QuantizeLinear produces uint8 (before opset 21).

@@ -91,12 +91,17 @@ class Int8Linear(FloatCopy, nn.Module):
                 layer.bias.copy_(linear.bias.detach())
         return layer.use_kernel_layout(layer._preferred_layout())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, act_absmax: torch.Tensor | None = None) -> torch.Tensor:
+        """act_absmax (W8A8 only): the absmax each token of x is quantised against, fp32 of
+        x's leading shape, instead of its own (a row-wise shard's all-reduced one)."""
+        if act_absmax is not None and self.weight_only:
+            raise ValueError("bigperf.nn.Int8Linear: argument 'act_absmax' applies to W8A8 (weight_only=False) only")
         if self.kernel_layout == "w8a16-cuda":
             return int8_weight_linear_w8a16(x, self._w8a16_layout(), self.bias, self.activation)
         if self.weight_only:
             return int8_weight_linear(x, self.qweight, self.scale, self.zero_point, self.bias, self.activation)
-        return int8_dynamic_linear(x, self.qweight, self.scale, self.bias, self.activation, self.act_bits)
+        return int8_dynamic_linear(x, self.qweight, self.scale, self.bias, self.activation, self.act_bits,
+                                   act_absmax)
 
     # ------------------------------------------------------------------------- layouts
 

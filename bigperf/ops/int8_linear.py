@@ -3,11 +3,13 @@
 torch.ops.bigperf.int8_weight_linear(x, qweight, scale, zero_point, bias, activation)
     W8A16: y = act(x @ dequant(qweight)^T + bias), the dequantisation inside the GEMM's
     inner loop; x fp32/fp16/bf16, output in x's dtype.
-torch.ops.bigperf.int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits=8)
+torch.ops.bigperf.int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None)
     W8A8: x quantised per token (row absmax) at run time, int8×int8 → int32, rescaled by
     the row and column scales, then bias + act. act_bits=8: x codes in [-127, 127];
     act_bits=7: [-63, 63] (fbgemm's reduce_range accuracy class, ~7 dB less SQNR; faster
-    on AVX2 CPUs, whose kernel then multiplies u8 × s8 with vpmaddubsw).
+    on AVX2 CPUs, whose kernel then multiplies u8 × s8 with vpmaddubsw). act_absmax: an
+    fp32 tensor of x's leading shape, the absmax each token is quantised against in place
+    of its own (a row-wise shard's slice quantised as the whole row is: bigperf/distributed).
 
 Layouts (bigperf/quant.py): qweight [N, K] int8, scale [N, G] fp32 (G = 1 per channel,
 else K / group_size), zero_point [N, G] int8 or None. W8A8 takes symmetric per-channel
@@ -25,6 +27,7 @@ from bigperf.ops.define import define_op
 from bigperf.ops.validation import check_finite_once, check_float_tensor, check_tensor
 from bigperf.quant import (
     GROUP_SIZES,
+    absmax_rows,
     activation_qmax,
     dequantize_weight,
     quantize_activation_per_token,
@@ -66,9 +69,15 @@ def validate_weight_only(x, qweight, scale, zero_point, bias, activation):
                              f"{tuple(scale.shape)} on {x.device}, got {tuple(zero_point.shape)} on {zero_point.device}")
 
 
-def validate_dynamic(x, qweight, scale, bias, activation, act_bits=8):
+def validate_dynamic(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
     _validate_common(DYNAMIC_OP, x, qweight, scale, bias, activation)
     activation_qmax(act_bits, DYNAMIC_OP, "act_bits")
+    if act_absmax is not None:
+        check_tensor(DYNAMIC_OP, "act_absmax", act_absmax, dtypes=(torch.float32,))
+        if act_absmax.shape != x.shape[:-1] or act_absmax.device != x.device:
+            raise ValueError(f"{DYNAMIC_OP}: argument 'act_absmax' must have x's leading shape "
+                             f"{tuple(x.shape[:-1])} on {x.device}, got {tuple(act_absmax.shape)} on "
+                             f"{act_absmax.device}")
     if scale.shape[1] != 1:
         raise ValueError(f"{DYNAMIC_OP}: argument 'scale' must be per channel, shape [{qweight.shape[0]}, 1]; "
                          f"got {tuple(scale.shape)} (per-group weights need int8_weight_linear)")
@@ -114,7 +123,7 @@ WEIGHT_ONLY_BACKENDS.register("reference", lambda *args: None, weight_only_refer
 # ----------------------------------------------------------------------------- dynamic (W8A8)
 
 def _dynamic_signature(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                       activation: str, act_bits: int = 8) -> torch.Tensor: ...
+                       activation: str, act_bits: int = 8, act_absmax: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 DYNAMIC = define_op(DYNAMIC_OP, _dynamic_signature, validate_dynamic, _out_shape_of)
@@ -122,16 +131,17 @@ DYNAMIC_BACKENDS = DYNAMIC.backends
 int8_dynamic_linear_op = DYNAMIC.custom_op
 
 
-def int8_dynamic_linear(x, qweight, scale, bias=None, activation="none", act_bits=8):
+def int8_dynamic_linear(x, qweight, scale, bias=None, activation="none", act_bits=8, act_absmax=None):
     """act((quant(x) @ qweight^T) * row_scale * col_scale + bias) on the best backend;
-    x quantised per token to act_bits (8: [-127, 127], 7: [-63, 63])."""
-    return DYNAMIC(x, qweight, scale, bias, activation, act_bits)
+    x quantised per token to act_bits (8: [-127, 127], 7: [-63, 63]), against act_absmax
+    (x's leading shape, fp32) when given, else each token's own absmax."""
+    return DYNAMIC(x, qweight, scale, bias, activation, act_bits, act_absmax)
 
 
-def dynamic_reference(x, qweight, scale, bias, activation, act_bits=8):
+def dynamic_reference(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
     """Exact integer products (fp64 holds int8·int8 sums exactly), then the rescale."""
     k = qweight.shape[1]
-    xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits)
+    xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits, absmax_rows(act_absmax))
     acc = xq.double() @ qweight.double().t()
     y = acc * x_scale.double()[:, None] * scale.double().reshape(1, -1)
     if bias is not None:

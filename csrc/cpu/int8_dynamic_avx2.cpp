@@ -59,14 +59,15 @@ void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, bool panels, i
     for (int64_t u = u0; u < u1; ++u) {
       if (!panels) {
         qx.scale[u] = quantize_x_row(a.x, a.x_row_stride, a.x_dtype, u, a.K, qx.kpad, row, qx.q + u * qx.kpad,
-                                     qx.qmax);
+                                     qx.qmax, a.x_absmax ? a.x_absmax + u : nullptr);
         continue;
       }
       int32_t* panel = reinterpret_cast<int32_t*>(qx.q) + u * units_per_row * kMR;
       for (int i = 0; i < kMR; ++i) {
         const int64_t m = u * kMR + i;
         if (m < a.M) {
-          qx.scale[m] = quantize_x_row(a.x, a.x_row_stride, a.x_dtype, m, a.K, qx.kpad, row, q16, qx.qmax);
+          qx.scale[m] = quantize_x_row(a.x, a.x_row_stride, a.x_dtype, m, a.K, qx.kpad, row, q16, qx.qmax,
+                                       a.x_absmax ? a.x_absmax + m : nullptr);
         } else {
           std::memset(q16, 0, qx.kpad * sizeof(int16_t));  // padding rows: zero products
         }

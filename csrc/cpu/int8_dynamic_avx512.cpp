@@ -34,7 +34,8 @@ void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t rows, 
     for (int64_t m = m0; m < m1; ++m) {
       if (m < a.M)
         qx.scale[m] = quantize_x_row_u8(a.x, a.x_row_stride, a.x_dtype, m, a.K, qx.kpad, tmp.as<float>(),
-                                        qx.q + m * qx.kpad, act_qmax(a.act_bits));
+                                        qx.q + m * qx.kpad, act_qmax(a.act_bits),
+                                        a.x_absmax ? a.x_absmax + m : nullptr);
       else
         std::memset(qx.q + m * qx.kpad, 0, qx.kpad);
     }

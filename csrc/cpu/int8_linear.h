@@ -5,7 +5,9 @@
 //   dynamic (W8A8):      x quantised per row here (torch.round semantics), int32
 //                        accumulation, out = act(acc * x_scale[m] * w_scale[n] + bias);
 //                        act_bits 8: codes in [-127, 127], 7: [-63, 63] (fbgemm's
-//                        reduce_range accuracy class, which AVX2 computes faster)
+//                        reduce_range accuracy class, which AVX2 computes faster);
+//                        x_absmax, when given, is the absmax each row is quantised
+//                        against (codes clamp to +-qmax if a row exceeds it)
 //
 // Layouts are those of bigperf/quant.py: qweight [N, K] int8 (unit stride along K),
 // scale [N, groups] fp32 contiguous, zero_point [N, groups] int8 contiguous or null.
@@ -48,6 +50,8 @@ struct Int8DynamicLinearArgs {
   Activation act;
   int num_threads;
   int act_bits = 8;           // 8 or 7 (checked by the binding): see act_qmax
+  const float* x_absmax = nullptr;  // [M] or nullptr: each row quantised against this absmax
+                                    // instead of its own (a row-wise shard's all-reduced one)
 };
 
 // The largest |code| of x: bigperf.quant.quantize_activation_per_token(x, bits).

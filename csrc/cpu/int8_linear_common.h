@@ -39,6 +39,12 @@ inline float float_from_bits(int32_t bits) {
   return v;
 }
 
+// The absmax a row is quantised against: the given one (int8_dynamic_linear's act_absmax),
+// unless the row's own is NaN or Inf, which must still make the row's scale NaN.
+inline float absmax_to_use(float own, const float* given) {
+  return given && own <= 3.40282347e38f ? *given : own;
+}
+
 // round(v / scale) clamped to [-qmax, qmax]: a true division (not a reciprocal multiply)
 // and round-half-to-even, as torch.round; NaN maps to 0 instead of undefined behaviour.
 inline int quantize_value(float v, float scale, int qmax = 127) {

@@ -141,9 +141,10 @@ inline int32_t hsum_epi32(__m256i v) {
 
 // Row m of x quantised per token (see quantize_value; codes in [-qmax, qmax]) into
 // int16 dst[0, kpad), zero past K; returns the row's scale. Vector division and
-// round-half-even, as torch.
+// round-half-even, as torch. given_absmax: the absmax to quantise against, or null for
+// the row's own.
 inline float quantize_x_row(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad,
-                            float* tmp, int16_t* dst, int qmax) {
+                            float* tmp, int16_t* dst, int qmax, const float* given_absmax) {
   load_x_row(x, row_stride, d, m, K, kpad, tmp);
   // Integer max of |x| bits: keeps NaN and Inf (see abs_bits).
   __m256i mx = _mm256_setzero_si256();
@@ -152,7 +153,7 @@ inline float quantize_x_row(const void* x, int64_t row_stride, DType d, int64_t 
   __m128i h = _mm_max_epi32(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
   h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
   h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
-  const float scale = activation_scale(float_from_bits(_mm_cvtsi128_si32(h)), qmax);
+  const float scale = activation_scale(absmax_to_use(float_from_bits(_mm_cvtsi128_si32(h)), given_absmax), qmax);
   const __m256 sv = _mm256_set1_ps(scale);
   const __m256 lo = _mm256_set1_ps(static_cast<float>(-qmax)), hi = _mm256_set1_ps(static_cast<float>(qmax));
   for (int64_t k = 0; k < kpad; k += 16) {

@@ -114,8 +114,9 @@ inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation 
 // Row m of x quantised per token (quantize_value's semantics: true division, round half
 // to even, clamp to +-qmax) and offset to unsigned (q + 128) for vpdpbusd, into
 // dst[0, kpad) with zeros past K (a zero u8 contributes nothing). Returns the scale.
+// given_absmax: the absmax to quantise against, or null for the row's own.
 inline float quantize_x_row_u8(const void* x, int64_t row_stride, DType d, int64_t m, int64_t K, int64_t kpad,
-                               float* tmp, uint8_t* dst, int qmax) {
+                               float* tmp, uint8_t* dst, int qmax, const float* given_absmax) {
   load_x_row(x, row_stride, d, m, K, kpad, tmp);
   // Integer max of |x| bits: keeps NaN and Inf (see abs_bits).
   __m512i mx = _mm512_setzero_si512();
@@ -125,7 +126,7 @@ inline float quantize_x_row_u8(const void* x, int64_t row_stride, DType d, int64
   __m128i h = _mm_max_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
   h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
   h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
-  const float scale = activation_scale(float_from_bits(_mm_cvtsi128_si32(h)), qmax);
+  const float scale = activation_scale(absmax_to_use(float_from_bits(_mm_cvtsi128_si32(h)), given_absmax), qmax);
   const __m512 sv = _mm512_set1_ps(scale);
   const __m512 lo = _mm512_set1_ps(static_cast<float>(-qmax)), hi = _mm512_set1_ps(static_cast<float>(qmax));
   for (int64_t k = 0; k < kpad; k += 16) {

@@ -84,9 +84,9 @@ def weight_only_op(isa, x, qw, bias=None, activation="none"):
         return ops.int8_weight_linear(x, qw.qweight, qw.scale, qw.zero_point, bias, activation)
 
 
-def dynamic_op(isa, x, qweight, scale, bias=None, activation="none", act_bits=8):
+def dynamic_op(isa, x, qweight, scale, bias=None, activation="none", act_bits=8, act_absmax=None):
     with bigperf.use_backend("cpu"), bigperf.use_cpu_isa(isa):
-        return ops.int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits)
+        return ops.int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits, act_absmax)
 
 
 WEIGHT_KERNELS = pytest.mark.parametrize("kernel", ["int8_weight_linear", "int8_weight_linear_panel"],
@@ -242,6 +242,40 @@ def test_dynamic_gemm_blocks(isa, act_bits):
     bias = _randn(n, seed=52)
     _check(dynamic_op(isa, x, qw.qweight, qw.scale, bias, "gelu", act_bits),
            ops.dynamic_reference(x, qw.qweight, qw.scale, bias, "gelu", act_bits), DYNAMIC_FP32_TOL)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", (1, 20), ids=("dot", "gemm"))
+@ACT_BITS
+def test_dynamic_given_absmax(isa, m, act_bits):
+    """act_absmax replaces each row's own absmax: two K slices quantised against the whole
+    row's absmax get the whole row's codes, so their outputs add up to the whole layer's
+    (a row-wise shard's sum); quantised against their own, they do not."""
+    n, k = 40, 192
+    qw = _quantized(n, k, None, True, seed=70)
+    x = _randn(m, k, seed=71)
+    whole = dynamic_op(isa, x, qw.qweight, qw.scale, act_bits=act_bits)
+    absmax = x.abs().amax(-1)
+    halves = (slice(0, 96), slice(96, 192))
+
+    def summed(given):
+        return sum(dynamic_op(isa, x[:, s], qw.qweight[:, s].contiguous(), qw.scale, act_bits=act_bits,
+                              act_absmax=given) for s in halves)
+
+    assert rel_error(summed(absmax), whole) < 1e-6
+    assert rel_error(summed(None), whole) > 1e-4  # negative control
+    # Against the reference with the same given absmax: larger than the row's own, and
+    # smaller for row 0, whose codes clamp to +-qmax.
+    given = absmax * 1.5
+    given[0] = absmax[0] / 2
+    ref = ops.dynamic_reference(x, qw.qweight, qw.scale, None, "none", act_bits, given)
+    got = dynamic_op(isa, x, qw.qweight, qw.scale, act_bits=act_bits, act_absmax=given)
+    _check(got, ref, DYNAMIC_FP32_TOL)
+    assert rel_error(got, whole) > 1e-4  # the given absmax reached the kernel
+    # A row holding NaN stays NaN whatever absmax it is given.
+    x[0, 5] = float("nan")
+    out = dynamic_op(isa, x, qw.qweight, qw.scale, act_bits=act_bits, act_absmax=given)
+    assert torch.isnan(out[0]).all() and (m == 1 or torch.isfinite(out[1:]).all())
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -358,8 +358,8 @@ def test_quantize_rows_is_bit_exact(dtype, act_bits):
     xv.copy_(x)
     q = torch.full((6, 160), 99, dtype=torch.int8)
     scale = torch.empty(6)
-    im._quantize_rows_kernel[(6,)](xv, q, scale, k, xv.stride(0), xv.stride(1), q.stride(0),
-                                   BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=qmax)
+    im._quantize_rows_kernel[(6,)](xv, q, scale, scale, k, xv.stride(0), xv.stride(1), q.stride(0),
+                                   BLOCK_K=_config.INT8_QUANT_BLOCK_K, QMAX=qmax, GIVEN_ABSMAX=False)
     q_ref, s_ref = quant.quantize_activation_per_token(x, act_bits)
     assert torch.equal(scale, s_ref)
     assert torch.equal(q[:, :k], q_ref), (q[:, :k] != q_ref).nonzero()[:5]
@@ -406,6 +406,23 @@ def test_dynamic_split_k_is_exact_and_deterministic(m, act_bits, monkeypatch, re
     assert len(launches) == 2
     assert torch.equal(y_split, y_regular), "int32 partials must add up to the one-pass sum exactly"
     assert rel_err(y_split, ops.dynamic_reference(x, qw.qweight, qw.scale, b, "silu", act_bits)) <= 1e-6
+
+
+@pytest.mark.parametrize("m", [1, 40])  # split-K, and the one-pass GEMM
+def test_dynamic_given_absmax(m):
+    """act_absmax replaces each row's own absmax (row 0's is below its own: its codes clamp);
+    a row holding NaN stays NaN."""
+    x, qw, b = make(m, 40, 600, torch.float32, seed=13)
+    given = 1.5 * x.abs().amax(-1)
+    given[0] = given[0] / 3
+    y = int8_dynamic_linear(x, qw.qweight, qw.scale, b, "none", 8, given)
+    assert rel_err(y, ops.dynamic_reference(x, qw.qweight, qw.scale, b, "none", 8, given)) <= 1e-6
+    assert rel_err(y, int8_dynamic_linear(x, qw.qweight, qw.scale, b, "none", 8)) > 1e-4
+    x[0, 3] = float("nan")
+    y = int8_dynamic_linear(x, qw.qweight, qw.scale, b, "none", 8, given)
+    assert torch.isnan(y[0]).all() and torch.isfinite(y[1:]).all()
+    with pytest.raises(ValueError, match="act_absmax"):
+        int8_dynamic_linear(x, qw.qweight, qw.scale, b, "none", 8, given[:-1] if m > 1 else given.double())
 
 
 def test_dynamic_act_bits_7_codes_and_range():

@@ -54,11 +54,14 @@ def _case_weight_only(x_dtype, group_size):
     return WEIGHT_ONLY_BACKENDS, (x, q.qweight, q.scale, q.zero_point, b, "silu"), ref, TOLERANCE[x_dtype]
 
 
-def _case_dynamic(x_dtype, act_bits):
+def _case_dynamic(x_dtype, act_bits, given_absmax=False):
     x = random_tensor(M, K, dtype=x_dtype, seed=8)
     q = quantize_weight(random_tensor(N, K, seed=9, scale=0.2))
     b = random_tensor(N, seed=10)
-    args = (x, q.qweight, q.scale, b, "relu", act_bits)
+    # Quantised against twice each token's own absmax: a path that ignored it would be off
+    # by a quantisation step, far outside the tolerance of the exact W8A8 math.
+    absmax = 2 * x.float().abs().amax(-1) if given_absmax else None
+    args = (x, q.qweight, q.scale, b, "relu", act_bits, absmax)
     ref = dynamic_reference(*args).double()  # the W8A8 math exactly (fp64 integer sums)
     return DYNAMIC_BACKENDS, args, ref, TOLERANCE[x_dtype]
 
@@ -106,6 +109,7 @@ CASES = {
     "int8 g32 asymmetric bf16": lambda: _case_weight_only(BF16, 32),
     "w8a8 fp32": lambda: _case_dynamic(F32, 8),
     "w8a8 7-bit bf16": lambda: _case_dynamic(BF16, 7),
+    "w8a8 given absmax fp32": lambda: _case_dynamic(F32, 8, given_absmax=True),
     "2:4 fp32": lambda: _case_24(F32, False),
     "2:4 bf16": lambda: _case_24(BF16, False),
     "2:4 int8 fp32": lambda: _case_24(F32, True),

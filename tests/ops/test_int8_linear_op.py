@@ -60,9 +60,22 @@ def test_opcheck_both_ops():
     torch.library.opcheck(torch.ops.bigperf.int8_dynamic_linear.default, (x12, q.qweight, q.scale, None, "gelu", 7))
 
 
-def test_schema_has_act_bits_with_default():
-    schema = torch.ops.bigperf.int8_dynamic_linear.default._schema
-    assert schema.arguments[-1].name == "act_bits" and schema.arguments[-1].default_value == 8
+def test_schema_has_act_bits_and_act_absmax_with_defaults():
+    arguments = torch.ops.bigperf.int8_dynamic_linear.default._schema.arguments
+    assert arguments[-2].name == "act_bits" and arguments[-2].default_value == 8
+    assert arguments[-1].name == "act_absmax" and arguments[-1].default_value is None
+
+
+def test_opcheck_and_compile_with_act_absmax():
+    q = packed()
+    x = random_tensor(2, 3, 128)
+    absmax = 2 * x.abs().amax(-1)
+    torch.library.opcheck(torch.ops.bigperf.int8_dynamic_linear.default, (x, q.qweight, q.scale, None, "none", 8,
+                                                                          absmax))
+    f = lambda x, a: int8_dynamic_linear(x, q.qweight, q.scale, None, "none", 8, a)  # noqa: E731
+    out = torch.compile(f, fullgraph=True, backend="eager")(x, absmax)
+    assert torch.equal(out, dynamic_reference(x, q.qweight, q.scale, None, "none", 8, absmax))
+    assert not torch.equal(out, int8_dynamic_linear(x, q.qweight, q.scale))
 
 
 def test_compile_fullgraph():
@@ -105,6 +118,10 @@ def test_negative_control_changed_code_changes_one_column():
     (lambda x, q: int8_weight_linear(x, q.qweight, q.scale, None, torch.ones(3)), ValueError, ["'bias'"]),
     (lambda x, q: int8_dynamic_linear(x, q.qweight, torch.ones(24, 4)), ValueError, ["'scale'", "per channel"]),
     (lambda x, q: int8_dynamic_linear(x, q.qweight, q.scale, None, "swish"), ValueError, ["'activation'"]),
+    (lambda x, q: int8_dynamic_linear(x, q.qweight, q.scale, None, "none", 8, torch.ones(3)), ValueError,
+     ["'act_absmax'", "leading shape"]),
+    (lambda x, q: int8_dynamic_linear(x, q.qweight, q.scale, None, "none", 8, torch.ones(2, dtype=torch.float64)),
+     TypeError, ["'act_absmax'", "float32"]),
     (lambda x, q: int8_dynamic_linear(x, q.qweight, q.scale, None, "none", 4), ValueError,
      ["bigperf.int8_dynamic_linear", "'act_bits'", "7 or 8"]),
     (lambda x, q: int8_dynamic_linear(x, q.qweight, q.scale, None, "none", True), ValueError, ["'act_bits'"]),

@@ -84,6 +84,20 @@ int main() {
       e = compare(p1, p2, M, N, d, 2); ++runs;
       if (d == DType::f32) worst_dyn = std::fmax(worst_dyn, e);
       if (e > (d == DType::f32 ? 1e-6 : tol[(int)d])) { ++fails; printf("FAIL dyn M=%ld N=%ld K=%ld dt=%d act=%d bits=%d err=%g\n", (long)M, (long)N, (long)K, (int)d, (int)act, bits, e); }
+      // A given absmax per row (int8_dynamic_linear's act_absmax): 1.5x the row's own, and
+      // half of it for row 0, whose codes then clamp.
+      std::vector<float> given(M);
+      for (int64_t m = 0; m < M; ++m) {
+        float own = 0.f;
+        for (int64_t k = 0; k < K; ++k) own = std::fmax(own, std::fabs(load_as_float(x.b.data(), m * x.stride + k, d)));
+        given[m] = (m == 0 ? 0.5f : 1.5f) * own;
+      }
+      b.x_absmax = given.data();
+      Buf p3 = make_out(M, N, d, 2), p4 = make_out(M, N, d, 2);
+      b.out = p3.b.data(); b.out_row_stride = p3.stride; int8_dynamic_linear_avx512(b);
+      b.out = p4.b.data(); b.out_row_stride = p4.stride; int8_dynamic_linear_scalar(b);
+      e = compare(p3, p4, M, N, d, 2); ++runs;
+      if (e > (d == DType::f32 ? 1e-6 : tol[(int)d])) { ++fails; printf("FAIL dyn given absmax M=%ld N=%ld K=%ld dt=%d bits=%d err=%g\n", (long)M, (long)N, (long)K, (int)d, bits, e); }
     }
   }
   // NaN and Inf in x: W8A8 rows that hold one are NaN through (scale NaN), on both paths;
