@@ -6,7 +6,12 @@ run before the sum.
 
 A row-wise W8A8 layer quantises each token against the whole token's absmax, not its
 slice's: a pre-hook all-reduces (MAX) the slices' absmax first and hands it to the layer
-(Int8Linear's act_absmax), so every rank's codes are those of the unsharded layer."""
+(Int8Linear's act_absmax), so every rank's codes are those of the unsharded layer.
+
+With `layouts` (a torch style's input_layouts / output_layouts / use_local_output; see
+layouts.py) the same hooks take the input through DTensor and give the output through
+DTensor's redistribute: the row-wise sum is then DTensor's (an all-reduce, or a
+reduce-scatter to a sequence-sharded output), still in fp32 with the activation after it."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bigperf.distributed.layouts import SHARD_OUTPUT, Layouts, leave, local_input
 from bigperf.ops.activations import apply_activation
 
 
@@ -28,19 +34,20 @@ class TensorParallel:
     in_features: int  # of the unsharded layer
     out_features: int
     activation: str = "none"  # row-wise: applied after the all-reduce
+    layouts: Layouts | None = None  # how activations arrive and leave, if not as plain local tensors
 
     def attach(self, module: nn.Module) -> None:
-        """Record this shard on `module` and, row-wise, hook the all-reduce onto it (any hooks
-        an earlier attach added are removed first). A row-wise layer that computes a fused
-        activation itself (swap fused one after the model was sharded) hands it over, to run
-        after the sum."""
+        """Record this shard on `module` and hook its input and output onto it (the row-wise
+        all-reduce, DTensor inputs, the plan's layouts; any hooks an earlier attach added
+        are removed first). A row-wise layer that computes a fused activation itself (swap
+        fused one after the model was sharded) hands it over, to run after the sum."""
         # Hook ids, not handles: a deep copy of the module copies its hook dicts with the same
         # ids, and its copied handles would still point at the original's dicts.
         pre_id, post_id = module.__dict__.pop("_tensor_parallel_hook_ids", (None, None))
         module._forward_pre_hooks.pop(pre_id, None)
         module._forward_pre_hooks_with_kwargs.pop(pre_id, None)
         module._forward_hooks.pop(post_id, None)
-        info, ids = self, (None, None)
+        info = self
         if self.style == "rowwise":
             fused = getattr(module, "activation", "none")
             if fused != "none":
@@ -50,27 +57,45 @@ class TensorParallel:
                                      f"after the all-reduce")
                 info = replace(self, activation=fused)
                 module.activation = "none"
-            ids = (module.register_forward_pre_hook(info.before_rowwise, with_kwargs=True).id,
-                   module.register_forward_hook(info.all_reduce).id)
+        ids = (module.register_forward_pre_hook(info.before, with_kwargs=True).id,
+               module.register_forward_hook(info.after).id)
         module.__dict__["tensor_parallel"] = info
         module.__dict__["_tensor_parallel_hook_ids"] = ids
 
     def __deepcopy__(self, memo) -> "TensorParallel":
         return self  # a copied module shares the process group (and this holds nothing else that changes)
 
-    def all_reduce(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-        total = output.to(torch.float32, copy=True)
-        dist.all_reduce(total, group=self.group)
-        return apply_activation(total, self.activation).to(output.dtype)
-
-    def before_rowwise(self, module: nn.Module, args, kwargs):
+    def before(self, module: nn.Module, args, kwargs):
+        """The input as the local tensor the shard computes on; row-wise, the checks and
+        W8A8's all-reduced absmax."""
+        x = args[0] if args else None
+        local = local_input(x, self.style, self.layouts)
+        changed = local is not x
+        if changed:
+            args = (local, *args[1:])
+        if self.style == "colwise":
+            return (args, kwargs) if changed else None
         # FusedLinear's residual would be added once per rank before the sum.
         if (len(args) > 1 and args[1] is not None) or kwargs.get("residual") is not None:
             raise ValueError(f"bigperf.distributed: a row-wise sharded {type(module).__name__} takes no 'residual' "
                              f"argument (each rank would add it); add it to the layer's output instead")
         if getattr(module, "weight_only", True) or not args:  # W8A8 only (Int8Linear, weight_only=False)
-            return None
+            return (args, kwargs) if changed else None
         x = args[0]
         absmax = x.detach().abs().amax(dim=-1).float() if x.shape[-1] else x.new_zeros(x.shape[:-1], dtype=torch.float32)
         dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=self.group)
         return args, {**kwargs, "act_absmax": absmax}
+
+    def after(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor | None:
+        """Column-wise: the output slice as it is, or to the plan's layouts. Row-wise: the
+        partial sums added over the mesh in fp32, then the activation."""
+        if self.style == "colwise":
+            if self.layouts is None:
+                return None
+            return leave(output, SHARD_OUTPUT["colwise"], (*output.shape[:-1], self.out_features), self.layouts)
+        total = output.to(torch.float32, copy=True)
+        if self.layouts is None:
+            dist.all_reduce(total, group=self.group)
+            return apply_activation(total, self.activation).to(output.dtype)
+        return leave(total, SHARD_OUTPUT["rowwise"], total.shape, self.layouts,
+                     after=lambda local: apply_activation(local, self.activation).to(output.dtype))

@@ -120,7 +120,7 @@ def _sharded_checkpoint(manifest: dict, tensor_file: Path, chosen: dict, rank: i
         for key in names:
             if owner(key) is None:
                 tensors[key] = f.get_tensor(key)
-        for name, (style, module) in chosen.items():
+        for name, (style, module, _) in chosen.items():
             prefix = owned[name]
             state = {key[len(prefix):]: f.get_tensor(key) for key in names if key.startswith(prefix)}
             extra_key = prefix + "_extra_state"
@@ -176,7 +176,7 @@ def load(model: nn.Module, path: str | os.PathLike, mesh, plan: dict) -> nn.Modu
     directory = Path(path)
     manifest, tensors = _sharded_checkpoint(read_manifest(directory), directory / TENSORS, chosen, rank, world,
                                             group, mesh_device(mesh))
-    held = [(module, dict(module.__dict__)) for _, module in chosen.values()]
+    held = [(module, dict(module.__dict__)) for _, module, _ in chosen.values()]
     try:
         parallelize(model, mesh, plan)  # the fresh model's linears become shards the checkpoint's fit
         check_manifest(manifest)

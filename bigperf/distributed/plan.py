@@ -4,27 +4,24 @@ planned whole before any module changes (like bigperf.swap)."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from typing import NamedTuple
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import ColwiseParallel as TorchColwise
 from torch.distributed.tensor.parallel import RowwiseParallel as TorchRowwise
 
 from bigperf.distributed.layers import SHARDABLE, layer_kind, shard_layer, transplant
+from bigperf.distributed.layouts import Layouts, style_layouts
 from bigperf.formats._shard import STYLES
 
 WHERE = "bigperf.distributed.parallelize"
 
-# torch's styles as bigperf takes them: their default layouts only (a colwise layer takes a
-# replicated input and gives its local shard of the outputs; a rowwise one takes that shard
-# and gives the full, all-reduced output), as local tensors.
-_DEFAULT_LAYOUTS = {"colwise": ((Replicate(),), (Shard(-1),)), "rowwise": ((Shard(-1),), (Replicate(),))}
-
 
 def style_name(style, where: str = WHERE, key: str | None = None) -> str:
     """"colwise" or "rowwise" for a plan value: that string, or torch's ColwiseParallel() /
-    RowwiseParallel() (and bigperf's subclasses) with their default layouts."""
+    RowwiseParallel() (and bigperf's subclasses), whose layouts layouts.style_layouts reads."""
     entry = f" for {key!r}" if key is not None else ""
     if isinstance(style, str):
         if style not in STYLES:
@@ -35,10 +32,6 @@ def style_name(style, where: str = WHERE, key: str | None = None) -> str:
     if name is None:
         raise TypeError(f"{where}: plan value{entry} must be one of {STYLES} or torch's ColwiseParallel() / "
                         f"RowwiseParallel(), got {type(style).__name__}")
-    inputs, outputs = _DEFAULT_LAYOUTS[name]
-    if tuple(style.input_layouts) != inputs or tuple(style.output_layouts) != outputs or not style.use_local_output:
-        raise ValueError(f"{where}: plan value{entry} {style!r} asks for layouts bigperf does not shard to; "
-                         f"{type(style).__name__}() with its default layouts is supported")
     return name
 
 
@@ -67,7 +60,13 @@ def check_layer(name: str, module: nn.Module, mesh: DeviceMesh, where: str = WHE
         raise ValueError(f"{where}: layer {name!r} is on {device}, the mesh on {mesh.device_type}")
 
 
-def _compile_plan(plan, where: str) -> list[tuple[re.Pattern, str, str]]:
+class Choice(NamedTuple):
+    style: str  # "colwise" or "rowwise"
+    module: nn.Module
+    layouts: Layouts | None  # the plan's layouts, if not torch's defaults (layouts.py)
+
+
+def _compile_plan(plan, where: str) -> list[tuple[re.Pattern, str, object]]:
     if not isinstance(plan, dict) or not plan:
         raise TypeError(f"{where}: argument 'plan' must be a non-empty {{fqn regex: 'colwise' | 'rowwise' | "
                         f"ColwiseParallel() | RowwiseParallel()}} dict, got {plan!r}")
@@ -77,24 +76,26 @@ def _compile_plan(plan, where: str) -> list[tuple[re.Pattern, str, str]]:
             pattern = re.compile(key)
         except (re.error, TypeError) as error:
             raise ValueError(f"{where}: argument 'plan' has a bad regex {key!r}: {error}") from None
-        compiled.append((pattern, key, style_name(style, where, key)))
+        style_name(style, where, key)
+        compiled.append((pattern, key, style))
     return compiled
 
 
-def match_plan(model: nn.Module, mesh: DeviceMesh, plan: dict, where: str = WHERE) -> dict[str, tuple[str, nn.Module]]:
-    """{module name: (style, module)} for every module a plan entry matches (the first entry
-    that fully matches its name), each checked by check_layer; an entry that matches nothing
+def match_plan(model: nn.Module, mesh: DeviceMesh, plan: dict, where: str = WHERE) -> dict[str, Choice]:
+    """{module name: Choice} for every module a plan entry matches (the first entry that
+    fully matches its name), each checked by check_layer; an entry that matches nothing
     is refused (a typo would leave a layer whole and the model computing nonsense)."""
     compiled = _compile_plan(plan, where)
     mesh_group(mesh, where)
-    chosen: dict[str, tuple[str, nn.Module]] = {}
+    chosen: dict[str, Choice] = {}
     used = set()
     for name, module in model.named_modules():
         for pattern, key, style in compiled:
             if pattern.fullmatch(name):
                 used.add(key)
                 check_layer(name, module, mesh, where)
-                chosen[name] = (style, module)
+                kind = style_name(style, where, key)
+                chosen[name] = Choice(kind, module, style_layouts(style, kind, mesh, where))
                 break
     unused = [key for _, key, _ in compiled if key not in used]
     if unused:
@@ -118,11 +119,12 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, plan: dict) -> nn.Module:
     chosen = match_plan(model, mesh, plan)
     rank, world, group = mesh_group(mesh)
     shards = []
-    for name, (style, module) in chosen.items():
+    for name, (style, module, layouts) in chosen.items():
         try:
-            shards.append((module, *shard_layer(module, style, rank, world, group)))
+            shard, tensor_parallel = shard_layer(module, style, rank, world, group)
         except ValueError as error:
             raise ValueError(f"{WHERE}: layer {name!r} ({style}): {error}") from None
+        shards.append((module, shard, replace(tensor_parallel, layouts=layouts)))
     for module, shard, tensor_parallel in shards:  # nothing below can fail: dict updates only
         transplant(module, shard, tensor_parallel)
     return model

@@ -4,12 +4,14 @@ entry point: parallelize_module(model, mesh, {"...q_proj": bigperf.distributed.C
 torch's styles shard nn.Linear / nn.Embedding only (their _apply raises NotImplementedError
 for other modules) and only parameters, with distribute_tensor's even split: packed buffers
 (int8 codes and scales, 2:4 values and metadata, BSR blocks) and the format's split rules are
-out of their reach. These subclasses keep the style's contract (shard the module in place,
-default layouts, local tensors out) and do it with the weight format's shard rules; like
-torch's, they shard one module at a time, while bigperf.distributed.parallelize checks the
-whole plan first."""
+out of their reach. These subclasses keep the style's contract (shard the module in place;
+input_layouts, output_layouts and use_local_output move activations through DTensor, see
+layouts.py) and do it with the weight format's shard rules; like torch's, they shard one
+module at a time, while bigperf.distributed.parallelize checks the whole plan first."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -17,6 +19,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel as TorchColwise
 from torch.distributed.tensor.parallel import RowwiseParallel as TorchRowwise
 
 from bigperf.distributed.layers import shard_layer, transplant
+from bigperf.distributed.layouts import style_layouts
 from bigperf.distributed.plan import check_layer, mesh_group, style_name
 
 
@@ -25,11 +28,12 @@ def _shard_in_place(style, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
     name = style_name(style, where)
     rank, world, group = mesh_group(mesh, where)
     check_layer(type(module).__name__, module, mesh, where)
+    layouts = style_layouts(style, name, mesh, where)
     try:
         shard, tensor_parallel = shard_layer(module, name, rank, world, group)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
-    transplant(module, shard, tensor_parallel)
+    transplant(module, shard, replace(tensor_parallel, layouts=layouts))
     return module
 
 

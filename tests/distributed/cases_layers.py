@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor.parallel import ColwiseParallel as TorchColwise
 from torch.distributed.tensor.parallel import RowwiseParallel as TorchRowwise
 from torch.distributed.tensor.parallel import parallelize_module
@@ -165,6 +166,60 @@ def case_torch_entry_point(rank: int, world: int) -> None:
             raise AssertionError("torch's ColwiseParallel now takes Int8Linear: revisit bigperf.distributed.styles")
 
 
+def case_layouts(rank: int, world: int) -> None:
+    """torch's layout options, through DTensor, against the unsharded swapped model: a
+    sequence-sharded input all-gathered into a column-wise shard, a row-wise sum
+    reduce-scattered to a sequence-sharded output (sequence parallelism's MLP), DTensor
+    outputs handed to the next layer; by torch's parallelize_module with bigperf's styles,
+    and by bigperf.distributed.parallelize with torch's style objects."""
+    mesh = init_device_mesh("cpu", (world,))
+    x = torch.randn(3, 2 * world, K, generator=torch.Generator().manual_seed(12))  # the sequence splits evenly
+    seq, cols = shard_slice(x.shape[1], rank, world), shard_slice(N, rank, world)
+    failures = []
+
+    def check(what, got, want):
+        if got.shape != want.shape or rel_error(got, want) > 1e-5:
+            failures.append(f"{what}: shape {tuple(got.shape)} vs {tuple(want.shape)}, "
+                            f"error {rel_error(got, want) if got.shape == want.shape else None}")
+
+    with bigperf.use_backend("cpu"), torch.no_grad():
+        for name in ("int8-dynamic", "fused-bf16", "block16", "int8-group32"):
+            config = CONFIGS[name]
+            expected = swapped_mlp(name, config)(x)
+            first = swapped_mlp(name, config)[0](x)  # layer 0 (SiLU fused) alone
+            # Sequence parallelism: Shard(1) in, all-gathered; reduce-scattered to Shard(1) out.
+            for entry, make in (("parallelize_module", lambda m, plan: parallelize_module(m, mesh, plan)),
+                                ("parallelize", lambda m, plan: tp.parallelize(m, mesh, plan))):
+                colwise, rowwise = (tp.ColwiseParallel, tp.RowwiseParallel) if entry == "parallelize_module" \
+                    else (TorchColwise, TorchRowwise)
+                model = make(swapped_mlp(name, config), {"0": colwise(input_layouts=Shard(1)),
+                                                         "2": rowwise(output_layouts=Shard(1))})
+                check(f"{name} {entry} sequence parallel", model(x[:, seq]), expected[:, seq])
+                # A column-wise DTensor output (Shard(-1)) handed on to a default row-wise layer.
+                model = make(swapped_mlp(name, config), {"0": colwise(use_local_output=False), "2": rowwise()})
+                middle = model[0](x)
+                if not isinstance(middle, DTensor) or tuple(middle.placements) != (Shard(middle.ndim - 1),):
+                    failures.append(f"{name} {entry}: column-wise output {type(middle).__name__} "
+                                    f"{getattr(middle, 'placements', None)}, not a Shard(-1) DTensor")
+                else:
+                    check(f"{name} {entry} column-wise DTensor out", middle.full_tensor(), first)
+                check(f"{name} {entry} DTensor into a row-wise layer", model(x), expected)
+                # A row-wise output as a replicated DTensor.
+                model = make(swapped_mlp(name, config), {"0": colwise(), "2": rowwise(use_local_output=False)})
+                out = model(x)
+                if not isinstance(out, DTensor) or tuple(out.placements) != (Replicate(),):
+                    failures.append(f"{name} {entry}: row-wise output {type(out).__name__}, not a Replicate DTensor")
+                else:
+                    check(f"{name} {entry} row-wise DTensor out", out.to_local(), expected)
+    assert not failures, "\n".join(failures)
+
+
+def swapped_mlp(name: str, config) -> nn.Module:
+    model = mlp_model(name)
+    bigperf.swap(model, config)
+    return model
+
+
 def _fingerprint(model: nn.Module) -> list:
     return [(name, type(m).__name__, {k: v.clone() for k, v in m.state_dict().items() if isinstance(v, torch.Tensor)},
              len(m._forward_hooks), "tensor_parallel" in m.__dict__) for name, m in model.named_modules()]
@@ -186,7 +241,8 @@ def case_bad_plans(rank: int, world: int) -> None:
     bad = [
         ({"0": "colwise", "3": "rowwise"}, ValueError, r"plan entries \['3'\] match no module"),
         ({"0": "sideways"}, ValueError, "plan value for '0' must be one of"),
-        ({"0": TorchColwise(use_local_output=False)}, ValueError, "asks for layouts bigperf does not shard to"),
+        ({"0": TorchColwise(input_layouts=(Replicate(), Replicate()))}, ValueError,
+         "input_layouts .* must be one placement for the 1-D mesh"),
         ({"0": 3}, TypeError, "plan value for '0' must be one of"),
         ({"(": "colwise"}, ValueError, "bad regex"),
         ({"1": "colwise"}, TypeError, r"matches '1' \(Identity\)"),
@@ -335,4 +391,4 @@ def case_save(rank: int, world: int) -> None:
 
 
 CASES = {"smoke": case_smoke, "save": case_save, "layers": case_layers, "layer_state": case_layer_state,
-         "torch_entry_point": case_torch_entry_point, "bad_plans": case_bad_plans}
+         "torch_entry_point": case_torch_entry_point, "bad_plans": case_bad_plans, "layouts": case_layouts}

@@ -10,7 +10,8 @@ from tests.distributed.spawn import check_case, run_ranks
 
 LAYERS = "tests.distributed.cases_layers"
 LLAMA = "tests.distributed.cases_llama"
-TWO_RANK_CASES = [f"{LAYERS}:{case}" for case in ("layers", "layer_state", "torch_entry_point", "bad_plans", "save")]
+TWO_RANK_CASES = [f"{LAYERS}:{case}" for case in ("layers", "layer_state", "torch_entry_point", "bad_plans", "save",
+                                                   "layouts")]
 if importlib.util.find_spec("transformers") is not None:  # else the Llama tests skip, with the reason
     TWO_RANK_CASES += [f"{LLAMA}:{case}" for case in ("llama", "llama_orders")]
 
@@ -20,7 +21,7 @@ def two_ranks():
     return run_ranks(2, TWO_RANK_CASES, timeout_s=240)
 
 
-@pytest.mark.parametrize("case", ["layers", "layer_state", "torch_entry_point", "bad_plans", "save"])
+@pytest.mark.parametrize("case", ["layers", "layer_state", "torch_entry_point", "bad_plans", "save", "layouts"])
 def test_two_ranks(two_ranks, case):
     check_case(two_ranks, f"{LAYERS}:{case}", 2)
 
@@ -31,5 +32,11 @@ def test_two_ranks_llama(two_ranks, case):
     check_case(two_ranks, f"{LLAMA}:{case}", 2)
 
 
-def test_four_ranks_smoke():
-    check_case(run_ranks(4, [f"{LAYERS}:smoke"], timeout_s=240), f"{LAYERS}:smoke", 4)
+@pytest.fixture(scope="module")
+def four_ranks():
+    return run_ranks(4, [f"{LAYERS}:smoke", f"{LAYERS}:layouts"], timeout_s=240)
+
+
+@pytest.mark.parametrize("case", ["smoke", "layouts"])
+def test_four_ranks(four_ranks, case):
+    check_case(four_ranks, f"{LAYERS}:{case}", 4)
