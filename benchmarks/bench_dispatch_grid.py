@@ -69,6 +69,8 @@ LAYERS = {kind.name: kind for kind in (
     LayerKind("fused-bf16", bigperf.FusedMixedPrecision(torch.bfloat16)),
     LayerKind("int8-weight-only", bigperf.Int8WeightOnly()),
     LayerKind("int8-dynamic", bigperf.Int8Dynamic(), fbgemm=True),
+    # fbgemm's own accuracy class (7-bit activations, its reduce_range): the like-for-like pair.
+    LayerKind("int8-dynamic-7bit", bigperf.Int8Dynamic(act_bits=7), fbgemm=True),
     LayerKind("2:4-bf16", bigperf.Sparse24(), prune={"pattern": "2:4"}),
     LayerKind("2:4-int8", bigperf.Sparse24Int8(), prune={"pattern": "2:4"}),
     LayerKind("block-50%", bigperf.BlockSparse(block=(16, 16), density=0.5),
