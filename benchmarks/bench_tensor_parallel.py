@@ -7,8 +7,9 @@ cache. Two ways to use the machine's cores, timed alternately in one run:
     tp:     T ranks x 1 thread each (gloo), bigperf.distributed.parallelize with the common
             plan (q/k/v/gate/up column-wise, o/down row-wise)
 
-Reports tokens/s of each (median and quartiles over rounds), their per-round ratio, and the
-weight bytes each process holds. Both sides run with measured dispatch off (BIGPERF_TUNE=0:
+Reports tokens/s of each (median and quartiles over rounds), their per-round ratio, the
+weight bytes each process holds, and one all-reduce of a decode row's time, through the
+shared segment the layers use (bigperf/distributed/shm.py) and through gloo. Both sides run with measured dispatch off (BIGPERF_TUNE=0:
 our kernel at M = 1, PyTorch's GEMM for the prompt) unless --tune: each process tunes on its
 own, and on this shared, loaded machine two processes tuning the same keys picked paths up
 to 2x apart (seen: 1 rank x 1 thread against 1 process x 1 thread, the same model, 2x apart
@@ -68,6 +69,24 @@ def decode(model, args) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, out[0, args.prompt:]
 
 
+def all_reduce_us(hidden: int, calls: int = 300) -> dict[str, float]:
+    """Median µs of one row-wise all-reduce of a decode row ([1, hidden] fp32): through the
+    shared segment (bigperf.distributed.shm, what the layers use on one host) and gloo's."""
+    from bigperf.distributed import shm
+
+    row = torch.randn(1, hidden)
+    times = {}
+    for name, reduce in (("shared memory", lambda: shm.all_reduce(row, dist.group.WORLD)),
+                         ("gloo", lambda: dist.all_reduce(row))):
+        samples = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            reduce()
+            samples.append(time.perf_counter() - start)
+        times[name] = quantiles(samples[calls // 10:])["median"] * 1e6
+    return times
+
+
 def rank_main(rank, world, port, args, commands, replies):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -77,7 +96,7 @@ def rank_main(rank, world, port, args, commands, replies):
     from torch.distributed.device_mesh import init_device_mesh
 
     model = bigperf.distributed.parallelize(build(args), init_device_mesh("cpu", (world,)), PLAN)
-    replies.put((rank, "ready", weight_bytes(model), None))
+    replies.put((rank, "ready", weight_bytes(model), all_reduce_us(args.hidden)))
     while commands[rank].get() == "run":
         seconds, tokens = decode(model, args)
         replies.put((rank, "done", seconds, tokens))
@@ -119,9 +138,9 @@ def main():
                 if dead:
                     raise SystemExit(f"ranks {dead} exited (exit codes {[ranks[r].exitcode for r in dead]})")
 
-    rank_bytes = {}
+    rank_bytes, reduce_us = {}, {}
     for _ in range(world):  # the ranks build and shard while this process waits
-        rank, _, nbytes, _ = reply()
+        rank, _, nbytes, reduce_us[rank] = reply()
         rank_bytes[rank] = nbytes
 
     torch.set_num_threads(world)
@@ -180,6 +199,9 @@ def main():
           + ", ".join(f"{rank_bytes[r] / 2**20:.1f} MiB" for r in sorted(rank_bytes))
           + f" ({max(rank_bytes.values()) / single_bytes:.2f} of the single process)")
     print(f"  same greedy tokens: {torch.equal(single_tokens, tp_tokens)}")
+    print("  one all-reduce of a [1, hidden] fp32 row, median per rank: "
+          + "; ".join(f"{name} " + ", ".join(f"{reduce_us[r][name]:.0f} µs" for r in sorted(reduce_us))
+                      for name in reduce_us[0]))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """What a sharded layer records about its shard (`layer.tensor_parallel`), and the row-wise
 all-reduce: each rank's layer computes a partial sum over its slice of the input features
 (the bias on rank 0 only), a forward hook sums the partials over the mesh's process group
-(in fp32, whatever the output dtype) and then applies the layer's activation, which cannot
-run before the sum.
+(in fp32, whatever the output dtype; through shared memory between ranks on one host,
+shm.py) and then applies the layer's activation, which cannot run before the sum.
 
 A row-wise W8A8 layer quantises each token against the whole token's absmax, not its
 slice's: a pre-hook all-reduces (MAX) the slices' absmax first and hands it to the layer
@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from bigperf.distributed import shm
 from bigperf.distributed.layouts import SHARD_OUTPUT, Layouts, leave, local_input
 from bigperf.ops.activations import apply_activation
 
@@ -83,7 +83,7 @@ class TensorParallel:
             return (args, kwargs) if changed else None
         x = args[0]
         absmax = x.detach().abs().amax(dim=-1).float() if x.shape[-1] else x.new_zeros(x.shape[:-1], dtype=torch.float32)
-        dist.all_reduce(absmax, op=dist.ReduceOp.MAX, group=self.group)
+        shm.all_reduce(absmax, self.group, "max")
         return args, {**kwargs, "act_absmax": absmax}
 
     def after(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor | None:
@@ -95,7 +95,7 @@ class TensorParallel:
             return leave(output, SHARD_OUTPUT["colwise"], (*output.shape[:-1], self.out_features), self.layouts)
         total = output.to(torch.float32, copy=True)
         if self.layouts is None:
-            dist.all_reduce(total, group=self.group)
+            shm.all_reduce(total, self.group)
             return apply_activation(total, self.activation).to(output.dtype)
         return leave(total, SHARD_OUTPUT["rowwise"], total.shape, self.layouts,
                      after=lambda local: apply_activation(local, self.activation).to(output.dtype))

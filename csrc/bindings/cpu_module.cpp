@@ -19,6 +19,7 @@ using namespace bigperf::cpu;
 void register_fused_linear(py::module_& m);
 void register_int8_linear(py::module_& m);
 void register_sparse_linear(py::module_& m);
+void register_shm(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "bigperf CPU kernels (raw-pointer interface; see bigperf/ops for the torch ops)";
@@ -57,4 +58,5 @@ PYBIND11_MODULE(_C, m) {
   register_fused_linear(m);
   register_int8_linear(m);
   register_sparse_linear(m);
+  register_shm(m);
 }

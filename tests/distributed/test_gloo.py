@@ -10,8 +10,9 @@ from tests.distributed.spawn import check_case, run_ranks
 
 LAYERS = "tests.distributed.cases_layers"
 LLAMA = "tests.distributed.cases_llama"
-TWO_RANK_CASES = [f"{LAYERS}:{case}" for case in ("layers", "layer_state", "torch_entry_point", "bad_plans", "save",
-                                                   "layouts")]
+SHM = "tests.distributed.cases_shm:shm"
+TWO_RANK_CASES = [SHM] + [f"{LAYERS}:{case}" for case in ("layers", "layer_state", "torch_entry_point", "bad_plans",
+                                                          "save", "layouts")]
 if importlib.util.find_spec("transformers") is not None:  # else the Llama tests skip, with the reason
     TWO_RANK_CASES += [f"{LLAMA}:{case}" for case in ("llama", "llama_orders")]
 
@@ -19,6 +20,10 @@ if importlib.util.find_spec("transformers") is not None:  # else the Llama tests
 @pytest.fixture(scope="module")
 def two_ranks():
     return run_ranks(2, TWO_RANK_CASES, timeout_s=240)
+
+
+def test_two_ranks_shared_memory_all_reduce(two_ranks):
+    check_case(two_ranks, SHM, 2)
 
 
 @pytest.mark.parametrize("case", ["layers", "layer_state", "torch_entry_point", "bad_plans", "save", "layouts"])
@@ -34,9 +39,9 @@ def test_two_ranks_llama(two_ranks, case):
 
 @pytest.fixture(scope="module")
 def four_ranks():
-    return run_ranks(4, [f"{LAYERS}:smoke", f"{LAYERS}:layouts"], timeout_s=240)
+    return run_ranks(4, [SHM, f"{LAYERS}:smoke", f"{LAYERS}:layouts"], timeout_s=240)
 
 
-@pytest.mark.parametrize("case", ["smoke", "layouts"])
+@pytest.mark.parametrize("case", [SHM, f"{LAYERS}:smoke", f"{LAYERS}:layouts"])
 def test_four_ranks(four_ranks, case):
-    check_case(four_ranks, f"{LAYERS}:{case}", 4)
+    check_case(four_ranks, case, 4)
