@@ -41,20 +41,40 @@ PLAN = {r"model\.layers\.\d+\.self_attn\.(q|k|v)_proj": "colwise",
         r"model\.layers\.\d+\.mlp\.down_proj": "rowwise"}
 
 
-def build(args):
-    import transformers
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Llama shape's options (also bench_tp_load_memory.py's)."""
+    parser.add_argument("--config", default="int8")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--intermediate", type=int, default=5632)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=4096)
 
-    import bigperf
+
+def llama(args):
+    """The Llama-shaped model of add_model_arguments' options, random weights, the same in every process."""
+    import transformers
 
     config = transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden,
                                       intermediate_size=args.intermediate, num_hidden_layers=args.layers,
                                       num_attention_heads=args.hidden // 128, num_key_value_heads=args.kv_heads,
                                       bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    torch.manual_seed(0)  # the same weights in every process
-    model = transformers.LlamaForCausalLM(config)
-    model.eval()
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def build(args):
+    import bigperf
+
+    model = llama(args)
     bigperf.swap(model, args.config)
     return model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def weight_bytes(model) -> int:
@@ -105,13 +125,8 @@ def rank_main(rank, world, port, args, commands, replies):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="int8")
+    add_model_arguments(parser)
     parser.add_argument("--threads", type=int, default=2, help="T: ranks, and threads of the single process")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--intermediate", type=int, default=5632)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--prompt", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
@@ -121,9 +136,7 @@ def main():
     if not args.tune:
         os.environ["BIGPERF_TUNE"] = "0"  # before bigperf is imported here and in the ranks
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     commands, replies = [ctx.Queue() for _ in range(world)], ctx.Queue()
     ranks = [ctx.Process(target=rank_main, args=(r, world, port, args, commands, replies)) for r in range(world)]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -32,20 +31,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_tensor_parallel import PLAN  # noqa: E402
+from bench_tensor_parallel import PLAN, add_model_arguments, free_port, llama  # noqa: E402
 
 MIB = 2**20
-
-
-def llama(args):
-    import transformers
-
-    config = transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden,
-                                      intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-                                      num_attention_heads=args.hidden // 128, num_key_value_heads=args.kv_heads,
-                                      bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def anonymous_bytes() -> int:
@@ -105,21 +93,10 @@ def rank_main(rank, world, port, args, how, path, out):
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="int8")
+    add_model_arguments(parser)
     parser.add_argument("--world", type=int, default=2)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--intermediate", type=int, default=5632)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--tokens", type=int, default=4)
     args = parser.parse_args()
     os.environ["BIGPERF_TUNE"] = "0"  # memory, not speed: no tuning in the ranks

@@ -4,6 +4,7 @@ swap; torch's parallelize_module with bigperf's styles; plans that must be refus
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -358,27 +359,22 @@ def case_save(rank: int, world: int) -> None:
             assert not any(t.is_meta for t in list(loaded_empty.parameters()) + list(loaded_empty.buffers()))
             assert torch.equal(loaded_empty(x), before), name
             if name == "int8-group32":  # refused after the model was sharded: put back as it was
-                other = mlp_model(name)
-                other[1] = nn.ReLU()  # the checkpoint fused a SiLU there
-                before_refusal = _fingerprint(other)
-                try:
-                    tp.load(other, path, mesh, plan)
-                except ValueError as error:
-                    assert "fused a silu there" in str(error), str(error)
-                else:
-                    raise AssertionError("a checkpoint fusing SiLU loaded into a ReLU model")
-                assert _same(_fingerprint(other), before_refusal)
-                with tp.meta_parameters():  # refused part way: its tensors are back on meta
-                    other = mlp_model(name)
-                other[1] = nn.ReLU()
-                try:
-                    tp.load(other, path, mesh, plan)
-                except ValueError as error:
-                    assert "fused a silu there" in str(error), str(error)
-                else:
-                    raise AssertionError("a checkpoint fusing SiLU loaded into a ReLU model")
-                assert type(other[0]) is nn.Linear and other[0].weight.shape == (N, K)
-                assert all(p.is_meta for p in other.parameters())
+                for on_meta in (False, True):
+                    with tp.meta_parameters() if on_meta else contextlib.nullcontext():
+                        other = mlp_model(name)
+                    other[1] = nn.ReLU()  # the checkpoint fused a SiLU there
+                    before_refusal = None if on_meta else _fingerprint(other)
+                    try:
+                        tp.load(other, path, mesh, plan)
+                    except ValueError as error:
+                        assert "fused a silu there" in str(error), str(error)
+                    else:
+                        raise AssertionError("a checkpoint fusing SiLU loaded into a ReLU model")
+                    if on_meta:  # its tensors are back on meta
+                        assert type(other[0]) is nn.Linear and other[0].weight.shape == (N, K)
+                        assert all(p.is_meta for p in other.parameters())
+                    else:
+                        assert _same(_fingerprint(other), before_refusal)
             dist.barrier()  # every rank has read the checkpoint
             if rank == 0:
                 shutil.rmtree(path)
