@@ -78,7 +78,11 @@ def free_port() -> int:
 
 
 def weight_bytes(model) -> int:
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    """Bytes of the tensors this process holds (a DTensor's local shard, not its global size)."""
+    from torch.distributed.tensor import DTensor
+
+    tensors = [t.to_local() if isinstance(t, DTensor) else t for t in list(model.parameters()) + list(model.buffers())]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def decode(model, args) -> tuple[float, torch.Tensor]:
@@ -115,7 +119,14 @@ def rank_main(rank, world, port, args, commands, replies):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from torch.distributed.device_mesh import init_device_mesh
 
-    model = bigperf.distributed.parallelize(build(args), init_device_mesh("cpu", (world,)), PLAN)
+    mesh = init_device_mesh("cpu", (world,))
+    model = bigperf.distributed.parallelize(build(args), mesh, PLAN)
+    if args.shard_vocab:  # the embedding by torch's own style, the lm_head by bigperf's, logits gathered
+        from torch.distributed.tensor import Replicate
+        from torch.distributed.tensor.parallel import RowwiseParallel, parallelize_module
+
+        parallelize_module(model, mesh, {"model.embed_tokens": RowwiseParallel(input_layouts=Replicate()),
+                                         "lm_head": bigperf.distributed.ColwiseParallel(output_layouts=Replicate())})
     replies.put((rank, "ready", weight_bytes(model), all_reduce_us(args.hidden)))
     while commands[rank].get() == "run":
         seconds, tokens = decode(model, args)
@@ -128,6 +139,8 @@ def main():
     add_model_arguments(parser)
     parser.add_argument("--threads", type=int, default=2, help="T: ranks, and threads of the single process")
     parser.add_argument("--prompt", type=int, default=8)
+    parser.add_argument("--shard-vocab", action="store_true",
+                        help="shard the embedding (torch's RowwiseParallel) and the lm_head (column-wise) too")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tune", action="store_true", help="keep measured dispatch on (see above)")

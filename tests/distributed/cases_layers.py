@@ -205,6 +205,16 @@ def case_layouts(rank: int, world: int) -> None:
                 else:
                     check(f"{name} {entry} column-wise DTensor out", middle.full_tensor(), first)
                 check(f"{name} {entry} DTensor into a row-wise layer", model(x), expected)
+                # A column-wise output gathered whole (the lm_head's logits), locally and as a DTensor.
+                for local in (True, False):
+                    model = make(swapped_mlp(name, config), {"0": colwise(output_layouts=Replicate(),
+                                                                          use_local_output=local)})
+                    whole = model[0](x)
+                    if isinstance(whole, DTensor) == local or (not local and whole.placements != (Replicate(),)):
+                        failures.append(f"{name} {entry}: gathered column-wise output {type(whole).__name__}")
+                    else:
+                        check(f"{name} {entry} gathered column-wise output", whole if local else whole.to_local(),
+                              first)
                 # A row-wise output as a replicated DTensor.
                 model = make(swapped_mlp(name, config), {"0": colwise(), "2": rowwise(use_local_output=False)})
                 out = model(x)
