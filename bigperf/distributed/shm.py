@@ -22,7 +22,9 @@ import torch.distributed as dist
 
 from bigperf import _ext
 
-CAPACITY = 4 << 20  # bytes of one rank's slot; a larger tensor is reduced in pieces of this size
+# Bytes of one rank's slot; a larger tensor is reduced in pieces of this size. A decode row
+# is 8-64 KB; the segment (2 x world slots) must fit /dev/shm, 64 MB in a default container.
+CAPACITY = 1 << 20
 TIMEOUT_S = 600.0  # how long a rank waits for the others before it raises (never a silent hang)
 OPS = {"sum": 0, "max": 1}
 _NONCE_BYTES = 16
@@ -39,25 +41,20 @@ class SharedSegment:
         nonce_at = c.SHM_HEADER_BYTES  # a slot's first bytes, overwritten before any is read
         where = [None, None]
         if self.rank == 0:
-            folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            fd, path = tempfile.mkstemp(prefix="bigperf-shm-", dir=folder)
-            nonce = secrets.token_bytes(_NONCE_BYTES)
-            os.ftruncate(fd, nbytes)
-            os.pwrite(fd, nonce, nonce_at)
-            os.close(fd)
-            where = [path, nonce]
+            where = _create(nbytes, nonce_at)
         dist.broadcast_object_list(where, src=dist.get_global_rank(group, 0), group=group)
         path, nonce = where
         self.segment = None
-        try:
-            segment = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
-            if bytes(segment[nonce_at:nonce_at + _NONCE_BYTES].tolist()) == nonce:
-                self.segment = segment
-        except (OSError, RuntimeError):
-            pass
+        if path is not None:
+            try:
+                segment = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
+                if bytes(segment[nonce_at:nonce_at + _NONCE_BYTES].tolist()) == nonce:
+                    self.segment = segment
+            except (OSError, RuntimeError):  # another host, or another /dev/shm
+                pass
         shared = [None] * self.world
         dist.all_gather_object(shared, self.segment is not None, group=group)
-        if self.rank == 0:
+        if self.rank == 0 and path is not None:
             os.unlink(path)  # the mappings stay; nothing is left behind in /dev/shm
         self.usable = all(shared)
         if not self.usable:
@@ -74,6 +71,26 @@ class SharedSegment:
             self.seq += 1
             c.shm_all_reduce(self.segment.data_ptr(), self.capacity, self.rank, self.world, piece.data_ptr(),
                              piece.numel(), OPS[op], self.seq, self.timeout_s)
+
+
+def _create(nbytes: int, nonce_at: int) -> list:
+    """[path, nonce] of a new segment file, its pages reserved (a full /dev/shm refuses here
+    instead of killing a rank with SIGBUS on a later write); [None, None] if it cannot be."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    try:
+        fd, path = tempfile.mkstemp(prefix="bigperf-shm-", dir=folder)
+    except OSError:
+        return [None, None]
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        os.pwrite(fd, nonce, nonce_at)
+        return [path, nonce]
+    except OSError:
+        os.unlink(path)
+        return [None, None]
+    finally:
+        os.close(fd)
 
 
 _SEGMENTS: dict = {}

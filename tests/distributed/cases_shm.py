@@ -50,6 +50,13 @@ def case_shm(rank: int, world: int) -> None:
         assert (t == world * (world - 1) // 2).all()
     finally:
         del os.environ["BIGPERF_SHM_ALL_REDUCE"]
+    # No segment to be had (a full or missing /dev/shm on rank 0): every rank agrees it is unusable.
+    create = shm._create
+    shm._create = lambda *args: [None, None]
+    try:
+        assert not shm.SharedSegment(group).usable
+    finally:
+        shm._create = create
     # A rank that never comes: the others raise after the timeout instead of hanging.
     lonely = shm.SharedSegment(group, capacity=64, timeout_s=0.5)
     if rank == 0:
