@@ -154,7 +154,27 @@ def _dynamic_cpu_why_not(x, qweight, scale, bias, activation, act_bits=8, act_ab
     return cpu_why_not(x, "int8_dynamic_linear")
 
 
-def _dynamic_cpu_run(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
+# From this many rows the AVX2 W8A8 kernel runs its GEMM (kGemmMinM in int8_dynamic_avx2.cpp);
+# its dot form in row blocks is the other candidate there (cpu:dot).
+AVX2_DYNAMIC_GEMM_MIN_ROWS = 8
+
+
+def _dynamic_cpu_dot_why_not(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
+    reason = _dynamic_cpu_why_not(x, qweight, scale, bias, activation, act_bits, act_absmax)
+    if reason is not None:
+        return reason
+    if _ext.cpu_isa() != "avx2":
+        return f"the dot form at any M is the AVX2 kernel's; this CPU runs the {_ext.cpu_isa()} path's one form"
+    rows = x.numel() // qweight.shape[1] if qweight.shape[1] else 0
+    if rows < AVX2_DYNAMIC_GEMM_MIN_ROWS:
+        return f"{rows} rows of x: below {AVX2_DYNAMIC_GEMM_MIN_ROWS} the cpu path runs the dot form already"
+    return None
+
+
+def _dynamic_cpu_run(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None,
+                     kernel="int8_dynamic_linear"):
+    """Our CPU kernel: its own choice of form (`int8_dynamic_linear`), or on AVX2 the dot
+    form in row blocks at any M (`int8_dynamic_linear_dot`); the dispatcher times both."""
     n, k = qweight.shape
     x2 = as_rows(x, k)
     m = x2.shape[0]
@@ -163,7 +183,7 @@ def _dynamic_cpu_run(x, qweight, scale, bias, activation, act_bits=8, act_absmax
     b = fp32_bias(bias)
     absmax = absmax_rows(act_absmax)
     out = torch.empty((m, n), dtype=x.dtype)
-    _ext.cpu_module().int8_dynamic_linear(
+    getattr(_ext.cpu_module(), kernel)(
         _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
         qw.data_ptr(), qw.stride(0), s.data_ptr(), b.data_ptr() if b is not None else 0,
         out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads(), act_bits,
@@ -229,6 +249,8 @@ def register_weight_only_paths(table) -> None:
 def register_dynamic_paths(table) -> None:
     """The paths of int8_dynamic_linear (besides the reference) on this format."""
     table.register("cpu", _dynamic_cpu_why_not, _dynamic_cpu_run)
+    table.register("cpu", _dynamic_cpu_dot_why_not,
+                   functools.partial(_dynamic_cpu_run, kernel="int8_dynamic_linear_dot"), variant="dot")
     table.register("triton", _dynamic_triton_why_not, _dynamic_triton_run)
     register_torch_paths(table, _dynamic_torch_run)
     register_float_copy_path(table, _dynamic_copy_run)

@@ -75,6 +75,7 @@ void int8_weight_linear(const std::string& isa, uintptr_t x, int64_t x_row_strid
   kernel(a);
 }
 
+template <bool Dot>
 void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t qw,
                          int64_t qw_row_stride, uintptr_t w_scale, uintptr_t bias, uintptr_t out,
                          int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads,
@@ -100,6 +101,7 @@ void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   a.act_bits = act_bits;
   require(x_absmax == 0 || x_absmax % alignof(float) == 0, fn, "argument 'x_absmax' must be 0 or fp32-aligned");
   a.x_absmax = reinterpret_cast<const float*>(x_absmax);
+  a.dot_form = Dot;
   py::gil_scoped_release release;
   kernel(a);
 }
@@ -116,11 +118,15 @@ void register_int8_linear(py::module_& m) {
           panel ? "int8_weight_linear in the panel form (outer-product tiles on weight panels dequantised to fp32), "
                   "for M where arithmetic bounds the GEMM"
                 : "W8A16: out = act(x @ ((qw - zero_point) * scale)^T + bias) on raw pointers; releases the GIL");
-  m.def("int8_dynamic_linear", &int8_dynamic_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
-        py::arg("x_dtype"), py::arg("qw"), py::arg("qw_row_stride"), py::arg("w_scale"), py::arg("bias"),
-        py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
-        py::arg("num_threads"), py::arg("act_bits") = 8, py::arg("x_absmax") = 0,
-        "W8A8: x quantised per row (act_bits 8: codes in [-127, 127], 7: [-63, 63]; against the [M] fp32 "
-        "absmax at x_absmax when not 0, else each row's own), int32 accumulation, rescaled, + bias, act; "
-        "releases the GIL");
+  for (const bool dot : {false, true})
+    m.def(dot ? "int8_dynamic_linear_dot" : "int8_dynamic_linear",
+          dot ? &int8_dynamic_linear<true> : &int8_dynamic_linear<false>, py::arg("isa"), py::arg("x"),
+          py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("qw"), py::arg("qw_row_stride"), py::arg("w_scale"),
+          py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"),
+          py::arg("act"), py::arg("num_threads"), py::arg("act_bits") = 8, py::arg("x_absmax") = 0,
+          dot ? "int8_dynamic_linear with AVX2's dot form at any M (row blocks, no weight packing); the other "
+                "ISA paths run their one form"
+              : "W8A8: x quantised per row (act_bits 8: codes in [-127, 127], 7: [-63, 63]; against the [M] fp32 "
+                "absmax at x_absmax when not 0, else each row's own), int32 accumulation, rescaled, + bias, act; "
+                "releases the GIL");
 }

@@ -167,6 +167,26 @@ void run_dot(const Int8DynamicLinearArgs& a, const QuantX& qx, int threads) {
   }
 }
 
+// The dot form at any M: rows in blocks of at most kGemmMinM - 1, each block one pass over
+// the raw weights. No packing: where the weights stream from memory and M is a few blocks,
+// this can beat the GEMM, which packs (widens) every weight column block per call. Which
+// wins is measured per shape by the dispatcher (cpu:dot against cpu).
+void run_dot_blocks(const Int8DynamicLinearArgs& a, const QuantX& qx, int threads) {
+  const int64_t es = element_size(a.x_dtype);
+  const int64_t blocks = (a.M + kGemmMinM - 2) / (kGemmMinM - 1);
+  for (int64_t b = 0, m0 = 0; b < blocks; ++b) {
+    const int64_t rows = (a.M - m0) / (blocks - b);  // balanced, each at most kGemmMinM - 1
+    Int8DynamicLinearArgs part = a;
+    part.M = rows;
+    part.out = static_cast<char*>(a.out) + m0 * a.out_row_stride * es;
+    QuantX q = qx;
+    q.q = qx.q + m0 * qx.kpad;
+    q.scale = qx.scale + m0;
+    run_dot(part, q, threads);
+    m0 += rows;
+  }
+}
+
 // ----------------------------------------------------------------------------- GEMM
 
 // The 8 weight rows (output columns n0 + 8 * half ..) one half of a 16-column panel packs,
@@ -400,7 +420,7 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& t
 void int8_dynamic_linear_avx2(const Int8DynamicLinearArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
   QuantX qx{};
-  const bool gemm = a.M >= kGemmMinM;
+  const bool gemm = a.M >= kGemmMinM && !a.dot_form;
   qx.qmax = act_qmax(a.act_bits);
   qx.quads = gemm && a.act_bits == 7;
   qx.kpad = round_up(a.K, qx.quads ? 32 : 16);
@@ -411,7 +431,7 @@ void int8_dynamic_linear_avx2(const Int8DynamicLinearArgs& a) {
   qx.scale = sbuf.as<float>();
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
   quantize_x(a, qx, gemm, gemm ? threads : 1);
-  if (!gemm) return run_dot(a, qx, threads);
+  if (!gemm) return a.M < kGemmMinM ? run_dot(a, qx, threads) : run_dot_blocks(a, qx, threads);
   const int64_t blocks = (a.N + kNC - 1) / kNC;
   if (qx.quads)
     parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<Quads>(a, qx, take, blocks); });

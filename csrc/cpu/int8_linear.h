@@ -52,6 +52,8 @@ struct Int8DynamicLinearArgs {
   int act_bits = 8;           // 8 or 7 (checked by the binding): see act_qmax
   const float* x_absmax = nullptr;  // [M] or nullptr: each row quantised against this absmax
                                     // instead of its own (a row-wise shard's all-reduced one)
+  bool dot_form = false;  // AVX2: the dot form at any M, in row blocks (the dispatcher's cpu:dot);
+                          // the other ISA paths have one form each and ignore it
 };
 
 // The largest |code| of x: bigperf.quant.quantize_activation_per_token(x, bits).

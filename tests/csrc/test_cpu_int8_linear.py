@@ -105,13 +105,14 @@ def weight_only_raw(isa, x, qw, bias=None, activation="none", out=None, threads=
     return out
 
 
-def dynamic_raw(isa, x, qweight, scale, bias=None, activation="none", out=None, threads=2, act_bits=8):
+def dynamic_raw(isa, x, qweight, scale, bias=None, activation="none", out=None, threads=2, act_bits=8,
+                kernel="int8_dynamic_linear"):
     m, k = x.shape
     n = qweight.shape[0]
     out = torch.full((m, n), float("nan"), dtype=x.dtype) if out is None else out
-    C.int8_dynamic_linear(isa, x.data_ptr(), x.stride(0), CODE[x.dtype], qweight.data_ptr(), qweight.stride(0),
-                          scale.data_ptr(), bias.data_ptr() if bias is not None else 0, out.data_ptr(),
-                          out.stride(0), m, n, k, ACTIVATIONS.index(activation), threads, act_bits)
+    getattr(C, kernel)(isa, x.data_ptr(), x.stride(0), CODE[x.dtype], qweight.data_ptr(), qweight.stride(0),
+                       scale.data_ptr(), bias.data_ptr() if bias is not None else 0, out.data_ptr(),
+                       out.stride(0), m, n, k, ACTIVATIONS.index(activation), threads, act_bits)
     return out
 
 
@@ -276,6 +277,29 @@ def test_dynamic_given_absmax(isa, m, act_bits):
     x[0, 5] = float("nan")
     out = dynamic_op(isa, x, qw.qweight, qw.scale, act_bits=act_bits, act_absmax=given)
     assert torch.isnan(out[0]).all() and (m == 1 or torch.isfinite(out[1:]).all())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@ACT_BITS
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+def test_dynamic_dot_form_at_any_m(isa, act_bits, dtype):
+    """int8_dynamic_linear_dot: AVX2's dot form in row blocks of at most 7 (the dispatcher's
+    cpu:dot), at M past the GEMM threshold, bitwise the GEMM's result where both are exact
+    (fp32 out), and writing exactly its outputs."""
+    n, k = 45, 230  # K not a multiple of 16: the dot form's tail block
+    qw = _quantized(n, k, None, True, seed=40)
+    bias = _randn(n, seed=41)
+    for m in (8, 13, 15, 33):
+        x = _strided_x(m, k, dtype, seed=42 + m)
+        canvas = torch.full((m, n + 3), float("nan"), dtype=dtype)
+        out = dynamic_raw(isa, x, qw.qweight, qw.scale, bias, "gelu", out=canvas[:, :n], act_bits=act_bits,
+                          kernel="int8_dynamic_linear_dot")
+        assert torch.isnan(canvas[:, n:]).all(), "kernel wrote past N"
+        ref = ops.dynamic_reference(x, qw.qweight, qw.scale, bias, "gelu", act_bits)
+        _check(out, ref, _tol(dtype, DYNAMIC_FP32_TOL))
+        both = dynamic_raw(isa, x, qw.qweight, qw.scale, bias, "gelu", act_bits=act_bits)
+        if dtype == torch.float32:
+            assert torch.equal(out, both), m
 
 
 @pytest.mark.parametrize("isa", ISAS)
