@@ -59,7 +59,7 @@ void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, bool panels, i
     for (int64_t u = u0; u < u1; ++u) {
       if (!panels) {
         qx.scale[u] = quantize_x_row(a.x, a.x_row_stride, a.x_dtype, u, a.K, qx.kpad, row, qx.q + u * qx.kpad,
-                                     qx.qmax, a.x_absmax ? a.x_absmax + u : nullptr);
+                                     qx.qmax, given_absmax(a, u));
         continue;
       }
       int32_t* panel = reinterpret_cast<int32_t*>(qx.q) + u * units_per_row * kMR;
@@ -67,7 +67,7 @@ void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, bool panels, i
         const int64_t m = u * kMR + i;
         if (m < a.M) {
           qx.scale[m] = quantize_x_row(a.x, a.x_row_stride, a.x_dtype, m, a.K, qx.kpad, row, q16, qx.qmax,
-                                       a.x_absmax ? a.x_absmax + m : nullptr);
+                                       given_absmax(a, m));
         } else {
           std::memset(q16, 0, qx.kpad * sizeof(int16_t));  // padding rows: zero products
         }
@@ -167,8 +167,8 @@ void run_dot(const Int8DynamicLinearArgs& a, const QuantX& qx, int threads) {
   }
 }
 
-// The dot form at any M: rows in blocks of at most kGemmMinM - 1, each block one pass over
-// the raw weights. No packing: where the weights stream from memory and M is a few blocks,
+// The dot form at any M: rows in blocks of at most kGemmMinM - 1 (one block below the GEMM's
+// threshold), each block one pass over the raw weights. No packing: where the weights stream from memory and M is a few blocks,
 // this can beat the GEMM, which packs (widens) every weight column block per call. Which
 // wins is measured per shape by the dispatcher (cpu:dot against cpu).
 void run_dot_blocks(const Int8DynamicLinearArgs& a, const QuantX& qx, int threads) {
@@ -431,7 +431,7 @@ void int8_dynamic_linear_avx2(const Int8DynamicLinearArgs& a) {
   qx.scale = sbuf.as<float>();
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
   quantize_x(a, qx, gemm, gemm ? threads : 1);
-  if (!gemm) return a.M < kGemmMinM ? run_dot(a, qx, threads) : run_dot_blocks(a, qx, threads);
+  if (!gemm) return run_dot_blocks(a, qx, threads);  // one block below kGemmMinM rows
   const int64_t blocks = (a.N + kNC - 1) / kNC;
   if (qx.quads)
     parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<Quads>(a, qx, take, blocks); });

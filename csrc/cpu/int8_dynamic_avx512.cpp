@@ -35,7 +35,7 @@ void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t rows, 
       if (m < a.M)
         qx.scale[m] = quantize_x_row_u8(a.x, a.x_row_stride, a.x_dtype, m, a.K, qx.kpad, tmp.as<float>(),
                                         qx.q + m * qx.kpad, act_qmax(a.act_bits),
-                                        a.x_absmax ? a.x_absmax + m : nullptr);
+                                        given_absmax(a, m));
       else
         std::memset(qx.q + m * qx.kpad, 0, qx.kpad);
     }

@@ -59,6 +59,11 @@ struct Int8DynamicLinearArgs {
 // The largest |code| of x: bigperf.quant.quantize_activation_per_token(x, bits).
 constexpr int act_qmax(int act_bits) { return act_bits == 7 ? 63 : 127; }
 
+// Row m's given absmax (x_absmax), or nullptr: the row is quantised against its own.
+inline const float* given_absmax(const Int8DynamicLinearArgs& a, int64_t m) {
+  return a.x_absmax ? a.x_absmax + m : nullptr;
+}
+
 // |sum of K int8 x int8 products| <= K * 128 * 128 must fit int32.
 constexpr int64_t kInt8DynamicMaxK = (int64_t{1} << 31) / (128 * 128) - 1;
 

@@ -62,7 +62,7 @@ void int8_dynamic_linear_scalar(const Int8DynamicLinearArgs& a) {
       row[k] = load_as_float(src, k, a.x_dtype);
       absmax = std::max(absmax, abs_bits(row[k]));
     }
-    xs[m] = activation_scale(absmax_to_use(float_from_bits(absmax), a.x_absmax ? a.x_absmax + m : nullptr), qmax);
+    xs[m] = activation_scale(absmax_to_use(float_from_bits(absmax), given_absmax(a, m)), qmax);
     for (int64_t k = 0; k < a.K; ++k) xq[m * a.K + k] = static_cast<int8_t>(quantize_value(row[k], xs[m], qmax));
   }
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
