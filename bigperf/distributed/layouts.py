@@ -76,18 +76,10 @@ def leave(local: torch.Tensor, placements: tuple, global_shape: torch.Size, layo
     sum, and the cast back to the output dtype) applied to the result's local tensor.
     Returns the local tensor, or the DTensor if the plan wants one."""
     shape = torch.Size(global_shape)
-    out = DTensor.from_local(local, layouts.mesh, placements, run_check=False, shape=shape,
-                             stride=_contiguous(shape))
+    stride = torch.empty(shape, device="meta").stride()  # contiguous strides, no memory
+    out = DTensor.from_local(local, layouts.mesh, placements, run_check=False, shape=shape, stride=stride)
     out = out.redistribute(placements=layouts.output_layouts)
     if after is not None:
         out = DTensor.from_local(after(out.to_local()), layouts.mesh, out.placements, run_check=False,
                                  shape=out.shape, stride=out.stride())
     return out.to_local() if layouts.use_local_output else out
-
-
-def _contiguous(shape: torch.Size) -> tuple[int, ...]:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return tuple(reversed(strides))

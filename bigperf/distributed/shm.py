@@ -100,18 +100,21 @@ def all_reduce(tensor: torch.Tensor, group, op: str = "sum") -> None:
     """torch.distributed.all_reduce of `tensor` in place over `group` (op "sum" or "max"),
     through the group's shared segment where it can (see the module doc)."""
     work = tensor.contiguous()  # (dist.all_reduce of a strided view reduces its storage's prefix)
-    if (work.device.type == "cpu" and work.dtype == torch.float32
-            and os.environ.get("BIGPERF_SHM_ALL_REDUCE", "1") != "0"):
-        segment = _SEGMENTS.get(group)
-        if segment is None:
-            segment = _SEGMENTS[group] = SharedSegment(group)
-        if segment.usable:
-            segment.all_reduce(work, op)
-        else:
-            segment = None
+    segment = _usable_segment(work, group)
+    if segment is not None:
+        segment.all_reduce(work, op)
     else:
-        segment = None
-    if segment is None:
         dist.all_reduce(work, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=group)
     if work is not tensor:
         tensor.copy_(work)
+
+
+def _usable_segment(tensor: torch.Tensor, group) -> SharedSegment | None:
+    """The group's segment (set up on first use) if it can reduce `tensor`, else None."""
+    if (tensor.device.type != "cpu" or tensor.dtype != torch.float32
+            or os.environ.get("BIGPERF_SHM_ALL_REDUCE", "1") == "0"):
+        return None
+    segment = _SEGMENTS.get(group)
+    if segment is None:
+        segment = _SEGMENTS[group] = SharedSegment(group)
+    return segment if segment.usable else None
