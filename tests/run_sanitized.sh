@@ -24,6 +24,7 @@ REPORTS=$OUT/reports
 DEFAULT_TESTS=(
   tests/csrc/test_cpu_fused_linear.py
   tests/csrc/test_cpu_int8_linear.py
+  tests/csrc/test_cpu_w8a8_panels.py
   tests/csrc/test_cpu_sparse_linear.py
   --deselect tests/csrc/test_cpu_sparse_linear.py::test_sparse24_dtypes_and_activations
   --deselect tests/csrc/test_cpu_sparse_linear.py::test_block_sparse_blocks_and_densities

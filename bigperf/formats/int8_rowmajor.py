@@ -230,9 +230,15 @@ def _weight_only_copy_run(x, qweight, scale, zero_point, bias, activation):
     return copy_linear(x, qweight, bias=bias, activation=activation)
 
 
+def dynamic_copy_linear(x, key: torch.Tensor, k: int, scale, bias, activation, act_bits=8, act_absmax=None):
+    """W8A8 on the float copy attached to `key` (the tensor the op received as its weight:
+    qweight here, a layout's weight elsewhere): x's codes times the weight's, then the scales."""
+    xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits, absmax_rows(act_absmax))
+    return copy_linear(x, key, bias=bias, activation=activation, x_rows=xq, row_scale=x_scale, col_scale=scale)
+
+
 def _dynamic_copy_run(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
-    xq, x_scale = quantize_activation_per_token(as_rows(x, qweight.shape[1]), act_bits, absmax_rows(act_absmax))
-    return copy_linear(x, qweight, bias=bias, activation=activation, x_rows=xq, row_scale=x_scale, col_scale=scale)
+    return dynamic_copy_linear(x, qweight, qweight.shape[1], scale, bias, activation, act_bits, act_absmax)
 
 
 def register_weight_only_paths(table) -> None:
@@ -282,7 +288,7 @@ def lower_weight_only(x, qweight, scale, zero_point, bias, activation):
 
 
 @onnx_lowering("bigperf.int8_dynamic_linear")
-def _int8_dynamic_linear(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
+def lower_dynamic(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
     n, k = qweight.shape
     qmax = float(activation_qmax(act_bits, "bigperf.int8_dynamic_linear", "act_bits"))
     rows = x.reshape(-1, k).float()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bigperf.formats import int8_rowmajor, w8a16_cuda
+from bigperf.formats import int8_rowmajor, w8a8_cpu, w8a16_cuda
+from bigperf.formats.w8a8_cpu import W8A8CpuLayout, pack_w8a8_cpu, unpack_w8a8_cpu
 from bigperf.formats.w8a16_cuda import W8A16Layout, pack_w8a16, unpack_w8a16
 from bigperf.nn._layouts import FloatCopy, keeping_dtype, replace_buffers
 from bigperf.ops.activations import activation_name
+from bigperf.ops.int8_dynamic_layout_linear import int8_dynamic_linear_w8a8_cpu
 from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
 from bigperf.ops.int8_linear import int8_dynamic_linear, int8_weight_linear
 from bigperf.quant import GROUP_SIZES, activation_qmax
@@ -21,12 +23,17 @@ PACKED_VERSION = int8_rowmajor.VERSION
 # How the layer holds its weight in memory (its state_dict is always PACKED_FORMAT):
 #   "rowmajor"   qweight / scale / zero_point as above;
 #   "w8a16-cuda" only the CUDA W8A16 kernel's layout (bigperf/formats/w8a16_cuda.py, versioned):
-#                buffers w8a16_weight / w8a16_scale / w8a16_zero, qweight etc. None.
+#                buffers w8a16_weight / w8a16_scale / w8a16_zero, qweight etc. None;
+#   "w8a8-cpu"   only the AVX2 W8A8 kernel's panels (bigperf/formats/w8a8_cpu.py, versioned):
+#                buffers w8a8_weight / w8a8_colsum / w8a8_scale, qweight etc. None.
 # A weight-only layer settles on "w8a16-cuda" whenever it moves to a GPU where that kernel
-# is built, and on "rowmajor" elsewhere, so the GPU never holds the weight twice.
-KERNEL_LAYOUTS = ("rowmajor", "w8a16-cuda")
-_ROWMAJOR_BUFFERS = int8_rowmajor.BUFFERS
-_W8A16_BUFFERS = w8a16_cuda.BUFFERS
+# is built, a W8A8 layer on "w8a8-cpu" on a CPU that runs the AVX2 kernels, and either on
+# "rowmajor" elsewhere, so no device holds the weight twice. int8_weight() gives the
+# row-major tensors whatever the layout.
+KERNEL_LAYOUTS = ("rowmajor", "w8a16-cuda", "w8a8-cpu")
+_BUFFERS = {"rowmajor": int8_rowmajor.BUFFERS, "w8a16-cuda": w8a16_cuda.BUFFERS, "w8a8-cpu": w8a8_cpu.BUFFERS}
+# The fp32 tensors of each layout that keep their dtype through .half() / .to(bfloat16).
+_SCALES = {"rowmajor": ("scale",), "w8a16-cuda": ("w8a16_scale", "w8a16_zero"), "w8a8-cpu": ("w8a8_scale",)}
 
 
 class Int8Linear(FloatCopy, nn.Module):
@@ -98,6 +105,8 @@ class Int8Linear(FloatCopy, nn.Module):
             raise ValueError("bigperf.nn.Int8Linear: argument 'act_absmax' applies to W8A8 (weight_only=False) only")
         if self.kernel_layout == "w8a16-cuda":
             return int8_weight_linear_w8a16(x, self._w8a16_layout(), self.bias, self.activation)
+        if self.kernel_layout == "w8a8-cpu":
+            return int8_dynamic_linear_w8a8_cpu(x, self._w8a8_layout(), self.bias, self.activation, act_absmax)
         if self.weight_only:
             return int8_weight_linear(x, self.qweight, self.scale, self.zero_point, self.bias, self.activation)
         return int8_dynamic_linear(x, self.qweight, self.scale, self.bias, self.activation, self.act_bits,
@@ -109,6 +118,20 @@ class Int8Linear(FloatCopy, nn.Module):
         return W8A16Layout(self.w8a16_weight, self.w8a16_scale, self.w8a16_zero, self.out_features,
                            self.in_features, self.group_size)
 
+    def _w8a8_layout(self) -> W8A8CpuLayout:
+        return W8A8CpuLayout(self.w8a8_weight, self.w8a8_colsum, self.w8a8_scale, self.out_features,
+                             self.in_features, self.act_bits)
+
+    def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(qweight [N, K] int8, scale [N, G] fp32, zero_point [N, G] int8 or None): the weight
+        in int8_rowmajor form whatever layout the layer holds (unpacked copies where it holds
+        a kernel layout; the layer's own buffers where it holds row-major)."""
+        if self.kernel_layout == "w8a16-cuda":
+            return unpack_w8a16(self._w8a16_layout())
+        if self.kernel_layout == "w8a8-cpu":
+            return unpack_w8a8_cpu(self._w8a8_layout())
+        return self.qweight, self.scale, self.zero_point
+
     def use_kernel_layout(self, layout: str) -> "Int8Linear":
         """Hold the weight as `layout` (KERNEL_LAYOUTS), converting exactly; returns self.
         Moves between devices choose the layout by themselves (see KERNEL_LAYOUTS)."""
@@ -117,36 +140,46 @@ class Int8Linear(FloatCopy, nn.Module):
             raise ValueError(f"{where}: argument 'layout' must be one of {KERNEL_LAYOUTS}, got {layout!r}")
         if layout == self.kernel_layout:
             return self
+        if layout == "w8a16-cuda" and not self.weight_only:
+            raise ValueError(f"{where}: layout 'w8a16-cuda' holds W8A16 weights; this layer is W8A8 "
+                             f"(weight_only=False)")
+        if layout == "w8a8-cpu" and self.weight_only:
+            raise ValueError(f"{where}: layout 'w8a8-cpu' holds W8A8 weights; this layer is W8A16 "
+                             f"(weight_only=True)")
+        qweight, scale, zero_point = self.int8_weight()
         if layout == "w8a16-cuda":
-            if not self.weight_only:
-                raise ValueError(f"{where}: layout 'w8a16-cuda' holds W8A16 weights; this layer is W8A8 "
-                                 f"(weight_only=False)")
-            packed = pack_w8a16(self.qweight, self.scale, self.zero_point)
-            replace_buffers(self, _ROWMAJOR_BUFFERS, dict(zip(_W8A16_BUFFERS, (packed.weight, packed.scale,
-                                                                                packed.zero))), persistent=False)
+            packed = pack_w8a16(qweight, scale, zero_point)
+            tensors = (packed.weight, packed.scale, packed.zero)
+        elif layout == "w8a8-cpu":
+            packed = pack_w8a8_cpu(qweight, scale, self.act_bits)
+            tensors = (packed.weight, packed.colsum, packed.scale)
         else:
-            unpacked = unpack_w8a16(self._w8a16_layout())
-            replace_buffers(self, _W8A16_BUFFERS, dict(zip(_ROWMAJOR_BUFFERS, unpacked)))
+            tensors = (qweight, scale, zero_point)
+        replace_buffers(self, _BUFFERS[self.kernel_layout], dict(zip(_BUFFERS[layout], tensors)),
+                        persistent=layout == "rowmajor")
         self.kernel_layout = layout
         self._refresh_float_copy()  # attached to the tensor the new layout's op receives
         return self
 
     def _float_copy_key(self) -> torch.Tensor:
-        return self.w8a16_weight if self.kernel_layout == "w8a16-cuda" else self.qweight
+        return getattr(self, _BUFFERS[self.kernel_layout][0])
 
     def _float_weight(self) -> torch.Tensor:
         if self.kernel_layout == "w8a16-cuda":
             return w8a16_cuda.float_weight(self._w8a16_layout())
+        if self.kernel_layout == "w8a8-cpu":
+            return w8a8_cpu.float_weight(self._w8a8_layout())
         return int8_rowmajor.float_weight(self.qweight, self.scale, self.zero_point, self.weight_only)
 
     def _preferred_layout(self) -> str:
-        device = (self.qweight if self.kernel_layout == "rowmajor" else self.w8a16_weight).device
-        if w8a16_cuda.why_not_hold(device, self.weight_only) is None:
-            return "w8a16-cuda"
+        device = self._float_copy_key().device
+        for layout, format_ in (("w8a16-cuda", w8a16_cuda), ("w8a8-cpu", w8a8_cpu)):
+            if format_.why_not_hold(device, self.weight_only) is None:
+                return layout
         return "rowmajor"
 
     def _apply(self, fn, recurse=True):
-        scales = (self.scale, self.w8a16_scale, self.w8a16_zero) if self.kernel_layout == "w8a16-cuda" else (self.scale,)
+        scales = [getattr(self, name) for name in _SCALES[self.kernel_layout]]
         with self._float_copy_rebuilt():
             super()._apply(keeping_dtype(fn, scales), recurse)
             self.use_kernel_layout(self._preferred_layout())
@@ -155,7 +188,7 @@ class Int8Linear(FloatCopy, nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.kernel_layout != "rowmajor":  # the saved form is always row-major
-            qweight, scale, zero_point = unpack_w8a16(self._w8a16_layout())
+            qweight, scale, zero_point = self.int8_weight()
             for name, t in (("qweight", qweight), ("scale", scale), ("zero_point", zero_point)):
                 if t is not None:
                     destination[prefix + name] = t
@@ -171,9 +204,15 @@ class Int8Linear(FloatCopy, nn.Module):
 
     def backend(self) -> str:
         """The backend a 1-row call on this layer's device would use (NoBackendError if none)."""
+        from bigperf.ops.int8_dynamic_layout_linear import LAYOUT_BACKENDS as W8A8_CPU_BACKENDS
         from bigperf.ops.int8_layout_linear import LAYOUT_BACKENDS
         from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, WEIGHT_ONLY_BACKENDS
 
+        if self.kernel_layout == "w8a8-cpu":
+            layout = self._w8a8_layout()
+            x = torch.empty(1, self.in_features)
+            return W8A8_CPU_BACKENDS.select(x.device, x, layout.weight, layout.colsum, layout.scale, layout.n,
+                                            layout.k, self.bias, self.activation, layout.act_bits, None).name
         if self.kernel_layout == "w8a16-cuda":
             layout = self._w8a16_layout()
             x = torch.empty(1, self.in_features, device=layout.weight.device, dtype=torch.bfloat16)

@@ -3,6 +3,7 @@
 from bigperf.ops import (  # (importing registers torch.ops.bigperf.*)
     block_sparse_lanes_linear,
     fused_linear,
+    int8_dynamic_layout_linear,
     int8_layout_linear,
     int8_linear,
     sparse24_lanes_linear,
@@ -16,4 +17,4 @@ from bigperf.ops.registry import (
 )
 
 __all__ = ["BACKEND_NAMES", "NoBackendError", "block_sparse_lanes_linear", "forced_backend", "fused_linear",
-           "int8_layout_linear", "int8_linear", "sparse24_lanes_linear", "sparse_linear", "use_backend"]
+           "int8_dynamic_layout_linear", "int8_layout_linear", "int8_linear", "sparse24_lanes_linear", "sparse_linear", "use_backend"]

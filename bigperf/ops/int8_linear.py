@@ -69,15 +69,20 @@ def validate_weight_only(x, qweight, scale, zero_point, bias, activation):
                              f"{tuple(scale.shape)} on {x.device}, got {tuple(zero_point.shape)} on {zero_point.device}")
 
 
+def check_act_absmax(op, x, act_absmax):
+    """act_absmax (W8A8): None, or fp32 of x's leading shape on x's device."""
+    if act_absmax is not None:
+        check_tensor(op, "act_absmax", act_absmax, dtypes=(torch.float32,))
+        if act_absmax.shape != x.shape[:-1] or act_absmax.device != x.device:
+            raise ValueError(f"{op}: argument 'act_absmax' must have x's leading shape "
+                             f"{tuple(x.shape[:-1])} on {x.device}, got {tuple(act_absmax.shape)} on "
+                             f"{act_absmax.device}")
+
+
 def validate_dynamic(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
     _validate_common(DYNAMIC_OP, x, qweight, scale, bias, activation)
     activation_qmax(act_bits, DYNAMIC_OP, "act_bits")
-    if act_absmax is not None:
-        check_tensor(DYNAMIC_OP, "act_absmax", act_absmax, dtypes=(torch.float32,))
-        if act_absmax.shape != x.shape[:-1] or act_absmax.device != x.device:
-            raise ValueError(f"{DYNAMIC_OP}: argument 'act_absmax' must have x's leading shape "
-                             f"{tuple(x.shape[:-1])} on {x.device}, got {tuple(act_absmax.shape)} on "
-                             f"{act_absmax.device}")
+    check_act_absmax(DYNAMIC_OP, x, act_absmax)
     if scale.shape[1] != 1:
         raise ValueError(f"{DYNAMIC_OP}: argument 'scale' must be per channel, shape [{qweight.shape[0]}, 1]; "
                          f"got {tuple(scale.shape)} (per-group weights need int8_weight_linear)")

@@ -21,6 +21,7 @@ namespace {
 constexpr const char* kWeightFn = "bigperf._C.int8_weight_linear";
 constexpr const char* kWeightPanelFn = "bigperf._C.int8_weight_linear_panel";
 constexpr const char* kDynamicFn = "bigperf._C.int8_dynamic_linear";
+constexpr const char* kPanelsFn = "bigperf._C.int8_dynamic_linear_panels";
 
 using WeightFn = void (*)(const Int8WeightLinearArgs&);
 using DynamicFn = void (*)(const Int8DynamicLinearArgs&);
@@ -106,6 +107,39 @@ void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   kernel(a);
 }
 
+// W8A8 on the w8a8-cpu layout (int8_linear.h): panels [ceil(N / 16) * Kp * 16] int8 and
+// colsum [ceil(N / 16) * 16] int32, Kp = K rounded up to 32; the AVX2 kernel at any M.
+void int8_dynamic_linear_panels(uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t panels, uintptr_t colsum,
+                                uintptr_t w_scale, uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M,
+                                int64_t N, int64_t K, int act, int num_threads, int act_bits, uintptr_t x_absmax) {
+  const char* fn = kPanelsFn;
+  check_sizes(fn, M, N, K, act, num_threads);
+  require(act_bits == 7 || act_bits == 8, fn,
+          "argument 'act_bits' must be 7 or 8 (bits of the per-token activation codes), got " +
+              std::to_string(act_bits));
+  require(K <= kInt8DynamicMaxK, fn,
+          "argument 'K' " + std::to_string(K) + " exceeds " + std::to_string(kInt8DynamicMaxK) +
+              ", past which int8 products may overflow the int32 accumulator");
+  require(isa_runnable("avx2"), fn, "the w8a8-cpu layout's kernel needs AVX2, which this build or CPU lacks");
+  Int8DynamicLinearArgs a{};
+  a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
+  if (M == 0 || N == 0) return;
+  require(K > 0, fn, "argument 'K' must be positive");
+  check_common(fn, x, x_row_stride, panels, K, w_scale, out, out_row_stride, M, N, K);
+  require(colsum != 0 && colsum % alignof(int32_t) == 0, fn, "argument 'colsum' must be an int32-aligned pointer");
+  require(x_absmax == 0 || x_absmax % alignof(float) == 0, fn, "argument 'x_absmax' must be 0 or fp32-aligned");
+  set_shared_args(a, x, x_row_stride, bias, out, out_row_stride, M, N, K, act, num_threads);
+  a.w_scale = reinterpret_cast<const float*>(w_scale);
+  a.act_bits = act_bits;
+  a.x_absmax = reinterpret_cast<const float*>(x_absmax);
+  a.panels = reinterpret_cast<const int8_t*>(panels);
+  a.colsum = reinterpret_cast<const int32_t*>(colsum);
+  py::gil_scoped_release release;
+#if defined(BIGPERF_X86)
+  int8_dynamic_linear_panels_avx2(a);
+#endif
+}
+
 }  // namespace
 
 void register_int8_linear(py::module_& m) {
@@ -129,4 +163,9 @@ void register_int8_linear(py::module_& m) {
               : "W8A8: x quantised per row (act_bits 8: codes in [-127, 127], 7: [-63, 63]; against the [M] fp32 "
                 "absmax at x_absmax when not 0, else each row's own), int32 accumulation, rescaled, + bias, act; "
                 "releases the GIL");
+  m.def("int8_dynamic_linear_panels", &int8_dynamic_linear_panels, py::arg("x"), py::arg("x_row_stride"),
+        py::arg("x_dtype"), py::arg("panels"), py::arg("colsum"), py::arg("w_scale"), py::arg("bias"), py::arg("out"),
+        py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
+        py::arg("act_bits"), py::arg("x_absmax") = 0,
+        "int8_dynamic_linear on the weight held in the w8a8-cpu layout (AVX2, any M); releases the GIL");
 }

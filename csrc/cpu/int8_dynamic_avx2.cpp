@@ -31,6 +31,7 @@ namespace {
 constexpr int64_t kGemmMinM = 8;  // from this many rows of x the GEMM beats the dot form
 constexpr int kMR = 6;            // GEMM tile: 6 rows x 16 columns = 12 accumulators
 constexpr int64_t kNR = 16;
+static_assert(kNR == kW8A8PanelN, "the held w8a8-cpu panels are one GEMM tile wide");
 constexpr int64_t kCols = 64;     // dot form: output columns per epilogue group
 
 // ----------------------------------------------------------------------------- x
@@ -44,6 +45,8 @@ struct QuantX {
   float* scale;      // [M]
   int qmax;          // act_qmax(act_bits)
   bool quads;        // GEMM panels of u8 quads
+  int64_t mr = kMR;  // GEMM: rows of x per panel (slots past them are zero), M spread evenly
+                     // over ceil(M / kMR) panels: 7 rows run as 4 + 3, not 6 + 1
 };
 
 // Quantises every row of x; with panels, scatters each row's int16 pairs (or u8 quads)
@@ -64,7 +67,7 @@ void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, bool panels, i
       }
       int32_t* panel = reinterpret_cast<int32_t*>(qx.q) + u * units_per_row * kMR;
       for (int i = 0; i < kMR; ++i) {
-        const int64_t m = u * kMR + i;
+        const int64_t m = i < qx.mr ? u * qx.mr + i : a.M;  // a.M: a padding slot
         if (m < a.M) {
           qx.scale[m] = quantize_x_row(a.x, a.x_row_stride, a.x_dtype, m, a.K, qx.kpad, row, q16, qx.qmax,
                                        given_absmax(a, m));
@@ -235,21 +238,58 @@ struct Pairs {
     }
   }
 
-  // io[m][h] += sum over kp2 pairs of x pair (m, kp) * weight pairs (kp, 8h .. 8h + 7).
-  static void kernel(const int32_t* ap, const int32_t* bp, int64_t kp2, __m256i (&io)[kMR][2]) {
+  // Bytes of one unit of one column in B (an int16 pair in an int32).
+  static constexpr int64_t kUnitBytes = 4;
+
+  // io[m][h] += sum over kp2 pairs of x pair (m, kp) * weight pairs (kp, 8h .. 8h + 7), for
+  // the first MR rows of the x panel.
+  template <int MR>
+  static void kernel(const int32_t* ap, const void* b, int64_t kp2, __m256i (&io)[kMR][2]) {
+    const int32_t* bp = static_cast<const int32_t*>(b);
     // Local accumulators: through the reference GCC stores them back every iteration.
-    __m256i c[kMR][2];
-    for (int m = 0; m < kMR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
+    __m256i c[MR][2];
+    for (int m = 0; m < MR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
     for (int64_t kp = 0; kp < kp2; ++kp) {
       const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + kp * kNR));
       const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + kp * kNR + 8));
-      for (int m = 0; m < kMR; ++m) {
+      for (int m = 0; m < MR; ++m) {
         const __m256i av = _mm256_set1_epi32(ap[kp * kMR + m]);
         c[m][0] = _mm256_add_epi32(c[m][0], _mm256_madd_epi16(av, b0));
         c[m][1] = _mm256_add_epi32(c[m][1], _mm256_madd_epi16(av, b1));
       }
     }
-    for (int m = 0; m < kMR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
+    for (int m = 0; m < MR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
+  }
+};
+
+// The held kernels read the weights once per call where M is small: a software prefetch this
+// many bytes ahead in the panel keeps the stream from memory going.
+// 2048 against 512-4096 measured no clear difference beyond the machine's noise (M = 1,
+// K = 4096, N = 14336, Zen 3).
+constexpr int64_t kHeldPrefetch = 2048;
+
+// act_bits = 8 on the held w8a8-cpu layout: int8 pairs [kp][16 columns][2], widened to the
+// int16 pairs of Pairs in registers (two vpmovsxbw per pair of k), so no per-call packing.
+struct HeldPairs {
+  static constexpr int64_t kPer = 2;
+  static constexpr int64_t kUnitBytes = 2;
+
+  template <int MR>
+  static void kernel(const int32_t* ap, const void* b, int64_t kp2, __m256i (&io)[kMR][2]) {
+    const int8_t* bp = static_cast<const int8_t*>(b);
+    __m256i c[MR][2];
+    for (int m = 0; m < MR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
+    for (int64_t kp = 0; kp < kp2; ++kp) {
+      if ((kp & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(bp + kp * 32 + kHeldPrefetch), _MM_HINT_T0);
+      const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + kp * 32)));
+      const __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bp + kp * 32 + 16)));
+      for (int m = 0; m < MR; ++m) {
+        const __m256i av = _mm256_set1_epi32(ap[kp * kMR + m]);
+        c[m][0] = _mm256_add_epi32(c[m][0], _mm256_madd_epi16(av, b0));
+        c[m][1] = _mm256_add_epi32(c[m][1], _mm256_madd_epi16(av, b1));
+      }
+    }
+    for (int m = 0; m < MR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
   }
 };
 
@@ -298,32 +338,60 @@ struct Quads {
     }
   }
 
+  static constexpr int64_t kUnitBytes = 4;
+
   // io[m][h] += sum over kq quads of x quad (m, q) . weight quads (q, 8h .. 8h + 7), the
-  // x quads offset by 64 (taken back in store_tile).
-  static void kernel(const int32_t* ap, const int32_t* bp, int64_t kq, __m256i (&io)[kMR][2]) {
+  // x quads offset by 64 (taken back in store_tile), for the first MR rows of the x panel.
+  // The same int8 quads whether packed per call or held (w8a8-cpu layout, act_bits 7).
+  template <int MR, bool Held = false>
+  static void kernel(const int32_t* ap, const void* b, int64_t kq, __m256i (&io)[kMR][2]) {
+    const int32_t* bp = static_cast<const int32_t*>(b);
     // 12 accumulators, ones, the broadcast and two products: 16 ymm (see maddubs_mem).
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256i c[kMR][2];
-    for (int m = 0; m < kMR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
+    __m256i c[MR][2];
+    for (int m = 0; m < MR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
     for (int64_t q = 0; q < kq; ++q) {
-      const int32_t* b = bp + q * kNR;
-      for (int m = 0; m < kMR; ++m) {
+      const int32_t* bq = bp + q * kNR;
+      if (Held) _mm_prefetch(reinterpret_cast<const char*>(bq) + kHeldPrefetch, _MM_HINT_T0);
+      for (int m = 0; m < MR; ++m) {
         const __m256i av = _mm256_set1_epi32(ap[q * kMR + m]);
-        c[m][0] = _mm256_add_epi32(c[m][0], _mm256_madd_epi16(maddubs_mem(av, b), ones));
-        c[m][1] = _mm256_add_epi32(c[m][1], _mm256_madd_epi16(maddubs_mem(av, b + 8), ones));
+        c[m][0] = _mm256_add_epi32(c[m][0], _mm256_madd_epi16(maddubs_mem(av, bq), ones));
+        c[m][1] = _mm256_add_epi32(c[m][1], _mm256_madd_epi16(maddubs_mem(av, bq + 8), ones));
       }
     }
-    for (int m = 0; m < kMR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
+    for (int m = 0; m < MR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
   }
 };
+
+// act_bits = 7 on the held w8a8-cpu layout: the same quads, prefetched ahead as they stream.
+struct HeldQuads : Quads {
+  template <int MR>
+  static void kernel(const int32_t* ap, const void* b, int64_t kq, __m256i (&io)[kMR][2]) {
+    Quads::kernel<MR, true>(ap, b, kq, io);
+  }
+};
+
+// Form's tile kernel for the first `rows` (1 .. kMR) rows of an x panel: the last panel of
+// M rows runs only the rows it has (16 rows: 6 + 6 + 4, not 18).
+template <class Form>
+inline void tile_kernel(int64_t rows, const int32_t* ap, const void* bp, int64_t units, __m256i (&c)[kMR][2]) {
+  switch (rows) {
+    case 1: return Form::template kernel<1>(ap, bp, units, c);
+    case 2: return Form::template kernel<2>(ap, bp, units, c);
+    case 3: return Form::template kernel<3>(ap, bp, units, c);
+    case 4: return Form::template kernel<4>(ap, bp, units, c);
+    case 5: return Form::template kernel<5>(ap, bp, units, c);
+    default: return Form::template kernel<kMR>(ap, bp, units, c);
+  }
+}
 
 // Rescale (float64, the reference's order), activation and store of one tile.
 // wsd/bd: this panel's weight scales and biases as doubles, zero past the last column;
 // colsum: its weight column sums when x was offset by kU8Offset (else null).
 void store_tile(const Int8DynamicLinearArgs& a, const QuantX& qx, const __m256i (&c)[kMR][2], int64_t m0,
-                int64_t n0, int64_t ncnt, const double* wsd, const double* bd, const int32_t* colsum) {
+                int64_t rows, int64_t n0, int64_t ncnt, const double* wsd, const double* bd, const int32_t* colsum) {
   const int64_t es = element_size(a.x_dtype);
-  for (int i = 0; i < kMR && m0 + i < a.M; ++i) {
+  for (int i = 0; i < rows; ++i) {
     const __m256d xs = _mm256_set1_pd(static_cast<double>(qx.scale[m0 + i]));
     char* o = static_cast<char*>(a.out) + ((m0 + i) * a.out_row_stride + n0) * es;
     for (int h = 0; h < 2 && 8 * h < ncnt; ++h) {
@@ -362,25 +430,39 @@ constexpr int64_t kMC = 32 * kMR;
 constexpr int64_t kKC = 256;  // units: 512 (pairs) or 1024 (quads) values of K
 
 // One worker of parallel_dynamic: its buffers, then column blocks of kNC while any are left.
-// Form: Pairs (act_bits 8) or Quads (act_bits 7).
-template <class Form, class Take>
+// Form: Pairs (act_bits 8) or Quads (act_bits 7), the weights packed per call; or, with
+// Held, HeldPairs or Quads read straight from the layer's w8a8-cpu panels (a.panels).
+template <class Form, bool Held, class Take>
 void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& take, int64_t blocks) {
   const int64_t kp2 = qx.kpad / Form::kPer;  // units of one row
+  const int64_t panel_bytes = kp2 * kNR * Form::kUnitBytes;
   const bool offset = Form::kPer == 4;
-  AlignedBuffer bbuf(static_cast<size_t>(kNC * kp2) * sizeof(int32_t));
+  AlignedBuffer bbuf(Held ? 0 : static_cast<size_t>(kNC / kNR * panel_bytes));
   AlignedBuffer cbuf(static_cast<size_t>(kMC * kNC) * sizeof(int32_t));
-  int32_t* bp = bbuf.as<int32_t>();
   int32_t* cp = cbuf.as<int32_t>();
   const int64_t mpanels = (a.M + kMR - 1) / kMR;
+  // K slices keep a row panel of x in L1 across the column block; with one row panel (M <= 6)
+  // there is nothing to keep, and whole panels stream the weights in order.
+  const int64_t kc = mpanels == 1 ? kp2 : kKC;
   const int32_t* ap = reinterpret_cast<const int32_t*>(qx.q);
   alignas(32) double wsd[kNC], bd[kNC];
-  alignas(32) int32_t colsum[kNC];
+  alignas(32) int32_t packed_colsum[kNC];
   for (int64_t blk; (blk = take()) < blocks;) {
     const int64_t nb = blk * kNC;
     const int64_t nb_end = imin(a.N, nb + kNC);
     const int64_t panels = (nb_end - nb + kNR - 1) / kNR;
-    for (int64_t j = 0; j < panels; ++j)
-      Form::pack(a, qx.kpad, nb + j * kNR, nb_end, bp + j * kp2 * kNR, colsum + j * kNR);
+    const char* bp;  // the block's first panel; panel j at bp + j * panel_bytes
+    const int32_t* colsum;
+    if constexpr (Held) {
+      bp = reinterpret_cast<const char*>(a.panels) + (nb / kNR) * panel_bytes;
+      colsum = a.colsum + nb;
+    } else {
+      for (int64_t j = 0; j < panels; ++j)
+        Form::pack(a, qx.kpad, nb + j * kNR, nb_end, bbuf.as<int32_t>() + j * panel_bytes / 4,
+                   packed_colsum + j * kNR);
+      bp = bbuf.as<char>();
+      colsum = packed_colsum;
+    }
     for (int64_t l = 0; l < kNC; ++l) {
       const bool valid = nb + l < nb_end;
       wsd[l] = valid ? static_cast<double>(a.w_scale[nb + l]) : 0.0;
@@ -388,55 +470,86 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& t
     }
     for (int64_t mp0 = 0; mp0 < mpanels; mp0 += kMC / kMR) {
       const int64_t mp1 = imin(mpanels, mp0 + kMC / kMR);
-      for (int64_t k0 = 0; k0 < kp2; k0 += kKC) {
-        const int64_t k1 = imin(kp2, k0 + kKC);
-        for (int64_t mp = mp0; mp < mp1; ++mp) {
-          for (int64_t j = 0; j < panels; ++j) {
-            __m256i c[kMR][2];
-            int32_t* saved = cp + ((mp - mp0) * kMR * kNC + j * kNR);
+      for (int64_t k0 = 0; k0 < kp2; k0 += kc) {
+        const int64_t k1 = imin(kp2, k0 + kc);
+        auto tile = [&](int64_t mp, int64_t j) {
+          const int64_t rows = imin(qx.mr, a.M - mp * qx.mr);
+          __m256i c[kMR][2];
+          int32_t* saved = cp + ((mp - mp0) * kMR * kNC + j * kNR);
+          for (int i = 0; i < kMR; ++i)
+            for (int h = 0; h < 2; ++h)
+              c[i][h] = k0 == 0 ? _mm256_setzero_si256()
+                                : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(saved + i * kNC + 8 * h));
+          tile_kernel<Form>(rows, ap + (mp * kp2 + k0) * kMR, bp + j * panel_bytes + k0 * kNR * Form::kUnitBytes,
+                            k1 - k0, c);
+          if (k1 == kp2) {
+            const int64_t p0 = nb + j * kNR;
+            store_tile(a, qx, c, mp * qx.mr, rows, p0, imin(kNR, nb_end - p0), wsd + j * kNR, bd + j * kNR,
+                       offset ? colsum + j * kNR : nullptr);
+          } else {
             for (int i = 0; i < kMR; ++i)
               for (int h = 0; h < 2; ++h)
-                c[i][h] = k0 == 0 ? _mm256_setzero_si256()
-                                  : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(saved + i * kNC + 8 * h));
-            Form::kernel(ap + (mp * kp2 + k0) * kMR, bp + (j * kp2 + k0) * kNR, k1 - k0, c);
-            if (k1 == kp2) {
-              const int64_t p0 = nb + j * kNR;
-              store_tile(a, qx, c, mp * kMR, p0, imin(kNR, nb_end - p0), wsd + j * kNR, bd + j * kNR,
-                         offset ? colsum + j * kNR : nullptr);
-            } else {
-              for (int i = 0; i < kMR; ++i)
-                for (int h = 0; h < 2; ++h)
-                  _mm256_storeu_si256(reinterpret_cast<__m256i*>(saved + i * kNC + 8 * h), c[i][h]);
-            }
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(saved + i * kNC + 8 * h), c[i][h]);
           }
-        }
+        };
+        for (int64_t mp = mp0; mp < mp1; ++mp)
+          for (int64_t j = 0; j < panels; ++j) tile(mp, j);
       }
     }
   }
+}
+
+// x quantised into row panels of QuantX's GEMM form (kpad: K rounded up to `k_multiple`).
+struct PanelX {
+  AlignedBuffer qbuf, sbuf;
+  QuantX qx;
+  PanelX(const Int8DynamicLinearArgs& a, int64_t k_multiple, int threads)
+      : qbuf(static_cast<size_t>(round_up(a.M, kMR) * round_up(a.K, k_multiple)) * sizeof(int16_t)),
+        sbuf(static_cast<size_t>(a.M) * sizeof(float)) {
+    qx.qmax = act_qmax(a.act_bits);
+    qx.quads = a.act_bits == 7;
+    qx.kpad = round_up(a.K, k_multiple);
+    qx.q = qbuf.as<int16_t>();
+    qx.scale = sbuf.as<float>();
+    const int64_t panels = (a.M + kMR - 1) / kMR;
+    qx.mr = (a.M + panels - 1) / panels;
+    quantize_x(a, qx, true, threads);
+  }
+};
+
+template <class Form, bool Held>
+void run_gemm(const Int8DynamicLinearArgs& a, const QuantX& qx, int threads) {
+  const int64_t blocks = (a.N + kNC - 1) / kNC;
+  parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<Form, Held>(a, qx, take, blocks); });
 }
 
 }  // namespace
 
 void int8_dynamic_linear_avx2(const Int8DynamicLinearArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
+  const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
+  if (a.M >= kGemmMinM && !a.dot_form) {
+    const PanelX x(a, a.act_bits == 7 ? 32 : 16, threads);
+    return a.act_bits == 7 ? run_gemm<Quads, false>(a, x.qx, threads) : run_gemm<Pairs, false>(a, x.qx, threads);
+  }
   QuantX qx{};
-  const bool gemm = a.M >= kGemmMinM && !a.dot_form;
   qx.qmax = act_qmax(a.act_bits);
-  qx.quads = gemm && a.act_bits == 7;
-  qx.kpad = round_up(a.K, qx.quads ? 32 : 16);
-  const int64_t mrows = gemm ? round_up(a.M, kMR) : a.M;
-  AlignedBuffer qbuf(static_cast<size_t>(mrows * qx.kpad) * sizeof(int16_t));
+  qx.kpad = round_up(a.K, 16);
+  AlignedBuffer qbuf(static_cast<size_t>(a.M * qx.kpad) * sizeof(int16_t));
   AlignedBuffer sbuf(static_cast<size_t>(a.M) * sizeof(float));
   qx.q = qbuf.as<int16_t>();
   qx.scale = sbuf.as<float>();
+  quantize_x(a, qx, false, 1);
+  run_dot_blocks(a, qx, threads);  // one block below kGemmMinM rows
+}
+
+// The held layout serves every M with the GEMM's tiles: no per-call packing, and at decode
+// sizes one ordered pass over the panels.
+void int8_dynamic_linear_panels_avx2(const Int8DynamicLinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
-  quantize_x(a, qx, gemm, gemm ? threads : 1);
-  if (!gemm) return run_dot_blocks(a, qx, threads);  // one block below kGemmMinM rows
-  const int64_t blocks = (a.N + kNC - 1) / kNC;
-  if (qx.quads)
-    parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<Quads>(a, qx, take, blocks); });
-  else
-    parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<Pairs>(a, qx, take, blocks); });
+  const PanelX x(a, kW8A8PanelK, threads);
+  return a.act_bits == 7 ? run_gemm<HeldQuads, true>(a, x.qx, threads) : run_gemm<HeldPairs, true>(a, x.qx, threads);
 }
 
 }  // namespace bigperf::cpu

@@ -54,7 +54,18 @@ struct Int8DynamicLinearArgs {
                                     // instead of its own (a row-wise shard's all-reduced one)
   bool dot_form = false;  // AVX2: the dot form at any M, in row blocks (the dispatcher's cpu:dot);
                           // the other ISA paths have one form each and ignore it
+  // The weight as the layer holds it in the "w8a8-cpu" layout (bigperf/formats/w8a8_cpu.py),
+  // read by int8_dynamic_linear_panels_avx2 in place of qw: 16-column panels, each
+  // [Kp / u][16][u] int8 with u = 2 (act_bits 8) or 4 (act_bits 7) consecutive k per column,
+  // Kp = K rounded up to kW8A8PanelK, zero padded; colsum [Np] int32 = sum over K of each
+  // column's codes (act_bits 7 takes back the x offset with it).
+  const int8_t* panels = nullptr;
+  const int32_t* colsum = nullptr;
 };
+
+// The w8a8-cpu layout's panel width (columns) and K padding.
+constexpr int64_t kW8A8PanelN = 16;
+constexpr int64_t kW8A8PanelK = 32;
 
 // The largest |code| of x: bigperf.quant.quantize_activation_per_token(x, bits).
 constexpr int act_qmax(int act_bits) { return act_bits == 7 ? 63 : 127; }
@@ -79,6 +90,9 @@ void int8_weight_linear_avx512(const Int8WeightLinearArgs& args);
 void int8_dynamic_linear_avx512(const Int8DynamicLinearArgs& args);
 void int8_weight_linear_panel_avx2(const Int8WeightLinearArgs& args);
 void int8_weight_linear_panel_avx512(const Int8WeightLinearArgs& args);
+// W8A8 on the weight held in the w8a8-cpu layout (args.panels, args.colsum), any M; AVX2
+// (runs on AVX-512 CPUs too).
+void int8_dynamic_linear_panels_avx2(const Int8DynamicLinearArgs& args);
 #endif
 
 }  // namespace bigperf::cpu

@@ -31,11 +31,7 @@ def _expected(layer) -> torch.Tensor:
     if isinstance(layer, FusedLinear):
         return layer.weight.float()
     if isinstance(layer, Int8Linear):
-        if layer.kernel_layout == "w8a16-cuda":
-            from bigperf.formats.w8a16_cuda import unpack_w8a16
-            q, s, z = unpack_w8a16(layer._w8a16_layout())
-        else:
-            q, s, z = layer.qweight, layer.scale, layer.zero_point
+        q, s, z = layer.int8_weight()  # unpacked from whatever layout the layer holds
         return dequantize_weight(q, s, z) if layer.weight_only else q.float()
     if layer.pattern == "2:4":
         return unpack_24(*layer.packed_24(), torch.float32)

@@ -87,7 +87,8 @@ def test_act_bits_is_shown_and_used():
     x = torch.randn(10, 128)
     from bigperf.ops.int8_linear import dynamic_reference
     with torch.no_grad():
-        assert torch.equal(layer(x), dynamic_reference(x, layer.qweight, layer.scale, layer.bias, "none", 7))
+        qweight, scale, _ = layer.int8_weight()
+        assert torch.equal(layer(x), dynamic_reference(x, qweight, scale, layer.bias, "none", 7))
 
 
 def test_memory_is_about_a_quarter():
@@ -216,10 +217,112 @@ def test_half_keeps_the_scale_fp32(weight_only, target):
     layer = Int8Linear.from_linear(linear, weight_only=weight_only)
     x = torch.randn(4, 128)
     want = layer(x)
-    scale_before = layer.scale.clone()
+    scale_before = layer.int8_weight()[1].clone()
     layer.to(target)
-    assert layer.qweight.dtype == torch.int8 and layer.scale.dtype == torch.float32
-    assert torch.equal(layer.scale, scale_before)
+    qweight, scale, _ = layer.int8_weight()  # whatever layout the layer holds (w8a8-cpu on AVX2)
+    assert qweight.dtype == torch.int8 and scale.dtype == torch.float32
+    assert torch.equal(scale, scale_before)
     got = layer(x.to(target))
     assert got.dtype == target
     assert torch.allclose(got.float(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+
+
+# ----------------------------------------------------------------------------- the w8a8-cpu layout
+
+def _avx2_runnable() -> bool:
+    from bigperf import _ext
+    return _ext.cpu_module() is not None and "avx2" in _ext.runnable_cpu_isas()
+
+
+needs_avx2 = pytest.mark.skipif(not _avx2_runnable(), reason="the w8a8-cpu layout is the AVX2 kernel's")
+
+
+@needs_avx2
+@pytest.mark.parametrize("act_bits", [8, 7])
+def test_w8a8_layer_holds_the_cpu_panels_where_the_avx2_path_runs(act_bits):
+    """On the AVX2 path a W8A8 layer holds only the kernel's panels: same outputs (exact) and
+    the same state dict as row-major, about the same bytes, and back to row-major exactly."""
+    linear = gaussian_linear(k=200, n=70, seed=6)
+    with bigperf.use_cpu_isa("avx2"):
+        layer = Int8Linear.from_linear(linear, weight_only=False, act_bits=act_bits, activation="silu")
+        assert layer.kernel_layout == "w8a8-cpu" and layer.qweight is None
+        assert {name for name, _ in layer.named_buffers()} == {"w8a8_weight", "w8a8_colsum", "w8a8_scale"}
+        assert "held as w8a8-cpu" in repr(layer) and layer.backend() == "cpu"
+        held_bytes = sum(b.numel() * b.element_size() for b in layer.buffers())
+        assert held_bytes <= 80 * 224 + 80 * 4 + 70 * 4  # panels padded to 16 x 32, column sums, scales
+        x = torch.randn(3, 9, 200, generator=torch.Generator().manual_seed(2))
+        qweight, scale, _ = layer.int8_weight()
+        want = dynamic_reference_of(x, qweight, scale, layer.bias, "silu", act_bits)
+        got = layer(x)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # exact sums; silu's last bits
+        state = layer.state_dict()
+        assert set(state) == {"qweight", "scale", "bias", "_extra_state"}
+        rowmajor = Int8Linear.from_linear(linear, weight_only=False, act_bits=act_bits, activation="silu")
+        rowmajor.use_kernel_layout("rowmajor")
+        assert all(torch.equal(state[k], v) for k, v in rowmajor.state_dict().items() if isinstance(v, torch.Tensor))
+        layer.use_kernel_layout("rowmajor")
+        assert layer.kernel_layout == "rowmajor" and torch.equal(layer(x), rowmajor(x))
+    with bigperf.use_cpu_isa("scalar"):  # elsewhere the layer keeps row-major
+        assert Int8Linear.from_linear(linear, weight_only=False).kernel_layout == "rowmajor"
+
+
+def dynamic_reference_of(x, qweight, scale, bias, activation, act_bits):
+    from bigperf.ops.int8_linear import dynamic_reference
+    return dynamic_reference(x, qweight, scale, bias, activation, act_bits)
+
+
+@needs_avx2
+def test_w8a8_panels_serve_every_cpu_path_and_row_wise_absmax():
+    """Forced to another ISA path the layout's kernel refuses and a torch path serves the
+    unpacked weight; act_absmax reaches the kernel (the row-wise tensor-parallel case)."""
+    layer = Int8Linear.from_linear(gaussian_linear(k=96, n=40, seed=8), weight_only=False)
+    layer.use_kernel_layout("w8a8-cpu")
+    x = torch.randn(5, 96)
+    qweight, scale, _ = layer.int8_weight()
+    absmax = 2 * x.abs().amax(-1)
+    from bigperf.ops.int8_linear import dynamic_reference
+    assert torch.equal(layer(x, act_absmax=absmax), dynamic_reference(x, qweight, scale, layer.bias, "none", 8, absmax))
+    with bigperf.use_cpu_isa("scalar"):
+        assert layer.backend() == "torch"
+        torch.testing.assert_close(layer(x), dynamic_reference_of(x, qweight, scale, layer.bias, "none", 8),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@needs_avx2
+def test_w8a8_panels_survive_save_load_and_moves():
+    source = Int8Linear.from_linear(gaussian_linear(k=64, n=48, seed=9), weight_only=False, act_bits=7)
+    source.use_kernel_layout("w8a8-cpu")
+    buffer = io.BytesIO()
+    torch.save(source.state_dict(), buffer)
+    buffer.seek(0)
+    with bigperf.use_cpu_isa("avx2"):
+        target = Int8Linear(64, 48, weight_only=False, act_bits=7)
+        target.load_state_dict(torch.load(buffer))
+        assert target.kernel_layout == "w8a8-cpu"
+        x = torch.randn(4, 64)
+        assert torch.equal(target(x), source(x))
+        target.to(torch.bfloat16)  # the codes and fp32 scales stay; the bias converts
+        assert target.w8a8_scale.dtype == torch.float32 and target.kernel_layout == "w8a8-cpu"
+        assert target(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_w8a8_layout_refusals():
+    with pytest.raises(ValueError, match=r"layout 'w8a8-cpu' holds W8A8 weights"):
+        Int8Linear(64, 32).use_kernel_layout("w8a8-cpu")
+    from bigperf.formats.w8a8_cpu import pack_w8a8_cpu
+    from bigperf.ops.int8_dynamic_layout_linear import int8_dynamic_linear_w8a8_cpu
+
+    layer = Int8Linear(64, 32, weight_only=False)
+    qweight, scale, _ = layer.int8_weight()
+    layout = pack_w8a8_cpu(qweight, scale)
+    op = "bigperf.int8_dynamic_linear_w8a8_cpu"
+    with pytest.raises(ValueError, match=rf"{op}: argument 'weight' must have shape"):
+        int8_dynamic_linear_w8a8_cpu(torch.randn(2, 64), dataclasses.replace(layout, weight=layout.weight[:, :-32]))
+    with pytest.raises(ValueError, match=rf"{op}: argument 'colsum' must have shape"):
+        int8_dynamic_linear_w8a8_cpu(torch.randn(2, 64), dataclasses.replace(layout, colsum=layout.colsum[:-1]))
+    with pytest.raises(ValueError, match=rf"{op}: argument 'x' has 63 features"):
+        int8_dynamic_linear_w8a8_cpu(torch.randn(2, 63), layout)
+    with pytest.raises(ValueError, match=rf"{op}: argument 'act_absmax'"):
+        int8_dynamic_linear_w8a8_cpu(torch.randn(2, 64), layout, act_absmax=torch.ones(3))
+    with pytest.raises(ValueError, match=r"pack_w8a8_cpu: argument 'scale' must be per channel"):
+        pack_w8a8_cpu(qweight, torch.ones(32, 2))

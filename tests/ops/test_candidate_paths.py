@@ -14,9 +14,11 @@ import torch
 import bigperf.ops.torch_paths as torch_paths
 from bigperf.formats.bsr_lanes import pack_bsr_lanes
 from bigperf.formats.sparse24_lanes import pack_24_lanes
+from bigperf.formats.w8a8_cpu import pack_w8a8_cpu
 from bigperf.ops.activations import apply_activation
 from bigperf.ops.block_sparse_lanes_linear import LANES_BACKENDS as BSR_LANES_BACKENDS
 from bigperf.ops.fused_linear import BACKENDS as FUSED_BACKENDS
+from bigperf.ops.int8_dynamic_layout_linear import LAYOUT_BACKENDS as W8A8_CPU_BACKENDS
 from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, WEIGHT_ONLY_BACKENDS, dynamic_reference
 from bigperf.ops.sparse24_lanes_linear import LANES_BACKENDS as S24_LANES_BACKENDS
 from bigperf.ops.sparse_linear import BSR_BACKENDS, S24_BACKENDS
@@ -66,6 +68,13 @@ def _case_dynamic(x_dtype, act_bits, given_absmax=False):
     return DYNAMIC_BACKENDS, args, ref, TOLERANCE[x_dtype]
 
 
+def _case_dynamic_w8a8_cpu(x_dtype, act_bits, given_absmax=False):
+    _, (x, qweight, scale, b, act, bits, absmax), ref, tol = _case_dynamic(x_dtype, act_bits, given_absmax)
+    layout = pack_w8a8_cpu(qweight, scale, act_bits)
+    args = (x, layout.weight, layout.colsum, layout.scale, layout.n, layout.k, b, act, bits, absmax)
+    return W8A8_CPU_BACKENDS, args, ref, tol
+
+
 def _pruned_24(dtype):
     w = random_tensor(N, K, seed=11, scale=0.2)
     return (w * nm_mask(w)).to(dtype)
@@ -110,6 +119,9 @@ CASES = {
     "w8a8 fp32": lambda: _case_dynamic(F32, 8),
     "w8a8 7-bit bf16": lambda: _case_dynamic(BF16, 7),
     "w8a8 given absmax fp32": lambda: _case_dynamic(F32, 8, given_absmax=True),
+    "w8a8-cpu layout fp32": lambda: _case_dynamic_w8a8_cpu(F32, 8),
+    "w8a8-cpu layout 7-bit bf16": lambda: _case_dynamic_w8a8_cpu(BF16, 7),
+    "w8a8-cpu layout given absmax": lambda: _case_dynamic_w8a8_cpu(F32, 7, given_absmax=True),
     "2:4 fp32": lambda: _case_24(F32, False),
     "2:4 bf16": lambda: _case_24(BF16, False),
     "2:4 int8 fp32": lambda: _case_24(F32, True),
@@ -187,7 +199,7 @@ def test_broadcast_rows_are_accepted_by_every_path(case):
 
 # The opt-in float copy (torch:copy): what each op's weight materialises to, in fp32.
 def _float_copy_for(table, args):
-    from bigperf.formats import bsr, bsr_lanes, dense, int8_rowmajor, sparse24, sparse24_lanes
+    from bigperf.formats import bsr, bsr_lanes, dense, int8_rowmajor, sparse24, sparse24_lanes, w8a8_cpu
 
     if table is FUSED_BACKENDS:
         return dense.float_weight(args[1])
@@ -195,6 +207,8 @@ def _float_copy_for(table, args):
         return int8_rowmajor.float_weight(args[1], args[2], args[3], weight_only=True)
     if table is DYNAMIC_BACKENDS:
         return int8_rowmajor.float_weight(args[1], args[2], None, weight_only=False)
+    if table is W8A8_CPU_BACKENDS:
+        return w8a8_cpu.float_weight(w8a8_cpu.as_layout(*args[1:6], args[8]))
     if table is S24_BACKENDS:
         return sparse24.float_weight(*args[1:4])
     if table is S24_LANES_BACKENDS:

@@ -1,0 +1,171 @@
+"""Weight format "w8a8-cpu": the AVX2 W8A8 kernel's panel order of int8_rowmajor.
+
+An Int8Linear with dynamic int8 activations (W8A8) on a CPU whose kernels run the AVX2 path
+holds only this form (buffers BUFFERS, not persistent: its state_dict stays int8_rowmajor),
+so the kernel reads the weight as its GEMM tiles want it at every M. Before this layout the
+kernel widened and transposed every weight column block on every call from 8 rows up, which
+at M = 16 cost a quarter of its time, and fbgemm (which packs once) ran 1.8x faster. Same
+bytes as row-major (plus padding to whole panels); pure PyTorch packing, exact round trips;
+change the layout and VERSION together, here and in csrc/cpu/int8_linear.h (kW8A8Panel*).
+
+Layout (from int8_rowmajor's qweight [N, K] int8 and scale [N, 1] fp32), version 1:
+  weight [Np/16, Kp*16] int8, Np = N rounded up to 16, Kp = K rounded up to 32, zero padded.
+      Row p is the panel of output columns 16p .. 16p+15: Kp/u units, each 16 columns x u
+      consecutive k (u = 2 for act_bits 8: int16 pairs once widened, for vpmaddwd; u = 4 for
+      act_bits 7: the quads vpmaddubsw multiplies), column-major within the unit row.
+  colsum [Np] int32: each column's sum of codes (act_bits 7 takes the x offset back with it).
+  scale [N, 1] fp32, as in int8_rowmajor.
+
+Paths (torch.ops.bigperf.int8_dynamic_linear_w8a8_cpu): "cpu", the AVX2 kernel on the
+layout at any M; every other path is int8_dynamic_linear's path of the same name on the
+weight unpacked for the call, so the path a layer reports is the one that runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bigperf import _ext
+from bigperf.formats import int8_rowmajor
+from bigperf.formats._checks import check_arg, check_layout_version, round_up
+from bigperf.ops.activations import ACTIVATIONS
+from bigperf.ops.common import as_rows, cpu_why_not, fp32_bias
+from bigperf.ops.layout_paths import register_unpacked_paths
+from bigperf.ops.onnx_lowering import onnx_lowering
+from bigperf.ops.torch_paths import register_float_copy_path
+from bigperf.ops.validation import DTYPE_CODES
+from bigperf.quant import absmax_rows, activation_qmax
+
+NAME = "w8a8-cpu"
+VERSION = 1
+BUFFERS = ("w8a8_weight", "w8a8_colsum", "w8a8_scale")
+PANEL_N, PANEL_K = 16, 32  # csrc/cpu/int8_linear.h: kW8A8PanelN, kW8A8PanelK
+KERNEL = "int8_dynamic_linear_panels"
+
+
+def unit_of(act_bits: int) -> int:
+    """Consecutive k per column in a unit row: 2 (8-bit x, vpmaddwd) or 4 (7-bit, vpmaddubsw)."""
+    return 2 if act_bits == 8 else 4
+
+
+def why_not_hold(device: torch.device, weight_only: bool) -> str | None:
+    """Why a layer on `device` should not hold its int8 weight in this format, or None."""
+    if weight_only:
+        return "holds W8A8 weights; W8A16 layers keep int8_rowmajor on the CPU"
+    if device.type != "cpu":
+        return f"a CPU kernel layout; the weight is on {device}"
+    if _ext.cpu_module() is None:
+        return _ext.cpu_unavailable_reason()
+    if _ext.cpu_isa() != "avx2":
+        # The AVX-512 path (VNNI where present) reads row-major weights with its own tiles.
+        return f"the AVX2 kernel's layout; this CPU runs the {_ext.cpu_isa()} path"
+    return None
+
+
+@dataclass(frozen=True)
+class W8A8CpuLayout:
+    weight: torch.Tensor  # [Np/16, Kp*16] int8
+    colsum: torch.Tensor  # [Np] int32
+    scale: torch.Tensor  # [N, 1] float32
+    n: int
+    k: int
+    act_bits: int
+    version: int = VERSION
+
+
+def pack_w8a8_cpu(qweight: torch.Tensor, scale: torch.Tensor, act_bits: int = 8) -> W8A8CpuLayout:
+    """bigperf.quant's symmetric per-channel int8 weight in the AVX2 W8A8 kernel's panel order."""
+    function = "bigperf.formats.w8a8_cpu.pack_w8a8_cpu"
+    check_arg(function, "qweight", qweight, (torch.int8,), 2)
+    check_arg(function, "scale", scale, (torch.float32,), 2)
+    activation_qmax(act_bits, function, "act_bits")
+    n, k = qweight.shape
+    if tuple(scale.shape) != (n, 1) or scale.device != qweight.device:
+        raise ValueError(f"{function}: argument 'scale' must be per channel, [{n}, 1] on {qweight.device}, "
+                         f"got {tuple(scale.shape)} on {scale.device}")
+    u = unit_of(act_bits)
+    np_, kp = round_up(n, PANEL_N), round_up(k, PANEL_K)
+    q = torch.zeros((np_, kp), dtype=torch.int8, device=qweight.device)
+    q[:n, :k] = qweight
+    # (panel, column, unit, e) -> (panel, unit, column, e): column 16 panel + column, k u unit + e.
+    weight = q.view(np_ // PANEL_N, PANEL_N, kp // u, u).permute(0, 2, 1, 3).contiguous().view(np_ // PANEL_N, -1)
+    colsum = torch.zeros(np_, dtype=torch.int32, device=qweight.device)
+    colsum[:n] = qweight.sum(dim=1, dtype=torch.int32)
+    return W8A8CpuLayout(weight, colsum, scale.contiguous(), n, k, act_bits)
+
+
+def unpack_w8a8_cpu(layout: W8A8CpuLayout) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """The (qweight [N, K] int8, scale [N, 1] fp32, zero_point None) packed."""
+    check_layout_version("bigperf.formats.w8a8_cpu.unpack_w8a8_cpu", layout, W8A8CpuLayout, VERSION)
+    u = unit_of(layout.act_bits)
+    np_, kp = round_up(layout.n, PANEL_N), round_up(layout.k, PANEL_K)
+    units = layout.weight.view(np_ // PANEL_N, kp // u, PANEL_N, u).permute(0, 2, 1, 3)
+    return units.reshape(np_, kp)[:layout.n, :layout.k].contiguous(), layout.scale, None
+
+
+def float_weight(layout: W8A8CpuLayout) -> torch.Tensor:
+    """What torch:copy multiplies by (the codes in fp32, as int8_rowmajor.float_weight)."""
+    return int8_rowmajor.float_weight(*unpack_w8a8_cpu(layout), weight_only=False)
+
+
+# ----------------------------------------------------------------------------- candidate paths
+# Arguments of every path: (x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax).
+
+def as_layout(weight, colsum, scale, n: int, k: int, act_bits: int) -> W8A8CpuLayout:
+    return W8A8CpuLayout(weight, colsum, scale, n, k, act_bits)
+
+
+def _canonical_args(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
+    qweight, q_scale, _ = unpack_w8a8_cpu(as_layout(weight, colsum, scale, n, k, act_bits))
+    return (x, qweight, q_scale, bias, activation, act_bits, act_absmax)
+
+
+def _canonical_stand_ins(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
+    return (x, torch.empty(n, k, dtype=torch.int8, device="meta"), scale, bias, activation, act_bits, act_absmax)
+
+
+def _cpu_why_not(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
+    if k > int8_rowmajor.CPU_DYNAMIC_MAX_K:
+        return (f"K = {k} exceeds {int8_rowmajor.CPU_DYNAMIC_MAX_K}, past which the kernel's int32 sums of "
+                f"int8 products may overflow")
+    reason = cpu_why_not(x, KERNEL)
+    if reason is None and _ext.cpu_isa() not in ("avx2", "avx512"):
+        reason = f"the layout's kernel is AVX2 code; the CPU path in use is {_ext.cpu_isa()}"
+    return reason
+
+
+def _cpu_run(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
+    x2 = as_rows(x, k)
+    m = x2.shape[0]
+    b = fp32_bias(bias)
+    absmax = absmax_rows(act_absmax)
+    out = torch.empty((m, n), dtype=x.dtype)
+    _ext.cpu_module().int8_dynamic_linear_panels(
+        x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(), colsum.data_ptr(), scale.data_ptr(),
+        b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation),
+        torch.get_num_threads(), act_bits, absmax.data_ptr() if absmax is not None else 0)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
+def _copy_run(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
+    return int8_rowmajor.dynamic_copy_linear(x, weight, k, scale, bias, activation, act_bits, act_absmax)
+
+
+def register_paths(table, canonical_table) -> None:
+    """The AVX2 kernel on the layout, then every other path of int8_dynamic_linear's table on
+    the unpacked weight (its own cpu paths excluded: they would unpack the whole weight per
+    call to do what this kernel does on the layout)."""
+    table.register("cpu", _cpu_why_not, _cpu_run)
+    register_unpacked_paths(table, canonical_table, ("cpu",), _canonical_stand_ins, _canonical_args)
+    register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+@onnx_lowering("bigperf.int8_dynamic_linear_w8a8_cpu")
+def _int8_dynamic_linear_w8a8_cpu(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
+    # The CPU layout of a W8A8 Int8Linear, back in row-major order (constant folded).
+    return int8_rowmajor.lower_dynamic(*_canonical_args(x, weight, colsum, scale, n, k, bias, activation, act_bits,
+                                                        act_absmax))
