@@ -83,7 +83,23 @@ def dynamic_variants(ctx: CaseContext):
             states, nbytes, label=label)
         if act_bits == 8:  # Int8Dynamic()'s default: the one users get
             yield from ctx.auto_variant("int8_dynamic_linear", op, states, nbytes, label)
+    yield from _w8a8_cpu_layout_variant(ctx, copies, b, nbytes)
     yield _fbgemm_peer(ctx)
+
+
+def _w8a8_cpu_layout_variant(ctx: CaseContext, copies, b, nbytes):
+    """What an Int8Dynamic() layer runs where it holds the AVX2 kernel's panels (w8a8-cpu)."""
+    from bigperf.formats import w8a8_cpu
+    from bigperf.ops.int8_dynamic_layout_linear import int8_dynamic_linear_w8a8_cpu
+
+    if w8a8_cpu.why_not_hold(ctx.device, weight_only=False) is not None:
+        return
+    layouts = [(w8a8_cpu.pack_w8a8_cpu(qw, s, 8),) for qw, s in copies]
+
+    def op(layout):
+        return int8_dynamic_linear_w8a8_cpu(ctx.x, layout, b, ctx.activation)
+
+    yield from ctx.auto_variant("int8_dynamic_linear", op, layouts, nbytes, label=w8a8_cpu.NAME)
 
 
 def _fbgemm_peer(ctx: CaseContext) -> Variant | Skip:

@@ -210,6 +210,26 @@ def test_int8_layer_held_in_the_cuda_layout_exports(tmp_path):
     assert rel_error(got, expected) < 1e-5
 
 
+@pytest.mark.parametrize("act_bits", [8, 7])
+def test_w8a8_layer_held_in_the_cpu_panels_exports(tmp_path, act_bits):
+    """A W8A8 Int8Linear holding the AVX2 kernel's panels (chosen by hand: any CPU) lowers to
+    the standard quantise / dequantise graph of the row-major layer, and stays as it was."""
+    from bigperf.nn import Int8Linear
+
+    torch.manual_seed(10)
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 40), weight_only=False, act_bits=act_bits, activation="relu")
+    layer.use_kernel_layout("w8a8-cpu")
+    x = torch.randn(3, 64)
+    with torch.no_grad(), bigperf.use_backend("reference"):
+        expected = layer(x)
+    path = tmp_path / "w8a8_panels.onnx"
+    torch.onnx.export(layer, (x,), path, verbose=False)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(_ops(onnx.load(str(path))))
+    (got,) = run_onnx(ort_session(path), (x,))
+    assert rel_error(got, expected) < 1e-5
+    assert layer.kernel_layout == "w8a8-cpu", "exporting must not change the layer"
+
+
 @pytest.mark.parametrize("out_features,kwargs", [(40, {}), (40, {"int8": True}),
                                                  (48, {"pattern": "block", "block": (16, 8), "density": 0.5})])
 def test_sparse_layer_held_in_the_cpu_lane_layout_exports(tmp_path, out_features, kwargs):
