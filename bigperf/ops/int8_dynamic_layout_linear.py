@@ -20,7 +20,13 @@ from bigperf.formats.w8a8_cpu import W8A8CpuLayout
 from bigperf.ops.activations import activation_code
 from bigperf.ops.define import define_op
 from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, check_act_absmax
-from bigperf.ops.validation import check_finite_once, check_float_tensor, check_tensor
+from bigperf.ops.validation import (
+    check_bias,
+    check_finite_once,
+    check_float_tensor,
+    check_layout_tensors,
+    check_tensor,
+)
 from bigperf.quant import activation_qmax
 
 LAYOUT_OP = "bigperf.int8_dynamic_linear_w8a8_cpu"
@@ -41,19 +47,8 @@ def validate_layout_call(x, weight, colsum, scale, n, k, bias, activation, act_b
     np_, kp = round_up(n, w8a8_cpu.PANEL_N), round_up(k, w8a8_cpu.PANEL_K)
     expected = {"weight": (weight, (np_ // w8a8_cpu.PANEL_N, kp * w8a8_cpu.PANEL_N)), "colsum": (colsum, (np_,)),
                 "scale": (scale, (n, 1))}
-    for name, (t, shape) in expected.items():
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{op}: argument '{name}' must have shape {shape} for n={n}, k={k}, "
-                             f"got {tuple(t.shape)}")
-        if t.device != x.device:
-            raise ValueError(f"{op}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
-        if not t.is_contiguous():
-            raise ValueError(f"{op}: argument '{name}' must be contiguous (a kernel layout is read as laid out)")
-    if bias is not None:
-        check_float_tensor(op, "bias", bias, dims=1)
-        if bias.shape[0] != n or bias.device != x.device:
-            raise ValueError(f"{op}: argument 'bias' must have shape [{n}] on {x.device}, "
-                             f"got {tuple(bias.shape)} on {bias.device}")
+    check_layout_tensors(op, x, expected, f"n={n}, k={k}", contiguous=True)
+    check_bias(op, x, bias, n)
     check_act_absmax(op, x, act_absmax)
     check_finite_once(op, "scale", scale)
 

@@ -21,7 +21,7 @@ from bigperf.formats.w8a16_cuda import W8A16Layout
 from bigperf.ops.activations import activation_code
 from bigperf.ops.define import define_op
 from bigperf.ops.int8_linear import WEIGHT_ONLY_BACKENDS
-from bigperf.ops.validation import check_float_tensor, check_tensor
+from bigperf.ops.validation import check_bias, check_float_tensor, check_layout_tensors, check_tensor
 
 LAYOUT_OP = "bigperf.int8_weight_linear_w8a16"
 
@@ -42,17 +42,8 @@ def validate_layout_call(x, weight, scale, zero, n, k, group_size, bias, activat
     if zero is not None:
         check_tensor(op, "zero", zero, dtypes=(torch.float32,), dims=2)
         expected["zero"] = (zero, (groups, np_))
-    for name, (t, shape) in expected.items():
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{op}: argument '{name}' must have shape {shape} for n={n}, k={k}, "
-                             f"group_size={group_size}, got {tuple(t.shape)}")
-        if t.device != x.device:
-            raise ValueError(f"{op}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
-    if bias is not None:
-        check_float_tensor(op, "bias", bias, dims=1)
-        if bias.shape[0] != n or bias.device != x.device:
-            raise ValueError(f"{op}: argument 'bias' must have shape [{n}] on {x.device}, "
-                             f"got {tuple(bias.shape)} on {bias.device}")
+    check_layout_tensors(op, x, expected, f"n={n}, k={k}, group_size={group_size}")
+    check_bias(op, x, bias, n)
 
 
 def _signature(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, n: int, k: int,

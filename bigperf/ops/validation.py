@@ -29,6 +29,28 @@ def check_float_tensor(op: str, name: str, t, **kwargs):
     check_tensor(op, name, t, dtypes=FLOAT_DTYPES, **kwargs)
 
 
+def check_layout_tensors(op: str, x: torch.Tensor, expected: dict, sizes: str, contiguous: bool = False) -> None:
+    """A kernel layout's tensors, {name: (tensor, shape)}: each has its shape for the layer's
+    `sizes` (named in the message, e.g. "n=96, k=64"), sits on x's device and, with
+    `contiguous`, is contiguous (a layout read as laid out)."""
+    for name, (t, shape) in expected.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{op}: argument '{name}' must have shape {shape} for {sizes}, got {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: argument '{name}' is on {t.device} but 'x' is on {x.device}")
+        if contiguous and not t.is_contiguous():
+            raise ValueError(f"{op}: argument '{name}' must be contiguous (a kernel layout is read as laid out)")
+
+
+def check_bias(op: str, x: torch.Tensor, bias, n: int) -> None:
+    """None, or a float [n] bias on x's device."""
+    if bias is not None:
+        check_float_tensor(op, "bias", bias, dims=1)
+        if bias.shape[0] != n or bias.device != x.device:
+            raise ValueError(f"{op}: argument 'bias' must have shape [{n}] on {x.device}, "
+                             f"got {tuple(bias.shape)} on {bias.device}")
+
+
 def last_dim_contiguous(t: torch.Tensor) -> bool:
     return t.dim() == 0 or t.stride(-1) == 1 or t.shape[-1] == 1
 

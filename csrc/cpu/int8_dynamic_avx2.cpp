@@ -101,7 +101,7 @@ void quantize_x(const Int8DynamicLinearArgs& a, const QuantX& qx, bool panels, i
 template <int R, int MB>
 inline void dot_rows(const int8_t* const* w, int64_t nb, const int16_t* x, int64_t xs, __m256i (&out)[MB][R],
                      int64_t pf) {
-  __m256i acc[MB][R];  // local: see Pairs::kernel
+  __m256i acc[MB][R];  // local: see run_units
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) acc[m][r] = out[m][r];
   for (int64_t b = 0; b < nb; ++b) {
@@ -220,6 +220,7 @@ struct HalfPanelRows {
 // act_bits = 8: int16 pairs, vpmaddwd. Units of 2 k.
 struct Pairs {
   static constexpr int64_t kPer = 2;
+  static constexpr bool kHeld = false;
 
   // Weight columns [n0, n0 + 16) as int16 pairs [kpad / 2][16]; columns at or past
   // n_end, and K past the row, are zero. No column sums (no offset to take back).
@@ -241,24 +242,16 @@ struct Pairs {
   // Bytes of one unit of one column in B (an int16 pair in an int32).
   static constexpr int64_t kUnitBytes = 4;
 
-  // io[m][h] += sum over kp2 pairs of x pair (m, kp) * weight pairs (kp, 8h .. 8h + 7), for
-  // the first MR rows of the x panel.
+  // c[m][h] += x pair (m) * the unit row's weight pairs of columns 8h .. 8h + 7.
   template <int MR>
-  static void kernel(const int32_t* ap, const void* b, int64_t kp2, __m256i (&io)[kMR][2]) {
-    const int32_t* bp = static_cast<const int32_t*>(b);
-    // Local accumulators: through the reference GCC stores them back every iteration.
-    __m256i c[MR][2];
-    for (int m = 0; m < MR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
-    for (int64_t kp = 0; kp < kp2; ++kp) {
-      const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + kp * kNR));
-      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + kp * kNR + 8));
-      for (int m = 0; m < MR; ++m) {
-        const __m256i av = _mm256_set1_epi32(ap[kp * kMR + m]);
-        c[m][0] = _mm256_add_epi32(c[m][0], _mm256_madd_epi16(av, b0));
-        c[m][1] = _mm256_add_epi32(c[m][1], _mm256_madd_epi16(av, b1));
-      }
+  static void step(const int32_t* x_unit, const char* w_unit, __m256i (&c)[MR][2]) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_unit));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w_unit + 32));
+    for (int m = 0; m < MR; ++m) {
+      const __m256i av = _mm256_set1_epi32(x_unit[m]);
+      c[m][0] = _mm256_add_epi32(c[m][0], _mm256_madd_epi16(av, b0));
+      c[m][1] = _mm256_add_epi32(c[m][1], _mm256_madd_epi16(av, b1));
     }
-    for (int m = 0; m < MR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
   }
 };
 
@@ -272,6 +265,7 @@ constexpr int64_t kHeldPrefetch = 2048;
 // int16 pairs of Pairs in registers (two vpmovsxbw per pair of k), so no per-call packing.
 struct HeldPairs {
   static constexpr int64_t kPer = 2;
+  static constexpr bool kHeld = true;
   static constexpr int64_t kUnitBytes = 2;
 
   // c[m][h] += x pair (m) * the unit row's weight pairs of columns 8h .. 8h + 7.
@@ -284,18 +278,6 @@ struct HeldPairs {
       c[m][0] = _mm256_add_epi32(c[m][0], _mm256_madd_epi16(av, b0));
       c[m][1] = _mm256_add_epi32(c[m][1], _mm256_madd_epi16(av, b1));
     }
-  }
-
-  template <int MR>
-  static void kernel(const int32_t* ap, const void* b, int64_t kp2, __m256i (&io)[kMR][2]) {
-    const char* bp = static_cast<const char*>(b);
-    __m256i c[MR][2];
-    for (int m = 0; m < MR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
-    for (int64_t kp = 0; kp < kp2; ++kp) {
-      if ((kp & 1) == 0) _mm_prefetch(bp + kp * 32 + kHeldPrefetch, _MM_HINT_T0);
-      step<MR>(ap + kp * kMR, bp + kp * 32, c);
-    }
-    for (int m = 0; m < MR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
   }
 };
 
@@ -319,6 +301,7 @@ inline __m256i maddubs_mem(__m256i x_u8, const int32_t* w) {
 // Units of 4 k.
 struct Quads {
   static constexpr int64_t kPer = 4;
+  static constexpr bool kHeld = false;
 
   // Weight columns [n0, n0 + 16) as int8 quads [kpad / 4][16] (int32 each), zero at or
   // past n_end and past K (kpad % 32 == 0); colsum[j] = sum over K of column n0 + j.
@@ -346,37 +329,10 @@ struct Quads {
 
   static constexpr int64_t kUnitBytes = 4;
 
-  // io[m][h] += sum over kq quads of x quad (m, q) . weight quads (q, 8h .. 8h + 7), the
-  // x quads offset by 64 (taken back in store_tile), for the first MR rows of the x panel.
-  // The same int8 quads whether packed per call or held (w8a8-cpu layout, act_bits 7).
-  template <int MR, bool Held = false>
-  static void kernel(const int32_t* ap, const void* b, int64_t kq, __m256i (&io)[kMR][2]) {
-    const int32_t* bp = static_cast<const int32_t*>(b);
-    // 12 accumulators, ones, the broadcast and two products: 16 ymm (see maddubs_mem).
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i c[MR][2];
-    for (int m = 0; m < MR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
-    for (int64_t q = 0; q < kq; ++q) {
-      const int32_t* bq = bp + q * kNR;
-      if (Held) _mm_prefetch(reinterpret_cast<const char*>(bq) + kHeldPrefetch, _MM_HINT_T0);
-      for (int m = 0; m < MR; ++m) {
-        const __m256i av = _mm256_set1_epi32(ap[q * kMR + m]);
-        c[m][0] = _mm256_add_epi32(c[m][0], _mm256_madd_epi16(maddubs_mem(av, bq), ones));
-        c[m][1] = _mm256_add_epi32(c[m][1], _mm256_madd_epi16(maddubs_mem(av, bq + 8), ones));
-      }
-    }
-    for (int m = 0; m < MR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
-  }
-};
-
-// act_bits = 7 on the held w8a8-cpu layout: the same quads, prefetched ahead as they stream.
-struct HeldQuads : Quads {
-  template <int MR>
-  static void kernel(const int32_t* ap, const void* b, int64_t kq, __m256i (&io)[kMR][2]) {
-    Quads::kernel<MR, true>(ap, b, kq, io);
-  }
-
-  // c[m][h] += x quad (m) . the unit row's weight quads of columns 8h .. 8h + 7 (x offset by 64).
+  // c[m][h] += x quad (m) . the unit row's weight quads of columns 8h .. 8h + 7, the x
+  // quads offset by 64 (taken back in store_tile). The same int8 quads whether packed per
+  // call or held (w8a8-cpu layout, act_bits 7). With 6 rows: 12 accumulators, ones, the
+  // broadcast and two products, 16 ymm (see maddubs_mem).
   template <int MR>
   static void step(const int32_t* x_unit, const char* w_unit, __m256i (&c)[MR][2]) {
     const __m256i ones = _mm256_set1_epi16(1);
@@ -387,6 +343,11 @@ struct HeldQuads : Quads {
       c[m][1] = _mm256_add_epi32(c[m][1], _mm256_madd_epi16(maddubs_mem(av, bq + 8), ones));
     }
   }
+};
+
+// act_bits = 7 on the held w8a8-cpu layout: the same quads, read in place.
+struct HeldQuads : Quads {
+  static constexpr bool kHeld = true;
 };
 
 // Decode sizes on held panels (one row panel, whole K): P column panels at once, so P
@@ -433,17 +394,32 @@ void held_panels_for(int64_t rows, int64_t panels, const int32_t* ap, const char
   }
 }
 
-// Form's tile kernel for the first `rows` (1 .. kMR) rows of an x panel: the last panel of
-// M rows runs only the rows it has (16 rows: 6 + 6 + 4, not 18).
+// io[m][h] += the form's steps over `units` unit rows (pairs or quads of k) of one panel, for
+// the first MR rows of an x panel; a held form prefetches ahead in the panel as it streams.
+template <class Form, int MR>
+void run_units(const int32_t* ap, const char* bp, int64_t units, __m256i (&io)[kMR][2]) {
+  constexpr int64_t kRowBytes = kNR * Form::kUnitBytes;
+  // Local accumulators: through the reference GCC stores them back every iteration.
+  __m256i c[MR][2];
+  for (int m = 0; m < MR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
+  for (int64_t u = 0; u < units; ++u) {
+    if (Form::kHeld && (kRowBytes == 64 || (u & 1) == 0)) _mm_prefetch(bp + u * kRowBytes + kHeldPrefetch, _MM_HINT_T0);
+    Form::template step<MR>(ap + u * kMR, bp + u * kRowBytes, c);
+  }
+  for (int m = 0; m < MR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
+}
+
+// Form's tile for the first `rows` (1 .. kMR) rows of an x panel: the last panel of M rows
+// runs only the rows it has.
 template <class Form>
-inline void tile_kernel(int64_t rows, const int32_t* ap, const void* bp, int64_t units, __m256i (&c)[kMR][2]) {
+inline void tile_kernel(int64_t rows, const int32_t* ap, const char* bp, int64_t units, __m256i (&c)[kMR][2]) {
   switch (rows) {
-    case 1: return Form::template kernel<1>(ap, bp, units, c);
-    case 2: return Form::template kernel<2>(ap, bp, units, c);
-    case 3: return Form::template kernel<3>(ap, bp, units, c);
-    case 4: return Form::template kernel<4>(ap, bp, units, c);
-    case 5: return Form::template kernel<5>(ap, bp, units, c);
-    default: return Form::template kernel<kMR>(ap, bp, units, c);
+    case 1: return run_units<Form, 1>(ap, bp, units, c);
+    case 2: return run_units<Form, 2>(ap, bp, units, c);
+    case 3: return run_units<Form, 3>(ap, bp, units, c);
+    case 4: return run_units<Form, 4>(ap, bp, units, c);
+    case 5: return run_units<Form, 5>(ap, bp, units, c);
+    default: return run_units<Form, kMR>(ap, bp, units, c);
   }
 }
 

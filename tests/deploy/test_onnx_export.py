@@ -198,16 +198,22 @@ def test_int8_layer_held_in_the_cuda_layout_exports(tmp_path):
 
     torch.manual_seed(8)
     layer = Int8Linear.from_linear(torch.nn.Linear(64, 40), group_size=32, activation="gelu")
-    x = torch.randn(3, 64)
-    with torch.no_grad():
-        expected = layer(x)
-    layer.use_kernel_layout("w8a16-cuda")
-    path = tmp_path / "layout.onnx"
-    torch.onnx.export(layer, (x,), path, verbose=False)
-    proto = onnx.load(str(path))
+    proto, x, got, expected = _export_held_layout(tmp_path, layer, "w8a16-cuda")
     assert "DequantizeLinear" in _ops(proto)
-    (got,) = run_onnx(ort_session(path), (x,))
     assert rel_error(got, expected) < 1e-5
+
+
+def _export_held_layout(tmp_path, layer, layout: str):
+    """Hold `layout`, then export with plain torch.onnx.export: (the ONNX proto, the input,
+    what ONNX Runtime computes, what the layer computes on the reference path)."""
+    layer.use_kernel_layout(layout)
+    x = torch.randn(3, layer.in_features)
+    with torch.no_grad(), bigperf.use_backend("reference"):
+        expected = layer(x)
+    path = tmp_path / f"{layout}.onnx"
+    torch.onnx.export(layer, (x,), path, verbose=False)
+    (got,) = run_onnx(ort_session(path), (x,))
+    return onnx.load(str(path)), x, got, expected
 
 
 @pytest.mark.parametrize("act_bits", [8, 7])
@@ -218,14 +224,8 @@ def test_w8a8_layer_held_in_the_cpu_panels_exports(tmp_path, act_bits):
 
     torch.manual_seed(10)
     layer = Int8Linear.from_linear(torch.nn.Linear(64, 40), weight_only=False, act_bits=act_bits, activation="relu")
-    layer.use_kernel_layout("w8a8-cpu")
-    x = torch.randn(3, 64)
-    with torch.no_grad(), bigperf.use_backend("reference"):
-        expected = layer(x)
-    path = tmp_path / "w8a8_panels.onnx"
-    torch.onnx.export(layer, (x,), path, verbose=False)
-    assert {"QuantizeLinear", "DequantizeLinear"} <= set(_ops(onnx.load(str(path))))
-    (got,) = run_onnx(ort_session(path), (x,))
+    proto, x, got, expected = _export_held_layout(tmp_path, layer, "w8a8-cpu")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(_ops(proto))
     assert rel_error(got, expected) < 1e-5
     assert layer.kernel_layout == "w8a8-cpu", "exporting must not change the layer"
 
@@ -242,14 +242,8 @@ def test_sparse_layer_held_in_the_cpu_lane_layout_exports(tmp_path, out_features
     torch.manual_seed(9)
     layer = SparseLinear.from_linear(torch.nn.Linear(64, out_features), prune=True, values_dtype=torch.float32,
                                      activation="gelu", **kwargs).eval()
-    layer.use_kernel_layout("cpu-lanes16")
-    x = torch.randn(3, 64)
-    with torch.no_grad(), bigperf.use_backend("reference"):
-        expected = layer(x)
-    path = tmp_path / "lanes.onnx"
-    torch.onnx.export(layer, (x,), path, verbose=False)
-    assert not [n for n in onnx.load(str(path)).graph.node if n.domain not in ("", "ai.onnx")]
-    (got,) = run_onnx(ort_session(path), (x,))
+    proto, x, got, expected = _export_held_layout(tmp_path, layer, "cpu-lanes16")
+    assert not [n for n in proto.graph.node if n.domain not in ("", "ai.onnx")]
     assert rel_error(got, expected) < 1e-5
     result = export_onnx(layer, (x,), tmp_path / "lanes_dense.onnx")
     assert not {"ScatterElements", "ScatterND"} & set(_ops(onnx.load(str(result.path))))
