@@ -101,10 +101,12 @@ def test_given_absmax_and_strided_rows_and_untouched_padding(act_bits):
     assert (out[:, n:] == 7.0).all()
 
 
-def test_threads_agree():
-    qweight, scale = _weight(300, 200, seed=13)
+@pytest.mark.parametrize("m", (1, 2, 30))
+def test_threads_agree(m):
+    """Enough work that 2 threads split the column blocks (int8_linear_common.h: threads_for)."""
+    qweight, scale = _weight(600, 520, seed=13)
     layout = pack_w8a8_cpu(qweight, scale, 8)
-    x = _randn(30, 200, seed=14)
+    x = _randn(m, 520, seed=14)
     assert torch.equal(_run(x, layout, threads=1), _run(x, layout, threads=2))
 
 
