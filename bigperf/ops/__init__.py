@@ -16,5 +16,16 @@ from bigperf.ops.registry import (
     use_backend,
 )
 
-__all__ = ["BACKEND_NAMES", "NoBackendError", "block_sparse_lanes_linear", "forced_backend", "fused_linear",
-           "int8_dynamic_layout_linear", "int8_layout_linear", "int8_linear", "sparse24_lanes_linear", "sparse_linear", "use_backend"]
+__all__ = [
+    "BACKEND_NAMES",
+    "NoBackendError",
+    "block_sparse_lanes_linear",
+    "forced_backend",
+    "fused_linear",
+    "int8_dynamic_layout_linear",
+    "int8_layout_linear",
+    "int8_linear",
+    "sparse24_lanes_linear",
+    "sparse_linear",
+    "use_backend",
+]

@@ -21,6 +21,10 @@
 //     N = 14336 and 1.31x at M = 2048, K = N = 4096. The offset is taken back per
 //     output, acc - 64 * colsum(w), with the column sums from packing. For 8-bit codes
 //     (q + 128 up to 254) the pair sums could saturate: the int16 form stays.
+//   * Held panels (int8_dynamic_linear_panels_avx2): a W8A8 layer on this path holds its
+//     weight in the GEMM's panel order (the w8a8-cpu layout: int8 pairs, widened in
+//     registers, or the quads above), so every M runs the GEMM's tiles with no packing;
+//     one row panel (M <= 6) reads up to four column panels per pass over whole K.
 #include "cpu/int8_vec_avx2.h"
 #include "cpu/thread_pool.h"
 #include "cpu/transpose_avx2.h"
@@ -261,6 +265,12 @@ struct Pairs {
 // K = 4096, N = 14336, Zen 3).
 constexpr int64_t kHeldPrefetch = 2048;
 
+// One prefetch per 64-byte line of a held panel as unit row u (row_bytes: 32 or 64) streams.
+template <int64_t kRowBytes>
+inline void prefetch_held(const char* unit_row, int64_t u) {
+  if (kRowBytes == 64 || (u & 1) == 0) _mm_prefetch(unit_row + kHeldPrefetch, _MM_HINT_T0);
+}
+
 // act_bits = 8 on the held w8a8-cpu layout: int8 pairs [kp][16 columns][2], widened to the
 // int16 pairs of Pairs in registers (two vpmovsxbw per pair of k), so no per-call packing.
 struct HeldPairs {
@@ -363,7 +373,7 @@ void held_panels(const int32_t* ap, const char* bp, int64_t panel_bytes, int64_t
   for (int64_t u = 0; u < units; ++u) {
     for (int p = 0; p < P; ++p) {
       const char* w = bp + p * panel_bytes + u * kRowBytes;
-      if (kRowBytes == 64 || (u & 1) == 0) _mm_prefetch(w + kHeldPrefetch, _MM_HINT_T0);
+      prefetch_held<kRowBytes>(w, u);
       Form::template step<MR>(ap + u * kMR, w, c[p]);
     }
   }
@@ -403,7 +413,7 @@ void run_units(const int32_t* ap, const char* bp, int64_t units, __m256i (&io)[k
   __m256i c[MR][2];
   for (int m = 0; m < MR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
   for (int64_t u = 0; u < units; ++u) {
-    if (Form::kHeld && (kRowBytes == 64 || (u & 1) == 0)) _mm_prefetch(bp + u * kRowBytes + kHeldPrefetch, _MM_HINT_T0);
+    if constexpr (Form::kHeld) prefetch_held<kRowBytes>(bp + u * kRowBytes, u);
     Form::template step<MR>(ap + u * kMR, bp + u * kRowBytes, c);
   }
   for (int m = 0; m < MR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
@@ -469,7 +479,7 @@ constexpr int64_t kKC = 256;  // units: 512 (pairs) or 1024 (quads) values of K
 
 // One worker of parallel_dynamic: its buffers, then column blocks of kNC while any are left.
 // Form: Pairs (act_bits 8) or Quads (act_bits 7), the weights packed per call; or, with
-// Held, HeldPairs or Quads read straight from the layer's w8a8-cpu panels (a.panels).
+// Held, HeldPairs or HeldQuads read straight from the layer's w8a8-cpu panels (a.panels).
 template <class Form, bool Held, class Take>
 void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& take, int64_t blocks) {
   const int64_t kp2 = qx.kpad / Form::kPer;  // units of one row
