@@ -51,6 +51,17 @@ def _tuning_rows(table: Table) -> None:
     table.add_row("tuning cache", f"{path} (BIGPERF_CACHE_DIR); {len(choices)} choice(s) for this machine ({summary})")
 
 
+def _layout_rows(table: Table) -> None:
+    """The kernel layout an int8 layer holds its weight in here, and why not the other."""
+    from bigperf.formats import w8a8_cpu, w8a16_cuda
+
+    for kind, format_, weight_only, device in (("W8A8", w8a8_cpu, False, torch.device("cpu")),
+                                               ("W8A16", w8a16_cuda, True, torch.device("cuda"))):
+        why = format_.why_not_hold(device, weight_only)
+        table.add_row(f"{kind} layers on {device.type}",
+                      f"hold {format_.NAME} (v{format_.VERSION})" if why is None else f"hold int8-rowmajor: {why}")
+
+
 def run_doctor(console: Console | None = None) -> int:
     console = console or Console()
     info = _ext.build_info()
@@ -85,6 +96,7 @@ def run_doctor(console: Console | None = None) -> int:
         table.add_row("GPU", "none visible to torch (torch.cuda.is_available() is False)")
     cuda_reason = _ext.cuda_unavailable_reason()
     table.add_row("bigperf._C_cuda", "ready" if cuda_reason is None else cuda_reason)
+    _layout_rows(table)
     _tuning_rows(table)
     console.print(table)
     console.print(_backend_table(torch.device("cpu")))

@@ -1,14 +1,21 @@
 import subprocess
 import sys
 
+import torch
+
 from bigperf.cli import main
 
 
 def test_doctor_explains_backends(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    for word in ("CPU ISA in use", "torch", "triton", "reference", "bigperf._C_cuda"):
+    for word in ("CPU ISA in use", "torch", "triton", "reference", "bigperf._C_cuda", "W8A8 layers on cpu",
+                 "W8A16 layers on cuda"):
         assert word in out
+    from bigperf.formats import w8a8_cpu
+
+    held = "hold w8a8-cpu" if w8a8_cpu.why_not_hold(torch.device("cpu"), False) is None else "hold int8-rowmajor"
+    assert held in out, "the doctor must say which layout a W8A8 layer holds on this machine"
 
 
 def test_demo_small_runs_and_prints_table():
