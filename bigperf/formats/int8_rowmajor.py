@@ -147,11 +147,15 @@ def _weight_only_torch_run(dtype):
 CPU_DYNAMIC_MAX_K = (1 << 31) // (128 * 128) - 1
 
 
+def dynamic_cpu_why_not(x, k: int, kernel: str) -> str | None:
+    """Why bigperf._C's W8A8 `kernel` cannot take x against K = k, or None."""
+    if k > CPU_DYNAMIC_MAX_K:
+        return f"K = {k} exceeds {CPU_DYNAMIC_MAX_K}, past which the kernel's int32 sums of int8 products may overflow"
+    return cpu_why_not(x, kernel)
+
+
 def _dynamic_cpu_why_not(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
-    if qweight.shape[1] > CPU_DYNAMIC_MAX_K:
-        return (f"K = {qweight.shape[1]} exceeds {CPU_DYNAMIC_MAX_K}, past which the kernel's int32 sums of "
-                f"int8 products may overflow")
-    return cpu_why_not(x, "int8_dynamic_linear")
+    return dynamic_cpu_why_not(x, qweight.shape[1], "int8_dynamic_linear")
 
 
 # From this many rows the AVX2 W8A8 kernel runs its GEMM (kGemmMinM in int8_dynamic_avx2.cpp);

@@ -31,7 +31,7 @@ from bigperf import _ext
 from bigperf.formats import int8_rowmajor
 from bigperf.formats._checks import check_arg, check_layout_version, round_up
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import as_rows, cpu_why_not, fp32_bias
+from bigperf.ops.common import as_rows, fp32_bias
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
 from bigperf.ops.torch_paths import register_float_copy_path
@@ -127,10 +127,7 @@ def _canonical_stand_ins(x, weight, colsum, scale, n, k, bias, activation, act_b
 
 
 def _cpu_why_not(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
-    if k > int8_rowmajor.CPU_DYNAMIC_MAX_K:
-        return (f"K = {k} exceeds {int8_rowmajor.CPU_DYNAMIC_MAX_K}, past which the kernel's int32 sums of "
-                f"int8 products may overflow")
-    reason = cpu_why_not(x, KERNEL)
+    reason = int8_rowmajor.dynamic_cpu_why_not(x, k, KERNEL)
     if reason is None and _ext.cpu_isa() not in ("avx2", "avx512"):
         reason = f"the layout's kernel is AVX2 code; the CPU path in use is {_ext.cpu_isa()}"
     return reason

@@ -161,8 +161,12 @@ class Int8Linear(FloatCopy, nn.Module):
         self._refresh_float_copy()  # attached to the tensor the new layout's op receives
         return self
 
-    def _float_copy_key(self) -> torch.Tensor:
+    def _held_weight(self) -> torch.Tensor:
+        """The tensor the layout's op receives as its weight (qweight, or a layout's weight)."""
         return getattr(self, _BUFFERS[self.kernel_layout][0])
+
+    def _float_copy_key(self) -> torch.Tensor:
+        return self._held_weight()
 
     def _float_weight(self) -> torch.Tensor:
         if self.kernel_layout == "w8a16-cuda":
@@ -172,7 +176,7 @@ class Int8Linear(FloatCopy, nn.Module):
         return int8_rowmajor.float_weight(self.qweight, self.scale, self.zero_point, self.weight_only)
 
     def _preferred_layout(self) -> str:
-        device = self._float_copy_key().device
+        device = self._held_weight().device
         for layout, format_ in (("w8a16-cuda", w8a16_cuda), ("w8a8-cpu", w8a8_cpu)):
             if format_.why_not_hold(device, self.weight_only) is None:
                 return layout

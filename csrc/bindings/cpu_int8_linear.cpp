@@ -46,6 +46,17 @@ void check_sizes(const char* fn, int64_t M, int64_t N, int64_t K, int act, int n
   require(num_threads >= 1, fn, "argument 'num_threads' must be >= 1");
 }
 
+// What both W8A8 entry points check beyond check_sizes: the activation bits, and a K whose
+// int8 products the int32 accumulator holds exactly.
+void check_dynamic(const char* fn, int64_t K, int act_bits) {
+  require(act_bits == 7 || act_bits == 8, fn,
+          "argument 'act_bits' must be 7 or 8 (bits of the per-token activation codes), got " +
+              std::to_string(act_bits));
+  require(K <= kInt8DynamicMaxK, fn,
+          "argument 'K' " + std::to_string(K) + " exceeds " + std::to_string(kInt8DynamicMaxK) +
+              ", past which int8 products may overflow the int32 accumulator");
+}
+
 // Both forms of the weight-only kernel (int8_linear.h) take these arguments; Panel: the panel
 // form, for arithmetic-bound M.
 template <bool Panel>
@@ -83,14 +94,9 @@ void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
                          int act_bits, uintptr_t x_absmax) {
   const char* fn = kDynamicFn;
   check_sizes(fn, M, N, K, act, num_threads);
-  require(act_bits == 7 || act_bits == 8, fn,
-          "argument 'act_bits' must be 7 or 8 (bits of the per-token activation codes), got " +
-              std::to_string(act_bits));
+  check_dynamic(fn, K, act_bits);
   Int8DynamicLinearArgs a{};
   a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
-  require(K <= kInt8DynamicMaxK, fn,
-          "argument 'K' " + std::to_string(K) + " exceeds " + std::to_string(kInt8DynamicMaxK) +
-              ", past which int8 products may overflow the int32 accumulator");
   DynamicFn kernel = kernel_for_isa<DynamicFn>(isa, kDynamicFn, ISA_KERNELS(int8_dynamic_linear));
   if (M == 0 || N == 0) return;
   check_common(fn, x, x_row_stride, qw, qw_row_stride, w_scale, out, out_row_stride, M, N, K);
@@ -114,12 +120,7 @@ void int8_dynamic_linear_panels(uintptr_t x, int64_t x_row_stride, int x_dtype, 
                                 int64_t N, int64_t K, int act, int num_threads, int act_bits, uintptr_t x_absmax) {
   const char* fn = kPanelsFn;
   check_sizes(fn, M, N, K, act, num_threads);
-  require(act_bits == 7 || act_bits == 8, fn,
-          "argument 'act_bits' must be 7 or 8 (bits of the per-token activation codes), got " +
-              std::to_string(act_bits));
-  require(K <= kInt8DynamicMaxK, fn,
-          "argument 'K' " + std::to_string(K) + " exceeds " + std::to_string(kInt8DynamicMaxK) +
-              ", past which int8 products may overflow the int32 accumulator");
+  check_dynamic(fn, K, act_bits);
   require(isa_runnable("avx2"), fn, "the w8a8-cpu layout's kernel needs AVX2, which this build or CPU lacks");
   Int8DynamicLinearArgs a{};
   a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
