@@ -9,12 +9,24 @@ import torch
 from torch import nn
 
 
+def ordinary(t: torch.Tensor) -> torch.Tensor:
+    """`t` as an ordinary tensor: one made under torch.inference_mode() is copied out of
+    inference. The ops check a weight's content (finite scales, 2:4 metadata, block
+    indices) once per tensor version (bigperf/ops/tensor_keys.py), and inference tensors
+    keep no version, so a layer holding them would be checked again on every call (an
+    Int8Linear swapped under inference_mode: 118 us per call at 64 x 64 against 42)."""
+    if not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return t.clone()
+
+
 def replace_buffers(module: nn.Module, old: tuple[str, ...], new: dict[str, torch.Tensor | None],
                     persistent: bool = True) -> None:
     """Drop the buffers named `old`, then register `new` (a None value stays a plain None
-    attribute). Dropped names are deleted as buffers, since torch.export miscounts a root
-    module's None buffers (torch 2.13), and left as plain None attributes, which read at no
-    cost on the forward path."""
+    attribute; inference tensors become ordinary ones). Dropped names are deleted as
+    buffers, since torch.export miscounts a root module's None buffers (torch 2.13), and
+    left as plain None attributes, which read at no cost on the forward path."""
     for name in old:
         module._buffers.pop(name, None)
         module.__dict__[name] = None
@@ -23,7 +35,7 @@ def replace_buffers(module: nn.Module, old: tuple[str, ...], new: dict[str, torc
         if t is None:
             module.__dict__[name] = None
         else:
-            module.register_buffer(name, t, persistent=persistent)
+            module.register_buffer(name, ordinary(t), persistent=persistent)
 
 
 def keeping_dtype(fn, tensors) -> callable:
@@ -74,7 +86,9 @@ class FloatCopy:
 
     def _refresh_float_copy(self) -> None:
         key = self._float_copy_key()
-        set_float_copy(self, key, self._float_weight() if self.keeps_float_copy else None)
+        with torch.inference_mode(False):  # made ordinary (see `ordinary`) rather than copied out
+            copy = self._float_weight() if self.keeps_float_copy else None
+        set_float_copy(self, key, copy)
 
     @contextlib.contextmanager
     def _float_copy_rebuilt(self):

@@ -66,16 +66,20 @@ class Int8Linear(FloatCopy, nn.Module):
         self.act_bits = act_bits
         self.activation = activation_name(activation, where)
         groups = 1 if group_size is None else in_features // group_size
-        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("scale", torch.ones(out_features, groups, dtype=torch.float32, device=device))
-        if symmetric:
-            self.zero_point = None
-        else:
-            self.register_buffer("zero_point", torch.zeros(out_features, groups, dtype=torch.int8, device=device))
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.float32, device=device), requires_grad=False)
-        else:
-            self.register_parameter("bias", None)
+        # Never inference tensors, even when built under torch.inference_mode(): see
+        # _layouts.ordinary (from_linear and loads copy into these; layouts and moves keep it).
+        with torch.inference_mode(False):
+            self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+            self.register_buffer("scale", torch.ones(out_features, groups, dtype=torch.float32, device=device))
+            if symmetric:
+                self.zero_point = None
+            else:
+                self.register_buffer("zero_point", torch.zeros(out_features, groups, dtype=torch.int8, device=device))
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.float32, device=device),
+                                         requires_grad=False)
+            else:
+                self.register_parameter("bias", None)
         self.kernel_layout = "rowmajor"
         self._init_float_copy()
 
@@ -185,7 +189,8 @@ class Int8Linear(FloatCopy, nn.Module):
     def _apply(self, fn, recurse=True):
         scales = [getattr(self, name) for name in _SCALES[self.kernel_layout]]
         with self._float_copy_rebuilt():
-            super()._apply(keeping_dtype(fn, scales), recurse)
+            with torch.inference_mode(False):  # moved buffers are never inference tensors: see __init__
+                super()._apply(keeping_dtype(fn, scales), recurse)
             self.use_kernel_layout(self._preferred_layout())
         return self
 

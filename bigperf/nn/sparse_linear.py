@@ -10,7 +10,7 @@ from bigperf.formats._lanes import reorder_lanes_values
 from bigperf.formats.bsr_lanes import BsrLanes, bsr_lanes_eligible, pack_bsr_lanes, unpack_bsr_lanes
 from bigperf.formats.sparse24_lanes import Sparse24Lanes, pack_24_lanes, unpack_24_lanes
 from bigperf.errors import LayerRefused  # noqa: F401 - also importable from here, its first home
-from bigperf.nn._layouts import FloatCopy, keeping_dtype, replace_buffers
+from bigperf.nn._layouts import FloatCopy, keeping_dtype, ordinary, replace_buffers
 from bigperf.ops.activations import activation_name
 from bigperf.ops.block_sparse_lanes_linear import block_sparse_lanes_linear
 from bigperf.ops.sparse24_lanes_linear import sparse24_lanes_linear
@@ -139,10 +139,9 @@ class SparseLinear(FloatCopy, nn.Module):
     def _set_buffers(self, **tensors):
         # Inference tensors (packed under torch.inference_mode()) become ordinary ones: see
         # _make_buffers.
-        with torch.inference_mode(False):
-            for name, t in tensors.items():
-                if t is not None:
-                    setattr(self, name, t.clone() if t.is_inference() else t)
+        for name, t in tensors.items():
+            if t is not None:
+                setattr(self, name, ordinary(t))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_layout == "cpu-lanes16":

@@ -326,3 +326,40 @@ def test_w8a8_layout_refusals():
         int8_dynamic_linear_w8a8_cpu(torch.randn(2, 64), layout, act_absmax=torch.ones(3))
     with pytest.raises(ValueError, match=r"pack_w8a8_cpu: argument 'scale' must be per channel"):
         pack_w8a8_cpu(qweight, torch.ones(32, 2))
+
+
+@pytest.mark.parametrize("kwargs", [dict(weight_only=True), dict(weight_only=True, group_size=32, symmetric=False),
+                                    dict(weight_only=False)])
+def test_layer_built_under_inference_mode_checks_its_scales_once(kwargs, monkeypatch):
+    """A model swapped, loaded and cast under torch.inference_mode() must not re-check its
+    scales on every call: its buffers stay ordinary tensors, with the version counter the
+    ops' check cache keys on (an inference tensor has none)."""
+    from bigperf.ops import validation
+
+    checked = []
+    cache = validation._FINITE_CHECKED
+    monkeypatch.setattr(cache, "get", lambda tensors, build, extra=None, _get=cache.get:
+                        _get(tensors, lambda: checked.append(tensors) or build(), extra))
+    with torch.inference_mode():
+        layer = Int8Linear.from_linear(nn.Linear(64, 32), **kwargs)
+        fresh = Int8Linear(64, 32, **kwargs)
+        fresh.load_state_dict(layer.state_dict())
+        cast = Int8Linear.from_linear(nn.Linear(64, 32), **kwargs).to(torch.bfloat16)
+        x = torch.randn(2, 64)
+        for model, inputs in ((layer, x), (fresh, x), (cast, x.bfloat16())):
+            assert not any(t.is_inference() for t in list(model.buffers()) + list(model.parameters()))
+            outs = [model(inputs) for _ in range(3)]
+            assert all(torch.equal(o, outs[0]) for o in outs)
+        assert torch.equal(layer(x), fresh(x))
+    held = {id(t) for model in (layer, fresh, cast) for t in model.buffers()}
+    mine = [tensors for tensors in checked if id(tensors[0]) in held]
+    assert len(mine) == 3, f"one scale check per layer expected, got {len(mine)}"
+
+
+def test_float_copy_made_under_inference_mode_is_an_ordinary_tensor():
+    with torch.inference_mode():
+        layer = Int8Linear.from_linear(nn.Linear(64, 32)).keep_float_copy()
+        assert layer.float_copy is not None and not layer.float_copy.is_inference()
+        x = torch.randn(3, 64)
+        with bigperf.use_backend("torch"):
+            assert torch.allclose(layer(x), x @ layer.float_copy.t() + layer.bias, atol=1e-5)
