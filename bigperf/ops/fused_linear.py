@@ -106,7 +106,7 @@ def _backward(ctx, grad_out):
     return grad_x, grad_w, grad_b, grad_r, None
 
 
-fused_linear_op.register_autograd(_backward, setup_context=_setup_context)
+FUSED_LINEAR.register_autograd(_backward, _setup_context)
 
 
 # ----------------------------------------------------------------------------- backends

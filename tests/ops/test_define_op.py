@@ -86,3 +86,58 @@ def test_fake_validates_and_gives_the_output_shape(toy):
 def test_bad_name_is_refused():
     with pytest.raises(ValueError, match="define_op: argument 'name'"):
         define_op("other.op", _signature, lambda *a: None, lambda *a: ())
+
+
+@pytest.fixture(scope="module")
+def toy_with_grad():
+    counts = _Counting()
+    op = define_op("bigperf.test_define_op_toy_grad", _signature, counts.validate,
+                   lambda x, weight, scale: (x.shape[0], weight.shape[0]))
+    op.backends.register("cpu", lambda *args: None, counts.run)
+    op.backends.register("reference", lambda *args: None, counts.run)
+    onnx_lowering(op.name)(lambda x, weight, scale: (x @ weight.t()) * scale)
+
+    def setup_context(ctx, inputs, output):
+        x, weight, scale = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.scale = scale
+
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return grad @ weight * ctx.scale, grad.t() @ x * ctx.scale, None
+
+    op.register_autograd(backward, setup_context)
+    return op, counts
+
+
+def test_eager_call_that_needs_gradients_skips_the_dispatcher(toy_with_grad):
+    """Plain eager with a tensor that requires grad: validated once, run once, through an
+    autograd.Function with the op's backward (not the custom_op's ~100 µs wrapper), and the
+    gradients are those of the math."""
+    op, counts = toy_with_grad
+    _reset(counts)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    out = op(x, w, 2.0)
+    assert (counts.validations, counts.runs) == (1, 1)
+    assert "test_define_op_toy_grad_autograd" in out.grad_fn.name()
+    out.sum().backward()
+    xr, wr = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    ((xr @ wr.t()) * 2.0).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(w.grad, wr.grad)
+    assert torch.autograd.gradcheck(lambda a, b: op(a, b, 0.5), (x.detach().requires_grad_(True),
+                                                                  w.detach().requires_grad_(True)))
+
+
+def test_torch_func_transforms_still_take_the_dispatcher():
+    """Under torch.func (grad, vmap, ...) the call goes to torch.ops.bigperf as before: an
+    autograd.Function of the eager route would see functorch's wrapped tensors."""
+    from bigperf.ops.registry import EAGER_AUTOGRAD, eager_call_kind
+
+    x, w = torch.randn(3, 5), torch.randn(4, 5, requires_grad=True)
+    with torch.enable_grad():
+        assert eager_call_kind((x, w, 1.0)) is EAGER_AUTOGRAD
+    kinds = []
+    torch.func.grad(lambda weight: kinds.append(eager_call_kind((x, weight, 1.0))) or (x @ weight.t()).sum())(w)
+    assert kinds == [None]
