@@ -86,6 +86,10 @@ class FloatCopy:
 
     def _refresh_float_copy(self) -> None:
         key = self._float_copy_key()
+        if self.keeps_float_copy and key.is_inference():
+            raise ValueError(f"bigperf.nn.{type(self).__name__}.keep_float_copy: the layer's weight is an inference "
+                             f"tensor (made under torch.inference_mode(), e.g. by copy.deepcopy there), which keeps "
+                             f"no version to tie a float copy to; build or copy the layer outside inference mode")
         with torch.inference_mode(False):  # made ordinary (see `ordinary`) rather than copied out
             copy = self._float_weight() if self.keeps_float_copy else None
         set_float_copy(self, key, copy)

@@ -30,12 +30,16 @@ class FusedLinear(FloatCopy, nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.activation = activation_name(activation, "bigperf.nn.FusedLinear")
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=weight_dtype, device=device))
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.float32, device=device))
-        else:
-            self.register_parameter("bias", None)
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        # Never inference tensors, even when built under torch.inference_mode(): a float copy
+        # is tied to its weight's version (ops/torch_paths.attach_float_copy), which inference
+        # tensors lack (see _layouts.ordinary). from_linear and loads copy into these.
+        with torch.inference_mode(False):
+            self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=weight_dtype, device=device))
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.float32, device=device))
+            else:
+                self.register_parameter("bias", None)
+            nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
         self._init_float_copy()
 
     @classmethod
@@ -65,7 +69,8 @@ class FusedLinear(FloatCopy, nn.Module):
 
     def _apply(self, fn, recurse=True):
         with self._float_copy_rebuilt():
-            super()._apply(fn, recurse)
+            with torch.inference_mode(False):  # moved weights are never inference tensors: see __init__
+                super()._apply(fn, recurse)
         return self
 
     def _load_from_state_dict(self, *args, **kwargs):

@@ -1,9 +1,11 @@
+import copy
 import io
 
 import pytest
 import torch
 from torch import nn
 
+import bigperf
 from bigperf.nn import FusedLinear
 from tests.helpers import rel_error
 
@@ -93,3 +95,30 @@ def test_swapped_model_exports_with_the_bigperf_op_in_the_graph():
     assert targets.count(torch.ops.bigperf.fused_linear.default) == 2
     with torch.no_grad():
         assert torch.allclose(exported.module()(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+def test_swapped_under_inference_mode_with_a_float_copy():
+    """swap(..., FusedMixedPrecision(float_copy=True)) under torch.inference_mode() used to
+    fail ("Inference tensors do not track version counter"): the layer's weight is an
+    ordinary tensor now, so its float copy is tied to its version and serves."""
+    from bigperf.ops.torch_paths import float_copy_why_not
+
+    model = nn.Sequential(nn.Linear(64, 32))
+    with torch.inference_mode():
+        bigperf.swap(model, bigperf.FusedMixedPrecision(float_copy=True))
+        layer = model[0]
+        assert not any(t.is_inference() for t in list(layer.parameters()) + list(layer.buffers()))
+        assert float_copy_why_not(layer.weight) is None
+        x = torch.randn(5, 64)
+        with bigperf.use_backend("torch"):
+            out = layer(x)
+        torch.testing.assert_close(out, x @ layer.weight.float().t() + layer.bias, atol=1e-5, rtol=1e-5)
+        moved = layer.to(torch.float16)
+        assert not moved.weight.is_inference() and float_copy_why_not(moved.weight) is None
+
+
+def test_float_copy_of_an_inference_tensor_is_refused_by_name():
+    with torch.inference_mode():
+        layer = copy.deepcopy(FusedLinear(16, 8, weight_dtype=torch.bfloat16))  # deepcopy here makes inference tensors
+        with pytest.raises(ValueError, match=r"FusedLinear.keep_float_copy: the layer's weight is an inference"):
+            layer.keep_float_copy()
