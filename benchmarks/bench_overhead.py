@@ -15,7 +15,7 @@ import time
 import torch
 
 from bigperf import _ext
-from bigperf.nn import FusedLinear
+from bigperf.nn import FusedLinear, Int8Linear
 from bigperf.ops.fused_linear import fused_linear
 
 M, N, K = 1, 16, 16
@@ -40,6 +40,9 @@ def main() -> None:
     w = torch.randn(N, K)
     out = torch.empty(M, N)
     layer = FusedLinear(K, N, bias=False).eval()
+    int8_layer = Int8Linear.from_linear(torch.nn.Linear(K, N)).eval()
+    with torch.inference_mode():  # as a model swapped under inference_mode: its scales must stay checked once
+        int8_layer_made_in_inference = Int8Linear.from_linear(torch.nn.Linear(K, N)).eval()
     threads = torch.get_num_threads()
 
     def direct():
@@ -57,14 +60,23 @@ def main() -> None:
             layer(x)
 
     def layer_grad_enabled():
-        layer(x)  # parameters require grad: goes through the dispatcher and autograd
+        layer(x)  # parameters require grad: an autograd.Function with the op's backward
+
+    def int8_no_grad():
+        with torch.no_grad():
+            int8_layer(x)
+
+    def int8_made_in_inference_no_grad():
+        with torch.no_grad():
+            int8_layer_made_in_inference(x)
 
     def torch_linear():
         torch.nn.functional.linear(x, w)
 
     variants = {"C++ kernel, direct": direct, "op (eager, inference_mode)": op_inference,
                 "op (eager, grad mode, no grad needed)": op_plain, "FusedLinear (no_grad)": layer_no_grad,
-                "FusedLinear (grad enabled)": layer_grad_enabled, "torch F.linear": torch_linear}
+                "FusedLinear (grad enabled)": layer_grad_enabled, "Int8Linear (no_grad)": int8_no_grad,
+                "Int8Linear made under inference_mode": int8_made_in_inference_no_grad, "torch F.linear": torch_linear}
     samples = {name: [] for name in variants}
     for fn in variants.values():
         per_call_us(fn, 500)  # warm-up
