@@ -150,15 +150,16 @@ class Int8Linear(FloatCopy, nn.Module):
         if layout == "w8a8-cpu" and self.weight_only:
             raise ValueError(f"{where}: layout 'w8a8-cpu' holds W8A8 weights; this layer is W8A16 "
                              f"(weight_only=True)")
-        qweight, scale, zero_point = self.int8_weight()
-        if layout == "w8a16-cuda":
-            packed = pack_w8a16(qweight, scale, zero_point)
-            tensors = (packed.weight, packed.scale, packed.zero)
-        elif layout == "w8a8-cpu":
-            packed = pack_w8a8_cpu(qweight, scale, self.act_bits)
-            tensors = (packed.weight, packed.colsum, packed.scale)
-        else:
-            tensors = (qweight, scale, zero_point)
+        with torch.inference_mode(False):  # packed as ordinary tensors, not copied out of inference later
+            qweight, scale, zero_point = self.int8_weight()
+            if layout == "w8a16-cuda":
+                packed = pack_w8a16(qweight, scale, zero_point)
+                tensors = (packed.weight, packed.scale, packed.zero)
+            elif layout == "w8a8-cpu":
+                packed = pack_w8a8_cpu(qweight, scale, self.act_bits)
+                tensors = (packed.weight, packed.colsum, packed.scale)
+            else:
+                tensors = (qweight, scale, zero_point)
         replace_buffers(self, _BUFFERS[self.kernel_layout], dict(zip(_BUFFERS[layout], tensors)),
                         persistent=layout == "rowmajor")
         self.kernel_layout = layout
