@@ -27,16 +27,20 @@ class _Counting:
         return (x @ weight.t()) * scale
 
 
-@pytest.fixture(scope="module")
-def toy():
+def _toy_op(name):
+    """(op, its counts): (x @ weight^T) * scale on paths that count their validations and runs."""
     counts = _Counting()
-    op = define_op("bigperf.test_define_op_toy", _signature, counts.validate,
-                   lambda x, weight, scale: (x.shape[0], weight.shape[0]))
+    op = define_op(name, _signature, counts.validate, lambda x, weight, scale: (x.shape[0], weight.shape[0]))
     op.backends.register("cpu", lambda *args: None, counts.run)
     op.backends.register("reference", lambda *args: None, counts.run)
     # Every bigperf op has an ONNX lowering (tests/deploy checks it of all registered ops).
     onnx_lowering(op.name)(lambda x, weight, scale: (x @ weight.t()) * scale)
     return op, counts
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return _toy_op("bigperf.test_define_op_toy")
 
 
 def _reset(counts):
@@ -90,12 +94,7 @@ def test_bad_name_is_refused():
 
 @pytest.fixture(scope="module")
 def toy_with_grad():
-    counts = _Counting()
-    op = define_op("bigperf.test_define_op_toy_grad", _signature, counts.validate,
-                   lambda x, weight, scale: (x.shape[0], weight.shape[0]))
-    op.backends.register("cpu", lambda *args: None, counts.run)
-    op.backends.register("reference", lambda *args: None, counts.run)
-    onnx_lowering(op.name)(lambda x, weight, scale: (x @ weight.t()) * scale)
+    op, counts = _toy_op("bigperf.test_define_op_toy_grad")
 
     def setup_context(ctx, inputs, output):
         x, weight, scale = inputs
