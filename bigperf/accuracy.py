@@ -40,7 +40,9 @@ def leaving_model_as_it_was(model: torch.nn.Module):
     BatchNorm statistics), with every module's training flag and every buffer a forward
     changed in place put back afterwards."""
     flags = [(module, module.training) for module in model.modules()]
-    buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
+    # A buffer made under torch.inference_mode() (a model loaded there) keeps no version
+    # counter: its content is compared instead, and it is written back inside that mode.
+    buffers = [(b, None if b.is_inference() else b._version, b.detach().clone()) for b in model.buffers()]
     model.eval()
     try:
         yield
@@ -49,7 +51,11 @@ def leaving_model_as_it_was(model: torch.nn.Module):
             module.training = training
         with torch.no_grad():
             for buffer, version, copy in buffers:
-                if buffer._version != version:
+                if version is None:
+                    if not torch.equal(buffer, copy):
+                        with torch.inference_mode():
+                            buffer.copy_(copy)
+                elif buffer._version != version:
                     buffer.copy_(copy)
 
 

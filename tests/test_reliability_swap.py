@@ -211,6 +211,30 @@ def test_calibration_of_a_training_mode_model_leaves_batchnorm_statistics_alone(
     assert_same(before, snapshot(model))
 
 
+def test_calibration_of_a_model_loaded_under_inference_mode_leaves_its_buffers_alone():
+    """A model built or loaded under torch.inference_mode() holds inference tensors, which keep
+    no version counter: calibration used to fail reading one ("Inference tensors do not track
+    version counter"); their content is compared and written back instead."""
+    class CountsCalls(nn.Module):  # a buffer a forward writes even in eval mode
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls += 1
+            return x
+
+    with torch.inference_mode():
+        model = nn.Sequential(side_effect_model(), CountsCalls()).train()
+        before = snapshot(model)
+        batches = [torch.randn(8, 32) for _ in range(3)]
+        report = bigperf.swap(model, "int8", calibration=batches, min_sqnr=0, dry_run=True)
+        assert model[1].calls.is_inference() and model[0][1].running_mean.is_inference()
+        assert report.changes and all(c.sqnr_db is not None for c in report.changes)
+        assert float(model[1].calls) == 0, "calibration left a forward's buffer write behind"
+        assert_same(before, snapshot(model))
+
+
 def test_a_failed_swap_changes_nothing_either():
     model = side_effect_model().train()
     fired = with_hooks(model)
