@@ -41,6 +41,13 @@ def prune(model: nn.Module, pattern: str = "2:4", *, density: float | None = Non
     if scope not in ("layer", "global"):
         raise ValueError(f"{FUNCTION}: argument 'scope' must be 'layer' or 'global', got {scope!r}")
     targets = [lm for lm in find_linear_maps(model) if filter is None or filter(lm.module, lm.name)]
+    if keep_masks:
+        frozen = [lm.name for lm in targets if lm.module.weight.is_inference()]
+        if frozen:  # keep_masks serves training, which inference tensors cannot take part in
+            raise ValueError(f"{FUNCTION}: argument 'keep_masks' keeps pruned weights zero through training, but "
+                             f"the weights of {frozen[:3]} are inference tensors (made under "
+                             f"torch.inference_mode()), which cannot be trained; load the model outside "
+                             f"inference mode, or prune with keep_masks=False")
 
     def oriented(lm):  # masks are computed in nn.Linear orientation (groups and blocks along K)
         return lm.module.weight.t() if lm.transposed else lm.module.weight

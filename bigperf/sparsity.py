@@ -17,6 +17,8 @@ Packed formats:
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 import torch
@@ -250,8 +252,11 @@ class _Masked(nn.Module):
 
 
 def apply_mask_(linear: nn.Module, mask: torch.Tensor, keep: bool = False) -> None:
-    """Zero the pruned weights in place; with keep=True they stay zero through training."""
-    with torch.no_grad():
+    """Zero the pruned weights in place; with keep=True they stay zero through training.
+    A weight made under torch.inference_mode() (a model loaded there) is written inside
+    that mode, the only place torch lets an inference tensor change in place."""
+    inside = torch.inference_mode() if linear.weight.is_inference() else contextlib.nullcontext()
+    with inside, torch.no_grad():
         linear.weight.mul_(mask.to(linear.weight.dtype))
     if keep:
         nn.utils.parametrize.register_parametrization(linear, "weight", _Masked(mask))

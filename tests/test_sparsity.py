@@ -86,6 +86,22 @@ def test_prune_model_in_place_and_masks_kept_through_training():
     assert satisfies_nm(model[0].weight.detach())  # the parametrisation re-applies the mask
 
 
+def test_prune_a_model_loaded_under_inference_mode():
+    """Its weights are inference tensors, which torch lets change in place only inside
+    inference mode: pruning them outside used to fail inside torch; keep_masks (training) is
+    refused by name before anything changes."""
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))
+    before = [m.weight.clone() for m in (model[0], model[2])]
+    with pytest.raises(ValueError, match="bigperf.prune: argument 'keep_masks'.*inference tensors"):
+        bigperf.prune(model, "2:4", keep_masks=True)
+    assert all(torch.equal(b, m.weight) for b, m in zip(before, (model[0], model[2])))
+    masks = bigperf.prune(model, "2:4")
+    for b, name in zip(before, ("0", "2")):
+        assert torch.equal(model.get_submodule(name).weight, b * masks[name])
+        assert satisfies_nm(model.get_submodule(name).weight)
+
+
 def test_prune_global_unstructured_and_block():
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(32, 64), nn.Linear(64, 16))
