@@ -87,6 +87,11 @@ def float_weight(values: torch.Tensor, col_indices: torch.Tensor, row_ptr: torch
     return unpack_bsr(values.to(torch.float32), col_indices, row_ptr, k)
 
 
+def dense_weight(x, values, col_indices, row_ptr, bias, activation) -> torch.Tensor:
+    """The dense weight of block_sparse_linear's arguments, in fp32 (its backward; K is x's)."""
+    return float_weight(values, col_indices, row_ptr, x.shape[-1])
+
+
 def _copy_run(x, values, col_indices, row_ptr, bias, activation):
     return copy_linear(x, values, bias=bias, activation=activation)
 

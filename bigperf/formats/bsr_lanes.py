@@ -177,6 +177,11 @@ def _canonical_args(x, values, col_indices, row_ptr, bk, bias, activation):
     return (x, *canonical, bias, activation)
 
 
+def dense_weight(*args) -> torch.Tensor:
+    """The dense weight of a path's arguments, in fp32 (the op's backward)."""
+    return bsr.dense_weight(*_canonical_args(*args))
+
+
 def _canonical_stand_ins(x, values, col_indices, row_ptr, bk, bias, activation):
     # The lane layout shares the canonical index tensors: only the values change shape.
     canonical_values = torch.empty(values.shape[0], 16 * values.shape[1], bk, dtype=values.dtype, device="meta")

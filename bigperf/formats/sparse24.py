@@ -127,6 +127,11 @@ def float_weight(values: torch.Tensor, meta: torch.Tensor, scale: torch.Tensor |
     return unpack_24(values, meta, scale, torch.float32)
 
 
+def dense_weight(x, values, meta, scale, bias, activation) -> torch.Tensor:
+    """The dense weight of sparse24_linear's arguments, in fp32 (its backward)."""
+    return float_weight(values, meta, scale)
+
+
 def _copy_run(x, values, meta, scale, bias, activation):
     return copy_linear(x, values, bias=bias, activation=activation)
 

@@ -188,6 +188,11 @@ def _canonical_args(x, values, meta, scale, n, bias, activation):
     return (x, *canonical, bias, activation)
 
 
+def dense_weight(*args) -> torch.Tensor:
+    """The dense weight of a path's arguments, in fp32 (the op's backward)."""
+    return sparse24.dense_weight(*_canonical_args(*args))
+
+
 def _canonical_stand_ins(x, values, meta, scale, n, bias, activation):
     k = meta.shape[1] // 2
     return (x, torch.empty(n, k // 2, dtype=values.dtype, device="meta"),

@@ -123,6 +123,11 @@ def _canonical_args(x, weight, scale, zero, n, k, group_size, bias, activation):
     return (x, qweight, q_scale, zero_point, bias, activation)
 
 
+def dense_weight(*args) -> torch.Tensor:
+    """The dequantised weight of a path's arguments, in fp32 (the op's backward)."""
+    return int8_rowmajor.weight_only_dense(*_canonical_args(*args))
+
+
 def _canonical_stand_ins(x, weight, scale, zero, n, k, group_size, bias, activation):
     groups = k // group_size if group_size else 1
     return (x, torch.empty(n, k, dtype=torch.int8, device="meta"), torch.empty(n, groups, device="meta"),

@@ -122,6 +122,11 @@ def _canonical_args(x, weight, colsum, scale, n, k, bias, activation, act_bits, 
     return (x, qweight, q_scale, bias, activation, act_bits, act_absmax)
 
 
+def dense_weight(*args) -> torch.Tensor:
+    """The dequantised weight of a path's arguments, in fp32 (the op's backward)."""
+    return int8_rowmajor.dynamic_dense(*_canonical_args(*args))
+
+
 def _canonical_stand_ins(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
     return (x, torch.empty(n, k, dtype=torch.int8, device="meta"), scale, bias, activation, act_bits, act_absmax)
 

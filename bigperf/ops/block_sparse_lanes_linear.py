@@ -19,6 +19,7 @@ import torch
 from bigperf.formats import bsr_lanes
 from bigperf.formats.bsr_lanes import BsrLanes, check_bsr_lanes, check_version
 from bigperf.ops.define import define_op
+from bigperf.ops.frozen_weight_grad import register_frozen_weight_autograd
 from bigperf.ops.sparse_linear import BSR_BACKENDS, check_bsr_call
 
 LANES_OP = "bigperf.block_sparse_lanes_linear"
@@ -37,6 +38,7 @@ BSR_LANES = define_op(LANES_OP, _signature, validate_lanes_call,
                       lambda x, values, col_indices, row_ptr, *rest: (*x.shape[:-1],
                                                                        (row_ptr.shape[0] - 1) * 16 * values.shape[1]))
 LANES_BACKENDS = BSR_LANES.backends
+register_frozen_weight_autograd(BSR_LANES, bsr_lanes.dense_weight, bias_at=5, activation_at=6)
 block_sparse_lanes_linear_op = BSR_LANES.custom_op
 bsr_lanes.register_paths(LANES_BACKENDS, BSR_BACKENDS)
 

@@ -19,6 +19,7 @@ from bigperf.formats._checks import round_up
 from bigperf.formats.w8a8_cpu import W8A8CpuLayout
 from bigperf.ops.activations import activation_code
 from bigperf.ops.define import define_op
+from bigperf.ops.frozen_weight_grad import register_frozen_weight_autograd
 from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, check_act_absmax
 from bigperf.ops.validation import (
     check_bias,
@@ -61,6 +62,7 @@ def _signature(x: torch.Tensor, weight: torch.Tensor, colsum: torch.Tensor, scal
 W8A8_CPU_LAYOUT = define_op(LAYOUT_OP, _signature, validate_layout_call,
                             lambda x, weight, colsum, scale, n, *rest: (*x.shape[:-1], n))
 LAYOUT_BACKENDS = W8A8_CPU_LAYOUT.backends
+register_frozen_weight_autograd(W8A8_CPU_LAYOUT, w8a8_cpu.dense_weight, bias_at=6, activation_at=7)
 int8_dynamic_linear_w8a8_cpu_op = W8A8_CPU_LAYOUT.custom_op
 w8a8_cpu.register_paths(LAYOUT_BACKENDS, DYNAMIC_BACKENDS)
 

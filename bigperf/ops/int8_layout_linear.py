@@ -20,6 +20,7 @@ from bigperf.formats._checks import round_up
 from bigperf.formats.w8a16_cuda import W8A16Layout
 from bigperf.ops.activations import activation_code
 from bigperf.ops.define import define_op
+from bigperf.ops.frozen_weight_grad import register_frozen_weight_autograd
 from bigperf.ops.int8_linear import WEIGHT_ONLY_BACKENDS
 from bigperf.ops.validation import check_bias, check_float_tensor, check_layout_tensors, check_tensor
 
@@ -53,6 +54,7 @@ def _signature(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, zero:
 W8A16_LAYOUT = define_op(LAYOUT_OP, _signature, validate_layout_call,
                          lambda x, weight, scale, zero, n, *rest: (*x.shape[:-1], n))
 LAYOUT_BACKENDS = W8A16_LAYOUT.backends
+register_frozen_weight_autograd(W8A16_LAYOUT, w8a16_cuda.dense_weight, bias_at=7, activation_at=8)
 int8_weight_linear_w8a16_op = W8A16_LAYOUT.custom_op
 w8a16_cuda.register_paths(LAYOUT_BACKENDS, WEIGHT_ONLY_BACKENDS)
 

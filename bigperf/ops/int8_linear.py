@@ -24,6 +24,7 @@ from bigperf.formats import int8_rowmajor
 from bigperf.ops.activations import activation_code, apply_activation
 from bigperf.ops.common import as_rows
 from bigperf.ops.define import define_op
+from bigperf.ops.frozen_weight_grad import register_frozen_weight_autograd
 from bigperf.ops.validation import check_finite_once, check_float_tensor, check_tensor
 from bigperf.quant import (
     GROUP_SIZES,
@@ -105,6 +106,7 @@ def _out_shape_of(x, qweight, *rest):
 
 WEIGHT_ONLY = define_op(WEIGHT_OP, _weight_only_signature, validate_weight_only, _out_shape_of)
 WEIGHT_ONLY_BACKENDS = WEIGHT_ONLY.backends
+register_frozen_weight_autograd(WEIGHT_ONLY, int8_rowmajor.weight_only_dense, bias_at=4, activation_at=5)
 int8_weight_linear_op = WEIGHT_ONLY.custom_op
 
 
@@ -133,6 +135,7 @@ def _dynamic_signature(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tens
 
 DYNAMIC = define_op(DYNAMIC_OP, _dynamic_signature, validate_dynamic, _out_shape_of)
 DYNAMIC_BACKENDS = DYNAMIC.backends
+register_frozen_weight_autograd(DYNAMIC, int8_rowmajor.dynamic_dense, bias_at=3, activation_at=4)
 int8_dynamic_linear_op = DYNAMIC.custom_op
 
 

@@ -17,6 +17,7 @@ import torch
 from bigperf.formats import sparse24_lanes
 from bigperf.formats.sparse24_lanes import Sparse24Lanes, check_lanes, check_version
 from bigperf.ops.define import define_op
+from bigperf.ops.frozen_weight_grad import register_frozen_weight_autograd
 from bigperf.ops.validation import check_finite_once
 from bigperf.ops.sparse_linear import S24_BACKENDS, _check_devices, _check_x_bias, check_meta_once
 
@@ -39,6 +40,7 @@ def _signature(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, scale:
 SPARSE24_LANES = define_op(LANES_OP, _signature, validate_lanes_call,
                            lambda x, values, meta, scale, n, *rest: (*x.shape[:-1], n))
 LANES_BACKENDS = SPARSE24_LANES.backends
+register_frozen_weight_autograd(SPARSE24_LANES, sparse24_lanes.dense_weight, bias_at=5, activation_at=6)
 sparse24_lanes_linear_op = SPARSE24_LANES.custom_op
 sparse24_lanes.register_paths(LANES_BACKENDS, S24_BACKENDS)
 

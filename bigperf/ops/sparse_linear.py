@@ -19,6 +19,7 @@ from bigperf.formats import bsr, sparse24
 from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
 from bigperf.ops.common import as_rows
 from bigperf.ops.define import define_op
+from bigperf.ops.frozen_weight_grad import register_frozen_weight_autograd
 from bigperf.ops.tensor_keys import OncePerData
 from bigperf.ops.validation import FLOAT_DTYPES, check_finite_once, check_float_tensor, check_tensor, has_no_data
 from bigperf.sparsity import bsr_is_valid, meta_is_valid, unpack_24, unpack_bsr
@@ -151,6 +152,7 @@ def _sparse24_signature(x: torch.Tensor, values: torch.Tensor, meta: torch.Tenso
 SPARSE24 = define_op(S24_OP, _sparse24_signature, validate_24,
                      lambda x, values, *rest: (*x.shape[:-1], values.shape[0]))
 S24_BACKENDS = SPARSE24.backends
+register_frozen_weight_autograd(SPARSE24, sparse24.dense_weight, bias_at=4, activation_at=5)
 sparse24_linear_op = SPARSE24.custom_op
 
 
@@ -178,6 +180,7 @@ BLOCK_SPARSE = define_op(BSR_OP, _bsr_signature, validate_bsr,
                          lambda x, values, col_indices, row_ptr, *rest: (*x.shape[:-1],
                                                                           (row_ptr.shape[0] - 1) * values.shape[1]))
 BSR_BACKENDS = BLOCK_SPARSE.backends
+register_frozen_weight_autograd(BLOCK_SPARSE, bsr.dense_weight, bias_at=4, activation_at=5)
 block_sparse_linear_op = BLOCK_SPARSE.custom_op
 
 
