@@ -232,13 +232,13 @@ def float_weight(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
 
 def weight_only_dense(x, qweight, scale, zero_point, bias, activation) -> torch.Tensor:
     """The weight int8_weight_linear multiplies by, in fp32, from its arguments (its backward)."""
-    return dequantize_weight(qweight, scale, zero_point).to(torch.float32)
+    return float_weight(qweight, scale, zero_point, weight_only=True)
 
 
 def dynamic_dense(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None) -> torch.Tensor:
     """The dequantised weight of int8_dynamic_linear's arguments, in fp32: its backward's
     (the gradient passes straight through x's quantisation)."""
-    return dequantize_weight(qweight, scale, None).to(torch.float32)
+    return float_weight(qweight, scale, None, weight_only=True)
 
 
 def _weight_only_copy_run(x, qweight, scale, zero_point, bias, activation):

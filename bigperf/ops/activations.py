@@ -45,6 +45,19 @@ def activation_derivative(z: torch.Tensor, name: str) -> torch.Tensor:
     return grad
 
 
+def pre_activation_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        name: str) -> torch.Tensor:
+    """d loss / dz for y = act(z), z = x @ weight^T + bias, in fp32 and grad's shape, from
+    d loss / dy: the backward of the linear ops (z is computed again, not saved)."""
+    g = grad.float()
+    if name == "none":
+        return g
+    z = x.float() @ weight.float().t()
+    if bias is not None:
+        z = z + bias.float()
+    return g * activation_derivative(z, name)
+
+
 def activation_name(activation, function: str) -> str:
     """The ACTIVATIONS name for a layer's `activation` argument: None, a name, or a module
     we fuse (nn.ReLU, nn.GELU, nn.SiLU); anything else raises, naming `function`."""

@@ -111,12 +111,9 @@ def _autograd_function(op: OpDefinition, backward: Callable, setup_context: Call
         setup_context(ctx, args, output)
         return output
 
-    def backward_(ctx, *grads):
-        return backward(ctx, *grads)
-
     # Named after the op: autograd names the node "<name>Backward" (grad_fn, profiles).
     return type(f"{op._short}_autograd", (torch.autograd.Function,),
-                {"forward": staticmethod(forward), "backward": staticmethod(backward_)})
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
 def define_op(name: str, signature: Callable, validate: Callable[..., None],

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from bigperf.ops.activations import activation_derivative
+from bigperf.ops.activations import pre_activation_grad
 
 
 def register_frozen_weight_autograd(op, dense_weight: Callable[..., torch.Tensor], bias_at: int,
@@ -48,12 +48,7 @@ def register_frozen_weight_autograd(op, dense_weight: Callable[..., torch.Tensor
         x, bias, activation = args[0], args[bias_at], args[activation_at]
         weight = dense_weight(*args)
         n, k = weight.shape
-        g = grad.reshape(-1, n).float()
-        if activation != "none":  # the pre-activation again, from the saved inputs
-            z = x.reshape(-1, k).float() @ weight.t()
-            if bias is not None:
-                z = z + bias.float()
-            g = g * activation_derivative(z, activation)
+        g = pre_activation_grad(grad.reshape(-1, n), x.reshape(-1, k), weight, bias, activation)
         grads = [None] * len(args)
         if ctx.needs_input_grad[0]:
             grads[0] = (g @ weight).to(x.dtype).reshape(x.shape)

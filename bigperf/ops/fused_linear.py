@@ -15,8 +15,8 @@ from bigperf.formats import dense
 from bigperf.ops.activations import (
     ACTIVATIONS,
     activation_code,
-    activation_derivative,
     apply_activation,
+    pre_activation_grad,
 )
 from bigperf.ops.define import define_op
 from bigperf.ops.validation import check_float_tensor
@@ -90,12 +90,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, weight, bias = ctx.saved_tensors
-    g = grad_out.float()
-    if ctx.activation != "none":
-        z = x.float() @ weight.float().t()
-        if bias is not None:
-            z = z + bias.float()
-        g = g * activation_derivative(z, ctx.activation)
+    g = pre_activation_grad(grad_out, x, weight, bias, ctx.activation)
     need_x, need_w, need_b, need_r, _ = ctx.needs_input_grad
     grad_x = (g @ weight.float()).to(x.dtype) if need_x else None
     grad_w = None
