@@ -52,7 +52,7 @@ def _x(m=4, k=8):
 def test_picks_the_planted_fast_candidate_and_ignores_the_slow_one():
     # Costs 8-15x apart: a sleep overshoots by scheduler latency on a loaded machine.
     table = _table({"cpu": 0.03, "torch:fp32": 0.002, "torch:bf16": 0.016})
-    assert table.select(torch.device("cpu"), _x()).id == "torch:fp32"
+    assert table.select(_x()).id == "torch:fp32"
     decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
     assert decision.source == "measured"
     assert decision.times_s["torch:fp32"] < decision.times_s["cpu"]
@@ -60,7 +60,7 @@ def test_picks_the_planted_fast_candidate_and_ignores_the_slow_one():
 
 def test_fast_kernel_wins_too():
     table = _table({"cpu": 0.002, "torch:fp32": 0.03})
-    assert table.select(torch.device("cpu"), _x()).id == "cpu"
+    assert table.select(_x()).id == "cpu"
 
 
 def test_a_candidate_that_raises_is_dropped_not_fatal():
@@ -70,23 +70,23 @@ def test_a_candidate_that_raises_is_dropped_not_fatal():
         raise RuntimeError("planted failure")
     table.register("torch", lambda *a: None, broken, variant="fp32")
     with pytest.warns(RuntimeWarning, match="torch:fp32 raised"):
-        assert table.select(torch.device("cpu"), _x()).id == "cpu"
+        assert table.select(_x()).id == "cpu"
 
 
 def test_the_same_call_keeps_its_path_within_a_process():
     calls = []
     table = _table({"cpu": 0.002, "torch:fp32": 0.03}, calls=calls)
-    first = table.select(torch.device("cpu"), _x(m=3))
+    first = table.select(_x(m=3))
     n_calls = len(calls)
     for _ in range(5):
-        assert table.select(torch.device("cpu"), _x(m=4)) is first  # same M bucket (4)
+        assert table.select(_x(m=4)) is first  # same M bucket (4)
     assert len(calls) == n_calls, "a decided call must not be measured again"
 
 
 def test_m_buckets_are_tuned_separately():
     table = _table({"cpu": 0.001, "torch:fp32": 0.002})
-    table.select(torch.device("cpu"), _x(m=1))
-    table.select(torch.device("cpu"), _x(m=100))
+    table.select(_x(m=1))
+    table.select(_x(m=100))
     keys = [k for k in tune.decisions() if "test_planted" in k]
     assert len(keys) == 2 and any("128" in k for k in keys)
 
@@ -95,22 +95,22 @@ def test_measuring_off_uses_safe_defaults(monkeypatch):
     monkeypatch.setenv("BIGPERF_TUNE", "0")
     calls = []
     table = _table({"cpu": 0.001, "torch:fp32": 0.001}, calls=calls)
-    assert table.select(torch.device("cpu"), _x(m=1)).id == "cpu"
-    assert table.select(torch.device("cpu"), _x(m=16)).id == "torch:fp32"
+    assert table.select(_x(m=1)).id == "cpu"
+    assert table.select(_x(m=16)).id == "torch:fp32"
     assert calls == [], "nothing may be timed with BIGPERF_TUNE=0"
 
 
 def test_forced_backend_restricts_the_candidates():
     table = _table({"cpu": 0.03, "torch:fp32": 0.002})
     with bigperf.use_backend("cpu"):
-        assert table.select(torch.device("cpu"), _x()).id == "cpu"
+        assert table.select(_x()).id == "cpu"
 
 
 def test_reference_runs_only_when_nothing_else_can():
     table = OpBackends("bigperf.test_reference_last")
     table.register("cpu", lambda *a: "not built", _sleeper(0))
     table.register("reference", lambda *a: None, _sleeper(0))
-    assert table.select(torch.device("cpu"), _x()).id == "reference"
+    assert table.select(_x()).id == "reference"
 
 
 # ----------------------------------------------------------------------------- the cache file
@@ -121,7 +121,7 @@ def _cache_file(tmp):
 
 def test_cache_round_trip(own_cache):
     table = _table({"cpu": 0.03, "torch:fp32": 0.002})
-    table.select(torch.device("cpu"), _x())
+    table.select(_x())
     data = json.loads(_cache_file(own_cache).read_text())
     assert data["format"] == tune.CACHE_FORMAT
     (section,) = data["machines"].values()
@@ -131,7 +131,7 @@ def test_cache_round_trip(own_cache):
     tune.forget()  # a new process: the choice comes from the file, nothing is timed
     calls = []
     table2 = _table({"cpu": 0.0, "torch:fp32": 0.0}, calls=calls)
-    assert table2.select(torch.device("cpu"), _x()).id == "torch:fp32"
+    assert table2.select(_x()).id == "torch:fp32"
     assert calls == []
     decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
     assert decision.source == "cache"
@@ -142,19 +142,19 @@ def test_cache_round_trip(own_cache):
 def test_corrupt_or_foreign_cache_is_ignored_and_rewritten(own_cache, content):
     _cache_file(own_cache).write_text(content, errors="surrogateescape")
     table = _table({"cpu": 0.03, "torch:fp32": 0.002})
-    assert table.select(torch.device("cpu"), _x()).id == "torch:fp32"
+    assert table.select(_x()).id == "torch:fp32"
     data = json.loads(_cache_file(own_cache).read_text())
     assert data["format"] == tune.CACHE_FORMAT and len(data["machines"]) == 1
 
 
 def test_a_changed_fingerprint_ignores_stale_entries(own_cache, monkeypatch):
-    _table({"cpu": 0.03, "torch:fp32": 0.002}).select(torch.device("cpu"), _x())
+    _table({"cpu": 0.03, "torch:fp32": 0.002}).select(_x())
     tune.forget()
     real = tune.machine_fingerprint()
     monkeypatch.setattr(tune, "machine_fingerprint", lambda: {**real, "cpu": "another CPU"})
     # On the "other machine" the kernel is the fast one: a stale entry would say torch.
     table = _table({"cpu": 0.002, "torch:fp32": 0.03})
-    assert table.select(torch.device("cpu"), _x()).id == "cpu"
+    assert table.select(_x()).id == "cpu"
     data = json.loads(_cache_file(own_cache).read_text())
     assert len(data["machines"]) == 2  # the first machine's section is kept, not clobbered
 
@@ -164,7 +164,7 @@ def test_an_unwritable_cache_costs_nothing_but_the_file(own_cache, monkeypatch):
     blocker.write_text("")
     monkeypatch.setenv("BIGPERF_CACHE_DIR", str(blocker))
     table = _table({"cpu": 0.03, "torch:fp32": 0.002})
-    assert table.select(torch.device("cpu"), _x()).id == "torch:fp32"
+    assert table.select(_x()).id == "torch:fp32"
 
 
 def _write_many(args):
@@ -189,7 +189,7 @@ def test_concurrent_writers_lose_nothing_and_leave_valid_json(own_cache):
 def test_cache_file_gets_the_users_umask(own_cache):
     old = os.umask(0o022)
     try:
-        _table({"cpu": 0.001, "torch:fp32": 0.0}).select(torch.device("cpu"), _x())
+        _table({"cpu": 0.001, "torch:fp32": 0.0}).select(_x())
     finally:
         os.umask(old)
     assert _cache_file(own_cache).stat().st_mode & 0o777 == 0o644
@@ -205,7 +205,7 @@ def test_a_new_weight_at_a_freed_weights_address_is_decided_anew():
     and the new weight (another format, another speed) must get its own decision."""
     table = _table({"cpu": 0.002, "torch:fp32": 0.03})
     w_old = torch.zeros(3)
-    assert table.select(torch.device("cpu"), _x(), w_old).id == "cpu"
+    assert table.select(_x(), w_old).id == "cpu"
     (key_old, (_, chosen)), = table._chosen.items()
     w_new = torch.zeros(5)
     # What the memo would hold for w_new had w_old been freed at its address: its key, a dead ref.
@@ -213,7 +213,7 @@ def test_a_new_weight_at_a_freed_weights_address_is_decided_anew():
     Backend = type(chosen)
     table.backends["cpu"] = Backend("cpu", lambda *a: None, _sleeper(0.03))
     table.backends["torch:fp32"] = Backend("torch", lambda *a: None, _sleeper(0.002), "fp32")
-    assert table.select(torch.device("cpu"), _x(), w_new).id == "torch:fp32"
+    assert table.select(_x(), w_new).id == "torch:fp32"
 
 
 def test_a_path_predicted_slow_from_a_smaller_m_is_not_run():
@@ -221,10 +221,10 @@ def test_a_path_predicted_slow_from_a_smaller_m_is_not_run():
     slower, M = 128 predicts it (linearly) and skips it without calling it."""
     calls = []
     table = _table({"cpu": 0.002, "torch:bf16": 0.03}, calls=calls)
-    table.select(torch.device("cpu"), _x(m=16))
+    table.select(_x(m=16))
     assert 0.03 in calls
     calls.clear()
-    assert table.select(torch.device("cpu"), _x(m=128)).id == "cpu"
+    assert table.select(_x(m=128)).id == "cpu"
     assert 0.03 not in calls, "the predicted-slow path was still run"
     assert calls, "the predicted-fast path must still be measured"
 
@@ -232,9 +232,9 @@ def test_a_path_predicted_slow_from_a_smaller_m_is_not_run():
 def test_predictions_never_come_from_one_row_timings():
     calls = []
     table = _table({"cpu": 0.002, "torch:bf16": 0.03}, calls=calls)
-    table.select(torch.device("cpu"), _x(m=1))
+    table.select(_x(m=1))
     calls.clear()
-    table.select(torch.device("cpu"), _x(m=64))
+    table.select(_x(m=64))
     assert 0.03 in calls, "memory-bound one-row timings must not rule out a path at larger M"
 
 
@@ -275,7 +275,7 @@ def test_torch_paths_know_whether_they_run_the_weight_as_held():
     assert INT8.backends["torch:fp32"].as_held is None
     assert FUSED.backends["cpu:panel"].as_held is None
     table = _table({"cpu": 0.002, "torch:fp32": 0.03}, name="bigperf.test_clear_win")
-    assert table.select(torch.device("cpu"), _x()).id == "cpu"
+    assert table.select(_x()).id == "cpu"
 
 
 def test_small_weights_are_timed_cold(monkeypatch):
@@ -297,9 +297,9 @@ def test_a_weight_given_other_data_of_another_form_is_decided_anew():
     timed for the old form must not be reused."""
     table = _table({"cpu": 0.002, "torch:fp32": 0.03})
     w = torch.zeros(3)
-    assert table.select(torch.device("cpu"), _x(), w).id == "cpu"
+    assert table.select(_x(), w).id == "cpu"
     w.data = torch.zeros(7, dtype=torch.float64)
     Backend = type(table.backends["cpu"])
     table.backends["cpu"] = Backend("cpu", lambda *a: None, _sleeper(0.03))
     table.backends["torch:fp32"] = Backend("torch", lambda *a: None, _sleeper(0.002), "fp32")
-    assert table.select(torch.device("cpu"), _x(), w).id == "torch:fp32"
+    assert table.select(_x(), w).id == "torch:fp32"

@@ -17,7 +17,14 @@ from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shar
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, cpu_why_not, panel_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
-from bigperf.ops.torch_paths import copy_linear, copy_rows, register_float_copy_path, register_torch_paths, torch_linear
+from bigperf.ops.torch_paths import (
+    copy_linear,
+    copy_rows,
+    linear_as_held,
+    register_float_copy_path,
+    register_torch_paths,
+    torch_linear,
+)
 from bigperf.ops.validation import DTYPE_CODES, FLOAT_DTYPES, last_dim_contiguous
 
 NAME = "dense"
@@ -64,10 +71,9 @@ def _cpu_run(x, weight, bias, residual, activation, kernel="fused_linear"):
 # PyTorch's GEMM in fp32 or in a half dtype the layer already has (x or the weight).
 def _torch_run(dtype):
     def run(x, weight, bias, residual, activation):
-        n, k = weight.shape
         if weight.dtype == dtype:
-            w = weight if last_dim_contiguous(weight) else weight.contiguous()
-            return torch_linear(x, n, k, dtype, whole=w, bias=bias, activation=activation, residual=residual)
+            return linear_as_held(x, weight, bias, activation, residual)
+        n, k = weight.shape
         return torch_linear(x, n, k, dtype, rows=copy_rows(weight), bias=bias,
                             activation=activation, residual=residual)
     return run

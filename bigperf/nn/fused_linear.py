@@ -87,4 +87,4 @@ class FusedLinear(FloatCopy, nn.Module):
         from bigperf.ops.fused_linear import BACKENDS
 
         x = torch.empty(1, self.in_features, device=self.weight.device)
-        return BACKENDS.select(x.device, x, self.weight, self.bias, None, self.activation).name
+        return BACKENDS.select(x, self.weight, self.bias, None, self.activation).name

@@ -221,18 +221,18 @@ class Int8Linear(FloatCopy, nn.Module):
         if self.kernel_layout == "w8a8-cpu":
             layout = self._w8a8_layout()
             x = torch.empty(1, self.in_features)
-            return W8A8_CPU_BACKENDS.select(x.device, x, layout.weight, layout.colsum, layout.scale, layout.n,
+            return W8A8_CPU_BACKENDS.select(x, layout.weight, layout.colsum, layout.scale, layout.n,
                                             layout.k, self.bias, self.activation, layout.act_bits, None).name
         if self.kernel_layout == "w8a16-cuda":
             layout = self._w8a16_layout()
             x = torch.empty(1, self.in_features, device=layout.weight.device, dtype=torch.bfloat16)
-            return LAYOUT_BACKENDS.select(x.device, x, layout.weight, layout.scale, layout.zero, layout.n,
+            return LAYOUT_BACKENDS.select(x, layout.weight, layout.scale, layout.zero, layout.n,
                                           layout.k, layout.group_size or 0, self.bias, self.activation).name
         x = torch.empty(1, self.in_features, device=self.qweight.device)
         if self.weight_only:
-            return WEIGHT_ONLY_BACKENDS.select(x.device, x, self.qweight, self.scale, self.zero_point,
+            return WEIGHT_ONLY_BACKENDS.select(x, self.qweight, self.scale, self.zero_point,
                                                self.bias, self.activation).name
-        return DYNAMIC_BACKENDS.select(x.device, x, self.qweight, self.scale, self.bias, self.activation,
+        return DYNAMIC_BACKENDS.select(x, self.qweight, self.scale, self.bias, self.activation,
                                        self.act_bits).name
 
     def get_extra_state(self) -> dict:

@@ -282,14 +282,14 @@ class SparseLinear(FloatCopy, nn.Module):
         if self.kernel_layout == "cpu-lanes16":
             layout = self._lanes_layout()
             if self.pattern == "2:4":
-                return LANES_BACKENDS.select(x.device, x, layout.values, layout.meta, layout.scale, layout.n,
+                return LANES_BACKENDS.select(x, layout.values, layout.meta, layout.scale, layout.n,
                                              self.bias, self.activation).name
-            return BSR_LANES_BACKENDS.select(x.device, x, layout.values, layout.col_indices, layout.row_ptr,
+            return BSR_LANES_BACKENDS.select(x, layout.values, layout.col_indices, layout.row_ptr,
                                              layout.bk, self.bias, self.activation).name
         if self.pattern == "2:4":
-            return S24_BACKENDS.select(x.device, x, self.values, self.meta, self.scale, self.bias,
+            return S24_BACKENDS.select(x, self.values, self.meta, self.scale, self.bias,
                                        self.activation).name
-        return BSR_BACKENDS.select(x.device, x, self.values, self.col_indices, self.row_ptr, self.bias,
+        return BSR_BACKENDS.select(x, self.values, self.col_indices, self.row_ptr, self.bias,
                                    self.activation).name
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -178,7 +178,8 @@ class OpBackends:
                 reasons.append(f"  {backend.id}: {why}")
         return ok, reasons
 
-    def select(self, device: torch.device, *args) -> Backend:
+    def select(self, *args) -> Backend:
+        """The path for this call (validated arguments; tensors on x's device)."""
         # Every op call comes through here: the memo key is a few attribute reads (the
         # tuning key hashes shapes, microseconds per call). The weight object stands for
         # its dtype and shape — held by a weak reference and compared, because a freed
@@ -199,14 +200,15 @@ class OpBackends:
         if memo is not None and memo[0]() is weight and memo[1].why_not(*args) is None:
             chosen = memo[1]
         else:
-            chosen = self._select_uncached(device, args)
+            chosen = self._select_uncached(args)
             self._chosen[memo_key] = (_weak(weight), chosen)
         recording = _recorder.get()
         if recording is not None:
             recording.append((self.op_name, chosen.id))
         return chosen
 
-    def _select_uncached(self, device: torch.device, args: tuple) -> Backend:
+    def _select_uncached(self, args: tuple) -> Backend:
+        device = args[0].device
         ok, reasons = self.eligible(device, *args)
         if not ok:
             forced = forced_backend()

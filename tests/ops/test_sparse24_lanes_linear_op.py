@@ -201,7 +201,7 @@ def test_cpu_backend_says_why_it_is_unavailable(monkeypatch):
     layout, x = lanes(p), random_tensor(2, 32)
     assert "without sparse24_lanes_linear" in sparse24_lanes.cpu_kernel_why_not(x)
     args = (x, layout.values, layout.meta, layout.scale, layout.n, None, "none")
-    assert LANES_BACKENDS.select(x.device, *args).name != "cpu"
+    assert LANES_BACKENDS.select(*args).name != "cpu"
     error = rel_error(sparse24_lanes_linear(x, layout), expected_fp64(x, p, None, "none"))
     assert error < TOLERANCE[torch.bfloat16]  # (the path chosen may compute in the values' bf16)
 
@@ -230,7 +230,7 @@ def test_the_backend_selected_is_the_one_that_runs(monkeypatch):
         monkeypatch.setitem(S24_BACKENDS.backends, key, dataclasses.replace(path, run=run))
     p = packed(20, 32, torch.bfloat16, seed=23)
     layout, x = lanes(p), random_tensor(2, 32)
-    selected = LANES_BACKENDS.select(x.device, x, layout.values, layout.meta, layout.scale, layout.n, None, "none")
+    selected = LANES_BACKENDS.select(x, layout.values, layout.meta, layout.scale, layout.n, None, "none")
     ran.clear()  # (selection may have timed the candidates)
     out = sparse24_lanes_linear(x, layout)
     assert selected.name != "cpu" and ran == [getattr(selected, "id", selected.name)]
