@@ -53,12 +53,15 @@ def _tuning_rows(table: Table) -> None:
 
 def _layout_rows(table: Table) -> None:
     """The kernel layout an int8 layer holds its weight in here, and why not the other."""
-    from bigperf.formats import w8a8_cpu, w8a16_cuda
+    from bigperf.formats import w8a8_cpu, w8a16_cpu, w8a16_cuda
 
-    for kind, format_, weight_only, device in (("W8A8", w8a8_cpu, False, torch.device("cpu")),
-                                               ("W8A16", w8a16_cuda, True, torch.device("cuda"))):
-        why = format_.why_not_hold(device, weight_only)
-        table.add_row(f"{kind} layers on {device.type}",
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for kind, format_, why in (
+            ("W8A8", w8a8_cpu, w8a8_cpu.why_not_hold(cpu, False)),
+            ("W8A16 (per channel, symmetric)", w8a16_cpu, w8a16_cpu.why_not_hold(cpu, True, None, True)),
+            ("W8A16", w8a16_cuda, w8a16_cuda.why_not_hold(cuda, True))):
+        device = "cuda" if format_ is w8a16_cuda else "cpu"
+        table.add_row(f"{kind} layers on {device}",
                       f"hold {format_.NAME} (v{format_.VERSION})" if why is None else f"hold int8-rowmajor: {why}")
 
 

@@ -43,7 +43,23 @@ def weight_only_variants(ctx: CaseContext):
             WEIGHT_ONLY_BACKENDS, "int8_weight_linear", op, (ctx.x, *copies[0], None, b, ctx.activation),
             states, nbytes, label)
         yield from ctx.auto_variant("int8_weight_linear", op, states, nbytes, label)
+    yield from _w8a16_cpu_layout_variant(ctx, _quantized(ctx, None)[0], b, nbytes)
     yield _int8pack_peer(ctx)
+
+
+def _w8a16_cpu_layout_variant(ctx: CaseContext, copies, b, nbytes):
+    """What an Int8WeightOnly() layer runs where it holds the AVX2 kernels' panels (w8a16-cpu)."""
+    from bigperf.formats import w8a16_cpu
+    from bigperf.ops.int8_weight_cpu_layout_linear import int8_weight_linear_w8a16_cpu
+
+    if w8a16_cpu.why_not_hold(ctx.device, True, None, True) is not None:
+        return
+    layouts = [(w8a16_cpu.pack_w8a16_cpu(qw, s),) for qw, s in copies]
+
+    def op(layout):
+        return int8_weight_linear_w8a16_cpu(ctx.x, layout, b, ctx.activation)
+
+    yield from ctx.auto_variant("int8_weight_linear", op, layouts, nbytes, label=w8a16_cpu.NAME)
 
 
 def _int8pack_peer(ctx: CaseContext) -> Variant | Skip:

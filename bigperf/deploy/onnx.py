@@ -37,7 +37,9 @@ EXTERNAL_DATA_THRESHOLD = 2 * 1024 ** 3
 MIN_OPSET, MAX_OPSET = 18, 23  # torch's exporter writes opset 18+ natively
 METADATA_VERSION = "bigperf.version"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-_RESHAPING_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+# Ops that only move a constant's elements: folded where they feed Q/DQ (a kernel layout's
+# weight, e.g. w8a16-cpu panels, reaches DequantizeLinear through Reshape, Transpose, Slice).
+_LAYOUT_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Slice")
 _UNBOUNDED = 2 ** 31 - 1  # a Dim without max reports int_oo; TensorRT dims are int32 at most
 
 
@@ -206,18 +208,20 @@ def graph_inputs(model_proto) -> dict[str, list]:
 # ----------------------------------------------------------------------------- export
 
 def _fold_quant_params(ir_model) -> None:
-    """Fold reshapes of constants that feed Q/DQ nodes into initializers.
+    """Fold layout ops (reshapes, transposes, slices) of constants that feed Q/DQ nodes into
+    initializers.
 
     TensorRT's parser takes Q/DQ scales and zero points only as initializers; torch's own
-    folding stops at 8192 elements (a per-channel scale of an 11008-wide layer stays a Reshape).
+    folding stops at 8192 elements (a per-channel scale of an 11008-wide layer stays a Reshape,
+    a layer held in a CPU kernel layout keeps the unpacking of its weight).
     """
     from onnxscript import optimizer
 
     def should_fold(node):
-        if node.domain not in ("", "ai.onnx") or node.op_type not in _RESHAPING_OPS:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _LAYOUT_OPS:
             return False
         uses = [use for out in node.outputs for use in out.uses()]
-        return bool(uses) and all(use.node.op_type in QDQ_OPS + _RESHAPING_OPS for use in uses)
+        return bool(uses) and all(use.node.op_type in QDQ_OPS + _LAYOUT_OPS for use in uses)
 
     optimizer.fold_constants(ir_model, input_size_limit=2 ** 62, output_size_limit=2 ** 62, should_fold=should_fold)
     optimizer.remove_unused_nodes(ir_model)

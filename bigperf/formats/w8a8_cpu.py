@@ -30,6 +30,7 @@ import torch
 from bigperf import _ext
 from bigperf.formats import int8_rowmajor
 from bigperf.formats._checks import check_arg, check_layout_version, round_up
+from bigperf.formats._panels import PANEL_N, from_panels, to_panels
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, fp32_bias
 from bigperf.ops.layout_paths import register_unpacked_paths
@@ -41,7 +42,7 @@ from bigperf.quant import absmax_rows, activation_qmax
 NAME = "w8a8-cpu"
 VERSION = 1
 BUFFERS = ("w8a8_weight", "w8a8_colsum", "w8a8_scale")
-PANEL_N, PANEL_K = 16, 32  # csrc/cpu/int8_linear.h: kW8A8PanelN, kW8A8PanelK
+PANEL_K = 32  # csrc/cpu/int8_linear.h: kW8A8PanelK (PANEL_N = kW8A8PanelN = 16: formats/_panels.py)
 KERNEL = "int8_dynamic_linear_panels"
 
 
@@ -85,12 +86,8 @@ def pack_w8a8_cpu(qweight: torch.Tensor, scale: torch.Tensor, act_bits: int = 8)
     if tuple(scale.shape) != (n, 1) or scale.device != qweight.device:
         raise ValueError(f"{function}: argument 'scale' must be per channel, [{n}, 1] on {qweight.device}, "
                          f"got {tuple(scale.shape)} on {scale.device}")
-    u = unit_of(act_bits)
-    np_, kp = round_up(n, PANEL_N), round_up(k, PANEL_K)
-    q = torch.zeros((np_, kp), dtype=torch.int8, device=qweight.device)
-    q[:n, :k] = qweight
-    # (panel, column, unit, e) -> (panel, unit, column, e): column 16 panel + column, k u unit + e.
-    weight = q.view(np_ // PANEL_N, PANEL_N, kp // u, u).permute(0, 2, 1, 3).contiguous().view(np_ // PANEL_N, -1)
+    np_ = round_up(n, PANEL_N)
+    weight = to_panels(qweight, round_up(k, PANEL_K), unit_of(act_bits))
     colsum = torch.zeros(np_, dtype=torch.int32, device=qweight.device)
     colsum[:n] = qweight.sum(dim=1, dtype=torch.int32)
     return W8A8CpuLayout(weight, colsum, scale.contiguous(), n, k, act_bits)
@@ -99,10 +96,8 @@ def pack_w8a8_cpu(qweight: torch.Tensor, scale: torch.Tensor, act_bits: int = 8)
 def unpack_w8a8_cpu(layout: W8A8CpuLayout) -> tuple[torch.Tensor, torch.Tensor, None]:
     """The (qweight [N, K] int8, scale [N, 1] fp32, zero_point None) packed."""
     check_layout_version("bigperf.formats.w8a8_cpu.unpack_w8a8_cpu", layout, W8A8CpuLayout, VERSION)
-    u = unit_of(layout.act_bits)
-    np_, kp = round_up(layout.n, PANEL_N), round_up(layout.k, PANEL_K)
-    units = layout.weight.view(np_ // PANEL_N, kp // u, PANEL_N, u).permute(0, 2, 1, 3)
-    return units.reshape(np_, kp)[:layout.n, :layout.k].contiguous(), layout.scale, None
+    qweight = from_panels(layout.weight, layout.n, layout.k, round_up(layout.k, PANEL_K), unit_of(layout.act_bits))
+    return qweight, layout.scale, None
 
 
 def float_weight(layout: W8A8CpuLayout) -> torch.Tensor:

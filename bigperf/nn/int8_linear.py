@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bigperf.formats import int8_rowmajor, w8a8_cpu, w8a16_cuda
+from bigperf.formats import int8_rowmajor, w8a8_cpu, w8a16_cpu, w8a16_cuda
 from bigperf.formats.w8a8_cpu import W8A8CpuLayout, pack_w8a8_cpu, unpack_w8a8_cpu
+from bigperf.formats.w8a16_cpu import W8A16CpuLayout, pack_w8a16_cpu, unpack_w8a16_cpu
 from bigperf.formats.w8a16_cuda import W8A16Layout, pack_w8a16, unpack_w8a16
 from bigperf.nn._layouts import FloatCopy, keeping_dtype, replace_buffers
 from bigperf.ops.activations import activation_name
 from bigperf.ops.int8_dynamic_layout_linear import int8_dynamic_linear_w8a8_cpu
 from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
 from bigperf.ops.int8_linear import int8_dynamic_linear, int8_weight_linear
+from bigperf.ops.int8_weight_cpu_layout_linear import int8_weight_linear_w8a16_cpu
 from bigperf.quant import GROUP_SIZES, activation_qmax
 
 # The packed form this layer stores: row-major [N, K] int8 codes, fp32 scales [N, G],
@@ -25,15 +27,19 @@ PACKED_VERSION = int8_rowmajor.VERSION
 #   "w8a16-cuda" only the CUDA W8A16 kernel's layout (bigperf/formats/w8a16_cuda.py, versioned):
 #                buffers w8a16_weight / w8a16_scale / w8a16_zero, qweight etc. None;
 #   "w8a8-cpu"   only the AVX2 W8A8 kernel's panels (bigperf/formats/w8a8_cpu.py, versioned):
-#                buffers w8a8_weight / w8a8_colsum / w8a8_scale, qweight etc. None.
+#                buffers w8a8_weight / w8a8_colsum / w8a8_scale, qweight etc. None;
+#   "w8a16-cpu"  only the AVX2 W8A16 kernels' panels (bigperf/formats/w8a16_cpu.py, versioned;
+#                symmetric per-channel weights): buffers w8a16_cpu_weight / w8a16_cpu_scale.
 # A weight-only layer settles on "w8a16-cuda" whenever it moves to a GPU where that kernel
-# is built, a W8A8 layer on "w8a8-cpu" on a CPU that runs the AVX2 kernels, and either on
-# "rowmajor" elsewhere, so no device holds the weight twice. int8_weight() gives the
-# row-major tensors whatever the layout.
-KERNEL_LAYOUTS = ("rowmajor", "w8a16-cuda", "w8a8-cpu")
-_BUFFERS = {"rowmajor": int8_rowmajor.BUFFERS, "w8a16-cuda": w8a16_cuda.BUFFERS, "w8a8-cpu": w8a8_cpu.BUFFERS}
+# is built and on "w8a16-cpu" on a CPU that runs the AVX2 kernels (if per channel and
+# symmetric), a W8A8 layer on "w8a8-cpu" there, and either on "rowmajor" elsewhere, so no
+# device holds the weight twice. int8_weight() gives the row-major tensors whatever the layout.
+KERNEL_LAYOUTS = ("rowmajor", "w8a16-cuda", "w8a8-cpu", "w8a16-cpu")
+_BUFFERS = {"rowmajor": int8_rowmajor.BUFFERS, "w8a16-cuda": w8a16_cuda.BUFFERS, "w8a8-cpu": w8a8_cpu.BUFFERS,
+            "w8a16-cpu": w8a16_cpu.BUFFERS}
 # The fp32 tensors of each layout that keep their dtype through .half() / .to(bfloat16).
-_SCALES = {"rowmajor": ("scale",), "w8a16-cuda": ("w8a16_scale", "w8a16_zero"), "w8a8-cpu": ("w8a8_scale",)}
+_SCALES = {"rowmajor": ("scale",), "w8a16-cuda": ("w8a16_scale", "w8a16_zero"), "w8a8-cpu": ("w8a8_scale",),
+           "w8a16-cpu": ("w8a16_cpu_scale",)}
 
 
 class Int8Linear(FloatCopy, nn.Module):
@@ -111,6 +117,8 @@ class Int8Linear(FloatCopy, nn.Module):
             return int8_weight_linear_w8a16(x, self._w8a16_layout(), self.bias, self.activation)
         if self.kernel_layout == "w8a8-cpu":
             return int8_dynamic_linear_w8a8_cpu(x, self._w8a8_layout(), self.bias, self.activation, act_absmax)
+        if self.kernel_layout == "w8a16-cpu":
+            return int8_weight_linear_w8a16_cpu(x, self._w8a16_cpu_layout(), self.bias, self.activation)
         if self.weight_only:
             return int8_weight_linear(x, self.qweight, self.scale, self.zero_point, self.bias, self.activation)
         return int8_dynamic_linear(x, self.qweight, self.scale, self.bias, self.activation, self.act_bits,
@@ -126,6 +134,9 @@ class Int8Linear(FloatCopy, nn.Module):
         return W8A8CpuLayout(self.w8a8_weight, self.w8a8_colsum, self.w8a8_scale, self.out_features,
                              self.in_features, self.act_bits)
 
+    def _w8a16_cpu_layout(self) -> W8A16CpuLayout:
+        return W8A16CpuLayout(self.w8a16_cpu_weight, self.w8a16_cpu_scale, self.out_features, self.in_features)
+
     def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(qweight [N, K] int8, scale [N, G] fp32, zero_point [N, G] int8 or None): the weight
         in int8_rowmajor form whatever layout the layer holds (unpacked copies where it holds
@@ -134,6 +145,8 @@ class Int8Linear(FloatCopy, nn.Module):
             return unpack_w8a16(self._w8a16_layout())
         if self.kernel_layout == "w8a8-cpu":
             return unpack_w8a8_cpu(self._w8a8_layout())
+        if self.kernel_layout == "w8a16-cpu":
+            return unpack_w8a16_cpu(self._w8a16_cpu_layout())
         return self.qweight, self.scale, self.zero_point
 
     def use_kernel_layout(self, layout: str) -> "Int8Linear":
@@ -150,6 +163,10 @@ class Int8Linear(FloatCopy, nn.Module):
         if layout == "w8a8-cpu" and self.weight_only:
             raise ValueError(f"{where}: layout 'w8a8-cpu' holds W8A8 weights; this layer is W8A16 "
                              f"(weight_only=True)")
+        if layout == "w8a16-cpu" and not (self.weight_only and self.group_size is None and self.symmetric):
+            raise ValueError(f"{where}: layout 'w8a16-cpu' holds symmetric per-channel W8A16 weights; this layer "
+                             f"has weight_only={self.weight_only}, group_size={self.group_size}, "
+                             f"symmetric={self.symmetric}")
         with torch.inference_mode(False):  # packed as ordinary tensors, not copied out of inference later
             qweight, scale, zero_point = self.int8_weight()
             if layout == "w8a16-cuda":
@@ -158,6 +175,9 @@ class Int8Linear(FloatCopy, nn.Module):
             elif layout == "w8a8-cpu":
                 packed = pack_w8a8_cpu(qweight, scale, self.act_bits)
                 tensors = (packed.weight, packed.colsum, packed.scale)
+            elif layout == "w8a16-cpu":
+                packed = pack_w8a16_cpu(qweight, scale)
+                tensors = (packed.weight, packed.scale)
             else:
                 tensors = (qweight, scale, zero_point)
         replace_buffers(self, _BUFFERS[self.kernel_layout], dict(zip(_BUFFERS[layout], tensors)),
@@ -178,6 +198,8 @@ class Int8Linear(FloatCopy, nn.Module):
             return w8a16_cuda.float_weight(self._w8a16_layout())
         if self.kernel_layout == "w8a8-cpu":
             return w8a8_cpu.float_weight(self._w8a8_layout())
+        if self.kernel_layout == "w8a16-cpu":
+            return w8a16_cpu.float_weight(self._w8a16_cpu_layout())
         return int8_rowmajor.float_weight(self.qweight, self.scale, self.zero_point, self.weight_only)
 
     def _preferred_layout(self) -> str:
@@ -185,6 +207,8 @@ class Int8Linear(FloatCopy, nn.Module):
         for layout, format_ in (("w8a16-cuda", w8a16_cuda), ("w8a8-cpu", w8a8_cpu)):
             if format_.why_not_hold(device, self.weight_only) is None:
                 return layout
+        if w8a16_cpu.why_not_hold(device, self.weight_only, self.group_size, self.symmetric) is None:
+            return "w8a16-cpu"
         return "rowmajor"
 
     def _apply(self, fn, recurse=True):
@@ -228,6 +252,13 @@ class Int8Linear(FloatCopy, nn.Module):
             x = torch.empty(1, self.in_features, device=layout.weight.device, dtype=torch.bfloat16)
             return LAYOUT_BACKENDS.select(x, layout.weight, layout.scale, layout.zero, layout.n,
                                           layout.k, layout.group_size or 0, self.bias, self.activation).name
+        if self.kernel_layout == "w8a16-cpu":
+            from bigperf.ops.int8_weight_cpu_layout_linear import LAYOUT_BACKENDS as W8A16_CPU_BACKENDS
+
+            layout = self._w8a16_cpu_layout()
+            x = torch.empty(1, self.in_features)
+            return W8A16_CPU_BACKENDS.select(x, layout.weight, layout.scale, layout.n, layout.k, self.bias,
+                                             self.activation).name
         x = torch.empty(1, self.in_features, device=self.qweight.device)
         if self.weight_only:
             return WEIGHT_ONLY_BACKENDS.select(x, self.qweight, self.scale, self.zero_point,

@@ -6,6 +6,7 @@ from bigperf.ops import (  # (importing registers torch.ops.bigperf.*)
     int8_dynamic_layout_linear,
     int8_layout_linear,
     int8_linear,
+    int8_weight_cpu_layout_linear,
     sparse24_lanes_linear,
     sparse_linear,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "int8_dynamic_layout_linear",
     "int8_layout_linear",
     "int8_linear",
+    "int8_weight_cpu_layout_linear",
     "sparse24_lanes_linear",
     "sparse_linear",
     "use_backend",

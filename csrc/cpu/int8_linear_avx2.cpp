@@ -1,9 +1,11 @@
 // AVX2 + FMA + F16C path of the weight-only int8 linear (W8A16): the dot-product kernel
-// of int8_weight_kernel.h at 8 fp32 lanes and 16 ymm registers. The W8A8 op is in
+// of int8_weight_kernel.h at 8 fp32 lanes and 16 ymm registers, its panel form, and both
+// forms on the w8a16-cpu layout (int8_weight_panels.h). The W8A8 op is in
 // int8_dynamic_avx2.cpp.
 #include "cpu/int8_vec_avx2.h"
 #include "cpu/int8_weight_kernel.h"
 #include "cpu/int8_weight_panel.h"
+#include "cpu/int8_weight_panels.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -32,5 +34,9 @@ struct Avx2WeightOps : V8 {
 
 void int8_weight_linear_avx2(const Int8WeightLinearArgs& a) { int8_weight_linear_dot<Avx2WeightOps>(a); }
 void int8_weight_linear_panel_avx2(const Int8WeightLinearArgs& a) { int8_weight_linear_panel<Avx2WeightOps>(a); }
+void int8_weight_linear_panels_dot_avx2(const Int8WeightLinearArgs& a) { int8_weight_linear_panels_dot(a); }
+void int8_weight_linear_panels_gemm_avx2(const Int8WeightLinearArgs& a) {
+  int8_weight_linear_panels_gemm<Avx2WeightOps>(a);
+}
 
 }  // namespace bigperf::cpu

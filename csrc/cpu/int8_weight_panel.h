@@ -16,20 +16,30 @@
 namespace bigperf::cpu {
 namespace {
 
-template <class Ops>
-void int8_weight_linear_panel(const Int8WeightLinearArgs& a) {
-  if (a.M <= 0 || a.N <= 0) return;
-  // x as fp32 rows: read in place when it already is, else converted once per call.
-  const float* x = static_cast<const float*>(a.x);
-  int64_t xs = a.x_row_stride;
-  const int64_t kpad = (a.K + 15) / 16 * 16;
-  AlignedBuffer converted(a.x_dtype == DType::f32 ? 0 : static_cast<size_t>(a.M * kpad) * sizeof(float));
-  if (a.x_dtype != DType::f32) {
+// x as fp32 rows for the panel GEMM: read in place when it already is, else converted once
+// per call.
+struct Fp32Rows {
+  explicit Fp32Rows(const Int8WeightLinearArgs& a)
+      : kpad((a.K + 15) / 16 * 16),
+        converted(a.x_dtype == DType::f32 ? 0 : static_cast<size_t>(a.M * kpad) * sizeof(float)),
+        x(static_cast<const float*>(a.x)),
+        stride(a.x_row_stride) {
+    if (a.x_dtype == DType::f32) return;
     for (int64_t m = 0; m < a.M; ++m)
       load_x_row(a.x, a.x_row_stride, a.x_dtype, m, a.K, kpad, converted.as<float>() + m * kpad);
     x = converted.as<float>();
-    xs = kpad;
+    stride = kpad;
   }
+  int64_t kpad;
+  AlignedBuffer converted;
+  const float* x;
+  int64_t stride;
+};
+
+template <class Ops>
+void int8_weight_linear_panel(const Int8WeightLinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  const Fp32Rows rows(a);
   const int64_t G = a.groups;
   const int64_t gs = a.K > 0 ? a.K / G : 1;
   const int8_t* zp = a.zero_point;
@@ -64,7 +74,7 @@ void int8_weight_linear_panel(const Int8WeightLinearArgs& a) {
   auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
     epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
   };
-  panel::gemm<Ops>(x, xs, a.M, a.N, a.K, a.num_threads, w8, w1, epilogue);
+  panel::gemm<Ops>(rows.x, rows.stride, a.M, a.N, a.K, a.num_threads, w8, w1, epilogue);
 }
 
 }  // namespace

@@ -106,12 +106,13 @@ void pack_strips(int64_t n0, int64_t ncnt, int64_t k0, int64_t kc, float* dst, c
   }
 }
 
-// The GEMM over fp32 rows of x (row stride xs) with the weight given by its loaders (see
-// pack_strips: w8(n, k) eight elements of row n from k as fp32, w1(n, k) one): epilogue(sums,
-// m, n0, cnt) finishes row m of the output from cnt partial sums.
-template <class V, class W8, class W1, class Epilogue>
-void gemm(const float* x, int64_t xs, int64_t M, int64_t N, int64_t K, int num_threads, const W8& w8, const W1& w1,
-          const Epilogue& epilogue) {
+// The GEMM over fp32 rows of x (row stride xs) with the weight given by its packer:
+// pack(n0, nc, k0, kc, dst) writes the strips of columns [n0, n0 + nc) and k in [k0, k0 + kc)
+// as pack_strips does (n0 is a multiple of NC). epilogue(sums, m, n0, cnt) finishes row m of
+// the output from cnt partial sums.
+template <class V, class Pack, class Epilogue>
+void gemm_packed(const float* x, int64_t xs, int64_t M, int64_t N, int64_t K, int num_threads, const Pack& pack,
+                 const Epilogue& epilogue) {
   constexpr int MR = V::kPanelRows;
   constexpr int64_t NR = kNR<V>, NC = kNC<V>;
   if (M <= 0 || N <= 0) return;
@@ -129,7 +130,7 @@ void gemm(const float* x, int64_t xs, int64_t M, int64_t N, int64_t K, int num_t
       std::memset(sums, 0, static_cast<size_t>(mc * NC) * sizeof(float));
       for (int64_t k0 = 0; k0 < K; k0 += kKC) {
         const int64_t kc = imin(kKC, K - k0);
-        pack_strips<NR>(n0, nc, k0, kc, bp, w8, w1);
+        pack(n0, nc, k0, kc, bp);
         for (int64_t s = 0; s < nc; s += NR) {
           for (int64_t i = 0; i < mc; i += MR) {
             const int mr = static_cast<int>(imin(MR, mc - i));
@@ -142,6 +143,17 @@ void gemm(const float* x, int64_t xs, int64_t M, int64_t N, int64_t K, int num_t
       for (int64_t i = 0; i < mc; ++i) epilogue(sums + i * NC, m0 + i, n0, nc);
     }
   });
+}
+
+// gemm_packed with the weight given by its row loaders (see pack_strips: w8(n, k) eight
+// elements of row n from k as fp32, w1(n, k) one).
+template <class V, class W8, class W1, class Epilogue>
+void gemm(const float* x, int64_t xs, int64_t M, int64_t N, int64_t K, int num_threads, const W8& w8, const W1& w1,
+          const Epilogue& epilogue) {
+  gemm_packed<V>(
+      x, xs, M, N, K, num_threads,
+      [&](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* dst) { pack_strips<kNR<V>>(n0, nc, k0, kc, dst, w8, w1); },
+      epilogue);
 }
 
 }  // namespace panel

@@ -41,10 +41,12 @@ def test_every_config_matches_pytorch_in_onnxruntime_at_new_shapes(zoo_export):
     for name, error in errors.items():
         assert error <= BRANCH_TOLERANCE[name], (name, error)
     # Negative control: a changed int8 weight must change the ONNX file's output.
-    model.branches["int8"][0].qweight[0, 0] += 1
+    # (qweight, or the kernel layout's weight: in each, element [0, 0] is column 0's code at k = 0)
+    held = model.branches["int8"][0]._held_weight()
+    held[0, 0] += 1
     with torch.no_grad():
         moved = model(x)[model.names.index("int8")]
-    model.branches["int8"][0].qweight[0, 0] -= 1
+    held[0, 0] -= 1
     assert rel_error(got[model.names.index("int8")], moved) > 0
 
 
@@ -228,6 +230,19 @@ def test_w8a8_layer_held_in_the_cpu_panels_exports(tmp_path, act_bits):
     assert {"QuantizeLinear", "DequantizeLinear"} <= set(_ops(proto))
     assert rel_error(got, expected) < 1e-5
     assert layer.kernel_layout == "w8a8-cpu", "exporting must not change the layer"
+
+
+def test_w8a16_layer_held_in_the_cpu_panels_exports(tmp_path):
+    """A W8A16 Int8Linear holding the AVX2 kernels' panels (chosen by hand: any CPU) lowers to
+    the dequantise graph of the row-major layer, and stays as it was."""
+    from bigperf.nn import Int8Linear
+
+    torch.manual_seed(11)
+    layer = Int8Linear.from_linear(torch.nn.Linear(64, 40), activation="gelu")
+    proto, x, got, expected = _export_held_layout(tmp_path, layer, "w8a16-cpu")
+    assert "DequantizeLinear" in _ops(proto)
+    assert rel_error(got, expected) < 1e-5
+    assert layer.kernel_layout == "w8a16-cpu", "exporting must not change the layer"
 
 
 @pytest.mark.parametrize("out_features,kwargs", [(40, {}), (40, {"int8": True}),

@@ -103,7 +103,8 @@ def test_loading_other_weights_rebuilds_the_copy(name):
 
 def test_a_weight_changed_behind_the_copy_is_refused():
     layer = LAYERS["int8 per channel"]().keep_float_copy()
-    layer.qweight.data = layer.qweight.data.clone()  # how loaders replace weights
+    held = layer._float_copy_key()  # qweight, or the kernel layout's weight
+    held.data = held.data.clone()  # how loaders replace weights
     assert "stale" in float_copy_why_not(layer._float_copy_key())
     x = random_tensor(40, 64, seed=3)
     with bigperf.use_backend("reference"):

@@ -8,7 +8,10 @@ from torch import nn
 
 import bigperf
 from bigperf.accuracy import sqnr_db
+from bigperf.formats import w8a16_cpu
 from bigperf.nn import Int8Linear
+from bigperf.quant import dequantize_weight
+from tests.helpers import fused_linear_fp64, rel_error
 
 
 def gaussian_linear(k=1024, n=256, seed=0):
@@ -190,8 +193,13 @@ def test_state_dict_loads_into_a_layer_held_in_the_kernel_layout():
 
 def test_moving_a_layer_settles_its_layout_for_the_device():
     layer = Int8Linear.from_linear(gaussian_linear(k=64, n=32)).use_kernel_layout("w8a16-cuda")
-    layer.to("cpu")  # the CPU kernels read row-major
-    assert layer.kernel_layout == "rowmajor" and layer.qweight is not None
+    layer.to("cpu")  # the AVX2 kernels read their panels (w8a16-cpu), the others row-major
+    if w8a16_cpu.why_not_hold(torch.device("cpu"), True, None, True) is None:
+        assert layer.kernel_layout == "w8a16-cpu" and layer.qweight is None
+    else:
+        assert layer.kernel_layout == "rowmajor" and layer.qweight is not None
+    grouped = Int8Linear.from_linear(gaussian_linear(k=64, n=32), group_size=32).use_kernel_layout("w8a16-cuda")
+    assert grouped.to("cpu").kernel_layout == "rowmajor", "grouped weights keep row-major on the CPU"
 
 
 def test_kernel_layout_refusals():
@@ -367,3 +375,78 @@ def test_float_copy_made_under_inference_mode_is_an_ordinary_tensor():
         x = torch.randn(3, 64)
         with bigperf.use_backend("torch"):
             assert torch.allclose(layer(x), x @ layer.float_copy.t() + layer.bias, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the w8a16-cpu layout
+
+@needs_avx2
+def test_w8a16_layer_holds_the_cpu_panels_where_the_avx2_path_runs():
+    """On the AVX2 path a symmetric per-channel W8A16 layer holds only the kernels' panels:
+    outputs within float rounding of the row-major layer on its own paths, the same state
+    dict, about the same bytes, and back to row-major exactly."""
+    linear = gaussian_linear(k=200, n=70, seed=6)
+    with bigperf.use_cpu_isa("avx2"):
+        layer = Int8Linear.from_linear(linear, activation="silu")
+        assert layer.kernel_layout == "w8a16-cpu" and layer.qweight is None
+        assert {name for name, _ in layer.named_buffers()} == {"w8a16_cpu_weight", "w8a16_cpu_scale"}
+        assert "held as w8a16-cpu" in repr(layer) and layer.backend() == "cpu"
+        assert sum(b.numel() * b.element_size() for b in layer.buffers()) <= 80 * 200 + 70 * 4  # panels of 16
+        rowmajor = Int8Linear.from_linear(linear, activation="silu").use_kernel_layout("rowmajor")
+        for shape in ((1, 200), (3, 9, 200), (40, 200)):  # the dot form, and the GEMM's rows
+            x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+            qweight, scale, _ = layer.int8_weight()
+            want = fused_linear_fp64(x, dequantize_weight(qweight, scale).double(), layer.bias, None, "silu")
+            assert rel_error(layer(x), want) < 1e-6
+            with bigperf.use_backend("torch"):  # the same path for both forms: equal
+                assert torch.equal(layer(x), rowmajor(x))
+        state = layer.state_dict()
+        assert set(state) == {"qweight", "scale", "bias", "_extra_state"}
+        assert all(torch.equal(state[k], v) for k, v in rowmajor.state_dict().items() if isinstance(v, torch.Tensor))
+        layer.use_kernel_layout("rowmajor")
+        assert layer.kernel_layout == "rowmajor" and torch.equal(layer.qweight, rowmajor.qweight)
+    with bigperf.use_cpu_isa("scalar"):  # elsewhere the layer keeps row-major
+        assert Int8Linear.from_linear(linear).kernel_layout == "rowmajor"
+    for kwargs in ({"group_size": 32}, {"symmetric": False}):  # one scale per column only
+        assert Int8Linear.from_linear(gaussian_linear(k=160, n=70), **kwargs).kernel_layout == "rowmajor"
+
+
+@needs_avx2
+def test_w8a16_panels_serve_every_cpu_path_and_survive_save_load_and_moves():
+    source = Int8Linear.from_linear(gaussian_linear(k=64, n=48, seed=9)).use_kernel_layout("w8a16-cpu")
+    x = torch.randn(5, 64)
+    qweight, scale, _ = source.int8_weight()
+    want = fused_linear_fp64(x, dequantize_weight(qweight, scale).double(), source.bias, None, "none")
+    with bigperf.use_cpu_isa("scalar"):  # the layout's kernels refuse; a torch path serves the unpacked weight
+        assert source.backend() == "torch"
+        assert rel_error(source(x), want) < 1e-6
+    buffer = io.BytesIO()
+    torch.save(source.state_dict(), buffer)
+    buffer.seek(0)
+    with bigperf.use_cpu_isa("avx2"):
+        target = Int8Linear(64, 48)
+        target.load_state_dict(torch.load(buffer))
+        assert target.kernel_layout == "w8a16-cpu" and torch.equal(target.w8a16_cpu_weight, source.w8a16_cpu_weight)
+        assert rel_error(target(x), want) < 1e-6
+        target.to(torch.bfloat16)  # the codes and fp32 scales stay; the bias converts
+        assert target.w8a16_cpu_scale.dtype == torch.float32 and target.kernel_layout == "w8a16-cpu"
+        assert rel_error(target(x.bfloat16()), want) < 1e-2
+
+
+def test_w8a16_cpu_layout_refusals():
+    for kwargs in ({"weight_only": False}, {"group_size": 32}, {"symmetric": False}):
+        with pytest.raises(ValueError, match=r"layout 'w8a16-cpu' holds symmetric per-channel W8A16 weights"):
+            Int8Linear(64, 32, **kwargs).use_kernel_layout("w8a16-cpu")
+    from bigperf.formats.w8a16_cpu import pack_w8a16_cpu
+    from bigperf.ops.int8_weight_cpu_layout_linear import int8_weight_linear_w8a16_cpu
+
+    qweight, scale, _ = Int8Linear(64, 32).int8_weight()
+    layout = pack_w8a16_cpu(qweight, scale)
+    op = "bigperf.int8_weight_linear_w8a16_cpu"
+    with pytest.raises(ValueError, match=rf"{op}: argument 'weight' must have shape"):
+        int8_weight_linear_w8a16_cpu(torch.randn(2, 64), dataclasses.replace(layout, weight=layout.weight[:, :-16]))
+    with pytest.raises(ValueError, match=rf"{op}: argument 'x' has 63 features"):
+        int8_weight_linear_w8a16_cpu(torch.randn(2, 63), layout)
+    with pytest.raises(ValueError, match=rf"{op}: argument 'scale' holds NaN"):
+        int8_weight_linear_w8a16_cpu(torch.randn(2, 64), dataclasses.replace(layout, scale=torch.full((32, 1), float("nan"))))
+    with pytest.raises(ValueError, match=r"pack_w8a16_cpu: argument 'scale' must be per channel"):
+        pack_w8a16_cpu(qweight, torch.ones(32, 2))

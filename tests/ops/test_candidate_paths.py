@@ -15,11 +15,13 @@ import bigperf.ops.torch_paths as torch_paths
 from bigperf.formats.bsr_lanes import pack_bsr_lanes
 from bigperf.formats.sparse24_lanes import pack_24_lanes
 from bigperf.formats.w8a8_cpu import pack_w8a8_cpu
+from bigperf.formats.w8a16_cpu import pack_w8a16_cpu
 from bigperf.ops.activations import apply_activation
 from bigperf.ops.block_sparse_lanes_linear import LANES_BACKENDS as BSR_LANES_BACKENDS
 from bigperf.ops.fused_linear import BACKENDS as FUSED_BACKENDS
 from bigperf.ops.int8_dynamic_layout_linear import LAYOUT_BACKENDS as W8A8_CPU_BACKENDS
 from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, WEIGHT_ONLY_BACKENDS, dynamic_reference
+from bigperf.ops.int8_weight_cpu_layout_linear import LAYOUT_BACKENDS as W8A16_CPU_BACKENDS
 from bigperf.ops.sparse24_lanes_linear import LANES_BACKENDS as S24_LANES_BACKENDS
 from bigperf.ops.sparse_linear import BSR_BACKENDS, S24_BACKENDS
 from bigperf.quant import dequantize_weight, quantize_weight
@@ -54,6 +56,12 @@ def _case_weight_only(x_dtype, group_size):
     b = random_tensor(N, seed=7)
     ref = _fp64(x, dequantize_weight(q.qweight, q.scale, q.zero_point), b, "silu")
     return WEIGHT_ONLY_BACKENDS, (x, q.qweight, q.scale, q.zero_point, b, "silu"), ref, TOLERANCE[x_dtype]
+
+
+def _case_weight_only_w8a16_cpu(x_dtype):
+    _, (x, qweight, scale, _, b, act), ref, tol = _case_weight_only(x_dtype, None)
+    layout = pack_w8a16_cpu(qweight, scale)
+    return W8A16_CPU_BACKENDS, (x, layout.weight, layout.scale, layout.n, layout.k, b, act), ref, tol
 
 
 def _case_dynamic(x_dtype, act_bits, given_absmax=False):
@@ -116,6 +124,8 @@ CASES = {
     "fused fp16 x fp16 w": lambda: _case_fused(F16, F16),
     "int8 per channel fp32": lambda: _case_weight_only(F32, None),
     "int8 g32 asymmetric bf16": lambda: _case_weight_only(BF16, 32),
+    "w8a16-cpu layout fp32": lambda: _case_weight_only_w8a16_cpu(F32),
+    "w8a16-cpu layout bf16": lambda: _case_weight_only_w8a16_cpu(BF16),
     "w8a8 fp32": lambda: _case_dynamic(F32, 8),
     "w8a8 7-bit bf16": lambda: _case_dynamic(BF16, 7),
     "w8a8 given absmax fp32": lambda: _case_dynamic(F32, 8, given_absmax=True),
@@ -199,7 +209,7 @@ def test_broadcast_rows_are_accepted_by_every_path(case):
 
 # The opt-in float copy (torch:copy): what each op's weight materialises to, in fp32.
 def _float_copy_for(table, args):
-    from bigperf.formats import bsr, bsr_lanes, dense, int8_rowmajor, sparse24, sparse24_lanes, w8a8_cpu
+    from bigperf.formats import bsr, bsr_lanes, dense, int8_rowmajor, sparse24, sparse24_lanes, w8a8_cpu, w8a16_cpu
 
     if table is FUSED_BACKENDS:
         return dense.float_weight(args[1])
@@ -207,6 +217,8 @@ def _float_copy_for(table, args):
         return int8_rowmajor.float_weight(args[1], args[2], args[3], weight_only=True)
     if table is DYNAMIC_BACKENDS:
         return int8_rowmajor.float_weight(args[1], args[2], None, weight_only=False)
+    if table is W8A16_CPU_BACKENDS:
+        return w8a16_cpu.float_weight(w8a16_cpu.W8A16CpuLayout(*args[1:5]))
     if table is W8A8_CPU_BACKENDS:
         return w8a8_cpu.float_weight(w8a8_cpu.as_layout(*args[1:6], args[8]))
     if table is S24_BACKENDS:

@@ -16,6 +16,7 @@ from bigperf.formats.w8a16_cuda import pack_w8a16
 from bigperf.ops.int8_dynamic_layout_linear import W8A8_CPU_LAYOUT
 from bigperf.ops.int8_layout_linear import W8A16_LAYOUT
 from bigperf.ops.int8_linear import DYNAMIC, WEIGHT_ONLY
+from bigperf.ops.int8_weight_cpu_layout_linear import W8A16_CPU_LAYOUT
 from bigperf.ops.sparse24_lanes_linear import SPARSE24_LANES
 from bigperf.ops.sparse_linear import BLOCK_SPARSE, SPARSE24
 from bigperf.quant import dequantize_weight
@@ -24,10 +25,11 @@ from tests.helpers import TOLERANCE, rel_error
 from tests.ops.test_candidate_paths import CASES
 
 OPS = {op.backends: op
-       for op in (WEIGHT_ONLY, DYNAMIC, W8A8_CPU_LAYOUT, W8A16_LAYOUT, SPARSE24, BLOCK_SPARSE, SPARSE24_LANES,
-                  BSR_LANES)}
+       for op in (WEIGHT_ONLY, DYNAMIC, W8A8_CPU_LAYOUT, W8A16_CPU_LAYOUT, W8A16_LAYOUT, SPARSE24, BLOCK_SPARSE,
+                  SPARSE24_LANES, BSR_LANES)}
 # (bias, activation, act_absmax) argument positions of each op
-POSITIONS = {WEIGHT_ONLY: (4, 5, None), DYNAMIC: (3, 4, 6), W8A8_CPU_LAYOUT: (6, 7, 9), W8A16_LAYOUT: (7, 8, None),
+POSITIONS = {WEIGHT_ONLY: (4, 5, None), DYNAMIC: (3, 4, 6), W8A8_CPU_LAYOUT: (6, 7, 9), W8A16_CPU_LAYOUT: (5, 6, None),
+             W8A16_LAYOUT: (7, 8, None),
              SPARSE24: (4, 5, None),
              BLOCK_SPARSE: (4, 5, None), SPARSE24_LANES: (5, 6, None), BSR_LANES: (5, 6, None)}
 

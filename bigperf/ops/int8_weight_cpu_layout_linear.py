@@ -1,0 +1,64 @@
+"""The int8 weight-only linear (W8A16) from a layer-owned CPU kernel layout.
+
+torch.ops.bigperf.int8_weight_linear_w8a16_cpu(x, weight, scale, n, k, bias, activation)
+    The same result as int8_weight_linear on the weight that
+    bigperf.formats.w8a16_cpu.pack_w8a16_cpu laid out (weight [Np/16, K*16] int8, scale
+    [N, 1] fp32; symmetric, per channel). A weight-only Int8Linear on an AVX2 CPU keeps only
+    this form, so its kernels read the panels at every M and no second copy of the weight
+    exists; the dispatcher's other candidates (the torch paths) unpack it for the call, so
+    the backend this op reports is the one that runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bigperf.formats import w8a16_cpu
+from bigperf.formats._checks import round_up
+from bigperf.formats.w8a16_cpu import PANEL_N, W8A16CpuLayout
+from bigperf.ops.activations import activation_code
+from bigperf.ops.define import define_op
+from bigperf.ops.frozen_weight_grad import register_frozen_weight_autograd
+from bigperf.ops.int8_linear import WEIGHT_ONLY_BACKENDS
+from bigperf.ops.validation import (
+    check_bias,
+    check_finite_once,
+    check_float_tensor,
+    check_layout_tensors,
+    check_tensor,
+)
+
+LAYOUT_OP = "bigperf.int8_weight_linear_w8a16_cpu"
+
+
+def validate_layout_call(x, weight, scale, n, k, bias, activation):
+    op = LAYOUT_OP
+    check_float_tensor(op, "x", x, min_dim=1)
+    check_tensor(op, "weight", weight, dtypes=(torch.int8,), dims=2)
+    check_tensor(op, "scale", scale, dtypes=(torch.float32,), dims=2)
+    activation_code(activation, op)
+    if n <= 0 or k <= 0:
+        raise ValueError(f"{op}: arguments 'n' and 'k' must be positive sizes, got n={n}, k={k}")
+    if x.shape[-1] != k:
+        raise ValueError(f"{op}: argument 'x' has {x.shape[-1]} features in its last dimension, the weight has k={k}")
+    expected = {"weight": (weight, (round_up(n, PANEL_N) // PANEL_N, k * PANEL_N)), "scale": (scale, (n, 1))}
+    check_layout_tensors(op, x, expected, f"n={n}, k={k}", contiguous=True)
+    check_bias(op, x, bias, n)
+    check_finite_once(op, "scale", scale)
+
+
+def _signature(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, n: int, k: int,
+               bias: torch.Tensor | None, activation: str) -> torch.Tensor: ...
+
+
+W8A16_CPU_LAYOUT = define_op(LAYOUT_OP, _signature, validate_layout_call,
+                             lambda x, weight, scale, n, *rest: (*x.shape[:-1], n))
+LAYOUT_BACKENDS = W8A16_CPU_LAYOUT.backends
+register_frozen_weight_autograd(W8A16_CPU_LAYOUT, w8a16_cpu.dense_weight, bias_at=5, activation_at=6)
+int8_weight_linear_w8a16_cpu_op = W8A16_CPU_LAYOUT.custom_op
+w8a16_cpu.register_paths(LAYOUT_BACKENDS, WEIGHT_ONLY_BACKENDS)
+
+
+def int8_weight_linear_w8a16_cpu(x, layout: W8A16CpuLayout, bias=None, activation="none"):
+    """act(x @ dequant(W)^T + bias) for W held in the w8a16-cpu layout."""
+    return W8A16_CPU_LAYOUT(x, layout.weight, layout.scale, layout.n, layout.k, bias, activation)
