@@ -19,13 +19,9 @@ from bigperf.ops.activations import (
     pre_activation_grad,
 )
 from bigperf.ops.define import define_op
-from bigperf.ops.validation import FLOAT_DTYPES, check_float_tensor
+from bigperf.ops.validation import FLOAT_DTYPE_SET, PLAIN_TENSORS, check_float_tensor
 
 OP = "bigperf.fused_linear"
-
-
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
-_FLOATS = frozenset(FLOAT_DTYPES)
 
 
 def validate(x, weight, bias, residual, activation) -> None:
@@ -33,10 +29,10 @@ def validate(x, weight, bias, residual, activation) -> None:
     # The common call (no residual, bias in shape) in one expression: every step here is paid
     # on each call, on top of the GEMM. It accepts a subset of what the checks below accept;
     # everything else, and every error, goes through them.
-    if (residual is None and type(x) in _PLAIN_TENSORS and type(weight) in _PLAIN_TENSORS
-            and x.dtype in _FLOATS and weight.dtype in _FLOATS and weight.dim() == 2 and x.dim() >= 1
+    if (residual is None and type(x) in PLAIN_TENSORS and type(weight) in PLAIN_TENSORS
+            and x.dtype in FLOAT_DTYPE_SET and weight.dtype in FLOAT_DTYPE_SET and weight.dim() == 2 and x.dim() >= 1
             and x.shape[-1] == weight.shape[1] and activation in ACTIVATIONS and x.device == weight.device
-            and (bias is None or (type(bias) in _PLAIN_TENSORS and bias.dtype in _FLOATS
+            and (bias is None or (type(bias) in PLAIN_TENSORS and bias.dtype in FLOAT_DTYPE_SET
                                   and bias.shape == weight.shape[:1] and bias.device == x.device))):
         return
     check_float_tensor(OP, "x", x, min_dim=1)

@@ -27,6 +27,7 @@ from bigperf.ops.validation import (
     check_float_tensor,
     check_layout_tensors,
     check_tensor,
+    plain_layout_call,
 )
 from bigperf.quant import activation_qmax
 
@@ -35,6 +36,13 @@ LAYOUT_OP = "bigperf.int8_dynamic_linear_w8a8_cpu"
 
 def validate_layout_call(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
     op = LAYOUT_OP
+    if (act_absmax is None and type(act_bits) is int and act_bits in (7, 8) and type(n) is int and type(k) is int
+            and n > 0 and k > 0
+            and plain_layout_call(x, k, n, bias, activation, (
+                (weight, torch.int8, (-(-n // w8a8_cpu.PANEL_N), round_up(k, w8a8_cpu.PANEL_K) * w8a8_cpu.PANEL_N)),
+                (colsum, torch.int32, (round_up(n, w8a8_cpu.PANEL_N),)), (scale, torch.float32, (n, 1))))):
+        check_finite_once(op, "scale", scale)
+        return
     check_float_tensor(op, "x", x, min_dim=1)
     check_tensor(op, "weight", weight, dtypes=(torch.int8,), dims=2)
     check_tensor(op, "colsum", colsum, dtypes=(torch.int32,), dims=1)

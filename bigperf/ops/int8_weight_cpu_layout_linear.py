@@ -26,6 +26,7 @@ from bigperf.ops.validation import (
     check_float_tensor,
     check_layout_tensors,
     check_tensor,
+    plain_layout_call,
 )
 
 LAYOUT_OP = "bigperf.int8_weight_linear_w8a16_cpu"
@@ -33,6 +34,11 @@ LAYOUT_OP = "bigperf.int8_weight_linear_w8a16_cpu"
 
 def validate_layout_call(x, weight, scale, n, k, bias, activation):
     op = LAYOUT_OP
+    if type(n) is int and type(k) is int and n > 0 and k > 0 and plain_layout_call(
+            x, k, n, bias, activation, ((weight, torch.int8, (-(-n // PANEL_N), k * PANEL_N)),
+                                        (scale, torch.float32, (n, 1)))):
+        check_finite_once(op, "scale", scale)
+        return
     check_float_tensor(op, "x", x, min_dim=1)
     check_tensor(op, "weight", weight, dtypes=(torch.int8,), dims=2)
     check_tensor(op, "scale", scale, dtypes=(torch.float32,), dims=2)

@@ -79,44 +79,57 @@ class OncePerData:
         return len(self._entries)
 
 
-class ConvertedOnce:
-    """A small tensor (a bias) converted to another dtype once per its data, for the hot
-    path of every call: F.linear in bf16 on a layer whose bias is kept in fp32 converted it
-    on every call, ~3 us hot and ~15 us with the interpreter's caches cold, 3 % of a
-    768x3072 GEMV. Leaner than OncePerData (one tensor; version, address and shape are its
-    data's key: `t.data = other` moves the address, in-place writes bump the version).
-    Inference tensors keep no version: they are converted on every call."""
+class OncePerTensor:
+    """build(t, key) computed once per (tensor data, key), for the hot path of every call:
+    leaner than OncePerData (one tensor; its version, address and shape are its data's key:
+    in-place writes bump the version, `t.data = other` moves the address). Inference tensors
+    keep no version: built on every call. An entry goes away with its tensor."""
 
-    def __init__(self, limit: int = 1024):
+    def __init__(self, build, limit: int = 1024):
+        self.build = build
         self._entries: dict[int, tuple] = {}
         self._limit = limit
 
-    def __call__(self, t, dtype):
-        if t.dtype == dtype:
-            return t
+    def __call__(self, t, key=None):
         if t.is_inference():
-            return t.to(dtype)
+            return self.build(t, key)
         entry = self._entries.get(id(t))
         version, address = t._version, t.data_ptr()
         if entry is not None:
-            ref, seen_version, seen_address, shape, converted = entry
-            if (ref() is t and seen_version == version and seen_address == address
-                    and converted.dtype == dtype and shape == t.shape):
-                return converted
-        # Detached (a kept tensor must carry no autograd history) and never an inference
-        # tensor (made inside inference_mode, it would be refused outside).
-        with torch.inference_mode(False):
-            converted = t.detach().to(dtype)
+            ref, seen_version, seen_address, shape, seen_key, value = entry
+            if (ref() is t and seen_version == version and seen_address == address and seen_key == key
+                    and shape == t.shape):
+                return value
+        value = self.build(t, key)
         if len(self._entries) >= self._limit:
             self._entries.clear()
-        key = id(t)
+        tid = id(t)
 
-        def forget(dead_ref, key=key):
-            entry = self._entries.get(key)
+        def forget(dead_ref, tid=tid):
+            entry = self._entries.get(tid)
             if entry is not None and entry[0] is dead_ref:
-                del self._entries[key]
-        self._entries[key] = (weakref.ref(t, forget), version, address, t.shape, converted)
-        return converted
+                del self._entries[tid]
+        self._entries[tid] = (weakref.ref(t, forget), version, address, t.shape, key, value)
+        return value
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _converted(t, dtype):
+    # Detached (a kept tensor must carry no autograd history) and never an inference tensor
+    # (made inside inference_mode, it would be refused outside).
+    with torch.inference_mode(False):
+        return t.detach().to(dtype)
+
+
+class ConvertedOnce(OncePerTensor):
+    """A small tensor (a bias) in another dtype, converted once per its data: F.linear in bf16
+    on a layer whose bias is kept in fp32 converted it on every call, ~3 us hot and ~15 us
+    with the interpreter's caches cold, 3 % of a 768x3072 GEMV."""
+
+    def __init__(self, limit: int = 1024):
+        super().__init__(_converted, limit)
+
+    def __call__(self, t, dtype):
+        return t if t.dtype == dtype else super().__call__(t, dtype)

@@ -6,11 +6,16 @@ from __future__ import annotations
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-from bigperf.ops.tensor_keys import OncePerData
+from bigperf.ops.activations import ACTIVATIONS
+from bigperf.ops.tensor_keys import OncePerTensor
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Codes shared with csrc/cpu/fused_linear.h (DType) and csrc/cuda.
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# For the one-expression checks of common calls (set lookups and exact types: no subclasses,
+# whose fake or meta tensors take the full checks).
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
 
 
 def check_tensor(op: str, name: str, t, *, dtypes=None, dims: int | None = None, min_dim: int | None = None):
@@ -51,6 +56,24 @@ def check_bias(op: str, x: torch.Tensor, bias, n: int) -> None:
                              f"got {tuple(bias.shape)} on {bias.device}")
 
 
+def plain_layout_call(x, k: int, n: int, bias, activation: str, layout: tuple) -> bool:
+    """The common call of a layout op in one pass, before its full checks (each of which is
+    paid on every call): x a plain float tensor of K = k features; `layout` a tuple of
+    (tensor, dtype, shape): plain, contiguous, of that dtype and shape; bias None or a plain
+    float [n]; a known activation; everything on x's device. True means the full checks
+    would pass (content checks such as finite scales apart); False, run them for the message."""
+    if not (type(x) in PLAIN_TENSORS and x.dtype in FLOAT_DTYPE_SET and x.dim() >= 1 and x.shape[-1] == k
+            and activation in ACTIVATIONS):
+        return False
+    device = x.device
+    for t, dtype, shape in layout:
+        if not (type(t) in PLAIN_TENSORS and t.dtype == dtype and t.shape == shape and t.is_contiguous()
+                and t.device == device):
+            return False
+    return bias is None or (type(bias) in PLAIN_TENSORS and bias.dtype in FLOAT_DTYPE_SET and bias.shape == (n,)
+                            and bias.device == device)
+
+
 def last_dim_contiguous(t: torch.Tensor) -> bool:
     return t.dim() == 0 or t.stride(-1) == 1 or t.shape[-1] == 1
 
@@ -63,7 +86,11 @@ def has_no_data(t: torch.Tensor) -> bool:
     return type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter and isinstance(t, FakeTensor)
 
 
-_FINITE_CHECKED = OncePerData()
+def _all_finite(t: torch.Tensor, _key) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+_FINITE_CHECKED = OncePerTensor(_all_finite)
 
 
 def check_finite_once(op: str, name: str, t: torch.Tensor) -> None:
@@ -72,10 +99,6 @@ def check_finite_once(op: str, name: str, t: torch.Tensor) -> None:
     checking each tensor's data once (bigperf/ops/tensor_keys.py)."""
     if has_no_data(t):
         return
-
-    def check():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{op}: argument '{name}' holds NaN or Inf values; the weight it scales cannot be "
-                             f"dequantised (was it written by bigperf.quant or bigperf.sparsity?)")
-        return True
-    _FINITE_CHECKED.get((t,), check)
+    if not _FINITE_CHECKED(t):
+        raise ValueError(f"{op}: argument '{name}' holds NaN or Inf values; the weight it scales cannot be "
+                         f"dequantised (was it written by bigperf.quant or bigperf.sparsity?)")

@@ -350,8 +350,7 @@ def test_layer_built_under_inference_mode_checks_its_scales_once(kwargs, monkeyp
 
     checked = []
     cache = validation._FINITE_CHECKED
-    monkeypatch.setattr(cache, "get", lambda tensors, build, extra=None, _get=cache.get:
-                        _get(tensors, lambda: checked.append(tensors) or build(), extra))
+    monkeypatch.setattr(cache, "build", lambda t, key, _build=cache.build: checked.append((t,)) or _build(t, key))
     with torch.inference_mode():
         layer = Int8Linear.from_linear(nn.Linear(64, 32), **kwargs)
         fresh = Int8Linear(64, 32, **kwargs)
