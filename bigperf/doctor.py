@@ -58,7 +58,7 @@ def _layout_rows(table: Table) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for kind, format_, why in (
             ("W8A8", w8a8_cpu, w8a8_cpu.why_not_hold(cpu, False)),
-            ("W8A16 (per channel, symmetric)", w8a16_cpu, w8a16_cpu.why_not_hold(cpu, True, None, True)),
+            ("W8A16", w8a16_cpu, w8a16_cpu.why_not_hold(cpu, True)),
             ("W8A16", w8a16_cuda, w8a16_cuda.why_not_hold(cuda, True))):
         device = "cuda" if format_ is w8a16_cuda else "cpu"
         table.add_row(f"{kind} layers on {device}",

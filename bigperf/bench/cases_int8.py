@@ -52,7 +52,7 @@ def _w8a16_cpu_layout_variant(ctx: CaseContext, copies, b, nbytes):
     from bigperf.formats import w8a16_cpu
     from bigperf.ops.int8_weight_cpu_layout_linear import int8_weight_linear_w8a16_cpu
 
-    if w8a16_cpu.why_not_hold(ctx.device, True, None, True) is not None:
+    if w8a16_cpu.why_not_hold(ctx.device, True) is not None:
         return
     layouts = [(w8a16_cpu.pack_w8a16_cpu(qw, s),) for qw, s in copies]
 

@@ -28,12 +28,11 @@ PACKED_VERSION = int8_rowmajor.VERSION
 #                buffers w8a16_weight / w8a16_scale / w8a16_zero, qweight etc. None;
 #   "w8a8-cpu"   only the AVX2 W8A8 kernel's panels (bigperf/formats/w8a8_cpu.py, versioned):
 #                buffers w8a8_weight / w8a8_colsum / w8a8_scale, qweight etc. None;
-#   "w8a16-cpu"  only the AVX2 W8A16 kernels' panels (bigperf/formats/w8a16_cpu.py, versioned;
-#                symmetric per-channel weights): buffers w8a16_cpu_weight / w8a16_cpu_scale.
+#   "w8a16-cpu"  only the AVX2 W8A16 kernels' panels (bigperf/formats/w8a16_cpu.py, versioned):
+#                buffers w8a16_cpu_weight / w8a16_cpu_scale / w8a16_cpu_zero.
 # A weight-only layer settles on "w8a16-cuda" whenever it moves to a GPU where that kernel
-# is built and on "w8a16-cpu" on a CPU that runs the AVX2 kernels (if per channel and
-# symmetric), a W8A8 layer on "w8a8-cpu" there, and either on "rowmajor" elsewhere, so no
-# device holds the weight twice. int8_weight() gives the row-major tensors whatever the layout.
+# is built and on "w8a16-cpu" on a CPU that runs the AVX2 kernels, a W8A8 layer on
+# "w8a8-cpu" there, and either on "rowmajor" elsewhere, so no device holds the weight twice. int8_weight() gives the row-major tensors whatever the layout.
 KERNEL_LAYOUTS = ("rowmajor", "w8a16-cuda", "w8a8-cpu", "w8a16-cpu")
 _BUFFERS = {"rowmajor": int8_rowmajor.BUFFERS, "w8a16-cuda": w8a16_cuda.BUFFERS, "w8a8-cpu": w8a8_cpu.BUFFERS,
             "w8a16-cpu": w8a16_cpu.BUFFERS}
@@ -118,8 +117,9 @@ class Int8Linear(FloatCopy, nn.Module):
         # The CPU layouts' ops take the buffers as they are (no layout object built per call: a
         # frozen dataclass costs ~3 us, a tenth of a small layer's call).
         if self.kernel_layout == "w8a16-cpu":
-            return W8A16_CPU_LAYOUT(x, self.w8a16_cpu_weight, self.w8a16_cpu_scale, self.out_features,
-                                    self.in_features, self.bias, self.activation)
+            return W8A16_CPU_LAYOUT(x, self.w8a16_cpu_weight, self.w8a16_cpu_scale, self.w8a16_cpu_zero,
+                                    self.out_features, self.in_features, self.group_size or 0, self.bias,
+                                    self.activation)
         if self.kernel_layout == "w8a8-cpu":
             return W8A8_CPU_LAYOUT(x, self.w8a8_weight, self.w8a8_colsum, self.w8a8_scale, self.out_features,
                                    self.in_features, self.bias, self.activation, self.act_bits, act_absmax)
@@ -139,7 +139,8 @@ class Int8Linear(FloatCopy, nn.Module):
                              self.in_features, self.act_bits)
 
     def _w8a16_cpu_layout(self) -> W8A16CpuLayout:
-        return W8A16CpuLayout(self.w8a16_cpu_weight, self.w8a16_cpu_scale, self.out_features, self.in_features)
+        return W8A16CpuLayout(self.w8a16_cpu_weight, self.w8a16_cpu_scale, self.w8a16_cpu_zero, self.out_features,
+                              self.in_features, self.group_size)
 
     def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(qweight [N, K] int8, scale [N, G] fp32, zero_point [N, G] int8 or None): the weight
@@ -167,10 +168,9 @@ class Int8Linear(FloatCopy, nn.Module):
         if layout == "w8a8-cpu" and self.weight_only:
             raise ValueError(f"{where}: layout 'w8a8-cpu' holds W8A8 weights; this layer is W8A16 "
                              f"(weight_only=True)")
-        if layout == "w8a16-cpu" and not (self.weight_only and self.group_size is None and self.symmetric):
-            raise ValueError(f"{where}: layout 'w8a16-cpu' holds symmetric per-channel W8A16 weights; this layer "
-                             f"has weight_only={self.weight_only}, group_size={self.group_size}, "
-                             f"symmetric={self.symmetric}")
+        if layout == "w8a16-cpu" and not self.weight_only:
+            raise ValueError(f"{where}: layout 'w8a16-cpu' holds W8A16 weights; this layer is W8A8 "
+                             f"(weight_only=False)")
         with torch.inference_mode(False):  # packed as ordinary tensors, not copied out of inference later
             qweight, scale, zero_point = self.int8_weight()
             if layout == "w8a16-cuda":
@@ -180,8 +180,8 @@ class Int8Linear(FloatCopy, nn.Module):
                 packed = pack_w8a8_cpu(qweight, scale, self.act_bits)
                 tensors = (packed.weight, packed.colsum, packed.scale)
             elif layout == "w8a16-cpu":
-                packed = pack_w8a16_cpu(qweight, scale)
-                tensors = (packed.weight, packed.scale)
+                packed = pack_w8a16_cpu(qweight, scale, zero_point)
+                tensors = (packed.weight, packed.scale, packed.zero)
             else:
                 tensors = (qweight, scale, zero_point)
         replace_buffers(self, _BUFFERS[self.kernel_layout], dict(zip(_BUFFERS[layout], tensors)),
@@ -208,11 +208,9 @@ class Int8Linear(FloatCopy, nn.Module):
 
     def _preferred_layout(self) -> str:
         device = self._held_weight().device
-        for layout, format_ in (("w8a16-cuda", w8a16_cuda), ("w8a8-cpu", w8a8_cpu)):
+        for layout, format_ in (("w8a16-cuda", w8a16_cuda), ("w8a8-cpu", w8a8_cpu), ("w8a16-cpu", w8a16_cpu)):
             if format_.why_not_hold(device, self.weight_only) is None:
                 return layout
-        if w8a16_cpu.why_not_hold(device, self.weight_only, self.group_size, self.symmetric) is None:
-            return "w8a16-cpu"
         return "rowmajor"
 
     def _apply(self, fn, recurse=True):
@@ -261,8 +259,8 @@ class Int8Linear(FloatCopy, nn.Module):
 
             layout = self._w8a16_cpu_layout()
             x = torch.empty(1, self.in_features)
-            return W8A16_CPU_BACKENDS.select(x, layout.weight, layout.scale, layout.n, layout.k, self.bias,
-                                             self.activation).name
+            return W8A16_CPU_BACKENDS.select(x, layout.weight, layout.scale, layout.zero, layout.n, layout.k,
+                                             layout.group_size or 0, self.bias, self.activation).name
         x = torch.empty(1, self.in_features, device=self.qweight.device)
         if self.weight_only:
             return WEIGHT_ONLY_BACKENDS.select(x, self.qweight, self.scale, self.zero_point,

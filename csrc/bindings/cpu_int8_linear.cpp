@@ -143,10 +143,12 @@ void int8_dynamic_linear_panels(uintptr_t x, int64_t x_row_stride, int x_dtype, 
 }
 
 // W8A16 on the w8a16-cpu layout (int8_linear.h): panels [ceil(N / 16) * K * 16] int8, scale
-// [N] fp32 (per channel, symmetric); form "dot" or "gemm" (int8_weight_panels.h), AVX2 only.
+// [groups][Np] fp32 and zero_point [groups][Np] int8 or 0 (group-major, Np = N rounded up to
+// 16); form "dot" or "gemm" (int8_weight_panels.h), AVX2 only.
 void int8_weight_linear_panels(const std::string& form, uintptr_t x, int64_t x_row_stride, int x_dtype,
-                               uintptr_t panels, uintptr_t scale, uintptr_t bias, uintptr_t out,
-                               int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
+                               uintptr_t panels, uintptr_t scale, uintptr_t zero_point, int64_t groups,
+                               uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
+                               int64_t K, int act, int num_threads) {
   const char* fn = kWeightPanelsFn;
   check_sizes(fn, M, N, K, act, num_threads);
   require(form == "dot" || form == "gemm", fn, "argument 'form' must be 'dot' or 'gemm', got '" + form + "'");
@@ -157,11 +159,14 @@ void int8_weight_linear_panels(const std::string& form, uintptr_t x, int64_t x_r
   require(K > 0, fn, "argument 'K' must be positive");
   check_common(fn, x, x_row_stride, panels, K, scale, out, out_row_stride, M, N, K);
   require(scale % alignof(float) == 0, fn, "argument 'scale' must be fp32-aligned");
+  require(groups >= 1 && K % groups == 0, fn,
+          "argument 'groups' " + std::to_string(groups) + " must be >= 1 and divide K = " + std::to_string(K));
   set_shared_args(a, x, x_row_stride, bias, out, out_row_stride, M, N, K, act, num_threads);
   a.qw = reinterpret_cast<const int8_t*>(panels);
   a.qw_row_stride = K * 16;
   a.scale = reinterpret_cast<const float*>(scale);
-  a.groups = 1;
+  a.zero_point = reinterpret_cast<const int8_t*>(zero_point);
+  a.groups = groups;
   py::gil_scoped_release release;
 #if defined(BIGPERF_X86)
   if (form == "dot") int8_weight_linear_panels_dot_avx2(a);
@@ -198,9 +203,9 @@ void register_int8_linear(py::module_& m) {
         py::arg("act_bits"), py::arg("x_absmax") = 0,
         "int8_dynamic_linear on the weight held in the w8a8-cpu layout (AVX2, any M); releases the GIL");
   m.def("int8_weight_linear_panels", &int8_weight_linear_panels, py::arg("form"), py::arg("x"),
-        py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("panels"), py::arg("scale"), py::arg("bias"),
-        py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
-        py::arg("num_threads"),
-        "W8A16 on the w8a16-cpu layout (16-column panels [K][16] int8, per-channel scales): form 'dot' "
+        py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("panels"), py::arg("scale"), py::arg("zero_point"),
+        py::arg("groups"), py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"),
+        py::arg("K"), py::arg("act"), py::arg("num_threads"),
+        "W8A16 on the w8a16-cpu layout (16-column panels [K][16] int8, group-major scales and zero points): form 'dot' "
         "(weight streams, small M) or 'gemm' (panel GEMM); AVX2; releases the GIL");
 }

@@ -94,7 +94,8 @@ void int8_weight_linear_panel_avx512(const Int8WeightLinearArgs& args);
 // (runs on AVX-512 CPUs too).
 void int8_dynamic_linear_panels_avx2(const Int8DynamicLinearArgs& args);
 // W8A16 on the "w8a16-cpu" layout (int8_weight_panels.h): qw = 16-column panels [K][16] int8,
-// qw_row_stride = 16 K, per-channel scales, no zero points.
+// qw_row_stride = 16 K; scale [groups][Np] fp32 and zero_point [groups][Np] int8 or null,
+// group-major (Np = N rounded up to 16).
 void int8_weight_linear_panels_dot_avx2(const Int8WeightLinearArgs& args);
 void int8_weight_linear_panels_gemm_avx2(const Int8WeightLinearArgs& args);
 #endif

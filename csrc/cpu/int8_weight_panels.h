@@ -1,6 +1,7 @@
 // The weight-only int8 linear (W8A16) on the "w8a16-cpu" layout (bigperf/formats/w8a16_cpu.py):
 // the weight as 16-column panels, panel p = [K][16] int8 codes of output columns 16p .. 16p+15
-// (zero past N), one fp32 scale per output column (symmetric, per channel). AVX2 + FMA.
+// (zero past N); scales (and zero points, if any) group-major, [G][Np] (Np = N rounded up to
+// 16, zero past N), so that one group's 16 columns of a panel are one vector load. AVX2 + FMA.
 //
 // Why a layout: at M = 1 the row-major kernel (int8_weight_kernel.h) reads 4 weight rows at a
 // time, and each 4 KB row ends at a page, where the hardware prefetchers stop: a cold call
@@ -40,17 +41,32 @@ inline void load16(const int8_t* p, __m256& lo, __m256& hi) {
   hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
 }
 
-// sums[m * ss + 16 j + c] = sum over k < K of x[m * xs + k] * code(panel j, k, c), for NP
-// panels from w (ps bytes apart) and MB rows of x. NP * MB * 2 accumulators, the two halves of
-// one panel and the broadcasts: within 16 registers for (4, 1), (2, 2), (1, 4).
+// The scales (and zero points) of the block's first panel, and what the zero points need.
+struct Groups {
+  int64_t count, size;  // groups along K and their size (per channel: 1 and K)
+  int64_t stride;       // elements from one group's scales to the next's (Np)
+  const float* scale;   // group 0's 16 scales of the first panel (the next panel's 16 further)
+  const int8_t* zero;   // the same for zero points, or null
+  const float* xsum;    // per row of x (stride `count`), per group: the sum of x over the group
+
+  Groups panel(int j) const {  // the same for panel j of the block
+    Groups g = *this;
+    g.scale += j * kPanel;
+    if (g.zero) g.zero += j * kPanel;
+    return g;
+  }
+};
+
+// acc[m][j] = sum over k in [k0, k1) of x[m * xs + k] * code(panel j, k, .), for NP panels
+// from w (ps bytes apart) and MB rows of x. NP * MB * 2 accumulators, the two halves of one
+// panel and the broadcasts fit 16 registers for (4, 1), (2, 2), (1, 4).
 template <int NP, int MB>
-inline void panel_block(const int8_t* w, int64_t ps, int64_t K, const float* x, int64_t xs, float* sums,
-                        int64_t ss) {
-  __m256 acc[MB][NP][2];
+inline void accumulate(__m256 (&acc)[MB][NP][2], const int8_t* w, int64_t ps, const float* x, int64_t xs,
+                       int64_t k0, int64_t k1) {
   for (int m = 0; m < MB; ++m)
     for (int j = 0; j < NP; ++j) acc[m][j][0] = acc[m][j][1] = _mm256_setzero_ps();
 #pragma GCC unroll 4
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = k0; k < k1; ++k) {
     __m256 b[MB];
     for (int m = 0; m < MB; ++m) b[m] = _mm256_broadcast_ss(x + m * xs + k);
     for (int j = 0; j < NP; ++j) {
@@ -62,81 +78,153 @@ inline void panel_block(const int8_t* w, int64_t ps, int64_t K, const float* x, 
       }
     }
   }
-  for (int m = 0; m < MB; ++m)
+}
+
+// For NP panels and MB rows of x (see accumulate), into sums[m * ss + 16 j + c]:
+//   GROUPED false (per channel, symmetric): the unscaled sums over K, stored (the caller
+//     scales them before the epilogue: the hot loop stays exactly the plain dot);
+//   GROUPED true: += sum over groups g of scale(g, c) * (the group's sum - zero(g, c) *
+//     xsum(m, g)), each group's partial sums scaled out of registers once per group.
+template <int NP, int MB, bool GROUPED>
+inline void panel_block(const int8_t* w, int64_t ps, const float* x, int64_t xs, float* sums, int64_t ss,
+                        const Groups& gr) {
+  __m256 acc[MB][NP][2];
+  if constexpr (!GROUPED) {
+    accumulate<NP, MB>(acc, w, ps, x, xs, 0, gr.size);
+    for (int m = 0; m < MB; ++m)
+      for (int j = 0; j < NP; ++j) {
+        _mm256_storeu_ps(sums + m * ss + j * kPanel, acc[m][j][0]);
+        _mm256_storeu_ps(sums + m * ss + j * kPanel + 8, acc[m][j][1]);
+      }
+    return;
+  }
+  for (int64_t g = 0; g < gr.count; ++g) {
+    accumulate<NP, MB>(acc, w, ps, x, xs, g * gr.size, (g + 1) * gr.size);
     for (int j = 0; j < NP; ++j) {
-      _mm256_storeu_ps(sums + m * ss + j * kPanel, acc[m][j][0]);
-      _mm256_storeu_ps(sums + m * ss + j * kPanel + 8, acc[m][j][1]);
+      const float* sc = gr.scale + g * gr.stride + j * kPanel;
+      const __m256 s_lo = _mm256_loadu_ps(sc), s_hi = _mm256_loadu_ps(sc + 8);
+      __m256 z_lo = _mm256_setzero_ps(), z_hi = _mm256_setzero_ps();
+      if (gr.zero) load16(gr.zero + g * gr.stride + j * kPanel, z_lo, z_hi);
+      for (int m = 0; m < MB; ++m) {
+        __m256 lo = acc[m][j][0], hi = acc[m][j][1];
+        if (gr.zero) {  // sum((q - z) x) = sum(q x) - z sum(x)
+          const __m256 xsum = _mm256_set1_ps(gr.xsum[m * gr.count + g]);
+          lo = _mm256_fnmadd_ps(z_lo, xsum, lo);
+          hi = _mm256_fnmadd_ps(z_hi, xsum, hi);
+        }
+        float* out = sums + m * ss + j * kPanel;
+        _mm256_storeu_ps(out, _mm256_fmadd_ps(lo, s_lo, _mm256_loadu_ps(out)));
+        _mm256_storeu_ps(out + 8, _mm256_fmadd_ps(hi, s_hi, _mm256_loadu_ps(out + 8)));
+      }
     }
+  }
 }
 
 // The same for np (<= 4) panels and mb (<= 4) rows known at run time.
-inline void panel_block_n(int np, int mb, const int8_t* w, int64_t ps, int64_t K, const float* x, int64_t xs,
-                          float* sums, int64_t ss) {
+template <bool GROUPED>
+inline void panel_block_n(int np, int mb, const int8_t* w, int64_t ps, const float* x, int64_t xs, float* sums,
+                          int64_t ss, const Groups& gr) {
   if (mb == 1) {
     switch (np) {
-      case 4: return panel_block<4, 1>(w, ps, K, x, xs, sums, ss);
-      case 3: return panel_block<3, 1>(w, ps, K, x, xs, sums, ss);
-      case 2: return panel_block<2, 1>(w, ps, K, x, xs, sums, ss);
-      default: return panel_block<1, 1>(w, ps, K, x, xs, sums, ss);
+      case 4: return panel_block<4, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
+      case 3: return panel_block<3, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
+      case 2: return panel_block<2, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
+      default: return panel_block<1, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
     }
   }
-  if (mb == 2 && np == 2) return panel_block<2, 2>(w, ps, K, x, xs, sums, ss);
+  if (mb == 2 && np == 2) return panel_block<2, 2, GROUPED>(w, ps, x, xs, sums, ss, gr);
   for (int j = 0; j < np; ++j) {  // one panel at a time: it stays in L1/L2 for every row block
     const int8_t* wj = w + j * ps;
     float* sj = sums + j * kPanel;
+    const Groups gj = gr.panel(j);
     switch (mb) {
-      case 4: panel_block<1, 4>(wj, ps, K, x, xs, sj, ss); break;
-      case 3: panel_block<1, 3>(wj, ps, K, x, xs, sj, ss); break;
-      default: panel_block<1, 2>(wj, ps, K, x, xs, sj, ss); break;
+      case 4: panel_block<1, 4, GROUPED>(wj, ps, x, xs, sj, ss, gj); break;
+      case 3: panel_block<1, 3, GROUPED>(wj, ps, x, xs, sj, ss, gj); break;
+      default: panel_block<1, 2, GROUPED>(wj, ps, x, xs, sj, ss, gj); break;
     }
   }
 }
 
 // Rows [0, ms) of the packed x (row stride xs) against panels [p0, p0 + np): sums[m][c] for
-// the np * 16 columns, in row blocks of at most 4 (balanced). At M = 1 all np panels stream
-// at once; otherwise each pair (2 rows) or single panel runs every row block before the next.
+// the np * 16 columns (see panel_block; zeroed by the caller if GROUPED), in row blocks of at most 4
+// (balanced). At M = 1 all np panels stream at once; otherwise each pair (2 rows) or single
+// panel runs every row block before the next. gr: the groups of panel p0, xsum of row 0.
+template <bool GROUPED>
 inline void panel_group(const Int8WeightLinearArgs& a, int64_t p0, int np, const float* xp, int64_t xs, int64_t ms,
-                        float (*sums)[kPanelsPerStep * kPanel]) {
+                        float (*sums)[kPanelsPerStep * kPanel], const Groups& gr) {
+  constexpr int64_t ss = kPanelsPerStep * kPanel;
   const int8_t* w = a.qw + p0 * a.qw_row_stride;
-  if (ms == 1) return panel_block_n(np, 1, w, a.qw_row_stride, a.K, xp, xs, sums[0], kPanelsPerStep * kPanel);
+  if (ms == 1) return panel_block_n<GROUPED>(np, 1, w, a.qw_row_stride, xp, xs, sums[0], ss, gr);
   const int64_t blocks = (ms + 3) / 4;
   const int step = ms == 2 ? 2 : 1;
   for (int j = 0; j < np; j += step) {
     const int nj = step == 2 && j + 1 < np ? 2 : 1;
     for (int64_t i = 0; i < blocks; ++i) {
       const int64_t m0 = ms * i / blocks, mb = ms * (i + 1) / blocks - m0;
-      panel_block_n(nj, static_cast<int>(mb), w + j * a.qw_row_stride, a.qw_row_stride, a.K, xp + m0 * xs, xs,
-                    sums[m0] + j * kPanel, kPanelsPerStep * kPanel);
+      Groups gm = gr.panel(j);
+      if (gm.xsum) gm.xsum += m0 * gm.count;
+      panel_block_n<GROUPED>(nj, static_cast<int>(mb), w + j * a.qw_row_stride, a.qw_row_stride, xp + m0 * xs, xs,
+                    sums[m0] + j * kPanel, ss, gm);
     }
   }
+}
+
+// The 16 scales (zero: zero points, 0 without) of group g for the columns of panel p.
+inline void group_vectors(const Int8WeightLinearArgs& a, int64_t np_cols, int64_t g, int64_t p, __m256& s_lo,
+                          __m256& s_hi, __m256& z_lo, __m256& z_hi) {
+  const float* sc = a.scale + g * np_cols + p * kPanel;
+  s_lo = _mm256_loadu_ps(sc);
+  s_hi = _mm256_loadu_ps(sc + 8);
+  z_lo = z_hi = _mm256_setzero_ps();
+  if (a.zero_point) load16(a.zero_point + g * np_cols + p * kPanel, z_lo, z_hi);
 }
 
 }  // namespace w8a16_panels
 
 // The dot form on the layout: a.qw is the panels (a.qw_row_stride = 16 K bytes per panel),
-// a.scale the [N] per-channel scales; groups 1, no zero points (the binding checks).
+// a.scale the group-major [G][Np] scales, a.zero_point the group-major [G][Np] int8 zero
+// points or null, a.groups = G (the binding checks). Per group: the unscaled sums of each
+// row block, then sums += scale * (partial - zero * sum of x over the group).
 inline void int8_weight_linear_panels_dot(const Int8WeightLinearArgs& a) {
   using namespace w8a16_panels;
   if (a.M <= 0 || a.N <= 0) return;
-  const int64_t panels = (a.N + kPanel - 1) / kPanel;
+  const int64_t panels = (a.N + kPanel - 1) / kPanel, np_cols = panels * kPanel;
+  const int64_t G = a.groups, gs = a.K / a.groups;
+  const bool grouped = G > 1 || a.zero_point;  // else one scale per column, applied at the end
   const int64_t kpad = round_up(a.K, 8);  // load_x_row writes whole vectors
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
   const int64_t rows = imin(a.M, kRowsPerPass);
   AlignedBuffer xbuf(static_cast<size_t>(rows * kpad) * sizeof(float));
+  AlignedBuffer xsum_buf(a.zero_point ? static_cast<size_t>(rows * G) * sizeof(float) : 0);
   float* xp = xbuf.as<float>();
+  float* xsum = xsum_buf.as<float>();
   for (int64_t m0 = 0; m0 < a.M; m0 += kRowsPerPass) {
     const int64_t ms = imin(kRowsPerPass, a.M - m0);
-    for (int64_t m = 0; m < ms; ++m) load_x_row(a.x, a.x_row_stride, a.x_dtype, m0 + m, a.K, kpad, xp + m * kpad);
+    for (int64_t m = 0; m < ms; ++m) {
+      load_x_row(a.x, a.x_row_stride, a.x_dtype, m0 + m, a.K, kpad, xp + m * kpad);
+      for (int64_t g = 0; a.zero_point && g < G; ++g) {
+        float t = 0.f;
+        for (int64_t k = g * gs; k < (g + 1) * gs; ++k) t += xp[m * kpad + k];
+        xsum[m * G + g] = t;
+      }
+    }
     parallel_columns(panels, threads, kPanelsPerStep, [&](int64_t pb, int64_t pe) {
       alignas(64) float sums[kRowsPerPass][kPanelsPerStep * kPanel];
       for (int64_t p0 = pb; p0 < pe; p0 += kPanelsPerStep) {
         const int np = static_cast<int>(imin(kPanelsPerStep, pe - p0));
-        panel_group(a, p0, np, xp, kpad, ms, sums);
+        const Groups gr{G, gs, np_cols, a.scale + p0 * kPanel, a.zero_point ? a.zero_point + p0 * kPanel : nullptr,
+                        a.zero_point ? xsum : nullptr};
         const int64_t n0 = p0 * kPanel, cnt = imin(np * kPanel, a.N - n0);
-        for (int64_t m = 0; m < ms; ++m) {
-          for (int64_t c = 0; c < cnt; ++c) sums[m][c] *= a.scale[n0 + c];
-          epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums[m], m0 + m, n0, cnt);
+        if (grouped) {
+          std::memset(sums, 0, static_cast<size_t>(ms) * sizeof(sums[0]));
+          panel_group<true>(a, p0, np, xp, kpad, ms, sums, gr);
+        } else {
+          panel_group<false>(a, p0, np, xp, kpad, ms, sums, gr);
+          for (int64_t m = 0; m < ms; ++m)
+            for (int64_t c = 0; c < cnt; ++c) sums[m][c] *= a.scale[n0 + c];  // group 0's row: [0, Np)
         }
+        for (int64_t m = 0; m < ms; ++m)
+          epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums[m], m0 + m, n0, cnt);
       }
     });
   }
@@ -150,18 +238,24 @@ void int8_weight_linear_panels_gemm(const Int8WeightLinearArgs& a) {
   static_assert(panel::kNR<Ops> == kPanel, "a strip of the panel GEMM is one panel of the layout");
   if (a.M <= 0 || a.N <= 0) return;
   const Fp32Rows rows(a);
+  const int64_t np_cols = (a.N + kPanel - 1) / kPanel * kPanel, gs = a.K / a.groups;
+  // Strips of 16 columns are the layout's panels: (q - zero) * scale per k, the group's
+  // vectors reloaded where k enters a new group.
   auto pack = [&](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* dst) {
     for (int64_t s = 0; s < nc; s += kPanel) {
-      const int8_t* src = a.qw + (n0 + s) / kPanel * a.qw_row_stride + k0 * kPanel;
-      alignas(32) float sc[kPanel] = {};  // zero past N: those columns' codes are zero padding too
-      for (int64_t j = 0; j < imin(kPanel, a.N - n0 - s); ++j) sc[j] = a.scale[n0 + s + j];
-      const __m256 s_lo = _mm256_load_ps(sc), s_hi = _mm256_load_ps(sc + 8);
+      const int64_t p = (n0 + s) / kPanel;
+      const int8_t* src = a.qw + p * a.qw_row_stride + k0 * kPanel;
       float* strip = dst + s * kc;
-      for (int64_t k = 0; k < kc; ++k) {
+      __m256 s_lo, s_hi, z_lo, z_hi;
+      for (int64_t k = 0, g = -1; k < kc; ++k) {
+        if ((k0 + k) / gs != g) {
+          g = (k0 + k) / gs;
+          group_vectors(a, np_cols, g, p, s_lo, s_hi, z_lo, z_hi);
+        }
         __m256 lo, hi;
         load16(src + k * kPanel, lo, hi);
-        _mm256_storeu_ps(strip + k * kPanel, _mm256_mul_ps(lo, s_lo));
-        _mm256_storeu_ps(strip + k * kPanel + 8, _mm256_mul_ps(hi, s_hi));
+        _mm256_storeu_ps(strip + k * kPanel, _mm256_mul_ps(_mm256_sub_ps(lo, z_lo), s_lo));
+        _mm256_storeu_ps(strip + k * kPanel + 8, _mm256_mul_ps(_mm256_sub_ps(hi, z_hi), s_hi));
       }
     }
   };

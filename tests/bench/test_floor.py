@@ -116,8 +116,7 @@ def test_the_smoke_suite_times_auto_variants_against_every_torch_path():
 
     from bigperf.formats import w8a16_cpu
 
-    held = {"int8_weight_linear[auto] w8a16-cpu"} if w8a16_cpu.why_not_hold(torch.device("cpu"), True, None,
-                                                                             True) is None else set()
+    held = {"int8_weight_linear[auto] w8a16-cpu"} if w8a16_cpu.why_not_hold(torch.device("cpu"), True) is None else set()
     assert {r["variant"] for r in autos} == {"fused_linear[auto]", "fused_linear[auto] w=bf16",
                                              "int8_weight_linear[auto]"} | held
     baselines = {r["variant"] for r in rec["results"] if r["role"] == "baseline"}

@@ -112,7 +112,9 @@ def test_swapped_under_inference_mode_with_a_float_copy():
         x = torch.randn(5, 64)
         with bigperf.use_backend("torch"):
             out = layer(x)
-        torch.testing.assert_close(out, x @ layer.weight.float().t() + layer.bias, atol=1e-5, rtol=1e-5)
+        # Whichever torch path the timing picks: torch:bf16 (the weight's own precision, x
+        # rounded to bf16) is within the layer's tolerance, not within fp32's.
+        torch.testing.assert_close(out, x @ layer.weight.float().t() + layer.bias, atol=1e-2, rtol=1e-2)
         moved = layer.to(torch.float16)
         assert not moved.weight.is_inference() and float_copy_why_not(moved.weight) is None
 

@@ -194,12 +194,12 @@ def test_state_dict_loads_into_a_layer_held_in_the_kernel_layout():
 def test_moving_a_layer_settles_its_layout_for_the_device():
     layer = Int8Linear.from_linear(gaussian_linear(k=64, n=32)).use_kernel_layout("w8a16-cuda")
     layer.to("cpu")  # the AVX2 kernels read their panels (w8a16-cpu), the others row-major
-    if w8a16_cpu.why_not_hold(torch.device("cpu"), True, None, True) is None:
+    if w8a16_cpu.why_not_hold(torch.device("cpu"), True) is None:
         assert layer.kernel_layout == "w8a16-cpu" and layer.qweight is None
     else:
         assert layer.kernel_layout == "rowmajor" and layer.qweight is not None
-    grouped = Int8Linear.from_linear(gaussian_linear(k=64, n=32), group_size=32).use_kernel_layout("w8a16-cuda")
-    assert grouped.to("cpu").kernel_layout == "rowmajor", "grouped weights keep row-major on the CPU"
+    dynamic = Int8Linear.from_linear(gaussian_linear(k=64, n=32), weight_only=False).use_kernel_layout("rowmajor")
+    assert dynamic.to("cpu").kernel_layout in ("w8a8-cpu", "rowmajor"), "a W8A8 layer never holds W8A16 panels"
 
 
 def test_kernel_layout_refusals():
@@ -380,33 +380,38 @@ def test_float_copy_made_under_inference_mode_is_an_ordinary_tensor():
 
 @needs_avx2
 def test_w8a16_layer_holds_the_cpu_panels_where_the_avx2_path_runs():
-    """On the AVX2 path a symmetric per-channel W8A16 layer holds only the kernels' panels:
-    outputs within float rounding of the row-major layer on its own paths, the same state
-    dict, about the same bytes, and back to row-major exactly."""
-    linear = gaussian_linear(k=200, n=70, seed=6)
-    with bigperf.use_cpu_isa("avx2"):
-        layer = Int8Linear.from_linear(linear, activation="silu")
-        assert layer.kernel_layout == "w8a16-cpu" and layer.qweight is None
-        assert {name for name, _ in layer.named_buffers()} == {"w8a16_cpu_weight", "w8a16_cpu_scale"}
-        assert "held as w8a16-cpu" in repr(layer) and layer.backend() == "cpu"
-        assert sum(b.numel() * b.element_size() for b in layer.buffers()) <= 80 * 200 + 70 * 4  # panels of 16
-        rowmajor = Int8Linear.from_linear(linear, activation="silu").use_kernel_layout("rowmajor")
-        for shape in ((1, 200), (3, 9, 200), (40, 200)):  # the dot form, and the GEMM's rows
-            x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
-            qweight, scale, _ = layer.int8_weight()
-            want = fused_linear_fp64(x, dequantize_weight(qweight, scale).double(), layer.bias, None, "silu")
-            assert rel_error(layer(x), want) < 1e-6
-            with bigperf.use_backend("torch"):  # the same path for both forms: equal
-                assert torch.equal(layer(x), rowmajor(x))
-        state = layer.state_dict()
-        assert set(state) == {"qweight", "scale", "bias", "_extra_state"}
-        assert all(torch.equal(state[k], v) for k, v in rowmajor.state_dict().items() if isinstance(v, torch.Tensor))
-        layer.use_kernel_layout("rowmajor")
-        assert layer.kernel_layout == "rowmajor" and torch.equal(layer.qweight, rowmajor.qweight)
+    """On the AVX2 path a W8A16 layer (per channel or per group, symmetric or not) holds only
+    the kernels' panels: outputs within float rounding of the float64 oracle, equal to the
+    row-major layer's on the same path, the same state dict, about the same bytes, and back
+    to row-major exactly."""
+    linear = gaussian_linear(k=256, n=70, seed=6)
+    for kwargs, zero_bytes in (({}, 0), ({"group_size": 64, "symmetric": False}, 4 * 80)):
+        with bigperf.use_cpu_isa("avx2"):
+            layer = Int8Linear.from_linear(linear, activation="silu", **kwargs)
+            assert layer.kernel_layout == "w8a16-cpu" and layer.qweight is None
+            buffers = {name for name, _ in layer.named_buffers()}
+            assert buffers == {"w8a16_cpu_weight", "w8a16_cpu_scale"} | ({"w8a16_cpu_zero"} if zero_bytes else set())
+            assert "held as w8a16-cpu" in repr(layer) and layer.backend() == "cpu"
+            groups = 256 // kwargs.get("group_size", 256)
+            held = sum(b.numel() * b.element_size() for b in layer.buffers())
+            assert held <= 80 * 256 + groups * 80 * 4 + zero_bytes + 70 * 4  # panels of 16, group-major scales
+            rowmajor = Int8Linear.from_linear(linear, activation="silu", **kwargs).use_kernel_layout("rowmajor")
+            for shape in ((1, 256), (3, 9, 256), (40, 256)):  # the dot form, and the GEMM's rows
+                x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+                qweight, scale, zero_point = layer.int8_weight()
+                want = fused_linear_fp64(x, dequantize_weight(qweight, scale, zero_point).double(), layer.bias, None,
+                                         "silu")
+                assert rel_error(layer(x), want) < 1e-6
+                with bigperf.use_backend("torch"):  # the same path for both forms: equal
+                    assert torch.equal(layer(x), rowmajor(x))
+            state = layer.state_dict()
+            assert set(state) == set(rowmajor.state_dict())
+            assert all(torch.equal(state[k], v) for k, v in rowmajor.state_dict().items()
+                       if isinstance(v, torch.Tensor))
+            layer.use_kernel_layout("rowmajor")
+            assert layer.kernel_layout == "rowmajor" and torch.equal(layer.qweight, rowmajor.qweight)
     with bigperf.use_cpu_isa("scalar"):  # elsewhere the layer keeps row-major
         assert Int8Linear.from_linear(linear).kernel_layout == "rowmajor"
-    for kwargs in ({"group_size": 32}, {"symmetric": False}):  # one scale per column only
-        assert Int8Linear.from_linear(gaussian_linear(k=160, n=70), **kwargs).kernel_layout == "rowmajor"
 
 
 @needs_avx2
@@ -432,9 +437,8 @@ def test_w8a16_panels_serve_every_cpu_path_and_survive_save_load_and_moves():
 
 
 def test_w8a16_cpu_layout_refusals():
-    for kwargs in ({"weight_only": False}, {"group_size": 32}, {"symmetric": False}):
-        with pytest.raises(ValueError, match=r"layout 'w8a16-cpu' holds symmetric per-channel W8A16 weights"):
-            Int8Linear(64, 32, **kwargs).use_kernel_layout("w8a16-cpu")
+    with pytest.raises(ValueError, match=r"layout 'w8a16-cpu' holds W8A16 weights"):
+        Int8Linear(64, 32, weight_only=False).use_kernel_layout("w8a16-cpu")
     from bigperf.formats.w8a16_cpu import pack_w8a16_cpu
     from bigperf.ops.int8_weight_cpu_layout_linear import int8_weight_linear_w8a16_cpu
 
@@ -446,6 +450,12 @@ def test_w8a16_cpu_layout_refusals():
     with pytest.raises(ValueError, match=rf"{op}: argument 'x' has 63 features"):
         int8_weight_linear_w8a16_cpu(torch.randn(2, 63), layout)
     with pytest.raises(ValueError, match=rf"{op}: argument 'scale' holds NaN"):
-        int8_weight_linear_w8a16_cpu(torch.randn(2, 64), dataclasses.replace(layout, scale=torch.full((32, 1), float("nan"))))
-    with pytest.raises(ValueError, match=r"pack_w8a16_cpu: argument 'scale' must be per channel"):
-        pack_w8a16_cpu(qweight, torch.ones(32, 2))
+        int8_weight_linear_w8a16_cpu(torch.randn(2, 64), dataclasses.replace(layout, scale=torch.full((1, 32), float("nan"))))
+    with pytest.raises(ValueError, match=rf"{op}: argument 'scale' must have shape \(2, 32\)"):
+        int8_weight_linear_w8a16_cpu(torch.randn(2, 64), dataclasses.replace(layout, group_size=32))
+    with pytest.raises(ValueError, match=rf"{op}: arguments 'n', 'k', 'group_size'"):
+        int8_weight_linear_w8a16_cpu(torch.randn(2, 64), dataclasses.replace(layout, group_size=48))
+    with pytest.raises(ValueError, match=r"pack_w8a16_cpu: argument 'scale' must be \[32, G\]"):
+        pack_w8a16_cpu(qweight, torch.ones(32, 3))
+    with pytest.raises(ValueError, match=r"pack_w8a16_cpu: argument 'zero_point' must have the shape"):
+        pack_w8a16_cpu(qweight, torch.ones(32, 2), torch.zeros(32, 1, dtype=torch.int8))

@@ -58,10 +58,11 @@ def _case_weight_only(x_dtype, group_size):
     return WEIGHT_ONLY_BACKENDS, (x, q.qweight, q.scale, q.zero_point, b, "silu"), ref, TOLERANCE[x_dtype]
 
 
-def _case_weight_only_w8a16_cpu(x_dtype):
-    _, (x, qweight, scale, _, b, act), ref, tol = _case_weight_only(x_dtype, None)
-    layout = pack_w8a16_cpu(qweight, scale)
-    return W8A16_CPU_BACKENDS, (x, layout.weight, layout.scale, layout.n, layout.k, b, act), ref, tol
+def _case_weight_only_w8a16_cpu(x_dtype, group_size=None):
+    _, (x, qweight, scale, zero_point, b, act), ref, tol = _case_weight_only(x_dtype, group_size)
+    layout = pack_w8a16_cpu(qweight, scale, zero_point)
+    args = (x, layout.weight, layout.scale, layout.zero, layout.n, layout.k, layout.group_size or 0, b, act)
+    return W8A16_CPU_BACKENDS, args, ref, tol
 
 
 def _case_dynamic(x_dtype, act_bits, given_absmax=False):
@@ -126,6 +127,7 @@ CASES = {
     "int8 g32 asymmetric bf16": lambda: _case_weight_only(BF16, 32),
     "w8a16-cpu layout fp32": lambda: _case_weight_only_w8a16_cpu(F32),
     "w8a16-cpu layout bf16": lambda: _case_weight_only_w8a16_cpu(BF16),
+    "w8a16-cpu layout g32 asymmetric bf16": lambda: _case_weight_only_w8a16_cpu(BF16, 32),
     "w8a8 fp32": lambda: _case_dynamic(F32, 8),
     "w8a8 7-bit bf16": lambda: _case_dynamic(BF16, 7),
     "w8a8 given absmax fp32": lambda: _case_dynamic(F32, 8, given_absmax=True),
@@ -218,7 +220,7 @@ def _float_copy_for(table, args):
     if table is DYNAMIC_BACKENDS:
         return int8_rowmajor.float_weight(args[1], args[2], None, weight_only=False)
     if table is W8A16_CPU_BACKENDS:
-        return w8a16_cpu.float_weight(w8a16_cpu.W8A16CpuLayout(*args[1:5]))
+        return w8a16_cpu.float_weight(w8a16_cpu.as_layout(*args[1:7]))
     if table is W8A8_CPU_BACKENDS:
         return w8a8_cpu.float_weight(w8a8_cpu.as_layout(*args[1:6], args[8]))
     if table is S24_BACKENDS:

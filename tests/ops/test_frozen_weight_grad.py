@@ -28,7 +28,7 @@ OPS = {op.backends: op
        for op in (WEIGHT_ONLY, DYNAMIC, W8A8_CPU_LAYOUT, W8A16_CPU_LAYOUT, W8A16_LAYOUT, SPARSE24, BLOCK_SPARSE,
                   SPARSE24_LANES, BSR_LANES)}
 # (bias, activation, act_absmax) argument positions of each op
-POSITIONS = {WEIGHT_ONLY: (4, 5, None), DYNAMIC: (3, 4, 6), W8A8_CPU_LAYOUT: (6, 7, 9), W8A16_CPU_LAYOUT: (5, 6, None),
+POSITIONS = {WEIGHT_ONLY: (4, 5, None), DYNAMIC: (3, 4, 6), W8A8_CPU_LAYOUT: (6, 7, 9), W8A16_CPU_LAYOUT: (7, 8, None),
              W8A16_LAYOUT: (7, 8, None),
              SPARSE24: (4, 5, None),
              BLOCK_SPARSE: (4, 5, None), SPARSE24_LANES: (5, 6, None), BSR_LANES: (5, 6, None)}
