@@ -130,6 +130,12 @@ def cpu_isa() -> str:
     return forced
 
 
+def forced_cpu_isa() -> str | None:
+    """The ISA path use_cpu_isa forces in this thread, or None (cheap: the selection memo of
+    every op call reads it)."""
+    return getattr(_local, "cpu_isa", None)
+
+
 @contextlib.contextmanager
 def use_cpu_isa(isa: str):
     """Force one CPU ISA path (avx512, avx2, scalar) inside the block, in this thread."""

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from bigperf import tune
+from bigperf import _ext, tune
 BACKEND_NAMES = ("triton", "cuda", "cpu", "torch", "reference")
 # Order matters only where measuring is off (BIGPERF_TUNE=0: the first path for one row)
 # and in reports; with measuring on, every eligible path of these backends competes.
@@ -194,8 +194,10 @@ class OpBackends:
         # The weight's dtype and shape too: `w.data = other` keeps the object (and its id) but
         # can change both, and the path was timed for the old ones.
         weight_form = (weight.dtype, weight.shape) if isinstance(weight, torch.Tensor) else None
+        # The forced CPU ISA too: a path chosen inside use_cpu_isa("scalar") (where our AVX2
+        # kernels refuse) would otherwise stay chosen for the same weight after the block.
         memo_key = (_forced_backend.get() or _ENV_BACKEND, x.dtype, k, (m - 1).bit_length() if m > 1 else 0,
-                    id(weight), torch.get_num_threads(), weight_form)
+                    id(weight), torch.get_num_threads(), weight_form, _ext.forced_cpu_isa())
         memo = self._chosen.get(memo_key)
         if memo is not None and memo[0]() is weight and memo[1].why_not(*args) is None:
             chosen = memo[1]

@@ -459,3 +459,21 @@ def test_w8a16_cpu_layout_refusals():
         pack_w8a16_cpu(qweight, torch.ones(32, 3))
     with pytest.raises(ValueError, match=r"pack_w8a16_cpu: argument 'zero_point' must have the shape"):
         pack_w8a16_cpu(qweight, torch.ones(32, 2), torch.zeros(32, 1, dtype=torch.int8))
+
+
+@needs_avx2
+def test_a_path_forced_by_an_isa_block_does_not_outlive_it():
+    """Inside use_cpu_isa("scalar") the layout's AVX2 kernels refuse and a torch path serves;
+    after the block the layer takes the path it took before (the selection memo is keyed by
+    the forced ISA: it used to keep the torch path for that weight)."""
+    from bigperf.ops.registry import record_paths
+
+    layer = Int8Linear.from_linear(gaussian_linear(k=64, n=48, seed=12)).use_kernel_layout("w8a16-cpu")
+    x = torch.randn(5, 64)
+    with record_paths() as before:
+        layer(x)
+    with bigperf.use_cpu_isa("scalar"), record_paths() as inside:
+        layer(x)
+    with record_paths() as after:
+        layer(x)
+    assert inside[0][1].startswith("torch") and after == before
