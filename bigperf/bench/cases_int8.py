@@ -43,11 +43,11 @@ def weight_only_variants(ctx: CaseContext):
             WEIGHT_ONLY_BACKENDS, "int8_weight_linear", op, (ctx.x, *copies[0], None, b, ctx.activation),
             states, nbytes, label)
         yield from ctx.auto_variant("int8_weight_linear", op, states, nbytes, label)
-    yield from _w8a16_cpu_layout_variant(ctx, _quantized(ctx, None)[0], b, nbytes)
+    yield from _w8a16_cpu_layout_variant(ctx, *_quantized(ctx, None), b)
     yield _int8pack_peer(ctx)
 
 
-def _w8a16_cpu_layout_variant(ctx: CaseContext, copies, b, nbytes):
+def _w8a16_cpu_layout_variant(ctx: CaseContext, copies, nbytes, b):
     """What an Int8WeightOnly() layer runs where it holds the AVX2 kernels' panels (w8a16-cpu)."""
     from bigperf.formats import w8a16_cpu
     from bigperf.ops.int8_weight_cpu_layout_linear import int8_weight_linear_w8a16_cpu

@@ -230,6 +230,30 @@ def float_weight(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.T
     return qweight.to(torch.float32)
 
 
+# ----------------------------------------------------------------------------- for the W8A16 layouts
+# w8a16_cuda and w8a16_cpu hold the per-group tensors (scale [N, G], zero_point [N, G])
+# group-major, and their ops take (x, weight, scale, zero, n, k, group_size, bias, activation).
+
+def group_major(t: torch.Tensor, np_: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[N, G] -> [G, Np] (in `dtype`, default t's), zero past N: a group's columns contiguous."""
+    out = torch.zeros((t.shape[1], np_), dtype=dtype or t.dtype, device=t.device)
+    out[:, :t.shape[0]] = t.t()
+    return out
+
+
+def from_group_major(t: torch.Tensor, n: int) -> torch.Tensor:
+    """The [N, G] tensor group_major laid out (a new contiguous tensor, t's dtype)."""
+    return t[:, :n].t().contiguous()
+
+
+def weight_only_layout_stand_ins(x, weight, scale, zero, n, k, group_size, bias, activation) -> tuple:
+    """int8_weight_linear's arguments for a W8A16 layout op's call, with meta tensors of the
+    canonical shapes and dtypes for the weight (a why_not never unpacks anything)."""
+    groups = k // group_size if group_size else 1
+    return (x, torch.empty(n, k, dtype=torch.int8, device="meta"), torch.empty(n, groups, device="meta"),
+            None if zero is None else torch.empty(n, groups, dtype=torch.int8, device="meta"), bias, activation)
+
+
 def weight_only_dense(x, qweight, scale, zero_point, bias, activation) -> torch.Tensor:
     """The weight int8_weight_linear multiplies by, in fp32, from its arguments (its backward)."""
     return float_weight(qweight, scale, zero_point, weight_only=True)

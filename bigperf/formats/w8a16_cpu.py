@@ -87,14 +87,8 @@ def pack_w8a16_cpu(qweight: torch.Tensor, scale: torch.Tensor,
             raise ValueError(f"{function}: argument 'zero_point' must have the shape of 'scale' {tuple(scale.shape)} "
                              f"on {qweight.device}, got {tuple(zero_point.shape)} on {zero_point.device}")
     np_ = round_up(n, PANEL_N)
-
-    def group_major(t: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros((groups, np_), dtype=t.dtype, device=t.device)
-        out[:, :n] = t.t()
-        return out
-
-    return W8A16CpuLayout(to_panels(qweight, k, 1), group_major(scale),
-                          group_major(zero_point) if zero_point is not None else None, n, k,
+    zero = int8_rowmajor.group_major(zero_point, np_) if zero_point is not None else None
+    return W8A16CpuLayout(to_panels(qweight, k, 1), int8_rowmajor.group_major(scale, np_), zero, n, k,
                           None if groups == 1 else k // groups)
 
 
@@ -102,8 +96,8 @@ def unpack_w8a16_cpu(layout: W8A16CpuLayout) -> tuple[torch.Tensor, torch.Tensor
     """The (qweight [N, K] int8, scale [N, G] fp32, zero_point [N, G] int8 or None) packed."""
     check_layout_version("bigperf.formats.w8a16_cpu.unpack_w8a16_cpu", layout, W8A16CpuLayout, VERSION)
     n = layout.n
-    zero = layout.zero[:, :n].t().contiguous() if layout.zero is not None else None
-    return from_panels(layout.weight, n, layout.k, layout.k, 1), layout.scale[:, :n].t().contiguous(), zero
+    zero = int8_rowmajor.from_group_major(layout.zero, n) if layout.zero is not None else None
+    return from_panels(layout.weight, n, layout.k, layout.k, 1), int8_rowmajor.from_group_major(layout.scale, n), zero
 
 
 def float_weight(layout: W8A16CpuLayout) -> torch.Tensor:
@@ -127,12 +121,6 @@ def _canonical_args(x, weight, scale, zero, n, k, group_size, bias, activation):
 def dense_weight(*args) -> torch.Tensor:
     """The dequantised weight of a path's arguments, in fp32 (the op's backward)."""
     return int8_rowmajor.weight_only_dense(*_canonical_args(*args))
-
-
-def _canonical_stand_ins(x, weight, scale, zero, n, k, group_size, bias, activation):
-    groups = k // group_size if group_size else 1
-    return (x, torch.empty(n, k, dtype=torch.int8, device="meta"), torch.empty(n, groups, device="meta"),
-            None if zero is None else torch.empty(n, groups, dtype=torch.int8, device="meta"), bias, activation)
 
 
 def _cpu_why_not(x, weight, scale, zero, n, k, group_size, bias, activation):
@@ -175,7 +163,8 @@ def register_paths(table, canonical_table) -> None:
     call to do what these do on the layout)."""
     table.register("cpu", _cpu_why_not, _cpu_run)
     table.register("cpu", _cpu_panel_why_not, _cpu_panel_run, variant="panel")
-    register_unpacked_paths(table, canonical_table, ("cpu",), _canonical_stand_ins, _canonical_args)
+    register_unpacked_paths(table, canonical_table, ("cpu",), int8_rowmajor.weight_only_layout_stand_ins,
+                            _canonical_args)
     register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 
 

@@ -90,14 +90,8 @@ def pack_w8a16(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Ten
     #   -> (nb, kb, g, t, j, e, h): lane 4g + t, fragment j, byte 2e + h.
     blocks = q.view(np_ // 32, 4, 8, kp // 16, 2, 4, 2).permute(0, 3, 2, 5, 1, 6, 4)
     weight = blocks.contiguous().view(np_ // 32, kp * 32)
-
-    def group_major(t: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros((groups, np_), dtype=torch.float32, device=qweight.device)
-        out[:, :n] = t.t().float()
-        return out
-
-    return W8A16Layout(weight, group_major(scale), group_major(zero_point) if zero_point is not None else None,
-                       n, k, None if groups == 1 else k // groups)
+    zero = int8_rowmajor.group_major(zero_point, np_, torch.float32) if zero_point is not None else None
+    return W8A16Layout(weight, int8_rowmajor.group_major(scale, np_), zero, n, k, None if groups == 1 else k // groups)
 
 
 def unpack_w8a16(layout: W8A16Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -107,8 +101,8 @@ def unpack_w8a16(layout: W8A16Layout) -> tuple[torch.Tensor, torch.Tensor, torch
     np_, kp = round_up(n, _W8_PACK_N), round_up(k, _W8_PACK_K)
     blocks = layout.weight.view(np_ // 32, kp // 16, 8, 4, 4, 2, 2).permute(0, 4, 2, 1, 6, 3, 5)
     qweight = blocks.reshape(np_, kp)[:n, :k].contiguous()
-    scale = layout.scale[:, :n].t().contiguous()
-    zero = layout.zero[:, :n].t().round().to(torch.int8).contiguous() if layout.zero is not None else None
+    scale = int8_rowmajor.from_group_major(layout.scale, n)
+    zero = int8_rowmajor.from_group_major(layout.zero, n).round().to(torch.int8) if layout.zero is not None else None
     return qweight, scale, zero
 
 
@@ -126,12 +120,6 @@ def _canonical_args(x, weight, scale, zero, n, k, group_size, bias, activation):
 def dense_weight(*args) -> torch.Tensor:
     """The dequantised weight of a path's arguments, in fp32 (the op's backward)."""
     return int8_rowmajor.weight_only_dense(*_canonical_args(*args))
-
-
-def _canonical_stand_ins(x, weight, scale, zero, n, k, group_size, bias, activation):
-    groups = k // group_size if group_size else 1
-    return (x, torch.empty(n, k, dtype=torch.int8, device="meta"), torch.empty(n, groups, device="meta"),
-            None if zero is None else torch.empty(n, groups, dtype=torch.int8, device="meta"), bias, activation)
 
 
 def _cuda_why_not(x, weight, scale, zero, n, k, group_size, bias, activation):
@@ -157,7 +145,8 @@ def register_paths(table, canonical_table) -> None:
     """The CUDA kernel on the layout, then every other path of int8_weight_linear's table on
     the unpacked weight."""
     table.register("cuda", _cuda_why_not, _cuda_run)
-    register_unpacked_paths(table, canonical_table, ("cuda",), _canonical_stand_ins, _canonical_args)
+    register_unpacked_paths(table, canonical_table, ("cuda",), int8_rowmajor.weight_only_layout_stand_ins,
+                            _canonical_args)
     register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 
 

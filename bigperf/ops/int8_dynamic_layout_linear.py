@@ -34,13 +34,19 @@ from bigperf.quant import activation_qmax
 LAYOUT_OP = "bigperf.int8_dynamic_linear_w8a8_cpu"
 
 
+def _layout_tensors(weight, colsum, scale, n, k) -> dict:
+    """{name: (tensor, dtype, shape)} of the layout for these sizes."""
+    np_, kp = round_up(n, w8a8_cpu.PANEL_N), round_up(k, w8a8_cpu.PANEL_K)
+    return {"weight": (weight, torch.int8, (np_ // w8a8_cpu.PANEL_N, kp * w8a8_cpu.PANEL_N)),
+            "colsum": (colsum, torch.int32, (np_,)), "scale": (scale, torch.float32, (n, 1))}
+
+
 def validate_layout_call(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
     op = LAYOUT_OP
     if (act_absmax is None and type(act_bits) is int and act_bits in (7, 8) and type(n) is int and type(k) is int
             and n > 0 and k > 0
-            and plain_layout_call(x, k, n, bias, activation, (
-                (weight, torch.int8, (-(-n // w8a8_cpu.PANEL_N), round_up(k, w8a8_cpu.PANEL_K) * w8a8_cpu.PANEL_N)),
-                (colsum, torch.int32, (round_up(n, w8a8_cpu.PANEL_N),)), (scale, torch.float32, (n, 1))))):
+            and plain_layout_call(x, k, n, bias, activation,
+                                  tuple(_layout_tensors(weight, colsum, scale, n, k).values()))):
         check_finite_once(op, "scale", scale)
         return
     check_float_tensor(op, "x", x, min_dim=1)
@@ -53,9 +59,7 @@ def validate_layout_call(x, weight, colsum, scale, n, k, bias, activation, act_b
         raise ValueError(f"{op}: arguments 'n' and 'k' must be positive sizes, got n={n}, k={k}")
     if x.shape[-1] != k:
         raise ValueError(f"{op}: argument 'x' has {x.shape[-1]} features in its last dimension, the weight has k={k}")
-    np_, kp = round_up(n, w8a8_cpu.PANEL_N), round_up(k, w8a8_cpu.PANEL_K)
-    expected = {"weight": (weight, (np_ // w8a8_cpu.PANEL_N, kp * w8a8_cpu.PANEL_N)), "colsum": (colsum, (np_,)),
-                "scale": (scale, (n, 1))}
+    expected = {name: (t, shape) for name, (t, _, shape) in _layout_tensors(weight, colsum, scale, n, k).items()}
     check_layout_tensors(op, x, expected, f"n={n}, k={k}", contiguous=True)
     check_bias(op, x, bias, n)
     check_act_absmax(op, x, act_absmax)

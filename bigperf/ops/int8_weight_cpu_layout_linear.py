@@ -40,16 +40,22 @@ def _sizes_ok(n, k, group_size) -> bool:
             and (group_size == 0 or (group_size in GROUP_SIZES and k % group_size == 0)))
 
 
+def _layout_tensors(weight, scale, zero, n, k, group_size) -> dict:
+    """{name: (tensor, dtype, shape)} of the layout for these sizes (valid ones: _sizes_ok)."""
+    groups, np_ = k // group_size if group_size else 1, round_up(n, PANEL_N)
+    expected = {"weight": (weight, torch.int8, (np_ // PANEL_N, k * PANEL_N)),
+                "scale": (scale, torch.float32, (groups, np_))}
+    if zero is not None:
+        expected["zero"] = (zero, torch.int8, (groups, np_))
+    return expected
+
+
 def validate_layout_call(x, weight, scale, zero, n, k, group_size, bias, activation):
     op = LAYOUT_OP
-    if _sizes_ok(n, k, group_size):
-        groups, np_ = k // group_size if group_size else 1, round_up(n, PANEL_N)
-        layout = ((weight, torch.int8, (np_ // PANEL_N, k * PANEL_N)), (scale, torch.float32, (groups, np_)))
-        if zero is not None:
-            layout += ((zero, torch.int8, (groups, np_)),)
-        if plain_layout_call(x, k, n, bias, activation, layout):
-            check_finite_once(op, "scale", scale)
-            return
+    if _sizes_ok(n, k, group_size) and plain_layout_call(
+            x, k, n, bias, activation, tuple(_layout_tensors(weight, scale, zero, n, k, group_size).values())):
+        check_finite_once(op, "scale", scale)
+        return
     check_float_tensor(op, "x", x, min_dim=1)
     check_tensor(op, "weight", weight, dtypes=(torch.int8,), dims=2)
     check_tensor(op, "scale", scale, dtypes=(torch.float32,), dims=2)
@@ -59,12 +65,11 @@ def validate_layout_call(x, weight, scale, zero, n, k, group_size, bias, activat
                          f"{GROUP_SIZES} dividing k (0: per channel), got n={n}, k={k}, group_size={group_size}")
     if x.shape[-1] != k:
         raise ValueError(f"{op}: argument 'x' has {x.shape[-1]} features in its last dimension, the weight has k={k}")
-    groups, np_ = k // group_size if group_size else 1, round_up(n, PANEL_N)
-    expected = {"weight": (weight, (np_ // PANEL_N, k * PANEL_N)), "scale": (scale, (groups, np_))}
     if zero is not None:
         check_tensor(op, "zero", zero, dtypes=(torch.int8,), dims=2)
-        expected["zero"] = (zero, (groups, np_))
-    check_layout_tensors(op, x, expected, f"n={n}, k={k}, group_size={group_size}", contiguous=True)
+    expected = _layout_tensors(weight, scale, zero, n, k, group_size)
+    check_layout_tensors(op, x, {name: (t, shape) for name, (t, _, shape) in expected.items()},
+                         f"n={n}, k={k}, group_size={group_size}", contiguous=True)
     check_bias(op, x, bias, n)
     check_finite_once(op, "scale", scale)
 

@@ -88,9 +88,7 @@ def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
     m = left.shape[0]
     scaled = row_scale is not None or col_scale is not None
     bias_c = None
-    if bias is not None and not scaled and whole is not None:
-        bias_c = bias if bias.dtype == compute_dtype else bias.to(compute_dtype)
-    elif bias is not None and not scaled:
+    if bias is not None and not scaled:
         # Sliced per chunk below: from a copy, because a layer's bias made under inference
         # mode can refuse views there ("Inference tensors do not track version counter";
         # seen with SparseLinear built and cast to bf16 inside torch.inference_mode()).

@@ -41,6 +41,16 @@ inline void load16(const int8_t* p, __m256& lo, __m256& hi) {
   hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
 }
 
+// 16 scales from scale + at, and the 16 zero points from zero + at (0 where zero is null): one
+// group's vectors for one panel (the group-major layout puts them side by side).
+inline void group_vectors(const float* scale, const int8_t* zero, int64_t at, __m256& s_lo, __m256& s_hi,
+                          __m256& z_lo, __m256& z_hi) {
+  s_lo = _mm256_loadu_ps(scale + at);
+  s_hi = _mm256_loadu_ps(scale + at + 8);
+  z_lo = z_hi = _mm256_setzero_ps();
+  if (zero) load16(zero + at, z_lo, z_hi);
+}
+
 // The scales (and zero points) of the block's first panel, and what the zero points need.
 struct Groups {
   int64_t count, size;  // groups along K and their size (per channel: 1 and K)
@@ -101,10 +111,8 @@ inline void panel_block(const int8_t* w, int64_t ps, const float* x, int64_t xs,
   for (int64_t g = 0; g < gr.count; ++g) {
     accumulate<NP, MB>(acc, w, ps, x, xs, g * gr.size, (g + 1) * gr.size);
     for (int j = 0; j < NP; ++j) {
-      const float* sc = gr.scale + g * gr.stride + j * kPanel;
-      const __m256 s_lo = _mm256_loadu_ps(sc), s_hi = _mm256_loadu_ps(sc + 8);
-      __m256 z_lo = _mm256_setzero_ps(), z_hi = _mm256_setzero_ps();
-      if (gr.zero) load16(gr.zero + g * gr.stride + j * kPanel, z_lo, z_hi);
+      __m256 s_lo, s_hi, z_lo, z_hi;
+      group_vectors(gr.scale, gr.zero, g * gr.stride + j * kPanel, s_lo, s_hi, z_lo, z_hi);
       for (int m = 0; m < MB; ++m) {
         __m256 lo = acc[m][j][0], hi = acc[m][j][1];
         if (gr.zero) {  // sum((q - z) x) = sum(q x) - z sum(x)
@@ -167,16 +175,6 @@ inline void panel_group(const Int8WeightLinearArgs& a, int64_t p0, int np, const
                     sums[m0] + j * kPanel, ss, gm);
     }
   }
-}
-
-// The 16 scales (zero: zero points, 0 without) of group g for the columns of panel p.
-inline void group_vectors(const Int8WeightLinearArgs& a, int64_t np_cols, int64_t g, int64_t p, __m256& s_lo,
-                          __m256& s_hi, __m256& z_lo, __m256& z_hi) {
-  const float* sc = a.scale + g * np_cols + p * kPanel;
-  s_lo = _mm256_loadu_ps(sc);
-  s_hi = _mm256_loadu_ps(sc + 8);
-  z_lo = z_hi = _mm256_setzero_ps();
-  if (a.zero_point) load16(a.zero_point + g * np_cols + p * kPanel, z_lo, z_hi);
 }
 
 }  // namespace w8a16_panels
@@ -250,7 +248,7 @@ void int8_weight_linear_panels_gemm(const Int8WeightLinearArgs& a) {
       for (int64_t k = 0, g = -1; k < kc; ++k) {
         if ((k0 + k) / gs != g) {
           g = (k0 + k) / gs;
-          group_vectors(a, np_cols, g, p, s_lo, s_hi, z_lo, z_hi);
+          group_vectors(a.scale, a.zero_point, g * np_cols + p * kPanel, s_lo, s_hi, z_lo, z_hi);
         }
         __m256 lo, hi;
         load16(src + k * kPanel, lo, hi);
