@@ -33,6 +33,16 @@ def apply_activation(t: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"bigperf: unknown activation {name!r}")
 
 
+def reference_activation(t: torch.Tensor, name: str) -> torch.Tensor:
+    """act(t) for the reference paths, computed in float64 and returned in t's dtype.
+
+    Not apply_activation in t's dtype: torch's vectorised fp32 erf GELU on AVX-512 maps +inf
+    to NaN (torch 2.13 on Zen 4; its scalar tail and float64 give +inf), so an fp32 oracle
+    would disagree with the float64 one on which outputs are infinite.
+    """
+    return apply_activation(t.double(), name).to(t.dtype)
+
+
 def activation_derivative(z: torch.Tensor, name: str) -> torch.Tensor:
     """d act(z) / dz, for the backward of the fused ops."""
     if name == "none":

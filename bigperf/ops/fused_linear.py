@@ -15,7 +15,7 @@ from bigperf.formats import dense
 from bigperf.ops.activations import (
     ACTIVATIONS,
     activation_code,
-    apply_activation,
+    reference_activation,
     pre_activation_grad,
 )
 from bigperf.ops.define import define_op
@@ -82,7 +82,7 @@ def reference(x, weight, bias, residual, activation):
     y = x.float() @ weight.float().t()
     if bias is not None:
         y = y + bias.float()
-    y = apply_activation(y, activation)
+    y = reference_activation(y, activation)
     if residual is not None:
         y = y + residual.float()
     return y.to(x.dtype)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from bigperf.formats import int8_rowmajor
-from bigperf.ops.activations import activation_code, apply_activation
+from bigperf.ops.activations import activation_code, reference_activation
 from bigperf.ops.common import as_rows
 from bigperf.ops.define import define_op
 from bigperf.ops.frozen_weight_grad import register_frozen_weight_autograd
@@ -120,7 +120,7 @@ def weight_only_reference(x, qweight, scale, zero_point, bias, activation):
     y = x.float() @ w.t()
     if bias is not None:
         y = y + bias.float()
-    return apply_activation(y, activation).to(x.dtype)
+    return reference_activation(y, activation).to(x.dtype)
 
 
 int8_rowmajor.register_weight_only_paths(WEIGHT_ONLY_BACKENDS)
@@ -154,7 +154,7 @@ def dynamic_reference(x, qweight, scale, bias, activation, act_bits=8, act_absma
     y = acc * x_scale.double()[:, None] * scale.double().reshape(1, -1)
     if bias is not None:
         y = y + bias.double()
-    y = apply_activation(y.float(), activation)
+    y = reference_activation(y, activation)
     return y.to(x.dtype).reshape(_out_shape(x, qweight.shape[0]))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from bigperf.formats import bsr, sparse24
-from bigperf.ops.activations import ACTIVATIONS, activation_code, apply_activation
+from bigperf.ops.activations import ACTIVATIONS, activation_code, reference_activation
 from bigperf.ops.common import as_rows
 from bigperf.ops.define import define_op
 from bigperf.ops.frozen_weight_grad import register_frozen_weight_autograd
@@ -140,7 +140,7 @@ def check_bsr_call(op: str, x, values, col_indices, row_ptr, nnz: int, bn: int, 
 def _finish(y, x, bias, activation, n):
     if bias is not None:
         y = y + bias.float()
-    return apply_activation(y, activation).to(x.dtype).reshape(*x.shape[:-1], n)
+    return reference_activation(y, activation).to(x.dtype).reshape(*x.shape[:-1], n)
 
 
 # ----------------------------------------------------------------------------- 2:4
