@@ -42,8 +42,10 @@ class NoBackendError(RuntimeError):
 
 
 def _check_backend_name(name: str, source: str) -> str:
-    if name not in BACKEND_NAMES + ("auto",):
-        raise ValueError(f"{source}: backend must be one of {BACKEND_NAMES + ('auto',)}, got {name!r}")
+    """A backend ("torch"), "auto", or one path of a backend by its id ("torch:fp32")."""
+    if not isinstance(name, str) or (name != "auto" and name.split(":", 1)[0] not in BACKEND_NAMES):
+        raise ValueError(f"{source}: backend must be one of {BACKEND_NAMES + ('auto',)} or a path id such as "
+                         f"'torch:fp32', got {name!r}")
     return name
 
 
@@ -95,7 +97,9 @@ def eager_call_kind(args: tuple) -> str | None:
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Run every bigperf op inside the block on one backend ("auto" restores selection).
+    """Run every bigperf op inside the block on one backend ("auto" restores selection), or
+    on one path of it by id ("torch:fp32": PyTorch's GEMM in fp32, never measured against
+    torch:bf16, so two layers compare bit for bit).
 
     A forced backend that cannot serve a call raises NoBackendError; there is no silent
     fallback, so a benchmark or test of one backend measures that backend.
@@ -160,6 +164,8 @@ class OpBackends:
     def paths(self, device: torch.device) -> list[Backend]:
         """The registered paths this device may use, forced backend first, in priority order."""
         forced = forced_backend()
+        if forced is not None and ":" in forced:  # one path by its id
+            return [b for b in self.backends.values() if b.id == forced]
         names = (forced,) if forced is not None else DEVICE_PRIORITY.get(device.type, ("reference",))
         return [b for name in names for b in self.backends.values() if b.name == name]
 

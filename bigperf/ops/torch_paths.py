@@ -13,7 +13,12 @@ copy in the layer's bytes).
 
 Compute dtypes a path may use (what keeps each within the layer's tolerance): fp32
 always; a half dtype only where the layer's inputs already carry that precision (x in
-half precision, or a bf16 weight: bf16 keeps fp32's range, fp16 does not).
+half precision, or a bf16 weight: bf16 keeps fp32's range, fp16 does not). An int8
+quantised weight counts as bf16 precision: a code q times its scale s rounded to bf16
+moves by at most 2^-9 * 127 * s, a quarter of the step s, inside the half step the
+quantisation already lost (and x's rounding to bf16, 2^-9 relative, is what W8A16's
+16-bit activations mean); on CPUs whose bf16 GEMM doubles fp32's (AVX512-BF16, AMX) that
+is the fastest PyTorch path for int8 layers at large M.
 """
 
 from __future__ import annotations
@@ -155,6 +160,14 @@ def half_why_not(x: torch.Tensor, dtype: torch.dtype, weight_dtype: torch.dtype 
             f"tolerance (x or the weight must be {str(dtype)[6:]})")
 
 
+def precision_of(weight: torch.Tensor) -> torch.dtype | None:
+    """The precision a weight already has, for half_why_not: a float weight's dtype; int8
+    codes bf16's (see the module's docstring); anything else none that allows a half dtype."""
+    if weight.is_floating_point():
+        return weight.dtype
+    return torch.bfloat16 if weight.dtype == torch.int8 else None
+
+
 def copy_rows(weight: torch.Tensor) -> RowsFn:
     """The rows of a weight that only needs converting (a float weight, int8 codes)."""
     return lambda out, r0, r1: out.copy_(weight[r0:r1])
@@ -163,13 +176,13 @@ def copy_rows(weight: torch.Tensor) -> RowsFn:
 def register_torch_paths(table, run_for: Callable[[torch.dtype], Callable[..., torch.Tensor]],
                          float_weight: bool = False) -> None:
     """One "torch" path per compute dtype: fp32, bf16, fp16. Every op's arguments start
-    (x, weight or its packed values, ...): a bf16 weight counts as precision the layer
-    already has (half_why_not), int8 codes and fp16 weights (range) do not. float_weight: the
+    (x, weight or its packed values, ...): a bf16 weight or int8 codes count as precision the
+    layer already has (half_why_not, precision_of), an fp16 weight (range) does not. float_weight: the
     op's weight is the layer's float weight itself (the dense format), so the path of its own
     dtype runs the weight as held (Backend.as_held)."""
     for dtype, variant in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
         def why_not(x, weight, *rest, dtype=dtype):
-            return half_why_not(x, dtype, weight.dtype if weight.is_floating_point() else None)
+            return half_why_not(x, dtype, precision_of(weight))
 
         def as_held(x, weight, *rest, dtype=dtype):
             return weight.dtype == dtype

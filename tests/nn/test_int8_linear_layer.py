@@ -157,8 +157,9 @@ def test_w8a16_kernel_layout_is_exact_and_holds_one_copy(group_size, symmetric):
                                    activation="gelu")
     x = torch.randn(5, 256, generator=torch.Generator().manual_seed(3))
     # On the CPU the w8a16-cuda form runs on PyTorch's paths only; the row-major form would
-    # be timed against our kernel, whose sums round differently: compare path with path.
-    with bigperf.use_backend("torch"):
+    # be timed against our kernel, whose sums round differently: compare path with path
+    # (torch:fp32: torch:bf16 also serves int8 weights and may be timed faster for one form).
+    with bigperf.use_backend("torch:fp32"):
         expected, saved = layer(x), copy.deepcopy(layer.state_dict())
         rowmajor_bytes = sum(b.numel() * b.element_size() for b in layer.buffers())
         layer.use_kernel_layout("w8a16-cuda")
@@ -181,7 +182,7 @@ def test_state_dict_loads_into_a_layer_held_in_the_kernel_layout():
     target.load_state_dict(source.state_dict())
     assert target.kernel_layout == "w8a16-cuda", "a layout chosen by hand must survive a load"
     x = torch.randn(2, 128)
-    with bigperf.use_backend("torch"):  # the same path for both forms (see above)
+    with bigperf.use_backend("torch:fp32"):  # the same path for both forms (see above)
         assert torch.equal(target(x), source(x))
     buffer = io.BytesIO()
     torch.save(target.state_dict(), buffer)
@@ -372,7 +373,7 @@ def test_float_copy_made_under_inference_mode_is_an_ordinary_tensor():
         layer = Int8Linear.from_linear(nn.Linear(64, 32)).keep_float_copy()
         assert layer.float_copy is not None and not layer.float_copy.is_inference()
         x = torch.randn(3, 64)
-        with bigperf.use_backend("torch"):
+        with bigperf.use_backend("torch:copy"):
             assert torch.allclose(layer(x), x @ layer.float_copy.t() + layer.bias, atol=1e-5)
 
 
@@ -402,7 +403,7 @@ def test_w8a16_layer_holds_the_cpu_panels_where_the_avx2_path_runs():
                 want = fused_linear_fp64(x, dequantize_weight(qweight, scale, zero_point).double(), layer.bias, None,
                                          "silu")
                 assert rel_error(layer(x), want) < 1e-6
-                with bigperf.use_backend("torch"):  # the same path for both forms: equal
+                with bigperf.use_backend("torch:fp32"):  # the same path for both forms: equal
                     assert torch.equal(layer(x), rowmajor(x))
             state = layer.state_dict()
             assert set(state) == set(rowmajor.state_dict())

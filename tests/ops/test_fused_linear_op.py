@@ -11,6 +11,7 @@ import bigperf
 from bigperf import _ext
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.fused_linear import BACKENDS, fused_linear
+from bigperf.ops.registry import record_paths
 from tests.helpers import TOLERANCE, fused_linear_fp64, random_tensor, rel_error
 
 CPU_BACKENDS = [name for name in ("cpu", "reference")
@@ -144,6 +145,18 @@ def test_forced_backend_that_cannot_run_lists_why():
     assert "cuda:" in str(info.value) and "forced" in str(info.value)
     with pytest.raises(ValueError, match="backend must be one of"):
         with bigperf.use_backend("tpu"):
+            pass
+
+
+def test_one_path_forced_by_id():
+    x, w = random_tensor(3, 16), random_tensor(8, 16)
+    with bigperf.use_backend("torch:fp32"), record_paths() as ran:
+        fused_linear(x, w)
+    assert [p for _, p in ran] == ["torch:fp32"]
+    with bigperf.use_backend("torch:fp16"), pytest.raises(bigperf.NoBackendError, match="torch:fp16"):
+        fused_linear(x, w)  # fp32 x with an fp32 weight: fp16 would lose range, and nothing else may serve
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with bigperf.use_backend("tpu:fp32"):
             pass
 
 
