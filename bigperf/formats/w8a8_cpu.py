@@ -1,8 +1,8 @@
-"""Weight format "w8a8-cpu": the AVX2 W8A8 kernel's panel order of int8_rowmajor.
+"""Weight format "w8a8-cpu": the CPU W8A8 kernels' panel order of int8_rowmajor.
 
-An Int8Linear with dynamic int8 activations (W8A8) on a CPU whose kernels run the AVX2 path
-holds only this form (buffers BUFFERS, not persistent: its state_dict stays int8_rowmajor),
-so the kernel reads the weight as its GEMM tiles want it at every M. Before this layout the
+An Int8Linear with dynamic int8 activations (W8A8) on a CPU whose kernels run the AVX2 or
+the AVX-512 (VNNI) path holds only this form (buffers BUFFERS, not persistent: its
+state_dict stays int8_rowmajor), so the kernel reads the weight as its GEMM tiles want it at every M. Before this layout the
 kernel widened and transposed every weight column block on every call from 8 rows up, which
 at M = 16 cost a quarter of its time, and fbgemm (which packs once) ran 1.8x faster. Same
 bytes as row-major (plus padding to whole panels); pure PyTorch packing, exact round trips;
@@ -16,9 +16,13 @@ Layout (from int8_rowmajor's qweight [N, K] int8 and scale [N, 1] fp32), version
   colsum [Np] int32: each column's sum of codes (act_bits 7 takes the x offset back with it).
   scale [N, 1] fp32, as in int8_rowmajor.
 
-Paths (torch.ops.bigperf.int8_dynamic_linear_w8a8_cpu): "cpu", the AVX2 kernel on the
-layout at any M; every other path is int8_dynamic_linear's path of the same name on the
-weight unpacked for the call, so the path a layer reports is the one that runs.
+The AVX-512 VNNI kernel reads the same bytes: with 7-bit x the units are vpdpbusd's quads,
+with 8-bit x it interleaves two pair rows into quads in registers (one vpermw per 64 bytes),
+so the layout does not depend on the ISA path that packed it.
+
+Paths (torch.ops.bigperf.int8_dynamic_linear_w8a8_cpu): "cpu", the kernel of the ISA path
+in use (AVX2 or AVX-512) on the layout at any M; every other path is int8_dynamic_linear's
+path of the same name on the weight unpacked for the call, so the path a layer reports is the one that runs.
 """
 
 from __future__ import annotations
@@ -59,9 +63,8 @@ def why_not_hold(device: torch.device, weight_only: bool) -> str | None:
         return f"a CPU kernel layout; the weight is on {device}"
     if _ext.cpu_module() is None:
         return _ext.cpu_unavailable_reason()
-    if _ext.cpu_isa() != "avx2":
-        # The AVX-512 path (VNNI where present) reads row-major weights with its own tiles.
-        return f"the AVX2 kernel's layout; this CPU runs the {_ext.cpu_isa()} path"
+    if _ext.cpu_isa() not in ("avx2", "avx512"):
+        return f"the layout of the AVX2 and AVX-512 kernels; this CPU runs the {_ext.cpu_isa()} path"
     return None
 
 
@@ -129,7 +132,7 @@ def _canonical_stand_ins(x, weight, colsum, scale, n, k, bias, activation, act_b
 def _cpu_why_not(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
     reason = int8_rowmajor.dynamic_cpu_why_not(x, k, KERNEL)
     if reason is None and _ext.cpu_isa() not in ("avx2", "avx512"):
-        reason = f"the layout's kernel is AVX2 code; the CPU path in use is {_ext.cpu_isa()}"
+        reason = f"the layout's kernels are AVX2 and AVX-512 code; the CPU path in use is {_ext.cpu_isa()}"
     return reason
 
 
@@ -140,7 +143,7 @@ def _cpu_run(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_abs
     absmax = absmax_rows(act_absmax)
     out = torch.empty((m, n), dtype=x.dtype)
     _ext.cpu_module().int8_dynamic_linear_panels(
-        x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(), colsum.data_ptr(), scale.data_ptr(),
+        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(), colsum.data_ptr(), scale.data_ptr(),
         b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation),
         torch.get_num_threads(), act_bits, absmax.data_ptr() if absmax is not None else 0)
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
@@ -151,7 +154,7 @@ def _copy_run(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_ab
 
 
 def register_paths(table, canonical_table) -> None:
-    """The AVX2 kernel on the layout, then every other path of int8_dynamic_linear's table on
+    """The CPU kernel on the layout, then every other path of int8_dynamic_linear's table on
     the unpacked weight (its own cpu paths excluded: they would unpack the whole weight per
     call to do what this kernel does on the layout)."""
     table.register("cpu", _cpu_why_not, _cpu_run)

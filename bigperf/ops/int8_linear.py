@@ -154,7 +154,7 @@ def dynamic_reference(x, qweight, scale, bias, activation, act_bits=8, act_absma
     y = acc * x_scale.double()[:, None] * scale.double().reshape(1, -1)
     if bias is not None:
         y = y + bias.double()
-    y = reference_activation(y, activation)
+    y = reference_activation(y, activation).float()  # via fp32, as the kernels round
     return y.to(x.dtype).reshape(_out_shape(x, qweight.shape[0]))
 
 

@@ -115,14 +115,17 @@ void int8_dynamic_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
 }
 
 // W8A8 on the w8a8-cpu layout (int8_linear.h): panels [ceil(N / 16) * Kp * 16] int8 and
-// colsum [ceil(N / 16) * 16] int32, Kp = K rounded up to 32; the AVX2 kernel at any M.
-void int8_dynamic_linear_panels(uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t panels, uintptr_t colsum,
-                                uintptr_t w_scale, uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M,
-                                int64_t N, int64_t K, int act, int num_threads, int act_bits, uintptr_t x_absmax) {
+// colsum [ceil(N / 16) * 16] int32, Kp = K rounded up to 32; the kernel of ISA path `isa`
+// ("avx2" or "avx512") at any M.
+void int8_dynamic_linear_panels(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype,
+                                uintptr_t panels, uintptr_t colsum, uintptr_t w_scale, uintptr_t bias, uintptr_t out,
+                                int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads,
+                                int act_bits, uintptr_t x_absmax) {
   const char* fn = kPanelsFn;
   check_sizes(fn, M, N, K, act, num_threads);
   check_dynamic(fn, K, act_bits);
-  require(isa_runnable("avx2"), fn, "the w8a8-cpu layout's kernel needs AVX2, which this build or CPU lacks");
+  require(isa == "avx2" || isa == "avx512", fn, "argument 'isa' must be 'avx2' or 'avx512', got '" + isa + "'");
+  require(isa_runnable(isa), fn, "argument 'isa': ISA path '" + isa + "' is not compiled in or not supported by this CPU");
   Int8DynamicLinearArgs a{};
   a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
   if (M == 0 || N == 0) return;
@@ -138,7 +141,8 @@ void int8_dynamic_linear_panels(uintptr_t x, int64_t x_row_stride, int x_dtype, 
   a.colsum = reinterpret_cast<const int32_t*>(colsum);
   py::gil_scoped_release release;
 #if defined(BIGPERF_X86)
-  int8_dynamic_linear_panels_avx2(a);
+  if (isa == "avx512") int8_dynamic_linear_panels_avx512(a);
+  else int8_dynamic_linear_panels_avx2(a);
 #endif
 }
 
@@ -197,7 +201,7 @@ void register_int8_linear(py::module_& m) {
               : "W8A8: x quantised per row (act_bits 8: codes in [-127, 127], 7: [-63, 63]; against the [M] fp32 "
                 "absmax at x_absmax when not 0, else each row's own), int32 accumulation, rescaled, + bias, act; "
                 "releases the GIL");
-  m.def("int8_dynamic_linear_panels", &int8_dynamic_linear_panels, py::arg("x"), py::arg("x_row_stride"),
+  m.def("int8_dynamic_linear_panels", &int8_dynamic_linear_panels, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
         py::arg("x_dtype"), py::arg("panels"), py::arg("colsum"), py::arg("w_scale"), py::arg("bias"), py::arg("out"),
         py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
         py::arg("act_bits"), py::arg("x_absmax") = 0,

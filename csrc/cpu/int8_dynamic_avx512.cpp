@@ -11,6 +11,12 @@
 //   * Larger M: blocked GEMM (see gemm_worker). Weights packed per call into 16-column
 //     panels [K/4][16][4] (one zmm per 4 k: 16 x 16 int32 transposes) with their row
 //     sums; a kMR x 32 tile (24 accumulators) broadcasts 4 bytes of a row of x per quad.
+//   * On the weight held in the w8a8-cpu layout (int8_dynamic_linear_panels_avx512): the
+//     layout's panels are read in place of the packed ones, with the layout's column sums,
+//     at every M (small M: held_dot; from kGemmMinM: the same GEMM, no packing). With 7-bit
+//     x its units are quads, the packed order exactly; with 8-bit x they are pairs (the
+//     AVX2 kernel's vpmaddwd order), and one vpermw per 64 bytes interleaves two pair rows
+//     into quads.
 #include "cpu/int8_vec_avx512.h"
 #include "cpu/thread_pool.h"
 
@@ -160,18 +166,40 @@ void pack_panel(const Int8DynamicLinearArgs& a, int64_t kpad, int64_t n0, int64_
   _mm512_storeu_si512(wsum, sums);
 }
 
+// The 64 bytes of quad q of a panel as vpdpbusd reads them ([16 columns][4 k]). kPairs: the
+// w8a8-cpu layout with 8-bit x holds k pairs ([16][2] for pair 2q, then for 2q + 1), and
+// vpermw puts column j's two pairs side by side (16-bit element 2j from the first half, 2j + 1
+// from the second).
+template <bool kPairs>
+inline __m512i load_quad(const int8_t* p) {
+  const __m512i v = _mm512_loadu_si512(p);
+  if constexpr (!kPairs) {
+    return v;
+  } else {
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(interleave, v);
+  }
+}
+
+// The 4 u8 codes of x at quad q, in every 32-bit lane.
+inline __m512i x_quad(const uint8_t* x, int64_t q) {
+  int32_t quad;
+  std::memcpy(&quad, x + 4 * q, 4);
+  return _mm512_set1_epi32(quad);
+}
+
 // io[m][h] += sum over kq quads of x[m] quad . weight quads of panel h (16 columns).
+template <bool kPairs = false>
 inline void micro_kernel(const uint8_t* x, int64_t xs, const int8_t* b0, const int8_t* b1, int64_t kq,
                          __m512i (&io)[kMR][2]) {
   __m512i c[kMR][2];  // local: through the reference GCC stores them every iteration
   for (int m = 0; m < kMR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
   for (int64_t q = 0; q < kq; ++q) {
-    const __m512i v0 = _mm512_loadu_si512(b0 + q * 64);
-    const __m512i v1 = _mm512_loadu_si512(b1 + q * 64);
+    const __m512i v0 = load_quad<kPairs>(b0 + q * 64);
+    const __m512i v1 = load_quad<kPairs>(b1 + q * 64);
     for (int m = 0; m < kMR; ++m) {
-      int32_t quad;
-      std::memcpy(&quad, x + m * xs + 4 * q, 4);
-      const __m512i av = _mm512_set1_epi32(quad);
+      const __m512i av = x_quad(x + m * xs, q);
       c[m][0] = _mm512_dpbusd_epi32(c[m][0], av, v0);
       c[m][1] = _mm512_dpbusd_epi32(c[m][1], av, v1);
     }
@@ -179,22 +207,30 @@ inline void micro_kernel(const uint8_t* x, int64_t xs, const int8_t* b0, const i
   for (int m = 0; m < kMR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
 }
 
+// Row m's outputs n0 .. n0 + cnt - 1 (cnt <= 16) from one vector of u8-offset sums: the
+// offset taken back with the column sums wsum, then dynamic_rescale's float64 math (weight
+// scales ws and bias bd as doubles, lo and hi halves), the activation and the store.
+inline void store16(const Int8DynamicLinearArgs& a, __m512i acc_u8, const int32_t* wsum, __m512d xs,
+                    const __m512d (&ws)[2], const __m512d (&bd)[2], int64_t m, int64_t n0, int64_t cnt) {
+  const int64_t es = element_size(a.x_dtype);
+  const __m512i acc = _mm512_sub_epi32(acc_u8, _mm512_slli_epi32(_mm512_loadu_si512(wsum), 7));
+  const __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(acc));
+  const __m512d hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(acc, 1));
+  const __m512d ylo = _mm512_add_pd(_mm512_mul_pd(_mm512_mul_pd(lo, xs), ws[0]), bd[0]);
+  const __m512d yhi = _mm512_add_pd(_mm512_mul_pd(_mm512_mul_pd(hi, xs), ws[1]), bd[1]);
+  const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(ylo)), _mm512_cvtpd_ps(yhi), 1);
+  store_x16(static_cast<char*>(a.out) + (m * a.out_row_stride + n0) * es, a.x_dtype, vactivation<V16>(y, a.act),
+            cnt);
+}
+
 void store_tile(const Int8DynamicLinearArgs& a, const QuantX& qx, const __m512i (&c)[kMR][2], int64_t m0, int64_t n0,
                 int64_t ncnt, const int32_t* wsum, const double* wsd, const double* bd) {
-  const int64_t es = element_size(a.x_dtype);
   for (int i = 0; i < kMR && m0 + i < a.M; ++i) {
     const __m512d xs = _mm512_set1_pd(static_cast<double>(qx.scale[m0 + i]));
-    char* o = static_cast<char*>(a.out) + ((m0 + i) * a.out_row_stride + n0) * es;
     for (int h = 0; h < 2 && 16 * h < ncnt; ++h) {
-      const __m512i acc = _mm512_sub_epi32(c[i][h], _mm512_slli_epi32(_mm512_loadu_si512(wsum + 16 * h), 7));
-      const __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(acc));
-      const __m512d hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(acc, 1));
-      const __m512d ylo = _mm512_add_pd(_mm512_mul_pd(_mm512_mul_pd(lo, xs), _mm512_loadu_pd(wsd + 16 * h)),
-                                        _mm512_loadu_pd(bd + 16 * h));
-      const __m512d yhi = _mm512_add_pd(_mm512_mul_pd(_mm512_mul_pd(hi, xs), _mm512_loadu_pd(wsd + 16 * h + 8)),
-                                        _mm512_loadu_pd(bd + 16 * h + 8));
-      const __m512 y = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(ylo)), _mm512_cvtpd_ps(yhi), 1);
-      store_x16(o + 16 * h * es, a.x_dtype, vactivation<V16>(y, a.act), ncnt - 16 * h);
+      const __m512d ws[2] = {_mm512_loadu_pd(wsd + 16 * h), _mm512_loadu_pd(wsd + 16 * h + 8)};
+      const __m512d b[2] = {_mm512_loadu_pd(bd + 16 * h), _mm512_loadu_pd(bd + 16 * h + 8)};
+      store16(a, c[i][h], wsum + 16 * h, xs, ws, b, m0 + i, n0 + 16 * h, imin(16, ncnt - 16 * h));
     }
   }
 }
@@ -207,22 +243,41 @@ constexpr int64_t kNC = 128;
 constexpr int64_t kMC = 16 * kMR;
 constexpr int64_t kKC = 256;  // quads: 1024 values of K
 
+// The weight held in the w8a8-cpu layout (int8_linear.h): panel p (columns 16p .. 16p + 15)
+// at base + p * bytes, its quads as load_quad reads them; colsum [Np] the column sums. A null
+// base: the raw weight rows, packed per call.
+struct HeldPanels {
+  const int8_t* base = nullptr;
+  int64_t bytes = 0;   // per panel: Kp * 16
+  int64_t panels = 0;  // Np / 16
+  const int32_t* colsum = nullptr;
+};
+
 // One worker of parallel_dynamic: its buffers, then column blocks of kNC while any are left.
-template <class Take>
-void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& take, int64_t blocks) {
-  const int64_t kq = qx.kpad / 4;
-  AlignedBuffer bbuf(static_cast<size_t>(kNC * qx.kpad));
+template <bool kPairs, class Take>
+void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPanels& held, const Take& take,
+                 int64_t blocks) {
+  const int64_t kq = held.base ? held.bytes / 64 : qx.kpad / 4;
+  AlignedBuffer bbuf(held.base ? 0 : static_cast<size_t>(kNC * qx.kpad));
   AlignedBuffer cbuf(static_cast<size_t>(kMC * kNC) * sizeof(int32_t));
   int8_t* bp = bbuf.as<int8_t>();
   int32_t* cp = cbuf.as<int32_t>();
-  alignas(64) int32_t wsum[kNC];
+  alignas(64) int32_t packed_wsum[kNC];
   alignas(64) double wsd[kNC], bd[kNC];
   const int64_t rows = round_up(a.M, kMR);
   for (int64_t blk; (blk = take()) < blocks;) {
     const int64_t nb = blk * kNC;
     const int64_t nb_end = imin(a.N, nb + kNC);
     const int64_t pairs = (nb_end - nb + kNR - 1) / kNR;  // of 16-column panels
-    for (int64_t j = 0; j < 2 * pairs; ++j) pack_panel(a, qx.kpad, nb + 16 * j, nb_end, bp + j * qx.kpad * 16, wsum + 16 * j);
+    const int32_t* wsum = held.base ? held.colsum + nb : packed_wsum;
+    // Panel j of the block. Held: a pair's second panel past the last stands in as the last
+    // (its columns are past N, never stored), so nothing past the layout is read.
+    auto panel = [&](int64_t j) -> const int8_t* {
+      if (!held.base) return bp + j * qx.kpad * 16;
+      return held.base + imin(nb / 16 + j, held.panels - 1) * held.bytes;
+    };
+    for (int64_t j = 0; !held.base && j < 2 * pairs; ++j)
+      pack_panel(a, qx.kpad, nb + 16 * j, nb_end, bp + j * qx.kpad * 16, packed_wsum + 16 * j);
     for (int64_t l = 0; l < kNC; ++l) {
       wsd[l] = nb + l < nb_end ? static_cast<double>(a.w_scale[nb + l]) : 0.0;
       bd[l] = nb + l < nb_end && a.bias ? static_cast<double>(a.bias[nb + l]) : 0.0;
@@ -238,8 +293,8 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& t
             for (int i = 0; i < kMR; ++i)
               for (int h = 0; h < 2; ++h)
                 c[i][h] = q0 == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(saved + i * kNC + 16 * h);
-            const int8_t* b0 = bp + 2 * j * qx.kpad * 16 + q0 * 64;
-            micro_kernel(qx.q + mr * qx.kpad + 4 * q0, qx.kpad, b0, b0 + qx.kpad * 16, q1 - q0, c);
+            micro_kernel<kPairs>(qx.q + mr * qx.kpad + 4 * q0, qx.kpad, panel(2 * j) + q0 * 64,
+                                 panel(2 * j + 1) + q0 * 64, q1 - q0, c);
             if (q1 == kq) {
               const int64_t p0 = nb + j * kNR;
               store_tile(a, qx, c, mr, p0, imin(kNR, nb_end - p0), wsum + j * kNR, wsd + j * kNR, bd + j * kNR);
@@ -254,23 +309,127 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& t
   }
 }
 
-}  // namespace
+// ----------------------------------------------------------------------------- held panels, small M
 
-void int8_dynamic_linear_avx512(const Int8DynamicLinearArgs& a) {
-  if (a.M <= 0 || a.N <= 0) return;
+// Rows [m0, m0 + MB) of x against panels [p0, p0 + np) (np <= NP) of the held layout: NP
+// panel streams at once (at M = 1 four contiguous streams, as the W8A16 layout reads), every
+// accumulator a vertical 16-column sum: no horizontal reductions, no weight sums per call.
+template <bool kPairs, int NP, int MB>
+void held_dot_block(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPanels& h, int64_t p0, int np,
+                    int64_t m0) {
+  __m512i acc[MB][NP];
+  const int8_t* w[NP];
+  for (int j = 0; j < NP; ++j) {
+    w[j] = h.base + (p0 + imin(j, np - 1)) * h.bytes;
+    for (int m = 0; m < MB; ++m) acc[m][j] = _mm512_setzero_si512();
+  }
+  const uint8_t* x = qx.q + m0 * qx.kpad;
+  const int64_t kq = h.bytes / 64;
+#pragma GCC unroll 2
+  for (int64_t q = 0; q < kq; ++q) {
+    __m512i v[NP];
+    for (int j = 0; j < NP; ++j) v[j] = load_quad<kPairs>(w[j] + q * 64);
+    for (int m = 0; m < MB; ++m) {
+      const __m512i xv = x_quad(x + m * qx.kpad, q);
+      for (int j = 0; j < NP; ++j) acc[m][j] = _mm512_dpbusd_epi32(acc[m][j], xv, v[j]);
+    }
+  }
+  for (int j = 0; j < np; ++j) {
+    const int64_t n0 = (p0 + j) * 16, cnt = imin(16, a.N - n0);
+    const __mmask16 live = first_lanes(cnt);
+    const __mmask8 lo = static_cast<__mmask8>(live), hi = static_cast<__mmask8>(live >> 8);
+    const __m512d ws[2] = {_mm512_cvtps_pd(_mm256_maskz_loadu_ps(lo, a.w_scale + n0)),
+                           _mm512_cvtps_pd(_mm256_maskz_loadu_ps(hi, a.w_scale + n0 + 8))};
+    const __m512d bd[2] = {a.bias ? _mm512_cvtps_pd(_mm256_maskz_loadu_ps(lo, a.bias + n0)) : _mm512_setzero_pd(),
+                           a.bias ? _mm512_cvtps_pd(_mm256_maskz_loadu_ps(hi, a.bias + n0 + 8)) : _mm512_setzero_pd()};
+    for (int m = 0; m < MB; ++m)
+      store16(a, acc[m][j], h.colsum + n0, _mm512_set1_pd(static_cast<double>(qx.scale[m0 + m])), ws, bd, m0 + m, n0,
+              cnt);
+  }
+}
+
+// Up to kHeldDotMaxRows rows per block: MB * NP + NP + 1 <= 32 zmm.
+constexpr int kHeldDotMaxRows = 6;
+constexpr int held_panels_for(int mb) { return mb <= 6 ? 4 : 3; }
+
+template <bool kPairs, int MB>
+void held_dot_rows(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPanels& h, int64_t p0, int np,
+                   int64_t m0) {
+  constexpr int NP = held_panels_for(MB);
+  for (int j = 0; j < np; j += NP) held_dot_block<kPairs, NP, MB>(a, qx, h, p0 + j, imin(NP, np - j), m0);
+}
+
+// The dot form for M below kHeldGemmMinM: per group of 12 panels (192 KB at K = 4096, held
+// in L2), every block of at most 8 rows (balanced) streams the group, so the weights come
+// from memory once per call.
+constexpr int64_t kHeldGemmMinM = 32;
+constexpr int64_t kHeldDotGroup = 12;  // panels: a multiple of both NP
+
+template <bool kPairs>
+void held_dot(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPanels& h, int threads) {
+  const int64_t blocks = (a.M + kHeldDotMaxRows - 1) / kHeldDotMaxRows;
+  const int64_t grain = a.M <= 4 ? 4 : kHeldDotGroup;
+  parallel_columns(h.panels, threads, grain, [&](int64_t pb, int64_t pe) {
+    for (int64_t p0 = pb; p0 < pe; p0 += grain) {
+      const int np = static_cast<int>(imin(grain, pe - p0));
+      for (int64_t i = 0; i < blocks; ++i) {
+        const int64_t m0 = a.M * i / blocks, mb = a.M * (i + 1) / blocks - m0;
+        switch (mb) {
+          case 1: held_dot_rows<kPairs, 1>(a, qx, h, p0, np, m0); break;
+          case 2: held_dot_rows<kPairs, 2>(a, qx, h, p0, np, m0); break;
+          case 3: held_dot_rows<kPairs, 3>(a, qx, h, p0, np, m0); break;
+          case 4: held_dot_rows<kPairs, 4>(a, qx, h, p0, np, m0); break;
+          case 5: held_dot_rows<kPairs, 5>(a, qx, h, p0, np, m0); break;
+          case 6: held_dot_rows<kPairs, 6>(a, qx, h, p0, np, m0); break;
+          case 7: held_dot_rows<kPairs, 7>(a, qx, h, p0, np, m0); break;
+          default: held_dot_rows<kPairs, 8>(a, qx, h, p0, np, m0); break;
+        }
+      }
+    }
+  });
+}
+
+template <bool kPairs>
+void run_held(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPanels& h, int threads) {
+  if (a.M < kHeldGemmMinM) return held_dot<kPairs>(a, qx, h, threads);
+  const int64_t blocks = (a.N + kNC - 1) / kNC;
+  parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<kPairs>(a, qx, h, take, blocks); });
+}
+
+// x quantised per row (rows rounded up to the GEMM tile from gemm_min_m), then run(qx, threads).
+template <class Run>
+void with_quantised_x(const Int8DynamicLinearArgs& a, int64_t gemm_min_m, const Run& run) {
   QuantX qx{};
   qx.kpad = round_up(a.K, 64);
-  const bool gemm = a.M >= kGemmMinM;
-  const int64_t rows = gemm ? round_up(a.M, kMR) : a.M;
+  const int64_t rows = a.M >= gemm_min_m ? round_up(a.M, kMR) : a.M;
   AlignedBuffer qbuf(static_cast<size_t>(rows * qx.kpad));
   AlignedBuffer sbuf(static_cast<size_t>(a.M) * sizeof(float));
   qx.q = qbuf.as<uint8_t>();
   qx.scale = sbuf.as<float>();
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
   quantize_x(a, qx, rows, threads);
-  if (!gemm) return run_dot(a, qx, threads);
-  const int64_t blocks = (a.N + kNC - 1) / kNC;
-  parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker(a, qx, take, blocks); });
+  run(qx, threads);
+}
+
+}  // namespace
+
+void int8_dynamic_linear_avx512(const Int8DynamicLinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  with_quantised_x(a, kGemmMinM, [&](const QuantX& qx, int threads) {
+    if (a.M < kGemmMinM) return run_dot(a, qx, threads);
+    const int64_t blocks = (a.N + kNC - 1) / kNC;
+    parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<false>(a, qx, HeldPanels{}, take, blocks); });
+  });
+}
+
+void int8_dynamic_linear_panels_avx512(const Int8DynamicLinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  const HeldPanels h{a.panels, round_up(a.K, kW8A8PanelK) * kW8A8PanelN, (a.N + kW8A8PanelN - 1) / kW8A8PanelN,
+                     a.colsum};
+  with_quantised_x(a, kHeldGemmMinM, [&](const QuantX& qx, int threads) {
+    if (a.act_bits == 8) run_held<true>(a, qx, h, threads);  // unit pairs
+    else run_held<false>(a, qx, h, threads);                 // unit quads
+  });
 }
 
 }  // namespace bigperf::cpu

@@ -55,7 +55,7 @@ struct Int8DynamicLinearArgs {
   bool dot_form = false;  // AVX2: the dot form at any M, in row blocks (the dispatcher's cpu:dot);
                           // the other ISA paths have one form each and ignore it
   // The weight as the layer holds it in the "w8a8-cpu" layout (bigperf/formats/w8a8_cpu.py),
-  // read by int8_dynamic_linear_panels_avx2 in place of qw: 16-column panels, each
+  // read by int8_dynamic_linear_panels_* in place of qw: 16-column panels, each
   // [Kp / u][16][u] int8 with u = 2 (act_bits 8) or 4 (act_bits 7) consecutive k per column,
   // Kp = K rounded up to kW8A8PanelK, zero padded; colsum [Np] int32 = sum over K of each
   // column's codes (act_bits 7 takes back the x offset with it).
@@ -90,9 +90,10 @@ void int8_weight_linear_avx512(const Int8WeightLinearArgs& args);
 void int8_dynamic_linear_avx512(const Int8DynamicLinearArgs& args);
 void int8_weight_linear_panel_avx2(const Int8WeightLinearArgs& args);
 void int8_weight_linear_panel_avx512(const Int8WeightLinearArgs& args);
-// W8A8 on the weight held in the w8a8-cpu layout (args.panels, args.colsum), any M; AVX2
-// (runs on AVX-512 CPUs too).
+// W8A8 on the weight held in the w8a8-cpu layout (args.panels, args.colsum), any M: AVX2
+// (vpmaddwd / vpmaddubsw) and AVX-512 VNNI (vpdpbusd; pairs interleaved in registers).
 void int8_dynamic_linear_panels_avx2(const Int8DynamicLinearArgs& args);
+void int8_dynamic_linear_panels_avx512(const Int8DynamicLinearArgs& args);
 // W8A16 on the "w8a16-cpu" layout (int8_weight_panels.h): qw = 16-column panels [K][16] int8,
 // qw_row_stride = 16 K; scale [groups][Np] fp32 and zero_point [groups][Np] int8 or null,
 // group-major (Np = N rounded up to 16).

@@ -1,4 +1,5 @@
-"""The AVX2 W8A8 kernel on the held w8a8-cpu layout (bigperf._C.int8_dynamic_linear_panels).
+"""The W8A8 kernels (AVX2, and AVX-512 VNNI where it runs) on the held w8a8-cpu layout
+(bigperf._C.int8_dynamic_linear_panels): every test runs on each runnable ISA path.
 
 Exact int32 sums and the reference's float64 rescale, so every output matches
 dynamic_reference on the same codes to the last bit of the activation; checked at every
@@ -25,6 +26,15 @@ if "avx2" not in C.runnable_isas():
     pytest.skip("the w8a8-cpu kernel is AVX2 code; this CPU or build has no AVX2 path", allow_module_level=True)
 
 CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+ISAS = [isa for isa in ("avx2", "avx512") if isa in C.runnable_isas()]
+
+
+@pytest.fixture(autouse=True, params=ISAS)
+def isa(request):
+    """Every test of this module on each ISA path's kernel (_run reads it)."""
+    global _ISA
+    _ISA = request.param
+    return request.param
 
 
 def _randn(*shape, seed=0, scale=1.0, dtype=torch.float32):
@@ -41,7 +51,7 @@ def _run(x, layout, bias=None, act="none", threads=1, absmax=None, out=None):
     m, k = x.shape
     n = layout.n
     out = torch.empty(m, n, dtype=x.dtype) if out is None else out
-    C.int8_dynamic_linear_panels(x.data_ptr(), x.stride(0), CODE[x.dtype], layout.weight.data_ptr(),
+    C.int8_dynamic_linear_panels(_ISA, x.data_ptr(), x.stride(0), CODE[x.dtype], layout.weight.data_ptr(),
                                  layout.colsum.data_ptr(), layout.scale.data_ptr(),
                                  bias.data_ptr() if bias is not None else 0, out.data_ptr(), out.stride(0), m, n, k,
                                  ACTIVATIONS.index(act), threads, layout.act_bits,
@@ -51,7 +61,8 @@ def _run(x, layout, bias=None, act="none", threads=1, absmax=None, out=None):
 
 @pytest.mark.parametrize("act_bits", (8, 7))
 @pytest.mark.parametrize("n, k", [(1, 1), (15, 31), (17, 33), (40, 100), (130, 256)])
-@pytest.mark.parametrize("m", (1, 2, 3, 4, 5, 6, 7, 13, 16))
+# 9 .. 31: the AVX-512 kernel's dot form in balanced blocks of up to 8 rows; 33: its GEMM.
+@pytest.mark.parametrize("m", (1, 2, 3, 4, 5, 6, 7, 9, 13, 16, 17, 31, 33))
 def test_every_tile_remainder_and_panel_tail_is_exact(m, n, k, act_bits):
     qweight, scale = _weight(n, k, seed=n + k)
     layout = pack_w8a8_cpu(qweight, scale, act_bits)
@@ -112,7 +123,8 @@ def test_threads_agree(m):
 
 def test_layout_order_is_the_one_the_kernel_reads():
     """weight[p, (unit * 16 + c) * u + e] holds the code of column 16 p + c at k = u * unit + e:
-    the order csrc/cpu/int8_dynamic_avx2.cpp reads (a negative control for both packers)."""
+    the order csrc/cpu/int8_dynamic_avx2.cpp reads, and int8_dynamic_avx512.cpp's load_quad
+    (a negative control for both packers)."""
     qweight, scale = _weight(20, 40, seed=15)
     for act_bits in (8, 7):
         u = unit_of(act_bits)
@@ -131,11 +143,12 @@ def test_binding_refuses_bad_arguments():
     layout = pack_w8a8_cpu(qweight, scale, 8)
     x = _randn(2, 32)
     out = torch.empty(2, 16)
-    args = dict(x=x.data_ptr(), x_row_stride=32, x_dtype=0, panels=layout.weight.data_ptr(),
+    args = dict(isa=_ISA, x=x.data_ptr(), x_row_stride=32, x_dtype=0, panels=layout.weight.data_ptr(),
                 colsum=layout.colsum.data_ptr(), w_scale=scale.data_ptr(), bias=0, out=out.data_ptr(),
                 out_row_stride=16, M=2, N=16, K=32, act=0, num_threads=1, act_bits=8)
     for change, words in (({"act_bits": 6}, "'act_bits' must be 7 or 8"), ({"colsum": 0}, "'colsum'"),
                           ({"K": 0}, "'K' must be positive"), ({"out_row_stride": 3}, "out_row_stride"),
-                          ({"num_threads": 0}, "num_threads"), ({"act": 99}, "activation code")):
+                          ({"num_threads": 0}, "num_threads"), ({"act": 99}, "activation code"),
+                          ({"isa": "scalar"}, "'isa' must be 'avx2' or 'avx512'")):
         with pytest.raises(ValueError, match=words):
             C.int8_dynamic_linear_panels(**{**args, **change})
