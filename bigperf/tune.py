@@ -284,17 +284,21 @@ def _cache_flusher(device: torch.device, args: tuple) -> Callable[[], object] | 
 
 
 def measure(candidates: Sequence, args: tuple, budget: float | None = None,
-            predicted: dict[str, float] | None = None) -> Measurement:
+            predicted: dict[str, float] | None = None, floors: dict[str, float] | None = None) -> Measurement:
     """Times each candidate's `run(*args)` in interleaved rounds and names the fastest.
 
     A candidate that raises is dropped with its error (the others still compete); one
     whose first timed run is DROP_FACTOR times the best so far stops being timed: at a
     large M a wrong path costs seconds per call, and it cannot win. `predicted` (seconds
-    per call, from a smaller M of the same shape) orders the warm-up and skips a candidate
-    predicted DROP_FACTOR times slower than one already run, before it costs a call.
+    per call, scaled linearly from a smaller M of the same shape) orders the warm-up;
+    `floors` (the same candidates' times at that smaller M: a call never gets cheaper with
+    more rows) skip a candidate whose floor is DROP_FACTOR times one already run, before
+    it costs a call. Not the linear prediction: a path whose cost is mostly a per-call
+    constant (a weight materialised for PyTorch's GEMM) is predicted far slower than it is.
     """
     budget = budget_s() if budget is None else budget
     predicted = predicted or {}
+    floors = floors or {}
     device = args[0].device if isinstance(args[0], torch.Tensor) else torch.device("cpu")
     timed = _timer(device)
     started = time.perf_counter()
@@ -304,9 +308,9 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
     best_warm = math.inf
     order = sorted(candidates, key=lambda c: predicted.get(c.id, math.inf))  # stable: priority order otherwise
     for c in order:  # warm-up: first-call costs (allocation, JIT, page faults) stay out
-        guess = predicted.get(c.id)
-        if guess is not None and guess > DROP_FACTOR * best_warm:
-            dropped[c.id] = f"predicted {guess / best_warm:.1f}x the fastest from a smaller M"
+        floor = floors.get(c.id)
+        if floor is not None and floor > DROP_FACTOR * best_warm:
+            dropped[c.id] = f"{floor / best_warm:.1f}x the fastest already at a smaller M"
             continue
         try:
             best_warm = min(best_warm, timed(lambda c=c: c.run(*args)))
@@ -426,16 +430,18 @@ class Tuner:
             if not tuning_enabled():
                 decision = Decision(default_choice(candidates, args), "default")
             else:
-                result = measure(candidates, args, predicted=self._predict(key))
+                predicted, floors = self._predict(key)
+                result = measure(candidates, args, predicted=predicted, floors=floors)
                 decision = Decision(result.choice, "measured", result.times_s, result.seconds)
                 self._persist(text, decision)
             self._decisions[key] = decision
             return decision
 
-    def _predict(self, key: tuple) -> dict[str, float]:
-        """Per candidate, seconds per call at this key's M, scaled linearly from the largest
-        smaller M bucket (>= PREDICT_FROM_M, where GEMMs are compute-bound and time grows
-        with M) measured for the same op, shape and dtypes in this process."""
+    def _predict(self, key: tuple) -> tuple[dict[str, float], dict[str, float]]:
+        """Per candidate, (seconds per call at this key's M scaled linearly, and the floor: the
+        time measured) from the largest smaller M bucket (>= PREDICT_FROM_M, where GEMMs are
+        compute-bound and time grows with M) measured for the same op, shape and dtypes in
+        this process."""
         x_part = key[2]
         best_m, times = 0, None
         for other, decision in self._decisions.items():
@@ -445,8 +451,8 @@ class Tuner:
                     and PREDICT_FROM_M <= o[2] < x_part[2] and o[2] > best_m and decision.times_s):
                 best_m, times = o[2], decision.times_s
         if times is None:
-            return {}
-        return {cid: t * x_part[2] / best_m for cid, t in times.items()}
+            return {}, {}
+        return {cid: t * x_part[2] / best_m for cid, t in times.items()}, dict(times)
 
     def decisions(self) -> dict[str, Decision]:
         return {key_text(k): d for k, d in self._decisions.items()}

@@ -229,6 +229,19 @@ def test_a_path_predicted_slow_from_a_smaller_m_is_not_run():
     assert calls, "the predicted-fast path must still be measured"
 
 
+def test_a_path_with_a_constant_cost_is_not_skipped_by_the_linear_prediction():
+    """PyTorch's path on a packed weight costs mostly its materialisation, the same at any
+    M: 4x the kernel at M = 16 but 0.5x at M = 128, where the kernel's time grew 8-fold. A
+    linear prediction (32x) would skip it; the floor (its M = 16 time) must not."""
+    def kernel(x, *rest):
+        time.sleep(0.0005 * x.shape[0] / 16)  # grows with M
+        return x
+    table = _table({"torch:bf16": 0.002})
+    table.register("cpu", lambda *a: None, kernel)
+    assert table.select(_x(m=16)).id == "cpu"
+    assert table.select(_x(m=128)).id == "torch:bf16"
+
+
 def test_predictions_never_come_from_one_row_timings():
     calls = []
     table = _table({"cpu": 0.002, "torch:bf16": 0.03}, calls=calls)
