@@ -295,3 +295,21 @@ def test_bsr_bad_arguments_are_refused_clearly(call, error, words):
         call(p, layout)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("k, u", [(40, 1), (64, 2), (40, 2), (40, 4)])
+def test_panel_rows_reads_any_chunk_of_rows_from_the_panels(k, u, dtype):
+    """What PyTorch's paths on a held panel layout multiply by (formats/_panels.panel_rows): the
+    codes of rows [r0, r1) in any dtype, for whole panels, a tail of one, and K padded (kp > k);
+    u = 1 through bigperf._C's byte transposes where the AVX2 path runs (K = 40: a K tail too)."""
+    from bigperf.formats._checks import round_up
+    from bigperf.formats._panels import panel_rows, to_panels
+    n = 37
+    qweight = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=torch.Generator().manual_seed(k + u))
+    kp = k if u == 1 else round_up(k, 32)
+    rows = panel_rows(to_panels(qweight, kp, u), k, kp, u)
+    for r0, r1 in ((0, 16), (16, 37), (0, 37), (32, 37)):
+        out = torch.full((r1 - r0, k), 7.0, dtype=dtype)
+        rows(out, r0, r1)
+        assert torch.equal(out, qweight[r0:r1].to(dtype)), (r0, r1)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from bigperf import _ext
 from bigperf.formats._checks import round_up
+from bigperf.ops.validation import DTYPE_CODES
 
 PANEL_N = 16
 
@@ -29,3 +31,29 @@ def from_panels(panels: torch.Tensor, n: int, k: int, kp: int, u: int) -> torch.
     np_ = round_up(n, PANEL_N)
     units = panels.view(np_ // PANEL_N, kp // u, PANEL_N, u).permute(0, 2, 1, 3)
     return units.reshape(np_, kp)[:n, :k].contiguous()
+
+
+def panel_rows(panels: torch.Tensor, k: int, kp: int, u: int):
+    """rows(out, r0, r1) for torch_paths.torch_linear: the codes of weight rows [r0, r1) (r0 a
+    multiple of 16) read from the panel order into out ([r1 - r0, k], any dtype) in one
+    transposing copy, so PyTorch's paths on a held layout convert a chunk at a time instead
+    of unpacking the whole weight on every call."""
+    units = panels.view(panels.shape[0], kp // u, PANEL_N, u).permute(0, 2, 1, 3)  # (panel, column, unit, e)
+    module = _ext.cpu_module()
+    fast = (u == 1 and panels.is_cpu and module is not None and hasattr(module, "int8_panels_to_rows")
+            and "avx2" in _ext.runnable_cpu_isas())
+
+    def rows(out: torch.Tensor, r0: int, r1: int) -> None:
+        code = DTYPE_CODES.get(out.dtype)
+        if fast and code is not None and out.stride(-1) == 1:  # 16 x 16 byte transposes: 3-8x torch's copy
+            module.int8_panels_to_rows(panels.data_ptr(), k, r0, r1, out.data_ptr(), out.stride(0), code)
+            return
+        p0, full = r0 // PANEL_N, (r1 - r0) // PANEL_N
+        if full and k == kp:
+            out[: full * PANEL_N].view(full, PANEL_N, kp // u, u).copy_(units[p0:p0 + full])
+        elif full:  # K padded in the layout: through a copy of whole rows
+            out[: full * PANEL_N].view(full, PANEL_N, k).copy_(units[p0:p0 + full].reshape(full, PANEL_N, kp)[..., :k])
+        tail = r1 - r0 - full * PANEL_N
+        if tail:
+            out[full * PANEL_N:].copy_(units[p0 + full].reshape(PANEL_N, kp)[:tail, :k])
+    return rows

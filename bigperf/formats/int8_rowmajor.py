@@ -123,22 +123,33 @@ def _weight_only_cuda_run(x, qweight, scale, zero_point, bias, activation):
     return launch_w8a16(x, qweight, scale, zero_point, fp32_bias(bias), ACTIVATIONS.index(activation))
 
 
+def weight_only_torch_linear(x, n: int, k: int, dtype: torch.dtype, codes_into, codes_of, scale_rows, zero_rows,
+                             col_scale, bias, activation) -> torch.Tensor:
+    """PyTorch's GEMM in `dtype` on a W8A16 weight dequantised a chunk of rows at a time, from
+    any held order: codes_into(out, r0, r1) converts rows' codes into out, codes_of(r0, r1)
+    gives them as int8 [rows, K], scale_rows / zero_rows(r0, r1) their [rows, G] scales and
+    zero points (or None); col_scale: the [N] scales of a symmetric per-channel weight, else None."""
+    if col_scale is not None and dtype != torch.float16:
+        # Symmetric per channel: the scale is a per-column factor of the output, applied
+        # there (M x N multiplies, not N x K): the weight's codes are only converted.
+        # Not in fp16: sums of x times raw codes (up to 127) overflow its range (65504)
+        # where the scaled weight's do not.
+        return torch_linear(x, n, k, dtype, rows=codes_into, bias=bias, activation=activation, col_scale=col_scale)
+
+    def rows(out, r0, r1):
+        dequantize_weight_into(out, codes_of(r0, r1), scale_rows(r0, r1), zero_rows(r0, r1))
+    return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation)
+
+
 # PyTorch's GEMM on the weight dequantised a chunk of rows at a time, in fp32 or in x's half dtype.
 def _weight_only_torch_run(dtype):
     def run(x, qweight, scale, zero_point, bias, activation):
         n, k = qweight.shape
-        if scale.shape[1] == 1 and zero_point is None and dtype != torch.float16:
-            # Symmetric per channel: the scale is a per-column factor of the output, applied
-            # there (M x N multiplies, not N x K): the weight's codes are only converted.
-            # Not in fp16: sums of x times raw codes (up to 127) overflow its range (65504)
-            # where the scaled weight's do not.
-            return torch_linear(x, n, k, dtype, rows=copy_rows(qweight), bias=bias,
-                                activation=activation, col_scale=scale)
-
-        def rows(out, r0, r1):
-            dequantize_weight_into(out, qweight[r0:r1], scale[r0:r1],
-                                   zero_point[r0:r1] if zero_point is not None else None)
-        return torch_linear(x, n, k, dtype, rows=rows, bias=bias, activation=activation)
+        per_channel = scale.shape[1] == 1 and zero_point is None
+        return weight_only_torch_linear(
+            x, n, k, dtype, copy_rows(qweight), lambda r0, r1: qweight[r0:r1], lambda r0, r1: scale[r0:r1],
+            lambda r0, r1: zero_point[r0:r1] if zero_point is not None else None,
+            scale if per_channel else None, bias, activation)
     return run
 
 
@@ -212,12 +223,18 @@ def _dynamic_triton_run(x, qweight, scale, bias, activation, act_bits=8, act_abs
 # W8A8 with PyTorch's GEMM: x quantised per token as the kernel does, then the integer codes
 # of x and of the weight multiplied in fp32 or bf16 (both hold int8 codes exactly; the GEMM
 # accumulates in fp32), then the row and column scales: the kernel's math, not a float GEMM.
+def dynamic_torch_linear(x, n: int, k: int, dtype: torch.dtype, codes_into, scale, bias, activation, act_bits,
+                         act_absmax) -> torch.Tensor:
+    """That GEMM from any held order: codes_into(out, r0, r1) converts weight rows' codes into out."""
+    xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits, absmax_rows(act_absmax))
+    return torch_linear(x, n, k, dtype, rows=codes_into, bias=bias, activation=activation, x_rows=xq,
+                        row_scale=x_scale, col_scale=scale)
+
+
 def _dynamic_torch_run(dtype):
     def run(x, qweight, scale, bias, activation, act_bits=8, act_absmax=None):
         n, k = qweight.shape
-        xq, x_scale = quantize_activation_per_token(as_rows(x, k), act_bits, absmax_rows(act_absmax))
-        return torch_linear(x, n, k, dtype, rows=copy_rows(qweight), bias=bias,
-                            activation=activation, x_rows=xq, row_scale=x_scale, col_scale=scale)
+        return dynamic_torch_linear(x, n, k, dtype, copy_rows(qweight), scale, bias, activation, act_bits, act_absmax)
     return run
 
 

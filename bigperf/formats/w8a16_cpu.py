@@ -1,11 +1,11 @@
-"""Weight format "w8a16-cpu": the AVX2 W8A16 kernels' panel order of int8_rowmajor.
+"""Weight format "w8a16-cpu": the CPU W8A16 kernels' panel order of int8_rowmajor.
 
 A weight-only Int8Linear (per channel or per group, symmetric or not) on a CPU whose kernels
-run the AVX2 path holds only this form (buffers BUFFERS, not persistent: its state_dict stays
+run the AVX2 or the AVX-512 path holds only this form (buffers BUFFERS, not persistent: its state_dict stays
 int8_rowmajor). Why: at M = 1 the row-major kernel reads 4 weight rows at a time, and each
 row (4 KB at K = 4096) ends at a page, where the hardware prefetchers stop; here four
-16-column panels stream at once, each 16 x K contiguous bytes (4096 x 14336, 1 thread, Zen 3:
-1.4x the row-major kernel; benchmarks/NOTES.md). Same bytes as row-major (plus padding to
+16-column panels stream at once, each 16 x K contiguous bytes (4096 x 14336, 1 thread: 1.4x
+the row-major kernel on Zen 3 with AVX2, 1.25x on Zen 4 with AVX-512; benchmarks/NOTES.md). Same bytes as row-major (plus padding to
 whole panels); pure PyTorch packing, exact round trips; change the layout and VERSION
 together, here and in csrc/cpu/int8_weight_panels.h.
 
@@ -18,8 +18,10 @@ or None), version 2:
 
 Paths (torch.ops.bigperf.int8_weight_linear_w8a16_cpu): "cpu" (the dot form, the weight
 streamed per call: small M) and "cpu:panel" (the panel GEMM, whose strips are these panels:
-large M), both AVX2 on the layout; every other path is int8_weight_linear's path of the same
-name on the weight unpacked for the call, so the path a layer reports is the one that runs.
+large M), both of the ISA path in use (AVX2 or AVX-512) on the layout; PyTorch's paths
+("torch:fp32", "torch:bf16") read its rows a chunk at a time (_panels.panel_rows); every
+other path is int8_weight_linear's path of the same name on the weight unpacked for the
+call, so the path a layer reports is the one that runs.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ import torch
 from bigperf import _ext
 from bigperf.formats import int8_rowmajor
 from bigperf.formats._checks import check_arg, check_layout_version, round_up
-from bigperf.formats._panels import PANEL_N, from_panels, to_panels
+from bigperf.formats._panels import PANEL_N, from_panels, panel_rows, to_panels
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import PANEL_MIN_ROWS, as_rows, cpu_why_not, fp32_bias
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
-from bigperf.ops.torch_paths import copy_linear, register_float_copy_path
+from bigperf.ops.torch_paths import copy_linear, register_float_copy_path, register_torch_paths
 from bigperf.ops.validation import DTYPE_CODES
 
 NAME = "w8a16-cpu"
@@ -48,14 +50,13 @@ KERNEL = "int8_weight_linear_panels"
 def why_not_hold(device: torch.device, weight_only: bool) -> str | None:
     """Why a layer on `device` should not hold its int8 weight in this format, or None."""
     if not weight_only:
-        return "holds W8A16 weights; W8A8 layers hold w8a8-cpu on AVX2 CPUs"
+        return "holds W8A16 weights; W8A8 layers hold w8a8-cpu"
     if device.type != "cpu":
         return f"a CPU kernel layout; the weight is on {device}"
     if _ext.cpu_module() is None:
         return _ext.cpu_unavailable_reason()
-    if _ext.cpu_isa() != "avx2":
-        # Measured on AVX2 (Zen 3) only; the AVX-512 path reads row-major weights with its own tiles.
-        return f"the AVX2 kernels' layout; this CPU runs the {_ext.cpu_isa()} path"
+    if _ext.cpu_isa() not in ("avx2", "avx512"):
+        return f"the layout of the AVX2 and AVX-512 kernels; this CPU runs the {_ext.cpu_isa()} path"
     return None
 
 
@@ -72,7 +73,7 @@ class W8A16CpuLayout:
 
 def pack_w8a16_cpu(qweight: torch.Tensor, scale: torch.Tensor,
                    zero_point: torch.Tensor | None = None) -> W8A16CpuLayout:
-    """bigperf.quant's int8 weight (per channel or per group) in the AVX2 W8A16 kernels' panel order."""
+    """bigperf.quant's int8 weight (per channel or per group) in the CPU W8A16 kernels' panel order."""
     function = "bigperf.formats.w8a16_cpu.pack_w8a16_cpu"
     check_arg(function, "qweight", qweight, (torch.int8,), 2)
     check_arg(function, "scale", scale, (torch.float32,), 2)
@@ -126,7 +127,7 @@ def dense_weight(*args) -> torch.Tensor:
 def _cpu_why_not(x, weight, scale, zero, n, k, group_size, bias, activation):
     reason = cpu_why_not(x, KERNEL)
     if reason is None and _ext.cpu_isa() not in ("avx2", "avx512"):
-        reason = f"the layout's kernels are AVX2 code; the CPU path in use is {_ext.cpu_isa()}"
+        reason = f"the layout's kernels are AVX2 and AVX-512 code; the CPU path in use is {_ext.cpu_isa()}"
     return reason
 
 
@@ -143,7 +144,7 @@ def _cpu_run(x, weight, scale, zero, n, k, group_size, bias, activation, form="d
     b = fp32_bias(bias)
     out = torch.empty((m, n), dtype=x.dtype)
     _ext.cpu_module().int8_weight_linear_panels(
-        form, x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(), scale.data_ptr(),
+        _ext.cpu_isa(), form, x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(), scale.data_ptr(),
         zero.data_ptr() if zero is not None else 0, scale.shape[0], b.data_ptr() if b is not None else 0,
         out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
@@ -153,17 +154,35 @@ def _cpu_panel_run(x, weight, scale, zero, n, k, group_size, bias, activation):
     return _cpu_run(x, weight, scale, zero, n, k, group_size, bias, activation, form="gemm")
 
 
+# PyTorch's GEMM with the weight's rows read from the panels a chunk at a time.
+def _torch_run(dtype):
+    def run(x, weight, scale, zero, n, k, group_size, bias, activation):
+        codes_into = panel_rows(weight, k, k, 1)
+
+        def codes_of(r0, r1):
+            q = torch.empty((r1 - r0, k), dtype=torch.int8, device=weight.device)
+            codes_into(q, r0, r1)
+            return q
+        per_channel = scale.shape[0] == 1 and zero is None
+        return int8_rowmajor.weight_only_torch_linear(
+            x, n, k, dtype, codes_into, codes_of, lambda r0, r1: scale[:, r0:r1].t(),
+            lambda r0, r1: zero[:, r0:r1].t() if zero is not None else None,
+            scale[0, :n] if per_channel else None, bias, activation)
+    return run
+
+
 def _copy_run(x, weight, scale, zero, n, k, group_size, bias, activation):
     return copy_linear(x, weight, bias=bias, activation=activation)
 
 
 def register_paths(table, canonical_table) -> None:
-    """Both AVX2 forms on the layout, then every other path of int8_weight_linear's table on
-    the unpacked weight (its own cpu paths excluded: they would unpack the whole weight per
-    call to do what these do on the layout)."""
+    """Both kernel forms on the layout, PyTorch's paths reading its rows a chunk at a time,
+    then every other path of int8_weight_linear's table on the unpacked weight (its own cpu
+    and torch paths excluded: they would unpack the whole weight per call)."""
     table.register("cpu", _cpu_why_not, _cpu_run)
     table.register("cpu", _cpu_panel_why_not, _cpu_panel_run, variant="panel")
-    register_unpacked_paths(table, canonical_table, ("cpu",), int8_rowmajor.weight_only_layout_stand_ins,
+    register_torch_paths(table, _torch_run)
+    register_unpacked_paths(table, canonical_table, ("cpu", "torch"), int8_rowmajor.weight_only_layout_stand_ins,
                             _canonical_args)
     register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 

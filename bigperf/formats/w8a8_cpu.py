@@ -21,8 +21,9 @@ with 8-bit x it interleaves two pair rows into quads in registers (one vpermw pe
 so the layout does not depend on the ISA path that packed it.
 
 Paths (torch.ops.bigperf.int8_dynamic_linear_w8a8_cpu): "cpu", the kernel of the ISA path
-in use (AVX2 or AVX-512) on the layout at any M; every other path is int8_dynamic_linear's
-path of the same name on the weight unpacked for the call, so the path a layer reports is the one that runs.
+in use (AVX2 or AVX-512) on the layout at any M; PyTorch's paths read its rows a chunk at a
+time (_panels.panel_rows); every other path is int8_dynamic_linear's path of the same name
+on the weight unpacked for the call, so the path a layer reports is the one that runs.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ import torch
 from bigperf import _ext
 from bigperf.formats import int8_rowmajor
 from bigperf.formats._checks import check_arg, check_layout_version, round_up
-from bigperf.formats._panels import PANEL_N, from_panels, to_panels
+from bigperf.formats._panels import PANEL_N, from_panels, panel_rows, to_panels
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, fp32_bias
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
-from bigperf.ops.torch_paths import register_float_copy_path
+from bigperf.ops.torch_paths import register_float_copy_path, register_torch_paths
 from bigperf.ops.validation import DTYPE_CODES
 from bigperf.quant import absmax_rows, activation_qmax
 
@@ -58,7 +59,7 @@ def unit_of(act_bits: int) -> int:
 def why_not_hold(device: torch.device, weight_only: bool) -> str | None:
     """Why a layer on `device` should not hold its int8 weight in this format, or None."""
     if weight_only:
-        return "holds W8A8 weights; W8A16 layers keep int8_rowmajor on the CPU"
+        return "holds W8A8 weights; W8A16 layers hold w8a16-cpu"
     if device.type != "cpu":
         return f"a CPU kernel layout; the weight is on {device}"
     if _ext.cpu_module() is None:
@@ -149,16 +150,26 @@ def _cpu_run(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_abs
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
+# PyTorch's GEMM on the codes, the weight's rows read from the panels a chunk at a time.
+def _torch_run(dtype):
+    def run(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
+        codes_into = panel_rows(weight, k, round_up(k, PANEL_K), unit_of(act_bits))
+        return int8_rowmajor.dynamic_torch_linear(x, n, k, dtype, codes_into, scale, bias, activation, act_bits,
+                                                  act_absmax)
+    return run
+
+
 def _copy_run(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
     return int8_rowmajor.dynamic_copy_linear(x, weight, k, scale, bias, activation, act_bits, act_absmax)
 
 
 def register_paths(table, canonical_table) -> None:
-    """The CPU kernel on the layout, then every other path of int8_dynamic_linear's table on
-    the unpacked weight (its own cpu paths excluded: they would unpack the whole weight per
-    call to do what this kernel does on the layout)."""
+    """The CPU kernel on the layout, PyTorch's paths reading its rows a chunk at a time, then
+    every other path of int8_dynamic_linear's table on the unpacked weight (its own cpu and
+    torch paths excluded: they would unpack the whole weight per call)."""
     table.register("cpu", _cpu_why_not, _cpu_run)
-    register_unpacked_paths(table, canonical_table, ("cpu",), _canonical_stand_ins, _canonical_args)
+    register_torch_paths(table, _torch_run)
+    register_unpacked_paths(table, canonical_table, ("cpu", "torch"), _canonical_stand_ins, _canonical_args)
     register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 
 

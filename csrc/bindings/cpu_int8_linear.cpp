@@ -146,17 +146,36 @@ void int8_dynamic_linear_panels(const std::string& isa, uintptr_t x, int64_t x_r
 #endif
 }
 
+// Rows [r0, r1) of the w8a16-cpu layout's panels (panels [ceil(N / 16) * K * 16] int8) as
+// dtype `dtype` into out (row stride out_row_stride elements): PyTorch's paths on the layout.
+void int8_panels_to_rows(uintptr_t panels, int64_t K, int64_t r0, int64_t r1, uintptr_t out, int64_t out_row_stride,
+                         int dtype) {
+  const char* fn = "bigperf._C.int8_panels_to_rows";
+  const DType d = to_dtype(dtype, fn, "dtype");
+  require(isa_runnable("avx2"), fn, "needs the AVX2 path, which this build or CPU lacks");
+  require(K > 0 && r0 >= 0 && r0 % 16 == 0 && r1 >= r0, fn,
+          "arguments 'K' > 0 and 0 <= 'r0' <= 'r1' with 'r0' a multiple of 16 required");
+  require(out_row_stride >= K, fn, "argument 'out_row_stride' is smaller than K");
+  require(panels != 0 && out != 0, fn, "argument 'panels' or 'out' is a null pointer");
+  py::gil_scoped_release release;
+#if defined(BIGPERF_X86)
+  int8_panels_to_rows_avx2(reinterpret_cast<const int8_t*>(panels), K * 16, K, r0, r1, reinterpret_cast<void*>(out),
+                           out_row_stride, d);
+#endif
+}
+
 // W8A16 on the w8a16-cpu layout (int8_linear.h): panels [ceil(N / 16) * K * 16] int8, scale
 // [groups][Np] fp32 and zero_point [groups][Np] int8 or 0 (group-major, Np = N rounded up to
-// 16); form "dot" or "gemm" (int8_weight_panels.h), AVX2 only.
-void int8_weight_linear_panels(const std::string& form, uintptr_t x, int64_t x_row_stride, int x_dtype,
+// 16); form "dot" or "gemm" (int8_weight_panels.h) of ISA path `isa` ("avx2" or "avx512").
+void int8_weight_linear_panels(const std::string& isa, const std::string& form, uintptr_t x, int64_t x_row_stride, int x_dtype,
                                uintptr_t panels, uintptr_t scale, uintptr_t zero_point, int64_t groups,
                                uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
                                int64_t K, int act, int num_threads) {
   const char* fn = kWeightPanelsFn;
   check_sizes(fn, M, N, K, act, num_threads);
   require(form == "dot" || form == "gemm", fn, "argument 'form' must be 'dot' or 'gemm', got '" + form + "'");
-  require(isa_runnable("avx2"), fn, "the w8a16-cpu layout's kernel needs AVX2, which this build or CPU lacks");
+  require(isa == "avx2" || isa == "avx512", fn, "argument 'isa' must be 'avx2' or 'avx512', got '" + isa + "'");
+  require(isa_runnable(isa), fn, "argument 'isa': ISA path '" + isa + "' is not compiled in or not supported by this CPU");
   Int8WeightLinearArgs a{};
   a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
   if (M == 0 || N == 0) return;
@@ -173,8 +192,13 @@ void int8_weight_linear_panels(const std::string& form, uintptr_t x, int64_t x_r
   a.groups = groups;
   py::gil_scoped_release release;
 #if defined(BIGPERF_X86)
-  if (form == "dot") int8_weight_linear_panels_dot_avx2(a);
-  else int8_weight_linear_panels_gemm_avx2(a);
+  if (isa == "avx512") {
+    if (form == "dot") int8_weight_linear_panels_dot_avx512(a);
+    else int8_weight_linear_panels_gemm_avx512(a);
+  } else {
+    if (form == "dot") int8_weight_linear_panels_dot_avx2(a);
+    else int8_weight_linear_panels_gemm_avx2(a);
+  }
 #endif
 }
 
@@ -206,7 +230,9 @@ void register_int8_linear(py::module_& m) {
         py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
         py::arg("act_bits"), py::arg("x_absmax") = 0,
         "int8_dynamic_linear on the weight held in the w8a8-cpu layout (AVX2, any M); releases the GIL");
-  m.def("int8_weight_linear_panels", &int8_weight_linear_panels, py::arg("form"), py::arg("x"),
+  m.def("int8_panels_to_rows", &int8_panels_to_rows, py::arg("panels"), py::arg("K"), py::arg("r0"), py::arg("r1"),
+        py::arg("out"), py::arg("out_row_stride"), py::arg("dtype"));
+  m.def("int8_weight_linear_panels", &int8_weight_linear_panels, py::arg("isa"), py::arg("form"), py::arg("x"),
         py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("panels"), py::arg("scale"), py::arg("zero_point"),
         py::arg("groups"), py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"),
         py::arg("K"), py::arg("act"), py::arg("num_threads"),

@@ -99,6 +99,11 @@ void int8_dynamic_linear_panels_avx512(const Int8DynamicLinearArgs& args);
 // group-major (Np = N rounded up to 16).
 void int8_weight_linear_panels_dot_avx2(const Int8WeightLinearArgs& args);
 void int8_weight_linear_panels_gemm_avx2(const Int8WeightLinearArgs& args);
+void int8_weight_linear_panels_dot_avx512(const Int8WeightLinearArgs& args);
+// Weight rows [r0, r1) of the w8a16-cpu panels as values of d (int8_linear_avx2.cpp).
+void int8_panels_to_rows_avx2(const int8_t* panels, int64_t panel_bytes, int64_t K, int64_t r0, int64_t r1, void* out,
+                              int64_t out_row_stride, DType d);
+void int8_weight_linear_panels_gemm_avx512(const Int8WeightLinearArgs& args);
 #endif
 
 }  // namespace bigperf::cpu

@@ -5,6 +5,7 @@
 #include "cpu/int8_vec_avx512.h"
 #include "cpu/int8_weight_kernel.h"
 #include "cpu/int8_weight_panel.h"
+#include "cpu/int8_weight_panels.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -30,5 +31,9 @@ struct Avx512WeightOps : V16 {
 
 void int8_weight_linear_avx512(const Int8WeightLinearArgs& a) { int8_weight_linear_dot<Avx512WeightOps>(a); }
 void int8_weight_linear_panel_avx512(const Int8WeightLinearArgs& a) { int8_weight_linear_panel<Avx512WeightOps>(a); }
+void int8_weight_linear_panels_dot_avx512(const Int8WeightLinearArgs& a) { int8_weight_linear_panels_dot<w8a16_panels::Zmm16>(a); }
+void int8_weight_linear_panels_gemm_avx512(const Int8WeightLinearArgs& a) {
+  int8_weight_linear_panels_gemm<Avx512WeightOps, w8a16_panels::Zmm16>(a);
+}
 
 }  // namespace bigperf::cpu

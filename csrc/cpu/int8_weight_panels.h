@@ -1,7 +1,9 @@
 // The weight-only int8 linear (W8A16) on the "w8a16-cpu" layout (bigperf/formats/w8a16_cpu.py):
 // the weight as 16-column panels, panel p = [K][16] int8 codes of output columns 16p .. 16p+15
 // (zero past N); scales (and zero points, if any) group-major, [G][Np] (Np = N rounded up to
-// 16, zero past N), so that one group's 16 columns of a panel are one vector load. AVX2 + FMA.
+// 16, zero past N), so that one group's 16 columns of a panel are one vector load. Written
+// once over a panel-vector traits class (16 fp32 lanes: two ymm on AVX2, one zmm on AVX-512;
+// Ymm16 and Zmm16 below), instantiated by int8_linear_avx2.cpp and int8_linear_avx512.cpp.
 //
 // Why a layout: at M = 1 the row-major kernel (int8_weight_kernel.h) reads 4 weight rows at a
 // time, and each 4 KB row ends at a page, where the hardware prefetchers stop: a cold call
@@ -13,8 +15,8 @@
 //     one or two panels, which stay in L2 for the later blocks of the pass.
 //   * gemm (`int8_weight_linear_panels_gemm`): panel_gemm.h's outer-product GEMM, whose strips
 //     of 16 columns are exactly these panels, dequantised with no transposition.
-// Needs from the including unit: load_x_row and epilogue_row (int8_vec_avx2.h) and the
-// traits class for panel_gemm.h.
+// Needs from the including unit: load_x_row and epilogue_row (int8_vec_*.h) and the traits
+// class for panel_gemm.h.
 #pragma once
 #include <immintrin.h>
 
@@ -35,20 +37,58 @@ constexpr int64_t kPanel = 16;         // output columns per panel
 constexpr int64_t kRowsPerPass = 16;   // rows of x packed per pass over the weights
 constexpr int64_t kPanelsPerStep = 4;  // panels per step at M = 1 (and per epilogue group)
 
-// The 16 codes of one k of a panel, widened to fp32 (vpmovsxbd + vcvtdq2ps).
-inline void load16(const int8_t* p, __m256& lo, __m256& hi) {
-  lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-  hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
-}
+// 16 fp32 lanes as H vectors: what one k of a panel (16 codes), one group's 16 scales, or 16
+// output sums are. Each provides: zero(), set1(v), fmadd, fnmadd, mul, sub (per vector),
+// load_codes(p, v) (16 int8 codes widened to fp32: vpmovsxbd + vcvtdq2ps), loadf(p, v),
+// storef(p, v) and bcast(p) (one fp32 in every lane).
+struct Ymm16 {
+  using vec = __m256;
+  static constexpr int H = 2;
+  static vec zero() { return _mm256_setzero_ps(); }
+  static vec set1(float v) { return _mm256_set1_ps(v); }
+  static vec bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static vec fnmadd(vec a, vec b, vec c) { return _mm256_fnmadd_ps(a, b, c); }
+  static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+  static vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+  static void load_codes(const int8_t* p, vec (&v)[H]) {
+    v[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    v[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
+  }
+  static void loadf(const float* p, vec (&v)[H]) { v[0] = _mm256_loadu_ps(p), v[1] = _mm256_loadu_ps(p + 8); }
+  static void storef(float* p, const vec (&v)[H]) { _mm256_storeu_ps(p, v[0]), _mm256_storeu_ps(p + 8, v[1]); }
+};
+
+#if defined(__AVX512F__)
+struct Zmm16 {
+  using vec = __m512;
+  static constexpr int H = 1;
+  static vec zero() { return _mm512_setzero_ps(); }
+  static vec set1(float v) { return _mm512_set1_ps(v); }
+  static vec bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static vec fnmadd(vec a, vec b, vec c) { return _mm512_fnmadd_ps(a, b, c); }
+  static vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+  static vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+  static void load_codes(const int8_t* p, vec (&v)[H]) {
+    v[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static void loadf(const float* p, vec (&v)[H]) { v[0] = _mm512_loadu_ps(p); }
+  static void storef(float* p, const vec (&v)[H]) { _mm512_storeu_ps(p, v[0]); }
+};
+#endif
 
 // 16 scales from scale + at, and the 16 zero points from zero + at (0 where zero is null): one
 // group's vectors for one panel (the group-major layout puts them side by side).
-inline void group_vectors(const float* scale, const int8_t* zero, int64_t at, __m256& s_lo, __m256& s_hi,
-                          __m256& z_lo, __m256& z_hi) {
-  s_lo = _mm256_loadu_ps(scale + at);
-  s_hi = _mm256_loadu_ps(scale + at + 8);
-  z_lo = z_hi = _mm256_setzero_ps();
-  if (zero) load16(zero + at, z_lo, z_hi);
+template <class P>
+inline void group_vectors(const float* scale, const int8_t* zero, int64_t at, typename P::vec (&s)[P::H],
+                          typename P::vec (&z)[P::H]) {
+  P::loadf(scale + at, s);
+  if (zero) {
+    P::load_codes(zero + at, z);
+  } else {
+    for (int h = 0; h < P::H; ++h) z[h] = P::zero();
+  }
 }
 
 // The scales (and zero points) of the block's first panel, and what the zero points need.
@@ -68,24 +108,24 @@ struct Groups {
 };
 
 // acc[m][j] = sum over k in [k0, k1) of x[m * xs + k] * code(panel j, k, .), for NP panels
-// from w (ps bytes apart) and MB rows of x. NP * MB * 2 accumulators, the two halves of one
-// panel and the broadcasts fit 16 registers for (4, 1), (2, 2), (1, 4).
-template <int NP, int MB>
-inline void accumulate(__m256 (&acc)[MB][NP][2], const int8_t* w, int64_t ps, const float* x, int64_t xs,
+// from w (ps bytes apart) and MB rows of x. NP * MB * H accumulators, one panel's H vectors
+// and the broadcasts fit 16 registers for (4, 1), (2, 2), (1, 4) on AVX2 (H = 2).
+template <class P, int NP, int MB>
+inline void accumulate(typename P::vec (&acc)[MB][NP][P::H], const int8_t* w, int64_t ps, const float* x, int64_t xs,
                        int64_t k0, int64_t k1) {
+  using vec = typename P::vec;
   for (int m = 0; m < MB; ++m)
-    for (int j = 0; j < NP; ++j) acc[m][j][0] = acc[m][j][1] = _mm256_setzero_ps();
+    for (int j = 0; j < NP; ++j)
+      for (int h = 0; h < P::H; ++h) acc[m][j][h] = P::zero();
 #pragma GCC unroll 4
   for (int64_t k = k0; k < k1; ++k) {
-    __m256 b[MB];
-    for (int m = 0; m < MB; ++m) b[m] = _mm256_broadcast_ss(x + m * xs + k);
+    vec b[MB];
+    for (int m = 0; m < MB; ++m) b[m] = P::bcast(x + m * xs + k);
     for (int j = 0; j < NP; ++j) {
-      __m256 lo, hi;
-      load16(w + j * ps + k * kPanel, lo, hi);
-      for (int m = 0; m < MB; ++m) {
-        acc[m][j][0] = _mm256_fmadd_ps(lo, b[m], acc[m][j][0]);
-        acc[m][j][1] = _mm256_fmadd_ps(hi, b[m], acc[m][j][1]);
-      }
+      vec w16[P::H];
+      P::load_codes(w + j * ps + k * kPanel, w16);
+      for (int m = 0; m < MB; ++m)
+        for (int h = 0; h < P::H; ++h) acc[m][j][h] = P::fmadd(w16[h], b[m], acc[m][j][h]);
     }
   }
 }
@@ -95,60 +135,81 @@ inline void accumulate(__m256 (&acc)[MB][NP][2], const int8_t* w, int64_t ps, co
 //     scales them before the epilogue: the hot loop stays exactly the plain dot);
 //   GROUPED true: += sum over groups g of scale(g, c) * (the group's sum - zero(g, c) *
 //     xsum(m, g)), each group's partial sums scaled out of registers once per group.
-template <int NP, int MB, bool GROUPED>
+template <class P, int NP, int MB, bool GROUPED>
 inline void panel_block(const int8_t* w, int64_t ps, const float* x, int64_t xs, float* sums, int64_t ss,
                         const Groups& gr) {
-  __m256 acc[MB][NP][2];
+  using vec = typename P::vec;
+  vec acc[MB][NP][P::H];
   if constexpr (!GROUPED) {
-    accumulate<NP, MB>(acc, w, ps, x, xs, 0, gr.size);
+    accumulate<P, NP, MB>(acc, w, ps, x, xs, 0, gr.size);
     for (int m = 0; m < MB; ++m)
-      for (int j = 0; j < NP; ++j) {
-        _mm256_storeu_ps(sums + m * ss + j * kPanel, acc[m][j][0]);
-        _mm256_storeu_ps(sums + m * ss + j * kPanel + 8, acc[m][j][1]);
-      }
+      for (int j = 0; j < NP; ++j) P::storef(sums + m * ss + j * kPanel, acc[m][j]);
     return;
   }
   for (int64_t g = 0; g < gr.count; ++g) {
-    accumulate<NP, MB>(acc, w, ps, x, xs, g * gr.size, (g + 1) * gr.size);
+    accumulate<P, NP, MB>(acc, w, ps, x, xs, g * gr.size, (g + 1) * gr.size);
     for (int j = 0; j < NP; ++j) {
-      __m256 s_lo, s_hi, z_lo, z_hi;
-      group_vectors(gr.scale, gr.zero, g * gr.stride + j * kPanel, s_lo, s_hi, z_lo, z_hi);
+      vec sv[P::H], zv[P::H];
+      group_vectors<P>(gr.scale, gr.zero, g * gr.stride + j * kPanel, sv, zv);
       for (int m = 0; m < MB; ++m) {
-        __m256 lo = acc[m][j][0], hi = acc[m][j][1];
-        if (gr.zero) {  // sum((q - z) x) = sum(q x) - z sum(x)
-          const __m256 xsum = _mm256_set1_ps(gr.xsum[m * gr.count + g]);
-          lo = _mm256_fnmadd_ps(z_lo, xsum, lo);
-          hi = _mm256_fnmadd_ps(z_hi, xsum, hi);
-        }
         float* out = sums + m * ss + j * kPanel;
-        _mm256_storeu_ps(out, _mm256_fmadd_ps(lo, s_lo, _mm256_loadu_ps(out)));
-        _mm256_storeu_ps(out + 8, _mm256_fmadd_ps(hi, s_hi, _mm256_loadu_ps(out + 8)));
+        vec o[P::H];
+        P::loadf(out, o);
+        const vec xsum = P::set1(gr.zero ? gr.xsum[m * gr.count + g] : 0.f);
+        for (int h = 0; h < P::H; ++h) {
+          vec part = acc[m][j][h];
+          if (gr.zero) part = P::fnmadd(zv[h], xsum, part);  // sum((q - z) x) = sum(q x) - z sum(x)
+          o[h] = P::fmadd(part, sv[h], o[h]);
+        }
+        P::storef(out, o);
       }
     }
   }
 }
 
-// The same for np (<= 4) panels and mb (<= 4) rows known at run time.
-template <bool GROUPED>
+template <class P, int MB, bool GROUPED>
+inline void panel_block_np(int np, const int8_t* w, int64_t ps, const float* x, int64_t xs, float* sums, int64_t ss,
+                           const Groups& gr) {
+  switch (np) {
+    case 4: return panel_block<P, 4, MB, GROUPED>(w, ps, x, xs, sums, ss, gr);
+    case 3: return panel_block<P, 3, MB, GROUPED>(w, ps, x, xs, sums, ss, gr);
+    case 2: return panel_block<P, 2, MB, GROUPED>(w, ps, x, xs, sums, ss, gr);
+    default: return panel_block<P, 1, MB, GROUPED>(w, ps, x, xs, sums, ss, gr);
+  }
+}
+
+// The same for np (<= 4) panels and mb (<= 4) rows known at run time. One vector per panel
+// (H = 1, 32 registers): all np panels with all mb rows at once (16 accumulators at most;
+// one panel per broadcast, as AVX2's two halves are, measured 1.5x slower at M = 4). Two
+// (AVX2): the shapes that fit 16 registers.
+template <class P, bool GROUPED>
 inline void panel_block_n(int np, int mb, const int8_t* w, int64_t ps, const float* x, int64_t xs, float* sums,
                           int64_t ss, const Groups& gr) {
-  if (mb == 1) {
-    switch (np) {
-      case 4: return panel_block<4, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
-      case 3: return panel_block<3, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
-      case 2: return panel_block<2, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
-      default: return panel_block<1, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
+  if constexpr (P::H == 1) {
+    switch (mb) {
+      case 4: return panel_block_np<P, 4, GROUPED>(np, w, ps, x, xs, sums, ss, gr);
+      case 3: return panel_block_np<P, 3, GROUPED>(np, w, ps, x, xs, sums, ss, gr);
+      case 2: return panel_block_np<P, 2, GROUPED>(np, w, ps, x, xs, sums, ss, gr);
+      default: return panel_block_np<P, 1, GROUPED>(np, w, ps, x, xs, sums, ss, gr);
     }
   }
-  if (mb == 2 && np == 2) return panel_block<2, 2, GROUPED>(w, ps, x, xs, sums, ss, gr);
+  if (mb == 1) {
+    switch (np) {
+      case 4: return panel_block<P, 4, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
+      case 3: return panel_block<P, 3, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
+      case 2: return panel_block<P, 2, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
+      default: return panel_block<P, 1, 1, GROUPED>(w, ps, x, xs, sums, ss, gr);
+    }
+  }
+  if (mb == 2 && np == 2) return panel_block<P, 2, 2, GROUPED>(w, ps, x, xs, sums, ss, gr);
   for (int j = 0; j < np; ++j) {  // one panel at a time: it stays in L1/L2 for every row block
     const int8_t* wj = w + j * ps;
     float* sj = sums + j * kPanel;
     const Groups gj = gr.panel(j);
     switch (mb) {
-      case 4: panel_block<1, 4, GROUPED>(wj, ps, x, xs, sj, ss, gj); break;
-      case 3: panel_block<1, 3, GROUPED>(wj, ps, x, xs, sj, ss, gj); break;
-      default: panel_block<1, 2, GROUPED>(wj, ps, x, xs, sj, ss, gj); break;
+      case 4: panel_block<P, 1, 4, GROUPED>(wj, ps, x, xs, sj, ss, gj); break;
+      case 3: panel_block<P, 1, 3, GROUPED>(wj, ps, x, xs, sj, ss, gj); break;
+      default: panel_block<P, 1, 2, GROUPED>(wj, ps, x, xs, sj, ss, gj); break;
     }
   }
 }
@@ -157,21 +218,21 @@ inline void panel_block_n(int np, int mb, const int8_t* w, int64_t ps, const flo
 // the np * 16 columns (see panel_block; zeroed by the caller if GROUPED), in row blocks of at most 4
 // (balanced). At M = 1 all np panels stream at once; otherwise each pair (2 rows) or single
 // panel runs every row block before the next. gr: the groups of panel p0, xsum of row 0.
-template <bool GROUPED>
+template <class P, bool GROUPED>
 inline void panel_group(const Int8WeightLinearArgs& a, int64_t p0, int np, const float* xp, int64_t xs, int64_t ms,
                         float (*sums)[kPanelsPerStep * kPanel], const Groups& gr) {
   constexpr int64_t ss = kPanelsPerStep * kPanel;
   const int8_t* w = a.qw + p0 * a.qw_row_stride;
-  if (ms == 1) return panel_block_n<GROUPED>(np, 1, w, a.qw_row_stride, xp, xs, sums[0], ss, gr);
+  if (ms == 1) return panel_block_n<P, GROUPED>(np, 1, w, a.qw_row_stride, xp, xs, sums[0], ss, gr);
   const int64_t blocks = (ms + 3) / 4;
-  const int step = ms == 2 ? 2 : 1;
+  const int step = P::H == 1 ? np : ms == 2 ? 2 : 1;
   for (int j = 0; j < np; j += step) {
-    const int nj = step == 2 && j + 1 < np ? 2 : 1;
+    const int nj = P::H == 1 ? np : step == 2 && j + 1 < np ? 2 : 1;
     for (int64_t i = 0; i < blocks; ++i) {
       const int64_t m0 = ms * i / blocks, mb = ms * (i + 1) / blocks - m0;
       Groups gm = gr.panel(j);
       if (gm.xsum) gm.xsum += m0 * gm.count;
-      panel_block_n<GROUPED>(nj, static_cast<int>(mb), w + j * a.qw_row_stride, a.qw_row_stride, xp + m0 * xs, xs,
+      panel_block_n<P, GROUPED>(nj, static_cast<int>(mb), w + j * a.qw_row_stride, a.qw_row_stride, xp + m0 * xs, xs,
                     sums[m0] + j * kPanel, ss, gm);
     }
   }
@@ -183,13 +244,14 @@ inline void panel_group(const Int8WeightLinearArgs& a, int64_t p0, int np, const
 // a.scale the group-major [G][Np] scales, a.zero_point the group-major [G][Np] int8 zero
 // points or null, a.groups = G (the binding checks). Per group: the unscaled sums of each
 // row block, then sums += scale * (partial - zero * sum of x over the group).
-inline void int8_weight_linear_panels_dot(const Int8WeightLinearArgs& a) {
+template <class P>
+void int8_weight_linear_panels_dot(const Int8WeightLinearArgs& a) {
   using namespace w8a16_panels;
   if (a.M <= 0 || a.N <= 0) return;
   const int64_t panels = (a.N + kPanel - 1) / kPanel, np_cols = panels * kPanel;
   const int64_t G = a.groups, gs = a.K / a.groups;
   const bool grouped = G > 1 || a.zero_point;  // else one scale per column, applied at the end
-  const int64_t kpad = round_up(a.K, 8);  // load_x_row writes whole vectors
+  const int64_t kpad = round_up(a.K, 16);  // load_x_row writes whole vectors (8 or 16 floats)
   const int threads = threads_for(a.M, a.N, a.K, a.num_threads);
   const int64_t rows = imin(a.M, kRowsPerPass);
   AlignedBuffer xbuf(static_cast<size_t>(rows * kpad) * sizeof(float));
@@ -215,9 +277,9 @@ inline void int8_weight_linear_panels_dot(const Int8WeightLinearArgs& a) {
         const int64_t n0 = p0 * kPanel, cnt = imin(np * kPanel, a.N - n0);
         if (grouped) {
           std::memset(sums, 0, static_cast<size_t>(ms) * sizeof(sums[0]));
-          panel_group<true>(a, p0, np, xp, kpad, ms, sums, gr);
+          panel_group<P, true>(a, p0, np, xp, kpad, ms, sums, gr);
         } else {
-          panel_group<false>(a, p0, np, xp, kpad, ms, sums, gr);
+          panel_group<P, false>(a, p0, np, xp, kpad, ms, sums, gr);
           for (int64_t m = 0; m < ms; ++m)
             for (int64_t c = 0; c < cnt; ++c) sums[m][c] *= a.scale[n0 + c];  // group 0's row: [0, Np)
         }
@@ -229,31 +291,40 @@ inline void int8_weight_linear_panels_dot(const Int8WeightLinearArgs& a) {
 }
 
 // The gemm form on the layout (arguments as the dot form's), for M where arithmetic bounds
-// the call: x as fp32 rows (Fp32Rows), the strips dequantised per task.
-template <class Ops>
+// the call: x as fp32 rows (Fp32Rows), the strips dequantised per task. A strip of the panel
+// GEMM is NR = 16 H' columns (Ops: 16 on AVX2, 32 on AVX-512), i.e. NR / 16 consecutive
+// panels side by side; a panel past the last is zeros.
+template <class Ops, class P>
 void int8_weight_linear_panels_gemm(const Int8WeightLinearArgs& a) {
   using namespace w8a16_panels;
-  static_assert(panel::kNR<Ops> == kPanel, "a strip of the panel GEMM is one panel of the layout");
+  using vec = typename P::vec;
+  constexpr int64_t NR = panel::kNR<Ops>;
+  static_assert(NR % kPanel == 0, "a strip of the panel GEMM is whole panels of the layout");
   if (a.M <= 0 || a.N <= 0) return;
   const Fp32Rows rows(a);
-  const int64_t np_cols = (a.N + kPanel - 1) / kPanel * kPanel, gs = a.K / a.groups;
-  // Strips of 16 columns are the layout's panels: (q - zero) * scale per k, the group's
-  // vectors reloaded where k enters a new group.
+  const int64_t panels = (a.N + kPanel - 1) / kPanel, np_cols = panels * kPanel, gs = a.K / a.groups;
+  // (q - zero) * scale per k, the group's vectors reloaded where k enters a new group.
   auto pack = [&](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* dst) {
-    for (int64_t s = 0; s < nc; s += kPanel) {
-      const int64_t p = (n0 + s) / kPanel;
-      const int8_t* src = a.qw + p * a.qw_row_stride + k0 * kPanel;
+    for (int64_t s = 0; s < nc; s += NR) {
       float* strip = dst + s * kc;
-      __m256 s_lo, s_hi, z_lo, z_hi;
-      for (int64_t k = 0, g = -1; k < kc; ++k) {
-        if ((k0 + k) / gs != g) {
-          g = (k0 + k) / gs;
-          group_vectors(a.scale, a.zero_point, g * np_cols + p * kPanel, s_lo, s_hi, z_lo, z_hi);
+      for (int64_t c = 0; c < NR; c += kPanel) {
+        const int64_t p = (n0 + s + c) / kPanel;
+        if (p >= panels) {
+          for (int64_t k = 0; k < kc; ++k) std::memset(strip + k * NR + c, 0, kPanel * sizeof(float));
+          continue;
         }
-        __m256 lo, hi;
-        load16(src + k * kPanel, lo, hi);
-        _mm256_storeu_ps(strip + k * kPanel, _mm256_mul_ps(_mm256_sub_ps(lo, z_lo), s_lo));
-        _mm256_storeu_ps(strip + k * kPanel + 8, _mm256_mul_ps(_mm256_sub_ps(hi, z_hi), s_hi));
+        const int8_t* src = a.qw + p * a.qw_row_stride + k0 * kPanel;
+        vec sv[P::H], zv[P::H];
+        for (int64_t k = 0, g = -1; k < kc; ++k) {
+          if ((k0 + k) / gs != g) {
+            g = (k0 + k) / gs;
+            group_vectors<P>(a.scale, a.zero_point, g * np_cols + p * kPanel, sv, zv);
+          }
+          vec w16[P::H];
+          P::load_codes(src + k * kPanel, w16);
+          for (int h = 0; h < P::H; ++h) w16[h] = P::mul(P::sub(w16[h], zv[h]), sv[h]);
+          P::storef(strip + k * NR + c, w16);
+        }
       }
     }
   };

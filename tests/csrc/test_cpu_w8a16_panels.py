@@ -1,4 +1,5 @@
-"""The AVX2 W8A16 kernels on the held w8a16-cpu layout (bigperf._C.int8_weight_linear_panels).
+"""The W8A16 kernels (AVX2, and AVX-512 where it runs) on the held w8a16-cpu layout
+(bigperf._C.int8_weight_linear_panels): every test runs on each runnable ISA path.
 
 Both forms ("dot": the weight streamed per row block; "gemm": the panel GEMM) against the
 float64 oracle on the dequantised weight: every row-block remainder of the dot form (1..7
@@ -26,6 +27,15 @@ if "avx2" not in C.runnable_isas():
 
 CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 FORMS = ("dot", "gemm")
+ISAS = [isa for isa in ("avx2", "avx512") if isa in C.runnable_isas()]
+
+
+@pytest.fixture(autouse=True, params=ISAS)
+def isa(request):
+    """Every test of this module on each ISA path's kernels (_run reads it)."""
+    global _ISA
+    _ISA = request.param
+    return request.param
 
 
 def _weight(n, k, seed=1, group_size=None, symmetric=True):
@@ -38,7 +48,7 @@ def _run(form, x, layout, bias=None, act="none", threads=1, out=None):
     n = layout.n
     out = torch.empty(m, n, dtype=x.dtype) if out is None else out
     zero = layout.zero.data_ptr() if layout.zero is not None else 0
-    C.int8_weight_linear_panels(form, x.data_ptr(), x.stride(0), CODE[x.dtype], layout.weight.data_ptr(),
+    C.int8_weight_linear_panels(_ISA, form, x.data_ptr(), x.stride(0), CODE[x.dtype], layout.weight.data_ptr(),
                                 layout.scale.data_ptr(), zero, layout.scale.shape[0],
                                 bias.data_ptr() if bias is not None else 0, out.data_ptr(), out.stride(0), m, n, k,
                                 ACTIVATIONS.index(act), threads)
@@ -145,7 +155,7 @@ def test_binding_refuses_bad_arguments():
     layout = pack_w8a16_cpu(qweight, scale)
     x = random_tensor(2, 32)
     out = torch.empty(2, 16)
-    args = dict(form="dot", x=x.data_ptr(), x_row_stride=32, x_dtype=0, panels=layout.weight.data_ptr(),
+    args = dict(isa=_ISA, form="dot", x=x.data_ptr(), x_row_stride=32, x_dtype=0, panels=layout.weight.data_ptr(),
                 scale=layout.scale.data_ptr(), zero_point=0, groups=1, bias=0, out=out.data_ptr(), out_row_stride=16,
                 M=2, N=16, K=32, act=0, num_threads=1)
     for change, words in (({"form": "rows"}, "'form' must be 'dot' or 'gemm'"), ({"scale": 0}, "'scale'"),
