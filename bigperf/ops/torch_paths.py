@@ -104,18 +104,22 @@ def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
         # (at least one aligned chunk: N = 0 would make a step of 0)
         step = max(align, min(chunk_rows(k, compute_dtype, align), -(-n // align) * align))
         buf = scratch(step, k, compute_dtype, left.device)
-        y = left.new_empty((m, n))
-        for r0 in range(0, n, step):
-            r1 = min(n, r0 + step)
-            chunk = buf[: r1 - r0]
-            rows(chunk, r0, r1)
-            y[:, r0:r1] = F.linear(left, chunk, bias_c[r0:r1] if bias_c is not None else None)
+        if step >= n:  # one chunk (a small layer): its GEMM's output is the result, no copy
+            rows(buf[:n], 0, n)
+            y = F.linear(left, buf[:n], bias_c)
+        else:
+            y = left.new_empty((m, n))
+            for r0 in range(0, n, step):
+                r1 = min(n, r0 + step)
+                chunk = buf[: r1 - r0]
+                rows(chunk, r0, r1)
+                y[:, r0:r1] = F.linear(left, chunk, bias_c[r0:r1] if bias_c is not None else None)
     if scaled:  # W8A8: integer products, then the row (per token) and column (per N) scales, in fp32
-        y = y.float()
-        if row_scale is not None:
-            y.mul_(row_scale.reshape(-1, 1))
-        if col_scale is not None:
-            y.mul_(col_scale.reshape(1, -1))
+        # The first scale promotes y to fp32 in the same pass (no separate y.float() copy).
+        first, rest = (row_scale.reshape(-1, 1), col_scale) if row_scale is not None else (col_scale.reshape(1, -1), None)
+        y = torch.mul(y, first.float())
+        if rest is not None:
+            y.mul_(rest.reshape(1, -1))
         if bias is not None:
             y.add_(bias.float())
     r = residual.reshape(m, n).to(y.dtype) if residual is not None else None
