@@ -27,15 +27,7 @@ if "avx2" not in C.runnable_isas():
 
 CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 FORMS = ("dot", "gemm")
-ISAS = [isa for isa in ("avx2", "avx512") if isa in C.runnable_isas()]
-
-
-@pytest.fixture(autouse=True, params=ISAS)
-def isa(request):
-    """Every test of this module on each ISA path's kernels (_run reads it)."""
-    global _ISA
-    _ISA = request.param
-    return request.param
+pytestmark = pytest.mark.usefixtures("layout_isa")  # every test on each ISA path (conftest.py)
 
 
 def _weight(n, k, seed=1, group_size=None, symmetric=True):

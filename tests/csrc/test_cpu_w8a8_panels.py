@@ -26,15 +26,7 @@ if "avx2" not in C.runnable_isas():
     pytest.skip("the w8a8-cpu kernel is AVX2 code; this CPU or build has no AVX2 path", allow_module_level=True)
 
 CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-ISAS = [isa for isa in ("avx2", "avx512") if isa in C.runnable_isas()]
-
-
-@pytest.fixture(autouse=True, params=ISAS)
-def isa(request):
-    """Every test of this module on each ISA path's kernel (_run reads it)."""
-    global _ISA
-    _ISA = request.param
-    return request.param
+pytestmark = pytest.mark.usefixtures("layout_isa")  # every test on each ISA path (conftest.py)
 
 
 def _randn(*shape, seed=0, scale=1.0, dtype=torch.float32):
