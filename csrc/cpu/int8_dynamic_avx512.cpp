@@ -336,12 +336,13 @@ void held_dot_block(const Int8DynamicLinearArgs& a, const QuantX& qx, const Held
   }
   for (int j = 0; j < np; ++j) {
     const int64_t n0 = (p0 + j) * 16, cnt = imin(16, a.N - n0);
-    const __mmask16 live = first_lanes(cnt);
-    const __mmask8 lo = static_cast<__mmask8>(live), hi = static_cast<__mmask8>(live >> 8);
-    const __m512d ws[2] = {_mm512_cvtps_pd(_mm256_maskz_loadu_ps(lo, a.w_scale + n0)),
-                           _mm512_cvtps_pd(_mm256_maskz_loadu_ps(hi, a.w_scale + n0 + 8))};
-    const __m512d bd[2] = {a.bias ? _mm512_cvtps_pd(_mm256_maskz_loadu_ps(lo, a.bias + n0)) : _mm512_setzero_pd(),
-                           a.bias ? _mm512_cvtps_pd(_mm256_maskz_loadu_ps(hi, a.bias + n0 + 8)) : _mm512_setzero_pd()};
+    alignas(64) double wsd[16] = {}, bsd[16] = {};  // once per panel and row block: scalar is enough
+    for (int64_t c = 0; c < cnt; ++c) {
+      wsd[c] = static_cast<double>(a.w_scale[n0 + c]);
+      bsd[c] = a.bias ? static_cast<double>(a.bias[n0 + c]) : 0.0;
+    }
+    const __m512d ws[2] = {_mm512_load_pd(wsd), _mm512_load_pd(wsd + 8)};
+    const __m512d bd[2] = {_mm512_load_pd(bsd), _mm512_load_pd(bsd + 8)};
     for (int m = 0; m < MB; ++m)
       store16(a, acc[m][j], h.colsum + n0, _mm512_set1_pd(static_cast<double>(qx.scale[m0 + m])), ws, bd, m0 + m, n0,
               cnt);

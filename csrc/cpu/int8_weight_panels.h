@@ -2,8 +2,8 @@
 // the weight as 16-column panels, panel p = [K][16] int8 codes of output columns 16p .. 16p+15
 // (zero past N); scales (and zero points, if any) group-major, [G][Np] (Np = N rounded up to
 // 16, zero past N), so that one group's 16 columns of a panel are one vector load. Written
-// once over a panel-vector traits class (16 fp32 lanes: two ymm on AVX2, one zmm on AVX-512;
-// Ymm16 and Zmm16 below), instantiated by int8_linear_avx2.cpp and int8_linear_avx512.cpp.
+// once over a panel-vector traits class (16 fp32 lanes: two ymm on AVX2, one zmm on AVX-512),
+// which int8_linear_avx2.cpp and int8_linear_avx512.cpp define and instantiate.
 //
 // Why a layout: at M = 1 the row-major kernel (int8_weight_kernel.h) reads 4 weight rows at a
 // time, and each 4 KB row ends at a page, where the hardware prefetchers stop: a cold call
@@ -37,46 +37,11 @@ constexpr int64_t kPanel = 16;         // output columns per panel
 constexpr int64_t kRowsPerPass = 16;   // rows of x packed per pass over the weights
 constexpr int64_t kPanelsPerStep = 4;  // panels per step at M = 1 (and per epilogue group)
 
-// 16 fp32 lanes as H vectors: what one k of a panel (16 codes), one group's 16 scales, or 16
+// P: 16 fp32 lanes as P::H vectors (Ymm16 in int8_linear_avx2.cpp, Zmm16 in
+// int8_linear_avx512.cpp): what one k of a panel (16 codes), one group's 16 scales, or 16
 // output sums are. Each provides: zero(), set1(v), fmadd, fnmadd, mul, sub (per vector),
 // load_codes(p, v) (16 int8 codes widened to fp32: vpmovsxbd + vcvtdq2ps), loadf(p, v),
 // storef(p, v) and bcast(p) (one fp32 in every lane).
-struct Ymm16 {
-  using vec = __m256;
-  static constexpr int H = 2;
-  static vec zero() { return _mm256_setzero_ps(); }
-  static vec set1(float v) { return _mm256_set1_ps(v); }
-  static vec bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  static vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-  static vec fnmadd(vec a, vec b, vec c) { return _mm256_fnmadd_ps(a, b, c); }
-  static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
-  static vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
-  static void load_codes(const int8_t* p, vec (&v)[H]) {
-    v[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-    v[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
-  }
-  static void loadf(const float* p, vec (&v)[H]) { v[0] = _mm256_loadu_ps(p), v[1] = _mm256_loadu_ps(p + 8); }
-  static void storef(float* p, const vec (&v)[H]) { _mm256_storeu_ps(p, v[0]), _mm256_storeu_ps(p + 8, v[1]); }
-};
-
-#if defined(__AVX512F__)
-struct Zmm16 {
-  using vec = __m512;
-  static constexpr int H = 1;
-  static vec zero() { return _mm512_setzero_ps(); }
-  static vec set1(float v) { return _mm512_set1_ps(v); }
-  static vec bcast(const float* p) { return _mm512_set1_ps(*p); }
-  static vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-  static vec fnmadd(vec a, vec b, vec c) { return _mm512_fnmadd_ps(a, b, c); }
-  static vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
-  static vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
-  static void load_codes(const int8_t* p, vec (&v)[H]) {
-    v[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-  }
-  static void loadf(const float* p, vec (&v)[H]) { v[0] = _mm512_loadu_ps(p); }
-  static void storef(float* p, const vec (&v)[H]) { _mm512_storeu_ps(p, v[0]); }
-};
-#endif
 
 // 16 scales from scale + at, and the 16 zero points from zero + at (0 where zero is null): one
 // group's vectors for one panel (the group-major layout puts them side by side).
