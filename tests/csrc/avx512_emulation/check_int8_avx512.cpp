@@ -1,7 +1,9 @@
 // Compares the AVX-512 int8 kernels, compiled against SIMDe (simde_shim.h), with the
 // scalar path on many shapes: every M regime, per channel and every group size, zero
 // points, the three x dtypes, every activation, strided x, and padded outputs that must
-// stay untouched past N; W8A8 with 8- and 7-bit activation codes. Built and run by tests/csrc/test_cpu_int8_avx512_emulated.py.
+// stay untouched past N; W8A8 with 8- and 7-bit activation codes; both on the weights held in
+// the w8a16-cpu and w8a8-cpu panel layouts too (packed here as bigperf/formats/_panels.py
+// does). Built and run by tests/csrc/test_cpu_int8_avx512_emulated.py.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -37,6 +39,23 @@ static Buf make_out(int64_t M, int64_t N, DType d, int pad) {
   for (int64_t i = 0; i < M * o.stride; ++i) store_from_float(o.b.data(), i, d, NAN);
   return o;
 }
+// The [N, K] weight (row stride ws) in panel order: [Np / 16][kp / u][16][u], zero padded.
+static std::vector<int8_t> to_panels(const int8_t* w, int64_t ws, int64_t N, int64_t K, int64_t kp, int64_t u) {
+  const int64_t np = (N + 15) / 16 * 16;
+  std::vector<int8_t> out(np * kp, 0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      out[(n / 16) * kp * 16 + ((k / u) * 16 + n % 16) * u + k % u] = w[n * ws + k];
+  return out;
+}
+// [N][G] -> group-major [G][Np], zero past N.
+template <class T>
+static std::vector<T> group_major(const T* t, int64_t N, int64_t G) {
+  const int64_t np = (N + 15) / 16 * 16;
+  std::vector<T> out(G * np, T(0));
+  for (int64_t n = 0; n < N; ++n) for (int64_t g = 0; g < G; ++g) out[g * np + n] = t[n * G + g];
+  return out;
+}
 int main() {
   const DType dts[3] = {DType::f32, DType::f16, DType::bf16};
   const double tol[3] = {1e-5, 2e-3, 1e-2};
@@ -69,7 +88,19 @@ int main() {
     a.out = o2.b.data(); a.out_row_stride = o2.stride; int8_weight_linear_scalar(a);
     Buf o3 = make_out(M, N, d, 2);  // the panel form (int8_weight_panel.h) on the same inputs
     a.out = o3.b.data(); a.out_row_stride = o3.stride; int8_weight_linear_panel_avx512(a);
-    double e = std::fmax(compare(o1, o2, M, N, d, 2), compare(o3, o2, M, N, d, 2)); ++runs;
+    // The w8a16-cpu layout: both forms of the AVX-512 panel kernels.
+    const std::vector<int8_t> panels = to_panels(w.data(), K + 3, N, K, K, 1);
+    const std::vector<float> gm_scale = group_major(sc.data(), N, G);
+    const std::vector<int8_t> gm_zero = group_major(z.data(), N, G);
+    Int8WeightLinearArgs h = a;
+    h.qw = panels.data(); h.qw_row_stride = K * 16; h.scale = gm_scale.data();
+    h.zero_point = zp ? gm_zero.data() : nullptr;
+    Buf o4 = make_out(M, N, d, 2), o5 = make_out(M, N, d, 2);
+    h.out = o4.b.data(); h.out_row_stride = o4.stride; int8_weight_linear_panels_dot_avx512(h);
+    h.out = o5.b.data(); h.out_row_stride = o5.stride; int8_weight_linear_panels_gemm_avx512(h);
+    double e = std::fmax(std::fmax(compare(o1, o2, M, N, d, 2), compare(o3, o2, M, N, d, 2)),
+                         std::fmax(compare(o4, o2, M, N, d, 2), compare(o5, o2, M, N, d, 2)));
+    ++runs;
     if (d == DType::f32) worst_wo = std::fmax(worst_wo, e);
     if (e > tol[(int)d]) { ++fails; printf("FAIL wo M=%ld N=%ld K=%ld gs=%ld zp=%d dt=%d act=%d err=%g\n", (long)M, (long)N, (long)K, (long)gs, zp, (int)d, (int)act, e); }
     if (zp || gsi > 1) continue;
@@ -81,7 +112,16 @@ int main() {
       Buf p1 = make_out(M, N, d, 2), p2 = make_out(M, N, d, 2);
       b.out = p1.b.data(); b.out_row_stride = p1.stride; int8_dynamic_linear_avx512(b);
       b.out = p2.b.data(); b.out_row_stride = p2.stride; int8_dynamic_linear_scalar(b);
-      e = compare(p1, p2, M, N, d, 2); ++runs;
+      // The w8a8-cpu layout (k pairs for 8-bit x, quads for 7-bit) read by the VNNI kernel.
+      const int64_t kp = (K + 31) / 32 * 32;
+      const std::vector<int8_t> held = to_panels(w.data(), K + 3, N, K, kp, bits == 8 ? 2 : 4);
+      std::vector<int32_t> colsum((N + 15) / 16 * 16, 0);
+      for (int64_t n = 0; n < N; ++n) for (int64_t k = 0; k < K; ++k) colsum[n] += w[n * (K + 3) + k];
+      Int8DynamicLinearArgs c = b;
+      c.panels = held.data(); c.colsum = colsum.data();
+      Buf p5 = make_out(M, N, d, 2);
+      c.out = p5.b.data(); c.out_row_stride = p5.stride; int8_dynamic_linear_panels_avx512(c);
+      e = std::fmax(compare(p1, p2, M, N, d, 2), compare(p5, p2, M, N, d, 2)); ++runs;
       if (d == DType::f32) worst_dyn = std::fmax(worst_dyn, e);
       if (e > (d == DType::f32 ? 1e-6 : tol[(int)d])) { ++fails; printf("FAIL dyn M=%ld N=%ld K=%ld dt=%d act=%d bits=%d err=%g\n", (long)M, (long)N, (long)K, (int)d, (int)act, bits, e); }
       // A given absmax per row (int8_dynamic_linear's act_absmax): 1.5x the row's own, and
