@@ -7,8 +7,8 @@ the layers (bigperf/nn) hold one format and call its op.
     dense            FusedLinear's float weight (fused_linear)
     int8_rowmajor    int8 codes per channel / group (int8_weight_linear, int8_dynamic_linear)
     w8a16_cuda       the CUDA W8A16 kernel's tile order of int8_rowmajor
-    w8a8_cpu         the AVX2 W8A8 kernel's panel order of int8_rowmajor
-    w8a16_cpu        the AVX2 W8A16 kernels' panel order of int8_rowmajor
+    w8a8_cpu         the CPU W8A8 kernels' panel order of int8_rowmajor
+    w8a16_cpu        the CPU W8A16 kernels' panel order of int8_rowmajor
     sparse24         2:4 values + metadata, float or int8 (sparse24_linear)
     sparse24_lanes   the CPU lane layout of sparse24
     bsr              block-sparse rows (block_sparse_linear)

@@ -33,6 +33,23 @@ def from_panels(panels: torch.Tensor, n: int, k: int, kp: int, u: int) -> torch.
     return units.reshape(np_, kp)[:n, :k].contiguous()
 
 
+def why_not_hold_panels(device: torch.device) -> str | None:
+    """Why a layer on `device` should not hold a panel layout (w8a8_cpu, w8a16_cpu), or None:
+    their kernels are the AVX2 and the AVX-512 path's."""
+    if device.type != "cpu":
+        return f"a CPU kernel layout; the weight is on {device}"
+    if _ext.cpu_module() is None:
+        return _ext.cpu_unavailable_reason()
+    return kernels_isa_why_not()
+
+
+def kernels_isa_why_not() -> str | None:
+    """Why the panel layouts' kernels cannot run on the CPU ISA path in use, or None."""
+    if _ext.cpu_isa() not in ("avx2", "avx512"):
+        return f"the panel layouts' kernels are AVX2 and AVX-512 code; the CPU path in use is {_ext.cpu_isa()}"
+    return None
+
+
 def panel_rows(panels: torch.Tensor, k: int, kp: int, u: int):
     """rows(out, r0, r1) for torch_paths.torch_linear: the codes of weight rows [r0, r1) (r0 a
     multiple of 16) read from the panel order into out ([r1 - r0, k], any dtype) in one

@@ -1,12 +1,12 @@
 """Weight format "w8a16-cpu": the CPU W8A16 kernels' panel order of int8_rowmajor.
 
 A weight-only Int8Linear (per channel or per group, symmetric or not) on a CPU whose kernels
-run the AVX2 or the AVX-512 path holds only this form (buffers BUFFERS, not persistent: its state_dict stays
-int8_rowmajor). Why: at M = 1 the row-major kernel reads 4 weight rows at a time, and each
+run the AVX2 or the AVX-512 path holds only this form (buffers BUFFERS, not persistent: its
+state_dict stays int8_rowmajor). Why: at M = 1 the row-major kernel reads 4 weight rows at a time, and each
 row (4 KB at K = 4096) ends at a page, where the hardware prefetchers stop; here four
 16-column panels stream at once, each 16 x K contiguous bytes (4096 x 14336, 1 thread: 1.4x
-the row-major kernel on Zen 3 with AVX2, 1.25x on Zen 4 with AVX-512; benchmarks/NOTES.md). Same bytes as row-major (plus padding to
-whole panels); pure PyTorch packing, exact round trips; change the layout and VERSION
+the row-major kernel on Zen 3 with AVX2, 1.28x on Zen 4 with AVX-512; benchmarks/NOTES.md).
+Same bytes as row-major (plus padding to whole panels); pure PyTorch packing, exact round trips; change the layout and VERSION
 together, here and in csrc/cpu/int8_weight_panels.h.
 
 Layout (from int8_rowmajor's qweight [N, K] int8, scale [N, G] fp32, zero_point [N, G] int8
@@ -33,7 +33,8 @@ import torch
 from bigperf import _ext
 from bigperf.formats import int8_rowmajor
 from bigperf.formats._checks import check_arg, check_layout_version, round_up
-from bigperf.formats._panels import PANEL_N, from_panels, panel_rows, to_panels
+from bigperf.formats._panels import (PANEL_N, from_panels, kernels_isa_why_not, panel_rows, to_panels,
+                                     why_not_hold_panels)
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import PANEL_MIN_ROWS, as_rows, cpu_why_not, fp32_bias
 from bigperf.ops.layout_paths import register_unpacked_paths
@@ -51,13 +52,7 @@ def why_not_hold(device: torch.device, weight_only: bool) -> str | None:
     """Why a layer on `device` should not hold its int8 weight in this format, or None."""
     if not weight_only:
         return "holds W8A16 weights; W8A8 layers hold w8a8-cpu"
-    if device.type != "cpu":
-        return f"a CPU kernel layout; the weight is on {device}"
-    if _ext.cpu_module() is None:
-        return _ext.cpu_unavailable_reason()
-    if _ext.cpu_isa() not in ("avx2", "avx512"):
-        return f"the layout of the AVX2 and AVX-512 kernels; this CPU runs the {_ext.cpu_isa()} path"
-    return None
+    return why_not_hold_panels(device)
 
 
 @dataclass(frozen=True)
@@ -126,9 +121,7 @@ def dense_weight(*args) -> torch.Tensor:
 
 def _cpu_why_not(x, weight, scale, zero, n, k, group_size, bias, activation):
     reason = cpu_why_not(x, KERNEL)
-    if reason is None and _ext.cpu_isa() not in ("avx2", "avx512"):
-        reason = f"the layout's kernels are AVX2 and AVX-512 code; the CPU path in use is {_ext.cpu_isa()}"
-    return reason
+    return reason if reason is not None else kernels_isa_why_not()
 
 
 def _cpu_panel_why_not(x, weight, scale, zero, n, k, group_size, bias, activation):
@@ -144,8 +137,8 @@ def _cpu_run(x, weight, scale, zero, n, k, group_size, bias, activation, form="d
     b = fp32_bias(bias)
     out = torch.empty((m, n), dtype=x.dtype)
     _ext.cpu_module().int8_weight_linear_panels(
-        _ext.cpu_isa(), form, x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(), scale.data_ptr(),
-        zero.data_ptr() if zero is not None else 0, scale.shape[0], b.data_ptr() if b is not None else 0,
+        _ext.cpu_isa(), form, x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(),
+        scale.data_ptr(), zero.data_ptr() if zero is not None else 0, scale.shape[0], b.data_ptr() if b is not None else 0,
         out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 

@@ -2,8 +2,8 @@
 
 An Int8Linear with dynamic int8 activations (W8A8) on a CPU whose kernels run the AVX2 or
 the AVX-512 (VNNI) path holds only this form (buffers BUFFERS, not persistent: its
-state_dict stays int8_rowmajor), so the kernel reads the weight as its GEMM tiles want it at every M. Before this layout the
-kernel widened and transposed every weight column block on every call from 8 rows up, which
+state_dict stays int8_rowmajor), so the kernel reads the weight as its GEMM tiles want it
+at every M. Before this layout the AVX2 kernel widened and transposed every weight column block on every call from 8 rows up, which
 at M = 16 cost a quarter of its time, and fbgemm (which packs once) ran 1.8x faster. Same
 bytes as row-major (plus padding to whole panels); pure PyTorch packing, exact round trips;
 change the layout and VERSION together, here and in csrc/cpu/int8_linear.h (kW8A8Panel*).
@@ -35,7 +35,8 @@ import torch
 from bigperf import _ext
 from bigperf.formats import int8_rowmajor
 from bigperf.formats._checks import check_arg, check_layout_version, round_up
-from bigperf.formats._panels import PANEL_N, from_panels, panel_rows, to_panels
+from bigperf.formats._panels import (PANEL_N, from_panels, kernels_isa_why_not, panel_rows, to_panels,
+                                     why_not_hold_panels)
 from bigperf.ops.activations import ACTIVATIONS
 from bigperf.ops.common import as_rows, fp32_bias
 from bigperf.ops.layout_paths import register_unpacked_paths
@@ -60,13 +61,7 @@ def why_not_hold(device: torch.device, weight_only: bool) -> str | None:
     """Why a layer on `device` should not hold its int8 weight in this format, or None."""
     if weight_only:
         return "holds W8A8 weights; W8A16 layers hold w8a16-cpu"
-    if device.type != "cpu":
-        return f"a CPU kernel layout; the weight is on {device}"
-    if _ext.cpu_module() is None:
-        return _ext.cpu_unavailable_reason()
-    if _ext.cpu_isa() not in ("avx2", "avx512"):
-        return f"the layout of the AVX2 and AVX-512 kernels; this CPU runs the {_ext.cpu_isa()} path"
-    return None
+    return why_not_hold_panels(device)
 
 
 @dataclass(frozen=True)
@@ -132,9 +127,7 @@ def _canonical_stand_ins(x, weight, colsum, scale, n, k, bias, activation, act_b
 
 def _cpu_why_not(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
     reason = int8_rowmajor.dynamic_cpu_why_not(x, k, KERNEL)
-    if reason is None and _ext.cpu_isa() not in ("avx2", "avx512"):
-        reason = f"the layout's kernels are AVX2 and AVX-512 code; the CPU path in use is {_ext.cpu_isa()}"
-    return reason
+    return reason if reason is not None else kernels_isa_why_not()
 
 
 def _cpu_run(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
@@ -144,8 +137,8 @@ def _cpu_run(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_abs
     absmax = absmax_rows(act_absmax)
     out = torch.empty((m, n), dtype=x.dtype)
     _ext.cpu_module().int8_dynamic_linear_panels(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(), colsum.data_ptr(), scale.data_ptr(),
-        b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation),
+        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(), colsum.data_ptr(),
+        scale.data_ptr(), b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation),
         torch.get_num_threads(), act_bits, absmax.data_ptr() if absmax is not None else 0)
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 

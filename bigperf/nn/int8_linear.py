@@ -26,13 +26,14 @@ PACKED_VERSION = int8_rowmajor.VERSION
 #   "rowmajor"   qweight / scale / zero_point as above;
 #   "w8a16-cuda" only the CUDA W8A16 kernel's layout (bigperf/formats/w8a16_cuda.py, versioned):
 #                buffers w8a16_weight / w8a16_scale / w8a16_zero, qweight etc. None;
-#   "w8a8-cpu"   only the AVX2 W8A8 kernel's panels (bigperf/formats/w8a8_cpu.py, versioned):
+#   "w8a8-cpu"   only the CPU W8A8 kernels' panels (bigperf/formats/w8a8_cpu.py, versioned):
 #                buffers w8a8_weight / w8a8_colsum / w8a8_scale, qweight etc. None;
-#   "w8a16-cpu"  only the AVX2 W8A16 kernels' panels (bigperf/formats/w8a16_cpu.py, versioned):
+#   "w8a16-cpu"  only the CPU W8A16 kernels' panels (bigperf/formats/w8a16_cpu.py, versioned):
 #                buffers w8a16_cpu_weight / w8a16_cpu_scale / w8a16_cpu_zero.
 # A weight-only layer settles on "w8a16-cuda" whenever it moves to a GPU where that kernel
-# is built and on "w8a16-cpu" on a CPU that runs the AVX2 kernels, a W8A8 layer on
-# "w8a8-cpu" there, and either on "rowmajor" elsewhere, so no device holds the weight twice. int8_weight() gives the row-major tensors whatever the layout.
+# is built and on "w8a16-cpu" on a CPU that runs the AVX2 or AVX-512 kernels, a W8A8 layer
+# on "w8a8-cpu" there, and either on "rowmajor" elsewhere, so no device holds the weight
+# twice. int8_weight() gives the row-major tensors whatever the layout.
 KERNEL_LAYOUTS = ("rowmajor", "w8a16-cuda", "w8a8-cpu", "w8a16-cpu")
 _BUFFERS = {"rowmajor": int8_rowmajor.BUFFERS, "w8a16-cuda": w8a16_cuda.BUFFERS, "w8a8-cpu": w8a8_cpu.BUFFERS,
             "w8a16-cpu": w8a16_cpu.BUFFERS}

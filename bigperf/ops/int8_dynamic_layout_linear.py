@@ -4,10 +4,11 @@ torch.ops.bigperf.int8_dynamic_linear_w8a8_cpu(x, weight, colsum, scale, n, k, b
                                                act_bits, act_absmax)
     The same result as int8_dynamic_linear on the weight that
     bigperf.formats.w8a8_cpu.pack_w8a8_cpu laid out (weight [Np/16, Kp*16] int8, colsum [Np]
-    int32, scale [N, 1] fp32, for act_bits). A W8A8 Int8Linear on an AVX2 CPU keeps only this
-    form, so its kernel reads the panels at every M without packing per call and no second
-    copy of the weight exists; the dispatcher's other candidates (the torch paths) unpack it
-    for the call, so the backend this op reports is the one that runs.
+    int32, scale [N, 1] fp32, for act_bits). A W8A8 Int8Linear on an AVX2 or AVX-512 CPU
+    keeps only this form, so its kernel reads the panels at every M without packing per call
+    and no second copy of the weight exists; PyTorch's paths read its rows a chunk at a time
+    and the other candidates unpack it for the call, so the backend this op reports is the
+    one that runs.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ torch.ops.bigperf.int8_weight_linear_w8a16_cpu(x, weight, scale, zero, n, k, gro
     The same result as int8_weight_linear on the weight that
     bigperf.formats.w8a16_cpu.pack_w8a16_cpu laid out (weight [Np/16, K*16] int8, scale
     [G, Np] fp32, zero [G, Np] int8 or None, group_size 0 per channel). A weight-only
-    Int8Linear on an AVX2 CPU keeps only
-    this form, so its kernels read the panels at every M and no second copy of the weight
-    exists; the dispatcher's other candidates (the torch paths) unpack it for the call, so
-    the backend this op reports is the one that runs.
+    Int8Linear on an AVX2 or AVX-512 CPU keeps only this form, so its kernels read the
+    panels at every M and no second copy of the weight exists; PyTorch's paths read its
+    rows a chunk at a time and the other candidates unpack it for the call, so the backend
+    this op reports is the one that runs.
 """
 
 from __future__ import annotations

@@ -207,6 +207,16 @@ inline void micro_kernel(const uint8_t* x, int64_t xs, const int8_t* b0, const i
   for (int m = 0; m < kMR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
 }
 
+// Columns n0 .. n0 + len - 1's weight scales and biases as doubles (dynamic_rescale's
+// precision), zero past the cnt real ones.
+inline void column_doubles(const Int8DynamicLinearArgs& a, int64_t n0, int64_t cnt, int64_t len, double* ws,
+                           double* bd) {
+  for (int64_t l = 0; l < len; ++l) {
+    ws[l] = l < cnt ? static_cast<double>(a.w_scale[n0 + l]) : 0.0;
+    bd[l] = l < cnt && a.bias ? static_cast<double>(a.bias[n0 + l]) : 0.0;
+  }
+}
+
 // Row m's outputs n0 .. n0 + cnt - 1 (cnt <= 16) from one vector of u8-offset sums: the
 // offset taken back with the column sums wsum, then dynamic_rescale's float64 math (weight
 // scales ws and bias bd as doubles, lo and hi halves), the activation and the store.
@@ -278,10 +288,7 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPan
     };
     for (int64_t j = 0; !held.base && j < 2 * pairs; ++j)
       pack_panel(a, qx.kpad, nb + 16 * j, nb_end, bp + j * qx.kpad * 16, packed_wsum + 16 * j);
-    for (int64_t l = 0; l < kNC; ++l) {
-      wsd[l] = nb + l < nb_end ? static_cast<double>(a.w_scale[nb + l]) : 0.0;
-      bd[l] = nb + l < nb_end && a.bias ? static_cast<double>(a.bias[nb + l]) : 0.0;
-    }
+    column_doubles(a, nb, nb_end - nb, kNC, wsd, bd);
     for (int64_t m0 = 0; m0 < rows; m0 += kMC) {
       const int64_t m1 = imin(rows, m0 + kMC);
       for (int64_t q0 = 0; q0 < kq; q0 += kKC) {
@@ -336,11 +343,8 @@ void held_dot_block(const Int8DynamicLinearArgs& a, const QuantX& qx, const Held
   }
   for (int j = 0; j < np; ++j) {
     const int64_t n0 = (p0 + j) * 16, cnt = imin(16, a.N - n0);
-    alignas(64) double wsd[16] = {}, bsd[16] = {};  // once per panel and row block: scalar is enough
-    for (int64_t c = 0; c < cnt; ++c) {
-      wsd[c] = static_cast<double>(a.w_scale[n0 + c]);
-      bsd[c] = a.bias ? static_cast<double>(a.bias[n0 + c]) : 0.0;
-    }
+    alignas(64) double wsd[16], bsd[16];  // once per panel and row block: scalar is enough
+    column_doubles(a, n0, cnt, 16, wsd, bsd);
     const __m512d ws[2] = {_mm512_load_pd(wsd), _mm512_load_pd(wsd + 8)};
     const __m512d bd[2] = {_mm512_load_pd(bsd), _mm512_load_pd(bsd + 8)};
     for (int m = 0; m < MB; ++m)

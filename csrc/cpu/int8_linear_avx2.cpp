@@ -10,25 +10,6 @@
 namespace bigperf::cpu {
 namespace {
 
-// The w8a16-cpu kernels' panel vector (int8_weight_panels.h): 16 lanes as two ymm.
-struct Ymm16 {
-  using vec = __m256;
-  static constexpr int H = 2;
-  static vec zero() { return _mm256_setzero_ps(); }
-  static vec set1(float v) { return _mm256_set1_ps(v); }
-  static vec bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  static vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-  static vec fnmadd(vec a, vec b, vec c) { return _mm256_fnmadd_ps(a, b, c); }
-  static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
-  static vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
-  static void load_codes(const int8_t* p, vec (&v)[H]) {
-    v[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-    v[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
-  }
-  static void loadf(const float* p, vec (&v)[H]) { v[0] = _mm256_loadu_ps(p), v[1] = _mm256_loadu_ps(p + 8); }
-  static void storef(float* p, const vec (&v)[H]) { _mm256_storeu_ps(p, v[0]), _mm256_storeu_ps(p + 8, v[1]); }
-};
-
 struct Avx2WeightOps : V8 {
   static vec loadu(const float* p) { return _mm256_loadu_ps(p); }
   static void storeu(float* p, vec v) { _mm256_storeu_ps(p, v); }
@@ -138,9 +119,9 @@ void int8_panels_to_rows_avx2(const int8_t* panels, int64_t panel_bytes, int64_t
 
 void int8_weight_linear_avx2(const Int8WeightLinearArgs& a) { int8_weight_linear_dot<Avx2WeightOps>(a); }
 void int8_weight_linear_panel_avx2(const Int8WeightLinearArgs& a) { int8_weight_linear_panel<Avx2WeightOps>(a); }
-void int8_weight_linear_panels_dot_avx2(const Int8WeightLinearArgs& a) { int8_weight_linear_panels_dot<Ymm16>(a); }
+void int8_weight_linear_panels_dot_avx2(const Int8WeightLinearArgs& a) { int8_weight_linear_panels_dot<Avx2WeightOps>(a); }
 void int8_weight_linear_panels_gemm_avx2(const Int8WeightLinearArgs& a) {
-  int8_weight_linear_panels_gemm<Avx2WeightOps, Ymm16>(a);
+  int8_weight_linear_panels_gemm<Avx2WeightOps>(a);
 }
 
 }  // namespace bigperf::cpu

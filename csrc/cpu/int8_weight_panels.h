@@ -2,8 +2,8 @@
 // the weight as 16-column panels, panel p = [K][16] int8 codes of output columns 16p .. 16p+15
 // (zero past N); scales (and zero points, if any) group-major, [G][Np] (Np = N rounded up to
 // 16, zero past N), so that one group's 16 columns of a panel are one vector load. Written
-// once over a panel-vector traits class (16 fp32 lanes: two ymm on AVX2, one zmm on AVX-512),
-// which int8_linear_avx2.cpp and int8_linear_avx512.cpp define and instantiate.
+// once over the unit's weight traits (PanelVec: 16 fp32 lanes as two ymm on AVX2, one zmm on
+// AVX-512), instantiated by int8_linear_avx2.cpp and int8_linear_avx512.cpp.
 //
 // Why a layout: at M = 1 the row-major kernel (int8_weight_kernel.h) reads 4 weight rows at a
 // time, and each 4 KB row ends at a page, where the hardware prefetchers stop: a cold call
@@ -37,11 +37,25 @@ constexpr int64_t kPanel = 16;         // output columns per panel
 constexpr int64_t kRowsPerPass = 16;   // rows of x packed per pass over the weights
 constexpr int64_t kPanelsPerStep = 4;  // panels per step at M = 1 (and per epilogue group)
 
-// P: 16 fp32 lanes as P::H vectors (Ymm16 in int8_linear_avx2.cpp, Zmm16 in
-// int8_linear_avx512.cpp): what one k of a panel (16 codes), one group's 16 scales, or 16
-// output sums are. Each provides: zero(), set1(v), fmadd, fnmadd, mul, sub (per vector),
-// load_codes(p, v) (16 int8 codes widened to fp32: vpmovsxbd + vcvtdq2ps), loadf(p, v),
-// storef(p, v) and bcast(p) (one fp32 in every lane).
+// 16 fp32 lanes as H vectors of the unit's weight traits Ops (int8_linear_avx2.cpp: two ymm;
+// int8_linear_avx512.cpp: one zmm): what one k of a panel (16 codes), one group's 16 scales,
+// or 16 output sums are.
+template <class Ops>
+struct PanelVec : Ops {
+  using vec = typename Ops::vec;
+  static constexpr int H = kPanel / Ops::W;
+  static vec bcast(const float* p) { return Ops::set1(*p); }
+  // 16 int8 codes widened to fp32 (vpmovsxbd + vcvtdq2ps).
+  static void load_codes(const int8_t* p, vec (&v)[H]) {
+    for (int h = 0; h < H; ++h) v[h] = Ops::load_w(p + h * Ops::W);
+  }
+  static void loadf(const float* p, vec (&v)[H]) {
+    for (int h = 0; h < H; ++h) v[h] = Ops::loadu(p + h * Ops::W);
+  }
+  static void storef(float* p, const vec (&v)[H]) {
+    for (int h = 0; h < H; ++h) Ops::storeu(p + h * Ops::W, v[h]);
+  }
+};
 
 // 16 scales from scale + at, and the 16 zero points from zero + at (0 where zero is null): one
 // group's vectors for one panel (the group-major layout puts them side by side).
@@ -209,9 +223,10 @@ inline void panel_group(const Int8WeightLinearArgs& a, int64_t p0, int np, const
 // a.scale the group-major [G][Np] scales, a.zero_point the group-major [G][Np] int8 zero
 // points or null, a.groups = G (the binding checks). Per group: the unscaled sums of each
 // row block, then sums += scale * (partial - zero * sum of x over the group).
-template <class P>
+template <class Ops>
 void int8_weight_linear_panels_dot(const Int8WeightLinearArgs& a) {
   using namespace w8a16_panels;
+  using P = PanelVec<Ops>;
   if (a.M <= 0 || a.N <= 0) return;
   const int64_t panels = (a.N + kPanel - 1) / kPanel, np_cols = panels * kPanel;
   const int64_t G = a.groups, gs = a.K / a.groups;
@@ -259,9 +274,10 @@ void int8_weight_linear_panels_dot(const Int8WeightLinearArgs& a) {
 // the call: x as fp32 rows (Fp32Rows), the strips dequantised per task. A strip of the panel
 // GEMM is NR = 16 H' columns (Ops: 16 on AVX2, 32 on AVX-512), i.e. NR / 16 consecutive
 // panels side by side; a panel past the last is zeros.
-template <class Ops, class P>
+template <class Ops>
 void int8_weight_linear_panels_gemm(const Int8WeightLinearArgs& a) {
   using namespace w8a16_panels;
+  using P = PanelVec<Ops>;
   using vec = typename P::vec;
   constexpr int64_t NR = panel::kNR<Ops>;
   static_assert(NR % kPanel == 0, "a strip of the panel GEMM is whole panels of the layout");
