@@ -314,7 +314,7 @@ def register_dynamic_paths(table) -> None:
     table.register("cpu", _dynamic_cpu_dot_why_not,
                    functools.partial(_dynamic_cpu_run, kernel="int8_dynamic_linear_dot"), variant="dot")
     table.register("triton", _dynamic_triton_why_not, _dynamic_triton_run)
-    register_torch_paths(table, _dynamic_torch_run)
+    register_torch_paths(table, _dynamic_torch_run, exact_int8=True)
     register_float_copy_path(table, _dynamic_copy_run)
 
 

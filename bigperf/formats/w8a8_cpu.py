@@ -161,7 +161,7 @@ def register_paths(table, canonical_table) -> None:
     every other path of int8_dynamic_linear's table on the unpacked weight (its own cpu and
     torch paths excluded: they would unpack the whole weight per call)."""
     table.register("cpu", _cpu_why_not, _cpu_run)
-    register_torch_paths(table, _torch_run)
+    register_torch_paths(table, _torch_run, exact_int8=True)
     register_unpacked_paths(table, canonical_table, ("cpu", "torch"), _canonical_stand_ins, _canonical_args)
     register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 

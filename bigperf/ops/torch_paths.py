@@ -17,8 +17,9 @@ half precision, or a bf16 weight: bf16 keeps fp32's range, fp16 does not). An in
 quantised weight counts as bf16 precision: a code q times its scale s rounded to bf16
 moves by at most 2^-9 * 127 * s, a quarter of the step s, inside the half step the
 quantisation already lost (and x's rounding to bf16, 2^-9 relative, is what W8A16's
-16-bit activations mean); on CPUs whose bf16 GEMM doubles fp32's (AVX512-BF16, AMX) that
-is the fastest PyTorch path for int8 layers at large M.
+16-bit activations mean; not for W8A8, whose integer sums stay exact: exact_int8); on
+CPUs whose bf16 GEMM doubles fp32's (AVX512-BF16, AMX) that is the fastest PyTorch path
+for int8 weight-only layers at large M.
 """
 
 from __future__ import annotations
@@ -178,15 +179,17 @@ def copy_rows(weight: torch.Tensor) -> RowsFn:
 
 
 def register_torch_paths(table, run_for: Callable[[torch.dtype], Callable[..., torch.Tensor]],
-                         float_weight: bool = False) -> None:
+                         float_weight: bool = False, exact_int8: bool = False) -> None:
     """One "torch" path per compute dtype: fp32, bf16, fp16. Every op's arguments start
     (x, weight or its packed values, ...): a bf16 weight or int8 codes count as precision the
     layer already has (half_why_not, precision_of), an fp16 weight (range) does not. float_weight: the
     op's weight is the layer's float weight itself (the dense format), so the path of its own
-    dtype runs the weight as held (Backend.as_held)."""
+    dtype runs the weight as held (Backend.as_held). exact_int8: the op's math is exact integer
+    sums of int8 codes (W8A8), which a bf16 GEMM would round to 8 bits before the scales, so
+    its codes do not count as bf16 precision."""
     for dtype, variant in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
         def why_not(x, weight, *rest, dtype=dtype):
-            return half_why_not(x, dtype, precision_of(weight))
+            return half_why_not(x, dtype, None if exact_int8 and weight.dtype == torch.int8 else precision_of(weight))
 
         def as_held(x, weight, *rest, dtype=dtype):
             return weight.dtype == dtype

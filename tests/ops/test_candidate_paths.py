@@ -173,6 +173,8 @@ def test_half_paths_only_where_the_inputs_already_have_that_precision():
     _, args, _, _ = _case_weight_only(F32, None)
     assert WEIGHT_ONLY_BACKENDS.backends["torch:bf16"].why_not(*args) is None  # int8 codes: bf16 class
     assert WEIGHT_ONLY_BACKENDS.backends["torch:fp16"].why_not(*args)  # fp32 x could overflow fp16
+    _, args, _, _ = _case_dynamic(F32, 8)
+    assert DYNAMIC_BACKENDS.backends["torch:bf16"].why_not(*args)  # W8A8: exact integer sums, not bf16's
     _, args, _, _ = _case_fused(F32, BF16)
     assert FUSED_BACKENDS.backends["torch:bf16"].why_not(*args) is None  # the weight is bf16
     assert FUSED_BACKENDS.backends["torch:fp16"].why_not(*args)
