@@ -3,6 +3,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 # The measuring dispatcher (bigperf/tune.py) tunes into a cache of this run's own, never the
 # user's, and with a small budget: tests check what runs, not how fast.
 os.environ.setdefault("BIGPERF_CACHE_DIR", tempfile.mkdtemp(prefix="bigperf-test-tune-"))
@@ -25,3 +27,18 @@ if SANITIZED_EXT_DIR:
     if Path(bigperf._C.__file__).resolve().parent != _sanitized:
         raise RuntimeError(f"BIGPERF_SANITIZED_EXT_DIR={SANITIZED_EXT_DIR}: bigperf._C was loaded from "
                            f"{bigperf._C.__file__} (imported before tests/conftest.py?)")
+
+
+@pytest.fixture(autouse=True)
+def _fp32_numerics(request):
+    """Tests hold fp32 x to fp32's tolerance. Outside bigperf.fp32_compute() the dispatcher may
+    pick a path that rounds fp32 x to bf16 where the weight is int8 or bf16 (that precision
+    class), and whether it does depends on timings, so every test runs inside it; the tests of
+    those paths and of that choice opt out with @pytest.mark.bf16_dispatch."""
+    if request.node.get_closest_marker("bf16_dispatch"):
+        yield
+        return
+    from bigperf.ops.common import fp32_compute
+
+    with fp32_compute():
+        yield

@@ -6,7 +6,8 @@ lower accuracy than the graph says, so the file would be blamed for the runtime'
 
 Tolerances, as relative Frobenius error per output (‖onnx − torch‖ / ‖torch‖):
 - fp32 outputs 1e-5, fp16 2e-3, bf16 1e-2 (the tests' per-dtype tolerances, docs/ARCHITECTURE.md): the
-  lowerings compute what the ops compute, differing in summation order only;
+  lowerings compute what the ops compute, differing in summation order only (the model runs
+  under fp32_compute(): no path rounds fp32 x to bf16);
 - 1e-4 when the model has int8-dynamic layers: the activation codes match the op's except
   where a runtime breaks a rounding tie differently (x·(1/s) against x/s), and each such
   code moves one activation by one quantisation step.
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from bigperf.deploy.onnx import split_inputs, example_tensors
+from bigperf.ops.common import fp32_compute
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 DYNAMIC_INT8_TOLERANCE = 1e-4
@@ -112,7 +114,9 @@ def verify_onnx(path, model: nn.Module, example_inputs, *, tolerance: float | No
     (default: see this module's docstring).
     """
     args, kwargs = split_inputs(example_inputs)
-    with torch.no_grad():
+    # In fp32 where the inputs are: the graph computes in fp32, and measured dispatch could
+    # otherwise pick a path that rounds fp32 x to bf16 (an int8 or bf16 weight's layer).
+    with torch.no_grad(), fp32_compute():
         expected = model(*args, **kwargs)
     expected = [t for t in torch.utils._pytree.tree_flatten(expected)[0] if isinstance(t, torch.Tensor)]
     session = ort_session(path)

@@ -20,7 +20,8 @@ import torch
 from bigperf import _ext
 from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, panel_why_not, triton_why_not
+from bigperf.ops.common import (BF16_PANEL_VARIANT, as_rows, bf16_panel_why_not, cpu_why_not, cuda_why_not, fp32_bias,
+                                panel_why_not, triton_why_not)
 from bigperf.ops.onnx_lowering import BLOCKED_QUANT_OPSET, current_opset, onnx_linear, onnx_lowering, symbolic
 from bigperf.ops.torch_paths import copy_linear, copy_rows, register_float_copy_path, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES
@@ -58,9 +59,14 @@ def _weight_only_cpu_panel_why_not(x, qweight, scale, zero_point, bias, activati
     return panel_why_not(x, qweight.shape[1], "int8_weight_linear_panel")
 
 
+def _weight_only_cpu_bf16_why_not(x, qweight, scale, zero_point, bias, activation):
+    return bf16_panel_why_not(x, qweight.shape[1], "int8_weight_linear_panel_bf16", torch.bfloat16)
+
+
 def _weight_only_cpu_run(x, qweight, scale, zero_point, bias, activation, kernel="int8_weight_linear"):
     """Our CPU kernels at any M: the dot-product form (`int8_weight_linear`, for the weight
-    stream of decode) or the panel form (`int8_weight_linear_panel`, for arithmetic-bound M).
+    stream of decode) or the panel form (`int8_weight_linear_panel`, for arithmetic-bound M;
+    `int8_weight_linear_panel_bf16` in bf16 arithmetic where the CPU has AVX512-BF16).
     The dispatcher times both against the torch paths on this machine."""
     n, k = qweight.shape
     x2 = as_rows(x, k)
@@ -302,6 +308,9 @@ def register_weight_only_paths(table) -> None:
     table.register("cpu", _weight_only_cpu_why_not, _weight_only_cpu_run)
     table.register("cpu", _weight_only_cpu_panel_why_not,
                    functools.partial(_weight_only_cpu_run, kernel="int8_weight_linear_panel"), variant="panel")
+    table.register("cpu", _weight_only_cpu_bf16_why_not,
+                   functools.partial(_weight_only_cpu_run, kernel="int8_weight_linear_panel_bf16"),
+                   variant=BF16_PANEL_VARIANT)
     table.register("cuda", _weight_only_cuda_why_not, _weight_only_cuda_run)
     table.register("triton", _weight_only_triton_why_not, _weight_only_triton_run)
     register_torch_paths(table, _weight_only_torch_run)

@@ -41,7 +41,7 @@ import torch
 from bigperf.formats import sparse24
 from bigperf.formats._checks import check_arg, check_layout_version, check_same_device, round_up
 from bigperf.formats._lanes import FLOAT_DTYPES, LANES, first_rows, slot_major
-from bigperf.ops.common import cpu_why_not, panel_why_not
+from bigperf.ops.common import BF16_PANEL_VARIANT, bf16_values_panel_why_not, cpu_why_not, panel_why_not
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
 from bigperf.ops.torch_paths import copy_linear, register_float_copy_path
@@ -168,11 +168,16 @@ def unpack_24_lanes(layout: Sparse24Lanes) -> tuple[torch.Tensor, torch.Tensor, 
 
 CPU_KERNEL = "sparse24_lanes_linear"  # bigperf._C's entry point (csrc/cpu)
 CPU_PANEL_KERNEL = "sparse24_lanes_linear_panel"  # its panel form, for arithmetic-bound M
+CPU_BF16_KERNEL = "sparse24_lanes_linear_panel_bf16"  # the panel form in bf16 arithmetic (AVX512-BF16)
 
 
 def cpu_kernel_why_not(x, *rest) -> str | None:
     """Why bigperf._C cannot run the lane-layout kernel on x's device, or None."""
     return cpu_why_not(x, CPU_KERNEL)
+
+
+def _cpu_bf16_why_not(x, values, *rest) -> str | None:
+    return bf16_values_panel_why_not(x, values, CPU_BF16_KERNEL)
 
 
 def _cpu_panel_why_not(x, *rest) -> str | None:
@@ -214,6 +219,8 @@ def register_paths(table, canonical_table) -> None:
     unpacked weight."""
     table.register("cpu", cpu_kernel_why_not, _cpu_run)
     table.register("cpu", _cpu_panel_why_not, functools.partial(_cpu_run, kernel=CPU_PANEL_KERNEL), variant="panel")
+    table.register("cpu", _cpu_bf16_why_not, functools.partial(_cpu_run, kernel=CPU_BF16_KERNEL),
+                   variant=BF16_PANEL_VARIANT)
     register_unpacked_paths(table, canonical_table, ("cpu",), _canonical_stand_ins, _canonical_args)
     register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 

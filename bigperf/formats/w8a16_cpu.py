@@ -18,7 +18,8 @@ or None), version 2:
 
 Paths (torch.ops.bigperf.int8_weight_linear_w8a16_cpu): "cpu" (the dot form, the weight
 streamed per call: small M) and "cpu:panel" (the panel GEMM, whose strips are these panels:
-large M), both of the ISA path in use (AVX2 or AVX-512) on the layout; PyTorch's paths
+large M), both of the ISA path in use (AVX2 or AVX-512) on the layout, and "cpu:panel-bf16"
+(the panel GEMM in bf16 arithmetic: AVX-512 with AVX512-BF16, the codes exact in bf16); PyTorch's paths
 ("torch:fp32", "torch:bf16") read its rows a chunk at a time (_panels.panel_rows); every
 other path is int8_weight_linear's path of the same name on the weight unpacked for the
 call, so the path a layer reports is the one that runs.
@@ -36,7 +37,7 @@ from bigperf.formats._checks import check_arg, check_layout_version, round_up
 from bigperf.formats._panels import (PANEL_N, from_panels, kernels_isa_why_not, panel_rows, to_panels,
                                      why_not_hold_panels)
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import PANEL_MIN_ROWS, as_rows, cpu_why_not, fp32_bias
+from bigperf.ops.common import BF16_PANEL_VARIANT, PANEL_MIN_ROWS, as_rows, bf16_panel_why_not, cpu_why_not, fp32_bias
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
 from bigperf.ops.torch_paths import copy_linear, register_float_copy_path, register_torch_paths
@@ -131,6 +132,10 @@ def _cpu_panel_why_not(x, weight, scale, zero, n, k, group_size, bias, activatio
     return _cpu_why_not(x, weight, scale, zero, n, k, group_size, bias, activation)
 
 
+def _cpu_bf16_why_not(x, weight, scale, zero, n, k, group_size, bias, activation):
+    return bf16_panel_why_not(x, k, KERNEL, torch.bfloat16)  # int8 codes: bf16's precision class
+
+
 def _cpu_run(x, weight, scale, zero, n, k, group_size, bias, activation, form="dot"):
     x2 = as_rows(x, k)
     m = x2.shape[0]
@@ -145,6 +150,10 @@ def _cpu_run(x, weight, scale, zero, n, k, group_size, bias, activation, form="d
 
 def _cpu_panel_run(x, weight, scale, zero, n, k, group_size, bias, activation):
     return _cpu_run(x, weight, scale, zero, n, k, group_size, bias, activation, form="gemm")
+
+
+def _cpu_bf16_run(x, weight, scale, zero, n, k, group_size, bias, activation):
+    return _cpu_run(x, weight, scale, zero, n, k, group_size, bias, activation, form="gemm-bf16")
 
 
 # PyTorch's GEMM with the weight's rows read from the panels a chunk at a time.
@@ -174,6 +183,7 @@ def register_paths(table, canonical_table) -> None:
     and torch paths excluded: they would unpack the whole weight per call)."""
     table.register("cpu", _cpu_why_not, _cpu_run)
     table.register("cpu", _cpu_panel_why_not, _cpu_panel_run, variant="panel")
+    table.register("cpu", _cpu_bf16_why_not, _cpu_bf16_run, variant=BF16_PANEL_VARIANT)
     register_torch_paths(table, _torch_run)
     register_unpacked_paths(table, canonical_table, ("cpu", "torch"), int8_rowmajor.weight_only_layout_stand_ins,
                             _canonical_args)

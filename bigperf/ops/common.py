@@ -3,6 +3,8 @@ PyTorch GEMM, and the availability checks of the cpu, cuda and triton backends."
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import math
 import os
@@ -72,6 +74,75 @@ def panel_why_not(x: torch.Tensor, k: int, kernel: str) -> str | None:
     if rows < PANEL_MIN_ROWS:
         return f"{rows} rows of x: the panel form converts the whole weight per call, for {PANEL_MIN_ROWS} rows or more"
     return None
+
+
+_fp32_compute: contextvars.ContextVar[bool] = contextvars.ContextVar("bigperf_fp32_compute", default=False)
+
+
+@contextlib.contextmanager
+def fp32_compute():
+    """Inside the block (this thread or task), an fp32 x is computed in fp32 by every path.
+
+    Outside it, a path may compute in bf16 where the layer's weight already has bf16's
+    precision (a bf16 weight, int8 codes: half_why_not), when that is the fastest; inside it
+    the fp32 paths serve, for comparisons that need fp32 numerics (an exported graph against
+    the PyTorch model, sharded against unsharded)."""
+    token = _fp32_compute.set(True)
+    try:
+        yield
+    finally:
+        _fp32_compute.reset(token)
+
+
+def fp32_compute_active() -> bool:
+    """Whether fp32_compute() is active here (cheap: the selection memo of every op call reads it)."""
+    return _fp32_compute.get()
+
+
+def half_why_not(x: torch.Tensor, dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> str | None:
+    """Why a GEMM in `dtype` would lose precision or range the layer's inputs do not already
+    lose: fp32 always serves; a half dtype where x already has it; bf16 also where the (float)
+    weight is bf16 (it keeps fp32's range, so only precision goes, which the weight lost
+    already). An fp16 weight does not make fp16 compute safe for fp32 x: x (and the output)
+    may exceed fp16's range (65504) and would become Inf."""
+    if dtype == torch.float32 or x.dtype == dtype:
+        return None
+    if _fp32_compute.get():
+        return f"bigperf.fp32_compute() is active: {str(x.dtype)[6:]} x is computed in fp32"
+    if weight_dtype == dtype == torch.bfloat16:
+        return None
+    if dtype == torch.float16 and weight_dtype == dtype:
+        return (f"computing {str(x.dtype)[6:]} x in float16 could overflow (float16 ends at 65504); "
+                f"x must be float16")
+    return (f"computing in {str(dtype)[6:]} would round {str(x.dtype)[6:]} x beyond the layer's "
+            f"tolerance (x or the weight must be {str(dtype)[6:]})")
+
+
+# The variant name of a CPU path that computes in bf16 (panel_gemm_bf16.h): x and the weight
+# rounded to bf16, fp32 sums. Tests hold such paths to bf16's tolerance, like torch:bf16.
+BF16_PANEL_VARIANT = "panel-bf16"
+
+
+def bf16_panel_why_not(x: torch.Tensor, k: int, kernel: str, weight_precision: torch.dtype | None) -> str | None:
+    """Why the bf16-arithmetic panel form `kernel` should not serve x (K = k) on a weight of
+    `weight_precision` (torch_paths.precision_of), or None: as panel_why_not, and it needs the
+    AVX-512 path (its ISA includes AVX512-BF16), an even K, and a call whose precision admits
+    bf16 compute (x already bf16, or a bf16 or int8 weight: torch_paths.half_why_not)."""
+    reason = panel_why_not(x, k, kernel)
+    if reason is not None:
+        return reason
+    if _ext.cpu_isa() != "avx512":
+        return f"bf16 arithmetic (vdpbf16ps) is in the AVX-512 path only; the CPU path in use is {_ext.cpu_isa()}"
+    if k % 2:
+        return f"K = {k} is odd: the bf16 panel form multiplies pairs of k"
+    return half_why_not(x, torch.bfloat16, weight_precision)
+
+
+def bf16_values_panel_why_not(x: torch.Tensor, values: torch.Tensor, kernel: str) -> str | None:
+    """bf16_panel_why_not for a lane layout's kernel, which reads bf16 values as they are."""
+    if values.dtype != torch.bfloat16:
+        return f"the bf16 panel form reads bfloat16 values; the layout holds {str(values.dtype)[6:]}"
+    return bf16_panel_why_not(x, x.shape[-1], kernel, values.dtype)
 
 
 def cuda_why_not(x: torch.Tensor, kernel: str) -> str | None:

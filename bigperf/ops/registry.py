@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from bigperf import _ext, tune
+from bigperf.ops.common import fp32_compute_active
 BACKEND_NAMES = ("triton", "cuda", "cpu", "torch", "reference")
 # Order matters only where measuring is off (BIGPERF_TUNE=0: the first path for one row)
 # and in reports; with measuring on, every eligible path of these backends competes.
@@ -202,8 +203,9 @@ class OpBackends:
         weight_form = (weight.dtype, weight.shape) if isinstance(weight, torch.Tensor) else None
         # The forced CPU ISA too: a path chosen inside use_cpu_isa("scalar") (where our AVX2
         # kernels refuse) would otherwise stay chosen for the same weight after the block.
+        # And fp32_compute(), under which the half-precision paths refuse fp32 x.
         memo_key = (_forced_backend.get() or _ENV_BACKEND, x.dtype, k, (m - 1).bit_length() if m > 1 else 0,
-                    id(weight), torch.get_num_threads(), weight_form, _ext.forced_cpu_isa())
+                    id(weight), torch.get_num_threads(), weight_form, _ext.forced_cpu_isa(), fp32_compute_active())
         memo = self._chosen.get(memo_key)
         if memo is not None and memo[0]() is weight and memo[1].why_not(*args) is None:
             chosen = memo[1]

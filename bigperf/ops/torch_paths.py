@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bigperf.ops.common import as_rows, epilogue_
+from bigperf.ops.common import as_rows, epilogue_, half_why_not  # noqa: F401 (half_why_not: this module's API)
 from bigperf.ops.tensor_keys import ConvertedOnce
 
 # A chunk of materialised weight rows of about this many bytes (about an L2 cache), written
@@ -148,21 +148,6 @@ def linear_as_held(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if activation != "none" or residual is not None:
         y = epilogue_(y, activation, residual.to(dtype) if residual is not None else None)
     return y if y.dtype == x.dtype else y.to(x.dtype)
-
-
-def half_why_not(x: torch.Tensor, dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> str | None:
-    """Why a GEMM in `dtype` would lose precision or range the layer's inputs do not already
-    lose: fp32 always serves; a half dtype where x already has it; bf16 also where the (float)
-    weight is bf16 (it keeps fp32's range, so only precision goes, which the weight lost
-    already). An fp16 weight does not make fp16 compute safe for fp32 x: x (and the output)
-    may exceed fp16's range (65504) and would become Inf."""
-    if dtype == torch.float32 or x.dtype == dtype or (weight_dtype == dtype == torch.bfloat16):
-        return None
-    if dtype == torch.float16 and weight_dtype == dtype:
-        return (f"computing {str(x.dtype)[6:]} x in float16 could overflow (float16 ends at 65504); "
-                f"x must be float16")
-    return (f"computing in {str(dtype)[6:]} would round {str(x.dtype)[6:]} x beyond the layer's "
-            f"tolerance (x or the weight must be {str(dtype)[6:]})")
 
 
 def precision_of(weight: torch.Tensor) -> torch.dtype | None:

@@ -3,6 +3,7 @@
 
 #include <initializer_list>
 #include <string>
+#include <tuple>
 
 #include "bindings/cpu_checks.h"
 #include "cpu/cpu_features.h"
@@ -20,6 +21,7 @@ namespace {
 
 constexpr const char* kWeightFn = "bigperf._C.int8_weight_linear";
 constexpr const char* kWeightPanelFn = "bigperf._C.int8_weight_linear_panel";
+constexpr const char* kWeightPanelBf16Fn = "bigperf._C.int8_weight_linear_panel_bf16";
 constexpr const char* kDynamicFn = "bigperf._C.int8_dynamic_linear";
 constexpr const char* kPanelsFn = "bigperf._C.int8_dynamic_linear_panels";
 constexpr const char* kWeightPanelsFn = "bigperf._C.int8_weight_linear_panels";
@@ -58,22 +60,35 @@ void check_dynamic(const char* fn, int64_t K, int act_bits) {
               ", past which int8 products may overflow the int32 accumulator");
 }
 
-// Both forms of the weight-only kernel (int8_linear.h) take these arguments; Panel: the panel
-// form, for arithmetic-bound M.
-template <bool Panel>
+// The forms of the weight-only kernel (int8_linear.h) on the row-major weight.
+enum class WeightForm { dot, panel, panel_bf16 };
+
+// bf16 arithmetic (panel_gemm_bf16.h) needs the AVX-512 unit (AVX512-BF16) and whole pairs of k.
+void check_bf16_form(const char* fn, const std::string& isa, int64_t K) {
+  require(isa == "avx512", fn, "the bf16 panel form runs on the 'avx512' ISA path only, got '" + isa + "'");
+  require(K % 2 == 0, fn, "the bf16 panel form needs an even K (pairs of k), got K = " + std::to_string(K));
+}
+
+// Every form takes these arguments; panel: for arithmetic-bound M; panel_bf16: the same in
+// bf16 arithmetic, for calls whose precision admits it.
+template <WeightForm Form>
 void int8_weight_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t qw,
                         int64_t qw_row_stride, uintptr_t scale, uintptr_t zero_point, int64_t groups,
                         uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N, int64_t K,
                         int act, int num_threads) {
-  const char* fn = Panel ? kWeightPanelFn : kWeightFn;
+  const char* fn = Form == WeightForm::dot ? kWeightFn : Form == WeightForm::panel ? kWeightPanelFn : kWeightPanelBf16Fn;
   check_sizes(fn, M, N, K, act, num_threads);
+  if (Form == WeightForm::panel_bf16) check_bf16_form(fn, isa, K);
   Int8WeightLinearArgs a{};
   a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
   require(groups >= 1, fn, "argument 'groups' must be >= 1, got " + std::to_string(groups));
   require(K % groups == 0, fn,
           "argument 'groups' " + std::to_string(groups) + " does not divide K = " + std::to_string(K));
-  WeightFn kernel = Panel ? kernel_for_isa<WeightFn>(isa, fn, ISA_KERNELS(int8_weight_linear_panel))
-                         : kernel_for_isa<WeightFn>(isa, fn, ISA_KERNELS(int8_weight_linear));
+  WeightFn kernel = Form == WeightForm::dot ? kernel_for_isa<WeightFn>(isa, fn, ISA_KERNELS(int8_weight_linear))
+                                            : kernel_for_isa<WeightFn>(isa, fn, ISA_KERNELS(int8_weight_linear_panel));
+#if defined(BIGPERF_X86)
+  if (Form == WeightForm::panel_bf16) kernel = int8_weight_linear_panel_bf16_avx512;
+#endif
   if (M == 0 || N == 0) return;
   check_common(fn, x, x_row_stride, qw, qw_row_stride, scale, out, out_row_stride, M, N, K);
   // K == 0: out = act(bias); the portable path handles it without vector-width cases.
@@ -166,20 +181,23 @@ void int8_panels_to_rows(uintptr_t panels, int64_t K, int64_t r0, int64_t r1, ui
 
 // W8A16 on the w8a16-cpu layout (int8_linear.h): panels [ceil(N / 16) * K * 16] int8, scale
 // [groups][Np] fp32 and zero_point [groups][Np] int8 or 0 (group-major, Np = N rounded up to
-// 16); form "dot" or "gemm" (int8_weight_panels.h) of ISA path `isa` ("avx2" or "avx512").
+// 16); form "dot" or "gemm" (int8_weight_panels.h) of ISA path `isa` ("avx2" or "avx512"), or
+// "gemm-bf16" (the gemm form in bf16 arithmetic, panel_gemm_bf16.h: "avx512" only, K even).
 void int8_weight_linear_panels(const std::string& isa, const std::string& form, uintptr_t x, int64_t x_row_stride, int x_dtype,
                                uintptr_t panels, uintptr_t scale, uintptr_t zero_point, int64_t groups,
                                uintptr_t bias, uintptr_t out, int64_t out_row_stride, int64_t M, int64_t N,
                                int64_t K, int act, int num_threads) {
   const char* fn = kWeightPanelsFn;
   check_sizes(fn, M, N, K, act, num_threads);
-  require(form == "dot" || form == "gemm", fn, "argument 'form' must be 'dot' or 'gemm', got '" + form + "'");
+  require(form == "dot" || form == "gemm" || form == "gemm-bf16", fn,
+          "argument 'form' must be 'dot', 'gemm' or 'gemm-bf16', got '" + form + "'");
   require(isa == "avx2" || isa == "avx512", fn, "argument 'isa' must be 'avx2' or 'avx512', got '" + isa + "'");
   require(isa_runnable(isa), fn, "argument 'isa': ISA path '" + isa + "' is not compiled in or not supported by this CPU");
   Int8WeightLinearArgs a{};
   a.x_dtype = to_dtype(x_dtype, fn, "x_dtype");
   if (M == 0 || N == 0) return;
   require(K > 0, fn, "argument 'K' must be positive");
+  if (form == "gemm-bf16") check_bf16_form(fn, isa, K);
   check_common(fn, x, x_row_stride, panels, K, scale, out, out_row_stride, M, N, K);
   require(scale % alignof(float) == 0, fn, "argument 'scale' must be fp32-aligned");
   require(groups >= 1 && K % groups == 0, fn,
@@ -194,7 +212,8 @@ void int8_weight_linear_panels(const std::string& isa, const std::string& form, 
 #if defined(BIGPERF_X86)
   if (isa == "avx512") {
     if (form == "dot") int8_weight_linear_panels_dot_avx512(a);
-    else int8_weight_linear_panels_gemm_avx512(a);
+    else if (form == "gemm") int8_weight_linear_panels_gemm_avx512(a);
+    else int8_weight_linear_panels_gemm_bf16_avx512(a);
   } else {
     if (form == "dot") int8_weight_linear_panels_dot_avx2(a);
     else int8_weight_linear_panels_gemm_avx2(a);
@@ -205,15 +224,22 @@ void int8_weight_linear_panels(const std::string& isa, const std::string& form, 
 }  // namespace
 
 void register_int8_linear(py::module_& m) {
-  for (const bool panel : {false, true})
-    m.def(panel ? "int8_weight_linear_panel" : "int8_weight_linear",
-          panel ? &int8_weight_linear<true> : &int8_weight_linear<false>, py::arg("isa"), py::arg("x"),
-          py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("qw"), py::arg("qw_row_stride"), py::arg("scale"),
-          py::arg("zero_point"), py::arg("groups"), py::arg("bias"), py::arg("out"), py::arg("out_row_stride"),
-          py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
-          panel ? "int8_weight_linear in the panel form (outer-product tiles on weight panels dequantised to fp32), "
-                  "for M where arithmetic bounds the GEMM"
-                : "W8A16: out = act(x @ ((qw - zero_point) * scale)^T + bias) on raw pointers; releases the GIL");
+  using WeightBinding = void (*)(const std::string&, uintptr_t, int64_t, int, uintptr_t, int64_t, uintptr_t, uintptr_t,
+                                 int64_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int64_t, int, int);
+  const std::tuple<const char*, WeightBinding, const char*> weight_forms[] = {
+      {"int8_weight_linear", &int8_weight_linear<WeightForm::dot>,
+       "W8A16: out = act(x @ ((qw - zero_point) * scale)^T + bias) on raw pointers; releases the GIL"},
+      {"int8_weight_linear_panel", &int8_weight_linear<WeightForm::panel>,
+       "int8_weight_linear in the panel form (outer-product tiles on weight panels dequantised to fp32), "
+       "for M where arithmetic bounds the GEMM"},
+      {"int8_weight_linear_panel_bf16", &int8_weight_linear<WeightForm::panel_bf16>,
+       "int8_weight_linear's panel form in bf16 arithmetic (x and the dequantised weight rounded to bf16, fp32 "
+       "sums; AVX512-BF16: isa 'avx512' only, K even)"}};
+  for (const auto& [name, binding, doc] : weight_forms)
+    m.def(name, binding, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("qw"),
+          py::arg("qw_row_stride"), py::arg("scale"), py::arg("zero_point"), py::arg("groups"), py::arg("bias"),
+          py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
+          py::arg("num_threads"), doc);
   for (const bool dot : {false, true})
     m.def(dot ? "int8_dynamic_linear_dot" : "int8_dynamic_linear",
           dot ? &int8_dynamic_linear<true> : &int8_dynamic_linear<false>, py::arg("isa"), py::arg("x"),
@@ -237,5 +263,6 @@ void register_int8_linear(py::module_& m) {
         py::arg("groups"), py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"),
         py::arg("K"), py::arg("act"), py::arg("num_threads"),
         "W8A16 on the w8a16-cpu layout (16-column panels [K][16] int8, group-major scales and zero points): form 'dot' "
-        "(weight streams, small M) or 'gemm' (panel GEMM); AVX2; releases the GIL");
+        "(weight streams, small M), 'gemm' (panel GEMM) or 'gemm-bf16' (the panel GEMM in bf16 arithmetic, AVX-512 "
+        "only); releases the GIL");
 }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <initializer_list>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bindings/cpu_checks.h"
@@ -34,6 +35,23 @@ constexpr const char* kLanesFn = "bigperf._C.sparse24_lanes_linear";
 constexpr const char* kLanesPanelFn = "bigperf._C.sparse24_lanes_linear_panel";
 constexpr const char* kBsrLanesFn = "bigperf._C.block_sparse_lanes_linear";
 constexpr const char* kBsrLanesPanelFn = "bigperf._C.block_sparse_lanes_linear_panel";
+constexpr const char* kLanesPanelBf16Fn = "bigperf._C.sparse24_lanes_linear_panel_bf16";
+constexpr const char* kBsrLanesPanelBf16Fn = "bigperf._C.block_sparse_lanes_linear_panel_bf16";
+
+// The forms of the lane-layout kernels: vector (any M), panel (arithmetic-bound M), and
+// panel_bf16 (the panel form in bf16 arithmetic: AVX-512 with AVX512-BF16, bf16 values).
+enum class LanesForm { vector, panel, panel_bf16 };
+
+template <LanesForm Form>
+constexpr const char* lanes_fn(const char* vector, const char* panel, const char* panel_bf16) {
+  return Form == LanesForm::vector ? vector : Form == LanesForm::panel ? panel : panel_bf16;
+}
+
+// What the bf16 form needs beyond the other forms' checks.
+void check_bf16_form(const char* fn, const std::string& isa, bool bf16_values) {
+  require(isa == "avx512", fn, "the bf16 panel form runs on the 'avx512' ISA path only, got '" + isa + "'");
+  require(bf16_values, fn, "the bf16 panel form reads bfloat16 values only");
+}
 
 using S24Fn = void (*)(const Sparse24Args&);
 using BsrFn = void (*)(const BsrArgs&);
@@ -119,17 +137,23 @@ void sparse24_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, 
 
 // The lane layout's buffers are whole 16-row blocks of K/8 steps; their sizes are the
 // Python op's to check (bigperf/ops/sparse24_lanes_linear.py), as for every raw pointer here.
-// Both forms of the kernel (Panel: the panel form, for arithmetic-bound M) take these arguments.
-template <bool Panel>
+// Every form of the kernel (LanesForm) takes these arguments.
+template <LanesForm Form>
 void sparse24_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype, uintptr_t values,
                            int values_dtype, uintptr_t meta, uintptr_t scale, uintptr_t bias, uintptr_t out,
                            int64_t out_row_stride, int64_t M, int64_t N, int64_t K, int act, int num_threads) {
-  const char* fn = Panel ? kLanesPanelFn : kLanesFn;
+  const char* fn = lanes_fn<Form>(kLanesFn, kLanesPanelFn, kLanesPanelBf16Fn);
   const Sparse24Args a = s24_args(fn, x, x_row_stride, x_dtype, values, values_dtype, meta, scale, bias, out,
                                   out_row_stride, M, N, K, act, num_threads);
-  run_s24(Panel ? kernel_for_isa<S24Fn>(isa, fn, ISA_KERNELS(sparse24_lanes_linear_panel))
-                : kernel_for_isa<S24Fn>(isa, fn, ISA_KERNELS(sparse24_lanes_linear)),
-          a, true);
+  S24Fn kernel = Form == LanesForm::vector ? kernel_for_isa<S24Fn>(isa, fn, ISA_KERNELS(sparse24_lanes_linear))
+                                           : kernel_for_isa<S24Fn>(isa, fn, ISA_KERNELS(sparse24_lanes_linear_panel));
+#if defined(BIGPERF_X86)
+  if (Form == LanesForm::panel_bf16) {
+    check_bf16_form(fn, isa, a.values_dtype == S24Values::bf16);
+    kernel = sparse24_lanes_linear_panel_bf16_avx512;
+  }
+#endif
+  run_s24(kernel, a, true);
 }
 
 // One BSR call: the kernel's arguments, whose index pointers point at this call's own
@@ -232,19 +256,25 @@ void block_sparse_linear(const std::string& isa, uintptr_t x, int64_t x_row_stri
   run_bsr(kernel, call);
 }
 
-// values in the BSR lane layout (sparse_linear.h): 16-row groups, bf16 column pairs. Both
-// forms of the kernel (Panel: the panel form, for arithmetic-bound M) take these arguments.
-template <bool Panel>
+// values in the BSR lane layout (sparse_linear.h): 16-row groups, bf16 column pairs. Every
+// form of the kernel (LanesForm) takes these arguments.
+template <LanesForm Form>
 void block_sparse_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_stride, int x_dtype,
                                uintptr_t values, int values_dtype, int64_t bn, int64_t bk, uintptr_t col_indices,
                                uintptr_t row_ptr, int64_t nnz, uintptr_t bias, uintptr_t out, int64_t out_row_stride,
                                int64_t M, int64_t N, int64_t K, int act, int num_threads) {
-  const char* fn = Panel ? kBsrLanesPanelFn : kBsrLanesFn;
+  const char* fn = lanes_fn<Form>(kBsrLanesFn, kBsrLanesPanelFn, kBsrLanesPanelBf16Fn);
   require(bn % 16 == 0, fn, "argument 'bn' = " + str(bn) + " must be a multiple of 16 for the lane layout");
   require(values_dtype != static_cast<int>(DType::bf16) || bk % 2 == 0, fn,
           "argument 'bk' = " + str(bk) + " must be even for bf16 values in the lane layout");
-  BsrFn kernel = Panel ? kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear_panel))
-                       : kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear));
+  BsrFn kernel = Form == LanesForm::vector ? kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear))
+                                           : kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear_panel));
+#if defined(BIGPERF_X86)
+  if (Form == LanesForm::panel_bf16) {
+    check_bf16_form(fn, isa, values_dtype == static_cast<int>(DType::bf16));
+    kernel = block_sparse_lanes_linear_panel_bf16_avx512;
+  }
+#endif
   BsrCall call = new_bsr_call();
   bsr_args(call, fn, x, x_row_stride, x_dtype, values, values_dtype, bn, bk, col_indices, row_ptr, nnz, bias, out,
            out_row_stride, M, N, K, act, num_threads);
@@ -260,30 +290,44 @@ void register_sparse_linear(py::module_& m) {
         py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
         py::arg("num_threads"),
         "out = act(x @ W^T + bias), W 2:4 compressed (values, meta[, scale]); raw pointers, releases the GIL");
-  for (const bool panel : {false, true})
-    m.def(panel ? "sparse24_lanes_linear_panel" : "sparse24_lanes_linear",
-          panel ? &sparse24_lanes_linear<true> : &sparse24_lanes_linear<false>, py::arg("isa"), py::arg("x"),
-          py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("meta"),
-          py::arg("scale"), py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"),
-          py::arg("K"), py::arg("act"), py::arg("num_threads"),
-          panel ? "sparse24_lanes_linear in the panel form (x packed transposed, each kept value broadcast over "
-                  "rows of x), for M where arithmetic bounds the call"
-                : "out = act(x @ W^T + bias), W 2:4 in the CPU lane layout (bigperf/formats/sparse24_lanes.py); raw "
-                  "pointers, releases the GIL");
+  using S24Binding = void (*)(const std::string&, uintptr_t, int64_t, int, uintptr_t, int, uintptr_t, uintptr_t,
+                              uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int64_t, int, int);
+  const std::tuple<const char*, S24Binding, const char*> s24_forms[] = {
+      {"sparse24_lanes_linear", &sparse24_lanes_linear<LanesForm::vector>,
+       "out = act(x @ W^T + bias), W 2:4 in the CPU lane layout (bigperf/formats/sparse24_lanes.py); raw pointers, "
+       "releases the GIL"},
+      {"sparse24_lanes_linear_panel", &sparse24_lanes_linear<LanesForm::panel>,
+       "sparse24_lanes_linear in the panel form (x packed transposed, each kept value broadcast over rows of x), for "
+       "M where arithmetic bounds the call"},
+      {"sparse24_lanes_linear_panel_bf16", &sparse24_lanes_linear<LanesForm::panel_bf16>,
+       "sparse24_lanes_linear in bf16 arithmetic (the kept values as dense bf16 pairs of a panel GEMM, x rounded to "
+       "bf16, fp32 sums): bfloat16 values, isa 'avx512' only"}};
+  for (const auto& [name, binding, doc] : s24_forms)
+    m.def(name, binding, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("values"),
+          py::arg("values_dtype"), py::arg("meta"), py::arg("scale"), py::arg("bias"), py::arg("out"),
+          py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
+          doc);
   m.def("block_sparse_linear", &block_sparse_linear, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"),
         py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("bn"), py::arg("bk"),
         py::arg("col_indices"), py::arg("row_ptr"), py::arg("nnz"), py::arg("bias"), py::arg("out"),
         py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"),
         py::arg("num_threads"),
         "out = act(x @ W^T + bias), W in BSR form (only stored blocks are read); raw pointers, releases the GIL");
-  for (const bool panel : {false, true})
-    m.def(panel ? "block_sparse_lanes_linear_panel" : "block_sparse_lanes_linear",
-          panel ? &block_sparse_lanes_linear<true> : &block_sparse_lanes_linear<false>, py::arg("isa"), py::arg("x"),
-          py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("values"), py::arg("values_dtype"), py::arg("bn"),
-          py::arg("bk"), py::arg("col_indices"), py::arg("row_ptr"), py::arg("nnz"), py::arg("bias"), py::arg("out"),
-          py::arg("out_row_stride"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("act"), py::arg("num_threads"),
-          panel ? "block_sparse_lanes_linear in the panel form (register tiles over each stored block's fp32 panel), "
-                  "for M where arithmetic bounds the call"
-                : "block_sparse_linear with values in the CPU lane layout (bigperf/formats/bsr_lanes.py); raw "
-                  "pointers, releases the GIL");
+  using BsrBinding = void (*)(const std::string&, uintptr_t, int64_t, int, uintptr_t, int, int64_t, int64_t, uintptr_t,
+                              uintptr_t, int64_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int64_t, int, int);
+  const std::tuple<const char*, BsrBinding, const char*> bsr_forms[] = {
+      {"block_sparse_lanes_linear", &block_sparse_lanes_linear<LanesForm::vector>,
+       "block_sparse_linear with values in the CPU lane layout (bigperf/formats/bsr_lanes.py); raw pointers, releases "
+       "the GIL"},
+      {"block_sparse_lanes_linear_panel", &block_sparse_lanes_linear<LanesForm::panel>,
+       "block_sparse_lanes_linear in the panel form (register tiles over each stored block's fp32 panel), for M where "
+       "arithmetic bounds the call"},
+      {"block_sparse_lanes_linear_panel_bf16", &block_sparse_lanes_linear<LanesForm::panel_bf16>,
+       "block_sparse_lanes_linear in bf16 arithmetic (register tiles over the stored blocks, which are bf16 pair "
+       "strips already; x rounded to bf16, fp32 sums): bfloat16 values, isa 'avx512' only"}};
+  for (const auto& [name, binding, doc] : bsr_forms)
+    m.def(name, binding, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("values"),
+          py::arg("values_dtype"), py::arg("bn"), py::arg("bk"), py::arg("col_indices"), py::arg("row_ptr"),
+          py::arg("nnz"), py::arg("bias"), py::arg("out"), py::arg("out_row_stride"), py::arg("M"), py::arg("N"),
+          py::arg("K"), py::arg("act"), py::arg("num_threads"), doc);
 }

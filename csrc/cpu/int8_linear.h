@@ -104,6 +104,10 @@ void int8_weight_linear_panels_dot_avx512(const Int8WeightLinearArgs& args);
 void int8_panels_to_rows_avx2(const int8_t* panels, int64_t panel_bytes, int64_t K, int64_t r0, int64_t r1, void* out,
                               int64_t out_row_stride, DType d);
 void int8_weight_linear_panels_gemm_avx512(const Int8WeightLinearArgs& args);
+// The panel GEMMs (row-major weight; w8a16-cpu layout) in bf16 arithmetic (panel_gemm_bf16.h):
+// x and the dequantised weight rounded to bf16, fp32 sums; K even; AVX-512 unit only.
+void int8_weight_linear_panel_bf16_avx512(const Int8WeightLinearArgs& args);
+void int8_weight_linear_panels_gemm_bf16_avx512(const Int8WeightLinearArgs& args);
 #endif
 
 }  // namespace bigperf::cpu

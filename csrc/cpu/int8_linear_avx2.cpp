@@ -30,32 +30,6 @@ struct Avx2WeightOps : V8 {
   static constexpr int tile_rows(int mb) { return mb <= 2 ? 4 : 3; }
 };
 
-// A 16 x 16 byte transpose: r[i] = row k + i of a panel ([K][16]) in, r[c] = column c's codes
-// at k .. k + 15 out.
-inline void transpose16x16_epi8(__m128i (&r)[16]) {
-  __m128i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
-    t[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm_unpacklo_epi16(t[2 * i], t[2 * i + 1]);
-    r[i + 4] = _mm_unpackhi_epi16(t[2 * i], t[2 * i + 1]);
-    r[i + 8] = _mm_unpacklo_epi16(t[2 * i + 8], t[2 * i + 9]);
-    r[i + 12] = _mm_unpackhi_epi16(t[2 * i + 8], t[2 * i + 9]);
-  }
-  for (int i = 0; i < 8; ++i) {
-    t[i] = _mm_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[i + 8] = _mm_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  // t[a] holds columns 2j, 2j + 1 of rows 0-7 and t[b] of rows 8-15, for (a, b) = kHalves[j].
-  static constexpr int kHalves[8][2] = {{0, 1}, {8, 9}, {2, 3}, {10, 11}, {4, 5}, {12, 13}, {6, 7}, {14, 15}};
-  for (int j = 0; j < 8; ++j) {
-    r[2 * j] = _mm_unpacklo_epi64(t[kHalves[j][0]], t[kHalves[j][1]]);
-    r[2 * j + 1] = _mm_unpackhi_epi64(t[kHalves[j][0]], t[kHalves[j][1]]);
-  }
-}
-
 // 16 int8 codes as 16 values of d at p (exact in every float dtype).
 inline void store_codes16(__m128i v, DType d, char* p) {
   const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));

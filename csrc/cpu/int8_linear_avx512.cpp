@@ -6,6 +6,7 @@
 #include "cpu/int8_weight_kernel.h"
 #include "cpu/int8_weight_panel.h"
 #include "cpu/int8_weight_panels.h"
+#include "cpu/panel_gemm_bf16.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -27,6 +28,126 @@ struct Avx512WeightOps : V16 {
   static constexpr int tile_rows(int mb) { return mb <= 2 ? 8 : 6; }
 };
 
+inline __m128i load16(const int8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+
+// transpose16x16_epi8 (transpose_avx2.h) on four 16 x 16 blocks at once, one per 128-bit
+// lane: AVX-512's unpacks stay within lanes, so lane L of r[i] in is row i's bytes 16L ..
+// 16L + 15, and lane L of r[j] out is byte 16L + j of rows 0..15.
+inline void transpose16x16_epi8_x4(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[i] = _mm512_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+    t[i + 8] = _mm512_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_unpacklo_epi16(t[2 * i], t[2 * i + 1]);
+    r[i + 4] = _mm512_unpackhi_epi16(t[2 * i], t[2 * i + 1]);
+    r[i + 8] = _mm512_unpacklo_epi16(t[2 * i + 8], t[2 * i + 9]);
+    r[i + 12] = _mm512_unpackhi_epi16(t[2 * i + 8], t[2 * i + 9]);
+  }
+  for (int i = 0; i < 8; ++i) {
+    t[i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[i + 8] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  static constexpr int kHalves[8][2] = {{0, 1}, {8, 9}, {2, 3}, {10, 11}, {4, 5}, {12, 13}, {6, 7}, {14, 15}};
+  for (int j = 0; j < 8; ++j) {
+    r[2 * j] = _mm512_unpacklo_epi64(t[kHalves[j][0]], t[kHalves[j][1]]);
+    r[2 * j + 1] = _mm512_unpackhi_epi64(t[kHalves[j][0]], t[kHalves[j][1]]);
+  }
+}
+
+template <int L>
+inline __m128i lane(__m512i v) { return _mm512_extracti32x4_epi32(v, L); }
+
+// The row-major codes' pair strips for panel_gemm_bf16.h (per channel and symmetric only, as
+// panels_code_pair_packer below): 16 rows x 64 k of codes at a time turned into panel order
+// by byte transposes (four blocks of 16 k per instruction), then 16 x 16 k at a time, then
+// one pair at a time for the last kc % 16; a row past N is zeros.
+inline auto rowmajor_code_pair_packer(const Int8WeightLinearArgs& a) {
+  constexpr int64_t NR = panel_bf16::kNR;
+  return [&a](int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t* dst) {
+    for (int64_t s = 0; s < nc; s += NR) {
+      for (int64_t c = 0; c < NR; c += 16) {
+        uint32_t* out = dst + s * kc + c;  // pair row q at out + q * NR
+        const int64_t n = n0 + s + c, valid = imax(0, imin(16, a.N - n));
+        const int8_t* rows = a.qw + n * a.qw_row_stride + k0;
+        auto store_pairs = [&](int64_t k, __m128i even, __m128i odd) {
+          _mm512_storeu_si512(out + k / 2 * NR, panel_bf16::code_pairs(even, odd));
+        };
+        int64_t k = 0;
+        for (; k + 64 <= kc; k += 64) {
+          __m512i r[16];
+          for (int i = 0; i < 16; ++i)
+            r[i] = i < valid ? _mm512_loadu_si512(rows + i * a.qw_row_stride + k) : _mm512_setzero_si512();
+          transpose16x16_epi8_x4(r);  // lane L of r[j]: the 16 columns' codes at k + 16 L + j
+          for (int j = 0; j < 16; j += 2) {
+            store_pairs(k + j, _mm512_castsi512_si128(r[j]), _mm512_castsi512_si128(r[j + 1]));
+            store_pairs(k + 16 + j, lane<1>(r[j]), lane<1>(r[j + 1]));
+            store_pairs(k + 32 + j, lane<2>(r[j]), lane<2>(r[j + 1]));
+            store_pairs(k + 48 + j, lane<3>(r[j]), lane<3>(r[j + 1]));
+          }
+        }
+        for (; k + 16 <= kc; k += 16) {
+          __m128i r[16];
+          for (int i = 0; i < 16; ++i) r[i] = i < valid ? load16(rows + i * a.qw_row_stride + k) : _mm_setzero_si128();
+          transpose16x16_epi8(r);  // r[j]: the 16 columns' codes at k + j
+          for (int j = 0; j < 16; j += 2) store_pairs(k + j, r[j], r[j + 1]);
+        }
+        for (; k < kc; k += 2) {  // the last kc % 16 (even) k, one unit at a time
+          for (int64_t i = 0; i < 16; ++i) {
+            const int8_t* row = rows + i * a.qw_row_stride + k;
+            const uint32_t lo = i < valid ? float_to_bf16(static_cast<float>(row[0])) : 0;
+            const uint32_t hi = i < valid ? float_to_bf16(static_cast<float>(row[1])) : 0;
+            out[k / 2 * NR + i] = lo | hi << 16;
+          }
+        }
+      }
+    }
+  };
+}
+
+// The layout's pair strips for panel_gemm_bf16.h (per channel and symmetric only): the codes
+// themselves, exact in bf16 (the caller scales the sums), two rows of a panel per pair row.
+// A strip of 32 columns is two panels side by side.
+inline auto panels_code_pair_packer(const Int8WeightLinearArgs& a) {
+  using namespace w8a16_panels;
+  constexpr int64_t NR = panel_bf16::kNR;
+  const int64_t panels = (a.N + kPanel - 1) / kPanel;
+  return [&a, panels](int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t* dst) {
+    for (int64_t s = 0; s < nc; s += NR) {
+      uint32_t* strip = dst + s * kc;
+      for (int64_t c = 0; c < NR; c += kPanel) {
+        const int64_t p = (n0 + s + c) / kPanel;
+        if (p >= panels) {
+          for (int64_t q = 0; q < kc / 2; ++q) _mm512_storeu_si512(strip + q * NR + c, _mm512_setzero_si512());
+          continue;
+        }
+        const int8_t* src = a.qw + p * a.qw_row_stride + k0 * kPanel;
+        for (int64_t q = 0; q < kc / 2; ++q)
+          _mm512_storeu_si512(strip + q * NR + c, panel_bf16::code_pairs(load16(src + 2 * q * kPanel),
+                                                                         load16(src + (2 * q + 1) * kPanel)));
+      }
+    }
+  };
+}
+
+// The panel GEMM in bf16 arithmetic on the pair strips of `pack`; column_scale: per output
+// column, what the sums are multiplied by before the epilogue (null: nothing).
+template <class Pack>
+void int8_weight_linear_bf16(const Int8WeightLinearArgs& a, const Pack& pack, const float* column_scale) {
+  auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
+    if (!column_scale) return epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
+    alignas(64) float scaled[panel_bf16::kNC];
+    for (int64_t j = 0; j < cnt; j += 16) {
+      const __mmask16 lanes = first_lanes(cnt - j);
+      _mm512_mask_storeu_ps(scaled + j, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, sums + j),
+                                                             _mm512_maskz_loadu_ps(lanes, column_scale + n0 + j)));
+    }
+    epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, scaled, m, n0, cnt);
+  };
+  panel_bf16::gemm_packed(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads, pack, epilogue);
+}
+
 }  // namespace
 
 void int8_weight_linear_avx512(const Int8WeightLinearArgs& a) { int8_weight_linear_dot<Avx512WeightOps>(a); }
@@ -34,6 +155,18 @@ void int8_weight_linear_panel_avx512(const Int8WeightLinearArgs& a) { int8_weigh
 void int8_weight_linear_panels_dot_avx512(const Int8WeightLinearArgs& a) { int8_weight_linear_panels_dot<Avx512WeightOps>(a); }
 void int8_weight_linear_panels_gemm_avx512(const Int8WeightLinearArgs& a) {
   int8_weight_linear_panels_gemm<Avx512WeightOps>(a);
+}
+void int8_weight_linear_panel_bf16_avx512(const Int8WeightLinearArgs& a) {
+  if (a.groups == 1 && !a.zero_point) return int8_weight_linear_bf16(a, rowmajor_code_pair_packer(a), a.scale);
+  const auto fp32 = rowmajor_fp32_packer<panel_bf16::kNR>(a);
+  int8_weight_linear_bf16(a, panel_bf16::from_fp32(fp32), nullptr);
+}
+// Per channel and symmetric: the codes are packed as they are (exact) and the scales applied
+// to the sums; otherwise the dequantised weight is rounded to bf16.
+void int8_weight_linear_panels_gemm_bf16_avx512(const Int8WeightLinearArgs& a) {
+  if (a.groups == 1 && !a.zero_point) return int8_weight_linear_bf16(a, panels_code_pair_packer(a), a.scale);
+  const auto fp32 = panels_fp32_packer<Avx512WeightOps, panel_bf16::kNR>(a);
+  int8_weight_linear_bf16(a, panel_bf16::from_fp32(fp32), nullptr);
 }
 
 }  // namespace bigperf::cpu

@@ -36,22 +36,22 @@ struct Fp32Rows {
   int64_t stride;
 };
 
-template <class Ops>
-void int8_weight_linear_panel(const Int8WeightLinearArgs& a) {
-  if (a.M <= 0 || a.N <= 0) return;
-  const Fp32Rows rows(a);
+// The row-major weight's strips for panel_gemm.h's packers (pack_strips of NR columns):
+// pack(n0, nc, k0, kc, dst) writes the dequantised weight, (q - zero) * scale.
+template <int64_t NR>
+auto rowmajor_fp32_packer(const Int8WeightLinearArgs& a) {
   const int64_t G = a.groups;
   const int64_t gs = a.K > 0 ? a.K / G : 1;
   const int8_t* zp = a.zero_point;
   // Element (n, k) of the dequantised weight.
-  auto w1 = [&](int64_t n, int64_t k) {
+  auto w1 = [&a, G, gs, zp](int64_t n, int64_t k) {
     const int64_t g = n * G + k / gs;
     const float q = static_cast<float>(a.qw[n * a.qw_row_stride + k]);
     return (zp ? q - static_cast<float>(zp[g]) : q) * a.scale[g];
   };
   // Eight of them from k (k a multiple of 8): one group when the group size is a multiple
   // of 8 (or per channel), else a scale and zero point per lane.
-  auto w8 = [&](int64_t n, int64_t k) {
+  auto w8 = [&a, G, gs, zp](int64_t n, int64_t k) {
     const __m256 q = _mm256_cvtepi32_ps(
         _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.qw + n * a.qw_row_stride + k))));
     __m256 scale, zero;
@@ -71,10 +71,20 @@ void int8_weight_linear_panel(const Int8WeightLinearArgs& a) {
     }
     return _mm256_mul_ps(_mm256_sub_ps(q, zero), scale);
   };
+  return [w8, w1](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* dst) {
+    panel::pack_strips<NR>(n0, nc, k0, kc, dst, w8, w1);
+  };
+}
+
+template <class Ops>
+void int8_weight_linear_panel(const Int8WeightLinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  const Fp32Rows rows(a);
   auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
     epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
   };
-  panel::gemm<Ops>(rows.x, rows.stride, a.M, a.N, a.K, a.num_threads, w8, w1, epilogue);
+  panel::gemm_packed<Ops>(rows.x, rows.stride, a.M, a.N, a.K, a.num_threads,
+                          rowmajor_fp32_packer<panel::kNR<Ops>>(a), epilogue);
 }
 
 }  // namespace

@@ -270,22 +270,19 @@ void int8_weight_linear_panels_dot(const Int8WeightLinearArgs& a) {
   }
 }
 
-// The gemm form on the layout (arguments as the dot form's), for M where arithmetic bounds
-// the call: x as fp32 rows (Fp32Rows), the strips dequantised per task. A strip of the panel
-// GEMM is NR = 16 H' columns (Ops: 16 on AVX2, 32 on AVX-512), i.e. NR / 16 consecutive
-// panels side by side; a panel past the last is zeros.
-template <class Ops>
-void int8_weight_linear_panels_gemm(const Int8WeightLinearArgs& a) {
+// The layout's strips for panel_gemm.h's packers: pack(n0, nc, k0, kc, dst) writes columns
+// [n0, n0 + nc), k in [k0, k0 + kc) dequantised to fp32, (q - zero) * scale per k, the
+// group's vectors reloaded where k enters a new group. A strip of the panel GEMM is NR = 32
+// columns (2 x 16 on AVX-512; 16 = 2 x 8 on AVX2), i.e. NR / 16 consecutive panels side by
+// side; a panel past the last is zeros.
+template <class Ops, int64_t NR>
+auto panels_fp32_packer(const Int8WeightLinearArgs& a) {
   using namespace w8a16_panels;
   using P = PanelVec<Ops>;
   using vec = typename P::vec;
-  constexpr int64_t NR = panel::kNR<Ops>;
   static_assert(NR % kPanel == 0, "a strip of the panel GEMM is whole panels of the layout");
-  if (a.M <= 0 || a.N <= 0) return;
-  const Fp32Rows rows(a);
   const int64_t panels = (a.N + kPanel - 1) / kPanel, np_cols = panels * kPanel, gs = a.K / a.groups;
-  // (q - zero) * scale per k, the group's vectors reloaded where k enters a new group.
-  auto pack = [&](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* dst) {
+  return [&a, panels, np_cols, gs](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* dst) {
     for (int64_t s = 0; s < nc; s += NR) {
       float* strip = dst + s * kc;
       for (int64_t c = 0; c < NR; c += kPanel) {
@@ -309,10 +306,19 @@ void int8_weight_linear_panels_gemm(const Int8WeightLinearArgs& a) {
       }
     }
   };
+}
+
+// The gemm form on the layout (arguments as the dot form's), for M where arithmetic bounds
+// the call: x as fp32 rows (Fp32Rows), the strips dequantised per task.
+template <class Ops>
+void int8_weight_linear_panels_gemm(const Int8WeightLinearArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  const Fp32Rows rows(a);
   auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
     epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
   };
-  panel::gemm_packed<Ops>(rows.x, rows.stride, a.M, a.N, a.K, a.num_threads, pack, epilogue);
+  panel::gemm_packed<Ops>(rows.x, rows.stride, a.M, a.N, a.K, a.num_threads,
+                          panels_fp32_packer<Ops, panel::kNR<Ops>>(a), epilogue);
 }
 
 }  // namespace

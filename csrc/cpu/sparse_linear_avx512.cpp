@@ -11,6 +11,7 @@
 #include "cpu/sparse_linear_kernel.h"
 #include "cpu/sparse24_lanes_kernel.h"
 #include "cpu/bsr_lanes_kernel.h"
+#include "cpu/panel_gemm_bf16.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -153,7 +154,126 @@ struct LanesAvx512 {
   }
 };
 
+// ----------------------------------------------------------------------------- bf16 arithmetic
+// The lane layouts with bf16 values in panel_gemm_bf16.h's arithmetic (vdpbf16ps), for M where
+// arithmetic bounds the call: the values stay bf16 (exact) and x is rounded to bf16.
+
+// The 2:4 lanes as pair strips (panel_gemm_bf16.h): per 16-row block and step of 8 k, each
+// group's two kept values (one 32-bit word per lane: slot 0 low) moved to their positions
+// (metadata: bits 1:0 and 3:2 of the step's byte for group 0, 5:4 and 7:6 for group 1), zeros
+// elsewhere. k0 and kc are whole steps (gemm_packed's k_align 8); a block past the last is zeros.
+inline auto s24_lanes_pair_packer(const Sparse24Args& a) {
+  constexpr int64_t NR = panel_bf16::kNR, kGroupBytes = 2 * kLaneRows * 2, kStepBytes = 2 * kGroupBytes;
+  const int64_t blocks = (a.N + kLaneRows - 1) / kLaneRows, steps = a.K / 8;
+  return [&a, blocks, steps](int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t* dst) {
+    const __m512i low = _mm512_set1_epi32(0xFFFF), three = _mm512_set1_epi32(3);
+    for (int64_t s = 0; s < nc; s += NR) {
+      for (int64_t c = 0; c < NR; c += kLaneRows) {
+        uint32_t* out = dst + s * kc + c;  // pair row q at out + q * NR
+        const int64_t b = (n0 + s + c) / kLaneRows;
+        if (b >= blocks) {
+          for (int64_t q = 0; q < kc / 2; ++q) _mm512_storeu_si512(out + q * NR, _mm512_setzero_si512());
+          continue;
+        }
+        const char* vals = static_cast<const char*>(a.values) + b * steps * kStepBytes;
+        const uint8_t* meta = a.meta + b * steps * kLaneRows;
+        for (int64_t step = k0 / 8; step < (k0 + kc) / 8; ++step) {
+          const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(meta + step * kLaneRows)));
+          for (int g = 0; g < 2; ++g) {
+            const __m512i w = _mm512_loadu_si512(vals + step * kStepBytes + g * kGroupBytes);
+            const __m512i v0 = _mm512_and_si512(w, low), v1 = _mm512_srli_epi32(w, 16);
+            const __m512i fields = _mm512_srli_epi32(bytes, 4 * g);
+            const __m512i i0 = _mm512_and_si512(fields, three), i1 = _mm512_and_si512(_mm512_srli_epi32(fields, 2), three);
+            for (int h = 0; h < 2; ++h) {  // pairs (positions 0, 1) and (2, 3)
+              __m512i at[2];
+              for (int e = 0; e < 2; ++e) {
+                const __m512i pos = _mm512_set1_epi32(2 * h + e);
+                at[e] = _mm512_mask_mov_epi32(_mm512_maskz_mov_epi32(_mm512_cmpeq_epi32_mask(i0, pos), v0),
+                                              _mm512_cmpeq_epi32_mask(i1, pos), v1);
+              }
+              const int64_t q = (step * 8 + g * 4 + 2 * h - k0) / 2;
+              _mm512_storeu_si512(out + q * NR, _mm512_or_si512(at[0], _mm512_slli_epi32(at[1], 16)));
+            }
+          }
+        }
+      }
+    }
+  };
+}
+
+// BSR: a block row's stored blocks in the lane layout are already pair strips of 16 columns
+// ([bk/2][16] 32-bit units per row group), so a register tile of MR rows of x runs over the
+// stored blocks only, x's pairs taken at each block's columns; sums[r][16].
+template <int MR>
+inline void bsr_bf16_tile(const uint32_t* xp, const char* first, int64_t block_bytes, const int32_t* cols, int64_t nb,
+                          int64_t half_bk, float* sums) {
+  __m512 acc[MR];
+  for (auto& v : acc) v = _mm512_setzero_ps();
+  for (int64_t j = 0; j < nb; ++j) {
+    const uint32_t* b = reinterpret_cast<const uint32_t*>(first + j * block_bytes);
+    const uint32_t* x = xp + cols[j] * half_bk * MR;
+    for (int64_t p = 0; p < half_bk; ++p) {
+      const __m512bh w = panel_bf16::as_bh(_mm512_loadu_si512(b + p * kLaneRows));
+      for (int i = 0; i < MR; ++i)
+        acc[i] = _mm512_dpbf16_ps(acc[i], panel_bf16::as_bh(_mm512_set1_epi32(static_cast<int>(x[p * MR + i]))), w);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm512_storeu_ps(sums + i * kLaneRows, acc[i]);
+}
+
+template <int MR>
+inline void bsr_bf16_rows(int mr, const uint32_t* xp, const char* first, int64_t block_bytes, const int32_t* cols,
+                          int64_t nb, int64_t half_bk, float* sums) {
+  if constexpr (MR >= 1) {
+    if (mr == MR) return bsr_bf16_tile<MR>(xp, first, block_bytes, cols, nb, half_bk, sums);
+    bsr_bf16_rows<MR - 1>(mr, xp, first, block_bytes, cols, nb, half_bk, sums);
+  }
+}
+
+// Rows of x per register tile: 16 accumulators, one weight vector, a broadcast.
+constexpr int kBsrBf16Rows = 16;
+
 }  // namespace
+
+void sparse24_lanes_linear_panel_bf16_avx512(const Sparse24Args& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
+    sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
+  };
+  panel_bf16::gemm_packed(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads, s24_lanes_pair_packer(a),
+                          epilogue, 8);
+}
+
+void block_sparse_lanes_linear_panel_bf16_avx512(const BsrArgs& a) {
+  if (a.M <= 0 || a.N <= 0) return;
+  constexpr int MR = kBsrBf16Rows;
+  constexpr int64_t kStripsPerTask = 4;
+  const panel_bf16::TileRows<MR> tiles(panel_bf16::Bf16Rows(a.x, a.x_row_stride, a.x_dtype, a.M, a.K), a.M, a.K);
+  const int64_t groups = a.bn / kLaneRows, strips = a.N / kLaneRows, half_bk = a.bk / 2;
+  const int64_t strip_bytes = kLaneRows * a.bk * 2, block_bytes = groups * strip_bytes;
+  const int64_t mtasks = (a.M + panel::kMC - 1) / panel::kMC, stasks = (strips + kStripsPerTask - 1) / kStripsPerTask;
+  const int64_t tasks = mtasks * stasks;
+  const char* vals = static_cast<const char*>(a.values);
+  parallel_dynamic(tasks, a.M * a.nnz * a.bn * a.bk < panel::kSerialWork ? 1 : a.num_threads, [&](auto take) {
+    alignas(64) float sums[MR * kLaneRows];
+    for (int64_t t; (t = take()) < tasks;) {
+      const int64_t m0 = t / stasks * panel::kMC, mc = imin(panel::kMC, a.M - m0);
+      const int64_t s_begin = t % stasks * kStripsPerTask, s_end = imin(strips, s_begin + kStripsPerTask);
+      for (int64_t s = s_begin; s < s_end; ++s) {
+        const int64_t br = s / groups, b0 = a.row_ptr[br], nb = a.row_ptr[br + 1] - b0;
+        const char* first = vals + b0 * block_bytes + s % groups * strip_bytes;
+        const int64_t n0 = br * a.bn + s % groups * kLaneRows;
+        for (int64_t i = 0; i < mc; i += MR) {
+          const int mr = static_cast<int>(imin(MR, mc - i));
+          bsr_bf16_rows<MR>(mr, tiles.at(m0 + i, mr, 0), first, block_bytes, a.col_indices + b0, nb, half_bk, sums);
+          for (int r = 0; r < mr; ++r)
+            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + r * kLaneRows, m0 + i + r, n0,
+                               kLaneRows);
+        }
+      }
+    }
+  });
+}
 
 void sparse24_lanes_linear_avx512(const Sparse24Args& a) { s24_lanes_dispatch<V, LanesAvx512>(a); }
 void sparse24_lanes_linear_panel_avx512(const Sparse24Args& a) { s24_lanes_panel_dispatch<V, LanesAvx512>(a); }

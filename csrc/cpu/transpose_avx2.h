@@ -1,6 +1,8 @@
 // An 8 x 8 transpose of 32-bit lanes in eight AVX2 registers: element j of r[i] becomes
 // element i of r[j]. The panel GEMM packs weight rows into k-major strips with it (float
-// lanes), the AVX2 W8A8 GEMM its int8 quads and pairs (integer lanes, the same bits).
+// lanes), the AVX2 W8A8 GEMM its int8 quads and pairs (integer lanes, the same bits). A
+// 16 x 16 byte transpose turns 16 int8 rows into panel order and back (the w8a16-cpu layout's
+// row reader, the bf16 panel GEMM's packer of row-major codes).
 // Include only from ISA translation units (anonymous namespace: see vec_avx2.h); every x86
 // unit here is compiled with AVX2 at least.
 #pragma once
@@ -33,6 +35,32 @@ inline void transpose8(__m256i (&r)[8]) {
   for (int i = 0; i < 8; ++i) f[i] = _mm256_castsi256_ps(r[i]);
   transpose8(f);
   for (int i = 0; i < 8; ++i) r[i] = _mm256_castps_si256(f[i]);
+}
+
+// A 16 x 16 byte transpose: r[i] = row k + i of a panel ([K][16]) in, r[c] = column c's codes
+// at k .. k + 15 out.
+inline void transpose16x16_epi8(__m128i (&r)[16]) {
+  __m128i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+    t[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm_unpacklo_epi16(t[2 * i], t[2 * i + 1]);
+    r[i + 4] = _mm_unpackhi_epi16(t[2 * i], t[2 * i + 1]);
+    r[i + 8] = _mm_unpacklo_epi16(t[2 * i + 8], t[2 * i + 9]);
+    r[i + 12] = _mm_unpackhi_epi16(t[2 * i + 8], t[2 * i + 9]);
+  }
+  for (int i = 0; i < 8; ++i) {
+    t[i] = _mm_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[i + 8] = _mm_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // t[a] holds columns 2j, 2j + 1 of rows 0-7 and t[b] of rows 8-15, for (a, b) = kHalves[j].
+  static constexpr int kHalves[8][2] = {{0, 1}, {8, 9}, {2, 3}, {10, 11}, {4, 5}, {12, 13}, {6, 7}, {14, 15}};
+  for (int j = 0; j < 8; ++j) {
+    r[2 * j] = _mm_unpacklo_epi64(t[kHalves[j][0]], t[kHalves[j][1]]);
+    r[2 * j + 1] = _mm_unpackhi_epi64(t[kHalves[j][0]], t[kHalves[j][1]]);
+  }
 }
 
 }  // namespace

@@ -150,7 +150,7 @@ def test_binding_refuses_bad_arguments():
     args = dict(isa=_ISA, form="dot", x=x.data_ptr(), x_row_stride=32, x_dtype=0, panels=layout.weight.data_ptr(),
                 scale=layout.scale.data_ptr(), zero_point=0, groups=1, bias=0, out=out.data_ptr(), out_row_stride=16,
                 M=2, N=16, K=32, act=0, num_threads=1)
-    for change, words in (({"form": "rows"}, "'form' must be 'dot' or 'gemm'"), ({"scale": 0}, "'scale'"),
+    for change, words in (({"form": "rows"}, "'form' must be 'dot', 'gemm' or 'gemm-bf16'"), ({"scale": 0}, "'scale'"),
                           ({"groups": 3}, "'groups' 3 must be >= 1 and divide K"), ({"groups": 0}, "'groups'"),
                           ({"K": 0}, "'K' must be positive"), ({"out_row_stride": 3}, "out_row_stride"),
                           ({"num_threads": 0}, "num_threads"), ({"act": 99}, "activation code"),

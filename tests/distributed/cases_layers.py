@@ -83,7 +83,7 @@ def case_layers(rank: int, world: int) -> None:
     x = inputs()
     cols, rows = shard_slice(N, rank, world), shard_slice(K, rank, world)
     failures = []
-    with bigperf.use_backend("cpu"), torch.no_grad():
+    with bigperf.use_backend("cpu"), bigperf.fp32_compute(), torch.no_grad():
         for name, config in CONFIGS.items():
             expected = swapped(plain_model(name), config)(x)
             for style, x_in, want in (("colwise", x, expected[..., cols]), ("rowwise", x[..., rows], expected)):
@@ -147,7 +147,7 @@ def case_torch_entry_point(rank: int, world: int) -> None:
     bigperf's styles exist."""
     mesh = init_device_mesh("cpu", (world,))
     x = inputs()
-    with bigperf.use_backend("cpu"), torch.no_grad():
+    with bigperf.use_backend("cpu"), bigperf.fp32_compute(), torch.no_grad():
         for name in ("int8-group64-asym", "sparse24-int8", "block16", "fused-bf16"):
             for style, torch_style, x_in in (("colwise", tp.ColwiseParallel(), x),
                                              ("rowwise", tp.RowwiseParallel(), x[..., shard_slice(K, rank, world)])):
@@ -183,7 +183,7 @@ def case_layouts(rank: int, world: int) -> None:
             failures.append(f"{what}: shape {tuple(got.shape)} vs {tuple(want.shape)}, "
                             f"error {rel_error(got, want) if got.shape == want.shape else None}")
 
-    with bigperf.use_backend("cpu"), torch.no_grad():
+    with bigperf.use_backend("cpu"), bigperf.fp32_compute(), torch.no_grad():
         for name in ("int8-dynamic", "fused-bf16", "block16", "int8-group32"):
             config = CONFIGS[name]
             expected = swapped_mlp(name, config)(x)
@@ -297,7 +297,7 @@ def case_smoke(rank: int, world: int) -> None:
     bigperf.swap(model, bigperf.Int8WeightOnly(group_size=32))
     x = inputs()
     plan = {"0": "colwise", "2": "rowwise"}
-    with bigperf.use_backend("cpu"), torch.no_grad():
+    with bigperf.use_backend("cpu"), bigperf.fp32_compute(), torch.no_grad():
         expected = model(x)
         two_d = init_device_mesh("cpu", (2, world // 2)) if world % 2 == 0 and world > 2 else None
         if two_d is not None:
@@ -332,7 +332,7 @@ def case_save(rank: int, world: int) -> None:
     mesh = init_device_mesh("cpu", (world,))
     plan = {"0": "colwise", "2": "rowwise"}
     x = inputs()
-    with bigperf.use_backend("cpu"), torch.no_grad():
+    with bigperf.use_backend("cpu"), bigperf.fp32_compute(), torch.no_grad():
         for name in ("int8-group32", "int8-channel", "sparse24-int8", "block16", "fused-bf16", "plain-row"):
             config = CONFIGS.get(name) or {"0": CONFIGS["int8-group64-asym"], "2": None}
             expected = mlp_model(name)

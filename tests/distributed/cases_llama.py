@@ -83,7 +83,7 @@ def case_llama(rank: int, world: int) -> None:
     """Swap then shard, every config: the same logits and greedy tokens as the unsharded swapped model."""
     mesh = init_device_mesh("cpu", (world,))
     failures = []
-    with bigperf.use_backend("cpu"):
+    with bigperf.use_backend("cpu"), bigperf.fp32_compute():
         for name, config in CONFIGS.items():
             model = tiny_llama()
             report = bigperf.swap(model, config)
@@ -100,7 +100,7 @@ def case_llama_orders(rank: int, world: int) -> None:
     mesh = init_device_mesh("cpu", (world,))
     failures = []
     config = CONFIGS["int8-group32"]
-    with bigperf.use_backend("cpu"):
+    with bigperf.use_backend("cpu"), bigperf.fp32_compute():
         swapped = tiny_llama()
         bigperf.swap(swapped, config)
         expected = run(swapped)

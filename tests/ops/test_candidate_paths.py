@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import bigperf
 import bigperf.ops.torch_paths as torch_paths
 from bigperf.formats.bsr_lanes import pack_bsr_lanes
 from bigperf.formats.sparse24_lanes import pack_24_lanes
@@ -18,6 +19,7 @@ from bigperf.formats.w8a8_cpu import pack_w8a8_cpu
 from bigperf.formats.w8a16_cpu import pack_w8a16_cpu
 from bigperf.ops.activations import apply_activation
 from bigperf.ops.block_sparse_lanes_linear import LANES_BACKENDS as BSR_LANES_BACKENDS
+from bigperf.ops.common import BF16_PANEL_VARIANT
 from bigperf.ops.fused_linear import BACKENDS as FUSED_BACKENDS
 from bigperf.ops.int8_dynamic_layout_linear import LAYOUT_BACKENDS as W8A8_CPU_BACKENDS
 from bigperf.ops.int8_linear import DYNAMIC_BACKENDS, WEIGHT_ONLY_BACKENDS, dynamic_reference
@@ -28,6 +30,7 @@ from bigperf.quant import dequantize_weight, quantize_weight
 from bigperf.sparsity import block_mask, nm_mask, pack_24, pack_24_int8, pack_bsr, unpack_24, unpack_bsr
 from tests.helpers import TOLERANCE, fused_linear_fp64, random_tensor, rel_error
 
+pytestmark = pytest.mark.bf16_dispatch  # every path, those that round fp32 x to bf16 included
 M, N, K = 37, 96, 64  # N spans several 16-row chunks; M above every "skinny" regime
 
 
@@ -158,9 +161,11 @@ def test_every_eligible_cpu_path_matches_the_float64_reference(case):
         assert out.dtype == x.dtype and out.shape == ref.shape, path.id
         assert torch.isfinite(out).all(), path.id
         err = rel_error(out, ref)
-        # A bf16 GEMM serves fp32 x only on int8 or bf16 weights (torch_paths.precision_of):
-        # bf16's tolerance, the precision class the weight is already in.
-        path_tol = max(tol, TOLERANCE[torch.bfloat16]) if path.id == "torch:bf16" else tol
+        # A bf16 GEMM (PyTorch's, or our kernels' bf16 panel form) serves fp32 x only on int8
+        # or bf16 weights (torch_paths.precision_of): bf16's tolerance, the precision class the
+        # weight is already in.
+        bf16_gemm = path.id == "torch:bf16" or path.variant == BF16_PANEL_VARIANT
+        path_tol = max(tol, TOLERANCE[torch.bfloat16]) if bf16_gemm else tol
         assert err < path_tol, f"{case}: path {path.id} is off by {err:.2e} (tolerance {path_tol:.0e})"
         ran.append(path.id)
     assert "torch:fp32" in ran, f"{case}: the fp32 torch path must serve every layer; ran {ran}"
@@ -178,6 +183,22 @@ def test_half_paths_only_where_the_inputs_already_have_that_precision():
     _, args, _, _ = _case_fused(F32, BF16)
     assert FUSED_BACKENDS.backends["torch:bf16"].why_not(*args) is None  # the weight is bf16
     assert FUSED_BACKENDS.backends["torch:fp16"].why_not(*args)
+
+
+def test_fp32_compute_keeps_fp32_x_in_fp32():
+    """bigperf.fp32_compute(): the paths that would round fp32 x to bf16 refuse it inside the
+    block (and serve again after it); x already in bf16 is not rounded by them, so they serve."""
+    _, args, _, _ = _case_weight_only(F32, None)
+    bf16_ids = ["torch:bf16"] + [p.id for p in WEIGHT_ONLY_BACKENDS.backends.values()
+                                 if p.variant == BF16_PANEL_VARIANT and p.why_not(*args) is None]
+    assert all(WEIGHT_ONLY_BACKENDS.backends[i].why_not(*args) is None for i in bf16_ids)
+    _, bf16_args, _, _ = _case_weight_only(BF16, None)
+    with bigperf.fp32_compute():
+        for i in bf16_ids:
+            assert "fp32_compute" in WEIGHT_ONLY_BACKENDS.backends[i].why_not(*args), i
+            assert WEIGHT_ONLY_BACKENDS.backends[i].why_not(*bf16_args) is None, i
+        assert WEIGHT_ONLY_BACKENDS.backends["torch:fp32"].why_not(*args) is None
+    assert all(WEIGHT_ONLY_BACKENDS.backends[i].why_not(*args) is None for i in bf16_ids)
 
 
 def test_a_changed_weight_changes_every_path():

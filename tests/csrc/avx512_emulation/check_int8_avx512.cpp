@@ -3,7 +3,7 @@
 // points, the three x dtypes, every activation, strided x, and padded outputs that must
 // stay untouched past N; W8A8 with 8- and 7-bit activation codes; both on the weights held in
 // the w8a16-cpu and w8a8-cpu panel layouts too (packed here as bigperf/formats/_panels.py
-// does). Built and run by tests/csrc/test_cpu_int8_avx512_emulated.py.
+// does); W8A16's bf16 panel GEMM on both weights (bf16's tolerance). Built and run by tests/csrc/test_cpu_int8_avx512_emulated.py.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -103,6 +103,17 @@ int main() {
     ++runs;
     if (d == DType::f32) worst_wo = std::fmax(worst_wo, e);
     if (e > tol[(int)d]) { ++fails; printf("FAIL wo M=%ld N=%ld K=%ld gs=%ld zp=%d dt=%d act=%d err=%g\n", (long)M, (long)N, (long)K, (long)gs, zp, (int)d, (int)act, e); }
+    // The panel GEMM in bf16 arithmetic (panel_gemm_bf16.h, even K) on both weights: x and the
+    // weight rounded to bf16, so held to bf16's tolerance against the fp32 scalar path (over
+    // many outputs: one output's relative error is unbounded where its sum cancels).
+    if (K % 2 == 0 && N > 1) {
+      Buf o6 = make_out(M, N, d, 2), o7 = make_out(M, N, d, 2);
+      a.out = o6.b.data(); a.out_row_stride = o6.stride; int8_weight_linear_panel_bf16_avx512(a);
+      h.out = o7.b.data(); h.out_row_stride = o7.stride; int8_weight_linear_panels_gemm_bf16_avx512(h);
+      e = std::fmax(compare(o6, o2, M, N, d, 2), compare(o7, o2, M, N, d, 2));
+      ++runs;
+      if (e > 1e-2) { ++fails; printf("FAIL wo bf16 M=%ld N=%ld K=%ld gs=%ld zp=%d dt=%d act=%d err=%g\n", (long)M, (long)N, (long)K, (long)gs, zp, (int)d, (int)act, e); }
+    }
     if (zp || gsi > 1) continue;
     // dynamic: per channel, symmetric scales, any int8 weights; 8- and 7-bit x codes
     for (int bits = 8; bits >= 7; --bits) {

@@ -1,0 +1,224 @@
+// The panel GEMM of panel_gemm.h in bf16 arithmetic, for AVX512-BF16 (the AVX-512 unit's
+// ISA requires it): vdpbf16ps multiplies 16 pairs of bf16 and adds both products to 16
+// fp32 sums, 32 multiply-adds per instruction where an fp32 FMA does 16. On CPUs with it
+// (Zen 4, Xeons since Cooper Lake) torch's bf16 GEMM runs about twice its fp32 GEMM, and the
+// fp32 panel GEMM cannot reach it: on Zen 4 (1 thread) int8 weight-only at M = 128 ran at
+// 0.49x torch's bf16 F.linear on a dense bf16 weight (benchmarks/NOTES.md).
+//
+// Same blocking and tasks as panel_gemm.h; what differs:
+//   * x is converted once per call into bf16 rows (round to nearest even; a bf16 x is
+//     copied), read as 32-bit pairs (x[2p], x[2p + 1]) and broadcast per pair;
+//   * a task's weight panel is first packed as fp32 strips by the format's own packer (the
+//     same packers as the fp32 GEMM: dequantised codes, unpacked values) and then turned,
+//     in place and in cache, into pair strips: pair row p of a strip holds, for each of its
+//     32 columns, the 32-bit unit (w[2p], w[2p + 1]) in bf16 (even k in the low half).
+// So the weight is rounded to bf16 (a dequantised int8 weight: by at most a quarter of its
+// quantisation step; a bf16 weight: not at all) and so is x: only a path whose precision
+// admits bf16 compute may use it (bigperf/ops/torch_paths.py, half_why_not).
+// Include only from the AVX-512 translation units (anonymous namespace: see vec_avx2.h).
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/dtype_convert.h"
+#include "cpu/kernel_util.h"
+#include "cpu/panel_gemm.h"
+#include "cpu/thread_pool.h"
+
+namespace bigperf::cpu {
+namespace {
+
+namespace panel_bf16 {
+
+// K in as few slices as possible: slicing K (panel_gemm.h's 256) cost 20-30 % here (Zen 4,
+// 1 thread, 128 x 512 x 4096: 140-155 GF in slices of 256-2048, 200 GF in one), though each
+// slice's panel fits L2 better; past this many k, equal slices (a 128-column panel of 4096 k
+// in bf16 pairs is 1 MB).
+constexpr int64_t kMaxKC = 4096;
+constexpr int64_t kNR = 32;  // columns per strip: 2 vectors of 16 fp32 sums
+constexpr int64_t kNC = 4 * kNR;
+constexpr int kMR = 6;       // rows per register tile: 6 x 4 accumulators (two strips side by side)
+
+// A vector of 32 bf16 from its bits (memcpy: SIMDe's emulated type is not a vector type).
+inline __m512bh as_bh(__m512i v) {
+  __m512bh r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+}
+
+// Each lane's fp32 rounded to bf16 (nearest even; NaN stays a quiet NaN, as float_to_bf16),
+// in the lane's high 16 bits, the low 16 bits zero. Integer arithmetic only: SIMDe has no
+// vcvtneps2bf16.
+inline __m512i bf16_high(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_or_epi32(r, nan, bits, _mm512_set1_epi32(0x00400000));
+  return _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
+}
+
+// x as bf16 rows of K elements (K even), converted once per call.
+struct Bf16Rows {
+  Bf16Rows(const void* x, int64_t row_stride, DType d, int64_t M, int64_t K)
+      : buf(static_cast<size_t>(M * K) * sizeof(uint16_t)), rows(buf.as<uint16_t>()), stride(K) {
+    for (int64_t m = 0; m < M; ++m) {
+      uint16_t* dst = rows + m * K;
+      const char* src = static_cast<const char*>(x) + m * row_stride * element_size(d);
+      if (d == DType::bf16) {
+        std::memcpy(dst, src, static_cast<size_t>(K) * sizeof(uint16_t));
+        continue;
+      }
+      int64_t k = 0;
+      for (; k + 16 <= K; k += 16) {
+        const __m512 v = d == DType::f32 ? _mm512_loadu_ps(reinterpret_cast<const float*>(src) + k)
+                                         : _mm512_cvtph_ps(_mm256_loadu_si256(
+                                               reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(src) + k)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
+                            _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_high(v), 16)));
+      }
+      for (; k < K; ++k) dst[k] = float_to_bf16(load_as_float(src, k, d));
+    }
+  }
+  AlignedBuffer buf;
+  uint16_t* rows;
+  int64_t stride;  // elements
+};
+
+// The fp32 strips packer's output (kc x kNR floats per strip, strips one after another)
+// turned in place into pair strips (kc / 2 x kNR 32-bit units per strip, at the same strip
+// starts): pair row p only overwrites fp32 rows below 2p, already read.
+inline void strips_to_pairs(float* panel, int64_t nc, int64_t kc) {
+  for (int64_t s = 0; s < nc; s += kNR) {
+    float* strip = panel + s * kc;
+    uint32_t* pairs = reinterpret_cast<uint32_t*>(strip);
+    for (int64_t p = 0; p < kc / 2; ++p) {
+      for (int64_t h = 0; h < kNR; h += 16) {
+        const __m512i even = bf16_high(_mm512_loadu_ps(strip + 2 * p * kNR + h));
+        const __m512i odd = bf16_high(_mm512_loadu_ps(strip + (2 * p + 1) * kNR + h));
+        _mm512_storeu_si512(pairs + p * kNR + h, _mm512_or_si512(_mm512_srli_epi32(even, 16), odd));
+      }
+    }
+  }
+}
+
+// A pair packer (what gemm_packed takes: pack(n0, nc, k0, kc, dst) writes the pair strips of
+// columns [n0, n0 + nc) and k in [k0, k0 + kc), strip s at dst + s * kc units) from an fp32
+// strips packer of panel_gemm.h: packed as fp32 into dst, then converted in place.
+template <class Fp32Pack>
+auto from_fp32(const Fp32Pack& pack) {
+  return [&pack](int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t* dst) {
+    float* strips = reinterpret_cast<float*>(dst);
+    pack(n0, nc, k0, kc, strips);
+    strips_to_pairs(strips, nc, kc);
+  };
+}
+
+// The pair units of 16 columns from their int8 codes at k (even) and k + 1: exact, since
+// bf16 holds every integer up to 256 (the fp32 value's high half is the bf16).
+inline __m512i code_pairs(__m128i even, __m128i odd) {
+  const __m512i e = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(even)));
+  const __m512i o = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(odd)));
+  return _mm512_or_si512(_mm512_srli_epi32(e, 16), _mm512_and_si512(o, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+// c[i][0..32) += sum over pairs p < np of x_i pair p . b pair row p, for i < MR; the
+// rows' pairs interleaved, xp[p * MR + i] (one pointer: 12 row pointers would not leave
+// the loop its registers).
+template <int MR, int NV>
+inline void micro_tile(int64_t np, const uint32_t* xp, const uint32_t* b, int64_t b_next, float* c, int64_t ldc) {
+  __m512 acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_loadu_ps(c + i * ldc + 16 * v);
+  for (int64_t p = 0; p < np; ++p) {
+    __m512bh bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = as_bh(_mm512_loadu_si512(b + (v / 2) * b_next + p * kNR + 16 * (v % 2)));
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh a = as_bh(_mm512_set1_epi32(static_cast<int>(xp[p * MR + i])));
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, bv[v]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+}
+
+template <int MR, int NV>
+inline void micro_rows(int mr, int64_t np, const uint32_t* xp, const uint32_t* b, int64_t b_next, float* c, int64_t ldc) {
+  if constexpr (MR >= 1) {
+    if (mr == MR) return micro_tile<MR, NV>(np, xp, b, b_next, c, ldc);
+    micro_rows<MR - 1, NV>(mr, np, xp, b, b_next, c, ldc);
+  }
+}
+
+// x's pairs as register tiles of MR rows read them: rows in blocks of MR (the last may be
+// shorter), block b holding pair p of its row r at block + p * rows + r; block b starts at
+// unit b * MR * K / 2. Built once per call (every task reads its slices).
+template <int MR = kMR>
+struct TileRows {
+  TileRows(const Bf16Rows& x, int64_t M, int64_t K) : buf(static_cast<size_t>(M * K / 2) * sizeof(uint32_t)), pairs(K / 2) {
+    uint32_t* dst = buf.as<uint32_t>();
+    for (int64_t m0 = 0; m0 < M; m0 += MR) {
+      const int64_t mr = imin(MR, M - m0);
+      for (int64_t r = 0; r < mr; ++r) {
+        const uint32_t* src = reinterpret_cast<const uint32_t*>(x.rows + (m0 + r) * x.stride);
+        for (int64_t p = 0; p < pairs; ++p) dst[m0 * pairs + p * mr + r] = src[p];
+      }
+    }
+  }
+  // Block starting at row m0 (a multiple of MR) of mr rows, from pair p.
+  const uint32_t* at(int64_t m0, int64_t mr, int64_t p) const { return buf.as<uint32_t>() + m0 * pairs + p * mr; }
+  AlignedBuffer buf;
+  int64_t pairs;
+};
+
+// out = epilogue(x @ W^T) with x (M rows of dtype d, row stride in elements) rounded to bf16
+// and W given by a pair packer (see from_fp32). K must be even (a pair never straddles a
+// row's end); every slice of K but the last starts and ends at a multiple of k_align (even:
+// a packer's unit of k, e.g. 8 for the 2:4 lanes' steps).
+template <class Pack, class Epilogue>
+void gemm_packed(const void* x, int64_t x_row_stride, DType d, int64_t M, int64_t N, int64_t K, int num_threads,
+                 const Pack& pack, const Epilogue& epilogue, int64_t k_align = 2) {
+  constexpr int64_t MC = panel::kMC;
+  static_assert(MC % kMR == 0, "a task's rows are whole register tiles but the last");
+  if (M <= 0 || N <= 0) return;
+  const int64_t slices = imax(1, (K + kMaxKC - 1) / kMaxKC);
+  const int64_t KC = ((K + slices - 1) / slices + k_align - 1) / k_align * k_align;
+  const TileRows<> tiles(Bf16Rows(x, x_row_stride, d, M, K), M, K);
+  const int64_t mtasks = (M + MC - 1) / MC, ntasks = (N + kNC - 1) / kNC;
+  const int64_t tasks = mtasks * ntasks;
+  parallel_dynamic(tasks, M * N * K < panel::kSerialWork ? 1 : num_threads, [&](auto take) {
+    AlignedBuffer panel_buf(static_cast<size_t>(KC * kNC) * sizeof(float));
+    AlignedBuffer sums_buf(static_cast<size_t>(MC * kNC) * sizeof(float));
+    float* bp = panel_buf.as<float>();
+    float* sums = sums_buf.as<float>();
+    for (int64_t t; (t = take()) < tasks;) {
+      // Column blocks vary fastest: tasks running at once share the same rows of x.
+      const int64_t m0 = t / ntasks * MC, n0 = t % ntasks * kNC;
+      const int64_t mc = imin(MC, M - m0), nc = imin(kNC, N - n0);
+      std::memset(sums, 0, static_cast<size_t>(mc * kNC) * sizeof(float));
+      for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t kc = imin(KC, K - k0);
+        pack(n0, nc, k0, kc, reinterpret_cast<uint32_t*>(bp));
+        const int64_t np = kc / 2;
+        for (int64_t s = 0; s < nc; s += 2 * kNR) {
+          const uint32_t* strip = reinterpret_cast<const uint32_t*>(bp + s * kc);
+          const bool two = s + kNR < nc;
+          for (int64_t i = 0; i < mc; i += kMR) {
+            const int mr = static_cast<int>(imin(kMR, mc - i));
+            const uint32_t* xp = tiles.at(m0 + i, mr, k0 / 2);
+            if (two) micro_rows<kMR, 4>(mr, np, xp, strip, kNR * kc, sums + i * kNC + s, kNC);
+            else micro_rows<kMR, 2>(mr, np, xp, strip, kNR * kc, sums + i * kNC + s, kNC);
+          }
+        }
+      }
+      for (int64_t i = 0; i < mc; ++i) epilogue(sums + i * kNC, m0 + i, n0, nc);
+    }
+  });
+}
+
+}  // namespace panel_bf16
+
+}  // namespace
+}  // namespace bigperf::cpu
