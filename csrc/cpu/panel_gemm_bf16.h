@@ -38,7 +38,9 @@ namespace panel_bf16 {
 // in bf16 pairs is 1 MB).
 constexpr int64_t kMaxKC = 4096;
 constexpr int64_t kNR = 32;  // columns per strip: 2 vectors of 16 fp32 sums
-constexpr int64_t kNC = 4 * kNR;
+// Columns per task: one register tile's width (two strips). Tasks must outnumber threads: at
+// 128 columns a 384-wide layer (MiniLM's attention) made 3 tasks for 2 threads.
+constexpr int64_t kNC = 2 * kNR;
 constexpr int kMR = 6;       // rows per register tile: 6 x 4 accumulators (two strips side by side)
 
 // A vector of 32 bf16 from its bits (memcpy: SIMDe's emulated type is not a vector type).
@@ -60,30 +62,37 @@ inline __m512i bf16_high(__m512 v) {
   return _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
 }
 
-// x as bf16 rows of K elements (K even), converted once per call.
+// x as bf16 rows of K elements (K even): a bf16 x read in place, else converted once per call
+// (rows in chunks over num_threads: serial, it cost 5-10 % of a 2-thread M = 192 call).
 struct Bf16Rows {
-  Bf16Rows(const void* x, int64_t row_stride, DType d, int64_t M, int64_t K)
-      : buf(static_cast<size_t>(M * K) * sizeof(uint16_t)), rows(buf.as<uint16_t>()), stride(K) {
-    for (int64_t m = 0; m < M; ++m) {
-      uint16_t* dst = rows + m * K;
-      const char* src = static_cast<const char*>(x) + m * row_stride * element_size(d);
-      if (d == DType::bf16) {
-        std::memcpy(dst, src, static_cast<size_t>(K) * sizeof(uint16_t));
-        continue;
+  Bf16Rows(const void* x, int64_t row_stride, DType d, int64_t M, int64_t K, int num_threads = 1)
+      : buf(d == DType::bf16 ? 0 : static_cast<size_t>(M * K) * sizeof(uint16_t)),
+        rows(d == DType::bf16 ? static_cast<const uint16_t*>(x) : buf.as<uint16_t>()),
+        stride(d == DType::bf16 ? row_stride : K) {
+    if (d == DType::bf16) return;
+    uint16_t* out = buf.as<uint16_t>();
+    constexpr int64_t kChunk = 16;  // rows
+    parallel_items((M + kChunk - 1) / kChunk, M * K < (int64_t{1} << 16) ? 1 : num_threads, [&](int64_t c) {
+      for (int64_t m = c * kChunk; m < imin(M, (c + 1) * kChunk); ++m) {
+        uint16_t* dst = out + m * K;
+        const char* src = static_cast<const char*>(x) + m * row_stride * element_size(d);
+        int64_t k = 0;
+        for (; k + 16 <= K; k += 16) {
+          const __m512 v = d == DType::f32 ? _mm512_loadu_ps(reinterpret_cast<const float*>(src) + k)
+                                           : _mm512_cvtph_ps(_mm256_loadu_si256(
+                                                 reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(src) + k)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
+                              _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_high(v), 16)));
+        }
+        for (; k < K; ++k) dst[k] = float_to_bf16(load_as_float(src, k, d));
       }
-      int64_t k = 0;
-      for (; k + 16 <= K; k += 16) {
-        const __m512 v = d == DType::f32 ? _mm512_loadu_ps(reinterpret_cast<const float*>(src) + k)
-                                         : _mm512_cvtph_ps(_mm256_loadu_si256(
-                                               reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(src) + k)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
-                            _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_high(v), 16)));
-      }
-      for (; k < K; ++k) dst[k] = float_to_bf16(load_as_float(src, k, d));
-    }
+    });
   }
+  // Row m's pairs from pair p (32-bit units; x's rows start at even elements: K and, for a bf16
+  // x read in place, its row stride are even, or the unit load is unaligned, which x86 allows).
+  const uint32_t* pairs(int64_t m, int64_t p) const { return reinterpret_cast<const uint32_t*>(rows + m * stride) + p; }
   AlignedBuffer buf;
-  uint16_t* rows;
+  const uint16_t* rows;
   int64_t stride;  // elements
 };
 
@@ -124,11 +133,12 @@ inline __m512i code_pairs(__m128i even, __m128i odd) {
   return _mm512_or_si512(_mm512_srli_epi32(e, 16), _mm512_and_si512(o, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 
-// c[i][0..32) += sum over pairs p < np of x_i pair p . b pair row p, for i < MR; the
-// rows' pairs interleaved, xp[p * MR + i] (one pointer: 12 row pointers would not leave
-// the loop its registers).
+// c[i][0 .. 16 NV) += sum over pairs p < np of x_i pair p . b pair row p, for i < MR: rows of x
+// at xr[i] (32-bit pair units); NV vectors of columns, vectors 2j and 2j + 1 from the strip at
+// b + j * b_next (a strip's pair row is kNR = 32 units).
 template <int MR, int NV>
-inline void micro_tile(int64_t np, const uint32_t* xp, const uint32_t* b, int64_t b_next, float* c, int64_t ldc) {
+inline void micro_tile(int64_t np, const uint32_t* const* xr, const uint32_t* b, int64_t b_next, float* c,
+                       int64_t ldc) {
   __m512 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_loadu_ps(c + i * ldc + 16 * v);
@@ -136,7 +146,7 @@ inline void micro_tile(int64_t np, const uint32_t* xp, const uint32_t* b, int64_
     __m512bh bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = as_bh(_mm512_loadu_si512(b + (v / 2) * b_next + p * kNR + 16 * (v % 2)));
     for (int i = 0; i < MR; ++i) {
-      const __m512bh a = as_bh(_mm512_set1_epi32(static_cast<int>(xp[p * MR + i])));
+      const __m512bh a = as_bh(_mm512_set1_epi32(static_cast<int>(xr[i][p])));
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, bv[v]);
     }
   }
@@ -145,17 +155,18 @@ inline void micro_tile(int64_t np, const uint32_t* xp, const uint32_t* b, int64_
 }
 
 template <int MR, int NV>
-inline void micro_rows(int mr, int64_t np, const uint32_t* xp, const uint32_t* b, int64_t b_next, float* c, int64_t ldc) {
+inline void micro_rows(int mr, int64_t np, const uint32_t* const* xr, const uint32_t* b, int64_t b_next, float* c,
+                       int64_t ldc) {
   if constexpr (MR >= 1) {
-    if (mr == MR) return micro_tile<MR, NV>(np, xp, b, b_next, c, ldc);
-    micro_rows<MR - 1, NV>(mr, np, xp, b, b_next, c, ldc);
+    if (mr == MR) return micro_tile<MR, NV>(np, xr, b, b_next, c, ldc);
+    micro_rows<MR - 1, NV>(mr, np, xr, b, b_next, c, ldc);
   }
 }
 
 // x's pairs as register tiles of MR rows read them: rows in blocks of MR (the last may be
 // shorter), block b holding pair p of its row r at block + p * rows + r; block b starts at
 // unit b * MR * K / 2. Built once per call (every task reads its slices).
-template <int MR = kMR>
+template <int MR>
 struct TileRows {
   TileRows(const Bf16Rows& x, int64_t M, int64_t K) : buf(static_cast<size_t>(M * K / 2) * sizeof(uint32_t)), pairs(K / 2) {
     uint32_t* dst = buf.as<uint32_t>();
@@ -185,7 +196,7 @@ void gemm_packed(const void* x, int64_t x_row_stride, DType d, int64_t M, int64_
   if (M <= 0 || N <= 0) return;
   const int64_t slices = imax(1, (K + kMaxKC - 1) / kMaxKC);
   const int64_t KC = ((K + slices - 1) / slices + k_align - 1) / k_align * k_align;
-  const TileRows<> tiles(Bf16Rows(x, x_row_stride, d, M, K), M, K);
+  const Bf16Rows rows(x, x_row_stride, d, M, K, num_threads);
   const int64_t mtasks = (M + MC - 1) / MC, ntasks = (N + kNC - 1) / kNC;
   const int64_t tasks = mtasks * ntasks;
   parallel_dynamic(tasks, M * N * K < panel::kSerialWork ? 1 : num_threads, [&](auto take) {
@@ -207,9 +218,10 @@ void gemm_packed(const void* x, int64_t x_row_stride, DType d, int64_t M, int64_
           const bool two = s + kNR < nc;
           for (int64_t i = 0; i < mc; i += kMR) {
             const int mr = static_cast<int>(imin(kMR, mc - i));
-            const uint32_t* xp = tiles.at(m0 + i, mr, k0 / 2);
-            if (two) micro_rows<kMR, 4>(mr, np, xp, strip, kNR * kc, sums + i * kNC + s, kNC);
-            else micro_rows<kMR, 2>(mr, np, xp, strip, kNR * kc, sums + i * kNC + s, kNC);
+            const uint32_t* xr[kMR];
+            for (int r = 0; r < mr; ++r) xr[r] = rows.pairs(m0 + i + r, k0 / 2);
+            if (two) micro_rows<kMR, 4>(mr, np, xr, strip, kNR * kc, sums + i * kNC + s, kNC);
+            else micro_rows<kMR, 2>(mr, np, xr, strip, kNR * kc, sums + i * kNC + s, kNC);
           }
         }
       }

@@ -248,7 +248,7 @@ void block_sparse_lanes_linear_panel_bf16_avx512(const BsrArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
   constexpr int MR = kBsrBf16Rows;
   constexpr int64_t kStripsPerTask = 4;
-  const panel_bf16::TileRows<MR> tiles(panel_bf16::Bf16Rows(a.x, a.x_row_stride, a.x_dtype, a.M, a.K), a.M, a.K);
+  const panel_bf16::TileRows<MR> tiles(panel_bf16::Bf16Rows(a.x, a.x_row_stride, a.x_dtype, a.M, a.K, a.num_threads), a.M, a.K);
   const int64_t groups = a.bn / kLaneRows, strips = a.N / kLaneRows, half_bk = a.bk / 2;
   const int64_t strip_bytes = kLaneRows * a.bk * 2, block_bytes = groups * strip_bytes;
   const int64_t mtasks = (a.M + panel::kMC - 1) / panel::kMC, stasks = (strips + kStripsPerTask - 1) / kStripsPerTask;
