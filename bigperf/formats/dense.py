@@ -15,7 +15,8 @@ import torch
 from bigperf import _ext
 from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import as_rows, cpu_why_not, panel_why_not, cuda_why_not, fp32_bias, triton_why_not
+from bigperf.ops.common import (BF16_PANEL_VARIANT, as_rows, bf16_panel_why_not, cpu_why_not, cuda_why_not, fp32_bias,
+                                panel_why_not, triton_why_not)
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
 from bigperf.ops.torch_paths import (
     copy_linear,
@@ -46,6 +47,10 @@ def _cpu_why_not(x, weight, bias, residual, activation):
 
 def _cpu_panel_why_not(x, weight, bias, residual, activation):
     return panel_why_not(x, weight.shape[1], "fused_linear_panel")
+
+
+def _cpu_bf16_why_not(x, weight, bias, residual, activation):
+    return bf16_panel_why_not(x, weight.shape[1], "fused_linear_panel_bf16", weight.dtype)
 
 
 def _cpu_run(x, weight, bias, residual, activation, kernel="fused_linear"):
@@ -124,6 +129,8 @@ def register_paths(table) -> None:
     """The paths of fused_linear (besides the reference) on this format."""
     table.register("cpu", _cpu_why_not, _cpu_run)
     table.register("cpu", _cpu_panel_why_not, functools.partial(_cpu_run, kernel="fused_linear_panel"), variant="panel")
+    table.register("cpu", _cpu_bf16_why_not, functools.partial(_cpu_run, kernel="fused_linear_panel_bf16"),
+                   variant=BF16_PANEL_VARIANT)
     table.register("cuda", _cuda_why_not, _cuda_run)
     table.register("triton", _triton_why_not, _triton_run)
     register_torch_paths(table, _torch_run, float_weight=True)

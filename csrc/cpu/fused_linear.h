@@ -46,6 +46,8 @@ void fused_linear_panel_scalar(const FusedLinearArgs& args);
 #if defined(BIGPERF_X86)
 void fused_linear_panel_avx2(const FusedLinearArgs& args);
 void fused_linear_panel_avx512(const FusedLinearArgs& args);
+// The panel form in bf16 arithmetic (panel_gemm_bf16.h; AVX512-BF16, K even).
+void fused_linear_panel_bf16_avx512(const FusedLinearArgs& args);
 #endif
 
 }  // namespace bigperf::cpu

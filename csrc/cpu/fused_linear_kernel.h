@@ -348,6 +348,42 @@ void fused_linear_vec(const FusedLinearArgs& a) {
   }
 }
 
+// run(w8, w1) with the weight's row loaders for panel_gemm.h's pack_strips: w8(n, k) eight
+// elements of row n from k as fp32, w1(n, k) one (every weight dtype is exact in fp32).
+template <class Run>
+void with_weight_loaders(const FusedLinearArgs& a, const Run& run) {
+  const char* w = static_cast<const char*>(a.w);
+  const int64_t ws = a.w_row_stride;
+  const uint16_t* wh = reinterpret_cast<const uint16_t*>(w);
+  switch (a.w_dtype) {
+    case DType::f32: {
+      const float* wf = reinterpret_cast<const float*>(w);
+      run([wf, ws](int64_t n, int64_t k) { return _mm256_loadu_ps(wf + n * ws + k); },
+          [wf, ws](int64_t n, int64_t k) { return wf[n * ws + k]; });
+      break;
+    }
+    case DType::bf16:
+      run([wh, ws](int64_t n, int64_t k) {
+            const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + n * ws + k)));
+            return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+          },
+          [wh, ws](int64_t n, int64_t k) {
+            const uint32_t bits = static_cast<uint32_t>(wh[n * ws + k]) << 16;
+            float f;
+            std::memcpy(&f, &bits, sizeof f);
+            return f;
+          });
+      break;
+    case DType::f16:
+      run([wh, ws](int64_t n, int64_t k) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + n * ws + k))); },
+          [wh, ws](int64_t n, int64_t k) {
+            alignas(16) uint16_t one[8] = {wh[n * ws + k]};
+            return _mm256_cvtss_f32(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(one))));
+          });
+      break;
+  }
+}
+
 // The same op in the panel form (panel_gemm.h), for M where the GEMM is bound by
 // arithmetic; the dispatcher times it against fused_linear_vec and PyTorch's GEMM.
 template <class V>
@@ -364,38 +400,10 @@ void fused_linear_panel_vec(const FusedLinearArgs& a) {
     x = converted.as<float>();
     xs = kpad;
   }
-  const char* w = static_cast<const char*>(a.w);
-  const int64_t ws = a.w_row_stride;
   auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) { epilogue_row<V>(a, sums, m, n0, cnt); };
-  auto run = [&](const auto& w8, const auto& w1) { panel::gemm<V>(x, xs, a.M, a.N, a.K, a.num_threads, w8, w1, epilogue); };
-  const uint16_t* wh = reinterpret_cast<const uint16_t*>(w);
-  switch (a.w_dtype) {
-    case DType::f32: {
-      const float* wf = reinterpret_cast<const float*>(w);
-      run([&](int64_t n, int64_t k) { return _mm256_loadu_ps(wf + n * ws + k); },
-          [&](int64_t n, int64_t k) { return wf[n * ws + k]; });
-      break;
-    }
-    case DType::bf16:
-      run([&](int64_t n, int64_t k) {
-            const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + n * ws + k)));
-            return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-          },
-          [&](int64_t n, int64_t k) {
-            const uint32_t bits = static_cast<uint32_t>(wh[n * ws + k]) << 16;
-            float f;
-            std::memcpy(&f, &bits, sizeof f);
-            return f;
-          });
-      break;
-    case DType::f16:
-      run([&](int64_t n, int64_t k) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wh + n * ws + k))); },
-          [&](int64_t n, int64_t k) {
-            alignas(16) uint16_t one[8] = {wh[n * ws + k]};
-            return _mm256_cvtss_f32(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(one))));
-          });
-      break;
-  }
+  with_weight_loaders(a, [&](const auto& w8, const auto& w1) {
+    panel::gemm<V>(x, xs, a.M, a.N, a.K, a.num_threads, w8, w1, epilogue);
+  });
 }
 
 }  // namespace

@@ -213,3 +213,36 @@ def test_sparse_bf16_forms_refuse_other_values():
     with pytest.raises(ValueError, match="bfloat16 values only"):
         run_cpu_24(sparse24_lanes.CPU_BF16_KERNEL, x, lanes.values, lanes.meta, None, None, "none", 16, 32)
     assert "bfloat16 values" in bf16_values_panel_why_not(x, lanes.values, sparse24_lanes.CPU_BF16_KERNEL)
+
+
+# ----------------------------------------------------------------------------- dense (fused_linear)
+
+@pytest.mark.parametrize("w_dtype", DTYPES, ids=lambda d: "w_" + str(d)[6:])
+@pytest.mark.parametrize("x_dtype", DTYPES, ids=lambda d: "x_" + str(d)[6:])
+def test_fused_linear_dense_weights(x_dtype, w_dtype):
+    """A bf16 weight is packed as it is (16 x 16 transposes of its k pairs, then single pairs
+    for K % 32); fp32 and fp16 weights through the fp32 loaders, rounded to bf16. Strided
+    weight rows, N past a strip, bias, residual and activation."""
+    for n, k, m in ((1, 2, 1), (45, 72, 13), (139, 96, 200)):
+        w = random_tensor(n, k + 6, seed=n + k, scale=0.2).to(w_dtype)[:, :k]
+        x = random_tensor(m, k, dtype=x_dtype, seed=m)
+        bias, res = random_tensor(n, seed=1), random_tensor(m, n, dtype=x_dtype, seed=2)
+        out = torch.full((m, n), float("nan"), dtype=x_dtype)
+        C.fused_linear_panel_bf16("avx512", x.data_ptr(), x.stride(0), CODE[x_dtype], w.data_ptr(), w.stride(0),
+                                  CODE[w_dtype], bias.data_ptr(), res.data_ptr(), res.stride(0), out.data_ptr(),
+                                  out.stride(0), m, n, k, ACTIVATIONS.index("gelu"), 2)
+        y = x.to(torch.bfloat16).double() @ w.to(torch.bfloat16).double().t()
+        want = apply_activation(y + bias.double(), "gelu") + res.double()
+        tol = TOL if x_dtype == torch.float32 else 4e-3
+        assert rel_error(out, want) < tol, (n, k, m)
+
+
+def test_fused_linear_bf16_form_refuses_odd_k_and_other_isas():
+    w = random_tensor(16, 63).bfloat16()
+    x = random_tensor(4, 63)
+    out = torch.empty(4, 16)
+    args = (x.data_ptr(), 63, 0, w.data_ptr(), 63, 2, 0, 0, 0, out.data_ptr(), 16, 4, 16, 63, 0, 1)
+    with pytest.raises(ValueError, match="even K"):
+        C.fused_linear_panel_bf16("avx512", *args)
+    with pytest.raises(ValueError, match="'avx512' ISA path only"):
+        C.fused_linear_panel_bf16("avx2", *args)

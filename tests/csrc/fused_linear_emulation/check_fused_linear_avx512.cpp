@@ -1,7 +1,8 @@
-// Test-only driver: fused_linear_avx512 and fused_linear_panel_avx512 (built on SIMDe,
+// Test-only driver: fused_linear_avx512, fused_linear_panel_avx512 and its bf16 form (built on SIMDe,
 // fused_linear_avx512_simde.cpp) against fused_linear_scalar on every dtype pair and
 // activation, odd shapes, strided rows, bias and residual; checks that the output row padding is untouched and that both paths
 // round 16-bit outputs to the same bits. Prints one line per failure; exit status 1 if any.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -83,6 +84,22 @@ int main() {
               for (int64_t b = N * es(xd); b < os * es(xd); ++b)
                 pad_ok &= out1[m * os * es(xd) + b] == 0xCD && out3[m * os * es(xd) + b] == 0xCD;
             for (size_t b = M * os * es(xd); b < out1.size(); ++b) pad_ok &= out1[b] == 0xCD && out3[b] == 0xCD;
+            // The bf16 panel form (even K; x and the weight rounded to bf16: bf16's tolerance over
+            // many outputs, where one output's relative error is unbounded when its sum cancels).
+            if (K % 2 == 0 && M * N >= 64) {
+              std::vector<unsigned char> out4 = out1;
+              std::fill(out4.begin(), out4.end(), 0xCD);
+              a.out = out4.data();
+              fused_linear_panel_bf16_avx512(a);
+              const double bf16_err = rel_err(out4.data(), out2.data(), xd, M, N, os);
+              for (int64_t m = 0; m < M; ++m)
+                for (int64_t b = N * es(xd); b < os * es(xd); ++b) pad_ok &= out4[m * os * es(xd) + b] == 0xCD;
+              if (!(bf16_err <= 1e-2)) {
+                ++failures;
+                std::printf("FAIL bf16 form M=%lld N=%lld K=%lld x=%d w=%d act=%d err=%g\n", (long long)M, (long long)N,
+                            (long long)K, (int)xd, (int)wd, act, bf16_err);
+              }
+            }
             ++cases;
             if (!(err <= tol) || !pad_ok) {
               ++failures;

@@ -36,6 +36,20 @@ V put(const T (&a)[N]) {
 }
 }  // namespace emu
 
+static inline __m512i _mm512_cvtepi8_epi32(__m128i v) {
+  int8_t a[16];
+  int32_t t[16];
+  emu::get(v, a);
+  for (int i = 0; i < 16; ++i) t[i] = a[i];
+  return emu::put<__m512i>(t);
+}
+static inline __m512 _mm512_cvtepi32_ps(__m512i v) {
+  int32_t a[16];
+  float t[16];
+  emu::get(v, a);
+  for (int i = 0; i < 16; ++i) t[i] = static_cast<float>(a[i]);
+  return emu::put<__m512>(t);
+}
 static inline __m512i _mm512_cvtepu16_epi32(__m256i v) {
   uint16_t a[16];
   int32_t t[16];
