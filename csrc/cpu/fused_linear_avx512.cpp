@@ -2,6 +2,7 @@
 // bf16 go through vdpbf16ps. Runs only where isa_runnable("avx512") says so.
 #include "cpu/fused_linear_kernel.h"
 #include "cpu/panel_gemm_bf16.h"
+#include "cpu/transpose_avx512.h"
 #include "cpu/vec_avx512.h"
 
 namespace bigperf::cpu {
@@ -10,30 +11,6 @@ void fused_linear_avx512(const FusedLinearArgs& a) { fused_linear_vec<VecAvx512>
 void fused_linear_panel_avx512(const FusedLinearArgs& a) { fused_linear_panel_vec<VecAvx512>(a); }
 
 namespace {
-
-// A 16 x 16 transpose of 32-bit lanes: element j of r[i] becomes element i of r[j].
-inline void transpose16x16_epi32(__m512i (&r)[16]) {
-  __m512i t[16], u[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int g = 0; g < 16; g += 4) {  // u[g + j], lane L: element 4L + j of rows g .. g + 3
-    u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
-    u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
-    u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
-    u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
-  }
-  for (int j = 0; j < 4; ++j) {
-    const __m512i even_lo = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88), odd_lo = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xDD);
-    const __m512i even_hi = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88);
-    const __m512i odd_hi = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xDD);
-    r[j] = _mm512_shuffle_i32x4(even_lo, even_hi, 0x88);
-    r[8 + j] = _mm512_shuffle_i32x4(even_lo, even_hi, 0xDD);
-    r[4 + j] = _mm512_shuffle_i32x4(odd_lo, odd_hi, 0x88);
-    r[12 + j] = _mm512_shuffle_i32x4(odd_lo, odd_hi, 0xDD);
-  }
-}
 
 // A bf16 weight's pair strips for panel_gemm_bf16.h: a row's k pairs are already 32-bit
 // units, so 16 rows x 16 pairs are one 16 x 16 transpose (a row past N is zeros).

@@ -19,6 +19,7 @@
 //     into quads.
 #include "cpu/int8_vec_avx512.h"
 #include "cpu/thread_pool.h"
+#include "cpu/transpose_avx512.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -117,34 +118,6 @@ void run_dot(const Int8DynamicLinearArgs& a, const QuantX& qx, int threads) {
 
 // ----------------------------------------------------------------------------- GEMM
 
-// 16 x 16 int32 transpose: r[i] (row i) -> r[j] (column j).
-inline void transpose16x16(__m512i (&r)[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  // Each 128-bit lane l of r[4q + j] now holds rows 4q .. 4q + 3 of column 4l + j.
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);        // lanes 0, 2 of each
-    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);    // lanes 1, 3
-    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
-    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
-  }
-}
-
 // Weight columns [n0, n0 + 16) as [kpad / 4][16][4] bytes, zero past K and at or past
 // n_end; wsum[j] = sum over K of column n0 + j.
 void pack_panel(const Int8DynamicLinearArgs& a, int64_t kpad, int64_t n0, int64_t n_end, int8_t* dst,
@@ -157,7 +130,7 @@ void pack_panel(const Int8DynamicLinearArgs& a, int64_t kpad, int64_t n0, int64_
     for (int j = 0; j < 16; ++j)
       r[j] = n0 + j < n_end ? _mm512_maskz_loadu_epi8(mask, a.qw + (n0 + j) * a.qw_row_stride + k)
                             : _mm512_setzero_si512();
-    transpose16x16(r);  // r[i] = k quad k/4 + i of the 16 columns
+    transpose16x16_epi32(r);  // r[i] = k quad k/4 + i of the 16 columns
     for (int i = 0; i < 16; ++i) {
       sums = _mm512_dpbusd_epi32(sums, ones, r[i]);
       _mm512_storeu_si512(dst + (k / 4 + i) * 64, r[i]);

@@ -30,31 +30,17 @@ struct Avx512WeightOps : V16 {
 
 inline __m128i load16(const int8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 
-// transpose16x16_epi8 (transpose_avx2.h) on four 16 x 16 blocks at once, one per 128-bit
-// lane: AVX-512's unpacks stay within lanes, so lane L of r[i] in is row i's bytes 16L ..
-// 16L + 15, and lane L of r[j] out is byte 16L + j of rows 0..15.
-inline void transpose16x16_epi8_x4(__m512i (&r)[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[i] = _mm512_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
-    t[i + 8] = _mm512_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_unpacklo_epi16(t[2 * i], t[2 * i + 1]);
-    r[i + 4] = _mm512_unpackhi_epi16(t[2 * i], t[2 * i + 1]);
-    r[i + 8] = _mm512_unpacklo_epi16(t[2 * i + 8], t[2 * i + 9]);
-    r[i + 12] = _mm512_unpackhi_epi16(t[2 * i + 8], t[2 * i + 9]);
-  }
-  for (int i = 0; i < 8; ++i) {
-    t[i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[i + 8] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  static constexpr int kHalves[8][2] = {{0, 1}, {8, 9}, {2, 3}, {10, 11}, {4, 5}, {12, 13}, {6, 7}, {14, 15}};
-  for (int j = 0; j < 8; ++j) {
-    r[2 * j] = _mm512_unpacklo_epi64(t[kHalves[j][0]], t[kHalves[j][1]]);
-    r[2 * j + 1] = _mm512_unpackhi_epi64(t[kHalves[j][0]], t[kHalves[j][1]]);
-  }
-}
+// transpose16x16_bytes (transpose_avx2.h) on four 16 x 16 blocks at once, one per 128-bit lane.
+struct Zmm16 {
+  static __m512i lo8(__m512i a, __m512i b) { return _mm512_unpacklo_epi8(a, b); }
+  static __m512i hi8(__m512i a, __m512i b) { return _mm512_unpackhi_epi8(a, b); }
+  static __m512i lo16(__m512i a, __m512i b) { return _mm512_unpacklo_epi16(a, b); }
+  static __m512i hi16(__m512i a, __m512i b) { return _mm512_unpackhi_epi16(a, b); }
+  static __m512i lo32(__m512i a, __m512i b) { return _mm512_unpacklo_epi32(a, b); }
+  static __m512i hi32(__m512i a, __m512i b) { return _mm512_unpackhi_epi32(a, b); }
+  static __m512i lo64(__m512i a, __m512i b) { return _mm512_unpacklo_epi64(a, b); }
+  static __m512i hi64(__m512i a, __m512i b) { return _mm512_unpackhi_epi64(a, b); }
+};
 
 template <int L>
 inline __m128i lane(__m512i v) { return _mm512_extracti32x4_epi32(v, L); }
@@ -79,7 +65,7 @@ inline auto rowmajor_code_pair_packer(const Int8WeightLinearArgs& a) {
           __m512i r[16];
           for (int i = 0; i < 16; ++i)
             r[i] = i < valid ? _mm512_loadu_si512(rows + i * a.qw_row_stride + k) : _mm512_setzero_si512();
-          transpose16x16_epi8_x4(r);  // lane L of r[j]: the 16 columns' codes at k + 16 L + j
+          transpose16x16_bytes<Zmm16>(r);  // lane L of r[j]: the 16 columns' codes at k + 16 L + j
           for (int j = 0; j < 16; j += 2) {
             store_pairs(k + j, _mm512_castsi512_si128(r[j]), _mm512_castsi512_si128(r[j + 1]));
             store_pairs(k + 16 + j, lane<1>(r[j]), lane<1>(r[j + 1]));

@@ -37,31 +37,48 @@ inline void transpose8(__m256i (&r)[8]) {
   for (int i = 0; i < 8; ++i) r[i] = _mm256_castps_si256(f[i]);
 }
 
-// A 16 x 16 byte transpose: r[i] = row k + i of a panel ([K][16]) in, r[c] = column c's codes
-// at k .. k + 15 out.
-inline void transpose16x16_epi8(__m128i (&r)[16]) {
-  __m128i t[16];
+// A 16 x 16 byte transpose in every 128-bit lane of a vector type, with its unpacks given by
+// U (U::lo8 / hi8, lo16 / hi16, lo32 / hi32, lo64 / hi64: the _mm*_unpack* of that width,
+// which stay within 128-bit lanes): lane L of r[i] in is row i's bytes, lane L of r[j] out
+// is byte j of rows 0..15. On __m128i (Sse16): r[i] = row k + i of a panel ([K][16]) in,
+// r[c] = column c's codes at k .. k + 15 out; on __m512i, four such blocks at once.
+template <class U, class T>
+inline void transpose16x16_bytes(T (&r)[16]) {
+  T t[16];
   for (int i = 0; i < 8; ++i) {
-    t[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
-    t[i + 8] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+    t[i] = U::lo8(r[2 * i], r[2 * i + 1]);
+    t[i + 8] = U::hi8(r[2 * i], r[2 * i + 1]);
   }
   for (int i = 0; i < 4; ++i) {
-    r[i] = _mm_unpacklo_epi16(t[2 * i], t[2 * i + 1]);
-    r[i + 4] = _mm_unpackhi_epi16(t[2 * i], t[2 * i + 1]);
-    r[i + 8] = _mm_unpacklo_epi16(t[2 * i + 8], t[2 * i + 9]);
-    r[i + 12] = _mm_unpackhi_epi16(t[2 * i + 8], t[2 * i + 9]);
+    r[i] = U::lo16(t[2 * i], t[2 * i + 1]);
+    r[i + 4] = U::hi16(t[2 * i], t[2 * i + 1]);
+    r[i + 8] = U::lo16(t[2 * i + 8], t[2 * i + 9]);
+    r[i + 12] = U::hi16(t[2 * i + 8], t[2 * i + 9]);
   }
   for (int i = 0; i < 8; ++i) {
-    t[i] = _mm_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[i + 8] = _mm_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    t[i] = U::lo32(r[2 * i], r[2 * i + 1]);
+    t[i + 8] = U::hi32(r[2 * i], r[2 * i + 1]);
   }
   // t[a] holds columns 2j, 2j + 1 of rows 0-7 and t[b] of rows 8-15, for (a, b) = kHalves[j].
   static constexpr int kHalves[8][2] = {{0, 1}, {8, 9}, {2, 3}, {10, 11}, {4, 5}, {12, 13}, {6, 7}, {14, 15}};
   for (int j = 0; j < 8; ++j) {
-    r[2 * j] = _mm_unpacklo_epi64(t[kHalves[j][0]], t[kHalves[j][1]]);
-    r[2 * j + 1] = _mm_unpackhi_epi64(t[kHalves[j][0]], t[kHalves[j][1]]);
+    r[2 * j] = U::lo64(t[kHalves[j][0]], t[kHalves[j][1]]);
+    r[2 * j + 1] = U::hi64(t[kHalves[j][0]], t[kHalves[j][1]]);
   }
 }
+
+struct Sse16 {
+  static __m128i lo8(__m128i a, __m128i b) { return _mm_unpacklo_epi8(a, b); }
+  static __m128i hi8(__m128i a, __m128i b) { return _mm_unpackhi_epi8(a, b); }
+  static __m128i lo16(__m128i a, __m128i b) { return _mm_unpacklo_epi16(a, b); }
+  static __m128i hi16(__m128i a, __m128i b) { return _mm_unpackhi_epi16(a, b); }
+  static __m128i lo32(__m128i a, __m128i b) { return _mm_unpacklo_epi32(a, b); }
+  static __m128i hi32(__m128i a, __m128i b) { return _mm_unpackhi_epi32(a, b); }
+  static __m128i lo64(__m128i a, __m128i b) { return _mm_unpacklo_epi64(a, b); }
+  static __m128i hi64(__m128i a, __m128i b) { return _mm_unpackhi_epi64(a, b); }
+};
+
+inline void transpose16x16_epi8(__m128i (&r)[16]) { transpose16x16_bytes<Sse16>(r); }
 
 }  // namespace
 }  // namespace bigperf::cpu
