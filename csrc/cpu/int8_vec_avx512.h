@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "cpu/bf16_avx512.h"
 #include "cpu/fused_linear.h"
 #include "cpu/int8_linear_common.h"
 
@@ -69,8 +70,7 @@ inline __m512 load_x16(const char* p, DType d, int64_t cnt = 16) {
   return _mm512_setzero_ps();
 }
 
-// Stores the first cnt lanes with round to nearest even (bf16 on the bits, as
-// float_to_bf16: vcvtneps2bf16 would flush subnormals); nothing past cnt is written.
+// Stores the first cnt lanes (bf16: bf16_round_bits); nothing past cnt is written.
 inline void store_x16(char* p, DType d, __m512 v, int64_t cnt = 16) {
   const __mmask16 k = first_lanes(cnt);
   switch (d) {
@@ -78,15 +78,7 @@ inline void store_x16(char* p, DType d, __m512 v, int64_t cnt = 16) {
     case DType::f16:
       _mm256_mask_storeu_epi16(p, k, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
       break;
-    case DType::bf16: {
-      const __m512i bits = _mm512_castps_si512(v);
-      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-      const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
-      r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, quiet);
-      _mm256_mask_storeu_epi16(p, k, _mm512_cvtepi32_epi16(r));
-      break;
-    }
+    case DType::bf16: _mm256_mask_storeu_epi16(p, k, _mm512_cvtepi32_epi16(bf16_round_bits(v))); break;
   }
 }
 

@@ -6,15 +6,17 @@
 // 0.49x torch's bf16 F.linear on a dense bf16 weight (benchmarks/NOTES.md).
 //
 // Same blocking and tasks as panel_gemm.h; what differs:
-//   * x is converted once per call into bf16 rows (round to nearest even; a bf16 x is
-//     copied), read as 32-bit pairs (x[2p], x[2p + 1]) and broadcast per pair;
-//   * a task's weight panel is first packed as fp32 strips by the format's own packer (the
-//     same packers as the fp32 GEMM: dequantised codes, unpacked values) and then turned,
-//     in place and in cache, into pair strips: pair row p of a strip holds, for each of its
-//     32 columns, the 32-bit unit (w[2p], w[2p + 1]) in bf16 (even k in the low half).
+//   * x is rounded to bf16 rows once per call (a bf16 x is read in place), read as 32-bit
+//     pairs (x[2p], x[2p + 1]) and broadcast per pair;
+//   * a task's weight panel is written by the format's pair packer as pair strips: pair row p
+//     of a strip holds, for each of its 32 columns, the 32-bit unit (w[2p], w[2p + 1]) in
+//     bf16 (even k in the low half). Packers write them directly (int8 codes, exact in bf16;
+//     bf16 values) or through from_fp32: the fp32 strips of panel_gemm.h's packers, rounded
+//     in place;
+//   * K is not sliced up to kMaxKC.
 // So the weight is rounded to bf16 (a dequantised int8 weight: by at most a quarter of its
-// quantisation step; a bf16 weight: not at all) and so is x: only a path whose precision
-// admits bf16 compute may use it (bigperf/ops/torch_paths.py, half_why_not).
+// quantisation step; codes and bf16 weights: not at all) and so is x: only a path whose
+// precision admits bf16 compute may use it (bigperf/ops/common.py, half_why_not).
 // Include only from the AVX-512 translation units (anonymous namespace: see vec_avx2.h).
 #pragma once
 #include <immintrin.h>
@@ -22,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/bf16_avx512.h"
 #include "cpu/dtype_convert.h"
 #include "cpu/kernel_util.h"
 #include "cpu/panel_gemm.h"
@@ -53,18 +56,6 @@ inline __m512bh as_bh(__m512i v) {
   return r;
 }
 
-// Each lane's fp32 rounded to bf16 (nearest even; NaN stays a quiet NaN, as float_to_bf16),
-// in the lane's high 16 bits, the low 16 bits zero. Integer arithmetic only: SIMDe has no
-// vcvtneps2bf16.
-inline __m512i bf16_high(__m512 v) {
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_or_epi32(r, nan, bits, _mm512_set1_epi32(0x00400000));
-  return _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
-}
-
 // x as bf16 rows of K elements (K even): a bf16 x read in place, else converted once per call
 // (rows in chunks over num_threads: serial, it cost 5-10 % of a 2-thread M = 192 call).
 struct Bf16Rows {
@@ -84,8 +75,7 @@ struct Bf16Rows {
           const __m512 v = d == DType::f32 ? _mm512_loadu_ps(reinterpret_cast<const float*>(src) + k)
                                            : _mm512_cvtph_ps(_mm256_loadu_si256(
                                                  reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(src) + k)));
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
-                              _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_high(v), 16)));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm512_cvtepi32_epi16(bf16_round_bits(v)));
         }
         for (; k < K; ++k) dst[k] = float_to_bf16(load_as_float(src, k, d));
       }
@@ -108,9 +98,9 @@ inline void strips_to_pairs(float* panel, int64_t nc, int64_t kc) {
     uint32_t* pairs = reinterpret_cast<uint32_t*>(strip);
     for (int64_t p = 0; p < kc / 2; ++p) {
       for (int64_t h = 0; h < kNR; h += 16) {
-        const __m512i even = bf16_high(_mm512_loadu_ps(strip + 2 * p * kNR + h));
-        const __m512i odd = bf16_high(_mm512_loadu_ps(strip + (2 * p + 1) * kNR + h));
-        _mm512_storeu_si512(pairs + p * kNR + h, _mm512_or_si512(_mm512_srli_epi32(even, 16), odd));
+        const __m512i even = bf16_round_bits(_mm512_loadu_ps(strip + 2 * p * kNR + h));
+        const __m512i odd = bf16_round_bits(_mm512_loadu_ps(strip + (2 * p + 1) * kNR + h));
+        _mm512_storeu_si512(pairs + p * kNR + h, _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
       }
     }
   }
@@ -136,33 +126,30 @@ inline __m512i code_pairs(__m128i even, __m128i odd) {
   return _mm512_or_si512(_mm512_srli_epi32(e, 16), _mm512_and_si512(o, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 
-// c[i][0 .. 16 NV) += sum over pairs p < np of x_i pair p . b pair row p, for i < MR: rows of x
-// at xr[i] (32-bit pair units); NV vectors of columns, vectors 2j and 2j + 1 from the strip at
-// b + j * b_next (a strip's pair row is kNR = 32 units).
-template <int MR, int NV>
-inline void micro_tile(int64_t np, const uint32_t* const* xr, const uint32_t* b, int64_t b_next, float* c,
-                       int64_t ldc) {
-  __m512 acc[MR][NV];
+// c[i][0 .. 32) += sum over pairs p < np of x_i pair p . b pair row p, for i < MR: rows of x
+// at xr[i] (32-bit pair units), b a strip (pair rows of kNR units).
+template <int MR>
+inline void micro_tile(int64_t np, const uint32_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
+  __m512 acc[MR][2];
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_loadu_ps(c + i * ldc + 16 * v);
+    for (int v = 0; v < 2; ++v) acc[i][v] = _mm512_loadu_ps(c + i * ldc + 16 * v);
   for (int64_t p = 0; p < np; ++p) {
-    __m512bh bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = as_bh(_mm512_loadu_si512(b + (v / 2) * b_next + p * kNR + 16 * (v % 2)));
+    const __m512bh b0 = as_bh(_mm512_loadu_si512(b + p * kNR)), b1 = as_bh(_mm512_loadu_si512(b + p * kNR + 16));
     for (int i = 0; i < MR; ++i) {
       const __m512bh a = as_bh(_mm512_set1_epi32(static_cast<int>(xr[i][p])));
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, bv[v]);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], a, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+    for (int v = 0; v < 2; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
 }
 
-template <int MR, int NV>
-inline void micro_rows(int mr, int64_t np, const uint32_t* const* xr, const uint32_t* b, int64_t b_next, float* c,
-                       int64_t ldc) {
+template <int MR>
+inline void micro_rows(int mr, int64_t np, const uint32_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
   if constexpr (MR >= 1) {
-    if (mr == MR) return micro_tile<MR, NV>(np, xr, b, b_next, c, ldc);
-    micro_rows<MR - 1, NV>(mr, np, xr, b, b_next, c, ldc);
+    if (mr == MR) return micro_tile<MR>(np, xr, b, c, ldc);
+    micro_rows<MR - 1>(mr, np, xr, b, c, ldc);
   }
 }
 
@@ -222,7 +209,7 @@ void gemm_packed(const void* x, int64_t x_row_stride, DType d, int64_t M, int64_
             const int mr = static_cast<int>(imin(kMR, mc - i));
             const uint32_t* xr[kMR];
             for (int r = 0; r < mr; ++r) xr[r] = rows.pairs(m0 + i + r, k0 / 2);
-            micro_rows<kMR, 2>(mr, np, xr, strip, kNR * kc, sums + i * kNC + s, kNC);
+            micro_rows<kMR>(mr, np, xr, strip, sums + i * kNC + s, kNC);
           }
         }
       }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cpu/bf16_avx512.h"
 #include "cpu/fused_linear.h"
 
 namespace bigperf::cpu {
@@ -70,15 +71,9 @@ struct VecAvx512 {
   static void store_f16(void* p, vec v) {
     _mm256_storeu_si256(static_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  // The integer rounding of float_to_bf16 rather than vcvtneps2bf16, which flushes
-  // subnormals: outputs then match the other paths bit for bit.
+  // bf16_round_bits (bf16_avx512.h): outputs match the other paths bit for bit.
   static void store_bf16(void* p, vec v) {
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
-    r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, quiet);
-    _mm256_storeu_si256(static_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+    _mm256_storeu_si256(static_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_round_bits(v)));
   }
 
   // Two fp32 halves per K block of 2*W elements; bf16 as even/odd elements (vec_avx2.h).
