@@ -177,7 +177,8 @@ def cpu_kernel_why_not(x, *rest) -> str | None:
 
 
 def _cpu_bf16_why_not(x, values, *rest) -> str | None:
-    return bf16_values_panel_why_not(x, values, CPU_BF16_KERNEL)
+    # int8 codes too: exact in bf16, their row scales multiply the sums.
+    return bf16_values_panel_why_not(x, values, CPU_BF16_KERNEL, (torch.bfloat16, torch.int8))
 
 
 def _cpu_panel_why_not(x, *rest) -> str | None:

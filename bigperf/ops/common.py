@@ -138,11 +138,14 @@ def bf16_panel_why_not(x: torch.Tensor, k: int, kernel: str, weight_precision: t
     return half_why_not(x, torch.bfloat16, weight_precision)
 
 
-def bf16_values_panel_why_not(x: torch.Tensor, values: torch.Tensor, kernel: str) -> str | None:
-    """bf16_panel_why_not for a lane layout's kernel, which reads bf16 values as they are."""
-    if values.dtype != torch.bfloat16:
-        return f"the bf16 panel form reads bfloat16 values; the layout holds {str(values.dtype)[6:]}"
-    return bf16_panel_why_not(x, x.shape[-1], kernel, values.dtype)
+def bf16_values_panel_why_not(x: torch.Tensor, values: torch.Tensor, kernel: str,
+                              readable: tuple[torch.dtype, ...] = (torch.bfloat16,)) -> str | None:
+    """bf16_panel_why_not for a lane layout's kernel, which reads values of the `readable`
+    dtypes as they are (bf16; int8 codes convert exactly)."""
+    if values.dtype not in readable:
+        names = " or ".join(str(d)[6:] for d in readable)
+        return f"the bf16 panel form reads {names} values; the layout holds {str(values.dtype)[6:]}"
+    return bf16_panel_why_not(x, x.shape[-1], kernel, torch.bfloat16)
 
 
 def cuda_why_not(x: torch.Tensor, kernel: str) -> str | None:

@@ -48,9 +48,9 @@ constexpr const char* lanes_fn(const char* vector, const char* panel, const char
 }
 
 // What the bf16 form needs beyond the other forms' checks.
-void check_bf16_form(const char* fn, const std::string& isa, bool bf16_values) {
+void check_bf16_form(const char* fn, const std::string& isa, bool readable_values, const char* readable) {
   require(isa == "avx512", fn, "the bf16 panel form runs on the 'avx512' ISA path only, got '" + isa + "'");
-  require(bf16_values, fn, "the bf16 panel form reads bfloat16 values only");
+  require(readable_values, fn, std::string("the bf16 panel form reads ") + readable + " values only");
 }
 
 using S24Fn = void (*)(const Sparse24Args&);
@@ -149,7 +149,8 @@ void sparse24_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_row_st
                                            : kernel_for_isa<S24Fn>(isa, fn, ISA_KERNELS(sparse24_lanes_linear_panel));
 #if defined(BIGPERF_X86)
   if (Form == LanesForm::panel_bf16) {
-    check_bf16_form(fn, isa, a.values_dtype == S24Values::bf16);
+    check_bf16_form(fn, isa, a.values_dtype == S24Values::bf16 || a.values_dtype == S24Values::i8,
+                    "bfloat16 or int8");
     kernel = sparse24_lanes_linear_panel_bf16_avx512;
   }
 #endif
@@ -271,7 +272,7 @@ void block_sparse_lanes_linear(const std::string& isa, uintptr_t x, int64_t x_ro
                                            : kernel_for_isa<BsrFn>(isa, fn, ISA_KERNELS(block_sparse_lanes_linear_panel));
 #if defined(BIGPERF_X86)
   if (Form == LanesForm::panel_bf16) {
-    check_bf16_form(fn, isa, values_dtype == static_cast<int>(DType::bf16));
+    check_bf16_form(fn, isa, values_dtype == static_cast<int>(DType::bf16), "bfloat16");
     kernel = block_sparse_lanes_linear_panel_bf16_avx512;
   }
 #endif

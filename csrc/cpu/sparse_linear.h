@@ -97,9 +97,10 @@ void sparse24_lanes_linear_avx512(const Sparse24Args& args);
 void sparse24_lanes_linear_panel_avx2(const Sparse24Args& args);
 void sparse24_lanes_linear_panel_avx512(const Sparse24Args& args);
 void block_sparse_linear_avx512(const BsrArgs& args);
-// The lane layouts with bf16 values in bf16 arithmetic (panel_gemm_bf16.h: x rounded to bf16,
-// fp32 sums; AVX512-BF16), for M where arithmetic bounds the call: 2:4 as dense pair strips
-// of the GEMM, BSR over the stored blocks only (each already a pair strip).
+// The lane layouts with bf16 values (2:4 also int8 codes, exact in bf16) in bf16 arithmetic
+// (panel_gemm_bf16.h: x rounded to bf16, fp32 sums; AVX512-BF16), for M where arithmetic
+// bounds the call: 2:4 as dense pair strips of the GEMM, BSR over the stored blocks only
+// (each already a pair strip).
 void sparse24_lanes_linear_panel_bf16_avx512(const Sparse24Args& args);
 void block_sparse_lanes_linear_panel_bf16_avx512(const BsrArgs& args);
 void block_sparse_lanes_linear_avx512(const BsrArgs& args);

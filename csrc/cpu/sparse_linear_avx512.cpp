@@ -155,15 +155,30 @@ struct LanesAvx512 {
 };
 
 // ----------------------------------------------------------------------------- bf16 arithmetic
-// The lane layouts with bf16 values in panel_gemm_bf16.h's arithmetic (vdpbf16ps), for M where
-// arithmetic bounds the call: the values stay bf16 (exact) and x is rounded to bf16.
+// The lane layouts in panel_gemm_bf16.h's arithmetic (vdpbf16ps), for M where arithmetic
+// bounds the call: bf16 values stay as they are and int8 codes convert exactly (their row
+// scales multiply the sums, as the fp32 forms do); x is rounded to bf16.
+
+// Byte i of each 32-bit lane of w (an int8 code) as bf16 bits in the low half: exact, since
+// bf16 holds every integer up to 256 (the fp32 value's high half is the bf16).
+// (The byte alone at the top is code * 2^24 as an int32: converted and scaled back exactly.)
+template <int I>
+inline __m512i code_as_bf16(__m512i w) {
+  const __m512i top = _mm512_and_si512(I == 3 ? w : _mm512_slli_epi32(w, 24 - 8 * I),
+                                       _mm512_set1_epi32(static_cast<int>(0xFF000000u)));
+  const __m512 code = _mm512_mul_ps(_mm512_cvtepi32_ps(top), _mm512_set1_ps(1.f / 16777216.f));
+  return _mm512_srli_epi32(_mm512_castps_si512(code), 16);
+}
 
 // The 2:4 lanes as pair strips (panel_gemm_bf16.h): per 16-row block and step of 8 k, each
-// group's two kept values (one 32-bit word per lane: slot 0 low) moved to their positions
-// (metadata: bits 1:0 and 3:2 of the step's byte for group 0, 5:4 and 7:6 for group 1), zeros
-// elsewhere. k0 and kc are whole steps (gemm_packed's k_align 8); a block past the last is zeros.
+// group's two kept values (bf16: one 32-bit word per lane and group, slot 0 low; int8: one
+// word per lane and step, byte 2 g + slot) moved to their positions (metadata: bits 1:0 and
+// 3:2 of the step's byte for group 0, 5:4 and 7:6 for group 1), zeros elsewhere. k0 and kc
+// are whole steps (gemm_packed's k_align 8); a block past the last is zeros.
+template <S24Values VT>
 inline auto s24_lanes_pair_packer(const Sparse24Args& a) {
-  constexpr int64_t NR = panel_bf16::kNR, kGroupBytes = 2 * kLaneRows * 2, kStepBytes = 2 * kGroupBytes;
+  static_assert(VT == S24Values::bf16 || VT == S24Values::i8, "bf16 values or int8 codes");
+  constexpr int64_t NR = panel_bf16::kNR, kGroupBytes = 2 * kLaneRows * lanes_esize(VT), kStepBytes = 2 * kGroupBytes;
   const int64_t blocks = (a.N + kLaneRows - 1) / kLaneRows, steps = a.K / 8;
   return [&a, blocks, steps](int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t* dst) {
     const __m512i low = _mm512_set1_epi32(0xFFFF), three = _mm512_set1_epi32(3);
@@ -179,17 +194,29 @@ inline auto s24_lanes_pair_packer(const Sparse24Args& a) {
         const uint8_t* meta = a.meta + b * steps * kLaneRows;
         for (int64_t step = k0 / 8; step < (k0 + kc) / 8; ++step) {
           const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(meta + step * kLaneRows)));
+          __m512i kept[2][2];  // [group][slot] as bf16 bits in the low half of each lane
+          if constexpr (VT == S24Values::bf16) {
+            for (int g = 0; g < 2; ++g) {
+              const __m512i w = _mm512_loadu_si512(vals + step * kStepBytes + g * kGroupBytes);
+              kept[g][0] = _mm512_and_si512(w, low);
+              kept[g][1] = _mm512_srli_epi32(w, 16);
+            }
+          } else {
+            const __m512i w = _mm512_loadu_si512(vals + step * kStepBytes);
+            kept[0][0] = code_as_bf16<0>(w);
+            kept[0][1] = code_as_bf16<1>(w);
+            kept[1][0] = code_as_bf16<2>(w);
+            kept[1][1] = code_as_bf16<3>(w);
+          }
           for (int g = 0; g < 2; ++g) {
-            const __m512i w = _mm512_loadu_si512(vals + step * kStepBytes + g * kGroupBytes);
-            const __m512i v0 = _mm512_and_si512(w, low), v1 = _mm512_srli_epi32(w, 16);
             const __m512i fields = _mm512_srli_epi32(bytes, 4 * g);
             const __m512i i0 = _mm512_and_si512(fields, three), i1 = _mm512_and_si512(_mm512_srli_epi32(fields, 2), three);
             for (int h = 0; h < 2; ++h) {  // pairs (positions 0, 1) and (2, 3)
               __m512i at[2];
               for (int e = 0; e < 2; ++e) {
                 const __m512i pos = _mm512_set1_epi32(2 * h + e);
-                at[e] = _mm512_mask_mov_epi32(_mm512_maskz_mov_epi32(_mm512_cmpeq_epi32_mask(i0, pos), v0),
-                                              _mm512_cmpeq_epi32_mask(i1, pos), v1);
+                at[e] = _mm512_mask_mov_epi32(_mm512_maskz_mov_epi32(_mm512_cmpeq_epi32_mask(i0, pos), kept[g][0]),
+                                              _mm512_cmpeq_epi32_mask(i1, pos), kept[g][1]);
               }
               const int64_t q = (step * 8 + g * 4 + 2 * h - k0) / 2;
               _mm512_storeu_si512(out + q * NR, _mm512_or_si512(at[0], _mm512_slli_epi32(at[1], 16)));
@@ -238,10 +265,20 @@ constexpr int kBsrBf16Rows = 16;
 void sparse24_lanes_linear_panel_bf16_avx512(const Sparse24Args& a) {
   if (a.M <= 0 || a.N <= 0) return;
   auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
-    sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
+    if (!a.scale) return sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
+    // int8 codes: one multiply per output by its row's scale (the layout pads scale to N16,
+    // and n0 is a multiple of 16).
+    alignas(64) float scaled[panel_bf16::kNC];
+    for (int64_t l = 0; l < cnt; l += 16)
+      _mm512_store_ps(scaled + l, _mm512_mul_ps(_mm512_loadu_ps(sums + l), _mm512_loadu_ps(a.scale + n0 + l)));
+    sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, scaled, m, n0, cnt);
   };
-  panel_bf16::gemm_packed(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads, s24_lanes_pair_packer(a),
-                          epilogue, 8);
+  if (a.values_dtype == S24Values::i8)
+    panel_bf16::gemm_packed(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads,
+                            s24_lanes_pair_packer<S24Values::i8>(a), epilogue, 8);
+  else
+    panel_bf16::gemm_packed(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads,
+                            s24_lanes_pair_packer<S24Values::bf16>(a), epilogue, 8);
 }
 
 void block_sparse_lanes_linear_panel_bf16_avx512(const BsrArgs& a) {

@@ -1,7 +1,8 @@
 """The kernels in bf16 arithmetic (csrc/cpu/panel_gemm_bf16.h, AVX512-BF16): W8A16 on the
 row-major weight (bigperf._C.int8_weight_linear_panel_bf16) and on the held w8a16-cpu layout
 (int8_weight_linear_panels, form "gemm-bf16"); the 2:4 and BSR lane layouts with bf16 values
-(sparse24_lanes_linear_panel_bf16, block_sparse_lanes_linear_panel_bf16).
+(sparse24_lanes_linear_panel_bf16, block_sparse_lanes_linear_panel_bf16), and 2:4 with int8
+codes and row scales.
 
 It rounds x and the dequantised weight to bf16 and sums in fp32, so it is checked against a
 float64 GEMM of exactly those rounded operands (per channel and symmetric: the codes are
@@ -26,7 +27,7 @@ from bigperf.formats.sparse24_lanes import pack_24_lanes
 from bigperf.formats.w8a16_cpu import pack_w8a16_cpu
 from bigperf.ops.activations import ACTIVATIONS, apply_activation
 from bigperf.ops.common import bf16_panel_why_not, bf16_values_panel_why_not
-from bigperf.sparsity import block_mask, nm_mask, pack_24, pack_bsr
+from bigperf.sparsity import block_mask, nm_mask, pack_24, pack_24_int8, pack_bsr, unpack_24
 from tests.helpers import random_tensor, rel_error
 
 C = pytest.importorskip("bigperf._C", reason="bigperf._C is not built")
@@ -186,6 +187,28 @@ def test_sparse24_lanes(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+def test_sparse24_lanes_int8_codes(dtype):
+    """int8 codes are exact in bf16 and each row's scale multiplies its sums: against float64
+    over the dense codes. Every code from -128 to 127 occurs (byte order within a lane's word,
+    sign extension), with the shapes of test_sparse24_lanes."""
+    for n, k, m in ((1, 8, 1), (45, 96, 13), (40, 8200, 3), (139, 64, 200)):
+        w = random_tensor(n, k, seed=n + k)
+        p = pack_24_int8(w * nm_mask(w))
+        g = torch.Generator().manual_seed(n * k)
+        codes = torch.randint(-128, 128, p.values.shape, generator=g, dtype=torch.int8)
+        scale = torch.rand(n, 1, generator=g) * 0.01 + 1e-3
+        lanes = pack_24_lanes(codes, p.meta, scale)
+        x = random_tensor(m, k + 3, dtype=dtype, seed=m)[:, :k]
+        bias = random_tensor(n, seed=n)
+        out = run_cpu_24(sparse24_lanes.CPU_BF16_KERNEL, x, lanes.values, lanes.meta, lanes.scale, bias, "gelu", n, k)
+        dense_codes = unpack_24(codes, p.meta, dtype=torch.float64)
+        y = (x.to(torch.bfloat16).double() @ dense_codes.t()) * scale.double().t()
+        ref = apply_activation(y + bias.double(), "gelu")
+        tol = TOL if dtype == torch.float32 else 4e-3
+        assert rel_error(out, ref) < tol, (n, k, m)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("block", [(16, 16), (32, 8), (16, 2)], ids=lambda b: f"{b[0]}x{b[1]}")
 def test_bsr_lanes(dtype, block):
     """Only the stored blocks are read: empty block rows, row groups of 32-row blocks, tiles of
@@ -210,9 +233,15 @@ def test_sparse_bf16_forms_refuse_other_values():
     p = pack_24((w * nm_mask(w)).float())
     lanes = pack_24_lanes(p.values, p.meta)
     x = random_tensor(8, 32, seed=2)
-    with pytest.raises(ValueError, match="bfloat16 values only"):
+    with pytest.raises(ValueError, match="bfloat16 or int8 values only"):
         run_cpu_24(sparse24_lanes.CPU_BF16_KERNEL, x, lanes.values, lanes.meta, None, None, "none", 16, 32)
     assert "bfloat16 values" in bf16_values_panel_why_not(x, lanes.values, sparse24_lanes.CPU_BF16_KERNEL)
+    readable = (torch.bfloat16, torch.int8)
+    assert "bfloat16 or int8 values" in bf16_values_panel_why_not(x, lanes.values, sparse24_lanes.CPU_BF16_KERNEL,
+                                                                   readable)
+    q = pack_24_int8((w * nm_mask(w)).float())
+    codes = pack_24_lanes(q.values, q.meta, q.scale)
+    assert bf16_values_panel_why_not(x, codes.values, sparse24_lanes.CPU_BF16_KERNEL, readable) is None
 
 
 # ----------------------------------------------------------------------------- dense (fused_linear)

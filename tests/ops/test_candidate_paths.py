@@ -143,6 +143,7 @@ CASES = {
     "2:4 int8 bf16": lambda: _case_24(BF16, True),  # torch:bf16 unpacks int8 values into a bf16 chunk
     "2:4 lanes bf16": lambda: _case_24_lanes(BF16, False),
     "2:4 lanes int8 fp32": lambda: _case_24_lanes(F32, True),
+    "2:4 lanes int8 bf16": lambda: _case_24_lanes(BF16, True),
     "bsr fp32": lambda: _case_bsr(F32),
     "bsr bf16": lambda: _case_bsr(BF16),
     "bsr lanes fp32": lambda: _case_bsr(F32, lanes=True),

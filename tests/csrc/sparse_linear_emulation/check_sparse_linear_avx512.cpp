@@ -1,9 +1,10 @@
 // Compares the AVX-512 sparse kernels, compiled against SIMDe (sparse_linear_avx512_simde.cpp),
 // with the scalar path: 2:4 with every value dtype, x dtype and activation over many M, N, K
 // (tails of the 32-element steps included), the same 2:4 weights in the lane layout (both
-// lane kernels against the canonical scalar result), BSR over block shapes that take each code path
+// lane kernels against the canonical scalar result, and the bf16-arithmetic panel form for
+// bf16 values and int8 codes), BSR over block shapes that take each code path
 // (full vectors, several block rows per vector, plain loops) and, for 16-row multiples, in
-// the lane layout too, densities with empty block rows, strided x, and padded outputs that must stay untouched past N. Built and run by
+// the lane layout too (its bf16 form for bf16 values), densities with empty block rows, strided x, and padded outputs that must stay untouched past N. Built and run by
 // tests/csrc/test_cpu_sparse_linear.py.
 #include <cmath>
 #include <cstdio>
@@ -61,6 +62,17 @@ static void report(const char* what, double err, DType d, const char* detail) {
     ++fails;
     std::printf("FAIL %s %s: error %.3g\n", what, detail, err);
   }
+}
+
+// x with every element rounded to bf16 (kept in its dtype): the operand the bf16-arithmetic
+// forms compute with (panel_gemm_bf16.h), so the scalar path on it is their reference to
+// fp32 summation's error. (Against the unrounded x, an activation like silu far below zero
+// turns the rounding into relative errors of 0.2.)
+static Buf bf16_rounded(const Buf& x, DType d) {
+  Buf r = x;
+  for (int64_t i = 0; i < static_cast<int64_t>(x.b.size()) / es(d); ++i)
+    store_from_float(r.b.data(), i, d, bf16_to_float(float_to_bf16(load_as_float(x.b.data(), i, d))));
+  return r;
 }
 
 static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Activation act, int pad) {
@@ -133,6 +145,17 @@ static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Act
   report("2:4 lanes scalar", compare(lanes_scalar, want, M, N, xd), xd, detail);
   report("2:4 lanes avx512", compare(lanes_avx512, want, M, N, xd), xd, detail);
   report("2:4 lanes panel avx512", compare(lanes_panel, want, M, N, xd), xd, detail);
+  if (vt == S24Values::bf16 || vt == S24Values::i8) {  // the bf16-arithmetic form reads these
+    const Buf xb = bf16_rounded(x, xd);
+    Sparse24Args lb = la;
+    lb.x = xb.b.data();
+    Buf ref = make_out(M, N, xd, 3), lanes_bf16 = make_out(M, N, xd, 3);
+    lb.out = ref.b.data();
+    sparse24_lanes_linear_scalar(lb);
+    lb.out = lanes_bf16.b.data();
+    sparse24_lanes_linear_panel_bf16_avx512(lb);
+    report("2:4 lanes panel bf16 avx512", compare(lanes_bf16, ref, M, N, xd), xd, detail);
+  }
 }
 
 static void check_bsr(int64_t M, int64_t bn, int64_t bk, int64_t brows, int64_t bcols, double density, DType vd,
@@ -192,6 +215,17 @@ static void check_bsr(int64_t M, int64_t bn, int64_t bk, int64_t brows, int64_t 
   report("BSR lanes scalar", compare(lanes_scalar, want, M, N, xd), xd, detail);
   report("BSR lanes avx512", compare(lanes_avx512, want, M, N, xd), xd, detail);
   report("BSR lanes panel avx512", compare(lanes_panel, want, M, N, xd), xd, detail);
+  if (vd == DType::bf16) {  // the bf16-arithmetic form
+    const Buf xb = bf16_rounded(x, xd);
+    BsrArgs lb = la;
+    lb.x = xb.b.data();
+    Buf ref = make_out(M, N, xd, 2), lanes_bf16 = make_out(M, N, xd, 2);
+    lb.out = ref.b.data();
+    block_sparse_lanes_linear_scalar(lb);
+    lb.out = lanes_bf16.b.data();
+    block_sparse_lanes_linear_panel_bf16_avx512(lb);
+    report("BSR lanes panel bf16 avx512", compare(lanes_bf16, ref, M, N, xd), xd, detail);
+  }
 }
 
 int main() {
