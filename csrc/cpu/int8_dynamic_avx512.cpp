@@ -12,11 +12,12 @@
 //     panels [K/4][16][4] (one zmm per 4 k: 16 x 16 int32 transposes) with their row
 //     sums; a kMR x 32 tile (24 accumulators) broadcasts 4 bytes of a row of x per quad.
 //   * On the weight held in the w8a8-cpu layout (int8_dynamic_linear_panels_avx512): the
-//     layout's panels are read in place of the packed ones, with the layout's column sums,
-//     at every M (small M: held_dot; from kGemmMinM: the same GEMM, no packing). With 7-bit
-//     x its units are quads, the packed order exactly; with 8-bit x they are pairs (the
-//     AVX2 kernel's vpmaddwd order), and one vpermw per 64 bytes interleaves two pair rows
-//     into quads.
+//     held dot form at every M (held_dot: the layout's panels with its column sums, no
+//     packing; it outran the GEMM on the same panels from M = 24 to 2048, see
+//     benchmarks/NOTES.md). With 7-bit x the layout's units are quads; with 8-bit x they
+//     are pairs (the AVX2 kernel's vpmaddwd order), and one vpermw per 64 bytes interleaves
+//     two pair rows into quads.
+#include "cpu/avx512_dot.h"
 #include "cpu/int8_vec_avx512.h"
 #include "cpu/thread_pool.h"
 #include "cpu/transpose_avx512.h"
@@ -83,18 +84,25 @@ void dot_columns(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t n_beg
           // The next tile's rows, one tile ahead (see int8_linear_avx2.cpp).
           _mm_prefetch(reinterpret_cast<const char*>(w[r] + k + R * a.qw_row_stride), _MM_HINT_T0);
           wv[r] = _mm512_maskz_loadu_epi8(mask, w[r] + k);
-          ws[r] = _mm512_dpbusd_epi32(ws[r], ones, wv[r]);
+          ws[r] = dpbusd(ws[r], ones, wv[r]);
         }
         for (int m = 0; m < MB; ++m) {
           const __m512i xv = _mm512_loadu_si512(qx.q + m * qx.kpad + k);
-          for (int r = 0; r < R; ++r) acc[m][r] = _mm512_dpbusd_epi32(acc[m][r], xv, wv[r]);
+          for (int r = 0; r < R; ++r) acc[m][r] = dpbusd(acc[m][r], xv, wv[r]);
         }
       }
+      // Through memory at fixed indices: reduced straight from the registers, gcc stored every
+      // accumulator to the stack on each pass of the loop above (20 zmm stores per 20 vpdpbusd).
+      alignas(64) int32_t lanes[MB + 1][R][16];
       for (int r = 0; r < R; ++r) {
-        const int32_t wsum = _mm512_reduce_add_epi32(ws[r]);
+        _mm512_store_si512(lanes[MB][r], ws[r]);
+        for (int m = 0; m < MB; ++m) _mm512_store_si512(lanes[m][r], acc[m][r]);
+      }
+      for (int r = 0; r < R; ++r) {
+        const int32_t wsum = _mm512_reduce_add_epi32(_mm512_load_si512(lanes[MB][r]));
         for (int m = 0; m < MB; ++m)
-          sums[m][t0 + r] = rescale(_mm512_reduce_add_epi32(acc[m][r]), wsum, qx.scale[m], a.w_scale[n[r]],
-                                    a.bias, n[r]);
+          sums[m][t0 + r] = rescale(_mm512_reduce_add_epi32(_mm512_load_si512(lanes[m][r])), wsum, qx.scale[m],
+                                    a.w_scale[n[r]], a.bias, n[r]);
       }
     }
     for (int m = 0; m < MB; ++m) epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, nullptr, sums[m], m, c0, cnt);
@@ -132,7 +140,7 @@ void pack_panel(const Int8DynamicLinearArgs& a, int64_t kpad, int64_t n0, int64_
                             : _mm512_setzero_si512();
     transpose16x16_epi32(r);  // r[i] = k quad k/4 + i of the 16 columns
     for (int i = 0; i < 16; ++i) {
-      sums = _mm512_dpbusd_epi32(sums, ones, r[i]);
+      sums = dpbusd(sums, ones, r[i]);
       _mm512_storeu_si512(dst + (k / 4 + i) * 64, r[i]);
     }
   }
@@ -163,18 +171,17 @@ inline __m512i x_quad(const uint8_t* x, int64_t q) {
 }
 
 // io[m][h] += sum over kq quads of x[m] quad . weight quads of panel h (16 columns).
-template <bool kPairs = false>
 inline void micro_kernel(const uint8_t* x, int64_t xs, const int8_t* b0, const int8_t* b1, int64_t kq,
                          __m512i (&io)[kMR][2]) {
   __m512i c[kMR][2];  // local: through the reference GCC stores them every iteration
   for (int m = 0; m < kMR; ++m) c[m][0] = io[m][0], c[m][1] = io[m][1];
   for (int64_t q = 0; q < kq; ++q) {
-    const __m512i v0 = load_quad<kPairs>(b0 + q * 64);
-    const __m512i v1 = load_quad<kPairs>(b1 + q * 64);
+    const __m512i v0 = _mm512_loadu_si512(b0 + q * 64);
+    const __m512i v1 = _mm512_loadu_si512(b1 + q * 64);
     for (int m = 0; m < kMR; ++m) {
       const __m512i av = x_quad(x + m * xs, q);
-      c[m][0] = _mm512_dpbusd_epi32(c[m][0], av, v0);
-      c[m][1] = _mm512_dpbusd_epi32(c[m][1], av, v1);
+      c[m][0] = dpbusd(c[m][0], av, v0);
+      c[m][1] = dpbusd(c[m][1], av, v1);
     }
   }
   for (int m = 0; m < kMR; ++m) io[m][0] = c[m][0], io[m][1] = c[m][1];
@@ -226,22 +233,11 @@ constexpr int64_t kNC = 128;
 constexpr int64_t kMC = 16 * kMR;
 constexpr int64_t kKC = 256;  // quads: 1024 values of K
 
-// The weight held in the w8a8-cpu layout (int8_linear.h): panel p (columns 16p .. 16p + 15)
-// at base + p * bytes, its quads as load_quad reads them; colsum [Np] the column sums. A null
-// base: the raw weight rows, packed per call.
-struct HeldPanels {
-  const int8_t* base = nullptr;
-  int64_t bytes = 0;   // per panel: Kp * 16
-  int64_t panels = 0;  // Np / 16
-  const int32_t* colsum = nullptr;
-};
-
 // One worker of parallel_dynamic: its buffers, then column blocks of kNC while any are left.
-template <bool kPairs, class Take>
-void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPanels& held, const Take& take,
-                 int64_t blocks) {
-  const int64_t kq = held.base ? held.bytes / 64 : qx.kpad / 4;
-  AlignedBuffer bbuf(held.base ? 0 : static_cast<size_t>(kNC * qx.kpad));
+template <class Take>
+void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const Take& take, int64_t blocks) {
+  const int64_t kq = qx.kpad / 4;
+  AlignedBuffer bbuf(static_cast<size_t>(kNC * qx.kpad));
   AlignedBuffer cbuf(static_cast<size_t>(kMC * kNC) * sizeof(int32_t));
   int8_t* bp = bbuf.as<int8_t>();
   int32_t* cp = cbuf.as<int32_t>();
@@ -252,14 +248,8 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPan
     const int64_t nb = blk * kNC;
     const int64_t nb_end = imin(a.N, nb + kNC);
     const int64_t pairs = (nb_end - nb + kNR - 1) / kNR;  // of 16-column panels
-    const int32_t* wsum = held.base ? held.colsum + nb : packed_wsum;
-    // Panel j of the block. Held: a pair's second panel past the last stands in as the last
-    // (its columns are past N, never stored), so nothing past the layout is read.
-    auto panel = [&](int64_t j) -> const int8_t* {
-      if (!held.base) return bp + j * qx.kpad * 16;
-      return held.base + imin(nb / 16 + j, held.panels - 1) * held.bytes;
-    };
-    for (int64_t j = 0; !held.base && j < 2 * pairs; ++j)
+    auto panel = [&](int64_t j) -> const int8_t* { return bp + j * qx.kpad * 16; };
+    for (int64_t j = 0; j < 2 * pairs; ++j)
       pack_panel(a, qx.kpad, nb + 16 * j, nb_end, bp + j * qx.kpad * 16, packed_wsum + 16 * j);
     column_doubles(a, nb, nb_end - nb, kNC, wsd, bd);
     for (int64_t m0 = 0; m0 < rows; m0 += kMC) {
@@ -273,11 +263,12 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPan
             for (int i = 0; i < kMR; ++i)
               for (int h = 0; h < 2; ++h)
                 c[i][h] = q0 == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(saved + i * kNC + 16 * h);
-            micro_kernel<kPairs>(qx.q + mr * qx.kpad + 4 * q0, qx.kpad, panel(2 * j) + q0 * 64,
-                                 panel(2 * j + 1) + q0 * 64, q1 - q0, c);
+            micro_kernel(qx.q + mr * qx.kpad + 4 * q0, qx.kpad, panel(2 * j) + q0 * 64, panel(2 * j + 1) + q0 * 64,
+                         q1 - q0, c);
             if (q1 == kq) {
               const int64_t p0 = nb + j * kNR;
-              store_tile(a, qx, c, mr, p0, imin(kNR, nb_end - p0), wsum + j * kNR, wsd + j * kNR, bd + j * kNR);
+              store_tile(a, qx, c, mr, p0, imin(kNR, nb_end - p0), packed_wsum + j * kNR, wsd + j * kNR,
+                         bd + j * kNR);
             } else {
               for (int i = 0; i < kMR; ++i)
                 for (int h = 0; h < 2; ++h) _mm512_storeu_si512(saved + i * kNC + 16 * h, c[i][h]);
@@ -289,7 +280,16 @@ void gemm_worker(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPan
   }
 }
 
-// ----------------------------------------------------------------------------- held panels, small M
+// ----------------------------------------------------------------------------- held panels
+
+// The weight held in the w8a8-cpu layout (int8_linear.h): panel p (columns 16p .. 16p + 15)
+// at base + p * bytes, its quads as load_quad reads them; colsum [Np] the column sums.
+struct HeldPanels {
+  const int8_t* base = nullptr;
+  int64_t bytes = 0;   // per panel: Kp * 16
+  int64_t panels = 0;  // Np / 16
+  const int32_t* colsum = nullptr;
+};
 
 // Rows [m0, m0 + MB) of x against panels [p0, p0 + np) (np <= NP) of the held layout: NP
 // panel streams at once (at M = 1 four contiguous streams, as the W8A16 layout reads), every
@@ -311,7 +311,7 @@ void held_dot_block(const Int8DynamicLinearArgs& a, const QuantX& qx, const Held
     for (int j = 0; j < NP; ++j) v[j] = load_quad<kPairs>(w[j] + q * 64);
     for (int m = 0; m < MB; ++m) {
       const __m512i xv = x_quad(x + m * qx.kpad, q);
-      for (int j = 0; j < NP; ++j) acc[m][j] = _mm512_dpbusd_epi32(acc[m][j], xv, v[j]);
+      for (int j = 0; j < NP; ++j) acc[m][j] = dpbusd(acc[m][j], xv, v[j]);
     }
   }
   for (int j = 0; j < np; ++j) {
@@ -326,22 +326,23 @@ void held_dot_block(const Int8DynamicLinearArgs& a, const QuantX& qx, const Held
   }
 }
 
-// Up to kHeldDotMaxRows rows per block: MB * NP + NP + 1 <= 32 zmm.
+// Up to kHeldDotMaxRows rows per block against kHeldDotPanels panels: MB * NP accumulators,
+// NP weight vectors, the broadcast x and vpermw's index: 30 of 32 zmm.
 constexpr int kHeldDotMaxRows = 6;
-constexpr int held_panels_for(int mb) { return mb <= 6 ? 4 : 3; }
+constexpr int kHeldDotPanels = 4;
 
 template <bool kPairs, int MB>
 void held_dot_rows(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPanels& h, int64_t p0, int np,
                    int64_t m0) {
-  constexpr int NP = held_panels_for(MB);
+  constexpr int NP = kHeldDotPanels;
   for (int j = 0; j < np; j += NP) held_dot_block<kPairs, NP, MB>(a, qx, h, p0 + j, imin(NP, np - j), m0);
 }
 
-// The dot form for M below kHeldGemmMinM: per group of 12 panels (192 KB at K = 4096, held
-// in L2), every block of at most 8 rows (balanced) streams the group, so the weights come
-// from memory once per call.
-constexpr int64_t kHeldGemmMinM = 32;
-constexpr int64_t kHeldDotGroup = 12;  // panels: a multiple of both NP
+// The held dot form, at every M: per group of 12 panels (768 KB at K = 4096, held in L2),
+// every block of at most kHeldDotMaxRows rows (balanced) streams the group, so the weights
+// come from memory once per call. It outran the GEMM on the same panels (12 x 32 tiles, K in
+// slices) from M = 24 to 2048, 1 and 2 threads, both shapes of the grid (Zen 4).
+constexpr int64_t kHeldDotGroup = 12;  // panels: a multiple of kHeldDotPanels
 
 template <bool kPairs>
 void held_dot(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPanels& h, int threads) {
@@ -358,28 +359,19 @@ void held_dot(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPanels
           case 3: held_dot_rows<kPairs, 3>(a, qx, h, p0, np, m0); break;
           case 4: held_dot_rows<kPairs, 4>(a, qx, h, p0, np, m0); break;
           case 5: held_dot_rows<kPairs, 5>(a, qx, h, p0, np, m0); break;
-          case 6: held_dot_rows<kPairs, 6>(a, qx, h, p0, np, m0); break;
-          case 7: held_dot_rows<kPairs, 7>(a, qx, h, p0, np, m0); break;
-          default: held_dot_rows<kPairs, 8>(a, qx, h, p0, np, m0); break;
+          default: held_dot_rows<kPairs, kHeldDotMaxRows>(a, qx, h, p0, np, m0); break;
         }
       }
     }
   });
 }
 
-template <bool kPairs>
-void run_held(const Int8DynamicLinearArgs& a, const QuantX& qx, const HeldPanels& h, int threads) {
-  if (a.M < kHeldGemmMinM) return held_dot<kPairs>(a, qx, h, threads);
-  const int64_t blocks = (a.N + kNC - 1) / kNC;
-  parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<kPairs>(a, qx, h, take, blocks); });
-}
-
-// x quantised per row (rows rounded up to the GEMM tile from gemm_min_m), then run(qx, threads).
+// x quantised per row (rows rounded up to the GEMM tile where `gemm` runs), then run(qx, threads).
 template <class Run>
-void with_quantised_x(const Int8DynamicLinearArgs& a, int64_t gemm_min_m, const Run& run) {
+void with_quantised_x(const Int8DynamicLinearArgs& a, bool gemm, const Run& run) {
   QuantX qx{};
   qx.kpad = round_up(a.K, 64);
-  const int64_t rows = a.M >= gemm_min_m ? round_up(a.M, kMR) : a.M;
+  const int64_t rows = gemm ? round_up(a.M, kMR) : a.M;
   AlignedBuffer qbuf(static_cast<size_t>(rows * qx.kpad));
   AlignedBuffer sbuf(static_cast<size_t>(a.M) * sizeof(float));
   qx.q = qbuf.as<uint8_t>();
@@ -393,10 +385,10 @@ void with_quantised_x(const Int8DynamicLinearArgs& a, int64_t gemm_min_m, const 
 
 void int8_dynamic_linear_avx512(const Int8DynamicLinearArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
-  with_quantised_x(a, kGemmMinM, [&](const QuantX& qx, int threads) {
+  with_quantised_x(a, a.M >= kGemmMinM, [&](const QuantX& qx, int threads) {
     if (a.M < kGemmMinM) return run_dot(a, qx, threads);
     const int64_t blocks = (a.N + kNC - 1) / kNC;
-    parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker<false>(a, qx, HeldPanels{}, take, blocks); });
+    parallel_dynamic(blocks, threads, [&](auto take) { gemm_worker(a, qx, take, blocks); });
   });
 }
 
@@ -404,9 +396,9 @@ void int8_dynamic_linear_panels_avx512(const Int8DynamicLinearArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
   const HeldPanels h{a.panels, round_up(a.K, kW8A8PanelK) * kW8A8PanelN, (a.N + kW8A8PanelN - 1) / kW8A8PanelN,
                      a.colsum};
-  with_quantised_x(a, kHeldGemmMinM, [&](const QuantX& qx, int threads) {
-    if (a.act_bits == 8) run_held<true>(a, qx, h, threads);  // unit pairs
-    else run_held<false>(a, qx, h, threads);                 // unit quads
+  with_quantised_x(a, false, [&](const QuantX& qx, int threads) {
+    if (a.act_bits == 8) held_dot<true>(a, qx, h, threads);  // unit pairs
+    else held_dot<false>(a, qx, h, threads);                 // unit quads
   });
 }
 

@@ -53,7 +53,7 @@ def _run(x, layout, bias=None, act="none", threads=1, absmax=None, out=None):
 
 @pytest.mark.parametrize("act_bits", (8, 7))
 @pytest.mark.parametrize("n, k", [(1, 1), (15, 31), (17, 33), (40, 100), (130, 256)])
-# 9 .. 31: the AVX-512 kernel's dot form in balanced blocks of up to 8 rows; 33: its GEMM.
+# 7 .. 33: the AVX-512 kernel's dot form in balanced blocks of up to 6 rows (every block size).
 @pytest.mark.parametrize("m", (1, 2, 3, 4, 5, 6, 7, 9, 13, 16, 17, 31, 33))
 def test_every_tile_remainder_and_panel_tail_is_exact(m, n, k, act_bits):
     qweight, scale = _weight(n, k, seed=n + k)
@@ -66,8 +66,9 @@ def test_every_tile_remainder_and_panel_tail_is_exact(m, n, k, act_bits):
 
 @pytest.mark.parametrize("act_bits", (8, 7))
 def test_k_slices_and_row_blocks(act_bits):
-    """K = 1100 spans several K slices of the GEMM loop (with more than one row panel), and
-    200 rows more than one row block (kMC = 192)."""
+    """K = 1100 over 200 rows: 34 balanced row blocks of the AVX-512 dot form per group of
+    panels, on 2 threads (the AVX2 kernel: several K slices of its GEMM, more than one row
+    block of 192)."""
     n, k = 48, 1100
     qweight, scale = _weight(n, k, seed=7)
     layout = pack_w8a8_cpu(qweight, scale, act_bits)

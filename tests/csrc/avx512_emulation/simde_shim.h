@@ -3,6 +3,7 @@
 // The real immintrin.h is kept out; SIMDe's native aliases stand in, plus plain-C++
 // versions of the intrinsics SIMDe 0.7.4 lacks (written from their documented meaning).
 #define SIMDE_ENABLE_NATIVE_ALIASES
+#define BIGPERF_SIMDE_EMULATION 1  // the kernels take intrinsics, not inline asm (cpu/avx512_dot.h)
 #include <simde/x86/avx512.h>
 #include <xmmintrin.h>
 #include <cmath>
