@@ -1,16 +1,14 @@
-// The AVX-512 dot-product instructions (vpdpbusd, vdpbf16ps) for accumulators that stay in
-// registers across a loop. gcc 12's builtins for them copy each accumulator through a
-// scratch register and back, and in loops of many accumulators keep a copy of each on the
-// stack too: W8A8's held_dot_block (int8_dynamic_avx512.cpp) ran 11-20 zmm stores and ~30
-// register moves per 2 quads beside its 40-48 vpdpbusd. In inline asm the accumulator is
-// one tied register ("+v"), and those loops hold nothing but loads and dot products.
-// SIMDe's emulation (tests/csrc/avx512_emulation/simde_shim.h) cannot run the instructions
-// themselves: it takes the intrinsics.
+// vpdpbusd for accumulators that stay in registers across a loop. gcc 12's builtin for it
+// copies each accumulator through a scratch register and back, and in loops of many
+// accumulators keeps a copy of each on the stack too: W8A8's held_dot_block
+// (int8_dynamic_avx512.cpp) ran 11-20 zmm stores and ~30 register moves per 2 quads beside
+// its 40-48 vpdpbusd. In inline asm the accumulator is one tied register ("+v"), and the
+// loop holds nothing but loads and dot products. SIMDe's emulation
+// (tests/csrc/avx512_emulation/simde_shim.h) cannot run the instruction itself: it takes
+// the intrinsic.
 // Include only from the AVX-512 translation units.
 #pragma once
 #include <immintrin.h>
-
-#include <cstring>
 
 namespace bigperf::cpu {
 namespace {
@@ -22,16 +20,6 @@ inline __m512i dpbusd(__m512i acc, __m512i u, __m512i s) {
   return acc;
 #else
   return _mm512_dpbusd_epi32(acc, u, s);
-#endif
-}
-
-// acc + the two bf16 x bf16 products of each 32-bit lane of a and b (_mm512_dpbf16_ps).
-inline __m512 dpbf16(__m512 acc, __m512bh a, __m512bh b) {
-#if defined(__GNUC__) && !defined(BIGPERF_SIMDE_EMULATION)
-  asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
-  return acc;
-#else
-  return _mm512_dpbf16_ps(acc, a, b);
 #endif
 }
 
