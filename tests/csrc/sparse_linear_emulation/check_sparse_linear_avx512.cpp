@@ -75,6 +75,23 @@ static Buf bf16_rounded(const Buf& x, DType d) {
   return r;
 }
 
+// A bf16-arithmetic form (bf16_form) against the scalar lane loop (scalar), both on x rounded
+// to bf16; a copy of the lane call `la` (Sparse24Args or BsrArgs) with x and out replaced.
+template <class Args>
+static void check_bf16_form(const char* what, const Args& la, const Buf& x, DType xd, int64_t M, int64_t N,
+                            int pad, void (*scalar)(const Args&), void (*bf16_form)(const Args&),
+                            const char* detail) {
+  const Buf xb = bf16_rounded(x, xd);
+  Args lb = la;
+  lb.x = xb.b.data();
+  Buf ref = make_out(M, N, xd, pad), got = make_out(M, N, xd, pad);
+  lb.out = ref.b.data();
+  scalar(lb);
+  lb.out = got.b.data();
+  bf16_form(lb);
+  report(what, compare(got, ref, M, N, xd), xd, detail);
+}
+
 static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Activation act, int pad) {
   const int64_t ves = vt == S24Values::f32 ? 4 : vt == S24Values::i8 ? 1 : 2;
   const int64_t vstride = K / 2 + 3, mstride = K / 8 + 1;  // padded rows: strides are honoured
@@ -145,17 +162,9 @@ static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Act
   report("2:4 lanes scalar", compare(lanes_scalar, want, M, N, xd), xd, detail);
   report("2:4 lanes avx512", compare(lanes_avx512, want, M, N, xd), xd, detail);
   report("2:4 lanes panel avx512", compare(lanes_panel, want, M, N, xd), xd, detail);
-  if (vt == S24Values::bf16 || vt == S24Values::i8) {  // the bf16-arithmetic form reads these
-    const Buf xb = bf16_rounded(x, xd);
-    Sparse24Args lb = la;
-    lb.x = xb.b.data();
-    Buf ref = make_out(M, N, xd, 3), lanes_bf16 = make_out(M, N, xd, 3);
-    lb.out = ref.b.data();
-    sparse24_lanes_linear_scalar(lb);
-    lb.out = lanes_bf16.b.data();
-    sparse24_lanes_linear_panel_bf16_avx512(lb);
-    report("2:4 lanes panel bf16 avx512", compare(lanes_bf16, ref, M, N, xd), xd, detail);
-  }
+  if (vt == S24Values::bf16 || vt == S24Values::i8)  // the bf16-arithmetic form reads these
+    check_bf16_form("2:4 lanes panel bf16 avx512", la, x, xd, M, N, 3, sparse24_lanes_linear_scalar,
+                    sparse24_lanes_linear_panel_bf16_avx512, detail);
 }
 
 static void check_bsr(int64_t M, int64_t bn, int64_t bk, int64_t brows, int64_t bcols, double density, DType vd,
@@ -215,17 +224,9 @@ static void check_bsr(int64_t M, int64_t bn, int64_t bk, int64_t brows, int64_t 
   report("BSR lanes scalar", compare(lanes_scalar, want, M, N, xd), xd, detail);
   report("BSR lanes avx512", compare(lanes_avx512, want, M, N, xd), xd, detail);
   report("BSR lanes panel avx512", compare(lanes_panel, want, M, N, xd), xd, detail);
-  if (vd == DType::bf16) {  // the bf16-arithmetic form
-    const Buf xb = bf16_rounded(x, xd);
-    BsrArgs lb = la;
-    lb.x = xb.b.data();
-    Buf ref = make_out(M, N, xd, 2), lanes_bf16 = make_out(M, N, xd, 2);
-    lb.out = ref.b.data();
-    block_sparse_lanes_linear_scalar(lb);
-    lb.out = lanes_bf16.b.data();
-    block_sparse_lanes_linear_panel_bf16_avx512(lb);
-    report("BSR lanes panel bf16 avx512", compare(lanes_bf16, ref, M, N, xd), xd, detail);
-  }
+  if (vd == DType::bf16)  // the bf16-arithmetic form
+    check_bf16_form("BSR lanes panel bf16 avx512", la, x, xd, M, N, 2, block_sparse_lanes_linear_scalar,
+                    block_sparse_lanes_linear_panel_bf16_avx512, detail);
 }
 
 int main() {
