@@ -274,7 +274,8 @@ def test_a_near_tie_goes_to_pytorch():
 
 def test_torch_paths_know_whether_they_run_the_weight_as_held():
     """F.linear on the layer's own float weight (or its opted-in float copy) is as held; a
-    weight converted, dequantised or unpacked per call is not."""
+    weight converted, dequantised or unpacked per call is not, nor a call that casts x in and
+    the output back."""
     from bigperf.ops.fused_linear import BACKENDS as FUSED
     from bigperf.ops.int8_linear import WEIGHT_ONLY_BACKENDS as INT8
 
@@ -283,7 +284,9 @@ def test_torch_paths_know_whether_they_run_the_weight_as_held():
     bf16_args = (x, torch.randn(4, 8).bfloat16(), None, None, "none")
     assert FUSED.backends["torch:fp32"].as_held(*fp32_args)
     assert not FUSED.backends["torch:fp32"].as_held(*bf16_args)
-    assert FUSED.backends["torch:bf16"].as_held(*bf16_args)
+    assert not FUSED.backends["torch:bf16"].as_held(*bf16_args)  # fp32 x: cast in and out
+    bf16_x_args = (x.bfloat16(), *bf16_args[1:])
+    assert FUSED.backends["torch:bf16"].as_held(*bf16_x_args)
     assert FUSED.backends["torch:copy"].as_held(*bf16_args)
     assert INT8.backends["torch:fp32"].as_held is None
     assert FUSED.backends["cpu:panel"].as_held is None
