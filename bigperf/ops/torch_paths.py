@@ -167,11 +167,11 @@ def register_torch_paths(table, run_for: Callable[[torch.dtype], Callable[..., t
                          float_weight: bool = False, exact_int8: bool = False) -> None:
     """One "torch" path per compute dtype: fp32, bf16, fp16. Every op's arguments start
     (x, weight or its packed values, ...): a bf16 weight or int8 codes count as precision the
-    layer already has (half_why_not, precision_of), an fp16 weight (range) does not. float_weight: the
-    op's weight is the layer's float weight itself (the dense format), so the path of its own
-    dtype runs the weight as held (Backend.as_held) where x has that dtype too. exact_int8: the op's math is exact integer
-    sums of int8 codes (W8A8), which a bf16 GEMM would round to 8 bits before the scales, so
-    its codes do not count as bf16 precision."""
+    layer already has (half_why_not, precision_of), an fp16 weight (range) does not.
+    float_weight: the op's weight is the layer's float weight itself (the dense format), so
+    the path of its own dtype runs the weight as held (Backend.as_held) where x has that dtype
+    too. exact_int8: the op's math is exact integer sums of int8 codes (W8A8), which a bf16
+    GEMM would round to 8 bits before the scales, so its codes do not count as bf16 precision."""
     for dtype, variant in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16")):
         def why_not(x, weight, *rest, dtype=dtype):
             return half_why_not(x, dtype, None if exact_int8 and weight.dtype == torch.int8 else precision_of(weight))
