@@ -81,13 +81,21 @@ struct Bf16Rows {
       }
     });
   }
-  // Row m's pairs from pair p (32-bit units; x's rows start at even elements: K and, for a bf16
-  // x read in place, its row stride are even, or the unit load is unaligned, which x86 allows).
-  const uint32_t* pairs(int64_t m, int64_t p) const { return reinterpret_cast<const uint32_t*>(rows + m * stride) + p; }
+  // Row m from element k (even): read its pairs with pair_at.
+  const uint16_t* row(int64_t m, int64_t k) const { return rows + m * stride + k; }
   AlignedBuffer buf;
   const uint16_t* rows;
   int64_t stride;  // elements
 };
+
+// The 32-bit unit of the bf16 pair at p (p[0] low). Through memcpy: a bf16 x read in place
+// may have an odd row stride, and a uint32_t load of it would be misaligned (undefined in C++,
+// flagged by UBSan, though x86 allows it); the compiler emits the same one load.
+inline uint32_t pair_at(const uint16_t* p) {
+  uint32_t unit;
+  std::memcpy(&unit, p, sizeof unit);
+  return unit;
+}
 
 // The fp32 strips packer's output (kc x kNR floats per strip, strips one after another)
 // turned in place into pair strips (kc / 2 x kNR 32-bit units per strip, at the same strip
@@ -127,16 +135,16 @@ inline __m512i code_pairs(__m128i even, __m128i odd) {
 }
 
 // c[i][0 .. 32) += sum over pairs p < np of x_i pair p . b pair row p, for i < MR: rows of x
-// at xr[i] (32-bit pair units), b a strip (pair rows of kNR units).
+// at xr[i] (bf16), b a strip (pair rows of kNR units).
 template <int MR>
-inline void micro_tile(int64_t np, const uint32_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
+inline void micro_tile(int64_t np, const uint16_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
   __m512 acc[MR][2];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < 2; ++v) acc[i][v] = _mm512_loadu_ps(c + i * ldc + 16 * v);
   for (int64_t p = 0; p < np; ++p) {
     const __m512bh b0 = as_bh(_mm512_loadu_si512(b + p * kNR)), b1 = as_bh(_mm512_loadu_si512(b + p * kNR + 16));
     for (int i = 0; i < MR; ++i) {
-      const __m512bh a = as_bh(_mm512_set1_epi32(static_cast<int>(xr[i][p])));
+      const __m512bh a = as_bh(_mm512_set1_epi32(static_cast<int>(pair_at(xr[i] + 2 * p))));
       acc[i][0] = _mm512_dpbf16_ps(acc[i][0], a, b0);
       acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
     }
@@ -146,7 +154,7 @@ inline void micro_tile(int64_t np, const uint32_t* const* xr, const uint32_t* b,
 }
 
 template <int MR>
-inline void micro_rows(int mr, int64_t np, const uint32_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
+inline void micro_rows(int mr, int64_t np, const uint16_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
   if constexpr (MR >= 1) {
     if (mr == MR) return micro_tile<MR>(np, xr, b, c, ldc);
     micro_rows<MR - 1>(mr, np, xr, b, c, ldc);
@@ -163,8 +171,8 @@ struct TileRows {
     for (int64_t m0 = 0; m0 < M; m0 += MR) {
       const int64_t mr = imin(MR, M - m0);
       for (int64_t r = 0; r < mr; ++r) {
-        const uint32_t* src = reinterpret_cast<const uint32_t*>(x.rows + (m0 + r) * x.stride);
-        for (int64_t p = 0; p < pairs; ++p) dst[m0 * pairs + p * mr + r] = src[p];
+        const uint16_t* src = x.row(m0 + r, 0);
+        for (int64_t p = 0; p < pairs; ++p) dst[m0 * pairs + p * mr + r] = pair_at(src + 2 * p);
       }
     }
   }
@@ -207,8 +215,8 @@ void gemm_packed(const void* x, int64_t x_row_stride, DType d, int64_t M, int64_
           const uint32_t* strip = reinterpret_cast<const uint32_t*>(bp + s * kc);
           for (int64_t i = 0; i < mc; i += kMR) {
             const int mr = static_cast<int>(imin(kMR, mc - i));
-            const uint32_t* xr[kMR];
-            for (int r = 0; r < mr; ++r) xr[r] = rows.pairs(m0 + i + r, k0 / 2);
+            const uint16_t* xr[kMR];
+            for (int r = 0; r < mr; ++r) xr[r] = rows.row(m0 + i + r, k0);
             micro_rows<kMR>(mr, np, xr, strip, sums + i * kNC + s, kNC);
           }
         }
