@@ -210,13 +210,43 @@ inline void bsr_strip_to_fp32(const char* blk, int64_t bk, float* dst) {
     }
 }
 
+// The panel forms' tasks over the lane layout (fp32 here, bf16 in sparse_linear_avx512.cpp):
+// panel::kMC rows of x by kStripsPerTask strips (a strip: 16 rows of one block row), so that
+// the strips of one task share the rows of x it reads.
+struct BsrStripTasks {
+  static constexpr int64_t kStripsPerTask = 4;
+  // Strip s: its bytes in the block row's first stored block, its stored blocks' column
+  // indices and count, its first output row.
+  struct Strip {
+    const char* first;
+    const int32_t* cols;
+    int64_t nb, n0;
+  };
+  BsrStripTasks(const BsrArgs& a, int64_t strip_bytes)
+      : a(a), strip_bytes(strip_bytes), groups(a.bn / kLaneRows), strips(a.N / kLaneRows),
+        stasks((strips + kStripsPerTask - 1) / kStripsPerTask), count((a.M + panel::kMC - 1) / panel::kMC * stasks) {}
+  // visit(m0, mc, strip) for each strip of task t, rows [m0, m0 + mc) of x.
+  template <class Visit>
+  void run(int64_t t, const Visit& visit) const {
+    const int64_t m0 = t / stasks * panel::kMC, mc = imin(panel::kMC, a.M - m0);
+    const int64_t s_begin = t % stasks * kStripsPerTask, s_end = imin(strips, s_begin + kStripsPerTask);
+    for (int64_t s = s_begin; s < s_end; ++s) {
+      const int64_t br = s / groups, b0 = a.row_ptr[br];
+      visit(m0, mc,
+            Strip{static_cast<const char*>(a.values) + (b0 * groups + s % groups) * strip_bytes, a.col_indices + b0,
+                  a.row_ptr[br + 1] - b0, br * a.bn + s % groups * kLaneRows});
+    }
+  }
+  const BsrArgs& a;
+  const int64_t strip_bytes, groups, strips, stasks, count;
+};
+
 template <class V, class L, DType VD>
 void bsr_lanes_panel_run(const BsrArgs& a) {
   constexpr int MR = V::kPanelRows * 2 / (kLaneRows / V::W);  // the accumulators of panel_gemm.h
   constexpr int64_t ES = element_size(VD);
-  constexpr int64_t kStripsPerTask = 4;
-  const int64_t groups = a.bn / kLaneRows, strips = a.N / kLaneRows;
-  const int64_t strip_bytes = kLaneRows * a.bk * ES, block_bytes = groups * strip_bytes;
+  const int64_t strip_bytes = kLaneRows * a.bk * ES, block_bytes = a.bn / kLaneRows * strip_bytes;
+  const BsrStripTasks tasks(a, strip_bytes);
   // x as fp32 rows: read in place when it already is, else converted once per call.
   const float* x = static_cast<const float*>(a.x);
   int64_t xs = a.x_row_stride;
@@ -226,43 +256,36 @@ void bsr_lanes_panel_run(const BsrArgs& a) {
     x = converted.as<float>();
     xs = a.K;
   }
-  const int64_t mtasks = (a.M + panel::kMC - 1) / panel::kMC, stasks = (strips + kStripsPerTask - 1) / kStripsPerTask;
-  const int64_t tasks = mtasks * stasks;
   const int64_t work = a.M * a.nnz * a.bn * a.bk;
-  const char* vals = static_cast<const char*>(a.values);
-  parallel_dynamic(tasks, work < panel::kSerialWork ? 1 : a.num_threads, [&](auto take) {
+  parallel_dynamic(tasks.count, work < panel::kSerialWork ? 1 : a.num_threads, [&](auto take) {
     // A strip's converted blocks: at most K / bk blocks of bk x 16.
     AlignedBuffer panel_buf(VD == DType::f32 ? 0 : static_cast<size_t>(a.K * kLaneRows) * sizeof(float));
     AlignedBuffer sums_buf(static_cast<size_t>(MR * kLaneRows) * sizeof(float));
     float* sums = sums_buf.as<float>();
-    for (int64_t t; (t = take()) < tasks;) {
-      const int64_t m0 = t / stasks * panel::kMC, mc = imin(panel::kMC, a.M - m0);
-      const int64_t s_begin = t % stasks * kStripsPerTask, s_end = imin(strips, s_begin + kStripsPerTask);
-      for (int64_t s = s_begin; s < s_end; ++s) {
-        const int64_t br = s / groups, b0 = a.row_ptr[br], nb = a.row_ptr[br + 1] - b0;
-        const char* first = vals + b0 * block_bytes + s % groups * strip_bytes;
+    for (int64_t t; (t = take()) < tasks.count;) {
+      tasks.run(t, [&](int64_t m0, int64_t mc, const BsrStripTasks::Strip& strip) {
         const float* panel;
         int64_t block_stride;  // floats from one block's panel to the next
         if constexpr (VD == DType::f32) {
-          panel = reinterpret_cast<const float*>(first);
+          panel = reinterpret_cast<const float*>(strip.first);
           block_stride = block_bytes / 4;
         } else {
-          for (int64_t j = 0; j < nb; ++j)
-            bsr_strip_to_fp32<V, L, VD>(first + j * block_bytes, a.bk, panel_buf.as<float>() + j * a.bk * kLaneRows);
+          for (int64_t j = 0; j < strip.nb; ++j)
+            bsr_strip_to_fp32<V, L, VD>(strip.first + j * block_bytes, a.bk,
+                                        panel_buf.as<float>() + j * a.bk * kLaneRows);
           panel = panel_buf.as<float>();
           block_stride = a.bk * kLaneRows;
         }
-        const int64_t n0 = br * a.bn + s % groups * kLaneRows;
         for (int64_t i = 0; i < mc; i += MR) {
           const int mr = static_cast<int>(imin(MR, mc - i));
           const float* xr[MR];
           for (int r = 0; r < mr; ++r) xr[r] = x + (m0 + i + r) * xs;
-          bsr_panel_rows<V, MR>(mr, xr, panel, block_stride, a.col_indices + b0, nb, a.bk, sums);
+          bsr_panel_rows<V, MR>(mr, xr, panel, block_stride, strip.cols, strip.nb, a.bk, sums);
           for (int r = 0; r < mr; ++r)
-            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + r * kLaneRows, m0 + i + r, n0,
-                               kLaneRows);
+            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + r * kLaneRows, m0 + i + r,
+                               strip.n0, kLaneRows);
         }
-      }
+      });
     }
   });
 }

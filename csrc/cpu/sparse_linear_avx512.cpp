@@ -284,30 +284,21 @@ void sparse24_lanes_linear_panel_bf16_avx512(const Sparse24Args& a) {
 void block_sparse_lanes_linear_panel_bf16_avx512(const BsrArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
   constexpr int MR = kBsrBf16Rows;
-  constexpr int64_t kStripsPerTask = 4;
   const panel_bf16::TileRows<MR> tiles(panel_bf16::Bf16Rows(a.x, a.x_row_stride, a.x_dtype, a.M, a.K, a.num_threads), a.M, a.K);
-  const int64_t groups = a.bn / kLaneRows, strips = a.N / kLaneRows, half_bk = a.bk / 2;
-  const int64_t strip_bytes = kLaneRows * a.bk * 2, block_bytes = groups * strip_bytes;
-  const int64_t mtasks = (a.M + panel::kMC - 1) / panel::kMC, stasks = (strips + kStripsPerTask - 1) / kStripsPerTask;
-  const int64_t tasks = mtasks * stasks;
-  const char* vals = static_cast<const char*>(a.values);
-  parallel_dynamic(tasks, a.M * a.nnz * a.bn * a.bk < panel::kSerialWork ? 1 : a.num_threads, [&](auto take) {
+  const int64_t half_bk = a.bk / 2, strip_bytes = kLaneRows * a.bk * 2, block_bytes = a.bn / kLaneRows * strip_bytes;
+  const BsrStripTasks tasks(a, strip_bytes);
+  parallel_dynamic(tasks.count, a.M * a.nnz * a.bn * a.bk < panel::kSerialWork ? 1 : a.num_threads, [&](auto take) {
     alignas(64) float sums[MR * kLaneRows];
-    for (int64_t t; (t = take()) < tasks;) {
-      const int64_t m0 = t / stasks * panel::kMC, mc = imin(panel::kMC, a.M - m0);
-      const int64_t s_begin = t % stasks * kStripsPerTask, s_end = imin(strips, s_begin + kStripsPerTask);
-      for (int64_t s = s_begin; s < s_end; ++s) {
-        const int64_t br = s / groups, b0 = a.row_ptr[br], nb = a.row_ptr[br + 1] - b0;
-        const char* first = vals + b0 * block_bytes + s % groups * strip_bytes;
-        const int64_t n0 = br * a.bn + s % groups * kLaneRows;
+    for (int64_t t; (t = take()) < tasks.count;) {
+      tasks.run(t, [&](int64_t m0, int64_t mc, const BsrStripTasks::Strip& strip) {
         for (int64_t i = 0; i < mc; i += MR) {
           const int mr = static_cast<int>(imin(MR, mc - i));
-          bsr_bf16_rows<MR>(mr, tiles.at(m0 + i, mr, 0), first, block_bytes, a.col_indices + b0, nb, half_bk, sums);
+          bsr_bf16_rows<MR>(mr, tiles.at(m0 + i, mr, 0), strip.first, block_bytes, strip.cols, strip.nb, half_bk, sums);
           for (int r = 0; r < mr; ++r)
-            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + r * kLaneRows, m0 + i + r, n0,
-                               kLaneRows);
+            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + r * kLaneRows, m0 + i + r,
+                               strip.n0, kLaneRows);
         }
-      }
+      });
     }
   });
 }
