@@ -17,7 +17,11 @@ from pathlib import Path
 from types import ModuleType
 
 _BUILD_INFO_PATH = Path(__file__).with_name("_build_info.json")
-_local = threading.local()
+class _ThreadState(threading.local):
+    cpu_isa: str | None = None  # use_cpu_isa's forced path in this thread (a class default: read on every call)
+
+
+_local = _ThreadState()
 _best_isa: list[str] = []  # memo of the best runnable ISA (the CPU does not change)
 
 
@@ -114,7 +118,7 @@ _ENV_CPU_ISA = os.environ.get("BIGPERF_CPU_ISA", "").strip() or None
 
 def cpu_isa() -> str:
     """The ISA path the CPU kernels use: use_cpu_isa() > $BIGPERF_CPU_ISA > best runnable."""
-    forced = getattr(_local, "cpu_isa", None) or _ENV_CPU_ISA
+    forced = _local.cpu_isa or _ENV_CPU_ISA
     if forced is None and _best_isa:
         return _best_isa[0]  # the common case, kept cheap: it runs on every kernel call
     runnable = runnable_cpu_isas()
@@ -133,7 +137,7 @@ def cpu_isa() -> str:
 def forced_cpu_isa() -> str | None:
     """The ISA path use_cpu_isa forces in this thread, or None (cheap: the selection memo of
     every op call reads it)."""
-    return getattr(_local, "cpu_isa", None)
+    return _local.cpu_isa
 
 
 @contextlib.contextmanager
@@ -141,7 +145,7 @@ def use_cpu_isa(isa: str):
     """Force one CPU ISA path (avx512, avx2, scalar) inside the block, in this thread."""
     if isa not in ("avx512", "avx2", "scalar"):
         raise ValueError(f"bigperf.use_cpu_isa: argument 'isa' must be avx512, avx2 or scalar, got {isa!r}")
-    previous = getattr(_local, "cpu_isa", None)
+    previous = _local.cpu_isa
     _local.cpu_isa = isa
     try:
         cpu_isa()  # refuse an ISA this CPU cannot run now, not at the first kernel call

@@ -15,8 +15,8 @@ import torch
 from bigperf import _ext
 from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import (BF16_PANEL_VARIANT, as_rows, bf16_panel_why_not, cpu_why_not, cuda_why_not, fp32_bias,
-                                panel_why_not, triton_why_not)
+from bigperf.ops.common import (BF16_PANEL_VARIANT, as_rows, bf16_panel_why_not, bind_cpu_rows, cpu_why_not,
+                                cuda_why_not, fp32_bias, panel_why_not, triton_why_not)
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
 from bigperf.ops.torch_paths import (
     copy_linear,
@@ -53,23 +53,35 @@ def _cpu_bf16_why_not(x, weight, bias, residual, activation):
     return bf16_panel_why_not(x, weight.shape[1], "fused_linear_panel_bf16", weight.dtype)
 
 
-def _cpu_run(x, weight, bias, residual, activation, kernel="fused_linear"):
+def _cpu_bind(weight, bias, residual, activation, kernel="fused_linear"):
     """Our CPU kernels, at any M: the dot-product form (`fused_linear`, for the weight stream
     of decode) or the panel form (`fused_linear_panel`, for arithmetic-bound M). The
-    dispatcher times both against the torch paths on this machine."""
+    dispatcher times both against the torch paths on this machine. Bound to everything but x
+    (a residual is per call: bound only when it is None, which prepared calls pass)."""
+    if residual is not None:
+        return lambda x: _cpu_run(x, weight, bias, residual, activation, kernel)
+    n, k = weight.shape
+    w = weight if last_dim_contiguous(weight) else weight.contiguous()
+    b = fp32_bias(bias)
+    return bind_cpu_rows(kernel, (_ext.cpu_isa(),), (w.data_ptr(), w.stride(0), DTYPE_CODES[w.dtype],
+                         b.data_ptr() if b is not None else 0, 0, 0),
+                         (ACTIVATIONS.index(activation), torch.get_num_threads()), n, k, keep=(w, b))
+
+
+def _cpu_run(x, weight, bias, residual, activation, kernel="fused_linear"):
+    if residual is None:
+        return _cpu_bind(weight, bias, None, activation, kernel)(x)
     n, k = weight.shape
     x2 = as_rows(x, k)
     m = x2.shape[0]
     w = weight if last_dim_contiguous(weight) else weight.contiguous()
     b = fp32_bias(bias)
-    r = as_rows(residual, n) if residual is not None else None
+    r = as_rows(residual, n)
     out = torch.empty((m, n), dtype=x.dtype)
     getattr(_ext.cpu_module(), kernel)(
         _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
-        w.data_ptr(), w.stride(0), DTYPE_CODES[w.dtype],
-        b.data_ptr() if b is not None else 0,
-        r.data_ptr() if r is not None else 0, r.stride(0) if r is not None else 0,
-        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
+        w.data_ptr(), w.stride(0), DTYPE_CODES[w.dtype], b.data_ptr() if b is not None else 0,
+        r.data_ptr(), r.stride(0), out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
@@ -127,10 +139,11 @@ def _copy_run(x, weight, bias, residual, activation):
 
 def register_paths(table) -> None:
     """The paths of fused_linear (besides the reference) on this format."""
-    table.register("cpu", _cpu_why_not, _cpu_run)
-    table.register("cpu", _cpu_panel_why_not, functools.partial(_cpu_run, kernel="fused_linear_panel"), variant="panel")
-    table.register("cpu", _cpu_bf16_why_not, functools.partial(_cpu_run, kernel="fused_linear_panel_bf16"),
-                   variant=BF16_PANEL_VARIANT)
+    for kernel, variant, why_not in (("fused_linear", "", _cpu_why_not),
+                                     ("fused_linear_panel", "panel", _cpu_panel_why_not),
+                                     ("fused_linear_panel_bf16", BF16_PANEL_VARIANT, _cpu_bf16_why_not)):
+        table.register("cpu", why_not, functools.partial(_cpu_run, kernel=kernel), variant=variant,
+                       bind=functools.partial(_cpu_bind, kernel=kernel))
     table.register("cuda", _cuda_why_not, _cuda_run)
     table.register("triton", _triton_why_not, _triton_run)
     register_torch_paths(table, _torch_run, float_weight=True)

@@ -27,6 +27,7 @@ call, so the path a layer reports is the one that runs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -37,11 +38,11 @@ from bigperf.formats._checks import check_arg, check_layout_version, round_up
 from bigperf.formats._panels import (PANEL_N, from_panels, kernels_isa_why_not, panel_rows, to_panels,
                                      why_not_hold_panels)
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import BF16_PANEL_VARIANT, PANEL_MIN_ROWS, as_rows, bf16_panel_why_not, cpu_why_not, fp32_bias
+from bigperf.ops.common import (BF16_PANEL_VARIANT, PANEL_MIN_ROWS, bf16_panel_why_not, bind_cpu_rows, cpu_why_not,
+                                fp32_bias)
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
 from bigperf.ops.torch_paths import copy_linear, register_float_copy_path, register_torch_paths
-from bigperf.ops.validation import DTYPE_CODES
 
 NAME = "w8a16-cpu"
 VERSION = 2
@@ -136,24 +137,17 @@ def _cpu_bf16_why_not(x, weight, scale, zero, n, k, group_size, bias, activation
     return bf16_panel_why_not(x, k, KERNEL, torch.bfloat16)  # int8 codes: bf16's precision class
 
 
-def _cpu_run(x, weight, scale, zero, n, k, group_size, bias, activation, form="dot"):
-    x2 = as_rows(x, k)
-    m = x2.shape[0]
+def _cpu_bind(weight, scale, zero, n, k, group_size, bias, activation, form="dot"):
+    """The kernel form `form` on the panels, bound to everything but x (ops/common.bind_cpu_rows)."""
     b = fp32_bias(bias)
-    out = torch.empty((m, n), dtype=x.dtype)
-    _ext.cpu_module().int8_weight_linear_panels(
-        _ext.cpu_isa(), form, x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(),
-        scale.data_ptr(), zero.data_ptr() if zero is not None else 0, scale.shape[0], b.data_ptr() if b is not None else 0,
-        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
-    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+    return bind_cpu_rows("int8_weight_linear_panels", (_ext.cpu_isa(), form),
+                         (weight.data_ptr(), scale.data_ptr(), zero.data_ptr() if zero is not None else 0,
+                          scale.shape[0], b.data_ptr() if b is not None else 0),
+                         (ACTIVATIONS.index(activation), torch.get_num_threads()), n, k, keep=(b,))
 
 
-def _cpu_panel_run(x, weight, scale, zero, n, k, group_size, bias, activation):
-    return _cpu_run(x, weight, scale, zero, n, k, group_size, bias, activation, form="gemm")
-
-
-def _cpu_bf16_run(x, weight, scale, zero, n, k, group_size, bias, activation):
-    return _cpu_run(x, weight, scale, zero, n, k, group_size, bias, activation, form="gemm-bf16")
+def _cpu_run(x, *args, form="dot"):
+    return _cpu_bind(*args, form=form)(x)
 
 
 # PyTorch's GEMM with the weight's rows read from the panels a chunk at a time.
@@ -181,9 +175,10 @@ def register_paths(table, canonical_table) -> None:
     """Both kernel forms on the layout, PyTorch's paths reading its rows a chunk at a time,
     then every other path of int8_weight_linear's table on the unpacked weight (its own cpu
     and torch paths excluded: they would unpack the whole weight per call)."""
-    table.register("cpu", _cpu_why_not, _cpu_run)
-    table.register("cpu", _cpu_panel_why_not, _cpu_panel_run, variant="panel")
-    table.register("cpu", _cpu_bf16_why_not, _cpu_bf16_run, variant=BF16_PANEL_VARIANT)
+    for form, variant, why_not in (("dot", "", _cpu_why_not), ("gemm", "panel", _cpu_panel_why_not),
+                                   ("gemm-bf16", BF16_PANEL_VARIANT, _cpu_bf16_why_not)):
+        table.register("cpu", why_not, functools.partial(_cpu_run, form=form), variant=variant,
+                       bind=functools.partial(_cpu_bind, form=form))
     register_torch_paths(table, _torch_run)
     register_unpacked_paths(table, canonical_table, ("cpu", "torch"), int8_rowmajor.weight_only_layout_stand_ins,
                             _canonical_args)

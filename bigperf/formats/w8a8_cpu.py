@@ -38,11 +38,10 @@ from bigperf.formats._checks import check_arg, check_layout_version, round_up
 from bigperf.formats._panels import (PANEL_N, from_panels, kernels_isa_why_not, panel_rows, to_panels,
                                      why_not_hold_panels)
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import as_rows, fp32_bias
+from bigperf.ops.common import bind_cpu_rows, fp32_bias
 from bigperf.ops.layout_paths import register_unpacked_paths
 from bigperf.ops.onnx_lowering import onnx_lowering
 from bigperf.ops.torch_paths import register_float_copy_path, register_torch_paths
-from bigperf.ops.validation import DTYPE_CODES
 from bigperf.quant import absmax_rows, activation_qmax
 
 NAME = "w8a8-cpu"
@@ -130,17 +129,18 @@ def _cpu_why_not(x, weight, colsum, scale, n, k, bias, activation, act_bits, act
     return reason if reason is not None else kernels_isa_why_not()
 
 
-def _cpu_run(x, weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
-    x2 = as_rows(x, k)
-    m = x2.shape[0]
+def _cpu_bind(weight, colsum, scale, n, k, bias, activation, act_bits, act_absmax):
+    """The kernel on the panels, bound to everything but x (ops/common.bind_cpu_rows)."""
     b = fp32_bias(bias)
     absmax = absmax_rows(act_absmax)
-    out = torch.empty((m, n), dtype=x.dtype)
-    _ext.cpu_module().int8_dynamic_linear_panels(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], weight.data_ptr(), colsum.data_ptr(),
-        scale.data_ptr(), b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation),
-        torch.get_num_threads(), act_bits, absmax.data_ptr() if absmax is not None else 0)
-    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+    return bind_cpu_rows("int8_dynamic_linear_panels", (_ext.cpu_isa(),),
+                         (weight.data_ptr(), colsum.data_ptr(), scale.data_ptr(), b.data_ptr() if b is not None else 0),
+                         (ACTIVATIONS.index(activation), torch.get_num_threads(), act_bits,
+                          absmax.data_ptr() if absmax is not None else 0), n, k, keep=(b, absmax))
+
+
+def _cpu_run(x, *args):
+    return _cpu_bind(*args)(x)
 
 
 # PyTorch's GEMM on the codes, the weight's rows read from the panels a chunk at a time.
@@ -160,7 +160,7 @@ def register_paths(table, canonical_table) -> None:
     """The CPU kernel on the layout, PyTorch's paths reading its rows a chunk at a time, then
     every other path of int8_dynamic_linear's table on the unpacked weight (its own cpu and
     torch paths excluded: they would unpack the whole weight per call)."""
-    table.register("cpu", _cpu_why_not, _cpu_run)
+    table.register("cpu", _cpu_why_not, _cpu_run, bind=_cpu_bind)
     register_torch_paths(table, _torch_run, exact_int8=True)
     register_unpacked_paths(table, canonical_table, ("cpu", "torch"), _canonical_stand_ins, _canonical_args)
     register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked

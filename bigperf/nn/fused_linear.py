@@ -8,7 +8,8 @@ from torch import nn
 from bigperf.formats import dense
 from bigperf.nn._layouts import FloatCopy
 from bigperf.ops.activations import activation_name
-from bigperf.ops.fused_linear import fused_linear
+from bigperf.ops.fused_linear import FUSED_LINEAR, fused_linear
+from bigperf.ops.prepared import call_prepared
 from bigperf.ops.validation import FLOAT_DTYPES
 
 
@@ -58,6 +59,8 @@ class FusedLinear(FloatCopy, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if residual is None:  # the common call: validated and dispatched once per form of x
+            return call_prepared(self, FUSED_LINEAR, x, (self.weight, self.bias, None, self.activation))
         return fused_linear(x, self.weight, self.bias, residual, self.activation)
 
     def _float_copy_key(self) -> torch.Tensor:

@@ -13,7 +13,8 @@ from bigperf.nn._layouts import FloatCopy, keeping_dtype, replace_buffers
 from bigperf.ops.activations import activation_name
 from bigperf.ops.int8_dynamic_layout_linear import W8A8_CPU_LAYOUT
 from bigperf.ops.int8_layout_linear import int8_weight_linear_w8a16
-from bigperf.ops.int8_linear import int8_dynamic_linear, int8_weight_linear
+from bigperf.ops.int8_linear import DYNAMIC, WEIGHT_ONLY, int8_dynamic_linear
+from bigperf.ops.prepared import call_prepared
 from bigperf.ops.int8_weight_cpu_layout_linear import W8A16_CPU_LAYOUT
 from bigperf.quant import GROUP_SIZES, activation_qmax
 
@@ -117,17 +118,27 @@ class Int8Linear(FloatCopy, nn.Module):
             return int8_weight_linear_w8a16(x, self._w8a16_layout(), self.bias, self.activation)
         # The CPU layouts' ops take the buffers as they are (no layout object built per call: a
         # frozen dataclass costs ~3 us, a tenth of a small layer's call).
+        # Each call with the layer's own arguments only is validated and dispatched once per
+        # form of x (ops/prepared.py).
         if self.kernel_layout == "w8a16-cpu":
-            return W8A16_CPU_LAYOUT(x, self.w8a16_cpu_weight, self.w8a16_cpu_scale, self.w8a16_cpu_zero,
-                                    self.out_features, self.in_features, self.group_size or 0, self.bias,
-                                    self.activation)
+            return call_prepared(self, W8A16_CPU_LAYOUT, x, (
+                self.w8a16_cpu_weight, self.w8a16_cpu_scale, self.w8a16_cpu_zero, self.out_features,
+                self.in_features, self.group_size or 0, self.bias, self.activation))
         if self.kernel_layout == "w8a8-cpu":
-            return W8A8_CPU_LAYOUT(x, self.w8a8_weight, self.w8a8_colsum, self.w8a8_scale, self.out_features,
-                                   self.in_features, self.bias, self.activation, self.act_bits, act_absmax)
+            if act_absmax is not None:
+                return W8A8_CPU_LAYOUT(x, self.w8a8_weight, self.w8a8_colsum, self.w8a8_scale, self.out_features,
+                                       self.in_features, self.bias, self.activation, self.act_bits, act_absmax)
+            return call_prepared(self, W8A8_CPU_LAYOUT, x, (
+                self.w8a8_weight, self.w8a8_colsum, self.w8a8_scale, self.out_features, self.in_features,
+                self.bias, self.activation, self.act_bits, None))
         if self.weight_only:
-            return int8_weight_linear(x, self.qweight, self.scale, self.zero_point, self.bias, self.activation)
-        return int8_dynamic_linear(x, self.qweight, self.scale, self.bias, self.activation, self.act_bits,
-                                   act_absmax)
+            return call_prepared(self, WEIGHT_ONLY, x,
+                                 (self.qweight, self.scale, self.zero_point, self.bias, self.activation))
+        if act_absmax is not None:
+            return int8_dynamic_linear(x, self.qweight, self.scale, self.bias, self.activation, self.act_bits,
+                                       act_absmax)
+        return call_prepared(self, DYNAMIC, x, (self.qweight, self.scale, self.bias, self.activation, self.act_bits,
+                                                None))
 
     # ------------------------------------------------------------------------- layouts
 

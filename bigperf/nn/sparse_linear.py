@@ -12,9 +12,10 @@ from bigperf.formats.sparse24_lanes import Sparse24Lanes, pack_24_lanes, unpack_
 from bigperf.errors import LayerRefused  # noqa: F401 - also importable from here, its first home
 from bigperf.nn._layouts import FloatCopy, keeping_dtype, ordinary, replace_buffers
 from bigperf.ops.activations import activation_name
-from bigperf.ops.block_sparse_lanes_linear import block_sparse_lanes_linear
-from bigperf.ops.sparse24_lanes_linear import sparse24_lanes_linear
-from bigperf.ops.sparse_linear import block_sparse_linear, sparse24_linear
+from bigperf.ops.block_sparse_lanes_linear import BSR_LANES
+from bigperf.ops.prepared import call_prepared
+from bigperf.ops.sparse24_lanes_linear import SPARSE24_LANES
+from bigperf.ops.sparse_linear import BLOCK_SPARSE, SPARSE24
 from bigperf.ops.validation import FLOAT_DTYPES
 from bigperf.sparsity import (
     block_mask,
@@ -144,17 +145,23 @@ class SparseLinear(FloatCopy, nn.Module):
                 setattr(self, name, ordinary(t))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Each call is validated and dispatched once per form of x (ops/prepared.py); the layer
+        # builds its layouts itself, so their versions are this package's.
         if self.kernel_layout == "cpu-lanes16":
             if self.pattern == "2:4":
-                return sparse24_lanes_linear(x, self._lanes_layout(), self.bias, self.activation)
-            return block_sparse_lanes_linear(x, self._lanes_layout(), self.bias, self.activation)
+                return call_prepared(self, SPARSE24_LANES, x, (*self._held(), self.out_features, self.bias,
+                                                               self.activation))
+            self._check_features(x)  # the BSR ops take K from x (the format does not record it)
+            return call_prepared(self, BSR_LANES, x, (*self._held(), self.block[1], self.bias, self.activation))
         if self.pattern == "2:4":
-            return sparse24_linear(x, self.values, self.meta, self.scale, self.bias, self.activation)
-        # The canonical BSR op takes K from x (the format does not record it); the layer knows it.
+            return call_prepared(self, SPARSE24, x, (*self._held(), self.bias, self.activation))
+        self._check_features(x)
+        return call_prepared(self, BLOCK_SPARSE, x, (*self._held(), self.bias, self.activation))
+
+    def _check_features(self, x: torch.Tensor) -> None:
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(f"bigperf.nn.SparseLinear.forward: argument 'x' has shape {tuple(x.shape)}, "
                              f"expected [..., {self.in_features}]")
-        return block_sparse_linear(x, self.values, self.col_indices, self.row_ptr, self.bias, self.activation)
 
     def packed_24(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The canonical 2:4 (values [N, K/2], meta [N, K/8] uint8, scale [N, 1] fp32 or None),

@@ -8,13 +8,14 @@ import contextvars
 import importlib
 import math
 import os
+from typing import Callable
 
 import torch
 
 from bigperf import _ext
 from bigperf.ops.activations import apply_activation
 from bigperf.ops.cuda_launch import device_why_not
-from bigperf.ops.validation import last_dim_contiguous
+from bigperf.ops.validation import DTYPE_CODES, last_dim_contiguous
 
 
 def as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -34,6 +35,27 @@ def fp32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     if bias is None:
         return None
     return bias if (bias.dtype == torch.float32 and bias.is_contiguous()) else bias.float().contiguous()
+
+
+def bind_cpu_rows(kernel: str, head: tuple, middle: tuple, tail: tuple, n: int, k: int,
+                  keep: tuple = ()) -> Callable[[torch.Tensor], torch.Tensor]:
+    """run_x(x): bigperf._C's `kernel` on x's rows, the arguments of every CPU row kernel in
+    their common order: kernel(*head, x, x row stride, x dtype code, *middle, out,
+    out row stride, M, N, K, *tail), the output [..., n] in x's dtype.
+
+    The weight side (head, middle, tail: pointers, codes, sizes) is worked out once by the
+    caller: a path's `run` binds and runs, a prepared call (ops/prepared.py) keeps the
+    binding while the layer's tensors stay as they were. `keep`: tensors the pointers point
+    into, alive while run_x is."""
+    call = getattr(_ext.cpu_module(), kernel)
+
+    def run_x(x: torch.Tensor, _keep=keep) -> torch.Tensor:
+        x2 = as_rows(x, k)
+        m = x2.shape[0]
+        out = torch.empty((m, n), dtype=x.dtype)
+        call(*head, x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], *middle, out.data_ptr(), n, m, n, k, *tail)
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+    return run_x
 
 
 def epilogue_(y: torch.Tensor, activation: str, residual: torch.Tensor | None = None) -> torch.Tensor:

@@ -63,6 +63,18 @@ class OpDefinition:
         """Run validated arguments on the path selected for them (no checks here)."""
         return self.backends.select(*args).run(*args)
 
+    def runner(self, args: tuple) -> Callable[[torch.Tensor], torch.Tensor]:
+        """For a plain eager call (eager_call_kind: EAGER): validate `args`, select their path,
+        and return it as run_x(x) with args[1:] bound (ops/prepared.py keeps it for calls
+        whose x has args[0]'s form)."""
+        self.validate(*args)
+        path = self.backends.select(*args)
+        rest = args[1:]
+        if path.bind is not None:
+            return path.bind(*rest)
+        run = path.run
+        return lambda x: run(x, *rest)
+
     def _body(self, *args):
         if not _validated_call.get():
             self.validate(*args)

@@ -142,6 +142,9 @@ class Backend:
     # user's original layer itself, or the opted-in float copy) rather than on one converted
     # per call; the dispatcher then asks our kernels for a clear win (tune.tie_margin).
     as_held: Callable[..., bool] | None = None
+    # Optional: bind(*args[1:]) -> run_x(x), the path with every argument but x fixed, for
+    # prepared calls (ops/prepared.py); it may do once what run does per call for those.
+    bind: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None
 
     @property
     def id(self) -> str:
@@ -157,9 +160,10 @@ class OpBackends:
         self._chosen: dict[tuple, tuple[Callable, Backend]] = tune.register_memo({})
 
     def register(self, name: str, why_not: Callable[..., str | None], run: Callable[..., torch.Tensor],
-                 variant: str = "", as_held: Callable[..., bool] | None = None):
+                 variant: str = "", as_held: Callable[..., bool] | None = None,
+                 bind: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None):
         _check_backend_name(name, f"{self.op_name}.register")
-        backend = Backend(name, why_not, run, variant, as_held)
+        backend = Backend(name, why_not, run, variant, as_held, bind)
         self.backends[backend.id] = backend
 
     def paths(self, device: torch.device) -> list[Backend]:
