@@ -58,30 +58,31 @@ def _cpu_bind(weight, bias, residual, activation, kernel="fused_linear"):
     of decode) or the panel form (`fused_linear_panel`, for arithmetic-bound M). The
     dispatcher times both against the torch paths on this machine. Bound to everything but x
     (a residual is per call: bound only when it is None, which prepared calls pass)."""
-    if residual is not None:
+    if residual is not None or not last_dim_contiguous(weight):
+        # (a bound contiguous copy of the weight would be a second full-size copy, kept)
         return lambda x: _cpu_run(x, weight, bias, residual, activation, kernel)
     n, k = weight.shape
-    w = weight if last_dim_contiguous(weight) else weight.contiguous()
     b = fp32_bias(bias)
-    return bind_cpu_rows(kernel, (_ext.cpu_isa(),), (w.data_ptr(), w.stride(0), DTYPE_CODES[w.dtype],
+    return bind_cpu_rows(kernel, (_ext.cpu_isa(),), (weight.data_ptr(), weight.stride(0), DTYPE_CODES[weight.dtype],
                          b.data_ptr() if b is not None else 0, 0, 0),
-                         (ACTIVATIONS.index(activation), torch.get_num_threads()), n, k, keep=(w, b))
+                         (ACTIVATIONS.index(activation), torch.get_num_threads()), n, k, keep=(weight, b))
 
 
 def _cpu_run(x, weight, bias, residual, activation, kernel="fused_linear"):
-    if residual is None:
+    if residual is None and last_dim_contiguous(weight):
         return _cpu_bind(weight, bias, None, activation, kernel)(x)
     n, k = weight.shape
     x2 = as_rows(x, k)
     m = x2.shape[0]
     w = weight if last_dim_contiguous(weight) else weight.contiguous()
     b = fp32_bias(bias)
-    r = as_rows(residual, n)
+    r = as_rows(residual, n) if residual is not None else None
     out = torch.empty((m, n), dtype=x.dtype)
     getattr(_ext.cpu_module(), kernel)(
         _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype],
         w.data_ptr(), w.stride(0), DTYPE_CODES[w.dtype], b.data_ptr() if b is not None else 0,
-        r.data_ptr(), r.stride(0), out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
+        r.data_ptr() if r is not None else 0, r.stride(0) if r is not None else 0,
+        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
