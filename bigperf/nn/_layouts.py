@@ -8,6 +8,8 @@ import contextlib
 import torch
 from torch import nn
 
+from bigperf.ops.prepared import forget_prepared
+
 
 def ordinary(t: torch.Tensor) -> torch.Tensor:
     """`t` as an ordinary tensor: one made under torch.inference_mode() is copied out of
@@ -27,6 +29,7 @@ def replace_buffers(module: nn.Module, old: tuple[str, ...], new: dict[str, torc
     attribute; inference tensors become ordinary ones). Dropped names are deleted as
     buffers, since torch.export miscounts a root module's None buffers (torch 2.13), and
     left as plain None attributes, which read at no cost on the forward path."""
+    forget_prepared(module)  # (a float copy changes which paths are eligible: ops/prepared.py)
     for name in old:
         module._buffers.pop(name, None)
         module.__dict__[name] = None

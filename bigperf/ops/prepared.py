@@ -105,6 +105,12 @@ class PreparedCall:
         return (PreparedCall, ())
 
 
+def forget_prepared(layer: torch.nn.Module) -> None:
+    """Prepare `layer`'s calls again: for a change its tensors' identities and versions do not
+    show (a float copy attached or dropped changes which paths are eligible)."""
+    layer.__dict__.pop("_prepared_call", None)
+
+
 def call_prepared(layer: torch.nn.Module, op, x: torch.Tensor, rest: tuple) -> torch.Tensor:
     """op(x, *rest) through `layer`'s PreparedCall (made at its first call: layers built by
     older versions and unpickled have none)."""

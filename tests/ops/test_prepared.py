@@ -257,3 +257,19 @@ def test_forced_cpu_isa_is_honoured():
     if torch.equal(best, expected):
         pytest.skip("the ISAs' sums happened to agree bit for bit")
     torch.testing.assert_close(scalar, expected, rtol=0, atol=0)
+
+
+def test_float_copy_kept_or_dropped_changes_the_paths():
+    torch.manual_seed(4)
+    layer = Int8Linear.from_linear(nn.Linear(32, 16), weight_only=True).eval()
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        with use_backend("torch:copy"), pytest.raises(bigperf.ops.registry.NoBackendError):
+            layer(x)
+        layer.keep_float_copy()
+        with use_backend("torch:copy"):
+            y = layer(x)  # the copy is there now: the path serves
+        torch.testing.assert_close(y, layer(x), rtol=1e-5, atol=1e-5)
+        layer.keep_float_copy(False)
+        with use_backend("torch:copy"), pytest.raises(bigperf.ops.registry.NoBackendError):
+            layer(x)  # and gone again: not a runner kept from before
