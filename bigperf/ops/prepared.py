@@ -90,12 +90,6 @@ class PreparedCall:
     def _current_stamp(self) -> tuple:
         return tuple([(t.data_ptr(), t._version) for t in self._tensors])
 
-    def clear(self) -> None:
-        self._rest = None
-        self._tensors = ()
-        self._runners.clear()
-        self._stamp = None
-
     # A copy of a layer (deepcopy, pickling) starts with nothing prepared: runners hold the
     # original's tensors.
     def __deepcopy__(self, memo):
