@@ -63,6 +63,19 @@ def test_fast_kernel_wins_too():
     assert table.select(_x()).id == "cpu"
 
 
+def test_a_binding_path_is_timed_as_the_runner_a_layer_keeps():
+    # cpu's binding costs 30 ms once, its runner 2 ms a call; torch:fp32 costs 16 ms a call.
+    # A prepared call (ops/prepared.py) binds once, so cpu is the faster path for a layer.
+    table = _table({"torch:fp32": 0.016})
+    run_x = _sleeper(0.002)
+
+    def bind(*rest):
+        time.sleep(0.03)
+        return run_x
+    table.register("cpu", lambda *a: None, lambda x, *rest: bind(*rest)(x), bind=bind)
+    assert table.select(_x()).id == "cpu"
+
+
 def test_a_candidate_that_raises_is_dropped_not_fatal():
     table = _table({"cpu": 0.001})
 
