@@ -39,7 +39,7 @@ BSR_LANES = define_op(LANES_OP, _signature, validate_lanes_call,
                                                                        (row_ptr.shape[0] - 1) * 16 * values.shape[1]))
 LANES_BACKENDS = BSR_LANES.backends
 register_frozen_weight_autograd(BSR_LANES, bsr_lanes.dense_weight, bias_at=5, activation_at=6)
-block_sparse_lanes_linear_op = BSR_LANES.custom_op
+block_sparse_lanes_linear_op = BSR_LANES.torch_op
 bsr_lanes.register_paths(LANES_BACKENDS, BSR_BACKENDS)
 
 

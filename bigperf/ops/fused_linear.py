@@ -66,7 +66,7 @@ def _signature(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 FUSED_LINEAR = define_op(OP, _signature, validate, lambda x, weight, *rest: (*x.shape[:-1], weight.shape[0]))
 BACKENDS = FUSED_LINEAR.backends
-fused_linear_op = FUSED_LINEAR.custom_op
+fused_linear_op = FUSED_LINEAR.torch_op
 
 
 def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

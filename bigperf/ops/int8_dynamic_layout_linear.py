@@ -76,7 +76,7 @@ W8A8_CPU_LAYOUT = define_op(LAYOUT_OP, _signature, validate_layout_call,
                             lambda x, weight, colsum, scale, n, *rest: (*x.shape[:-1], n))
 LAYOUT_BACKENDS = W8A8_CPU_LAYOUT.backends
 register_frozen_weight_autograd(W8A8_CPU_LAYOUT, w8a8_cpu.dense_weight, bias_at=6, activation_at=7)
-int8_dynamic_linear_w8a8_cpu_op = W8A8_CPU_LAYOUT.custom_op
+int8_dynamic_linear_w8a8_cpu_op = W8A8_CPU_LAYOUT.torch_op
 w8a8_cpu.register_paths(LAYOUT_BACKENDS, DYNAMIC_BACKENDS)
 
 

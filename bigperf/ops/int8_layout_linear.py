@@ -55,7 +55,7 @@ W8A16_LAYOUT = define_op(LAYOUT_OP, _signature, validate_layout_call,
                          lambda x, weight, scale, zero, n, *rest: (*x.shape[:-1], n))
 LAYOUT_BACKENDS = W8A16_LAYOUT.backends
 register_frozen_weight_autograd(W8A16_LAYOUT, w8a16_cuda.dense_weight, bias_at=7, activation_at=8)
-int8_weight_linear_w8a16_op = W8A16_LAYOUT.custom_op
+int8_weight_linear_w8a16_op = W8A16_LAYOUT.torch_op
 w8a16_cuda.register_paths(LAYOUT_BACKENDS, WEIGHT_ONLY_BACKENDS)
 
 

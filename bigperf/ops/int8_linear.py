@@ -107,7 +107,7 @@ def _out_shape_of(x, qweight, *rest):
 WEIGHT_ONLY = define_op(WEIGHT_OP, _weight_only_signature, validate_weight_only, _out_shape_of)
 WEIGHT_ONLY_BACKENDS = WEIGHT_ONLY.backends
 register_frozen_weight_autograd(WEIGHT_ONLY, int8_rowmajor.weight_only_dense, bias_at=4, activation_at=5)
-int8_weight_linear_op = WEIGHT_ONLY.custom_op
+int8_weight_linear_op = WEIGHT_ONLY.torch_op
 
 
 def int8_weight_linear(x, qweight, scale, zero_point=None, bias=None, activation="none"):
@@ -136,7 +136,7 @@ def _dynamic_signature(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tens
 DYNAMIC = define_op(DYNAMIC_OP, _dynamic_signature, validate_dynamic, _out_shape_of)
 DYNAMIC_BACKENDS = DYNAMIC.backends
 register_frozen_weight_autograd(DYNAMIC, int8_rowmajor.dynamic_dense, bias_at=3, activation_at=4)
-int8_dynamic_linear_op = DYNAMIC.custom_op
+int8_dynamic_linear_op = DYNAMIC.torch_op
 
 
 def int8_dynamic_linear(x, qweight, scale, bias=None, activation="none", act_bits=8, act_absmax=None):

@@ -41,7 +41,7 @@ SPARSE24_LANES = define_op(LANES_OP, _signature, validate_lanes_call,
                            lambda x, values, meta, scale, n, *rest: (*x.shape[:-1], n))
 LANES_BACKENDS = SPARSE24_LANES.backends
 register_frozen_weight_autograd(SPARSE24_LANES, sparse24_lanes.dense_weight, bias_at=5, activation_at=6)
-sparse24_lanes_linear_op = SPARSE24_LANES.custom_op
+sparse24_lanes_linear_op = SPARSE24_LANES.torch_op
 sparse24_lanes.register_paths(LANES_BACKENDS, S24_BACKENDS)
 
 

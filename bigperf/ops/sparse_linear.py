@@ -153,7 +153,7 @@ SPARSE24 = define_op(S24_OP, _sparse24_signature, validate_24,
                      lambda x, values, *rest: (*x.shape[:-1], values.shape[0]))
 S24_BACKENDS = SPARSE24.backends
 register_frozen_weight_autograd(SPARSE24, sparse24.dense_weight, bias_at=4, activation_at=5)
-sparse24_linear_op = SPARSE24.custom_op
+sparse24_linear_op = SPARSE24.torch_op
 
 
 def sparse24_linear(x, values, meta, scale=None, bias=None, activation="none"):
@@ -181,7 +181,7 @@ BLOCK_SPARSE = define_op(BSR_OP, _bsr_signature, validate_bsr,
                                                                           (row_ptr.shape[0] - 1) * values.shape[1]))
 BSR_BACKENDS = BLOCK_SPARSE.backends
 register_frozen_weight_autograd(BLOCK_SPARSE, bsr.dense_weight, bias_at=4, activation_at=5)
-block_sparse_linear_op = BLOCK_SPARSE.custom_op
+block_sparse_linear_op = BLOCK_SPARSE.torch_op
 
 
 def block_sparse_linear(x, values, col_indices, row_ptr, bias=None, activation="none"):
