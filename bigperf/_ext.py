@@ -17,6 +17,8 @@ from pathlib import Path
 from types import ModuleType
 
 _BUILD_INFO_PATH = Path(__file__).with_name("_build_info.json")
+
+
 class _ThreadState(threading.local):
     cpu_isa: str | None = None  # use_cpu_isa's forced path in this thread (a class default: read on every call)
 

@@ -143,7 +143,7 @@ def _cpu_bind(weight, scale, zero, n, k, group_size, bias, activation, form="dot
     return bind_cpu_rows("int8_weight_linear_panels", (_ext.cpu_isa(), form),
                          (weight.data_ptr(), scale.data_ptr(), zero.data_ptr() if zero is not None else 0,
                           scale.shape[0], b.data_ptr() if b is not None else 0),
-                         (ACTIVATIONS.index(activation), torch.get_num_threads()), n, k, keep=(b,))
+                         (ACTIVATIONS.index(activation), torch.get_num_threads()), n, k, keep=(weight, scale, zero, b))
 
 
 def _cpu_run(x, *args, form="dot"):

@@ -136,7 +136,8 @@ def _cpu_bind(weight, colsum, scale, n, k, bias, activation, act_bits, act_absma
     return bind_cpu_rows("int8_dynamic_linear_panels", (_ext.cpu_isa(),),
                          (weight.data_ptr(), colsum.data_ptr(), scale.data_ptr(), b.data_ptr() if b is not None else 0),
                          (ACTIVATIONS.index(activation), torch.get_num_threads(), act_bits,
-                          absmax.data_ptr() if absmax is not None else 0), n, k, keep=(b, absmax))
+                          absmax.data_ptr() if absmax is not None else 0), n, k,
+                         keep=(weight, colsum, scale, b, absmax))
 
 
 def _cpu_run(x, *args):
