@@ -16,7 +16,7 @@ from bigperf import _ext
 from bigperf.formats._shard import bias_once, row_slice, shard_range
 from bigperf.formats._nonfinite import poison_nonfinite_rows
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import as_rows, cpu_why_not, fp32_bias, triton_why_not
+from bigperf.ops.common import bind_cpu_rows, cpu_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
 from bigperf.ops.torch_paths import copy_linear, register_float_copy_path, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES
@@ -35,27 +35,35 @@ def pack(weight: torch.Tensor, block: tuple[int, int], values_dtype: torch.dtype
 
 # ----------------------------------------------------------------------------- candidate paths
 
-def run_cpu_bsr(entry: str, x, values, col_indices, row_ptr, bias, activation, bn: int, bk: int):
-    """One call of a bigperf._C BSR kernel: `entry` "block_sparse_linear" on the canonical
-    values, or "block_sparse_lanes_linear" on the CPU lane layout (the same arguments)."""
-    nnz = values.shape[0]
-    k, n = x.shape[-1], (row_ptr.shape[0] - 1) * bn
-    x2 = as_rows(x, k)
-    # Every tensor handed over as a pointer stays referenced until the kernel returns.
-    v, ci, rp = values.contiguous(), col_indices.contiguous(), row_ptr.contiguous()
+def bind_cpu_bsr(entry: str, values, col_indices, row_ptr, bias, activation, bn: int, bk: int):
+    """A bigperf._C BSR kernel bound to everything but x (ops/common.bind_cpu_rows; K is x's
+    last dimension): `entry` "block_sparse_linear" on the canonical values, or
+    "block_sparse_lanes_linear" on the CPU lane layout (the same arguments)."""
+    if not (values.is_contiguous() and col_indices.is_contiguous() and row_ptr.is_contiguous()):
+        # (bound contiguous copies would be second copies of the weight, kept)
+        return lambda x: run_cpu_bsr(entry, x, values, col_indices, row_ptr, bias, activation, bn, bk)
     b = fp32_bias(bias)
-    m = x2.shape[0]
-    out = torch.empty(m, n, dtype=x.dtype)
-    getattr(_ext.cpu_module(), entry)(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], v.data_ptr(), DTYPE_CODES[v.dtype],
-        bn, bk, ci.data_ptr(), rp.data_ptr(), nnz, b.data_ptr() if b is not None else 0,
-        out.data_ptr(), n, m, n, k, ACTIVATIONS.index(activation), torch.get_num_threads())
-    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+    return bind_cpu_rows(entry, (_ext.cpu_isa(),),
+                         (values.data_ptr(), DTYPE_CODES[values.dtype], bn, bk, col_indices.data_ptr(),
+                          row_ptr.data_ptr(), values.shape[0], b.data_ptr() if b is not None else 0),
+                         (ACTIVATIONS.index(activation), torch.get_num_threads()), (row_ptr.shape[0] - 1) * bn, None,
+                         keep=(values, col_indices, row_ptr, b))
+
+
+def run_cpu_bsr(entry: str, x, values, col_indices, row_ptr, bias, activation, bn: int, bk: int):
+    """One call of a bigperf._C BSR kernel (see bind_cpu_bsr)."""
+    return bind_cpu_bsr(entry, values.contiguous(), col_indices.contiguous(), row_ptr.contiguous(), bias, activation,
+                        bn, bk)(x)
 
 
 def _cpu_bsr_run(x, values, col_indices, row_ptr, bias, activation):
     return run_cpu_bsr("block_sparse_linear", x, values, col_indices, row_ptr, bias, activation, values.shape[1],
                        values.shape[2])
+
+
+def _cpu_bsr_bind(values, col_indices, row_ptr, bias, activation):
+    return bind_cpu_bsr("block_sparse_linear", values, col_indices, row_ptr, bias, activation, values.shape[1],
+                        values.shape[2])
 
 
 def _triton_bsr_run(x, values, col_indices, row_ptr, bias, activation):
@@ -98,7 +106,7 @@ def _copy_run(x, values, col_indices, row_ptr, bias, activation):
 
 def register_paths(table) -> None:
     """The paths of block_sparse_linear (besides the reference) on this format."""
-    table.register("cpu", lambda x, *rest: cpu_why_not(x, "block_sparse_linear"), _cpu_bsr_run)
+    table.register("cpu", lambda x, *rest: cpu_why_not(x, "block_sparse_linear"), _cpu_bsr_run, bind=_cpu_bsr_bind)
     table.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_bsr_run)
     register_torch_paths(table, _torch_bsr_run)
     register_float_copy_path(table, _copy_run)

@@ -32,7 +32,7 @@ from bigperf.formats._checks import check_arg, check_layout_version, round_up
 from bigperf.formats._nonfinite import poison_nonfinite_rows
 from bigperf.formats._shard import bias_once, cat_rows, check_k, row_slice, shard_range
 from bigperf.ops.activations import ACTIVATIONS
-from bigperf.ops.common import as_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
+from bigperf.ops.common import bind_cpu_rows, cpu_why_not, cuda_why_not, fp32_bias, triton_why_not
 from bigperf.ops.onnx_lowering import onnx_linear, onnx_lowering
 from bigperf.ops.torch_paths import copy_linear, register_float_copy_path, register_torch_paths, torch_linear
 from bigperf.ops.validation import DTYPE_CODES
@@ -58,31 +58,38 @@ def pack(weight: torch.Tensor, values_dtype: torch.dtype, int8: bool) -> tuple:
 INT8_CODE = 3  # values dtype code for int8 2:4 values in bigperf._C
 
 
-def run_cpu_24(entry: str, x, values, meta, scale, bias, activation, n: int, k: int):
-    """One call of a bigperf._C 2:4 kernel: `entry` "sparse24_linear" on the canonical
-    tensors, or "sparse24_lanes_linear" on the CPU lane layout (no row strides)."""
-    x2 = as_rows(x, k)
-    # Every tensor handed over as a pointer stays referenced until the kernel returns.
-    v, mt = values.contiguous(), meta.contiguous()
-    s = scale.contiguous() if scale is not None else None
+def bind_cpu_24(entry: str, values, meta, scale, bias, activation, n: int, k: int):
+    """A bigperf._C 2:4 kernel bound to everything but x (ops/common.bind_cpu_rows): `entry`
+    "sparse24_linear" on the canonical tensors, or "sparse24_lanes_linear" on the CPU lane
+    layout (no row strides)."""
+    if not (values.is_contiguous() and meta.is_contiguous() and (scale is None or scale.is_contiguous())):
+        # (bound contiguous copies would be second copies of the weight, kept)
+        return lambda x: run_cpu_24(entry, x, values, meta, scale, bias, activation, n, k)
     b = fp32_bias(bias)
-    m = x2.shape[0]
-    out = torch.empty(m, n, dtype=x.dtype)
-    if m == 0 or n == 0:  # nothing to compute (and an empty scale's data_ptr 0 would read as "no scale")
-        return out.reshape(*x.shape[:-1], n)
-    code = INT8_CODE if v.dtype == torch.int8 else DTYPE_CODES[v.dtype]
-    weight = ((v.data_ptr(), v.stride(0), code, mt.data_ptr(), mt.stride(0)) if entry == "sparse24_linear"
-              else (v.data_ptr(), code, mt.data_ptr()))
-    getattr(_ext.cpu_module(), entry)(
-        _ext.cpu_isa(), x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], *weight,
-        s.data_ptr() if s is not None else 0, b.data_ptr() if b is not None else 0, out.data_ptr(), n, m, n, k,
-        ACTIVATIONS.index(activation), torch.get_num_threads())
-    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+    code = INT8_CODE if values.dtype == torch.int8 else DTYPE_CODES[values.dtype]
+    weight = ((values.data_ptr(), values.stride(0), code, meta.data_ptr(), meta.stride(0))
+              if entry == "sparse24_linear" else (values.data_ptr(), code, meta.data_ptr()))
+    return bind_cpu_rows(entry, (_ext.cpu_isa(),), (*weight, scale.data_ptr() if scale is not None else 0,
+                                                    b.data_ptr() if b is not None else 0),
+                         (ACTIVATIONS.index(activation), torch.get_num_threads()), n, k,
+                         keep=(values, meta, scale, b))
+
+
+def run_cpu_24(entry: str, x, values, meta, scale, bias, activation, n: int, k: int):
+    """One call of a bigperf._C 2:4 kernel (see bind_cpu_24)."""
+    if values.is_contiguous() and meta.is_contiguous() and (scale is None or scale.is_contiguous()):
+        return bind_cpu_24(entry, values, meta, scale, bias, activation, n, k)(x)
+    return bind_cpu_24(entry, values.contiguous(), meta.contiguous(),
+                       scale.contiguous() if scale is not None else None, bias, activation, n, k)(x)
 
 
 def _cpu_24_run(x, values, meta, scale, bias, activation):
     return run_cpu_24("sparse24_linear", x, values, meta, scale, bias, activation, values.shape[0],
                       2 * values.shape[1])
+
+
+def _cpu_24_bind(values, meta, scale, bias, activation):
+    return bind_cpu_24("sparse24_linear", values, meta, scale, bias, activation, values.shape[0], 2 * values.shape[1])
 
 
 def _triton_24_run(x, values, meta, scale, bias, activation):
@@ -138,7 +145,7 @@ def _copy_run(x, values, meta, scale, bias, activation):
 
 def register_paths(table) -> None:
     """The paths of sparse24_linear (besides the reference) on this format."""
-    table.register("cpu", lambda x, *rest: cpu_why_not(x, "sparse24_linear"), _cpu_24_run)
+    table.register("cpu", lambda x, *rest: cpu_why_not(x, "sparse24_linear"), _cpu_24_run, bind=_cpu_24_bind)
     table.register("cuda", _cuda_24_why_not, _cuda_24_run)
     table.register("triton", lambda x, *rest: triton_why_not(x, "sparse_matmul"), _triton_24_run)
     register_torch_paths(table, _torch_24_run)

@@ -189,6 +189,10 @@ def _cpu_run(x, values, meta, scale, n, bias, activation, kernel=CPU_KERNEL):
     return sparse24.run_cpu_24(kernel, x, values, meta, scale, bias, activation, n, meta.shape[1] // 2)
 
 
+def _cpu_bind(values, meta, scale, n, bias, activation, kernel=CPU_KERNEL):
+    return sparse24.bind_cpu_24(kernel, values, meta, scale, bias, activation, n, meta.shape[1] // 2)
+
+
 def _canonical_args(x, values, meta, scale, n, bias, activation):
     canonical = unpack_24_lanes(Sparse24Lanes(values, meta, scale, n, meta.shape[1] // 2))
     return (x, *canonical, bias, activation)
@@ -218,10 +222,11 @@ def _copy_run(x, values, meta, scale, n, bias, activation):
 def register_paths(table, canonical_table) -> None:
     """Our CPU kernel on the layout, then every other path of sparse24_linear's table on the
     unpacked weight."""
-    table.register("cpu", cpu_kernel_why_not, _cpu_run)
-    table.register("cpu", _cpu_panel_why_not, functools.partial(_cpu_run, kernel=CPU_PANEL_KERNEL), variant="panel")
-    table.register("cpu", _cpu_bf16_why_not, functools.partial(_cpu_run, kernel=CPU_BF16_KERNEL),
-                   variant=BF16_PANEL_VARIANT)
+    for kernel, variant, why_not in ((CPU_KERNEL, "", cpu_kernel_why_not),
+                                     (CPU_PANEL_KERNEL, "panel", _cpu_panel_why_not),
+                                     (CPU_BF16_KERNEL, BF16_PANEL_VARIANT, _cpu_bf16_why_not)):
+        table.register("cpu", why_not, functools.partial(_cpu_run, kernel=kernel), variant=variant,
+                       bind=functools.partial(_cpu_bind, kernel=kernel))
     register_unpacked_paths(table, canonical_table, ("cpu",), _canonical_stand_ins, _canonical_args)
     register_float_copy_path(table, _copy_run)  # on the layout itself, not unpacked
 

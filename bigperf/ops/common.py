@@ -37,11 +37,12 @@ def fp32_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     return bias if (bias.dtype == torch.float32 and bias.is_contiguous()) else bias.float().contiguous()
 
 
-def bind_cpu_rows(kernel: str, head: tuple, middle: tuple, tail: tuple, n: int, k: int,
+def bind_cpu_rows(kernel: str, head: tuple, middle: tuple, tail: tuple, n: int, k: int | None,
                   keep: tuple = ()) -> Callable[[torch.Tensor], torch.Tensor]:
     """run_x(x): bigperf._C's `kernel` on x's rows, the arguments of every CPU row kernel in
     their common order: kernel(*head, x, x row stride, x dtype code, *middle, out,
-    out row stride, M, N, K, *tail), the output [..., n] in x's dtype.
+    out row stride, M, N, K, *tail), the output [..., n] in x's dtype (K = None: x's last
+    dimension, for formats that do not record it). With no rows or columns nothing is called.
 
     The weight side (head, middle, tail: pointers, codes, sizes) is worked out once by the
     caller: a path's `run` binds and runs, a prepared call (ops/prepared.py) keeps the
@@ -50,10 +51,13 @@ def bind_cpu_rows(kernel: str, head: tuple, middle: tuple, tail: tuple, n: int, 
     call = getattr(_ext.cpu_module(), kernel)
 
     def run_x(x: torch.Tensor, _keep=keep) -> torch.Tensor:
-        x2 = as_rows(x, k)
+        width = x.shape[-1] if k is None else k
+        x2 = as_rows(x, width)
         m = x2.shape[0]
         out = torch.empty((m, n), dtype=x.dtype)
-        call(*head, x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], *middle, out.data_ptr(), n, m, n, k, *tail)
+        if m and n:
+            call(*head, x2.data_ptr(), x2.stride(0), DTYPE_CODES[x.dtype], *middle, out.data_ptr(), n, m, n, width,
+                 *tail)
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
     return run_x
 
