@@ -6,6 +6,10 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 
+# A swapped layer counts as slower than the original below this speedup at every batch size
+# tuned: swap's timing of each layer is a median of a few calls, within ~5 % of itself.
+SLOWER_BELOW = 0.95
+
 
 @dataclass
 class LayerChange:
@@ -39,6 +43,15 @@ class SwapReport:
     tune_cache: str | None = None        # where the measured choices are kept
 
     @property
+    def slower_layers(self) -> list[str]:
+        """Swapped layers that ran slower than the layer they replaced at every batch size
+        tuned (swap(batch_sizes=...)), by more than the timing's noise: small layers, where
+        the call costs more than the arithmetic (README: per-call cost). Keep them with a
+        {fqn: None} entry in the recipe, or filter=."""
+        return [c.name for c in self.changes
+                if c.by_batch and all(r["speedup"] < SLOWER_BELOW for r in c.by_batch.values())]
+
+    @property
     def bytes_before(self) -> int:
         return sum(c.bytes_before for c in self.changes)
 
@@ -51,7 +64,8 @@ class SwapReport:
                 "changes": [asdict(c) for c in self.changes],
                 "kept": [{"name": n, "reason": r} for n, r in self.kept],
                 "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
-                "tuning_seconds": self.tuning_seconds, "tune_cache": self.tune_cache}
+                "tuning_seconds": self.tuning_seconds, "tune_cache": self.tune_cache,
+                "slower_layers": self.slower_layers}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -78,6 +92,11 @@ class SwapReport:
                          f"{self.bytes_before:,} → {self.bytes_after:,}")
         if self.tuning_seconds is not None:
             table.caption += f"; tuned in {self.tuning_seconds:.1f} s (cache: {escape(str(self.tune_cache))})"
+        slower = self.slower_layers
+        if slower:
+            names = ", ".join(slower[:5]) + (f" and {len(slower) - 5} more" if len(slower) > 5 else "")
+            table.caption += (f"\n{len(slower)} layer(s) ran slower than the original at every batch size tuned "
+                              f"({escape(names)}); keep them with a {{name: None}} recipe entry or filter=")
         return table
 
     def __str__(self) -> str:

@@ -84,3 +84,22 @@ def test_tune_command_refuses_bad_batch_lists(capsys):
         main(["tune", "bigperf.demo_model:build_demo_model", "--batch", "1,x"])
     assert exit_info.value.code == 2
     assert "--batch" in capsys.readouterr().err
+
+
+def test_report_names_the_layers_slower_than_the_original_at_every_batch_size():
+    from bigperf.report import LayerChange, SwapReport
+
+    def change(name, speedups):
+        return LayerChange(name, "Linear", "Int8Linear", "none", 400, 100, "cpu",
+                           by_batch={m: {"path": "cpu", "speedup": s} for m, s in speedups.items()})
+    report = SwapReport("int8", False, changes=[
+        change("head", {1: 0.40, 16: 0.70}),        # slower everywhere: named
+        change("mlp.up", {1: 2.10, 16: 0.80}),      # faster at one size: not named
+        change("mlp.down", {1: 0.97, 16: 0.50}),    # within the noise at one size: not named
+        change("untuned", {}),                       # nothing measured: not named
+    ], tuning_seconds=0.1, tune_cache="/tmp/x")
+    assert report.slower_layers == ["head"]
+    assert report.to_dict()["slower_layers"] == ["head"]
+    text = str(report)
+    assert "1 layer(s) ran slower than the original at every batch size tuned (head)" in text
+    assert "slower than the original" not in str(SwapReport("int8", False, changes=[change("mlp.up", {1: 2.1})]))
