@@ -287,16 +287,13 @@ def _as_called(candidate, args: tuple) -> Callable[[], object]:
     """The candidate's call on args as a layer makes it: a path that binds its arguments
     (Backend.bind) is timed as the runner a prepared call keeps (ops/prepared.py), without
     the per-call work the binding does once."""
-    bind = getattr(candidate, "bind", None)
-    if bind is None:
-        return lambda: candidate.run(*args)
-    runner, x = bind(*args[1:]), args[0]
+    runner, x = candidate.runner(*args[1:]), args[0]
     return lambda: runner(x)
 
 
 def measure(candidates: Sequence, args: tuple, budget: float | None = None,
             predicted: dict[str, float] | None = None, floors: dict[str, float] | None = None) -> Measurement:
-    """Times each candidate's `run(*args)` in interleaved rounds and names the fastest.
+    """Times each candidate's call on args (_as_called) in interleaved rounds and names the fastest.
 
     A candidate that raises is dropped with its error (the others still compete); one
     whose first timed run is DROP_FACTOR times the best so far stops being timed: at a

@@ -77,8 +77,6 @@ def bind_cpu_24(entry: str, values, meta, scale, bias, activation, n: int, k: in
 
 def run_cpu_24(entry: str, x, values, meta, scale, bias, activation, n: int, k: int):
     """One call of a bigperf._C 2:4 kernel (see bind_cpu_24)."""
-    if values.is_contiguous() and meta.is_contiguous() and (scale is None or scale.is_contiguous()):
-        return bind_cpu_24(entry, values, meta, scale, bias, activation, n, k)(x)
     return bind_cpu_24(entry, values.contiguous(), meta.contiguous(),
                        scale.contiguous() if scale is not None else None, bias, activation, n, k)(x)
 

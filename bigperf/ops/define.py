@@ -81,12 +81,7 @@ class OpDefinition:
         and return it as run_x(x) with args[1:] bound (ops/prepared.py keeps it for calls
         whose x has args[0]'s form)."""
         self.validate(*args)
-        path = self.backends.select(*args)
-        rest = args[1:]
-        if path.bind is not None:
-            return path.bind(*rest)
-        run = path.run
-        return lambda x: run(x, *rest)
+        return self.backends.select(*args).runner(*args[1:])
 
     def _body(self, *args):
         if not _validated_call.get():

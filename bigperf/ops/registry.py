@@ -78,6 +78,8 @@ def eager_call_kind(args: tuple) -> str | None:
     of these apply; autograd alone (grad enabled and a tensor that requires grad) is served
     by an autograd.Function with the op's own backward (OpDefinition.register_autograd).
     """
+    # ops/prepared.PreparedCall checks the same conditions in its own order (a layer's other
+    # arguments are checked once, not per call): a condition added here belongs there too.
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
         return None
     needs_grad = False
@@ -149,6 +151,14 @@ class Backend:
     @property
     def id(self) -> str:
         return f"{self.name}:{self.variant}" if self.variant else self.name
+
+    def runner(self, *rest) -> Callable[[torch.Tensor], torch.Tensor]:
+        """run_x(x): this path with every argument but x fixed (through `bind` where the path
+        has one): what a prepared call keeps and what the tuner times."""
+        if self.bind is not None:
+            return self.bind(*rest)
+        run = self.run
+        return lambda x: run(x, *rest)
 
 
 class OpBackends:
