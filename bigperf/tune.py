@@ -291,6 +291,7 @@ def _as_called(candidate, args: tuple) -> Callable[[], object]:
     return lambda: runner(x)
 
 
+@torch.no_grad()  # inference is timed: a call that records a gradient selects its path here too
 def measure(candidates: Sequence, args: tuple, budget: float | None = None,
             predicted: dict[str, float] | None = None, floors: dict[str, float] | None = None) -> Measurement:
     """Times each candidate's call on args (_as_called) in interleaved rounds and names the fastest.

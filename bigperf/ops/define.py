@@ -83,6 +83,16 @@ class OpDefinition:
         self.validate(*args)
         return self.backends.select(*args).runner(*args[1:])
 
+    @property
+    def has_eager_autograd(self) -> bool:
+        return self._eager_autograd is not None
+
+    def run_recording_grad(self, run_x: Callable[[torch.Tensor], torch.Tensor], args: tuple) -> torch.Tensor:
+        """For a plain eager call that needs gradients (eager_call_kind: EAGER_AUTOGRAD) whose
+        arguments were validated and whose path `run_x` (OpDefinition.runner) was selected: its
+        output, recorded for the op's backward (register_autograd first)."""
+        return self._eager_autograd.apply(run_x, *args)
+
     def _body(self, *args):
         if not _validated_call.get():
             self.validate(*args)
@@ -108,7 +118,7 @@ class OpDefinition:
             return lower_to_onnx(self.name, *args)
         if kind is EAGER_AUTOGRAD and self._eager_autograd is not None:
             self.validate(*args)
-            return self._eager_autograd.apply(*args)
+            return self._eager_autograd.apply(None, *args)
         if torch.compiler.is_compiling():  # the fake validates while tracing, the body at run time
             return getattr(torch.ops.bigperf, self._short)(*args)
         self.validate(*args)  # our messages, not the schema parser's
@@ -120,20 +130,30 @@ class OpDefinition:
 
 
 def _autograd_function(op: OpDefinition, backward: Callable, setup_context: Callable) -> type:
-    """An autograd.Function running `op`'s selected path forward (arguments validated by
-    the caller) with the op's backward; setup_context and backward take what they take
-    from the torch op (ctx, inputs, output) and (ctx, *grads)."""
+    """An autograd.Function, applied as (run_x, *args): forward runs `run_x(x)` (a prepared
+    call's runner, ops/prepared.py) or, when run_x is None, the path `op` selects (arguments
+    validated by the caller), then the op's setup_context; backward is the op's. Both take
+    what they take from the torch op: (ctx, inputs, output) and (ctx, *grads)."""
 
     # forward(ctx, ...) rather than a separate setup_context: with one, Function.apply binds
     # its arguments through inspect.signature on every call (~25 µs).
-    def forward(ctx, *args):
-        output = op.run(*args)
+    def forward(ctx, run_x, *args):
+        output = op.run(*args) if run_x is None else run_x(args[0])
         setup_context(ctx, args, output)
         return output
 
+    def backward_of_args(ctx, *grads):  # the op's backward sees its own arguments only
+        needs = ctx.needs_input_grad
+        ctx.needs_input_grad = needs[1:]
+        try:
+            grads_in = backward(ctx, *grads)
+        finally:
+            ctx.needs_input_grad = needs
+        return (None, *grads_in) if isinstance(grads_in, tuple) else (None, grads_in)
+
     # Named after the op: autograd names the node "<name>Backward" (grad_fn, profiles).
     return type(f"{op._short}_autograd", (torch.autograd.Function,),
-                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+                {"forward": staticmethod(forward), "backward": staticmethod(backward_of_args)})
 
 
 def define_op(name: str, signature: Callable, validate: Callable[..., None],

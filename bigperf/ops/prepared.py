@@ -12,8 +12,10 @@ use_backend, use_cpu_isa, fp32_compute, the tuner's state) the first call valida
 arguments and selects the path like the op does, and keeps a runner of that path with
 the other arguments bound. Later calls run it after checking, per call, that
   - the call is plain eager (registry.eager_call_kind's conditions: no compilation,
-    dispatch mode, tensor subclass, nor a gradient to record), and no record_paths() is
-    listening;
+    dispatch mode, tensor subclass, torch.func transform), and no record_paths() is
+    listening; a call that records a gradient (a weight that requires grad, as a swapped
+    FusedLinear's does, outside torch.no_grad()) runs the runner inside the op's
+    autograd.Function;
   - the other arguments are the same objects (a layer whose buffer was replaced passes a
     new one), and each tensor among them has the data pointer and version it had (an
     in-place change or `.data =` may change what validation found);
@@ -50,11 +52,14 @@ class PreparedCall:
     def __call__(self, op, x: torch.Tensor, rest: tuple) -> torch.Tensor:
         """op(x, *rest), as op's public entry would compute it."""
         if (torch.compiler.is_compiling() or type(x) is not torch.Tensor or torch._C._len_torch_dispatch_stack()
-                or registry._recorder.get() is not None):
+                or torch._C._functorch.peek_interpreter_stack() is not None or registry._recorder.get() is not None):
             return op(x, *rest)
         if self._rest is None or not all(map(operator.is_, rest, self._rest)) or len(rest) != len(self._rest):
             self._bind_arguments(rest)
-        if not self._usable or (torch.is_grad_enabled() and (x.requires_grad or self._any_requires_grad())):
+        if not self._usable:
+            return op(x, *rest)
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self._any_requires_grad())
+        if needs_grad and not op.has_eager_autograd:
             return op(x, *rest)
         try:
             stamp = self._current_stamp()
@@ -72,6 +77,8 @@ class PreparedCall:
                 self._runners.clear()
             runner = op.runner((x, *rest))  # validates (raising as the op does) and selects
             self._runners[key] = runner
+        if needs_grad:  # the op's autograd.Function around the same runner
+            return op.run_recording_grad(runner, (x, *rest))
         return runner(x)
 
     def _bind_arguments(self, rest: tuple) -> None:

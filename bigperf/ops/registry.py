@@ -80,7 +80,8 @@ def eager_call_kind(args: tuple) -> str | None:
     """
     # ops/prepared.PreparedCall checks the same conditions in its own order (a layer's other
     # arguments are checked once, not per call): a condition added here belongs there too.
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._functorch.peek_interpreter_stack() is not None):  # torch.func: vmap, grad, jvp
         return None
     needs_grad = False
     grad = torch.is_grad_enabled()
@@ -91,11 +92,7 @@ def eager_call_kind(args: tuple) -> str | None:
             return None
         if grad and t.requires_grad:
             needs_grad = True
-    if not needs_grad:
-        return EAGER
-    if torch._C._functorch.peek_interpreter_stack() is not None:  # torch.func.grad / vmap / jvp
-        return None
-    return EAGER_AUTOGRAD
+    return EAGER_AUTOGRAD if needs_grad else EAGER
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ class _Counting:
     def __init__(self):
         self.validations = 0
         self.binds = 0
+        self.bound_runs = 0
         self.runs = {"cpu": 0, "torch": 0}
 
     def validate(self, x, weight, scale):
@@ -45,7 +46,11 @@ class _Counting:
     def bind(self, weight, scale):
         self.binds += 1
         run = self.runner("cpu")
-        return lambda x: run(x, weight, scale)
+
+        def bound(x):
+            self.bound_runs += 1
+            return run(x, weight, scale)
+        return bound
 
 
 @pytest.fixture(scope="module")
@@ -158,11 +163,63 @@ def test_observed_calls_take_the_op(toy):
     binds, runs = counts.binds, counts.runs["cpu"]
     with record_paths() as paths:
         layer(x)
-    assert paths == [(op.name, "cpu")]
-    x_grad = x.clone().requires_grad_()
-    layer(x_grad).sum().backward()  # a gradient to record: through the op's autograd
-    assert torch.allclose(x_grad.grad, (layer.weight * layer.scale).sum(0).expand(3, 6))
-    assert counts.binds == binds and counts.runs["cpu"] == runs + 2  # run by the op, not a kept runner
+    assert counts.binds == binds and counts.runs["cpu"] == runs + 1  # run by the op, not the kept runner
+    bound_runs = counts.bound_runs
+    batched = torch.randn(2, 3, 6)
+    with torch.no_grad():  # a torch.func transform (its x is a batched view, no storage): the op's way
+        torch.testing.assert_close(torch.func.vmap(layer)(batched), _expected(layer, batched))
+    assert counts.bound_runs == bound_runs
+
+
+@pytest.mark.parametrize("make", [
+    lambda linear: FusedLinear.from_linear(linear, weight_dtype=torch.bfloat16),
+    lambda linear: Int8Linear.from_linear(linear, group_size=32)], ids=["fused-bf16", "int8-weight-only"])
+def test_vmap_over_a_layer_runs_our_kernel_per_sample(make):
+    torch.manual_seed(0)
+    layer = make(nn.Linear(32, 8))
+    x = torch.randn(3, 2, 32)
+    with torch.no_grad(), use_backend("cpu"):  # our kernel reads x's storage, which a batched x lacks
+        layer(x[0])
+        batched = torch.func.vmap(layer)(x)
+        torch.testing.assert_close(batched, torch.stack([layer(sample) for sample in x]), rtol=0, atol=0)
+
+
+def test_recorded_gradients_use_the_kept_runner(toy):
+    op, counts = toy
+    layer = _ToyLayer(op)
+    x = torch.randn(3, 6)
+    layer(x)
+    validations, binds, runs = counts.validations, counts.binds, counts.runs["cpu"]
+    for step in range(2):
+        x_grad = x.clone().requires_grad_()
+        y = layer(x_grad)
+        assert y.grad_fn is not None and type(y.grad_fn).__name__.startswith("test_prepared_toy")
+        y.sum().backward()  # the op's backward, through the kept runner's output
+        torch.testing.assert_close(x_grad.grad, (layer.weight * layer.scale).sum(0).expand(3, 6))
+    assert (counts.validations, counts.binds, counts.runs["cpu"]) == (validations, binds, runs + 2)
+    with pytest.raises(ValueError, match="argument 'x'"):  # validated as before when x's form is new
+        layer(torch.randn(3, 5, requires_grad=True))
+
+
+def test_layer_gradients_match_the_ops():
+    torch.manual_seed(0)
+    layer = FusedLinear.from_linear(nn.Linear(32, 16), activation="gelu", weight_dtype=torch.bfloat16)
+    x = torch.randn(5, 32)
+    grads = []
+    for call in (layer, lambda x: fused_linear(x, layer.weight, layer.bias, None, "gelu")):
+        for _ in range(2):  # the second layer call runs the kept runner
+            layer.zero_grad()
+            x_grad = x.clone().requires_grad_()
+            out = call(x_grad)
+            out.square().sum().backward()
+        grads.append((out.detach(), x_grad.grad, layer.weight.grad, layer.bias.grad))
+    for prepared, op in zip(*grads):
+        torch.testing.assert_close(prepared, op, rtol=0, atol=0)
+    layer.zero_grad()
+    with torch.no_grad():  # an optimizer step: a new version of the weight, which the next call uses
+        layer.weight.add_(1.0)
+    out = layer(x)
+    torch.testing.assert_close(out, fused_linear(x, layer.weight, layer.bias, None, "gelu"), rtol=0, atol=0)
 
 
 def test_forms_are_bounded(toy):
