@@ -76,6 +76,21 @@ def test_a_binding_path_is_timed_as_the_runner_a_layer_keeps():
     assert table.select(_x()).id == "cpu"
 
 
+def test_candidates_are_timed_without_recording_gradients():
+    # A grad-enabled layer call selects its path before its autograd.Function runs: a torch
+    # path timed then would record a graph each call and be charged for it.
+    grad_seen = []
+
+    def run(x, *rest):
+        grad_seen.append(torch.is_grad_enabled())
+        return x
+    table = _table({"cpu": 0.002})
+    table.register("torch", lambda *a: None, run, variant="fp32")
+    with torch.enable_grad():
+        table.select(_x())
+    assert grad_seen and not any(grad_seen)
+
+
 def test_a_candidate_that_raises_is_dropped_not_fatal():
     table = _table({"cpu": 0.001})
 
