@@ -29,6 +29,12 @@ import torch
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import EAGER, EAGER_AUTOGRAD, OpBackends, eager_call_kind
 
+# The dispatch keys left below autograd for a call on plain tensors of one device with no
+# mode (fake tensors, functionalization, ...) active: the device's kernel, nothing else.
+_AFTER_AUTOGRAD = torch._C._after_autograd_keyset
+_CPU_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+_CUDA_KERNEL_ONLY = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+
 # Set while the public entry calls torch.ops.bigperf.<op> with arguments it has validated.
 _validated_call: contextvars.ContextVar[bool] = contextvars.ContextVar("bigperf_validated_call", default=False)
 
@@ -65,12 +71,32 @@ class OpDefinition:
         return f"bigperf::{self._short}"
 
     def register_autograd(self, backward: Callable, setup_context: Callable) -> None:
-        """Gradients for the op (torch.library's register_autograd contract): on the torch
-        op, for compile, export and dispatch modes, and on an autograd.Function with the
-        same two functions for plain eager calls, which skip the dispatcher's autograd
-        wrapper (~100 µs per call against ~10)."""
-        torch.library.register_autograd(self.qualname, backward, setup_context=setup_context, lib=self._lib)
+        """Gradients for the op (torch.library's register_autograd contract: setup_context(ctx,
+        inputs, output) and backward(ctx, *grads)), through one autograd.Function: in plain
+        eager calls (the public entry, prepared calls) and in the torch op's Autograd kernel
+        (compile, export, dispatch modes)."""
         self._eager_autograd = _autograd_function(self, backward, setup_context)
+        self._lib.impl(self._short, self._autograd_kernel, "Autograd", with_keyset=True)
+
+    def _autograd_kernel(self, keyset, *args):
+        """The torch op's Autograd kernel. It does what torch.library.register_autograd's
+        does (the Function around a redispatch below autograd when a gradient is recorded,
+        else the redispatch), except that a call with nothing below autograd but the
+        device's kernel (plain tensors, no mode: what a compiled graph's call has) runs the
+        body here: register_autograd's Python kernel and its redispatch cost ~6.5 us a call
+        with no gradient to record (Zen 4, 2026-12-07), more than a small layer's kernel."""
+        below = keyset & _AFTER_AUTOGRAD
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            torch_op = self.torch_op
+
+            def run_below_autograd(x):
+                with torch._C._AutoDispatchBelowAutograd():
+                    return torch_op.redispatch(below, x, *args[1:])
+            return self._eager_autograd.apply(run_below_autograd, *args)
+        with torch._C._AutoDispatchBelowAutograd():
+            if below == _CPU_KERNEL_ONLY or below == _CUDA_KERNEL_ONLY:
+                return self._body(*args)
+            return self.torch_op.redispatch(below, *args)
 
     def run(self, *args) -> torch.Tensor:
         """Run validated arguments on the path selected for them (no checks here)."""

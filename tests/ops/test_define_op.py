@@ -140,3 +140,59 @@ def test_torch_func_transforms_still_take_the_dispatcher():
     kinds = []
     torch.func.grad(lambda weight: kinds.append(eager_call_kind((x, weight, 1.0))) or (x @ weight.t()).sum())(w)
     assert kinds == [None]
+
+
+def test_torch_op_records_the_ops_backward(toy_with_grad):
+    """A torch.ops.bigperf call that records a gradient (compiled graphs, export, modes) goes
+    through the op's autograd kernel: the same autograd.Function as the eager route around
+    the call below autograd, validated by the body."""
+    op, counts = toy_with_grad
+    _reset(counts)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    out = torch.ops.bigperf.test_define_op_toy_grad(x, w, 2.0)
+    assert (counts.validations, counts.runs) == (1, 1)
+    assert "test_define_op_toy_grad_autograd" in out.grad_fn.name()
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, (2.0 * w).sum(0).expand(3, 5).detach())
+    torch.testing.assert_close(w.grad, (2.0 * x).sum(0).expand(4, 5).detach())
+
+
+def test_torch_op_calls_stay_visible_to_dispatch_modes(toy_with_grad):
+    """Without a gradient to record, the autograd kernel runs the body itself only when the
+    device's kernel is all that is below autograd: a dispatch mode still sees the op."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    op, counts = toy_with_grad
+    x, w = torch.randn(3, 5), torch.randn(4, 5)
+    with torch.no_grad():
+        plain = torch.ops.bigperf.test_define_op_toy_grad(x, w, 2.0)
+        with Seen() as seen:
+            observed = torch.ops.bigperf.test_define_op_toy_grad(x, w, 2.0)
+    assert "bigperf.test_define_op_toy_grad.default" in seen.ops
+    torch.testing.assert_close(observed, plain)
+    torch.testing.assert_close(plain, (x @ w.t()) * 2.0)
+
+
+def test_compiled_gradients_match_eager(toy_with_grad):
+    op, _ = toy_with_grad
+    x = torch.randn(3, 5, dtype=torch.float64)
+    w = torch.randn(4, 5, dtype=torch.float64)
+
+    def loss(x, w):
+        return (op(x, w, 0.5).sin()).sum()
+    grads = []
+    for fn in (loss, torch.compile(loss, backend="aot_eager", fullgraph=True)):
+        xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        fn(xg, wg).backward()
+        grads.append((xg.grad, wg.grad))
+    torch.testing.assert_close(grads[1], grads[0])
