@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from bigperf.formats import dense
+from bigperf.nn._held import held_tensors
 from bigperf.nn._layouts import FloatCopy
 from bigperf.ops.activations import activation_name
 from bigperf.ops.fused_linear import FUSED_LINEAR, fused_linear
@@ -59,9 +60,10 @@ class FusedLinear(FloatCopy, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        weight, bias = held_tensors(self, ("weight", "bias"))
         if residual is None:  # the common call: validated and dispatched once per form of x
-            return call_prepared(self, FUSED_LINEAR, x, (self.weight, self.bias, None, self.activation))
-        return fused_linear(x, self.weight, self.bias, residual, self.activation)
+            return call_prepared(self, FUSED_LINEAR, x, (weight, bias, None, self.activation))
+        return fused_linear(x, weight, bias, residual, self.activation)
 
     def _float_copy_key(self) -> torch.Tensor:
         return self.weight

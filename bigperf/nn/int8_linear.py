@@ -9,6 +9,7 @@ from bigperf.formats import int8_rowmajor, w8a8_cpu, w8a16_cpu, w8a16_cuda
 from bigperf.formats.w8a8_cpu import W8A8CpuLayout, pack_w8a8_cpu, unpack_w8a8_cpu
 from bigperf.formats.w8a16_cpu import W8A16CpuLayout, pack_w8a16_cpu, unpack_w8a16_cpu
 from bigperf.formats.w8a16_cuda import W8A16Layout, pack_w8a16, unpack_w8a16
+from bigperf.nn._held import held_tensors
 from bigperf.nn._layouts import FloatCopy, keeping_dtype, replace_buffers
 from bigperf.ops.activations import activation_name
 from bigperf.ops.int8_dynamic_layout_linear import W8A8_CPU_LAYOUT
@@ -38,6 +39,10 @@ PACKED_VERSION = int8_rowmajor.VERSION
 KERNEL_LAYOUTS = ("rowmajor", "w8a16-cuda", "w8a8-cpu", "w8a16-cpu")
 _BUFFERS = {"rowmajor": int8_rowmajor.BUFFERS, "w8a16-cuda": w8a16_cuda.BUFFERS, "w8a8-cpu": w8a8_cpu.BUFFERS,
             "w8a16-cpu": w8a16_cpu.BUFFERS}
+# What each CPU layout's forward reads per call (held_tensors): its buffers, then the bias.
+_W8A16_CPU_TENSORS = (*w8a16_cpu.BUFFERS, "bias")
+_W8A8_CPU_TENSORS = (*w8a8_cpu.BUFFERS, "bias")
+_ROWMAJOR_TENSORS = (*int8_rowmajor.BUFFERS, "bias")
 # The fp32 tensors of each layout that keep their dtype through .half() / .to(bfloat16).
 _SCALES = {"rowmajor": ("scale",), "w8a16-cuda": ("w8a16_scale", "w8a16_zero"), "w8a8-cpu": ("w8a8_scale",),
            "w8a16-cpu": ("w8a16_cpu_scale",)}
@@ -121,24 +126,22 @@ class Int8Linear(FloatCopy, nn.Module):
         # Each call with the layer's own arguments only is validated and dispatched once per
         # form of x (ops/prepared.py).
         if self.kernel_layout == "w8a16-cpu":
+            weight, scale, zero, bias = held_tensors(self, _W8A16_CPU_TENSORS)
             return call_prepared(self, W8A16_CPU_LAYOUT, x, (
-                self.w8a16_cpu_weight, self.w8a16_cpu_scale, self.w8a16_cpu_zero, self.out_features,
-                self.in_features, self.group_size or 0, self.bias, self.activation))
+                weight, scale, zero, self.out_features, self.in_features, self.group_size or 0, bias, self.activation))
         if self.kernel_layout == "w8a8-cpu":
+            weight, colsum, scale, bias = held_tensors(self, _W8A8_CPU_TENSORS)
             if act_absmax is not None:
-                return W8A8_CPU_LAYOUT(x, self.w8a8_weight, self.w8a8_colsum, self.w8a8_scale, self.out_features,
-                                       self.in_features, self.bias, self.activation, self.act_bits, act_absmax)
+                return W8A8_CPU_LAYOUT(x, weight, colsum, scale, self.out_features, self.in_features, bias,
+                                       self.activation, self.act_bits, act_absmax)
             return call_prepared(self, W8A8_CPU_LAYOUT, x, (
-                self.w8a8_weight, self.w8a8_colsum, self.w8a8_scale, self.out_features, self.in_features,
-                self.bias, self.activation, self.act_bits, None))
+                weight, colsum, scale, self.out_features, self.in_features, bias, self.activation, self.act_bits, None))
+        qweight, scale, zero_point, bias = held_tensors(self, _ROWMAJOR_TENSORS)
         if self.weight_only:
-            return call_prepared(self, WEIGHT_ONLY, x,
-                                 (self.qweight, self.scale, self.zero_point, self.bias, self.activation))
+            return call_prepared(self, WEIGHT_ONLY, x, (qweight, scale, zero_point, bias, self.activation))
         if act_absmax is not None:
-            return int8_dynamic_linear(x, self.qweight, self.scale, self.bias, self.activation, self.act_bits,
-                                       act_absmax)
-        return call_prepared(self, DYNAMIC, x, (self.qweight, self.scale, self.bias, self.activation, self.act_bits,
-                                                None))
+            return int8_dynamic_linear(x, qweight, scale, bias, self.activation, self.act_bits, act_absmax)
+        return call_prepared(self, DYNAMIC, x, (qweight, scale, bias, self.activation, self.act_bits, None))
 
     # ------------------------------------------------------------------------- layouts
 

@@ -10,6 +10,7 @@ from bigperf.formats._lanes import reorder_lanes_values
 from bigperf.formats.bsr_lanes import BsrLanes, bsr_lanes_eligible, pack_bsr_lanes, unpack_bsr_lanes
 from bigperf.formats.sparse24_lanes import Sparse24Lanes, pack_24_lanes, unpack_24_lanes
 from bigperf.errors import LayerRefused  # noqa: F401 - also importable from here, its first home
+from bigperf.nn._held import held_tensors
 from bigperf.nn._layouts import FloatCopy, keeping_dtype, ordinary, replace_buffers
 from bigperf.ops.activations import activation_name
 from bigperf.ops.block_sparse_lanes_linear import BSR_LANES
@@ -45,6 +46,8 @@ _FORMATS = {
     ("block", "canonical"): bsr,
     ("block", "cpu-lanes16"): bsr_lanes,
 }
+# What forward reads per call (held_tensors): the layout's buffers, then the bias.
+_TENSORS = {key: (*fmt.BUFFERS, "bias") for key, fmt in _FORMATS.items()}
 
 
 class SparseLinear(FloatCopy, nn.Module):
@@ -147,16 +150,16 @@ class SparseLinear(FloatCopy, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Each call is validated and dispatched once per form of x (ops/prepared.py); the layer
         # builds its layouts itself, so their versions are this package's.
+        *held, bias = held_tensors(self, _TENSORS[self.pattern, self.kernel_layout])
         if self.kernel_layout == "cpu-lanes16":
             if self.pattern == "2:4":
-                return call_prepared(self, SPARSE24_LANES, x, (*self._held(), self.out_features, self.bias,
-                                                               self.activation))
+                return call_prepared(self, SPARSE24_LANES, x, (*held, self.out_features, bias, self.activation))
             self._check_features(x)  # the BSR ops take K from x (the format does not record it)
-            return call_prepared(self, BSR_LANES, x, (*self._held(), self.block[1], self.bias, self.activation))
+            return call_prepared(self, BSR_LANES, x, (*held, self.block[1], bias, self.activation))
         if self.pattern == "2:4":
-            return call_prepared(self, SPARSE24, x, (*self._held(), self.bias, self.activation))
+            return call_prepared(self, SPARSE24, x, (*held, bias, self.activation))
         self._check_features(x)
-        return call_prepared(self, BLOCK_SPARSE, x, (*self._held(), self.bias, self.activation))
+        return call_prepared(self, BLOCK_SPARSE, x, (*held, bias, self.activation))
 
     def _check_features(self, x: torch.Tensor) -> None:
         if x.shape[-1:] != (self.in_features,):
@@ -185,7 +188,7 @@ class SparseLinear(FloatCopy, nn.Module):
 
     def _held(self, layout: str | None = None) -> tuple:
         """The buffers of `layout` (default: the one held), in the format's BUFFERS order."""
-        return tuple(getattr(self, name) for name in _FORMATS[self.pattern, layout or self.kernel_layout].BUFFERS)
+        return tuple(held_tensors(self, _FORMATS[self.pattern, layout or self.kernel_layout].BUFFERS))
 
     def _lanes_layout(self) -> Sparse24Lanes | BsrLanes:
         if self.pattern == "2:4":

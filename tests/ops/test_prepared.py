@@ -330,3 +330,23 @@ def test_float_copy_kept_or_dropped_changes_the_paths():
         layer.keep_float_copy(False)
         with use_backend("torch:copy"), pytest.raises(bigperf.ops.registry.NoBackendError):
             layer(x)  # and gone again: not a runner kept from before
+
+
+def test_a_parametrized_weight_is_read_as_its_parametrization_gives_it():
+    # torch.nn.utils.parametrize moves the parameter out of _parameters behind a property:
+    # the layer's per-call read (nn/_held.py) must still see the parametrized weight.
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, weight):
+            return weight * 2
+
+    torch.manual_seed(0)
+    layer = FusedLinear.from_linear(nn.Linear(16, 8), weight_dtype=torch.bfloat16)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        plain = layer(x)
+        parametrize.register_parametrization(layer, "weight", Doubled())
+        doubled = layer(x)
+        torch.testing.assert_close(doubled, fused_linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+    assert not torch.allclose(doubled, plain)
