@@ -127,7 +127,16 @@ def _build_id() -> str:
     return ";".join(parts)
 
 
+# Environment variables that cap the ISA of the libraries behind PyTorch's CPU GEMMs (oneDNN,
+# MKL): with one set, torch's paths run other code at another speed on the same CPU.
+LIBRARY_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_DEFAULT_FPMATH_MODE")
+
+
 def machine_fingerprint() -> dict:
+    """What the timings of a cache section hold for: the CPU and GPUs, the ISA paths our
+    kernels and PyTorch's use (a decision taken against torch's AVX-512 GEMMs is wrong once
+    they run their AVX2 code: ATEN_CPU_CAPABILITY, the library caps above, fp32 matmul
+    precision), and the versions."""
     from bigperf import __version__, _ext
     cpu = _ext.cpu_module()
     features = cpu.cpu_features() if cpu is not None else {}
@@ -140,6 +149,9 @@ def machine_fingerprint() -> dict:
         "cpu": cpu_model(),
         "cpu_flags": sorted(k for k, v in features.items() if v),
         "cpu_isa": _ext.cpu_isa() if cpu is not None else None,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_fp32_matmul": torch.get_float32_matmul_precision(),
+        "library_isa_env": {name: os.environ[name] for name in LIBRARY_ISA_ENV if os.environ.get(name)},
         "gpus": gpus,
         "torch": torch.__version__,
         "bigperf": __version__,

@@ -187,6 +187,22 @@ def test_a_changed_fingerprint_ignores_stale_entries(own_cache, monkeypatch):
     assert len(data["machines"]) == 2  # the first machine's section is kept, not clobbered
 
 
+@pytest.mark.parametrize("change", ["torch capability", "library cap", "fp32 matmul precision"])
+def test_pytorchs_own_isa_is_part_of_the_machine(own_cache, monkeypatch, change):
+    # The same CPU with PyTorch's GEMMs on other code (ATEN_CPU_CAPABILITY=avx2, a oneDNN or
+    # MKL cap, TF32-like fp32 matmuls): decisions timed against the old torch paths are stale.
+    # Seen on Zen 4: with torch capped to AVX2, entries tuned against its AVX-512 bf16 GEMM
+    # kept a layer on torch:bf16 at 0.24-0.39x of the fastest path.
+    before = tune.fingerprint_id(tune.machine_fingerprint())
+    if change == "torch capability":
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    elif change == "library cap":
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    else:
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
+    assert tune.fingerprint_id(tune.machine_fingerprint()) != before
+
+
 def test_an_unwritable_cache_costs_nothing_but_the_file(own_cache, monkeypatch):
     blocker = own_cache / "file-not-dir"
     blocker.write_text("")
