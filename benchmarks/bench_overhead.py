@@ -73,10 +73,19 @@ def main() -> None:
     def torch_linear():
         torch.nn.functional.linear(x, w)
 
+    torch_layer = torch.nn.Linear(K, N, bias=False)
+
+    def torch_layer_grad_enabled():
+        torch_layer(x)  # what FusedLinear (grad enabled) is held against: nn.Linear records its graph in C++
+
+    def torch_ops_route():
+        torch.ops.bigperf.fused_linear(x, w, None, None, "none")  # a compiled graph's call
+
     variants = {"C++ kernel, direct": direct, "op (eager, inference_mode)": op_inference,
                 "op (eager, grad mode, no grad needed)": op_plain, "FusedLinear (no_grad)": layer_no_grad,
                 "FusedLinear (grad enabled)": layer_grad_enabled, "Int8Linear (no_grad)": int8_no_grad,
-                "Int8Linear made under inference_mode": int8_made_in_inference_no_grad, "torch F.linear": torch_linear}
+                "Int8Linear made under inference_mode": int8_made_in_inference_no_grad, "torch F.linear": torch_linear,
+                "nn.Linear (grad enabled)": torch_layer_grad_enabled, "torch.ops.bigperf call": torch_ops_route}
     samples = {name: [] for name in variants}
     for fn in variants.values():
         per_call_us(fn, 500)  # warm-up
