@@ -49,6 +49,12 @@ def _tuning_rows(table: Table) -> None:
         counts[entry.get("choice", "?")] = counts.get(entry.get("choice", "?"), 0) + 1
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none yet"
     table.add_row("tuning cache", f"{path} (BIGPERF_CACHE_DIR); {len(choices)} choice(s) for this machine ({summary})")
+    # What else a cache section is keyed on besides the CPU: timings taken against another
+    # PyTorch (capability, library ISA caps, fp32 matmul precision) are not reused.
+    fp = tune.machine_fingerprint()
+    caps = ", ".join(f"{k}={v}" for k, v in fp["library_isa_env"].items()) or "none"
+    table.add_row("tuned for", f"our kernels {fp['cpu_isa']}; torch CPU capability {fp['torch_cpu_capability']}, "
+                               f"fp32 matmul precision {fp['torch_fp32_matmul']}, library ISA caps {caps}")
 
 
 def _layout_rows(table: Table) -> None:
