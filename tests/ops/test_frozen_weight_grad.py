@@ -130,3 +130,24 @@ def test_an_adapter_beside_a_swapped_layer_trains(make):
     tol = 2e-2 if isinstance(layer, Int8Linear) and not layer.weight_only else 1e-4
     for g, w in zip(got, want):
         assert rel_error(g, w) < tol
+
+
+def test_compiled_gradients_through_a_frozen_layer_match_eager():
+    """torch.compile traces the op's own Autograd kernel (define.py) with fake tensors: the
+    gradients to x and an adapter are eager's."""
+    torch.manual_seed(0)
+    layer = Int8Linear.from_linear(nn.Linear(64, 48), activation="gelu")
+    down, up = nn.Linear(64, 4, bias=False), nn.Linear(4, 48, bias=False)
+    x = torch.randn(6, 64)
+
+    def loss(h):
+        return (layer(h) + up(down(h))).square().mean()
+    grads = []
+    for fn in (loss, torch.compile(loss, backend="aot_eager", fullgraph=True)):
+        for p in (down.weight, up.weight):
+            p.grad = None
+        h = x.clone().requires_grad_(True)
+        fn(h).backward()
+        grads.append((h.grad, down.weight.grad.clone(), up.weight.grad.clone()))
+    for compiled, eager in zip(grads[1], grads[0]):
+        torch.testing.assert_close(compiled, eager)
