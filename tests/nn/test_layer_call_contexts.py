@@ -1,0 +1,65 @@
+"""Swapped layers called the ways servers and compilers call them: from several Python
+threads at once, and in a graph compiled for dynamic batch sizes."""
+
+import copy
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import bigperf
+
+CONFIGS = {"fused-bf16": (bigperf.FusedMixedPrecision(), None), "int8-weight-only": (bigperf.Int8WeightOnly(), None),
+           "int8-dynamic": (bigperf.Int8Dynamic(), None), "2:4": (bigperf.Sparse24(), "2:4")}
+
+
+def _swapped(name: str, k: int = 64, n: int = 96) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(k, n), nn.GELU(), nn.Linear(n, k)).eval()
+    config, prune = CONFIGS[name]
+    if prune:
+        bigperf.prune(model, prune)
+    bigperf.swap(model, config)
+    return model
+
+
+# Not inside the suite's fp32_compute(): like torch.no_grad(), it holds for the thread (context)
+# that entered it, and the worker threads here run in the default context, as the main one does.
+@pytest.mark.bf16_dispatch
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_calls_from_several_threads_give_the_single_threaded_results(name):
+    # Each thread runs the shared layers at its own batch sizes: prepared calls, the tuner's
+    # first decisions and the kernels' thread pool are shared between them.
+    model = _swapped(name)
+    xs = {m: torch.randn(m, 64, generator=torch.Generator().manual_seed(m)) for m in (1, 5, 16, 40)}
+    with torch.no_grad():
+        expected = {m: model(x) for m, x in xs.items()}
+    failures = []
+
+    def work(tid):
+        try:
+            with torch.no_grad():
+                for step in range(24):
+                    m = list(xs)[(tid + step) % len(xs)]
+                    out = model(xs[m])
+                    if not torch.equal(out, expected[m]):
+                        failures.append((tid, m, (out - expected[m]).abs().max().item()))
+        except Exception as error:  # noqa: BLE001 - reported below with the thread's id
+            failures.append((tid, repr(error)))
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_graph_compiled_for_dynamic_batch_sizes_matches_eager(name):
+    model = _swapped(name)
+    compiled = torch.compile(copy.deepcopy(model), dynamic=True, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        for m in (3, 7, 1, 33):  # one graph with a symbolic M: the fake validates symbolic shapes
+            x = torch.randn(m, 64)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
