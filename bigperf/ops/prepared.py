@@ -32,6 +32,12 @@ import torch
 from bigperf import _ext, tune
 from bigperf.ops import common, registry
 
+# The per-call checks' functions, looked up once (each attribute chain costs ~0.1 us a call).
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_func_transform = torch._C._functorch.peek_interpreter_stack
+_grad_enabled = torch.is_grad_enabled
+_threads = torch.get_num_threads
+
 # Distinct x forms kept per layer (a model with many sequence lengths would otherwise grow
 # the table without bound); past it the table starts again.
 MAX_FORMS = 64
@@ -45,32 +51,33 @@ class PreparedCall:
     def __init__(self):
         self._rest: tuple | None = None
         self._tensors: tuple = ()
-        self._stamp: tuple | None = None
+        self._stamp: list | None = None  # [(data pointer, version)] of the tensors among rest
         self._runners: dict = {}
         self._usable = False
 
     def __call__(self, op, x: torch.Tensor, rest: tuple) -> torch.Tensor:
         """op(x, *rest), as op's public entry would compute it."""
-        if (torch.compiler.is_compiling() or type(x) is not torch.Tensor or torch._C._len_torch_dispatch_stack()
-                or torch._C._functorch.peek_interpreter_stack() is not None or registry._recorder.get() is not None):
+        # (is_compiling first: under torch.compile the rest of the line is not traced)
+        if (torch.compiler.is_compiling() or type(x) is not torch.Tensor or _dispatch_modes()
+                or _func_transform() is not None or registry._recorder.get() is not None):
             return op(x, *rest)
         if self._rest is None or not all(map(operator.is_, rest, self._rest)) or len(rest) != len(self._rest):
             self._bind_arguments(rest)
         if not self._usable:
             return op(x, *rest)
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self._any_requires_grad())
+        needs_grad = _grad_enabled() and (x.requires_grad or self._any_requires_grad())
         if needs_grad and not op.has_eager_autograd:
             return op(x, *rest)
         try:
-            stamp = self._current_stamp()
+            stamp = [(t.data_ptr(), t._version) for t in self._tensors]
         except RuntimeError:  # a tensor without a version counter (.data = an inference tensor)
             self._usable = False
             return op(x, *rest)
         if stamp != self._stamp:
             self._runners.clear()
             self._stamp = stamp
-        key = (x.shape, x.dtype, x.get_device(), torch.get_num_threads(), registry._forced_backend.get(),
-               _ext._local.cpu_isa, common._fp32_compute.get(), tune.generation())
+        key = (x.shape, x.dtype, x.get_device(), _threads(), registry._forced_backend.get(),
+               _ext._local.cpu_isa, common._fp32_compute.get(), tune._generation)
         runner = self._runners.get(key)
         if runner is None:
             if len(self._runners) >= MAX_FORMS:
@@ -93,9 +100,6 @@ class PreparedCall:
 
     def _any_requires_grad(self) -> bool:
         return any(t.requires_grad for t in self._tensors)
-
-    def _current_stamp(self) -> tuple:
-        return tuple([(t.data_ptr(), t._version) for t in self._tensors])
 
     # A copy of a layer (deepcopy, pickling) starts with nothing prepared: runners hold the
     # original's tensors.
