@@ -42,7 +42,8 @@ def _tuning_rows(table: Table) -> None:
     table.add_row("measured dispatch", f"{state}; budget {tune.budget_s():.2f} s per new call shape "
                                        f"(BIGPERF_TUNE_BUDGET_S)")
     path = tune.cache_path()
-    section = tune._read_cache_file(path).get(tune.fingerprint_id(tune.machine_fingerprint()), {})
+    fp = tune.machine_fingerprint()
+    section = tune._read_cache_file(path).get(tune.fingerprint_id(fp), {})
     choices = section.get("choices", {})
     counts: dict[str, int] = {}
     for entry in choices.values():
@@ -51,7 +52,6 @@ def _tuning_rows(table: Table) -> None:
     table.add_row("tuning cache", f"{path} (BIGPERF_CACHE_DIR); {len(choices)} choice(s) for this machine ({summary})")
     # What else a cache section is keyed on besides the CPU: timings taken against another
     # PyTorch (capability, library ISA caps, fp32 matmul precision) are not reused.
-    fp = tune.machine_fingerprint()
     caps = ", ".join(f"{k}={v}" for k, v in fp["library_isa_env"].items()) or "none"
     table.add_row("tuned for", f"our kernels {fp['cpu_isa']}; torch CPU capability {fp['torch_cpu_capability']}, "
                                f"fp32 matmul precision {fp['torch_fp32_matmul']}, library ISA caps {caps}")

@@ -483,9 +483,9 @@ class Tuner:
 
     def forget(self) -> None:
         """Drop what this process decided and reload the cache on next use (tests, `bigperf tune`)."""
-        global _generation
+        global generation
         with self._lock:
-            _generation += 1
+            generation += 1
             self._decisions.clear()
             self._from_file.clear()
             self._loaded_from = None
@@ -505,12 +505,9 @@ def default_choice(candidates: Sequence, args: tuple) -> str:
 
 TUNER = Tuner()
 _MEMOS: list[dict] = []  # the op tables' per-call memos of TUNER's choices
-_generation = 0  # how many times forget() ran: prepared calls (ops/prepared.py) key on it
-
-
-def generation() -> int:
-    """Changes whenever the tuner forgets its choices (prepared calls select again)."""
-    return _generation
+# How many times forget() ran: prepared calls (ops/prepared.py) key on it, so they select again
+# after it. Read as tune.generation (a module attribute, not a call: it is read on every call).
+generation = 0
 
 
 def register_memo(memo: dict) -> dict:

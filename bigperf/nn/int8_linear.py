@@ -39,10 +39,8 @@ PACKED_VERSION = int8_rowmajor.VERSION
 KERNEL_LAYOUTS = ("rowmajor", "w8a16-cuda", "w8a8-cpu", "w8a16-cpu")
 _BUFFERS = {"rowmajor": int8_rowmajor.BUFFERS, "w8a16-cuda": w8a16_cuda.BUFFERS, "w8a8-cpu": w8a8_cpu.BUFFERS,
             "w8a16-cpu": w8a16_cpu.BUFFERS}
-# What each CPU layout's forward reads per call (held_tensors): its buffers, then the bias.
-_W8A16_CPU_TENSORS = (*w8a16_cpu.BUFFERS, "bias")
-_W8A8_CPU_TENSORS = (*w8a8_cpu.BUFFERS, "bias")
-_ROWMAJOR_TENSORS = (*int8_rowmajor.BUFFERS, "bias")
+# What forward reads per call (held_tensors): the layout's buffers, then the bias.
+_TENSORS = {layout: (*names, "bias") for layout, names in _BUFFERS.items()}
 # The fp32 tensors of each layout that keep their dtype through .half() / .to(bfloat16).
 _SCALES = {"rowmajor": ("scale",), "w8a16-cuda": ("w8a16_scale", "w8a16_zero"), "w8a8-cpu": ("w8a8_scale",),
            "w8a16-cpu": ("w8a16_cpu_scale",)}
@@ -126,17 +124,17 @@ class Int8Linear(FloatCopy, nn.Module):
         # Each call with the layer's own arguments only is validated and dispatched once per
         # form of x (ops/prepared.py).
         if self.kernel_layout == "w8a16-cpu":
-            weight, scale, zero, bias = held_tensors(self, _W8A16_CPU_TENSORS)
+            weight, scale, zero, bias = held_tensors(self, _TENSORS["w8a16-cpu"])
             return call_prepared(self, W8A16_CPU_LAYOUT, x, (
                 weight, scale, zero, self.out_features, self.in_features, self.group_size or 0, bias, self.activation))
         if self.kernel_layout == "w8a8-cpu":
-            weight, colsum, scale, bias = held_tensors(self, _W8A8_CPU_TENSORS)
+            weight, colsum, scale, bias = held_tensors(self, _TENSORS["w8a8-cpu"])
             if act_absmax is not None:
                 return W8A8_CPU_LAYOUT(x, weight, colsum, scale, self.out_features, self.in_features, bias,
                                        self.activation, self.act_bits, act_absmax)
             return call_prepared(self, W8A8_CPU_LAYOUT, x, (
                 weight, colsum, scale, self.out_features, self.in_features, bias, self.activation, self.act_bits, None))
-        qweight, scale, zero_point, bias = held_tensors(self, _ROWMAJOR_TENSORS)
+        qweight, scale, zero_point, bias = held_tensors(self, _TENSORS["rowmajor"])
         if self.weight_only:
             return call_prepared(self, WEIGHT_ONLY, x, (qweight, scale, zero_point, bias, self.activation))
         if act_absmax is not None:

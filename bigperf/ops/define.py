@@ -146,11 +146,11 @@ class OpDefinition:
             self.validate(*args)
             return self._eager_autograd.apply(None, *args)
         if torch.compiler.is_compiling():  # the fake validates while tracing, the body at run time
-            return getattr(torch.ops.bigperf, self._short)(*args)
+            return self.torch_op(*args)
         self.validate(*args)  # our messages, not the schema parser's
         token = _validated_call.set(True)
         try:
-            return getattr(torch.ops.bigperf, self._short)(*args)
+            return self.torch_op(*args)
         finally:
             _validated_call.reset(token)
 

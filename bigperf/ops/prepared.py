@@ -77,7 +77,7 @@ class PreparedCall:
             self._runners.clear()
             self._stamp = stamp
         key = (x.shape, x.dtype, x.get_device(), _threads(), registry._forced_backend.get(),
-               _ext._local.cpu_isa, common._fp32_compute.get(), tune._generation)
+               _ext._local.cpu_isa, common._fp32_compute.get(), tune.generation)
         runner = self._runners.get(key)
         if runner is None:
             if len(self._runners) >= MAX_FORMS:
