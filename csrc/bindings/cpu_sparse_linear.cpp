@@ -301,8 +301,8 @@ void register_sparse_linear(py::module_& m) {
        "sparse24_lanes_linear in the panel form (x packed transposed, each kept value broadcast over rows of x), for "
        "M where arithmetic bounds the call"},
       {"sparse24_lanes_linear_panel_bf16", &sparse24_lanes_linear<LanesForm::panel_bf16>,
-       "sparse24_lanes_linear in bf16 arithmetic (the kept values as dense bf16 pairs of a panel GEMM, x rounded to "
-       "bf16, fp32 sums): bfloat16 values, isa 'avx512' only"}};
+       "sparse24_lanes_linear in bf16 arithmetic (a panel GEMM over the kept values only, each pair's two x picked "
+       "by a byte shuffle; x rounded to bf16, fp32 sums): bfloat16 values or int8 codes, isa 'avx512' only"}};
   for (const auto& [name, binding, doc] : s24_forms)
     m.def(name, binding, py::arg("isa"), py::arg("x"), py::arg("x_row_stride"), py::arg("x_dtype"), py::arg("values"),
           py::arg("values_dtype"), py::arg("meta"), py::arg("scale"), py::arg("bias"), py::arg("out"),

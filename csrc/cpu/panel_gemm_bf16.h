@@ -13,6 +13,8 @@
 //     bf16 (even k in the low half). Packers write them directly (int8 codes, exact in bf16;
 //     bf16 values) or through from_fp32: the fp32 strips of panel_gemm.h's packers, rounded
 //     in place;
+//   * or, for 2:4 weights, as quad strips (QuadStrips): only the kept pair of each group of 4
+//     k, with a byte-shuffle control that picks its two x out of the group's four;
 //   * K is not sliced up to kMaxKC.
 // So the weight is rounded to bf16 (a dequantised int8 weight: by at most a quarter of its
 // quantisation step; codes and bf16 weights: not at all) and so is x: only a path whose
@@ -153,11 +155,67 @@ inline void micro_tile(int64_t np, const uint16_t* const* xr, const uint32_t* b,
     for (int v = 0; v < 2; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
 }
 
+// 2:4 quad strips (what a 2:4 quad packer writes): per group q of 4 k, 2 * kNR units: the
+// strip's columns' kept pairs (bf16, the lower position's value in the low half; a pruned
+// pair is zeros), then per column the vpshufb control that picks that pair's two positions
+// out of the group's four x (quad_control_table). Half the vdpbf16ps of the dense pair strips,
+// each after a byte shuffle of the row's four x broadcast (in every 128-bit lane, so the
+// in-lane shuffle reaches all four): Zen 4 runs the shuffles beside the dot products only
+// in part, so in L1 this tile ran 1.22-1.29x the dense tile over the same 2:4 weight
+// (192 x 384..4096 x 1536..4096, 1 thread; benchmarks/NOTES.md, session 22), not 2x.
+// c[i][0 .. 32) += for each group q < nq: w0 x[i][4q + i0] + w1 x[i][4q + i1].
 template <int MR>
-inline void micro_rows(int mr, int64_t np, const uint16_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
+inline void quad_tile(int64_t nq, const uint16_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
+  __m512 acc[MR][2];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 2; ++v) acc[i][v] = _mm512_loadu_ps(c + i * ldc + 16 * v);
+  for (int64_t q = 0; q < nq; ++q) {
+    const uint32_t* group = b + q * 2 * kNR;
+    const __m512bh w0 = as_bh(_mm512_loadu_si512(group)), w1 = as_bh(_mm512_loadu_si512(group + 16));
+    const __m512i pick0 = _mm512_loadu_si512(group + kNR), pick1 = _mm512_loadu_si512(group + kNR + 16);
+    for (int i = 0; i < MR; ++i) {
+      long long four;  // x[i][4q .. 4q + 4) as bf16 bits (memcpy: any alignment)
+      std::memcpy(&four, xr[i] + 4 * q, sizeof four);
+      const __m512i quad = _mm512_set1_epi64(four);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], as_bh(_mm512_shuffle_epi8(quad, pick0)), w0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], as_bh(_mm512_shuffle_epi8(quad, pick1)), w1);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 2; ++v) _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+}
+
+// The vpshufb controls of the 16 possible 2:4 metadata nibbles (kept positions i0 | i1 << 2),
+// as 32-bit lanes: bytes 2 i0, 2 i0 + 1 (x[i0], low half) and 2 i1, 2 i1 + 1 (x[i1]) of the
+// four bf16 x; index a vector of nibbles with _mm512_permutexvar_epi32.
+inline __m512i quad_control_table() {
+  alignas(64) int32_t words[16];
+  for (int nibble = 0; nibble < 16; ++nibble) {
+    const int i0 = nibble & 3, i1 = nibble >> 2;
+    words[nibble] = (2 * i0) | (2 * i0 + 1) << 8 | (2 * i1) << 16 | (2 * i1 + 1) << 24;
+  }
+  return _mm512_load_si512(words);
+}
+
+// The register tiles of each strip form: rows(mr, kc, ...) runs the tile of mr rows over kc k.
+struct PairStrips {  // dense: pair rows of kNR units (panel packers, from_fp32)
+  template <int MR>
+  static void tile(int64_t kc, const uint16_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
+    micro_tile<MR>(kc / 2, xr, b, c, ldc);
+  }
+};
+struct QuadStrips {  // 2:4: groups of 4 k as above (k0 and kc multiples of 4)
+  template <int MR>
+  static void tile(int64_t kc, const uint16_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
+    quad_tile<MR>(kc / 4, xr, b, c, ldc);
+  }
+};
+
+template <class Strips, int MR>
+inline void micro_rows(int mr, int64_t kc, const uint16_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
   if constexpr (MR >= 1) {
-    if (mr == MR) return micro_tile<MR>(np, xr, b, c, ldc);
-    micro_rows<MR - 1>(mr, np, xr, b, c, ldc);
+    if (mr == MR) return Strips::template tile<MR>(kc, xr, b, c, ldc);
+    micro_rows<Strips, MR - 1>(mr, kc, xr, b, c, ldc);
   }
 }
 
@@ -183,10 +241,12 @@ struct TileRows {
 };
 
 // out = epilogue(x @ W^T) with x (M rows of dtype d, row stride in elements) rounded to bf16
-// and W given by a pair packer (see from_fp32). K must be even (a pair never straddles a
-// row's end); every slice of K but the last starts and ends at a multiple of k_align (even:
-// a packer's unit of k, e.g. 8 for the 2:4 lanes' steps).
-template <class Pack, class Epilogue>
+// and W given by a packer of Strips' form (pair packers, see from_fp32; 2:4 quad packers). K
+// must be even (a pair never straddles a row's end); every slice of K but the last starts
+// and ends at a multiple of k_align (even: a packer's unit of k, e.g. 8 for the 2:4 lanes'
+// steps). A strip of kc k takes at most 16 kc units (a pair strip kc / 2 rows of kNR, a quad
+// strip kc / 4 groups of 2 kNR).
+template <class Strips = PairStrips, class Pack, class Epilogue>
 void gemm_packed(const void* x, int64_t x_row_stride, DType d, int64_t M, int64_t N, int64_t K, int num_threads,
                  const Pack& pack, const Epilogue& epilogue, int64_t k_align = 2) {
   constexpr int64_t MC = panel::kMC;
@@ -210,14 +270,13 @@ void gemm_packed(const void* x, int64_t x_row_stride, DType d, int64_t M, int64_
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int64_t kc = imin(KC, K - k0);
         pack(n0, nc, k0, kc, reinterpret_cast<uint32_t*>(bp));
-        const int64_t np = kc / 2;
         for (int64_t s = 0; s < nc; s += kNR) {
           const uint32_t* strip = reinterpret_cast<const uint32_t*>(bp + s * kc);
           for (int64_t i = 0; i < mc; i += kMR) {
             const int mr = static_cast<int>(imin(kMR, mc - i));
             const uint16_t* xr[kMR];
             for (int r = 0; r < mr; ++r) xr[r] = rows.row(m0 + i + r, k0);
-            micro_rows<kMR>(mr, np, xr, strip, sums + i * kNC + s, kNC);
+            micro_rows<Strips, kMR>(mr, kc, xr, strip, sums + i * kNC + s, kNC);
           }
         }
       }

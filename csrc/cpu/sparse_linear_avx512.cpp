@@ -170,57 +170,46 @@ inline __m512i code_as_bf16(__m512i w) {
   return _mm512_srli_epi32(_mm512_castps_si512(code), 16);
 }
 
-// The 2:4 lanes as pair strips (panel_gemm_bf16.h): per 16-row block and step of 8 k, each
-// group's two kept values (bf16: one 32-bit word per lane and group, slot 0 low; int8: one
-// word per lane and step, byte 2 g + slot) moved to their positions (metadata: bits 1:0 and
-// 3:2 of the step's byte for group 0, 5:4 and 7:6 for group 1), zeros elsewhere. k0 and kc
+// The 2:4 lanes as quad strips (panel_gemm_bf16.h, QuadStrips): per 16-row block and step of
+// 8 k, each group's kept pair (bf16 values: the lane's word as stored, slot 0 low; int8: bytes
+// 2 g and 2 g + 1 of the step's word, each exact in bf16) and the vpshufb control of its two
+// positions (metadata: bits 3:0 of the step's byte for group 0, 7:4 for group 1). k0 and kc
 // are whole steps (gemm_packed's k_align 8); a block past the last is zeros.
 template <S24Values VT>
-inline auto s24_lanes_pair_packer(const Sparse24Args& a) {
+inline auto s24_lanes_quad_packer(const Sparse24Args& a) {
   static_assert(VT == S24Values::bf16 || VT == S24Values::i8, "bf16 values or int8 codes");
   constexpr int64_t NR = panel_bf16::kNR, kGroupBytes = 2 * kLaneRows * lanes_esize(VT), kStepBytes = 2 * kGroupBytes;
   const int64_t blocks = (a.N + kLaneRows - 1) / kLaneRows, steps = a.K / 8;
   return [&a, blocks, steps](int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t* dst) {
-    const __m512i low = _mm512_set1_epi32(0xFFFF), three = _mm512_set1_epi32(3);
+    const __m512i controls = panel_bf16::quad_control_table(), nibble = _mm512_set1_epi32(15);
     for (int64_t s = 0; s < nc; s += NR) {
       for (int64_t c = 0; c < NR; c += kLaneRows) {
-        uint32_t* out = dst + s * kc + c;  // pair row q at out + q * NR
+        uint32_t* out = dst + s * kc + c;  // group q's pairs at out + 2 q NR, its controls NR further
         const int64_t b = (n0 + s + c) / kLaneRows;
         if (b >= blocks) {
-          for (int64_t q = 0; q < kc / 2; ++q) _mm512_storeu_si512(out + q * NR, _mm512_setzero_si512());
+          for (int64_t q = 0; q < kc / 4; ++q) {
+            _mm512_storeu_si512(out + 2 * q * NR, _mm512_setzero_si512());
+            _mm512_storeu_si512(out + 2 * q * NR + NR, _mm512_setzero_si512());
+          }
           continue;
         }
         const char* vals = static_cast<const char*>(a.values) + b * steps * kStepBytes;
         const uint8_t* meta = a.meta + b * steps * kLaneRows;
         for (int64_t step = k0 / 8; step < (k0 + kc) / 8; ++step) {
           const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(meta + step * kLaneRows)));
-          __m512i kept[2][2];  // [group][slot] as bf16 bits in the low half of each lane
+          __m512i pairs[2];
           if constexpr (VT == S24Values::bf16) {
-            for (int g = 0; g < 2; ++g) {
-              const __m512i w = _mm512_loadu_si512(vals + step * kStepBytes + g * kGroupBytes);
-              kept[g][0] = _mm512_and_si512(w, low);
-              kept[g][1] = _mm512_srli_epi32(w, 16);
-            }
+            for (int g = 0; g < 2; ++g) pairs[g] = _mm512_loadu_si512(vals + step * kStepBytes + g * kGroupBytes);
           } else {
             const __m512i w = _mm512_loadu_si512(vals + step * kStepBytes);
-            kept[0][0] = code_as_bf16<0>(w);
-            kept[0][1] = code_as_bf16<1>(w);
-            kept[1][0] = code_as_bf16<2>(w);
-            kept[1][1] = code_as_bf16<3>(w);
+            pairs[0] = _mm512_or_si512(code_as_bf16<0>(w), _mm512_slli_epi32(code_as_bf16<1>(w), 16));
+            pairs[1] = _mm512_or_si512(code_as_bf16<2>(w), _mm512_slli_epi32(code_as_bf16<3>(w), 16));
           }
           for (int g = 0; g < 2; ++g) {
-            const __m512i fields = _mm512_srli_epi32(bytes, 4 * g);
-            const __m512i i0 = _mm512_and_si512(fields, three), i1 = _mm512_and_si512(_mm512_srli_epi32(fields, 2), three);
-            for (int h = 0; h < 2; ++h) {  // pairs (positions 0, 1) and (2, 3)
-              __m512i at[2];
-              for (int e = 0; e < 2; ++e) {
-                const __m512i pos = _mm512_set1_epi32(2 * h + e);
-                at[e] = _mm512_mask_mov_epi32(_mm512_maskz_mov_epi32(_mm512_cmpeq_epi32_mask(i0, pos), kept[g][0]),
-                                              _mm512_cmpeq_epi32_mask(i1, pos), kept[g][1]);
-              }
-              const int64_t q = (step * 8 + g * 4 + 2 * h - k0) / 2;
-              _mm512_storeu_si512(out + q * NR, _mm512_or_si512(at[0], _mm512_slli_epi32(at[1], 16)));
-            }
+            const __m512i field = _mm512_and_si512(_mm512_srli_epi32(bytes, 4 * g), nibble);
+            uint32_t* group = out + 2 * ((step * 8 + g * 4 - k0) / 4) * NR;
+            _mm512_storeu_si512(group, pairs[g]);
+            _mm512_storeu_si512(group + NR, _mm512_permutexvar_epi32(field, controls));
           }
         }
       }
@@ -274,11 +263,11 @@ void sparse24_lanes_linear_panel_bf16_avx512(const Sparse24Args& a) {
     sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, scaled, m, n0, cnt);
   };
   if (a.values_dtype == S24Values::i8)
-    panel_bf16::gemm_packed(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads,
-                            s24_lanes_pair_packer<S24Values::i8>(a), epilogue, 8);
+    panel_bf16::gemm_packed<panel_bf16::QuadStrips>(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads,
+                                                    s24_lanes_quad_packer<S24Values::i8>(a), epilogue, 8);
   else
-    panel_bf16::gemm_packed(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads,
-                            s24_lanes_pair_packer<S24Values::bf16>(a), epilogue, 8);
+    panel_bf16::gemm_packed<panel_bf16::QuadStrips>(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads,
+                                                    s24_lanes_quad_packer<S24Values::bf16>(a), epilogue, 8);
 }
 
 void block_sparse_lanes_linear_panel_bf16_avx512(const BsrArgs& a) {
