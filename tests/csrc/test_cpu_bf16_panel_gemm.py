@@ -208,6 +208,41 @@ def test_sparse24_lanes_int8_codes(dtype):
         assert rel_error(out, ref) < tol, (n, k, m)
 
 
+def test_sparse24_lanes_threads_and_positions():
+    """The kept-values form (each pair's two x picked by a byte shuffle from the metadata):
+    bit-identical for 1 and 3 threads over several tasks (M past 192, N past 64), and moving
+    one group's kept positions (the same values, another pair of x) changes that output
+    column only, by what float64 says it should."""
+    n, k, m = 150, 64, 400
+    w = random_tensor(n, k, seed=21)
+    pruned = (w * nm_mask(w)).to(torch.bfloat16)
+    p = pack_24(pruned)
+    x = random_tensor(m, k, seed=22)
+    lanes = pack_24_lanes(p.values, p.meta)
+
+    def run(meta, threads):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run_cpu_24(sparse24_lanes.CPU_BF16_KERNEL, x, lanes.values, pack_24_lanes(p.values, meta).meta,
+                              None, None, "none", n, k)
+        finally:
+            torch.set_num_threads(before)
+
+    base = run(p.meta, 1)
+    assert torch.equal(base, run(p.meta, 3))
+    moved = p.meta.clone()
+    group_byte = int(moved[77, 5])  # row 77, k 40..47: group 0's positions in bits 3:0
+    i0, i1 = group_byte & 3, (group_byte >> 2) & 3
+    new_pair = next((a, b) for a in range(4) for b in range(a + 1, 4) if (a, b) != (i0, i1))
+    moved[77, 5] = (group_byte & 0xF0) | new_pair[0] | new_pair[1] << 2
+    out = run(moved, 3)
+    diff = (out - base).abs().amax(dim=0)
+    assert diff[77] > 0 and torch.count_nonzero(diff) == 1
+    dense = unpack_24(p.values, moved, dtype=torch.float64)
+    assert rel_error(out[:, 77], x.to(torch.bfloat16).double() @ dense[77]) < TOL
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("block", [(16, 16), (32, 8), (16, 2)], ids=lambda b: f"{b[0]}x{b[1]}")
 def test_bsr_lanes(dtype, block):
