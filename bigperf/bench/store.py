@@ -8,6 +8,7 @@ a record (or of a newer schema) gives a BenchFileError naming the file and the p
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -20,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from bigperf.tune import cpu_model
 
 SCHEMA = "bigperf.bench"
 SCHEMA_VERSION = 1
@@ -52,14 +55,15 @@ class BenchFileError(ValueError):
 
 # ----------------------------------------------------------------------------- fingerprint
 
-def _cpu_model() -> str:
-    try:
+def _has_amx() -> bool:
+    """Whether the CPU has AMX tiles (Linux: /proc/cpuinfo's amx_tile flag; elsewhere unknown,
+    False). PyTorch's bf16 and int8 GEMMs run on AMX where it exists, so our speedups over
+    them there are not those of an AVX-512 CPU without it (Zen 4)."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+            if line.startswith("flags"):
+                return "amx_tile" in line.split(":", 1)[1].split()
+    return False
 
 
 def _version(package: str) -> str | None:
@@ -116,7 +120,7 @@ def fingerprint(device: torch.device) -> dict:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
     fp = {
         "cpu": {
-            "model": _cpu_model(), "arch": platform.machine(),
+            "model": cpu_model(), "arch": platform.machine(), "amx": _has_amx(),
             "features": dict(module.cpu_features()) if module is not None and hasattr(module, "cpu_features") else None,
             "runnable_isas": _ext.runnable_cpu_isas(), "isa": isa,
             "torch_capability": torch.backends.cpu.get_cpu_capability(),
@@ -139,7 +143,8 @@ def machine_kind(fp: dict) -> str:
         return "cuda-" + re.sub(r"[^a-z0-9]+", "-", fp["gpu"]["name"].lower()).strip("-")
     cpu = fp["cpu"]
     isa = cpu.get("isa") or str(cpu.get("torch_capability") or cpu.get("arch")).lower()
-    return f"cpu-{cpu.get('arch', 'unknown')}-{isa}-{cpu.get('torch_threads')}t"
+    amx = "-amx" if cpu.get("amx") else ""  # (records from before the field: no AMX recorded)
+    return f"cpu-{cpu.get('arch', 'unknown')}-{isa}{amx}-{cpu.get('torch_threads')}t"
 
 
 # ----------------------------------------------------------------------------- records

@@ -30,6 +30,7 @@ def test_fingerprint_describes_the_machine_and_the_software():
     assert versions["torch"] == torch.__version__ and versions["bigperf"] and versions["python"]
     assert "commit" in fp["git"] and "dirty" in fp["git"]
     assert fp["machine_kind"] == machine_kind(fp) and fp["machine_kind"].startswith("cpu-")
+    assert isinstance(cpu["amx"], bool)
     json.dumps(fp)  # a record must serialise as is
 
 
@@ -38,6 +39,10 @@ def test_machine_kind_separates_isa_threads_and_gpus():
     assert machine_kind(base) == "cpu-x86_64-avx2-2t"
     assert machine_kind({**base, "cpu": {**base["cpu"], "isa": "avx512"}}) == "cpu-x86_64-avx512-2t"
     assert machine_kind({**base, "gpu": {"name": "NVIDIA H200"}}) == "cuda-nvidia-h200"
+    # An AMX Xeon and a Zen 4 both run our 'avx512' path, but torch's GEMMs differ: their
+    # baselines must not be shared.
+    amx = {**base, "cpu": {**base["cpu"], "isa": "avx512", "amx": True}}
+    assert machine_kind(amx) == "cpu-x86_64-avx512-amx-2t"
 
 
 def test_record_round_trips_and_history_appends(tmp_path):
