@@ -197,7 +197,7 @@ inline __m512i quad_control_table() {
   return _mm512_load_si512(words);
 }
 
-// The register tiles of each strip form: rows(mr, kc, ...) runs the tile of mr rows over kc k.
+// The register tile of each strip form: tile<MR>(kc, ...) runs MR rows of x over kc k of a strip.
 struct PairStrips {  // dense: pair rows of kNR units (panel packers, from_fp32)
   template <int MR>
   static void tile(int64_t kc, const uint16_t* const* xr, const uint32_t* b, float* c, int64_t ldc) {
