@@ -52,6 +52,8 @@ SHIM __m512i _mm512_cvtepu16_epi32(__m256i v) { uint16_t a[16]; int32_t t[16]; s
 SHIM __m512i _mm512_cvtepu8_epi32(__m128i v) { uint8_t a[16]; int32_t t[16]; shim::get(v, a); for (int i = 0; i < 16; ++i) t[i] = a[i]; return shim::put<__m512i>(t); }
 // vpermilps: lane i takes lane (i & ~3) + (control_i & 3) of the same 128-bit lane.
 SHIM __m512 _mm512_permutevar_ps(__m512 v, __m512i c) { float a[16], t[16]; int32_t ci[16]; shim::get(v, a); shim::get(c, ci); for (int i = 0; i < 16; ++i) t[i] = a[(i & ~3) + (ci[i] & 3)]; return shim::put<__m512>(t); }
+SHIM __m512d _mm512_cvtps_pd(__m256 v) { float a[8]; double t[8]; shim::get(v, a); for (int i = 0; i < 8; ++i) t[i] = a[i]; return shim::put<__m512d>(t); }
+SHIM __m256 _mm512_extractf32x8_ps(__m512 v, int half) { float a[16], t[8]; shim::get(v, a); for (int i = 0; i < 8; ++i) t[i] = a[8 * (half & 1) + i]; return shim::put<__m256>(t); }
 SHIM __m256 _mm512_cvtpd_ps(__m512d v) { double a[8]; float t[8]; shim::get(v, a); for (int i = 0; i < 8; ++i) t[i] = (float)a[i]; return shim::put<__m256>(t); }
 SHIM __m512 _mm512_cvtph_ps(__m256i v) { uint16_t a[16]; float t[16]; shim::get(v, a); for (int i = 0; i < 16; ++i) t[i] = shim_h2f(a[i]); return shim::put<__m512>(t); }
 SHIM __m256i _mm512_cvtps_ph(__m512 v, int) { float a[16]; uint16_t t[16]; shim::get(v, a); for (int i = 0; i < 16; ++i) t[i] = shim_f2h(a[i]); return shim::put<__m256i>(t); }
