@@ -202,7 +202,7 @@ inline void column_doubles(const Int8DynamicLinearArgs& a, int64_t n0, int64_t c
 // could not be forwarded (a stall of ~8 % of held_dot_block's samples at 768 x 3072, M = 128).
 inline void column_vectors(const Int8DynamicLinearArgs& a, int64_t n0, int64_t cnt, __m512d (&ws)[2],
                            __m512d (&bd)[2]) {
-  const __mmask16 mask = cnt >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << cnt) - 1);
+  const __mmask16 mask = first_lanes(cnt);
   const __m512 s = _mm512_maskz_loadu_ps(mask, a.w_scale + n0);
   const __m512 b = a.bias ? _mm512_maskz_loadu_ps(mask, a.bias + n0) : _mm512_setzero_ps();
   ws[0] = _mm512_cvtps_pd(_mm512_castps512_ps256(s));

@@ -180,8 +180,10 @@ inline auto s24_lanes_quad_packer(const Sparse24Args& a) {
   static_assert(VT == S24Values::bf16 || VT == S24Values::i8, "bf16 values or int8 codes");
   constexpr int64_t NR = panel_bf16::kNR, kGroupBytes = 2 * kLaneRows * lanes_esize(VT), kStepBytes = 2 * kGroupBytes;
   const int64_t blocks = (a.N + kLaneRows - 1) / kLaneRows, steps = a.K / 8;
-  return [&a, blocks, steps](int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint32_t* dst) {
-    const __m512i controls = panel_bf16::quad_control_table(), nibble = _mm512_set1_epi32(15);
+  // (The control table once per call, not per task.)
+  return [&a, blocks, steps, controls = panel_bf16::quad_control_table()](int64_t n0, int64_t nc, int64_t k0, int64_t kc,
+                                                                          uint32_t* dst) {
+    const __m512i nibble = _mm512_set1_epi32(15);
     for (int64_t s = 0; s < nc; s += NR) {
       for (int64_t c = 0; c < NR; c += kLaneRows) {
         uint32_t* out = dst + s * kc + c;  // group q's pairs at out + 2 q NR, its controls NR further
