@@ -7,7 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 # A swapped layer counts as slower than the original below this speedup at every batch size
-# tuned: swap's timing of each layer is a median of a few calls, within ~5 % of itself.
+# tuned (swap's default min_speedup: such a layer is kept): swap's timing of each layer is a
+# ratio of medians of alternating samples, within ~5 % of itself.
 SLOWER_BELOW = 0.95
 
 
@@ -46,8 +47,8 @@ class SwapReport:
     def slower_layers(self) -> list[str]:
         """Swapped layers that ran slower than the layer they replaced at every batch size
         tuned (swap(batch_sizes=...)), by more than the timing's noise: small layers, where
-        the call costs more than the arithmetic (README: per-call cost). Keep them with a
-        {fqn: None} entry in the recipe, or filter=."""
+        the call costs more than the arithmetic (README: per-call cost). swap keeps such
+        layers unless told min_speedup=None (or a lower one)."""
         return [c.name for c in self.changes
                 if c.by_batch and all(r["speedup"] < SLOWER_BELOW for r in c.by_batch.values())]
 
@@ -96,7 +97,7 @@ class SwapReport:
         if slower:
             names = ", ".join(slower[:5]) + (f" and {len(slower) - 5} more" if len(slower) > 5 else "")
             table.caption += (f"\n{len(slower)} layer(s) ran slower than the original at every batch size tuned "
-                              f"({escape(names)}); keep them with a {{name: None}} recipe entry or filter=")
+                              f"({escape(names)}); swap keeps them unless min_speedup=None")
         return table
 
     def __str__(self) -> str:

@@ -7,6 +7,7 @@ the model is restored exactly as it was.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -19,7 +20,7 @@ from bigperf.configs import config_by_name, config_to_dict, is_config
 from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_maps
 from bigperf.errors import LayerRefused
 from bigperf.ops.registry import NoBackendError
-from bigperf.report import LayerChange, SwapReport
+from bigperf.report import SLOWER_BELOW, LayerChange, SwapReport
 from bigperf.tune_swap import cache_location, check_batch_sizes, tune_planned
 
 
@@ -163,13 +164,32 @@ def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> list[tuple[str,
     return undo
 
 
+def check_min_speedup(min_speedup) -> None:
+    if min_speedup is None:
+        return
+    if isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or not 0 < min_speedup < math.inf:
+        raise ValueError(f"bigperf.swap: argument 'min_speedup' must be None or a positive number (the original "
+                         f"layer's time / the swapped layer's, e.g. 0.95), got {min_speedup!r}")
+
+
+def slower_reason(by_batch: dict[int, dict], min_speedup: float) -> str | None:
+    """Why a layer measured at these batch sizes is kept, or None when it is swapped: kept
+    only when it runs below min_speedup at every size (a layer faster at some sizes is
+    swapped and the report shows the others)."""
+    if not by_batch or any(r["speedup"] >= min_speedup for r in by_batch.values()):
+        return None
+    ratios = ", ".join(f"{r['speedup']:.2f}x at M={m}" for m, r in sorted(by_batch.items()))
+    return f"slower than the original at every batch size measured ({ratios}; min_speedup={min_speedup:g})"
+
+
 def restore_modules(model: nn.Module, undo: list[tuple[str, nn.Module]]) -> None:
     for name, original in reversed(undo):
         set_submodule(model, name, original)
 
 
 def swap(model: nn.Module, config, *, filter: Callable | None = None, calibration=None,
-         min_sqnr: float | None = None, dry_run: bool = False, batch_sizes=None) -> SwapReport:
+         min_sqnr: float | None = None, dry_run: bool = False, batch_sizes=None,
+         min_speedup: float | None = SLOWER_BELOW) -> SwapReport:
     """Replace the model's linear maps according to `config`; returns a SwapReport.
 
     config: a config (e.g. bigperf.Int8WeightOnly(group_size=128)), a config name
@@ -182,7 +202,10 @@ def swap(model: nn.Module, config, *, filter: Callable | None = None, calibratio
     batch_sizes (e.g. (1, 16, 128)): tune every swapped layer for these numbers of rows
     now (bigperf/tune.py measures which path is fastest on this machine and caches it), and
     report per layer the path and the speedup over the original layer at each size. Without
-    it, each new batch size is tuned at its first call, within a small budget.
+    it, each new batch size is tuned at its first call, within a small budget. A layer whose
+    swap runs below `min_speedup` times the original's speed at every one of these sizes is
+    kept (small layers, where a call costs more than its arithmetic; the report says how
+    fast each size ran); min_speedup=None swaps it anyway.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"bigperf.swap: argument 'model' must be an nn.Module, got {type(model).__name__}")
@@ -191,6 +214,7 @@ def swap(model: nn.Module, config, *, filter: Callable | None = None, calibratio
         raise ValueError("bigperf.swap: argument 'min_sqnr' needs 'calibration' batches to measure SQNR on")
 
     sizes = check_batch_sizes(batch_sizes) if batch_sizes is not None else None
+    check_min_speedup(min_speedup)
 
     planned, kept = plan_swaps(model, config, filter)
     sqnr = measure_sqnr(model, planned, calibration) if calibration is not None else {}
@@ -203,14 +227,20 @@ def swap(model: nn.Module, config, *, filter: Callable | None = None, calibratio
             report.kept.append((p.name, refusal))
             continue
         accepted.append(p)
-        report.changes.append(LayerChange(p.name, type(p.old).__name__, type(p.new).__name__, p.activation,
-                                          _module_bytes(p.old), _module_bytes(p.new), p.new.backend(), layer_sqnr,
-                                          config=p.config.describe()))
+    per_layer = {}
     if sizes:
         per_layer, report.tuning_seconds = tune_planned(accepted, sizes)
-        for change in report.changes:
-            change.by_batch = per_layer.get(change.name, {})
         report.tune_cache = cache_location()
+        if min_speedup is not None:
+            slower = {p.name: reason for p in accepted
+                      if (reason := slower_reason(per_layer[p.name], min_speedup)) is not None}
+            report.kept.extend(slower.items())
+            accepted = [p for p in accepted if p.name not in slower]
+    for p in accepted:
+        report.changes.append(LayerChange(p.name, type(p.old).__name__, type(p.new).__name__, p.activation,
+                                          _module_bytes(p.old), _module_bytes(p.new), p.new.backend(),
+                                          sqnr.get(p.name), config=p.config.describe(),
+                                          by_batch=per_layer.get(p.name, {})))
     if not dry_run:
         apply_swaps(model, accepted)
     return report

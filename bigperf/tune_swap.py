@@ -9,6 +9,7 @@ seven distinct linear shapes, not 224.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Iterable
@@ -18,10 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigperf import tune
+from bigperf.ops.activations import apply_activation
 from bigperf.ops.registry import record_paths
 
-TIMED_CALLS = 3
-
+# How a swapped layer's speed is compared with the original's: samples of each, alternating,
+# each sample long enough to rise above the clock and the host's noise (a 64 x 64 layer's call
+# is ~10 us: a sample is ~200 calls), then the ratio of the medians. A layer whose single call
+# already takes SLOW_CALL_S is sampled fewer times: swap(batch_sizes=...) of a 7B-shaped layer
+# set must stay within its tuning-time goal (benchmarks/bench_tuning_cost.py).
+SAMPLE_S = 2e-3
+ROUNDS = 5
+ROUNDS_SLOW = 3
+SLOW_CALL_S = 20e-3
 
 # Tuning allocates an x of M rows per layer (M = 65536, K = 16384 would be 4 GiB of fp32).
 MAX_TUNED_ROWS = 1 << 15
@@ -42,15 +51,28 @@ def check_batch_sizes(batch_sizes) -> tuple[int, ...]:
     return tuple(sorted(set(sizes)))
 
 
-def _median_time(fn, x) -> float:
-    times = []
-    for _ in range(TIMED_CALLS):
-        t0 = time.perf_counter()
+def _time_calls(fn, x, calls: int) -> float:
+    """Seconds a call of fn(x), averaged over `calls` back-to-back calls."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
         fn(x)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return (time.perf_counter() - t0) / calls
+
+
+def speed_ratio(old, new, x) -> float:
+    """old's time / new's time on x (both warm): the ratio of the medians of alternating samples."""
+    first_old, first_new = _time_calls(old, x, 1), _time_calls(new, x, 1)
+    slowest = max(first_old, first_new, 1e-7)
+    calls = max(1, math.ceil(SAMPLE_S / slowest))
+    rounds = ROUNDS_SLOW if slowest >= SLOW_CALL_S else ROUNDS
+    olds, news = ([first_old], [first_new]) if calls == 1 else ([], [])  # a one-call sample is a sample
+    while len(olds) < rounds:
+        olds.append(_time_calls(old, x, calls))
+        news.append(_time_calls(new, x, calls))
+    t_new = statistics.median(news)
+    return statistics.median(olds) / t_new if t_new > 0 else float("inf")
 
 
 def tune_layer(old, new: nn.Module, in_features: int, batch_sizes: Iterable[int],
@@ -69,21 +91,26 @@ def tune_layer(old, new: nn.Module, in_features: int, batch_sizes: Iterable[int]
                 new(x)  # tunes, if this key is new
             paths = sorted({path for _, path in ran})
             old(x)  # warm-up of the original, as the new layer just had
-            t_old = _median_time(old, x)
-            t_new = _median_time(new, x)
-            results[m] = {"path": "+".join(paths) or "?", "speedup": t_old / t_new if t_new > 0 else float("inf")}
+            results[m] = {"path": "+".join(paths) or "?", "speedup": speed_ratio(old, new, x)}
     return results
 
 
-def _original_math(linear_map):
-    """What the replaced layer computed, as F.linear on its own tensors: timing it must not
+class _OriginalMath(nn.Module):
+    """What the replaced layer computed (and the activation the swap fuses into the new one),
+    as F.linear on its own tensors, called as a module like the original: timing it must not
     run the user's module (its forward hooks, or any other code of theirs)."""
-    module = linear_map.module
-    weight = module.weight.detach()
-    weight = weight.t() if linear_map.transposed else weight
-    bias = getattr(module, "bias", None)
-    bias = bias.detach() if bias is not None else None
-    return lambda x: F.linear(x, weight, bias)
+
+    def __init__(self, linear_map, activation: str):
+        super().__init__()
+        module = linear_map.module
+        weight = module.weight.detach()
+        self.weight = weight.t() if linear_map.transposed else weight
+        bias = getattr(module, "bias", None)
+        self.bias = bias.detach() if bias is not None else None
+        self.activation = activation
+
+    def forward(self, x):
+        return apply_activation(F.linear(x, self.weight, self.bias), self.activation)
 
 
 def layer_signature(planned) -> tuple:
@@ -101,7 +128,7 @@ def tune_planned(planned: list, batch_sizes: tuple[int, ...]) -> tuple[dict[str,
     for p in planned:
         sig = layer_signature(p)
         if sig not in done:
-            done[sig] = tune_layer(_original_math(p.linear), p.new, p.linear.in_features, batch_sizes,
+            done[sig] = tune_layer(_OriginalMath(p.linear, p.activation), p.new, p.linear.in_features, batch_sizes,
                                    p.linear.module.weight.dtype, p.linear.module.weight.device)
         per_layer[p.name] = done[sig]
     return per_layer, time.perf_counter() - started
