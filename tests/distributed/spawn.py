@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 
 def free_port() -> int:
@@ -58,7 +59,7 @@ def run_ranks(world: int, cases: list[str], timeout_s: float, backend: str = "gl
         # join() returns after any one rank exits; the deadline is for all of them.
         while not context.join(timeout=max(0.1, deadline - time.monotonic())) and time.monotonic() < deadline:
             pass
-    except mp.ProcessException as error:  # a rank raised outside the cases, or was killed
+    except ProcessException as error:  # a rank raised outside the cases, or was killed
         raise AssertionError(f"a rank failed: {error}\n{_read(out, world)}") from None
     finally:
         alive = [p for p in context.processes if p.is_alive()]
