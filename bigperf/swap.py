@@ -18,6 +18,7 @@ from torch import nn
 from bigperf.accuracy import gate_reason, measure_sqnr
 from bigperf.configs import config_by_name, config_to_dict, is_config
 from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_maps
+from bigperf.distributed.adopt import adopt, is_dtensor, move_torch_hooks
 from bigperf.errors import LayerRefused
 from bigperf.ops.registry import NoBackendError
 from bigperf.report import SLOWER_BELOW, LayerChange, SwapReport
@@ -32,6 +33,13 @@ class PlannedSwap:
     new: nn.Module
     activation: str
     absorbed: str | None  # fqn of a fused activation module, replaced by nn.Identity
+    # A layer torch's parallelize_module sharded (distributed/adopt.py): what to attach to
+    # its shard. A layer bigperf.distributed sharded carries its own (old.tensor_parallel).
+    tensor_parallel: object = None
+
+    @property
+    def sharded(self) -> bool:
+        return self.tensor_parallel is not None or "tensor_parallel" in self.old.__dict__
 
     @property
     def old(self) -> nn.Module:
@@ -39,7 +47,9 @@ class PlannedSwap:
 
 
 def _module_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+    """Bytes this process holds (of a DTensor, its local shard)."""
+    tensors = [t.to_local() if is_dtensor(t) else t for t in list(module.parameters()) + list(module.buffers())]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def normalize_config(config):
@@ -101,9 +111,13 @@ def plan_swaps(model: nn.Module, config, filter: Callable | None) -> tuple[list[
         absorbed, activation = fusions.get(lm.name, (None, "none"))
         if not chosen.fuse_activations:
             absorbed, activation = None, "none"
+        tensor_parallel = None  # what a shard of torch's styles attaches
         try:
-            new = chosen.make_layer(lm.as_linear(), activation)
-        except LayerRefused as refusal:  # e.g. a dense weight offered to a sparse format
+            if is_dtensor(lm.module.weight):  # sharded by torch's parallelize_module
+                new, tensor_parallel = adopt(lm.name, lm.module, lambda whole: chosen.make_layer(whole, activation))
+            else:
+                new = chosen.make_layer(lm.as_linear(), activation)
+        except LayerRefused as refusal:  # e.g. a dense weight offered to a sparse format, a split it cannot take
             kept.append((lm.name, str(refusal)))
             continue
         try:
@@ -115,7 +129,7 @@ def plan_swaps(model: nn.Module, config, filter: Callable | None) -> tuple[list[
         if why_not is not None:
             kept.append((lm.name, why_not))
             continue
-        planned.append(PlannedSwap(lm.name, chosen, lm, new, activation, absorbed))
+        planned.append(PlannedSwap(lm.name, chosen, lm, new, activation, absorbed, tensor_parallel))
     return planned, kept
 
 
@@ -126,14 +140,17 @@ def _probe_forward(new: nn.Module, lm: LinearMap) -> str | None:
     weight = lm.module.weight
     if weight.device.type == "meta":
         return None  # nothing can run there; backend() has already answered for the device
-    x = torch.randn(1, lm.in_features, dtype=weight.dtype, device=weight.device)
+    # A shard (distributed/adopt.py) takes and gives its own slice of the features.
+    in_features, out_features = (new.in_features, new.out_features) if is_dtensor(weight) else \
+        (lm.in_features, lm.out_features)
+    x = torch.randn(1, in_features, dtype=weight.dtype, device=weight.device)
     try:
         with torch.no_grad():
             out = new.eval()(x)
     except Exception as error:  # noqa: BLE001 - any failure means this layer cannot take the model
         return f"the new layer cannot run on this model's {str(weight.dtype).replace('torch.', '')} inputs: {error}"
-    if not isinstance(out, torch.Tensor) or out.shape != (1, lm.out_features):
-        return f"the new layer gave {getattr(out, 'shape', type(out).__name__)} for one row, not (1, {lm.out_features})"
+    if not isinstance(out, torch.Tensor) or out.shape != (1, out_features):
+        return f"the new layer gave {getattr(out, 'shape', type(out).__name__)} for one row, not (1, {out_features})"
     return None
 
 
@@ -150,7 +167,9 @@ def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> list[tuple[str,
                                  "source": type(p.old).__name__, "transposed": p.linear.transposed}
             undo.append((p.name, p.old))
             p.new.train(p.old.training)  # the new layer is in the mode of the one it replaces
-            tensor_parallel = p.old.__dict__.get("tensor_parallel")  # a shard (bigperf/distributed) stays one
+            tensor_parallel = p.tensor_parallel or p.old.__dict__.get("tensor_parallel")  # a shard stays one
+            if p.tensor_parallel is not None:
+                move_torch_hooks(p.old, p.new)  # torch's DTensor hooks, before the shard's own
             if tensor_parallel is not None:
                 tensor_parallel.attach(p.new)
             set_submodule(model, p.name, p.new)
@@ -205,7 +224,11 @@ def swap(model: nn.Module, config, *, filter: Callable | None = None, calibratio
     it, each new batch size is tuned at its first call, within a small budget. A layer whose
     swap runs below `min_speedup` times the original's speed at every one of these sizes is
     kept (small layers, where a call costs more than its arithmetic; the report says how
-    fast each size ran); min_speedup=None swaps it anyway.
+    fast each size ran); min_speedup=None swaps it anyway. A sharded layer is never kept for
+    speed (ranks time alone, and all of them must hold the same layers).
+
+    A model torch's parallelize_module sharded (ColwiseParallel / RowwiseParallel on a 1-D
+    mesh) is swapped shard by shard, on every rank at once (bigperf/distributed/adopt.py).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"bigperf.swap: argument 'model' must be an nn.Module, got {type(model).__name__}")
@@ -217,6 +240,10 @@ def swap(model: nn.Module, config, *, filter: Callable | None = None, calibratio
     check_min_speedup(min_speedup)
 
     planned, kept = plan_swaps(model, config, filter)
+    if calibration is not None and any(p.tensor_parallel is not None for p in planned):
+        raise ValueError("bigperf.swap: argument 'calibration' cannot be measured on layers torch's "
+                         "parallelize_module sharded (their inputs are DTensors); measure SQNR on the unsharded "
+                         "model, or swap before sharding")
     sqnr = measure_sqnr(model, planned, calibration) if calibration is not None else {}
     report = SwapReport(config=describe(config), dry_run=dry_run, kept=kept)
     accepted = []
@@ -231,9 +258,9 @@ def swap(model: nn.Module, config, *, filter: Callable | None = None, calibratio
     if sizes:
         per_layer, report.tuning_seconds = tune_planned(accepted, sizes)
         report.tune_cache = cache_location()
-        if min_speedup is not None:
-            slower = {p.name: reason for p in accepted
-                      if (reason := slower_reason(per_layer[p.name], min_speedup)) is not None}
+        if min_speedup is not None:  # not for shards: every rank must keep the same layers
+            slower = {p.name: reason for p in accepted if not p.sharded
+                      and (reason := slower_reason(per_layer[p.name], min_speedup)) is not None}
             report.kept.extend(slower.items())
             accepted = [p for p in accepted if p.name not in slower]
     for p in accepted:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigperf import tune
+from bigperf.distributed.adopt import is_dtensor
 from bigperf.ops.activations import apply_activation
 from bigperf.ops.registry import record_paths
 
@@ -95,6 +96,11 @@ def tune_layer(old, new: nn.Module, in_features: int, batch_sizes: Iterable[int]
     return results
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (a layer torch's parallelize_module sharded), else t."""
+    return t.to_local() if is_dtensor(t) else t
+
+
 class _OriginalMath(nn.Module):
     """What the replaced layer computed (and the activation the swap fuses into the new one),
     as F.linear on its own tensors, called as a module like the original: timing it must not
@@ -103,21 +109,28 @@ class _OriginalMath(nn.Module):
     def __init__(self, linear_map, activation: str):
         super().__init__()
         module = linear_map.module
-        weight = module.weight.detach()
+        weight = _local(module.weight.detach())
         self.weight = weight.t() if linear_map.transposed else weight
         bias = getattr(module, "bias", None)
-        self.bias = bias.detach() if bias is not None else None
+        self.bias = _local(bias.detach()) if bias is not None else None
         self.activation = activation
 
     def forward(self, x):
         return apply_activation(F.linear(x, self.weight, self.bias), self.activation)
 
 
+def _new_sizes(planned) -> tuple[int, int]:
+    """(in, out) features of the new layer: a shard's (distributed/adopt.py) are its slice of
+    the layer's; a config's own module that does not say has the layer's."""
+    lm, new = planned.linear, planned.new
+    return getattr(new, "in_features", lm.in_features), getattr(new, "out_features", lm.out_features)
+
+
 def layer_signature(planned) -> tuple:
-    lm = planned.linear
-    w = lm.module.weight
-    return (type(planned.new).__name__, planned.config.describe(), planned.activation,
-            lm.in_features, lm.out_features, w.dtype, w.device.type)
+    w = planned.linear.module.weight
+    new = planned.new  # its activation: a row-wise shard runs the layer's after the sum
+    return (type(new).__name__, planned.config.describe(), getattr(new, "activation", planned.activation),
+            *_new_sizes(planned), w.dtype, w.device.type)
 
 
 def tune_planned(planned: list, batch_sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, dict]], float]:
@@ -128,7 +141,7 @@ def tune_planned(planned: list, batch_sizes: tuple[int, ...]) -> tuple[dict[str,
     for p in planned:
         sig = layer_signature(p)
         if sig not in done:
-            done[sig] = tune_layer(_OriginalMath(p.linear, p.activation), p.new, p.linear.in_features, batch_sizes,
+            done[sig] = tune_layer(_OriginalMath(p.linear, sig[2]), p.new, _new_sizes(p)[0], batch_sizes,
                                    p.linear.module.weight.dtype, p.linear.module.weight.device)
         per_layer[p.name] = done[sig]
     return per_layer, time.perf_counter() - started

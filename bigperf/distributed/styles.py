@@ -7,7 +7,8 @@ for other modules) and only parameters, with distribute_tensor's even split: pac
 out of their reach. These subclasses keep the style's contract (shard the module in place;
 input_layouts, output_layouts and use_local_output move activations through DTensor, see
 layouts.py) and do it with the weight format's shard rules; like torch's, they shard one
-module at a time, while bigperf.distributed.parallelize checks the whole plan first."""
+module at a time, while bigperf.distributed.parallelize checks the whole plan first. (The
+other order, torch's own styles on the plain model and bigperf.swap after, is adopt.py's.)"""
 
 from __future__ import annotations
 

@@ -167,6 +167,77 @@ def case_torch_entry_point(rank: int, world: int) -> None:
             raise AssertionError("torch's ColwiseParallel now takes Int8Linear: revisit bigperf.distributed.styles")
 
 
+def case_torch_shards_first(rank: int, world: int) -> None:
+    """torch's own parallelize_module and styles on the plain model, then bigperf.swap: every
+    config gives the shard (and the outputs, bit for bit) of swap then
+    bigperf.distributed.parallelize, with torch's hooks still moving the activations (a
+    sequence-sharded input, a reduce-scatter); what a format cannot split, or a placement
+    that is not a column- or row-wise shard, is kept with the reason, and the model works."""
+    mesh = init_device_mesh("cpu", (world,))
+    x = inputs()
+    torch_styles = {"colwise": TorchColwise, "rowwise": TorchRowwise}
+    with bigperf.use_backend("cpu"), bigperf.fp32_compute(), torch.no_grad():
+        for name, config in CONFIGS.items():
+            for style, x_in in (("colwise", x), ("rowwise", x[..., shard_slice(K, rank, world)])):
+                ours = tp.parallelize(swapped(plain_model(name), config), mesh, {"0": style})
+                theirs = parallelize_module(plain_model(name), mesh, {"0": torch_styles[style]()})
+                swapped(theirs, config)
+                layer = theirs[0]
+                assert type(layer) is type(ours[0]) and layer.tensor_parallel.style == style, (name, style, layer)
+                mine, its = ours[0].state_dict(), layer.state_dict()
+                assert mine.keys() == its.keys(), (name, style)
+                assert all(torch.equal(mine[k], its[k]) if isinstance(mine[k], torch.Tensor) else mine[k] == its[k]
+                           for k in mine), (name, style)
+                got = theirs(x_in)
+                assert type(got) is torch.Tensor and torch.equal(got, ours(x_in)), (name, style)
+        # Sequence parallel: the input arrives sharded along tokens and the row-wise sum leaves
+        # the same way (reduce-scatter), as torch's styles say; against bigperf's own styles.
+        name = "int8-group32"
+        plan = {"0": TorchColwise(input_layouts=Shard(1)), "2": TorchRowwise(output_layouts=Shard(1))}
+
+        def two_layers():
+            torch.manual_seed(3)
+            return nn.Sequential(nn.Linear(K, N), nn.SiLU(), nn.Linear(N, K)).eval()
+        ours = two_layers()
+        bigperf.swap(ours, CONFIGS[name])
+        tp.parallelize(ours, mesh, {"0": tp.ColwiseParallel(input_layouts=Shard(1)),
+                                    "2": tp.RowwiseParallel(output_layouts=Shard(1))})
+        theirs = parallelize_module(two_layers(), mesh, plan)
+        bigperf.swap(theirs, CONFIGS[name])
+        x_local = torch.randn(3, 4, K, generator=torch.Generator().manual_seed(rank))  # this rank's tokens
+        got, expected = theirs(x_local), ours(x_local)
+        assert got.shape == (3, 4, K) and torch.allclose(got, expected, rtol=1e-5, atol=1e-6), \
+            float((got - expected).abs().max())
+        # Splits the format cannot take (a quantisation group cut in two; torch's uneven
+        # chunks of 127 outputs): kept, and the torch-sharded layer still computes.
+        model = parallelize_module(plain_model("int8-channel"), mesh, {"0": TorchRowwise()})
+        before = model(x[..., shard_slice(K, rank, world)])
+        report = bigperf.swap(model, bigperf.Int8WeightOnly(group_size=K))
+        assert report.changes == [] and "group_size" in dict(report.kept)["0"], report.kept
+        assert type(model[0]) is nn.Linear and torch.equal(model(x[..., shard_slice(K, rank, world)]), before)
+        torch.manual_seed(0)
+        model = parallelize_module(nn.Sequential(nn.Linear(K, 127)), mesh, {"0": TorchColwise()})
+        report = bigperf.swap(model, "int8")
+        assert report.changes == [] and f"127 does not split into {world} equal shards" in dict(report.kept)["0"], report.kept
+        # A replicated weight is no shard: kept, naming the placements.
+        model = plain_model("int8-channel")
+        model[0].weight = nn.Parameter(torch.distributed.tensor.distribute_tensor(model[0].weight.detach(), mesh,
+                                                                                  [Replicate()]))
+        model[0].bias = nn.Parameter(torch.distributed.tensor.distribute_tensor(model[0].bias.detach(), mesh,
+                                                                                [Replicate()]))
+        report = bigperf.swap(model, "int8")
+        assert report.changes == [] and "Replicate()" in dict(report.kept)["0"], report.kept
+        # Calibration runs the model on DTensors: refused before anything changes.
+        model = parallelize_module(plain_model("int8-channel"), mesh, {"0": TorchColwise()})
+        try:
+            bigperf.swap(model, "int8", calibration=[x], min_sqnr=20)
+        except ValueError as error:
+            assert "calibration" in str(error), error
+        else:
+            raise AssertionError("swap measured SQNR on a torch-sharded layer")
+        assert type(model[0]) is nn.Linear
+
+
 def case_layouts(rank: int, world: int) -> None:
     """torch's layout options, through DTensor, against the unsharded swapped model: a
     sequence-sharded input all-gathered into a column-wise shard, a row-wise sum
@@ -397,4 +468,5 @@ def case_save(rank: int, world: int) -> None:
 
 
 CASES = {"smoke": case_smoke, "save": case_save, "layers": case_layers, "layer_state": case_layer_state,
-         "torch_entry_point": case_torch_entry_point, "bad_plans": case_bad_plans, "layouts": case_layouts}
+         "torch_entry_point": case_torch_entry_point, "bad_plans": case_bad_plans, "layouts": case_layouts,
+         "torch_shards_first": case_torch_shards_first}

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import transformers
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor.parallel import parallelize_module
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 import bigperf
 import bigperf.distributed as tp
@@ -29,6 +29,11 @@ TORCH_PLAN = {f"model.layers.*.{path}": style() for path, style in (
     ("self_attn.v_proj", tp.ColwiseParallel), ("self_attn.o_proj", tp.RowwiseParallel),
     ("mlp.gate_proj", tp.ColwiseParallel), ("mlp.up_proj", tp.ColwiseParallel),
     ("mlp.down_proj", tp.RowwiseParallel))}
+# And with torch's own styles, which shard the plain model's nn.Linear layers (swap after).
+TORCH_OWN_PLAN = {f"model.layers.*.{path}": style() for path, style in (
+    ("self_attn.q_proj", ColwiseParallel), ("self_attn.k_proj", ColwiseParallel),
+    ("self_attn.v_proj", ColwiseParallel), ("self_attn.o_proj", RowwiseParallel),
+    ("mlp.gate_proj", ColwiseParallel), ("mlp.up_proj", ColwiseParallel), ("mlp.down_proj", RowwiseParallel))}
 
 CONFIGS = {
     "fused-bf16": bigperf.FusedMixedPrecision(torch.bfloat16),
@@ -95,8 +100,9 @@ def case_llama(rank: int, world: int) -> None:
 
 
 def case_llama_orders(rank: int, world: int) -> None:
-    """Shard then swap, and torch's parallelize_module with bigperf's styles, give what swap
-    then parallelize gives; each rank holds about 1/world of the sharded layers' weights."""
+    """Shard then swap (with bigperf's parallelize or torch's own styles), and torch's
+    parallelize_module with bigperf's styles, give what swap then parallelize gives; each
+    rank holds about 1/world of the sharded layers' weights."""
     mesh = init_device_mesh("cpu", (world,))
     failures = []
     config = CONFIGS["int8-group32"]
@@ -115,6 +121,17 @@ def case_llama_orders(rank: int, world: int) -> None:
             failures.append("shard then swap: logits not bitwise those of swap then shard")
         compare("torch parallelize_module", parallelize_module(copy.deepcopy(swapped), mesh, TORCH_PLAN),
                 *expected, failures)
+        # torch's own styles on the plain model, then swap: each layer gathered, swapped, cut.
+        torch_first = parallelize_module(tiny_llama(), mesh, TORCH_OWN_PLAN)
+        report = bigperf.swap(torch_first, config)
+        if len(report.changes) != 2 * 7 + 1:
+            failures.append(f"torch's styles then swap: kept {report.kept}")
+        compare("torch's styles then swap", torch_first, *expected, failures)
+        if not torch.equal(run(torch_first)[0], run(swap_first)[0]):
+            failures.append("torch's styles then swap: logits not bitwise those of swap then shard")
+        if _sharded_bytes(torch_first) != _sharded_bytes(swap_first):
+            failures.append(f"torch's styles then swap hold {_sharded_bytes(torch_first)} bytes of sharded layers, "
+                            f"parallelize {_sharded_bytes(swap_first)}")
         # A whole checkpoint (bigperf.save of the unsharded swapped model) read into a sharded model.
         path = Path(tempfile.gettempdir(), f"bigperf-tp-llama-{os.environ['MASTER_PORT']}")
         if rank == 0:

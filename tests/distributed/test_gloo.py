@@ -12,9 +12,10 @@ LAYERS = "tests.distributed.cases_layers"
 LLAMA = "tests.distributed.cases_llama"
 SHM = "tests.distributed.cases_shm:shm"
 TWO_RANK_CASES = [SHM] + [f"{LAYERS}:{case}" for case in ("layers", "layer_state", "torch_entry_point", "bad_plans",
-                                                          "save", "layouts")]
+                                                          "save", "layouts", "torch_shards_first")]
 if importlib.util.find_spec("transformers") is not None:  # else the Llama tests skip, with the reason
     TWO_RANK_CASES += [f"{LLAMA}:{case}" for case in ("llama", "llama_orders")]
+FOUR_RANK_CASES = [SHM, f"{LAYERS}:smoke", f"{LAYERS}:layouts", f"{LAYERS}:torch_shards_first"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def test_two_ranks_shared_memory_all_reduce(two_ranks):
     check_case(two_ranks, SHM, 2)
 
 
-@pytest.mark.parametrize("case", ["layers", "layer_state", "torch_entry_point", "bad_plans", "save", "layouts"])
+@pytest.mark.parametrize("case", ["layers", "layer_state", "torch_entry_point", "bad_plans", "save", "layouts",
+                                  "torch_shards_first"])
 def test_two_ranks(two_ranks, case):
     check_case(two_ranks, f"{LAYERS}:{case}", 2)
 
@@ -39,9 +41,9 @@ def test_two_ranks_llama(two_ranks, case):
 
 @pytest.fixture(scope="module")
 def four_ranks():
-    return run_ranks(4, [SHM, f"{LAYERS}:smoke", f"{LAYERS}:layouts"], timeout_s=240)
+    return run_ranks(4, FOUR_RANK_CASES, timeout_s=240)
 
 
-@pytest.mark.parametrize("case", [SHM, f"{LAYERS}:smoke", f"{LAYERS}:layouts"])
+@pytest.mark.parametrize("case", FOUR_RANK_CASES)
 def test_four_ranks(four_ranks, case):
     check_case(four_ranks, case, 4)
