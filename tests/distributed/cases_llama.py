@@ -132,6 +132,16 @@ def case_llama_orders(rank: int, world: int) -> None:
         if _sharded_bytes(torch_first) != _sharded_bytes(swap_first):
             failures.append(f"torch's styles then swap hold {_sharded_bytes(torch_first)} bytes of sharded layers, "
                             f"parallelize {_sharded_bytes(swap_first)}")
+        # ... and bigperf.distributed.save writes it as the unsharded swapped model.
+        saved = Path(tempfile.gettempdir(), f"bigperf-tp-llama-torch-{os.environ['MASTER_PORT']}")
+        tp.save(torch_first, saved)
+        if rank == 0:
+            reloaded = tiny_llama()
+            bigperf.load(reloaded, saved)
+            if not torch.equal(run(reloaded)[0], expected[0]):
+                failures.append("torch's styles then swap, saved and loaded whole: logits not bitwise the swapped model's")
+            shutil.rmtree(saved)
+        dist.barrier()
         # A whole checkpoint (bigperf.save of the unsharded swapped model) read into a sharded model.
         path = Path(tempfile.gettempdir(), f"bigperf-tp-llama-{os.environ['MASTER_PORT']}")
         if rank == 0:
