@@ -8,7 +8,6 @@ a record (or of a newer schema) gives a BenchFileError naming the file and the p
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -54,17 +53,6 @@ class BenchFileError(ValueError):
 
 
 # ----------------------------------------------------------------------------- fingerprint
-
-def _has_amx() -> bool:
-    """Whether the CPU has AMX tiles (Linux: /proc/cpuinfo's amx_tile flag; elsewhere unknown,
-    False). PyTorch's bf16 and int8 GEMMs run on AMX where it exists, so our speedups over
-    them there are not those of an AVX-512 CPU without it (Zen 4)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return "amx_tile" in line.split(":", 1)[1].split()
-    return False
-
 
 def _version(package: str) -> str | None:
     try:
@@ -118,10 +106,13 @@ def fingerprint(device: torch.device) -> dict:
     except AttributeError:
         usable = os.cpu_count()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    features = dict(module.cpu_features()) if module is not None and hasattr(module, "cpu_features") else None
     fp = {
         "cpu": {
-            "model": cpu_model(), "arch": platform.machine(), "amx": _has_amx(),
-            "features": dict(module.cpu_features()) if module is not None and hasattr(module, "cpu_features") else None,
+            # PyTorch's bf16 and int8 GEMMs run on AMX where it exists (oneDNN), so our speedups
+            # over them there are not those of an AVX-512 CPU without it (Zen 4): its own kind.
+            "model": cpu_model(), "arch": platform.machine(), "amx": bool(features and features.get("amx_tile")),
+            "features": features,
             "runnable_isas": _ext.runnable_cpu_isas(), "isa": isa,
             "torch_capability": torch.backends.cpu.get_cpu_capability(),
             "logical_cores": os.cpu_count(), "usable_cores": usable, "torch_threads": torch.get_num_threads(),

@@ -1,6 +1,11 @@
 #include "cpu/cpu_features.h"
 
 #include <algorithm>
+#include <cstdint>
+
+#if defined(BIGPERF_X86) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
 
 namespace bigperf::cpu {
 
@@ -18,6 +23,21 @@ const CpuFeatures& cpu_features() {
     f.avx512dq = __builtin_cpu_supports("avx512dq");
     f.avx512vnni = __builtin_cpu_supports("avx512vnni");
     f.avx512bf16 = __builtin_cpu_supports("avx512bf16");
+    // AMX: CPUID.(7, 0).EDX bits 24 (tile), 22 (bf16), 25 (int8), usable only where the OS
+    // saves the tile state (XCR0 bits 17 and 18, read by xgetbv once OSXSAVE says it may be).
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx >> 24 & 1)) {
+      unsigned a1 = 0, b1 = 0, c1 = 0, d1 = 0;
+      bool tile_state = false;
+      if (__get_cpuid(1, &a1, &b1, &c1, &d1) && (c1 >> 27 & 1)) {  // OSXSAVE
+        uint32_t xcr0_lo = 0, xcr0_hi = 0;
+        __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+        tile_state = (xcr0_lo >> 17 & 3) == 3;
+      }
+      f.amx_tile = tile_state;
+      f.amx_bf16 = tile_state && (edx >> 22 & 1);
+      f.amx_int8 = tile_state && (edx >> 25 & 1);
+    }
 #endif
     return f;
   }();

@@ -9,6 +9,10 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512vnni = false, avx512bf16 = false;
+  // AMX tiles with bf16 / int8 products, present and enabled by the OS (XCR0 tile state).
+  // None of our kernels use them; PyTorch's bf16 and int8 GEMMs do (oneDNN), so timings
+  // against torch on such a CPU hold only there (tuning fingerprint, bench machine kind).
+  bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
 };
 
 const CpuFeatures& cpu_features();
