@@ -5,7 +5,9 @@ cache. Two ways to use the machine's cores, timed alternately in one run:
     single: 1 process x T threads, the whole model
     single-1t: the same process at 1 thread (a reference: what one core does alone)
     tp:     T ranks x 1 thread each (gloo), bigperf.distributed.parallelize with the common
-            plan (q/k/v/gate/up column-wise, o/down row-wise)
+            plan (q/k/v/gate/up column-wise, o/down row-wise); with --sharded-by torch,
+            torch's own parallelize_module and styles on the plain model, swapped after
+            (bigperf/distributed/adopt.py: torch's DTensor hooks stay on every layer)
 
 Reports tokens/s of each (median and quartiles over rounds), their per-round ratio, the
 weight bytes each process holds, and one all-reduce of a decode row's time, through the
@@ -39,6 +41,17 @@ PLAN = {r"model\.layers\.\d+\.self_attn\.(q|k|v)_proj": "colwise",
         r"model\.layers\.\d+\.self_attn\.o_proj": "rowwise",
         r"model\.layers\.\d+\.mlp\.(gate|up)_proj": "colwise",
         r"model\.layers\.\d+\.mlp\.down_proj": "rowwise"}
+
+
+def torch_plan() -> dict:
+    """PLAN in torch's spelling, with torch's own styles."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    styles = {"q": ColwiseParallel, "k": ColwiseParallel, "v": ColwiseParallel, "o": RowwiseParallel}
+    plan = {f"model.layers.*.self_attn.{name}_proj": style() for name, style in styles.items()}
+    plan.update({f"model.layers.*.mlp.{name}_proj": style()
+                 for name, style in (("gate", ColwiseParallel), ("up", ColwiseParallel), ("down", RowwiseParallel))})
+    return plan
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +133,14 @@ def rank_main(rank, world, port, args, commands, replies):
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh("cpu", (world,))
-    model = bigperf.distributed.parallelize(build(args), mesh, PLAN)
+    if args.sharded_by == "torch":
+        import bigperf
+        from torch.distributed.tensor.parallel import parallelize_module
+
+        model = parallelize_module(llama(args), mesh, torch_plan())
+        bigperf.swap(model, args.config)
+    else:
+        model = bigperf.distributed.parallelize(build(args), mesh, PLAN)
     if args.shard_vocab:  # the embedding by torch's own style, the lm_head by bigperf's, logits gathered
         from torch.distributed.tensor import Replicate
         from torch.distributed.tensor.parallel import RowwiseParallel, parallelize_module
@@ -144,6 +164,8 @@ def main():
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tune", action="store_true", help="keep measured dispatch on (see above)")
+    parser.add_argument("--sharded-by", choices=("bigperf", "torch"), default="bigperf",
+                        help="tp ranks: bigperf.distributed.parallelize, or torch's parallelize_module then swap")
     args = parser.parse_args()
     world = args.threads
     if not args.tune:
@@ -216,7 +238,8 @@ def main():
         pass
     print(f"CPU: {cpu}; torch {torch.__version__}; config {args.config}; {args.layers} layers, hidden {args.hidden}, "
           f"intermediate {args.intermediate}, vocab {args.vocab}; {args.tokens} tokens after a {args.prompt}-token "
-          f"prompt, batch 1; {args.rounds} rounds; measured dispatch {'on' if args.tune else 'off'}")
+          f"prompt, batch 1; {args.rounds} rounds; measured dispatch {'on' if args.tune else 'off'}; "
+          f"tp sharded by {args.sharded_by}")
     for name, values in (("single", single_tps), ("tp", tp_tps), ("single-1t", one_tps), ("tp / single", ratios)):
         q = quantiles(values)
         print(f"  {name:12s} median {q['median']:8.2f}  q1 {q['q1']:8.2f}  q3 {q['q3']:8.2f}"

@@ -7,15 +7,18 @@ swaps such a layer into the shard that swapping first and sharding after gives: 
 weight is gathered for this one layer (an all-gather; no rank ever holds more than one full
 layer), swapped whole by the config, then cut by its weight format's shard rules
 (layers.shard_layer), so every rank holds what bigperf.distributed.parallelize would give and
-the model computes what the unsharded swapped model computes. torch's hooks move to the new
-layer and keep doing their part (DTensor inputs in, the plan's output layouts out); the
-shard hands its output to them as a DTensor (TensorParallel.dtensor_mesh).
+the model computes what the unsharded swapped model computes. The style's layouts are read
+from torch's hooks on the layer (style_hooks), so the shard moves activations as
+bigperf.distributed's styles do; failing that, torch's hooks move to the new layer and keep
+doing their part, the shard handing its output to them as a DTensor
+(TensorParallel.dtensor_mesh).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -70,10 +73,60 @@ def full_linear(module: nn.Module) -> nn.Linear:
     return linear
 
 
-def adopt(name: str, module: nn.Module, make_layer) -> tuple[nn.Module, object]:
-    """(this rank's shard of make_layer(the full layer), the TensorParallel to attach).
-    LayerRefused when the layer's placements or the format's shard rules refuse the split."""
+@dataclass(frozen=True)
+class TorchStyleHooks:
+    """What torch's ColwiseParallel / RowwiseParallel put on a layer: its two hooks' ids and
+    the layouts they were made with."""
+    style: str  # "colwise" or "rowwise"
+    input_layouts: tuple
+    output_layouts: tuple
+    use_local_output: bool
+    ids: frozenset[int]
+
+
+def style_hooks(module: nn.Module) -> TorchStyleHooks | None:
+    """The hooks torch's ColwiseParallel or RowwiseParallel registered on `module` and their
+    layouts, or None if they cannot be told apart. Read from the hooks themselves (torch keeps
+    no other record): distribute_module's hooks close over functools.partial objects of the
+    style's static _prepare_input_fn (input_layouts, desired_input_layouts) and
+    _prepare_output_fn (output_layouts, use_local_output). A subclass that replaces those
+    functions is not recognised."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    functions = {}
+    for style, cls in (("colwise", ColwiseParallel), ("rowwise", RowwiseParallel)):
+        functions[cls._prepare_input_fn] = (style, "input")
+        functions[cls._prepare_output_fn] = (style, "output")
+    found = {}  # (style, "input" | "output") -> (hook id, the partial's bound arguments)
+    for hooks in (module._forward_pre_hooks, module._forward_hooks):
+        for hook_id, hook in hooks.items():
+            for cell in getattr(hook, "__closure__", None) or ():
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # an empty cell
+                    continue
+                if isinstance(value, partial) and value.func in functions and len(value.args) == 2:
+                    found[functions[value.func]] = (hook_id, value.args)
+    styles = {style for style, _ in found}
+    if len(found) != 2 or len(styles) != 1:
+        return None
+    style = styles.pop()
+    (in_id, (inputs, _desired)), (out_id, (outputs, use_local)) = found[(style, "input")], found[(style, "output")]
+    return TorchStyleHooks(style, tuple(inputs), tuple(outputs), bool(use_local), frozenset((in_id, out_id)))
+
+
+def adopt(name: str, module: nn.Module, make_layer) -> tuple[nn.Module, object, frozenset[int]]:
+    """(this rank's shard of make_layer(the full layer), the TensorParallel to attach, the ids
+    of torch's hooks it replaces). LayerRefused when the layer's placements or the format's
+    shard rules refuse the split.
+
+    Where the style that sharded the layer can be read from its hooks (style_hooks), the
+    shard does what bigperf.distributed's own styles do with it: plain local tensors for
+    torch's default layouts (a decode step pays no DTensor cost per layer), DTensor's
+    redistribute for others, and torch's two hooks go. Otherwise the hooks stay and the shard
+    hands them DTensors (TensorParallel.dtensor_mesh)."""
     from bigperf.distributed.layers import shard_layer
+    from bigperf.distributed.layouts import layouts_of
 
     style = torch_sharded_style(name, module)
     mesh = module.weight.device_mesh
@@ -82,11 +135,18 @@ def adopt(name: str, module: nn.Module, make_layer) -> tuple[nn.Module, object]:
         shard, tensor_parallel = shard_layer(whole, style, mesh.get_local_rank(), mesh.size(), mesh.get_group())
     except ValueError as error:
         raise LayerRefused(f"{WHERE}: layer {name!r} ({style}, sharded by torch): {error}") from None
-    return shard, replace(tensor_parallel, dtensor_mesh=mesh)
+    hooks = style_hooks(module)
+    if hooks is not None and hooks.style == style:
+        try:
+            layouts = layouts_of(hooks.input_layouts, hooks.output_layouts, hooks.use_local_output, style, mesh,
+                                 WHERE)
+        except ValueError as error:
+            raise LayerRefused(f"{WHERE}: layer {name!r}: {error}") from None
+        return shard, replace(tensor_parallel, layouts=layouts), hooks.ids
+    return shard, replace(tensor_parallel, dtensor_mesh=mesh), frozenset()
 
 
-def move_torch_hooks(old: nn.Module, new: nn.Module) -> None:
-    """new takes old's forward hooks (torch's DTensor input and output hooks among them), in
-    their order and under their ids."""
+def move_hooks(old: nn.Module, new: nn.Module, replaced: frozenset[int]) -> None:
+    """new takes old's forward hooks but those in `replaced`, in their order and under their ids."""
     for attribute in _HOOK_DICTS:
-        getattr(new, attribute).update(getattr(old, attribute))
+        getattr(new, attribute).update((k, v) for k, v in getattr(old, attribute).items() if k not in replaced)

@@ -41,14 +41,20 @@ def style_layouts(style, name: str, mesh: DeviceMesh, where: str) -> Layouts | N
     defaults (and for a plan's "colwise" / "rowwise" strings)."""
     if isinstance(style, str):
         return None
-    inputs, outputs = tuple(style.input_layouts), tuple(style.output_layouts)
+    return layouts_of(style.input_layouts, style.output_layouts, style.use_local_output, name, mesh, where)
+
+
+def layouts_of(input_layouts, output_layouts, use_local_output: bool, name: str, mesh: DeviceMesh,
+               where: str) -> Layouts | None:
+    """Layouts for a `name` ("colwise" / "rowwise") shard, None for torch's defaults."""
+    inputs, outputs = tuple(input_layouts), tuple(output_layouts)
     for what, placements in (("input_layouts", inputs), ("output_layouts", outputs)):
         if len(placements) != mesh.ndim or not all(isinstance(p, Placement) for p in placements):
-            raise ValueError(f"{where}: {type(style).__name__}'s {what} {placements} must be one placement "
+            raise ValueError(f"{where}: the {name} style's {what} {placements} must be one placement "
                              f"for the 1-D mesh")
-    if (inputs, outputs) == DEFAULT_LAYOUTS[name] and style.use_local_output:
+    if (inputs, outputs) == DEFAULT_LAYOUTS[name] and use_local_output:
         return None
-    return Layouts(mesh, inputs, outputs, style.use_local_output)
+    return Layouts(mesh, inputs, outputs, use_local_output)
 
 
 def local_input(x, style: str, layouts: Layouts | None):
