@@ -1,12 +1,14 @@
 """Cases run on every NCCL rank, one GPU each (tests/gpu/test_tensor_parallel_nccl.py):
 swapped bf16 layers on the GPU, sharded column- and row-wise, against the unsharded swapped
-layer; the shards re-derive the GPU kernel layouts (Int8Linear's w8a16-cuda tiles)."""
+layer; the shards re-derive the GPU kernel layouts (Int8Linear's w8a16-cuda tiles); the
+same layers sharded by torch's own styles and swapped after give the same outputs."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 import bigperf
 import bigperf.distributed as tp
@@ -31,13 +33,14 @@ def case_cuda_layers(rank: int, world: int) -> None:
     failures = []
     with torch.no_grad():
         for name, config in CONFIGS.items():
-            def model():
+            def model(swap=True):
                 torch.manual_seed(0)
                 linear = nn.Linear(K, N)
                 if name == "sparse24":
                     linear.weight.mul_(nm_mask(linear.weight))
                 built = nn.Sequential(linear).to(device, torch.bfloat16)
-                bigperf.swap(built, config)
+                if swap:
+                    bigperf.swap(built, config)
                 return built
 
             expected = model()(x).float()
@@ -50,6 +53,14 @@ def case_cuda_layers(rank: int, world: int) -> None:
                 error = float((got - want).norm() / want.norm())
                 if error > BF16_TOLERANCE:
                     failures.append(f"{name} {style}: error {error:.2e}")
+                # torch's own style on the plain layer, swapped after (distributed/adopt.py).
+                torch_style = ColwiseParallel() if style == "colwise" else RowwiseParallel()
+                theirs = parallelize_module(model(swap=False), mesh, {"0": torch_style})
+                bigperf.swap(theirs, config)
+                if type(theirs[0]) is nn.Linear:
+                    failures.append(f"{name} {style}: swap kept the torch-sharded layer")
+                elif not torch.equal(theirs(x_in), sharded(x_in)):
+                    failures.append(f"{name} {style}: torch's style then swap differs from swap then parallelize")
     assert not failures, "\n".join(failures)
 
 
