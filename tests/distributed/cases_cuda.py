@@ -59,8 +59,12 @@ def case_cuda_layers(rank: int, world: int) -> None:
                 bigperf.swap(theirs, config)
                 if type(theirs[0]) is nn.Linear:
                     failures.append(f"{name} {style}: swap kept the torch-sharded layer")
-                elif not torch.equal(theirs(x_in), sharded(x_in)):
-                    failures.append(f"{name} {style}: torch's style then swap differs from swap then parallelize")
+                else:  # the same shard and kernels; split-K sums may add in another order
+                    ours = sharded(x_in).float()
+                    error = float((theirs(x_in).float() - ours).norm() / ours.norm())
+                    if error > 1e-3:
+                        failures.append(f"{name} {style}: torch's style then swap differs from swap then "
+                                        f"parallelize by {error:.2e}")
     assert not failures, "\n".join(failures)
 
 
