@@ -12,6 +12,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor.parallel import ColwiseParallel as TorchColwise
 from torch.distributed.tensor.parallel import RowwiseParallel as TorchRowwise
 
+from bigperf.distributed.adopt import is_dtensor
 from bigperf.distributed.layers import SHARDABLE, layer_kind, shard_layer, transplant
 from bigperf.distributed.layouts import Layouts, style_layouts
 from bigperf.formats._shard import STYLES
@@ -55,6 +56,9 @@ def check_layer(name: str, module: nn.Module, mesh: DeviceMesh, where: str = WHE
     layer_kind(module)
     if "tensor_parallel" in module.__dict__:
         raise ValueError(f"{where}: layer {name!r} is already sharded ({module.tensor_parallel.style})")
+    if any(is_dtensor(t) for t in list(module.parameters()) + list(module.buffers())):
+        raise ValueError(f"{where}: layer {name!r} is already sharded by torch's parallelize_module (its "
+                         f"weight is a DTensor); bigperf.swap takes it as it is, or shard the unsharded model")
     device = next(t for t in list(module.parameters()) + list(module.buffers())).device
     if device.type not in (mesh.device_type, "meta"):  # meta: built empty, for bigperf.distributed.load
         raise ValueError(f"{where}: layer {name!r} is on {device}, the mesh on {mesh.device_type}")

@@ -249,6 +249,16 @@ def case_torch_shards_first(rank: int, world: int) -> None:
         else:
             raise AssertionError("swap measured SQNR on a torch-sharded layer")
         assert type(model[0]) is nn.Linear
+        # bigperf's parallelize on what torch sharded: refused, nothing changes.
+        for entry in (lambda: tp.parallelize(model, mesh, {"0": "rowwise"}),
+                      lambda: parallelize_module(model, mesh, {"0": tp.RowwiseParallel()})):
+            try:
+                entry()
+            except ValueError as error:
+                assert "already sharded by torch's parallelize_module" in str(error), error
+            else:
+                raise AssertionError("a layer torch sharded was sharded again")
+            assert type(model[0]) is nn.Linear and tuple(model[0].weight.placements) == (Shard(0),)
 
 
 def case_layouts(rank: int, world: int) -> None:
