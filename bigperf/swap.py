@@ -18,7 +18,7 @@ from torch import nn
 from bigperf.accuracy import gate_reason, measure_sqnr
 from bigperf.configs import config_by_name, config_to_dict, is_config
 from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_maps
-from bigperf.distributed.adopt import adopt, is_dtensor, move_hooks
+from bigperf.distributed.adopt import adopt, is_dtensor
 from bigperf.errors import LayerRefused
 from bigperf.ops.registry import NoBackendError
 from bigperf.report import SLOWER_BELOW, LayerChange, SwapReport
@@ -36,7 +36,6 @@ class PlannedSwap:
     # A layer torch's parallelize_module sharded (distributed/adopt.py): what to attach to
     # its shard. A layer bigperf.distributed sharded carries its own (old.tensor_parallel).
     tensor_parallel: object = None
-    replaced_hooks: frozenset = frozenset()  # ids of torch's hooks tensor_parallel replaces
 
     @property
     def sharded(self) -> bool:
@@ -112,11 +111,10 @@ def plan_swaps(model: nn.Module, config, filter: Callable | None) -> tuple[list[
         absorbed, activation = fusions.get(lm.name, (None, "none"))
         if not chosen.fuse_activations:
             absorbed, activation = None, "none"
-        tensor_parallel, replaced_hooks = None, frozenset()  # what a shard of torch's styles attaches
+        tensor_parallel = None  # what a shard of torch's styles attaches
         try:
             if is_dtensor(lm.module.weight):  # sharded by torch's parallelize_module
-                new, tensor_parallel, replaced_hooks = adopt(lm.name, lm.module,
-                                                             lambda whole: chosen.make_layer(whole, activation))
+                new, tensor_parallel = adopt(lm.name, lm.module, lambda whole: chosen.make_layer(whole, activation))
             else:
                 new = chosen.make_layer(lm.as_linear(), activation)
         except LayerRefused as refusal:  # e.g. a dense weight offered to a sparse format, a split it cannot take
@@ -131,8 +129,7 @@ def plan_swaps(model: nn.Module, config, filter: Callable | None) -> tuple[list[
         if why_not is not None:
             kept.append((lm.name, why_not))
             continue
-        planned.append(PlannedSwap(lm.name, chosen, lm, new, activation, absorbed, tensor_parallel,
-                                   replaced_hooks))
+        planned.append(PlannedSwap(lm.name, chosen, lm, new, activation, absorbed, tensor_parallel))
     return planned, kept
 
 
@@ -171,8 +168,6 @@ def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> list[tuple[str,
             undo.append((p.name, p.old))
             p.new.train(p.old.training)  # the new layer is in the mode of the one it replaces
             tensor_parallel = p.tensor_parallel or p.old.__dict__.get("tensor_parallel")  # a shard stays one
-            if p.tensor_parallel is not None:  # the old layer's hooks but torch's, if the shard replaces them
-                move_hooks(p.old, p.new, p.replaced_hooks)
             if tensor_parallel is not None:
                 tensor_parallel.attach(p.new)
             set_submodule(model, p.name, p.new)

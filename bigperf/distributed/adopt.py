@@ -9,9 +9,7 @@ layer), swapped whole by the config, then cut by its weight format's shard rules
 (layers.shard_layer), so every rank holds what bigperf.distributed.parallelize would give and
 the model computes what the unsharded swapped model computes. The style's layouts are read
 from torch's hooks on the layer (style_hooks), so the shard moves activations as
-bigperf.distributed's styles do; failing that, torch's hooks move to the new layer and keep
-doing their part, the shard handing its output to them as a DTensor
-(TensorParallel.dtensor_mesh).
+bigperf.distributed's styles do; a layer whose hooks are not torch's is kept.
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ from torch import nn
 from bigperf.errors import LayerRefused
 
 WHERE = "bigperf.swap"
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
 
 
 def is_dtensor(t) -> bool:
@@ -115,38 +111,34 @@ def style_hooks(module: nn.Module) -> TorchStyleHooks | None:
     return TorchStyleHooks(style, tuple(inputs), tuple(outputs), bool(use_local), frozenset((in_id, out_id)))
 
 
-def adopt(name: str, module: nn.Module, make_layer) -> tuple[nn.Module, object, frozenset[int]]:
-    """(this rank's shard of make_layer(the full layer), the TensorParallel to attach, the ids
-    of torch's hooks it replaces). LayerRefused when the layer's placements or the format's
-    shard rules refuse the split.
+def adopt(name: str, module: nn.Module, make_layer) -> tuple[nn.Module, object]:
+    """(this rank's shard of make_layer(the full layer), the TensorParallel to attach: the
+    layouts torch's style was given, read from its hooks, so the shard moves activations as
+    bigperf.distributed's styles do; plain local tensors for the defaults, where a decode
+    step then pays no DTensor cost per layer). torch's hooks go with the old layer.
 
-    Where the style that sharded the layer can be read from its hooks (style_hooks), the
-    shard does what bigperf.distributed's own styles do with it: plain local tensors for
-    torch's default layouts (a decode step pays no DTensor cost per layer), DTensor's
-    redistribute for others, and torch's two hooks go. Otherwise the hooks stay and the shard
-    hands them DTensors (TensorParallel.dtensor_mesh)."""
+    LayerRefused when the placements, the hooks or the format's shard rules refuse: a layer
+    sharded some other way (transformers' tensor parallelism replaces `forward`; a subclass
+    of torch's styles with its own hooks) moves its activations in ways bigperf cannot
+    tell, so it is kept as it is."""
     from bigperf.distributed.layers import shard_layer
     from bigperf.distributed.layouts import layouts_of
 
     style = torch_sharded_style(name, module)
+    hooks = style_hooks(module)
+    if hooks is None or hooks.style != style or "forward" in module.__dict__:
+        raise LayerRefused(f"{WHERE}: layer {name!r} holds DTensor weights ({style}) but not the hooks torch's "
+                           f"{'ColwiseParallel' if style == 'colwise' else 'RowwiseParallel'} puts on a layer (its "
+                           f"forward or hooks are another library's or changed): bigperf cannot tell how its "
+                           f"activations move, so it keeps the layer")
     mesh = module.weight.device_mesh
+    try:
+        layouts = layouts_of(hooks.input_layouts, hooks.output_layouts, hooks.use_local_output, style, mesh, WHERE)
+    except ValueError as error:
+        raise LayerRefused(f"{WHERE}: layer {name!r}: {error}") from None
     whole = make_layer(full_linear(module))
     try:
         shard, tensor_parallel = shard_layer(whole, style, mesh.get_local_rank(), mesh.size(), mesh.get_group())
     except ValueError as error:
         raise LayerRefused(f"{WHERE}: layer {name!r} ({style}, sharded by torch): {error}") from None
-    hooks = style_hooks(module)
-    if hooks is not None and hooks.style == style:
-        try:
-            layouts = layouts_of(hooks.input_layouts, hooks.output_layouts, hooks.use_local_output, style, mesh,
-                                 WHERE)
-        except ValueError as error:
-            raise LayerRefused(f"{WHERE}: layer {name!r}: {error}") from None
-        return shard, replace(tensor_parallel, layouts=layouts), hooks.ids
-    return shard, replace(tensor_parallel, dtensor_mesh=mesh), frozenset()
-
-
-def move_hooks(old: nn.Module, new: nn.Module, replaced: frozenset[int]) -> None:
-    """new takes old's forward hooks but those in `replaced`, in their order and under their ids."""
-    for attribute in _HOOK_DICTS:
-        getattr(new, attribute).update((k, v) for k, v in getattr(old, attribute).items() if k not in replaced)
+    return shard, replace(tensor_parallel, layouts=layouts)

@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate
 
 from bigperf.distributed import shm
-from bigperf.distributed.layouts import SHARD_OUTPUT, Layouts, contiguous_stride, leave, local_input, normalized
+from bigperf.distributed.layouts import SHARD_OUTPUT, Layouts, leave, local_input, normalized
 from bigperf.ops.activations import apply_activation
 
 
@@ -36,10 +36,6 @@ class TensorParallel:
     out_features: int
     activation: str = "none"  # row-wise: applied after the all-reduce
     layouts: Layouts | None = None  # how activations arrive and leave, if not as plain local tensors
-    # A layer torch's parallelize_module sharded before the swap (adopt.py) keeps torch's own
-    # hooks: they hand the input in as a DTensor and redistribute the output to the plan's
-    # layouts, so the shard gives its output to them as a DTensor on this mesh.
-    dtensor_mesh: object = None
 
     def attach(self, module: nn.Module) -> None:
         """Record this shard on `module` and hook its input and output onto it (the row-wise
@@ -62,9 +58,8 @@ class TensorParallel:
                                      f"after the all-reduce")
                 info = replace(self, activation=fused)
                 module.activation = "none"
-        # torch's output hook (dtensor_mesh) must see the DTensor `after` makes: run first.
         ids = (module.register_forward_pre_hook(info.before, with_kwargs=True).id,
-               module.register_forward_hook(info.after, prepend=info.dtensor_mesh is not None).id)
+               module.register_forward_hook(info.after).id)
         module.__dict__["tensor_parallel"] = info
         module.__dict__["_tensor_parallel_hook_ids"] = ids
 
@@ -95,8 +90,6 @@ class TensorParallel:
     def after(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor | None:
         """Column-wise: the output slice as it is, or to the plan's layouts. Row-wise: the
         partial sums added over the mesh in fp32, then the activation."""
-        if self.dtensor_mesh is not None:
-            return self._to_dtensor(output)
         if self.style == "colwise":
             if self.layouts is None:
                 return None
@@ -109,18 +102,6 @@ class TensorParallel:
             return apply_activation(total, self.activation).to(output.dtype)
         return leave(total, SHARD_OUTPUT["rowwise"], total.shape, self.layouts,
                      after=lambda local: apply_activation(local, self.activation).to(output.dtype))
-
-    def _to_dtensor(self, output: torch.Tensor) -> DTensor:
-        """For torch's output hook: the column slice as Shard(-1) of the whole output; the
-        row-wise sum (in fp32, then the activation) as a Replicate."""
-        if self.style == "colwise":
-            shape = torch.Size((*output.shape[:-1], self.out_features))
-            return DTensor.from_local(output, self.dtensor_mesh, (Shard(output.ndim - 1),), run_check=False,
-                                      shape=shape, stride=contiguous_stride(shape))
-        total = output.to(torch.float32, copy=True)
-        shm.all_reduce(total, self.group)
-        total = apply_activation(total, self.activation).to(output.dtype)
-        return DTensor.from_local(total, self.dtensor_mesh, (Replicate(),), run_check=False)
 
     def _gathers_on_cpu(self, output: torch.Tensor) -> bool:
         """A column-wise output the plan wants whole (Replicate), split evenly, on the CPU."""
