@@ -18,7 +18,7 @@ from torch import nn
 from bigperf.accuracy import gate_reason, measure_sqnr
 from bigperf.configs import config_by_name, config_to_dict, is_config
 from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_maps
-from bigperf.distributed.adopt import adopt, is_dtensor
+from bigperf.distributed.adopt import adopt, is_dtensor, sharding_hook_ids
 from bigperf.errors import LayerRefused
 from bigperf.ops.registry import NoBackendError
 from bigperf.report import SLOWER_BELOW, LayerChange, SwapReport
@@ -108,9 +108,14 @@ def plan_swaps(model: nn.Module, config, filter: Callable | None) -> tuple[list[
         if why_not is not None:
             kept.append((lm.name, why_not))
             continue
+        if "forward" in lm.module.__dict__:  # accelerate's offload hooks, some tensor parallelism
+            kept.append((lm.name, "its forward is replaced on the module (accelerate, a tensor-parallel wrapper): "
+                                  "a new layer would drop that code"))
+            continue
         absorbed, activation = fusions.get(lm.name, (None, "none"))
-        if not chosen.fuse_activations:
-            absorbed, activation = None, "none"
+        if not chosen.fuse_activations or (absorbed is not None and (
+                has_hooks(lm.module, output_only=True) or has_hooks(model.get_submodule(absorbed)))):
+            absorbed, activation = None, "none"  # a hook would see another output, or be dropped
         tensor_parallel = None  # what a shard of torch's styles attaches
         try:
             if is_dtensor(lm.module.weight):  # sharded by torch's parallelize_module
@@ -167,6 +172,7 @@ def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> list[tuple[str,
                                  "source": type(p.old).__name__, "transposed": p.linear.transposed}
             undo.append((p.name, p.old))
             p.new.train(p.old.training)  # the new layer is in the mode of the one it replaces
+            carry_hooks(p.old, p.new)
             tensor_parallel = p.tensor_parallel or p.old.__dict__.get("tensor_parallel")  # a shard stays one
             if tensor_parallel is not None:
                 tensor_parallel.attach(p.new)
@@ -197,6 +203,36 @@ def slower_reason(by_batch: dict[int, dict], min_speedup: float) -> str | None:
         return None
     ratios = ", ".join(f"{r['speedup']:.2f}x at M={m}" for m, r in sorted(by_batch.items()))
     return f"slower than the original at every batch size measured ({ratios}; min_speedup={min_speedup:g})"
+
+
+# The module hooks a new layer takes over from the one it replaces: they see the same inputs
+# and outputs (no activation is fused behind a forward hook). State-dict hooks stay behind:
+# they are about the old layer's tensors.
+_CALL_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+               "_backward_hooks")
+
+
+def has_hooks(module: nn.Module, output_only: bool = False) -> bool:
+    """Whether the user's hooks (not those that shard it) watch the module's output (or input)."""
+    names = ("_forward_hooks",) if output_only else ("_forward_pre_hooks", "_forward_hooks")
+    sharding = sharding_hook_ids(module)
+    return any(hook_id not in sharding for name in names for hook_id in getattr(module, name))
+
+
+def carry_hooks(old: nn.Module, new: nn.Module) -> None:
+    """new takes old's forward and backward hooks, in their order. It shares old's hook dicts,
+    so the handles the user holds still remove them; a shard copies them instead, all but
+    the ones that shard it (its new TensorParallel, attached after, replaces those)."""
+    sharding = sharding_hook_ids(old)
+    for name in _CALL_HOOKS:
+        hooks = getattr(old, name)
+        if sharding:
+            getattr(new, name).update((k, v) for k, v in hooks.items() if k not in sharding)
+        else:
+            new.__dict__[name] = hooks
+    if old._backward_hooks:
+        new._is_full_backward_hook = old._is_full_backward_hook
 
 
 def restore_modules(model: nn.Module, undo: list[tuple[str, nn.Module]]) -> None:

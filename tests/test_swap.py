@@ -131,3 +131,61 @@ def test_layers_a_config_cannot_take_are_kept_with_the_reason():
     report = bigperf.swap(model, "int8-g128")
     assert report.changes == [] and all("does not divide" in reason for _, reason in report.kept)
     assert type(model[0]) is nn.Linear
+
+
+def _hooked_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16), nn.GELU(), nn.Linear(16, 8)).eval()
+
+
+def test_the_new_layer_takes_over_the_users_hooks():
+    """Hooks on a swapped layer keep firing, on the same inputs and outputs: a layer whose
+    output a hook watches keeps its activation unfused; a hook's handle still removes it."""
+    model = _hooked_mlp()
+    x = torch.randn(5, 32)
+    seen = {}
+    handle = model[0].register_forward_hook(lambda m, a, out: seen.__setitem__("out0", out.detach().clone()))
+    model[2].register_forward_pre_hook(lambda m, a: seen.__setitem__("in2", a[0].detach().clone()))
+    model[3].register_forward_hook(lambda m, a, out: seen.__setitem__("gelu", out.detach().clone()))
+    with torch.no_grad():
+        expected_out0 = model[0](x)
+    report = bigperf.swap(model, bigperf.FusedMixedPrecision(torch.float32))
+    activations = {c.name: c.activation for c in report.changes}
+    # 0: its output hook must see the pre-ReLU output, so ReLU stays a module; 2: a pre-hook
+    # only, but the GELU after it has a hook of its own, so it stays too; 4: nothing to fuse.
+    assert activations == {"0": "none", "2": "none", "4": "none"}, activations
+    assert isinstance(model[1], nn.ReLU) and isinstance(model[3], nn.GELU)
+    with torch.no_grad():
+        model(x)
+    assert rel_error(seen["out0"], expected_out0) < 1e-5 and (seen["out0"] < 0).any(), "saw the pre-activation output"
+    assert torch.equal(seen["in2"], torch.relu(seen["out0"]))
+    assert "gelu" in seen
+    handle.remove()
+    seen.clear()
+    with torch.no_grad():
+        model(x)
+    assert "out0" not in seen and "in2" in seen
+
+
+def test_a_pre_hook_alone_leaves_fusion_on():
+    model = _hooked_mlp()
+    model[0].register_forward_pre_hook(lambda m, a: None)
+    report = bigperf.swap(model, bigperf.FusedMixedPrecision(torch.float32))
+    assert {c.name: c.activation for c in report.changes}["0"] == "relu"
+    assert len(model[0]._forward_pre_hooks) == 1
+
+
+def test_a_layer_whose_forward_is_replaced_is_kept():
+    """accelerate's offload hooks and some tensor-parallel wrappers replace module.forward; a
+    new layer could not run that code, so the layer stays as it is."""
+    model = _hooked_mlp()
+    original = model[2].forward
+    model[2].forward = lambda x: original(x) * 2
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        before = model(x)
+    report = bigperf.swap(model, "bf16")
+    assert "forward is replaced" in dict(report.kept)["2"]
+    assert type(model[2]) is nn.Linear and {c.name for c in report.changes} == {"0", "4"}
+    with torch.no_grad():
+        assert rel_error(model(x), before) < 2e-2

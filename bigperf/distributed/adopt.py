@@ -111,26 +111,38 @@ def style_hooks(module: nn.Module) -> TorchStyleHooks | None:
     return TorchStyleHooks(style, tuple(inputs), tuple(outputs), bool(use_local), frozenset((in_id, out_id)))
 
 
+def sharding_hook_ids(module: nn.Module) -> frozenset[int]:
+    """The ids of the hooks that shard `module`: a bigperf TensorParallel's, or those of the
+    torch style that made its weight a DTensor. A swap replaces them rather than carrying them."""
+    ids = set(module.__dict__.get("_tensor_parallel_hook_ids", ()))
+    if is_dtensor(getattr(module, "weight", None)):
+        hooks = style_hooks(module)
+        if hooks is not None:
+            ids |= hooks.ids
+    return frozenset(ids)
+
+
 def adopt(name: str, module: nn.Module, make_layer) -> tuple[nn.Module, object]:
     """(this rank's shard of make_layer(the full layer), the TensorParallel to attach: the
     layouts torch's style was given, read from its hooks, so the shard moves activations as
     bigperf.distributed's styles do; plain local tensors for the defaults, where a decode
-    step then pays no DTensor cost per layer). torch's hooks go with the old layer.
+    step then pays no DTensor cost per layer). torch's two hooks are not carried over
+    (sharding_hook_ids).
 
     LayerRefused when the placements, the hooks or the format's shard rules refuse: a layer
-    sharded some other way (transformers' tensor parallelism replaces `forward`; a subclass
-    of torch's styles with its own hooks) moves its activations in ways bigperf cannot
-    tell, so it is kept as it is."""
+    sharded some other way (a subclass of torch's styles with its own hooks) moves its
+    activations in ways bigperf cannot tell, so it is kept as it is. (One whose forward is
+    replaced, as transformers' tensor parallelism does, swap keeps before asking.)"""
     from bigperf.distributed.layers import shard_layer
     from bigperf.distributed.layouts import layouts_of
 
     style = torch_sharded_style(name, module)
     hooks = style_hooks(module)
-    if hooks is None or hooks.style != style or "forward" in module.__dict__:
+    if hooks is None or hooks.style != style:
         raise LayerRefused(f"{WHERE}: layer {name!r} holds DTensor weights ({style}) but not the hooks torch's "
-                           f"{'ColwiseParallel' if style == 'colwise' else 'RowwiseParallel'} puts on a layer (its "
-                           f"forward or hooks are another library's or changed): bigperf cannot tell how its "
-                           f"activations move, so it keeps the layer")
+                           f"{'ColwiseParallel' if style == 'colwise' else 'RowwiseParallel'} puts on a layer "
+                           f"(another library's, or changed): bigperf cannot tell how its activations move, so it "
+                           f"keeps the layer")
     mesh = module.weight.device_mesh
     try:
         layouts = layouts_of(hooks.input_layouts, hooks.output_layouts, hooks.use_local_output, style, mesh, WHERE)
