@@ -7,7 +7,6 @@ the model is restored exactly as it was.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -18,11 +17,13 @@ from torch import nn
 from bigperf.accuracy import gate_reason, measure_sqnr
 from bigperf.configs import config_by_name, config_to_dict, is_config
 from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_maps
-from bigperf.distributed.adopt import adopt, is_dtensor, sharding_hook_ids
+from bigperf.distributed.adopt import adopt, is_dtensor
 from bigperf.errors import LayerRefused
 from bigperf.ops.registry import NoBackendError
 from bigperf.report import SLOWER_BELOW, LayerChange, SwapReport
-from bigperf.tune_swap import cache_location, check_batch_sizes, tune_planned
+from bigperf.swap_hooks import carry_hooks, has_hooks
+from bigperf.tune_swap import (cache_location, check_batch_sizes, check_min_speedup, slower_reason,
+                               tune_planned)
 
 
 @dataclass
@@ -185,54 +186,6 @@ def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> list[tuple[str,
         restore_modules(model, undo)
         raise
     return undo
-
-
-def check_min_speedup(min_speedup) -> None:
-    if min_speedup is None:
-        return
-    if isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or not 0 < min_speedup < math.inf:
-        raise ValueError(f"bigperf.swap: argument 'min_speedup' must be None or a positive number (the original "
-                         f"layer's time / the swapped layer's, e.g. 0.95), got {min_speedup!r}")
-
-
-def slower_reason(by_batch: dict[int, dict], min_speedup: float) -> str | None:
-    """Why a layer measured at these batch sizes is kept, or None when it is swapped: kept
-    only when it runs below min_speedup at every size (a layer faster at some sizes is
-    swapped and the report shows the others)."""
-    if not by_batch or any(r["speedup"] >= min_speedup for r in by_batch.values()):
-        return None
-    ratios = ", ".join(f"{r['speedup']:.2f}x at M={m}" for m, r in sorted(by_batch.items()))
-    return f"slower than the original at every batch size measured ({ratios}; min_speedup={min_speedup:g})"
-
-
-# The module hooks a new layer takes over from the one it replaces: they see the same inputs
-# and outputs (no activation is fused behind a forward hook). State-dict hooks stay behind:
-# they are about the old layer's tensors.
-_CALL_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
-               "_backward_hooks")
-
-
-def has_hooks(module: nn.Module, output_only: bool = False) -> bool:
-    """Whether the user's hooks (not those that shard it) watch the module's output (or input)."""
-    names = ("_forward_hooks",) if output_only else ("_forward_pre_hooks", "_forward_hooks")
-    sharding = sharding_hook_ids(module)
-    return any(hook_id not in sharding for name in names for hook_id in getattr(module, name))
-
-
-def carry_hooks(old: nn.Module, new: nn.Module) -> None:
-    """new takes old's forward and backward hooks, in their order. It shares old's hook dicts,
-    so the handles the user holds still remove them; a shard copies them instead, all but
-    the ones that shard it (its new TensorParallel, attached after, replaces those)."""
-    sharding = sharding_hook_ids(old)
-    for name in _CALL_HOOKS:
-        hooks = getattr(old, name)
-        if sharding:
-            getattr(new, name).update((k, v) for k, v in hooks.items() if k not in sharding)
-        else:
-            new.__dict__[name] = hooks
-    if old._backward_hooks:
-        new._is_full_backward_hook = old._is_full_backward_hook
 
 
 def restore_modules(model: nn.Module, undo: list[tuple[str, nn.Module]]) -> None:

@@ -147,5 +147,23 @@ def tune_planned(planned: list, batch_sizes: tuple[int, ...]) -> tuple[dict[str,
     return per_layer, time.perf_counter() - started
 
 
+def check_min_speedup(min_speedup) -> None:
+    if min_speedup is None:
+        return
+    if isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or not 0 < min_speedup < math.inf:
+        raise ValueError(f"bigperf.swap: argument 'min_speedup' must be None or a positive number (the original "
+                         f"layer's time / the swapped layer's, e.g. 0.95), got {min_speedup!r}")
+
+
+def slower_reason(by_batch: dict[int, dict], min_speedup: float) -> str | None:
+    """Why a layer measured at these batch sizes is kept, or None when it is swapped: kept
+    only when it runs below min_speedup at every size (a layer faster at some sizes is
+    swapped and the report shows the others)."""
+    if not by_batch or any(r["speedup"] >= min_speedup for r in by_batch.values()):
+        return None
+    ratios = ", ".join(f"{r['speedup']:.2f}x at M={m}" for m, r in sorted(by_batch.items()))
+    return f"slower than the original at every batch size measured ({ratios}; min_speedup={min_speedup:g})"
+
+
 def cache_location() -> str:
     return str(tune.cache_path())

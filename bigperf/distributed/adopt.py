@@ -41,18 +41,18 @@ def torch_sharded_style(name: str, module: nn.Module) -> str:
     mesh = weight.device_mesh
     if mesh.ndim != 1:
         raise LayerRefused(f"{WHERE}: layer {name!r} is sharded over a {mesh.ndim}-D mesh; bigperf swaps layers "
-                         f"sharded over one dimension (torch's ColwiseParallel / RowwiseParallel on mesh['tp'])")
+                           f"sharded over one dimension (torch's ColwiseParallel / RowwiseParallel on mesh['tp'])")
     placements = tuple(weight.placements)
     style = {(Shard(0),): "colwise", (Shard(1),): "rowwise"}.get(placements)
     expected_bias = {"colwise": (Shard(0),), "rowwise": (Replicate(),)}.get(style)
     if style is None or (bias is not None and (not is_dtensor(bias) or tuple(bias.placements) != expected_bias)):
         got = placements if style is None else f"bias {getattr(bias, 'placements', 'a plain tensor')}"
         raise LayerRefused(f"{WHERE}: layer {name!r} holds a DTensor weight placed {got}; bigperf swaps the "
-                         f"shards of torch's ColwiseParallel (weight and bias Shard(0)) and RowwiseParallel "
-                         f"(weight Shard(1), bias Replicate())")
+                           f"shards of torch's ColwiseParallel (weight and bias Shard(0)) and RowwiseParallel "
+                           f"(weight Shard(1), bias Replicate())")
     if type(module) is not nn.Linear:
         raise LayerRefused(f"{WHERE}: layer {name!r} ({type(module).__name__}) holds DTensor weights; bigperf swaps "
-                         f"nn.Linear layers sharded by torch's styles")
+                           f"nn.Linear layers sharded by torch's styles")
     return style
 
 
