@@ -8,6 +8,7 @@ import sys
 from bigperf.bench.cli import add_bench_parser, run_bench_command
 from bigperf.deploy.cli import add_deploy_parsers, run_deploy_command
 from bigperf.configs import NAMED_CONFIGS
+from bigperf.report import SLOWER_BELOW
 
 
 # Errors a user's input causes, as opposed to bugs: bigperf's own checks raise ValueError
@@ -59,7 +60,8 @@ def _swap_command(args) -> int:
     if args.save and not args.dry_run:
         check_save_path(args.save)  # before the work, not after it
     model = load_target(args.target)
-    report = bigperf.swap(model, _config(args), dry_run=args.dry_run)
+    report = bigperf.swap(model, _config(args), dry_run=args.dry_run, batch_sizes=args.batch,
+                          min_speedup=args.min_speedup)
     if args.json:
         print(report.to_json())
     else:
@@ -79,6 +81,22 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _min_speedup(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"--min-speedup takes a positive number or 'none', got {text!r}")
+    return value
+
+
+MIN_SPEEDUP_HELP = ("keep a layer whose swap runs below this times the original's speed at every --batch size "
+                    f"(default {SLOWER_BELOW}; 'none' swaps every layer)")
+
+
 def _tune_command(args) -> int:
     """Swap (without saving) at the given batch sizes: the measured choices land in the
     tuning cache, where every later process on this machine finds them."""
@@ -87,7 +105,7 @@ def _tune_command(args) -> int:
 
     console = _wide_console()
     model = load_target(args.target)
-    report = bigperf.swap(model, _config(args), batch_sizes=args.batch)
+    report = bigperf.swap(model, _config(args), batch_sizes=args.batch, min_speedup=args.min_speedup)
     if args.json:
         print(report.to_json())
     else:
@@ -112,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     swap_cmd.add_argument("--config", default="int8", help=f"one of: {', '.join(NAMED_CONFIGS)} (default int8)")
     swap_cmd.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     swap_cmd.add_argument("--float-copy", action="store_true", help=FLOAT_COPY_HELP)
+    swap_cmd.add_argument("--batch", type=_batch_sizes, default=None,
+                          help="also tune every layer at these comma-separated numbers of rows and keep those it "
+                               "would slow (see --min-speedup)")
+    swap_cmd.add_argument("--min-speedup", type=_min_speedup, default=SLOWER_BELOW, help=MIN_SPEEDUP_HELP)
     swap_cmd.add_argument("--save", metavar="DIR", help="write the swapped model with bigperf.save")
     swap_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     tune_cmd = commands.add_parser("tune", help="measure the fastest path of every layer at given batch sizes "
@@ -121,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_cmd.add_argument("--config", default="int8", help=f"one of: {', '.join(NAMED_CONFIGS)} (default int8)")
     tune_cmd.add_argument("--batch", type=_batch_sizes, default=(1, 16, 128),
                           help="comma-separated numbers of rows (tokens) per call, default 1,16,128")
+    tune_cmd.add_argument("--min-speedup", type=_min_speedup, default=SLOWER_BELOW, help=MIN_SPEEDUP_HELP)
     tune_cmd.add_argument("--float-copy", action="store_true", help=FLOAT_COPY_HELP)
     tune_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
     add_bench_parser(commands)

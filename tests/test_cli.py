@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from bigperf.cli import main
@@ -73,3 +74,28 @@ def test_swap_command_reports_bad_targets_and_configs(capsys):
     assert main(["swap", "no_such_module:factory"]) == 2
     assert main(["swap", "bigperf.demo_model:build_demo_model", "--config", "int9"]) == 2
     assert "unknown config name" in capsys.readouterr().out
+
+
+def test_swap_command_batch_keeps_the_layers_it_would_slow(tmp_path, monkeypatch, capsys):
+    """--batch tunes and times every layer; --min-speedup decides what is kept (a huge one
+    keeps every layer, 'none' none of them)."""
+    import json
+
+    monkeypatch.setenv("BIGPERF_CACHE_DIR", str(tmp_path))
+    target = "bigperf.demo_model:build_demo_model"
+    assert main(["swap", target, "--config", "bf16", "--dry-run", "--json", "--batch", "1",
+                 "--min-speedup", "1e9"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["changes"] == [] and len(report["kept"]) == 25
+    assert all("slower than the original" in k["reason"] for k in report["kept"])
+    assert main(["swap", target, "--config", "bf16", "--dry-run", "--json", "--batch", "1",
+                 "--min-speedup", "none"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["changes"]) == 25 and all(set(c["by_batch"]) == {"1"} for c in report["changes"])
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "fast", "inf"])
+def test_min_speedup_flag_refuses_bad_values(bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["swap", "bigperf.demo_model:build_demo_model", "--min-speedup", bad])
+    assert exit_info.value.code == 2 and "--min-speedup" in capsys.readouterr().err
