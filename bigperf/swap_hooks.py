@@ -30,7 +30,7 @@ def carry_hooks(old: nn.Module, new: nn.Module) -> None:
     sharding = sharding_hook_ids(old)
     for name in _CALL_HOOKS:
         hooks = getattr(old, name)
-        if sharding:
+        if sharding or getattr(new, name):  # (a new layer with hooks of its own keeps them too)
             getattr(new, name).update((k, v) for k, v in hooks.items() if k not in sharding)
         else:
             new.__dict__[name] = hooks
