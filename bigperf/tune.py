@@ -49,6 +49,23 @@ DEFAULT_BUDGET_S = 0.25
 MIN_ROUNDS = 3
 MAX_ROUNDS = 15
 DROP_FACTOR = 3.0
+# A candidate is dropped on its fastest sample, and on one sample only if that lasted this
+# long: a thread of a short call preempted by another process on a busy machine stretches the
+# call to a scheduler time slice or a few (seen: 8 ms for a 0.1 ms W8A16 decode call while the
+# test suite ran, which dropped our kernel after one round and persisted torch:fp32, 2x
+# slower); a call this long is a large GEMM, which a time slice moves little.
+LONE_SAMPLE_DROP_S = 0.05
+# A choice is not cached when another path's fastest call beat the chosen path's fastest by
+# this factor: a near tie (a few percent either way) is no sign of disturbance, a 1.5x gap
+# between the best calls of two paths whose medians ranked them the other way is.
+UNSETTLED_FACTOR = 1.5
+# Nor is any choice measured while other processes took this one's cores: more involuntary
+# context switches a second than this (Zen 4, 2 cores: 4-48 idle; 150-260 with one or two
+# busy processes beside, where our 2-thread W8A16 decode call went from 0.1 ms to 2.5-8 ms,
+# each call waiting out a preempted thread's time slice, and torch's 1-thread GEMV from
+# 0.37 to 0.45 ms). Such a choice is right for that moment only.
+CONTENDED_SWITCHES_PER_S = 100
+CONTENDED_SWITCHES_MIN = 10  # (a short measurement: a few switches say nothing)
 # Our kernel must beat PyTorch's fastest path by more than this to be chosen. Tuning times
 # each path on one weight, call after call, where part of a weight larger than the cache
 # stays cached; a model's layers read their weights cold. Measured on Zen 3 (1 thread,
@@ -257,6 +274,11 @@ class Measurement:
     times_s: dict[str, float]            # median per candidate that finished
     dropped: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not kept
     seconds: float = 0.0                 # what the measuring cost
+    # False where a path the medians did not choose ran, at its fastest, UNSETTLED_FACTOR
+    # times faster than the chosen one did at its fastest, or where other processes took the
+    # cores while it was measured (CONTENDED_SWITCHES_PER_S): disturbances decided, and the
+    # choice holds for this process only, the cache file does not keep it.
+    settled: bool = True
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -303,6 +325,15 @@ def _as_called(candidate, args: tuple) -> Callable[[], object]:
     return lambda: runner(x)
 
 
+def _involuntary_switches() -> int:
+    """This process's involuntary context switches so far, all threads (0 where unknown)."""
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+    except (ImportError, OSError):
+        return 0
+
+
 @torch.no_grad()  # inference is timed: a call that records a gradient selects its path here too
 def measure(candidates: Sequence, args: tuple, budget: float | None = None,
             predicted: dict[str, float] | None = None, floors: dict[str, float] | None = None) -> Measurement:
@@ -318,6 +349,7 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
     constant (a weight materialised for PyTorch's GEMM) is predicted far slower than it is.
     """
     budget = budget_s() if budget is None else budget
+    switches = _involuntary_switches()
     predicted = predicted or {}
     floors = floors or {}
     device = args[0].device if isinstance(args[0], torch.Tensor) else torch.device("cpu")
@@ -357,9 +389,11 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
         rounds += 1
         best = min(statistics.median(samples[c.id]) for c in live)
         for c in list(live):
-            if len(live) > 1 and statistics.median(samples[c.id]) > DROP_FACTOR * best:
+            fastest = min(samples[c.id])
+            if (len(live) > 1 and fastest > DROP_FACTOR * best
+                    and (len(samples[c.id]) >= 2 or fastest >= LONE_SAMPLE_DROP_S)):
                 live.remove(c)
-                dropped[c.id] = f"{statistics.median(samples[c.id]) / best:.1f}x the fastest"
+                dropped[c.id] = f"{fastest / best:.1f}x the fastest"
         if rounds >= MIN_ROUNDS and time.perf_counter() - started > budget:
             break
     times = {cid: statistics.median(ts) for cid, ts in samples.items() if ts}
@@ -367,8 +401,13 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
         raise RuntimeError("bigperf.tune.measure: every candidate failed:\n" +
                            "\n".join(f"  {k}: {v}" for k, v in dropped.items()))
     held = {c.id for c in candidates if getattr(c, "as_held", None) is not None and c.as_held(*args)}
-    choice = choose({cid: t for cid, t in times.items() if cid in {c.id for c in live}}, m_of(args), held)
-    return Measurement(choice, times, dropped, time.perf_counter() - started)
+    live_ids = {c.id for c in live}
+    choice = choose({cid: t for cid, t in times.items() if cid in live_ids}, m_of(args), held)
+    fastest = {cid: min(samples[cid]) for cid in live_ids}
+    seconds = time.perf_counter() - started
+    contended = (_involuntary_switches() - switches) > max(CONTENDED_SWITCHES_MIN, CONTENDED_SWITCHES_PER_S * seconds)
+    settled = min(fastest.values()) * UNSETTLED_FACTOR >= fastest[choice] and not contended
+    return Measurement(choice, times, dropped, seconds, settled=settled)
 
 
 def tie_margin(m: int, as_held: bool = False) -> float:
@@ -396,7 +435,7 @@ def choose(times: dict[str, float], m: int = 1, held: Collection[str] = ()) -> s
 @dataclass
 class Decision:
     choice: str
-    source: str                           # "measured", "cache", "default", "only"
+    source: str                           # "measured", "cache", "default", "only" (or "measured, unsettled ...")
     times_s: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -456,8 +495,10 @@ class Tuner:
             else:
                 predicted, floors = self._predict(key)
                 result = measure(candidates, args, predicted=predicted, floors=floors)
-                decision = Decision(result.choice, "measured", result.times_s, result.seconds)
-                self._persist(text, decision)
+                source = "measured" if result.settled else "measured, unsettled (not cached)"
+                decision = Decision(result.choice, source, result.times_s, result.seconds)
+                if result.settled:
+                    self._persist(text, decision)
             self._decisions[key] = decision
             return decision
 

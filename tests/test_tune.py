@@ -233,7 +233,7 @@ def test_concurrent_writers_lose_nothing_and_leave_valid_json(own_cache):
 def test_cache_file_gets_the_users_umask(own_cache):
     old = os.umask(0o022)
     try:
-        _table({"cpu": 0.001, "torch:fp32": 0.0}).select(_x())
+        _table({"cpu": 0.02, "torch:fp32": 0.0}).select(_x())  # a clear winner: an unsettled one is not cached
     finally:
         os.umask(old)
     assert _cache_file(own_cache).stat().st_mode & 0o777 == 0o644
@@ -363,3 +363,79 @@ def test_a_weight_given_other_data_of_another_form_is_decided_anew():
     table.backends["cpu"] = Backend("cpu", lambda *a: None, _sleeper(0.03))
     table.backends["torch:fp32"] = Backend("torch", lambda *a: None, _sleeper(0.002), "fp32")
     assert table.select(_x(), w).id == "torch:fp32"
+
+
+def _by_call(costs_per_call: list[float], then: float):
+    """A planted path whose n-th call sleeps costs_per_call[n] (then `then`): a kernel whose
+    threads another process preempted on some calls, with a known cost otherwise."""
+    calls = []
+
+    def run(x, *rest):
+        calls.append(1)
+        n = len(calls) - 1
+        time.sleep(costs_per_call[n] if n < len(costs_per_call) else then)
+        return x
+    return run
+
+
+def test_one_disturbed_sample_does_not_drop_the_fastest_path(own_cache):
+    """Our path's first timed call is stretched (40 ms, over 3x the other path's 12 ms): one
+    sample drops nothing, and its later calls (1 ms) win; the choice is settled and cached.
+    (Costs in milliseconds: a sleep on a loaded machine overshoots by a few.)"""
+    table = _table({"torch:fp32": 0.012})
+    table.register("cpu", lambda *a: None, _by_call([0.001, 0.040], then=0.001))  # warm-up, then the spike
+    assert table.select(_x()).id == "cpu"
+    decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
+    assert decision.source == "measured"
+    (section,) = json.loads(_cache_file(own_cache).read_text())["machines"].values()
+    assert [e["choice"] for e in section["choices"].values()] == ["cpu"]
+
+
+def test_a_choice_that_disturbances_decided_is_not_cached(own_cache):
+    """Our path runs 1 ms, but most of its calls are stretched to 40 ms: by the medians
+    PyTorch's steady 12 ms path wins, by each path's fastest call ours does, by far. Which
+    one is right depends on the moment; this process uses the medians' choice and the cache
+    file keeps nothing, so the next process measures again."""
+    table = _table({"torch:fp32": 0.012})
+    table.register("cpu", lambda *a: None, _by_call([0.001, 0.001], then=0.040))
+    assert table.select(_x()).id == "torch:fp32"
+    decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
+    assert decision.source.startswith("measured, unsettled")
+    assert not _cache_file(own_cache).exists() or not any(
+        section["choices"] for section in json.loads(_cache_file(own_cache).read_text())["machines"].values())
+
+
+def _busy(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_a_choice_measured_while_other_processes_take_the_cores_is_not_cached(own_cache, monkeypatch):
+    """Busy processes beside this one, one more than its cores: every choice measured then
+    holds for this process only (the cache file keeps none); measured again alone, it is kept."""
+    monkeypatch.setenv("BIGPERF_TUNE_BUDGET_S", "0.3")  # the default's order: enough switches to count
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    hogs = [multiprocessing.get_context("spawn").Process(target=_busy, args=(20,)) for _ in range(cores + 1)]
+    for hog in hogs:
+        hog.start()
+    try:
+        time.sleep(0.5)  # (the hogs' interpreters start)
+        costs = {"cpu": 0.0, "torch:fp32": 0.0}
+        table = OpBackends("bigperf.test_planted")
+        for bid in costs:
+            backend, _, variant = bid.partition(":")
+            table.register(backend, lambda *a: None, lambda x, *rest: _busy(0.002) or x, variant=variant)
+        table.select(_x())
+        decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
+        assert decision.source.startswith("measured, unsettled"), decision
+    finally:
+        for hog in hogs:
+            hog.terminate()
+            hog.join()
+    assert not _cache_file(own_cache).exists()
+    tune.forget()
+    time.sleep(0.5)  # (the machine settles)
+    table.select(_x())
+    decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
+    assert decision.source == "measured" and _cache_file(own_cache).exists(), decision
