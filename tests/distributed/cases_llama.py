@@ -139,7 +139,8 @@ def case_llama_orders(rank: int, world: int) -> None:
             reloaded = tiny_llama()
             bigperf.load(reloaded, saved)
             if not torch.equal(run(reloaded)[0], expected[0]):
-                failures.append("torch's styles then swap, saved and loaded whole: logits not bitwise the swapped model's")
+                failures.append("torch's styles then swap, saved and loaded whole: logits not bitwise the swapped "
+                                "model's")
             shutil.rmtree(saved)
         dist.barrier()
         # A whole checkpoint (bigperf.save of the unsharded swapped model) read into a sharded model.
