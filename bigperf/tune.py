@@ -59,13 +59,6 @@ LONE_SAMPLE_DROP_S = 0.05
 # this factor: a near tie (a few percent either way) is no sign of disturbance, a 1.5x gap
 # between the best calls of two paths whose medians ranked them the other way is.
 UNSETTLED_FACTOR = 1.5
-# Nor is any choice measured while other processes took this one's cores: more involuntary
-# context switches a second than this (Zen 4, 2 cores: 4-48 idle; 150-260 with one or two
-# busy processes beside, where our 2-thread W8A16 decode call went from 0.1 ms to 2.5-8 ms,
-# each call waiting out a preempted thread's time slice, and torch's 1-thread GEMV from
-# 0.37 to 0.45 ms). Such a choice is right for that moment only.
-CONTENDED_SWITCHES_PER_S = 100
-CONTENDED_SWITCHES_MIN = 10  # (a short measurement: a few switches say nothing)
 # Our kernel must beat PyTorch's fastest path by more than this to be chosen. Tuning times
 # each path on one weight, call after call, where part of a weight larger than the cache
 # stays cached; a model's layers read their weights cold. Measured on Zen 3 (1 thread,
@@ -275,9 +268,9 @@ class Measurement:
     dropped: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not kept
     seconds: float = 0.0                 # what the measuring cost
     # False where a path the medians did not choose ran, at its fastest, UNSETTLED_FACTOR
-    # times faster than the chosen one did at its fastest, or where other processes took the
-    # cores while it was measured (CONTENDED_SWITCHES_PER_S): disturbances decided, and the
-    # choice holds for this process only, the cache file does not keep it.
+    # times faster than the chosen one did at its fastest: disturbances (another process
+    # taking the cores) decided, and the choice holds for this process only, the cache file
+    # does not keep it.
     settled: bool = True
 
 
@@ -325,15 +318,6 @@ def _as_called(candidate, args: tuple) -> Callable[[], object]:
     return lambda: runner(x)
 
 
-def _involuntary_switches() -> int:
-    """This process's involuntary context switches so far, all threads (0 where unknown)."""
-    try:
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
-    except (ImportError, OSError):
-        return 0
-
-
 @torch.no_grad()  # inference is timed: a call that records a gradient selects its path here too
 def measure(candidates: Sequence, args: tuple, budget: float | None = None,
             predicted: dict[str, float] | None = None, floors: dict[str, float] | None = None) -> Measurement:
@@ -349,7 +333,6 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
     constant (a weight materialised for PyTorch's GEMM) is predicted far slower than it is.
     """
     budget = budget_s() if budget is None else budget
-    switches = _involuntary_switches()
     predicted = predicted or {}
     floors = floors or {}
     device = args[0].device if isinstance(args[0], torch.Tensor) else torch.device("cpu")
@@ -404,10 +387,8 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
     live_ids = {c.id for c in live}
     choice = choose({cid: t for cid, t in times.items() if cid in live_ids}, m_of(args), held)
     fastest = {cid: min(samples[cid]) for cid in live_ids}
-    seconds = time.perf_counter() - started
-    contended = (_involuntary_switches() - switches) > max(CONTENDED_SWITCHES_MIN, CONTENDED_SWITCHES_PER_S * seconds)
-    settled = min(fastest.values()) * UNSETTLED_FACTOR >= fastest[choice] and not contended
-    return Measurement(choice, times, dropped, seconds, settled=settled)
+    settled = min(fastest.values()) * UNSETTLED_FACTOR >= fastest[choice]
+    return Measurement(choice, times, dropped, time.perf_counter() - started, settled=settled)
 
 
 def tie_margin(m: int, as_held: bool = False) -> float:

@@ -403,39 +403,3 @@ def test_a_choice_that_disturbances_decided_is_not_cached(own_cache):
     assert decision.source.startswith("measured, unsettled")
     assert not _cache_file(own_cache).exists() or not any(
         section["choices"] for section in json.loads(_cache_file(own_cache).read_text())["machines"].values())
-
-
-def _busy(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-def test_a_choice_measured_while_other_processes_take_the_cores_is_not_cached(own_cache, monkeypatch):
-    """Busy processes beside this one, one more than its cores: every choice measured then
-    holds for this process only (the cache file keeps none); measured again alone, it is kept."""
-    monkeypatch.setenv("BIGPERF_TUNE_BUDGET_S", "0.3")  # the default's order: enough switches to count
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    hogs = [multiprocessing.get_context("spawn").Process(target=_busy, args=(20,)) for _ in range(cores + 1)]
-    for hog in hogs:
-        hog.start()
-    try:
-        time.sleep(0.5)  # (the hogs' interpreters start)
-        costs = {"cpu": 0.0, "torch:fp32": 0.0}
-        table = OpBackends("bigperf.test_planted")
-        for bid in costs:
-            backend, _, variant = bid.partition(":")
-            table.register(backend, lambda *a: None, lambda x, *rest: _busy(0.002) or x, variant=variant)
-        table.select(_x())
-        decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
-        assert decision.source.startswith("measured, unsettled"), decision
-    finally:
-        for hog in hogs:
-            hog.terminate()
-            hog.join()
-    assert not _cache_file(own_cache).exists()
-    tune.forget()
-    time.sleep(0.5)  # (the machine settles)
-    table.select(_x())
-    decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
-    assert decision.source == "measured" and _cache_file(own_cache).exists(), decision
