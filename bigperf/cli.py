@@ -82,14 +82,15 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def _min_speedup(text: str) -> float | None:
+    from bigperf.tune_swap import check_min_speedup
+
     if text.strip().lower() == "none":
         return None
     try:
         value = float(text)
+        check_min_speedup(value)  # swap's own bounds
     except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"--min-speedup takes a positive number or 'none', got {text!r}")
+        raise argparse.ArgumentTypeError(f"--min-speedup takes a positive number or 'none', got {text!r}") from None
     return value
 
 

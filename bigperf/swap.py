@@ -17,7 +17,7 @@ from torch import nn
 from bigperf.accuracy import gate_reason, measure_sqnr
 from bigperf.configs import config_by_name, config_to_dict, is_config
 from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_maps
-from bigperf.distributed.adopt import adopt, is_dtensor
+from bigperf.distributed.adopt import adopt, is_dtensor, local_tensor
 from bigperf.errors import LayerRefused
 from bigperf.ops.registry import NoBackendError
 from bigperf.report import SLOWER_BELOW, LayerChange, SwapReport
@@ -49,7 +49,7 @@ class PlannedSwap:
 
 def _module_bytes(module: nn.Module) -> int:
     """Bytes this process holds (of a DTensor, its local shard)."""
-    tensors = [t.to_local() if is_dtensor(t) else t for t in list(module.parameters()) + list(module.buffers())]
+    tensors = [local_tensor(t) for t in list(module.parameters()) + list(module.buffers())]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

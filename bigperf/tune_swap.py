@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigperf import tune
-from bigperf.distributed.adopt import is_dtensor
+from bigperf.distributed.adopt import local_tensor
 from bigperf.ops.activations import apply_activation
 from bigperf.ops.registry import record_paths
 
@@ -96,11 +96,6 @@ def tune_layer(old, new: nn.Module, in_features: int, batch_sizes: Iterable[int]
     return results
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor's local shard (a layer torch's parallelize_module sharded), else t."""
-    return t.to_local() if is_dtensor(t) else t
-
-
 class _OriginalMath(nn.Module):
     """What the replaced layer computed (and the activation the swap fuses into the new one),
     as F.linear on its own tensors, called as a module like the original: timing it must not
@@ -109,10 +104,10 @@ class _OriginalMath(nn.Module):
     def __init__(self, linear_map, activation: str):
         super().__init__()
         module = linear_map.module
-        weight = _local(module.weight.detach())
+        weight = local_tensor(module.weight.detach())
         self.weight = weight.t() if linear_map.transposed else weight
         bias = getattr(module, "bias", None)
-        self.bias = _local(bias.detach()) if bias is not None else None
+        self.bias = local_tensor(bias.detach()) if bias is not None else None
         self.activation = activation
 
     def forward(self, x):

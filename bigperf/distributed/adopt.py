@@ -32,6 +32,11 @@ def is_dtensor(t) -> bool:
     return module is not None and isinstance(t, module.DTensor)
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (what this rank holds), else t itself."""
+    return t.to_local() if is_dtensor(t) else t
+
+
 def torch_sharded_style(name: str, module: nn.Module) -> str:
     """"colwise" or "rowwise" for an nn.Linear torch's styles sharded; LayerRefused (swap
     keeps the layer) naming it for any other DTensor placement."""

@@ -56,10 +56,11 @@ def check_layer(name: str, module: nn.Module, mesh: DeviceMesh, where: str = WHE
     layer_kind(module)
     if "tensor_parallel" in module.__dict__:
         raise ValueError(f"{where}: layer {name!r} is already sharded ({module.tensor_parallel.style})")
-    if any(is_dtensor(t) for t in list(module.parameters()) + list(module.buffers())):
+    tensors = list(module.parameters()) + list(module.buffers())
+    if any(is_dtensor(t) for t in tensors):
         raise ValueError(f"{where}: layer {name!r} is already sharded by torch's parallelize_module (its "
                          f"weight is a DTensor); bigperf.swap takes it as it is, or shard the unsharded model")
-    device = next(t for t in list(module.parameters()) + list(module.buffers())).device
+    device = tensors[0].device
     if device.type not in (mesh.device_type, "meta"):  # meta: built empty, for bigperf.distributed.load
         raise ValueError(f"{where}: layer {name!r} is on {device}, the mesh on {mesh.device_type}")
 
