@@ -7,15 +7,16 @@
 
 Each weight format cuts its own packed tensors (bigperf/formats/<format>.py: shard_columns,
 shard_rows); the layers are rebuilt from their shards through their own constructors, so
-every kernel layout is re-derived per rank. torch's parallelize_module takes
-bigperf.distributed.ColwiseParallel() / RowwiseParallel() (see styles.py for why torch's own
-styles cannot shard these layers).
+every kernel layout is re-derived per rank. torch's parallelize_module shards
+them with torch's own ColwiseParallel() / RowwiseParallel(), which styles.py extends to
+bigperf's layers, or with bigperf.distributed.ColwiseParallel() / RowwiseParallel().
 
 The names load on first use: torch.distributed.tensor takes seconds to import, which
 `import bigperf` should not pay.
 """
 
 import importlib
+import sys
 
 _HOMES = {"parallelize": "plan", "ColwiseParallel": "styles", "RowwiseParallel": "styles",
           "TensorParallel": "all_reduce", "save": "checkpoint",
@@ -30,6 +31,13 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(f"bigperf.distributed.{_HOMES[name]}"), name)
     globals()[name] = value
     return value
+
+
+def extend_torch_styles_if_loaded() -> None:
+    """Let torch's own ColwiseParallel / RowwiseParallel shard bigperf's layers (styles.py), if
+    torch.distributed.tensor.parallel is imported already; never imports it (seconds)."""
+    if "torch.distributed.tensor.parallel" in sys.modules and "bigperf.distributed.styles" not in sys.modules:
+        importlib.import_module("bigperf.distributed.styles")
 
 
 def __dir__():

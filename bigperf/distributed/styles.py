@@ -1,17 +1,27 @@
-"""torch's ColwiseParallel / RowwiseParallel, taking bigperf's layers too, for torch's own
-entry point: parallelize_module(model, mesh, {"...q_proj": bigperf.distributed.ColwiseParallel()}).
+"""torch's ColwiseParallel / RowwiseParallel on bigperf's layers, through torch's own entry
+point: parallelize_module(model, mesh, {"...q_proj": ColwiseParallel()}).
 
 torch's styles shard nn.Linear / nn.Embedding only (their _apply raises NotImplementedError
-for other modules) and only parameters, with distribute_tensor's even split: packed buffers
-(int8 codes and scales, 2:4 values and metadata, BSR blocks) and the format's split rules are
-out of their reach. These subclasses keep the style's contract (shard the module in place;
-input_layouts, output_layouts and use_local_output move activations through DTensor, see
-layouts.py) and do it with the weight format's shard rules; like torch's, they shard one
-module at a time, while bigperf.distributed.parallelize checks the whole plan first. (The
-other order, torch's own styles on the plain model and bigperf.swap after, is adopt.py's.)"""
+for any other module) and only parameters, with distribute_tensor's even split: packed
+buffers (int8 codes and scales, 2:4 values and metadata, BSR blocks) and the format's split
+rules are out of their reach. So bigperf extends them (extend_torch_styles): torch's own
+ColwiseParallel / RowwiseParallel, given a bigperf layer, shard it with the weight format's
+shard rules; every other module still goes to torch's code, unchanged. The extension is
+installed when this module is imported, which bigperf.swap and bigperf.load do when
+torch.distributed.tensor.parallel is already imported (bigperf.distributed's
+extend_torch_styles_if_loaded), so the usual script (imports, swap, parallelize_module)
+needs nothing more; `import bigperf.distributed.styles` installs it by hand.
+
+The subclasses below (bigperf.distributed.ColwiseParallel / RowwiseParallel) do the same for
+nn.Linear too, so that one plan shards plain and swapped layers alike by the formats' rules.
+Both keep the style's contract (shard the module in place; input_layouts, output_layouts and
+use_local_output move activations through DTensor, see layouts.py); like torch's, they shard
+one module at a time, while bigperf.distributed.parallelize checks the whole plan first.
+(The other order, torch's own styles on the plain model and bigperf.swap after, is adopt.py's.)"""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 from torch import nn
@@ -22,10 +32,14 @@ from torch.distributed.tensor.parallel import RowwiseParallel as TorchRowwise
 from bigperf.distributed.layers import shard_layer, transplant
 from bigperf.distributed.layouts import style_layouts
 from bigperf.distributed.plan import check_layer, mesh_group, style_name
+from bigperf.nn import FusedLinear, Int8Linear, SparseLinear
+
+# The modules torch's own styles refuse and bigperf's shard rules take.
+BIGPERF_LAYERS = (FusedLinear, Int8Linear, SparseLinear)
 
 
 def _shard_in_place(style, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
-    where = f"bigperf.distributed.{type(style).__name__}"
+    where = f"{type(style).__module__}.{type(style).__qualname__}"
     name = style_name(style, where)
     rank, world, group = mesh_group(mesh, where)
     check_layer(type(module).__name__, module, mesh, where)
@@ -36,6 +50,30 @@ def _shard_in_place(style, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
         raise ValueError(f"{where}: {error}") from None
     transplant(module, shard, replace(tensor_parallel, layouts=layouts))
     return module
+
+
+def _extend(torch_style: type) -> None:
+    torch_apply = torch_style._apply
+    if getattr(torch_apply, "bigperf_extended", False):
+        return
+
+    @functools.wraps(torch_apply)
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        if isinstance(module, BIGPERF_LAYERS):  # torch's own code raises NotImplementedError for these
+            return _shard_in_place(self, module, device_mesh)
+        return torch_apply(self, module, device_mesh)
+
+    _apply.bigperf_extended = True
+    torch_style._apply = _apply
+
+
+def extend_torch_styles() -> None:
+    """Let torch's own ColwiseParallel / RowwiseParallel shard bigperf's layers (idempotent)."""
+    _extend(TorchColwise)
+    _extend(TorchRowwise)
+
+
+extend_torch_styles()
 
 
 class ColwiseParallel(TorchColwise):

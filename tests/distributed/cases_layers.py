@@ -1,6 +1,6 @@
 """Cases run on every gloo rank (tests/distributed/spawn.py): single layers of every config,
 sharded column- and row-wise, against the unsharded swapped layer; both orders of shard and
-swap; torch's parallelize_module with bigperf's styles; plans that must be refused."""
+swap; torch's parallelize_module with torch's and bigperf's styles; plans that must be refused."""
 
 from __future__ import annotations
 
@@ -142,29 +142,41 @@ def case_layer_state(rank: int, world: int) -> None:
 
 
 def case_torch_entry_point(rank: int, world: int) -> None:
-    """torch's parallelize_module with bigperf's styles shards bigperf layers as parallelize
-    does; torch's own ColwiseParallel refuses them (NotImplementedError), which is why
-    bigperf's styles exist."""
+    """torch's parallelize_module shards swapped layers as bigperf.distributed.parallelize
+    does, bit for bit: with torch's own ColwiseParallel / RowwiseParallel (which bigperf
+    extends to its layers once swap has run with torch.distributed.tensor.parallel imported),
+    with bigperf's subclasses of them, and with torch's style objects as values of a
+    parallelize plan. Plain nn.Linear layers still go to torch's own code (DTensor weights)."""
     mesh = init_device_mesh("cpu", (world,))
     x = inputs()
+    styles = {"colwise": (TorchColwise, tp.ColwiseParallel), "rowwise": (TorchRowwise, tp.RowwiseParallel)}
     with bigperf.use_backend("cpu"), bigperf.fp32_compute(), torch.no_grad():
-        for name in ("int8-group64-asym", "sparse24-int8", "block16", "fused-bf16"):
-            for style, torch_style, x_in in (("colwise", tp.ColwiseParallel(), x),
-                                             ("rowwise", tp.RowwiseParallel(), x[..., shard_slice(K, rank, world)])):
+        for name in CONFIGS:
+            for style, x_in in (("colwise", x), ("rowwise", x[..., shard_slice(K, rank, world)])):
                 ours = tp.parallelize(swapped(plain_model(name), CONFIGS[name]), mesh, {"0": style})
-                theirs = parallelize_module(swapped(plain_model(name), CONFIGS[name]), mesh, {"0": torch_style})
-                assert torch.equal(ours(x_in), theirs(x_in)), (name, style)
-                # torch's own style objects as values of bigperf's plan
-                torch_valued = tp.parallelize(swapped(plain_model(name), CONFIGS[name]), mesh,
-                                              {"0": TorchColwise() if style == "colwise" else TorchRowwise()})
-                assert torch.equal(ours(x_in), torch_valued(x_in)), (name, style)
+                expected = ours(x_in)
+                for make in styles[style]:
+                    entry = f"{make.__module__}.{make.__name__}"
+                    theirs = parallelize_module(swapped(plain_model(name), CONFIGS[name]), mesh, {"0": make()})
+                    assert type(theirs[0]) is type(ours[0]), (name, style, entry)
+                    assert torch.equal(theirs(x_in), expected), (name, style, entry)
+                    assert _same(_fingerprint(theirs), _fingerprint(ours)), (name, style, entry)
+                    torch_valued = tp.parallelize(swapped(plain_model(name), CONFIGS[name]), mesh, {"0": make()})
+                    assert torch.equal(torch_valued(x_in), expected), (name, style, entry)
+        plain = parallelize_module(plain_model("int8-channel"), mesh, {"0": TorchColwise()})
+        assert isinstance(plain[0].weight, DTensor), "torch's ColwiseParallel no longer shards nn.Linear itself"
+        # A split the format cannot take (K / world cuts a quantisation group in two): a clear
+        # error naming torch's style, and the layer as it was.
+        model = nn.Sequential(nn.Linear(64 * world + 32, N))
+        bigperf.swap(model, bigperf.Int8WeightOnly(group_size=32))
+        before = _fingerprint(model)
         try:
-            parallelize_module(swapped(plain_model("int8-channel"), CONFIGS["int8-channel"]), mesh,
-                               {"0": TorchColwise()})
-        except NotImplementedError as error:
-            assert "only support nn.Linear" in str(error)
+            parallelize_module(model, mesh, {"0": TorchRowwise()})
+        except ValueError as error:
+            assert "torch.distributed.tensor.parallel.style.RowwiseParallel" in str(error), error
         else:
-            raise AssertionError("torch's ColwiseParallel now takes Int8Linear: revisit bigperf.distributed.styles")
+            raise AssertionError("a row-wise split that cuts a quantisation group was taken")
+        assert _same(_fingerprint(model), before)
 
 
 def case_torch_shards_first(rank: int, world: int) -> None:
@@ -268,8 +280,8 @@ def case_layouts(rank: int, world: int) -> None:
     """torch's layout options, through DTensor, against the unsharded swapped model: a
     sequence-sharded input all-gathered into a column-wise shard, a row-wise sum
     reduce-scattered to a sequence-sharded output (sequence parallelism's MLP), DTensor
-    outputs handed to the next layer; by torch's parallelize_module with bigperf's styles,
-    and by bigperf.distributed.parallelize with torch's style objects."""
+    outputs handed to the next layer; by torch's parallelize_module with torch's and with
+    bigperf's styles, and by bigperf.distributed.parallelize with torch's style objects."""
     mesh = init_device_mesh("cpu", (world,))
     x = torch.randn(3, 2 * world, K, generator=torch.Generator().manual_seed(12))  # the sequence splits evenly
     seq, cols = shard_slice(x.shape[1], rank, world), shard_slice(N, rank, world)
@@ -286,10 +298,11 @@ def case_layouts(rank: int, world: int) -> None:
             expected = swapped_mlp(name, config)(x)
             first = swapped_mlp(name, config)[0](x)  # layer 0 (SiLU fused) alone
             # Sequence parallelism: Shard(1) in, all-gathered; reduce-scattered to Shard(1) out.
-            for entry, make in (("parallelize_module", lambda m, plan: parallelize_module(m, mesh, plan)),
-                                ("parallelize", lambda m, plan: tp.parallelize(m, mesh, plan))):
-                colwise, rowwise = (tp.ColwiseParallel, tp.RowwiseParallel) if entry == "parallelize_module" \
-                    else (TorchColwise, TorchRowwise)
+            torch_entry = lambda m, plan: parallelize_module(m, mesh, plan)  # noqa: E731
+            for entry, make, colwise, rowwise in (
+                    ("parallelize_module, bigperf's styles", torch_entry, tp.ColwiseParallel, tp.RowwiseParallel),
+                    ("parallelize_module, torch's styles", torch_entry, TorchColwise, TorchRowwise),
+                    ("parallelize", lambda m, plan: tp.parallelize(m, mesh, plan), TorchColwise, TorchRowwise)):
                 model = make(swapped_mlp(name, config), {"0": colwise(input_layouts=Shard(1)),
                                                          "2": rowwise(output_layouts=Shard(1))})
                 check(f"{name} {entry} sequence parallel", model(x[:, seq]), expected[:, seq])

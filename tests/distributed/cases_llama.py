@@ -29,7 +29,8 @@ TORCH_PLAN = {f"model.layers.*.{path}": style() for path, style in (
     ("self_attn.v_proj", tp.ColwiseParallel), ("self_attn.o_proj", tp.RowwiseParallel),
     ("mlp.gate_proj", tp.ColwiseParallel), ("mlp.up_proj", tp.ColwiseParallel),
     ("mlp.down_proj", tp.RowwiseParallel))}
-# And with torch's own styles, which shard the plain model's nn.Linear layers (swap after).
+# And with torch's own styles: on the plain model's nn.Linear layers (swap after), or on the
+# swapped model's layers (styles.py extends them).
 TORCH_OWN_PLAN = {f"model.layers.*.{path}": style() for path, style in (
     ("self_attn.q_proj", ColwiseParallel), ("self_attn.k_proj", ColwiseParallel),
     ("self_attn.v_proj", ColwiseParallel), ("self_attn.o_proj", RowwiseParallel),
@@ -101,7 +102,8 @@ def case_llama(rank: int, world: int) -> None:
 
 def case_llama_orders(rank: int, world: int) -> None:
     """Shard then swap (with bigperf's parallelize or torch's own styles), and torch's
-    parallelize_module with bigperf's styles, give what swap then parallelize gives; each
+    parallelize_module after the swap (with torch's own or bigperf's styles), give what swap
+    then parallelize gives; each
     rank holds about 1/world of the sharded layers' weights."""
     mesh = init_device_mesh("cpu", (world,))
     failures = []
@@ -121,6 +123,14 @@ def case_llama_orders(rank: int, world: int) -> None:
             failures.append("shard then swap: logits not bitwise those of swap then shard")
         compare("torch parallelize_module", parallelize_module(copy.deepcopy(swapped), mesh, TORCH_PLAN),
                 *expected, failures)
+        # Swap, then torch's own styles (styles.py extends them to bigperf's layers).
+        torch_after = parallelize_module(copy.deepcopy(swapped), mesh, TORCH_OWN_PLAN)
+        compare("swap then torch's own styles", torch_after, *expected, failures)
+        if not torch.equal(run(torch_after)[0], run(swap_first)[0]):
+            failures.append("swap then torch's own styles: logits not bitwise those of swap then parallelize")
+        if _sharded_bytes(torch_after) != _sharded_bytes(swap_first):
+            failures.append(f"swap then torch's own styles hold {_sharded_bytes(torch_after)} bytes of sharded "
+                            f"layers, parallelize {_sharded_bytes(swap_first)}")
         # torch's own styles on the plain model, then swap: each layer gathered, swapped, cut.
         torch_first = parallelize_module(tiny_llama(), mesh, TORCH_OWN_PLAN)
         report = bigperf.swap(torch_first, config)
