@@ -155,7 +155,7 @@ def adopt(name: str, module: nn.Module, make_layer) -> tuple[nn.Module, object]:
         raise LayerRefused(f"{WHERE}: layer {name!r}: {error}") from None
     whole = make_layer(full_linear(module))
     try:
-        shard, tensor_parallel = shard_layer(whole, style, mesh.get_local_rank(), mesh.size(), mesh.get_group())
+        shard, tensor_parallel = shard_layer(whole, style, mesh)
     except ValueError as error:
         raise LayerRefused(f"{WHERE}: layer {name!r} ({style}, sharded by torch): {error}") from None
     return shard, replace(tensor_parallel, layouts=layouts)

@@ -19,10 +19,12 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate
 
 from bigperf.distributed import shm
 from bigperf.distributed.layouts import SHARD_OUTPUT, Layouts, leave, local_input, normalized
+from bigperf.distributed.state import attach_state_hooks, detach_state_hooks
 from bigperf.ops.activations import apply_activation
 
 
@@ -36,6 +38,7 @@ class TensorParallel:
     out_features: int
     activation: str = "none"  # row-wise: applied after the all-reduce
     layouts: Layouts | None = None  # how activations arrive and leave, if not as plain local tensors
+    mesh: DeviceMesh | None = None  # the 1-D mesh, for the DTensors of its state_dict (state.py)
 
     def attach(self, module: nn.Module) -> None:
         """Record this shard on `module` and hook its input and output onto it (the row-wise
@@ -44,10 +47,7 @@ class TensorParallel:
         fused one after the model was sharded) hands it over, to run after the sum."""
         # Hook ids, not handles: a deep copy of the module copies its hook dicts with the same
         # ids, and its copied handles would still point at the original's dicts.
-        pre_id, post_id = module.__dict__.pop("_tensor_parallel_hook_ids", (None, None))
-        module._forward_pre_hooks.pop(pre_id, None)
-        module._forward_pre_hooks_with_kwargs.pop(pre_id, None)
-        module._forward_hooks.pop(post_id, None)
+        self.detach(module)
         info = self
         if self.style == "rowwise":
             fused = getattr(module, "activation", "none")
@@ -62,6 +62,18 @@ class TensorParallel:
                module.register_forward_hook(info.after).id)
         module.__dict__["tensor_parallel"] = info
         module.__dict__["_tensor_parallel_hook_ids"] = ids
+        if info.mesh is not None:
+            attach_state_hooks(module)
+
+    @staticmethod
+    def detach(module: nn.Module) -> None:
+        """Remove what attach added to `module` (its hooks and record)."""
+        pre_id, post_id = module.__dict__.pop("_tensor_parallel_hook_ids", (None, None))
+        module._forward_pre_hooks.pop(pre_id, None)
+        module._forward_pre_hooks_with_kwargs.pop(pre_id, None)
+        module._forward_hooks.pop(post_id, None)
+        detach_state_hooks(module)
+        module.__dict__.pop("tensor_parallel", None)
 
     def __deepcopy__(self, memo) -> "TensorParallel":
         return self  # a copied module shares the process group (and this holds nothing else that changes)

@@ -21,9 +21,11 @@ from safetensors import safe_open
 from torch import nn
 
 from bigperf.configs import config_from_dict
+from bigperf.distributed.all_reduce import TensorParallel
 from bigperf.distributed.empty import mesh_device
 from bigperf.distributed.layers import layer_kind, shard_layer
 from bigperf.distributed.plan import match_plan, mesh_group, parallelize
+from bigperf.distributed.state import local_state_dicts
 from bigperf.nn import Int8Linear
 from bigperf.serialize import TENSORS, check_save_path, load_planned, refuse_unsaved_meta
 from bigperf.serialize import _check_manifest as check_manifest
@@ -73,7 +75,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path | None:
     full_layers = []
     for name, module in sharded:  # every rank takes part in every gather, in the same order
         info = module.tensor_parallel
-        state = module.state_dict()
+        with local_state_dicts():
+            state = module.state_dict()
         kind = layer_kind(module)
         mine = (tuple(state.get(n) for n in kind.buffers), state.get("bias"))
         shards = [None] * info.world if info.rank == 0 else None
@@ -97,8 +100,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path | None:
             module.__dict__.update(own)
 
 
-def _sharded_checkpoint(manifest: dict, tensor_file: Path, chosen: dict, rank: int, world: int,
-                        group, device: torch.device) -> tuple[dict, dict]:
+def _sharded_checkpoint(manifest: dict, tensor_file: Path, chosen: dict, mesh,
+                        device: torch.device) -> tuple[dict, dict]:
     """(manifest, tensors) of this rank: the checkpoint with every layer the plan shards cut
     to the rank's shard, read and cut one layer at a time on `device`."""
     manifest = copy.deepcopy(manifest)
@@ -139,7 +142,7 @@ def _sharded_checkpoint(manifest: dict, tensor_file: Path, chosen: dict, rank: i
                                  device=device)
             try:
                 full.load_state_dict(state, strict=True)
-                shard, _ = shard_layer(full, style, rank, world, group)
+                shard, _ = shard_layer(full, style, mesh)
             except (RuntimeError, ValueError) as error:
                 raise ValueError(f"{LOAD}: layer {name!r} ({style}): {error}") from None
             for key in [k for k in manifest["tensors"] if k.startswith(prefix)]:
@@ -171,23 +174,21 @@ def load(model: nn.Module, path: str | os.PathLike, mesh, plan: dict) -> nn.Modu
     if not isinstance(model, nn.Module):
         raise TypeError(f"{LOAD}: argument 'model' must be an nn.Module, got {type(model).__name__}")
     chosen = match_plan(model, mesh, plan, LOAD)
-    rank, world, group = mesh_group(mesh, LOAD)
+    mesh_group(mesh, LOAD)
     refuse_unsaved_meta(model, LOAD)
     directory = Path(path)
-    manifest, tensors = _sharded_checkpoint(read_manifest(directory), directory / TENSORS, chosen, rank, world,
-                                            group, mesh_device(mesh))
+    manifest, tensors = _sharded_checkpoint(read_manifest(directory), directory / TENSORS, chosen, mesh,
+                                            mesh_device(mesh))
     held = [(module, dict(module.__dict__)) for _, module, _ in chosen.values()]
     try:
         parallelize(model, mesh, plan)  # the fresh model's linears become shards the checkpoint's fit
         check_manifest(manifest)
         planned = plan_from_manifest(model, manifest["layers"])
-        return load_planned(model, manifest, planned, tensors)
+        with local_state_dicts():  # the checkpoint holds this rank's plain shards
+            return load_planned(model, manifest, planned, tensors)
     except BaseException:
-        for module, own in held:  # as it was: attributes, and the all-reduce hooks parallelize added
-            pre_id, post_id = module.__dict__.get("_tensor_parallel_hook_ids", (None, None))
-            module._forward_pre_hooks.pop(pre_id, None)
-            module._forward_pre_hooks_with_kwargs.pop(pre_id, None)
-            module._forward_hooks.pop(post_id, None)
+        for module, own in held:  # as it was: attributes, and the hooks parallelize added
+            TensorParallel.detach(module)
             module.__dict__.clear()
             module.__dict__.update(own)
         raise

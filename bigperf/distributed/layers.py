@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from bigperf.distributed.all_reduce import TensorParallel
 from bigperf.formats import bsr, dense, int8_rowmajor, sparse24
@@ -26,6 +27,7 @@ class LayerKind:
     format: object  # the bigperf/formats module whose shard rules cut the tensors
     buffers: tuple[str, ...]  # the canonical tensors' state_dict names, in the format's order
     empty: Callable  # (layer, in_features, out_features, bias, activation) -> an empty layer like `layer`
+    shard_dims: Callable  # (layer, style) -> the format's shard_dims for this layer (bigperf/distributed/state.py)
 
 
 def _empty_linear(layer, in_features, out_features, bias, activation):
@@ -53,23 +55,33 @@ def _empty_sparse(layer, in_features, out_features, bias, activation):
                         int8=layer.int8, values_dtype=values_dtype, activation=activation, device=values.device)
 
 
+def _dims(fmt):
+    return lambda layer, style: fmt.shard_dims(style)
+
+
+def _int8_dims(layer, style):
+    return int8_rowmajor.shard_dims(style, per_channel=layer.group_size is None)
+
+
 def layer_kind(layer: nn.Module) -> LayerKind:
     if isinstance(layer, FusedLinear):
-        return LayerKind(dense, dense.BUFFERS, _empty_fused)
+        return LayerKind(dense, dense.BUFFERS, _empty_fused, _dims(dense))
     if isinstance(layer, Int8Linear):
-        return LayerKind(int8_rowmajor, int8_rowmajor.BUFFERS, _empty_int8)
+        return LayerKind(int8_rowmajor, int8_rowmajor.BUFFERS, _empty_int8, _int8_dims)
     if isinstance(layer, SparseLinear):
         fmt = sparse24 if layer.pattern == "2:4" else bsr
-        return LayerKind(fmt, fmt.BUFFERS, _empty_sparse)
+        return LayerKind(fmt, fmt.BUFFERS, _empty_sparse, _dims(fmt))
     if isinstance(layer, nn.Linear):
-        return LayerKind(dense, dense.BUFFERS, _empty_linear)
+        return LayerKind(dense, dense.BUFFERS, _empty_linear, _dims(dense))
     raise TypeError(f"bigperf.distributed: cannot shard a {type(layer).__name__}; shardable layers are "
                     f"{', '.join(t.__name__ for t in SHARDABLE)}")
 
 
-def shard_layer(layer: nn.Module, style: str, rank: int, world: int, group) -> tuple[nn.Module, TensorParallel]:
-    """A new layer holding `rank`'s `style` shard of `layer` (which is not changed), and what
-    to attach to it (`transplant`). Raises the format's ValueError when it cannot take the split."""
+def shard_layer(layer: nn.Module, style: str, mesh: DeviceMesh) -> tuple[nn.Module, TensorParallel]:
+    """A new layer holding this rank's `style` shard of `layer` (which is not changed) over the
+    1-D `mesh`, and what to attach to it (`transplant`). Raises the format's ValueError when it
+    cannot take the split."""
+    rank, world, group = mesh.get_local_rank(), mesh.size(), mesh.get_group()
     kind = layer_kind(layer)
     state = layer.state_dict()  # the canonical packed form, whatever layout the layer holds
     tensors = tuple(state.get(name) for name in kind.buffers)
@@ -94,7 +106,7 @@ def shard_layer(layer: nn.Module, style: str, rank: int, world: int, group) -> t
     for name, param in layer.named_parameters(recurse=False):
         if name in new._parameters and new._parameters[name] is not None:
             new._parameters[name].requires_grad_(param.requires_grad)
-    return new, TensorParallel(style, rank, world, group, k, n, after)
+    return new, TensorParallel(style, rank, world, group, k, n, after, mesh=mesh)
 
 
 # Module attributes a transplant keeps from the original: its hooks and its training flag.

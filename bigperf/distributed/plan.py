@@ -122,11 +122,10 @@ def parallelize(model: nn.Module, mesh: DeviceMesh, plan: dict) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{WHERE}: argument 'model' must be an nn.Module, got {type(model).__name__}")
     chosen = match_plan(model, mesh, plan)
-    rank, world, group = mesh_group(mesh)
     shards = []
     for name, (style, module, layouts) in chosen.items():
         try:
-            shard, tensor_parallel = shard_layer(module, style, rank, world, group)
+            shard, tensor_parallel = shard_layer(module, style, mesh)
         except ValueError as error:
             raise ValueError(f"{WHERE}: layer {name!r} ({style}): {error}") from None
         shards.append((module, shard, replace(tensor_parallel, layouts=layouts)))

@@ -41,11 +41,11 @@ BIGPERF_LAYERS = (FusedLinear, Int8Linear, SparseLinear)
 def _shard_in_place(style, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
     where = f"{type(style).__module__}.{type(style).__qualname__}"
     name = style_name(style, where)
-    rank, world, group = mesh_group(mesh, where)
+    mesh_group(mesh, where)
     check_layer(type(module).__name__, module, mesh, where)
     layouts = style_layouts(style, name, mesh, where)
     try:
-        shard, tensor_parallel = shard_layer(module, name, rank, world, group)
+        shard, tensor_parallel = shard_layer(module, name, mesh)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     transplant(module, shard, replace(tensor_parallel, layouts=layouts))

@@ -185,3 +185,10 @@ def unshard_rows(shards: list[tuple], biases: list, k: int) -> tuple[tuple, torc
     row_ptr = torch.zeros(shards[0][2].shape[0], dtype=torch.int64)
     row_ptr[1:] = torch.bincount(row, minlength=row_ptr.shape[0] - 1).cumsum(0)
     return ((torch.cat(values)[order], torch.cat(cols)[order], row_ptr.to(shards[0][2].dtype)), biases[0])
+
+
+def shard_dims(style: str) -> None:
+    """None: no DTensor placement describes a shard's blocks (each rank keeps a different
+    number of them, at offsets only the whole layer knows); bigperf/distributed/state.py
+    then names each rank's tensors by the rank."""
+    return None

@@ -185,3 +185,8 @@ def unshard_columns(shards: list[tuple], biases: list) -> tuple[tuple, torch.Ten
 def unshard_rows(shards: list[tuple], biases: list, k: int) -> tuple[tuple, torch.Tensor | None]:
     """The unsharded (weight,) and bias of every rank's shard_rows, in rank order."""
     return (torch.cat([s[0] for s in shards], dim=1),), biases[0]
+
+
+def shard_dims(style: str) -> tuple[int | None, ...]:
+    """The dim of each of (weight,) that a `style` shard splits (bigperf/formats/_shard.py)."""
+    return (0,) if style == "colwise" else (1,)

@@ -411,3 +411,11 @@ def unshard_rows(shards: list[tuple], biases: list, k: int,
         return (qweight, shards[0][1], shards[0][2]), biases[0]
     zero_point = None if shards[0][2] is None else torch.cat([s[2] for s in shards], dim=1)
     return (qweight, torch.cat([s[1] for s in shards], dim=1), zero_point), biases[0]
+
+
+def shard_dims(style: str, per_channel: bool) -> tuple[int | None, ...]:
+    """The dim of each of (qweight, scale, zero_point) that a `style` shard splits, None
+    where every rank holds it whole (per-channel scales and zero points, row-wise)."""
+    if style == "colwise":
+        return 0, 0, 0
+    return (1, None, None) if per_channel else (1, 1, 1)

@@ -267,3 +267,9 @@ def unshard_rows(shards: list[tuple], biases: list, k: int) -> tuple[tuple, torc
     meta bytes side by side along K; the per-row scale is every rank's (rank 0's)."""
     return ((torch.cat([s[0] for s in shards], dim=1), torch.cat([s[1] for s in shards], dim=1), shards[0][2]),
             biases[0])
+
+
+def shard_dims(style: str) -> tuple[int | None, ...]:
+    """The dim of each of (values, meta, scale) that a `style` shard splits, None where
+    every rank holds it whole (the per-row int8 scale, row-wise)."""
+    return (0, 0, 0) if style == "colwise" else (1, 1, None)

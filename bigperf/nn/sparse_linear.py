@@ -84,6 +84,8 @@ class SparseLinear(FloatCopy, nn.Module):
             self.register_parameter("bias", None)
         self.kernel_layout = "canonical"
         self._init_float_copy()
+        if pattern == "block":
+            self.register_load_state_dict_pre_hook(_take_block_count)
 
     def _make_buffers(self, n, k, int8, values_dtype, device):
         # Never inference tensors, even when the layer is built under torch.inference_mode():
@@ -307,23 +309,9 @@ class SparseLinear(FloatCopy, nn.Module):
         with self._float_copy_rebuilt():
             self.use_kernel_layout("canonical")  # load into canonical buffers, with their checks
             try:
-                self._load_canonical(state_dict, prefix, *args, **kwargs)
+                super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # BSR: _take_block_count first
             finally:  # a layout chosen by hand stays; otherwise the device's
                 self.use_kernel_layout(layout if layout != "canonical" else self._preferred_layout())
-
-    def _load_canonical(self, state_dict, prefix, *args, **kwargs):
-        # A BSR layer's block count is data: take the incoming buffers' sizes (dtypes are checked by copy).
-        if self.pattern == "block":
-            for name in ("values", "col_indices"):
-                incoming = state_dict.get(prefix + name)
-                if isinstance(incoming, torch.Tensor) and incoming.shape != getattr(self, name).shape:
-                    if incoming.dtype != getattr(self, name).dtype:
-                        raise ValueError(f"bigperf.nn.SparseLinear: state_dict {prefix + name} is {incoming.dtype}, "
-                                         f"this layer stores {getattr(self, name).dtype}")
-                    with torch.inference_mode(False):  # see _make_buffers
-                        setattr(self, name, torch.empty(incoming.shape, dtype=incoming.dtype,
-                                                        device=self.row_ptr.device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self) -> dict:
         return {"format": f"sparse-{self.pattern}{'-int8' if self.int8 else ''}", "version": PACKED_VERSION,
@@ -340,3 +328,17 @@ class SparseLinear(FloatCopy, nn.Module):
         held = "" if self.kernel_layout == "canonical" else f", held as {self.kernel_layout}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, {fmt}, "
                 f"values={str(values.dtype).replace('torch.', '')}, activation={self.activation}{held}")
+
+
+def _take_block_count(layer: SparseLinear, state_dict, prefix, *_) -> None:
+    """A BSR layer's block count is data: its buffers take the incoming ones' sizes (dtypes are
+    checked by the copy). A load pre-hook, so that it reads the names and shapes a sharded
+    layer's own hook gives (bigperf/distributed/state.py, which runs first)."""
+    for name in ("values", "col_indices"):
+        incoming = state_dict.get(prefix + name)
+        if isinstance(incoming, torch.Tensor) and incoming.shape != getattr(layer, name).shape:
+            if incoming.dtype != getattr(layer, name).dtype:
+                raise ValueError(f"bigperf.nn.SparseLinear: state_dict {prefix + name} is {incoming.dtype}, "
+                                 f"this layer stores {getattr(layer, name).dtype}")
+            with torch.inference_mode(False):  # see _make_buffers
+                setattr(layer, name, torch.empty(incoming.shape, dtype=incoming.dtype, device=layer.row_ptr.device))

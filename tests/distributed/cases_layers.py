@@ -1,6 +1,7 @@
 """Cases run on every gloo rank (tests/distributed/spawn.py): single layers of every config,
 sharded column- and row-wise, against the unsharded swapped layer; both orders of shard and
-swap; torch's parallelize_module with torch's and bigperf's styles; plans that must be refused."""
+swap; torch's parallelize_module with torch's and bigperf's styles; state dicts and
+torch.distributed.checkpoint; plans that must be refused."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -120,7 +122,8 @@ def case_layer_state(rank: int, world: int) -> None:
         assert layer.tensor_parallel.in_features == K and layer.tensor_parallel.activation == "silu"
         assert layer.activation == "none" and layer.kernel_layout == layout and layer.swap_record
         assert (layer.bias is not None) == (rank == 0)
-        after = sum(t.numel() * t.element_size() for t in layer.state_dict().values() if isinstance(t, torch.Tensor))
+        after = sum(t.numel() * t.element_size() for t in layer.state_dict().values() if isinstance(t, torch.Tensor)
+                    for t in [t.to_local() if isinstance(t, DTensor) else t])  # the rank's own part of each
         assert after < before / world * 1.1, (name, before, after)
         x = inputs()[..., shard_slice(K, rank, world)]
         with torch.no_grad():
@@ -506,6 +509,82 @@ def case_save(rank: int, world: int) -> None:
         raise AssertionError("an unsharded model was saved by bigperf.distributed.save")
 
 
+def case_state_dict(rank: int, world: int) -> None:
+    """A sharded model's state_dict in DTensor's terms (bigperf/distributed/state.py), every
+    config, column- then row-wise: each canonical tensor is a DTensor whose full_tensor() is
+    the unsharded swapped layer's, bitwise (the format's cut is the placement it claims);
+    torch.distributed.checkpoint saves it and loads it back into another sharded model
+    (outputs bitwise), and one process reads it into the unsharded model (no_dist). BSR
+    tensors go per rank (same number of ranks only)."""
+    mesh = init_device_mesh("cpu", (world,))
+    plan = {"0": "colwise", "2": "rowwise"}
+    x = inputs()
+    failures = []
+    root = Path(tempfile.gettempdir(), f"bigperf-tp-dcp-{os.environ['MASTER_PORT']}")
+    with bigperf.use_backend("cpu"), bigperf.fp32_compute(), torch.no_grad():
+        for name, config in CONFIGS.items():
+            unsharded = swapped_mlp(name, config)
+            sharded = tp.parallelize(swapped_mlp(name, config), mesh, plan)
+            expected = sharded(x)
+            whole, state = unsharded.state_dict(), sharded.state_dict()
+            block = name.startswith("block")
+            for key, value in state.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if block and "@rank" in key:
+                    continue
+                if key == "2.bias":  # row-wise: rank 0 adds it, and alone holds it
+                    if not isinstance(value, DTensor) and (rank == 0) and torch.equal(value, whole[key]):
+                        continue
+                if not isinstance(value, DTensor) or not torch.equal(value.full_tensor(), whole[key]):
+                    failures.append(f"{name} {key}: {type(value).__name__}, not the unsharded tensor as a DTensor")
+            if block and sorted(k for k in state if "@rank" in k) != sorted(
+                    f"{k}@rank{rank}of{world}" for k in whole if k.split(".")[-1] in ("values", "col_indices", "row_ptr")):
+                failures.append(f"{name}: BSR keys {sorted(state)}")
+            if (rank != 0) == ("2.bias" in state):
+                failures.append(f"{name}: row-wise bias on rank {rank}: {'2.bias' in state}")
+            path = str(root / name)
+            dcp.save(state, checkpoint_id=path)
+            other = tp.parallelize(_zeroed(swapped_mlp(name, config)), mesh, plan)
+            fresh = other.state_dict()
+            dcp.load(fresh, checkpoint_id=path)
+            other.load_state_dict(fresh)
+            if not torch.equal(other(x), expected):
+                failures.append(f"{name}: the model DCP loaded computes otherwise")
+            sharded.load_state_dict(sharded.state_dict())  # the round trip through DTensors, in place
+            if not torch.equal(sharded(x), expected):
+                failures.append(f"{name}: load_state_dict(state_dict()) changed the model")
+            dist.barrier()
+            if rank == 0 and not block:  # one process reads the shards into the unsharded model
+                single = _zeroed(swapped_mlp(name, config))
+                full = single.state_dict()
+                dcp.load(full, checkpoint_id=path, no_dist=True)
+                single.load_state_dict(full)
+                if not torch.equal(single(x), unsharded(x)):
+                    failures.append(f"{name}: the unsharded model DCP loaded computes otherwise")
+            dist.barrier()
+        block_layer = tp.parallelize(swapped_mlp("block16", CONFIGS["block16"]), mesh, plan)
+        try:
+            block_layer.load_state_dict(swapped_mlp("block16", CONFIGS["block16"]).state_dict())
+        except ValueError as error:
+            if "a BSR shard takes its rank's own tensors" not in str(error):
+                failures.append(f"BSR shard, unsharded state: {error}")
+        else:
+            failures.append("a BSR shard took the unsharded layer's blocks")
+    if rank == 0:
+        shutil.rmtree(root, ignore_errors=True)
+    assert not failures, "\n".join(failures)
+
+
+def _zeroed(model: nn.Module) -> nn.Module:
+    """The model with every floating tensor of its state zeroed (the load must bring them all)."""
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                t.zero_()
+    return model
+
+
 CASES = {"smoke": case_smoke, "save": case_save, "layers": case_layers, "layer_state": case_layer_state,
          "torch_entry_point": case_torch_entry_point, "bad_plans": case_bad_plans, "layouts": case_layouts,
-         "torch_shards_first": case_torch_shards_first}
+         "torch_shards_first": case_torch_shards_first, "state_dict": case_state_dict}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import transformers
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -131,6 +132,23 @@ def case_llama_orders(rank: int, world: int) -> None:
         if _sharded_bytes(torch_after) != _sharded_bytes(swap_first):
             failures.append(f"swap then torch's own styles hold {_sharded_bytes(torch_after)} bytes of sharded "
                             f"layers, parallelize {_sharded_bytes(swap_first)}")
+        # torch.distributed.checkpoint round trip of that model, into a fresh one sharded alike.
+        checkpoint = str(Path(tempfile.gettempdir(), f"bigperf-tp-llama-dcp-{os.environ['MASTER_PORT']}"))
+        dcp.save(torch_after.state_dict(), checkpoint_id=checkpoint)
+        fresh = tiny_llama()
+        with torch.no_grad():
+            for parameter in fresh.parameters():
+                parameter.mul_(0.5)
+        bigperf.swap(fresh, config)
+        parallelize_module(fresh, mesh, TORCH_OWN_PLAN)
+        state = fresh.state_dict()
+        dcp.load(state, checkpoint_id=checkpoint)
+        fresh.load_state_dict(state)
+        if not torch.equal(run(fresh)[0], run(torch_after)[0]):
+            failures.append("torch.distributed.checkpoint: the reloaded sharded model's logits differ")
+        dist.barrier()
+        if rank == 0:
+            shutil.rmtree(checkpoint, ignore_errors=True)
         # torch's own styles on the plain model, then swap: each layer gathered, swapped, cut.
         torch_first = parallelize_module(tiny_llama(), mesh, TORCH_OWN_PLAN)
         report = bigperf.swap(torch_first, config)

@@ -12,7 +12,8 @@ LAYERS = "tests.distributed.cases_layers"
 LLAMA = "tests.distributed.cases_llama"
 SHM = "tests.distributed.cases_shm:shm"
 TWO_RANK_CASES = [SHM] + [f"{LAYERS}:{case}" for case in ("layers", "layer_state", "torch_entry_point", "bad_plans",
-                                                          "save", "layouts", "torch_shards_first")]
+                                                          "save", "layouts", "torch_shards_first",
+                                                          "state_dict")]
 if importlib.util.find_spec("transformers") is not None:  # else the Llama tests skip, with the reason
     TWO_RANK_CASES += [f"{LLAMA}:{case}" for case in ("llama", "llama_orders")]
 FOUR_RANK_CASES = [SHM, f"{LAYERS}:smoke", f"{LAYERS}:layouts", f"{LAYERS}:torch_shards_first"]
@@ -28,7 +29,7 @@ def test_two_ranks_shared_memory_all_reduce(two_ranks):
 
 
 @pytest.mark.parametrize("case", ["layers", "layer_state", "torch_entry_point", "bad_plans", "save", "layouts",
-                                  "torch_shards_first"])
+                                  "torch_shards_first", "state_dict"])
 def test_two_ranks(two_ranks, case):
     check_case(two_ranks, f"{LAYERS}:{case}", 2)
 
