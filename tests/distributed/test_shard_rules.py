@@ -123,3 +123,30 @@ def test_unshard_gives_back_the_packed_weight(name, world):
         assert torch.equal(whole_bias, b), style
         for got, want in zip(tensors, packed):
             assert (got is None and want is None) or (got.dtype == want.dtype and torch.equal(got, want)), style
+
+
+@pytest.mark.parametrize("name", [n for n in FORMATS if n != "bsr"])
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_shard_dims_describe_the_cut(name, world):
+    """What a sharded layer's state_dict claims (bigperf/distributed/state.py: a DTensor placed
+    by shard_dims): every rank's tensor is the even chunk of the unsharded one along that dim,
+    or the whole of it where the dim is None."""
+    fmt, pack, _ = FORMATS[name]
+    packed = pack(weight())
+    per_channel = name == "int8-channel"
+    for style in ("colwise", "rowwise"):
+        dims = fmt.shard_dims(style, per_channel=per_channel) if fmt is int8_rowmajor else fmt.shard_dims(style)
+        assert len(dims) == len(packed)
+        for rank in range(world):
+            shard, _ = (fmt.shard_columns(packed, None, rank, world) if style == "colwise"
+                        else fmt.shard_rows(packed, None, K, rank, world))
+            for whole, part, dim in zip(packed, shard, dims):
+                if whole is None:
+                    assert part is None
+                    continue
+                expected = whole if dim is None else torch.chunk(whole, world, dim=dim)[rank]
+                assert torch.equal(part, expected), (style, rank, dim)
+
+
+def test_bsr_claims_no_placement():
+    assert bsr.shard_dims("colwise") is None and bsr.shard_dims("rowwise") is None
