@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
@@ -77,21 +78,25 @@ def layer_kind(layer: nn.Module) -> LayerKind:
                     f"{', '.join(t.__name__ for t in SHARDABLE)}")
 
 
-def shard_layer(layer: nn.Module, style: str, mesh: DeviceMesh) -> tuple[nn.Module, TensorParallel]:
+def shard_layer(layer: nn.Module, style: str, mesh: DeviceMesh,
+                src_rank: int | None = None) -> tuple[nn.Module, TensorParallel]:
     """A new layer holding this rank's `style` shard of `layer` (which is not changed) over the
     1-D `mesh`, and what to attach to it (`transplant`). Raises the format's ValueError when it
-    cannot take the split."""
+    cannot take the split. With `src_rank` (torch's src_data_rank: a rank of the mesh), every
+    rank cuts that rank's copy of the layer (broadcast), not its own."""
     rank, world, group = mesh.get_local_rank(), mesh.size(), mesh.get_group()
     kind = layer_kind(layer)
     state = layer.state_dict()  # the canonical packed form, whatever layout the layer holds
-    tensors = tuple(state.get(name) for name in kind.buffers)
+    tensors, bias = tuple(state.get(name) for name in kind.buffers), state.get("bias")
+    if src_rank is not None and world > 1 and not any(t is not None and t.is_meta for t in (*tensors, bias)):
+        *tensors, bias = _from_rank(src_rank, (*tensors, bias), group)
     n, k = layer.out_features, layer.in_features
     activation = getattr(layer, "activation", "none")
     if style == "colwise":
-        tensors, bias = kind.format.shard_columns(tensors, state.get("bias"), rank, world)
+        tensors, bias = kind.format.shard_columns(tuple(tensors), bias, rank, world)
         local_in, local_out, local_activation, after = k, n // world, activation, "none"
     else:  # the partial sums are reduced first: the activation runs after the all-reduce
-        tensors, bias = kind.format.shard_rows(tensors, state.get("bias"), k, rank, world)
+        tensors, bias = kind.format.shard_rows(tuple(tensors), bias, k, rank, world)
         local_in, local_out, local_activation, after = k // world, n, "none", activation
     new = kind.empty(layer, local_in, local_out, bias is not None, local_activation)
     shard = {name: t for name, t in zip(kind.buffers, tensors) if t is not None}
@@ -107,6 +112,27 @@ def shard_layer(layer: nn.Module, style: str, mesh: DeviceMesh) -> tuple[nn.Modu
         if name in new._parameters and new._parameters[name] is not None:
             new._parameters[name].requires_grad_(param.requires_grad)
     return new, TensorParallel(style, rank, world, group, k, n, after, mesh=mesh)
+
+
+def _from_rank(src_rank: int, tensors: tuple, group) -> list:
+    """Rank `src_rank`'s `tensors` (None stays None) on every rank of `group`: shapes first
+    (a BSR layer's block count is data), then each tensor, into fresh memory (the layer's own
+    tensors stay as they are until the shard is whole)."""
+    source = dist.get_global_rank(group, src_rank)
+    meta = [[None if t is None else (tuple(t.shape), t.dtype) for t in tensors]]
+    dist.broadcast_object_list(meta, src=source, group=group)
+    device = next(t.device for t in tensors if t is not None)
+    received = []
+    for t, wanted in zip(tensors, meta[0]):
+        if wanted is None:
+            received.append(None)
+            continue
+        mine = t is not None and (tuple(t.shape), t.dtype) == wanted
+        buffer = t.detach().clone(memory_format=torch.contiguous_format) if mine else \
+            torch.empty(wanted[0], dtype=wanted[1], device=device)
+        dist.broadcast(buffer, src=source, group=group)
+        received.append(buffer)
+    return received
 
 
 # Module attributes a transplant keeps from the original: its hooks and its training flag.

@@ -87,8 +87,9 @@ def _give(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> N
             if isinstance(placement, Shard):  # every format's shards are even (formats/_shard.py)
                 shape[placement.dim] *= info.world
             shape = torch.Size(shape)
+            stride = torch.empty(shape, device="meta").stride()  # contiguous, no memory
             state_dict[prefix + name] = DTensor.from_local(local, info.mesh, (placement,), run_check=False,
-                                                           shape=shape, stride=torch.empty(shape, device="meta").stride())
+                                                           shape=shape, stride=stride)
     renamed = {prefix + name: prefix + _rank_name(name, info) for name in by_rank if prefix + name in state_dict}
     if renamed:  # in place and in order (the dict is the whole model's)
         items = [(renamed.get(key, key), value) for key, value in state_dict.items()]

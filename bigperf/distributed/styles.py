@@ -45,7 +45,9 @@ def _shard_in_place(style, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
     check_layer(type(module).__name__, module, mesh, where)
     layouts = style_layouts(style, name, mesh, where)
     try:
-        shard, tensor_parallel = shard_layer(module, name, mesh)
+        # torch's parallelize_module sets src_data_rank (0 by default): every rank cuts that
+        # rank's weights, as its distribute_tensor does; None: each rank its own.
+        shard, tensor_parallel = shard_layer(module, name, mesh, src_rank=getattr(style, "src_data_rank", None))
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     transplant(module, shard, replace(tensor_parallel, layouts=layouts))

@@ -166,6 +166,20 @@ def case_torch_entry_point(rank: int, world: int) -> None:
                     assert _same(_fingerprint(theirs), _fingerprint(ours)), (name, style, entry)
                     torch_valued = tp.parallelize(swapped(plain_model(name), CONFIGS[name]), mesh, {"0": make()})
                     assert torch.equal(torch_valued(x_in), expected), (name, style, entry)
+        # Ranks whose weights differ: torch's src_data_rank (0 by default) makes every rank cut
+        # rank 0's layer, as torch's distribute_tensor does; None keeps each rank's own.
+        for name in ("int8-group32", "block16", "sparse24-int8", "fused-bf16"):
+            for style, x_in in (("colwise", x), ("rowwise", x[..., shard_slice(K, rank, world)])):
+                rank0 = tp.parallelize(swapped(plain_model(name, seed=0), CONFIGS[name]), mesh, {"0": style})
+                own = tp.parallelize(swapped(plain_model(name, seed=rank), CONFIGS[name]), mesh, {"0": style})
+                for make in styles[style]:
+                    model = swapped(plain_model(name, seed=rank), CONFIGS[name])
+                    broadcast = parallelize_module(model, mesh, {"0": make()})
+                    assert _same(_fingerprint(broadcast), _fingerprint(rank0)), (name, style, make)
+                    assert torch.equal(broadcast(x_in), rank0(x_in)), (name, style, make)
+                    kept = parallelize_module(swapped(plain_model(name, seed=rank), CONFIGS[name]), mesh,
+                                              {"0": make()}, src_data_rank=None)
+                    assert _same(_fingerprint(kept), _fingerprint(own)), (name, style, make)
         plain = parallelize_module(plain_model("int8-channel"), mesh, {"0": TorchColwise()})
         assert isinstance(plain[0].weight, DTensor), "torch's ColwiseParallel no longer shards nn.Linear itself"
         # A split the format cannot take (K / world cuts a quantisation group in two): a clear
@@ -538,8 +552,9 @@ def case_state_dict(rank: int, world: int) -> None:
                         continue
                 if not isinstance(value, DTensor) or not torch.equal(value.full_tensor(), whole[key]):
                     failures.append(f"{name} {key}: {type(value).__name__}, not the unsharded tensor as a DTensor")
-            if block and sorted(k for k in state if "@rank" in k) != sorted(
-                    f"{k}@rank{rank}of{world}" for k in whole if k.split(".")[-1] in ("values", "col_indices", "row_ptr")):
+            by_rank = sorted(f"{k}@rank{rank}of{world}" for k in whole
+                             if k.split(".")[-1] in ("values", "col_indices", "row_ptr"))
+            if block and sorted(k for k in state if "@rank" in k) != by_rank:
                 failures.append(f"{name}: BSR keys {sorted(state)}")
             if (rank != 0) == ("2.bias" in state):
                 failures.append(f"{name}: row-wise bias on rank {rank}: {'2.bias' in state}")
