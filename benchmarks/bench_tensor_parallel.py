@@ -7,7 +7,8 @@ cache. Two ways to use the machine's cores, timed alternately in one run:
     tp:     T ranks x 1 thread each (gloo), bigperf.distributed.parallelize with the common
             plan (q/k/v/gate/up column-wise, o/down row-wise); with --sharded-by torch,
             torch's own parallelize_module and styles on the plain model, swapped after
-            (bigperf/distributed/adopt.py: torch's DTensor hooks stay on every layer)
+            (bigperf/distributed/adopt.py); with --sharded-by torch-after, the swapped model
+            sharded by torch's parallelize_module with its own styles (distributed/styles.py)
 
 Reports tokens/s of each (median and quartiles over rounds), their per-round ratio, the
 weight bytes each process holds, and one all-reduce of a decode row's time, through the
@@ -139,6 +140,10 @@ def rank_main(rank, world, port, args, commands, replies):
 
         model = parallelize_module(llama(args), mesh, torch_plan())
         bigperf.swap(model, args.config)
+    elif args.sharded_by == "torch-after":
+        from torch.distributed.tensor.parallel import parallelize_module
+
+        model = parallelize_module(build(args), mesh, torch_plan())
     else:
         model = bigperf.distributed.parallelize(build(args), mesh, PLAN)
     if args.shard_vocab:  # the embedding by torch's own style, the lm_head by bigperf's, logits gathered
@@ -164,8 +169,9 @@ def main():
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tune", action="store_true", help="keep measured dispatch on (see above)")
-    parser.add_argument("--sharded-by", choices=("bigperf", "torch"), default="bigperf",
-                        help="tp ranks: bigperf.distributed.parallelize, or torch's parallelize_module then swap")
+    parser.add_argument("--sharded-by", choices=("bigperf", "torch", "torch-after"), default="bigperf",
+                        help="tp ranks: bigperf.distributed.parallelize; torch's parallelize_module then swap; or "
+                             "swap then torch's parallelize_module with its own styles")
     args = parser.parse_args()
     world = args.threads
     if not args.tune:

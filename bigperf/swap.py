@@ -17,7 +17,7 @@ from torch import nn
 from bigperf.accuracy import gate_reason, measure_sqnr
 from bigperf.configs import config_by_name, config_to_dict, is_config
 from bigperf.discovery import LinearMap, find_activation_fusions, find_linear_maps
-from bigperf.distributed import extend_torch_styles_if_loaded
+from bigperf.distributed import extend_torch_styles
 from bigperf.distributed.adopt import adopt, is_dtensor, local_tensor
 from bigperf.errors import LayerRefused
 from bigperf.ops.registry import NoBackendError
@@ -187,7 +187,7 @@ def apply_swaps(model: nn.Module, planned: list[PlannedSwap]) -> list[tuple[str,
         restore_modules(model, undo)
         raise
     if planned:  # torch's own parallelize_module styles then take the new layers too
-        extend_torch_styles_if_loaded()
+        extend_torch_styles()
     return undo
 
 

@@ -16,7 +16,10 @@ The names load on first use: torch.distributed.tensor takes seconds to import, w
 """
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
+import warnings
 
 _HOMES = {"parallelize": "plan", "ColwiseParallel": "styles", "RowwiseParallel": "styles",
           "TensorParallel": "all_reduce", "save": "checkpoint",
@@ -33,11 +36,52 @@ def __getattr__(name: str):
     return value
 
 
-def extend_torch_styles_if_loaded() -> None:
-    """Let torch's own ColwiseParallel / RowwiseParallel shard bigperf's layers (styles.py), if
-    torch.distributed.tensor.parallel is imported already; never imports it (seconds)."""
-    if "torch.distributed.tensor.parallel" in sys.modules and "bigperf.distributed.styles" not in sys.modules:
+_TORCH_TENSOR_PARALLEL = "torch.distributed.tensor.parallel"
+
+
+def extend_torch_styles() -> None:
+    """Let torch's own ColwiseParallel / RowwiseParallel shard bigperf's layers (styles.py):
+    now if torch.distributed.tensor.parallel is imported, else as soon as it is. Never imports
+    it itself (half a second), so that a swap without tensor parallelism does not pay for it."""
+    if "bigperf.distributed.styles" in sys.modules:
+        return
+    if _TORCH_TENSOR_PARALLEL in sys.modules:
         importlib.import_module("bigperf.distributed.styles")
+    elif not any(isinstance(finder, _ExtendWhenImported) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ExtendWhenImported())
+
+
+class _ExtendWhenImported(importlib.abc.MetaPathFinder):
+    """Import hook, once: torch.distributed.tensor.parallel loads as it would, then styles.py
+    extends its styles."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _TORCH_TENSOR_PARALLEL:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ExtendingLoader(spec.loader)
+        return spec
+
+
+class _ExtendingLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        try:
+            importlib.import_module("bigperf.distributed.styles")
+        except Exception as error:  # noqa: BLE001 - never fail the user's import of torch
+            warnings.warn(f"bigperf: torch's ColwiseParallel / RowwiseParallel not extended to bigperf's layers: "
+                          f"{error}", stacklevel=2)
 
 
 def __dir__():

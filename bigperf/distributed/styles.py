@@ -4,13 +4,12 @@ point: parallelize_module(model, mesh, {"...q_proj": ColwiseParallel()}).
 torch's styles shard nn.Linear / nn.Embedding only (their _apply raises NotImplementedError
 for any other module) and only parameters, with distribute_tensor's even split: packed
 buffers (int8 codes and scales, 2:4 values and metadata, BSR blocks) and the format's split
-rules are out of their reach. So bigperf extends them (extend_torch_styles): torch's own
+rules are out of their reach. So bigperf extends them (extend_style_classes): torch's own
 ColwiseParallel / RowwiseParallel, given a bigperf layer, shard it with the weight format's
 shard rules; every other module still goes to torch's code, unchanged. The extension is
-installed when this module is imported, which bigperf.swap and bigperf.load do when
-torch.distributed.tensor.parallel is already imported (bigperf.distributed's
-extend_torch_styles_if_loaded), so the usual script (imports, swap, parallelize_module)
-needs nothing more; `import bigperf.distributed.styles` installs it by hand.
+installed when this module is imported: bigperf.swap and bigperf.load import it once they
+have made bigperf layers, at once if torch.distributed.tensor.parallel is imported, else
+when it is (bigperf.distributed.extend_torch_styles), so a script needs nothing more.
 
 The subclasses below (bigperf.distributed.ColwiseParallel / RowwiseParallel) do the same for
 nn.Linear too, so that one plan shards plain and swapped layers alike by the formats' rules.
@@ -69,13 +68,13 @@ def _extend(torch_style: type) -> None:
     torch_style._apply = _apply
 
 
-def extend_torch_styles() -> None:
+def extend_style_classes() -> None:
     """Let torch's own ColwiseParallel / RowwiseParallel shard bigperf's layers (idempotent)."""
     _extend(TorchColwise)
     _extend(TorchRowwise)
 
 
-extend_torch_styles()
+extend_style_classes()
 
 
 class ColwiseParallel(TorchColwise):

@@ -1,6 +1,6 @@
 """torch's own ColwiseParallel / RowwiseParallel take bigperf's layers once swap (or load)
-has run with torch.distributed.tensor.parallel imported (bigperf/distributed/styles.py); swap
-without it imports nothing of torch.distributed.tensor (seconds). Each check runs in a fresh
+has run (bigperf/distributed/styles.py), whether torch.distributed.tensor.parallel was imported
+before or is after; swap itself imports nothing of torch.distributed.tensor (half a second). Each check runs in a fresh
 interpreter: the extension is process-wide. Sharding itself is checked on gloo ranks
 (cases_layers.py: case_torch_entry_point, case_layouts; cases_llama.py: case_llama_orders)."""
 
@@ -49,6 +49,17 @@ def test_swap_extends_torch_styles_when_they_are_imported():
     lines = out.splitlines()
     assert lines[0] == "[False, False]" and lines[1] == "[True, True]", out
     assert lines[2].startswith("torch: ColwiseParallel currently only support nn.Linear"), out
+
+
+def test_torch_tensor_parallel_imported_after_the_swap_is_extended_too():
+    out = _run(SETUP + """
+    bigperf.swap(model(), "int8")
+    print("torch.distributed.tensor.parallel" in sys.modules)
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+    print(extended())
+    print(sum(type(f).__name__ == "_ExtendWhenImported" for f in sys.meta_path))
+    """)
+    assert out.splitlines() == ["False", "[True, True]", "0"], out
 
 
 def test_load_extends_torch_styles_too():
