@@ -126,12 +126,7 @@ def case_llama_orders(rank: int, world: int) -> None:
                 *expected, failures)
         # Swap, then torch's own styles (styles.py extends them to bigperf's layers).
         torch_after = parallelize_module(copy.deepcopy(swapped), mesh, TORCH_OWN_PLAN)
-        compare("swap then torch's own styles", torch_after, *expected, failures)
-        if not torch.equal(run(torch_after)[0], run(swap_first)[0]):
-            failures.append("swap then torch's own styles: logits not bitwise those of swap then parallelize")
-        if _sharded_bytes(torch_after) != _sharded_bytes(swap_first):
-            failures.append(f"swap then torch's own styles hold {_sharded_bytes(torch_after)} bytes of sharded "
-                            f"layers, parallelize {_sharded_bytes(swap_first)}")
+        _same_as(swap_first, "swap then torch's own styles", torch_after, expected, failures)
         # torch.distributed.checkpoint round trip of that model, into a fresh one sharded alike.
         checkpoint = str(Path(tempfile.gettempdir(), f"bigperf-tp-llama-dcp-{os.environ['MASTER_PORT']}"))
         dcp.save(torch_after.state_dict(), checkpoint_id=checkpoint)
@@ -154,12 +149,7 @@ def case_llama_orders(rank: int, world: int) -> None:
         report = bigperf.swap(torch_first, config)
         if len(report.changes) != 2 * 7 + 1:
             failures.append(f"torch's styles then swap: kept {report.kept}")
-        compare("torch's styles then swap", torch_first, *expected, failures)
-        if not torch.equal(run(torch_first)[0], run(swap_first)[0]):
-            failures.append("torch's styles then swap: logits not bitwise those of swap then shard")
-        if _sharded_bytes(torch_first) != _sharded_bytes(swap_first):
-            failures.append(f"torch's styles then swap hold {_sharded_bytes(torch_first)} bytes of sharded layers, "
-                            f"parallelize {_sharded_bytes(swap_first)}")
+        _same_as(swap_first, "torch's styles then swap", torch_first, expected, failures)
         # ... and bigperf.distributed.save writes it as the unsharded swapped model.
         saved = Path(tempfile.gettempdir(), f"bigperf-tp-llama-torch-{os.environ['MASTER_PORT']}")
         tp.save(torch_first, saved)
@@ -203,6 +193,17 @@ def case_llama_orders(rank: int, world: int) -> None:
         if rank == 0:
             shutil.rmtree(path)
     assert not failures, "\n".join(failures)
+
+
+def _same_as(swap_first, what: str, model, expected, failures: list) -> None:
+    """`model` computes what the unsharded swapped model does, bitwise what swap then
+    parallelize (`swap_first`) does, and holds the same bytes of sharded layers."""
+    compare(what, model, *expected, failures)
+    if not torch.equal(run(model)[0], run(swap_first)[0]):
+        failures.append(f"{what}: logits not bitwise those of swap then parallelize")
+    if _sharded_bytes(model) != _sharded_bytes(swap_first):
+        failures.append(f"{what}: holds {_sharded_bytes(model)} bytes of sharded layers, parallelize "
+                        f"{_sharded_bytes(swap_first)}")
 
 
 def _sharded_bytes(model) -> int:
