@@ -59,6 +59,13 @@ LONE_SAMPLE_DROP_S = 0.05
 # this factor: a near tie (a few percent either way) is no sign of disturbance, a 1.5x gap
 # between the best calls of two paths whose medians ranked them the other way is.
 UNSETTLED_FACTOR = 1.5
+# Nor when, while measuring, some task on this machine waited for a CPU this fraction of the
+# time (Linux's CPU pressure, /proc/pressure/cpu "some"): other processes held the cores, and
+# a choice made then may suit that moment only (seen: a choice made while the test suite ran,
+# cached, halved every later decode). Idle, this Zen 4 VM read 0-3 %, and a process measuring
+# with as many threads as cores makes none itself; beside one busy process, ~100 %. (The
+# process's own context switches were tried first and dropped: its own threads made them.)
+BUSY_PRESSURE = 0.25
 # Our kernel must beat PyTorch's fastest path by more than this to be chosen. Tuning times
 # each path on one weight, call after call, where part of a weight larger than the cache
 # stays cached; a model's layers read their weights cold. Measured on Zen 3 (1 thread,
@@ -268,10 +275,20 @@ class Measurement:
     dropped: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not kept
     seconds: float = 0.0                 # what the measuring cost
     # False where a path the medians did not choose ran, at its fastest, UNSETTLED_FACTOR
-    # times faster than the chosen one did at its fastest: disturbances (another process
-    # taking the cores) decided, and the choice holds for this process only, the cache file
-    # does not keep it.
+    # times faster than the chosen one did at its fastest (disturbances decided), or where
+    # the CPU pressure while measuring passed BUSY_PRESSURE: the choice holds for this
+    # process only, the cache file does not keep it.
     settled: bool = True
+    busy: float | None = None            # the CPU pressure while measuring (None: not known)
+
+
+def cpu_pressure_us() -> int | None:
+    """Microseconds, since boot, that some task waited for a CPU (Linux PSI), or None."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -337,6 +354,7 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
     floors = floors or {}
     device = args[0].device if isinstance(args[0], torch.Tensor) else torch.device("cpu")
     timed = _timer(device)
+    pressure_before = cpu_pressure_us() if device.type == "cpu" else None
     started = time.perf_counter()
     samples: dict[str, list[float]] = {}
     calls: dict[str, Callable[[], object]] = {}
@@ -388,7 +406,12 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
     choice = choose({cid: t for cid, t in times.items() if cid in live_ids}, m_of(args), held)
     fastest = {cid: min(samples[cid]) for cid in live_ids}
     settled = min(fastest.values()) * UNSETTLED_FACTOR >= fastest[choice]
-    return Measurement(choice, times, dropped, time.perf_counter() - started, settled=settled)
+    seconds = time.perf_counter() - started
+    pressure_after = cpu_pressure_us() if pressure_before is not None else None
+    busy = None if pressure_after is None else (pressure_after - pressure_before) / 1e6 / max(seconds, 1e-9)
+    if busy is not None and busy > BUSY_PRESSURE:
+        settled = False
+    return Measurement(choice, times, dropped, seconds, settled=settled, busy=busy)
 
 
 def tie_margin(m: int, as_held: bool = False) -> float:
@@ -476,7 +499,9 @@ class Tuner:
             else:
                 predicted, floors = self._predict(key)
                 result = measure(candidates, args, predicted=predicted, floors=floors)
-                source = "measured" if result.settled else "measured, unsettled (not cached)"
+                source = "measured" if result.settled else (
+                    f"measured, unsettled (not cached; CPU pressure {result.busy:.0%})"
+                    if result.busy is not None and result.busy > BUSY_PRESSURE else "measured, unsettled (not cached)")
                 decision = Decision(result.choice, source, result.times_s, result.seconds)
                 if result.settled:
                     self._persist(text, decision)

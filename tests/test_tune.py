@@ -403,3 +403,45 @@ def test_a_choice_that_disturbances_decided_is_not_cached(own_cache):
     assert decision.source.startswith("measured, unsettled")
     assert not _cache_file(own_cache).exists() or not any(
         section["choices"] for section in json.loads(_cache_file(own_cache).read_text())["machines"].values())
+
+
+def test_a_choice_measured_under_cpu_pressure_is_not_cached(own_cache, monkeypatch):
+    """Linux's CPU pressure while measuring (planted: tasks waited for a CPU 100 % of the
+    time): the choice holds for this process only, and says why."""
+    clock = iter(range(0, 10**13, 10**7))  # each read 10 s of waiting after the last
+    monkeypatch.setattr(tune, "cpu_pressure_us", lambda: next(clock))
+    _table({"cpu": 0.002, "torch:fp32": 0.012}).select(_x())
+    decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
+    assert decision.choice == "cpu" and "CPU pressure" in decision.source, decision
+    assert not _cache_file(own_cache).exists()
+
+
+def _busy(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.skipif(tune.cpu_pressure_us() is None, reason="this kernel reports no CPU pressure (/proc/pressure/cpu)")
+def test_busy_processes_beside_the_measurement_keep_it_out_of_the_cache(own_cache):
+    """Busy processes, one more than the cores: the choice measured then is not cached;
+    measured again once they are gone, it is."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    hogs = [multiprocessing.get_context("spawn").Process(target=_busy, args=(20,)) for _ in range(cores + 1)]
+    for hog in hogs:
+        hog.start()
+    try:
+        time.sleep(1.0)  # (the hogs' interpreters start)
+        _table({"cpu": 0.002, "torch:fp32": 0.012}).select(_x())
+        decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
+        assert "CPU pressure" in decision.source, decision
+    finally:
+        for hog in hogs:
+            hog.terminate()
+            hog.join()
+    assert not _cache_file(own_cache).exists()
+    tune.forget()
+    time.sleep(0.5)  # (the machine settles)
+    _table({"cpu": 0.002, "torch:fp32": 0.012}).select(_x())
+    decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
+    assert decision.source == "measured" and _cache_file(own_cache).exists(), decision
