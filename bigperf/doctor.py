@@ -50,6 +50,11 @@ def _tuning_rows(table: Table) -> None:
         counts[entry.get("choice", "?")] = counts.get(entry.get("choice", "?"), 0) + 1
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "none yet"
     table.add_row("tuning cache", f"{path} (BIGPERF_CACHE_DIR); {len(choices)} choice(s) for this machine ({summary})")
+    recent = tune.cpu_pressure_recent()
+    table.add_row("CPU pressure", "not reported by this kernel (/proc/pressure/cpu): tune on a quiet machine"
+                  if recent is None else
+                  f"{recent:.0%} of the last 10 s some task waited for a CPU; choices measured above "
+                  f"{tune.BUSY_PRESSURE:.0%} are not cached" + (" (busy now)" if recent > tune.BUSY_PRESSURE else ""))
     # What else a cache section is keyed on besides the CPU: timings taken against another
     # PyTorch (capability, library ISA caps, fp32 matmul precision) are not reused.
     caps = ", ".join(f"{k}={v}" for k, v in fp["library_isa_env"].items()) or "none"

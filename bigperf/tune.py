@@ -282,12 +282,28 @@ class Measurement:
     busy: float | None = None            # the CPU pressure while measuring (None: not known)
 
 
+def _cpu_pressure_line() -> str | None:
+    """Linux PSI's "some avg10=.. avg60=.. avg300=.. total=.." line for CPUs, or None."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return f.readline()
+    except OSError:
+        return None
+
+
 def cpu_pressure_us() -> int | None:
     """Microseconds, since boot, that some task waited for a CPU (Linux PSI), or None."""
     try:
-        with open("/proc/pressure/cpu") as f:
-            return int(f.readline().rsplit("total=", 1)[1])
-    except (OSError, ValueError, IndexError):
+        return int(_cpu_pressure_line().rsplit("total=", 1)[1])
+    except (AttributeError, ValueError, IndexError):
+        return None
+
+
+def cpu_pressure_recent() -> float | None:
+    """The fraction of the last 10 s that some task waited for a CPU (PSI's avg10), or None."""
+    try:
+        return float(_cpu_pressure_line().split("avg10=", 1)[1].split()[0]) / 100
+    except (AttributeError, ValueError, IndexError):
         return None
 
 

@@ -11,7 +11,8 @@ def test_doctor_explains_backends(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     for word in ("CPU ISA in use", "torch", "triton", "reference", "bigperf._C_cuda", "W8A8 layers on cpu",
-                 "W8A16 layers on cuda", f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}"):
+                 "W8A16 layers on cuda", f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}",
+                 "CPU pressure"):
         assert word in out
     from bigperf.formats import w8a8_cpu
 

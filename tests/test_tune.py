@@ -445,3 +445,10 @@ def test_busy_processes_beside_the_measurement_keep_it_out_of_the_cache(own_cach
     _table({"cpu": 0.002, "torch:fp32": 0.012}).select(_x())
     decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
     assert decision.source == "measured" and _cache_file(own_cache).exists(), decision
+
+
+def test_cpu_pressure_reads_psi_or_says_it_cannot(monkeypatch):
+    monkeypatch.setattr(tune, "_cpu_pressure_line", lambda: "some avg10=37.50 avg60=2.62 avg300=2.38 total=2618262738\n")
+    assert tune.cpu_pressure_us() == 2618262738 and tune.cpu_pressure_recent() == 0.375
+    monkeypatch.setattr(tune, "_cpu_pressure_line", lambda: None)
+    assert tune.cpu_pressure_us() is None and tune.cpu_pressure_recent() is None
