@@ -274,12 +274,15 @@ class Measurement:
     times_s: dict[str, float]            # median per candidate that finished
     dropped: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not kept
     seconds: float = 0.0                 # what the measuring cost
-    # False where a path the medians did not choose ran, at its fastest, UNSETTLED_FACTOR
-    # times faster than the chosen one did at its fastest (disturbances decided), or where
-    # the CPU pressure while measuring passed BUSY_PRESSURE: the choice holds for this
-    # process only, the cache file does not keep it.
-    settled: bool = True
-    busy: float | None = None            # the CPU pressure while measuring (None: not known)
+    # Why the choice holds for this process only (the cache file does not keep it), or None:
+    # a path the medians did not choose ran, at its fastest, UNSETTLED_FACTOR times faster
+    # than the chosen one did at its fastest (disturbances decided), or the CPU pressure while
+    # measuring passed BUSY_PRESSURE.
+    unsettled: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.unsettled is None
 
 
 def _cpu_pressure_line() -> str | None:
@@ -421,13 +424,15 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
     live_ids = {c.id for c in live}
     choice = choose({cid: t for cid, t in times.items() if cid in live_ids}, m_of(args), held)
     fastest = {cid: min(samples[cid]) for cid in live_ids}
-    settled = min(fastest.values()) * UNSETTLED_FACTOR >= fastest[choice]
     seconds = time.perf_counter() - started
     pressure_after = cpu_pressure_us() if pressure_before is not None else None
     busy = None if pressure_after is None else (pressure_after - pressure_before) / 1e6 / max(seconds, 1e-9)
+    unsettled = None
     if busy is not None and busy > BUSY_PRESSURE:
-        settled = False
-    return Measurement(choice, times, dropped, seconds, settled=settled, busy=busy)
+        unsettled = f"CPU pressure {busy:.0%}"
+    elif min(fastest.values()) * UNSETTLED_FACTOR < fastest[choice]:
+        unsettled = "disturbed calls decided"
+    return Measurement(choice, times, dropped, seconds, unsettled=unsettled)
 
 
 def tie_margin(m: int, as_held: bool = False) -> float:
@@ -515,9 +520,7 @@ class Tuner:
             else:
                 predicted, floors = self._predict(key)
                 result = measure(candidates, args, predicted=predicted, floors=floors)
-                source = "measured" if result.settled else (
-                    f"measured, unsettled (not cached; CPU pressure {result.busy:.0%})"
-                    if result.busy is not None and result.busy > BUSY_PRESSURE else "measured, unsettled (not cached)")
+                source = "measured" if result.settled else f"measured, unsettled (not cached; {result.unsettled})"
                 decision = Decision(result.choice, source, result.times_s, result.seconds)
                 if result.settled:
                     self._persist(text, decision)
