@@ -24,7 +24,7 @@ from bigperf.configs import config_from_dict
 from bigperf.distributed.all_reduce import TensorParallel
 from bigperf.distributed.empty import mesh_device
 from bigperf.distributed.layers import layer_kind, shard_layer
-from bigperf.distributed.plan import match_plan, mesh_group, parallelize
+from bigperf.distributed.plan import match_plan, parallelize
 from bigperf.distributed.state import local_state_dicts
 from bigperf.nn import Int8Linear
 from bigperf.serialize import TENSORS, check_save_path, load_planned, refuse_unsaved_meta
@@ -173,8 +173,7 @@ def load(model: nn.Module, path: str | os.PathLike, mesh, plan: dict) -> nn.Modu
     checkpoint; the largest transient is one layer read whole before it is cut."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{LOAD}: argument 'model' must be an nn.Module, got {type(model).__name__}")
-    chosen = match_plan(model, mesh, plan, LOAD)
-    mesh_group(mesh, LOAD)
+    chosen = match_plan(model, mesh, plan, LOAD)  # (checks the mesh too)
     refuse_unsaved_meta(model, LOAD)
     directory = Path(path)
     manifest, tensors = _sharded_checkpoint(read_manifest(directory), directory / TENSORS, chosen, mesh,

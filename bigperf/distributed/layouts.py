@@ -75,6 +75,11 @@ def normalized(placements: tuple[Placement, ...], ndim: int) -> tuple[Placement,
     return tuple(Shard(p.dim + ndim) if isinstance(p, Shard) and p.dim < 0 else p for p in placements)
 
 
+def contiguous_stride(shape: torch.Size) -> tuple[int, ...]:
+    """A contiguous tensor's strides for `shape` (a DTensor's global view), no memory."""
+    return torch.empty(shape, device="meta").stride()
+
+
 def leave(local: torch.Tensor, placements: tuple, global_shape: torch.Size, layouts: Layouts,
           after=None) -> torch.Tensor:
     """The shard's output (`local`, with `placements` and `global_shape`) redistributed to
@@ -82,8 +87,8 @@ def leave(local: torch.Tensor, placements: tuple, global_shape: torch.Size, layo
     sum, and the cast back to the output dtype) applied to the result's local tensor.
     Returns the local tensor, or the DTensor if the plan wants one."""
     shape = torch.Size(global_shape)
-    stride = torch.empty(shape, device="meta").stride()  # contiguous strides, no memory
-    out = DTensor.from_local(local, layouts.mesh, placements, run_check=False, shape=shape, stride=stride)
+    out = DTensor.from_local(local, layouts.mesh, placements, run_check=False, shape=shape,
+                             stride=contiguous_stride(shape))
     out = out.redistribute(placements=layouts.output_layouts)
     if after is not None:
         out = DTensor.from_local(after(out.to_local()), layouts.mesh, out.placements, run_check=False,

@@ -36,15 +36,14 @@ def style_name(style, where: str = WHERE, key: str | None = None) -> str:
     return name
 
 
-def mesh_group(mesh, where: str = WHERE) -> tuple[int, int, object]:
-    """(rank, world, process group) of a 1-D device mesh."""
+def check_mesh(mesh, where: str = WHERE) -> None:
+    """`mesh` is a 1-D device mesh (what the shard rules split over)."""
     if not isinstance(mesh, DeviceMesh):
         raise TypeError(f"{where}: argument 'mesh' must be a torch.distributed DeviceMesh "
                         f"(init_device_mesh('cpu', (world,))), got {type(mesh).__name__}")
     if mesh.ndim != 1:
         raise ValueError(f"{where}: argument 'mesh' must be 1-D (tensor parallelism over one dimension), "
                          f"got {mesh.ndim} dimensions; pass mesh['tp'] of a larger mesh")
-    return mesh.get_local_rank(), mesh.size(), mesh.get_group()
 
 
 def check_layer(name: str, module: nn.Module, mesh: DeviceMesh, where: str = WHERE) -> None:
@@ -91,7 +90,7 @@ def match_plan(model: nn.Module, mesh: DeviceMesh, plan: dict, where: str = WHER
     fully matches its name), each checked by check_layer; an entry that matches nothing
     is refused (a typo would leave a layer whole and the model computing nonsense)."""
     compiled = _compile_plan(plan, where)
-    mesh_group(mesh, where)
+    check_mesh(mesh, where)
     chosen: dict[str, Choice] = {}
     used = set()
     for name, module in model.named_modules():

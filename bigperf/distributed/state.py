@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 
+from bigperf.distributed.layouts import contiguous_stride
+
 _LOCAL = ContextVar("bigperf_distributed_local_state_dicts", default=False)
 
 
@@ -87,9 +89,8 @@ def _give(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> N
             if isinstance(placement, Shard):  # every format's shards are even (formats/_shard.py)
                 shape[placement.dim] *= info.world
             shape = torch.Size(shape)
-            stride = torch.empty(shape, device="meta").stride()  # contiguous, no memory
             state_dict[prefix + name] = DTensor.from_local(local, info.mesh, (placement,), run_check=False,
-                                                           shape=shape, stride=stride)
+                                                           shape=shape, stride=contiguous_stride(shape))
     renamed = {prefix + name: prefix + _rank_name(name, info) for name in by_rank if prefix + name in state_dict}
     if renamed:  # in place and in order (the dict is the whole model's)
         items = [(renamed.get(key, key), value) for key, value in state_dict.items()]

@@ -28,19 +28,18 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor.parallel import ColwiseParallel as TorchColwise
 from torch.distributed.tensor.parallel import RowwiseParallel as TorchRowwise
 
-from bigperf.distributed.layers import shard_layer, transplant
+from bigperf.distributed.layers import SHARDABLE, shard_layer, transplant
 from bigperf.distributed.layouts import style_layouts
-from bigperf.distributed.plan import check_layer, mesh_group, style_name
-from bigperf.nn import FusedLinear, Int8Linear, SparseLinear
+from bigperf.distributed.plan import check_layer, check_mesh, style_name
 
-# The modules torch's own styles refuse and bigperf's shard rules take.
-BIGPERF_LAYERS = (FusedLinear, Int8Linear, SparseLinear)
+# The modules torch's own styles refuse and bigperf's shard rules take: bigperf's layers.
+BIGPERF_LAYERS = tuple(t for t in SHARDABLE if t is not nn.Linear)
 
 
 def _shard_in_place(style, module: nn.Module, mesh: DeviceMesh) -> nn.Module:
     where = f"{type(style).__module__}.{type(style).__qualname__}"
     name = style_name(style, where)
-    mesh_group(mesh, where)
+    check_mesh(mesh, where)
     check_layer(type(module).__name__, module, mesh, where)
     layouts = style_layouts(style, name, mesh, where)
     try:
