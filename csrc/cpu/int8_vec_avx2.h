@@ -1,5 +1,5 @@
-// AVX2 helpers of the int8 kernels: vector traits for the shared activations
-// (vec_activation.h), dtype loads/stores, the epilogue and the x quantisation.
+// AVX2 helpers of the int8 kernels: the shared activations (vec_activation.h) over
+// vec_avx2.h's traits, dtype loads/stores, the epilogue and the x quantisation.
 // Include only from *_avx2.cpp units (anonymous namespace: see vec_avx2.h).
 #pragma once
 #include <immintrin.h>
@@ -8,53 +8,13 @@
 
 #include "cpu/fused_linear.h"
 #include "cpu/int8_linear_common.h"
-
-namespace bigperf::cpu {
-namespace {
-
-// The primitives vec_activation.h needs, for 8 fp32 lanes. Own traits rather than
-// VecAvx2 (vec_avx2.h): that struct's tile sizes are tuning macros of the fused-linear
-// unit, undefined here. The definitions are the same instructions.
-struct V8 {
-  using vec = __m256;
-  using mask = __m256;
-  static constexpr int W = 8;
-  static vec zero() { return _mm256_setzero_ps(); }
-  static vec set1(float v) { return _mm256_set1_ps(v); }
-  static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
-  static vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
-  static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
-  static vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
-  static vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-  static vec min(vec a, vec b) { return _mm256_min_ps(a, b); }
-  static vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
-  static vec abs(vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), a); }
-  static vec copysign(vec mag, vec sign) {
-    const vec s = _mm256_set1_ps(-0.f);
-    return _mm256_or_ps(_mm256_andnot_ps(s, mag), _mm256_and_ps(s, sign));
-  }
-  static mask lt(vec a, vec b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
-  static vec select(mask m, vec a, vec b) { return _mm256_blendv_ps(b, a, m); }
-  static vec round(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static vec pow2i(vec n) {
-    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
-  }
-  static float hsum(vec v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
-};
-
-}  // namespace
-}  // namespace bigperf::cpu
-
 #include "cpu/vec_activation.h"
+#include "cpu/vec_avx2.h"
 
 namespace bigperf::cpu {
 namespace {
+
+using V8 = VecAvx2;  // the shared vector traits (AVX2)
 
 inline __m256 load_x8(const char* p, DType d) {
   switch (d) {

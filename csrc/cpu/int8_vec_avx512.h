@@ -1,5 +1,5 @@
-// AVX-512 helpers of the int8 kernels: vector traits for the shared activations
-// (vec_activation.h), masked dtype loads/stores, the epilogue and the x quantisation.
+// AVX-512 helpers of the int8 kernels: the shared activations (vec_activation.h) over
+// vec_avx512.h's traits, masked dtype loads/stores, the epilogue and the x quantisation.
 // Include only from *_avx512.cpp units (anonymous namespace: see vec_avx2.h).
 #pragma once
 #include <immintrin.h>
@@ -9,50 +9,13 @@
 #include "cpu/bf16_avx512.h"
 #include "cpu/fused_linear.h"
 #include "cpu/int8_linear_common.h"
-
-namespace bigperf::cpu {
-namespace {
-
-// The primitives vec_activation.h needs, for 16 fp32 lanes (the instructions of
-// VecAvx512 in vec_avx512.h, whose header carries the fused-linear tile sizes too).
-struct V16 {
-  using vec = __m512;
-  using mask = __mmask16;
-  static constexpr int W = 16;
-  static vec zero() { return _mm512_setzero_ps(); }
-  static vec set1(float v) { return _mm512_set1_ps(v); }
-  static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
-  static vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
-  static vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
-  static vec div(vec a, vec b) { return _mm512_div_ps(a, b); }
-  static vec fmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-  static vec min(vec a, vec b) { return _mm512_min_ps(a, b); }
-  static vec max(vec a, vec b) { return _mm512_max_ps(a, b); }
-  static vec abs(vec a) {
-    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)));
-  }
-  static vec copysign(vec mag, vec sign) {
-    const __m512i s = _mm512_set1_epi32(static_cast<int>(0x80000000u));
-    const __m512i m = _mm512_andnot_si512(s, _mm512_castps_si512(mag));
-    return _mm512_castsi512_ps(_mm512_or_si512(m, _mm512_and_si512(s, _mm512_castps_si512(sign))));
-  }
-  static mask lt(vec a, vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-  static vec select(mask m, vec a, vec b) { return _mm512_mask_blend_ps(m, b, a); }
-  static vec round(vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static vec pow2i(vec n) {
-    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
-  }
-  static float hsum(vec v) { return _mm512_reduce_add_ps(v); }
-};
-
-}  // namespace
-}  // namespace bigperf::cpu
-
 #include "cpu/vec_activation.h"
+#include "cpu/vec_avx512.h"
 
 namespace bigperf::cpu {
 namespace {
+
+using V16 = VecAvx512;  // the shared vector traits (AVX-512)
 
 inline __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);

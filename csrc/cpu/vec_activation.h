@@ -5,6 +5,7 @@
 // Include only from ISA translation units (anonymous namespace: see vec_avx2.h for why).
 #pragma once
 #include "cpu/fused_linear.h"
+#include "cpu/gelu_erf_table.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -35,44 +36,28 @@ inline typename V::vec vexp(typename V::vec x) {
   return V::select(V::lt(hi, x), V::set1(__builtin_inff()), e);
 }
 
-// 1 + erf(x), without the cancellation of adding 1 to erf(x) ~ -1 in the left tail (which
-// the scalar definition has). erf in two pieces, fitted here (weighted least squares,
-// Lawson iterations) against a float64 erf; max abs error 1.4e-7 over the fp32 line:
-//   |x| < 1:  erf(x) = x * P(x^2)
-//   |x| >= 1: erfc(|x|) = exp(-x^2) * S(|x| - 2.5), S(x) = erfc(x) * exp(x^2) varying
-//             slowly, fitted on [1, 4].
+// GELU(v) = v Phi(v), the erf form, with Phi(v) = Q(|v|) for v < 0 and 1 - Q(|v|) otherwise
+// (no cancellation in the left tail), Q(u) = erfc(u / sqrt 2) / 2 the normal tail. Q is one
+// polynomial per cell of [0, 4 sqrt 2), W cells for W lanes, so that each coefficient is one
+// in-register permute of a table (gelu_erf_table.h, fitted by gen_gelu_erf_table.py; within
+// 1.1e-7 of GELU relative to max(1, |v|)); past the span Q < 7.7e-9 is taken as 0. About
+// 15 instructions, a chain of 6-7 FMAs: the erf in two pieces and an exp it replaced took
+// ~45 and cost as much as torch's separate GELU pass at M = 192 (benchmarks/NOTES.md,
+// session 25). NaN stays NaN (Q is 0 there, v * 1).
 template <class V>
-inline typename V::vec vone_plus_erf(typename V::vec x) {
+inline typename V::vec vgelu_erf(typename V::vec v) {
   using vec = typename V::vec;
-  const vec a = V::abs(x);
-  const vec z = V::mul(a, a);
-  vec p = V::set1(7.889280096e-05f);
-  p = V::fmadd(p, z, V::set1(-8.020893438e-04f));
-  p = V::fmadd(p, z, V::set1(5.189541727e-03f));
-  p = V::fmadd(p, z, V::set1(-2.685444802e-02f));
-  p = V::fmadd(p, z, V::set1(1.128360033e-01f));
-  p = V::fmadd(p, z, V::set1(-3.761262596e-01f));
-  p = V::fmadd(p, z, V::set1(1.128379107e+00f));
-  const vec one = V::set1(1.f);
-  const vec small = V::add(one, V::copysign(V::mul(a, p), x));
-
-  const vec ac = V::min(a, V::set1(4.f));
-  const vec t = V::sub(ac, V::set1(2.5f));
-  vec s = V::set1(1.068432102e-04f);
-  s = V::fmadd(s, t, V::set1(2.250627440e-04f));
-  s = V::fmadd(s, t, V::set1(5.433197366e-04f));
-  s = V::fmadd(s, t, V::set1(-6.611207500e-04f));
-  s = V::fmadd(s, t, V::set1(2.302503679e-03f));
-  s = V::fmadd(s, t, V::set1(-8.132250980e-03f));
-  s = V::fmadd(s, t, V::set1(2.491462603e-02f));
-  s = V::fmadd(s, t, V::set1(-7.434218377e-02f));
-  s = V::fmadd(s, t, V::set1(2.108076066e-01f));
-  // erfc(|x|) is taken as 0 past 4 (erfc(4) = 1.5e-8, and the fit ends there), as
-  // 1 + erf does in fp32: gelu(v) is then 0 for v < -5.66, where it is above -4.4e-8.
-  const vec tail = V::mul(vexp<V>(V::sub(V::zero(), V::mul(ac, ac))), s);
-  const vec erfc_a = V::select(V::lt(a, V::set1(4.f)), tail, V::zero());
-  const vec large = V::select(V::lt(x, V::zero()), erfc_a, V::sub(V::set1(2.f), erfc_a));
-  return V::select(V::lt(a, one), small, large);
+  using Table = GeluErfTable<V::W>;
+  const vec u = V::abs(v);
+  const vec scaled = V::mul(u, V::set1(Table::kScale));
+  // The cell: truncation is floor for scaled >= 0 (a NaN takes the last cell, min's second
+  // operand). (Not vrndscaleps: SIMDe 0.7.4, which the emulation tests build on, rounds it wrong.)
+  const auto index = V::truncate(V::min(scaled, V::set1(static_cast<float>(V::W - 1))));
+  const vec s = V::sub(scaled, V::to_float(index));
+  vec q = V::lookup(Table::coef[Table::kDegree], index);
+  for (int j = Table::kDegree - 1; j >= 0; --j) q = V::fmadd(q, s, V::lookup(Table::coef[j], index));
+  q = V::select(V::lt(u, V::set1(kGeluErfSpan)), q, V::zero());
+  return V::mul(v, V::select(V::lt(v, V::zero()), q, V::sub(V::set1(1.f), q)));
 }
 
 template <class V>
@@ -82,7 +67,7 @@ inline typename V::vec vactivation(typename V::vec v, Activation act) {
     case Activation::none: return v;
     case Activation::relu: return V::max(V::zero(), v);  // NaN stays NaN, as torch.relu and the scalar path
     case Activation::gelu_erf:
-      return V::mul(V::mul(V::set1(0.5f), v), vone_plus_erf<V>(V::mul(v, V::set1(0.70710678118654752f))));
+      return vgelu_erf<V>(v);
     case Activation::gelu_tanh: {
       // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)): the same function, without the
       // cancellation of 1 + tanh(u) for negative u.

@@ -51,6 +51,12 @@ struct VecAvx2 {
   static mask lt(vec a, vec b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static vec select(mask m, vec a, vec b) { return _mm256_blendv_ps(b, a, m); }  // m ? a : b
   static vec round(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // Lane i of lookup(table, index) is table[index[i]]: a table of W floats (64-byte aligned)
+  // read by one in-register permute (piecewise polynomials, vec_activation.h).
+  using index = __m256i;
+  static index truncate(vec a) { return _mm256_cvttps_epi32(a); }
+  static vec to_float(index i) { return _mm256_cvtepi32_ps(i); }
+  static vec lookup(const float* table, index i) { return _mm256_permutevar8x32_ps(_mm256_load_ps(table), i); }
   // 2^n for integral n in [-126, 127], built in the exponent field.
   static vec pow2i(vec n) {
     const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));

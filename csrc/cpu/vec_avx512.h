@@ -49,6 +49,12 @@ struct VecAvx512 {
   static mask lt(vec a, vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static vec select(mask m, vec a, vec b) { return _mm512_mask_blend_ps(m, b, a); }  // m ? a : b
   static vec round(vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // Lane i of lookup(table, index) is table[index[i]]: a table of W floats (64-byte aligned)
+  // read by one in-register permute (piecewise polynomials, vec_activation.h).
+  using index = __m512i;
+  static index truncate(vec a) { return _mm512_cvttps_epi32(a); }
+  static vec to_float(index i) { return _mm512_cvtepi32_ps(i); }
+  static vec lookup(const float* table, index i) { return _mm512_permutexvar_ps(i, _mm512_load_ps(table)); }
   static vec pow2i(vec n) {
     const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));

@@ -150,7 +150,9 @@ def test_activation_values(isa, activation):
     out = run_kernel(isa, x, v[:, None].contiguous(), activation=activation)[0].double()
     ref = fused_linear_fp64(x, v[:, None], activation=activation)[0]
     err = (out - ref).abs() / ref.abs().clamp_min(1.0)
-    assert err.max().item() <= 1e-6, f"worst at v={v[err.argmax()].item()}: {out[err.argmax()]} vs {ref[err.argmax()]}"
+    # 3e-7: a few fp32 roundings (every path measured 1.1-1.5e-7 here, the table GELU of
+    # vec_activation.h included); a cell or coefficient off by one in a table shows as 1e-3.
+    assert err.max().item() <= 3e-7, f"worst at v={v[err.argmax()].item()}: {out[err.argmax()]} vs {ref[err.argmax()]}"
 
 
 @pytest.mark.parametrize("isa", ISAS)
