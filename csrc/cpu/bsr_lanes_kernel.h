@@ -281,9 +281,8 @@ void bsr_lanes_panel_run(const BsrArgs& a) {
           const float* xr[MR];
           for (int r = 0; r < mr; ++r) xr[r] = x + (m0 + i + r) * xs;
           bsr_panel_rows<V, MR>(mr, xr, panel, block_stride, strip.cols, strip.nb, a.bk, sums);
-          for (int r = 0; r < mr; ++r)
-            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + r * kLaneRows, m0 + i + r,
-                               strip.n0, kLaneRows);
+          epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, sums, kLaneRows, m0 + i, mr,
+                           strip.n0, kLaneRows);
         }
       });
     }

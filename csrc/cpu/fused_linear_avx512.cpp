@@ -48,8 +48,9 @@ inline auto bf16_rows_pair_packer(const FusedLinearArgs& a) {
 // bf16 weight packed as it is; the others through the fp32 loaders); K even.
 void fused_linear_panel_bf16_avx512(const FusedLinearArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
-  auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
-    epilogue_row<VecAvx512>(a, sums, m, n0, cnt);
+  const EpilogueArgs out = epilogue_of(a);
+  auto epilogue = [&](const float* sums, int64_t ld, int64_t m0, int64_t rows, int64_t n0, int64_t cnt) {
+    epilogue_rows<VecAvx512>(out, sums, ld, m0, rows, n0, cnt);
   };
   if (a.w_dtype == DType::bf16)
     return panel_bf16::gemm_packed(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads,

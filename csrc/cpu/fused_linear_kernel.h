@@ -21,6 +21,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu/epilogue.h"
 #include "cpu/fused_linear.h"
 #include "cpu/kernel_util.h"
 #include "cpu/panel_gemm.h"
@@ -134,65 +135,9 @@ inline void tile_rows(int mb, const char* const* w, int64_t nb, const void* xp, 
   }
 }
 
-template <class V>
-inline typename V::vec load_as(const char* p, DType d) {
-  switch (d) {
-    case DType::f32: return V::loadu(reinterpret_cast<const float*>(p));
-    case DType::f16: return V::load_f16(p);
-    case DType::bf16: return V::load_bf16(p);
-  }
-  return V::zero();
-}
-
-template <class V>
-inline void store_as(char* p, DType d, typename V::vec v) {
-  switch (d) {
-    case DType::f32: V::storeu(reinterpret_cast<float*>(p), v); break;
-    case DType::f16: V::store_f16(p, v); break;
-    case DType::bf16: V::store_bf16(p, v); break;
-  }
-}
-
-// out[m, n0:n0+cnt] = act(s + bias) + residual, cast to x's dtype. The last partial
-// vector goes through zeroed stack copies so nothing outside the row is read or written.
-template <class V>
-void epilogue_row(const FusedLinearArgs& a, const float* s, int64_t m, int64_t n0, int64_t cnt) {
-  using vec = typename V::vec;
-  constexpr int W = V::W;
-  const DType d = a.x_dtype;
-  const int64_t es = element_size(d);
-  char* out = static_cast<char*>(a.out) + (m * a.out_row_stride + n0) * es;
-  const char* res = a.residual ? static_cast<const char*>(a.residual) + (m * a.residual_row_stride + n0) * es
-                               : nullptr;
-  const float* bias = a.bias ? a.bias + n0 : nullptr;
-  int64_t j = 0;
-  for (; j + W <= cnt; j += W) {
-    vec v = V::loadu(s + j);
-    if (bias) v = V::add(v, V::loadu(bias + j));
-    v = vactivation<V>(v, a.act);
-    if (res) v = V::add(v, load_as<V>(res + j * es, d));
-    store_as<V>(out + j * es, d, v);
-  }
-  if (j < cnt) {
-    const int64_t rem = cnt - j;
-    alignas(64) float sb[W] = {};
-    alignas(64) float bb[W] = {};
-    alignas(64) char rb[W * 4] = {};
-    alignas(64) char ob[W * 4];
-    std::memcpy(sb, s + j, rem * sizeof(float));
-    vec v = V::loadu(sb);
-    if (bias) {
-      std::memcpy(bb, bias + j, rem * sizeof(float));
-      v = V::add(v, V::loadu(bb));
-    }
-    v = vactivation<V>(v, a.act);
-    if (res) {
-      std::memcpy(rb, res + j * es, rem * es);
-      v = V::add(v, load_as<V>(rb, d));
-    }
-    store_as<V>(ob, d, v);
-    std::memcpy(out + j * es, ob, rem * es);
-  }
+// The fused linear's epilogue: act(sums + bias) + residual in x's dtype (epilogue.h).
+inline EpilogueArgs epilogue_of(const FusedLinearArgs& a) {
+  return EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, nullptr, a.residual, a.residual_row_stride};
 }
 
 // Packs rows m0..m0+ms of x as fp32, kpad per row, zero-padded; with deint, each block of
@@ -283,7 +228,7 @@ void run_columns(const Pass& p, int64_t n_begin, int64_t n_end) {
       for (int64_t m = 0; m < p.ms; ++m)
         for (int r = 0; r < R; ++r) sums[m][t0 + r] = V::hsum(acc[m * R + r]);
     }
-    for (int64_t m = 0; m < p.ms; ++m) epilogue_row<V>(a, sums[m], p.m0 + m, g0, gcnt);
+    epilogue_rows<V>(epilogue_of(a), sums[0], G, p.m0, p.ms, g0, gcnt);
   }
 }
 
@@ -400,7 +345,10 @@ void fused_linear_panel_vec(const FusedLinearArgs& a) {
     x = converted.as<float>();
     xs = kpad;
   }
-  auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) { epilogue_row<V>(a, sums, m, n0, cnt); };
+  const EpilogueArgs out = epilogue_of(a);
+  auto epilogue = [&](const float* sums, int64_t ld, int64_t m0, int64_t rows, int64_t n0, int64_t cnt) {
+    epilogue_rows<V>(out, sums, ld, m0, rows, n0, cnt);
+  };
   with_weight_loaders(a, [&](const auto& w8, const auto& w1) {
     panel::gemm<V>(x, xs, a.M, a.N, a.K, a.num_threads, w8, w1, epilogue);
   });

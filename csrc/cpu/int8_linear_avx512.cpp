@@ -131,15 +131,9 @@ inline auto panels_code_pair_packer(const Int8WeightLinearArgs& a) {
 // column, what the sums are multiplied by before the epilogue (null: nothing).
 template <class Pack>
 void int8_weight_linear_bf16(const Int8WeightLinearArgs& a, const Pack& pack, const float* column_scale) {
-  auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
-    if (!column_scale) return epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
-    alignas(64) float scaled[panel_bf16::kNC];
-    for (int64_t j = 0; j < cnt; j += 16) {
-      const __mmask16 lanes = first_lanes(cnt - j);
-      _mm512_mask_storeu_ps(scaled + j, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, sums + j),
-                                                             _mm512_maskz_loadu_ps(lanes, column_scale + n0 + j)));
-    }
-    epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, scaled, m, n0, cnt);
+  const EpilogueArgs out{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, column_scale};
+  auto epilogue = [&](const float* sums, int64_t ld, int64_t m0, int64_t rows, int64_t n0, int64_t cnt) {
+    epilogue_rows<V16>(out, sums, ld, m0, rows, n0, cnt);
   };
   panel_bf16::gemm_packed(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads, pack, epilogue);
 }

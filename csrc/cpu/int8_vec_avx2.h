@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "cpu/fused_linear.h"
+#include "cpu/epilogue.h"
 #include "cpu/int8_linear_common.h"
 #include "cpu/vec_activation.h"
 #include "cpu/vec_avx2.h"
@@ -15,6 +16,7 @@ namespace bigperf::cpu {
 namespace {
 
 using V8 = VecAvx2;  // the shared vector traits (AVX2)
+using IsaVec = V8;  // what the ISA-generic int8 headers instantiate with
 
 inline __m256 load_x8(const char* p, DType d) {
   switch (d) {
@@ -63,33 +65,11 @@ inline void load_x_row(const void* x, int64_t row_stride, DType d, int64_t m, in
   for (; k < kpad; k += 8) _mm256_storeu_ps(dst + k, _mm256_setzero_ps());
 }
 
-// out[m, n0 : n0 + cnt] = act(s + bias), cast to the output dtype with round to nearest
-// even. The last partial vector goes through stack copies: nothing outside is touched.
+// out[m, n0 : n0 + cnt] = act(s + bias) in the output dtype (epilogue.h), for the dot-form
+// kernels' rows.
 inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act, const float* bias,
                          const float* s, int64_t m, int64_t n0, int64_t cnt) {
-  const int64_t es = element_size(d);
-  char* o = static_cast<char*>(out) + (m * out_row_stride + n0) * es;
-  const float* b = bias ? bias + n0 : nullptr;
-  int64_t j = 0;
-  for (; j + 8 <= cnt; j += 8) {
-    __m256 v = _mm256_loadu_ps(s + j);
-    if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + j));
-    store_x8(o + j * es, d, vactivation<V8>(v, act));
-  }
-  if (j < cnt) {
-    const int64_t rem = cnt - j;
-    alignas(32) float sb[8] = {};
-    alignas(32) float bb[8] = {};
-    alignas(32) char ob[32];
-    std::memcpy(sb, s + j, rem * sizeof(float));
-    __m256 v = _mm256_load_ps(sb);
-    if (b) {
-      std::memcpy(bb, b + j, rem * sizeof(float));
-      v = _mm256_add_ps(v, _mm256_load_ps(bb));
-    }
-    store_x8(ob, d, vactivation<V8>(v, act));
-    std::memcpy(o + j * es, ob, rem * es);
-  }
+  epilogue_rows<IsaVec>(EpilogueArgs{out, out_row_stride, d, act, bias}, s, 0, m, 1, n0, cnt);
 }
 
 inline int32_t hsum_epi32(__m256i v) {

@@ -8,6 +8,7 @@
 
 #include "cpu/bf16_avx512.h"
 #include "cpu/fused_linear.h"
+#include "cpu/epilogue.h"
 #include "cpu/int8_linear_common.h"
 #include "cpu/vec_activation.h"
 #include "cpu/vec_avx512.h"
@@ -16,6 +17,7 @@ namespace bigperf::cpu {
 namespace {
 
 using V16 = VecAvx512;  // the shared vector traits (AVX-512)
+using IsaVec = V16;  // what the ISA-generic int8 headers instantiate with
 
 inline __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
@@ -53,17 +55,11 @@ inline void load_x_row(const void* x, int64_t row_stride, DType d, int64_t m, in
     _mm512_storeu_ps(dst + k, k < K ? load_x16(src + k * es, d, K - k) : _mm512_setzero_ps());
 }
 
-// out[m, n0 : n0 + cnt] = act(s + bias) in the output dtype; masked tail.
+// out[m, n0 : n0 + cnt] = act(s + bias) in the output dtype (epilogue.h), for the dot-form
+// kernels' rows.
 inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act, const float* bias,
                          const float* s, int64_t m, int64_t n0, int64_t cnt) {
-  const int64_t es = element_size(d);
-  char* o = static_cast<char*>(out) + (m * out_row_stride + n0) * es;
-  for (int64_t j = 0; j < cnt; j += 16) {
-    const __mmask16 k = first_lanes(cnt - j);
-    __m512 v = _mm512_maskz_loadu_ps(k, s + j);
-    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + n0 + j));
-    store_x16(o + j * es, d, vactivation<V16>(v, act), cnt - j);
-  }
+  epilogue_rows<IsaVec>(EpilogueArgs{out, out_row_stride, d, act, bias}, s, 0, m, 1, n0, cnt);
 }
 
 // Row m of x quantised per token (quantize_value's semantics: true division, round half

@@ -80,8 +80,9 @@ template <class Ops>
 void int8_weight_linear_panel(const Int8WeightLinearArgs& a) {
   if (a.M <= 0 || a.N <= 0) return;
   const Fp32Rows rows(a);
-  auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
-    epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
+  const EpilogueArgs out{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias};
+  auto epilogue = [&](const float* sums, int64_t ld, int64_t m0, int64_t rows, int64_t n0, int64_t cnt) {
+    epilogue_rows<IsaVec>(out, sums, ld, m0, rows, n0, cnt);
   };
   panel::gemm_packed<Ops>(rows.x, rows.stride, a.M, a.N, a.K, a.num_threads,
                           rowmajor_fp32_packer<panel::kNR<Ops>>(a), epilogue);

@@ -108,8 +108,9 @@ void pack_strips(int64_t n0, int64_t ncnt, int64_t k0, int64_t kc, float* dst, c
 
 // The GEMM over fp32 rows of x (row stride xs) with the weight given by its packer:
 // pack(n0, nc, k0, kc, dst) writes the strips of columns [n0, n0 + nc) and k in [k0, k0 + kc)
-// as pack_strips does (n0 is a multiple of NC). epilogue(sums, m, n0, cnt) finishes row m of
-// the output from cnt partial sums.
+// as pack_strips does (n0 is a multiple of NC). epilogue(sums, ld, m0, rows, n0, cnt) finishes
+// rows m0 .. m0 + rows of the output, columns n0 .. n0 + cnt, from the task's sums (row r at
+// sums + r * ld): once per task, so it dispatches once per block (epilogue.h).
 template <class V, class Pack, class Epilogue>
 void gemm_packed(const float* x, int64_t xs, int64_t M, int64_t N, int64_t K, int num_threads, const Pack& pack,
                  const Epilogue& epilogue) {
@@ -140,7 +141,7 @@ void gemm_packed(const float* x, int64_t xs, int64_t M, int64_t N, int64_t K, in
           }
         }
       }
-      for (int64_t i = 0; i < mc; ++i) epilogue(sums + i * NC, m0 + i, n0, nc);
+      epilogue(sums, NC, m0, mc, n0, nc);
     }
   });
 }

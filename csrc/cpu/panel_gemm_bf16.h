@@ -245,7 +245,7 @@ struct TileRows {
 // must be even (a pair never straddles a row's end); every slice of K but the last starts
 // and ends at a multiple of k_align (even: a packer's unit of k, e.g. 8 for the 2:4 lanes'
 // steps). A strip of kc k takes at most 16 kc units (a pair strip kc / 2 rows of kNR, a quad
-// strip kc / 4 groups of 2 kNR).
+// strip kc / 4 groups of 2 kNR). The epilogue takes a task's block of rows, as panel_gemm.h's.
 template <class Strips = PairStrips, class Pack, class Epilogue>
 void gemm_packed(const void* x, int64_t x_row_stride, DType d, int64_t M, int64_t N, int64_t K, int num_threads,
                  const Pack& pack, const Epilogue& epilogue, int64_t k_align = 2) {
@@ -280,7 +280,7 @@ void gemm_packed(const void* x, int64_t x_row_stride, DType d, int64_t M, int64_
           }
         }
       }
-      for (int64_t i = 0; i < mc; ++i) epilogue(sums + i * kNC, m0 + i, n0, nc);
+      epilogue(sums, kNC, m0, mc, n0, nc);
     }
   });
 }

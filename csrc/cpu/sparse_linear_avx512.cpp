@@ -255,14 +255,10 @@ constexpr int kBsrBf16Rows = 16;
 
 void sparse24_lanes_linear_panel_bf16_avx512(const Sparse24Args& a) {
   if (a.M <= 0 || a.N <= 0) return;
-  auto epilogue = [&](const float* sums, int64_t m, int64_t n0, int64_t cnt) {
-    if (!a.scale) return sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums, m, n0, cnt);
-    // int8 codes: one multiply per output by its row's scale (the layout pads scale to N16,
-    // and n0 is a multiple of 16).
-    alignas(64) float scaled[panel_bf16::kNC];
-    for (int64_t l = 0; l < cnt; l += 16)
-      _mm512_store_ps(scaled + l, _mm512_mul_ps(_mm512_loadu_ps(sums + l), _mm512_loadu_ps(a.scale + n0 + l)));
-    sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, scaled, m, n0, cnt);
+  // int8 codes: one multiply per output by its row's scale (a.scale; null for bf16 values).
+  const EpilogueArgs out{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, a.scale};
+  auto epilogue = [&](const float* sums, int64_t ld, int64_t m0, int64_t rows, int64_t n0, int64_t cnt) {
+    epilogue_rows<V>(out, sums, ld, m0, rows, n0, cnt);
   };
   if (a.values_dtype == S24Values::i8)
     panel_bf16::gemm_packed<panel_bf16::QuadStrips>(a.x, a.x_row_stride, a.x_dtype, a.M, a.N, a.K, a.num_threads,
@@ -285,9 +281,8 @@ void block_sparse_lanes_linear_panel_bf16_avx512(const BsrArgs& a) {
         for (int64_t i = 0; i < mc; i += MR) {
           const int mr = static_cast<int>(imin(MR, mc - i));
           bsr_bf16_rows<MR>(mr, tiles.at(m0 + i, mr, 0), strip.first, block_bytes, strip.cols, strip.nb, half_bk, sums);
-          for (int r = 0; r < mr; ++r)
-            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + r * kLaneRows, m0 + i + r,
-                               strip.n0, kLaneRows);
+          epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, sums, kLaneRows, m0 + i, mr,
+                           strip.n0, kLaneRows);
         }
       });
     }

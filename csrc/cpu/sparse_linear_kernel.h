@@ -12,7 +12,7 @@
 #include "cpu/kernel_util.h"
 #include "cpu/sparse_linear.h"
 #include "cpu/thread_pool.h"
-#include "cpu/vec_activation.h"
+#include "cpu/epilogue.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -23,25 +23,6 @@ constexpr int64_t kSpItemCols = 4 * kSpGroup;  // output columns per work item (
 // Below this many multiply-adds one thread is faster than waking the pool.
 constexpr int64_t kSpSerialWork = int64_t{1} << 18;
 constexpr int64_t kBsrChunksPerThread = 16;
-
-template <class V>
-inline typename V::vec sp_load(const char* p, DType d) {
-  switch (d) {
-    case DType::f32: return V::loadu(reinterpret_cast<const float*>(p));
-    case DType::f16: return V::load_f16(p);
-    case DType::bf16: return V::load_bf16(p);
-  }
-  return V::zero();
-}
-
-template <class V>
-inline void sp_store(char* p, DType d, typename V::vec v) {
-  switch (d) {
-    case DType::f32: V::storeu(reinterpret_cast<float*>(p), v); break;
-    case DType::f16: V::store_f16(p, v); break;
-    case DType::bf16: V::store_bf16(p, v); break;
-  }
-}
 
 // Rows m0 .. m0+ms of x as fp32 into dst (row stride dst_stride >= K), zero from K to
 // dst_stride; nothing is read past a row.
@@ -54,48 +35,23 @@ void sp_pack_rows(const void* x, int64_t row_stride, DType d, int64_t m0, int64_
     const char* src = static_cast<const char*>(x) + (m0 + m) * row_stride * es;
     float* row = dst + m * dst_stride;
     int64_t k = 0;
-    for (; k + W <= K; k += W) V::storeu(row + k, sp_load<V>(src + k * es, d));
+    for (; k + W <= K; k += W) V::storeu(row + k, load_as<V>(src + k * es, d));
     if (k < K) {
       alignas(64) char tb[W * 4] = {};
       std::memcpy(tb, src + k * es, (K - k) * es);
       alignas(64) float fb[W];
-      V::storeu(fb, sp_load<V>(tb, d));
+      V::storeu(fb, load_as<V>(tb, d));
       std::memcpy(row + k, fb, (K - k) * sizeof(float));
     }
     for (k = K; k < dst_stride; ++k) row[k] = 0.f;
   }
 }
 
-// out[m, n0 : n0+cnt] = act(s + bias) in the output dtype. The last partial vector goes
-// through stack copies so nothing outside the row is read or written.
+// out[m, n0 : n0 + cnt] = act(s + bias) in the output dtype (epilogue.h).
 template <class V>
 void sp_epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act, const float* bias,
                      const float* s, int64_t m, int64_t n0, int64_t cnt) {
-  using vec = typename V::vec;
-  constexpr int W = V::W;
-  const int64_t es = element_size(d);
-  char* o = static_cast<char*>(out) + (m * out_row_stride + n0) * es;
-  const float* b = bias ? bias + n0 : nullptr;
-  int64_t j = 0;
-  for (; j + W <= cnt; j += W) {
-    vec v = V::loadu(s + j);
-    if (b) v = V::add(v, V::loadu(b + j));
-    sp_store<V>(o + j * es, d, vactivation<V>(v, act));
-  }
-  if (j < cnt) {
-    const int64_t rem = cnt - j;
-    alignas(64) float sb[W] = {};
-    alignas(64) float bb[W] = {};
-    alignas(64) char ob[W * 4];
-    std::memcpy(sb, s + j, rem * sizeof(float));
-    vec v = V::loadu(sb);
-    if (b) {
-      std::memcpy(bb, b + j, rem * sizeof(float));
-      v = V::add(v, V::loadu(bb));
-    }
-    sp_store<V>(ob, d, vactivation<V>(v, act));
-    std::memcpy(o + j * es, ob, rem * es);
-  }
+  epilogue_rows<V>(EpilogueArgs{out, out_row_stride, d, act, bias}, s, 0, m, 1, n0, cnt);
 }
 
 // ----------------------------------------------------------------------------- 2:4 driver
@@ -269,7 +225,7 @@ void bsr_rows(const BsrArgs& a, const BsrShape& sh, int64_t br, int64_t p0, cons
           const vec w0 = V::template wload<VD>(w, 0), w1 = V::template wload<VD>(w, 1);
           for (int m = 0; m < MB; ++m) acc[m][r] = V::fmadd(w1, x1[m], V::fmadd(w0, x0[m], acc[m][r]));
         } else {
-          const vec w0 = sp_load<V>(w, VD);
+          const vec w0 = load_as<V>(w, VD);
           for (int m = 0; m < MB; ++m) acc[m][r] = V::fmadd(w0, x0[m], acc[m][r]);
         }
       }
@@ -357,7 +313,7 @@ void bsr_block_row_plain(const BsrArgs& a, int64_t br, const float* xp, int64_t 
         const int64_t n = imin(W, a.bk - k0);
         alignas(64) char tb[W * 4] = {};
         std::memcpy(tb, wrow + k0 * ES, n * ES);
-        V::storeu(wf, sp_load<V>(tb, VD));
+        V::storeu(wf, load_as<V>(tb, VD));
         for (int64_t m = 0; m < ms; ++m) {
           float t = 0.f;
           for (int64_t k = 0; k < n; ++k) t += wf[k] * xb[m * a.K + k0 + k];
@@ -406,9 +362,8 @@ void bsr_run(const BsrArgs& a) {
           bsr_block_row<V, VD, true>(a, sh, br, packed.as<float>(), ms, sums);
         else
           bsr_block_row<V, VD, false>(a, sh, br, packed.as<float>(), ms, sums);
-        for (int64_t m = 0; m < ms; ++m)
-          sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums + m * a.bn, m0 + m,
-                             br * a.bn, a.bn);
+        epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, sums, a.bn, m0, ms, br * a.bn,
+                         a.bn);
       }
     });
   }

@@ -60,23 +60,36 @@ inline typename V::vec vgelu_erf(typename V::vec v) {
   return V::mul(v, V::select(V::lt(v, V::zero()), q, V::sub(V::set1(1.f), q)));
 }
 
+// The activation A, known at compile time (epilogue.h dispatches once per block of rows).
+template <class V, Activation A>
+inline typename V::vec vactivation_as(typename V::vec v) {
+  using vec = typename V::vec;
+  if constexpr (A == Activation::relu) {
+    return V::max(V::zero(), v);  // NaN stays NaN, as torch.relu and the scalar path
+  } else if constexpr (A == Activation::gelu_erf) {
+    return vgelu_erf<V>(v);
+  } else if constexpr (A == Activation::gelu_tanh) {
+    // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)): the same function, without the
+    // cancellation of 1 + tanh(u) for negative u.
+    const vec v3 = V::mul(V::mul(V::mul(V::set1(0.044715f), v), v), v);
+    const vec u2 = V::mul(V::set1(-2.f * 0.7978845608028654f), V::add(v, v3));
+    return V::div(v, V::add(V::set1(1.f), vexp<V>(u2)));
+  } else if constexpr (A == Activation::silu) {
+    return V::div(v, V::add(V::set1(1.f), vexp<V>(V::sub(V::zero(), v))));
+  } else {
+    return v;
+  }
+}
+
+// The activation chosen at run time, for callers outside the epilogue.
 template <class V>
 inline typename V::vec vactivation(typename V::vec v, Activation act) {
-  using vec = typename V::vec;
   switch (act) {
     case Activation::none: return v;
-    case Activation::relu: return V::max(V::zero(), v);  // NaN stays NaN, as torch.relu and the scalar path
-    case Activation::gelu_erf:
-      return vgelu_erf<V>(v);
-    case Activation::gelu_tanh: {
-      // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)): the same function, without the
-      // cancellation of 1 + tanh(u) for negative u.
-      const vec v3 = V::mul(V::mul(V::mul(V::set1(0.044715f), v), v), v);
-      const vec u2 = V::mul(V::set1(-2.f * 0.7978845608028654f), V::add(v, v3));
-      return V::div(v, V::add(V::set1(1.f), vexp<V>(u2)));
-    }
-    case Activation::silu:
-      return V::div(v, V::add(V::set1(1.f), vexp<V>(V::sub(V::zero(), v))));
+    case Activation::relu: return vactivation_as<V, Activation::relu>(v);
+    case Activation::gelu_erf: return vactivation_as<V, Activation::gelu_erf>(v);
+    case Activation::gelu_tanh: return vactivation_as<V, Activation::gelu_tanh>(v);
+    case Activation::silu: return vactivation_as<V, Activation::silu>(v);
   }
   return v;
 }
