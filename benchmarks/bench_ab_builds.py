@@ -1,7 +1,7 @@
 """Two builds of bigperf's CPU kernels compared in one process, on the same weights.
 
     python benchmarks/bench_ab_builds.py OTHER_C_SO [--shape 768x3072] [--m 1 16 192]
-        [--configs int8wo fmp 2:4 block int8dyn] [--activation none|gelu] [--rounds 15]
+        [--configs int8wo fmp 2:4 block int8dyn] [--activation none|gelu] [--dtype fp32|bf16] [--rounds 15]
 
 OTHER_C_SO is another build's bigperf/_C*.so (e.g. of the commit before a change, built
 in a git worktree with `python setup.py build_ext --inplace`). Why in one process: this
@@ -57,19 +57,21 @@ def load_module(path: str):
     return module
 
 
-def layer(config: str, k: int, n: int, activation: str) -> nn.Module:
+def layer(config: str, k: int, n: int, activation: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A one-layer model swapped to `config`, built in `dtype` (the activations' dtype)."""
     make, prune = CONFIGS[config]
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(k, n), nn.GELU()) if activation == "gelu" else nn.Sequential(nn.Linear(k, n))
     if prune:
         bigperf.prune(model, **prune)
-    bigperf.swap(model, make())
+    bigperf.swap(model.to(dtype), make())
     return model
 
 
-def compare(model: nn.Module, other, m: int, k: int, rounds: int) -> tuple[float, float, float]:
+def compare(model: nn.Module, other, m: int, k: int, rounds: int,
+            dtype: torch.dtype = torch.float32) -> tuple[float, float, float]:
     """(this build's median s, the other's, median of other / this) for x of m rows."""
-    xs = [torch.randn(m, k) for _ in range(4)]
+    xs = [torch.randn(m, k).to(dtype) for _ in range(4)]
     this = model
     def that(x):
         return model(x.unsqueeze(0)).squeeze(0)
@@ -104,17 +106,20 @@ def main(argv=None) -> int:
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 192])
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS))
     parser.add_argument("--activation", choices=("none", "gelu"), default="none")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="of the model and x")
     parser.add_argument("--threads", type=int, default=1, help="keep 1 (see the module docstring)")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     k, n = (int(v) for v in args.shape.split("x"))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     other = load_module(args.other_so)
-    print(f"# {args.shape}, activation {args.activation}, {args.threads} thread(s); other / this > 1: this build faster")
+    print(f"# {args.shape}, {args.dtype}, activation {args.activation}, {args.threads} thread(s); "
+          "other / this > 1: this build faster")
     for config in args.configs:
-        model = layer(config, k, n, args.activation)
+        model = layer(config, k, n, args.activation, dtype)
         for m in args.m:
-            mine, theirs, ratio = compare(model, other, m, k, args.rounds)
+            mine, theirs, ratio = compare(model, other, m, k, args.rounds, dtype)
             print(f"{config:8s} M={m:<5d} this {mine * 1e3:8.3f} ms  other {theirs * 1e3:8.3f} ms  other/this {ratio:.3f}",
                   flush=True)
     return 0
