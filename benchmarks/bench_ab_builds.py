@@ -1,7 +1,7 @@
 """Two builds of bigperf's CPU kernels compared in one process, on the same weights.
 
     python benchmarks/bench_ab_builds.py OTHER_C_SO [--shape 768x3072] [--m 1 16 192]
-        [--configs int8wo fmp 2:4 block int8dyn] [--activation none|gelu] [--dtype fp32|bf16] [--rounds 15]
+        [--configs int8wo fmp 2:4 block int8dyn] [--activation none|gelu|gelu_tanh|silu|relu] [--dtype fp32|bf16] [--rounds 15]
 
 OTHER_C_SO is another build's bigperf/_C*.so (e.g. of the commit before a change, built
 in a git worktree with `python setup.py build_ext --inplace`). Why in one process: this
@@ -48,6 +48,9 @@ CONFIGS = {
 }
 
 
+ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "silu": nn.SiLU, "relu": nn.ReLU}
+
+
 def load_module(path: str):
     """The other build's _C as a module of its own (its PyInit symbol is PyInit__C)."""
     loader = importlib.machinery.ExtensionFileLoader("bigperf_other_build._C", path)
@@ -61,7 +64,7 @@ def layer(config: str, k: int, n: int, activation: str, dtype: torch.dtype = tor
     """A one-layer model swapped to `config`, built in `dtype` (the activations' dtype)."""
     make, prune = CONFIGS[config]
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(k, n), nn.GELU()) if activation == "gelu" else nn.Sequential(nn.Linear(k, n))
+    model = nn.Sequential(nn.Linear(k, n), *([ACTIVATIONS[activation]()] if activation != "none" else []))
     if prune:
         bigperf.prune(model, **prune)
     bigperf.swap(model.to(dtype), make())
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", default="768x3072", help="KxN (default 768x3072)")
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 192])
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS))
-    parser.add_argument("--activation", choices=("none", "gelu"), default="none")
+    parser.add_argument("--activation", choices=("none", *ACTIVATIONS), default="none")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="of the model and x")
     parser.add_argument("--threads", type=int, default=1, help="keep 1 (see the module docstring)")
     parser.add_argument("--rounds", type=int, default=15)

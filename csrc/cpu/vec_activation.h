@@ -5,7 +5,7 @@
 // Include only from ISA translation units (anonymous namespace: see vec_avx2.h for why).
 #pragma once
 #include "cpu/fused_linear.h"
-#include "cpu/gelu_erf_table.h"
+#include "cpu/activation_tables.h"
 
 namespace bigperf::cpu {
 namespace {
@@ -36,19 +36,18 @@ inline typename V::vec vexp(typename V::vec x) {
   return V::select(V::lt(hi, x), V::set1(__builtin_inff()), e);
 }
 
-// GELU(v) = v Phi(v), the erf form, with Phi(v) = Q(|v|) for v < 0 and 1 - Q(|v|) otherwise
-// (no cancellation in the left tail), Q(u) = erfc(u / sqrt 2) / 2 the normal tail. Q is one
-// polynomial per cell of [0, 4 sqrt 2), W cells for W lanes, so that each coefficient is one
-// in-register permute of a table (gelu_erf_table.h, fitted by gen_gelu_erf_table.py; within
-// 1.1e-7 of GELU relative to max(1, |v|)); past the span Q < 7.7e-9 is taken as 0. About
-// 15 instructions, a chain of 6-7 FMAs: the erf in two pieces and an exp it replaced took
-// ~45 and cost as much as torch's separate GELU pass at M = 192 (benchmarks/NOTES.md,
-// session 25). NaN stays NaN (Q is 0 there, v * 1).
-template <class V>
-inline typename V::vec vgelu_erf(typename V::vec v) {
+// F(z) for a sigmoid-shaped F given by the table of its left tail Q (activation_tables.h):
+// Q(|z|) for z < 0 (no cancellation in the left tail), 1 - Q(|z|) otherwise. Q is one
+// polynomial per cell of [0, kSpan), W cells for W lanes, so that each coefficient is one
+// in-register permute; past the span Q is 0, or with kLogistic its own 1 / (1 + e^u) (a
+// vector with such a lane, rare, pays an exp and a divide): SiLU's far left tail keeps its
+// relative accuracy, as torch's v / (1 + exp(-v)) has it. About 15 instructions with a chain
+// of 6-8 FMAs, where the erf and exp forms they replace took 25-45 (benchmarks/NOTES.md,
+// session 25). A NaN z gives a NaN or F = 1, so v * F keeps a NaN v.
+template <class V, class Table, bool kLogistic = false>
+inline typename V::vec vsigmoid_from_tail(typename V::vec z) {
   using vec = typename V::vec;
-  using Table = GeluErfTable<V::W>;
-  const vec u = V::abs(v);
+  const vec u = V::abs(z);
   const vec scaled = V::mul(u, V::set1(Table::kScale));
   // The cell: truncation is floor for scaled >= 0 (a NaN takes the last cell, min's second
   // operand). (Not vrndscaleps: SIMDe 0.7.4, which the emulation tests build on, rounds it wrong.)
@@ -56,9 +55,18 @@ inline typename V::vec vgelu_erf(typename V::vec v) {
   const vec s = V::sub(scaled, V::to_float(index));
   vec q = V::lookup(Table::coef[Table::kDegree], index);
   for (int j = Table::kDegree - 1; j >= 0; --j) q = V::fmadd(q, s, V::lookup(Table::coef[j], index));
-  q = V::select(V::lt(u, V::set1(kGeluErfSpan)), q, V::zero());
-  return V::mul(v, V::select(V::lt(v, V::zero()), q, V::sub(V::set1(1.f), q)));
+  const auto inside = V::lt(u, V::set1(Table::kSpan));
+  q = V::select(inside, q, V::zero());
+  if constexpr (kLogistic) {
+    if (!V::all(inside)) q = V::select(inside, q, V::div(V::set1(1.f), V::add(V::set1(1.f), vexp<V>(u))));
+  }
+  return V::select(V::lt(z, V::zero()), q, V::sub(V::set1(1.f), q));
 }
+
+// Whether the logistic's table serves V: 16 cells of degree 6 on AVX-512; with AVX2's 8 cells
+// it would need degree 9, no cheaper than exp and a divide (gen_activation_tables.py).
+template <class V>
+constexpr bool kLogisticTable = V::W == 16;
 
 // The activation A, known at compile time (epilogue.h dispatches once per block of rows).
 template <class V, Activation A>
@@ -66,15 +74,20 @@ inline typename V::vec vactivation_as(typename V::vec v) {
   using vec = typename V::vec;
   if constexpr (A == Activation::relu) {
     return V::max(V::zero(), v);  // NaN stays NaN, as torch.relu and the scalar path
-  } else if constexpr (A == Activation::gelu_erf) {
-    return vgelu_erf<V>(v);
+  } else if constexpr (A == Activation::gelu_erf) {  // v Phi(v)
+    return V::mul(v, vsigmoid_from_tail<V, GeluErfTable<V::W>>(v));
   } else if constexpr (A == Activation::gelu_tanh) {
-    // 0.5 v (1 + tanh(u)) = v / (1 + exp(-2u)): the same function, without the
-    // cancellation of 1 + tanh(u) for negative u.
+    // 0.5 v (1 + tanh(u)) = v sigma(2u), u = sqrt(2/pi) (v + 0.044715 v^3): the same
+    // function, without the cancellation of 1 + tanh(u) for negative u.
     const vec v3 = V::mul(V::mul(V::mul(V::set1(0.044715f), v), v), v);
+    if constexpr (kLogisticTable<V>) {
+      const vec z = V::mul(V::set1(2.f * 0.7978845608028654f), V::add(v, v3));
+      return V::mul(v, vsigmoid_from_tail<V, LogisticTable<V::W>, true>(z));
+    }
     const vec u2 = V::mul(V::set1(-2.f * 0.7978845608028654f), V::add(v, v3));
     return V::div(v, V::add(V::set1(1.f), vexp<V>(u2)));
-  } else if constexpr (A == Activation::silu) {
+  } else if constexpr (A == Activation::silu) {  // v sigma(v)
+    if constexpr (kLogisticTable<V>) return V::mul(v, vsigmoid_from_tail<V, LogisticTable<V::W>, true>(v));
     return V::div(v, V::add(V::set1(1.f), vexp<V>(V::sub(V::zero(), v))));
   } else {
     return v;

@@ -49,6 +49,7 @@ struct VecAvx2 {
     return _mm256_or_ps(_mm256_andnot_ps(s, mag), _mm256_and_ps(s, sign));
   }
   static mask lt(vec a, vec b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static bool all(mask m) { return _mm256_movemask_ps(m) == 0xff; }
   static vec select(mask m, vec a, vec b) { return _mm256_blendv_ps(b, a, m); }  // m ? a : b
   static vec round(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   // Lane i of lookup(table, index) is table[index[i]]: a table of W floats (64-byte aligned)

@@ -47,6 +47,7 @@ struct VecAvx512 {
     return _mm512_castsi512_ps(_mm512_or_si512(m, _mm512_and_si512(s, _mm512_castps_si512(sign))));
   }
   static mask lt(vec a, vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static bool all(mask m) { return m == 0xffff; }
   static vec select(mask m, vec a, vec b) { return _mm512_mask_blend_ps(m, b, a); }  // m ? a : b
   static vec round(vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   // Lane i of lookup(table, index) is table[index[i]]: a table of W floats (64-byte aligned)

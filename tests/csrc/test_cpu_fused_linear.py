@@ -156,6 +156,18 @@ def test_activation_values(isa, activation):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_silu_far_left_tail_keeps_relative_accuracy(isa):
+    """Past the logistic table's span (|v| >= 20, vec_activation.h) SiLU's tiny outputs are
+    computed, not taken as 0: they keep their relative accuracy, as torch's v / (1 + exp(-v))."""
+    v = torch.linspace(-85, -19, 661)
+    x = torch.ones(1, 1)
+    out = run_kernel(isa, x, v[:, None].contiguous(), activation="silu")[0].double()
+    ref = fused_linear_fp64(x, v[:, None], activation="silu")[0]
+    assert (out < 0).all()
+    assert ((out - ref).abs() / ref.abs()).max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_output_rounding_is_nearest_even(isa, dtype):
     """With K = 1 and x = 1 the output is the fp32 weight itself, cast like torch's .to()."""
