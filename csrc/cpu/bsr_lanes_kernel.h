@@ -103,7 +103,7 @@ void bsr_lanes_run(const BsrArgs& a) {
       const int64_t s0 = br_begin * groups, s1 = br_end * groups;
       auto store = [&](int64_t strip, int64_t m, const float* s) {
         const int64_t n0 = strip / groups * a.bn + strip % groups * kLaneRows;
-        sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, s, m0 + m, n0, kLaneRows);
+        epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, s, 0, m0 + m, 1, n0, kLaneRows);
       };
       if (ms == 1) {
         const int64_t half = (s1 - s0) / 2;

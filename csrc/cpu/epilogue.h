@@ -106,8 +106,8 @@ void epilogue_rows_act(const EpilogueArgs& e, const float* sums, int64_t ld, int
 // instead of inlined, ~5 % slower at M = 1 (4096 x 14336, Zen 4, 1 thread). Called once
 // per block of rows, the call costs nothing measurable.
 template <class V>
-__attribute__((noinline)) void epilogue_rows(const EpilogueArgs& e, const float* sums, int64_t ld, int64_t m0, int64_t rows, int64_t n0,
-                   int64_t cnt) {
+__attribute__((noinline)) void epilogue_rows(const EpilogueArgs& e, const float* sums, int64_t ld, int64_t m0,
+                                             int64_t rows, int64_t n0, int64_t cnt) {
   switch (e.act) {
     case Activation::none: return epilogue_rows_act<V, Activation::none>(e, sums, ld, m0, rows, n0, cnt);
     case Activation::relu: return epilogue_rows_act<V, Activation::relu>(e, sums, ld, m0, rows, n0, cnt);

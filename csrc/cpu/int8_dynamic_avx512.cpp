@@ -105,7 +105,7 @@ void dot_columns(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t n_beg
                                     a.w_scale[n[r]], a.bias, n[r]);
       }
     }
-    for (int m = 0; m < MB; ++m) epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, nullptr, sums[m], m, c0, cnt);
+    epilogue_rows<V16>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act}, sums[0], kCols + R, 0, MB, c0, cnt);
   }
 }
 

@@ -65,13 +65,6 @@ inline void load_x_row(const void* x, int64_t row_stride, DType d, int64_t m, in
   for (; k < kpad; k += 8) _mm256_storeu_ps(dst + k, _mm256_setzero_ps());
 }
 
-// out[m, n0 : n0 + cnt] = act(s + bias) in the output dtype (epilogue.h), for the dot-form
-// kernels' rows.
-inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act, const float* bias,
-                         const float* s, int64_t m, int64_t n0, int64_t cnt) {
-  epilogue_rows<IsaVec>(EpilogueArgs{out, out_row_stride, d, act, bias}, s, 0, m, 1, n0, cnt);
-}
-
 inline int32_t hsum_epi32(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));

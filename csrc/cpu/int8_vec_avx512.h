@@ -55,13 +55,6 @@ inline void load_x_row(const void* x, int64_t row_stride, DType d, int64_t m, in
     _mm512_storeu_ps(dst + k, k < K ? load_x16(src + k * es, d, K - k) : _mm512_setzero_ps());
 }
 
-// out[m, n0 : n0 + cnt] = act(s + bias) in the output dtype (epilogue.h), for the dot-form
-// kernels' rows.
-inline void epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act, const float* bias,
-                         const float* s, int64_t m, int64_t n0, int64_t cnt) {
-  epilogue_rows<IsaVec>(EpilogueArgs{out, out_row_stride, d, act, bias}, s, 0, m, 1, n0, cnt);
-}
-
 // Row m of x quantised per token (quantize_value's semantics: true division, round half
 // to even, clamp to +-qmax) and offset to unsigned (q + 128) for vpdpbusd, into
 // dst[0, kpad) with zeros past K (a zero u8 contributes nothing). Returns the scale.

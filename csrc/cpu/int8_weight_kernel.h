@@ -22,8 +22,8 @@
 //     runs on each group while it is in cache.
 //   * M = 1 streams 4 weight rows per tile on AVX2: with 1, 2, 6 or 8 a cold call read
 //     0.4, 0.6, 0.85 and 0.7 of the bandwidth that 4 reached.
-// Needs from the including unit: load_x_row, epilogue_row (int8_vec_*.h) and the shared
-// pieces of int8_linear_common.h.
+// Needs from the including unit: load_x_row and IsaVec, the vector traits the epilogue
+// (epilogue.h) runs on (int8_vec_*.h), and the shared pieces of int8_linear_common.h.
 #pragma once
 #include <cstring>
 
@@ -198,8 +198,8 @@ void run_columns(const Pass& p, int64_t n_begin, int64_t n_end) {
       }
       dot_tile<Ops, R, MB, ZP, GROUPED>(p, wrow, n, sums, t0);
     }
-    for (int64_t m = 0; m < p.ms; ++m)
-      epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums[m], p.m0 + m, c0, cnt);
+    epilogue_rows<IsaVec>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, sums[0], kSumsStride, p.m0,
+                          p.ms, c0, cnt);
   }
 }
 

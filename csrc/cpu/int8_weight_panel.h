@@ -4,7 +4,8 @@
 // defines it), and every row of x reuses them. The dispatcher times it against the
 // dot-product kernel (int8_weight_kernel.h) and PyTorch's GEMM on dequantised chunks.
 // Needs from the including unit: Ops (vector traits with loadu, storeu, set1, fmadd, W and
-// kPanelRows), load_x_row and epilogue_row (int8_vec_*.h).
+// kPanelRows), load_x_row and IsaVec, the vector traits the epilogue (epilogue.h) runs on
+// (int8_vec_*.h).
 #pragma once
 #include <immintrin.h>
 

@@ -15,8 +15,8 @@
 //     one or two panels, which stay in L2 for the later blocks of the pass.
 //   * gemm (`int8_weight_linear_panels_gemm`): panel_gemm.h's outer-product GEMM, whose strips
 //     of 16 columns are exactly these panels, dequantised with no transposition.
-// Needs from the including unit: load_x_row and epilogue_row (int8_vec_*.h) and the traits
-// class for panel_gemm.h.
+// Needs from the including unit: load_x_row and IsaVec, the vector traits the epilogue
+// (epilogue.h) runs on (int8_vec_*.h), and the traits class for panel_gemm.h.
 #pragma once
 #include <immintrin.h>
 
@@ -263,8 +263,8 @@ void int8_weight_linear_panels_dot(const Int8WeightLinearArgs& a) {
           for (int64_t m = 0; m < ms; ++m)
             for (int64_t c = 0; c < cnt; ++c) sums[m][c] *= a.scale[n0 + c];  // group 0's row: [0, Np)
         }
-        for (int64_t m = 0; m < ms; ++m)
-          epilogue_row(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums[m], m0 + m, n0, cnt);
+        epilogue_rows<IsaVec>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, sums[0],
+                              kPanelsPerStep * kPanel, m0, ms, n0, cnt);
       }
     });
   }

@@ -148,7 +148,7 @@ void s24_lanes_drive(const Sparse24Args& a) {
             float* s = sums + m * kLaneRows;
             if (a.scale)  // int8 values: one multiply per output (the layout pads scale to N16)
               for (int64_t l = 0; l < kLaneRows; ++l) s[l] *= a.scale[n0 + l];
-            sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, s, m0 + mt + m, n0, cnt);
+            epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, s, 0, m0 + mt + m, 1, n0, cnt);
           }
         }
       }
@@ -300,7 +300,8 @@ void s24_lanes_panel_run(const Sparse24Args& a) {
       for (int64_t xb = xb0; xb < xb1; ++xb)
         for (int64_t i = 0; i < MV && xb * MV + i < a.M; ++i) {
           for (int64_t r = 0; r < kLaneRows; ++r) out_row[r] = sums[((xb - xb0) * kLaneRows + r) * MV + i];
-          sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, out_row, xb * MV + i, n0, cnt);
+          epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, out_row, 0, xb * MV + i, 1, n0,
+                           cnt);
         }
     }
   });

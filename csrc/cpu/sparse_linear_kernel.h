@@ -47,13 +47,6 @@ void sp_pack_rows(const void* x, int64_t row_stride, DType d, int64_t m0, int64_
   }
 }
 
-// out[m, n0 : n0 + cnt] = act(s + bias) in the output dtype (epilogue.h).
-template <class V>
-void sp_epilogue_row(void* out, int64_t out_row_stride, DType d, Activation act, const float* bias,
-                     const float* s, int64_t m, int64_t n0, int64_t cnt) {
-  epilogue_rows<V>(EpilogueArgs{out, out_row_stride, d, act, bias}, s, 0, m, 1, n0, cnt);
-}
-
 // ----------------------------------------------------------------------------- 2:4 driver
 
 // Tile is the ISA's 2:4 inner kernel:
@@ -97,8 +90,8 @@ void s24_drive(const Sparse24Args& a) {
         if (a.scale)  // int8 values: fp32 sums, one multiply per output
           for (int64_t m = 0; m < ms; ++m)
             for (int64_t j = 0; j < gcnt; ++j) sums[m][j] *= a.scale[g0 + j];
-        for (int64_t m = 0; m < ms; ++m)
-          sp_epilogue_row<V>(a.out, a.out_row_stride, a.x_dtype, a.act, a.bias, sums[m], m0 + m, g0, gcnt);
+        epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, sums[0], kSpGroup, m0, ms, g0,
+                         gcnt);
       }
     });
   }

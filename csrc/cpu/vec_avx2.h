@@ -44,10 +44,6 @@ struct VecAvx2 {
   static vec min(vec a, vec b) { return _mm256_min_ps(a, b); }
   static vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
   static vec abs(vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), a); }
-  static vec copysign(vec mag, vec sign) {
-    const vec s = _mm256_set1_ps(-0.f);
-    return _mm256_or_ps(_mm256_andnot_ps(s, mag), _mm256_and_ps(s, sign));
-  }
   static mask lt(vec a, vec b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static bool all(mask m) { return _mm256_movemask_ps(m) == 0xff; }
   static vec select(mask m, vec a, vec b) { return _mm256_blendv_ps(b, a, m); }  // m ? a : b

@@ -41,11 +41,6 @@ struct VecAvx512 {
   static vec abs(vec a) {
     return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)));
   }
-  static vec copysign(vec mag, vec sign) {
-    const __m512i s = _mm512_set1_epi32(static_cast<int>(0x80000000u));
-    const __m512i m = _mm512_andnot_si512(s, _mm512_castps_si512(mag));
-    return _mm512_castsi512_ps(_mm512_or_si512(m, _mm512_and_si512(s, _mm512_castps_si512(sign))));
-  }
   static mask lt(vec a, vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static bool all(mask m) { return m == 0xffff; }
   static vec select(mask m, vec a, vec b) { return _mm512_mask_blend_ps(m, b, a); }  // m ? a : b
