@@ -80,12 +80,9 @@ inline typename V::vec vactivation_as(typename V::vec v) {
     // 0.5 v (1 + tanh(u)) = v sigma(2u), u = sqrt(2/pi) (v + 0.044715 v^3): the same
     // function, without the cancellation of 1 + tanh(u) for negative u.
     const vec v3 = V::mul(V::mul(V::mul(V::set1(0.044715f), v), v), v);
-    if constexpr (kLogisticTable<V>) {
-      const vec z = V::mul(V::set1(2.f * 0.7978845608028654f), V::add(v, v3));
-      return V::mul(v, vsigmoid_from_tail<V, LogisticTable<V::W>, true>(z));
-    }
-    const vec u2 = V::mul(V::set1(-2.f * 0.7978845608028654f), V::add(v, v3));
-    return V::div(v, V::add(V::set1(1.f), vexp<V>(u2)));
+    const vec z = V::mul(V::set1(2.f * 0.7978845608028654f), V::add(v, v3));  // 2u
+    if constexpr (kLogisticTable<V>) return V::mul(v, vsigmoid_from_tail<V, LogisticTable<V::W>, true>(z));
+    return V::div(v, V::add(V::set1(1.f), vexp<V>(V::sub(V::zero(), z))));
   } else if constexpr (A == Activation::silu) {  // v sigma(v)
     if constexpr (kLogisticTable<V>) return V::mul(v, vsigmoid_from_tail<V, LogisticTable<V::W>, true>(v));
     return V::div(v, V::add(V::set1(1.f), vexp<V>(V::sub(V::zero(), v))));
