@@ -58,38 +58,85 @@ struct Pass {
   const void* xp;         // packed x, ms rows of kpad elements
 };
 
+// Where the first block of rows prefetches: kPrefetchBytes ahead along each weight row,
+// continuing past a row's end into the same row of the next tile (`next` bytes on) rather
+// than into the row after it, which this tile is reading already. Short rows need this: at
+// K = 768 (bf16, 1.5 KB a row) most of a row is within the distance of its start, and
+// prefetching only within rows left 2/3 of each row to the hardware (M = 1 streamed 5.8
+// GB/s against 10.8 at K = 4096 on Zen 3; benchmarks/NOTES.md, session 26). Prefetches
+// never fault: past the weight's end they are dropped.
+struct Prefetch {
+  bool on = false;
+  int64_t row_bytes = 0;  // bytes of K in one weight row
+  int64_t next = 0;       // from a row of this tile to the same row of the next tile
+  int64_t ahead = kPrefetchBytes;  // distance along each row
+};
+
 // One prefetch per 64-byte line of each row: blocks of 32 bytes skip every other one
 // (two per line measured 4% slower with L3-resident weights, 14% at M = 1 from DRAM).
 template <class V, int64_t BB, int R>
-inline void prefetch_block(const char* const* w, int64_t b) {
+inline void prefetch_block(const char* const* w, int64_t b, const Prefetch& pf) {
   if constexpr (BB < 64) {
     if (b & (64 / BB - 1)) return;
   }
-  for (int r = 0; r < R; ++r)
-    for (int64_t o = 0; o < (BB < 64 ? 64 : BB); o += 64) V::prefetch(w[r] + b * BB + kPrefetchBytes + o);
+  for (int64_t o = b * BB + pf.ahead; o < b * BB + pf.ahead + (BB < 64 ? 64 : BB); o += 64) {
+    const int64_t at = o < pf.row_bytes ? o : o - pf.row_bytes + pf.next;
+    for (int r = 0; r < R; ++r) V::prefetch(w[r] + at);
+  }
+}
+
+// c[m][r] += W rows . x rows over half h of K block b.
+template <class V, DType WD, int R, int MB>
+inline void half_block(const char* const* w, int64_t b, int h, const float* xp, int64_t xs,
+                       typename V::vec (&c)[MB][R]) {
+  constexpr int W = V::W;
+  constexpr int64_t BB = 2 * W * element_size(WD);
+  typename V::vec wv[R];
+  for (int r = 0; r < R; ++r) wv[r] = V::template wload<WD>(w[r] + b * BB, h);
+  for (int m = 0; m < MB; ++m) {
+    const typename V::vec xv = V::loadu(xp + m * xs + b * 2 * W + h * W);
+    for (int r = 0; r < R; ++r) c[m][r] = V::fmadd(wv[r], xv, c[m][r]);
+  }
 }
 
 // acc[m][r] += dot(W rows, x rows) over nb K blocks. W row r starts at w[r], x row m at
 // xp + m * xs. pf: prefetch ahead in W (the first block of rows, which streams W).
 template <class V, DType WD, int R, int MB>
 inline void tile_fp32x(const char* const* w, int64_t nb, const float* xp, int64_t xs,
-                       typename V::vec* acc, bool pf) {
+                       typename V::vec* acc, const Prefetch& pf) {
   using vec = typename V::vec;
-  constexpr int W = V::W;
-  constexpr int64_t BB = 2 * W * element_size(WD);  // bytes of one K block of one row
+  constexpr int64_t BB = 2 * V::W * element_size(WD);  // bytes of one K block of one row
   vec c[MB][R];
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) c[m][r] = acc[m * R + r];
-  for (int64_t b = 0; b < nb; ++b) {
-    if (pf) prefetch_block<V, BB, R>(w, b);
-    for (int h = 0; h < 2; ++h) {
-      vec wv[R];
-      for (int r = 0; r < R; ++r) wv[r] = V::template wload<WD>(w[r] + b * BB, h);
-      for (int m = 0; m < MB; ++m) {
-        const vec xv = V::loadu(xp + m * xs + b * 2 * W + h * W);
-        for (int r = 0; r < R; ++r) c[m][r] = V::fmadd(wv[r], xv, c[m][r]);
-      }
+  if constexpr (MB * R >= 4) {
+    for (int64_t b = 0; b < nb; ++b) {
+      if (pf.on) prefetch_block<V, BB, R>(w, b, pf);
+      half_block<V, WD, R, MB>(w, b, 0, xp, xs, c);
+      half_block<V, WD, R, MB>(w, b, 1, xp, xs, c);
     }
+  } else {
+    // Fewer than 4 accumulators would wait on the FMA's latency: the halves of two blocks
+    // add into 4 chains.
+    vec d[MB][R], e[MB][R], f[MB][R];
+    for (int m = 0; m < MB; ++m)
+      for (int r = 0; r < R; ++r) d[m][r] = e[m][r] = f[m][r] = V::zero();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+      if (pf.on) prefetch_block<V, BB, R>(w, b, pf);
+      half_block<V, WD, R, MB>(w, b, 0, xp, xs, c);
+      half_block<V, WD, R, MB>(w, b, 1, xp, xs, d);
+      if (pf.on) prefetch_block<V, BB, R>(w, b + 1, pf);
+      half_block<V, WD, R, MB>(w, b + 1, 0, xp, xs, e);
+      half_block<V, WD, R, MB>(w, b + 1, 1, xp, xs, f);
+    }
+    if (b < nb) {
+      if (pf.on) prefetch_block<V, BB, R>(w, b, pf);
+      half_block<V, WD, R, MB>(w, b, 0, xp, xs, c);
+      half_block<V, WD, R, MB>(w, b, 1, xp, xs, d);
+    }
+    for (int m = 0; m < MB; ++m)
+      for (int r = 0; r < R; ++r) c[m][r] = V::add(V::add(c[m][r], d[m][r]), V::add(e[m][r], f[m][r]));
   }
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) acc[m * R + r] = c[m][r];
@@ -99,7 +146,7 @@ inline void tile_fp32x(const char* const* w, int64_t nb, const float* xp, int64_
 // per 2*W elements instead of two conversions and two FMAs).
 template <class V, int R, int MB>
 inline void tile_bf16x(const char* const* w, int64_t nb, const uint16_t* xp, int64_t xs,
-                       typename V::vec* acc, bool pf) {
+                       typename V::vec* acc, const Prefetch& pf) {
   using vec = typename V::vec;
   constexpr int W = V::W;
   constexpr int64_t BB = 2 * W * 2;
@@ -107,7 +154,7 @@ inline void tile_bf16x(const char* const* w, int64_t nb, const uint16_t* xp, int
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) c[m][r] = acc[m * R + r];
   for (int64_t b = 0; b < nb; ++b) {
-    if (pf) prefetch_block<V, BB, R>(w, b);
+    if (pf.on) prefetch_block<V, BB, R>(w, b, pf);
     typename V::pairs wv[R];
     for (int r = 0; r < R; ++r) wv[r] = V::load_pairs(w[r] + b * BB);
     for (int m = 0; m < MB; ++m) {
@@ -122,7 +169,7 @@ inline void tile_bf16x(const char* const* w, int64_t nb, const uint16_t* xp, int
 // Runs the tile for a block of mb (<= MB) rows of x: the register tile is a template.
 template <class V, DType WD, class XK, int R, int MB>
 inline void tile_rows(int mb, const char* const* w, int64_t nb, const void* xp, int64_t xs,
-                      typename V::vec* acc, bool pf) {
+                      typename V::vec* acc, const Prefetch& pf) {
   if constexpr (MB >= 1) {
     if (mb == MB) {
       if constexpr (std::is_same_v<XK, Bf16X>)
@@ -192,6 +239,13 @@ void run_columns(const Pass& p, int64_t n_begin, int64_t n_end) {
   alignas(64) char tail[R][KB * ES];
   const char* xp = static_cast<const char*>(p.xp);
   const int64_t mblocks = (p.ms + MB - 1) / MB;  // balanced blocks of at most MB rows
+  // Block i is rows [bound[i], bound[i + 1]), worked out once here rather than with two
+  // divisions in every tile (a 1-row tile at M = 1 is ~100 multiply-adds).
+  int64_t bound[kMaxRows + 1];
+  for (int64_t i = 0; i <= mblocks; ++i) bound[i] = p.ms * i / mblocks;
+  // One row at a time reads the weight as one stream: prefetch as far ahead as R rows would.
+  const Prefetch streams{true, a.K * ES, R * a.w_row_stride * ES, R == 1 ? kPrefetchBytes * V::kRowsM1 : kPrefetchBytes};
+  const Prefetch none{};
   for (int64_t g0 = n_begin; g0 < n_end; g0 += G) {
     const int64_t gcnt = imin(G, n_end - g0);
     for (int64_t t0 = 0; t0 < gcnt; t0 += R) {
@@ -205,9 +259,9 @@ void run_columns(const Pass& p, int64_t n_begin, int64_t n_end) {
       if (p.full_blocks) {
         // Only the first block of rows reads the weights from memory: it prefetches.
         for (int64_t i = 0; i < mblocks; ++i) {
-          const int64_t mb0 = p.ms * i / mblocks, mb1 = p.ms * (i + 1) / mblocks;
+          const int64_t mb0 = bound[i], mb1 = bound[i + 1];
           tile_rows<V, WD, XK, R, MB>(static_cast<int>(mb1 - mb0), wrow, p.full_blocks, xp + mb0 * p.kpad * XES,
-                                      p.kpad, acc + mb0 * R, i == 0);
+                                      p.kpad, acc + mb0 * R, i == 0 ? streams : none);
         }
       }
       if (p.k_tail) {
@@ -219,10 +273,10 @@ void run_columns(const Pass& p, int64_t n_begin, int64_t n_end) {
           w[r] = tail[r];
         }
         for (int64_t i = 0; i < mblocks; ++i) {
-          const int64_t mb0 = p.ms * i / mblocks, mb1 = p.ms * (i + 1) / mblocks;
+          const int64_t mb0 = bound[i], mb1 = bound[i + 1];
           tile_rows<V, WD, XK, R, MB>(static_cast<int>(mb1 - mb0), w, 1,
                                       xp + (mb0 * p.kpad + p.full_blocks * KB) * XES, p.kpad,
-                                      acc + mb0 * R, false);
+                                      acc + mb0 * R, none);
         }
       }
       for (int64_t m = 0; m < p.ms; ++m)
@@ -251,6 +305,12 @@ void run_dynamic(const Pass& p, int threads) {
 
 template <class V, DType WD, class XK>
 void run_pass(const Pass& p, int threads) {
+  if constexpr (V::kShortRowBytes > 0) {
+    if (p.ms == 1 && p.a->K * element_size(WD) <= V::kShortRowBytes) {
+      run_dynamic<V, WD, XK, 1, 1>(p, threads);
+      return;
+    }
+  }
   if (p.ms == 1)
     run_dynamic<V, WD, XK, V::kRowsM1, 1>(p, threads);
   else

@@ -110,7 +110,7 @@ inline void dot_rows(const int8_t* const* w, int64_t nb, const int16_t* x, int64
     for (int r = 0; r < R; ++r) acc[m][r] = out[m][r];
   for (int64_t b = 0; b < nb; ++b) {
     if (pf && (b & 3) == 0) {
-      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w[r] + 16 * b + pf), _MM_HINT_T0);
+      for (int r = 0; r < R; ++r) prefetch_l1(reinterpret_cast<const char*>(w[r] + 16 * b + pf));
     }
     __m256i wv[R];
     for (int r = 0; r < R; ++r)
@@ -268,7 +268,7 @@ constexpr int64_t kHeldPrefetch = 2048;
 // One prefetch per 64-byte line of a held panel as unit row u (row_bytes: 32 or 64) streams.
 template <int64_t kRowBytes>
 inline void prefetch_held(const char* unit_row, int64_t u) {
-  if (kRowBytes == 64 || (u & 1) == 0) _mm_prefetch(unit_row + kHeldPrefetch, _MM_HINT_T0);
+  if (kRowBytes == 64 || (u & 1) == 0) prefetch_l1(unit_row + kHeldPrefetch);
 }
 
 // act_bits = 8 on the held w8a8-cpu layout: int8 pairs [kp][16 columns][2], widened to the

@@ -82,7 +82,7 @@ void dot_columns(const Int8DynamicLinearArgs& a, const QuantX& qx, int64_t n_beg
         __m512i wv[R];
         for (int r = 0; r < R; ++r) {
           // The next tile's rows, one tile ahead (see int8_linear_avx2.cpp).
-          _mm_prefetch(reinterpret_cast<const char*>(w[r] + k + R * a.qw_row_stride), _MM_HINT_T0);
+          prefetch_l1(reinterpret_cast<const char*>(w[r] + k + R * a.qw_row_stride));
           wv[r] = _mm512_maskz_loadu_epi8(mask, w[r] + k);
           ws[r] = dpbusd(ws[r], ones, wv[r]);
         }

@@ -74,7 +74,7 @@ inline auto rowmajor_code_pair_packer(const Int8WeightLinearArgs& a) {
           for (int i = 0; i < 16; ++i)
             r[i] = i < valid ? _mm512_loadu_si512(rows + i * a.qw_row_stride + k) : _mm512_setzero_si512();
           for (int64_t i = 0; i < ahead_rows; ++i)
-            _mm_prefetch(reinterpret_cast<const char*>(ahead + i * a.qw_row_stride + k), _MM_HINT_T1);
+            prefetch_l2(reinterpret_cast<const char*>(ahead + i * a.qw_row_stride + k));
           transpose16x16_bytes<Zmm16>(r);  // lane L of r[j]: the 16 columns' codes at k + 16 L + j
           for (int j = 0; j < 16; j += 2) {
             store_pairs(k + j, _mm512_castsi512_si128(r[j]), _mm512_castsi512_si128(r[j + 1]));

@@ -68,7 +68,7 @@ inline void dot_rows(const int8_t* const* w, int64_t len, int64_t tail, const fl
   int64_t k = 0;
   for (; k + 4 * W <= len; k += 4 * W) {
     if (pf && (k & 63) == 0) {  // one prefetch per 64-byte line of each row
-      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w[r] + k + pf), _MM_HINT_T0);
+      for (int r = 0; r < R; ++r) prefetch_l1(reinterpret_cast<const char*>(w[r] + k + pf));
     }
     for (int u = 0; u < 4; ++u) {
       vec wv[R];

@@ -1,5 +1,6 @@
 // Small helpers every CPU kernel family shares (fused, int8, sparse): integer min/max, the
-// element size of a float storage dtype, and 64-byte aligned scratch memory.
+// element size of a float storage dtype, software prefetches, and 64-byte aligned scratch
+// memory.
 //
 // Include only from kernel translation units. Everything sits in an anonymous namespace,
 // for the reason given in vec_avx2.h: an inline function with external linkage compiled
@@ -20,6 +21,20 @@ inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // Bytes per element of x, float weights and outputs (fp32, or fp16 / bf16).
 constexpr int64_t element_size(DType d) { return d == DType::f32 ? 4 : 2; }
+
+// Software prefetch into L1 (prefetch_l1) or L2 (prefetch_l2); never faults, so an address
+// past the end of a tensor is fine. Every kernel prefetches through these, not through
+// _mm_prefetch / __builtin_prefetch: GCC counts the builtin as free of side effects, finds
+// a helper that only prefetches 'const' and deletes its calls. It had deleted every
+// prefetch of the AVX2 M = 1 fused kernel on bf16 / fp16 weights and of several others
+// (benchmarks/NOTES.md, session 26). A volatile asm is kept where it is written.
+#if defined(__x86_64__) || defined(__i386__)
+inline void prefetch_l1(const void* p) { asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p))); }
+inline void prefetch_l2(const void* p) { asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
+#else
+inline void prefetch_l1(const void* p) { __builtin_prefetch(p, 0, 3); }
+inline void prefetch_l2(const void* p) { __builtin_prefetch(p, 0, 2); }
+#endif
 
 // 64-byte aligned scratch (x packed per call, partial sums), freed on scope exit: kernels
 // may throw through parallel_for. The size is rounded up to whole 64-byte lines, as

@@ -150,8 +150,8 @@ struct SelectTile {
       const int64_t pf_v = R * a.values_row_stride * P::kES, pf_m = R * a.meta_row_stride;
       for (int64_t c = 0; c < full; ++c) {
         for (int r = 0; r < R; ++r) {
-          for (int64_t o = 0; o < P::kStepBytes; o += 64) _mm_prefetch(v[r] + pf_v + o, _MM_HINT_T0);
-          if ((c & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(meta[r]) + pf_m, _MM_HINT_T0);
+          for (int64_t o = 0; o < P::kStepBytes; o += 64) prefetch_l1(v[r] + pf_v + o);
+          if ((c & 7) == 0) prefetch_l1(reinterpret_cast<const char*>(meta[r]) + pf_m);
         }
         step(v, meta, x + c * 64, acc);
         for (int r = 0; r < R; ++r) {
@@ -288,9 +288,9 @@ struct PairTile {
     const int64_t pf_v = R * a.values_row_stride * kES, pf_m = R * a.meta_row_stride;
     for (int64_t c = 0; c < full; ++c) {
       if (pf && (c * kStepBytes) % 64 == 0)
-        for (int r = 0; r < R; ++r) _mm_prefetch(v[r] + kStepBytes * c + pf_v, _MM_HINT_T0);
+        for (int r = 0; r < R; ++r) prefetch_l1(v[r] + kStepBytes * c + pf_v);
       if (pf && (c & 15) == 0)
-        for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(meta[r]) + 4 * c + pf_m, _MM_HINT_T0);
+        for (int r = 0; r < R; ++r) prefetch_l1(reinterpret_cast<const char*>(meta[r]) + 4 * c + pf_m);
       for (int p = 0; p < R / 2; ++p)
         step<MB>(v[2 * p] + kStepBytes * c, v[2 * p + 1] + kStepBytes * c, meta[2 * p] + 4 * c,
                  meta[2 * p + 1] + 4 * c, x + 32 * c, xps, acc[p]);
@@ -367,7 +367,7 @@ struct BsrPairedRowsM1 {
       const char* blk = static_cast<const char*>(a.values) + b_begin * block_bytes;
       for (int64_t b = b_begin; b < b_end; ++b, blk += block_bytes) {
         if (g == 0)
-          for (int64_t o = 0; o < block_bytes; o += 64) _mm_prefetch(blk + kPrefetchAhead + o, _MM_HINT_T0);
+          for (int64_t o = 0; o < block_bytes; o += 64) prefetch_l1(blk + kPrefetchAhead + o);
         const char* rows = blk + g * kRowBytes;
         const float* xb = xp + a.col_indices[b] * BK;
         for (int c = 0; c < BK; c += 16) {

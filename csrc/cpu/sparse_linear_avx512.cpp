@@ -77,9 +77,9 @@ struct PermuteTile {
     const int64_t pf_v = R * a.values_row_stride * kES, pf_m = R * a.meta_row_stride;
     for (int64_t c = 0; c < full; ++c) {
       if (pf && (c * kStepBytes) % 64 == 0)
-        for (int r = 0; r < R; ++r) _mm_prefetch(v[r] + pf_v, _MM_HINT_T0);
+        for (int r = 0; r < R; ++r) prefetch_l1(v[r] + pf_v);
       if (pf && (c & 15) == 0)
-        for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(meta[r]) + pf_m, _MM_HINT_T0);
+        for (int r = 0; r < R; ++r) prefetch_l1(reinterpret_cast<const char*>(meta[r]) + pf_m);
       step<MB>(v, meta, x + c * 32, xps, acc);
       for (int r = 0; r < R; ++r) {
         v[r] += kStepBytes;

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "cpu/fused_linear.h"
+#include "cpu/kernel_util.h"  // prefetch_l1
 
 namespace bigperf::cpu {
 namespace {
@@ -25,6 +26,11 @@ struct VecAvx2 {
   // the stack); it measured 41-44 GMAC/s on one Zen 3 core against 31 for 2 x 6 and 36
   // for 4 x 2 (benchmarks/NOTES.md). M == 1 is bound by memory: 4 rows in flight.
   static constexpr int kRowsM1 = 4;
+  // M == 1 with rows of at most this many bytes: one row at a time, so that the weight is
+  // read as one sequential stream. Four interleaved streams of short rows share each 4 KB
+  // page, and the prefetchers kept up with them badly: K = 768 bf16 (1.5 KB rows) streamed
+  // ~6 GB/s against ~11 at 4 KB rows and more on Zen 3 (benchmarks/NOTES.md, session 26).
+  static constexpr int64_t kShortRowBytes = 2048;
   static constexpr int kRowsMM = 3;
   static constexpr int kMaxMB = 4;
   // Panel GEMM (panel_gemm.h): 6 rows x 2 vectors = 12 accumulators + 2 weight vectors +
@@ -65,7 +71,7 @@ struct VecAvx2 {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  static void prefetch(const char* p) { _mm_prefetch(p, _MM_HINT_T0); }
+  static void prefetch(const char* p) { prefetch_l1(p); }
 
   // Storage dtypes, W elements at a time.
   static vec load_bf16(const void* p) {

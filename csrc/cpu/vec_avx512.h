@@ -8,6 +8,7 @@
 
 #include "cpu/bf16_avx512.h"
 #include "cpu/fused_linear.h"
+#include "cpu/kernel_util.h"  // prefetch_l1
 
 namespace bigperf::cpu {
 namespace {
@@ -20,6 +21,7 @@ struct VecAvx512 {
   static constexpr bool kBf16Dot = true;  // vdpbf16ps when x and W are both bf16
   // 32 zmm registers: R + MB*R accumulators + one x vector + the bf16 mask.
   static constexpr int kRowsM1 = 4;
+  static constexpr int64_t kShortRowBytes = 0;  // not measured on an AVX-512 CPU yet (vec_avx2.h)
   static constexpr int kRowsMM = 4;
   static constexpr int kMaxMB = 4;
   // Panel GEMM (panel_gemm.h): 12 rows x 2 vectors = 24 accumulators + 2 weight vectors +
@@ -63,7 +65,7 @@ struct VecAvx512 {
     q = _mm_add_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
   }
-  static void prefetch(const char* p) { _mm_prefetch(p, _MM_HINT_T0); }
+  static void prefetch(const char* p) { prefetch_l1(p); }
 
   static vec load_bf16(const void* p) {
     const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
