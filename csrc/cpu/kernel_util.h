@@ -26,11 +26,13 @@ constexpr int64_t element_size(DType d) { return d == DType::f32 ? 4 : 2; }
 // past the end of a tensor is fine. Every kernel prefetches through these, not through
 // _mm_prefetch / __builtin_prefetch: GCC counts the builtin as free of side effects, finds
 // a helper that only prefetches 'const' and deletes its calls. It had deleted every
-// prefetch of the AVX2 M = 1 fused kernel on bf16 / fp16 weights and of several others
-// (benchmarks/NOTES.md, session 26). A volatile asm is kept where it is written.
+// prefetch of the AVX2 M = 1 fused kernel on bf16 / fp16 weights (benchmarks/NOTES.md,
+// session 26). A volatile asm is kept where it is written; its address goes in a register,
+// not as a memory operand: an asm that says it reads memory made GCC keep the block-sparse
+// kernel's accumulators in memory around it (0.74-0.78x at M = 16-128).
 #if defined(__x86_64__) || defined(__i386__)
-inline void prefetch_l1(const void* p) { asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p))); }
-inline void prefetch_l2(const void* p) { asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p))); }
+inline void prefetch_l1(const void* p) { asm volatile("prefetcht0 (%0)" : : "r"(p)); }
+inline void prefetch_l2(const void* p) { asm volatile("prefetcht1 (%0)" : : "r"(p)); }
 #else
 inline void prefetch_l1(const void* p) { __builtin_prefetch(p, 0, 3); }
 inline void prefetch_l2(const void* p) { __builtin_prefetch(p, 0, 2); }
