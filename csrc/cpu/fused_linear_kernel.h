@@ -35,7 +35,8 @@ namespace {
 // 17 + 16, not 32 + 1, which would stream all weights again for a single row).
 constexpr int64_t kMaxRows = 32;
 // Software prefetch distance along a weight row. Prefetching the next tile's rows instead
-// (or as well), or 2-16 KB ahead, measured no better here (benchmarks/NOTES.md).
+// (or as well), or 2-16 KB ahead, measured no better (benchmarks/NOTES.md); but until session
+// 26 the compiler had deleted the bf16 / fp16 tiles' prefetches, so for those it is untested.
 constexpr int64_t kPrefetchBytes = 1024;
 // Below this many multiply-adds one thread is faster than waking the pool.
 constexpr int64_t kSerialWork = int64_t{1} << 18;
@@ -58,13 +59,12 @@ struct Pass {
   const void* xp;         // packed x, ms rows of kpad elements
 };
 
-// Where the first block of rows prefetches: kPrefetchBytes ahead along each weight row,
+// Where the first block of rows prefetches: `ahead` bytes along each weight row,
 // continuing past a row's end into the same row of the next tile (`next` bytes on) rather
 // than into the row after it, which this tile is reading already. Short rows need this: at
-// K = 768 (bf16, 1.5 KB a row) most of a row is within the distance of its start, and
-// prefetching only within rows left 2/3 of each row to the hardware (M = 1 streamed 5.8
-// GB/s against 10.8 at K = 4096 on Zen 3; benchmarks/NOTES.md, session 26). Prefetches
-// never fault: past the weight's end they are dropped.
+// K = 768 (bf16, 1.5 KB a row) most of a row is within the distance of its start. fp32
+// weights, 768 x 12288 at M = 1 from memory: 1.20x with the wrap (Zen 3, benchmarks/NOTES.md,
+// session 26). Prefetches never fault: past the weight's end they are dropped.
 struct Prefetch {
   bool on = false;
   int64_t row_bytes = 0;  // bytes of K in one weight row
