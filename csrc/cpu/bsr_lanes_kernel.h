@@ -50,7 +50,7 @@ void bsr_lanes_strips(const BsrArgs& a, const int64_t (&strips)[NS], const float
       any = true;
       const int64_t b = next[q]++;
       const char* blk = base[q] + b * block_bytes;
-      for (int64_t o = 0; o < strip_bytes; o += 64) V::prefetch(blk + kLanePrefetchBytes + o);
+      for (int64_t o = 0; o < strip_bytes; o += 64) prefetch_l1(blk + kLanePrefetchBytes + o);
       const float* xb = xp + a.col_indices[b] * a.bk;
       for (int64_t c = 0; c < a.bk; c += kColsPerStep) {
         const int64_t cols = imin(kColsPerStep, a.bk - c);  // (bf16 blocks have an even bk)

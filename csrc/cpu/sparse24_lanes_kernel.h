@@ -67,8 +67,8 @@ void lanes_block(const Sparse24Args& a, int64_t block, const float* xp, int64_t 
       const int64_t step = j + q * per;
       const char* v = vals + step * kStepBytes;
       const uint8_t* mt = meta + step * kLaneRows;
-      for (int64_t line = 0; line < kStepBytes; line += 64) V::prefetch(v + kLanePrefetchBytes + line);
-      V::prefetch(reinterpret_cast<const char*>(mt) + kLanePrefetchBytes * kLaneRows / kStepBytes);
+      for (int64_t line = 0; line < kStepBytes; line += 64) prefetch_l1(v + kLanePrefetchBytes + line);
+      prefetch_l1(reinterpret_cast<const char*>(mt) + kLanePrefetchBytes * kLaneRows / kStepBytes);
 #pragma GCC unroll 2
       for (int h = 0; h < VPB; ++h) {
         const auto p0 = L::positions(mt + h * W);

@@ -205,7 +205,7 @@ void bsr_rows(const BsrArgs& a, const BsrShape& sh, int64_t br, int64_t p0, cons
     const float* xb = xp + a.col_indices[b] * sh.len;
     const char* blk = vals + b * block_bytes;
     if (p0 == 0)
-      for (int64_t o = 0; o < block_bytes; o += 64) V::prefetch(blk + ahead + o);
+      for (int64_t o = 0; o < block_bytes; o += 64) prefetch_l1(blk + ahead + o);
     for (int64_t c = 0; c < chunks; ++c) {
       vec x0[MB], x1[MB];
       for (int m = 0; m < MB; ++m) {

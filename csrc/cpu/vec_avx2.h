@@ -11,7 +11,6 @@
 #include <cstdint>
 
 #include "cpu/fused_linear.h"
-#include "cpu/kernel_util.h"  // prefetch_l1
 
 namespace bigperf::cpu {
 namespace {
@@ -71,7 +70,6 @@ struct VecAvx2 {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  static void prefetch(const char* p) { prefetch_l1(p); }
 
   // Storage dtypes, W elements at a time.
   static vec load_bf16(const void* p) {

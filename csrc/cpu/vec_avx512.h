@@ -8,7 +8,6 @@
 
 #include "cpu/bf16_avx512.h"
 #include "cpu/fused_linear.h"
-#include "cpu/kernel_util.h"  // prefetch_l1
 
 namespace bigperf::cpu {
 namespace {
@@ -65,7 +64,6 @@ struct VecAvx512 {
     q = _mm_add_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
   }
-  static void prefetch(const char* p) { prefetch_l1(p); }
 
   static vec load_bf16(const void* p) {
     const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
