@@ -282,3 +282,19 @@ def test_the_float_copy_path_serves_only_with_a_fresh_copy_and_matches_the_refer
     finally:
         torch_paths.attach_float_copy(weight, None)
     assert "no float copy" in path.why_not(*args)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("x_requires_grad", [False, True])
+def test_chunked_torch_gemm_writes_each_chunk_into_its_own_columns(with_bias, x_requires_grad):
+    # fp32 chunks larger than CHUNK_BYTES (1 here) are written by BLAS straight into the
+    # output's columns; a wrong slice or leading dimension would put one chunk's columns over
+    # another's. With a gradient recorded, out= cannot serve: F.linear and a copy.
+    x = random_tensor(M, K, seed=40).requires_grad_(x_requires_grad)
+    w = random_tensor(N, K, seed=41)
+    b = random_tensor(N, seed=42) if with_bias else None
+    with torch.set_grad_enabled(x_requires_grad):
+        out = torch_paths.torch_linear(x, N, K, torch.float32, rows=torch_paths.copy_rows(w), bias=b)
+    whole = torch.nn.functional.linear(x.detach(), w, b)
+    assert out.shape == (M, N)
+    torch.testing.assert_close(out.detach(), whole, rtol=1e-6, atol=1e-5)
