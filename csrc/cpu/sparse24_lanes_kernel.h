@@ -8,8 +8,9 @@
 //   L::pick(x4, i)            in-lane permute: lane j gets x4[i_j & 3] (vpermilps reads bits 1:0)
 //   L::bf16_pair(p, lo, hi)   W 32-bit words of bf16 pairs as two fp32 vectors
 //   L::load<VT>(p)            W values of dtype VT (f32, f16) as fp32
-//   L::i8_quad(p, safe, w)    W 32-bit words of four int8 values each as four fp32 vectors
-//                             w[i] = 2^24 * byte i; `safe`: do not read the 3 bytes before p
+//   L::i8_quad<E>(p, safe, w) W 32-bit words of four int8 values each as four fp32 vectors
+//                             w[i] = 2^24 * byte i (E: the byte itself, a shift more);
+//                             `safe`: do not read the 3 bytes before p
 //
 // Why this layout (benchmarks/NOTES.md, "sparse CPU, session 10"): with one output row per
 // lane, the kept values of one group of 4 in W rows sit in two vectors (slots a and b) and
@@ -20,6 +21,8 @@
 // layout's kernels did not).
 // Include only from ISA translation units, after sparse_linear_kernel.h.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -44,8 +47,9 @@ constexpr int64_t lanes_esize(S24Values vt) { return vt == S24Values::f32 ? 4 : 
 // most 8 (NS * MB * 16 / W * S), a slot its own chain where that fits. One body for every
 // step with the accumulators in one local array: gcc kept accumulators in memory (a
 // store-to-load delay on each chain) when they were passed to a helper or a lambda, and
-// when 8 of them met 8 other live vectors at M = 1.
-template <class V, class L, S24Values VT, int MB, int NS>
+// when 8 of them met 8 other live vectors at M = 1. kExact: int8 codes as they are, not
+// times 2^24 (see s24_lanes_drive).
+template <class V, class L, S24Values VT, int MB, int NS, bool kExact = false>
 void lanes_block(const Sparse24Args& a, int64_t block, const float* xp, int64_t xs, float* sums) {
   using vec = typename V::vec;
   constexpr int W = L::W, VPB = kLaneRows / W;
@@ -81,7 +85,7 @@ void lanes_block(const Sparse24Args& a, int64_t block, const float* xp, int64_t 
           L::bf16_pair(v + kGroupBytes + h * W * 4, w[2], w[3]);
         } else if constexpr (VT == S24Values::i8) {
           // Nothing before the first byte of the values may be read (see L::i8_quad).
-          L::i8_quad(v + h * W * 4, block == 0 && step == 0 && h == 0, w);
+          L::template i8_quad<kExact>(v + h * W * 4, block == 0 && step == 0 && h == 0, w);
         } else {
           w[0] = L::template load<VT>(v + h * W * ES);
           w[1] = L::template load<VT>(v + (kLaneRows + h * W) * ES);
@@ -107,9 +111,43 @@ void lanes_block(const Sparse24Args& a, int64_t block, const float* xp, int64_t 
       for (int p = 1; p < S; ++p) s = V::add(s, acc[0][m][h][p]);
       for (int q = 1; q < NS; ++q)
         for (int p = 0; p < S; ++p) s = V::add(s, acc[q][m][h][p]);
-      if constexpr (VT == S24Values::i8) s = V::mul(s, V::set1(1.f / 16777216.f));  // L::i8_quad's 2^24, exactly
+      if constexpr (VT == S24Values::i8 && !kExact) s = V::mul(s, V::set1(1.f / 16777216.f));  // L::i8_quad's 2^24, exactly
       V::storeu(sums + m * kLaneRows + h * W, s);
     }
+}
+
+// Below this |x| (2^64) the q * 2^24 codes cannot overflow: a product is at most
+// 2^64 * 2^7 * 2^24 = 2^95, and a sum of fewer than 2^31 of them stays under 2^126.
+constexpr float kI8CodeTrickMaxX = 18446744073709551616.f;
+
+// The largest |value| of n floats, 0 for none. NaN is passed over (vmaxps keeps its second
+// operand when the first is NaN; std::max its first); an infinity counts, harmlessly.
+template <class V>
+float max_abs(const float* p, int64_t n) {
+  constexpr int W = V::W;
+  auto m = V::zero();
+  int64_t i = 0;
+  for (; i + W <= n; i += W) m = V::max(V::abs(V::loadu(p + i)), m);
+  alignas(64) float lanes[W];
+  V::storeu(lanes, m);
+  float r = 0.f;
+  for (int l = 0; l < W; ++l) r = std::max(r, lanes[l]);
+  for (; i < n; ++i) r = std::max(r, std::fabs(p[i]));
+  return r;
+}
+
+// lanes_block for the `mb` (1 .. 4) rows of x at xp.
+template <class V, class L, S24Values VT, bool kExact>
+void lanes_rows(const Sparse24Args& a, int64_t b, const float* xp, int64_t kpad, int64_t mb, float* sums) {
+  switch (mb) {
+    case 1:  // two streams for the memory-bound float values; int8 is bound by compute
+      if (VT != S24Values::i8 && a.K % 16 == 0) lanes_block<V, L, VT, 1, 2, kExact>(a, b, xp, kpad, sums);
+      else lanes_block<V, L, VT, 1, 1, kExact>(a, b, xp, kpad, sums);
+      break;
+    case 2: lanes_block<V, L, VT, 2, 1, kExact>(a, b, xp, kpad, sums); break;
+    case 3: lanes_block<V, L, VT, 3, 1, kExact>(a, b, xp, kpad, sums); break;
+    default: lanes_block<V, L, VT, 4, 1, kExact>(a, b, xp, kpad, sums); break;
+  }
 }
 
 // x in passes of kSpRowsPerPass rows (fp32); each work item is a run of blocks, each block runs the pass's rows 4 at a time (its weights come from memory for the first
@@ -127,6 +165,9 @@ void s24_lanes_drive(const Sparse24Args& a) {
   for (int64_t m0 = 0; m0 < a.M; m0 += kSpRowsPerPass) {
     const int64_t ms = imin(kSpRowsPerPass, a.M - m0);
     sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, ms, a.K, xbuf.as<float>(), kpad);
+    // int8 codes enter the FMAs as q * 2^24 (L::i8_quad), which takes 2^24 off fp32's range:
+    // a pass whose x reaches kI8CodeTrickMaxX multiplies the codes themselves instead.
+    const bool exact = VT == S24Values::i8 && max_abs<V>(xbuf.as<float>(), ms * kpad) > kI8CodeTrickMaxX;
     parallel_items(items, threads, [&](int64_t item) {
       alignas(64) float sums[4 * kLaneRows];
       const int64_t b_end = imin(blocks, (item + 1) * item_blocks);
@@ -135,14 +176,11 @@ void s24_lanes_drive(const Sparse24Args& a) {
         for (int64_t mt = 0; mt < ms; mt += 4) {
           const float* xp = xbuf.as<float>() + mt * kpad;
           const int64_t mb = imin(4, ms - mt);
-          switch (mb) {
-            case 1:  // two streams for the memory-bound float values; int8 is bound by compute
-              if (VT != S24Values::i8 && a.K % 16 == 0) lanes_block<V, L, VT, 1, 2>(a, b, xp, kpad, sums);
-              else lanes_block<V, L, VT, 1, 1>(a, b, xp, kpad, sums);
-              break;
-            case 2: lanes_block<V, L, VT, 2, 1>(a, b, xp, kpad, sums); break;
-            case 3: lanes_block<V, L, VT, 3, 1>(a, b, xp, kpad, sums); break;
-            default: lanes_block<V, L, VT, 4, 1>(a, b, xp, kpad, sums); break;
+          if constexpr (VT == S24Values::i8) {
+            if (exact) lanes_rows<V, L, VT, true>(a, b, xp, kpad, mb, sums);
+            else lanes_rows<V, L, VT, false>(a, b, xp, kpad, mb, sums);
+          } else {
+            lanes_rows<V, L, VT, false>(a, b, xp, kpad, mb, sums);
           }
           for (int64_t m = 0; m < mb; ++m) {
             float* s = sums + m * kLaneRows;
@@ -225,8 +263,9 @@ void s24_unpack_block(const Sparse24Args& a, int64_t b, int64_t mv, float* w, in
         L::bf16_pair(v + kGroupBytes + h * W * 4, q[2], q[3]);
       } else if constexpr (VT == S24Values::i8) {
         L::i8_quad(v + h * W * 4, b == 0 && step == 0 && h == 0, q);
-        const auto scale = V::mul(V::loadu(a.scale + b * kLaneRows + h * W), V::set1(1.f / 16777216.f));
-        for (auto& x : q) x = V::mul(x, scale);
+        // 2^-24 onto the codes, not the scale: a scale below 2^-102 would go subnormal.
+        const auto scale = V::loadu(a.scale + b * kLaneRows + h * W), unit = V::set1(1.f / 16777216.f);
+        for (auto& x : q) x = V::mul(V::mul(x, unit), scale);
       } else {
         q[0] = L::template load<VT>(v + h * W * ES);
         q[1] = L::template load<VT>(v + (kLaneRows + h * W) * ES);

@@ -139,18 +139,24 @@ struct LanesAvx512 {
     static_assert(VT == S24Values::f32 || VT == S24Values::f16, "bf16 and int8 values have their own loads");
     return load16<VT>(p);
   }
-  // As LanesAvx2::i8_quad: w[i] = 2^24 * byte i of every word, the first word by shifts.
+  // As LanesAvx2::i8_quad: w[i] = 2^24 * byte i of every word (kExact: the byte), the
+  // first word by shifts.
+  template <bool kExact>
+  static __m512 top_byte(__m512i v) {
+    if constexpr (kExact) return _mm512_cvtepi32_ps(_mm512_srai_epi32(v, 24));
+    return _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFF000000u))));
+  }
+  template <bool kExact = false>
   static void i8_quad(const char* p, bool safe, __m512 (&w)[4]) {
-    const __m512i top = _mm512_set1_epi32(static_cast<int>(0xFF000000u));
     if (__builtin_expect(safe, 0)) {
       const __m512i d = _mm512_loadu_si512(p);
-      w[0] = _mm512_cvtepi32_ps(_mm512_slli_epi32(d, 24));
-      w[1] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_slli_epi32(d, 16), top));
-      w[2] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_slli_epi32(d, 8), top));
-      w[3] = _mm512_cvtepi32_ps(_mm512_and_si512(d, top));
+      w[0] = top_byte<kExact>(_mm512_slli_epi32(d, 24));
+      w[1] = top_byte<kExact>(_mm512_slli_epi32(d, 16));
+      w[2] = top_byte<kExact>(_mm512_slli_epi32(d, 8));
+      w[3] = top_byte<kExact>(d);
       return;
     }
-    for (int i = 0; i < 4; ++i) w[i] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_loadu_si512(p - 3 + i), top));
+    for (int i = 0; i < 4; ++i) w[i] = top_byte<kExact>(_mm512_loadu_si512(p - 3 + i));
   }
 };
 

@@ -102,6 +102,23 @@ def test_cpu_kernel_writes_every_output_element(v_dtype, monkeypatch):
 
 
 @pytest.mark.skipif(CPU_KERNEL_MISSING is not None, reason=f"cpu backend unavailable: {CPU_KERNEL_MISSING}")
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("magnitude", [1e30, 1e36])
+def test_int8_codes_keep_fp32_range_for_huge_x(m, magnitude):
+    """The kernel multiplies int8 codes as q * 2^24 where x allows it; an x whose products
+    would overflow there (found by the fuzzer: -1e30 gave -inf, the reference -5.5e29) takes
+    the codes as they are. Every row of x here is huge in one place and order 1 elsewhere."""
+    p = packed(33, 72, torch.int8, seed=14)
+    x = random_tensor(m, 72, seed=15)
+    x[:, 3] = -magnitude
+    with bigperf.use_backend("cpu"):
+        out = sparse24_lanes_linear(x, lanes(p), None, "none")
+    ref = expected_fp64(x, p, None, "none")
+    assert torch.isfinite(out).all()
+    assert rel_error(out, ref) < 1e-5
+
+
+@pytest.mark.skipif(CPU_KERNEL_MISSING is not None, reason=f"cpu backend unavailable: {CPU_KERNEL_MISSING}")
 def test_cpu_kernel_reads_the_weight_negative_control():
     """Changing one kept value of the last (padded) row block changes exactly that output."""
     p = packed(33, 64, torch.float32, seed=12)

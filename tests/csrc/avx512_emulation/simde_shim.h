@@ -58,6 +58,7 @@ SHIM __m256 _mm512_cvtpd_ps(__m512d v) { double a[8]; float t[8]; shim::get(v, a
 SHIM __m512 _mm512_cvtph_ps(__m256i v) { uint16_t a[16]; float t[16]; shim::get(v, a); for (int i = 0; i < 16; ++i) t[i] = shim_h2f(a[i]); return shim::put<__m512>(t); }
 SHIM __m256i _mm512_cvtps_ph(__m512 v, int) { float a[16]; uint16_t t[16]; shim::get(v, a); for (int i = 0; i < 16; ++i) t[i] = shim_f2h(a[i]); return shim::put<__m256i>(t); }
 SHIM __m512i _mm512_cvtps_epi32(__m512 v) { float a[16]; int32_t t[16]; shim::get(v, a); for (int i = 0; i < 16; ++i) t[i] = (int32_t)std::nearbyint(a[i]); return shim::put<__m512i>(t); }
+SHIM __m512i _mm512_srai_epi32(__m512i v, unsigned int n) { int32_t a[16]; shim::get(v, a); for (int i = 0; i < 16; ++i) a[i] = n > 31 ? (a[i] < 0 ? -1 : 0) : a[i] >> n; return shim::put<__m512i>(a); }
 SHIM __m512i _mm512_cvttps_epi32(__m512 v) { float a[16]; int32_t t[16]; shim::get(v, a); for (int i = 0; i < 16; ++i) t[i] = (int32_t)a[i]; return shim::put<__m512i>(t); }
 SHIM float _mm512_reduce_add_ps(__m512 v) { float a[16]; shim::get(v, a); float s = 0; for (float x : a) s += x; return s; }
 SHIM float _mm512_reduce_max_ps(__m512 v) { float a[16]; shim::get(v, a); float s = a[0]; for (float x : a) s = x > s ? x : s; return s; }

@@ -92,7 +92,9 @@ static void check_bf16_form(const char* what, const Args& la, const Buf& x, DTyp
   report(what, compare(got, ref, M, N, xd), xd, detail);
 }
 
-static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Activation act, int pad) {
+// huge: every row of x holds -huge at k = 3 (int8 codes must keep fp32's range there).
+static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Activation act, int pad,
+                    float huge = 0.f) {
   const int64_t ves = vt == S24Values::f32 ? 4 : vt == S24Values::i8 ? 1 : 2;
   const int64_t vstride = K / 2 + 3, mstride = K / 8 + 1;  // padded rows: strides are honoured
   std::vector<char> values(N * vstride * ves + 1);
@@ -113,7 +115,9 @@ static void check24(int64_t M, int64_t N, int64_t K, S24Values vt, DType xd, Act
         store_from_float(values.data(), at, static_cast<DType>(vt), rnd() / std::sqrt(float(K)));
     }
   }
-  const Buf x = make_x(M, K, xd, pad);
+  Buf x = make_x(M, K, xd, pad);
+  if (huge != 0.f)
+    for (int64_t m = 0; m < M; ++m) store_from_float(x.b.data(), m * x.stride + 3, xd, -huge);
   Buf got = make_out(M, N, xd, 3), want = make_out(M, N, xd, 3);
   Sparse24Args a{};
   a.x = x.b.data(); a.x_row_stride = x.stride; a.x_dtype = xd;
@@ -241,6 +245,9 @@ int main() {
       }
   for (int k = 0; k < 4; ++k)
     for (int d = 0; d < 3; ++d) check24(1, 300, 4096, vts[k], dts[d], Activation::none, 0);
+  // x whose products with q * 2^24 would overflow fp32 (the fuzzer's -1e30): exact codes.
+  for (int64_t M : {1, 2, 3, 5})
+    for (DType d : {DType::f32, DType::bf16}) check24(M, 45, 72, S24Values::i8, d, Activation::none, 1, 1e30f);
   // The panel form past its row blocks (96 rows), tasks (192) and K slices (64).
   for (int k = 0; k < 4; ++k) check24(200, 45, 136, vts[k], dts[k % 3], static_cast<Activation>(k), k % 3);
   struct Block { int64_t bn, bk; };
