@@ -201,3 +201,24 @@ def test_w8a8_cpu_path_says_why_not_beyond_its_int32_limit():
         qweight, scale = torch.empty(4, k, dtype=torch.int8, device="meta"), torch.empty(4, 1, device="meta")
         reason = cpu.why_not(x, qweight, scale, None, "none")
         assert (reason is not None and "131071" in reason) == refused, reason
+
+
+def test_w8a8_never_sums_codes_in_an_fp16_gemm():
+    """Found by make fuzz: W8A8 with fp16 x on the torch backend summed x's int8 codes in an
+    fp16 GEMM, whose sums (up to 127 * 127 * K) overflowed to Inf at K = 64. fp16 is no
+    candidate for W8A8 (its canonical and CPU panel ops both); the torch backend computes in fp32."""
+    from bigperf.formats.w8a8_cpu import pack_w8a8_cpu
+    from bigperf.ops.int8_dynamic_layout_linear import LAYOUT_BACKENDS
+    from bigperf.ops.int8_linear import DYNAMIC_BACKENDS
+
+    q = packed(n=8, k=64, seed=5)
+    x = (random_tensor(4, 64, seed=6) * 3).half()
+    layout = pack_w8a8_cpu(q.qweight, q.scale)
+    layout_args = (x, layout.weight, layout.colsum, layout.scale, layout.n, layout.k, None, "none", 8, None)
+    for table, args in ((DYNAMIC_BACKENDS, (x, q.qweight, q.scale, None, "none", 8, None)),
+                        (LAYOUT_BACKENDS, layout_args)):
+        assert "overflows" in table.backends["torch:fp16"].why_not(*args)
+    with bigperf.use_backend("torch"):
+        out = int8_dynamic_linear(x, q.qweight, q.scale, None, "none")
+    assert torch.isfinite(out).all()
+    assert rel_error(out, dynamic_reference(x, q.qweight, q.scale, None, "none")) < 1e-3
