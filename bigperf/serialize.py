@@ -11,6 +11,7 @@ parameter and buffer of the model as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -319,6 +320,17 @@ def load_planned(model: nn.Module, manifest: dict, planned: list[PlannedSwap], l
     return model
 
 
+@contextlib.contextmanager
+def _refused_as_load_error(module_name: str):
+    """A module's refusal of its saved state (a damaged or foreign extra state: the layer's
+    own ValueError, or whatever its checks trip over) as bigperf.load's ValueError, naming
+    the module; torch's load_state_dict wraps its modules' errors in RuntimeError."""
+    try:
+        yield
+    except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as error:
+        raise ValueError(f"bigperf.load: module {module_name!r} refused its saved state: {error}") from error
+
+
 def _load_state(model: nn.Module, planned: list[PlannedSwap], state: dict) -> None:
     """Load `state` (names, shapes and dtypes already checked) so that a failure part way
     leaves the user's own modules as they were: first the new layers, which are not yet the
@@ -334,12 +346,14 @@ def _load_state(model: nn.Module, planned: list[PlannedSwap], state: dict) -> No
     # so a model built under meta_parameters() never holds a second copy of its weights.
     for name, layer in swapped.items():
         on_meta = any(t.is_meta for t in list(layer.parameters()) + list(layer.buffers()))
-        layer.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if owner(k) == name}, strict=True,
-                              assign=on_meta)
+        with _refused_as_load_error(name):
+            layer.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if owner(k) == name}, strict=True,
+                                  assign=on_meta)
     rest = {k: v for k, v in state.items() if owner(k) is None}
     for key in [k for k in rest if k.rpartition(".")[2] == "_extra_state"]:
         module_name = key.rpartition(".")[0]
-        model.get_submodule(module_name).set_extra_state(rest.pop(key))
+        with _refused_as_load_error(module_name):
+            model.get_submodule(module_name).set_extra_state(rest.pop(key))
     current = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
     on_meta = {k: v for k, v in rest.items() if k in current and current[k].is_meta}
     result = model.load_state_dict({k: v for k, v in rest.items() if k not in on_meta}, strict=False)

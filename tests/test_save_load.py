@@ -163,6 +163,26 @@ def test_mismatches_are_refused_and_the_model_is_left_as_it_was(tmp_path):
         bigperf.load(build(), tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("damage", [None, {"weight_only": None}, {"format": None}])
+def test_a_damaged_extra_state_is_refused_by_load_by_name(tmp_path, damage):
+    """Found by make fuzz: a layer's extra state replaced by null gave AttributeError, and a
+    refused field a ValueError naming only the layer, not bigperf.load."""
+    model = build()
+    bigperf.swap(model, "int8")
+    bigperf.save(model, tmp_path / "ckpt")
+    manifest_path = tmp_path / "ckpt" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    state = manifest["extra_states"]["0._extra_state"]
+    manifest["extra_states"]["0._extra_state"] = None if damage is None else {**state, **damage}
+    manifest_path.write_text(json.dumps(manifest))
+    fresh = build(seed=3)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match=r"bigperf.load: module '0' refused its saved state"):
+        bigperf.load(fresh, tmp_path / "ckpt")
+    assert type(fresh[0]) is nn.Linear
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
 # ----------------------------------------------------------------------------- atomic save (issue #14 class 3)
 
 def _weights(model):

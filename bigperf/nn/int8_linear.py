@@ -287,6 +287,8 @@ class Int8Linear(FloatCopy, nn.Module):
                 "act_bits": self.act_bits}
 
     def set_extra_state(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise ValueError(f"bigperf.nn.Int8Linear: state_dict's extra state must be a dict, got {type(state).__name__}")
         if state.get("format") != PACKED_FORMAT or state.get("version") != PACKED_VERSION:
             raise ValueError(f"bigperf.nn.Int8Linear: state_dict holds packed format {state.get('format')!r} "
                              f"v{state.get('version')}, this version reads {PACKED_FORMAT!r} v{PACKED_VERSION}")
