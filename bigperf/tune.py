@@ -55,6 +55,25 @@ DROP_FACTOR = 3.0
 # test suite ran, which dropped our kernel after one round and persisted torch:fp32, 2x
 # slower); a call this long is a large GEMM, which a time slice moves little.
 LONE_SAMPLE_DROP_S = 0.05
+# On a CPU the warm-up call counts as that sample: a path whose first call took this long and
+# DROP_FACTOR times the fastest first call is not run again. (A CPU path's first-call costs —
+# an allocation, page faults — are small beside such a call; a GPU path's first call may
+# compile its kernel, so there the warm-up stays out.) Seen: fused bf16 4096x14336 at M = 2048
+# on Zen 3, torch's bf16 GEMM (18 s a call, 7.8x) ran twice in a 62 s first call.
+# Where the fastest path's first call took LONG_CALL_S or more, MIN_ROUNDS_LONG rounds decide:
+# each sample then averages over a long call, which a time slice taken by another process
+# moves little.
+LONG_CALL_S = 0.5
+MIN_ROUNDS_LONG = 2
+# A path predicted (linearly, from a measured M of at least PREDICT_SKIP_FROM_M) this many
+# times slower than a path already warmed up is not run. Not from smaller M: there a path's
+# per-call constant (a weight materialised for PyTorch's GEMM) inflates the prediction (see
+# measure). From M = 128 such constants are a fraction of the call, and a path 6x slower
+# there does not become the fastest at 2048: where a GEMM's speed comes at large M (AMX's bf16
+# on a Xeon), it was already 7x our kernel's at M = 128. Seen: torch's bf16 GEMM on Zen 3,
+# 6.9x at M = 128, then 16 s of a 36 s first call at M = 2048.
+PREDICT_SKIP_FROM_M = 128
+PREDICT_SKIP_FACTOR = 2 * DROP_FACTOR
 # A choice is not cached when another path's fastest call beat the chosen path's fastest by
 # this factor: a near tie (a few percent either way) is no sign of disturbance, a 1.5x gap
 # between the best calls of two paths whose medians ranked them the other way is.
@@ -356,16 +375,19 @@ def _as_called(candidate, args: tuple) -> Callable[[], object]:
 
 @torch.no_grad()  # inference is timed: a call that records a gradient selects its path here too
 def measure(candidates: Sequence, args: tuple, budget: float | None = None,
-            predicted: dict[str, float] | None = None, floors: dict[str, float] | None = None) -> Measurement:
+            predicted: dict[str, float] | None = None, floors: dict[str, float] | None = None,
+            predicted_from: dict[str, int] | None = None) -> Measurement:
     """Times each candidate's call on args (_as_called) in interleaved rounds and names the fastest.
 
     A candidate that raises is dropped with its error (the others still compete); one
-    whose first timed run is DROP_FACTOR times the best so far stops being timed: at a
-    large M a wrong path costs seconds per call, and it cannot win. `predicted` (seconds
+    whose first timed run (on a CPU, already its warm-up call, where that is long) is
+    DROP_FACTOR times the best so far stops being timed: at a large M a wrong path costs
+    seconds per call, and it cannot win. `predicted` (seconds
     per call, scaled linearly from a smaller M of the same shape) orders the warm-up;
     `floors` (the same candidates' times at that smaller M: a call never gets cheaper with
     more rows) skip a candidate whose floor is DROP_FACTOR times one already run, before
-    it costs a call. Not the linear prediction: a path whose cost is mostly a per-call
+    it costs a call. Not the linear prediction from a small M (predicted_from: the M each
+    prediction scales from, under PREDICT_SKIP_FROM_M): a path whose cost is mostly a per-call
     constant (a weight materialised for PyTorch's GEMM) is predicted far slower than it is.
     """
     budget = budget_s() if budget is None else budget
@@ -380,15 +402,21 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
     dropped: dict[str, str] = {}
     live = []
     best_warm = math.inf
+    warm: dict[str, float] = {}
     order = sorted(candidates, key=lambda c: predicted.get(c.id, math.inf))  # stable: priority order otherwise
     for c in order:  # warm-up: first-call costs (allocation, JIT, page faults) stay out
         floor = floors.get(c.id)
         if floor is not None and floor > DROP_FACTOR * best_warm:
             dropped[c.id] = f"{floor / best_warm:.1f}x the fastest already at a smaller M"
             continue
+        guess, from_m = predicted.get(c.id), (predicted_from or {}).get(c.id, 0)
+        if from_m >= PREDICT_SKIP_FROM_M and guess is not None and guess > PREDICT_SKIP_FACTOR * best_warm:
+            dropped[c.id] = f"predicted {guess / best_warm:.1f}x the fastest from M = {from_m}"
+            continue
         try:
             call = _as_called(c, args)
-            best_warm = min(best_warm, timed(call))
+            warm[c.id] = timed(call)
+            best_warm = min(best_warm, warm[c.id])
         except Exception as error:  # noqa: BLE001 - a failing candidate must not fail the call
             dropped[c.id] = f"raised {type(error).__name__}: {error}"
             # Said aloud: a path that cannot run a call it called eligible is a bug to fix.
@@ -398,6 +426,13 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
         samples[c.id] = []
         calls[c.id] = call
         live.append(c)
+    if device.type == "cpu":  # a first call far slower than the fastest one is the only one
+        for c in list(live):
+            if len(live) > 1 and warm[c.id] >= LONE_SAMPLE_DROP_S and warm[c.id] > DROP_FACTOR * best_warm:
+                live.remove(c)
+                samples[c.id] = [warm[c.id]]  # its time, for the report and as a floor at larger M
+                dropped[c.id] = f"{warm[c.id] / best_warm:.1f}x the fastest (its first call)"
+    min_rounds = MIN_ROUNDS_LONG if best_warm >= LONG_CALL_S else MIN_ROUNDS
     rounds = 0
     flush = _cache_flusher(device, args)
     while live and rounds < MAX_ROUNDS:
@@ -414,7 +449,7 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
                     and (len(samples[c.id]) >= 2 or fastest >= LONE_SAMPLE_DROP_S)):
                 live.remove(c)
                 dropped[c.id] = f"{fastest / best:.1f}x the fastest"
-        if rounds >= MIN_ROUNDS and time.perf_counter() - started > budget:
+        if rounds >= min_rounds and time.perf_counter() - started > budget:
             break
     times = {cid: statistics.median(ts) for cid, ts in samples.items() if ts}
     if not times:
@@ -518,8 +553,8 @@ class Tuner:
             if not tuning_enabled():
                 decision = Decision(default_choice(candidates, args), "default")
             else:
-                predicted, floors = self._predict(key)
-                result = measure(candidates, args, predicted=predicted, floors=floors)
+                predicted, floors, from_m = self._predict(key)
+                result = measure(candidates, args, predicted=predicted, floors=floors, predicted_from=from_m)
                 source = "measured" if result.settled else f"measured, unsettled (not cached; {result.unsettled})"
                 decision = Decision(result.choice, source, result.times_s, result.seconds)
                 if result.settled:
@@ -527,22 +562,22 @@ class Tuner:
             self._decisions[key] = decision
             return decision
 
-    def _predict(self, key: tuple) -> tuple[dict[str, float], dict[str, float]]:
-        """Per candidate, (seconds per call at this key's M scaled linearly, and the floor: the
-        time measured) from the largest smaller M bucket (>= PREDICT_FROM_M, where GEMMs are
-        compute-bound and time grows with M) measured for the same op, shape and dtypes in
-        this process."""
+    def _predict(self, key: tuple) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+        """Per candidate: its seconds per call at this key's M scaled linearly, the floor (the
+        time measured), and the M measured, from the largest smaller M bucket (>= PREDICT_FROM_M,
+        where GEMMs are compute-bound and time grows with M) that timed it, for the same op,
+        shape and dtypes in this process (a path skipped at one M is still predicted at the next)."""
         x_part = key[2]
-        best_m, times = 0, None
+        seen: dict[str, tuple[int, float]] = {}
         for other, decision in self._decisions.items():
             o = other[2]
             if (len(other) == len(key) and other[:2] == key[:2] and other[3:] == key[3:]
-                    and o[:2] == x_part[:2] and o[3:] == x_part[3:]
-                    and PREDICT_FROM_M <= o[2] < x_part[2] and o[2] > best_m and decision.times_s):
-                best_m, times = o[2], decision.times_s
-        if times is None:
-            return {}, {}
-        return {cid: t * x_part[2] / best_m for cid, t in times.items()}, dict(times)
+                    and o[:2] == x_part[:2] and o[3:] == x_part[3:] and PREDICT_FROM_M <= o[2] < x_part[2]):
+                for cid, t in decision.times_s.items():
+                    if cid not in seen or o[2] > seen[cid][0]:
+                        seen[cid] = (o[2], t)
+        predicted = {cid: t * x_part[2] / m for cid, (m, t) in seen.items()}
+        return predicted, {cid: t for cid, (m, t) in seen.items()}, {cid: m for cid, (m, t) in seen.items()}
 
     def decisions(self) -> dict[str, Decision]:
         return {key_text(k): d for k, d in self._decisions.items()}

@@ -454,3 +454,76 @@ def test_cpu_pressure_reads_psi_or_says_it_cannot(monkeypatch):
     assert tune.cpu_pressure_us() == 2618262738 and tune.cpu_pressure_recent() == 0.375
     monkeypatch.setattr(tune, "_cpu_pressure_line", lambda: None)
     assert tune.cpu_pressure_us() is None and tune.cpu_pressure_recent() is None
+
+
+def test_a_first_call_far_slower_than_the_fastest_is_its_only_call_on_a_cpu():
+    """At a large M a wrong path costs seconds per call (torch's bf16 GEMM on an AVX2 CPU, 18 s
+    at 4096x14336, M = 2048): its warm-up call already shows it 3x slower, and it is not run
+    again; its time is kept (a floor at larger M)."""
+    calls = []
+    table = _table({"cpu": 0.01, "torch:bf16": 0.08}, calls=calls)
+    assert table.select(_x()).id == "cpu"
+    assert calls.count(0.08) == 1, calls
+    assert calls.count(0.01) >= 1 + tune.MIN_ROUNDS
+    decision = next(d for k, d in tune.decisions().items() if "test_planted" in k)
+    assert decision.times_s["torch:bf16"] >= 0.08
+
+
+def test_a_slow_first_call_short_of_the_drop_threshold_is_timed_again():
+    """A first call under LONE_SAMPLE_DROP_S may be a time slice lost to another process:
+    it does not drop a path alone."""
+    calls = []
+    table = _table({"cpu": 0.002, "torch:bf16": 0.02}, calls=calls)
+    table.select(_x())
+    assert calls.count(0.02) >= 2
+
+
+def test_long_calls_are_decided_in_fewer_rounds(monkeypatch):
+    """From LONG_CALL_S a call averages over its own length: MIN_ROUNDS_LONG rounds after
+    the warm-up, not MIN_ROUNDS."""
+    monkeypatch.setattr(tune, "LONG_CALL_S", 0.01)
+    calls = []
+    table = _table({"cpu": 0.015, "torch:fp32": 0.02}, calls=calls)
+    assert table.select(_x()).id == "cpu"
+    assert calls.count(0.015) == 1 + tune.MIN_ROUNDS_LONG < 1 + tune.MIN_ROUNDS, calls
+
+
+def _growing(per_row_s, calls=None, tag=None):
+    """A planted path whose call grows with M, as a compute-bound GEMM's does."""
+    def run(x, *rest):
+        if calls is not None:
+            calls.append((tag, x.shape[0]))
+        time.sleep(per_row_s * x.shape[0])
+        return x
+    return run
+
+
+def test_a_path_predicted_far_slower_from_m_128_is_not_run_at_larger_m():
+    """torch's bf16 GEMM on an AVX2 CPU: ~7x our kernel at M = 128, 16 s a call at M = 2048.
+    Predicted from M = 128 (and from there on, from the largest M that timed it) it is not run."""
+    calls = []
+    table = OpBackends("bigperf.test_planted_growing")
+    table.register("cpu", lambda *a: None, _growing(0.00003, calls, "cpu"))
+    table.register("torch", lambda *a: None, _growing(0.00025, calls, "bf16"), variant="bf16")
+    assert table.select(_x(m=128)).id == "cpu"
+    assert ("bf16", 128) in calls  # timed where it was measured
+    calls.clear()
+    assert table.select(_x(m=256)).id == "cpu"
+    assert table.select(_x(m=512)).id == "cpu"
+    assert not [c for c in calls if c[0] == "bf16"], calls
+    decision = next(d for k, d in tune.decisions().items() if "growing" in k and "512" in k)
+    assert "torch:bf16" not in decision.times_s
+
+
+def test_a_path_predicted_far_slower_from_a_small_m_is_still_run():
+    """From M = 16 the linear prediction may be a per-call constant scaled up: not a reason
+    to skip a path. 8x slower at M = 16, its floor there is under 3x our path's time at
+    M = 64 (so the floor rule keeps it), its prediction over 6x: it is still run."""
+    calls = []
+    table = OpBackends("bigperf.test_planted_small_m")
+    table.register("cpu", lambda *a: None, _growing(0.00003, calls, "cpu"))
+    table.register("torch", lambda *a: None, _growing(0.00025, calls, "bf16"), variant="bf16")
+    table.select(_x(m=16))
+    calls.clear()
+    table.select(_x(m=64))
+    assert ("bf16", 64) in calls
