@@ -1,7 +1,7 @@
 """Two builds of bigperf's CPU kernels compared in one process, on the same weights.
 
     python benchmarks/bench_ab_builds.py OTHER_C_SO [--shape 768x3072] [--m 1 16 192]
-        [--configs int8wo fmp 2:4 block int8dyn] [--activation none|gelu|gelu_tanh|silu|relu] [--dtype fp32|bf16] [--rounds 15]
+        [--configs int8wo fmp 2:4 2:4-int8 block int8dyn] [--activation none|gelu|gelu_tanh|silu|relu] [--dtype fp32|bf16] [--rounds 15]
 
 OTHER_C_SO is another build's bigperf/_C*.so (e.g. of the commit before a change, built
 in a git worktree with `python setup.py build_ext --inplace`). Why in one process: this
@@ -43,6 +43,7 @@ CONFIGS = {
     "fmp": (lambda: bigperf.FusedMixedPrecision(torch.bfloat16), None),
     "int8dyn": (lambda: bigperf.Int8Dynamic(), None),
     "2:4": (lambda: bigperf.Sparse24(), {"pattern": "2:4"}),
+    "2:4-int8": (lambda: bigperf.Sparse24Int8(), {"pattern": "2:4"}),
     "block": (lambda: bigperf.BlockSparse(block=(16, 16), density=0.5),
               {"pattern": "block", "density": 0.5, "block": (16, 16)}),
 }
