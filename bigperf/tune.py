@@ -393,6 +393,7 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
     budget = budget_s() if budget is None else budget
     predicted = predicted or {}
     floors = floors or {}
+    predicted_from = predicted_from or {}
     device = args[0].device if isinstance(args[0], torch.Tensor) else torch.device("cpu")
     timed = _timer(device)
     pressure_before = cpu_pressure_us() if device.type == "cpu" else None
@@ -409,7 +410,7 @@ def measure(candidates: Sequence, args: tuple, budget: float | None = None,
         if floor is not None and floor > DROP_FACTOR * best_warm:
             dropped[c.id] = f"{floor / best_warm:.1f}x the fastest already at a smaller M"
             continue
-        guess, from_m = predicted.get(c.id), (predicted_from or {}).get(c.id, 0)
+        guess, from_m = predicted.get(c.id), predicted_from.get(c.id, 0)
         if from_m >= PREDICT_SKIP_FROM_M and guess is not None and guess > PREDICT_SKIP_FACTOR * best_warm:
             dropped[c.id] = f"predicted {guess / best_warm:.1f}x the fastest from M = {from_m}"
             continue

@@ -66,30 +66,20 @@ def scratch(rows: int, k: int, dtype: torch.dtype, device: torch.device) -> torc
     return buf[: rows * k].view(rows, k)
 
 
-def _gemm_into_columns(left: torch.Tensor, bias: torch.Tensor | None, chunk_out_bytes: int):
-    """fn(out, chunk, chunk_bias): out = left @ chunk^T (+ chunk_bias), out a slice of columns
-    of the chunked path's output ([M, chunk rows], chunk_out_bytes each).
+def _writes_columns_in_place(left: torch.Tensor, bias: torch.Tensor | None, chunk_out_bytes: int) -> bool:
+    """Whether the chunked path's GEMMs write straight into their columns of the output
+    (addmm / mm with out= a column slice, [M, chunk rows] of chunk_out_bytes), rather than
+    F.linear into a temporary and a strided copy.
 
-    Where that slice outgrows the cache (about CHUNK_BYTES), in fp32 on a CPU: BLAS writes it
-    in place (its row stride is a valid leading dimension), where F.linear's temporary and
-    its strided copy went through memory: 1.03-1.16x the copying path at M = 2048, K = 768,
-    N = 3072 (Zen 3, 2 threads; ~11 ms of copies in a 113 ms call). A smaller temporary is
-    copied from cache, and in place read 0.97-1.00x at M = 128-512, so F.linear and a copy
-    stay there; also where unmeasured (oneDNN's bf16 GEMM, cuBLAS may not take a strided
-    output) and where a gradient is recorded (out= records none)."""
-    in_place = (chunk_out_bytes > CHUNK_BYTES and left.device.type == "cpu" and left.dtype == torch.float32
-                and not (torch.is_grad_enabled() and (left.requires_grad or (bias is not None and bias.requires_grad))))
-    if not in_place:
-        def by_copy(out, chunk, chunk_bias):
-            out.copy_(F.linear(left, chunk, chunk_bias))
-        return by_copy
-
-    def in_columns(out, chunk, chunk_bias):
-        if chunk_bias is None:
-            torch.mm(left, chunk.t(), out=out)
-        else:
-            torch.addmm(chunk_bias, left, chunk.t(), out=out)
-    return in_columns
+    Where the slice outgrows the cache (about CHUNK_BYTES), in fp32 on a CPU: BLAS takes the
+    row stride as its leading dimension, where the temporary and its copy went through memory:
+    1.03-1.16x the copying path at M = 2048, K = 768, N = 3072 (Zen 3, 2 threads; ~11 ms of
+    copies in a 113 ms call). A smaller temporary is copied from cache, and in place read
+    0.97-1.00x at M = 128-512, so F.linear and a copy stay there; also where unmeasured
+    (oneDNN's bf16 GEMM, cuBLAS may not take a strided output) and where a gradient is
+    recorded (out= records none)."""
+    return (chunk_out_bytes > CHUNK_BYTES and left.device.type == "cpu" and left.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (left.requires_grad or (bias is not None and bias.requires_grad))))
 
 
 def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
@@ -136,12 +126,18 @@ def torch_linear(x: torch.Tensor, n: int, k: int, compute_dtype: torch.dtype, *,
             y = F.linear(left, buf[:n], bias_c)
         else:
             y = left.new_empty((m, n))
-            into_columns = _gemm_into_columns(left, bias_c, m * step * left.element_size())
+            in_place = _writes_columns_in_place(left, bias_c, m * step * left.element_size())
             for r0 in range(0, n, step):
                 r1 = min(n, r0 + step)
                 chunk = buf[: r1 - r0]
                 rows(chunk, r0, r1)
-                into_columns(y[:, r0:r1], chunk, bias_c[r0:r1] if bias_c is not None else None)
+                chunk_bias = bias_c[r0:r1] if bias_c is not None else None
+                if not in_place:
+                    y[:, r0:r1] = F.linear(left, chunk, chunk_bias)
+                elif chunk_bias is None:
+                    torch.mm(left, chunk.t(), out=y[:, r0:r1])
+                else:
+                    torch.addmm(chunk_bias, left, chunk.t(), out=y[:, r0:r1])
     if scaled:  # W8A8: integer products, then the row (per token) and column (per N) scales, in fp32
         # The first scale promotes y to fp32 in the same pass (no separate y.float() copy).
         first, rest = (row_scale.reshape(-1, 1), col_scale) if row_scale is not None else (col_scale.reshape(1, -1), None)
