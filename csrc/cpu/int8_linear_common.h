@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/activation.h"
+#include "cpu/dtype_convert.h"
 #include "cpu/int8_linear.h"
 #include "cpu/kernel_util.h"
 #include "cpu/thread_pool.h"
@@ -82,6 +84,38 @@ inline void parallel_columns(int64_t n, int threads, int64_t unit, const Body& b
   const int64_t blocks = (n + cols - 1) / cols;
   parallel_dynamic(blocks, threads, [&](auto take) {
     for (int64_t b; (b = take()) < blocks;) body(b * cols, imin(n, (b + 1) * cols));
+  });
+}
+
+// Element (n, k) of a row-major weight, dequantised: (q - zero) * scale, as bigperf.quant
+// defines it.
+inline float rowmajor_weight(const Int8WeightLinearArgs& a, int64_t n, int64_t k) {
+  const int64_t g = n * a.groups + k / (a.K / a.groups);
+  const float q = static_cast<float>(a.qw[n * a.qw_row_stride + k]);
+  return (a.zero_point ? q - static_cast<float>(a.zero_point[g]) : q) * a.scale[g];
+}
+
+// The weight-only dot kernels take zero points as sum((q - z) x) = sum(q x) - z sum(x).
+// Where a row of x holds Inf or NaN, or its sum overflows, that is Inf - Inf = NaN where
+// F.linear on the dequantised weight gives +-Inf (or a finite value): a pass checks the sums
+// it took (finite_sums) and recomputes such a row here term by term, each weight dequantised
+// first, as the reference math does. Rare, so plain C++; weight(n, k) reads the kernel's layout.
+inline bool finite_sums(const float* sums, int64_t count) {
+  for (int64_t i = 0; i < count; ++i)
+    if (!std::isfinite(sums[i])) return false;
+  return true;
+}
+
+template <class Weight>
+void dequantised_row(const Int8WeightLinearArgs& a, int64_t m, const Weight& weight) {
+  const char* row = static_cast<const char*>(a.x) + m * a.x_row_stride * element_size(a.x_dtype);
+  parallel_for(a.N, threads_for(1, a.N, a.K, a.num_threads), 16, [&](int64_t n_begin, int64_t n_end) {
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      float acc = 0.f;
+      for (int64_t k = 0; k < a.K; ++k) acc += weight(n, k) * load_as_float(row, k, a.x_dtype);
+      if (a.bias) acc += a.bias[n];
+      store_from_float(a.out, m * a.out_row_stride + n, a.x_dtype, apply_activation(acc, a.act));
+    }
   });
 }
 

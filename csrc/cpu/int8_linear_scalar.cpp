@@ -46,6 +46,9 @@ void int8_weight_linear_scalar(const Int8WeightLinearArgs& a) {
       }
     }
   });
+  for (int64_t m = 0; a.zero_point && m < a.M; ++m)
+    if (!finite_sums(xsum.data() + m * G, G))
+      dequantised_row(a, m, [&a](int64_t n, int64_t k) { return rowmajor_weight(a, n, k); });
 }
 
 void int8_dynamic_linear_scalar(const Int8DynamicLinearArgs& a) {

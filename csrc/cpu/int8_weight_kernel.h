@@ -17,7 +17,8 @@
 //   * Scales: a group's partial dot stays unscaled and is multiplied by its scale once
 //     per group (per channel: once per row, after the horizontal sum).
 //   * Zero points: sum((q - z) x) = sum(q x) - z sum(x). x is packed once per pass with
-//     its per-group sums kept per vector lane, so the correction is one FMA per group.
+//     its per-group sums kept per vector lane, so the correction is one FMA per group; a
+//     row whose sums are not finite is recomputed on the dequantised weight (dequantised_row).
 //   * Threads split N in groups of kCols columns; the epilogue (bias, activation, cast)
 //     runs on each group while it is in cache.
 //   * M = 1 streams 4 weight rows per tile on AVX2: with 1, 2, 6 or 8 a cold call read
@@ -253,6 +254,9 @@ void int8_weight_linear_dot(const Int8WeightLinearArgs& a) {
     else if (zp) dispatch_dot<Ops, true, false>(p, threads);
     else if (grouped) dispatch_dot<Ops, false, true>(p, threads);
     else dispatch_dot<Ops, false, false>(p, threads);
+    for (int64_t m = 0; zp && m < p.ms; ++m)
+      if (!finite_sums(p.xsl + m * p.G * W, p.G * W))
+        dequantised_row(a, m0 + m, [&a](int64_t n, int64_t k) { return rowmajor_weight(a, n, k); });
   }
 }
 

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "cpu/int8_linear.h"
+#include "cpu/int8_linear_common.h"
 #include "cpu/panel_gemm.h"
 
 namespace bigperf::cpu {
@@ -44,12 +45,7 @@ auto rowmajor_fp32_packer(const Int8WeightLinearArgs& a) {
   const int64_t G = a.groups;
   const int64_t gs = a.K > 0 ? a.K / G : 1;
   const int8_t* zp = a.zero_point;
-  // Element (n, k) of the dequantised weight.
-  auto w1 = [&a, G, gs, zp](int64_t n, int64_t k) {
-    const int64_t g = n * G + k / gs;
-    const float q = static_cast<float>(a.qw[n * a.qw_row_stride + k]);
-    return (zp ? q - static_cast<float>(zp[g]) : q) * a.scale[g];
-  };
+  auto w1 = [&a](int64_t n, int64_t k) { return rowmajor_weight(a, n, k); };
   // Eight of them from k (k a multiple of 8): one group when the group size is a multiple
   // of 8 (or per channel), else a scale and zero point per lane.
   auto w8 = [&a, G, gs, zp](int64_t n, int64_t k) {

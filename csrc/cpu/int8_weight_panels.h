@@ -267,6 +267,12 @@ void int8_weight_linear_panels_dot(const Int8WeightLinearArgs& a) {
                               kPanelsPerStep * kPanel, m0, ms, n0, cnt);
       }
     });
+    for (int64_t m = 0; a.zero_point && m < ms; ++m)
+      if (!finite_sums(xsum + m * G, G)) dequantised_row(a, m0 + m, [&a, np_cols, gs](int64_t n, int64_t k) {
+          const int64_t at = k / gs * np_cols + n;  // group-major [G][Np] scales and zero points
+          const int8_t q = a.qw[n / kPanel * a.qw_row_stride + k * kPanel + n % kPanel];
+          return (static_cast<float>(q) - static_cast<float>(a.zero_point[at])) * a.scale[at];
+        });
   }
 }
 

@@ -8,6 +8,8 @@ here so that the loop over chunks (and its row alignment) is exercised too.
 """
 from __future__ import annotations
 
+from math import inf, nan
+
 import pytest
 import torch
 
@@ -298,3 +300,41 @@ def test_chunked_torch_gemm_writes_each_chunk_into_its_own_columns(with_bias, x_
     whole = torch.nn.functional.linear(x.detach(), w, b)
     assert out.shape == (M, N)
     torch.testing.assert_close(out.detach(), whole, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("x_dtype", [F32, BF16])
+@pytest.mark.parametrize("group_size", [None, 32])
+@pytest.mark.parametrize("m", [1, 6, 37])
+def test_zero_point_paths_give_f_linears_infinities(x_dtype, group_size, m):
+    """Our weight-only kernels take zero points as sum(q x) - z sum(x): an Inf in x made that
+    Inf - Inf = NaN where F.linear on the dequantised weight gives +-Inf. Every path (row-major
+    and the w8a16-cpu layout) gives the reference's NaN and Inf pattern on rows holding Inf
+    (one sign, both signs, NaN) and the reference's values elsewhere, in every pass of rows."""
+    x = random_tensor(m, K, dtype=x_dtype, seed=21)
+    x[0, 3] = inf
+    if m > 1:  # in later passes too: -Inf, both signs (NaN where F.linear has it), NaN
+        x[m // 2, 5], x[m - 1, 7], x[m - 1, 9], x[1, 11] = -inf, inf, -inf, nan
+    q = quantize_weight(random_tensor(N, K, seed=22, scale=0.2), group_size, symmetric=False)
+    assert q.zero_point is not None and bool((q.zero_point != 0).any())
+    b = random_tensor(N, seed=23)
+    ref = torch.nn.functional.linear(x.double(), dequantize_weight(q.qweight, q.scale, q.zero_point).double(),
+                                     b.double())
+    assert torch.isinf(ref).any()  # the case this test is about
+    layout = pack_w8a16_cpu(q.qweight, q.scale, q.zero_point)
+    tables = [(WEIGHT_ONLY_BACKENDS, (x, q.qweight, q.scale, q.zero_point, b, "none")),
+              (W8A16_CPU_BACKENDS, (x, layout.weight, layout.scale, layout.zero, layout.n, layout.k,
+                                    layout.group_size or 0, b, "none"))]
+    ran = []
+    for table, args in tables:
+        for path in table.backends.values():
+            if path.name not in ("cpu", "torch") or path.why_not(*args) is not None:
+                continue
+            bf16_gemm = path.id == "torch:bf16" or path.variant == BF16_PANEL_VARIANT
+            tol = TOLERANCE[torch.bfloat16] if bf16_gemm else TOLERANCE[x_dtype]
+            out, what = path.run(*args).double(), f"{table.op_name} {path.id} m={m}"
+            assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{what}: NaN pattern"
+            assert torch.equal(out[torch.isinf(ref)], ref[torch.isinf(ref)]), f"{what}: infinities"
+            finite_rows = torch.isfinite(x).all(dim=1)
+            assert rel_error(out[finite_rows], ref[finite_rows]) < tol, what
+            ran.append(path.id)
+    assert sum(i.startswith("cpu") for i in ran) >= 2, ran  # our kernels on both layouts

@@ -152,7 +152,9 @@ int main() {
     }
   }
   // NaN and Inf in x: W8A8 rows that hold one are NaN through (scale NaN), on both paths;
-  // weight-only outputs have the scalar path's NaN / Inf pattern (relu keeps NaN).
+  // weight-only outputs have the scalar path's NaN / Inf pattern (relu keeps NaN), with zero
+  // points (odd ai) too, on the row-major and panel layouts, and the scalar path has the
+  // pattern of the dequantised math, (q - z) * scale * x (not sum(q x) - z sum(x)'s Inf - Inf).
   for (int64_t M : {1, 3, 17, 200}) for (int64_t K : {int64_t{97}, int64_t{1000}, int64_t{2100}}) for (int ai = 0; ai < 5; ++ai) {
     const int64_t N = 45;
     const DType d = dts[(M + K + ai) % 3];
@@ -173,11 +175,21 @@ int main() {
     Int8WeightLinearArgs a{}; a.x = x.b.data(); a.x_row_stride = x.stride; a.x_dtype = d; a.qw = w.data();
     a.qw_row_stride = K; a.scale = sc.data(); a.groups = 1; a.bias = bias.data(); a.M = M; a.N = N; a.K = K;
     a.act = b.act; a.num_threads = 2;
+    std::vector<int8_t> z(N);
+    for (auto& v : z) v = (int8_t)(rng() % 21 - 10);
+    if (ai & 1) a.zero_point = z.data();
     Buf q1 = make_out(M, N, d, 0), q2 = make_out(M, N, d, 0);
     a.out = q1.b.data(); a.out_row_stride = N; int8_weight_linear_avx512(a);
     a.out = q2.b.data(); a.out_row_stride = N; int8_weight_linear_scalar(a);
-    Buf q3 = make_out(M, N, d, 0);
+    Buf q3 = make_out(M, N, d, 0), q4 = make_out(M, N, d, 0);
     a.out = q3.b.data(); a.out_row_stride = N; int8_weight_linear_panel_avx512(a);
+    const std::vector<int8_t> panels = to_panels(w.data(), K, N, K, K, 1);
+    const std::vector<float> gm_scale = group_major(sc.data(), N, 1);
+    const std::vector<int8_t> gm_zero = group_major(z.data(), N, 1);
+    Int8WeightLinearArgs h = a;
+    h.qw = panels.data(); h.qw_row_stride = K * 16; h.scale = gm_scale.data();
+    h.zero_point = a.zero_point ? gm_zero.data() : nullptr;
+    h.out = q4.b.data(); h.out_row_stride = N; int8_weight_linear_panels_dot_avx512(h);
     int bad = 0;
     for (int64_t m = 0; m < M; ++m) for (int64_t n = 0; n < N; ++n) {
       const int64_t i = m * N + n;
@@ -186,8 +198,16 @@ int main() {
       if (poisoned ? !(std::isnan(d1) && std::isnan(d2)) : !(std::isfinite(d1) && std::isfinite(d2))) ++bad;
       const float w1 = load_as_float(q1.b.data(), i, d), w2 = load_as_float(q2.b.data(), i, d);
       if (std::isnan(w1) != std::isnan(w2) || std::isinf(w1) != std::isinf(w2) || (m == 0 && !std::isnan(w1))) ++bad;
-      const float w3 = load_as_float(q3.b.data(), i, d);
-      if (std::isnan(w3) != std::isnan(w2) || std::isinf(w3) != std::isinf(w2)) ++bad;
+      for (const Buf* q : {&q3, &q4}) {
+        const float w3 = load_as_float(q->b.data(), i, d);
+        if (std::isnan(w3) != std::isnan(w2) || std::isinf(w3) != std::isinf(w2)) ++bad;
+      }
+      double dequantised = bias[n];
+      for (int64_t k = 0; k < K; ++k)
+        dequantised += static_cast<double>((w[n * K + k] - (a.zero_point ? z[n] : 0)) * sc[n]) *
+                       load_as_float(x.b.data(), m * x.stride + k, d);
+      if (ai == 1 && dequantised < 0) dequantised = 0;  // relu (NaN kept)
+      if (ai <= 1 && (std::isnan(w2) != std::isnan(dequantised) || std::isinf(w2) != std::isinf(dequantised))) ++bad;
     }
     ++runs;
     if (bad) { ++fails; printf("FAIL nonfinite M=%ld K=%ld dt=%d act=%d: %d outputs\n", (long)M, (long)K, (int)d, ai, bad); }
