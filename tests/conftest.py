@@ -42,3 +42,19 @@ def _fp32_numerics(request):
 
     with fp32_compute():
         yield
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A tuning cache of the test's own, with measuring on. Busy neighbours (another job on the
+    CI machine, a build beside the run) would keep choices out of the cache (bigperf.tune's
+    CPU-pressure rule), and tests that check what is cached would fail by the machine's load:
+    the rule is off here; the tests of the rule itself put it back (REAL_BUSY_PRESSURE)."""
+    from bigperf import tune
+
+    monkeypatch.setenv("BIGPERF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("BIGPERF_TUNE", "1")
+    monkeypatch.setattr(tune, "BUSY_PRESSURE", float("inf"))
+    tune.forget()
+    yield tmp_path
+    tune.forget()

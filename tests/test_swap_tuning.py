@@ -17,12 +17,8 @@ from bigperf.tune_swap import speed_ratio
 
 
 @pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("BIGPERF_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("BIGPERF_TUNE", "1")
-    tune.forget()
-    yield tmp_path
-    tune.forget()
+def _own_cache(own_cache):  # tests/conftest.py
+    return own_cache
 
 
 def _model():
