@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ab_builds.py OTHER_C_SO [--shape 768x3072] [--m 1 16 192]
         [--configs int8wo fmp 2:4 2:4-int8 block int8dyn] [--activation none|gelu|gelu_tanh|silu|relu] [--dtype fp32|bf16] [--rounds 15]
+        [--path cpu:panel]
 
 OTHER_C_SO is another build's bigperf/_C*.so (e.g. of the commit before a change, built
 in a git worktree with `python setup.py build_ext --inplace`). Why in one process: this
@@ -113,17 +114,20 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="of the model and x")
     parser.add_argument("--threads", type=int, default=1, help="keep 1 (see the module docstring)")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--path", default="auto",
+                        help="one path id for every call (bigperf.use_backend, e.g. cpu:panel), not the tuner's choice")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     k, n = (int(v) for v in args.shape.split("x"))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     other = load_module(args.other_so)
-    print(f"# {args.shape}, {args.dtype}, activation {args.activation}, {args.threads} thread(s); "
+    print(f"# {args.shape}, {args.dtype}, activation {args.activation}, {args.threads} thread(s), path {args.path}; "
           "other / this > 1: this build faster")
     for config in args.configs:
         model = layer(config, k, n, args.activation, dtype)
         for m in args.m:
-            mine, theirs, ratio = compare(model, other, m, k, args.rounds, dtype)
+            with bigperf.use_backend(args.path):
+                mine, theirs, ratio = compare(model, other, m, k, args.rounds, dtype)
             print(f"{config:8s} M={m:<5d} this {mine * 1e3:8.3f} ms  other {theirs * 1e3:8.3f} ms  other/this {ratio:.3f}",
                   flush=True)
     return 0

@@ -292,11 +292,13 @@ void s24_lanes_panel_run(const Sparse24Args& a) {
   // x transposed in blocks of MV rows: xt[xb][k][MV], rows past M zero.
   AlignedBuffer xt_buf(static_cast<size_t>(xblocks * a.K * MV) * sizeof(float));
   float* xt = xt_buf.as<float>();
-  {
-    // 8 rows at a time as fp32 (rows past M zero), then 8 x 8 transposes (K % 8 == 0).
+  // 8 rows at a time as fp32 (rows past M zero), then 8 x 8 transposes (K % 8 == 0); split
+  // over the threads (on one, ~5 % of the call at M = 2048, K = 768).
+  const int threads = a.M * a.N * a.K / 2 < panel::kSerialWork ? 1 : a.num_threads;
+  parallel_for(xblocks * MV / 8, threads, 1, [&](int64_t g_begin, int64_t g_end) {
     AlignedBuffer rows_buf(static_cast<size_t>(8 * a.K) * sizeof(float));
     float* rows = rows_buf.as<float>();
-    for (int64_t m0 = 0; m0 < xblocks * MV; m0 += 8) {
+    for (int64_t m0 = g_begin * 8; m0 < g_end * 8; m0 += 8) {
       const int64_t real = imax(0, imin(8, a.M - m0));
       if (real) sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, real, a.K, rows, a.K);
       std::memset(rows + real * a.K, 0, static_cast<size_t>((8 - real) * a.K) * sizeof(float));
@@ -308,9 +310,9 @@ void s24_lanes_panel_run(const Sparse24Args& a) {
         for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + (k + j) * MV, r[j]);
       }
     }
-  }
+  });
   const int64_t tasks = blocks * chunks;
-  parallel_dynamic(tasks, a.M * a.N * a.K / 2 < panel::kSerialWork ? 1 : a.num_threads, [&](auto take) {
+  parallel_dynamic(tasks, threads, [&](auto take) {
     AlignedBuffer w_buf(static_cast<size_t>(kept * kLaneRows) * sizeof(float));
     AlignedBuffer off_buf(static_cast<size_t>(kept * kLaneRows) * sizeof(int32_t));
     AlignedBuffer sums_buf(static_cast<size_t>(kBlocksPerChunk * kLaneRows * MV) * sizeof(float));
@@ -334,14 +336,22 @@ void s24_lanes_panel_run(const Sparse24Args& a) {
             s24_panel_tile<V, R, NV>(w + j0 * kLaneRows + r0, off + j0 * kLaneRows + r0, nj, xt + xb * a.K * MV,
                                  sums + ((xb - xb0) * kLaneRows + r0) * MV);
       }
+      // Each x block's sums [16 outputs][MV rows] back to rows [MV][16] (8 x 8 transposes),
+      // then one epilogue call for the block's rows (one call per row cost ~10 % at M = 2048).
       const int64_t n0 = b * kLaneRows, cnt = imin(kLaneRows, a.N - n0);
-      alignas(64) float out_row[kLaneRows];
-      for (int64_t xb = xb0; xb < xb1; ++xb)
-        for (int64_t i = 0; i < MV && xb * MV + i < a.M; ++i) {
-          for (int64_t r = 0; r < kLaneRows; ++r) out_row[r] = sums[((xb - xb0) * kLaneRows + r) * MV + i];
-          epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, out_row, 0, xb * MV + i, 1, n0,
-                           cnt);
-        }
+      alignas(64) float rows_out[MV * kLaneRows];
+      for (int64_t xb = xb0; xb < xb1; ++xb) {
+        const float* block = sums + (xb - xb0) * kLaneRows * MV;
+        for (int64_t r0 = 0; r0 < kLaneRows; r0 += 8)
+          for (int64_t i0 = 0; i0 < MV; i0 += 8) {
+            __m256 r[8];
+            for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(block + (r0 + j) * MV + i0);
+            transpose8(r);
+            for (int j = 0; j < 8; ++j) _mm256_storeu_ps(rows_out + (i0 + j) * kLaneRows + r0, r[j]);
+          }
+        epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, rows_out, kLaneRows, xb * MV,
+                         imin(MV, a.M - xb * MV), n0, cnt);
+      }
     }
   });
 }
