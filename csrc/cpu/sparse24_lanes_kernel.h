@@ -182,12 +182,11 @@ void s24_lanes_drive(const Sparse24Args& a) {
           } else {
             lanes_rows<V, L, VT, false>(a, b, xp, kpad, mb, sums);
           }
-          for (int64_t m = 0; m < mb; ++m) {
-            float* s = sums + m * kLaneRows;
-            if (a.scale)  // int8 values: one multiply per output (the layout pads scale to N16)
-              for (int64_t l = 0; l < kLaneRows; ++l) s[l] *= a.scale[n0 + l];
-            epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, s, 0, m0 + mt + m, 1, n0, cnt);
-          }
+          if (a.scale)  // int8 values: one multiply per output (the layout pads scale to N16)
+            for (int64_t m = 0; m < mb; ++m)
+              for (int64_t l = 0; l < kLaneRows; ++l) sums[m * kLaneRows + l] *= a.scale[n0 + l];
+          epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, sums, kLaneRows, m0 + mt, mb,
+                           n0, cnt);
         }
       }
     });
