@@ -101,9 +101,11 @@ void bsr_lanes_run(const BsrArgs& a) {
       int64_t br_begin, br_end;
       bsr_chunk(a.row_ptr, block_rows, chunks, chunk, br_begin, br_end);
       const int64_t s0 = br_begin * groups, s1 = br_end * groups;
-      auto store = [&](int64_t strip, int64_t m, const float* s) {
+      // Rows m .. m + rows of a strip's 16 outputs, from s ([row][16]): one epilogue call.
+      auto store = [&](int64_t strip, int64_t m, const float* s, int64_t rows = 1) {
         const int64_t n0 = strip / groups * a.bn + strip % groups * kLaneRows;
-        epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, s, 0, m0 + m, 1, n0, kLaneRows);
+        epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, s, kLaneRows, m0 + m, rows, n0,
+                         kLaneRows);
       };
       if (ms == 1) {
         const int64_t half = (s1 - s0) / 2;
@@ -131,7 +133,7 @@ void bsr_lanes_run(const BsrArgs& a) {
             case 3: bsr_lanes_strips<V, L, VD, 3, 1>(a, one, xp, sums); break;
             default: bsr_lanes_strips<V, L, VD, 4, 1>(a, one, xp, sums); break;
           }
-          for (int64_t m = 0; m < mb; ++m) store(s, mt + m, sums + m * kLaneRows);
+          store(s, mt, sums, mb);
         }
       }
     });
