@@ -252,3 +252,17 @@ def test_the_backend_selected_is_the_one_that_runs(monkeypatch):
     out = sparse24_lanes_linear(x, layout)
     assert selected.name != "cpu" and ran == [getattr(selected, "id", selected.name)]
     assert rel_error(out, expected_fp64(x, p, None, "none")) < 1e-2
+
+
+@pytest.mark.skipif(CPU_KERNEL_MISSING is not None, reason=f"cpu backend unavailable: {CPU_KERNEL_MISSING}")
+@pytest.mark.parametrize("v_dtype", [torch.bfloat16, torch.int8])
+def test_panel_form_with_x_beyond_the_cache_share(v_dtype):
+    """The panel form walks chunks of x in the outer loop once the transposed x outgrows its
+    cache share (8 MB: here 600 x 4096 fp32, 9.8 MB), each weight block in the inner one;
+    a block is unpacked again per chunk, the last chunk is partial and N ends mid-block."""
+    m, k, n = 600, 4096, 40
+    p = packed(n, k, v_dtype, seed=7)
+    x, b = random_tensor(m, k, seed=8), random_tensor(n, seed=9)
+    layout = lanes(p)
+    out = LANES_BACKENDS.backends["cpu:panel"].run(x, layout.values, layout.meta, layout.scale, layout.n, b, "gelu")
+    assert rel_error(out, expected_fp64(x, p, b, "gelu")) < TOLERANCE[torch.float32]
