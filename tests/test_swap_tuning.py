@@ -16,9 +16,7 @@ from bigperf.cli import main
 from bigperf.tune_swap import speed_ratio
 
 
-@pytest.fixture(autouse=True)
-def _own_cache(own_cache):  # tests/conftest.py
-    return own_cache
+pytestmark = pytest.mark.usefixtures("own_cache")  # tests/conftest.py
 
 
 def _model():

@@ -306,12 +306,7 @@ void s24_lanes_panel_run(const Sparse24Args& a) {
       if (real) sp_pack_rows<V>(a.x, a.x_row_stride, a.x_dtype, m0, real, a.K, rows, a.K);
       std::memset(rows + real * a.K, 0, static_cast<size_t>((8 - real) * a.K) * sizeof(float));
       float* dst = xt + (m0 / MV) * a.K * MV + m0 % MV;
-      for (int64_t k = 0; k < a.K; k += 8) {
-        __m256 r[8];
-        for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(rows + j * a.K + k);
-        transpose8(r);
-        for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + (k + j) * MV, r[j]);
-      }
+      for (int64_t k = 0; k < a.K; k += 8) transpose8(rows + k, a.K, dst + k * MV, MV);
     }
   });
   const int64_t tasks = blocks * chunks;
@@ -351,12 +346,8 @@ void s24_lanes_panel_run(const Sparse24Args& a) {
       for (int64_t xb = xb0; xb < xb1; ++xb) {
         const float* block = sums + (xb - xb0) * kLaneRows * MV;
         for (int64_t r0 = 0; r0 < kLaneRows; r0 += 8)
-          for (int64_t i0 = 0; i0 < MV; i0 += 8) {
-            __m256 r[8];
-            for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(block + (r0 + j) * MV + i0);
-            transpose8(r);
-            for (int j = 0; j < 8; ++j) _mm256_storeu_ps(rows_out + (i0 + j) * kLaneRows + r0, r[j]);
-          }
+          for (int64_t i0 = 0; i0 < MV; i0 += 8)
+            transpose8(block + r0 * MV + i0, MV, rows_out + i0 * kLaneRows + r0, kLaneRows);
         epilogue_rows<V>(EpilogueArgs{a.out, a.out_row_stride, a.x_dtype, a.act, a.bias}, rows_out, kLaneRows, xb * MV,
                          imin(MV, a.M - xb * MV), n0, cnt);
       }

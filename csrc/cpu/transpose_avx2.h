@@ -8,6 +8,8 @@
 #pragma once
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace bigperf::cpu {
 namespace {
 
@@ -28,6 +30,14 @@ inline void transpose8(__m256 (&r)[8]) {
   r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
   r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// The 8 x 8 floats at src (rows src_stride apart) transposed into dst (rows dst_stride apart).
+inline void transpose8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  __m256 r[8];
+  for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(src + j * src_stride);
+  transpose8(r);
+  for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + j * dst_stride, r[j]);
 }
 
 inline void transpose8(__m256i (&r)[8]) {
