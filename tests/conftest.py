@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -7,7 +9,11 @@ import pytest
 
 # The measuring dispatcher (bigperf/tune.py) tunes into a cache of this run's own, never the
 # user's, and with a small budget: tests check what runs, not how fast.
-os.environ.setdefault("BIGPERF_CACHE_DIR", tempfile.mkdtemp(prefix="bigperf-test-tune-"))
+# The folder goes when the process that made it exits (xdist's workers inherit the variable and
+# make none), so runs leave nothing behind in /tmp.
+if "BIGPERF_CACHE_DIR" not in os.environ:
+    os.environ["BIGPERF_CACHE_DIR"] = tempfile.mkdtemp(prefix="bigperf-test-tune-")
+    atexit.register(shutil.rmtree, os.environ["BIGPERF_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("BIGPERF_TUNE_BUDGET_S", "0.005")
 
 # Make `tests.helpers` importable however pytest is invoked.

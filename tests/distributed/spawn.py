@@ -51,7 +51,11 @@ def run_ranks(world: int, cases: list[str], timeout_s: float, backend: str = "gl
     that module's CASES) run in order on `world` ranks of `backend` (nccl: rank r on GPU r),
     in one start (a start costs seconds). A rank that dies or a run past `timeout_s` raises
     with what is known."""
-    out = tempfile.mkdtemp(prefix="bigperf-tp-")
+    with tempfile.TemporaryDirectory(prefix="bigperf-tp-") as out:
+        return _run_ranks_into(out, world, cases, timeout_s, backend)
+
+
+def _run_ranks_into(out: str, world: int, cases: list[str], timeout_s: float, backend: str) -> dict[str, dict[int, str]]:
     context = mp.start_processes(_rank_main, args=(world, free_port(), cases, out, backend), nprocs=world,
                                  join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s

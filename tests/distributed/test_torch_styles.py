@@ -65,10 +65,10 @@ def test_torch_tensor_parallel_imported_after_the_swap_is_extended_too():
 def test_load_extends_torch_styles_too():
     out = _run(SETUP + """
     swapped = model(); bigperf.swap(swapped, "int8")
-    path = tempfile.mkdtemp()
-    bigperf.save(swapped, path)
-    import torch.distributed.tensor.parallel
-    bigperf.load(model(), path)
+    with tempfile.TemporaryDirectory() as path:
+        bigperf.save(swapped, path)
+        import torch.distributed.tensor.parallel
+        bigperf.load(model(), path)
     print(extended())
     """)
     assert out.splitlines()[-1] == "[True, True]", out
