@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from bigperf.ops.autocast import any_autocast_enabled, autocast_args, autocast_off, register_autocast_kernels
 from bigperf.ops.onnx_lowering import exporting_to_onnx, lower_to_onnx
 from bigperf.ops.registry import EAGER, EAGER_AUTOGRAD, OpBackends, eager_call_kind
 
@@ -43,7 +44,7 @@ class OpDefinition:
     """One bigperf op: its name, validator, backend table and the registered torch op."""
 
     def __init__(self, name: str, signature: Callable, validate: Callable[..., None],
-                 out_shape: Callable[..., tuple]):
+                 out_shape: Callable[..., tuple], activations: tuple[int, ...] = (0,)):
         namespace, _, short = name.partition(".")
         if namespace != "bigperf" or not short:
             raise ValueError(f"bigperf.ops.define_op: argument 'name' must be 'bigperf.<op>', got {name!r}")
@@ -51,6 +52,7 @@ class OpDefinition:
         self.validate = validate
         self.out_shape = out_shape
         self.backends = OpBackends(name)
+        self.activations = activations  # the arguments torch.autocast casts (ops/autocast.py)
         self._short = short
         self._eager_autograd = None  # the autograd.Function of register_autograd, if any
         # torch.library's lower-level API rather than torch.library.custom_op: a custom_op
@@ -65,6 +67,7 @@ class OpDefinition:
         self._lib.impl(short, self._body, "CompositeExplicitAutograd")
         torch.library.register_fake(self.qualname, self._fake, lib=self._lib)
         self.torch_op = getattr(torch.ops.bigperf, short).default
+        register_autocast_kernels(self._lib, short, self.torch_op, activations)
 
     @property
     def qualname(self) -> str:
@@ -136,6 +139,8 @@ class OpDefinition:
     def __call__(self, *args) -> torch.Tensor:
         """The public entry: the op on these (positional, complete) arguments."""
         kind = eager_call_kind(args)
+        if kind is not None and any_autocast_enabled():  # (through torch.ops: its Autocast kernel)
+            return self._call_in_autocast(args)
         if kind is EAGER:  # (self.run inlined: a Python frame is ~1 us on this per-call path)
             self.validate(*args)
             return self.backends.select(*args).run(*args)
@@ -153,6 +158,14 @@ class OpDefinition:
             return self.torch_op(*args)
         finally:
             _validated_call.reset(token)
+
+
+    def _call_in_autocast(self, args: tuple) -> torch.Tensor:
+        """The call inside a torch.autocast region (ops/autocast.py): the activations in the
+        region's dtype, then the op with autocast off."""
+        args = autocast_args(args, self.activations)
+        with autocast_off():
+            return self(*args)
 
 
 def _autograd_function(op: OpDefinition, backward: Callable, setup_context: Callable) -> type:
@@ -183,8 +196,9 @@ def _autograd_function(op: OpDefinition, backward: Callable, setup_context: Call
 
 
 def define_op(name: str, signature: Callable, validate: Callable[..., None],
-              out_shape: Callable[..., tuple]) -> OpDefinition:
+              out_shape: Callable[..., tuple], activations: tuple[int, ...] = (0,)) -> OpDefinition:
     """Define torch.ops.bigperf.<op>: `signature` is an annotated prototype (its body is
     never run) giving the schema; `validate(*args)` raises naming the op and the argument;
-    `out_shape(*args)` is the output's shape. Register paths on `.backends`."""
-    return OpDefinition(name, signature, validate, out_shape)
+    `out_shape(*args)` is the output's shape; `activations`, the positions torch.autocast
+    casts to its dtype (x, and any input of x's dtype). Register paths on `.backends`."""
+    return OpDefinition(name, signature, validate, out_shape, activations)

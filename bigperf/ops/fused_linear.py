@@ -64,7 +64,8 @@ def _signature(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                activation: str) -> torch.Tensor: ...
 
 
-FUSED_LINEAR = define_op(OP, _signature, validate, lambda x, weight, *rest: (*x.shape[:-1], weight.shape[0]))
+FUSED_LINEAR = define_op(OP, _signature, validate, lambda x, weight, *rest: (*x.shape[:-1], weight.shape[0]),
+                         activations=(0, 3))  # x, residual
 BACKENDS = FUSED_LINEAR.backends
 fused_linear_op = FUSED_LINEAR.torch_op
 

@@ -31,6 +31,7 @@ import torch
 
 from bigperf import _ext, tune
 from bigperf.ops import common, registry
+from bigperf.ops.autocast import any_autocast_enabled, autocast_off, autocast_tensor
 
 # The per-call checks' functions, looked up once (each attribute chain costs ~0.1 us a call).
 _dispatch_modes = torch._C._len_torch_dispatch_stack
@@ -65,6 +66,10 @@ class PreparedCall:
             self._bind_arguments(rest)
         if not self._usable:
             return op(x, *rest)
+        if any_autocast_enabled():  # x in the region's dtype, the call with autocast off (ops/autocast.py)
+            x = autocast_tensor(x)
+            with autocast_off():
+                return self(op, x, rest)
         needs_grad = _grad_enabled() and (x.requires_grad or self._any_requires_grad())
         if needs_grad and not op.has_eager_autograd:
             return op(x, *rest)

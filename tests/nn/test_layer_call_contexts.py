@@ -66,3 +66,30 @@ def test_a_graph_compiled_for_dynamic_batch_sizes_matches_eager(name):
         for m in (3, 7, 1, 33):  # one graph with a symbolic M: the fake validates symbolic shapes
             x = torch.randn(m, 64)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_in_an_autocast_region_a_layer_computes_in_its_dtype_as_nn_linear_does(name):
+    # torch.autocast("cpu") is how many CPU (and most GPU) inference servers run a model: the
+    # original layers compute and return bf16 there, and so must the swapped ones, eagerly,
+    # with a gradient recorded and compiled, each as the layer computes bf16 x outside it.
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64)).eval()
+    model = _swapped(name)
+    torch._dynamo.reset()
+    compiled = torch.compile(copy.deepcopy(model), fullgraph=True, backend="aot_eager")
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        expected = model(x.bfloat16())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert original(x).dtype == torch.bfloat16
+            eager, graph = model(x), compiled(x)
+    assert eager.dtype == graph.dtype == torch.bfloat16
+    assert torch.equal(eager, expected)
+    torch.testing.assert_close(graph, expected)
+    xg = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(xg)
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and xg.grad.dtype == torch.float32 and torch.isfinite(xg.grad).all()
+    assert torch.equal(out.detach(), expected)

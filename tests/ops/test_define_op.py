@@ -196,3 +196,44 @@ def test_compiled_gradients_match_eager(toy_with_grad):
         fn(xg, wg).backward()
         grads.append((xg.grad, wg.grad))
     torch.testing.assert_close(grads[1], grads[0])
+
+
+def _dtype_recording_op(name):
+    """(op, the dtypes of x and weight each run saw): x @ weight^T in fp32, returned in x's dtype."""
+    seen = []
+
+    def run(x, weight, scale):
+        seen.append((x.dtype, weight.dtype))
+        return ((x.float() @ weight.float().t()) * scale).to(x.dtype)
+    op = define_op(name, _signature, lambda *args: None, lambda x, weight, scale: (x.shape[0], weight.shape[0]))
+    op.backends.register("cpu", lambda *args: None, run)
+    op.backends.register("reference", lambda *args: None, run)
+    onnx_lowering(op.name)(lambda x, weight, scale: (x @ weight.t()) * scale)
+    return op, seen
+
+
+def test_autocast_casts_the_activation_on_every_route():
+    """In a torch.autocast region an op computes on x in the region's dtype and returns it, as
+    nn.Linear does, whichever way it is called: the public entry, torch.ops directly (its
+    Autocast kernel), and a compiled graph; the weight is never converted. Outside the region,
+    or for float64 x, nothing is cast."""
+    op, seen = _dtype_recording_op("bigperf.test_define_op_autocast")
+    x, w = torch.randn(3, 5), torch.randn(4, 5)
+    torch_op = torch.ops.bigperf.test_define_op_autocast
+    compiled = torch.compile(lambda a, b: op(a, b, 2.0), backend="aot_eager", fullgraph=True)
+    for region_dtype in (torch.bfloat16, torch.float16):
+        for route in (lambda: op(x, w, 2.0), lambda: torch_op(x, w, 2.0), lambda: compiled(x, w),
+                      lambda: op(x.requires_grad_(True), w, 2.0)):
+            seen.clear()
+            x.requires_grad_(False)
+            with torch.autocast("cpu", dtype=region_dtype):
+                out = route()
+            assert out.dtype == region_dtype
+            assert seen == [(region_dtype, torch.float32)]
+            torch.testing.assert_close(out, op(x.to(region_dtype), w, 2.0), rtol=0, atol=0)
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        double = op(x.double(), w, 2.0), torch_op(x.double(), w, 2.0)
+    assert seen == [(torch.float64, torch.float32)] * 2 and {t.dtype for t in double} == {torch.float64}
+    seen.clear()
+    assert op(x, w, 2.0).dtype == torch.float32 and seen == [(torch.float32, torch.float32)]
