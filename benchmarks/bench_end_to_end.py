@@ -1,16 +1,18 @@
 """End to end: whole transformers models swapped by bigperf, against the fastest plain model.
 
     python benchmarks/bench_end_to_end.py [--part encoder decoder] [--threads 2] [--reps 8]
-                                          [--tokens 32] [--act-dtypes fp32 bf16] [--json OUT]
+                                          [--tokens 32] [--act-dtypes fp32 bf16 autocast] [--json OUT]
 
 (a) encoder: a MiniLM-shaped BertModel (6 layers, hidden 384, intermediate 1536, 12 heads,
     from a BertConfig, random weights, no downloads) on a batch of 12 x 16 tokens (M = 192
     rows per linear layer). Per config (FusedMixedPrecision bf16, Int8WeightOnly,
     Int8Dynamic, Sparse24 and BlockSparse 16x16 at 50% after bigperf.prune) the swapped
-    model is timed pair by pair (benchmarks/_pairs.py) against the faster of the torch fp32
-    model and the torch bf16 model (model.to(torch.bfloat16)) of the same weights (pruned for
-    the sparse configs). With --act-dtypes bf16 the swapped model is also run in bf16 (a
-    bf16 model, then swapped), against the same two torch models.
+    model is timed pair by pair (benchmarks/_pairs.py) against the fastest of the torch fp32
+    model, the torch bf16 model (model.to(torch.bfloat16)) and the fp32 model inside
+    torch.autocast("cpu", bfloat16), of the same weights (pruned for the sparse configs).
+    With --act-dtypes bf16 the swapped model is also run in bf16 (a bf16 model, then
+    swapped), and with autocast the swapped fp32 model inside the autocast region, against
+    the same three torch models.
 (b) decoder: a Llama-shaped LlamaForCausalLM with TinyLlama's widths (hidden 2048,
     intermediate 5632, 32 heads, 4 KV heads, vocab 32000; 4 layers; random weights), greedy
     decoding at batch 1: an 8-token prompt, then --tokens new tokens with the KV cache.
@@ -54,7 +56,9 @@ CONFIGS = {  # name -> (config, bigperf.prune keyword arguments or None)
                               {"pattern": "block", "density": 0.5, "block": (16, 16)}),
 }
 DECODER_CONFIGS = ("Int8WeightOnly", "Int8Dynamic")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# How the swapped model's activations are held: an fp32 model, a bf16 model, or the fp32 model
+# inside torch.autocast("cpu", bfloat16) (where swapped layers compute in bf16, as nn.Linear does).
+ACTIVATIONS = ("fp32", "bf16", "autocast")
 TUNE_BATCH_SIZES = (1, 16, 128)
 
 
@@ -105,6 +109,11 @@ def pair_stats(ta: list[float], tb: list[float]) -> dict:
 
 # ----------------------------------------------------------------------------- (a) encoder
 
+def in_autocast(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(input_ids=ids, attention_mask=mask)
+
+
 def encoder(args) -> dict:
     from transformers import BertConfig, BertModel
 
@@ -133,13 +142,17 @@ def encoder(args) -> dict:
         with torch.inference_mode():
             ref = dense32(input_ids=ids, attention_mask=mask).last_hidden_state
             torch_calls = {"torch fp32": lambda: dense32(input_ids=ids, attention_mask=mask),
-                           "torch bf16": lambda: dense16(input_ids=ids, attention_mask=mask)}
+                           "torch bf16": lambda: dense16(input_ids=ids, attention_mask=mask),
+                           "torch autocast": lambda: in_autocast(dense32, ids, mask)}
             best, torch_s = faster(torch_calls)
         for act in args.act_dtypes:
-            source = dense32 if act == "fp32" else dense16
+            source = dense16 if act == "bf16" else dense32
             model, info = swapped(source, config, tune)
             with torch.inference_mode():
-                call = lambda model=model: model(input_ids=ids, attention_mask=mask)  # noqa: E731
+                if act == "autocast":
+                    call = lambda model=model: in_autocast(model, ids, mask)  # noqa: E731
+                else:
+                    call = lambda model=model: model(input_ids=ids, attention_mask=mask)  # noqa: E731
                 info["first_call_s"] = timed(call)  # lazy tuning at this M happens here
                 out = call().last_hidden_state
                 ta, tb = paired(call, torch_calls[best], args.reps)
@@ -304,8 +317,9 @@ def main(argv=None) -> int:
     parser.add_argument("--decode-reps", type=int, default=5, help="decoder rounds, every model once each (default 5)")
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--seq", type=int, default=16)
-    parser.add_argument("--act-dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"],
-                        help="the swapped encoder's activations: fp32 (an fp32 model swapped) and/or bf16")
+    parser.add_argument("--act-dtypes", nargs="+", choices=ACTIVATIONS, default=list(ACTIVATIONS),
+                        help="the swapped encoder's activations: fp32 (an fp32 model swapped), bf16 (a bf16 "
+                             "model swapped), autocast (the fp32 model swapped, run in torch.autocast bf16)")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per greedy decode (default 32)")
     parser.add_argument("--decoder-layers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
