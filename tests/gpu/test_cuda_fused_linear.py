@@ -279,3 +279,24 @@ def test_triton_fp32_x_with_half_weight_on_tensor_cores(w_dtype, precision, tol)
     assert out.dtype == torch.float32
     err = rel_error(out, fused_linear_fp64(x, w, bias, None, "gelu"))
     assert err < tol, f"{precision}: relative error {err:.2e}"
+
+
+@pytest.mark.skipif(OP is None, reason="bigperf.ops.fused_linear.fused_linear does not exist yet")
+@pytest.mark.parametrize("backend", ["cuda", "triton", "auto"])
+@pytest.mark.parametrize("region_dtype", DTYPES)
+def test_autocast_region_runs_the_regions_dtype(backend, region_dtype):
+    """Inside torch.autocast("cuda") the op computes on x in the region's dtype and returns it
+    (as nn.Linear does), on the kernels that serve that dtype, bf16 weight or fp16."""
+    import bigperf
+
+    x = torch.randn(17, 520, generator=_gen(41), device=DEV)
+    w = (torch.randn(333, 520, generator=_gen(42), device=DEV) * 520 ** -0.5).to(torch.bfloat16)
+    bias = torch.randn(333, generator=_gen(43), device=DEV)
+    with bigperf.use_backend(backend):
+        with torch.autocast("cuda", dtype=region_dtype):
+            out = OP(x, w, bias=bias, activation="gelu")
+        expected = OP(x.to(region_dtype), w, bias=bias, activation="gelu")
+    torch.cuda.synchronize()
+    assert out.dtype == region_dtype
+    assert torch.equal(out, expected)
+    assert rel_error(out, fused_linear_fp64(x.to(region_dtype), w, bias, None, "gelu")) < TOLERANCE[region_dtype]
