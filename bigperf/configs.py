@@ -290,7 +290,7 @@ def config_from_dict(data: dict, where: str = "bigperf"):
         raise ValueError(f"{where}: {cls.__name__} has no field {unknown[0]!r} (its fields: {', '.join(known)})")
     for name, value in fields.items():
         if known[name].type in ("torch.dtype", torch.dtype):
-            if value not in _DTYPES:
+            if not isinstance(value, str) or value not in _DTYPES:  # (a list is not hashable)
                 raise ValueError(f"{where}: {cls.__name__} field {name!r} must be one of {', '.join(_DTYPES)}, "
                                  f"got {value!r}")
             fields[name] = _DTYPES[value]
@@ -298,5 +298,5 @@ def config_from_dict(data: dict, where: str = "bigperf"):
             fields[name] = tuple(value)  # JSON has no tuples (e.g. block shapes)
     try:
         return cls(**fields)
-    except ValueError as error:  # the config's own field check, which names the field
+    except (ValueError, TypeError) as error:  # the config's own field check, which names the field
         raise ValueError(f"{where}: {error}") from None

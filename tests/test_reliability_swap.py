@@ -341,6 +341,17 @@ def test_valid_configs_still_construct_and_round_trip():
         assert config_from_dict(json.loads(json.dumps(config_to_dict(config)))) == config
 
 
+@pytest.mark.parametrize("fields", [{"weight_dtype": ["bfloat16"]}, {"weight_dtype": {"a": 1}},
+                                    {"weight_dtype": "bfloat16", "float_copy": [1]}])
+def test_a_config_record_of_the_wrong_json_types_is_refused_naming_the_reader(fields):
+    # Found by make fuzz (a damaged checkpoint manifest): a list where a dtype name belongs
+    # raised TypeError("unhashable type: 'list'") from the dtype lookup, naming no reader.
+    from bigperf.configs import config_from_dict
+
+    with pytest.raises(ValueError, match="^bigperf.load: "):
+        config_from_dict({"type": "FusedMixedPrecision", "fields": fields}, "bigperf.load")
+
+
 @pytest.mark.parametrize("density", [0.5, 0.3, 0.75])
 def test_prune_then_sparse_layer_agree_on_the_block_count(density):
     from bigperf.nn import SparseLinear
