@@ -61,7 +61,6 @@ def register_autocast_kernels(lib: torch.library.Library, short: str, torch_op, 
 
     for device in _AUTOCAST_DEVICES:
         key = getattr(torch._C.DispatchKey, "Autocast" + torch._C._dispatch_key_for_device(device))
-
         torch_op.py_impl(key)(kernel)  # what the Python dispatcher runs while tracing (compile)
         lib.impl(short, _drop_keyset(kernel), key.name, with_keyset=True)
 

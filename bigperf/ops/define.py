@@ -159,7 +159,6 @@ class OpDefinition:
         finally:
             _validated_call.reset(token)
 
-
     def _call_in_autocast(self, args: tuple) -> torch.Tensor:
         """The call inside a torch.autocast region (ops/autocast.py): the activations in the
         region's dtype, then the op with autocast off."""

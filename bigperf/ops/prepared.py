@@ -19,7 +19,8 @@ the other arguments bound. Later calls run it after checking, per call, that
   - the other arguments are the same objects (a layer whose buffer was replaced passes a
     new one), and each tensor among them has the data pointer and version it had (an
     in-place change or `.data =` may change what validation found);
-and otherwise the call goes through the op as before. Inference tensors keep no version,
+and otherwise the call goes through the op as before. Inside a torch.autocast region x is
+first cast to the region's dtype and the call runs with autocast off (ops/autocast.py). Inference tensors keep no version,
 so calls holding one always take the op's way.
 """
 
