@@ -13,7 +13,8 @@ ops too (PyTorch's GEMM paths, conversions), and torch:fp32 must stay fp32.
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import operator
 
 import torch
 
@@ -22,9 +23,9 @@ any_autocast_enabled = torch._C._is_any_autocast_enabled
 
 # What autocast lowers: float64 stays float64, as for torch's own lower-precision ops.
 _LOWERED_DTYPES = frozenset((torch.float32, torch.float16, torch.bfloat16))
-_AUTOCAST_DEVICES = ("cpu", "cuda")
-_AUTOCAST_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU) | torch._C.DispatchKeySet(
-    torch._C.DispatchKey.AutocastCUDA)
+# The devices this package serves, and each one's autocast dispatch key.
+_AUTOCAST_KEY_OF_DEVICE = {"cpu": torch._C.DispatchKey.AutocastCPU, "cuda": torch._C.DispatchKey.AutocastCUDA}
+_AUTOCAST_KEYS = functools.reduce(operator.or_, map(torch._C.DispatchKeySet, _AUTOCAST_KEY_OF_DEVICE.values()))
 
 
 def autocast_off():
@@ -38,7 +39,7 @@ def autocast_tensor(t):
     if not isinstance(t, torch.Tensor) or t.dtype not in _LOWERED_DTYPES:
         return t
     device = t.device.type
-    if device not in _AUTOCAST_DEVICES or not torch.is_autocast_enabled(device):
+    if device not in _AUTOCAST_KEY_OF_DEVICE or not torch.is_autocast_enabled(device):
         return t
     dtype = torch.get_autocast_dtype(device)
     return t if t.dtype == dtype else t.to(dtype)
@@ -59,11 +60,6 @@ def register_autocast_kernels(lib: torch.library.Library, short: str, torch_op, 
         with autocast_off():
             return torch_op(*args)
 
-    for device in _AUTOCAST_DEVICES:
-        key = getattr(torch._C.DispatchKey, "Autocast" + torch._C._dispatch_key_for_device(device))
+    for key in _AUTOCAST_KEY_OF_DEVICE.values():
         torch_op.py_impl(key)(kernel)  # what the Python dispatcher runs while tracing (compile)
-        lib.impl(short, _drop_keyset(kernel), key.name, with_keyset=True)
-
-
-def _drop_keyset(kernel: Callable) -> Callable:
-    return lambda _keyset, *args: kernel(*args)
+        lib.impl(short, kernel, key.name)
